@@ -1,0 +1,243 @@
+//! Subcommands, with human output and `--json`.
+//!
+//! Exit codes: 0 success; 1 error; 2 bad usage; 3 verify found damage;
+//! 130 cancelled (Ctrl-C).
+
+mod backup_restore;
+mod inspect;
+pub mod output;
+pub mod progress;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use lifeboat::config::{Config, ENV_CONFIG, ENV_REPO};
+use lifeboat::repo::Repo;
+
+pub const EXIT_ERROR: u8 = 1;
+pub const EXIT_DAMAGE: u8 = 3;
+pub const EXIT_CANCELLED: u8 = 130;
+
+#[derive(Debug, Parser)]
+#[command(name = "lifeboat", version, about = "Disaster recovery for virtual machines", long_about = None)]
+pub struct Cli {
+    /// Config file (default: the platform config dir's lifeboat/config.toml).
+    #[arg(long, global = true, env = ENV_CONFIG, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Local repository path; needs no config file.
+    #[arg(long, short = 'r', global = true, env = ENV_REPO, value_name = "PATH")]
+    pub repo: Option<PathBuf>,
+    /// Machine-readable output on stdout (progress as JSON lines on stderr).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output (-v info, -vv debug).
+    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a repository.
+    Init {
+        /// Where (default: --repo, the config's repository, or the data dir).
+        path: Option<PathBuf>,
+        /// Chunk size: a power of two from 64K to 64M.
+        #[arg(long, default_value = "4M", value_parser = output::parse_size)]
+        chunk_size: u64,
+        /// zstd level for new chunks (1 is fastest).
+        #[arg(long, default_value_t = lifeboat::repo::DEFAULT_ZSTD_LEVEL)]
+        compression_level: i32,
+    },
+    /// Back up the volumes of a VM as one backup set.
+    Backup {
+        vm: String,
+        /// A volume to back up: NAME from the inventory, or NAME=PATH.
+        #[arg(long = "volume", value_name = "NAME[=PATH]")]
+        volumes: Vec<String>,
+        /// Format of NAME=PATH volumes.
+        #[arg(long, value_enum, default_value = "auto")]
+        format: FormatArg,
+        /// A note kept with the backup.
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// VMs and volumes with their latest backup.
+    Ls,
+    /// Backups of a VM (or one volume), newest first.
+    Timeline { vm: String, volume: Option<String> },
+    /// One backup in full.
+    Show { reference: String },
+    /// The image digest of a raw or qcow2 file (equals its backup's index id).
+    Hash {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "auto")]
+        format: FormatArg,
+        /// Chunk size (default: the repository's if one is given, else 4M).
+        #[arg(long, value_parser = output::parse_size)]
+        chunk_size: Option<u64>,
+    },
+    /// Chunk-level comparison of two backups, or a backup and a live file.
+    Diff { a: String, b: String },
+    /// Check backups: every object present (quick) or re-read and re-hashed (--deep).
+    Verify {
+        #[arg(long)]
+        deep: bool,
+        /// Backups to check (default: all).
+        references: Vec<String>,
+    },
+    /// Write a backup (or a whole VM set) out as image files.
+    Restore {
+        reference: String,
+        /// Target file (one volume) or directory (a VM@... set).
+        #[arg(long)]
+        to: PathBuf,
+        #[arg(long, value_enum)]
+        format: Option<OutFormat>,
+        /// Replace an existing target.
+        #[arg(long)]
+        force: bool,
+        /// Show the plan and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum FormatArg {
+    Raw,
+    Qcow2,
+    Auto,
+}
+
+impl From<FormatArg> for lifeboat::source::FormatChoice {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Raw => Self::Raw,
+            FormatArg::Qcow2 => Self::Qcow2,
+            FormatArg::Auto => Self::Auto,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum OutFormat {
+    Raw,
+    Qcow2,
+}
+
+pub fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// What a command's run produced: success, or a finding that is not an
+/// error but must change the exit code (verify found damage).
+pub enum Outcome {
+    Ok,
+    Damage,
+}
+
+pub struct Ctx {
+    pub config: Config,
+    pub repo_arg: Option<PathBuf>,
+    pub json: bool,
+}
+
+impl Ctx {
+    pub fn repo_path(&self) -> PathBuf {
+        self.config.repo_path(self.repo_arg.as_deref())
+    }
+
+    pub fn open_repo(&self) -> lifeboat::Result<Repo> {
+        Repo::open(&self.repo_path())
+    }
+}
+
+pub async fn run(cli: Cli) -> u8 {
+    let json = cli.json;
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return report(json, &anyhow::Error::new(e)),
+    };
+    let ctx = Ctx {
+        config,
+        repo_arg: cli.repo,
+        json,
+    };
+    let res = match cli.command {
+        Command::Init {
+            path,
+            chunk_size,
+            compression_level,
+        } => backup_restore::init(&ctx, path, chunk_size, compression_level),
+        Command::Backup {
+            vm,
+            volumes,
+            format,
+            note,
+        } => backup_restore::backup(&ctx, vm, volumes, format.into(), note).await,
+        Command::Ls => inspect::ls(&ctx),
+        Command::Timeline { vm, volume } => inspect::timeline(&ctx, &vm, volume.as_deref()),
+        Command::Show { reference } => inspect::show(&ctx, &reference),
+        Command::Hash {
+            file,
+            format,
+            chunk_size,
+        } => inspect::hash(&ctx, file, format.into(), chunk_size).await,
+        Command::Diff { a, b } => inspect::diff(&ctx, &a, &b).await,
+        Command::Verify { deep, references } => {
+            backup_restore::verify(&ctx, deep, references).await
+        }
+        Command::Restore {
+            reference,
+            to,
+            format,
+            force,
+            dry_run,
+        } => backup_restore::restore(&ctx, &reference, to, format, force, dry_run).await,
+    };
+    match res {
+        Ok(Outcome::Ok) => 0,
+        Ok(Outcome::Damage) => EXIT_DAMAGE,
+        Err(e) => report(json, &e),
+    }
+}
+
+fn report(json: bool, e: &anyhow::Error) -> u8 {
+    let cancelled = matches!(
+        e.downcast_ref::<lifeboat::Error>(),
+        Some(lifeboat::Error::Cancelled)
+    );
+    let msg = format!("{e:#}");
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "error": msg, "cancelled": cancelled })
+        );
+    } else {
+        eprintln!("error: {msg}");
+    }
+    if cancelled {
+        EXIT_CANCELLED
+    } else {
+        EXIT_ERROR
+    }
+}
+
+/// Prints a JSON value on stdout.
+pub fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! Showing a job's progress: a bar on a terminal, plain lines otherwise,
+//! JSON lines with --json. Ctrl-C cancels the job, which then leaves the
+//! repository as it was.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use lifeboat::jobs::{CancellationToken, Job, Progress, Snapshot};
+use lifeboat::Result;
+use tokio::sync::mpsc;
+
+use super::output::{bytes, duration};
+
+fn line(s: &Snapshot) -> String {
+    let eta = s
+        .eta_secs
+        .map(|e| format!(" ETA {}", duration(e)))
+        .unwrap_or_default();
+    format!(
+        "{}: {}/{} ({:.0}%) {}/s{eta}",
+        s.phase,
+        bytes(s.bytes_done),
+        bytes(s.bytes_total),
+        s.fraction() * 100.0,
+        bytes(s.bytes_per_sec as u64),
+    )
+}
+
+pub async fn run_job<T, F>(kind: &str, json: bool, work: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&CancellationToken, &Progress) -> Result<T> + Send + 'static,
+{
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let job = Job::spawn(kind, tx, work);
+    let cancel = job.cancel.clone();
+    let progress = job.progress.clone();
+    let tty = std::io::stderr().is_terminal() && !json;
+    let bar = tty.then(|| {
+        let b = ProgressBar::with_draw_target(Some(1000), ProgressDrawTarget::stderr_with_hz(10));
+        let style = ProgressStyle::with_template("{spinner} [{bar:30}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+        b.set_style(style);
+        b
+    });
+    let period = if tty {
+        Duration::from_millis(100)
+    } else {
+        Duration::from_secs(2)
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.tick().await;
+    let mut interrupted = false;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if job.is_finished() { break; }
+                let s = progress.snapshot();
+                match &bar {
+                    Some(b) => {
+                        b.set_position((s.fraction() * 1000.0) as u64);
+                        b.set_message(line(&s));
+                    }
+                    None if json => eprintln!("{}", serde_json::json!({"event": "progress", "job": kind, "progress": s})),
+                    None => eprintln!("{}", line(&s)),
+                }
+            }
+            _ = &mut ctrl_c, if !interrupted => {
+                interrupted = true;
+                cancel.cancel();
+                if let Some(b) = &bar { b.set_message("cancelling…"); } else { eprintln!("cancelling…"); }
+            }
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    job.wait().await
+}

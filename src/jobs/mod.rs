@@ -1,0 +1,86 @@
+//! Jobs: cancellable engine work with progress that the faces observe.
+//!
+//! The engine updates a [`Progress`] (atomics; the latest value wins) and
+//! checks a cancellation token. A [`Job`] runs engine work on a blocking
+//! thread and sends lifecycle events on a channel that never drops them.
+
+pub mod progress;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+pub use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+pub use progress::{Progress, Snapshot};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobEvent {
+    Started { id: u64, kind: String },
+    Finished { id: u64 },
+    Failed { id: u64, error: String },
+    Cancelled { id: u64 },
+}
+
+static NEXT_JOB: AtomicU64 = AtomicU64::new(1);
+
+pub struct Job<T> {
+    pub id: u64,
+    pub kind: String,
+    pub cancel: CancellationToken,
+    pub progress: Arc<Progress>,
+    handle: tokio::task::JoinHandle<Result<T>>,
+}
+
+impl<T: Send + 'static> Job<T> {
+    /// Starts `work` on a blocking thread. Events go to `events`.
+    pub fn spawn<F>(kind: &str, events: mpsc::UnboundedSender<JobEvent>, work: F) -> Job<T>
+    where
+        F: FnOnce(&CancellationToken, &Progress) -> Result<T> + Send + 'static,
+    {
+        let id = NEXT_JOB.fetch_add(1, Ordering::Relaxed);
+        let cancel = CancellationToken::new();
+        let progress = Arc::new(Progress::new());
+        let (c, p) = (cancel.clone(), progress.clone());
+        let _ = events.send(JobEvent::Started {
+            id,
+            kind: kind.to_string(),
+        });
+        let handle = tokio::task::spawn_blocking(move || {
+            let res = work(&c, &p);
+            let ev = match &res {
+                Ok(_) => JobEvent::Finished { id },
+                Err(Error::Cancelled) => JobEvent::Cancelled { id },
+                Err(e) => JobEvent::Failed {
+                    id,
+                    error: e.to_string(),
+                },
+            };
+            p.finish();
+            let _ = events.send(ev);
+            res
+        });
+        Job {
+            id,
+            kind: kind.to_string(),
+            cancel,
+            progress,
+            handle,
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+
+    pub async fn wait(self) -> Result<T> {
+        match self.handle.await {
+            Ok(r) => r,
+            Err(e) => Err(Error::Invalid(format!(
+                "job {} ({}) crashed: {e}",
+                self.id, self.kind
+            ))),
+        }
+    }
+}

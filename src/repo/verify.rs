@@ -1,0 +1,191 @@
+//! Repository verification. Quick: every referenced object is present and
+//! every manifest and index hashes to its name. Deep: also read, decode and
+//! re-hash every referenced chunk. Each bad object is reported with the
+//! backups it breaks.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use super::{Id, ManifestKey, Repo};
+use crate::error::{Error, Result};
+use crate::jobs::{CancellationToken, Progress};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    pub kind: &'static str,
+    pub id: String,
+    pub problem: String,
+    /// The backups this object breaks, as `vm/volume@time id`.
+    pub breaks: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifyReport {
+    pub deep: bool,
+    pub manifests: usize,
+    pub indexes: usize,
+    pub chunks: usize,
+    pub bytes_read: u64,
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+pub fn describe(k: &ManifestKey) -> String {
+    format!(
+        "{}/{}@{} {}",
+        k.vm,
+        k.volume,
+        k.time.format("%Y-%m-%dT%H:%M:%SZ"),
+        k.id.short()
+    )
+}
+
+/// Verifies the given manifests (all when `keys` is None).
+pub fn verify(
+    repo: &Repo,
+    keys: Option<Vec<ManifestKey>>,
+    deep: bool,
+    cancel: &CancellationToken,
+    progress: &Progress,
+) -> Result<VerifyReport> {
+    let keys = match keys {
+        Some(k) => k,
+        None => repo.list_manifests()?,
+    };
+    let mut report = VerifyReport {
+        deep,
+        ..Default::default()
+    };
+    progress.set_phase("checking manifests and indexes");
+    // index id -> backups using it; chunk id -> indexes using it
+    let mut index_users: BTreeMap<Id, Vec<String>> = BTreeMap::new();
+    for k in &keys {
+        report.manifests += 1;
+        match repo.load_manifest(k) {
+            Ok(m) => index_users.entry(m.index).or_default().push(describe(k)),
+            Err(e) => report
+                .problems
+                .push(problem("manifest", k.id, &e, vec![describe(k)])),
+        }
+    }
+    let mut chunk_users: BTreeMap<Id, BTreeSet<Id>> = BTreeMap::new();
+    for (idx_id, users) in &index_users {
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        report.indexes += 1;
+        match repo.read_index(idx_id) {
+            Ok(index) => {
+                if index.chunk_size != repo.chunk_size() {
+                    report.problems.push(Problem {
+                        kind: "index",
+                        id: idx_id.to_hex(),
+                        problem: format!(
+                            "chunk size {} differs from the repository's",
+                            index.chunk_size
+                        ),
+                        breaks: users.clone(),
+                    });
+                }
+                for c in index.chunks.iter().filter(|c| !c.is_zero()) {
+                    chunk_users.entry(*c).or_default().insert(*idx_id);
+                }
+            }
+            Err(e) => report
+                .problems
+                .push(problem("index", *idx_id, &e, users.clone())),
+        }
+    }
+    report.chunks = chunk_users.len();
+    progress.set_phase(if deep {
+        "reading chunks"
+    } else {
+        "checking chunks"
+    });
+    progress.set_totals(0, chunk_users.len() as u64);
+    let ids: Vec<Id> = chunk_users.keys().copied().collect();
+    let bad: Mutex<Vec<(Id, Error)>> = Mutex::new(Vec::new());
+    let next = AtomicUsize::new(0);
+    let bytes = std::sync::atomic::AtomicU64::new(0);
+    let threads = if deep { worker_threads() } else { 1 };
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                if cancel.is_cancelled() {
+                    return;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(id) = ids.get(i) else { return };
+                let res = if deep {
+                    repo.read_chunk_raw(id).and_then(|raw| {
+                        bytes.fetch_add(raw.len() as u64, Ordering::Relaxed);
+                        progress.add(raw.len() as u64, 1);
+                        super::chunk::decode(id, &raw).map(|_| ())
+                    })
+                } else {
+                    progress.add(0, 1);
+                    if repo.has_chunk(id) {
+                        Ok(())
+                    } else {
+                        Err(Error::MissingObject {
+                            kind: "chunk",
+                            id: id.to_hex(),
+                        })
+                    }
+                };
+                if let Err(e) = res {
+                    if let Ok(mut b) = bad.lock() {
+                        b.push((*id, e));
+                    }
+                }
+            });
+        }
+    });
+    if cancel.is_cancelled() {
+        return Err(Error::Cancelled);
+    }
+    report.bytes_read = bytes.into_inner();
+    let mut bad = bad.into_inner().unwrap_or_default();
+    bad.sort_by_key(|(id, _)| *id);
+    for (id, e) in bad {
+        let mut breaks: Vec<String> = chunk_users
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .flat_map(|idx| index_users.get(idx).cloned().unwrap_or_default())
+            .collect();
+        breaks.sort();
+        breaks.dedup();
+        report.problems.push(problem("chunk", id, &e, breaks));
+    }
+    Ok(report)
+}
+
+fn problem(kind: &'static str, id: Id, e: &Error, breaks: Vec<String>) -> Problem {
+    let text = match e {
+        Error::MissingObject { .. } => "missing".to_string(),
+        Error::CorruptObject { reason, .. } => format!("corrupt: {reason}"),
+        other => other.to_string(),
+    };
+    Problem {
+        kind,
+        id: id.to_hex(),
+        problem: text,
+        breaks,
+    }
+}
+
+pub fn worker_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 16)
+}
