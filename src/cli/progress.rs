@@ -55,10 +55,12 @@ where
     let mut interrupted = false;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
-    loop {
+    let done = job.wait();
+    tokio::pin!(done);
+    let result = loop {
         tokio::select! {
+            res = &mut done => break res,
             _ = tick.tick() => {
-                if job.is_finished() { break; }
                 let s = progress.snapshot();
                 match &bar {
                     Some(b) => {
@@ -75,9 +77,9 @@ where
                 if let Some(b) = &bar { b.set_message("cancelling…"); } else { eprintln!("cancelling…"); }
             }
         }
-    }
+    };
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    job.wait().await
+    result
 }
