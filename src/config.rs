@@ -21,6 +21,8 @@ pub struct Config {
     pub repository: Option<PathBuf>,
     #[serde(default, rename = "vm")]
     pub vms: Vec<VmConfig>,
+    #[serde(default, rename = "remote")]
+    pub remotes: std::collections::BTreeMap<String, RemoteConfig>,
     #[serde(skip)]
     pub path: Option<PathBuf>,
 }
@@ -42,6 +44,40 @@ pub struct VolumeConfig {
     pub path: PathBuf,
     #[serde(default)]
     pub format: FormatChoice,
+}
+
+/// An off-site repository. Secrets are never stored here: the config names
+/// the environment variable or file that holds them.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteConfig {
+    /// A path or file:///path, http(s)://host:port/ (lifeboat serve), or s3://bucket/prefix.
+    pub url: String,
+    /// lifeboat serve: the variable holding the bearer token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+    /// lifeboat serve: a file holding the bearer token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// lifeboat serve over TLS with a private CA: its certificate (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<PathBuf>,
+    /// S3: the endpoint (e.g. https://oss-cn-hangzhou.aliyuncs.com, http://127.0.0.1:3900).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// S3: path-style addressing (MinIO, Garage, Ceph RGW).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub path_style: bool,
+    /// S3: variables holding the keys (default AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_key_id_env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_access_key_env: Option<String>,
+    /// Request timeout in seconds (default 120).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
 }
 
 fn default_role() -> Role {
@@ -150,7 +186,21 @@ impl Config {
                 }
             }
         }
+        for (name, r) in &cfg.remotes {
+            if !is_valid_name(name) {
+                return Err(err(
+                    None,
+                    format!("remote name {name:?} is invalid: use 1 to 128 of A-Z a-z 0-9 . _ -"),
+                ));
+            }
+            crate::store::remote::check_url(&r.url)
+                .map_err(|e| err(None, format!("remote {name}: {e}")))?;
+        }
         Ok(cfg)
+    }
+
+    pub fn remote(&self, name: &str) -> Option<&RemoteConfig> {
+        self.remotes.get(name)
     }
 
     pub fn vm(&self, name: &str) -> Option<&VmConfig> {

@@ -78,6 +78,17 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error("remote {remote}: {reason}")]
+    Remote {
+        remote: String,
+        reason: String,
+        /// Whether trying again may help (timeouts, dropped connections, 5xx).
+        transient: bool,
+    },
+
+    #[error("remote {remote} refused: {reason}")]
+    Denied { remote: String, reason: String },
+
     #[error("{0}")]
     Invalid(String),
 }
@@ -93,6 +104,16 @@ impl Error {
             context: format!("{} {}", context.into(), path.display()),
             source,
         }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Remote {
+                transient: true,
+                ..
+            }
+        )
     }
 
     pub fn corrupt(kind: &'static str, id: impl ToString, reason: impl Into<String>) -> Self {

@@ -11,6 +11,9 @@ pub mod jobs;
 pub mod names;
 pub mod repo;
 pub mod restore;
+pub mod server;
 pub mod source;
+pub mod store;
+pub mod sync;
 
 pub use error::{Error, Result};

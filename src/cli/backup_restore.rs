@@ -197,11 +197,18 @@ pub async fn restore(
     format: Option<OutFormat>,
     force: bool,
     dry_run: bool,
+    from: Option<String>,
 ) -> anyhow::Result<Outcome> {
-    let repo = ctx.open_repo()?;
-    let all = repo.load_all()?;
     let is_set = matches!(Ref::parse(reference)?, Ref::Set { .. });
-    let picked = refs::resolve_many(&all, reference)?;
+    let all = match &from {
+        Some(remote) => super::remote_cmds::fetch_for_restore(ctx, remote, reference).await?,
+        None => ctx.open_repo()?.load_all()?,
+    };
+    let repo = ctx.open_repo()?;
+    let picked: Vec<&(lifeboat::repo::ManifestKey, lifeboat::repo::Manifest)> = match &from {
+        Some(_) => all.iter().collect(),
+        None => refs::resolve_many(&all, reference)?,
+    };
     let chosen = |orig: ImageFormat, path: &std::path::Path| match format {
         Some(OutFormat::Raw) => ImageFormat::Raw,
         Some(OutFormat::Qcow2) => ImageFormat::Qcow2,

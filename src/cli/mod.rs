@@ -7,6 +7,7 @@ mod backup_restore;
 mod inspect;
 pub mod output;
 pub mod progress;
+mod remote_cmds;
 
 use std::path::PathBuf;
 
@@ -101,6 +102,75 @@ pub enum Command {
         /// Show the plan and write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Fetch what the restore needs from this remote (name or URL),
+        /// keeping it in the local repository (created if missing).
+        #[arg(long, value_name = "REMOTE")]
+        from: Option<String>,
+    },
+    /// Manage remotes (off-site servers, S3 buckets, other directories).
+    Remote {
+        #[command(subcommand)]
+        action: RemoteAction,
+    },
+    /// Serve the repository (--repo) to other lifeboats over HTTP(S).
+    Serve(ServeArgs),
+    /// Send backups the remote lacks.
+    Push(remote_cmds::SyncArgs),
+    /// Fetch backups the local repository lacks.
+    Pull(remote_cmds::SyncArgs),
+    /// Per volume: backups only local, only on a remote, or in both.
+    Status {
+        /// Remotes to compare with (default: every configured remote).
+        remotes: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RemoteAction {
+    /// Add a remote to the config file.
+    Add(remote_cmds::RemoteAddArgs),
+    /// List remotes with reachability and latency.
+    Ls,
+    /// Remove a remote from the config file.
+    Rm { name: String },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8473")]
+    pub listen: std::net::SocketAddr,
+    /// Tokens file (hashes and roles), written by `serve token add`.
+    #[arg(long, global = true)]
+    pub tokens: Option<PathBuf>,
+    /// TLS certificate chain (PEM); with --tls-key, serve HTTPS.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Uploads handled at once; more wait.
+    #[arg(long, default_value_t = 16)]
+    pub max_uploads: usize,
+    #[command(subcommand)]
+    pub action: Option<ServeAction>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServeAction {
+    /// Manage the server's tokens.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenAction {
+    /// Add a token; it is printed once, on the last line.
+    Add {
+        name: String,
+        #[arg(long, value_parser = ["read", "append", "admin"])]
+        role: String,
     },
 }
 
@@ -127,8 +197,13 @@ pub enum OutFormat {
     Qcow2,
 }
 
+fn serving() -> bool {
+    std::env::args().nth(1).as_deref() == Some("serve") || std::env::args().any(|a| a == "serve")
+}
+
 pub fn init_tracing(verbose: u8) {
     let level = match verbose {
+        0 if serving() => "info",
         0 => "warn",
         1 => "info",
         _ => "debug",
@@ -167,7 +242,21 @@ impl Ctx {
 
 pub async fn run(cli: Cli) -> u8 {
     let json = cli.json;
-    let config = match Config::load(cli.config.as_deref()) {
+    // `remote add` may create the config file it names.
+    let creating = matches!(
+        &cli.command,
+        Command::Remote {
+            action: RemoteAction::Add(_)
+        }
+    );
+    let config = match cli.config.as_deref() {
+        Some(p) if creating && !p.exists() => Ok(Config {
+            path: Some(p.to_path_buf()),
+            ..Default::default()
+        }),
+        other => Config::load(other),
+    };
+    let config = match config {
         Ok(c) => c,
         Err(e) => return report(json, &anyhow::Error::new(e)),
     };
@@ -206,13 +295,73 @@ pub async fn run(cli: Cli) -> u8 {
             format,
             force,
             dry_run,
-        } => backup_restore::restore(&ctx, &reference, to, format, force, dry_run).await,
+            from,
+        } => backup_restore::restore(&ctx, &reference, to, format, force, dry_run, from).await,
+        Command::Remote { action } => match action {
+            RemoteAction::Add(a) => remote_cmds::remote_add(&ctx, a),
+            RemoteAction::Ls => remote_cmds::remote_ls(&ctx).await,
+            RemoteAction::Rm { name } => remote_cmds::remote_rm(&ctx, &name),
+        },
+        Command::Serve(a) => serve(&ctx, a).await,
+        Command::Push(a) => remote_cmds::push_pull(&ctx, a, true).await,
+        Command::Pull(a) => remote_cmds::push_pull(&ctx, a, false).await,
+        Command::Status { remotes } => remote_cmds::status_cmd(&ctx, remotes).await,
     };
     match res {
         Ok(Outcome::Ok) => 0,
         Ok(Outcome::Damage) => EXIT_DAMAGE,
         Err(e) => report(json, &e),
     }
+}
+
+async fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<Outcome> {
+    use anyhow::Context;
+    let tokens = a.tokens.clone().context("--tokens FILE is required")?;
+    if let Some(ServeAction::Token {
+        action: TokenAction::Add { name, role },
+    }) = a.action
+    {
+        let role: lifeboat::server::tokens::Role = role.parse()?;
+        let token = lifeboat::server::tokens::TokenFile::add(&tokens, &name, role)?;
+        eprintln!(
+            "added token {name} ({role:?}) to {}; it is shown once, below:",
+            tokens.display()
+        );
+        println!("{token}");
+        return Ok(Outcome::Ok);
+    }
+    let repo = ctx.repo_path();
+    let tls = a.tls_cert.zip(a.tls_key);
+    let opts = lifeboat::server::ServeOptions {
+        repo,
+        listen: a.listen,
+        tokens,
+        tls,
+        max_uploads: a.max_uploads,
+    };
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+        }
+        tracing::info!("shutting down");
+    };
+    lifeboat::server::serve(
+        opts,
+        |addr, tls| {
+            println!(
+                "listening on {}://{addr}",
+                if tls { "https" } else { "http" }
+            );
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+        },
+        shutdown,
+    )
+    .await?;
+    Ok(Outcome::Ok)
 }
 
 fn report(json: bool, e: &anyhow::Error) -> u8 {

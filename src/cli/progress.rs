@@ -27,13 +27,28 @@ fn line(s: &Snapshot) -> String {
     )
 }
 
+/// Runs blocking engine work as a job and shows its progress.
 pub async fn run_job<T, F>(kind: &str, json: bool, work: F) -> Result<T>
 where
     T: Send + 'static,
     F: FnOnce(&CancellationToken, &Progress) -> Result<T> + Send + 'static,
 {
     let (tx, _rx) = mpsc::unbounded_channel();
-    let job = Job::spawn(kind, tx, work);
+    observe(kind, json, Job::spawn(kind, tx, work)).await
+}
+
+/// Runs async engine work (transfers) as a job and shows its progress.
+pub async fn run_job_async<T, F, Fut>(kind: &str, json: bool, work: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(CancellationToken, std::sync::Arc<Progress>) -> Fut,
+    Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+{
+    let (tx, _rx) = mpsc::unbounded_channel();
+    observe(kind, json, Job::spawn_async(kind, tx, work)).await
+}
+
+async fn observe<T: Send + 'static>(kind: &str, json: bool, job: Job<T>) -> Result<T> {
     let cancel = job.cancel.clone();
     let progress = job.progress.clone();
     let tty = std::io::stderr().is_terminal() && !json;

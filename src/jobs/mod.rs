@@ -70,6 +70,47 @@ impl<T: Send + 'static> Job<T> {
         }
     }
 
+    /// Starts async `work` (network transfers) on the runtime.
+    pub fn spawn_async<F, Fut>(
+        kind: &str,
+        events: mpsc::UnboundedSender<JobEvent>,
+        work: F,
+    ) -> Job<T>
+    where
+        F: FnOnce(CancellationToken, Arc<Progress>) -> Fut,
+        Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+    {
+        let id = NEXT_JOB.fetch_add(1, Ordering::Relaxed);
+        let cancel = CancellationToken::new();
+        let progress = Arc::new(Progress::new());
+        let _ = events.send(JobEvent::Started {
+            id,
+            kind: kind.to_string(),
+        });
+        let fut = work(cancel.clone(), progress.clone());
+        let p = progress.clone();
+        let handle = tokio::spawn(async move {
+            let res = fut.await;
+            p.finish();
+            let _ = events.send(match &res {
+                Ok(_) => JobEvent::Finished { id },
+                Err(Error::Cancelled) => JobEvent::Cancelled { id },
+                Err(e) => JobEvent::Failed {
+                    id,
+                    error: e.to_string(),
+                },
+            });
+            res
+        });
+        Job {
+            id,
+            kind: kind.to_string(),
+            cancel,
+            progress,
+            handle,
+        }
+    }
+
     pub fn is_finished(&self) -> bool {
         self.handle.is_finished()
     }

@@ -7,6 +7,7 @@
 //! The chunk's id is the BLAKE3 of the raw (uncompressed) bytes, so a
 //! reader can check any chunk against its name whatever codec was used.
 
+use super::buf::AlignedBuf;
 use super::id::Id;
 use crate::error::{Error, Result};
 
@@ -39,49 +40,103 @@ impl Encoder {
     }
 
     pub fn encode(&mut self, raw: &[u8]) -> Result<Vec<u8>> {
+        let mut out = AlignedBuf::new();
+        self.encode_into(raw, &mut out)?;
+        Ok(out.as_slice().to_vec())
+    }
+
+    /// Encodes into `out` as the whole chunk file (header then payload), so
+    /// that it can be written from an aligned buffer. Returns the length.
+    pub fn encode_into(&mut self, raw: &[u8], out: &mut AlignedBuf) -> Result<usize> {
         if raw.len() > MAX_CHUNK {
             return Err(Error::Invalid(format!(
                 "chunk of {} bytes exceeds the 64 MiB limit",
                 raw.len()
             )));
         }
-        if raw.len() > SAMPLE * 2 {
+        let bound = zstd::zstd_safe::compress_bound(raw.len()).max(raw.len());
+        let dst = out.resize(HEADER_LEN + bound);
+        let incompressible = raw.len() > SAMPLE * 2 && {
             let mid = raw.len() / 2;
             let sample = &raw[mid..mid + SAMPLE];
             let probe = self
                 .probe
-                .compress(sample)
+                .compress_to_buffer(sample, &mut dst[HEADER_LEN..])
                 .map_err(|e| Error::Invalid(format!("zstd: {e}")))?;
-            if probe.len() as f64 > sample.len() as f64 * SAMPLE_MAX_RATIO {
-                return Ok(frame(CODEC_STORED, raw.len(), raw));
+            probe as f64 > sample.len() as f64 * SAMPLE_MAX_RATIO
+        };
+        let mut codec = CODEC_STORED;
+        let mut payload = raw.len();
+        if !incompressible {
+            let n = self
+                .zstd
+                .compress_to_buffer(raw, &mut dst[HEADER_LEN..])
+                .map_err(|e| Error::Invalid(format!("zstd: {e}")))?;
+            if n + n / 32 < raw.len() {
+                codec = CODEC_ZSTD;
+                payload = n;
             }
         }
-        let packed = self
-            .zstd
-            .compress(raw)
-            .map_err(|e| Error::Invalid(format!("zstd: {e}")))?;
-        if packed.len() + packed.len() / 32 >= raw.len() {
-            Ok(frame(CODEC_STORED, raw.len(), raw))
-        } else {
-            Ok(frame(CODEC_ZSTD, raw.len(), &packed))
+        if codec == CODEC_STORED {
+            dst[HEADER_LEN..HEADER_LEN + raw.len()].copy_from_slice(raw);
         }
+        write_header(&mut dst[..HEADER_LEN], codec, raw.len());
+        let total = HEADER_LEN + payload;
+        out.resize(total);
+        Ok(total)
     }
 }
 
-fn frame(codec: u8, raw_len: usize, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-    out.extend_from_slice(MAGIC);
-    out.push(1);
-    out.push(codec);
-    out.extend_from_slice(&[0, 0]);
-    out.extend_from_slice(&(raw_len as u32).to_le_bytes());
-    out.extend_from_slice(payload);
-    out
+fn write_header(h: &mut [u8], codec: u8, raw_len: usize) {
+    h[..4].copy_from_slice(MAGIC);
+    h[4] = 1;
+    h[5] = codec;
+    h[6] = 0;
+    h[7] = 0;
+    h[8..12].copy_from_slice(&(raw_len as u32).to_le_bytes());
 }
 
 /// Decodes a stored chunk and checks it against `id`. Any mismatch is an
 /// error naming the chunk: a reader never returns unverified bytes.
 pub fn decode(id: &Id, data: &[u8]) -> Result<Vec<u8>> {
+    let mut out = AlignedBuf::new();
+    decode_into(id, data, &mut out).map(|s| s.to_vec())
+}
+
+/// Decodes into `out` (page-aligned), verifying against `id`.
+pub fn decode_into<'o>(id: &Id, data: &[u8], out: &'o mut AlignedBuf) -> Result<&'o [u8]> {
+    let bad = |why: String| Error::corrupt("chunk", id, why);
+    let (codec, raw_len) = parse_header(id, data)?;
+    let payload = &data[HEADER_LEN..];
+    let dst = out.resize(raw_len);
+    match codec {
+        CODEC_STORED => {
+            if payload.len() != raw_len {
+                return Err(bad(format!(
+                    "holds {} bytes, header says {raw_len}",
+                    payload.len()
+                )));
+            }
+            dst.copy_from_slice(payload);
+        }
+        CODEC_ZSTD => {
+            let n = zstd::bulk::Decompressor::new()
+                .and_then(|mut d| d.decompress_to_buffer(payload, dst))
+                .map_err(|e| bad(format!("zstd: {e}")))?;
+            if n != raw_len {
+                return Err(bad(format!("holds {n} bytes, header says {raw_len}")));
+            }
+        }
+        c => return Err(bad(format!("unknown codec {c}"))),
+    }
+    let actual = Id::of(out.as_slice());
+    if actual != *id {
+        return Err(bad(format!("content hashes to {}", actual.short())));
+    }
+    Ok(out.as_slice())
+}
+
+fn parse_header(id: &Id, data: &[u8]) -> Result<(u8, usize)> {
     let bad = |why: String| Error::corrupt("chunk", id, why);
     if data.len() < HEADER_LEN || &data[..4] != MAGIC {
         return Err(bad(format!("bad header ({} bytes)", data.len())));
@@ -95,25 +150,7 @@ pub fn decode(id: &Id, data: &[u8]) -> Result<Vec<u8>> {
             "claims {raw_len} bytes, over the 64 MiB limit"
         )));
     }
-    let payload = &data[HEADER_LEN..];
-    let raw = match data[5] {
-        CODEC_STORED => payload.to_vec(),
-        CODEC_ZSTD => {
-            zstd::bulk::decompress(payload, raw_len).map_err(|e| bad(format!("zstd: {e}")))?
-        }
-        c => return Err(bad(format!("unknown codec {c}"))),
-    };
-    if raw.len() != raw_len {
-        return Err(bad(format!(
-            "holds {} bytes, header says {raw_len}",
-            raw.len()
-        )));
-    }
-    let actual = Id::of(&raw);
-    if actual != *id {
-        return Err(bad(format!("content hashes to {}", actual.short())));
-    }
-    Ok(raw)
+    Ok((data[5], raw_len))
 }
 
 #[cfg(test)]

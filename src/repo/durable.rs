@@ -28,9 +28,10 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
 /// Writes `bytes` to `path` atomically and durably. An existing file at
 /// `path` is replaced.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| Error::Invalid(format!("{} has no parent directory", path.display())))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     let stem = path.file_name().and_then(|s| s.to_str()).unwrap_or("obj");
     let tmp = dir.join(temp_name(stem));
     let res = (|| {

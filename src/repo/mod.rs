@@ -1,6 +1,7 @@
 //! The content-addressed repository on a local disk (format v1, see
 //! docs/ARCHITECTURE.md): config, chunk/index/manifest I/O, listings.
 
+pub mod buf;
 pub mod chunk;
 pub mod diff;
 pub mod durable;
@@ -48,9 +49,9 @@ pub struct RepoConfig {
 impl RepoConfig {
     pub fn new(chunk_size: u64, level: i32) -> Result<RepoConfig> {
         index::check_chunk_size(chunk_size)?;
-        if !(1..=19).contains(&level) {
+        if !(-7..=19).contains(&level) || level == 0 {
             return Err(Error::Invalid(format!(
-                "zstd level {level} is not allowed: use 1 to 19"
+                "zstd level {level} is not allowed: use 1 to 19, or -1 to -7 for zstd's fast modes"
             )));
         }
         Ok(RepoConfig {
@@ -188,6 +189,28 @@ impl Repo {
                 Error::io("reading", &path, e)
             }
         })
+    }
+
+    /// Reads, decodes and verifies one chunk into `out`, reusing `file` as
+    /// the read buffer (both page-aligned; see `buf`).
+    pub fn read_chunk_into<'o>(
+        &self,
+        id: &Id,
+        file: &mut buf::AlignedBuf,
+        out: &'o mut buf::AlignedBuf,
+    ) -> Result<&'o [u8]> {
+        let path = self.path_of(&Self::chunk_key(id));
+        let data = file.read_file(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::MissingObject {
+                    kind: "chunk",
+                    id: id.to_hex(),
+                }
+            } else {
+                Error::io("reading", &path, e)
+            }
+        })?;
+        chunk::decode_into(id, data, out)
     }
 
     /// Reads, decodes and verifies one chunk.
@@ -373,15 +396,17 @@ impl ChunkWriter<'_> {
             durable::remove_quietly(&tmp);
             return Err(e);
         }
-        let flush_now = {
-            let mut st = self.lock()?;
-            st.pending.push((tmp, final_path));
-            st.pending.len() >= FLUSH_EVERY
-        };
-        if flush_now {
+        self.lock()?.pending.push((tmp, final_path));
+        Ok(true)
+    }
+
+    /// Flushes when enough chunks are staged. Called by the thread that
+    /// collects results, so that no worker stalls in a file-system sync.
+    pub fn flush_if_due(&self) -> Result<()> {
+        if self.lock()?.pending.len() >= FLUSH_EVERY {
             self.flush()?;
         }
-        Ok(true)
+        Ok(())
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, WriterState>> {

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
+use super::buf::AlignedBuf;
 use super::{Id, ManifestKey, Repo};
 use crate::error::{Error, Result};
 use crate::jobs::{CancellationToken, Progress};
@@ -118,32 +119,36 @@ pub fn verify(
     let threads = if deep { worker_threads() } else { 1 };
     std::thread::scope(|s| {
         for _ in 0..threads {
-            s.spawn(|| loop {
-                if cancel.is_cancelled() {
-                    return;
-                }
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(id) = ids.get(i) else { return };
-                let res = if deep {
-                    repo.read_chunk_raw(id).and_then(|raw| {
-                        bytes.fetch_add(raw.len() as u64, Ordering::Relaxed);
-                        progress.add(raw.len() as u64, 1);
-                        super::chunk::decode(id, &raw).map(|_| ())
-                    })
-                } else {
-                    progress.add(0, 1);
-                    if repo.has_chunk(id) {
-                        Ok(())
-                    } else {
-                        Err(Error::MissingObject {
-                            kind: "chunk",
-                            id: id.to_hex(),
-                        })
+            s.spawn(|| {
+                let (mut file_buf, mut raw_buf) = (AlignedBuf::new(), AlignedBuf::new());
+                loop {
+                    if cancel.is_cancelled() {
+                        return;
                     }
-                };
-                if let Err(e) = res {
-                    if let Ok(mut b) = bad.lock() {
-                        b.push((*id, e));
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(id) = ids.get(i) else { return };
+                    let res = if deep {
+                        repo.read_chunk_into(id, &mut file_buf, &mut raw_buf)
+                            .map(|_| {
+                                let n = file_buf.len() as u64;
+                                bytes.fetch_add(n, Ordering::Relaxed);
+                                progress.add(n, 1);
+                            })
+                    } else {
+                        progress.add(0, 1);
+                        if repo.has_chunk(id) {
+                            Ok(())
+                        } else {
+                            Err(Error::MissingObject {
+                                kind: "chunk",
+                                id: id.to_hex(),
+                            })
+                        }
+                    };
+                    if let Err(e) = res {
+                        if let Ok(mut b) = bad.lock() {
+                            b.push((*id, e));
+                        }
                     }
                 }
             });

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::jobs::{CancellationToken, Progress};
+use crate::repo::buf::AlignedBuf;
 use crate::repo::durable::{fsync_dir, remove_quietly, temp_name};
 use crate::repo::manifest::ImageFormat;
 use crate::repo::verify::worker_threads;
@@ -177,38 +178,45 @@ fn write_raw(
     let failed = || first_err.lock().map(|e| e.is_some()).unwrap_or(true);
     std::thread::scope(|s| {
         for _ in 0..worker_threads() {
-            s.spawn(|| loop {
-                if cancel.is_cancelled() || failed() {
-                    return;
-                }
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(id) = index.chunks.get(i) else {
-                    return;
-                };
-                let len = index.chunk_len(i);
-                let off = i as u64 * index.chunk_size;
-                let res = if id.is_zero() {
-                    Ok(())
-                } else {
-                    repo.read_chunk(id).and_then(|data| {
-                        if data.len() as u64 != len {
-                            return Err(Error::corrupt(
-                                "chunk",
-                                id,
-                                format!("holds {} bytes where the index expects {len}", data.len()),
-                            ));
-                        }
-                        file.write_all_at(&data, off)
-                            .map_err(|e| Error::io("writing", path, e))
-                    })
-                };
-                match res {
-                    Ok(()) => progress.add(len, 1),
-                    Err(e) => {
-                        if let Ok(mut slot) = first_err.lock() {
-                            slot.get_or_insert(e);
-                        }
+            s.spawn(|| {
+                let (mut file_buf, mut raw_buf) = (AlignedBuf::new(), AlignedBuf::new());
+                loop {
+                    if cancel.is_cancelled() || failed() {
                         return;
+                    }
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(id) = index.chunks.get(i) else {
+                        return;
+                    };
+                    let len = index.chunk_len(i);
+                    let off = i as u64 * index.chunk_size;
+                    let res = if id.is_zero() {
+                        Ok(())
+                    } else {
+                        repo.read_chunk_into(id, &mut file_buf, &mut raw_buf)
+                            .and_then(|data| {
+                                if data.len() as u64 != len {
+                                    return Err(Error::corrupt(
+                                        "chunk",
+                                        id,
+                                        format!(
+                                            "holds {} bytes where the index expects {len}",
+                                            data.len()
+                                        ),
+                                    ));
+                                }
+                                file.write_all_at(&data, off)
+                                    .map_err(|e| Error::io("writing", path, e))
+                            })
+                    };
+                    match res {
+                        Ok(()) => progress.add(len, 1),
+                        Err(e) => {
+                            if let Ok(mut slot) = first_err.lock() {
+                                slot.get_or_insert(e);
+                            }
+                            return;
+                        }
                     }
                 }
             });

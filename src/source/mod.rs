@@ -32,6 +32,15 @@ pub trait VolumeReader: Send {
     fn data_extents(&mut self) -> Result<Extents>;
     /// Fills `buf` from `offset` (the caller never reads past the end).
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()>;
+    /// Sources that can be read from many threads at once (files, with
+    /// pread) return themselves here, so every worker reads its own chunks.
+    fn shared(&self) -> Option<&dyn SharedRead> {
+        None
+    }
+}
+
+pub trait SharedRead: Sync {
+    fn read_at_shared(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
 }
 
 pub struct Source {

@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::{Extents, VolumeReader};
+use super::{Extents, SharedRead, VolumeReader};
 use crate::error::{Error, Result};
 
 pub struct RawReader {
@@ -87,6 +87,16 @@ impl VolumeReader for RawReader {
     }
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.read_at_shared(offset, buf)
+    }
+
+    fn shared(&self) -> Option<&dyn SharedRead> {
+        Some(self)
+    }
+}
+
+impl SharedRead for RawReader {
+    fn read_at_shared(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.file
             .read_exact_at(buf, offset)
             .map_err(|e| Error::Source {

@@ -1,0 +1,451 @@
+//! Remotes: remote add/ls/rm, serve, push, pull, status, restore --from.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use lifeboat::config::{default_config_path, RemoteConfig};
+use lifeboat::repo::ManifestKey;
+use lifeboat::store::local::LocalStore;
+use lifeboat::store::remote;
+use lifeboat::sync::{self, select, status, SyncOptions};
+
+use super::output::{bytes, duration, table, time};
+use super::progress::run_job_async;
+use super::{print_json, Ctx, Outcome};
+
+#[derive(Debug, clap::Args)]
+pub struct RemoteAddArgs {
+    pub name: String,
+    /// A path or file:///path, http(s)://host:port/, or s3://bucket/prefix.
+    pub url: String,
+    /// lifeboat serve: environment variable holding the token.
+    #[arg(long)]
+    pub token_env: Option<String>,
+    /// lifeboat serve: file holding the token.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// lifeboat serve over TLS with a private CA: its certificate (PEM).
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
+    /// S3 endpoint, e.g. http://127.0.0.1:3900 or https://oss-cn-hangzhou.aliyuncs.com.
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    #[arg(long)]
+    pub region: Option<String>,
+    /// S3 path-style addressing (MinIO, Garage, Ceph RGW).
+    #[arg(long)]
+    pub path_style: bool,
+    /// S3: variable holding the access key id (default AWS_ACCESS_KEY_ID).
+    #[arg(long)]
+    pub access_key_id_env: Option<String>,
+    /// S3: variable holding the secret key (default AWS_SECRET_ACCESS_KEY).
+    #[arg(long)]
+    pub secret_access_key_env: Option<String>,
+    /// Request timeout in seconds.
+    #[arg(long)]
+    pub timeout_secs: Option<u64>,
+}
+
+fn config_file(ctx: &Ctx) -> anyhow::Result<PathBuf> {
+    ctx.config
+        .path
+        .clone()
+        .or_else(default_config_path)
+        .context("no config file path: pass --config FILE")
+}
+
+fn edit_config(
+    ctx: &Ctx,
+    f: impl FnOnce(&mut toml_edit::DocumentMut) -> anyhow::Result<()>,
+) -> anyhow::Result<PathBuf> {
+    let path = config_file(ctx)?;
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .with_context(|| format!("parsing {}", path.display()))?;
+    f(&mut doc)?;
+    let out = doc.to_string();
+    // Check the result is still a valid config before replacing the file.
+    lifeboat::config::Config::parse(&path, &out)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    lifeboat::repo::durable::write_atomic(&path, out.as_bytes())?;
+    Ok(path)
+}
+
+pub fn remote_add(ctx: &Ctx, a: RemoteAddArgs) -> anyhow::Result<Outcome> {
+    lifeboat::names::check_name("remote", &a.name)?;
+    remote::check_url(&a.url)?;
+    if a.token_env.is_some() && a.token_file.is_some() {
+        bail!("give --token-env or --token-file, not both");
+    }
+    if ctx.config.remote(&a.name).is_some() {
+        bail!(
+            "remote {:?} already exists: remove it first with `lifeboat remote rm {}`",
+            a.name,
+            a.name
+        );
+    }
+    let rc = RemoteConfig {
+        url: a.url,
+        token_env: a.token_env,
+        token_file: a.token_file,
+        ca_cert: a.ca_cert,
+        endpoint: a.endpoint,
+        region: a.region,
+        path_style: a.path_style,
+        access_key_id_env: a.access_key_id_env,
+        secret_access_key_env: a.secret_access_key_env,
+        timeout_secs: a.timeout_secs,
+    };
+    let table_text = toml::to_string(&rc)?;
+    let name = a.name.clone();
+    let path = edit_config(ctx, |doc| {
+        let tbl: toml_edit::DocumentMut = table_text.parse()?;
+        let remotes = doc
+            .entry("remote")
+            .or_insert(toml_edit::Item::Table(toml_edit::Table::new()))
+            .as_table_mut()
+            .context("`remote` in the config is not a table")?;
+        remotes.set_implicit(true);
+        remotes.insert(&name, toml_edit::Item::Table(tbl.as_table().clone()));
+        Ok(())
+    })?;
+    if ctx.json {
+        print_json(&serde_json::json!({"added": a.name, "config": path}))?;
+    } else {
+        println!("added remote {} to {}", a.name, path.display());
+    }
+    Ok(Outcome::Ok)
+}
+
+pub fn remote_rm(ctx: &Ctx, name: &str) -> anyhow::Result<Outcome> {
+    if ctx.config.remote(name).is_none() {
+        bail!("no remote named {name:?}");
+    }
+    let path = edit_config(ctx, |doc| {
+        if let Some(t) = doc.get_mut("remote").and_then(|r| r.as_table_mut()) {
+            t.remove(name);
+        }
+        Ok(())
+    })?;
+    if !ctx.json {
+        println!("removed remote {name} from {}", path.display());
+    } else {
+        print_json(&serde_json::json!({"removed": name}))?;
+    }
+    Ok(Outcome::Ok)
+}
+
+#[derive(serde::Serialize)]
+struct RemoteRow {
+    name: String,
+    url: String,
+    kind: &'static str,
+    reachable: bool,
+    latency_ms: Option<f64>,
+    backups: Option<usize>,
+    error: Option<String>,
+}
+
+pub async fn remote_ls(ctx: &Ctx) -> anyhow::Result<Outcome> {
+    let mut rows = Vec::new();
+    for (name, rc) in &ctx.config.remotes {
+        let kind = match remote::check_url(&rc.url) {
+            Ok(remote::Kind::Local(_)) => "local",
+            Ok(remote::Kind::Http) => "server",
+            Ok(remote::Kind::S3) => "s3",
+            Err(_) => "invalid",
+        };
+        let started = Instant::now();
+        let probe = async {
+            let store = remote::open(name, rc)?;
+            let cfg = sync::read_config(store.as_ref()).await?;
+            let n = sync::list_manifests(store.as_ref()).await?.len();
+            Ok::<_, lifeboat::Error>((cfg, n))
+        };
+        let res = tokio::time::timeout(std::time::Duration::from_secs(15), probe).await;
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        let row = match res {
+            Ok(Ok((Some(_), n))) => (true, Some(ms), Some(n), None),
+            Ok(Ok((None, _))) => (
+                true,
+                Some(ms),
+                None,
+                Some("reachable, but holds no repository (push --init creates one)".into()),
+            ),
+            Ok(Err(e)) => (false, None, None, Some(e.to_string())),
+            Err(_) => (false, None, None, Some("timed out after 15 s".into())),
+        };
+        rows.push(RemoteRow {
+            name: name.clone(),
+            url: rc.url.clone(),
+            kind,
+            reachable: row.0,
+            latency_ms: row.1,
+            backups: row.2,
+            error: row.3,
+        });
+    }
+    if ctx.json {
+        print_json(&rows)?;
+        return Ok(Outcome::Ok);
+    }
+    if rows.is_empty() {
+        println!("no remotes; add one with `lifeboat remote add NAME URL`");
+        return Ok(Outcome::Ok);
+    }
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                r.kind.to_string(),
+                r.url.clone(),
+                if r.reachable {
+                    "yes".into()
+                } else {
+                    "NO".into()
+                },
+                r.latency_ms
+                    .map(|m| format!("{m:.0} ms"))
+                    .unwrap_or_else(|| "-".into()),
+                r.backups
+                    .map(|b| b.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                r.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "NAME",
+                "KIND",
+                "URL",
+                "REACHABLE",
+                "LATENCY",
+                "BACKUPS",
+                "NOTE"
+            ],
+            &cells
+        )
+    );
+    Ok(Outcome::Ok)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SyncArgs {
+    /// A configured remote name, or a URL.
+    pub remote: String,
+    /// What to move: a REF, VM, VM/VOLUME or VM@latest (default: everything).
+    pub selection: Option<String>,
+    /// Only the newest N backups of each volume.
+    #[arg(long)]
+    pub last: Option<usize>,
+    /// Everything (the default).
+    #[arg(long, conflicts_with = "selection")]
+    pub all: bool,
+    /// Create the destination repository if it has none.
+    #[arg(long)]
+    pub init: bool,
+    /// Objects moved at once.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+}
+
+pub async fn push_pull(ctx: &Ctx, a: SyncArgs, push: bool) -> anyhow::Result<Outcome> {
+    let (name, remote_store) = remote::resolve(&ctx.config, &a.remote)?;
+    let local_path = ctx.repo_path();
+    if push {
+        ctx.open_repo()?;
+    } else if !a.init {
+        ctx.open_repo()?;
+    }
+    let local = std::sync::Arc::new(LocalStore::new(&local_path));
+    let (src, dst): (lifeboat::store::DynStore, lifeboat::store::DynStore) = if push {
+        (local, remote_store)
+    } else {
+        (remote_store, local)
+    };
+    let opts = SyncOptions {
+        concurrency: a.concurrency,
+        init: a.init,
+        ..Default::default()
+    };
+    let selection = a.selection.clone();
+    let last = a.last;
+    let kind = if push { "push" } else { "pull" };
+    let report = run_job_async(kind, ctx.json, move |cancel, progress| async move {
+        progress.set_phase("listing backups");
+        let keys = sync::list_manifests(src.as_ref()).await?;
+        let chosen: Vec<ManifestKey> =
+            select::select(src.as_ref(), keys, selection.as_deref(), last).await?;
+        sync::transfer(
+            src.as_ref(),
+            dst.as_ref(),
+            chosen,
+            &opts,
+            &cancel,
+            &progress,
+        )
+        .await
+    })
+    .await?;
+    if ctx.json {
+        print_json(&report)?;
+    } else {
+        println!(
+            "{kind} {} {name}: {} of {} backups sent, {} chunks sent ({} already there), {} indexes, {} in {}",
+            if push { "to" } else { "from" },
+            report.manifests_sent,
+            report.manifests_selected,
+            report.chunks_sent,
+            report.chunks_skipped,
+            report.indexes_sent,
+            bytes(report.bytes_sent),
+            duration(report.seconds)
+        );
+    }
+    Ok(Outcome::Ok)
+}
+
+pub async fn status_cmd(ctx: &Ctx, remotes: Vec<String>) -> anyhow::Result<Outcome> {
+    let local_keys = ctx.open_repo()?.list_manifests()?;
+    let names: Vec<String> = if remotes.is_empty() {
+        ctx.config.remotes.keys().cloned().collect()
+    } else {
+        remotes
+    };
+    if names.is_empty() {
+        bail!("no remotes configured; add one with `lifeboat remote add NAME URL` or name a URL");
+    }
+    let mut out = Vec::new();
+    for n in &names {
+        let res = async {
+            let (_, store) = remote::resolve(&ctx.config, n)?;
+            sync::list_manifests(store.as_ref()).await
+        }
+        .await;
+        out.push(
+            res.map(|rk| status::compare(n, &local_keys, &rk))
+                .map_err(|e| e.to_string()),
+        );
+    }
+    if ctx.json {
+        let v: Vec<serde_json::Value> = names
+            .iter()
+            .zip(&out)
+            .map(|(n, r)| match r {
+                Ok(s) => serde_json::to_value(s).unwrap_or_default(),
+                Err(e) => serde_json::json!({"remote": n, "error": e}),
+            })
+            .collect();
+        print_json(&v)?;
+        return Ok(Outcome::Ok);
+    }
+    for (n, r) in names.iter().zip(&out) {
+        let s = match r {
+            Ok(s) => s,
+            Err(e) => {
+                println!("{n}: unreachable: {e}\n");
+                continue;
+            }
+        };
+        println!(
+            "{n}: newest backup {}",
+            s.newest
+                .as_ref()
+                .map(|b| format!("{} ({})", time(&b.time), &b.id[..12]))
+                .unwrap_or_else(|| "none".into())
+        );
+        let cells: Vec<Vec<String>> = s
+            .volumes
+            .iter()
+            .map(|v| {
+                vec![
+                    format!("{}/{}", v.vm, v.volume),
+                    v.only_local.len().to_string(),
+                    v.both.len().to_string(),
+                    v.only_remote.len().to_string(),
+                    v.only_local
+                        .first()
+                        .map(|b| time(&b.time))
+                        .unwrap_or_default(),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table(
+                &[
+                    "VOLUME",
+                    "ONLY LOCAL",
+                    "BOTH",
+                    "ONLY REMOTE",
+                    "NEWEST UNPUSHED"
+                ],
+                &cells
+            )
+        );
+        println!();
+    }
+    Ok(Outcome::Ok)
+}
+
+/// Fetches what a restore from a remote needs into the local repository
+/// (creating it if this is a fresh machine) and returns the manifests.
+pub async fn fetch_for_restore(
+    ctx: &Ctx,
+    remote_arg: &str,
+    reference: &str,
+) -> anyhow::Result<Vec<(ManifestKey, lifeboat::repo::Manifest)>> {
+    let (name, remote_store) = remote::resolve(&ctx.config, remote_arg)?;
+    let local: lifeboat::store::DynStore = std::sync::Arc::new(LocalStore::new(ctx.repo_path()));
+    let reference = reference.to_string();
+    let json = ctx.json;
+    let out = run_job_async("fetch", json, move |cancel, progress| async move {
+        progress.set_phase("listing remote backups");
+        let keys = sync::list_manifests(remote_store.as_ref()).await?;
+        let chosen = select::select(remote_store.as_ref(), keys, Some(&reference), None).await?;
+        let chosen: Vec<ManifestKey> = match lifeboat::repo::refs::Ref::parse(&reference)? {
+            lifeboat::repo::refs::Ref::Set { .. } => chosen,
+            _ if chosen.len() == 1 => chosen,
+            _ => {
+                return Err(lifeboat::Error::Invalid(format!(
+                    "{reference:?} names {} backups on the remote; give VM/VOLUME@latest, an id, or VM@latest for a set",
+                    chosen.len()
+                )))
+            }
+        };
+        let opts = SyncOptions {
+            init: true,
+            manifests: false,
+            ..Default::default()
+        };
+        let report = sync::transfer(remote_store.as_ref(), local.as_ref(), chosen.clone(), &opts, &cancel, &progress).await?;
+        let mut out = Vec::new();
+        for k in chosen {
+            let m = sync::fetch_manifest(remote_store.as_ref(), &k).await?;
+            out.push((k, m));
+        }
+        Ok((out, report))
+    })
+    .await?;
+    if !ctx.json {
+        eprintln!(
+            "fetched from {name}: {} chunks ({}), {} already local",
+            out.1.chunks_sent,
+            bytes(out.1.bytes_sent),
+            out.1.chunks_skipped
+        );
+    }
+    Ok(out.0)
+}

@@ -1,0 +1,241 @@
+//! S3-compatible object storage (AWS S3, Aliyun OSS, MinIO, Ceph RGW,
+//! Garage) through the `object_store` crate. No server-side verification
+//! exists here, so every reader verifies what it fetches (as always).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as OsPath;
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig};
+
+use super::keys::{check_prefix, ObjectKey};
+use super::Store;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Default)]
+pub struct S3Options {
+    pub bucket: String,
+    pub prefix: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub path_style: bool,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub timeout: Option<Duration>,
+}
+
+impl S3Options {
+    /// Parses `s3://bucket/prefix`.
+    pub fn from_url(url: &str) -> Result<S3Options> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| Error::Invalid(format!("not an s3:// URL: {url:?}")))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.len() < 3
+            || !bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        {
+            return Err(Error::Invalid(format!(
+                "invalid bucket name {bucket:?}: S3 bucket names are 3 to 63 of a-z 0-9 . -"
+            )));
+        }
+        Ok(S3Options {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+            ..Default::default()
+        })
+    }
+}
+
+pub struct S3Store {
+    inner: Arc<dyn ObjectStore>,
+    prefix: String,
+    name: String,
+}
+
+impl S3Store {
+    pub fn new(opts: &S3Options) -> Result<S3Store> {
+        // from_env picks up the standard AWS_* variables; explicit options win.
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(&opts.bucket)
+            .with_virtual_hosted_style_request(!opts.path_style)
+            .with_retry(RetryConfig {
+                max_retries: 2,
+                retry_timeout: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .with_client_options(
+                ClientOptions::new()
+                    .with_timeout(opts.timeout.unwrap_or(Duration::from_secs(120)))
+                    .with_connect_timeout(Duration::from_secs(10))
+                    .with_allow_http(true),
+            );
+        if let Some(e) = &opts.endpoint {
+            b = b.with_endpoint(e);
+        }
+        if let Some(r) = &opts.region {
+            b = b.with_region(r);
+        }
+        if let Some(k) = &opts.access_key_id {
+            b = b.with_access_key_id(k);
+        }
+        if let Some(s) = &opts.secret_access_key {
+            b = b.with_secret_access_key(s);
+        }
+        let inner = b.build().map_err(|e| {
+            Error::Invalid(format!(
+                "S3 remote s3://{}: {}",
+                opts.bucket,
+                scrub(&e.to_string())
+            ))
+        })?;
+        let name = format!(
+            "s3://{}/{}{}",
+            opts.bucket,
+            opts.prefix,
+            opts.endpoint
+                .as_ref()
+                .map(|e| format!(" at {e}"))
+                .unwrap_or_default()
+        );
+        Ok(S3Store {
+            inner: Arc::new(inner),
+            prefix: opts.prefix.clone(),
+            name,
+        })
+    }
+
+    fn path(&self, key: &str) -> OsPath {
+        if self.prefix.is_empty() {
+            OsPath::from(key)
+        } else {
+            OsPath::from(format!("{}/{key}", self.prefix))
+        }
+    }
+
+    fn err(&self, e: object_store::Error) -> Error {
+        let transient = !matches!(
+            e,
+            object_store::Error::NotFound { .. }
+                | object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. }
+                | object_store::Error::Precondition { .. }
+                | object_store::Error::AlreadyExists { .. }
+        );
+        let text = scrub(&e.to_string());
+        match e {
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => Error::Denied {
+                remote: self.name.clone(),
+                reason: format!("credentials refused: {text}"),
+            },
+            _ => Error::Remote {
+                remote: self.name.clone(),
+                reason: text,
+                transient,
+            },
+        }
+    }
+}
+
+/// Error texts from the S3 client can quote request details; keep only the
+/// first lines and never anything that looks like a signature or key.
+fn scrub(s: &str) -> String {
+    s.split_whitespace()
+        .map(|w| {
+            if w.contains("Signature=") || w.contains("Credential=") || w.contains("X-Amz-") {
+                "[redacted]"
+            } else {
+                w
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(600)
+        .collect()
+}
+
+#[async_trait]
+impl Store for S3Store {
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        let key = ObjectKey::parse(key)?.key();
+        match self.inner.get(&self.path(&key)).await {
+            Ok(r) => r.bytes().await.map(Some).map_err(|e| self.err(e)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<bool> {
+        let key = ObjectKey::parse(key)?.key();
+        let path = self.path(&key);
+        // A HEAD first: conditional PUTs are not supported everywhere, and
+        // objects are content-addressed, so a racing identical write is harmless.
+        match self.inner.head(&path).await {
+            Ok(_) => return Ok(false),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(self.err(e)),
+        }
+        self.inner
+            .put(&path, data.into())
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(true)
+    }
+
+    async fn missing(&self, keys: &[String]) -> Result<Vec<String>> {
+        let checks = futures::stream::iter(keys.iter().cloned())
+            .map(|k| async move {
+                let path = self.path(&ObjectKey::parse(&k)?.key());
+                match self.inner.head(&path).await {
+                    Ok(_) => Ok(None),
+                    Err(object_store::Error::NotFound { .. }) => Ok(Some(k)),
+                    Err(e) => Err(self.err(e)),
+                }
+            })
+            .buffered(32);
+        let found: Vec<Option<String>> = checks.try_collect().await?;
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        check_prefix(prefix)?;
+        let base = self.path(prefix.trim_end_matches('/'));
+        let strip = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let metas: Vec<object_store::ObjectMeta> = self
+            .inner
+            .list(Some(&base))
+            .try_collect()
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut out: Vec<String> = metas
+            .into_iter()
+            .filter_map(|m| m.location.as_ref().strip_prefix(&strip).map(String::from))
+            .filter(|k| ObjectKey::parse(k).is_ok())
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let key = ObjectKey::parse(key)?.key();
+        match self.inner.delete(&self.path(&key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+}
