@@ -60,8 +60,29 @@ pub struct S3Store {
 
 impl S3Store {
     pub fn new(opts: &S3Options) -> Result<S3Store> {
-        // from_env picks up the standard AWS_* variables; explicit options win.
+        // Credentials must be given: without them the client would ask a
+        // cloud instance-metadata service, which is never what an admin
+        // meant on a recovery box (and hangs where there is none).
+        let key_id = opts
+            .access_key_id
+            .clone()
+            .or_else(|| std::env::var("AWS_ACCESS_KEY_ID").ok());
+        let secret = opts
+            .secret_access_key
+            .clone()
+            .or_else(|| std::env::var("AWS_SECRET_ACCESS_KEY").ok());
+        let (Some(key_id), Some(secret)) = (key_id, secret) else {
+            return Err(Error::Invalid(format!(
+                "S3 remote s3://{}/{}: no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+                 or name other variables with access_key_id_env / secret_access_key_env in the remote's config",
+                opts.bucket, opts.prefix
+            )));
+        };
+        // from_env picks up the other standard AWS_* settings; explicit options win.
         let mut b = AmazonS3Builder::from_env()
+            .with_access_key_id(key_id)
+            .with_secret_access_key(secret)
+            .with_metadata_endpoint("http://127.0.0.1:9")
             .with_bucket_name(&opts.bucket)
             .with_virtual_hosted_style_request(!opts.path_style)
             .with_retry(RetryConfig {
@@ -80,12 +101,6 @@ impl S3Store {
         }
         if let Some(r) = &opts.region {
             b = b.with_region(r);
-        }
-        if let Some(k) = &opts.access_key_id {
-            b = b.with_access_key_id(k);
-        }
-        if let Some(s) = &opts.secret_access_key {
-            b = b.with_secret_access_key(s);
         }
         let inner = b.build().map_err(|e| {
             Error::Invalid(format!(
@@ -119,27 +134,69 @@ impl S3Store {
     }
 
     fn err(&self, e: object_store::Error) -> Error {
+        let text = scrub(&e.to_string());
+        let code = s3_code(&text);
+        let denied = matches!(
+            e,
+            object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. }
+        ) || matches!(
+            code.as_deref(),
+            Some(
+                "AccessDenied"
+                    | "InvalidAccessKeyId"
+                    | "SignatureDoesNotMatch"
+                    | "InvalidSignature"
+            )
+        ) || text.contains("403 Forbidden");
+        if denied {
+            return Error::Denied {
+                remote: self.name.clone(),
+                reason: format!(
+                    "credentials refused ({}): check the access key and secret the config names",
+                    summary(&text)
+                ),
+            };
+        }
+        if code.as_deref() == Some("NoSuchBucket") {
+            return Error::Remote {
+                remote: self.name.clone(),
+                reason: "the bucket does not exist: create it with the provider's tools first"
+                    .into(),
+                transient: false,
+            };
+        }
         let transient = !matches!(
             e,
             object_store::Error::NotFound { .. }
-                | object_store::Error::PermissionDenied { .. }
-                | object_store::Error::Unauthenticated { .. }
                 | object_store::Error::Precondition { .. }
                 | object_store::Error::AlreadyExists { .. }
-        );
-        let text = scrub(&e.to_string());
-        match e {
-            object_store::Error::PermissionDenied { .. }
-            | object_store::Error::Unauthenticated { .. } => Error::Denied {
-                remote: self.name.clone(),
-                reason: format!("credentials refused: {text}"),
-            },
-            _ => Error::Remote {
-                remote: self.name.clone(),
-                reason: text,
-                transient,
-            },
+        ) && !text.contains(" 400 ")
+            && !text.contains(" 404 ");
+        Error::Remote {
+            remote: self.name.clone(),
+            reason: summary(&text),
+            transient,
         }
+    }
+}
+
+/// The `<Code>` of an S3 XML error body, if the text carries one.
+fn s3_code(text: &str) -> Option<String> {
+    let start = text.find("<Code>")? + 6;
+    let end = text[start..].find("</Code>")? + start;
+    Some(text[start..end].to_string())
+}
+
+/// A short form of a client error: the S3 code and message when present.
+fn summary(text: &str) -> String {
+    match (s3_code(text), text.find("<Message>")) {
+        (Some(code), Some(m)) => {
+            let rest = &text[m + 9..];
+            let msg = &rest[..rest.find("</Message>").unwrap_or(rest.len())];
+            format!("{code}: {msg}")
+        }
+        _ => text.to_string(),
     }
 }
 

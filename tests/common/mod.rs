@@ -2,6 +2,8 @@
 //! real qemu-img.
 #![allow(dead_code)]
 
+pub mod remote;
+
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
