@@ -10,7 +10,10 @@ use crate::error::{Error, Result};
 use crate::names::{check_name, is_valid_name};
 
 pub const FORMAT_VERSION: u32 = 1;
-const KEY_TIME: &str = "%Y%m%dT%H%M%SZ";
+/// Key times carry milliseconds: two backups of a volume within one second
+/// must still order correctly from a key listing alone.
+const KEY_TIME: &str = "%Y%m%dT%H%M%S%.3fZ";
+const KEY_TIME_SECONDS: &str = "%Y%m%dT%H%M%SZ";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -107,7 +110,7 @@ impl Manifest {
         ManifestKey {
             vm: self.vm.name.clone(),
             volume: self.volume.name.clone(),
-            time: self.created_at.trunc_subsecs(0),
+            time: self.created_at.trunc_subsecs(3),
             id: Id::of(&bytes),
         }
     }

@@ -17,7 +17,7 @@ pub async fn select(
     last: Option<usize>,
 ) -> Result<Vec<ManifestKey>> {
     let mut chosen: Vec<ManifestKey> = match selection {
-        None | Some("--all") => keys,
+        None => keys,
         Some(s) if is_valid_name(s) && keys.iter().any(|k| k.vm == s) => {
             keys.into_iter().filter(|k| k.vm == s).collect()
         }

@@ -209,3 +209,25 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         }
     }
 }
+
+/// Object files (not temp files) under a directory.
+pub fn objects_under(dir: &Path) -> usize {
+    files_under(dir)
+        .iter()
+        .filter(|p| {
+            !p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'))
+        })
+        .count()
+}
+
+/// Same bytes, compared by hash so a failure does not print the files.
+pub fn assert_same_file(a: &Path, b: &Path) {
+    let h = |p: &Path| {
+        blake3::hash(&std::fs::read(p).expect("read"))
+            .to_hex()
+            .to_string()
+    };
+    assert_eq!(h(a), h(b), "{} and {} differ", a.display(), b.display());
+}
