@@ -1,12 +1,22 @@
 //! The lifeboat binary: argument parsing and dispatch only.
 
 mod cli;
+mod tui;
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
-    cli::init_tracing(args.verbose);
+    // The console must never print over its screen: its log goes to the
+    // Log pane and a file instead of stderr.
+    let sink = if args.opens_console() {
+        let sink = tui::LogSink::new(Some(lifeboat::config::data_dir().join("lifeboat.log")));
+        cli::init_tracing_to(args.verbose, sink.clone());
+        Some(sink)
+    } else {
+        cli::init_tracing(args.verbose);
+        None
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -17,6 +27,6 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    let code = rt.block_on(cli::run(args));
+    let code = rt.block_on(cli::run(args, sink));
     std::process::ExitCode::from(code)
 }

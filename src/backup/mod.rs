@@ -29,6 +29,9 @@ pub struct BackupRequest {
     pub vm: String,
     pub volumes: Vec<VolumeSpec>,
     pub note: Option<String>,
+    /// Backdates the manifests (the demo builds a history with it); None
+    /// for every real backup, which is stamped with the current time.
+    pub created_at: Option<chrono::DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -115,7 +118,7 @@ pub fn backup(
                 format: src.format,
                 virtual_size: scan.index.image_size,
             },
-            created_at: Utc::now(),
+            created_at: req.created_at.unwrap_or_else(Utc::now),
             chunk_size: repo.chunk_size(),
             index: index_id,
             parent,

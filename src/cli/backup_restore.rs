@@ -113,6 +113,7 @@ pub async fn backup(
         volumes: volume_specs(ctx, &vm, &volumes, format)?,
         vm,
         note,
+        created_at: None,
     };
     let result = run_job("backup", ctx.json, move |c, p| {
         lifeboat::backup::backup(&repo, &req, c, p)

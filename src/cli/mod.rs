@@ -4,6 +4,7 @@
 //! 130 cancelled (Ctrl-C).
 
 mod backup_restore;
+mod demo;
 mod inspect;
 pub mod output;
 pub mod progress;
@@ -35,11 +36,31 @@ pub struct Cli {
     #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+}
+
+impl Cli {
+    pub fn opens_console(&self) -> bool {
+        matches!(
+            self.command,
+            None | Some(Command::Tui) | Some(Command::Demo { no_tui: false, .. })
+        )
+    }
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Open the console (also what `lifeboat` alone does).
+    Tui,
+    /// Build a self-contained demo world and open the console on it.
+    Demo {
+        /// Keep the world in DIR (built there if missing, reused if present).
+        #[arg(long, value_name = "DIR")]
+        keep: Option<PathBuf>,
+        /// Build the world and print where it is; do not open the console.
+        #[arg(long)]
+        no_tui: bool,
+    },
     /// Create a repository.
     Init {
         /// Where (default: --repo, the config's repository, or the data dir).
@@ -201,6 +222,18 @@ fn serving() -> bool {
     std::env::args().nth(1).as_deref() == Some("serve") || std::env::args().any(|a| a == "serve")
 }
 
+pub fn init_tracing_to(verbose: u8, sink: crate::tui::LogSink) {
+    let level = if verbose > 1 { "debug" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(sink)
+        .with_ansi(false)
+        .with_target(false)
+        .try_init();
+}
+
 pub fn init_tracing(verbose: u8) {
     let level = match verbose {
         0 if serving() => "info",
@@ -240,20 +273,22 @@ impl Ctx {
     }
 }
 
-pub async fn run(cli: Cli) -> u8 {
+pub async fn run(cli: Cli, sink: Option<crate::tui::LogSink>) -> u8 {
     let json = cli.json;
     // `remote add` may create the config file it names.
     let creating = matches!(
         &cli.command,
-        Command::Remote {
+        Some(Command::Remote {
             action: RemoteAction::Add(_)
-        }
+        })
     );
+    let is_demo = matches!(&cli.command, Some(Command::Demo { .. }));
     let config = match cli.config.as_deref() {
         Some(p) if creating && !p.exists() => Ok(Config {
             path: Some(p.to_path_buf()),
             ..Default::default()
         }),
+        _ if is_demo => Ok(Config::default()),
         other => Config::load(other),
     };
     let config = match config {
@@ -265,7 +300,13 @@ pub async fn run(cli: Cli) -> u8 {
         repo_arg: cli.repo,
         json,
     };
-    let res = match cli.command {
+    let sink = sink.unwrap_or_else(|| crate::tui::LogSink::new(None));
+    let Some(command) = cli.command else {
+        return finish(json, console(&ctx, sink).await);
+    };
+    let res = match command {
+        Command::Tui => console(&ctx, sink).await,
+        Command::Demo { keep, no_tui } => demo_cmd(keep, no_tui, sink).await,
         Command::Init {
             path,
             chunk_size,
@@ -307,11 +348,71 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Pull(a) => remote_cmds::push_pull(&ctx, a, false).await,
         Command::Status { remotes } => remote_cmds::status_cmd(&ctx, remotes).await,
     };
+    finish(json, res)
+}
+
+fn finish(json: bool, res: anyhow::Result<Outcome>) -> u8 {
     match res {
         Ok(Outcome::Ok) => 0,
         Ok(Outcome::Damage) => EXIT_DAMAGE,
         Err(e) => report(json, &e),
     }
+}
+
+async fn console(ctx: &Ctx, sink: crate::tui::LogSink) -> anyhow::Result<Outcome> {
+    crate::tui::run(ctx.config.clone(), ctx.repo_path(), sink).await?;
+    Ok(Outcome::Ok)
+}
+
+async fn demo_cmd(
+    keep: Option<PathBuf>,
+    no_tui: bool,
+    sink: crate::tui::LogSink,
+) -> anyhow::Result<Outcome> {
+    use anyhow::Context;
+    let (dir, _tmp) = match keep {
+        Some(d) => (d, None),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("lifeboat-demo-")
+                .tempdir()
+                .context("creating a temp dir")?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let world = demo::World::at(&dir);
+    if world.exists() {
+        eprintln!("reusing the demo world at {}", dir.display());
+    } else {
+        if dir.exists()
+            && std::fs::read_dir(&dir)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(false)
+        {
+            anyhow::bail!(
+                "{} is not empty and holds no demo world: give a new or empty directory",
+                dir.display()
+            );
+        }
+        demo::build(&world).await?;
+    }
+    let _server = demo::start_offsite(&world).await?;
+    // The config names a token file; nothing secret is in the environment.
+    let config = Config::load(Some(&world.config))?;
+    if no_tui {
+        println!("demo world: {}", dir.display());
+        println!("config:     {}", world.config.display());
+        println!(
+            "try:        lifeboat --config {} ls",
+            world.config.display()
+        );
+        if _tmp.is_some() {
+            println!("(temporary: removed on exit; use --keep DIR to keep it)");
+        }
+        return Ok(Outcome::Ok);
+    }
+    crate::tui::run(config.clone(), config.repo_path(None), sink).await?;
+    Ok(Outcome::Ok)
 }
 
 async fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<Outcome> {

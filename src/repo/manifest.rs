@@ -184,6 +184,7 @@ impl ManifestKey {
         let stem = file.strip_suffix(".json")?;
         let (time, hex) = stem.split_once('-')?;
         let time = NaiveDateTime::parse_from_str(time, KEY_TIME)
+            .or_else(|_| NaiveDateTime::parse_from_str(time, KEY_TIME_SECONDS))
             .ok()?
             .and_utc();
         let id = Id::parse(hex).ok()?;
@@ -239,6 +240,13 @@ mod tests {
         let mut tampered = m.to_bytes();
         tampered[10] ^= 1;
         assert!(Manifest::from_bytes(&key, &tampered).is_err());
+    }
+
+    #[test]
+    fn accepts_whole_second_keys() {
+        let id = Id::of(b"x");
+        let k = ManifestKey::parse(&format!("manifests/a/b/20261125T221000Z-{id}.json")).unwrap();
+        assert_eq!(k.time.to_rfc3339(), "2026-11-25T22:10:00+00:00");
     }
 
     #[test]

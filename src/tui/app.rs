@@ -1,0 +1,780 @@
+//! Console state and `update`: actions in, state changes and effects out.
+//! No I/O here, so every interaction is testable without a terminal.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use chrono::{DateTime, Utc};
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use lifeboat::jobs::Snapshot;
+use lifeboat::repo::{Id, Manifest, ManifestKey};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pane {
+    Tree,
+    Timeline,
+    Jobs,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RemoteState {
+    Connecting,
+    Ok { latency_ms: f64, backups: usize },
+    Unreachable(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct RemoteView {
+    pub name: String,
+    pub url: String,
+    pub state: RemoteState,
+    /// Manifest ids the remote holds (None until listed).
+    pub ids: Option<BTreeSet<Id>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobState {
+    Running,
+    Done(String),
+    Failed(String),
+    Cancelled,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobView {
+    pub id: u64,
+    pub title: String,
+    pub state: JobState,
+    pub progress: Option<Snapshot>,
+}
+
+/// A row of the VM tree: a VM, or one of its volumes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeRow {
+    pub vm: String,
+    pub volume: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rpo {
+    Fresh,
+    Late,
+    Stale,
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Dialog {
+    /// Confirm a planned operation; `lines` is the plan.
+    Confirm {
+        title: String,
+        lines: Vec<String>,
+        effect: Effect,
+    },
+    /// Ask for a path (restore target).
+    Prompt {
+        title: String,
+        input: String,
+        key: ManifestKey,
+    },
+    /// Choose a remote for a push.
+    ChooseRemote {
+        key: ManifestKey,
+        choice: usize,
+    },
+    /// A message (errors, results).
+    Message {
+        title: String,
+        lines: Vec<String>,
+    },
+    /// A chunk map of two backups.
+    Compare {
+        title: String,
+        cells: Vec<Cell>,
+        summary: Vec<String>,
+    },
+    Help,
+    QuitWhileRunning,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cell {
+    Same,
+    Changed,
+    Zero,
+    Missing,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    Push { remote: String, key: ManifestKey },
+    Restore { key: ManifestKey, to: String },
+    Verify { deep: bool },
+    Compare { a: ManifestKey, b: ManifestKey },
+    ListRemote(String),
+    Cancel(u64),
+    Reload,
+    Quit,
+}
+
+#[derive(Debug, Clone)]
+pub enum Action {
+    Key(KeyEvent),
+    Loaded(Vec<(ManifestKey, Manifest)>),
+    RemoteListed {
+        name: String,
+        result: Result<(f64, BTreeSet<Id>), String>,
+    },
+    JobStarted {
+        id: u64,
+        title: String,
+    },
+    JobProgress {
+        id: u64,
+        snapshot: Snapshot,
+    },
+    JobDone {
+        id: u64,
+        result: Result<String, String>,
+        cancelled: bool,
+    },
+    CompareReady {
+        title: String,
+        cells: Vec<Cell>,
+        summary: Vec<String>,
+    },
+    Log(String),
+    Tick(DateTime<Utc>),
+}
+
+pub struct App {
+    pub now: DateTime<Utc>,
+    pub repo_path: String,
+    pub backups: Vec<(ManifestKey, Manifest)>,
+    pub inventory: Vec<(String, Vec<String>)>,
+    pub remotes: Vec<RemoteView>,
+    pub focus: Pane,
+    pub tree_sel: usize,
+    pub timeline_sel: usize,
+    pub job_sel: usize,
+    pub jobs: Vec<JobView>,
+    pub log: VecDeque<String>,
+    pub dialog: Option<Dialog>,
+    pub filter: Option<String>,
+    pub filtering: bool,
+    pub marked: Option<ManifestKey>,
+    pub rpo_hours: i64,
+    pub quit: bool,
+}
+
+const LOG_LINES: usize = 500;
+
+impl App {
+    pub fn new(
+        repo_path: String,
+        inventory: Vec<(String, Vec<String>)>,
+        remotes: Vec<(String, String)>,
+        now: DateTime<Utc>,
+    ) -> App {
+        App {
+            now,
+            repo_path,
+            backups: Vec::new(),
+            inventory,
+            remotes: remotes
+                .into_iter()
+                .map(|(name, url)| RemoteView {
+                    name,
+                    url,
+                    state: RemoteState::Connecting,
+                    ids: None,
+                })
+                .collect(),
+            focus: Pane::Tree,
+            tree_sel: 0,
+            timeline_sel: 0,
+            job_sel: 0,
+            jobs: Vec::new(),
+            log: VecDeque::new(),
+            dialog: None,
+            filter: None,
+            filtering: false,
+            marked: None,
+            rpo_hours: 26,
+            quit: false,
+        }
+    }
+
+    /// Effects to run at start: load the local repository, list every remote.
+    pub fn start(&self) -> Vec<Effect> {
+        let mut e = vec![Effect::Reload];
+        e.extend(
+            self.remotes
+                .iter()
+                .map(|r| Effect::ListRemote(r.name.clone())),
+        );
+        e
+    }
+
+    pub fn tree(&self) -> Vec<TreeRow> {
+        let mut vms: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (vm, vols) in &self.inventory {
+            vms.entry(vm.clone())
+                .or_default()
+                .extend(vols.iter().cloned());
+        }
+        for (k, _) in &self.backups {
+            vms.entry(k.vm.clone())
+                .or_default()
+                .insert(k.volume.clone());
+        }
+        let mut rows = Vec::new();
+        for (vm, vols) in vms {
+            if let Some(f) = &self.filter {
+                if !vm.contains(f.as_str()) && !vols.iter().any(|v| v.contains(f.as_str())) {
+                    continue;
+                }
+            }
+            rows.push(TreeRow {
+                vm: vm.clone(),
+                volume: None,
+            });
+            rows.extend(vols.into_iter().map(|v| TreeRow {
+                vm: vm.clone(),
+                volume: Some(v),
+            }));
+        }
+        rows
+    }
+
+    pub fn selected_row(&self) -> Option<TreeRow> {
+        self.tree().get(self.tree_sel).cloned()
+    }
+
+    /// Backups of the selected VM or volume, newest first.
+    pub fn timeline(&self) -> Vec<&(ManifestKey, Manifest)> {
+        let Some(row) = self.selected_row() else {
+            return Vec::new();
+        };
+        let mut t: Vec<_> = self
+            .backups
+            .iter()
+            .filter(|(k, _)| k.vm == row.vm && row.volume.as_ref().is_none_or(|v| &k.volume == v))
+            .collect();
+        t.sort_by(|a, b| b.1.created_at.cmp(&a.1.created_at));
+        t
+    }
+
+    pub fn selected_backup(&self) -> Option<(ManifestKey, Manifest)> {
+        self.timeline()
+            .get(self.timeline_sel)
+            .map(|(k, m)| (k.clone(), m.clone()))
+    }
+
+    pub fn newest(&self, vm: &str) -> Option<DateTime<Utc>> {
+        self.backups
+            .iter()
+            .filter(|(k, _)| k.vm == vm)
+            .map(|(_, m)| m.created_at)
+            .max()
+    }
+
+    pub fn rpo(&self, vm: &str) -> Rpo {
+        match self.newest(vm) {
+            None => Rpo::Never,
+            Some(t) => {
+                let h = (self.now - t).num_hours();
+                if h <= self.rpo_hours {
+                    Rpo::Fresh
+                } else if h <= self.rpo_hours * 3 {
+                    Rpo::Late
+                } else {
+                    Rpo::Stale
+                }
+            }
+        }
+    }
+
+    pub fn running_jobs(&self) -> usize {
+        self.jobs
+            .iter()
+            .filter(|j| j.state == JobState::Running)
+            .count()
+    }
+
+    fn log(&mut self, line: String) {
+        self.log.push_back(line);
+        while self.log.len() > LOG_LINES {
+            self.log.pop_front();
+        }
+    }
+
+    fn reachable_remotes(&self) -> Vec<String> {
+        self.remotes
+            .iter()
+            .filter(|r| matches!(r.state, RemoteState::Ok { .. }))
+            .map(|r| r.name.clone())
+            .collect()
+    }
+
+    pub fn update(&mut self, action: Action) -> Vec<Effect> {
+        match action {
+            Action::Tick(now) => {
+                self.now = now;
+                Vec::new()
+            }
+            Action::Loaded(b) => {
+                self.backups = b;
+                self.clamp();
+                Vec::new()
+            }
+            Action::RemoteListed { name, result } => {
+                if let Some(r) = self.remotes.iter_mut().find(|r| r.name == name) {
+                    match result {
+                        Ok((ms, ids)) => {
+                            r.state = RemoteState::Ok {
+                                latency_ms: ms,
+                                backups: ids.len(),
+                            };
+                            r.ids = Some(ids);
+                        }
+                        Err(e) => {
+                            r.state = RemoteState::Unreachable(e.clone());
+                            self.log.push_back(format!("remote {name}: {e}"));
+                        }
+                    }
+                }
+                Vec::new()
+            }
+            Action::JobStarted { id, title } => {
+                self.log(format!("job {id} started: {title}"));
+                self.jobs.push(JobView {
+                    id,
+                    title,
+                    state: JobState::Running,
+                    progress: None,
+                });
+                Vec::new()
+            }
+            Action::JobProgress { id, snapshot } => {
+                if let Some(j) = self.jobs.iter_mut().find(|j| j.id == id) {
+                    j.progress = Some(snapshot);
+                }
+                Vec::new()
+            }
+            Action::JobDone {
+                id,
+                result,
+                cancelled,
+            } => {
+                let mut effects = vec![Effect::Reload];
+                if let Some(j) = self.jobs.iter_mut().find(|j| j.id == id) {
+                    j.state = match (&result, cancelled) {
+                        (_, true) => JobState::Cancelled,
+                        (Ok(msg), _) => JobState::Done(msg.clone()),
+                        (Err(e), _) => JobState::Failed(e.clone()),
+                    };
+                    let line = format!(
+                        "job {id} {}: {}",
+                        j.title,
+                        match &j.state {
+                            JobState::Done(m) => format!("done — {m}"),
+                            JobState::Failed(e) => format!("FAILED — {e}"),
+                            _ => "cancelled".into(),
+                        }
+                    );
+                    if let JobState::Failed(e) = &j.state {
+                        self.dialog = Some(Dialog::Message {
+                            title: format!("{} failed", j.title),
+                            lines: vec![e.clone()],
+                        });
+                    }
+                    self.log(line);
+                }
+                effects.extend(
+                    self.remotes
+                        .iter()
+                        .map(|r| Effect::ListRemote(r.name.clone())),
+                );
+                effects
+            }
+            Action::CompareReady {
+                title,
+                cells,
+                summary,
+            } => {
+                self.dialog = Some(Dialog::Compare {
+                    title,
+                    cells,
+                    summary,
+                });
+                Vec::new()
+            }
+            Action::Log(l) => {
+                self.log(l);
+                Vec::new()
+            }
+            Action::Key(k) => self.key(k),
+        }
+    }
+
+    fn clamp(&mut self) {
+        let n = self.tree().len();
+        self.tree_sel = self.tree_sel.min(n.saturating_sub(1));
+        let t = self.timeline().len();
+        self.timeline_sel = self.timeline_sel.min(t.saturating_sub(1));
+        self.job_sel = self.job_sel.min(self.jobs.len().saturating_sub(1));
+    }
+
+    fn key(&mut self, k: KeyEvent) -> Vec<Effect> {
+        if k.modifiers.contains(KeyModifiers::CONTROL) && k.code == KeyCode::Char('c') {
+            return self.ask_quit();
+        }
+        if let Some(d) = self.dialog.take() {
+            return self.dialog_key(d, k);
+        }
+        if self.filtering {
+            match k.code {
+                KeyCode::Enter => self.filtering = false,
+                KeyCode::Esc => {
+                    self.filtering = false;
+                    self.filter = None;
+                }
+                KeyCode::Backspace => {
+                    if let Some(f) = &mut self.filter {
+                        f.pop();
+                    }
+                }
+                KeyCode::Char(c) => self.filter.get_or_insert_with(String::new).push(c),
+                _ => {}
+            }
+            self.tree_sel = 0;
+            self.timeline_sel = 0;
+            return Vec::new();
+        }
+        match k.code {
+            KeyCode::Char('q') => return self.ask_quit(),
+            KeyCode::Char('?') => self.dialog = Some(Dialog::Help),
+            KeyCode::Tab => {
+                self.focus = match self.focus {
+                    Pane::Tree => Pane::Timeline,
+                    Pane::Timeline => Pane::Jobs,
+                    Pane::Jobs => Pane::Tree,
+                }
+            }
+            KeyCode::BackTab => {
+                self.focus = match self.focus {
+                    Pane::Tree => Pane::Jobs,
+                    Pane::Timeline => Pane::Tree,
+                    Pane::Jobs => Pane::Timeline,
+                }
+            }
+            KeyCode::Down | KeyCode::Char('j') => self.move_sel(1),
+            KeyCode::Up | KeyCode::Char('k') => self.move_sel(-1),
+            KeyCode::PageDown => self.move_sel(10),
+            KeyCode::PageUp => self.move_sel(-10),
+            KeyCode::Enter | KeyCode::Right | KeyCode::Char('l') if self.focus == Pane::Tree => {
+                self.focus = Pane::Timeline
+            }
+            KeyCode::Left | KeyCode::Char('h') | KeyCode::Esc if self.focus == Pane::Timeline => {
+                self.focus = Pane::Tree
+            }
+            KeyCode::Char('/') => {
+                self.filtering = true;
+                self.filter = Some(String::new());
+            }
+            KeyCode::Char('R') => {
+                let mut e = vec![Effect::Reload];
+                e.extend(
+                    self.remotes
+                        .iter()
+                        .map(|r| Effect::ListRemote(r.name.clone())),
+                );
+                return e;
+            }
+            KeyCode::Char('p') => return self.plan_push(None),
+            KeyCode::Char('r') => {
+                if let Some((key, m)) = self.selected_backup() {
+                    let ext = m.volume.format.to_string();
+                    self.dialog = Some(Dialog::Prompt {
+                        title: format!(
+                            "Restore {}/{} to (path; .qcow2 writes qcow2)",
+                            key.vm, key.volume
+                        ),
+                        input: format!("./{}-{}.{ext}", key.vm, key.volume),
+                        key,
+                    });
+                } else {
+                    self.no_backup();
+                }
+            }
+            KeyCode::Char('v') | KeyCode::Char('V') => {
+                let deep = k.code == KeyCode::Char('V');
+                self.dialog = Some(Dialog::Confirm {
+                    title: if deep { "Deep verify" } else { "Quick verify" }.into(),
+                    lines: vec![
+                        format!("repository: {}", self.repo_path),
+                        format!("{} backups", self.backups.len()),
+                        if deep {
+                            "reads, decodes and re-hashes every chunk".into()
+                        } else {
+                            "checks every referenced object is present".into()
+                        },
+                    ],
+                    effect: Effect::Verify { deep },
+                });
+            }
+            KeyCode::Char('c') => {
+                if let Some((key, _)) = self.selected_backup() {
+                    match self.marked.take() {
+                        None => {
+                            self.log(format!(
+                                "marked {}/{} {} for compare: press c on another backup",
+                                key.vm,
+                                key.volume,
+                                key.id.short()
+                            ));
+                            self.marked = Some(key);
+                        }
+                        Some(a) if a == key => self.log("compare: pick a different backup".into()),
+                        Some(a) => return vec![Effect::Compare { a, b: key }],
+                    }
+                } else {
+                    self.no_backup();
+                }
+            }
+            KeyCode::Char('x') if self.focus == Pane::Jobs => {
+                if let Some(j) = self.jobs.get(self.job_sel) {
+                    if j.state == JobState::Running {
+                        let id = j.id;
+                        self.log(format!("cancelling job {id}"));
+                        return vec![Effect::Cancel(id)];
+                    }
+                }
+            }
+            _ => {}
+        }
+        Vec::new()
+    }
+
+    fn no_backup(&mut self) {
+        self.dialog = Some(Dialog::Message {
+            title: "No backup selected".into(),
+            lines: vec![
+                "Select a VM or volume with backups, then a backup in the timeline.".into(),
+            ],
+        });
+    }
+
+    fn ask_quit(&mut self) -> Vec<Effect> {
+        if self.running_jobs() > 0 {
+            self.dialog = Some(Dialog::QuitWhileRunning);
+            Vec::new()
+        } else {
+            self.quit = true;
+            vec![Effect::Quit]
+        }
+    }
+
+    fn plan_push(&mut self, remote: Option<String>) -> Vec<Effect> {
+        let Some((key, m)) = self.selected_backup() else {
+            self.no_backup();
+            return Vec::new();
+        };
+        let reachable = self.reachable_remotes();
+        let remote = match (remote, reachable.len()) {
+            (Some(r), _) => r,
+            (None, 0) => {
+                self.dialog = Some(Dialog::Message {
+                    title: "No reachable remote".into(),
+                    lines: vec!["Add one with `lifeboat remote add`, or wait for it to connect (R refreshes).".into()],
+                });
+                return Vec::new();
+            }
+            (None, 1) => reachable[0].clone(),
+            (None, _) => {
+                self.dialog = Some(Dialog::ChooseRemote { key, choice: 0 });
+                return Vec::new();
+            }
+        };
+        self.dialog = Some(Dialog::Confirm {
+            title: format!("Push to {remote}"),
+            lines: vec![
+                format!(
+                    "backup {}/{} {} ({})",
+                    key.vm,
+                    key.volume,
+                    key.id.short(),
+                    m.created_at.format("%Y-%m-%d %H:%M")
+                ),
+                format!(
+                    "{} of data; only chunks {remote} lacks are sent",
+                    crate::cli::output::bytes(m.stats.nonzero_bytes)
+                ),
+                format!(
+                    "to {}",
+                    self.remotes
+                        .iter()
+                        .find(|r| r.name == remote)
+                        .map(|r| r.url.as_str())
+                        .unwrap_or("")
+                ),
+            ],
+            effect: Effect::Push { remote, key },
+        });
+        Vec::new()
+    }
+
+    fn dialog_key(&mut self, d: Dialog, k: KeyEvent) -> Vec<Effect> {
+        match d {
+            Dialog::Confirm {
+                title,
+                lines,
+                effect,
+            } => match k.code {
+                KeyCode::Enter | KeyCode::Char('y') => return vec![effect],
+                KeyCode::Esc | KeyCode::Char('n') => {}
+                _ => {
+                    self.dialog = Some(Dialog::Confirm {
+                        title,
+                        lines,
+                        effect,
+                    })
+                }
+            },
+            Dialog::Prompt {
+                title,
+                mut input,
+                key,
+            } => match k.code {
+                KeyCode::Enter => {
+                    let path = std::path::Path::new(&input);
+                    let dir = path
+                        .parent()
+                        .filter(|p| !p.as_os_str().is_empty())
+                        .unwrap_or(std::path::Path::new("."));
+                    if input.trim().is_empty() {
+                        self.dialog = Some(Dialog::Prompt { title, input, key });
+                    } else if !dir.is_dir() {
+                        self.dialog = Some(Dialog::Message {
+                            title: "Cannot restore there".into(),
+                            lines: vec![format!("directory {} does not exist", dir.display())],
+                        });
+                    } else if path.exists() {
+                        self.dialog = Some(Dialog::Message {
+                            title: "Cannot restore there".into(),
+                            lines: vec![format!("{input} already exists; choose a new path (the console never overwrites)")],
+                        });
+                    } else {
+                        let m = self
+                            .backups
+                            .iter()
+                            .find(|(bk, _)| *bk == key)
+                            .map(|(_, m)| m.clone());
+                        self.dialog = Some(Dialog::Confirm {
+                            title: "Restore".into(),
+                            lines: vec![
+                                format!("backup {}/{} {}", key.vm, key.volume, key.id.short()),
+                                format!(
+                                    "{} image, {} to write",
+                                    m.as_ref()
+                                        .map(|m| crate::cli::output::bytes(m.volume.virtual_size))
+                                        .unwrap_or_default(),
+                                    m.as_ref()
+                                        .map(|m| crate::cli::output::bytes(m.stats.nonzero_bytes))
+                                        .unwrap_or_default()
+                                ),
+                                format!("to {input}"),
+                            ],
+                            effect: Effect::Restore { key, to: input },
+                        });
+                    }
+                }
+                KeyCode::Esc => {}
+                KeyCode::Backspace => {
+                    input.pop();
+                    self.dialog = Some(Dialog::Prompt { title, input, key });
+                }
+                KeyCode::Char(c) => {
+                    input.push(c);
+                    self.dialog = Some(Dialog::Prompt { title, input, key });
+                }
+                _ => self.dialog = Some(Dialog::Prompt { title, input, key }),
+            },
+            Dialog::ChooseRemote { key, choice } => {
+                let reachable = self.reachable_remotes();
+                match k.code {
+                    KeyCode::Down | KeyCode::Char('j') => {
+                        self.dialog = Some(Dialog::ChooseRemote {
+                            key,
+                            choice: (choice + 1).min(reachable.len().saturating_sub(1)),
+                        })
+                    }
+                    KeyCode::Up | KeyCode::Char('k') => {
+                        self.dialog = Some(Dialog::ChooseRemote {
+                            key,
+                            choice: choice.saturating_sub(1),
+                        })
+                    }
+                    KeyCode::Enter => return self.plan_push(reachable.get(choice).cloned()),
+                    KeyCode::Esc => {}
+                    _ => self.dialog = Some(Dialog::ChooseRemote { key, choice }),
+                }
+            }
+            Dialog::QuitWhileRunning => {
+                if matches!(k.code, KeyCode::Char('y') | KeyCode::Enter) {
+                    self.quit = true;
+                    return vec![Effect::Quit];
+                }
+            }
+            other => {
+                // Message, Compare, Help: any of Esc, Enter, q closes; other keys keep it.
+                if !matches!(
+                    k.code,
+                    KeyCode::Esc | KeyCode::Enter | KeyCode::Char('q') | KeyCode::Char('?')
+                ) {
+                    self.dialog = Some(other);
+                }
+            }
+        }
+        Vec::new()
+    }
+
+    fn move_sel(&mut self, d: i64) {
+        let step = |v: usize, n: usize| -> usize {
+            (v as i64 + d).clamp(0, n.saturating_sub(1) as i64) as usize
+        };
+        match self.focus {
+            Pane::Tree => {
+                self.tree_sel = step(self.tree_sel, self.tree().len());
+                self.timeline_sel = 0;
+            }
+            Pane::Timeline => self.timeline_sel = step(self.timeline_sel, self.timeline().len()),
+            Pane::Jobs => self.job_sel = step(self.job_sel, self.jobs.len()),
+        }
+    }
+
+    /// Presence of a backup on each remote: Some(true) held with the same
+    /// manifest id, Some(false) missing, None unknown (not listed yet).
+    pub fn presence(&self, key: &ManifestKey) -> Vec<Option<bool>> {
+        self.remotes
+            .iter()
+            .map(|r| r.ids.as_ref().map(|ids| ids.contains(&key.id)))
+            .collect()
+    }
+}
+
+/// The key map, for the help screen and the bottom bar.
+pub const KEYS: &[(&str, &str)] = &[
+    ("↑↓ j k", "move"),
+    ("Tab", "next pane"),
+    ("Enter →", "open timeline"),
+    ("/", "filter VMs"),
+    ("p", "push backup to a remote"),
+    ("r", "restore backup to a file"),
+    ("c", "mark / compare two backups"),
+    ("v V", "verify quick / deep"),
+    ("x", "cancel job (Jobs pane)"),
+    ("R", "refresh"),
+    ("?", "help"),
+    ("q", "quit"),
+];

@@ -1,0 +1,475 @@
+//! The console: ratatui + crossterm on tokio. One state (`app::App`),
+//! `update` without I/O returning effects, rendering from state only
+//! (`view`); this module owns the terminal and runs effects as core jobs.
+
+pub mod app;
+pub mod view;
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use app::{Action, App, Cell, Effect};
+use crossterm::event::{Event, EventStream, KeyEventKind};
+use crossterm::terminal::{
+    disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen,
+};
+use futures::StreamExt;
+use lifeboat::config::Config;
+use lifeboat::jobs::{CancellationToken, Job, Progress};
+use lifeboat::repo::{Manifest, ManifestKey, Repo};
+use lifeboat::store::local::LocalStore;
+use lifeboat::store::{remote, DynStore};
+use lifeboat::sync::{self, SyncOptions};
+use ratatui::backend::CrosstermBackend;
+use ratatui::Terminal;
+use tokio::sync::mpsc::{self, UnboundedSender};
+
+/// Frames are drawn at most this often (only when something changed).
+const FRAME: Duration = Duration::from_millis(50);
+
+/// Log lines from tracing go to the Log pane and to a file, never over the screen.
+#[derive(Clone)]
+pub struct LogSink {
+    file: Arc<Mutex<Option<std::fs::File>>>,
+    tx: Arc<Mutex<Option<UnboundedSender<Action>>>>,
+}
+
+impl LogSink {
+    pub fn new(path: Option<PathBuf>) -> LogSink {
+        let file = path.and_then(|p| {
+            if let Some(d) = p.parent() {
+                let _ = std::fs::create_dir_all(d);
+            }
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .ok()
+        });
+        LogSink {
+            file: Arc::new(Mutex::new(file)),
+            tx: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    fn connect(&self, tx: UnboundedSender<Action>) {
+        if let Ok(mut t) = self.tx.lock() {
+            *t = Some(tx);
+        }
+    }
+}
+
+impl Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut f) = self.file.lock() {
+            if let Some(f) = f.as_mut() {
+                let _ = f.write_all(buf);
+            }
+        }
+        if let Ok(t) = self.tx.lock() {
+            if let Some(t) = t.as_ref() {
+                let line = String::from_utf8_lossy(buf).trim_end().to_string();
+                if !line.is_empty() {
+                    let _ = t.send(Action::Log(line));
+                }
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogSink {
+    type Writer = LogSink;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+fn restore_terminal() {
+    let _ = disable_raw_mode();
+    let _ = crossterm::execute!(
+        std::io::stdout(),
+        LeaveAlternateScreen,
+        crossterm::cursor::Show
+    );
+}
+
+struct Running {
+    cancel: CancellationToken,
+    progress: Arc<Progress>,
+}
+
+struct Runner {
+    config: Config,
+    repo_path: PathBuf,
+    tx: UnboundedSender<Action>,
+    jobs: Arc<Mutex<HashMap<u64, Running>>>,
+}
+
+impl Runner {
+    fn exec(&self, e: Effect) {
+        let tx = self.tx.clone();
+        match e {
+            Effect::Quit => {
+                if let Ok(j) = self.jobs.lock() {
+                    j.values().for_each(|r| r.cancel.cancel());
+                }
+            }
+            Effect::Cancel(id) => {
+                if let Some(r) = self
+                    .jobs
+                    .lock()
+                    .ok()
+                    .and_then(|j| j.get(&id).map(|r| r.cancel.clone()))
+                {
+                    r.cancel();
+                }
+            }
+            Effect::Reload => {
+                let path = self.repo_path.clone();
+                tokio::task::spawn_blocking(move || {
+                    let res = Repo::open(&path).and_then(|r| r.load_all());
+                    let _ = match res {
+                        Ok(b) => tx.send(Action::Loaded(b)),
+                        Err(e) => tx.send(Action::Log(format!("local repository: {e}"))),
+                    };
+                });
+            }
+            Effect::ListRemote(name) => {
+                let cfg = self.config.remote(&name).cloned();
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    let res = async {
+                        let cfg = cfg.ok_or_else(|| "not configured".to_string())?;
+                        let store = remote::open(&name, &cfg).map_err(|e| e.to_string())?;
+                        let keys = tokio::time::timeout(
+                            Duration::from_secs(10),
+                            sync::list_manifests(store.as_ref()),
+                        )
+                        .await
+                        .map_err(|_| "timed out after 10 s".to_string())?
+                        .map_err(|e| e.to_string())?;
+                        Ok::<_, String>(keys.into_iter().map(|k| k.id).collect::<BTreeSet<_>>())
+                    }
+                    .await;
+                    let ms = started.elapsed().as_secs_f64() * 1000.0;
+                    let _ = tx.send(Action::RemoteListed {
+                        name,
+                        result: res.map(|ids| (ms, ids)),
+                    });
+                });
+            }
+            Effect::Push { remote: name, key } => {
+                let cfg = self.config.remote(&name).cloned();
+                let local: DynStore = Arc::new(LocalStore::new(&self.repo_path));
+                let title = format!("push {}/{} {} → {name}", key.vm, key.volume, key.id.short());
+                self.spawn_async(title, move |cancel, progress| async move {
+                    let cfg = cfg.ok_or_else(|| {
+                        lifeboat::Error::Invalid(format!("remote {name} is not configured"))
+                    })?;
+                    let dst = remote::open(&name, &cfg)?;
+                    let r = sync::transfer(
+                        local.as_ref(),
+                        dst.as_ref(),
+                        vec![key],
+                        &SyncOptions::default(),
+                        &cancel,
+                        &progress,
+                    )
+                    .await?;
+                    Ok(format!(
+                        "{} chunks, {} sent",
+                        r.chunks_sent,
+                        crate::cli::output::bytes(r.bytes_sent)
+                    ))
+                });
+            }
+            Effect::Restore { key, to } => {
+                let path = self.repo_path.clone();
+                let title = format!(
+                    "restore {}/{} {} → {to}",
+                    key.vm,
+                    key.volume,
+                    key.id.short()
+                );
+                self.spawn_blocking(title, move |cancel, progress| {
+                    let repo = Repo::open(&path)?;
+                    let m = repo.load_manifest(&key)?;
+                    let index = repo.read_index(&m.index)?;
+                    let target = PathBuf::from(&to);
+                    let fmt = if to.ends_with(".qcow2") {
+                        lifeboat::repo::manifest::ImageFormat::Qcow2
+                    } else {
+                        lifeboat::repo::manifest::ImageFormat::Raw
+                    };
+                    let plan =
+                        lifeboat::restore::plan(&key.id.to_hex(), &m, &index, &target, fmt, false)?;
+                    let out = lifeboat::restore::restore(&repo, &index, &plan, cancel, progress)?;
+                    Ok(format!(
+                        "{} written, digest {}",
+                        crate::cli::output::bytes(out.bytes_written),
+                        &out.index[..12]
+                    ))
+                });
+            }
+            Effect::Verify { deep } => {
+                let path = self.repo_path.clone();
+                let title = if deep { "deep verify" } else { "quick verify" }.to_string();
+                self.spawn_blocking(title, move |cancel, progress| {
+                    let repo = Repo::open(&path)?;
+                    let r = lifeboat::repo::verify::verify(&repo, None, deep, cancel, progress)?;
+                    if r.ok() {
+                        Ok(format!("ok: {} backups, {} chunks", r.manifests, r.chunks))
+                    } else {
+                        Err(lifeboat::Error::Invalid(format!(
+                            "{} damaged objects: {}",
+                            r.problems.len(),
+                            r.problems
+                                .iter()
+                                .take(3)
+                                .map(|p| format!("{} {} ({})", p.kind, &p.id[..12], p.problem))
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        )))
+                    }
+                });
+            }
+            Effect::Compare { a, b } => {
+                let path = self.repo_path.clone();
+                tokio::task::spawn_blocking(move || {
+                    let res = compare(&path, &a, &b);
+                    let _ = match res {
+                        Ok((title, cells, summary)) => tx.send(Action::CompareReady {
+                            title,
+                            cells,
+                            summary,
+                        }),
+                        Err(e) => tx.send(Action::Log(format!("compare: {e}"))),
+                    };
+                });
+            }
+        }
+    }
+
+    fn track<T: Send + 'static>(
+        &self,
+        title: String,
+        job: Job<T>,
+        describe: impl FnOnce(T) -> String + Send + 'static,
+    ) {
+        let id = job.id;
+        if let Ok(mut j) = self.jobs.lock() {
+            j.insert(
+                id,
+                Running {
+                    cancel: job.cancel.clone(),
+                    progress: job.progress.clone(),
+                },
+            );
+        }
+        let _ = self.tx.send(Action::JobStarted { id, title });
+        let (tx, jobs) = (self.tx.clone(), self.jobs.clone());
+        tokio::spawn(async move {
+            let res = job.wait().await;
+            if let Ok(mut j) = jobs.lock() {
+                j.remove(&id);
+            }
+            let cancelled = matches!(res, Err(lifeboat::Error::Cancelled));
+            let _ = tx.send(Action::JobDone {
+                id,
+                result: res.map(describe).map_err(|e| e.to_string()),
+                cancelled,
+            });
+        });
+    }
+
+    fn spawn_blocking(
+        &self,
+        title: String,
+        f: impl FnOnce(&CancellationToken, &Progress) -> lifeboat::Result<String> + Send + 'static,
+    ) {
+        let (etx, _erx) = mpsc::unbounded_channel();
+        let job = Job::spawn(&title, etx, f);
+        self.track(title, job, |s| s);
+    }
+
+    fn spawn_async<F, Fut>(&self, title: String, f: F)
+    where
+        F: FnOnce(CancellationToken, Arc<Progress>) -> Fut,
+        Fut: std::future::Future<Output = lifeboat::Result<String>> + Send + 'static,
+    {
+        let (etx, _erx) = mpsc::unbounded_channel();
+        let job = Job::spawn_async(&title, etx, f);
+        self.track(title, job, |s| s);
+    }
+}
+
+/// A chunk map of two backups: at most 64 x 10 cells, each a run of chunks.
+fn compare(
+    repo: &std::path::Path,
+    a: &ManifestKey,
+    b: &ManifestKey,
+) -> lifeboat::Result<(String, Vec<Cell>, Vec<String>)> {
+    let repo = Repo::open(repo)?;
+    let (ma, mb): (Manifest, Manifest) = (repo.load_manifest(a)?, repo.load_manifest(b)?);
+    let (ia, ib) = (repo.read_index(&ma.index)?, repo.read_index(&mb.index)?);
+    let d = lifeboat::repo::diff::diff(&ia, &ib)?;
+    let n = ia.chunks.len().max(ib.chunks.len()).max(1);
+    let per = n.div_ceil(640).max(1);
+    let mut cells = Vec::new();
+    for start in (0..n).step_by(per) {
+        let mut cell = Cell::Zero;
+        for i in start..(start + per).min(n) {
+            let c = match (ia.chunks.get(i), ib.chunks.get(i)) {
+                (Some(x), Some(y)) if x == y && x.is_zero() => Cell::Zero,
+                (Some(x), Some(y)) if x == y => Cell::Same,
+                (Some(_), Some(_)) => Cell::Changed,
+                _ => Cell::Missing,
+            };
+            cell = match (cell, c) {
+                (Cell::Changed, _) | (_, Cell::Changed) => Cell::Changed,
+                (Cell::Missing, _) | (_, Cell::Missing) => Cell::Missing,
+                (Cell::Same, _) | (_, Cell::Same) => Cell::Same,
+                _ => Cell::Zero,
+            };
+        }
+        cells.push(cell);
+    }
+    let b_ = crate::cli::output::bytes;
+    let summary = vec![
+        format!(
+            "A {}/{} {} {}",
+            a.vm,
+            a.volume,
+            a.id.short(),
+            ma.created_at.format("%Y-%m-%d %H:%M")
+        ),
+        format!(
+            "B {}/{} {} {}",
+            b.vm,
+            b.volume,
+            b.id.short(),
+            mb.created_at.format("%Y-%m-%d %H:%M")
+        ),
+        format!(
+            "same {} · changed {} · added {} · removed {} · 1 cell = {} chunk(s)",
+            b_(d.same_bytes),
+            b_(d.changed_bytes),
+            b_(d.added_bytes),
+            b_(d.removed_bytes),
+            per
+        ),
+    ];
+    Ok(("Compare".into(), cells, summary))
+}
+
+pub async fn run(config: Config, repo_path: PathBuf, sink: LogSink) -> anyhow::Result<()> {
+    let inventory = config
+        .vms
+        .iter()
+        .map(|v| {
+            (
+                v.name.get_ref().clone(),
+                v.volumes.iter().map(|x| x.name.get_ref().clone()).collect(),
+            )
+        })
+        .collect();
+    let remotes = config
+        .remotes
+        .iter()
+        .map(|(n, r)| (n.clone(), r.url.clone()))
+        .collect();
+    let mut app = App::new(
+        repo_path.display().to_string(),
+        inventory,
+        remotes,
+        chrono::Utc::now(),
+    );
+    let theme = view::Theme::from_env();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Action>();
+    sink.connect(tx.clone());
+    let runner = Runner {
+        config,
+        repo_path,
+        tx: tx.clone(),
+        jobs: Arc::new(Mutex::new(HashMap::new())),
+    };
+
+    enable_raw_mode().context("cannot switch the terminal to raw mode (is this a terminal?)")?;
+    let prev = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        restore_terminal();
+        prev(info);
+    }));
+    let mut stdout = std::io::stdout();
+    crossterm::execute!(stdout, EnterAlternateScreen, crossterm::cursor::Hide)?;
+    let result = event_loop(&mut app, &theme, &runner, &mut rx).await;
+    restore_terminal();
+    let _ = std::panic::take_hook();
+    result
+}
+
+async fn event_loop(
+    app: &mut App,
+    theme: &view::Theme,
+    runner: &Runner,
+    rx: &mut mpsc::UnboundedReceiver<Action>,
+) -> anyhow::Result<()> {
+    let mut terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
+    for e in app.start() {
+        runner.exec(e);
+    }
+    let mut events = EventStream::new();
+    let mut frame = tokio::time::interval(FRAME);
+    frame.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut clock = tokio::time::interval(Duration::from_secs(30));
+    let mut dirty = true;
+    loop {
+        let effects = tokio::select! {
+            ev = events.next() => match ev {
+                Some(Ok(Event::Key(k))) if k.kind == KeyEventKind::Press => { dirty = true; app.update(Action::Key(k)) }
+                Some(Ok(Event::Resize(_, _))) => { dirty = true; Vec::new() }
+                Some(Ok(_)) => Vec::new(),
+                Some(Err(e)) => return Err(e.into()),
+                None => break,
+            },
+            Some(a) = rx.recv() => { dirty = true; app.update(a) }
+            _ = frame.tick() => {
+                // Running jobs: take the latest progress (latest wins).
+                let snaps: Vec<(u64, lifeboat::jobs::Snapshot)> = runner
+                    .jobs
+                    .lock()
+                    .map(|j| j.iter().map(|(id, r)| (*id, r.progress.snapshot())).collect())
+                    .unwrap_or_default();
+                for (id, snapshot) in snaps {
+                    dirty = true;
+                    app.update(Action::JobProgress { id, snapshot });
+                }
+                if dirty {
+                    terminal.draw(|f| view::render(f, app, theme))?;
+                    dirty = false;
+                }
+                Vec::new()
+            }
+            _ = clock.tick() => { dirty = true; app.update(Action::Tick(chrono::Utc::now())) }
+        };
+        for e in effects {
+            runner.exec(e);
+        }
+        if app.quit {
+            break;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

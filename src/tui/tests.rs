@@ -1,0 +1,269 @@
+//! The console without a terminal: `update` (actions in, state and effects
+//! out) and whole screens through ratatui's TestBackend with a fixed clock.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Duration, Utc};
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use lifeboat::repo::manifest::{
+    ImageFormat, Labels, Manifest, Role, SourceInfo, Stats, VmInfo, VolumeInfo,
+};
+use lifeboat::repo::{Id, ManifestKey};
+use ratatui::backend::TestBackend;
+use ratatui::Terminal;
+
+use super::app::{Action, App, Dialog, Effect, Pane, Rpo};
+use super::view::{render, Theme};
+
+fn now() -> DateTime<Utc> {
+    "2026-11-25T12:00:00Z".parse().unwrap()
+}
+
+fn backup(vm: &str, vol: &str, hours_ago: i64, seed: u8) -> (ManifestKey, Manifest) {
+    let m = Manifest {
+        format: 1,
+        vm: VmInfo { name: vm.into() },
+        volume: VolumeInfo {
+            name: vol.into(),
+            role: if vol == "root" {
+                Role::Root
+            } else {
+                Role::Data
+            },
+            format: ImageFormat::Qcow2,
+            virtual_size: 20 << 30,
+        },
+        created_at: now() - Duration::hours(hours_ago),
+        chunk_size: 4 << 20,
+        index: Id::of(&[seed, 1]),
+        parent: None,
+        set: format!("set{seed:02}"),
+        source: SourceInfo {
+            host: "hv1".into(),
+            path: format!("/vm/{vm}-{vol}.qcow2"),
+        },
+        stats: Stats {
+            logical_bytes: 20 << 30,
+            nonzero_bytes: (3 << 30) + seed as u64 * (1 << 20),
+            new_chunks: seed as u64,
+            new_stored_bytes: seed as u64 * (3 << 20),
+        },
+        labels: Labels {
+            note: (seed % 3 == 0).then(|| "nightly".into()),
+            ..Default::default()
+        },
+    };
+    (m.key(), m)
+}
+
+fn app() -> App {
+    let mut a = App::new(
+        "/srv/lifeboat".into(),
+        vec![
+            ("web01".into(), vec!["root".into(), "data".into()]),
+            ("new01".into(), vec!["root".into()]),
+        ],
+        vec![("offsite".into(), "http://10.0.0.9:8473/".into())],
+        now(),
+    );
+    let mut b = Vec::new();
+    for i in 0..6u8 {
+        b.push(backup("web01", "root", 2 + 24 * i as i64, i + 1));
+        b.push(backup("web01", "data", 2 + 24 * i as i64, i + 20));
+    }
+    b.push(backup("db01", "root", 24 * 5, 40));
+    a.update(Action::Loaded(b));
+    let held: BTreeSet<Id> = a
+        .backups
+        .iter()
+        .filter(|(_, m)| m.created_at < now() - Duration::hours(48))
+        .map(|(k, _)| k.id)
+        .collect();
+    a.update(Action::RemoteListed {
+        name: "offsite".into(),
+        result: Ok((12.0, held)),
+    });
+    a
+}
+
+fn key(c: KeyCode) -> Action {
+    Action::Key(KeyEvent::new(c, KeyModifiers::NONE))
+}
+
+fn screen(a: &App, w: u16, h: u16) -> String {
+    let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+    t.draw(|f| render(f, a, &Theme { color: false })).unwrap();
+    let buf = t.backend().buffer().clone();
+    let mut out = String::new();
+    for y in 0..h {
+        for x in 0..w {
+            out.push_str(buf[(x, y)].symbol());
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn tree_rpo_and_navigation() {
+    let mut a = app();
+    let rows = a.tree();
+    assert_eq!(rows[0].vm, "db01");
+    assert_eq!(a.rpo("web01"), Rpo::Fresh);
+    assert_eq!(a.rpo("db01"), Rpo::Stale);
+    assert_eq!(a.rpo("new01"), Rpo::Never);
+    // Down to web01, Enter opens its timeline.
+    for _ in 0..4 {
+        a.update(key(KeyCode::Char('j')));
+    }
+    assert_eq!(a.selected_row().unwrap().vm, "web01");
+    a.update(key(KeyCode::Enter));
+    assert_eq!(a.focus, Pane::Timeline);
+    assert_eq!(a.timeline().len(), 12);
+    a.update(key(KeyCode::Down));
+    assert_eq!(a.timeline_sel, 1);
+    // Moving past the end clamps.
+    for _ in 0..50 {
+        a.update(key(KeyCode::Down));
+    }
+    assert_eq!(a.timeline_sel, 11);
+    // Presence: the newest is missing on the remote, the oldest is held.
+    let newest = a.timeline()[0].0.clone();
+    let oldest = a.timeline()[11].0.clone();
+    assert_eq!(a.presence(&newest), vec![Some(false)]);
+    assert_eq!(a.presence(&oldest), vec![Some(true)]);
+}
+
+#[test]
+fn push_is_planned_confirmed_then_run() {
+    let mut a = app();
+    for _ in 0..4 {
+        a.update(key(KeyCode::Down));
+    }
+    a.update(key(KeyCode::Enter));
+    assert!(
+        a.update(key(KeyCode::Char('p'))).is_empty(),
+        "nothing runs before confirmation"
+    );
+    let Some(Dialog::Confirm { lines, .. }) = &a.dialog else {
+        panic!("no confirm dialog: {:?}", a.dialog)
+    };
+    assert!(lines
+        .iter()
+        .any(|l| l.contains("only chunks offsite lacks")));
+    // A stray key keeps the dialog; Esc cancels; p again and Enter runs.
+    assert!(a.update(key(KeyCode::Char('z'))).is_empty());
+    assert!(a.dialog.is_some());
+    a.update(key(KeyCode::Esc));
+    assert!(a.dialog.is_none());
+    a.update(key(KeyCode::Char('p')));
+    let effects = a.update(key(KeyCode::Enter));
+    assert!(matches!(&effects[..], [Effect::Push { remote, .. }] if remote == "offsite"));
+}
+
+#[test]
+fn restore_prompt_checks_the_path() {
+    let mut a = app();
+    for _ in 0..4 {
+        a.update(key(KeyCode::Down));
+    }
+    a.update(key(KeyCode::Enter));
+    a.update(key(KeyCode::Char('r')));
+    let Some(Dialog::Prompt { .. }) = &a.dialog else {
+        panic!("no prompt")
+    };
+    // Replace the suggested path with one in a missing directory.
+    for _ in 0..80 {
+        a.update(key(KeyCode::Backspace));
+    }
+    for c in "/no/such/dir/x.raw".chars() {
+        a.update(key(KeyCode::Char(c)));
+    }
+    assert!(a.update(key(KeyCode::Enter)).is_empty());
+    let Some(Dialog::Message { lines, .. }) = &a.dialog else {
+        panic!("expected an error message, got {:?}", a.dialog)
+    };
+    assert!(lines[0].contains("does not exist"));
+    // An existing file is refused too.
+    a.update(key(KeyCode::Esc));
+    a.update(key(KeyCode::Char('r')));
+    for _ in 0..80 {
+        a.update(key(KeyCode::Backspace));
+    }
+    for c in "/etc/hostname".chars() {
+        a.update(key(KeyCode::Char(c)));
+    }
+    a.update(key(KeyCode::Enter));
+    let Some(Dialog::Message { lines, .. }) = &a.dialog else {
+        panic!("expected an error")
+    };
+    assert!(lines[0].contains("already exists"));
+}
+
+#[test]
+fn compare_marks_two_backups_and_quit_asks_while_jobs_run() {
+    let mut a = app();
+    for _ in 0..4 {
+        a.update(key(KeyCode::Down));
+    }
+    a.update(key(KeyCode::Enter));
+    assert!(a.update(key(KeyCode::Char('c'))).is_empty());
+    a.update(key(KeyCode::Down));
+    let e = a.update(key(KeyCode::Char('c')));
+    assert!(matches!(&e[..], [Effect::Compare { .. }]));
+    a.update(Action::JobStarted {
+        id: 7,
+        title: "push".into(),
+    });
+    assert!(a.update(key(KeyCode::Char('q'))).is_empty());
+    assert_eq!(a.dialog, Some(Dialog::QuitWhileRunning));
+    assert_eq!(a.update(key(KeyCode::Char('y'))), vec![Effect::Quit]);
+}
+
+#[test]
+fn failed_job_shows_a_message_and_keeps_its_result() {
+    let mut a = app();
+    a.update(Action::JobStarted {
+        id: 3,
+        title: "push web01/root".into(),
+    });
+    let e = a.update(Action::JobDone {
+        id: 3,
+        result: Err("remote offsite: timed out".into()),
+        cancelled: false,
+    });
+    assert!(e.contains(&Effect::Reload));
+    assert!(
+        matches!(&a.dialog, Some(Dialog::Message { lines, .. }) if lines[0].contains("timed out"))
+    );
+    assert!(a.log.iter().any(|l| l.contains("FAILED")));
+}
+
+#[test]
+fn screens_at_80x24_and_160x48() {
+    let mut a = app();
+    for _ in 0..4 {
+        a.update(key(KeyCode::Down));
+    }
+    a.update(Action::JobStarted {
+        id: 1,
+        title: "push web01/root → offsite".into(),
+    });
+    a.update(Action::JobDone {
+        id: 1,
+        result: Ok("3 chunks, 9.0 MiB sent".into()),
+        cancelled: false,
+    });
+    a.dialog = None;
+    insta::assert_snapshot!("console_80x24", screen(&a, 80, 24));
+    insta::assert_snapshot!("console_160x48", screen(&a, 160, 48));
+    a.update(key(KeyCode::Char('?')));
+    insta::assert_snapshot!("help_80x24", screen(&a, 80, 24));
+}
+
+#[test]
+fn tiny_terminal_gets_a_message_not_a_crash() {
+    let a = app();
+    let s = screen(&a, 20, 10);
+    assert!(s.contains("too small"), "{s}");
+}

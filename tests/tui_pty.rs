@@ -1,0 +1,198 @@
+//! The real binary in a pseudo-terminal: start the demo, push a backup and
+//! watch the presence column change, compare two backups, restore one and
+//! check its hash, quit with the terminal restored. The parsed screen is
+//! polled for text with a timeout; no fixed sleeps.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::BIN;
+use portable_pty::{native_pty_system, CommandBuilder, PtySize};
+
+struct Console {
+    parser: Arc<Mutex<vt100::Parser>>,
+    writer: Box<dyn Write + Send>,
+    child: Box<dyn portable_pty::Child + Send + Sync>,
+}
+
+impl Console {
+    fn screen(&self) -> String {
+        self.parser.lock().unwrap().screen().contents()
+    }
+
+    fn wait_for(&self, what: &str, secs: u64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let s = self.screen();
+            if s.contains(what) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what:?}; screen:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn wait_until(&self, what: &str, secs: u64, f: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let s = self.screen();
+            if f(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; screen:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn keys(&mut self, s: &str) {
+        self.writer.write_all(s.as_bytes()).unwrap();
+        self.writer.flush().unwrap();
+    }
+}
+
+fn count(s: &str, pat: &str) -> usize {
+    s.matches(pat).count()
+}
+
+#[test]
+fn demo_push_compare_restore_quit() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = dir.path().join("world");
+    let pty = native_pty_system();
+    let pair = pty
+        .openpty(PtySize {
+            rows: 40,
+            cols: 150,
+            pixel_width: 0,
+            pixel_height: 0,
+        })
+        .unwrap();
+    let mut cmd = CommandBuilder::new(BIN);
+    cmd.args(["demo", "--keep", world.to_str().unwrap()]);
+    cmd.cwd(dir.path());
+    cmd.env("TERM", "xterm-256color");
+    cmd.env("HOME", dir.path());
+    cmd.env("XDG_DATA_HOME", dir.path().join("data"));
+    cmd.env_remove("LIFEBOAT_CONFIG");
+    cmd.env_remove("LIFEBOAT_REPO");
+    let child = pair.slave.spawn_command(cmd).unwrap();
+    drop(pair.slave);
+    let parser = Arc::new(Mutex::new(vt100::Parser::new(40, 150, 0)));
+    let mut reader = pair.master.try_clone_reader().unwrap();
+    let p = parser.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            p.lock().unwrap().process(&buf[..n]);
+        }
+    });
+    let mut c = Console {
+        parser,
+        writer: pair.master.take_writer().unwrap(),
+        child,
+    };
+
+    // The demo builds its world, starts the off-site server and opens the console.
+    c.wait_for("web01", 180);
+    c.wait_for("offsite: up", 30);
+    // Filter to web01, pick its root volume, open the timeline.
+    c.keys("/web01\r");
+    c.keys("jj\r");
+    let s = c.wait_for("Timeline web01/root", 10);
+    assert!(
+        s.contains("○ missing"),
+        "the newest backups are not off-site yet:\n{s}"
+    );
+    let missing_before = count(&s, "○ missing");
+
+    // Push the newest backup: plan, confirm, job runs, presence changes.
+    c.keys("p");
+    c.wait_for("Push to offsite", 10);
+    c.keys("\r");
+    c.wait_for("done:", 60);
+    c.wait_until("one fewer missing backup", 30, |s| {
+        count(s, "○ missing") == missing_before - 1
+    });
+
+    // Compare the newest two backups.
+    c.keys("cjc");
+    let s = c.wait_for("Compare", 20);
+    assert!(s.contains("same") && s.contains("changed"), "{s}");
+    c.keys("\x1b");
+    c.wait_until("compare closed", 10, |s| !s.contains(" Compare "));
+
+    // Restore the second newest (still selected) to a new file.
+    let target = dir.path().join("restored.qcow2");
+    c.keys("r");
+    c.wait_for("Restore web01/root", 10);
+    c.keys(&"\x7f".repeat(80));
+    c.keys(target.to_str().unwrap());
+    c.keys("\r");
+    c.wait_for("to write", 10);
+    c.keys("\r");
+    c.wait_until("the restore job to finish", 60, |s| {
+        // The Jobs pane is the left half of these rows; the Log pane is beside it.
+        s.lines().any(|l| {
+            let jobs = l.split("││").next().unwrap_or("");
+            jobs.contains("#2 restore") && jobs.contains("done")
+        })
+    });
+    assert!(target.exists(), "no restored file; screen:\n{}", c.screen());
+
+    // Its digest equals the index id of that backup.
+    let cfg = world.join("lifeboat.toml");
+    let show = std::process::Command::new(BIN)
+        .args([
+            "--json",
+            "--config",
+            cfg.to_str().unwrap(),
+            "show",
+            "web01/root@~1",
+        ])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    let hash = std::process::Command::new(BIN)
+        .args([
+            "--json",
+            "hash",
+            "--chunk-size",
+            "1M",
+            target.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let h: serde_json::Value = serde_json::from_slice(&hash.stdout).unwrap();
+    assert_eq!(h["digest"], v["manifest"]["index"]);
+
+    // Quit: the process ends and the terminal is back to normal.
+    c.keys("q");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = c.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "console did not quit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(100));
+    let p = c.parser.lock().unwrap();
+    assert!(
+        !p.screen().alternate_screen(),
+        "still on the alternate screen"
+    );
+    assert!(!p.screen().hide_cursor(), "cursor left hidden");
+}
