@@ -402,7 +402,9 @@ fn push_and_pull_through_s3_with_a_node_stopped_mid_push() {
     let status = child.wait().unwrap();
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    // Bring node 3 back for the other tests.
+    // Bring node 3 back for the other tests; scripts/garage.sh stops it
+    // through its pid file, so it is deliberately not waited for here.
+    #[allow(clippy::zombie_processes)]
     let restarted = Command::new(&g.bin)
         .args(["-c", &format!("{}/n3.toml", g.dir), "server"])
         .stdout(Stdio::null())

@@ -31,10 +31,7 @@ fn restore_both_ways(w: &World, reference: &str, original: &std::path::Path) {
         "qcow2",
         "--force",
     ]);
-    assert_eq!(
-        qemu_img(&["info", "--output=json", qcow.to_str().unwrap()]).contains("\"qcow2\""),
-        true
-    );
+    assert!(qemu_img(&["info", "--output=json", qcow.to_str().unwrap()]).contains("\"qcow2\""));
     assert_same_image(original, &qcow);
 }
 
@@ -258,10 +255,7 @@ fn references_timeline_and_sets() {
             "after",
         ],
     );
-    assert_eq!(
-        s1["volumes"][0]["manifest"] != s2["volumes"][0]["manifest"],
-        true
-    );
+    assert!(s1["volumes"][0]["manifest"] != s2["volumes"][0]["manifest"]);
     assert_eq!(s2["volumes"][0]["stats"]["new_chunks"], 1);
     let tl = w.json(&["timeline", "web", "root"]);
     assert_eq!(tl.as_array().unwrap().len(), 2);

@@ -135,7 +135,7 @@ pub fn timeline(ctx: &Ctx, vm: &str, volume: Option<&str>) -> anyhow::Result<Out
         .iter()
         .filter(|(k, _)| k.vm == vm && volume.is_none_or(|v| k.volume == v))
         .collect();
-    items.sort_by(|a, b| b.1.created_at.cmp(&a.1.created_at));
+    items.sort_by_key(|i| std::cmp::Reverse(i.1.created_at));
     if items.is_empty() && !ctx.json {
         bail!(
             "no backups of {vm}{}{} in {}",

@@ -149,7 +149,7 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum RemoteAction {
     /// Add a remote to the config file.
-    Add(remote_cmds::RemoteAddArgs),
+    Add(Box<remote_cmds::RemoteAddArgs>),
     /// List remotes with reachability and latency.
     Ls,
     /// Remove a remote from the config file.
@@ -339,7 +339,7 @@ pub async fn run(cli: Cli, sink: Option<crate::tui::LogSink>) -> u8 {
             from,
         } => backup_restore::restore(&ctx, &reference, to, format, force, dry_run, from).await,
         Command::Remote { action } => match action {
-            RemoteAction::Add(a) => remote_cmds::remote_add(&ctx, a),
+            RemoteAction::Add(a) => remote_cmds::remote_add(&ctx, *a),
             RemoteAction::Ls => remote_cmds::remote_ls(&ctx).await,
             RemoteAction::Rm { name } => remote_cmds::remote_rm(&ctx, &name),
         },

@@ -264,9 +264,8 @@ pub struct SyncArgs {
 pub async fn push_pull(ctx: &Ctx, a: SyncArgs, push: bool) -> anyhow::Result<Outcome> {
     let (name, remote_store) = remote::resolve(&ctx.config, &a.remote)?;
     let local_path = ctx.repo_path();
-    if push {
-        ctx.open_repo()?;
-    } else if !a.init {
+    // Pushing needs a local repository; pulling creates one with --init.
+    if push || !a.init {
         ctx.open_repo()?;
     }
     let local = std::sync::Arc::new(LocalStore::new(&local_path));

@@ -318,7 +318,7 @@ impl Repo {
                 Err(e) => return Err(e),
             }
         }
-        all.sort_by(|a, b| (a.1.created_at, a.0.id).cmp(&(b.1.created_at, b.0.id)));
+        all.sort_by_key(|a| (a.1.created_at, a.0.id));
         Ok(all)
     }
 

@@ -129,7 +129,7 @@ pub fn resolve_one<'a>(
                 .iter()
                 .filter(|(k, _)| k.vm == vm && k.volume == volume)
                 .collect();
-            cands.sort_by(|a, b| b.1.created_at.cmp(&a.1.created_at));
+            cands.sort_by_key(|c| std::cmp::Reverse(c.1.created_at));
             select(&cands, |c| c.1.created_at, &sel)
                 .copied()
                 .ok_or_else(|| Error::NotFound(input.to_string()))
@@ -166,7 +166,7 @@ pub fn sets_of<'a>(all: &'a [(ManifestKey, Manifest)], vm: &str) -> Vec<BackupSe
             }),
         }
     }
-    sets.sort_by(|a, b| b.time.cmp(&a.time));
+    sets.sort_by_key(|s| std::cmp::Reverse(s.time));
     sets
 }
 

@@ -205,7 +205,7 @@ fn write_raw(
                                         ),
                                     ));
                                 }
-                                file.write_all_at(&data, off)
+                                file.write_all_at(data, off)
                                     .map_err(|e| Error::io("writing", path, e))
                             })
                     };

@@ -71,7 +71,7 @@ pub async fn list_manifests(store: &dyn Store) -> Result<Vec<ManifestKey>> {
         .iter()
         .filter_map(|k| ManifestKey::parse(k).ok())
         .collect();
-    out.sort_by(|a, b| (a.time, a.id).cmp(&(b.time, b.id)));
+    out.sort_by_key(|a| (a.time, a.id));
     Ok(out)
 }
 
@@ -251,7 +251,7 @@ pub async fn transfer(
     }
     if opts.manifests {
         progress.set_phase("sending manifests");
-        manifests.sort_by(|a, b| a.1.created_at.cmp(&b.1.created_at));
+        manifests.sort_by_key(|a| a.1.created_at);
         for (k, m) in manifests {
             check_cancel(cancel)?;
             let data = Bytes::from(m.to_bytes());

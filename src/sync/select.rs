@@ -47,7 +47,7 @@ pub async fn select(
                     .into_iter()
                     .filter(|k| k.vm == vm && k.volume == volume)
                     .collect();
-                cands.sort_by(|a, b| (b.time, b.id).cmp(&(a.time, a.id)));
+                cands.sort_by_key(|k| std::cmp::Reverse((k.time, k.id)));
                 let pick = match sel {
                     Selector::Latest => cands.into_iter().next(),
                     Selector::Back(n) => cands.into_iter().nth(n),
@@ -61,7 +61,7 @@ pub async fn select(
                     let m = super::fetch_manifest(store, &k).await?;
                     loaded.push((k, m));
                 }
-                loaded.sort_by(|a, b| a.1.created_at.cmp(&b.1.created_at));
+                loaded.sort_by_key(|a| a.1.created_at);
                 refs::resolve_many(&loaded, s)?
                     .into_iter()
                     .map(|(k, _)| k.clone())
@@ -84,12 +84,12 @@ pub async fn select(
         chosen = per
             .into_values()
             .flat_map(|mut v| {
-                v.sort_by(|a, b| (b.time, b.id).cmp(&(a.time, a.id)));
+                v.sort_by_key(|k| std::cmp::Reverse((k.time, k.id)));
                 v.truncate(n);
                 v
             })
             .collect();
     }
-    chosen.sort_by(|a, b| (a.time, a.id).cmp(&(b.time, b.id)));
+    chosen.sort_by_key(|a| (a.time, a.id));
     Ok(chosen)
 }

@@ -58,7 +58,7 @@ pub fn compare(remote: &str, local: &[ManifestKey], remote_keys: &[ManifestKey])
     }
     for v in vols.values_mut() {
         for list in [&mut v.only_local, &mut v.only_remote, &mut v.both] {
-            list.sort_by(|a, b| b.time.cmp(&a.time));
+            list.sort_by_key(|b| std::cmp::Reverse(b.time));
         }
     }
     RemoteSync {

@@ -260,7 +260,7 @@ impl App {
             .iter()
             .filter(|(k, _)| k.vm == row.vm && row.volume.as_ref().is_none_or(|v| &k.volume == v))
             .collect();
-        t.sort_by(|a, b| b.1.created_at.cmp(&a.1.created_at));
+        t.sort_by_key(|i| std::cmp::Reverse(i.1.created_at));
         t
     }
 

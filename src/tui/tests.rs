@@ -49,7 +49,7 @@ fn backup(vm: &str, vol: &str, hours_ago: i64, seed: u8) -> (ManifestKey, Manife
             new_stored_bytes: seed as u64 * (3 << 20),
         },
         labels: Labels {
-            note: (seed % 3 == 0).then(|| "nightly".into()),
+            note: seed.is_multiple_of(3).then(|| "nightly".into()),
             ..Default::default()
         },
     };
