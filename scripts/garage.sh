@@ -4,7 +4,24 @@
 #   scripts/garage.sh stop DIR
 set -euo pipefail
 cmd=${1:?start|stop}; dir=${2:?directory}
-base=${GARAGE_PORT_BASE:-39100}
+# A free range of ports (s3, rpc, admin for 3 nodes), unless one is given.
+free_base() {
+  python3 - <<'PY'
+import socket, random
+for _ in range(200):
+    base = random.randrange(20000, 60000, 10)
+    ports = [base + n * 10 + k for n in range(3) for k in (0, 1, 3)]
+    try:
+        socks = []
+        for p in ports:
+            s = socket.socket(); s.bind(("127.0.0.1", p)); socks.append(s)
+        for s in socks: s.close()
+        print(base); break
+    except OSError:
+        for s in socks: s.close()
+PY
+}
+base=${GARAGE_PORT_BASE:-$(free_base)}
 G=$(command -v garage || echo "$HOME/.cargo/bin/garage")
 
 if [ "$cmd" = stop ]; then
@@ -38,6 +55,10 @@ TOML
   echo $! > "$dir/n$n.pid"
 done
 
+sleep 0.3
+for n in 1 2 3; do
+  kill -0 "$(cat "$dir/n$n.pid")" 2>/dev/null || { echo "garage node $n failed to start:" >&2; tail -5 "$dir/n$n.log" >&2; exit 1; }
+done
 g() { "$G" -c "$dir/n1.toml" "$@"; }
 for _ in $(seq 100); do g status >/dev/null 2>&1 && break; sleep 0.2; done
 ids=()

@@ -233,7 +233,7 @@ mod tests {
         let key = m.key();
         assert_eq!(
             key.object_key(),
-            format!("manifests/web01/root/20261125T221000Z-{}.json", key.id)
+            format!("manifests/web01/root/20261125T221000.123Z-{}.json", key.id)
         );
         assert_eq!(ManifestKey::parse(&key.object_key()).unwrap(), key);
         assert_eq!(Manifest::from_bytes(&key, &m.to_bytes()).unwrap(), m);
