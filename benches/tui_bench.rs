@@ -9,7 +9,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lifeboat::repo::manifest::{ImageFormat, Labels, Manifest, Role, SourceInfo, Stats, VmInfo, VolumeInfo};
+use lifeboat::repo::manifest::{
+    ImageFormat, Labels, Manifest, Role, SourceInfo, Stats, VmInfo, VolumeInfo,
+};
 use lifeboat::repo::{Id, Index, Repo, RepoConfig};
 use portable_pty::{native_pty_system, CommandBuilder, PtySize};
 
@@ -17,7 +19,11 @@ const BACKUPS: usize = 10_000;
 
 fn generate(root: &Path) {
     let repo = Repo::init(root, RepoConfig::new(4 << 20, 1).unwrap()).unwrap();
-    let index = Index { chunk_size: 4 << 20, image_size: 8 << 20, chunks: vec![Id::ZERO, Id::ZERO] };
+    let index = Index {
+        chunk_size: 4 << 20,
+        image_size: 8 << 20,
+        chunks: vec![Id::ZERO, Id::ZERO],
+    };
     let index_id = repo.write_index(&index).unwrap();
     let start: chrono::DateTime<chrono::Utc> = "2025-01-01T00:00:00Z".parse().unwrap();
     // 50 VMs x 2 volumes x 100 backups. Files are written directly (no
@@ -28,14 +34,27 @@ fn generate(root: &Path) {
         let m = Manifest {
             format: 1,
             vm: VmInfo { name: vm },
-            volume: VolumeInfo { name: vol.into(), role: Role::Data, format: ImageFormat::Raw, virtual_size: 8 << 20 },
+            volume: VolumeInfo {
+                name: vol.into(),
+                role: Role::Data,
+                format: ImageFormat::Raw,
+                virtual_size: 8 << 20,
+            },
             created_at: start + chrono::Duration::minutes(i as i64 * 30),
             chunk_size: 4 << 20,
             index: index_id,
             parent: None,
             set: format!("{:032x}", i / 2),
-            source: SourceInfo { host: "bench".into(), path: "/dev/null".into() },
-            stats: Stats { logical_bytes: 8 << 20, nonzero_bytes: 0, new_chunks: (i % 7) as u64, new_stored_bytes: (i % 13) as u64 << 20 },
+            source: SourceInfo {
+                host: "bench".into(),
+                path: "/dev/null".into(),
+            },
+            stats: Stats {
+                logical_bytes: 8 << 20,
+                nonzero_bytes: 0,
+                new_chunks: (i % 7) as u64,
+                new_stored_bytes: ((i % 13) as u64) << 20,
+            },
             labels: Labels::default(),
         };
         let key = m.key();
@@ -47,8 +66,14 @@ fn generate(root: &Path) {
 
 fn ticks(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let f: Vec<&str> = s.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+    let f: Vec<&str> = s
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -65,9 +90,19 @@ fn main() {
     let repo = dir.path().join("repo");
     let t = Instant::now();
     generate(&repo);
-    eprintln!("generated {BACKUPS} backups in {:.1}s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "generated {BACKUPS} backups in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
     let bin = env!("CARGO_BIN_EXE_lifeboat");
-    let pair = native_pty_system().openpty(PtySize { rows: 48, cols: 160, pixel_width: 0, pixel_height: 0 }).unwrap();
+    let pair = native_pty_system()
+        .openpty(PtySize {
+            rows: 48,
+            cols: 160,
+            pixel_width: 0,
+            pixel_height: 0,
+        })
+        .unwrap();
     let mut cmd = CommandBuilder::new(bin);
     cmd.args(["-r", repo.to_str().unwrap(), "tui"]);
     cmd.env("TERM", "xterm-256color");
@@ -113,7 +148,9 @@ fn main() {
     for i in 0..40 {
         let before = screen();
         let t = Instant::now();
-        writer.write_all(if i % 2 == 0 { b"j" } else { b"k" }).unwrap();
+        writer
+            .write_all(if i % 2 == 0 { b"j" } else { b"k" })
+            .unwrap();
         writer.flush().unwrap();
         wait(&|s| s != before);
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -128,9 +165,22 @@ fn main() {
     let _ = child.wait();
     println!("| console, {BACKUPS} backups, 160x48 pty | measured | target |");
     println!("|---|---|---|");
-    println!("| first frame after start | {:.0} ms | <= 300 ms |", first_frame.as_secs_f64() * 1000.0);
-    println!("| all {BACKUPS} backups loaded and shown | {:.0} ms | - |", loaded.as_secs_f64() * 1000.0);
-    println!("| keypress to redraw, median of 40 (p90) | {:.1} ms ({:.1} ms) | <= 16 ms |", lat[lat.len() / 2], lat[lat.len() * 9 / 10]);
-    println!("| resident memory after load | {:.1} MB | < 100 MB |", rss as f64 / 1024.0);
+    println!(
+        "| first frame after start | {:.0} ms | <= 300 ms |",
+        first_frame.as_secs_f64() * 1000.0
+    );
+    println!(
+        "| all {BACKUPS} backups loaded and shown | {:.0} ms | - |",
+        loaded.as_secs_f64() * 1000.0
+    );
+    println!(
+        "| keypress to redraw, median of 40 (p90) | {:.1} ms ({:.1} ms) | <= 16 ms |",
+        lat[lat.len() / 2],
+        lat[lat.len() * 9 / 10]
+    );
+    println!(
+        "| resident memory after load | {:.1} MB | < 100 MB |",
+        rss as f64 / 1024.0
+    );
     println!("| CPU while idle for 5 s | {idle_ticks} ticks (1 tick = 10 ms) | none measurable |");
 }
