@@ -164,6 +164,12 @@ pub struct App {
     pub marked: Option<ManifestKey>,
     pub rpo_hours: i64,
     pub quit: bool,
+    /// Derived from `backups`, `inventory`, `filter` and the selection;
+    /// rebuilt by `rebuild` when one of those changes, so a keypress over
+    /// 10,000 backups does not rescan them all.
+    tree_cache: Vec<TreeRow>,
+    timeline_cache: Vec<usize>,
+    newest_cache: BTreeMap<String, DateTime<Utc>>,
 }
 
 const LOG_LINES: usize = 500;
@@ -175,7 +181,7 @@ impl App {
         remotes: Vec<(String, String)>,
         now: DateTime<Utc>,
     ) -> App {
-        App {
+        let mut app = App {
             now,
             repo_path,
             backups: Vec::new(),
@@ -201,7 +207,12 @@ impl App {
             marked: None,
             rpo_hours: 26,
             quit: false,
-        }
+            tree_cache: Vec::new(),
+            timeline_cache: Vec::new(),
+            newest_cache: BTreeMap::new(),
+        };
+        app.rebuild();
+        app
     }
 
     /// Effects to run at start: load the local repository, list every remote.
@@ -215,7 +226,47 @@ impl App {
         e
     }
 
-    pub fn tree(&self) -> Vec<TreeRow> {
+    pub fn tree(&self) -> &[TreeRow] {
+        &self.tree_cache
+    }
+
+    /// Recomputes the derived views (tree, timeline of the selection, newest per VM).
+    pub fn rebuild(&mut self) {
+        self.tree_cache = self.build_tree();
+        self.tree_sel = self.tree_sel.min(self.tree_cache.len().saturating_sub(1));
+        self.newest_cache.clear();
+        for (k, m) in &self.backups {
+            let e = self
+                .newest_cache
+                .entry(k.vm.clone())
+                .or_insert(m.created_at);
+            if m.created_at > *e {
+                *e = m.created_at;
+            }
+        }
+        self.rebuild_timeline();
+    }
+
+    fn rebuild_timeline(&mut self) {
+        self.timeline_cache = match self.tree_cache.get(self.tree_sel) {
+            None => Vec::new(),
+            Some(row) => {
+                let mut t: Vec<usize> = (0..self.backups.len())
+                    .filter(|&i| {
+                        let k = &self.backups[i].0;
+                        k.vm == row.vm && row.volume.as_ref().is_none_or(|v| &k.volume == v)
+                    })
+                    .collect();
+                t.sort_by_key(|&i| std::cmp::Reverse(self.backups[i].1.created_at));
+                t
+            }
+        };
+        self.timeline_sel = self
+            .timeline_sel
+            .min(self.timeline_cache.len().saturating_sub(1));
+    }
+
+    fn build_tree(&self) -> Vec<TreeRow> {
         let mut vms: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for (vm, vols) in &self.inventory {
             vms.entry(vm.clone())
@@ -324,6 +375,7 @@ impl App {
             }
             Action::Loaded(b) => {
                 self.backups = b;
+                self.rebuild();
                 self.clamp();
                 Vec::new()
             }
@@ -449,6 +501,7 @@ impl App {
             }
             self.tree_sel = 0;
             self.timeline_sel = 0;
+            self.rebuild();
             return Vec::new();
         }
         match k.code {
@@ -747,6 +800,7 @@ impl App {
             Pane::Tree => {
                 self.tree_sel = step(self.tree_sel, self.tree().len());
                 self.timeline_sel = 0;
+                self.rebuild_timeline();
             }
             Pane::Timeline => self.timeline_sel = step(self.timeline_sel, self.timeline().len()),
             Pane::Jobs => self.job_sel = step(self.job_sel, self.jobs.len()),

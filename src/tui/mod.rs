@@ -28,8 +28,10 @@ use ratatui::backend::CrosstermBackend;
 use ratatui::Terminal;
 use tokio::sync::mpsc::{self, UnboundedSender};
 
-/// Frames are drawn at most this often (only when something changed).
-const FRAME: Duration = Duration::from_millis(50);
+/// Frames are drawn at most this often, and only when something changed.
+const MIN_FRAME: Duration = Duration::from_millis(16);
+/// How often running jobs' progress is sampled.
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
 /// Log lines from tracing go to the Log pane and to a file, never over the screen.
 #[derive(Clone)]
@@ -428,11 +430,28 @@ async fn event_loop(
         runner.exec(e);
     }
     let mut events = EventStream::new();
-    let mut frame = tokio::time::interval(FRAME);
-    frame.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut clock = tokio::time::interval(Duration::from_secs(30));
     let mut dirty = true;
+    let mut last_draw: Option<Instant> = None;
+    let mut last_progress = Instant::now();
     loop {
+        // Draw now when a frame is due; otherwise wake when it will be.
+        // An idle console with nothing running sleeps until input arrives.
+        if dirty && last_draw.is_none_or(|t| t.elapsed() >= MIN_FRAME) {
+            terminal.draw(|f| view::render(f, app, theme))?;
+            dirty = false;
+            last_draw = Some(Instant::now());
+        }
+        let jobs_running = runner.jobs.lock().map(|j| !j.is_empty()).unwrap_or(false);
+        let wake = match (dirty, jobs_running) {
+            (true, _) => Some(
+                last_draw
+                    .map(|t| t + MIN_FRAME)
+                    .unwrap_or_else(Instant::now),
+            ),
+            (false, true) => Some(last_progress + PROGRESS_EVERY),
+            (false, false) => None,
+        };
         let effects = tokio::select! {
             ev = events.next() => match ev {
                 Some(Ok(Event::Key(k))) if k.kind == KeyEventKind::Press => { dirty = true; app.update(Action::Key(k)) }
@@ -442,20 +461,19 @@ async fn event_loop(
                 None => break,
             },
             Some(a) = rx.recv() => { dirty = true; app.update(a) }
-            _ = frame.tick() => {
-                // Running jobs: take the latest progress (latest wins).
-                let snaps: Vec<(u64, lifeboat::jobs::Snapshot)> = runner
-                    .jobs
-                    .lock()
-                    .map(|j| j.iter().map(|(id, r)| (*id, r.progress.snapshot())).collect())
-                    .unwrap_or_default();
-                for (id, snapshot) in snaps {
+            _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now).into()), if wake.is_some() => {
+                if jobs_running && last_progress.elapsed() >= PROGRESS_EVERY {
+                    // Running jobs: take the latest progress (latest wins).
+                    let snaps: Vec<(u64, lifeboat::jobs::Snapshot)> = runner
+                        .jobs
+                        .lock()
+                        .map(|j| j.iter().map(|(id, r)| (*id, r.progress.snapshot())).collect())
+                        .unwrap_or_default();
+                    for (id, snapshot) in snaps {
+                        app.update(Action::JobProgress { id, snapshot });
+                    }
+                    last_progress = Instant::now();
                     dirty = true;
-                    app.update(Action::JobProgress { id, snapshot });
-                }
-                if dirty {
-                    terminal.draw(|f| view::render(f, app, theme))?;
-                    dirty = false;
                 }
                 Vec::new()
             }
