@@ -54,7 +54,7 @@ const PLANS: [VmPlan; 4] = [
                 role: Role::Data,
                 qcow2: false,
                 size_mib: 128,
-                churn_mib: 4,
+                churn_mib: 3,
             },
         ],
     },
@@ -67,15 +67,15 @@ const PLANS: [VmPlan; 4] = [
                 name: "root",
                 role: Role::Root,
                 qcow2: false,
-                size_mib: 256,
+                size_mib: 192,
                 churn_mib: 1,
             },
             VolPlan {
                 name: "data",
                 role: Role::Data,
                 qcow2: true,
-                size_mib: 512,
-                churn_mib: 8,
+                size_mib: 256,
+                churn_mib: 4,
             },
         ],
     },
@@ -88,15 +88,15 @@ const PLANS: [VmPlan; 4] = [
                 name: "root",
                 role: Role::Root,
                 qcow2: true,
-                size_mib: 256,
+                size_mib: 192,
                 churn_mib: 1,
             },
             VolPlan {
                 name: "spool",
                 role: Role::Data,
                 qcow2: false,
-                size_mib: 256,
-                churn_mib: 6,
+                size_mib: 128,
+                churn_mib: 4,
             },
         ],
     },
@@ -109,15 +109,15 @@ const PLANS: [VmPlan; 4] = [
                 name: "root",
                 role: Role::Root,
                 qcow2: false,
-                size_mib: 256,
-                churn_mib: 3,
+                size_mib: 192,
+                churn_mib: 2,
             },
             VolPlan {
                 name: "cache",
                 role: Role::Data,
                 qcow2: false,
-                size_mib: 256,
-                churn_mib: 12,
+                size_mib: 128,
+                churn_mib: 6,
             },
         ],
     },
@@ -286,7 +286,7 @@ pub async fn build(w: &World) -> anyhow::Result<()> {
                 ])?;
             }
             // An installed system: a first fill of data.
-            churn(&img, v.qcow2, v.size_mib << 20, v.size_mib / 8, &mut rng)?;
+            churn(&img, v.qcow2, v.size_mib << 20, v.size_mib / 16, &mut rng)?;
         }
     }
     let repo = Repo::init(&w.repo, RepoConfig::new(CHUNK, 1)?)?;
