@@ -146,7 +146,7 @@ fn demo_push_compare_restore_quit() {
         // The Jobs pane is the left half of these rows; the Log pane is beside it.
         s.lines().any(|l| {
             let jobs = l.split("││").next().unwrap_or("");
-            jobs.contains("#2 restore") && jobs.contains("done")
+            jobs.contains("#2 ✓ done")
         })
     });
     assert!(target.exists(), "no restored file; screen:\n{}", c.screen());
@@ -195,4 +195,118 @@ fn demo_push_compare_restore_quit() {
         "still on the alternate screen"
     );
     assert!(!p.screen().hide_cursor(), "cursor left hidden");
+}
+
+/// The disaster case: a fresh machine with no local repository. The admin
+/// opens the console, switches to the off-site remote, and restores a VM
+/// the local repository never held.
+#[test]
+fn fresh_machine_browses_the_remote_and_restores_from_it() {
+    let w = common::World::new();
+    w.init("64K");
+    let img = w.path("vm.raw");
+    common::write_at(&img, 0, &common::noise(3 << 20, 4));
+    w.ok(&[
+        "backup",
+        "ghost01",
+        "--format",
+        "raw",
+        "--volume",
+        &format!("root={}", img.display()),
+    ]);
+    let srv = w.path("srv");
+    std::fs::create_dir(&srv).unwrap();
+    let tokens = w.path("tokens.toml");
+    let token = common::remote::add_token(&tokens, "admin", "append");
+    let server = common::remote::Server::start(&srv, &tokens, "127.0.0.1:0");
+    let out = w
+        .cmd()
+        .arg("-r")
+        .arg(w.repo())
+        .env("LIFEBOAT_TOKEN", &token)
+        .args(["push", &server.url, "--init"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The fresh machine: a config naming the remote, no repository yet.
+    let fresh = w.path("fresh");
+    std::fs::create_dir(&fresh).unwrap();
+    let token_file = fresh.join("offsite.token");
+    std::fs::write(&token_file, &token).unwrap();
+    let cfg = fresh.join("lifeboat.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "repository = \"repo\"\n[remote.offsite]\nurl = \"{}\"\ntoken_file = \"{}\"\n",
+            server.url,
+            token_file.display()
+        ),
+    )
+    .unwrap();
+
+    let pair = native_pty_system()
+        .openpty(PtySize {
+            rows: 40,
+            cols: 150,
+            pixel_width: 0,
+            pixel_height: 0,
+        })
+        .unwrap();
+    let mut cmd = CommandBuilder::new(BIN);
+    cmd.args(["--config", cfg.to_str().unwrap()]);
+    cmd.cwd(&fresh);
+    cmd.env("TERM", "xterm-256color");
+    cmd.env("HOME", &fresh);
+    cmd.env("XDG_DATA_HOME", fresh.join("data"));
+    let child = pair.slave.spawn_command(cmd).unwrap();
+    drop(pair.slave);
+    let parser = Arc::new(Mutex::new(vt100::Parser::new(40, 150, 0)));
+    let mut reader = pair.master.try_clone_reader().unwrap();
+    let p = parser.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            p.lock().unwrap().process(&buf[..n]);
+        }
+    });
+    let mut c = Console {
+        parser,
+        writer: pair.master.take_writer().unwrap(),
+        child,
+    };
+    c.wait_for("offsite: up", 30);
+    c.keys("s");
+    c.wait_for("VIEWING REMOTE offsite", 10);
+    c.wait_for("ghost01", 20);
+    c.keys("\r");
+    c.wait_for("Timeline ghost01 on offsite", 10);
+    let target = fresh.join("ghost01-root.raw");
+    c.keys("r");
+    c.wait_for("from offsite", 10);
+    c.keys(&"\x7f".repeat(80));
+    c.keys(target.to_str().unwrap());
+    c.keys("\r");
+    c.wait_for("to write", 10);
+    c.keys("\r");
+    c.wait_until("the restore job to finish", 60, |s| {
+        s.lines().any(|l| {
+            let jobs = l.split("││").next().unwrap_or("");
+            jobs.contains("#1 ✓ done")
+        })
+    });
+    common::assert_same_file(&target, &img);
+    c.keys("q");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "console did not quit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(server);
 }

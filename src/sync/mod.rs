@@ -75,6 +75,29 @@ pub async fn list_manifests(store: &dyn Store) -> Result<Vec<ManifestKey>> {
     Ok(out)
 }
 
+/// Every manifest a store holds, fetched and verified (16 at a time).
+/// Damaged ones are skipped with a warning, as locally.
+pub async fn load_manifests(store: &dyn Store) -> Result<Vec<(ManifestKey, Manifest)>> {
+    let keys = list_manifests(store).await?;
+    let loaded: Vec<Option<(ManifestKey, Manifest)>> = futures::stream::iter(keys)
+        .map(|k| async move {
+            match fetch_manifest(store, &k).await {
+                Ok(m) => Ok(Some((k, m))),
+                Err(e @ (Error::CorruptObject { .. } | Error::MissingObject { .. })) => {
+                    tracing::warn!("skipping {} on {}: {e}", k.object_key(), store.describe());
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect()
+        .await?;
+    let mut out: Vec<_> = loaded.into_iter().flatten().collect();
+    out.sort_by_key(|(k, m)| (m.created_at, k.id));
+    Ok(out)
+}
+
 pub async fn fetch_manifest(store: &dyn Store, key: &ManifestKey) -> Result<Manifest> {
     let okey = key.object_key();
     let data = with_retry(5, || store.get(&okey))

@@ -106,10 +106,33 @@ pub enum Cell {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
-    Push { remote: String, key: ManifestKey },
-    Restore { key: ManifestKey, to: String },
-    Verify { deep: bool },
-    Compare { a: ManifestKey, b: ManifestKey },
+    Push {
+        remote: String,
+        key: ManifestKey,
+    },
+    Pull {
+        remote: String,
+        key: ManifestKey,
+    },
+    Backup {
+        vm: String,
+    },
+    /// Fetch every manifest of a remote, to browse it.
+    Browse(String),
+    /// `from`: restore straight from this remote (its chunks are fetched
+    /// into the local repository first).
+    Restore {
+        key: ManifestKey,
+        to: String,
+        from: Option<String>,
+    },
+    Verify {
+        deep: bool,
+    },
+    Compare {
+        a: ManifestKey,
+        b: ManifestKey,
+    },
     ListRemote(String),
     Cancel(u64),
     Reload,
@@ -123,6 +146,10 @@ pub enum Action {
     RemoteListed {
         name: String,
         result: Result<(f64, BTreeSet<Id>), String>,
+    },
+    RemoteBrowsed {
+        name: String,
+        result: Result<Vec<(ManifestKey, Manifest)>, String>,
     },
     JobStarted {
         id: u64,
@@ -149,7 +176,13 @@ pub enum Action {
 pub struct App {
     pub now: DateTime<Utc>,
     pub repo_path: String,
+    /// What the tree and timeline show: the local repository's backups, or
+    /// those of the remote named in `source`.
     pub backups: Vec<(ManifestKey, Manifest)>,
+    pub source: Option<String>,
+    local_backups: Vec<(ManifestKey, Manifest)>,
+    local_ids: BTreeSet<Id>,
+    remote_backups: BTreeMap<String, Vec<(ManifestKey, Manifest)>>,
     pub inventory: Vec<(String, Vec<String>)>,
     pub remotes: Vec<RemoteView>,
     pub focus: Pane,
@@ -185,6 +218,10 @@ impl App {
             now,
             repo_path,
             backups: Vec::new(),
+            source: None,
+            local_backups: Vec::new(),
+            local_ids: BTreeSet::new(),
+            remote_backups: BTreeMap::new(),
             inventory,
             remotes: remotes
                 .into_iter()
@@ -374,9 +411,35 @@ impl App {
                 Vec::new()
             }
             Action::Loaded(b) => {
-                self.backups = b;
-                self.rebuild();
-                self.clamp();
+                self.local_ids = b.iter().map(|(k, _)| k.id).collect();
+                self.local_backups = b;
+                if self.source.is_none() {
+                    self.backups = self.local_backups.clone();
+                    self.rebuild();
+                    self.clamp();
+                }
+                Vec::new()
+            }
+            Action::RemoteBrowsed { name, result } => {
+                match result {
+                    Ok(b) => {
+                        if self.source.as_deref() == Some(name.as_str()) {
+                            self.backups = b.clone();
+                            self.rebuild();
+                            self.clamp();
+                        }
+                        self.remote_backups.insert(name, b);
+                    }
+                    Err(e) => {
+                        self.log(format!("browsing {name}: {e}"));
+                        if self.source.as_deref() == Some(name.as_str()) {
+                            self.dialog = Some(Dialog::Message {
+                                title: format!("Cannot browse {name}"),
+                                lines: vec![e],
+                            });
+                        }
+                    }
+                }
                 Vec::new()
             }
             Action::RemoteListed { name, result } => {
@@ -544,13 +607,23 @@ impl App {
                 );
                 return e;
             }
-            KeyCode::Char('p') => return self.plan_push(None),
+            KeyCode::Char('p') => match self.source.clone() {
+                None => return self.plan_push(None),
+                Some(remote) => return self.plan_pull(remote),
+            },
+            KeyCode::Char('s') => return self.next_source(),
+            KeyCode::Char('b') => self.plan_backup(),
             KeyCode::Char('r') => {
                 if let Some((key, m)) = self.selected_backup() {
                     let ext = m.volume.format.to_string();
+                    let from = self
+                        .source
+                        .as_ref()
+                        .map(|r| format!(" from {r}"))
+                        .unwrap_or_default();
                     self.dialog = Some(Dialog::Prompt {
                         title: format!(
-                            "Restore {}/{} to (path; .qcow2 writes qcow2)",
+                            "Restore {}/{}{from} to (path; .qcow2 writes qcow2)",
                             key.vm, key.volume
                         ),
                         input: format!("./{}-{}.{ext}", key.vm, key.volume),
@@ -574,6 +647,12 @@ impl App {
                         },
                     ],
                     effect: Effect::Verify { deep },
+                });
+            }
+            KeyCode::Char('c') if self.source.is_some() => {
+                self.dialog = Some(Dialog::Message {
+                    title: "Compare works on local backups".into(),
+                    lines: vec!["Pull the backups first (p), or switch back to local (s).".into()],
                 });
             }
             KeyCode::Char('c') => {
@@ -625,6 +704,94 @@ impl App {
         } else {
             self.quit = true;
             vec![Effect::Quit]
+        }
+    }
+
+    /// Cycles what the console shows: local, then each reachable remote.
+    fn next_source(&mut self) -> Vec<Effect> {
+        let reachable = self.reachable_remotes();
+        let next = match &self.source {
+            None => reachable.first().cloned(),
+            Some(cur) => reachable.iter().skip_while(|r| *r != cur).nth(1).cloned(),
+        };
+        self.source = next.clone();
+        self.tree_sel = 0;
+        self.timeline_sel = 0;
+        self.marked = None;
+        let effects = match &next {
+            None => {
+                self.backups = self.local_backups.clone();
+                Vec::new()
+            }
+            Some(name) => {
+                self.backups = self.remote_backups.get(name).cloned().unwrap_or_default();
+                self.log(format!("browsing {name}"));
+                vec![Effect::Browse(name.clone())]
+            }
+        };
+        self.rebuild();
+        effects
+    }
+
+    fn plan_pull(&mut self, remote: String) -> Vec<Effect> {
+        let Some((key, m)) = self.selected_backup() else {
+            self.no_backup();
+            return Vec::new();
+        };
+        let already = self.local_ids.contains(&key.id);
+        self.dialog = Some(Dialog::Confirm {
+            title: format!("Pull from {remote}"),
+            lines: vec![
+                format!(
+                    "backup {}/{} {} ({})",
+                    key.vm,
+                    key.volume,
+                    key.id.short(),
+                    m.created_at.format("%Y-%m-%d %H:%M")
+                ),
+                format!(
+                    "{} of data; only chunks the local repository lacks are fetched, each verified",
+                    crate::cli::output::bytes(m.stats.nonzero_bytes)
+                ),
+                format!(
+                    "into {}{}",
+                    self.repo_path,
+                    if already {
+                        " (already held: nothing to do)"
+                    } else {
+                        ""
+                    }
+                ),
+            ],
+            effect: Effect::Pull { remote, key },
+        });
+        Vec::new()
+    }
+
+    fn plan_backup(&mut self) {
+        let Some(row) = self.selected_row() else {
+            return;
+        };
+        match self.inventory.iter().find(|(vm, _)| *vm == row.vm) {
+            Some((vm, vols)) if self.source.is_none() => {
+                self.dialog = Some(Dialog::Confirm {
+                    title: format!("Back up {vm} now"),
+                    lines: vec![
+                        format!("volumes: {}", vols.join(", ")),
+                        format!("into {}; only new chunks are stored", self.repo_path),
+                    ],
+                    effect: Effect::Backup { vm: vm.clone() },
+                });
+            }
+            _ => {
+                self.dialog = Some(Dialog::Message {
+                    title: "Cannot back up this VM here".into(),
+                    lines: vec![format!(
+                        "{} is not in the inventory of the config file, or a remote is shown (s switches back to local).",
+                        row.vm
+                    )],
+                });
+            }
         }
     }
 
@@ -738,7 +905,11 @@ impl App {
                                 ),
                                 format!("to {input}"),
                             ],
-                            effect: Effect::Restore { key, to: input },
+                            effect: Effect::Restore {
+                                key,
+                                to: input,
+                                from: self.source.clone(),
+                            },
                         });
                     }
                 }
@@ -810,10 +981,33 @@ impl App {
     /// Presence of a backup on each remote: Some(true) held with the same
     /// manifest id, Some(false) missing, None unknown (not listed yet).
     pub fn presence(&self, key: &ManifestKey) -> Vec<Option<bool>> {
-        self.remotes
+        self.presence_columns()
             .iter()
-            .map(|r| r.ids.as_ref().map(|ids| ids.contains(&key.id)))
+            .map(|c| match c.as_str() {
+                "local" => Some(self.local_ids.contains(&key.id)),
+                name => self
+                    .remotes
+                    .iter()
+                    .find(|r| r.name == name)
+                    .and_then(|r| r.ids.as_ref().map(|ids| ids.contains(&key.id))),
+            })
             .collect()
+    }
+
+    /// The repositories the timeline shows presence for: every remote when
+    /// local is shown; local and the other remotes when a remote is.
+    pub fn presence_columns(&self) -> Vec<String> {
+        let mut cols = Vec::new();
+        if self.source.is_some() {
+            cols.push("local".to_string());
+        }
+        cols.extend(
+            self.remotes
+                .iter()
+                .map(|r| r.name.clone())
+                .filter(|n| Some(n) != self.source.as_ref()),
+        );
+        cols
     }
 }
 
@@ -823,7 +1017,9 @@ pub const KEYS: &[(&str, &str)] = &[
     ("Tab", "next pane"),
     ("Enter →", "open timeline"),
     ("/", "filter VMs"),
-    ("p", "push backup to a remote"),
+    ("s", "show local / each remote"),
+    ("p", "push (local) / pull (remote view)"),
+    ("b", "back up the VM now"),
     ("r", "restore backup to a file"),
     ("c", "mark / compare two backups"),
     ("v V", "verify quick / deep"),

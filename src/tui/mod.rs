@@ -194,32 +194,162 @@ impl Runner {
                     ))
                 });
             }
-            Effect::Restore { key, to } => {
+            Effect::Restore { key, to, from } => {
                 let path = self.repo_path.clone();
+                let remote_cfg = from
+                    .as_ref()
+                    .map(|r| (r.clone(), self.config.remote(r).cloned()));
+                let from_txt = from
+                    .as_ref()
+                    .map(|r| format!(" from {r}"))
+                    .unwrap_or_default();
                 let title = format!(
-                    "restore {}/{} {} → {to}",
+                    "restore {}/{} {}{from_txt} → {to}",
                     key.vm,
                     key.volume,
                     key.id.short()
                 );
+                self.spawn_async(title, move |cancel, progress| async move {
+                    // From a remote: fetch its manifest and the chunks the local
+                    // repository lacks (verified, kept as a cache), then restore.
+                    let manifest = match remote_cfg {
+                        Some((name, cfg)) => {
+                            let cfg = cfg.ok_or_else(|| {
+                                lifeboat::Error::Invalid(format!("remote {name} is not configured"))
+                            })?;
+                            let src = remote::open(&name, &cfg)?;
+                            let local: DynStore = Arc::new(LocalStore::new(&path));
+                            let opts = SyncOptions {
+                                init: true,
+                                manifests: false,
+                                ..Default::default()
+                            };
+                            sync::transfer(
+                                src.as_ref(),
+                                local.as_ref(),
+                                vec![key.clone()],
+                                &opts,
+                                &cancel,
+                                &progress,
+                            )
+                            .await?;
+                            Some(sync::fetch_manifest(src.as_ref(), &key).await?)
+                        }
+                        None => None,
+                    };
+                    let task = tokio::task::spawn_blocking(move || {
+                        let repo = Repo::open(&path)?;
+                        let m = match manifest {
+                            Some(m) => m,
+                            None => repo.load_manifest(&key)?,
+                        };
+                        let index = repo.read_index(&m.index)?;
+                        let fmt = if to.ends_with(".qcow2") {
+                            lifeboat::repo::manifest::ImageFormat::Qcow2
+                        } else {
+                            lifeboat::repo::manifest::ImageFormat::Raw
+                        };
+                        let plan = lifeboat::restore::plan(
+                            &key.id.to_hex(),
+                            &m,
+                            &index,
+                            &PathBuf::from(&to),
+                            fmt,
+                            false,
+                        )?;
+                        let out =
+                            lifeboat::restore::restore(&repo, &index, &plan, &cancel, &progress)?;
+                        Ok::<_, lifeboat::Error>(format!(
+                            "{} written, digest {}",
+                            crate::cli::output::bytes(out.bytes_written),
+                            &out.index[..12]
+                        ))
+                    });
+                    task.await.map_err(|e| {
+                        lifeboat::Error::Invalid(format!("restore task failed: {e}"))
+                    })?
+                });
+            }
+            Effect::Pull { remote: name, key } => {
+                let cfg = self.config.remote(&name).cloned();
+                let local: DynStore = Arc::new(LocalStore::new(&self.repo_path));
+                let title = format!("pull {}/{} {} ← {name}", key.vm, key.volume, key.id.short());
+                self.spawn_async(title, move |cancel, progress| async move {
+                    let cfg = cfg.ok_or_else(|| {
+                        lifeboat::Error::Invalid(format!("remote {name} is not configured"))
+                    })?;
+                    let src = remote::open(&name, &cfg)?;
+                    let opts = SyncOptions {
+                        init: true,
+                        ..Default::default()
+                    };
+                    let r = sync::transfer(
+                        src.as_ref(),
+                        local.as_ref(),
+                        vec![key],
+                        &opts,
+                        &cancel,
+                        &progress,
+                    )
+                    .await?;
+                    Ok(format!(
+                        "{} chunks, {} fetched",
+                        r.chunks_sent,
+                        crate::cli::output::bytes(r.bytes_sent)
+                    ))
+                });
+            }
+            Effect::Backup { vm } => {
+                let path = self.repo_path.clone();
+                let volumes: Vec<lifeboat::backup::VolumeSpec> = self
+                    .config
+                    .vm(&vm)
+                    .map(|v| {
+                        v.volumes
+                            .iter()
+                            .map(|x| lifeboat::backup::VolumeSpec {
+                                name: x.name.get_ref().clone(),
+                                role: x.role,
+                                path: x.path.clone(),
+                                format: x.format,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let title = format!("backup {vm}");
                 self.spawn_blocking(title, move |cancel, progress| {
                     let repo = Repo::open(&path)?;
-                    let m = repo.load_manifest(&key)?;
-                    let index = repo.read_index(&m.index)?;
-                    let target = PathBuf::from(&to);
-                    let fmt = if to.ends_with(".qcow2") {
-                        lifeboat::repo::manifest::ImageFormat::Qcow2
-                    } else {
-                        lifeboat::repo::manifest::ImageFormat::Raw
+                    let req = lifeboat::backup::BackupRequest {
+                        vm,
+                        volumes,
+                        note: Some("from the console".into()),
+                        created_at: None,
                     };
-                    let plan =
-                        lifeboat::restore::plan(&key.id.to_hex(), &m, &index, &target, fmt, false)?;
-                    let out = lifeboat::restore::restore(&repo, &index, &plan, cancel, progress)?;
+                    let r = lifeboat::backup::backup(&repo, &req, cancel, progress)?;
+                    let new: u64 = r.volumes.iter().map(|v| v.stats.new_stored_bytes).sum();
                     Ok(format!(
-                        "{} written, digest {}",
-                        crate::cli::output::bytes(out.bytes_written),
-                        &out.index[..12]
+                        "{} volumes, {} new",
+                        r.volumes.len(),
+                        crate::cli::output::bytes(new)
                     ))
+                });
+            }
+            Effect::Browse(name) => {
+                let cfg = self.config.remote(&name).cloned();
+                tokio::spawn(async move {
+                    let res = async {
+                        let cfg = cfg.ok_or_else(|| "not configured".to_string())?;
+                        let store = remote::open(&name, &cfg).map_err(|e| e.to_string())?;
+                        tokio::time::timeout(
+                            Duration::from_secs(60),
+                            sync::load_manifests(store.as_ref()),
+                        )
+                        .await
+                        .map_err(|_| "timed out after 60 s".to_string())?
+                        .map_err(|e| e.to_string())
+                    }
+                    .await;
+                    let _ = tx.send(Action::RemoteBrowsed { name, result: res });
                 });
             }
             Effect::Verify { deep } => {

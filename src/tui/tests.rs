@@ -267,3 +267,50 @@ fn tiny_terminal_gets_a_message_not_a_crash() {
     let s = screen(&a, 20, 10);
     assert!(s.contains("too small"), "{s}");
 }
+
+#[test]
+fn browsing_a_remote_and_pulling_from_it() {
+    let mut a = app();
+    // Only the remote holds ghost01: the disaster case.
+    let remote = vec![
+        backup("ghost01", "root", 30, 50),
+        backup("web01", "root", 2 + 24 * 5, 6),
+    ];
+    let e = a.update(key(KeyCode::Char('s')));
+    assert_eq!(e, vec![Effect::Browse("offsite".into())]);
+    assert_eq!(a.source.as_deref(), Some("offsite"));
+    a.update(Action::RemoteBrowsed {
+        name: "offsite".into(),
+        result: Ok(remote),
+    });
+    assert_eq!(a.tree()[0].vm, "ghost01");
+    assert_eq!(a.presence_columns(), vec!["local".to_string()]);
+    let k = a.timeline()[0].0.clone();
+    assert_eq!(a.presence(&k), vec![Some(false)], "ghost01 is not local");
+    a.update(key(KeyCode::Enter));
+    a.update(key(KeyCode::Char('p')));
+    let Some(Dialog::Confirm { title, .. }) = &a.dialog else {
+        panic!("no confirm: {:?}", a.dialog)
+    };
+    assert_eq!(title, "Pull from offsite");
+    let e = a.update(key(KeyCode::Enter));
+    assert!(matches!(&e[..], [Effect::Pull { remote, .. }] if remote == "offsite"));
+    // Restore from the remote names it as the source.
+    a.update(key(KeyCode::Char('r')));
+    for _ in 0..80 {
+        a.update(key(KeyCode::Backspace));
+    }
+    for c in "/tmp/lifeboat-test-ghost.raw".chars() {
+        a.update(key(KeyCode::Char(c)));
+    }
+    a.update(key(KeyCode::Enter));
+    let e = a.update(key(KeyCode::Enter));
+    assert!(
+        matches!(&e[..], [Effect::Restore { from: Some(r), .. }] if r == "offsite"),
+        "{e:?}"
+    );
+    // Back to local.
+    assert!(a.update(key(KeyCode::Char('s'))).is_empty());
+    assert_eq!(a.source, None);
+    assert_eq!(a.tree()[0].vm, "db01");
+}

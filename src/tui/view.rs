@@ -112,17 +112,21 @@ pub fn render(f: &mut Frame, app: &App, theme: &Theme) {
 }
 
 fn header(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
-    let mut spans = vec![
-        Span::styled(
-            " lifeboat ",
-            Style::default().add_modifier(Modifier::BOLD | Modifier::REVERSED),
-        ),
-        Span::raw(format!(
+    let mut spans = vec![Span::styled(
+        " lifeboat ",
+        Style::default().add_modifier(Modifier::BOLD | Modifier::REVERSED),
+    )];
+    match &app.source {
+        None => spans.push(Span::raw(format!(
             " local {} ({} backups) ",
             app.repo_path,
             app.backups.len()
+        ))),
+        Some(r) => spans.push(Span::styled(
+            format!(" VIEWING REMOTE {r} ({} backups) ", app.backups.len()),
+            theme.fg(Color::Magenta).add_modifier(Modifier::BOLD),
         )),
-    ];
+    }
     for r in &app.remotes {
         let (style, text) = match &r.state {
             RemoteState::Connecting => {
@@ -177,10 +181,11 @@ fn tree(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
             Some(v) => ListItem::new(format!("  └ {v}")),
         })
         .collect();
+    let place = app.source.as_deref().unwrap_or("local");
     let title = match &app.filter {
-        Some(f) if app.filtering => format!(" VMs /{f}_ "),
-        Some(f) => format!(" VMs /{f} "),
-        None => " VMs ".to_string(),
+        Some(f) if app.filtering => format!(" VMs ({place}) /{f}_ "),
+        Some(f) => format!(" VMs ({place}) /{f} "),
+        None => format!(" VMs ({place}) "),
     };
     let list = List::new(items)
         .block(
@@ -212,10 +217,11 @@ fn timeline(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     if wide {
         header.push("note".into());
     }
+    let columns = app.presence_columns();
     header.extend(
-        app.remotes
+        columns
             .iter()
-            .map(|r| r.name.chars().take(8).collect::<String>()),
+            .map(|r| r.chars().take(8).collect::<String>()),
     );
     let rows: Vec<Row> = tl
         .iter()
@@ -271,14 +277,19 @@ fn timeline(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     if wide {
         widths.push(Constraint::Min(8));
     }
-    widths.extend(app.remotes.iter().map(|_| Constraint::Length(9)));
+    widths.extend(columns.iter().map(|_| Constraint::Length(9)));
+    let on = app
+        .source
+        .as_ref()
+        .map(|s| format!(" on {s}"))
+        .unwrap_or_default();
     let title = match app.selected_row() {
         Some(r) => format!(
-            " Timeline {}{} ",
+            " Timeline {}{}{on} ",
             r.vm,
             r.volume.map(|v| format!("/{v}")).unwrap_or_default()
         ),
-        None => " Timeline ".into(),
+        None => format!(" Timeline{on} "),
     };
     let table = Table::new(rows, widths)
         .header(Row::new(header).style(Style::default().add_modifier(Modifier::BOLD)))
@@ -412,17 +423,17 @@ fn jobs(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
                 )
             }
             JobState::Done(m) => (
-                format!("#{} {} — done: {m}", j.id, j.title),
+                format!("#{} ✓ done: {m} — {}", j.id, j.title),
                 1.0,
                 theme.fg(Color::Green),
             ),
             JobState::Failed(e) => (
-                format!("#{} {} — FAILED: {e}", j.id, j.title),
+                format!("#{} ✗ FAILED: {e} — {}", j.id, j.title),
                 0.0,
                 theme.fg(Color::Red),
             ),
             JobState::Cancelled => (
-                format!("#{} {} — cancelled", j.id, j.title),
+                format!("#{} cancelled — {}", j.id, j.title),
                 0.0,
                 theme.fg(Color::Yellow),
             ),
