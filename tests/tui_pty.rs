@@ -82,6 +82,11 @@ fn demo_push_compare_restore_quit() {
     cmd.env("TERM", "xterm-256color");
     cmd.env("HOME", dir.path());
     cmd.env("XDG_DATA_HOME", dir.path().join("data"));
+    // A key-map override: push is rebound to P.
+    let keys_dir = dir.path().join("cfg").join("lifeboat");
+    std::fs::create_dir_all(&keys_dir).unwrap();
+    std::fs::write(keys_dir.join("keys.toml"), "push = \"P\"\n").unwrap();
+    cmd.env("XDG_CONFIG_HOME", dir.path().join("cfg"));
     cmd.env_remove("LIFEBOAT_CONFIG");
     cmd.env_remove("LIFEBOAT_REPO");
     let child = pair.slave.spawn_command(cmd).unwrap();
@@ -118,7 +123,8 @@ fn demo_push_compare_restore_quit() {
     let missing_before = count(&s, "○ missing");
 
     // Push the newest backup: plan, confirm, job runs, presence changes.
-    c.keys("p");
+    // The key map rebinds push to P (the default p is then unbound).
+    c.keys("P");
     c.wait_for("Push to offsite", 10);
     c.keys("\r");
     c.wait_for("done:", 60);

@@ -197,6 +197,7 @@ pub struct App {
     pub marked: Option<ManifestKey>,
     pub rpo_hours: i64,
     pub quit: bool,
+    pub keys: super::keymap::KeyMap,
     /// Derived from `backups`, `inventory`, `filter` and the selection;
     /// rebuilt by `rebuild` when one of those changes, so a keypress over
     /// 10,000 backups does not rescan them all.
@@ -244,6 +245,7 @@ impl App {
             marked: None,
             rpo_hours: 26,
             quit: false,
+            keys: super::keymap::KeyMap::default(),
             tree_cache: Vec::new(),
             timeline_cache: Vec::new(),
             newest_cache: BTreeMap::new(),
@@ -567,7 +569,14 @@ impl App {
             self.rebuild();
             return Vec::new();
         }
-        match k.code {
+        let code = match k.code {
+            KeyCode::Char(c) => match self.keys.translate(c) {
+                Some(d) => KeyCode::Char(d),
+                None => return Vec::new(),
+            },
+            other => other,
+        };
+        match code {
             KeyCode::Char('q') => return self.ask_quit(),
             KeyCode::Char('?') => self.dialog = Some(Dialog::Help),
             KeyCode::Tab => {
@@ -634,7 +643,7 @@ impl App {
                 }
             }
             KeyCode::Char('v') | KeyCode::Char('V') => {
-                let deep = k.code == KeyCode::Char('V');
+                let deep = code == KeyCode::Char('V');
                 self.dialog = Some(Dialog::Confirm {
                     title: if deep { "Deep verify" } else { "Quick verify" }.into(),
                     lines: vec![
@@ -1010,21 +1019,3 @@ impl App {
         cols
     }
 }
-
-/// The key map, for the help screen and the bottom bar.
-pub const KEYS: &[(&str, &str)] = &[
-    ("↑↓ j k", "move"),
-    ("Tab", "next pane"),
-    ("Enter →", "open timeline"),
-    ("/", "filter VMs"),
-    ("s", "show local / each remote"),
-    ("p", "push (local) / pull (remote view)"),
-    ("b", "back up the VM now"),
-    ("r", "restore backup to a file"),
-    ("c", "mark / compare two backups"),
-    ("v V", "verify quick / deep"),
-    ("x", "cancel job (Jobs pane)"),
-    ("R", "refresh"),
-    ("?", "help"),
-    ("q", "quit"),
-];

@@ -3,6 +3,7 @@
 //! (`view`); this module owns the terminal and runs effects as core jobs.
 
 pub mod app;
+pub mod keymap;
 pub mod view;
 
 use std::collections::{BTreeSet, HashMap};
@@ -525,6 +526,14 @@ pub async fn run(config: Config, repo_path: PathBuf, sink: LogSink) -> anyhow::R
         remotes,
         chrono::Utc::now(),
     );
+    // Key bindings: defaults plus keys.toml in the config directory.
+    let config_dir =
+        lifeboat::config::default_config_path().and_then(|p| p.parent().map(|d| d.to_path_buf()));
+    let (keys, problem) = keymap::KeyMap::load(config_dir.as_deref());
+    app.keys = keys;
+    if let Some(p) = problem {
+        app.update(Action::Log(p));
+    }
     let theme = view::Theme::from_env();
     let (tx, mut rx) = mpsc::unbounded_channel::<Action>();
     sink.connect(tx.clone());

@@ -9,7 +9,7 @@ use ratatui::widgets::{
 };
 use ratatui::Frame;
 
-use super::app::{App, Cell, Dialog, JobState, Pane, RemoteState, Rpo, KEYS};
+use super::app::{App, Cell, Dialog, JobState, Pane, RemoteState, Rpo};
 use crate::cli::output::{age, bytes};
 
 pub struct Theme {
@@ -473,7 +473,9 @@ fn footer(f: &mut Frame, app: &App, area: Rect) {
     let text = if app.filtering {
         "type to filter · Enter keep · Esc clear".to_string()
     } else {
-        KEYS.iter()
+        app.keys
+            .help()
+            .iter()
             .map(|(k, d)| format!("{k} {d}"))
             .collect::<Vec<_>>()
             .join(" · ")
@@ -547,11 +549,17 @@ fn dialog(f: &mut Frame, app: &App, theme: &Theme, d: &Dialog, area: Rect) {
             (title.clone(), l, 76, lines.len() as u16 + 4)
         }
         Dialog::Help => {
-            let l: Vec<Line> = KEYS
+            let help = app.keys.help();
+            let mut l: Vec<Line> = help
                 .iter()
                 .map(|(k, d)| Line::from(format!("{k:<10} {d}")))
                 .collect();
-            ("Keys".into(), l, 48, KEYS.len() as u16 + 2)
+            l.push(Line::from(""));
+            l.push(Line::from(
+                "Rebind keys in keys.toml in the config directory.",
+            ));
+            let h = l.len() as u16 + 2;
+            ("Keys".into(), l, 56, h)
         }
         Dialog::QuitWhileRunning => (
             "Quit?".into(),

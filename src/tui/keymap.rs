@@ -1,0 +1,157 @@
+//! Key bindings: defaults plus an override file (`keys.toml` in the config
+//! directory) that rebinds actions to other characters, e.g.
+//!
+//! ```toml
+//! push = "P"
+//! restore = "o"
+//! ```
+//!
+//! The help screen and the bottom bar are generated from the result.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// (action name, default key, description)
+pub const ACTIONS: &[(&str, char, &str)] = &[
+    ("down", 'j', "move down (also ↓)"),
+    ("up", 'k', "move up (also ↑)"),
+    ("filter", '/', "filter VMs"),
+    ("source", 's', "show local / each remote"),
+    ("push", 'p', "push (local) / pull (remote view)"),
+    ("backup", 'b', "back up the VM now"),
+    ("restore", 'r', "restore backup to a file"),
+    ("compare", 'c', "mark / compare two backups"),
+    ("verify", 'v', "quick verify"),
+    ("deep_verify", 'V', "deep verify"),
+    ("cancel", 'x', "cancel job (Jobs pane)"),
+    ("refresh", 'R', "refresh"),
+    ("help", '?', "help"),
+    ("quit", 'q', "quit"),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyMap {
+    /// Pressed character → the default character of its action.
+    translate: BTreeMap<char, char>,
+    /// Action's effective key, in ACTIONS order.
+    effective: Vec<char>,
+}
+
+impl Default for KeyMap {
+    fn default() -> Self {
+        KeyMap {
+            translate: ACTIONS.iter().map(|(_, c, _)| (*c, *c)).collect(),
+            effective: ACTIONS.iter().map(|(_, c, _)| *c).collect(),
+        }
+    }
+}
+
+impl KeyMap {
+    /// Applies overrides (`action = "k"`); unknown actions, keys that are
+    /// not one character, and clashes are errors naming the problem.
+    pub fn with_overrides(text: &str) -> Result<KeyMap, String> {
+        let table: BTreeMap<String, String> =
+            toml::from_str(text).map_err(|e| e.message().to_string())?;
+        let mut effective: Vec<char> = ACTIONS.iter().map(|(_, c, _)| *c).collect();
+        for (action, key) in &table {
+            let i = ACTIONS
+                .iter()
+                .position(|(a, _, _)| a == action)
+                .ok_or_else(|| {
+                    format!(
+                        "unknown action {action:?}; known: {}",
+                        ACTIONS.iter().map(|a| a.0).collect::<Vec<_>>().join(", ")
+                    )
+                })?;
+            let mut chars = key.chars();
+            match (chars.next(), chars.next()) {
+                (Some(c), None) if !c.is_control() => effective[i] = c,
+                _ => return Err(format!("{action} = {key:?}: give exactly one character")),
+            }
+        }
+        let mut translate = BTreeMap::new();
+        for (i, c) in effective.iter().enumerate() {
+            if let Some(prev) = translate.insert(*c, ACTIONS[i].1) {
+                let other = ACTIONS
+                    .iter()
+                    .find(|a| a.1 == prev)
+                    .map(|a| a.0)
+                    .unwrap_or("?");
+                return Err(format!(
+                    "key {c:?} is bound to both {other} and {}",
+                    ACTIONS[i].0
+                ));
+            }
+        }
+        Ok(KeyMap {
+            translate,
+            effective,
+        })
+    }
+
+    /// Loads `keys.toml` from `dir` if present; a bad file is reported and
+    /// the defaults are used.
+    pub fn load(dir: Option<&Path>) -> (KeyMap, Option<String>) {
+        let Some(path) = dir.map(|d| d.join("keys.toml")) else {
+            return (KeyMap::default(), None);
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => match KeyMap::with_overrides(&text) {
+                Ok(k) => (k, None),
+                Err(e) => (
+                    KeyMap::default(),
+                    Some(format!("{}: {e}; using the default keys", path.display())),
+                ),
+            },
+            Err(_) => (KeyMap::default(), None),
+        }
+    }
+
+    /// The default character of the action bound to `c`, or None when `c`
+    /// is bound to nothing (a default key moved elsewhere is unbound).
+    pub fn translate(&self, c: char) -> Option<char> {
+        self.translate.get(&c).copied()
+    }
+
+    /// (keys, description) for help and the bottom bar.
+    pub fn help(&self) -> Vec<(String, &'static str)> {
+        let mut out = vec![
+            ("↑↓ ←→".to_string(), "move, open timeline"),
+            ("Tab".into(), "next pane"),
+            ("Enter".into(), "open / confirm"),
+        ];
+        out.extend(
+            ACTIONS
+                .iter()
+                .zip(&self.effective)
+                .filter(|((a, _, _), _)| *a != "down" && *a != "up")
+                .map(|((_, _, d), c)| (c.to_string(), *d)),
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_rebind_and_unbind() {
+        let k = KeyMap::with_overrides("push = \"P\"\n").unwrap();
+        assert_eq!(k.translate('P'), Some('p'));
+        assert_eq!(k.translate('p'), None, "the old key is free");
+        assert!(k
+            .help()
+            .iter()
+            .any(|(c, d)| c == "P" && d.starts_with("push")));
+        assert!(KeyMap::with_overrides("launch = \"l\"")
+            .unwrap_err()
+            .contains("unknown action"));
+        assert!(KeyMap::with_overrides("push = \"pp\"")
+            .unwrap_err()
+            .contains("one character"));
+        assert!(KeyMap::with_overrides("push = \"r\"")
+            .unwrap_err()
+            .contains("bound to both"));
+    }
+}
