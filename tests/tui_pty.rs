@@ -59,16 +59,9 @@ impl Console {
     }
 }
 
-fn count(s: &str, pat: &str) -> usize {
-    s.matches(pat).count()
-}
-
-#[test]
-fn demo_push_compare_restore_quit() {
-    let dir = tempfile::tempdir().unwrap();
-    let world = dir.path().join("world");
-    let pty = native_pty_system();
-    let pair = pty
+/// Starts `cmd` in a 150x40 pseudo-terminal with a vt100 parser fed from it.
+fn open(cmd: CommandBuilder) -> Console {
+    let pair = native_pty_system()
         .openpty(PtySize {
             rows: 40,
             cols: 150,
@@ -76,19 +69,6 @@ fn demo_push_compare_restore_quit() {
             pixel_height: 0,
         })
         .unwrap();
-    let mut cmd = CommandBuilder::new(BIN);
-    cmd.args(["demo", "--keep", world.to_str().unwrap()]);
-    cmd.cwd(dir.path());
-    cmd.env("TERM", "xterm-256color");
-    cmd.env("HOME", dir.path());
-    cmd.env("XDG_DATA_HOME", dir.path().join("data"));
-    // A key-map override: push is rebound to P.
-    let keys_dir = dir.path().join("cfg").join("lifeboat");
-    std::fs::create_dir_all(&keys_dir).unwrap();
-    std::fs::write(keys_dir.join("keys.toml"), "push = \"P\"\n").unwrap();
-    cmd.env("XDG_CONFIG_HOME", dir.path().join("cfg"));
-    cmd.env_remove("LIFEBOAT_CONFIG");
-    cmd.env_remove("LIFEBOAT_REPO");
     let child = pair.slave.spawn_command(cmd).unwrap();
     drop(pair.slave);
     let parser = Arc::new(Mutex::new(vt100::Parser::new(40, 150, 0)));
@@ -103,11 +83,35 @@ fn demo_push_compare_restore_quit() {
             p.lock().unwrap().process(&buf[..n]);
         }
     });
-    let mut c = Console {
+    Console {
         parser,
         writer: pair.master.take_writer().unwrap(),
         child,
-    };
+    }
+}
+
+fn count(s: &str, pat: &str) -> usize {
+    s.matches(pat).count()
+}
+
+#[test]
+fn demo_push_compare_restore_quit() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = dir.path().join("world");
+    let mut cmd = CommandBuilder::new(BIN);
+    cmd.args(["demo", "--keep", world.to_str().unwrap()]);
+    cmd.cwd(dir.path());
+    cmd.env("TERM", "xterm-256color");
+    cmd.env("HOME", dir.path());
+    cmd.env("XDG_DATA_HOME", dir.path().join("data"));
+    // A key-map override: push is rebound to P.
+    let keys_dir = dir.path().join("cfg").join("lifeboat");
+    std::fs::create_dir_all(&keys_dir).unwrap();
+    std::fs::write(keys_dir.join("keys.toml"), "push = \"P\"\n").unwrap();
+    cmd.env("XDG_CONFIG_HOME", dir.path().join("cfg"));
+    cmd.env_remove("LIFEBOAT_CONFIG");
+    cmd.env_remove("LIFEBOAT_REPO");
+    let mut c = open(cmd);
 
     // The demo builds its world, starts the off-site server and opens the console.
     c.wait_for("web01", 180);
@@ -254,39 +258,13 @@ fn fresh_machine_browses_the_remote_and_restores_from_it() {
     )
     .unwrap();
 
-    let pair = native_pty_system()
-        .openpty(PtySize {
-            rows: 40,
-            cols: 150,
-            pixel_width: 0,
-            pixel_height: 0,
-        })
-        .unwrap();
     let mut cmd = CommandBuilder::new(BIN);
     cmd.args(["--config", cfg.to_str().unwrap()]);
     cmd.cwd(&fresh);
     cmd.env("TERM", "xterm-256color");
     cmd.env("HOME", &fresh);
     cmd.env("XDG_DATA_HOME", fresh.join("data"));
-    let child = pair.slave.spawn_command(cmd).unwrap();
-    drop(pair.slave);
-    let parser = Arc::new(Mutex::new(vt100::Parser::new(40, 150, 0)));
-    let mut reader = pair.master.try_clone_reader().unwrap();
-    let p = parser.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            p.lock().unwrap().process(&buf[..n]);
-        }
-    });
-    let mut c = Console {
-        parser,
-        writer: pair.master.take_writer().unwrap(),
-        child,
-    };
+    let mut c = open(cmd);
     c.wait_for("offsite: up", 30);
     c.keys("s");
     c.wait_for("VIEWING REMOTE offsite", 10);

@@ -25,6 +25,17 @@ pub enum JobEvent {
 
 static NEXT_JOB: AtomicU64 = AtomicU64::new(1);
 
+fn finished_event<T>(id: u64, res: &Result<T>) -> JobEvent {
+    match res {
+        Ok(_) => JobEvent::Finished { id },
+        Err(Error::Cancelled) => JobEvent::Cancelled { id },
+        Err(e) => JobEvent::Failed {
+            id,
+            error: e.to_string(),
+        },
+    }
+}
+
 pub struct Job<T> {
     pub id: u64,
     pub kind: String,
@@ -49,14 +60,7 @@ impl<T: Send + 'static> Job<T> {
         });
         let handle = tokio::task::spawn_blocking(move || {
             let res = work(&c, &p);
-            let ev = match &res {
-                Ok(_) => JobEvent::Finished { id },
-                Err(Error::Cancelled) => JobEvent::Cancelled { id },
-                Err(e) => JobEvent::Failed {
-                    id,
-                    error: e.to_string(),
-                },
-            };
+            let ev = finished_event(id, &res);
             p.finish();
             let _ = events.send(ev);
             res
@@ -92,14 +96,7 @@ impl<T: Send + 'static> Job<T> {
         let handle = tokio::spawn(async move {
             let res = fut.await;
             p.finish();
-            let _ = events.send(match &res {
-                Ok(_) => JobEvent::Finished { id },
-                Err(Error::Cancelled) => JobEvent::Cancelled { id },
-                Err(e) => JobEvent::Failed {
-                    id,
-                    error: e.to_string(),
-                },
-            });
+            let _ = events.send(finished_event(id, &res));
             res
         });
         Job {

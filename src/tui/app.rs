@@ -173,6 +173,17 @@ pub enum Action {
     Tick(DateTime<Utc>),
 }
 
+/// `vm/volume id (time)`: how plans and summaries name a backup.
+pub fn backup_line(key: &ManifestKey, m: &Manifest) -> String {
+    format!(
+        "{}/{} {} ({})",
+        key.vm,
+        key.volume,
+        key.id.short(),
+        m.created_at.format("%Y-%m-%d %H:%M")
+    )
+}
+
 pub struct App {
     pub now: DateTime<Utc>,
     pub repo_path: String,
@@ -751,13 +762,7 @@ impl App {
         self.dialog = Some(Dialog::Confirm {
             title: format!("Pull from {remote}"),
             lines: vec![
-                format!(
-                    "backup {}/{} {} ({})",
-                    key.vm,
-                    key.volume,
-                    key.id.short(),
-                    m.created_at.format("%Y-%m-%d %H:%M")
-                ),
+                format!("backup {}", backup_line(&key, &m)),
                 format!(
                     "{} of data; only chunks the local repository lacks are fetched, each verified",
                     crate::cli::output::bytes(m.stats.nonzero_bytes)
@@ -828,13 +833,7 @@ impl App {
         self.dialog = Some(Dialog::Confirm {
             title: format!("Push to {remote}"),
             lines: vec![
-                format!(
-                    "backup {}/{} {} ({})",
-                    key.vm,
-                    key.volume,
-                    key.id.short(),
-                    m.created_at.format("%Y-%m-%d %H:%M")
-                ),
+                format!("backup {}", backup_line(&key, &m)),
                 format!(
                     "{} of data; only chunks {remote} lacks are sent",
                     crate::cli::output::bytes(m.stats.nonzero_bytes)

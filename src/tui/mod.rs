@@ -478,20 +478,8 @@ fn compare(
     }
     let b_ = crate::cli::output::bytes;
     let summary = vec![
-        format!(
-            "A {}/{} {} {}",
-            a.vm,
-            a.volume,
-            a.id.short(),
-            ma.created_at.format("%Y-%m-%d %H:%M")
-        ),
-        format!(
-            "B {}/{} {} {}",
-            b.vm,
-            b.volume,
-            b.id.short(),
-            mb.created_at.format("%Y-%m-%d %H:%M")
-        ),
+        format!("A {}", app::backup_line(a, &ma)),
+        format!("B {}", app::backup_line(b, &mb)),
         format!(
             "same {} · changed {} · added {} · removed {} · 1 cell = {} chunk(s)",
             b_(d.same_bytes),
