@@ -89,7 +89,9 @@ pub fn scan(
     let next = AtomicUsize::new(0);
 
     std::thread::scope(|s| -> Result<()> {
-        let (done_tx, done_rx) = bounded::<Result<Done>>(workers * 4);
+        // Results are small: a deep queue lets workers keep going while the
+        // collector is in a file-system sync.
+        let (done_tx, done_rx) = bounded::<Result<Done>>(1024);
         let layout = &layout;
         let mut reader_thread = None;
         if reader.shared().is_some() {
