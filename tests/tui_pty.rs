@@ -187,6 +187,31 @@ fn demo_push_compare_restore_quit() {
     let h: serde_json::Value = serde_json::from_slice(&hash.stdout).unwrap();
     assert_eq!(h["digest"], v["manifest"]["index"]);
 
+    // The selected backup against the live volume it came from.
+    c.keys("C");
+    // (The job's title names the live volume too; the dialog's line is "B live volume …".)
+    let s = c.wait_for("B live volume", 60);
+    assert!(s.contains("same"), "{s}");
+    c.keys("\x1b");
+    c.wait_until("compare closed", 10, |s| !s.contains("B live volume"));
+
+    // The remote view: its copy of a backup against the local repository.
+    c.keys("s");
+    c.wait_for("VIEWING REMOTE offsite", 10);
+    c.wait_for("Timeline web01 on offsite", 20);
+    c.keys("\r");
+    c.keys("c");
+    let s = c.wait_for("Compare offsite with local", 20);
+    assert!(s.contains("held locally"), "{s}");
+    // Esc and the next key must not arrive together: a terminal reads ESC
+    // followed at once by a letter as Alt+letter.
+    c.keys("\x1b");
+    c.wait_until("compare closed", 10, |s| {
+        !s.contains("Compare offsite with local")
+    });
+    c.keys("s");
+    c.wait_until("back to local", 10, |s| !s.contains("VIEWING REMOTE"));
+
     // Quit: the process ends and the terminal is back to normal.
     c.keys("q");
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -133,6 +133,15 @@ pub enum Effect {
         a: ManifestKey,
         b: ManifestKey,
     },
+    /// A local backup against the live volume (from the inventory).
+    CompareLive {
+        key: ManifestKey,
+    },
+    /// A remote's copy of a backup against the local repository.
+    CompareRemote {
+        remote: String,
+        key: ManifestKey,
+    },
     ListRemote(String),
     Cancel(u64),
     Reload,
@@ -318,10 +327,14 @@ impl App {
 
     fn build_tree(&self) -> Vec<TreeRow> {
         let mut vms: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for (vm, vols) in &self.inventory {
-            vms.entry(vm.clone())
-                .or_default()
-                .extend(vols.iter().cloned());
+        // The inventory (VMs never backed up show as `never`) belongs to the
+        // local view; a remote view shows only what the remote holds.
+        if self.source.is_none() {
+            for (vm, vols) in &self.inventory {
+                vms.entry(vm.clone())
+                    .or_default()
+                    .extend(vols.iter().cloned());
+            }
         }
         for (k, _) in &self.backups {
             vms.entry(k.vm.clone())
@@ -670,11 +683,39 @@ impl App {
                 });
             }
             KeyCode::Char('c') if self.source.is_some() => {
-                self.dialog = Some(Dialog::Message {
-                    title: "Compare works on local backups".into(),
-                    lines: vec!["Pull the backups first (p), or switch back to local (s).".into()],
-                });
+                // In a remote view: its copy against the local repository.
+                match (self.selected_backup(), self.source.clone()) {
+                    (Some((key, _)), Some(remote)) => {
+                        return vec![Effect::CompareRemote { remote, key }]
+                    }
+                    _ => self.no_backup(),
+                }
             }
+            KeyCode::Char('C') => match (self.selected_backup(), &self.source) {
+                (Some((key, _)), None) => {
+                    if self
+                        .inventory
+                        .iter()
+                        .any(|(vm, vols)| *vm == key.vm && vols.contains(&key.volume))
+                    {
+                        return vec![Effect::CompareLive { key }];
+                    }
+                    self.dialog = Some(Dialog::Message {
+                        title: "No live volume".into(),
+                        lines: vec![format!(
+                            "{}/{} is not in the inventory of the config file.",
+                            key.vm, key.volume
+                        )],
+                    });
+                }
+                (Some(_), Some(_)) => {
+                    self.dialog = Some(Dialog::Message {
+                        title: "Compare with the live volume".into(),
+                        lines: vec!["Switch to the local view (s) first.".into()],
+                    });
+                }
+                (None, _) => self.no_backup(),
+            },
             KeyCode::Char('c') => {
                 if let Some((key, _)) = self.selected_backup() {
                     match self.marked.take() {

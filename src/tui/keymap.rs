@@ -20,7 +20,12 @@ pub const ACTIONS: &[(&str, char, &str)] = &[
     ("push", 'p', "push (local) / pull (remote view)"),
     ("backup", 'b', "back up the VM now"),
     ("restore", 'r', "restore backup to a file"),
-    ("compare", 'c', "mark / compare two backups"),
+    (
+        "compare",
+        'c',
+        "compare two backups (remote view: with local)",
+    ),
+    ("compare_live", 'C', "compare backup with the live volume"),
     ("verify", 'v', "quick verify"),
     ("deep_verify", 'V', "deep verify"),
     ("cancel", 'x', "cancel job (Jobs pane)"),
@@ -107,10 +112,15 @@ impl KeyMap {
         }
     }
 
-    /// The default character of the action bound to `c`, or None when `c`
-    /// is bound to nothing (a default key moved elsewhere is unbound).
+    /// The default character of the action bound to `c`. A character bound
+    /// to no action passes through unchanged (h, l, …); None only for a
+    /// default key whose action was rebound elsewhere (it is then unbound).
     pub fn translate(&self, c: char) -> Option<char> {
-        self.translate.get(&c).copied()
+        match self.translate.get(&c) {
+            Some(d) => Some(*d),
+            None if ACTIONS.iter().any(|a| a.1 == c) => None,
+            None => Some(c),
+        }
     }
 
     /// (keys, description) for help and the bottom bar.
@@ -140,6 +150,7 @@ mod tests {
         let k = KeyMap::with_overrides("push = \"P\"\n").unwrap();
         assert_eq!(k.translate('P'), Some('p'));
         assert_eq!(k.translate('p'), None, "the old key is free");
+        assert_eq!(k.translate('l'), Some('l'), "unmapped keys pass through");
         assert!(k
             .help()
             .iter()

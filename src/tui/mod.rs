@@ -375,6 +375,59 @@ impl Runner {
                     }
                 });
             }
+            Effect::CompareLive { key } => {
+                let path = self.repo_path.clone();
+                let volume = self
+                    .config
+                    .vm(&key.vm)
+                    .and_then(|v| v.volumes.iter().find(|x| *x.name.get_ref() == key.volume))
+                    .cloned();
+                let title = format!(
+                    "compare {}/{} {} with the live volume",
+                    key.vm,
+                    key.volume,
+                    key.id.short()
+                );
+                self.spawn_blocking(title, move |cancel, progress| {
+                    let volume = volume.ok_or_else(|| {
+                        lifeboat::Error::Invalid(format!(
+                            "{}/{} is not in the inventory: no live volume to compare",
+                            key.vm, key.volume
+                        ))
+                    })?;
+                    let (title, cells, summary) =
+                        compare_live(&path, &key, &volume, cancel, progress)?;
+                    let line = summary.last().cloned().unwrap_or_default();
+                    let _ = tx.send(Action::CompareReady {
+                        title,
+                        cells,
+                        summary,
+                    });
+                    Ok(line)
+                });
+            }
+            Effect::CompareRemote { remote: name, key } => {
+                let cfg = self.config.remote(&name).cloned();
+                let path = self.repo_path.clone();
+                tokio::spawn(async move {
+                    let res = async {
+                        let cfg = cfg.ok_or_else(|| {
+                            lifeboat::Error::Invalid(format!("remote {name} is not configured"))
+                        })?;
+                        let store = remote::open(&name, &cfg)?;
+                        compare_remote(store, path, name, key).await
+                    }
+                    .await;
+                    let _ = match res {
+                        Ok((title, cells, summary)) => tx.send(Action::CompareReady {
+                            title,
+                            cells,
+                            summary,
+                        }),
+                        Err(e) => tx.send(Action::Log(format!("compare: {e}"))),
+                    };
+                });
+            }
             Effect::Compare { a, b } => {
                 let path = self.repo_path.clone();
                 tokio::task::spawn_blocking(move || {
@@ -445,7 +498,59 @@ impl Runner {
     }
 }
 
-/// A chunk map of two backups: at most 64 x 10 cells, each a run of chunks.
+/// Groups `n` chunk states into at most 640 cells (64 x 10). A cell shows
+/// the most telling state of its run: changed, then missing, same, zero.
+fn group_cells(n: usize, state: impl Fn(usize) -> Cell) -> (Vec<Cell>, usize) {
+    let per = n.max(1).div_ceil(640).max(1);
+    let rank = |c: Cell| match c {
+        Cell::Changed => 3,
+        Cell::Missing => 2,
+        Cell::Same => 1,
+        Cell::Zero => 0,
+    };
+    let cells = (0..n)
+        .step_by(per)
+        .map(|start| {
+            (start..(start + per).min(n))
+                .map(&state)
+                .max_by_key(|c| rank(*c))
+                .unwrap_or(Cell::Zero)
+        })
+        .collect();
+    (cells, per)
+}
+
+/// The chunk map and summary of two images.
+fn compare_indexes(
+    label_a: String,
+    label_b: String,
+    ia: &lifeboat::repo::Index,
+    ib: &lifeboat::repo::Index,
+) -> lifeboat::Result<(String, Vec<Cell>, Vec<String>)> {
+    let d = lifeboat::repo::diff::diff(ia, ib)?;
+    let n = ia.chunks.len().max(ib.chunks.len());
+    let (cells, per) = group_cells(n, |i| match (ia.chunks.get(i), ib.chunks.get(i)) {
+        (Some(x), Some(y)) if x == y && x.is_zero() => Cell::Zero,
+        (Some(x), Some(y)) if x == y => Cell::Same,
+        (Some(_), Some(_)) => Cell::Changed,
+        _ => Cell::Missing,
+    });
+    let b_ = crate::cli::output::bytes;
+    let summary = vec![
+        format!("A {label_a}"),
+        format!("B {label_b}"),
+        format!(
+            "same {} · changed {} · added {} · removed {} · 1 cell = {per} chunk(s)",
+            b_(d.same_bytes),
+            b_(d.changed_bytes),
+            b_(d.added_bytes),
+            b_(d.removed_bytes),
+        ),
+    ];
+    Ok(("Compare".into(), cells, summary))
+}
+
+/// A chunk map of two local backups.
 fn compare(
     repo: &std::path::Path,
     a: &ManifestKey,
@@ -454,42 +559,73 @@ fn compare(
     let repo = Repo::open(repo)?;
     let (ma, mb): (Manifest, Manifest) = (repo.load_manifest(a)?, repo.load_manifest(b)?);
     let (ia, ib) = (repo.read_index(&ma.index)?, repo.read_index(&mb.index)?);
-    let d = lifeboat::repo::diff::diff(&ia, &ib)?;
-    let n = ia.chunks.len().max(ib.chunks.len()).max(1);
-    let per = n.div_ceil(640).max(1);
-    let mut cells = Vec::new();
-    for start in (0..n).step_by(per) {
-        let mut cell = Cell::Zero;
-        for i in start..(start + per).min(n) {
-            let c = match (ia.chunks.get(i), ib.chunks.get(i)) {
-                (Some(x), Some(y)) if x == y && x.is_zero() => Cell::Zero,
-                (Some(x), Some(y)) if x == y => Cell::Same,
-                (Some(_), Some(_)) => Cell::Changed,
-                _ => Cell::Missing,
-            };
-            cell = match (cell, c) {
-                (Cell::Changed, _) | (_, Cell::Changed) => Cell::Changed,
-                (Cell::Missing, _) | (_, Cell::Missing) => Cell::Missing,
-                (Cell::Same, _) | (_, Cell::Same) => Cell::Same,
-                _ => Cell::Zero,
-            };
+    compare_indexes(app::backup_line(a, &ma), app::backup_line(b, &mb), &ia, &ib)
+}
+
+/// A chunk map of a local backup against the live volume it came from.
+fn compare_live(
+    repo: &std::path::Path,
+    key: &ManifestKey,
+    volume: &lifeboat::config::VolumeConfig,
+    cancel: &CancellationToken,
+    progress: &Progress,
+) -> lifeboat::Result<(String, Vec<Cell>, Vec<String>)> {
+    let repo = Repo::open(repo)?;
+    let m = repo.load_manifest(key)?;
+    let ia = repo.read_index(&m.index)?;
+    progress.set_phase("hashing the live volume");
+    let mut src = lifeboat::source::open(&volume.path, volume.format)?;
+    let live = lifeboat::backup::pipeline::scan(
+        src.reader.as_mut(),
+        ia.chunk_size,
+        None,
+        cancel,
+        progress,
+    )?;
+    compare_indexes(
+        app::backup_line(key, &m),
+        format!("live volume {}", volume.path.display()),
+        &ia,
+        &live.index,
+    )
+}
+
+/// A remote's copy of a backup against the local repository: which of its
+/// chunks are held here, which a pull would fetch.
+async fn compare_remote(
+    store: DynStore,
+    repo: PathBuf,
+    name: String,
+    key: ManifestKey,
+) -> lifeboat::Result<(String, Vec<Cell>, Vec<String>)> {
+    let m = sync::fetch_manifest(store.as_ref(), &key).await?;
+    let (index, _) = sync::fetch_index(store.as_ref(), &m.index).await?;
+    let local = Repo::open(&repo).ok();
+    let held: Vec<bool> = index
+        .chunks
+        .iter()
+        .map(|c| local.as_ref().is_some_and(|r| r.has_chunk(c)))
+        .collect();
+    let (cells, per) = group_cells(index.chunks.len(), |i| {
+        match (index.chunks[i].is_zero(), held[i]) {
+            (true, _) => Cell::Zero,
+            (false, true) => Cell::Same,
+            (false, false) => Cell::Missing,
         }
-        cells.push(cell);
-    }
-    let b_ = crate::cli::output::bytes;
+    });
+    let missing: u64 = (0..index.chunks.len())
+        .filter(|&i| !index.chunks[i].is_zero() && !held[i])
+        .map(|i| index.chunk_len(i))
+        .sum();
     let summary = vec![
-        format!("A {}", app::backup_line(a, &ma)),
-        format!("B {}", app::backup_line(b, &mb)),
+        format!("{name}'s copy of {}", app::backup_line(&key, &m)),
+        format!("against the local repository {}", repo.display()),
         format!(
-            "same {} · changed {} · added {} · removed {} · 1 cell = {} chunk(s)",
-            b_(d.same_bytes),
-            b_(d.changed_bytes),
-            b_(d.added_bytes),
-            b_(d.removed_bytes),
-            per
+            "held locally: █ · missing locally: ▒ ({}, what a pull fetches) · 1 cell = {per} chunk(s)",
+            crate::cli::output::bytes(missing)
         ),
     ];
-    Ok(("Compare".into(), cells, summary))
+    Ok((format!("Compare {name} with local"), cells, summary))
 }
 
 pub async fn run(config: Config, repo_path: PathBuf, sink: LogSink) -> anyhow::Result<()> {

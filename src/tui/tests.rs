@@ -314,3 +314,46 @@ fn browsing_a_remote_and_pulling_from_it() {
     assert_eq!(a.source, None);
     assert_eq!(a.tree()[0].vm, "db01");
 }
+
+#[test]
+fn compare_with_live_volume_and_remote_copy() {
+    let mut a = app();
+    // web01/root is in the inventory: compare with the live volume.
+    for _ in 0..6 {
+        a.update(key(KeyCode::Down));
+    }
+    assert_eq!(a.selected_row().unwrap().volume.as_deref(), Some("root"));
+    a.update(key(KeyCode::Enter));
+    let e = a.update(key(KeyCode::Char('C')));
+    assert!(
+        matches!(&e[..], [Effect::CompareLive { key }] if key.vm == "web01"),
+        "{e:?} dialog={:?} focus={:?} sel={:?}",
+        a.dialog,
+        a.focus,
+        a.selected_backup().map(|b| b.0)
+    );
+    // db01 is not: a message, no effect.
+    a.focus = Pane::Tree;
+    a.tree_sel = 0;
+    a.rebuild();
+    a.update(key(KeyCode::Enter));
+    assert!(a.update(key(KeyCode::Char('C'))).is_empty());
+    assert!(matches!(&a.dialog, Some(Dialog::Message { title, .. }) if title == "No live volume"));
+    a.update(key(KeyCode::Esc));
+    // In a remote view, c compares its copy with the local repository.
+    a.update(key(KeyCode::Char('s')));
+    a.update(Action::RemoteBrowsed {
+        name: "offsite".into(),
+        result: Ok(vec![backup("web01", "root", 200, 9)]),
+    });
+    a.update(key(KeyCode::Enter));
+    let e = a.update(key(KeyCode::Char('c')));
+    assert!(
+        matches!(&e[..], [Effect::CompareRemote { remote, .. }] if remote == "offsite"),
+        "{e:?} source={:?} dialog={:?} sel={:?} tree={:?}",
+        a.source,
+        a.dialog,
+        a.selected_backup().map(|b| b.0),
+        a.tree()
+    );
+}
