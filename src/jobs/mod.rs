@@ -108,10 +108,6 @@ impl<T: Send + 'static> Job<T> {
         }
     }
 
-    pub fn is_finished(&self) -> bool {
-        self.handle.is_finished()
-    }
-
     pub async fn wait(self) -> Result<T> {
         match self.handle.await {
             Ok(r) => r,

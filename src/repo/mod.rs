@@ -219,17 +219,9 @@ impl Repo {
         chunk::decode(id, &data)
     }
 
-    pub fn read_chunk_raw(&self, id: &Id) -> Result<Vec<u8>> {
-        self.read_object("chunk", id, &Self::chunk_key(id))
-    }
-
     pub fn read_index(&self, id: &Id) -> Result<Index> {
         let data = self.read_object("index", id, &Self::index_key(id))?;
         Index::from_bytes(Some(id), &data)
-    }
-
-    pub fn read_index_raw(&self, id: &Id) -> Result<Vec<u8>> {
-        self.read_object("index", id, &Self::index_key(id))
     }
 
     /// Writes an index durably (no-op when it is already there).
