@@ -34,7 +34,8 @@ where
     F: FnOnce(&CancellationToken, &Progress) -> Result<T> + Send + 'static,
 {
     let (tx, _rx) = mpsc::unbounded_channel();
-    observe(kind, json, Job::spawn(kind, tx, work)).await
+    let sigint = interrupt_handler();
+    observe(kind, json, sigint, Job::spawn(kind, tx, work)).await
 }
 
 /// Runs async engine work (transfers) as a job and shows its progress.
@@ -45,10 +46,23 @@ where
     Fut: std::future::Future<Output = Result<T>> + Send + 'static,
 {
     let (tx, _rx) = mpsc::unbounded_channel();
-    observe(kind, json, Job::spawn_async(kind, tx, work)).await
+    let sigint = interrupt_handler();
+    observe(kind, json, sigint, Job::spawn_async(kind, tx, work)).await
 }
 
-async fn observe<T: Send + 'static>(kind: &str, json: bool, job: Job<T>) -> Result<T> {
+/// Installs the SIGINT handler now, before the job starts: `ctrl_c()` would
+/// install it only when first polled, and an interrupt arriving before that
+/// would kill the process mid-write instead of cancelling the job.
+fn interrupt_handler() -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok()
+}
+
+async fn observe<T: Send + 'static>(
+    kind: &str,
+    json: bool,
+    mut sigint: Option<tokio::signal::unix::Signal>,
+    job: Job<T>,
+) -> Result<T> {
     let cancel = job.cancel.clone();
     let progress = job.progress.clone();
     let tty = std::io::stderr().is_terminal() && !json;
@@ -68,7 +82,14 @@ async fn observe<T: Send + 'static>(kind: &str, json: bool, job: Job<T>) -> Resu
     let mut tick = tokio::time::interval(period);
     tick.tick().await;
     let mut interrupted = false;
-    let ctrl_c = tokio::signal::ctrl_c();
+    let ctrl_c = async move {
+        match sigint.as_mut() {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
     tokio::pin!(ctrl_c);
     let done = job.wait();
     tokio::pin!(done);
