@@ -53,6 +53,18 @@ impl Console {
         }
     }
 
+    /// Waits for the console process to end; returns its status.
+    fn wait_exit(&mut self) -> portable_pty::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "console did not quit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn keys(&mut self, s: &str) {
         self.writer.write_all(s.as_bytes()).unwrap();
         self.writer.flush().unwrap();
@@ -214,15 +226,7 @@ fn demo_push_compare_restore_quit() {
 
     // Quit: the process ends and the terminal is back to normal.
     c.keys("q");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = c.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "console did not quit");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success());
+    assert!(c.wait_exit().success());
     std::thread::sleep(Duration::from_millis(100));
     let p = c.parser.lock().unwrap();
     assert!(
@@ -312,10 +316,6 @@ fn fresh_machine_browses_the_remote_and_restores_from_it() {
     });
     common::assert_same_file(&target, &img);
     c.keys("q");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while c.child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "console did not quit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    c.wait_exit();
     drop(server);
 }

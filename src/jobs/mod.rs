@@ -44,25 +44,37 @@ pub struct Job<T> {
     handle: tokio::task::JoinHandle<Result<T>>,
 }
 
+/// What both kinds of job do first: an id, a token, a progress, and the
+/// Started event.
+fn begin(
+    kind: &str,
+    events: &mpsc::UnboundedSender<JobEvent>,
+) -> (u64, CancellationToken, Arc<Progress>) {
+    let id = NEXT_JOB.fetch_add(1, Ordering::Relaxed);
+    let _ = events.send(JobEvent::Started {
+        id,
+        kind: kind.to_string(),
+    });
+    (id, CancellationToken::new(), Arc::new(Progress::new()))
+}
+
+/// What both kinds of job do last: freeze the progress, send the outcome.
+fn end<T>(id: u64, progress: &Progress, events: &mpsc::UnboundedSender<JobEvent>, res: &Result<T>) {
+    progress.finish();
+    let _ = events.send(finished_event(id, res));
+}
+
 impl<T: Send + 'static> Job<T> {
     /// Starts `work` on a blocking thread. Events go to `events`.
     pub fn spawn<F>(kind: &str, events: mpsc::UnboundedSender<JobEvent>, work: F) -> Job<T>
     where
         F: FnOnce(&CancellationToken, &Progress) -> Result<T> + Send + 'static,
     {
-        let id = NEXT_JOB.fetch_add(1, Ordering::Relaxed);
-        let cancel = CancellationToken::new();
-        let progress = Arc::new(Progress::new());
+        let (id, cancel, progress) = begin(kind, &events);
         let (c, p) = (cancel.clone(), progress.clone());
-        let _ = events.send(JobEvent::Started {
-            id,
-            kind: kind.to_string(),
-        });
         let handle = tokio::task::spawn_blocking(move || {
             let res = work(&c, &p);
-            let ev = finished_event(id, &res);
-            p.finish();
-            let _ = events.send(ev);
+            end(id, &p, &events, &res);
             res
         });
         Job {
@@ -84,19 +96,12 @@ impl<T: Send + 'static> Job<T> {
         F: FnOnce(CancellationToken, Arc<Progress>) -> Fut,
         Fut: std::future::Future<Output = Result<T>> + Send + 'static,
     {
-        let id = NEXT_JOB.fetch_add(1, Ordering::Relaxed);
-        let cancel = CancellationToken::new();
-        let progress = Arc::new(Progress::new());
-        let _ = events.send(JobEvent::Started {
-            id,
-            kind: kind.to_string(),
-        });
+        let (id, cancel, progress) = begin(kind, &events);
         let fut = work(cancel.clone(), progress.clone());
         let p = progress.clone();
         let handle = tokio::spawn(async move {
             let res = fut.await;
-            p.finish();
-            let _ = events.send(finished_event(id, &res));
+            end(id, &p, &events, &res);
             res
         });
         Job {

@@ -118,6 +118,11 @@ struct Runner {
 }
 
 impl Runner {
+    /// Opens a configured remote (the same lookup the CLI uses).
+    fn store(&self, name: &str) -> lifeboat::Result<DynStore> {
+        remote::resolve(&self.config, name).map(|(_, s)| s)
+    }
+
     fn exec(&self, e: Effect) {
         let tx = self.tx.clone();
         match e {
@@ -147,12 +152,11 @@ impl Runner {
                 });
             }
             Effect::ListRemote(name) => {
-                let cfg = self.config.remote(&name).cloned();
+                let store = self.store(&name);
                 tokio::spawn(async move {
                     let started = Instant::now();
                     let res = async {
-                        let cfg = cfg.ok_or_else(|| "not configured".to_string())?;
-                        let store = remote::open(&name, &cfg).map_err(|e| e.to_string())?;
+                        let store = store.map_err(|e| e.to_string())?;
                         let keys = tokio::time::timeout(
                             Duration::from_secs(10),
                             sync::list_manifests(store.as_ref()),
@@ -171,14 +175,11 @@ impl Runner {
                 });
             }
             Effect::Push { remote: name, key } => {
-                let cfg = self.config.remote(&name).cloned();
+                let store = self.store(&name);
                 let local: DynStore = Arc::new(LocalStore::new(&self.repo_path));
                 let title = format!("push {}/{} {} → {name}", key.vm, key.volume, key.id.short());
                 self.spawn_async(title, move |cancel, progress| async move {
-                    let cfg = cfg.ok_or_else(|| {
-                        lifeboat::Error::Invalid(format!("remote {name} is not configured"))
-                    })?;
-                    let dst = remote::open(&name, &cfg)?;
+                    let dst = store?;
                     let r = sync::transfer(
                         local.as_ref(),
                         dst.as_ref(),
@@ -197,9 +198,7 @@ impl Runner {
             }
             Effect::Restore { key, to, from } => {
                 let path = self.repo_path.clone();
-                let remote_cfg = from
-                    .as_ref()
-                    .map(|r| (r.clone(), self.config.remote(r).cloned()));
+                let remote_store = from.as_ref().map(|r| self.store(r));
                 let from_txt = from
                     .as_ref()
                     .map(|r| format!(" from {r}"))
@@ -213,12 +212,9 @@ impl Runner {
                 self.spawn_async(title, move |cancel, progress| async move {
                     // From a remote: fetch its manifest and the chunks the local
                     // repository lacks (verified, kept as a cache), then restore.
-                    let manifest = match remote_cfg {
-                        Some((name, cfg)) => {
-                            let cfg = cfg.ok_or_else(|| {
-                                lifeboat::Error::Invalid(format!("remote {name} is not configured"))
-                            })?;
-                            let src = remote::open(&name, &cfg)?;
+                    let manifest = match remote_store {
+                        Some(src) => {
+                            let src = src?;
                             let local: DynStore = Arc::new(LocalStore::new(&path));
                             let opts = SyncOptions {
                                 init: true,
@@ -272,14 +268,11 @@ impl Runner {
                 });
             }
             Effect::Pull { remote: name, key } => {
-                let cfg = self.config.remote(&name).cloned();
+                let store = self.store(&name);
                 let local: DynStore = Arc::new(LocalStore::new(&self.repo_path));
                 let title = format!("pull {}/{} {} ← {name}", key.vm, key.volume, key.id.short());
                 self.spawn_async(title, move |cancel, progress| async move {
-                    let cfg = cfg.ok_or_else(|| {
-                        lifeboat::Error::Invalid(format!("remote {name} is not configured"))
-                    })?;
-                    let src = remote::open(&name, &cfg)?;
+                    let src = store?;
                     let opts = SyncOptions {
                         init: true,
                         ..Default::default()
@@ -336,11 +329,10 @@ impl Runner {
                 });
             }
             Effect::Browse(name) => {
-                let cfg = self.config.remote(&name).cloned();
+                let store = self.store(&name);
                 tokio::spawn(async move {
                     let res = async {
-                        let cfg = cfg.ok_or_else(|| "not configured".to_string())?;
-                        let store = remote::open(&name, &cfg).map_err(|e| e.to_string())?;
+                        let store = store.map_err(|e| e.to_string())?;
                         tokio::time::timeout(
                             Duration::from_secs(60),
                             sync::load_manifests(store.as_ref()),
@@ -407,14 +399,11 @@ impl Runner {
                 });
             }
             Effect::CompareRemote { remote: name, key } => {
-                let cfg = self.config.remote(&name).cloned();
+                let store = self.store(&name);
                 let path = self.repo_path.clone();
                 tokio::spawn(async move {
                     let res = async {
-                        let cfg = cfg.ok_or_else(|| {
-                            lifeboat::Error::Invalid(format!("remote {name} is not configured"))
-                        })?;
-                        let store = remote::open(&name, &cfg)?;
+                        let store = store?;
                         compare_remote(store, path, name, key).await
                     }
                     .await;
