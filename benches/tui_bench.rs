@@ -9,10 +9,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lifeboat::repo::manifest::{
+use lifeboat_core::repo::manifest::{
     ImageFormat, Labels, Manifest, Role, SourceInfo, Stats, VmInfo, VolumeInfo,
 };
-use lifeboat::repo::{Id, Index, Repo, RepoConfig};
+use lifeboat_core::repo::{Id, Index, Repo, RepoConfig};
 use portable_pty::{native_pty_system, CommandBuilder, PtySize};
 
 const BACKUPS: usize = 10_000;

@@ -1,19 +1,6 @@
-//! lifeboat: a disaster-recovery console for virtual machines.
-//!
-//! The library holds the engine (repository, sources, backup, restore,
-//! jobs); the binary holds the two faces (CLI, and later the TUI), which
-//! only observe the engine's jobs.
+//! The lifeboat application's library: the `lifeboat serve` repository
+//! server, kept in a library so that whole-flow tests can run it in-process
+//! on loopback. The engine is the `lifeboat_core` crate; the CLI and the
+//! console are in the binary.
 
-pub mod backup;
-pub mod config;
-pub mod error;
-pub mod jobs;
-pub mod names;
-pub mod repo;
-pub mod restore;
 pub mod server;
-pub mod source;
-pub mod store;
-pub mod sync;
-
-pub use error::{Error, Result};

@@ -155,15 +155,33 @@ fn bad_config_names_file_and_line() {
     let e = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(e.contains("bad.toml") && e.contains("line 7"), "{e}");
+    // A named config that does not exist yet is not an error: commands
+    // that do not need it ignore it, and `remote add` creates it.
+    let none = w.path("none.toml");
     let out = w
         .cmd()
         .arg("--config")
-        .arg(w.path("none.toml"))
-        .arg("ls")
+        .arg(&none)
+        .args(["init", w.path("fresh").to_str().unwrap()])
         .output()
         .unwrap();
-    let e = String::from_utf8_lossy(&out.stderr);
-    assert!(e.contains("none.toml") && e.contains("cannot read"), "{e}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = w
+        .cmd()
+        .env("LIFEBOAT_CONFIG", &none)
+        .args(["remote", "add", "off", "/srv/offsite"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read_to_string(&none).unwrap().contains("/srv/offsite"));
 }
 
 #[test]
@@ -290,7 +308,7 @@ fn restore_refuses_existing_target_and_missing_directory() {
         "--force",
         "--dry-run",
     ]);
-    assert_eq!(plan["plan"][0]["overwrites"], true);
+    assert_eq!(plan["plan"]["volumes"][0]["overwrites"], true);
     assert_eq!(std::fs::read(&t).unwrap(), b"precious", "dry run wrote");
     w.ok(&["restore", "vm/root", "--to", t.to_str().unwrap(), "--force"]);
     assert_ne!(std::fs::read(&t).unwrap(), b"precious");

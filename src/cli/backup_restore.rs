@@ -3,16 +3,16 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use lifeboat::backup::{BackupRequest, VolumeSpec};
-use lifeboat::repo::manifest::{ImageFormat, Role};
-use lifeboat::repo::refs::{self, Ref};
-use lifeboat::repo::verify::{self, VerifyReport};
-use lifeboat::repo::{Repo, RepoConfig};
-use lifeboat::restore::{self, RestorePlan};
-use lifeboat::source::FormatChoice;
+use lifeboat_core::backup::{BackupRequest, VolumeSpec};
+use lifeboat_core::repo::manifest::{ImageFormat, Role};
+use lifeboat_core::repo::refs;
+use lifeboat_core::repo::verify::{self, VerifyReport};
+use lifeboat_core::repo::{Repo, RepoConfig};
+use lifeboat_core::restore::{self, RestorePlan, RestoreRequest, SetRestorePlan};
+use lifeboat_core::source::FormatChoice;
 
-use super::output::{bytes, duration};
-use super::progress::run_job;
+use crate::output::{bytes, duration};
+use super::progress::{run_job, run_job_async};
 use super::{print_json, Ctx, OutFormat, Outcome};
 
 pub fn init(
@@ -107,7 +107,7 @@ pub async fn backup(
     format: FormatChoice,
     note: Option<String>,
 ) -> anyhow::Result<Outcome> {
-    lifeboat::names::check_name("VM", &vm)?;
+    lifeboat_core::names::check_name("VM", &vm)?;
     let repo = ctx.open_repo()?;
     let req = BackupRequest {
         volumes: volume_specs(ctx, &vm, &volumes, format)?,
@@ -116,7 +116,7 @@ pub async fn backup(
         created_at: None,
     };
     let result = run_job("backup", ctx.json, move |c, p| {
-        lifeboat::backup::backup(&repo, &req, c, p)
+        lifeboat_core::backup::backup(&repo, &req, c, p)
     })
     .await?;
     if ctx.json {
@@ -200,113 +200,107 @@ pub async fn restore(
     dry_run: bool,
     from: Option<String>,
 ) -> anyhow::Result<Outcome> {
-    let is_set = matches!(Ref::parse(reference)?, Ref::Set { .. });
-    let all = match &from {
-        Some(remote) => super::remote_cmds::fetch_for_restore(ctx, remote, reference).await?,
-        None => ctx.open_repo()?.load_all()?,
+    let req = RestoreRequest {
+        reference: reference.to_string(),
+        to,
+        format: format.map(|f| match f {
+            OutFormat::Raw => ImageFormat::Raw,
+            OutFormat::Qcow2 => ImageFormat::Qcow2,
+        }),
+        force,
     };
-    let repo = ctx.open_repo()?;
-    let picked: Vec<&(lifeboat::repo::ManifestKey, lifeboat::repo::Manifest)> = match &from {
-        Some(_) => all.iter().collect(),
-        None => refs::resolve_many(&all, reference)?,
-    };
-    let chosen = |orig: ImageFormat, path: &std::path::Path| match format {
-        Some(OutFormat::Raw) => ImageFormat::Raw,
-        Some(OutFormat::Qcow2) => ImageFormat::Qcow2,
-        None if is_set => orig,
-        None if path.extension().is_some_and(|e| e == "qcow2") => ImageFormat::Qcow2,
-        None => ImageFormat::Raw,
-    };
-    if is_set && !to.is_dir() {
-        if to.exists() {
-            bail!(
-                "{} is not a directory: a VM set restores into a directory",
-                to.display()
-            );
+    let local_path = ctx.repo_path();
+    // Plan first, in the core; a dry run stops here having written nothing.
+    let (plan, remote) = match &from {
+        Some(remote_arg) => {
+            let (name, store) = lifeboat_core::store::remote::resolve(&ctx.config, remote_arg)?;
+            let (r, lp) = (req.clone(), local_path.clone());
+            let s = store.clone();
+            let plan = run_job_async("plan", ctx.json, move |c, p| async move {
+                restore::plan_remote(s.as_ref(), &lp, &r, &c, &p).await
+            })
+            .await?;
+            (plan, Some((name, store)))
         }
-        if !dry_run {
-            std::fs::create_dir(&to)
-                .with_context(|| format!("creating directory {}", to.display()))?;
+        None => {
+            let repo = ctx.open_repo()?;
+            (restore::plan_local(&repo, &req)?, None)
         }
-    }
-    let mut plans: Vec<(RestorePlan, lifeboat::repo::Index)> = Vec::new();
-    for (key, m) in picked {
-        let index = repo.read_index(&m.index)?;
-        let target = if is_set {
-            let ext = match chosen(m.volume.format, &to) {
-                ImageFormat::Raw => "raw",
-                ImageFormat::Qcow2 => "qcow2",
-            };
-            to.join(format!("{}.{ext}", m.volume.name))
-        } else {
-            to.clone()
-        };
-        let fmt = chosen(m.volume.format, &target);
-        let plan = if dry_run && is_set && !to.exists() {
-            RestorePlan {
-                manifest: key.id.to_hex(),
-                vm: m.vm.name.clone(),
-                volume: m.volume.name.clone(),
-                target: target.clone(),
-                format: fmt,
-                image_size: index.image_size,
-                bytes_to_write: index.nonzero_bytes(),
-                overwrites: false,
-            }
-        } else {
-            restore::plan(&key.id.to_hex(), m, &index, &target, fmt, force)?
-        };
-        plans.push((plan, index));
-    }
+    };
     if dry_run {
         if ctx.json {
-            let p: Vec<_> = plans.iter().map(|(p, _)| p).collect();
-            print_json(&serde_json::json!({"dry_run": true, "plan": p}))?;
+            print_json(&serde_json::json!({"dry_run": true, "plan": plan}))?;
         } else {
-            for (p, _) in &plans {
-                println!(
-                    "would restore {}/{} ({}) to {} as {}: {} image, {} to write{}",
-                    p.vm,
-                    p.volume,
-                    &p.manifest[..12],
-                    p.target.display(),
-                    p.format,
-                    bytes(p.image_size),
-                    bytes(p.bytes_to_write),
-                    if p.overwrites {
-                        ", REPLACING the existing file"
-                    } else {
-                        ""
-                    }
-                );
-            }
+            print_restore_plan(&plan, remote.as_ref().map(|(n, _)| n.as_str()));
         }
         return Ok(Outcome::Ok);
     }
-    let mut outcomes = Vec::new();
-    for (plan, index) in plans {
-        let r = repo.clone();
-        let pl = plan.clone();
-        let out = run_job("restore", ctx.json, move |c, p| {
-            restore::restore(&r, &index, &pl, c, p)
-        })
-        .await?;
-        if !ctx.json {
-            println!(
-                "restored {}/{} ({}) to {} as {}: {} image, {} written",
-                plan.vm,
-                plan.volume,
-                &plan.manifest[..12],
-                out.target.display(),
-                out.format,
-                bytes(out.image_size),
-                bytes(out.bytes_written)
-            );
-        }
-        outcomes.push(out);
-    }
+    let summary: Vec<RestorePlan> = plan.volumes.clone();
+    let fetch = plan.fetch.clone();
+    let store = remote.as_ref().map(|(_, s)| s.clone());
+    let outcomes = run_job_async("restore", ctx.json, move |c, p| async move {
+        restore::execute(plan, store.as_deref(), &local_path, &c, &p).await
+    })
+    .await?;
     if ctx.json {
         print_json(&outcomes)?;
+        return Ok(Outcome::Ok);
+    }
+    if let (Some(f), Some((name, _))) = (&fetch, &remote) {
+        eprintln!(
+            "fetched from {name}: {} chunks ({} of data), {} already local",
+            f.chunks_to_send,
+            bytes(f.data_bytes_to_send),
+            f.chunks_already_there
+        );
+    }
+    for (plan, out) in summary.iter().zip(&outcomes) {
+        println!(
+            "restored {}/{} ({}) to {} as {}: {} image, {} written",
+            plan.vm,
+            plan.volume,
+            &plan.manifest[..12],
+            out.target.display(),
+            out.format,
+            bytes(out.image_size),
+            bytes(out.bytes_written)
+        );
     }
     Ok(Outcome::Ok)
+}
+
+fn print_restore_plan(plan: &SetRestorePlan, remote: Option<&str>) {
+    if let (Some(f), Some(name)) = (&plan.fetch, remote) {
+        println!(
+            "would fetch from {name}: {} chunks ({} of data), {} already local{}",
+            f.chunks_to_send,
+            bytes(f.data_bytes_to_send),
+            f.chunks_already_there,
+            if f.creates_repository {
+                format!(", creating the local repository {}", f.destination)
+            } else {
+                String::new()
+            }
+        );
+    }
+    if let Some(d) = &plan.creates_directory {
+        println!("would create directory {}", d.display());
+    }
+    for p in &plan.volumes {
+        println!(
+            "would restore {}/{} ({}) to {} as {}: {} image, {} to write{}",
+            p.vm,
+            p.volume,
+            &p.manifest[..12],
+            p.target.display(),
+            p.format,
+            bytes(p.image_size),
+            bytes(p.bytes_to_write),
+            if p.overwrites {
+                format!(", REPLACING the existing file (mode {:04o} kept)", p.mode)
+            } else {
+                String::new()
+            }
+        );
+    }
 }

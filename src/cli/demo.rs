@@ -9,14 +9,14 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use chrono::{Duration, Utc};
-use lifeboat::backup::{BackupRequest, VolumeSpec};
-use lifeboat::jobs::{CancellationToken, Progress};
-use lifeboat::repo::manifest::Role;
-use lifeboat::repo::{Repo, RepoConfig};
-use lifeboat::source::FormatChoice;
-use lifeboat::store::local::LocalStore;
-use lifeboat::store::DynStore;
-use lifeboat::sync::{self, SyncOptions};
+use lifeboat_core::backup::{BackupRequest, VolumeSpec};
+use lifeboat_core::jobs::{CancellationToken, Progress};
+use lifeboat_core::repo::manifest::Role;
+use lifeboat_core::repo::{Repo, RepoConfig};
+use lifeboat_core::source::FormatChoice;
+use lifeboat_core::store::local::LocalStore;
+use lifeboat_core::store::DynStore;
+use lifeboat_core::sync::{self, SyncOptions};
 use rand::{Rng, RngCore, SeedableRng};
 
 struct VolPlan {
@@ -179,7 +179,7 @@ impl World {
             "[remote.offsite]\nurl = \"{url}\"\ntoken_file = \"{}\"\ntimeout_secs = 10\n",
             self.token_file.display()
         ));
-        lifeboat::repo::durable::write_atomic(&self.config, t.as_bytes())?;
+        lifeboat_core::repo::durable::write_atomic(&self.config, t.as_bytes())?;
         Ok(())
     }
 }
@@ -341,7 +341,7 @@ pub async fn build(w: &World) -> anyhow::Result<()> {
         };
         let r = repo.clone();
         let (c, pr) = (cancel.clone(), std::sync::Arc::new(Progress::new()));
-        tokio::task::spawn_blocking(move || lifeboat::backup::backup(&r, &req, &c, &pr)).await??;
+        tokio::task::spawn_blocking(move || lifeboat_core::backup::backup(&r, &req, &c, &pr)).await??;
         eprint!(
             "\rbuilding the demo world: {}/{} backups",
             n + 1,
@@ -377,7 +377,7 @@ pub async fn build(w: &World) -> anyhow::Result<()> {
         "demo",
         lifeboat::server::tokens::Role::Append,
     )?;
-    lifeboat::repo::durable::write_atomic(&w.token_file, token.as_bytes())?;
+    lifeboat_core::repo::durable::write_atomic(&w.token_file, token.as_bytes())?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&w.token_file, std::fs::Permissions::from_mode(0o600))?;
     eprintln!(
@@ -399,6 +399,8 @@ pub async fn start_offsite(w: &World) -> anyhow::Result<tokio::sync::oneshot::Se
         tokens: w.tokens.clone(),
         tls: None,
         max_uploads: 8,
+        max_connections: lifeboat::server::ServeOptions::DEFAULT_MAX_CONNECTIONS,
+        header_timeout: lifeboat::server::ServeOptions::DEFAULT_HEADER_TIMEOUT,
     };
     tokio::spawn(lifeboat::server::serve(
         opts,

@@ -5,14 +5,16 @@ use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 use chrono::Utc;
-use lifeboat::repo::diff::{self, Change};
-use lifeboat::repo::index::DEFAULT_CHUNK_SIZE;
-use lifeboat::repo::refs;
-use lifeboat::repo::{Index, Manifest, ManifestKey};
-use lifeboat::source::{self, FormatChoice};
+use lifeboat_core::repo::diff::{self, Change};
+use lifeboat_core::repo::index::DEFAULT_CHUNK_SIZE;
+use lifeboat_core::repo::refs;
+use lifeboat_core::repo::{Index, Manifest, ManifestKey};
+use lifeboat_core::source::{self, FormatChoice};
 use serde::Serialize;
 
-use super::output::{age, bytes, table, time};
+use lifeboat_core::text::escape;
+
+use crate::output::{age, bytes, table, time};
 use super::progress::run_job;
 use super::{print_json, Ctx, Outcome};
 
@@ -125,9 +127,9 @@ struct TimelineRow<'a> {
 }
 
 pub fn timeline(ctx: &Ctx, vm: &str, volume: Option<&str>) -> anyhow::Result<Outcome> {
-    lifeboat::names::check_name("VM", vm)?;
+    lifeboat_core::names::check_name("VM", vm)?;
     if let Some(v) = volume {
-        lifeboat::names::check_name("volume", v)?;
+        lifeboat_core::names::check_name("volume", v)?;
     }
     let repo = ctx.open_repo()?;
     let all = repo.load_all()?;
@@ -174,7 +176,7 @@ pub fn timeline(ctx: &Ctx, vm: &str, volume: Option<&str>) -> anyhow::Result<Out
                 bytes(r.virtual_size),
                 bytes(r.nonzero_bytes),
                 bytes(r.new_stored_bytes),
-                r.note.unwrap_or("").to_string(),
+                escape(r.note.unwrap_or("")).into_owned(),
             ]
         })
         .collect();
@@ -217,15 +219,22 @@ pub fn show(ctx: &Ctx, reference: &str) -> anyhow::Result<Outcome> {
             .map(|p| p.to_hex())
             .unwrap_or_else(|| "(none)".into())
     );
-    println!("set         {}", m.set);
-    println!("source      {}:{}", m.source.host, m.source.path);
+    println!("set         {}", escape(&m.set));
+    println!(
+        "source      {}:{}",
+        escape(&m.source.host),
+        escape(&m.source.path)
+    );
     println!(
         "stats       {} data, {} new in {} chunks",
         bytes(s.nonzero_bytes),
         bytes(s.new_stored_bytes),
         s.new_chunks
     );
-    println!("note        {}", m.labels.note.as_deref().unwrap_or(""));
+    println!(
+        "note        {}",
+        escape(m.labels.note.as_deref().unwrap_or(""))
+    );
     println!("protected   {}", m.labels.protected);
     Ok(Outcome::Ok)
 }
@@ -246,7 +255,7 @@ async fn index_of_file(
 ) -> anyhow::Result<Index> {
     let scan = run_job("hash", json, move |c, p| {
         let mut src = source::open(&path, format)?;
-        lifeboat::backup::pipeline::scan(src.reader.as_mut(), chunk_size, None, c, p)
+        lifeboat_core::backup::pipeline::scan(src.reader.as_mut(), chunk_size, None, c, p)
     })
     .await?;
     Ok(scan.index)

@@ -6,15 +6,14 @@
 mod backup_restore;
 mod demo;
 mod inspect;
-pub mod output;
 pub mod progress;
 mod remote_cmds;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use lifeboat::config::{Config, ENV_CONFIG, ENV_REPO};
-use lifeboat::repo::Repo;
+use lifeboat_core::config::{Config, ENV_CONFIG, ENV_REPO};
+use lifeboat_core::repo::Repo;
 
 pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_DAMAGE: u8 = 3;
@@ -66,10 +65,10 @@ pub enum Command {
         /// Where (default: --repo, the config's repository, or the data dir).
         path: Option<PathBuf>,
         /// Chunk size: a power of two from 64K to 64M.
-        #[arg(long, default_value = "4M", value_parser = output::parse_size)]
+        #[arg(long, default_value = "4M", value_parser = crate::output::parse_size)]
         chunk_size: u64,
         /// zstd level for new chunks (1 is fastest).
-        #[arg(long, default_value_t = lifeboat::repo::DEFAULT_ZSTD_LEVEL)]
+        #[arg(long, default_value_t = lifeboat_core::repo::DEFAULT_ZSTD_LEVEL)]
         compression_level: i32,
     },
     /// Back up the volumes of a VM as one backup set.
@@ -97,7 +96,7 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         format: FormatArg,
         /// Chunk size (default: the repository's if one is given, else 4M).
-        #[arg(long, value_parser = output::parse_size)]
+        #[arg(long, value_parser = crate::output::parse_size)]
         chunk_size: Option<u64>,
     },
     /// Chunk-level comparison of two backups, or a backup and a live file.
@@ -172,6 +171,13 @@ pub struct ServeArgs {
     /// Uploads handled at once; more wait.
     #[arg(long, default_value_t = 16)]
     pub max_uploads: usize,
+    /// Open connections at once; more are refused.
+    #[arg(long, default_value_t = lifeboat::server::ServeOptions::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Seconds a client may take to send request headers (and an idle
+    /// keep-alive connection stays open).
+    #[arg(long, default_value_t = 15)]
+    pub header_timeout_secs: u64,
     #[command(subcommand)]
     pub action: Option<ServeAction>,
 }
@@ -202,7 +208,7 @@ pub enum FormatArg {
     Auto,
 }
 
-impl From<FormatArg> for lifeboat::source::FormatChoice {
+impl From<FormatArg> for lifeboat_core::source::FormatChoice {
     fn from(f: FormatArg) -> Self {
         match f {
             FormatArg::Raw => Self::Raw,
@@ -222,7 +228,7 @@ fn serving() -> bool {
     std::env::args().nth(1).as_deref() == Some("serve") || std::env::args().any(|a| a == "serve")
 }
 
-pub fn init_tracing_to(verbose: u8, sink: crate::tui::LogSink) {
+pub fn init_tracing_to(verbose: u8, sink: crate::logging::LogSink) {
     let level = if verbose > 1 { "debug" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
@@ -268,28 +274,18 @@ impl Ctx {
         self.config.repo_path(self.repo_arg.as_deref())
     }
 
-    pub fn open_repo(&self) -> lifeboat::Result<Repo> {
+    pub fn open_repo(&self) -> lifeboat_core::Result<Repo> {
         Repo::open(&self.repo_path())
     }
 }
 
-pub async fn run(cli: Cli, sink: Option<crate::tui::LogSink>) -> u8 {
+pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
     let json = cli.json;
-    // `remote add` may create the config file it names.
-    let creating = matches!(
-        &cli.command,
-        Some(Command::Remote {
-            action: RemoteAction::Add(_)
-        })
-    );
     let is_demo = matches!(&cli.command, Some(Command::Demo { .. }));
-    let config = match cli.config.as_deref() {
-        Some(p) if creating && !p.exists() => Ok(Config {
-            path: Some(p.to_path_buf()),
-            ..Default::default()
-        }),
-        _ if is_demo => Ok(Config::default()),
-        other => Config::load(other),
+    let config = if is_demo {
+        Ok(Config::default())
+    } else {
+        Config::load(cli.config.as_deref())
     };
     let config = match config {
         Ok(c) => c,
@@ -300,7 +296,7 @@ pub async fn run(cli: Cli, sink: Option<crate::tui::LogSink>) -> u8 {
         repo_arg: cli.repo,
         json,
     };
-    let sink = sink.unwrap_or_else(|| crate::tui::LogSink::new(None));
+    let sink = sink.unwrap_or_else(|| crate::logging::LogSink::new(None));
     let Some(command) = cli.command else {
         return finish(json, console(&ctx, sink).await);
     };
@@ -359,7 +355,7 @@ fn finish(json: bool, res: anyhow::Result<Outcome>) -> u8 {
     }
 }
 
-async fn console(ctx: &Ctx, sink: crate::tui::LogSink) -> anyhow::Result<Outcome> {
+async fn console(ctx: &Ctx, sink: crate::logging::LogSink) -> anyhow::Result<Outcome> {
     crate::tui::run(ctx.config.clone(), ctx.repo_path(), sink).await?;
     Ok(Outcome::Ok)
 }
@@ -367,7 +363,7 @@ async fn console(ctx: &Ctx, sink: crate::tui::LogSink) -> anyhow::Result<Outcome
 async fn demo_cmd(
     keep: Option<PathBuf>,
     no_tui: bool,
-    sink: crate::tui::LogSink,
+    sink: crate::logging::LogSink,
 ) -> anyhow::Result<Outcome> {
     use anyhow::Context;
     let (dir, _tmp) = match keep {
@@ -439,6 +435,8 @@ async fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<Outcome> {
         tokens,
         tls,
         max_uploads: a.max_uploads,
+        max_connections: a.max_connections,
+        header_timeout: std::time::Duration::from_secs(a.header_timeout_secs),
     };
     let shutdown = async {
         let mut term =
@@ -467,10 +465,12 @@ async fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<Outcome> {
 
 fn report(json: bool, e: &anyhow::Error) -> u8 {
     let cancelled = matches!(
-        e.downcast_ref::<lifeboat::Error>(),
-        Some(lifeboat::Error::Cancelled)
+        e.downcast_ref::<lifeboat_core::Error>(),
+        Some(lifeboat_core::Error::Cancelled)
     );
-    let msg = format!("{e:#}");
+    // Messages can quote a remote's words or a repository's names: escape
+    // control characters before they reach a terminal.
+    let msg = lifeboat_core::text::escape_lines(&format!("{e:#}"));
     if json {
         println!(
             "{}",

@@ -6,11 +6,11 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use lifeboat::jobs::{CancellationToken, Job, Progress, Snapshot};
-use lifeboat::Result;
+use lifeboat_core::jobs::{CancellationToken, Job, JobEvent, Progress, Snapshot};
+use lifeboat_core::Result;
 use tokio::sync::mpsc;
 
-use super::output::{bytes, duration};
+use crate::output::{bytes, duration};
 
 fn line(s: &Snapshot) -> String {
     let eta = s
@@ -33,9 +33,9 @@ where
     T: Send + 'static,
     F: FnOnce(&CancellationToken, &Progress) -> Result<T> + Send + 'static,
 {
-    let (tx, _rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::unbounded_channel();
     let sigint = interrupt_handler();
-    observe(kind, json, sigint, Job::spawn(kind, tx, work)).await
+    observe(kind, json, sigint, Job::spawn(kind, tx, work), rx).await
 }
 
 /// Runs async engine work (transfers) as a job and shows its progress.
@@ -45,9 +45,9 @@ where
     F: FnOnce(CancellationToken, std::sync::Arc<Progress>) -> Fut,
     Fut: std::future::Future<Output = Result<T>> + Send + 'static,
 {
-    let (tx, _rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::unbounded_channel();
     let sigint = interrupt_handler();
-    observe(kind, json, sigint, Job::spawn_async(kind, tx, work)).await
+    observe(kind, json, sigint, Job::spawn_async(kind, tx, work), rx).await
 }
 
 /// Installs the SIGINT handler now, before the job starts: `ctrl_c()` would
@@ -62,6 +62,7 @@ async fn observe<T: Send + 'static>(
     json: bool,
     mut sigint: Option<tokio::signal::unix::Signal>,
     job: Job<T>,
+    mut events: mpsc::UnboundedReceiver<JobEvent>,
 ) -> Result<T> {
     let cancel = job.cancel.clone();
     let progress = job.progress.clone();
@@ -96,6 +97,13 @@ async fn observe<T: Send + 'static>(
     let result = loop {
         tokio::select! {
             res = &mut done => break res,
+            Some(ev) = events.recv() => {
+                // Lifecycle events: JSON lines with --json; the bar and the
+                // final message say the same to a person.
+                if json {
+                    eprintln!("{}", serde_json::json!({"event": "job", "job": kind, "state": ev}));
+                }
+            }
             _ = tick.tick() => {
                 let s = progress.snapshot();
                 match &bar {

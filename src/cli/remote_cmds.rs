@@ -4,13 +4,13 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use lifeboat::config::{default_config_path, RemoteConfig};
-use lifeboat::repo::ManifestKey;
-use lifeboat::store::local::LocalStore;
-use lifeboat::store::remote;
-use lifeboat::sync::{self, select, status, SyncOptions};
+use lifeboat_core::config::{default_config_path, RemoteConfig};
+use lifeboat_core::repo::ManifestKey;
+use lifeboat_core::store::local::LocalStore;
+use lifeboat_core::store::{remote, url};
+use lifeboat_core::sync::{self, select, status, SyncOptions};
 
-use super::output::{bytes, duration, table, time};
+use crate::output::{bytes, duration, table, time};
 use super::progress::run_job_async;
 use super::{print_json, Ctx, Outcome};
 
@@ -71,17 +71,17 @@ fn edit_config(
     f(&mut doc)?;
     let out = doc.to_string();
     // Check the result is still a valid config before replacing the file.
-    lifeboat::config::Config::parse(&path, &out)?;
+    lifeboat_core::config::Config::parse(&path, &out)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    lifeboat::repo::durable::write_atomic(&path, out.as_bytes())?;
+    lifeboat_core::repo::durable::write_atomic(&path, out.as_bytes())?;
     Ok(path)
 }
 
 pub fn remote_add(ctx: &Ctx, a: RemoteAddArgs) -> anyhow::Result<Outcome> {
-    lifeboat::names::check_name("remote", &a.name)?;
-    remote::check_url(&a.url)?;
+    lifeboat_core::names::check_name("remote", &a.name)?;
+    url::check_url(&a.url)?;
     if a.token_env.is_some() && a.token_file.is_some() {
         bail!("give --token-env or --token-file, not both");
     }
@@ -157,10 +157,10 @@ struct RemoteRow {
 pub async fn remote_ls(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let mut rows = Vec::new();
     for (name, rc) in &ctx.config.remotes {
-        let kind = match remote::check_url(&rc.url) {
-            Ok(remote::Kind::Local(_)) => "local",
-            Ok(remote::Kind::Http) => "server",
-            Ok(remote::Kind::S3) => "s3",
+        let kind = match url::check_url(&rc.url) {
+            Ok(url::Kind::Local(_)) => "local",
+            Ok(url::Kind::Http) => "server",
+            Ok(url::Kind::S3) => "s3",
             Err(_) => "invalid",
         };
         let started = Instant::now();
@@ -168,7 +168,7 @@ pub async fn remote_ls(ctx: &Ctx) -> anyhow::Result<Outcome> {
             let store = remote::open(name, rc)?;
             let cfg = sync::read_config(store.as_ref()).await?;
             let n = sync::list_manifests(store.as_ref()).await?.len();
-            Ok::<_, lifeboat::Error>((cfg, n))
+            Ok::<_, lifeboat_core::Error>((cfg, n))
         };
         let res = tokio::time::timeout(std::time::Duration::from_secs(15), probe).await;
         let ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -259,6 +259,9 @@ pub struct SyncArgs {
     /// Objects moved at once.
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
+    /// Show what would be sent (backups, chunks, bytes) and send nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 pub async fn push_pull(ctx: &Ctx, a: SyncArgs, push: bool) -> anyhow::Result<Outcome> {
@@ -269,7 +272,7 @@ pub async fn push_pull(ctx: &Ctx, a: SyncArgs, push: bool) -> anyhow::Result<Out
         ctx.open_repo()?;
     }
     let local = std::sync::Arc::new(LocalStore::new(&local_path));
-    let (src, dst): (lifeboat::store::DynStore, lifeboat::store::DynStore) = if push {
+    let (src, dst): (lifeboat_core::store::DynStore, lifeboat_core::store::DynStore) = if push {
         (local, remote_store)
     } else {
         (remote_store, local)
@@ -282,12 +285,13 @@ pub async fn push_pull(ctx: &Ctx, a: SyncArgs, push: bool) -> anyhow::Result<Out
     let selection = a.selection.clone();
     let last = a.last;
     let kind = if push { "push" } else { "pull" };
-    let report = run_job_async(kind, ctx.json, move |cancel, progress| async move {
+    let dry_run = a.dry_run;
+    let done = run_job_async(kind, ctx.json, move |cancel, progress| async move {
         progress.set_phase("listing backups");
         let keys = sync::list_manifests(src.as_ref()).await?;
         let chosen: Vec<ManifestKey> =
             select::select(src.as_ref(), keys, selection.as_deref(), last).await?;
-        sync::transfer(
+        let plan = sync::plan(
             src.as_ref(),
             dst.as_ref(),
             chosen,
@@ -295,9 +299,41 @@ pub async fn push_pull(ctx: &Ctx, a: SyncArgs, push: bool) -> anyhow::Result<Out
             &cancel,
             &progress,
         )
-        .await
+        .await?;
+        if dry_run {
+            return Ok(Err(plan.summary));
+        }
+        sync::execute(src.as_ref(), dst.as_ref(), &plan, &opts, &cancel, &progress)
+            .await
+            .map(Ok)
     })
     .await?;
+    let report = match done {
+        Ok(report) => report,
+        Err(summary) => {
+            if ctx.json {
+                print_json(&serde_json::json!({"dry_run": true, "plan": summary}))?;
+            } else {
+                println!(
+                    "would {kind} {} {name}: {} of {} backups, {} indexes, {} of {} chunks ({} of data; {} already there){}",
+                    if push { "to" } else { "from" },
+                    summary.manifests_to_send,
+                    summary.manifests_selected,
+                    summary.indexes_to_send,
+                    summary.chunks_to_send,
+                    summary.chunks_referenced,
+                    bytes(summary.data_bytes_to_send),
+                    summary.chunks_already_there,
+                    if summary.creates_repository {
+                        format!(", creating the repository at {}", summary.destination)
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            return Ok(Outcome::Ok);
+        }
+    };
     if ctx.json {
         print_json(&report)?;
     } else {
@@ -399,52 +435,3 @@ pub async fn status_cmd(ctx: &Ctx, remotes: Vec<String>) -> anyhow::Result<Outco
     Ok(Outcome::Ok)
 }
 
-/// Fetches what a restore from a remote needs into the local repository
-/// (creating it if this is a fresh machine) and returns the manifests.
-pub async fn fetch_for_restore(
-    ctx: &Ctx,
-    remote_arg: &str,
-    reference: &str,
-) -> anyhow::Result<Vec<(ManifestKey, lifeboat::repo::Manifest)>> {
-    let (name, remote_store) = remote::resolve(&ctx.config, remote_arg)?;
-    let local: lifeboat::store::DynStore = std::sync::Arc::new(LocalStore::new(ctx.repo_path()));
-    let reference = reference.to_string();
-    let json = ctx.json;
-    let out = run_job_async("fetch", json, move |cancel, progress| async move {
-        progress.set_phase("listing remote backups");
-        let keys = sync::list_manifests(remote_store.as_ref()).await?;
-        let chosen = select::select(remote_store.as_ref(), keys, Some(&reference), None).await?;
-        let chosen: Vec<ManifestKey> = match lifeboat::repo::refs::Ref::parse(&reference)? {
-            lifeboat::repo::refs::Ref::Set { .. } => chosen,
-            _ if chosen.len() == 1 => chosen,
-            _ => {
-                return Err(lifeboat::Error::Invalid(format!(
-                    "{reference:?} names {} backups on the remote; give VM/VOLUME@latest, an id, or VM@latest for a set",
-                    chosen.len()
-                )))
-            }
-        };
-        let opts = SyncOptions {
-            init: true,
-            manifests: false,
-            ..Default::default()
-        };
-        let report = sync::transfer(remote_store.as_ref(), local.as_ref(), chosen.clone(), &opts, &cancel, &progress).await?;
-        let mut out = Vec::new();
-        for k in chosen {
-            let m = sync::fetch_manifest(remote_store.as_ref(), &k).await?;
-            out.push((k, m));
-        }
-        Ok((out, report))
-    })
-    .await?;
-    if !ctx.json {
-        eprintln!(
-            "fetched from {name}: {} chunks ({}), {} already local",
-            out.1.chunks_sent,
-            bytes(out.1.bytes_sent),
-            out.1.chunks_skipped
-        );
-    }
-    Ok(out.0)
-}

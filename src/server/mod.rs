@@ -12,7 +12,7 @@ use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
@@ -22,12 +22,16 @@ use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use tokio::sync::{RwLock, Semaphore};
 
-use crate::error::{Error, Result};
-use crate::repo::{chunk, Index, Manifest, RepoConfig, CONFIG_FILE};
-use crate::store::http::{ListResponse, MissingRequest, MissingResponse};
-use crate::store::keys::{check_prefix, ObjectKey};
-use crate::store::local::LocalStore;
-use crate::store::Store;
+use lifeboat_core::error::{Error, Result};
+use lifeboat_core::repo::{chunk, Index, Manifest, RepoConfig, CONFIG_FILE};
+use lifeboat_core::store::http::{
+    ListResponse, MissingRequest, MissingResponse, LIST_PAGE, MAX_MISSING_BODY, MISSING_BATCH,
+};
+use lifeboat_core::store::keys::{check_prefix, ObjectKey, Verified};
+use lifeboat_core::store::local::LocalStore;
+use lifeboat_core::store::Store;
+
+mod limits;
 use tokens::{Role, TokenFile};
 
 pub struct ServeOptions {
@@ -36,6 +40,16 @@ pub struct ServeOptions {
     pub tokens: PathBuf,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub max_uploads: usize,
+    /// Open connections at once; more are refused.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers, and how
+    /// long an idle keep-alive connection stays open.
+    pub header_timeout: Duration,
+}
+
+impl ServeOptions {
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+    pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(15);
 }
 
 struct AppState {
@@ -48,9 +62,9 @@ struct AppState {
 
 type Shared = Arc<AppState>;
 
-/// Chunks are at most 64 MiB plus a header; nothing else is larger.
-const MAX_BODY: usize = (64 << 20) + 4096;
-const MAX_MISSING_KEYS: usize = 100_000;
+/// How long one request body may take to arrive: a 64 MiB chunk at
+/// 256 KiB/s. A client slower than that holds an upload slot for nothing.
+const BODY_TIMEOUT: Duration = Duration::from_secs(256);
 
 struct ApiError(StatusCode, String);
 
@@ -63,7 +77,7 @@ impl IntoResponse for ApiError {
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let status = match &e {
-            Error::CorruptObject { .. } | Error::BadName { .. } | Error::Invalid(_) => {
+            Error::CorruptObject { .. } | Error::BadName { .. } | Error::BadInput(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             Error::MissingObject { .. } => StatusCode::CONFLICT,
@@ -96,8 +110,7 @@ async fn auth(State(st): State<Shared>, mut req: Request, next: Next) -> Respons
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     match presented.and_then(|t| st.tokens.check(t)) {
         Some((name, role)) => {
             tracing::debug!(token = %name, ?role, "authenticated");
@@ -117,6 +130,47 @@ async fn auth(State(st): State<Shared>, mut req: Request, next: Next) -> Respons
     }
 }
 
+/// The token of an `Authorization: Bearer TOKEN` header; the scheme is
+/// case-insensitive (RFC 9110, 11.1).
+fn bearer_token(v: &str) -> Option<&str> {
+    let (scheme, token) = v.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Reads a request body of at most `limit` bytes within `BODY_TIMEOUT`.
+/// Callers check the role and take their slot first, so nobody can make
+/// the server buffer a body it would refuse.
+async fn read_body(body: Body, limit: u64, what: &str) -> ApiResult<Bytes> {
+    let too_large = || {
+        ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{what} is larger than the {limit} bytes allowed"),
+        )
+    };
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit as usize)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => {
+            let length_limit = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if length_limit {
+                Err(too_large())
+            } else {
+                Err(ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!("reading {what}: {e}"),
+                ))
+            }
+        }
+        Err(_) => Err(ApiError(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("{what} did not arrive within {} s", BODY_TIMEOUT.as_secs()),
+        )),
+    }
+}
+
 async fn health(State(st): State<Shared>) -> Json<serde_json::Value> {
     let cfg = st.config.read().await;
     Json(serde_json::json!({
@@ -128,7 +182,7 @@ async fn health(State(st): State<Shared>) -> Json<serde_json::Value> {
 }
 
 async fn get_object(State(st): State<Shared>, Path(key): Path<String>) -> ApiResult<Response> {
-    let key = ObjectKey::parse(&key)?.key();
+    let key = ObjectKey::parse(&key)?;
     match st.store.get(&key).await? {
         Some(data) => {
             Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
@@ -141,11 +195,11 @@ async fn put_object(
     State(st): State<Shared>,
     Extension(role): Extension<Role>,
     Path(key): Path<String>,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<Response> {
+    // Role, key and slot before a byte of the body is read.
     need(Role::Append, role)?;
     let parsed = ObjectKey::parse(&key)?;
-    let key = parsed.key();
     let _permit = tokio::time::timeout(Duration::from_secs(60), st.uploads.acquire())
         .await
         .map_err(|_| {
@@ -155,6 +209,8 @@ async fn put_object(
             )
         })?
         .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()))?;
+    let what = format!("{} {parsed}", parsed.kind());
+    let body = read_body(body, parsed.max_size(), &what).await?;
     if let ObjectKey::Config = parsed {
         return put_config(&st, body).await;
     }
@@ -168,11 +224,10 @@ async fn put_object(
         }
     };
     let root = st.root.clone();
-    let data = body.clone();
-    tokio::task::spawn_blocking(move || verify_upload(&root, &parsed, &data, chunk_size))
+    let obj = tokio::task::spawn_blocking(move || verify_upload(&root, parsed, body, chunk_size))
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-    let created = st.store.put_if_absent(&key, body).await?;
+    let created = st.store.put_if_absent(&obj).await?;
     Ok(if created {
         StatusCode::CREATED
     } else {
@@ -198,31 +253,32 @@ async fn put_config(st: &AppState, body: Bytes) -> ApiResult<Response> {
     }
     let root = st.root.clone();
     let c = cfg.clone();
-    tokio::task::spawn_blocking(move || crate::repo::Repo::init(&root, c))
+    tokio::task::spawn_blocking(move || lifeboat_core::repo::Repo::init(&root, c))
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     *slot = Some(cfg);
     Ok(StatusCode::CREATED.into_response())
 }
 
-/// Checks an uploaded object against its key, and for a manifest that
-/// everything it references is here.
-fn verify_upload(root: &FsPath, key: &ObjectKey, data: &[u8], chunk_size: u64) -> Result<()> {
-    match key {
-        ObjectKey::Config => Ok(()),
+/// Checks an uploaded object against its key (`Verified::check`), that it
+/// fits this repository, and for a manifest that it is not dated in the
+/// future and that everything it references is here.
+fn verify_upload(root: &FsPath, key: ObjectKey, data: Bytes, chunk_size: u64) -> Result<Verified> {
+    let obj = Verified::check(key, data)?;
+    match obj.key() {
+        ObjectKey::Config => {}
         ObjectKey::Chunk(id) => {
-            let raw = chunk::decode(id, data)?;
-            if raw.len() as u64 > chunk_size {
+            let raw_len = chunk::raw_len(obj.data()).unwrap_or(0);
+            if raw_len as u64 > chunk_size {
                 return Err(Error::corrupt(
                     "chunk",
                     id,
                     "larger than the repository's chunk size",
                 ));
             }
-            Ok(())
         }
         ObjectKey::Index(id) => {
-            let idx = Index::from_bytes(Some(id), data)?;
+            let idx = Index::from_bytes(Some(id), obj.data())?;
             if idx.chunk_size != chunk_size {
                 return Err(Error::corrupt(
                     "index",
@@ -230,10 +286,16 @@ fn verify_upload(root: &FsPath, key: &ObjectKey, data: &[u8], chunk_size: u64) -
                     "chunk size differs from the repository's",
                 ));
             }
-            Ok(())
         }
         ObjectKey::Manifest(mk) => {
-            let m = Manifest::from_bytes(mk, data)?;
+            let m = Manifest::from_bytes(mk, obj.data())?;
+            if !mk.is_plausible(chrono::Utc::now()) {
+                return Err(Error::corrupt(
+                    "manifest",
+                    mk.id,
+                    "dated in the future: check the client's clock",
+                ));
+            }
             if m.chunk_size != chunk_size {
                 return Err(Error::corrupt(
                     "manifest",
@@ -241,7 +303,7 @@ fn verify_upload(root: &FsPath, key: &ObjectKey, data: &[u8], chunk_size: u64) -
                     "chunk size differs from the repository's",
                 ));
             }
-            let repo = crate::repo::Repo::open(root)?;
+            let repo = lifeboat_core::repo::Repo::open(root)?;
             let idx = repo.read_index(&m.index)?;
             if let Some(c) = idx.chunks.iter().find(|c| !repo.has_chunk(c)) {
                 return Err(Error::MissingObject {
@@ -249,9 +311,9 @@ fn verify_upload(root: &FsPath, key: &ObjectKey, data: &[u8], chunk_size: u64) -
                     id: c.to_hex(),
                 });
             }
-            Ok(())
         }
     }
+    Ok(obj)
 }
 
 async fn delete_object(
@@ -267,48 +329,82 @@ async fn delete_object(
             "the repository config is never deleted".into(),
         ));
     }
-    st.store.delete(&parsed.key()).await?;
+    st.store.delete(&parsed).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize)]
 struct ListQuery {
     prefix: String,
+    /// Start after this key (the previous page's `next`).
+    after: Option<String>,
 }
 
+/// One page of keys (at most `LIST_PAGE`), so no answer is unbounded.
 async fn list(
     State(st): State<Shared>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<ListResponse>> {
     check_prefix(&q.prefix)?;
-    Ok(Json(ListResponse {
-        keys: st.store.list(&q.prefix).await?,
+    let all: Vec<String> = st
+        .store
+        .list(&q.prefix)
+        .await?
+        .iter()
+        .map(|k| k.key())
+        .collect();
+    let mut keys: Vec<String> = all;
+    keys.sort();
+    let start = match &q.after {
+        Some(a) => keys.partition_point(|k| k <= a),
+        None => 0,
+    };
+    let end = (start + LIST_PAGE).min(keys.len());
+    let page = keys[start..end].to_vec();
+    let next = (end < keys.len()).then(|| page.last().cloned()).flatten();
+    Ok(Json(ListResponse { keys: page, next }))
+}
+
+async fn missing(State(st): State<Shared>, body: Body) -> ApiResult<Json<MissingResponse>> {
+    let body = read_body(body, MAX_MISSING_BODY, "the missing-objects request").await?;
+    let req: MissingRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("the missing-objects request is not valid JSON: {e}"),
+        )
+    })?;
+    if req.keys.len() > MISSING_BATCH {
+        return Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("at most {MISSING_BATCH} keys per request"),
+        ));
+    }
+    let keys: Vec<ObjectKey> = req
+        .keys
+        .iter()
+        .map(|k| ObjectKey::parse(k))
+        .collect::<Result<_>>()?;
+    Ok(Json(MissingResponse {
+        missing: st
+            .store
+            .missing(&keys)
+            .await?
+            .iter()
+            .map(|k| k.key())
+            .collect(),
     }))
 }
 
-async fn missing(
-    State(st): State<Shared>,
-    Json(req): Json<MissingRequest>,
-) -> ApiResult<Json<MissingResponse>> {
-    if req.keys.len() > MAX_MISSING_KEYS {
-        return Err(ApiError(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("at most {MAX_MISSING_KEYS} keys per request"),
-        ));
-    }
-    for k in &req.keys {
-        ObjectKey::parse(k)?;
-    }
-    Ok(Json(MissingResponse {
-        missing: st.store.missing(&req.keys).await?,
-    }))
+/// Unknown routes answer in the documented JSON form too.
+async fn not_found() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "no such route (see docs/SERVER.md)".into())
 }
 
 pub fn router(repo: &FsPath, tokens: TokenFile, max_uploads: usize) -> Result<Router> {
     if !repo.is_dir() {
         return Err(Error::NoRepository(repo.to_path_buf()));
     }
-    let config = match crate::repo::Repo::open(repo) {
+    let config = match lifeboat_core::repo::Repo::open(repo) {
         Ok(r) => Some(r.config),
         Err(Error::NotARepository(_)) => None,
         Err(e) => return Err(e),
@@ -331,7 +427,10 @@ pub fn router(repo: &FsPath, tokens: TokenFile, max_uploads: usize) -> Result<Ro
     Ok(Router::new()
         .route("/v1/health", get(health))
         .merge(api)
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .fallback(not_found)
+        // Handlers read bodies themselves, with a limit per object kind,
+        // after checking the token's role (`read_body`).
+        .layer(DefaultBodyLimit::disable())
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state))
 }
@@ -359,36 +458,55 @@ pub async fn serve(
         shutdown.await;
         h.graceful_shutdown(Some(Duration::from_secs(10)));
     });
+    if let Some(n) = limits::raise_fd_limit() {
+        tracing::debug!("open-files limit: {n}");
+    }
     let svc = app.into_make_service();
     let bind_err =
-        |e: std::io::Error| Error::Invalid(format!("cannot listen on {}: {e}", opts.listen));
-    match &opts.tls {
+        |e: std::io::Error| Error::BadInput(format!("cannot listen on {}: {e}", opts.listen));
+    let limit = |a| limits::ConnectionLimit::new(a, opts.max_connections);
+    let tune = |b: &mut hyper_util::server::conn::auto::Builder<_>| {
+        b.http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(opts.header_timeout);
+        b.http2()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(opts.header_timeout)
+            .keep_alive_timeout(opts.header_timeout)
+            .max_concurrent_streams(64);
+    };
+    let task = match &opts.tls {
         Some((cert, key)) => {
             let cfg = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
                 .map_err(|e| {
-                    Error::Invalid(format!(
+                    Error::BadInput(format!(
                         "TLS certificate {} / key {}: {e}",
                         cert.display(),
                         key.display()
                     ))
                 })?;
-            let server = axum_server::bind_rustls(opts.listen, cfg).handle(handle.clone());
-            let task = tokio::spawn(server.serve(svc));
-            report_bound(&handle, on_bound, true).await?;
-            task.await
-                .map_err(|e| Error::Invalid(e.to_string()))?
-                .map_err(bind_err)
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(cfg)
+                .handshake_timeout(opts.header_timeout)
+                .acceptor(limit(axum_server::accept::DefaultAcceptor::new()));
+            let mut server = axum_server::bind(opts.listen)
+                .acceptor(acceptor)
+                .handle(handle.clone());
+            tune(server.http_builder());
+            tokio::spawn(server.serve(svc))
         }
         None => {
-            let server = axum_server::bind(opts.listen).handle(handle.clone());
-            let task = tokio::spawn(server.serve(svc));
-            report_bound(&handle, on_bound, false).await?;
-            task.await
-                .map_err(|e| Error::Invalid(e.to_string()))?
-                .map_err(bind_err)
+            let mut server = axum_server::bind(opts.listen)
+                .acceptor(limit(axum_server::accept::DefaultAcceptor::new()))
+                .handle(handle.clone());
+            tune(server.http_builder());
+            tokio::spawn(server.serve(svc))
         }
-    }
+    };
+    report_bound(&handle, on_bound, opts.tls.is_some()).await?;
+    task.await
+        .map_err(|e| Error::Internal(e.to_string()))?
+        .map_err(bind_err)
 }
 
 async fn report_bound(
@@ -401,7 +519,7 @@ async fn report_bound(
             on_bound(addr, tls);
             Ok(())
         }
-        None => Err(Error::Invalid(
+        None => Err(Error::Internal(
             "the server failed to start listening".into(),
         )),
     }

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
-use crate::repo::durable;
+use lifeboat_core::error::{Error, Result};
+use lifeboat_core::repo::durable;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -26,7 +26,7 @@ impl std::str::FromStr for Role {
             "read" => Ok(Role::Read),
             "append" => Ok(Role::Append),
             "admin" => Ok(Role::Admin),
-            _ => Err(Error::Invalid(format!(
+            _ => Err(Error::BadInput(format!(
                 "unknown role {s:?}: use read, append or admin"
             ))),
         }
@@ -78,10 +78,10 @@ impl TokenFile {
 
     /// Adds a token and writes the file (mode 0600); returns the new token.
     pub fn add(path: &Path, name: &str, role: Role) -> Result<String> {
-        crate::names::check_name("token", name)?;
+        lifeboat_core::names::check_name("token", name)?;
         let mut file = Self::load(path)?;
         if file.tokens.iter().any(|t| t.name == name) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::BadInput(format!(
                 "a token named {name:?} already exists in {}",
                 path.display()
             )));
@@ -92,14 +92,13 @@ impl TokenFile {
             role,
             hash: hash_token(&token),
         });
-        let text = toml::to_string(&file).map_err(|e| Error::Invalid(e.to_string()))?;
+        let text = toml::to_string(&file).map_err(|e| Error::Internal(e.to_string()))?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             durable::create_dir_all(dir)?;
         }
+        // write_atomic creates the file 0600 from the start: the hashes
+        // are never readable by others, not even for a moment.
         durable::write_atomic(path, text.as_bytes())?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| Error::io("protecting", path, e))?;
         Ok(token)
     }
 }

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use chrono::{DateTime, Utc};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use lifeboat::jobs::Snapshot;
-use lifeboat::repo::{Id, Manifest, ManifestKey};
+use lifeboat_core::jobs::Snapshot;
+use lifeboat_core::repo::{Id, Manifest, ManifestKey};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pane {
@@ -25,7 +25,6 @@ pub enum RemoteState {
 #[derive(Debug, Clone)]
 pub struct RemoteView {
     pub name: String,
-    pub url: String,
     pub state: RemoteState,
     /// Manifest ids the remote holds (None until listed).
     pub ids: Option<BTreeSet<Id>>,
@@ -96,36 +95,33 @@ pub enum Dialog {
     QuitWhileRunning,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cell {
-    Same,
-    Changed,
-    Zero,
-    Missing,
-}
+pub use lifeboat_core::repo::chunkmap::Cell;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
-    Push {
+    /// Plan a push (local → remote) or a pull (remote → local) of one
+    /// backup: what the other side lacks. The plan comes back as
+    /// `Action::Planned` and runs only when confirmed.
+    PlanTransfer {
+        push: bool,
         remote: String,
         key: ManifestKey,
     },
-    Pull {
-        remote: String,
+    /// Plan a restore to a new file (`from`: straight from this remote,
+    /// its missing chunks fetched into the local repository first).
+    PlanRestore {
         key: ManifestKey,
+        to: String,
+        from: Option<String>,
     },
+    /// Run a confirmed plan, or forget one that was declined.
+    RunPlan(u64),
+    DropPlan(u64),
     Backup {
         vm: String,
     },
     /// Fetch every manifest of a remote, to browse it.
     Browse(String),
-    /// `from`: restore straight from this remote (its chunks are fetched
-    /// into the local repository first).
-    Restore {
-        key: ManifestKey,
-        to: String,
-        from: Option<String>,
-    },
     Verify {
         deep: bool,
     },
@@ -177,6 +173,17 @@ pub enum Action {
         title: String,
         cells: Vec<Cell>,
         summary: Vec<String>,
+    },
+    /// A plan is ready for confirmation (`lines` say what it will do).
+    Planned {
+        plan: u64,
+        title: String,
+        lines: Vec<String>,
+    },
+    /// Planning found the operation cannot be done (a bad target, …).
+    PlanFailed {
+        title: String,
+        error: String,
     },
     Log(String),
     Tick(DateTime<Utc>),
@@ -246,9 +253,8 @@ impl App {
             inventory,
             remotes: remotes
                 .into_iter()
-                .map(|(name, url)| RemoteView {
+                .map(|(name, _url)| RemoteView {
                     name,
-                    url,
                     state: RemoteState::Connecting,
                     ids: None,
                 })
@@ -364,18 +370,13 @@ impl App {
         self.tree().get(self.tree_sel).cloned()
     }
 
-    /// Backups of the selected VM or volume, newest first.
+    /// Backups of the selected VM or volume, newest first (from the cache
+    /// `rebuild_timeline` keeps, so drawing never rescans every backup).
     pub fn timeline(&self) -> Vec<&(ManifestKey, Manifest)> {
-        let Some(row) = self.selected_row() else {
-            return Vec::new();
-        };
-        let mut t: Vec<_> = self
-            .backups
+        self.timeline_cache
             .iter()
-            .filter(|(k, _)| k.vm == row.vm && row.volume.as_ref().is_none_or(|v| &k.volume == v))
-            .collect();
-        t.sort_by_key(|i| std::cmp::Reverse(i.1.created_at));
-        t
+            .filter_map(|&i| self.backups.get(i))
+            .collect()
     }
 
     pub fn selected_backup(&self) -> Option<(ManifestKey, Manifest)> {
@@ -385,11 +386,7 @@ impl App {
     }
 
     pub fn newest(&self, vm: &str) -> Option<DateTime<Utc>> {
-        self.backups
-            .iter()
-            .filter(|(k, _)| k.vm == vm)
-            .map(|(_, m)| m.created_at)
-            .max()
+        self.newest_cache.get(vm).copied()
     }
 
     pub fn rpo(&self, vm: &str) -> Rpo {
@@ -547,6 +544,22 @@ impl App {
                     title,
                     cells,
                     summary,
+                });
+                Vec::new()
+            }
+            Action::Planned { plan, title, lines } => {
+                self.dialog = Some(Dialog::Confirm {
+                    title,
+                    lines,
+                    effect: Effect::RunPlan(plan),
+                });
+                Vec::new()
+            }
+            Action::PlanFailed { title, error } => {
+                self.log(format!("{title}: {error}"));
+                self.dialog = Some(Dialog::Message {
+                    title,
+                    lines: vec![error],
                 });
                 Vec::new()
             }
@@ -795,32 +808,21 @@ impl App {
     }
 
     fn plan_pull(&mut self, remote: String) -> Vec<Effect> {
-        let Some((key, m)) = self.selected_backup() else {
+        let Some((key, _)) = self.selected_backup() else {
             self.no_backup();
             return Vec::new();
         };
-        let already = self.local_ids.contains(&key.id);
-        self.dialog = Some(Dialog::Confirm {
-            title: format!("Pull from {remote}"),
-            lines: vec![
-                format!("backup {}", backup_line(&key, &m)),
-                format!(
-                    "{} of data; only chunks the local repository lacks are fetched, each verified",
-                    crate::cli::output::bytes(m.stats.nonzero_bytes)
-                ),
-                format!(
-                    "into {}{}",
-                    self.repo_path,
-                    if already {
-                        " (already held: nothing to do)"
-                    } else {
-                        ""
-                    }
-                ),
-            ],
-            effect: Effect::Pull { remote, key },
-        });
-        Vec::new()
+        self.log(format!(
+            "planning a pull of {}/{} {} from {remote}…",
+            key.vm,
+            key.volume,
+            key.id.short()
+        ));
+        vec![Effect::PlanTransfer {
+            push: false,
+            remote,
+            key,
+        }]
     }
 
     fn plan_backup(&mut self) {
@@ -851,7 +853,7 @@ impl App {
     }
 
     fn plan_push(&mut self, remote: Option<String>) -> Vec<Effect> {
-        let Some((key, m)) = self.selected_backup() else {
+        let Some((key, _)) = self.selected_backup() else {
             self.no_backup();
             return Vec::new();
         };
@@ -871,26 +873,17 @@ impl App {
                 return Vec::new();
             }
         };
-        self.dialog = Some(Dialog::Confirm {
-            title: format!("Push to {remote}"),
-            lines: vec![
-                format!("backup {}", backup_line(&key, &m)),
-                format!(
-                    "{} of data; only chunks {remote} lacks are sent",
-                    crate::cli::output::bytes(m.stats.nonzero_bytes)
-                ),
-                format!(
-                    "to {}",
-                    self.remotes
-                        .iter()
-                        .find(|r| r.name == remote)
-                        .map(|r| r.url.as_str())
-                        .unwrap_or("")
-                ),
-            ],
-            effect: Effect::Push { remote, key },
-        });
-        Vec::new()
+        self.log(format!(
+            "planning a push of {}/{} {} to {remote}…",
+            key.vm,
+            key.volume,
+            key.id.short()
+        ));
+        vec![Effect::PlanTransfer {
+            push: true,
+            remote,
+            key,
+        }]
     }
 
     fn dialog_key(&mut self, d: Dialog, k: KeyEvent) -> Vec<Effect> {
@@ -901,7 +894,11 @@ impl App {
                 effect,
             } => match k.code {
                 KeyCode::Enter | KeyCode::Char('y') => return vec![effect],
-                KeyCode::Esc | KeyCode::Char('n') => {}
+                KeyCode::Esc | KeyCode::Char('n') => {
+                    if let Effect::RunPlan(id) = effect {
+                        return vec![Effect::DropPlan(id)];
+                    }
+                }
                 _ => {
                     self.dialog = Some(Dialog::Confirm {
                         title,
@@ -916,50 +913,17 @@ impl App {
                 key,
             } => match k.code {
                 KeyCode::Enter => {
-                    let path = std::path::Path::new(&input);
-                    let dir = path
-                        .parent()
-                        .filter(|p| !p.as_os_str().is_empty())
-                        .unwrap_or(std::path::Path::new("."));
                     if input.trim().is_empty() {
                         self.dialog = Some(Dialog::Prompt { title, input, key });
-                    } else if !dir.is_dir() {
-                        self.dialog = Some(Dialog::Message {
-                            title: "Cannot restore there".into(),
-                            lines: vec![format!("directory {} does not exist", dir.display())],
-                        });
-                    } else if path.exists() {
-                        self.dialog = Some(Dialog::Message {
-                            title: "Cannot restore there".into(),
-                            lines: vec![format!("{input} already exists; choose a new path (the console never overwrites)")],
-                        });
                     } else {
-                        let m = self
-                            .backups
-                            .iter()
-                            .find(|(bk, _)| *bk == key)
-                            .map(|(_, m)| m.clone());
-                        self.dialog = Some(Dialog::Confirm {
-                            title: "Restore".into(),
-                            lines: vec![
-                                format!("backup {}/{} {}", key.vm, key.volume, key.id.short()),
-                                format!(
-                                    "{} image, {} to write",
-                                    m.as_ref()
-                                        .map(|m| crate::cli::output::bytes(m.volume.virtual_size))
-                                        .unwrap_or_default(),
-                                    m.as_ref()
-                                        .map(|m| crate::cli::output::bytes(m.stats.nonzero_bytes))
-                                        .unwrap_or_default()
-                                ),
-                                format!("to {input}"),
-                            ],
-                            effect: Effect::Restore {
-                                key,
-                                to: input,
-                                from: self.source.clone(),
-                            },
-                        });
+                        // The target is checked by the restore plan (in the
+                        // core, off this thread); update does no I/O.
+                        self.log(format!("planning a restore to {input}…"));
+                        return vec![Effect::PlanRestore {
+                            key,
+                            to: input,
+                            from: self.source.clone(),
+                        }];
                     }
                 }
                 KeyCode::Esc => {}

@@ -5,10 +5,10 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Duration, Utc};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use lifeboat::repo::manifest::{
+use lifeboat_core::repo::manifest::{
     ImageFormat, Labels, Manifest, Role, SourceInfo, Stats, VmInfo, VolumeInfo,
 };
-use lifeboat::repo::{Id, ManifestKey};
+use lifeboat_core::repo::{Id, ManifestKey};
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
 
@@ -141,28 +141,39 @@ fn push_is_planned_confirmed_then_run() {
         a.update(key(KeyCode::Down));
     }
     a.update(key(KeyCode::Enter));
+    // p asks the core for a plan; nothing is sent yet.
+    let effects = a.update(key(KeyCode::Char('p')));
     assert!(
-        a.update(key(KeyCode::Char('p'))).is_empty(),
-        "nothing runs before confirmation"
+        matches!(&effects[..], [Effect::PlanTransfer { push: true, remote, .. }] if remote == "offsite"),
+        "{effects:?}"
     );
+    assert!(a.dialog.is_none());
+    // The plan comes back with what the remote lacks; it is shown for a yes.
+    a.update(Action::Planned {
+        plan: 7,
+        title: "Push db01/root to offsite".into(),
+        lines: vec!["3 of 9 chunks to send (12.0 MiB of data; 6 already there)".into()],
+    });
     let Some(Dialog::Confirm { lines, .. }) = &a.dialog else {
         panic!("no confirm dialog: {:?}", a.dialog)
     };
-    assert!(lines
-        .iter()
-        .any(|l| l.contains("only chunks offsite lacks")));
-    // A stray key keeps the dialog; Esc cancels; p again and Enter runs.
+    assert!(lines[0].contains("3 of 9 chunks"));
+    // A stray key keeps the dialog; Esc declines and forgets the plan.
     assert!(a.update(key(KeyCode::Char('z'))).is_empty());
     assert!(a.dialog.is_some());
-    a.update(key(KeyCode::Esc));
+    assert_eq!(a.update(key(KeyCode::Esc)), vec![Effect::DropPlan(7)]);
     assert!(a.dialog.is_none());
-    a.update(key(KeyCode::Char('p')));
-    let effects = a.update(key(KeyCode::Enter));
-    assert!(matches!(&effects[..], [Effect::Push { remote, .. }] if remote == "offsite"));
+    // A new plan, confirmed, runs.
+    a.update(Action::Planned {
+        plan: 8,
+        title: "Push".into(),
+        lines: vec![],
+    });
+    assert_eq!(a.update(key(KeyCode::Enter)), vec![Effect::RunPlan(8)]);
 }
 
 #[test]
-fn restore_prompt_checks_the_path() {
+fn restore_prompt_asks_for_a_plan_and_shows_why_not() {
     let mut a = app();
     for _ in 0..4 {
         a.update(key(KeyCode::Down));
@@ -172,32 +183,30 @@ fn restore_prompt_checks_the_path() {
     let Some(Dialog::Prompt { .. }) = &a.dialog else {
         panic!("no prompt")
     };
-    // Replace the suggested path with one in a missing directory.
     for _ in 0..80 {
         a.update(key(KeyCode::Backspace));
     }
+    // An empty path keeps the prompt open.
+    assert!(a.update(key(KeyCode::Enter)).is_empty());
+    assert!(matches!(a.dialog, Some(Dialog::Prompt { .. })));
     for c in "/no/such/dir/x.raw".chars() {
         a.update(key(KeyCode::Char(c)));
     }
-    assert!(a.update(key(KeyCode::Enter)).is_empty());
+    // update does no I/O: the path goes to the core's restore plan.
+    let e = a.update(key(KeyCode::Enter));
+    assert!(
+        matches!(&e[..], [Effect::PlanRestore { to, from: None, .. }] if to == "/no/such/dir/x.raw"),
+        "{e:?}"
+    );
+    // The plan's refusal is shown as it came.
+    a.update(Action::PlanFailed {
+        title: "Cannot restore there".into(),
+        error: "cannot restore to /no/such/dir/x.raw: directory /no/such/dir does not exist".into(),
+    });
     let Some(Dialog::Message { lines, .. }) = &a.dialog else {
         panic!("expected an error message, got {:?}", a.dialog)
     };
     assert!(lines[0].contains("does not exist"));
-    // An existing file is refused too.
-    a.update(key(KeyCode::Esc));
-    a.update(key(KeyCode::Char('r')));
-    for _ in 0..80 {
-        a.update(key(KeyCode::Backspace));
-    }
-    for c in "/etc/hostname".chars() {
-        a.update(key(KeyCode::Char(c)));
-    }
-    a.update(key(KeyCode::Enter));
-    let Some(Dialog::Message { lines, .. }) = &a.dialog else {
-        panic!("expected an error")
-    };
-    assert!(lines[0].contains("already exists"));
 }
 
 #[test]
@@ -288,13 +297,11 @@ fn browsing_a_remote_and_pulling_from_it() {
     let k = a.timeline()[0].0.clone();
     assert_eq!(a.presence(&k), vec![Some(false)], "ghost01 is not local");
     a.update(key(KeyCode::Enter));
-    a.update(key(KeyCode::Char('p')));
-    let Some(Dialog::Confirm { title, .. }) = &a.dialog else {
-        panic!("no confirm: {:?}", a.dialog)
-    };
-    assert_eq!(title, "Pull from offsite");
-    let e = a.update(key(KeyCode::Enter));
-    assert!(matches!(&e[..], [Effect::Pull { remote, .. }] if remote == "offsite"));
+    let e = a.update(key(KeyCode::Char('p')));
+    assert!(
+        matches!(&e[..], [Effect::PlanTransfer { push: false, remote, .. }] if remote == "offsite"),
+        "{e:?}"
+    );
     // Restore from the remote names it as the source.
     a.update(key(KeyCode::Char('r')));
     for _ in 0..80 {
@@ -303,10 +310,9 @@ fn browsing_a_remote_and_pulling_from_it() {
     for c in "/tmp/lifeboat-test-ghost.raw".chars() {
         a.update(key(KeyCode::Char(c)));
     }
-    a.update(key(KeyCode::Enter));
     let e = a.update(key(KeyCode::Enter));
     assert!(
-        matches!(&e[..], [Effect::Restore { from: Some(r), .. }] if r == "offsite"),
+        matches!(&e[..], [Effect::PlanRestore { from: Some(r), .. }] if r == "offsite"),
         "{e:?}"
     );
     // Back to local.

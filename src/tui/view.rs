@@ -9,8 +9,10 @@ use ratatui::widgets::{
 };
 use ratatui::Frame;
 
+use lifeboat_core::text::escape;
+
 use super::app::{App, Cell, Dialog, JobState, Pane, RemoteState, Rpo};
-use crate::cli::output::{age, bytes};
+use crate::output::{age, bytes};
 
 pub struct Theme {
     pub color: bool,
@@ -242,7 +244,9 @@ fn timeline(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
                 ]
             };
             if wide {
-                cells.push(TCell::from(m.labels.note.clone().unwrap_or_default()));
+                cells.push(TCell::from(
+                    escape(m.labels.note.as_deref().unwrap_or_default()).into_owned(),
+                ));
             }
             for p in app.presence(k) {
                 cells.push(match p {
@@ -322,9 +326,9 @@ fn details(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
             )),
             Line::from(format!(
                 "set     {}  source {}:{}",
-                &m.set[..m.set.len().min(12)],
-                m.source.host,
-                m.source.path
+                escape(&m.set.chars().take(12).collect::<String>()),
+                escape(&m.source.host),
+                escape(&m.source.path)
             )),
             Line::from(format!(
                 "size    {} ({}, {})  data {}  new {} in {} chunks",
@@ -337,7 +341,7 @@ fn details(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
             )),
             Line::from(format!(
                 "labels  note={} protected={}",
-                m.labels.note.as_deref().unwrap_or("-"),
+                escape(m.labels.note.as_deref().unwrap_or("-")),
                 m.labels.protected
             )),
             Line::from(format!("verify  {}", "run v / V to check")),
@@ -459,7 +463,7 @@ fn log(f: &mut Frame, app: &App, area: Rect) {
         .rev()
         .take(h)
         .rev()
-        .map(|l| Line::from(l.as_str()))
+        .map(|l| Line::from(escape(l).into_owned()))
         .collect();
     f.render_widget(
         Paragraph::new(lines)

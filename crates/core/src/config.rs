@@ -1,0 +1,271 @@
+//! The config file: where the local repository is and what the inventory
+//! holds. Errors name the file, the line and what is wrong.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::names::is_valid_name;
+use crate::repo::manifest::Role;
+use crate::source::FormatChoice;
+
+pub const ENV_CONFIG: &str = "LIFEBOAT_CONFIG";
+pub const ENV_REPO: &str = "LIFEBOAT_REPO";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The local repository.
+    pub repository: Option<PathBuf>,
+    #[serde(default, rename = "vm")]
+    pub vms: Vec<VmConfig>,
+    #[serde(default, rename = "remote")]
+    pub remotes: std::collections::BTreeMap<String, RemoteConfig>,
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    pub name: toml::Spanned<String>,
+    #[serde(default, rename = "volume")]
+    pub volumes: Vec<VolumeConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeConfig {
+    pub name: toml::Spanned<String>,
+    #[serde(default = "default_role")]
+    pub role: Role,
+    pub path: PathBuf,
+    #[serde(default)]
+    pub format: FormatChoice,
+}
+
+/// An off-site repository. Secrets are never stored here: the config names
+/// the environment variable or file that holds them.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteConfig {
+    /// A path or file:///path, http(s)://host:port/ (lifeboat serve), or s3://bucket/prefix.
+    pub url: String,
+    /// lifeboat serve: the variable holding the bearer token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+    /// lifeboat serve: a file holding the bearer token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// lifeboat serve over TLS with a private CA: its certificate (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<PathBuf>,
+    /// S3: the endpoint (e.g. https://oss-cn-hangzhou.aliyuncs.com, http://127.0.0.1:3900).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// S3: path-style addressing (MinIO, Garage, Ceph RGW).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub path_style: bool,
+    /// S3: variables holding the keys (default AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_key_id_env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_access_key_env: Option<String>,
+    /// Request timeout in seconds (default 120).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+}
+
+fn default_role() -> Role {
+    Role::Data
+}
+
+/// Where the config lives when neither `--config` nor `LIFEBOAT_CONFIG` says.
+pub fn default_config_path() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "lifeboat").map(|d| d.config_dir().join("config.toml"))
+}
+
+/// Where data lives (default repository, logs).
+pub fn data_dir() -> PathBuf {
+    directories::ProjectDirs::from("", "", "lifeboat")
+        .map(|d| d.data_dir().to_path_buf())
+        .unwrap_or_else(|| PathBuf::from(".lifeboat"))
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
+}
+
+impl Config {
+    /// Loads the config. A file that does not exist yet is an empty config
+    /// that remembers its path: commands that write the config (`remote
+    /// add`) create it there, the others do not need it.
+    pub fn load(explicit: Option<&Path>) -> Result<Config> {
+        let path = match explicit {
+            Some(p) => p.to_path_buf(),
+            None => match default_config_path() {
+                Some(p) => p,
+                None => return Ok(Config::default()),
+            },
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::debug!("no config file at {} (yet): using defaults", path.display());
+                return Ok(Config {
+                    path: Some(path),
+                    ..Default::default()
+                });
+            }
+            Err(e) => {
+                return Err(Error::Config {
+                    path,
+                    reason: format!("cannot read: {e}"),
+                })
+            }
+        };
+        let mut cfg = Self::parse(&path, &text)?;
+        cfg.path = Some(path);
+        Ok(cfg)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config> {
+        let err = |line: Option<usize>, reason: String| Error::Config {
+            path: path.to_path_buf(),
+            reason: match line {
+                Some(l) => format!("line {l}: {reason}"),
+                None => reason,
+            },
+        };
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start));
+            err(line, e.message().trim().to_string())
+        })?;
+        let mut vm_names = BTreeSet::new();
+        for vm in &cfg.vms {
+            let line = Some(line_of(text, vm.name.span().start));
+            if !is_valid_name(vm.name.get_ref()) {
+                return Err(err(
+                    line,
+                    format!(
+                        "VM name {:?} is invalid: use 1 to 128 of A-Z a-z 0-9 . _ -",
+                        vm.name.get_ref()
+                    ),
+                ));
+            }
+            if !vm_names.insert(vm.name.get_ref().clone()) {
+                return Err(err(
+                    line,
+                    format!("VM {:?} is listed twice", vm.name.get_ref()),
+                ));
+            }
+            let mut vol_names = BTreeSet::new();
+            for v in &vm.volumes {
+                let line = Some(line_of(text, v.name.span().start));
+                if !is_valid_name(v.name.get_ref()) {
+                    return Err(err(
+                        line,
+                        format!(
+                            "volume name {:?} is invalid: use 1 to 128 of A-Z a-z 0-9 . _ -",
+                            v.name.get_ref()
+                        ),
+                    ));
+                }
+                if !vol_names.insert(v.name.get_ref().clone()) {
+                    return Err(err(
+                        line,
+                        format!(
+                            "volume {:?} of VM {:?} is listed twice",
+                            v.name.get_ref(),
+                            vm.name.get_ref()
+                        ),
+                    ));
+                }
+            }
+        }
+        for (name, r) in &cfg.remotes {
+            if !is_valid_name(name) {
+                return Err(err(
+                    None,
+                    format!("remote name {name:?} is invalid: use 1 to 128 of A-Z a-z 0-9 . _ -"),
+                ));
+            }
+            crate::store::url::check_url(&r.url)
+                .map_err(|e| err(None, format!("remote {name}: {e}")))?;
+        }
+        Ok(cfg)
+    }
+
+    pub fn remote(&self, name: &str) -> Option<&RemoteConfig> {
+        self.remotes.get(name)
+    }
+
+    pub fn vm(&self, name: &str) -> Option<&VmConfig> {
+        self.vms.iter().find(|v| v.name.get_ref() == name)
+    }
+
+    /// The local repository: `--repo`/`LIFEBOAT_REPO`, else the config's,
+    /// else one in the data directory.
+    pub fn repo_path(&self, explicit: Option<&Path>) -> PathBuf {
+        if let Some(p) = explicit {
+            return p.to_path_buf();
+        }
+        if let Some(r) = &self.repository {
+            // Relative paths in a config file are relative to that file.
+            if r.is_relative() {
+                if let Some(dir) = self.path.as_ref().and_then(|p| p.parent()) {
+                    return dir.join(r);
+                }
+            }
+            return r.clone();
+        }
+        data_dir().join("repo")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sample_config() {
+        let text = include_str!("../../../assets/config.sample.toml");
+        let cfg = Config::parse(Path::new("sample.toml"), text).unwrap();
+        assert!(!cfg.vms.is_empty());
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let text = "repository = \"/r\"\n\n[[vm]]\nname = \"web/01\"\n";
+        let e = Config::parse(Path::new("/etc/lb.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/etc/lb.toml") && e.contains("line 4") && e.contains("invalid"),
+            "{e}"
+        );
+        let e = Config::parse(Path::new("c.toml"), "[[vm]]\nname = \"a\"\nflavour = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 3") && e.contains("flavour"), "{e}");
+        let e = Config::parse(
+            Path::new("c.toml"),
+            "[[vm]]\nname = \"a\"\n[[vm.volume]]\nname = \"r\"\npath = \"/x\"\nrole = \"boot\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("line 6"), "{e}");
+        let e = Config::parse(Path::new("c.toml"), "[[vm]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 1"), "{e}");
+    }
+}

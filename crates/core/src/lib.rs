@@ -1,0 +1,21 @@
+//! lifeboat's engine: the content-addressed repository, the stores (local,
+//! `lifeboat serve` over HTTP, S3), backup, restore, push/pull, sources and
+//! jobs. Plans are made here; the faces (CLI, console, server) only show
+//! and dispatch them.
+//!
+//! This crate's manifest lists no terminal, argument-parsing or
+//! progress-bar crate, so the compiler keeps the engine free of them.
+
+pub mod backup;
+pub mod config;
+pub mod error;
+pub mod jobs;
+pub mod names;
+pub mod repo;
+pub mod restore;
+pub mod source;
+pub mod store;
+pub mod sync;
+pub mod text;
+
+pub use error::{Error, Result};

@@ -1,0 +1,312 @@
+//! Manifests: one backup of one volume, named by VM, volume, time and hash.
+
+use std::fmt;
+
+use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::id::Id;
+use crate::error::{Error, Result};
+use crate::names::{check_name, is_valid_name};
+
+pub const FORMAT_VERSION: u32 = 1;
+/// Key times carry milliseconds: two backups of a volume within one second
+/// must still order correctly from a key listing alone.
+const KEY_TIME: &str = "%Y%m%dT%H%M%S%.3fZ";
+const KEY_TIME_SECONDS: &str = "%Y%m%dT%H%M%SZ";
+/// How far ahead of this machine's clock a backup may be dated. More is a
+/// forged or broken manifest: it would become `@latest` for years.
+pub const MAX_CLOCK_SKEW_HOURS: i64 = 24;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Root,
+    Data,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    Raw,
+    Qcow2,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Root => "root",
+            Role::Data => "data",
+        })
+    }
+}
+
+impl fmt::Display for ImageFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ImageFormat::Raw => "raw",
+            ImageFormat::Qcow2 => "qcow2",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmInfo {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    pub name: String,
+    pub role: Role,
+    pub format: ImageFormat,
+    pub virtual_size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    pub host: String,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub logical_bytes: u64,
+    pub nonzero_bytes: u64,
+    pub new_chunks: u64,
+    pub new_stored_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Labels {
+    pub policy: Option<String>,
+    pub note: Option<String>,
+    pub protected: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: u32,
+    pub vm: VmInfo,
+    pub volume: VolumeInfo,
+    pub created_at: DateTime<Utc>,
+    pub chunk_size: u64,
+    pub index: Id,
+    pub parent: Option<Id>,
+    pub set: String,
+    pub source: SourceInfo,
+    pub stats: Stats,
+    pub labels: Labels,
+}
+
+impl Manifest {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Serialising plain structs of strings and numbers cannot fail.
+        let mut v = serde_json::to_vec_pretty(self).unwrap_or_default();
+        v.push(b'\n');
+        v
+    }
+
+    pub fn key(&self) -> ManifestKey {
+        let bytes = self.to_bytes();
+        ManifestKey {
+            vm: self.vm.name.clone(),
+            volume: self.volume.name.clone(),
+            time: self.created_at.trunc_subsecs(3),
+            id: Id::of(&bytes),
+        }
+    }
+
+    /// Parses a manifest fetched under `key`, checking hash, names and format.
+    pub fn from_bytes(key: &ManifestKey, data: &[u8]) -> Result<Manifest> {
+        let bad = |why: String| Error::corrupt("manifest", key.id, why);
+        let actual = Id::of(data);
+        if actual != key.id {
+            return Err(bad(format!("content hashes to {}", actual.short())));
+        }
+        let m: Manifest =
+            serde_json::from_slice(data).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+        if m.format != FORMAT_VERSION {
+            return Err(bad(format!("unsupported manifest format {}", m.format)));
+        }
+        if m.vm.name != key.vm || m.volume.name != key.volume {
+            return Err(bad(format!(
+                "names {}/{} do not match its key {}/{}",
+                m.vm.name, m.volume.name, key.vm, key.volume
+            )));
+        }
+        check_name("VM", &m.vm.name).map_err(|e| bad(e.to_string()))?;
+        check_name("volume", &m.volume.name).map_err(|e| bad(e.to_string()))?;
+        if m.set.is_empty()
+            || m.set.len() > 64
+            || !m.set.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
+            return Err(bad("its set id is not 1 to 64 lowercase hex digits".into()));
+        }
+        // The key's time is what listings sort and resolve `@latest` by, so
+        // it must be the manifest's own time: otherwise the same backup
+        // could be listed again under any date.
+        if key.time != m.created_at.trunc_subsecs(3) {
+            return Err(bad(format!(
+                "its key is dated {} but it was created at {}",
+                key.time.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                m.created_at.format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            )));
+        }
+        Ok(m)
+    }
+}
+
+/// Sorts keys oldest first and drops repeats of one manifest id (the same
+/// backup named twice, e.g. with and without milliseconds).
+pub fn sort_dedup(keys: &mut Vec<ManifestKey>) {
+    keys.sort_by(|a, b| (a.time, &a.vm, &a.volume, a.id).cmp(&(b.time, &b.vm, &b.volume, b.id)));
+    let mut seen = std::collections::HashSet::new();
+    keys.retain(|k| seen.insert(k.id));
+}
+
+/// What a manifest's object key says, so that one listing builds timelines.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ManifestKey {
+    pub vm: String,
+    pub volume: String,
+    pub time: DateTime<Utc>,
+    pub id: Id,
+}
+
+impl ManifestKey {
+    /// `manifests/<vm>/<volume>/<time>-<hex>.json`
+    pub fn object_key(&self) -> String {
+        format!(
+            "manifests/{}/{}/{}-{}.json",
+            self.vm,
+            self.volume,
+            self.time.format(KEY_TIME),
+            self.id
+        )
+    }
+
+    /// Whether the key is not dated further ahead than clocks can be off.
+    pub fn is_plausible(&self, now: DateTime<Utc>) -> bool {
+        self.time <= now + chrono::Duration::hours(MAX_CLOCK_SKEW_HOURS)
+    }
+
+    pub fn file_name(&self) -> String {
+        format!("{}-{}.json", self.time.format(KEY_TIME), self.id)
+    }
+
+    /// Parses an object key; anything that is not exactly a manifest key
+    /// (bad names, path tricks, other files) is rejected.
+    pub fn parse(key: &str) -> Result<ManifestKey> {
+        let bad = || Error::BadInput(format!("not a manifest key: {key:?}"));
+        let rest = key.strip_prefix("manifests/").ok_or_else(bad)?;
+        let mut parts = rest.split('/');
+        let (vm, volume, file) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(a), Some(b), Some(c), None) => (a, b, c),
+            _ => return Err(bad()),
+        };
+        if !is_valid_name(vm) || !is_valid_name(volume) {
+            return Err(bad());
+        }
+        Self::parse_file_name(vm, volume, file).ok_or_else(bad)
+    }
+
+    pub fn parse_file_name(vm: &str, volume: &str, file: &str) -> Option<ManifestKey> {
+        let stem = file.strip_suffix(".json")?;
+        let (time, hex) = stem.split_once('-')?;
+        let time = NaiveDateTime::parse_from_str(time, KEY_TIME)
+            .or_else(|_| NaiveDateTime::parse_from_str(time, KEY_TIME_SECONDS))
+            .ok()?
+            .and_utc();
+        let id = Id::parse(hex).ok()?;
+        Some(ManifestKey {
+            vm: vm.to_string(),
+            volume: volume.to_string(),
+            time,
+            id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn sample() -> Manifest {
+        Manifest {
+            format: 1,
+            vm: VmInfo {
+                name: "web01".into(),
+            },
+            volume: VolumeInfo {
+                name: "root".into(),
+                role: Role::Root,
+                format: ImageFormat::Qcow2,
+                virtual_size: 1 << 30,
+            },
+            created_at: "2026-11-25T22:10:00.123Z".parse().unwrap(),
+            chunk_size: 4 << 20,
+            index: Id::of(b"idx"),
+            parent: None,
+            set: "abcd".into(),
+            source: SourceInfo {
+                host: "h".into(),
+                path: "/x".into(),
+            },
+            stats: Stats::default(),
+            labels: Labels::default(),
+        }
+    }
+
+    #[test]
+    fn key_round_trip_and_verification() {
+        let m = sample();
+        let key = m.key();
+        assert_eq!(
+            key.object_key(),
+            format!("manifests/web01/root/20261125T221000.123Z-{}.json", key.id)
+        );
+        assert_eq!(ManifestKey::parse(&key.object_key()).unwrap(), key);
+        assert_eq!(Manifest::from_bytes(&key, &m.to_bytes()).unwrap(), m);
+        let mut tampered = m.to_bytes();
+        tampered[10] ^= 1;
+        assert!(Manifest::from_bytes(&key, &tampered).is_err());
+    }
+
+    #[test]
+    fn key_time_must_be_created_at() {
+        let m = sample();
+        let good = m.key();
+        let mut forged = good.clone();
+        forged.time = "2999-01-01T00:00:00Z".parse().unwrap();
+        let e = Manifest::from_bytes(&forged, &m.to_bytes()).unwrap_err();
+        assert!(e.to_string().contains("dated 2999"), "{e}");
+        assert!(!forged.is_plausible(Utc::now()));
+        assert!(good.is_plausible(Utc::now()));
+        let mut keys = vec![good.clone(), good.clone()];
+        sort_dedup(&mut keys);
+        assert_eq!(keys.len(), 1);
+    }
+
+    #[test]
+    fn accepts_whole_second_keys() {
+        let id = Id::of(b"x");
+        let k = ManifestKey::parse(&format!("manifests/a/b/20261125T221000Z-{id}.json")).unwrap();
+        assert_eq!(k.time.to_rfc3339(), "2026-11-25T22:10:00+00:00");
+    }
+
+    #[test]
+    fn rejects_odd_keys() {
+        let id = Id::of(b"x");
+        for k in [
+            format!("manifests/../root/20261125T221000Z-{id}.json"),
+            format!("manifests/a/b/c/20261125T221000Z-{id}.json"),
+            format!("manifests/a/b/2026-11-25-{id}.json"),
+            "manifests/a/b/20261125T221000Z-zz.json".to_string(),
+            format!("chunks/a/b/20261125T221000Z-{id}.json"),
+        ] {
+            assert!(ManifestKey::parse(&k).is_err(), "{k}");
+        }
+    }
+}

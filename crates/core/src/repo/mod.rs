@@ -1,0 +1,493 @@
+//! The content-addressed repository on a local disk (format v1, see
+//! docs/ARCHITECTURE.md): config, chunk/index/manifest I/O, listings.
+
+pub mod buf;
+pub mod chunkmap;
+pub mod chunk;
+pub mod diff;
+pub mod durable;
+pub mod id;
+pub mod index;
+pub mod manifest;
+pub mod refs;
+pub mod verify;
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::names::is_valid_name;
+use crate::store::keys::{self, ObjectKey};
+pub use id::Id;
+pub use index::Index;
+pub use manifest::{Manifest, ManifestKey};
+
+pub const CONFIG_FILE: &str = "lifeboat.json";
+pub const REPO_FORMAT: u32 = 1;
+pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
+/// Chunks written between two file-system syncs during a backup.
+const FLUSH_EVERY: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compression {
+    pub algorithm: String,
+    pub level: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoConfig {
+    pub format: u32,
+    pub id: String,
+    pub chunk_size: u64,
+    pub hash: String,
+    pub compression: Compression,
+}
+
+impl RepoConfig {
+    pub fn new(chunk_size: u64, level: i32) -> Result<RepoConfig> {
+        index::check_chunk_size(chunk_size)?;
+        if !(-7..=19).contains(&level) || level == 0 {
+            return Err(Error::BadInput(format!(
+                "zstd level {level} is not allowed: use 1 to 19, or -1 to -7 for zstd's fast modes"
+            )));
+        }
+        Ok(RepoConfig {
+            format: REPO_FORMAT,
+            id: hex::encode(rand::random::<[u8; 16]>()),
+            chunk_size,
+            hash: "blake3".into(),
+            compression: Compression {
+                algorithm: "zstd".into(),
+                level,
+            },
+        })
+    }
+
+    pub fn parse(path: &Path, data: &[u8]) -> Result<RepoConfig> {
+        let bad = |reason: String| Error::BadRepoConfig {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let c: RepoConfig = serde_json::from_slice(data).map_err(|e| bad(e.to_string()))?;
+        if c.format != REPO_FORMAT {
+            return Err(bad(format!(
+                "format {} is not supported by this lifeboat (v{REPO_FORMAT})",
+                c.format
+            )));
+        }
+        if c.hash != "blake3" || c.compression.algorithm != "zstd" {
+            return Err(bad(
+                "only blake3 hashing and zstd compression are supported".into(),
+            ));
+        }
+        index::check_chunk_size(c.chunk_size).map_err(|e| bad(e.to_string()))?;
+        Ok(c)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Repo {
+    root: PathBuf,
+    pub config: RepoConfig,
+}
+
+impl Repo {
+    /// Creates a repository in `path`, which must be missing or empty.
+    pub fn init(path: &Path, config: RepoConfig) -> Result<Repo> {
+        if path.join(CONFIG_FILE).exists() {
+            return Err(Error::RepositoryExists(path.to_path_buf()));
+        }
+        if path.exists() {
+            let mut entries = fs::read_dir(path).map_err(|e| Error::io("reading", path, e))?;
+            if entries.next().is_some() {
+                return Err(Error::BadInput(format!(
+                    "{} is not empty: initialise a repository in a new or empty directory",
+                    path.display()
+                )));
+            }
+        }
+        let mut bytes =
+            serde_json::to_vec_pretty(&config).map_err(|e| Error::Internal(e.to_string()))?;
+        bytes.push(b'\n');
+        create_layout(path)?;
+        durable::write_atomic(&path.join(CONFIG_FILE), &bytes)?;
+        durable::sync_filesystem(path)?;
+        Ok(Repo {
+            root: path.to_path_buf(),
+            config,
+        })
+    }
+
+    pub fn open(path: &Path) -> Result<Repo> {
+        if !path.exists() {
+            return Err(Error::NoRepository(path.to_path_buf()));
+        }
+        let cfg = path.join(CONFIG_FILE);
+        let data = match durable::read_limited(&cfg, keys::MAX_CONFIG_BYTES) {
+            Ok(durable::Limited::Data(d)) => d,
+            Ok(durable::Limited::TooLarge(n)) => {
+                return Err(ObjectKey::Config.too_large(n, "this is not a lifeboat repository config"))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotARepository(path.to_path_buf()))
+            }
+            Err(e) => return Err(Error::io("reading", &cfg, e)),
+        };
+        Ok(Repo {
+            root: path.to_path_buf(),
+            config: RepoConfig::parse(&cfg, &data)?,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn chunk_size(&self) -> u64 {
+        self.config.chunk_size
+    }
+
+    /// The path of an object key; keys are built from checked ids and names only.
+    pub fn path_of(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    pub fn chunk_key(id: &Id) -> String {
+        let h = id.to_hex();
+        format!("chunks/{}/{}", &h[..2], h)
+    }
+
+    pub fn index_key(id: &Id) -> String {
+        let h = id.to_hex();
+        format!("indexes/{}/{}", &h[..2], h)
+    }
+
+    pub fn has_chunk(&self, id: &Id) -> bool {
+        id.is_zero() || self.path_of(&Self::chunk_key(id)).exists()
+    }
+
+    pub fn has_index(&self, id: &Id) -> bool {
+        self.path_of(&Self::index_key(id)).exists()
+    }
+
+    /// Reads an object's bytes, bounded by its kind's size limit.
+    fn read_object(&self, key: &ObjectKey) -> Result<Vec<u8>> {
+        let path = self.path_of(&key.key());
+        match durable::read_limited(&path, key.max_size()) {
+            Ok(durable::Limited::Data(d)) => Ok(d),
+            Ok(durable::Limited::TooLarge(n)) => Err(Error::corrupt(
+                key.kind(),
+                key,
+                format!("the file is {n} bytes, over the {} allowed", key.max_size()),
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(key.missing()),
+            Err(e) => Err(Error::io("reading", &path, e)),
+        }
+    }
+
+    /// Reads, decodes and verifies one chunk into `out`, reusing `file` as
+    /// the read buffer (both page-aligned; see `buf`).
+    pub fn read_chunk_into<'o>(
+        &self,
+        id: &Id,
+        file: &mut buf::AlignedBuf,
+        out: &'o mut buf::AlignedBuf,
+    ) -> Result<&'o [u8]> {
+        let path = self.path_of(&Self::chunk_key(id));
+        let key = ObjectKey::Chunk(*id);
+        let data = file.read_file(&path, key.max_size()).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => key.missing(),
+            std::io::ErrorKind::FileTooLarge => Error::corrupt("chunk", id, e.to_string()),
+            _ => Error::io("reading", &path, e),
+        })?;
+        chunk::decode_into(id, data, out)
+    }
+
+    /// Reads, decodes and verifies one chunk.
+    pub fn read_chunk(&self, id: &Id) -> Result<Vec<u8>> {
+        let data = self.read_object(&ObjectKey::Chunk(*id))?;
+        chunk::decode(id, &data)
+    }
+
+    pub fn read_index(&self, id: &Id) -> Result<Index> {
+        let data = self.read_object(&ObjectKey::Index(*id))?;
+        Index::from_bytes(Some(id), &data)
+    }
+
+    /// Writes an index durably (no-op when it is already there).
+    pub fn write_index(&self, index: &Index) -> Result<Id> {
+        let bytes = index.to_bytes();
+        let id = Id::of(&bytes);
+        self.put_verified_object(&Self::index_key(&id), &bytes)?;
+        Ok(id)
+    }
+
+    /// Writes a manifest durably. Callers must have made everything it
+    /// references durable first.
+    pub fn write_manifest(&self, m: &Manifest) -> Result<ManifestKey> {
+        let key = m.key();
+        let path = self.path_of(&key.object_key());
+        if let Some(dir) = path.parent() {
+            durable::create_dir_all(dir)?;
+        }
+        durable::write_atomic(&path, &m.to_bytes())?;
+        Ok(key)
+    }
+
+    /// Stores an object under `key` unless it exists; the caller has checked
+    /// that the bytes match the key.
+    pub fn put_verified_object(&self, key: &str, bytes: &[u8]) -> Result<bool> {
+        let path = self.path_of(key);
+        if path.exists() {
+            return Ok(false);
+        }
+        if let Some(dir) = path.parent() {
+            if !dir.exists() {
+                durable::create_dir_all(dir)?;
+            }
+        }
+        durable::write_atomic(&path, bytes)?;
+        Ok(true)
+    }
+
+    pub fn load_manifest(&self, key: &ManifestKey) -> Result<Manifest> {
+        let data = self.read_object(&ObjectKey::Manifest(key.clone()))?;
+        Manifest::from_bytes(key, &data)
+    }
+
+    /// Every manifest key in the repository, oldest first. Entries that are
+    /// not manifest keys, and directories that cannot be read, are skipped
+    /// with a warning, never followed: one damaged entry must not hide
+    /// every other backup.
+    pub fn list_manifests(&self) -> Result<Vec<ManifestKey>> {
+        let mut out = Vec::new();
+        let base = self.root.join("manifests");
+        let now = chrono::Utc::now();
+        for vm in read_dir_names(&base)? {
+            if !is_valid_name(&vm) {
+                tracing::warn!("skipping odd entry in manifests/: {}", crate::text::escape(&vm));
+                continue;
+            }
+            for vol in read_dir_names_or_warn(&base.join(&vm)) {
+                if !is_valid_name(&vol) {
+                    tracing::warn!("skipping odd entry in manifests/{vm}/: {}", crate::text::escape(&vol));
+                    continue;
+                }
+                for file in read_dir_names_or_warn(&base.join(&vm).join(&vol)) {
+                    if file.starts_with('.') {
+                        continue;
+                    }
+                    match ManifestKey::parse_file_name(&vm, &vol, &file) {
+                        Some(k) if k.is_plausible(now) => out.push(k),
+                        Some(k) => tracing::warn!(
+                            "skipping {}: dated in the future",
+                            k.object_key()
+                        ),
+                        None => tracing::warn!(
+                            "skipping odd file in manifests/{vm}/{vol}/: {}",
+                            crate::text::escape(&file)
+                        ),
+                    }
+                }
+            }
+        }
+        manifest::sort_dedup(&mut out);
+        Ok(out)
+    }
+
+    /// Loads every readable manifest (verified), oldest first by precise
+    /// creation time. A manifest that cannot be read or is damaged is
+    /// skipped and reported as a warning (`verify` names the backups it
+    /// breaks); the others stay usable.
+    pub fn load_all(&self) -> Result<Vec<(ManifestKey, Manifest)>> {
+        let mut all = Vec::new();
+        for k in self.list_manifests()? {
+            match self.load_manifest(&k) {
+                Ok(m) => all.push((k, m)),
+                Err(e) => tracing::warn!("skipping backup {}: {e}", k.object_key()),
+            }
+        }
+        all.sort_by_key(|a| (a.1.created_at, a.0.id));
+        Ok(all)
+    }
+
+    pub fn chunk_writer(&self) -> ChunkWriter<'_> {
+        ChunkWriter {
+            repo: self,
+            state: Mutex::new(WriterState::default()),
+        }
+    }
+}
+
+/// Names in a directory below `manifests/`; one that cannot be read is
+/// reported and treated as empty.
+fn read_dir_names_or_warn(dir: &Path) -> Vec<String> {
+    read_dir_names(dir).unwrap_or_else(|e| {
+        tracing::warn!("skipping {}: {e}", dir.display());
+        Vec::new()
+    })
+}
+
+/// Creates a repository's directories, private to the owner. Every path
+/// that creates a repository (init, a pull or restore onto a fresh
+/// machine, a server's first push) creates the whole layout.
+pub fn create_layout(root: &Path) -> Result<()> {
+    durable::private_dir(root)?;
+    for sub in ["chunks", "indexes", "manifests", "tmp"] {
+        durable::create_dir_all(&root.join(sub))?;
+    }
+    for b in 0..=255u8 {
+        let h = format!("{b:02x}");
+        durable::create_dir_all(&root.join("chunks").join(&h))?;
+        durable::create_dir_all(&root.join("indexes").join(&h))?;
+    }
+    Ok(())
+}
+
+fn read_dir_names(dir: &Path) -> Result<Vec<String>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("listing", dir, e)),
+    };
+    let mut names = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io("listing", dir, e))?;
+        if let Some(n) = entry.file_name().to_str() {
+            names.push(n.to_string());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+#[derive(Default)]
+struct WriterState {
+    pending: Vec<(PathBuf, PathBuf)>,
+    seen: HashSet<Id>,
+}
+
+/// Writes new chunks for a backup from several threads. Chunks land in
+/// `tmp/` first and are renamed to their names only after a file-system
+/// sync, so a chunk visible under its id is always complete and durable;
+/// a crash leaves at most temp files, never a short chunk that a later
+/// backup would trust.
+pub struct ChunkWriter<'a> {
+    repo: &'a Repo,
+    state: Mutex<WriterState>,
+}
+
+impl ChunkWriter<'_> {
+    /// Whether the chunk is already stored or being stored by this writer.
+    pub fn known(&self, id: &Id) -> bool {
+        if self.repo.has_chunk(id) {
+            return true;
+        }
+        self.state
+            .lock()
+            .map(|s| s.seen.contains(id))
+            .unwrap_or(false)
+    }
+
+    /// Stages an encoded chunk. Returns false when another worker staged it first.
+    pub fn put(&self, id: &Id, encoded: &[u8]) -> Result<bool> {
+        {
+            let mut st = self.lock()?;
+            if !st.seen.insert(*id) {
+                return Ok(false);
+            }
+        }
+        let tmp = self
+            .repo
+            .root
+            .join("tmp")
+            .join(durable::temp_name(&id.short()));
+        let final_path = self.repo.path_of(&Repo::chunk_key(id));
+        let file = match durable::create_private(&tmp) {
+            // A repository made by an older lifeboat may lack tmp/.
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                durable::create_dir_all(&self.repo.root.join("tmp"))?;
+                durable::create_private(&tmp)
+            }
+            other => other,
+        };
+        let res = file.and_then(|mut f| {
+            f.write_all(encoded)
+                .map_err(|e| Error::io("writing chunk", &tmp, e))
+        });
+        if let Err(e) = res {
+            durable::remove_quietly(&tmp);
+            return Err(e);
+        }
+        self.lock()?.pending.push((tmp, final_path));
+        Ok(true)
+    }
+
+    /// Flushes when enough chunks are staged. Called by the thread that
+    /// collects results, so that no worker stalls in a file-system sync.
+    pub fn flush_if_due(&self) -> Result<()> {
+        if self.lock()?.pending.len() >= FLUSH_EVERY {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, WriterState>> {
+        self.state
+            .lock()
+            .map_err(|_| Error::Internal("chunk writer state poisoned by a panicked worker".into()))
+    }
+
+    /// Makes staged chunks durable, then visible under their ids.
+    pub fn flush(&self) -> Result<()> {
+        let batch = std::mem::take(&mut self.lock()?.pending);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let res = (|| {
+            durable::sync_filesystem(&self.repo.root.join("tmp"))?;
+            for (tmp, dest) in &batch {
+                if let Err(e) = fs::rename(tmp, dest) {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        if let Some(dir) = dest.parent() {
+                            durable::create_dir_all(dir)?;
+                        }
+                        fs::rename(tmp, dest)
+                            .map_err(|e| Error::io("renaming chunk to", dest, e))?;
+                    } else {
+                        return Err(Error::io("renaming chunk to", dest, e));
+                    }
+                }
+            }
+            Ok(())
+        })();
+        if res.is_err() {
+            for (tmp, _) in &batch {
+                durable::remove_quietly(tmp);
+            }
+        }
+        res
+    }
+
+    /// Flushes and syncs so that every chunk written is durable under its id.
+    pub fn commit(&self) -> Result<()> {
+        self.flush()?;
+        durable::sync_filesystem(&self.repo.root)
+    }
+}
+
+impl Drop for ChunkWriter<'_> {
+    fn drop(&mut self) {
+        // Whatever was not committed is dropped; nothing refers to it yet.
+        if let Ok(st) = self.state.get_mut() {
+            for (tmp, _) in st.pending.drain(..) {
+                durable::remove_quietly(&tmp);
+            }
+        }
+    }
+}

@@ -1,0 +1,465 @@
+//! Restore: materialise a backup as a file. Everything is written to a temp
+//! file next to the target and renamed at the end, so a failed or cancelled
+//! restore leaves nothing behind, and every chunk is verified as it is read.
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::jobs::{CancellationToken, Progress};
+use crate::repo::buf::AlignedBuf;
+use crate::repo::durable::{fsync_dir, remove_quietly, temp_name};
+use crate::repo::manifest::ImageFormat;
+use crate::repo::verify::worker_threads;
+use crate::repo::{Index, Manifest, Repo};
+use crate::repo::refs::{self, Ref};
+use crate::repo::{Id, ManifestKey};
+use crate::source::qemu::convert_raw_to_qcow2;
+use crate::store::local::LocalStore;
+use crate::store::Store;
+use crate::sync::{self, PlanSummary, SyncOptions, TransferPlan};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RestorePlan {
+    pub manifest: String,
+    pub vm: String,
+    pub volume: String,
+    pub target: PathBuf,
+    pub format: ImageFormat,
+    pub image_size: u64,
+    pub bytes_to_write: u64,
+    pub overwrites: bool,
+    /// The restored file's mode: 0600, or the replaced file's with --force.
+    pub mode: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreOutcome {
+    pub target: PathBuf,
+    pub format: ImageFormat,
+    pub image_size: u64,
+    pub bytes_written: u64,
+    pub index: String,
+}
+
+/// Checks what is at a restore target. Only a missing path or (with
+/// `force`) a regular file is acceptable; returns the mode of the file
+/// being replaced. Symlinks are refused: following one could write a disk
+/// image wherever the link points, and replacing it would surprise the
+/// admin who made it. Devices are refused: a rename cannot write onto a
+/// disk, and writing in place is not supported yet.
+pub fn check_target(target: &Path, force: bool) -> Result<Option<u32>> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let md = match fs::symlink_metadata(target) {
+        Ok(md) => md,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("checking", target, e)),
+    };
+    let ft = md.file_type();
+    let refuse = |what: &str, hint: &str| {
+        Err(Error::BadInput(format!(
+            "cannot restore to {}: it is {what}; {hint}",
+            target.display()
+        )))
+    };
+    if ft.is_symlink() {
+        let to = fs::read_link(target)
+            .map(|p| format!(" (to {})", p.display()))
+            .unwrap_or_default();
+        return refuse(
+            &format!("a symbolic link{to}"),
+            "give the real path, or remove the link first",
+        );
+    }
+    if ft.is_dir() {
+        return refuse(
+            "a directory",
+            "give a file path to restore one volume, or VM@latest to restore a set into a directory",
+        );
+    }
+    let device = "restore to a file, then copy it onto the device (e.g. `dd if=FILE of=DEVICE bs=4M conv=sparse`)";
+    if ft.is_block_device() {
+        return refuse("a block device, and restoring onto devices is not supported yet", device);
+    }
+    if ft.is_char_device() || ft.is_fifo() || ft.is_socket() {
+        return refuse("not a regular file", device);
+    }
+    if !force {
+        return Err(Error::TargetExists(target.to_path_buf()));
+    }
+    Ok(Some(md.permissions().mode() & 0o7777))
+}
+
+/// Checks the target and builds the plan without writing anything.
+pub fn plan(
+    manifest_id: &str,
+    m: &Manifest,
+    index: &Index,
+    target: &Path,
+    format: ImageFormat,
+    force: bool,
+) -> Result<RestorePlan> {
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        return Err(Error::BadInput(format!(
+            "cannot restore to {}: directory {} does not exist",
+            target.display(),
+            parent.display()
+        )));
+    }
+    let replaced = check_target(target, force)?;
+    let need = index.nonzero_bytes();
+    if let Some(avail) = available_bytes(&parent) {
+        if avail < need {
+            return Err(Error::BadInput(format!(
+                "not enough space in {}: the restore needs {} bytes, {} are free",
+                parent.display(),
+                need,
+                avail
+            )));
+        }
+    }
+    Ok(RestorePlan {
+        manifest: manifest_id.to_string(),
+        vm: m.vm.name.clone(),
+        volume: m.volume.name.clone(),
+        target: target.to_path_buf(),
+        format,
+        image_size: index.image_size,
+        bytes_to_write: need,
+        overwrites: replaced.is_some(),
+        mode: replaced.unwrap_or(0o600),
+    })
+}
+
+/// What to restore and where.
+#[derive(Debug, Clone)]
+pub struct RestoreRequest {
+    /// A REF: one backup, or `VM@…` for every volume of a set.
+    pub reference: String,
+    /// A file for one volume; a directory for a set.
+    pub to: PathBuf,
+    /// The output format; None: qcow2 for a `.qcow2` target, the volume's
+    /// own format within a set, raw otherwise.
+    pub format: Option<ImageFormat>,
+    pub force: bool,
+}
+
+/// A whole restore: one plan per volume, and for a restore from a remote,
+/// what has to be fetched into the local repository first.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetRestorePlan {
+    pub volumes: Vec<RestorePlan>,
+    /// The set's directory does not exist yet and is created (0700).
+    pub creates_directory: Option<PathBuf>,
+    /// From a remote: the chunks to fetch (verified, kept locally).
+    pub fetch: Option<PlanSummary>,
+    #[serde(skip)]
+    indexes: Vec<Index>,
+    #[serde(skip)]
+    transfer: Option<TransferPlan>,
+}
+
+fn plan_volumes(
+    req: &RestoreRequest,
+    picked: &[(ManifestKey, Manifest)],
+    index: impl Fn(&Id) -> Result<Index>,
+) -> Result<SetRestorePlan> {
+    let is_set = matches!(Ref::parse(&req.reference)?, Ref::Set { .. });
+    let mut creates_directory = None;
+    if is_set {
+        match fs::symlink_metadata(&req.to) {
+            Ok(md) if md.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::BadInput(format!(
+                    "{} is not a directory: a VM set restores into a directory",
+                    req.to.display()
+                )))
+            }
+            Err(_) => creates_directory = Some(req.to.clone()),
+        }
+    }
+    let chosen = |orig: ImageFormat, path: &Path| match req.format {
+        Some(f) => f,
+        None if is_set => orig,
+        None if path.extension().is_some_and(|e| e == "qcow2") => ImageFormat::Qcow2,
+        None => ImageFormat::Raw,
+    };
+    let mut volumes = Vec::new();
+    let mut indexes = Vec::new();
+    for (key, m) in picked {
+        let idx = index(&m.index)?;
+        let target = if is_set {
+            let ext = match chosen(m.volume.format, &req.to) {
+                ImageFormat::Raw => "raw",
+                ImageFormat::Qcow2 => "qcow2",
+            };
+            req.to.join(format!("{}.{ext}", m.volume.name))
+        } else {
+            req.to.clone()
+        };
+        let fmt = chosen(m.volume.format, &target);
+        let plan = if creates_directory.is_some() {
+            // A new directory holds nothing to check yet.
+            RestorePlan {
+                manifest: key.id.to_hex(),
+                vm: m.vm.name.clone(),
+                volume: m.volume.name.clone(),
+                target,
+                format: fmt,
+                image_size: idx.image_size,
+                bytes_to_write: idx.nonzero_bytes(),
+                overwrites: false,
+                mode: 0o600,
+            }
+        } else {
+            plan(&key.id.to_hex(), m, &idx, &target, fmt, req.force)?
+        };
+        volumes.push(plan);
+        indexes.push(idx);
+    }
+    Ok(SetRestorePlan {
+        volumes,
+        creates_directory,
+        fetch: None,
+        indexes,
+        transfer: None,
+    })
+}
+
+/// Plans a restore from the local repository. Writes nothing.
+pub fn plan_local(repo: &Repo, req: &RestoreRequest) -> Result<SetRestorePlan> {
+    let all = repo.load_all()?;
+    let picked: Vec<(ManifestKey, Manifest)> = refs::resolve_many(&all, &req.reference)?
+        .into_iter()
+        .cloned()
+        .collect();
+    plan_volumes(req, &picked, |id| repo.read_index(id))
+}
+
+/// Plans a restore straight from a remote: its manifests and indexes are
+/// fetched and verified, and the local repository is asked which chunks it
+/// lacks. Writes nothing, locally or remotely (a dry run is one).
+pub async fn plan_remote(
+    remote: &dyn Store,
+    local_repo: &Path,
+    req: &RestoreRequest,
+    cancel: &CancellationToken,
+    progress: &Progress,
+) -> Result<SetRestorePlan> {
+    progress.set_phase("listing remote backups");
+    let keys = sync::list_manifests(remote).await?;
+    let chosen = sync::select::select(remote, keys, Some(&req.reference), None).await?;
+    if !matches!(Ref::parse(&req.reference)?, Ref::Set { .. }) && chosen.len() != 1 {
+        return Err(Error::BadInput(format!(
+            "{:?} names {} backups on the remote; give VM/VOLUME@latest, an id, or VM@latest for a set",
+            req.reference,
+            chosen.len()
+        )));
+    }
+    let local = LocalStore::new(local_repo);
+    let opts = SyncOptions {
+        init: true,
+        manifests: false,
+        ..Default::default()
+    };
+    let transfer = sync::plan(remote, &local, chosen, &opts, cancel, progress).await?;
+    let picked = transfer.manifests();
+    let mut set = plan_volumes(req, &picked, |id| {
+        transfer
+            .index(id)
+            .cloned()
+            .ok_or_else(|| Error::Internal(format!("index {id} was not fetched while planning")))
+    })?;
+    set.fetch = Some(transfer.summary.clone());
+    set.transfer = Some(transfer);
+    Ok(set)
+}
+
+/// Carries out a set plan: fetches what a remote restore needs into the
+/// local repository (creating it on a fresh machine), then writes every
+/// volume. `remote` must be the store the plan was made from.
+pub async fn execute(
+    set: SetRestorePlan,
+    remote: Option<&dyn Store>,
+    local_repo: &Path,
+    cancel: &CancellationToken,
+    progress: &std::sync::Arc<Progress>,
+) -> Result<Vec<RestoreOutcome>> {
+    if let (Some(t), Some(src)) = (&set.transfer, remote) {
+        let local = LocalStore::new(local_repo);
+        let opts = SyncOptions {
+            init: true,
+            manifests: false,
+            ..Default::default()
+        };
+        sync::execute(src, &local, t, &opts, cancel, progress).await?;
+    }
+    let root = local_repo.to_path_buf();
+    let cancel = cancel.clone();
+    let progress = progress.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Some(dir) = &set.creates_directory {
+            crate::repo::durable::private_dir(dir)?;
+        }
+        let repo = Repo::open(&root)?;
+        let mut out = Vec::new();
+        for (plan, index) in set.volumes.iter().zip(&set.indexes) {
+            out.push(restore(&repo, index, plan, &cancel, &progress)?);
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("restore task failed: {e}")))?
+}
+
+fn available_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable struct.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Executes a plan.
+pub fn restore(
+    repo: &Repo,
+    index: &Index,
+    plan: &RestorePlan,
+    cancel: &CancellationToken,
+    progress: &Progress,
+) -> Result<RestoreOutcome> {
+    let target = &plan.target;
+    let dir = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let stem = target
+        .file_name()
+        .and_then(|s| s.to_str())
+        .unwrap_or("restore");
+    let tmp_raw = dir.join(temp_name(stem));
+    let tmp_final = dir.join(temp_name(stem));
+    let res = (|| {
+        write_raw(repo, index, &tmp_raw, cancel, progress)?;
+        let staged = match plan.format {
+            ImageFormat::Raw => &tmp_raw,
+            ImageFormat::Qcow2 => {
+                progress.set_phase("converting to qcow2");
+                convert_raw_to_qcow2(&tmp_raw, &tmp_final)?;
+                remove_quietly(&tmp_raw);
+                let f =
+                    fs::File::open(&tmp_final).map_err(|e| Error::io("opening", &tmp_final, e))?;
+                f.sync_all()
+                    .map_err(|e| Error::io("syncing", &tmp_final, e))?;
+                &tmp_final
+            }
+        };
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(staged, fs::Permissions::from_mode(plan.mode))
+                .map_err(|e| Error::io("setting the mode of", staged, e))?;
+        }
+        // The target was checked when planning; check again right before the
+        // rename, in case something was put there meanwhile.
+        check_target(target, plan.overwrites)?;
+        fs::rename(staged, target).map_err(|e| Error::io("renaming into", target, e))?;
+        fsync_dir(&dir)
+    })();
+    if res.is_err() {
+        remove_quietly(&tmp_raw);
+        remove_quietly(&tmp_final);
+    }
+    res?;
+    Ok(RestoreOutcome {
+        target: target.clone(),
+        format: plan.format,
+        image_size: index.image_size,
+        bytes_written: index.nonzero_bytes(),
+        index: index.id().to_hex(),
+    })
+}
+
+fn write_raw(
+    repo: &Repo,
+    index: &Index,
+    path: &Path,
+    cancel: &CancellationToken,
+    progress: &Progress,
+) -> Result<()> {
+    let file = crate::repo::durable::create_private(path)?;
+    // Zero chunks become holes: the file is sized first and never written there.
+    file.set_len(index.image_size)
+        .map_err(|e| Error::io("sizing", path, e))?;
+    progress.set_phase("restoring");
+    progress.set_totals(index.image_size, index.chunks.len() as u64);
+    let next = AtomicUsize::new(0);
+    let first_err: Mutex<Option<Error>> = Mutex::new(None);
+    let failed = || first_err.lock().map(|e| e.is_some()).unwrap_or(true);
+    std::thread::scope(|s| {
+        for _ in 0..worker_threads() {
+            s.spawn(|| {
+                let (mut file_buf, mut raw_buf) = (AlignedBuf::new(), AlignedBuf::new());
+                loop {
+                    if cancel.is_cancelled() || failed() {
+                        return;
+                    }
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(id) = index.chunks.get(i) else {
+                        return;
+                    };
+                    let len = index.chunk_len(i);
+                    let off = i as u64 * index.chunk_size;
+                    let res = if id.is_zero() {
+                        Ok(())
+                    } else {
+                        repo.read_chunk_into(id, &mut file_buf, &mut raw_buf)
+                            .and_then(|data| {
+                                if data.len() as u64 != len {
+                                    return Err(Error::corrupt(
+                                        "chunk",
+                                        id,
+                                        format!(
+                                            "holds {} bytes where the index expects {len}",
+                                            data.len()
+                                        ),
+                                    ));
+                                }
+                                file.write_all_at(data, off)
+                                    .map_err(|e| Error::io("writing", path, e))
+                            })
+                    };
+                    match res {
+                        Ok(()) => progress.add(len, 1),
+                        Err(e) => {
+                            if let Ok(mut slot) = first_err.lock() {
+                                slot.get_or_insert(e);
+                            }
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_err.into_inner().unwrap_or(None) {
+        return Err(e);
+    }
+    if cancel.is_cancelled() {
+        return Err(Error::Cancelled);
+    }
+    progress.set_phase("syncing");
+    file.sync_all().map_err(|e| Error::io("syncing", path, e))
+}

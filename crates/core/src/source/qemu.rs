@@ -1,0 +1,208 @@
+//! qcow2 through the real qemu tools: `qemu-img info`/`map` for metadata,
+//! `qemu-nbd` for guest-visible data (backing chains and compressed
+//! clusters are qemu's business, not ours).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use super::nbd::NbdClient;
+use super::{Extents, VolumeReader};
+use crate::error::{Error, Result};
+use crate::repo::manifest::ImageFormat;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ImageInfo {
+    pub format: String,
+    #[serde(rename = "virtual-size")]
+    pub virtual_size: u64,
+    #[serde(rename = "backing-filename")]
+    pub backing_filename: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct MapEntry {
+    start: u64,
+    length: u64,
+    data: bool,
+    #[serde(default)]
+    zero: bool,
+}
+
+fn run_qemu_img(args: &[&str], path: &Path) -> Result<Vec<u8>> {
+    let out = Command::new("qemu-img")
+        .args(args)
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::Qemu(format!("cannot run qemu-img ({e}); install qemu-utils")))?;
+    if !out.status.success() {
+        let msg = String::from_utf8_lossy(&out.stderr);
+        return Err(Error::Source {
+            path: path.to_path_buf(),
+            reason: format!(
+                "qemu-img {}: {}",
+                args[0],
+                msg.trim().trim_start_matches("qemu-img: ")
+            ),
+        });
+    }
+    Ok(out.stdout)
+}
+
+fn fmt_arg(f: ImageFormat) -> &'static str {
+    match f {
+        ImageFormat::Raw => "raw",
+        ImageFormat::Qcow2 => "qcow2",
+    }
+}
+
+/// `qemu-img info`. With no format given qemu probes it; callers warn that
+/// probing is unsafe for images a guest could have written.
+pub fn info(path: &Path, format: Option<ImageFormat>) -> Result<ImageInfo> {
+    let mut args = vec!["info", "--output=json", "-U"];
+    if let Some(f) = format {
+        args.extend(["-f", fmt_arg(f)]);
+    }
+    let out = run_qemu_img(&args, path)?;
+    serde_json::from_slice(&out)
+        .map_err(|e| Error::Qemu(format!("unexpected qemu-img info output: {e}")))
+}
+
+/// Ranges of a qcow2 image (whole backing chain) that hold data.
+pub fn data_map(path: &Path) -> Result<Extents> {
+    let out = run_qemu_img(&["map", "--output=json", "-U", "-f", "qcow2"], path)?;
+    let entries: Vec<MapEntry> = serde_json::from_slice(&out)
+        .map_err(|e| Error::Qemu(format!("unexpected qemu-img map output: {e}")))?;
+    let mut extents: Extents = Vec::new();
+    for e in entries.into_iter().filter(|e| e.data && !e.zero) {
+        match extents.last_mut() {
+            Some(last) if last.1 == e.start => last.1 = e.start + e.length,
+            _ => extents.push((e.start, e.start + e.length)),
+        }
+    }
+    Ok(extents)
+}
+
+/// A qcow2 image served read-only by a private `qemu-nbd` process.
+pub struct Qcow2Reader {
+    path: PathBuf,
+    size: u64,
+    child: Child,
+    client: NbdClient,
+    _dir: tempfile::TempDir,
+}
+
+impl Qcow2Reader {
+    pub fn open(path: &Path) -> Result<Qcow2Reader> {
+        let dir = tempfile::Builder::new()
+            .prefix("lifeboat-nbd-")
+            .tempdir()
+            .map_err(|e| Error::Qemu(format!("cannot create a socket directory: {e}")))?;
+        let sock = dir.path().join("nbd.sock");
+        let mut child = Command::new("qemu-nbd")
+            .args([
+                "--read-only",
+                "--format=qcow2",
+                "--shared=1",
+                "--persistent",
+            ])
+            .arg(format!("--socket={}", sock.display()))
+            .arg(path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::Qemu(format!("cannot run qemu-nbd ({e}); install qemu-utils")))?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut msg = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut msg);
+                }
+                return Err(Error::Source {
+                    path: path.to_path_buf(),
+                    reason: format!("qemu-nbd exited ({status}): {}", msg.trim()),
+                });
+            }
+            if sock.exists() {
+                match NbdClient::connect(&sock) {
+                    Ok(c) => break c,
+                    Err(e) if Instant::now() > deadline => {
+                        let _ = child.kill();
+                        return Err(e);
+                    }
+                    Err(_) => {}
+                }
+            } else if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(Error::Qemu("qemu-nbd did not start within 20 s".into()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Ok(Qcow2Reader {
+            path: path.to_path_buf(),
+            size: client.size(),
+            child,
+            client,
+            _dir: dir,
+        })
+    }
+}
+
+impl VolumeReader for Qcow2Reader {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn data_extents(&mut self) -> Result<Extents> {
+        data_map(&self.path)
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.client.read_at(offset, buf).map_err(|e| Error::Source {
+            path: self.path.clone(),
+            reason: format!("reading guest data at {offset}: {e}"),
+        })
+    }
+}
+
+impl Drop for Qcow2Reader {
+    fn drop(&mut self) {
+        self.client.disconnect();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Converts a raw image file into a qcow2 file with the real qemu-img. The
+/// file qemu-img creates is private (umask 077 in the child) from its
+/// first byte: a restored disk is as secret as the backup.
+pub fn convert_raw_to_qcow2(raw: &Path, out: &Path) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["convert", "-q", "-W", "-f", "raw", "-O", "qcow2"])
+        .arg(raw)
+        .arg(out)
+        .stdin(Stdio::null());
+    // SAFETY: umask is async-signal-safe and touches only the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0o077);
+            Ok(())
+        });
+    }
+    let res = cmd
+        .output()
+        .map_err(|e| Error::Qemu(format!("cannot run qemu-img ({e}); install qemu-utils")))?;
+    if !res.status.success() {
+        return Err(Error::Qemu(format!(
+            "convert to qcow2 failed: {}",
+            String::from_utf8_lossy(&res.stderr).trim()
+        )));
+    }
+    Ok(())
+}

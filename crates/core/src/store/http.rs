@@ -1,0 +1,338 @@
+//! A `lifeboat serve` server as a store (REST under /v1, bearer token).
+//! See docs/SERVER.md for the routes.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use reqwest::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::keys::{check_prefix, ObjectKey, Verified};
+use super::{too_many_keys, Store, MAX_LIST_KEYS};
+use crate::error::{Error, Result};
+
+/// Keys per `/v1/missing` request, and the most keys a server answers per
+/// `/v1/list` page. Both bound what either side buffers for one request.
+pub const MISSING_BATCH: usize = 4096;
+pub const LIST_PAGE: usize = 10_000;
+/// The most bytes of a JSON answer (a list page, a missing answer, an
+/// error): a page of 10,000 keys is about 1 MB.
+pub const MAX_JSON_BYTES: u64 = 4 << 20;
+/// The most bytes of a `/v1/missing` request body.
+pub const MAX_MISSING_BODY: u64 = 1 << 20;
+
+pub struct HttpStore {
+    base: reqwest::Url,
+    token: Option<String>,
+    client: reqwest::Client,
+    name: String,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct MissingRequest {
+    pub keys: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct MissingResponse {
+    pub missing: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct ListResponse {
+    pub keys: Vec<String>,
+    /// Where the next page starts (pass as `after`), or None at the end.
+    #[serde(default)]
+    pub next: Option<String>,
+}
+
+pub struct HttpOptions {
+    pub token: Option<String>,
+    /// PEM file of an extra CA to trust (a self-signed server certificate).
+    pub ca_cert: Option<std::path::PathBuf>,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            token: None,
+            ca_cert: None,
+            timeout: Duration::from_secs(120),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl HttpStore {
+    pub fn new(url: &str, opts: HttpOptions) -> Result<HttpStore> {
+        let mut base = reqwest::Url::parse(url)
+            .map_err(|e| Error::BadInput(format!("invalid URL {url:?}: {e}")))?;
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        let mut b = reqwest::Client::builder()
+            .timeout(opts.timeout)
+            .connect_timeout(opts.connect_timeout)
+            .user_agent(concat!("lifeboat/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &opts.ca_cert {
+            let pem = std::fs::read(ca).map_err(|e| Error::io("reading CA certificate", ca, e))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| Error::BadInput(format!("CA certificate {}: {e}", ca.display())))?;
+            b = b.add_root_certificate(cert);
+        }
+        let client = b
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))?;
+        let mut shown = base.clone();
+        let _ = shown.set_password(None);
+        let _ = shown.set_username("");
+        Ok(HttpStore {
+            name: shown.to_string(),
+            base,
+            token: opts.token,
+            client,
+        })
+    }
+
+    fn url(&self, path: &str) -> Result<reqwest::Url> {
+        self.base
+            .join(path)
+            .map_err(|e| Error::BadInput(format!("bad URL path {path:?}: {e}")))
+    }
+
+    fn req(&self, method: reqwest::Method, path: &str) -> Result<reqwest::RequestBuilder> {
+        let mut r = self.client.request(method, self.url(path)?);
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t);
+        }
+        Ok(r)
+    }
+
+    fn transport(&self, e: reqwest::Error) -> Error {
+        let what = if e.is_timeout() {
+            "timed out".to_string()
+        } else if e.is_connect() {
+            format!("cannot connect ({})", root_cause(&e))
+        } else {
+            root_cause(&e)
+        };
+        Error::Remote {
+            remote: self.name.clone(),
+            reason: what,
+            transient: true,
+        }
+    }
+
+    async fn check(&self, resp: reqwest::Response) -> Result<reqwest::Response> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let body = self
+            .read_capped(resp, 64 << 10, "an error answer")
+            .await
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let msg: String = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
+            .unwrap_or(body)
+            .chars()
+            .take(500)
+            .collect();
+        // A server's words are hostile text until escaped.
+        let msg = crate::text::escape(&msg).into_owned();
+        Err(match status {
+            StatusCode::UNAUTHORIZED => Error::Denied {
+                remote: self.name.clone(),
+                reason: format!("authentication failed ({msg}): check the token the config names"),
+            },
+            StatusCode::FORBIDDEN => Error::Denied {
+                remote: self.name.clone(),
+                reason: format!("not allowed ({msg})"),
+            },
+            s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => Error::Remote {
+                remote: self.name.clone(),
+                reason: format!("{s}: {msg}"),
+                transient: true,
+            },
+            s => Error::Remote {
+                remote: self.name.clone(),
+                reason: format!("{s}: {msg}"),
+                transient: false,
+            },
+        })
+    }
+
+    /// GET /v1/health: the server's answer, for `remote ls`.
+    pub async fn health(&self) -> Result<serde_json::Value> {
+        let resp = self
+            .req(reqwest::Method::GET, "v1/health")?
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        let resp = self.check(resp).await?;
+        self.json(resp, "the health answer").await
+    }
+
+    /// Reads a body of at most `limit` bytes. The length a server claims is
+    /// checked first, and the read stops as soon as the body passes the
+    /// limit: a hostile server cannot make the client buffer more.
+    async fn read_capped(
+        &self,
+        mut resp: reqwest::Response,
+        limit: u64,
+        what: &str,
+    ) -> Result<Bytes> {
+        let too_large = |size: u64| Error::TooLarge {
+            what: format!("{what} from {}", self.name),
+            size,
+            limit,
+            hint: "the server is broken or hostile; nothing of it was kept",
+        };
+        if let Some(n) = resp.content_length() {
+            if n > limit {
+                return Err(too_large(n));
+            }
+        }
+        let mut buf = bytes::BytesMut::new();
+        while let Some(part) = resp.chunk().await.map_err(|e| self.transport(e))? {
+            if (buf.len() + part.len()) as u64 > limit {
+                return Err(too_large((buf.len() + part.len()) as u64));
+            }
+            buf.extend_from_slice(&part);
+        }
+        Ok(buf.freeze())
+    }
+
+    /// A bounded JSON answer.
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        resp: reqwest::Response,
+        what: &str,
+    ) -> Result<T> {
+        let body = self.read_capped(resp, MAX_JSON_BYTES, what).await?;
+        serde_json::from_slice(&body).map_err(|e| Error::Remote {
+            remote: self.name.clone(),
+            reason: format!("{what} is not valid JSON: {e}"),
+            transient: false,
+        })
+    }
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cur = e;
+    while let Some(s) = cur.source() {
+        cur = s;
+    }
+    cur.to_string()
+}
+
+#[async_trait]
+impl Store for HttpStore {
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+
+    async fn get(&self, key: &ObjectKey) -> Result<Option<Bytes>> {
+        let resp = self
+            .req(reqwest::Method::GET, &format!("v1/objects/{key}"))?
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let resp = self.check(resp).await?;
+        let what = format!("{} {key}", key.kind());
+        self.read_capped(resp, key.max_size(), &what).await.map(Some)
+    }
+
+    async fn put_if_absent(&self, obj: &Verified) -> Result<bool> {
+        let resp = self
+            .req(reqwest::Method::PUT, &format!("v1/objects/{}", obj.key()))?
+            .body(obj.data().clone())
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        let resp = self.check(resp).await?;
+        Ok(resp.status() == StatusCode::CREATED)
+    }
+
+    async fn missing(&self, keys: &[ObjectKey]) -> Result<Vec<ObjectKey>> {
+        let mut out = Vec::new();
+        for batch in keys.chunks(MISSING_BATCH) {
+            let asked: std::collections::HashMap<String, &ObjectKey> =
+                batch.iter().map(|k| (k.key(), k)).collect();
+            let resp = self
+                .req(reqwest::Method::POST, "v1/missing")?
+                .json(&MissingRequest {
+                    keys: batch.iter().map(|k| k.key()).collect(),
+                })
+                .send()
+                .await
+                .map_err(|e| self.transport(e))?;
+            let resp = self.check(resp).await?;
+            let resp: MissingResponse = self.json(resp, "the missing-objects answer").await?;
+            // Only keys that were asked about count; anything else is ignored.
+            out.extend(
+                resp.missing
+                    .iter()
+                    .filter_map(|k| asked.get(k).map(|k| (*k).clone())),
+            );
+        }
+        Ok(out)
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectKey>> {
+        check_prefix(prefix)?;
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut url = self.url("v1/list")?;
+            url.query_pairs_mut().append_pair("prefix", prefix);
+            if let Some(a) = &after {
+                url.query_pairs_mut().append_pair("after", a);
+            }
+            let mut req = self.client.get(url);
+            if let Some(t) = &self.token {
+                req = req.bearer_auth(t);
+            }
+            let resp = req.send().await.map_err(|e| self.transport(e))?;
+            let resp = self.check(resp).await?;
+            let page: ListResponse = self.json(resp, "a listing page").await?;
+            // Never trust a listing: every key is parsed before use.
+            out.extend(page.keys.iter().filter_map(|k| ObjectKey::parse(k).ok()));
+            if out.len() > MAX_LIST_KEYS {
+                return Err(too_many_keys(&self.name, prefix));
+            }
+            match page.next {
+                // Pages must move forward, or a server could loop us forever.
+                Some(n) if after.as_ref().is_none_or(|a| n > *a) => after = Some(n),
+                Some(_) => {
+                    return Err(Error::Remote {
+                        remote: self.name.clone(),
+                        reason: "its listing does not advance from page to page".into(),
+                        transient: false,
+                    })
+                }
+                None => break,
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<()> {
+        let resp = self
+            .req(reqwest::Method::DELETE, &format!("v1/objects/{key}"))?
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        self.check(resp).await.map(|_| ())
+    }
+}

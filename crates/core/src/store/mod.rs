@@ -1,0 +1,52 @@
+//! The store trait and its three implementations: a local directory, a
+//! `lifeboat serve` server over HTTP(S), and S3-compatible object storage.
+//! The same object keys are used everywhere (see `keys`).
+
+pub mod http;
+pub mod keys;
+pub mod local;
+pub mod remote;
+pub mod s3;
+pub mod url;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::Result;
+pub use keys::{ObjectKey, Verified};
+
+/// The most keys one listing may return. A listing is held in memory; a
+/// peer that claims more is refused rather than trusted to stop.
+pub const MAX_LIST_KEYS: usize = 10_000_000;
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// What to call this store in messages (never includes secrets).
+    fn describe(&self) -> String;
+    /// The object, or None when it does not exist. An object larger than
+    /// its kind allows (`ObjectKey::max_size`) is an error, never read whole.
+    async fn get(&self, key: &ObjectKey) -> Result<Option<Bytes>>;
+    /// Stores the object unless it exists. Returns whether it was written.
+    async fn put_if_absent(&self, obj: &Verified) -> Result<bool>;
+    /// Which of `keys` the store lacks.
+    async fn missing(&self, keys: &[ObjectKey]) -> Result<Vec<ObjectKey>>;
+    /// Every key under a prefix (see `keys::check_prefix`), at most
+    /// `MAX_LIST_KEYS`; entries that are not object keys are skipped.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectKey>>;
+    /// Removes an object (maintenance only; servers require admin).
+    async fn delete(&self, key: &ObjectKey) -> Result<()>;
+}
+
+pub type DynStore = Arc<dyn Store>;
+
+/// The error for a listing over `MAX_LIST_KEYS`.
+pub fn too_many_keys(store: &str, prefix: &str) -> crate::Error {
+    crate::Error::TooLarge {
+        what: format!("the listing of {prefix} on {store}"),
+        size: MAX_LIST_KEYS as u64 + 1,
+        limit: MAX_LIST_KEYS as u64,
+        hint: "a peer sending more keys than any repository holds is broken or hostile",
+    }
+}

@@ -1,0 +1,93 @@
+//! Opening a remote from its config: the URL picks the store, secrets come
+//! from the environment variables or files the config names.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::http::{HttpOptions, HttpStore};
+use super::local::LocalStore;
+use super::s3::{S3Options, S3Store};
+use super::url::{check_url, Kind};
+use super::DynStore;
+use crate::config::RemoteConfig;
+use crate::error::{Error, Result};
+
+fn secret_from_env(var: &str, what: &str, remote: &str) -> Result<String> {
+    std::env::var(var).map_err(|_| {
+        Error::BadInput(format!(
+            "remote {remote}: the {what} is read from the environment variable {var}, which is not set"
+        ))
+    })
+}
+
+fn token(name: &str, cfg: &RemoteConfig) -> Result<Option<String>> {
+    if let Some(var) = &cfg.token_env {
+        return secret_from_env(var, "token", name).map(Some);
+    }
+    if let Some(file) = &cfg.token_file {
+        let t = std::fs::read_to_string(file)
+            .map_err(|e| Error::io(format!("remote {name}: reading the token file"), file, e))?;
+        return Ok(Some(t.trim().to_string()));
+    }
+    Ok(std::env::var("LIFEBOAT_TOKEN").ok())
+}
+
+pub fn open(name: &str, cfg: &RemoteConfig) -> Result<DynStore> {
+    let timeout = Duration::from_secs(cfg.timeout_secs.unwrap_or(120));
+    Ok(match check_url(&cfg.url)? {
+        Kind::Local(p) => Arc::new(LocalStore::new(p)),
+        Kind::Http => Arc::new(HttpStore::new(
+            &cfg.url,
+            HttpOptions {
+                token: token(name, cfg)?,
+                ca_cert: cfg.ca_cert.clone(),
+                timeout,
+                connect_timeout: timeout.min(Duration::from_secs(10)),
+            },
+        )?),
+        Kind::S3 => {
+            let mut o = S3Options::from_url(&cfg.url)?;
+            o.endpoint = cfg.endpoint.clone();
+            o.region = cfg.region.clone();
+            o.path_style = cfg.path_style;
+            o.timeout = Some(timeout);
+            if let Some(v) = &cfg.access_key_id_env {
+                o.access_key_id = Some(secret_from_env(v, "access key id", name)?);
+            }
+            if let Some(v) = &cfg.secret_access_key_env {
+                o.secret_access_key = Some(secret_from_env(v, "secret access key", name)?);
+            }
+            Arc::new(S3Store::new(&o)?)
+        }
+    })
+}
+
+/// A remote given on the command line: a configured name, or a URL
+/// (token from LIFEBOAT_TOKEN; S3 settings from the standard AWS_* variables).
+pub fn resolve(config: &crate::config::Config, arg: &str) -> Result<(String, DynStore)> {
+    if let Some(cfg) = config.remote(arg) {
+        return Ok((arg.to_string(), open(arg, cfg)?));
+    }
+    if check_url(arg).is_ok() {
+        let cfg = RemoteConfig {
+            url: arg.to_string(),
+            endpoint: std::env::var("AWS_ENDPOINT_URL").ok(),
+            path_style: std::env::var("AWS_ENDPOINT_URL").is_ok(),
+            ..Default::default()
+        };
+        return Ok((arg.to_string(), open(arg, &cfg)?));
+    }
+    let known: Vec<&String> = config.remotes.keys().collect();
+    Err(Error::BadInput(format!(
+        "no remote named {arg:?} (configured: {}); add one with `lifeboat remote add NAME URL`",
+        if known.is_empty() {
+            "none".to_string()
+        } else {
+            known
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    )))
+}

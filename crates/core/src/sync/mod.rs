@@ -1,0 +1,428 @@
+//! Push and pull: one algorithm with the roles swapped, in two steps.
+//! `plan` reads both sides and works out what the destination lacks (in
+//! batches), fetching and verifying the selected manifests and their
+//! indexes; nothing is written. `execute` moves the chunks with bounded
+//! concurrency and retries, verifying every one read from the source, then
+//! the indexes, then the manifests — byte for byte as fetched, so every
+//! object keeps the name its content hashes to. Re-running after an
+//! interruption moves only what is still missing.
+
+pub mod select;
+pub mod status;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::jobs::{CancellationToken, Progress};
+use crate::repo::{Id, Index, Manifest, ManifestKey, RepoConfig};
+use crate::store::{ObjectKey, Store, Verified};
+
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    pub concurrency: usize,
+    pub retries: u32,
+    /// Create the destination repository (with the source's chunk size).
+    pub init: bool,
+    /// Copy manifests too (push/pull); restore --from copies only data.
+    pub manifests: bool,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            concurrency: 8,
+            retries: 5,
+            init: false,
+            manifests: true,
+        }
+    }
+}
+
+/// What a transfer will do, for a confirmation dialog or `--dry-run`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PlanSummary {
+    pub source: String,
+    pub destination: String,
+    /// The destination holds no repository; one is created first.
+    pub creates_repository: bool,
+    pub manifests_selected: usize,
+    pub manifests_to_send: usize,
+    pub indexes_to_send: usize,
+    pub chunks_referenced: usize,
+    pub chunks_to_send: usize,
+    pub chunks_already_there: usize,
+    /// Image bytes of the chunks to send (before compression).
+    pub data_bytes_to_send: u64,
+}
+
+/// A planned transfer. Holds the verified manifests and indexes fetched
+/// while planning, so executing it fetches only chunks.
+#[derive(Debug, Clone)]
+pub struct TransferPlan {
+    pub summary: PlanSummary,
+    create_config: Option<Verified>,
+    /// Every selected manifest the destination lacks (or, without
+    /// `manifests`, every selected one), oldest first, with its bytes.
+    manifests: Vec<(ManifestKey, Manifest, Verified)>,
+    indexes: Vec<Verified>,
+    /// Every index the selected manifests reference, parsed.
+    index_of: BTreeMap<Id, Index>,
+    chunks: Vec<(Id, u64)>,
+    send_manifests: bool,
+}
+
+impl TransferPlan {
+    /// The selected manifests, as fetched and verified from the source.
+    pub fn manifests(&self) -> Vec<(ManifestKey, Manifest)> {
+        self.manifests
+            .iter()
+            .map(|(k, m, _)| (k.clone(), m.clone()))
+            .collect()
+    }
+
+    /// An index one of the selected manifests references.
+    pub fn index(&self, id: &Id) -> Option<&Index> {
+        self.index_of.get(id)
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncReport {
+    pub source: String,
+    pub destination: String,
+    pub manifests_selected: usize,
+    pub manifests_sent: usize,
+    pub indexes_sent: usize,
+    pub chunks_sent: usize,
+    pub chunks_skipped: usize,
+    /// Bytes of objects as stored (compressed), i.e. what crossed the wire.
+    pub bytes_sent: u64,
+    pub seconds: f64,
+}
+
+/// Reads and verifies a store's repository config.
+pub async fn read_config(store: &dyn Store) -> Result<Option<RepoConfig>> {
+    match with_retry(5, || store.get(&ObjectKey::Config)).await? {
+        Some(data) => Ok(Some(RepoConfig::parse(
+            std::path::Path::new(&store.describe()),
+            &data,
+        )?)),
+        None => Ok(None),
+    }
+}
+
+/// Every manifest key a store lists, oldest first; keys dated implausibly
+/// far in the future are skipped with a warning.
+pub async fn list_manifests(store: &dyn Store) -> Result<Vec<ManifestKey>> {
+    let keys = with_retry(5, || store.list("manifests/")).await?;
+    let now = chrono::Utc::now();
+    let mut out: Vec<ManifestKey> = keys
+        .into_iter()
+        .filter_map(|k| match k {
+            ObjectKey::Manifest(m) if m.is_plausible(now) => Some(m),
+            ObjectKey::Manifest(m) => {
+                tracing::warn!(
+                    "skipping {} on {}: dated in the future",
+                    m.object_key(),
+                    store.describe()
+                );
+                None
+            }
+            _ => None,
+        })
+        .collect();
+    crate::repo::manifest::sort_dedup(&mut out);
+    Ok(out)
+}
+
+/// Every manifest a store holds, fetched and verified (16 at a time).
+/// Damaged ones are skipped with a warning, as locally.
+pub async fn load_manifests(store: &dyn Store) -> Result<Vec<(ManifestKey, Manifest)>> {
+    let keys = list_manifests(store).await?;
+    let loaded: Vec<Option<(ManifestKey, Manifest)>> = futures::stream::iter(keys)
+        .map(|k| async move {
+            match fetch_manifest(store, &k).await {
+                Ok((m, _)) => Ok(Some((k, m))),
+                Err(
+                    e @ (Error::CorruptObject { .. }
+                    | Error::MissingObject { .. }
+                    | Error::TooLarge { .. }),
+                ) => {
+                    tracing::warn!("skipping {} on {}: {e}", k.object_key(), store.describe());
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect()
+        .await?;
+    let mut out: Vec<_> = loaded.into_iter().flatten().collect();
+    out.sort_by_key(|(k, m)| (m.created_at, k.id));
+    Ok(out)
+}
+
+/// Fetches a manifest and verifies it against its key; returns it parsed
+/// and as the exact bytes fetched.
+pub async fn fetch_manifest(store: &dyn Store, key: &ManifestKey) -> Result<(Manifest, Verified)> {
+    let okey = ObjectKey::Manifest(key.clone());
+    let data = with_retry(5, || store.get(&okey))
+        .await?
+        .ok_or_else(|| okey.missing())?;
+    let m = Manifest::from_bytes(key, &data)?;
+    Ok((m, Verified::check(okey, data)?))
+}
+
+/// Fetches an index and verifies it against its id.
+pub async fn fetch_index(store: &dyn Store, id: &Id) -> Result<(Index, Verified)> {
+    let okey = ObjectKey::Index(*id);
+    let data = with_retry(5, || store.get(&okey))
+        .await?
+        .ok_or_else(|| okey.missing())?;
+    let idx = Index::from_bytes(Some(id), &data)?;
+    Ok((idx, Verified::check(okey, data)?))
+}
+
+/// Retries transient failures with exponential backoff (0.2 s, 0.4 s, …).
+pub async fn with_retry<T, F, Fut>(retries: u32, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        match f().await {
+            Err(e) if e.is_transient() && attempt < retries => {
+                let wait = Duration::from_millis(200 << attempt.min(6));
+                tracing::warn!("{e}; retrying in {:.1}s", wait.as_secs_f64());
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Works out what moving `selected` from `src` to `dst` takes. Reads both
+/// sides; writes nothing.
+pub async fn plan(
+    src: &dyn Store,
+    dst: &dyn Store,
+    selected: Vec<ManifestKey>,
+    opts: &SyncOptions,
+    cancel: &CancellationToken,
+    progress: &Progress,
+) -> Result<TransferPlan> {
+    let mut summary = PlanSummary {
+        source: src.describe(),
+        destination: dst.describe(),
+        manifests_selected: selected.len(),
+        ..Default::default()
+    };
+    progress.set_phase("checking repositories");
+    let src_cfg = read_config(src).await?.ok_or_else(|| {
+        Error::BadInput(format!("{} holds no lifeboat repository", src.describe()))
+    })?;
+    let create_config = match read_config(dst).await? {
+        Some(d) if d.chunk_size != src_cfg.chunk_size => {
+            return Err(Error::ChunkSizeMismatch {
+                left: src.describe(),
+                left_size: src_cfg.chunk_size,
+                right: dst.describe(),
+                right_size: d.chunk_size,
+            })
+        }
+        Some(_) => None,
+        None if opts.init => {
+            let cfg = RepoConfig::new(src_cfg.chunk_size, src_cfg.compression.level)?;
+            let mut bytes =
+                serde_json::to_vec_pretty(&cfg).map_err(|e| Error::Internal(e.to_string()))?;
+            bytes.push(b'\n');
+            summary.creates_repository = true;
+            Some(Verified::check(ObjectKey::Config, Bytes::from(bytes))?)
+        }
+        None => {
+            return Err(Error::BadInput(format!(
+                "{} holds no lifeboat repository: pass --init to create one with chunk size {}",
+                dst.describe(),
+                src_cfg.chunk_size
+            )))
+        }
+    };
+
+    progress.set_phase("planning");
+    let have: BTreeSet<ManifestKey> = if opts.manifests && create_config.is_none() {
+        list_manifests(dst).await?.into_iter().collect()
+    } else {
+        BTreeSet::new()
+    };
+    let now = chrono::Utc::now();
+    let mut manifests = Vec::new();
+    let mut index_ids = BTreeSet::new();
+    for k in selected.into_iter().filter(|k| !have.contains(k)) {
+        check_cancel(cancel)?;
+        if !k.is_plausible(now) {
+            return Err(Error::corrupt(
+                "manifest",
+                k.id,
+                format!("dated {}, in the future", k.time),
+            ));
+        }
+        let (m, bytes) = fetch_manifest(src, &k).await?;
+        index_ids.insert(m.index);
+        manifests.push((k, m, bytes));
+    }
+    manifests.sort_by_key(|a| (a.1.created_at, a.0.id));
+    summary.manifests_to_send = if opts.manifests { manifests.len() } else { 0 };
+
+    let index_keys: Vec<ObjectKey> = index_ids.iter().map(|i| ObjectKey::Index(*i)).collect();
+    let missing_indexes: BTreeSet<ObjectKey> = if create_config.is_some() {
+        index_keys.iter().cloned().collect()
+    } else {
+        with_retry(opts.retries, || dst.missing(&index_keys))
+            .await?
+            .into_iter()
+            .collect()
+    };
+    let mut chunk_len = BTreeMap::new();
+    let mut indexes = Vec::new();
+    let mut index_of = BTreeMap::new();
+    for id in &index_ids {
+        check_cancel(cancel)?;
+        let (idx, bytes) = fetch_index(src, id).await?;
+        for (i, c) in idx.chunks.iter().enumerate() {
+            if !c.is_zero() {
+                chunk_len.insert(*c, idx.chunk_len(i));
+            }
+        }
+        if missing_indexes.contains(bytes.key()) {
+            indexes.push(bytes);
+        }
+        index_of.insert(*id, idx);
+    }
+    summary.indexes_to_send = indexes.len();
+
+    let chunk_keys: Vec<ObjectKey> = chunk_len.keys().map(|c| ObjectKey::Chunk(*c)).collect();
+    let mut chunks = Vec::new();
+    if create_config.is_some() {
+        chunks.extend(chunk_len.iter().map(|(c, l)| (*c, *l)));
+    } else {
+        for batch in chunk_keys.chunks(2048) {
+            check_cancel(cancel)?;
+            for k in with_retry(opts.retries, || dst.missing(batch)).await? {
+                if let ObjectKey::Chunk(id) = k {
+                    if let Some(len) = chunk_len.get(&id) {
+                        chunks.push((id, *len));
+                    }
+                }
+            }
+        }
+    }
+    summary.chunks_referenced = chunk_keys.len();
+    summary.chunks_to_send = chunks.len();
+    summary.chunks_already_there = chunk_keys.len() - chunks.len();
+    summary.data_bytes_to_send = chunks.iter().map(|(_, l)| l).sum();
+    Ok(TransferPlan {
+        summary,
+        create_config,
+        manifests,
+        indexes,
+        index_of,
+        chunks,
+        send_manifests: opts.manifests,
+    })
+}
+
+/// Carries out a plan: chunks (each fetched, decoded and re-hashed before
+/// it is written), then indexes, then manifests, so the destination never
+/// holds a manifest whose data it lacks.
+pub async fn execute(
+    src: &dyn Store,
+    dst: &dyn Store,
+    plan: &TransferPlan,
+    opts: &SyncOptions,
+    cancel: &CancellationToken,
+    progress: &Progress,
+) -> Result<SyncReport> {
+    let started = std::time::Instant::now();
+    let s = &plan.summary;
+    let mut report = SyncReport {
+        source: s.source.clone(),
+        destination: s.destination.clone(),
+        manifests_selected: s.manifests_selected,
+        chunks_skipped: s.chunks_already_there,
+        ..Default::default()
+    };
+    if let Some(cfg) = &plan.create_config {
+        with_retry(opts.retries, || dst.put_if_absent(cfg)).await?;
+    }
+    progress.set_phase("sending chunks");
+    progress.set_totals(s.data_bytes_to_send, plan.chunks.len() as u64);
+    let sent: Vec<u64> = futures::stream::iter(plan.chunks.iter().copied())
+        .map(|(id, raw_len)| async move {
+            check_cancel(cancel)?;
+            let key = ObjectKey::Chunk(id);
+            let data = with_retry(opts.retries, || src.get(&key))
+                .await?
+                .ok_or_else(|| key.missing())?;
+            let n = data.len() as u64;
+            let obj = Verified::check_blocking(key, data).await?;
+            check_cancel(cancel)?;
+            with_retry(opts.retries, || dst.put_if_absent(&obj)).await?;
+            progress.add(raw_len, 1);
+            Ok::<u64, Error>(n)
+        })
+        .buffer_unordered(opts.concurrency.max(1))
+        .try_collect()
+        .await?;
+    report.chunks_sent = sent.len();
+    report.bytes_sent = sent.iter().sum();
+
+    progress.set_phase("sending indexes");
+    for obj in &plan.indexes {
+        check_cancel(cancel)?;
+        report.bytes_sent += obj.data().len() as u64;
+        with_retry(opts.retries, || dst.put_if_absent(obj)).await?;
+        report.indexes_sent += 1;
+    }
+    if plan.send_manifests {
+        progress.set_phase("sending manifests");
+        for (_, _, obj) in &plan.manifests {
+            check_cancel(cancel)?;
+            report.bytes_sent += obj.data().len() as u64;
+            with_retry(opts.retries, || dst.put_if_absent(obj)).await?;
+            report.manifests_sent += 1;
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Plans and executes in one go (the CLI's push and pull).
+pub async fn transfer(
+    src: &dyn Store,
+    dst: &dyn Store,
+    selected: Vec<ManifestKey>,
+    opts: &SyncOptions,
+    cancel: &CancellationToken,
+    progress: &Progress,
+) -> Result<SyncReport> {
+    let started = std::time::Instant::now();
+    let p = plan(src, dst, selected, opts, cancel, progress).await?;
+    let mut report = execute(src, dst, &p, opts, cancel, progress).await?;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn check_cancel(cancel: &CancellationToken) -> Result<()> {
+    if cancel.is_cancelled() {
+        Err(Error::Cancelled)
+    } else {
+        Ok(())
+    }
+}

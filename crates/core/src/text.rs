@@ -1,0 +1,58 @@
+//! Text that came from a repository or a peer is hostile: a backup note, a
+//! source path, a server's error message may carry terminal control bytes
+//! that recolour, retitle or rewrite a terminal. Everything such text
+//! passes through here before it reaches a terminal.
+
+use std::borrow::Cow;
+
+/// Whether a character must not reach a terminal raw: C0 and C1 controls,
+/// DEL, and the Unicode bidirectional overrides that reorder what is shown.
+fn is_unsafe(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// The text with every unsafe character written as a visible escape
+/// (`\x1b`, `\u{202e}`); newlines and tabs too, so one value stays on one
+/// line. Borrowed when nothing needed escaping.
+pub fn escape(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(is_unsafe) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if !is_unsafe(c) {
+            out.push(c);
+        } else if (c as u32) < 0x100 {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Like `escape`, but keeps line breaks (for multi-line messages).
+pub fn escape_lines(s: &str) -> String {
+    s.split('\n')
+        .map(|l| escape(l).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_controls_and_bidi() {
+        assert_eq!(escape("plain note"), "plain note");
+        assert!(matches!(escape("ok"), Cow::Borrowed(_)));
+        assert_eq!(escape("a\x1b[2Jb"), "a\\x1b[2Jb");
+        assert_eq!(escape("x\u{9b}31m"), "x\\x9b31m");
+        assert_eq!(escape("l\nr\t\x7f"), "l\\x0ar\\x09\\x7f");
+        assert_eq!(escape("abc\u{202e}fed"), "abc\\u{202e}fed");
+        assert_eq!(escape_lines("a\x07\nb"), "a\\x07\nb");
+        assert_eq!(escape("grüße"), "grüße");
+    }
+}

@@ -1,0 +1,651 @@
+//! Runs the console's effects as core jobs. Plans are made in the core
+//! (`sync::plan`, `restore::plan_local` / `plan_remote`) and held here
+//! until the admin confirms them; the console only dispatches and shows.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lifeboat_core::config::Config;
+use lifeboat_core::jobs::{CancellationToken, Job, JobEvent, Progress};
+use lifeboat_core::repo::chunkmap::{self, ChunkMap};
+use lifeboat_core::repo::{Manifest, ManifestKey, Repo};
+use lifeboat_core::restore::{self, RestoreRequest, SetRestorePlan};
+use lifeboat_core::store::local::LocalStore;
+use lifeboat_core::store::{remote, DynStore};
+use lifeboat_core::sync::{self, SyncOptions, TransferPlan};
+use lifeboat_core::text::escape;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::app::{self, Action, Effect};
+use crate::output::bytes;
+
+pub struct Running {
+    pub cancel: CancellationToken,
+    pub progress: Arc<Progress>,
+}
+
+/// A plan waiting for the admin's yes.
+enum Held {
+    Transfer {
+        title: String,
+        src: DynStore,
+        dst: DynStore,
+        plan: TransferPlan,
+    },
+    Restore {
+        title: String,
+        remote: Option<DynStore>,
+        plan: SetRestorePlan,
+    },
+}
+
+pub struct Runner {
+    pub config: Config,
+    pub repo_path: PathBuf,
+    pub tx: UnboundedSender<Action>,
+    /// Lifecycle events of every job; the event loop turns them into actions.
+    pub events: UnboundedSender<JobEvent>,
+    pub jobs: Arc<Mutex<HashMap<u64, Running>>>,
+    plans: Arc<Mutex<HashMap<u64, Held>>>,
+    next_plan: AtomicU64,
+}
+
+impl Runner {
+    pub fn new(
+        config: Config,
+        repo_path: PathBuf,
+        tx: UnboundedSender<Action>,
+        events: UnboundedSender<JobEvent>,
+    ) -> Runner {
+        Runner {
+            config,
+            repo_path,
+            tx,
+            events,
+            jobs: Arc::new(Mutex::new(HashMap::new())),
+            plans: Arc::new(Mutex::new(HashMap::new())),
+            next_plan: AtomicU64::new(1),
+        }
+    }
+
+    /// Opens a configured remote (the same lookup the CLI uses).
+    fn store(&self, name: &str) -> lifeboat_core::Result<DynStore> {
+        remote::resolve(&self.config, name).map(|(_, s)| s)
+    }
+
+    fn local(&self) -> DynStore {
+        Arc::new(LocalStore::new(&self.repo_path))
+    }
+
+    pub fn running(&self) -> bool {
+        self.jobs.lock().map(|j| !j.is_empty()).unwrap_or(false)
+    }
+
+    pub fn snapshots(&self) -> Vec<(u64, lifeboat_core::jobs::Snapshot)> {
+        self.jobs
+            .lock()
+            .map(|j| j.iter().map(|(id, r)| (*id, r.progress.snapshot())).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn exec(&self, e: Effect) {
+        let tx = self.tx.clone();
+        match e {
+            Effect::Quit => {
+                if let Ok(j) = self.jobs.lock() {
+                    j.values().for_each(|r| r.cancel.cancel());
+                }
+            }
+            Effect::Cancel(id) => {
+                if let Some(r) = self
+                    .jobs
+                    .lock()
+                    .ok()
+                    .and_then(|j| j.get(&id).map(|r| r.cancel.clone()))
+                {
+                    r.cancel();
+                }
+            }
+            Effect::Reload => {
+                let path = self.repo_path.clone();
+                tokio::task::spawn_blocking(move || {
+                    let res = Repo::open(&path).and_then(|r| r.load_all());
+                    let _ = match res {
+                        Ok(b) => tx.send(Action::Loaded(b)),
+                        Err(e) => tx.send(Action::Log(format!("local repository: {e}"))),
+                    };
+                });
+            }
+            Effect::ListRemote(name) => {
+                let store = self.store(&name);
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    let res = async {
+                        let store = store.map_err(|e| e.to_string())?;
+                        let keys = tokio::time::timeout(
+                            Duration::from_secs(10),
+                            sync::list_manifests(store.as_ref()),
+                        )
+                        .await
+                        .map_err(|_| "timed out after 10 s".to_string())?
+                        .map_err(|e| e.to_string())?;
+                        Ok::<_, String>(keys.into_iter().map(|k| k.id).collect::<BTreeSet<_>>())
+                    }
+                    .await;
+                    let ms = started.elapsed().as_secs_f64() * 1000.0;
+                    let _ = tx.send(Action::RemoteListed {
+                        name,
+                        result: res.map(|ids| (ms, ids)),
+                    });
+                });
+            }
+            Effect::Browse(name) => {
+                let store = self.store(&name);
+                tokio::spawn(async move {
+                    let res = async {
+                        let store = store.map_err(|e| e.to_string())?;
+                        tokio::time::timeout(
+                            Duration::from_secs(60),
+                            sync::load_manifests(store.as_ref()),
+                        )
+                        .await
+                        .map_err(|_| "timed out after 60 s".to_string())?
+                        .map_err(|e| e.to_string())
+                    }
+                    .await;
+                    let _ = tx.send(Action::RemoteBrowsed { name, result: res });
+                });
+            }
+            Effect::PlanTransfer { push, remote, key } => self.plan_transfer(push, remote, key),
+            Effect::PlanRestore { key, to, from } => self.plan_restore(key, to, from),
+            Effect::RunPlan(id) => self.run_plan(id),
+            Effect::DropPlan(id) => {
+                if let Ok(mut p) = self.plans.lock() {
+                    p.remove(&id);
+                }
+            }
+            Effect::Backup { vm } => self.backup(vm),
+            Effect::Verify { deep } => self.verify(deep),
+            Effect::Compare { a, b } => {
+                let path = self.repo_path.clone();
+                let title = format!("compare {} with {}", a.id.short(), b.id.short());
+                self.spawn_blocking(title, move |cancel, _| {
+                    let repo = Repo::open(&path)?;
+                    let (ma, mb): (Manifest, Manifest) =
+                        (repo.load_manifest(&a)?, repo.load_manifest(&b)?);
+                    let (ia, ib) = (repo.read_index(&ma.index)?, repo.read_index(&mb.index)?);
+                    check(cancel)?;
+                    let d = lifeboat_core::repo::diff::diff(&ia, &ib)?;
+                    let map = chunkmap::between(&ia, &ib);
+                    let summary = vec![
+                        format!("A {}", app::backup_line(&a, &ma)),
+                        format!("B {}", app::backup_line(&b, &mb)),
+                        format!(
+                            "same {} · changed {} · added {} · removed {} · 1 cell = {} chunk(s)",
+                            bytes(d.same_bytes),
+                            bytes(d.changed_bytes),
+                            bytes(d.added_bytes),
+                            bytes(d.removed_bytes),
+                            map.per_cell
+                        ),
+                    ];
+                    Ok(show_map(&tx, "Compare".into(), map, summary))
+                });
+            }
+            Effect::CompareLive { key } => self.compare_live(key),
+            Effect::CompareRemote { remote: name, key } => {
+                let store = self.store(&name);
+                let path = self.repo_path.clone();
+                let title = format!("compare {name}'s {} with local", key.id.short());
+                self.spawn_async(title, move |cancel, _| async move {
+                    let store = store?;
+                    let (m, _) = sync::fetch_manifest(store.as_ref(), &key).await?;
+                    check(&cancel)?;
+                    let (index, _) = sync::fetch_index(store.as_ref(), &m.index).await?;
+                    let local = Repo::open(&path).ok();
+                    let map = chunkmap::held(&index, |c| {
+                        local.as_ref().is_some_and(|r| r.has_chunk(c))
+                    });
+                    let summary = vec![
+                        format!("{name}'s copy of {}", app::backup_line(&key, &m)),
+                        format!("against the local repository {}", path.display()),
+                        format!(
+                            "held locally: █ · missing locally: ▒ ({}, what a pull fetches) · 1 cell = {} chunk(s)",
+                            bytes(map.missing_bytes),
+                            map.per_cell
+                        ),
+                    ];
+                    Ok(show_map(&tx, format!("Compare {name} with local"), map, summary))
+                });
+            }
+        }
+    }
+
+    fn plan_transfer(&self, push: bool, name: String, key: ManifestKey) {
+        let store = self.store(&name);
+        let local = self.local();
+        let backup = format!("{}/{} {}", key.vm, key.volume, key.id.short());
+        let title = if push {
+            format!("Push {backup} to {name}")
+        } else {
+            format!("Pull {backup} from {name}")
+        };
+        let plans = self.plans.clone();
+        let next = self.hold_slot();
+        let tx = self.tx.clone();
+        self.spawn_async(
+            format!("plan: {}", title.to_lowercase()),
+            move |cancel, progress| async move {
+                let remote = store?;
+                let (src, dst) = if push {
+                    (local, remote)
+                } else {
+                    (remote, local)
+                };
+                let opts = SyncOptions {
+                    init: !push,
+                    ..Default::default()
+                };
+                let plan =
+                    sync::plan(src.as_ref(), dst.as_ref(), vec![key], &opts, &cancel, &progress)
+                        .await;
+                let plan = match plan {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.send(Action::PlanFailed {
+                            title: format!("Cannot plan: {title}"),
+                            error: e.to_string(),
+                        });
+                        return Err(e);
+                    }
+                };
+                let s = &plan.summary;
+                let mut lines = vec![
+                    format!("from {}", escape(&s.source)),
+                    format!("to   {}", escape(&s.destination)),
+                ];
+                if s.manifests_to_send == 0 {
+                    lines.push("the destination already holds this backup: nothing to send".into());
+                } else {
+                    lines.push(format!(
+                        "{} of {} chunks to send ({} of data; {} already there), {} index(es), 1 manifest",
+                        s.chunks_to_send,
+                        s.chunks_referenced,
+                        bytes(s.data_bytes_to_send),
+                        s.chunks_already_there,
+                        s.indexes_to_send
+                    ));
+                }
+                if s.creates_repository {
+                    lines.push("creates the repository there first".into());
+                }
+                lines.push("every chunk is verified as it moves".into());
+                if let Ok(mut p) = plans.lock() {
+                    p.insert(
+                        next,
+                        Held::Transfer {
+                            title: title.clone(),
+                            src,
+                            dst,
+                            plan,
+                        },
+                    );
+                }
+                let _ = tx.send(Action::Planned {
+                    plan: next,
+                    title,
+                    lines,
+                });
+                Ok("planned; waiting for confirmation".to_string())
+            },
+        );
+    }
+
+    /// An id for a plan that a job will hold when it is ready.
+    fn hold_slot(&self) -> u64 {
+        self.next_plan.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn plan_restore(&self, key: ManifestKey, to: String, from: Option<String>) {
+        let remote = from.as_ref().map(|r| self.store(r));
+        let local_path = self.repo_path.clone();
+        let from_txt = from
+            .as_ref()
+            .map(|r| format!(" from {r}"))
+            .unwrap_or_default();
+        let title = format!(
+            "Restore {}/{} {}{from_txt}",
+            key.vm,
+            key.volume,
+            key.id.short()
+        );
+        let req = RestoreRequest {
+            reference: key.id.to_hex(),
+            to: PathBuf::from(&to),
+            format: None,
+            // The console never replaces an existing file.
+            force: false,
+        };
+        let plans = self.plans.clone();
+        let next = self.hold_slot();
+        let tx = self.tx.clone();
+        self.spawn_async(
+            format!("plan: {}", title.to_lowercase()),
+            move |cancel, progress| async move {
+                let remote = remote.transpose()?;
+                let planned = match &remote {
+                    Some(r) => {
+                        restore::plan_remote(r.as_ref(), &local_path, &req, &cancel, &progress)
+                            .await
+                    }
+                    None => {
+                        let lp = local_path.clone();
+                        let rq = req.clone();
+                        tokio::task::spawn_blocking(move || {
+                            restore::plan_local(&Repo::open(&lp)?, &rq)
+                        })
+                        .await
+                        .map_err(|e| lifeboat_core::Error::Internal(e.to_string()))?
+                    }
+                };
+                let plan = match planned {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.send(Action::PlanFailed {
+                            title: "Cannot restore there".into(),
+                            error: e.to_string(),
+                        });
+                        return Err(e);
+                    }
+                };
+                let mut lines = Vec::new();
+                for v in &plan.volumes {
+                    lines.push(format!(
+                        "{}/{} {} → {} ({})",
+                        v.vm,
+                        v.volume,
+                        &v.manifest[..12],
+                        escape(&v.target.display().to_string()),
+                        v.format
+                    ));
+                    lines.push(format!(
+                        "{} image, {} to write, file mode {:04o}",
+                        bytes(v.image_size),
+                        bytes(v.bytes_to_write),
+                        v.mode
+                    ));
+                }
+                if let Some(f) = &plan.fetch {
+                    lines.push(format!(
+                        "first fetches {} chunks ({} of data; {} already local), each verified",
+                        f.chunks_to_send,
+                        bytes(f.data_bytes_to_send),
+                        f.chunks_already_there
+                    ));
+                }
+                if let Ok(mut p) = plans.lock() {
+                    p.insert(
+                        next,
+                        Held::Restore {
+                            title: title.clone(),
+                            remote,
+                            plan,
+                        },
+                    );
+                }
+                let _ = tx.send(Action::Planned {
+                    plan: next,
+                    title,
+                    lines,
+                });
+                Ok("planned; waiting for confirmation".to_string())
+            },
+        );
+    }
+
+    fn run_plan(&self, id: u64) {
+        let Some(held) = self.plans.lock().ok().and_then(|mut p| p.remove(&id)) else {
+            let _ = self
+                .tx
+                .send(Action::Log(format!("plan {id} is no longer held")));
+            return;
+        };
+        match held {
+            Held::Transfer {
+                title,
+                src,
+                dst,
+                plan,
+            } => {
+                self.spawn_async(title.to_lowercase(), move |cancel, progress| async move {
+                    let opts = SyncOptions {
+                        init: plan.summary.creates_repository,
+                        ..Default::default()
+                    };
+                    let r =
+                        sync::execute(src.as_ref(), dst.as_ref(), &plan, &opts, &cancel, &progress)
+                            .await?;
+                    Ok(format!(
+                        "{} chunks, {} sent",
+                        r.chunks_sent,
+                        bytes(r.bytes_sent)
+                    ))
+                });
+            }
+            Held::Restore {
+                title,
+                remote,
+                plan,
+            } => {
+                let local_path = self.repo_path.clone();
+                self.spawn_async(title.to_lowercase(), move |cancel, progress| async move {
+                    let out =
+                        restore::execute(plan, remote.as_deref(), &local_path, &cancel, &progress)
+                            .await?;
+                    let written: u64 = out.iter().map(|o| o.bytes_written).sum();
+                    let digest = out.first().map(|o| o.index[..12].to_string());
+                    Ok(format!(
+                        "{} written, digest {}",
+                        bytes(written),
+                        digest.unwrap_or_default()
+                    ))
+                });
+            }
+        }
+    }
+
+    fn backup(&self, vm: String) {
+        let path = self.repo_path.clone();
+        let volumes: Vec<lifeboat_core::backup::VolumeSpec> = self
+            .config
+            .vm(&vm)
+            .map(|v| {
+                v.volumes
+                    .iter()
+                    .map(|x| lifeboat_core::backup::VolumeSpec {
+                        name: x.name.get_ref().clone(),
+                        role: x.role,
+                        path: x.path.clone(),
+                        format: x.format,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.spawn_blocking(format!("backup {vm}"), move |cancel, progress| {
+            let repo = Repo::open(&path)?;
+            let req = lifeboat_core::backup::BackupRequest {
+                vm,
+                volumes,
+                note: Some("from the console".into()),
+                created_at: None,
+            };
+            let r = lifeboat_core::backup::backup(&repo, &req, cancel, progress)?;
+            let new: u64 = r.volumes.iter().map(|v| v.stats.new_stored_bytes).sum();
+            Ok(format!("{} volumes, {} new", r.volumes.len(), bytes(new)))
+        });
+    }
+
+    fn verify(&self, deep: bool) {
+        let path = self.repo_path.clone();
+        let title = if deep { "deep verify" } else { "quick verify" }.to_string();
+        self.spawn_blocking(title, move |cancel, progress| {
+            let repo = Repo::open(&path)?;
+            let r = lifeboat_core::repo::verify::verify(&repo, None, deep, cancel, progress)?;
+            if r.ok() {
+                Ok(format!("ok: {} backups, {} chunks", r.manifests, r.chunks))
+            } else {
+                Err(lifeboat_core::Error::BadInput(format!(
+                    "{} damaged objects: {}",
+                    r.problems.len(),
+                    r.problems
+                        .iter()
+                        .take(3)
+                        .map(|p| format!("{} {} ({})", p.kind, &p.id[..12], p.problem))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )))
+            }
+        });
+    }
+
+    fn compare_live(&self, key: ManifestKey) {
+        let path = self.repo_path.clone();
+        let volume = self
+            .config
+            .vm(&key.vm)
+            .and_then(|v| v.volumes.iter().find(|x| *x.name.get_ref() == key.volume))
+            .cloned();
+        let tx = self.tx.clone();
+        let title = format!(
+            "compare {}/{} {} with the live volume",
+            key.vm,
+            key.volume,
+            key.id.short()
+        );
+        self.spawn_blocking(title, move |cancel, progress| {
+            let volume = volume.ok_or_else(|| {
+                lifeboat_core::Error::BadInput(format!(
+                    "{}/{} is not in the inventory: no live volume to compare",
+                    key.vm, key.volume
+                ))
+            })?;
+            let repo = Repo::open(&path)?;
+            let m = repo.load_manifest(&key)?;
+            let ia = repo.read_index(&m.index)?;
+            progress.set_phase("hashing the live volume");
+            let mut src = lifeboat_core::source::open(&volume.path, volume.format)?;
+            let live = lifeboat_core::backup::pipeline::scan(
+                src.reader.as_mut(),
+                ia.chunk_size,
+                None,
+                cancel,
+                progress,
+            )?;
+            let d = lifeboat_core::repo::diff::diff(&ia, &live.index)?;
+            let map = chunkmap::between(&ia, &live.index);
+            let summary = vec![
+                format!("A {}", app::backup_line(&key, &m)),
+                format!("B live volume {}", volume.path.display()),
+                format!(
+                    "same {} · changed {} · added {} · removed {} · 1 cell = {} chunk(s)",
+                    bytes(d.same_bytes),
+                    bytes(d.changed_bytes),
+                    bytes(d.added_bytes),
+                    bytes(d.removed_bytes),
+                    map.per_cell
+                ),
+            ];
+            Ok(show_map(&tx, "Compare".into(), map, summary))
+        });
+    }
+
+    /// Tracks a job for progress and cancel; reports its result when it
+    /// succeeds (start, failure and cancellation arrive as job events).
+    fn track(&self, job: Job<String>) {
+        let id = job.id;
+        if let Ok(mut j) = self.jobs.lock() {
+            j.insert(
+                id,
+                Running {
+                    cancel: job.cancel.clone(),
+                    progress: job.progress.clone(),
+                },
+            );
+        }
+        let (tx, jobs) = (self.tx.clone(), self.jobs.clone());
+        tokio::spawn(async move {
+            let res = job.wait().await;
+            if let Ok(mut j) = jobs.lock() {
+                j.remove(&id);
+            }
+            if let Ok(summary) = res {
+                let _ = tx.send(Action::JobDone {
+                    id,
+                    result: Ok(summary),
+                    cancelled: false,
+                });
+            }
+        });
+    }
+
+    fn spawn_blocking(
+        &self,
+        title: String,
+        f: impl FnOnce(&CancellationToken, &Progress) -> lifeboat_core::Result<String> + Send + 'static,
+    ) {
+        self.track(Job::spawn(&title, self.events.clone(), f));
+    }
+
+    fn spawn_async<F, Fut>(&self, title: String, f: F)
+    where
+        F: FnOnce(CancellationToken, Arc<Progress>) -> Fut,
+        Fut: std::future::Future<Output = lifeboat_core::Result<String>> + Send + 'static,
+    {
+        self.track(Job::spawn_async(&title, self.events.clone(), f));
+    }
+}
+
+/// A job's lifecycle event as a console action. Success is reported by
+/// `track` with the job's summary instead.
+pub fn event_action(ev: JobEvent) -> Option<Action> {
+    match ev {
+        JobEvent::Started { id, kind } => Some(Action::JobStarted { id, title: kind }),
+        JobEvent::Finished { .. } => None,
+        JobEvent::Failed { id, error } => Some(Action::JobDone {
+            id,
+            result: Err(error),
+            cancelled: false,
+        }),
+        JobEvent::Cancelled { id } => Some(Action::JobDone {
+            id,
+            result: Err("cancelled".into()),
+            cancelled: true,
+        }),
+    }
+}
+
+fn check(cancel: &CancellationToken) -> lifeboat_core::Result<()> {
+    if cancel.is_cancelled() {
+        Err(lifeboat_core::Error::Cancelled)
+    } else {
+        Ok(())
+    }
+}
+
+fn show_map(
+    tx: &UnboundedSender<Action>,
+    title: String,
+    map: ChunkMap,
+    summary: Vec<String>,
+) -> String {
+    let line = summary.last().cloned().unwrap_or_default();
+    let _ = tx.send(Action::CompareReady {
+        title,
+        cells: map.cells,
+        summary,
+    });
+    line
+}
