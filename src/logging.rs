@@ -75,4 +75,3 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogSink {
         self.clone()
     }
 }
-

@@ -12,7 +12,8 @@ fn main() -> std::process::ExitCode {
     // The console must never print over its screen: its log goes to the
     // Log pane and a file instead of stderr.
     let sink = if args.opens_console() {
-        let sink = logging::LogSink::new(Some(lifeboat_core::config::data_dir().join("lifeboat.log")));
+        let sink =
+            logging::LogSink::new(Some(lifeboat_core::config::data_dir().join("lifeboat.log")));
         cli::init_tracing_to(args.verbose, sink.clone());
         Some(sink)
     } else {

@@ -181,7 +181,9 @@ fn bad_config_names_file_and_line() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(std::fs::read_to_string(&none).unwrap().contains("/srv/offsite"));
+    assert!(std::fs::read_to_string(&none)
+        .unwrap()
+        .contains("/srv/offsite"));
 }
 
 #[test]

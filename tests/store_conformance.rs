@@ -482,3 +482,67 @@ async fn s3_store_against_garage() {
     assert!(matches!(e, lifeboat_core::Error::Denied { .. }), "{e}");
     assert!(!e.to_string().contains("wrong-secret"));
 }
+
+/// A hostile "server" on loopback: answers every request with 200 and a
+/// body that streams zeros (up to 2 GiB), or one that claims 1.5 GiB.
+async fn hostile_server(claim_length: bool) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let zeros = vec![b'0'; 1 << 20];
+                if claim_length {
+                    let head = "HTTP/1.1 200 OK\r\nContent-Length: 1610612736\r\n\r\n";
+                    if s.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    for _ in 0..1536 {
+                        if s.write_all(&zeros).await.is_err() {
+                            return;
+                        }
+                    }
+                } else {
+                    let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+                    if s.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    for _ in 0..2048 {
+                        let mut part = format!("{:x}\r\n", zeros.len()).into_bytes();
+                        part.extend_from_slice(&zeros);
+                        part.extend_from_slice(b"\r\n");
+                        if s.write_all(&part).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}/")
+}
+
+/// A peer cannot make the client hold a 1.5 GiB "chunk" or an endless
+/// listing: reads stop at what the protocol allows, with a clear error.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_servers_cannot_make_the_client_buffer_without_bound() {
+    for claim in [true, false] {
+        let url = hostile_server(claim).await;
+        let client = http(&url, "t");
+        let key = ObjectKey::Chunk(Id::of(b"x"));
+        let e = client.get(&key).await.unwrap_err();
+        assert!(matches!(e, lifeboat_core::Error::TooLarge { .. }), "{e}");
+        assert!(!e.is_transient(), "never retried: {e}");
+        let e = client.list("manifests/").await.unwrap_err();
+        assert!(matches!(e, lifeboat_core::Error::TooLarge { .. }), "{e}");
+    }
+}

@@ -141,7 +141,12 @@ fn demo_push_compare_restore_quit() {
     // Push the newest backup: plan, confirm, job runs, presence changes.
     // The key map rebinds push to P (the default p is then unbound).
     c.keys("P");
-    c.wait_for("Push to offsite", 10);
+    // The confirmation shows the core's plan: what offsite lacks.
+    let s = c.wait_for("chunks to send", 20);
+    assert!(
+        s.contains("to offsite") && s.contains("already there"),
+        "{s}"
+    );
     c.keys("\r");
     c.wait_for("done:", 60);
     c.wait_until("one fewer missing backup", 30, |s| {
@@ -168,7 +173,8 @@ fn demo_push_compare_restore_quit() {
         // The Jobs pane is the left half of these rows; the Log pane is beside it.
         s.lines().any(|l| {
             let jobs = l.split("││").next().unwrap_or("");
-            jobs.contains("#2 ✓ done")
+            // 1 plans the push, 2 runs it, 3 compares, 4 plans the restore.
+            jobs.contains("#5 ✓ done")
         })
     });
     assert!(target.exists(), "no restored file; screen:\n{}", c.screen());
@@ -311,7 +317,8 @@ fn fresh_machine_browses_the_remote_and_restores_from_it() {
     c.wait_until("the restore job to finish", 60, |s| {
         s.lines().any(|l| {
             let jobs = l.split("││").next().unwrap_or("");
-            jobs.contains("#1 ✓ done")
+            // 1 plans the restore (fetch included), 2 runs it.
+            jobs.contains("#2 ✓ done")
         })
     });
     common::assert_same_file(&target, &img);

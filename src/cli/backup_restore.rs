@@ -11,9 +11,9 @@ use lifeboat_core::repo::{Repo, RepoConfig};
 use lifeboat_core::restore::{self, RestorePlan, RestoreRequest, SetRestorePlan};
 use lifeboat_core::source::FormatChoice;
 
-use crate::output::{bytes, duration};
 use super::progress::{run_job, run_job_async};
 use super::{print_json, Ctx, OutFormat, Outcome};
+use crate::output::{bytes, duration};
 
 pub fn init(
     ctx: &Ctx,

@@ -341,7 +341,8 @@ pub async fn build(w: &World) -> anyhow::Result<()> {
         };
         let r = repo.clone();
         let (c, pr) = (cancel.clone(), std::sync::Arc::new(Progress::new()));
-        tokio::task::spawn_blocking(move || lifeboat_core::backup::backup(&r, &req, &c, &pr)).await??;
+        tokio::task::spawn_blocking(move || lifeboat_core::backup::backup(&r, &req, &c, &pr))
+            .await??;
         eprint!(
             "\rbuilding the demo world: {}/{} backups",
             n + 1,

@@ -14,9 +14,9 @@ use serde::Serialize;
 
 use lifeboat_core::text::escape;
 
-use crate::output::{age, bytes, table, time};
 use super::progress::run_job;
 use super::{print_json, Ctx, Outcome};
+use crate::output::{age, bytes, table, time};
 
 #[derive(Serialize)]
 struct LsRow {

@@ -10,9 +10,9 @@ use lifeboat_core::store::local::LocalStore;
 use lifeboat_core::store::{remote, url};
 use lifeboat_core::sync::{self, select, status, SyncOptions};
 
-use crate::output::{bytes, duration, table, time};
 use super::progress::run_job_async;
 use super::{print_json, Ctx, Outcome};
+use crate::output::{bytes, duration, table, time};
 
 #[derive(Debug, clap::Args)]
 pub struct RemoteAddArgs {
@@ -272,7 +272,10 @@ pub async fn push_pull(ctx: &Ctx, a: SyncArgs, push: bool) -> anyhow::Result<Out
         ctx.open_repo()?;
     }
     let local = std::sync::Arc::new(LocalStore::new(&local_path));
-    let (src, dst): (lifeboat_core::store::DynStore, lifeboat_core::store::DynStore) = if push {
+    let (src, dst): (
+        lifeboat_core::store::DynStore,
+        lifeboat_core::store::DynStore,
+    ) = if push {
         (local, remote_store)
     } else {
         (remote_store, local)
@@ -434,4 +437,3 @@ pub async fn status_cmd(ctx: &Ctx, remotes: Vec<String>) -> anyhow::Result<Outco
     }
     Ok(Outcome::Ok)
 }
-

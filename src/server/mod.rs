@@ -397,7 +397,10 @@ async fn missing(State(st): State<Shared>, body: Body) -> ApiResult<Json<Missing
 
 /// Unknown routes answer in the documented JSON form too.
 async fn not_found() -> ApiError {
-    ApiError(StatusCode::NOT_FOUND, "no such route (see docs/SERVER.md)".into())
+    ApiError(
+        StatusCode::NOT_FOUND,
+        "no such route (see docs/SERVER.md)".into(),
+    )
 }
 
 pub fn router(repo: &FsPath, tokens: TokenFile, max_uploads: usize) -> Result<Router> {

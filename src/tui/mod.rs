@@ -48,9 +48,14 @@ impl TerminalGuard {
         }));
         // From here on, Drop undoes whatever part of the setup succeeded.
         let guard = TerminalGuard { prev_hook };
-        enable_raw_mode().context("cannot switch the terminal to raw mode (is this a terminal?)")?;
-        crossterm::execute!(std::io::stdout(), EnterAlternateScreen, crossterm::cursor::Hide)
-            .context("cannot enter the alternate screen")?;
+        enable_raw_mode()
+            .context("cannot switch the terminal to raw mode (is this a terminal?)")?;
+        crossterm::execute!(
+            std::io::stdout(),
+            EnterAlternateScreen,
+            crossterm::cursor::Hide
+        )
+        .context("cannot enter the alternate screen")?;
         Ok(guard)
     }
 }
@@ -74,7 +79,11 @@ fn restore_terminal() {
     );
 }
 
-pub async fn run(config: Config, repo_path: PathBuf, sink: crate::logging::LogSink) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    repo_path: PathBuf,
+    sink: crate::logging::LogSink,
+) -> anyhow::Result<()> {
     let inventory = config
         .vms
         .iter()
@@ -97,8 +106,8 @@ pub async fn run(config: Config, repo_path: PathBuf, sink: crate::logging::LogSi
         chrono::Utc::now(),
     );
     // Key bindings: defaults plus keys.toml in the config directory.
-    let config_dir =
-        lifeboat_core::config::default_config_path().and_then(|p| p.parent().map(|d| d.to_path_buf()));
+    let config_dir = lifeboat_core::config::default_config_path()
+        .and_then(|p| p.parent().map(|d| d.to_path_buf()));
     let (keys, problem) = keymap::KeyMap::load(config_dir.as_deref());
     app.keys = keys;
     if let Some(p) = problem {

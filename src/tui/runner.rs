@@ -87,7 +87,11 @@ impl Runner {
     pub fn snapshots(&self) -> Vec<(u64, lifeboat_core::jobs::Snapshot)> {
         self.jobs
             .lock()
-            .map(|j| j.iter().map(|(id, r)| (*id, r.progress.snapshot())).collect())
+            .map(|j| {
+                j.iter()
+                    .map(|(id, r)| (*id, r.progress.snapshot()))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -249,9 +253,15 @@ impl Runner {
                     init: !push,
                     ..Default::default()
                 };
-                let plan =
-                    sync::plan(src.as_ref(), dst.as_ref(), vec![key], &opts, &cancel, &progress)
-                        .await;
+                let plan = sync::plan(
+                    src.as_ref(),
+                    dst.as_ref(),
+                    vec![key],
+                    &opts,
+                    &cancel,
+                    &progress,
+                )
+                .await;
                 let plan = match plan {
                     Ok(p) => p,
                     Err(e) => {
@@ -271,12 +281,14 @@ impl Runner {
                     lines.push("the destination already holds this backup: nothing to send".into());
                 } else {
                     lines.push(format!(
-                        "{} of {} chunks to send ({} of data; {} already there), {} index(es), 1 manifest",
+                        "{} of {} chunks to send, {} of data",
                         s.chunks_to_send,
                         s.chunks_referenced,
                         bytes(s.data_bytes_to_send),
-                        s.chunks_already_there,
-                        s.indexes_to_send
+                    ));
+                    lines.push(format!(
+                        "{} chunks already there; {} index(es), 1 manifest",
+                        s.chunks_already_there, s.indexes_to_send
                     ));
                 }
                 if s.creates_repository {
@@ -380,11 +392,11 @@ impl Runner {
                 }
                 if let Some(f) = &plan.fetch {
                     lines.push(format!(
-                        "first fetches {} chunks ({} of data; {} already local), each verified",
+                        "first fetches {} chunks ({} of data), each verified",
                         f.chunks_to_send,
                         bytes(f.data_bytes_to_send),
-                        f.chunks_already_there
                     ));
+                    lines.push(format!("{} chunks already local", f.chunks_already_there));
                 }
                 if let Ok(mut p) = plans.lock() {
                     p.insert(

@@ -69,7 +69,11 @@ pub fn between(a: &Index, b: &Index) -> ChunkMap {
 /// One image against a repository: which chunks it holds (`held`), which
 /// it lacks.
 pub fn held(index: &Index, held: impl Fn(&Id) -> bool) -> ChunkMap {
-    let have: Vec<bool> = index.chunks.iter().map(|c| c.is_zero() || held(c)).collect();
+    let have: Vec<bool> = index
+        .chunks
+        .iter()
+        .map(|c| c.is_zero() || held(c))
+        .collect();
     let (cells, per_cell) = group(index.chunks.len(), |i| {
         match (index.chunks[i].is_zero(), have[i]) {
             (true, _) => Cell::Zero,
@@ -104,7 +108,10 @@ mod tests {
     fn maps_states_and_groups_large_images() {
         let (a, b) = (Id::of(b"a"), Id::of(b"b"));
         let m = between(&idx(vec![a, a, Id::ZERO]), &idx(vec![a, b, Id::ZERO, b]));
-        assert_eq!(m.cells, vec![Cell::Same, Cell::Changed, Cell::Zero, Cell::Missing]);
+        assert_eq!(
+            m.cells,
+            vec![Cell::Same, Cell::Changed, Cell::Zero, Cell::Missing]
+        );
         let big = idx(vec![a; 6400]);
         let m = between(&big, &big);
         assert_eq!((m.cells.len(), m.per_cell), (640, 10));

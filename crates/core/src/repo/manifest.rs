@@ -140,7 +140,10 @@ impl Manifest {
         check_name("volume", &m.volume.name).map_err(|e| bad(e.to_string()))?;
         if m.set.is_empty()
             || m.set.len() > 64
-            || !m.set.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            || !m
+                .set
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
         {
             return Err(bad("its set id is not 1 to 64 lowercase hex digits".into()));
         }

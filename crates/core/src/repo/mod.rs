@@ -2,8 +2,8 @@
 //! docs/ARCHITECTURE.md): config, chunk/index/manifest I/O, listings.
 
 pub mod buf;
-pub mod chunkmap;
 pub mod chunk;
+pub mod chunkmap;
 pub mod diff;
 pub mod durable;
 pub mod id;
@@ -131,7 +131,9 @@ impl Repo {
         let data = match durable::read_limited(&cfg, keys::MAX_CONFIG_BYTES) {
             Ok(durable::Limited::Data(d)) => d,
             Ok(durable::Limited::TooLarge(n)) => {
-                return Err(ObjectKey::Config.too_large(n, "this is not a lifeboat repository config"))
+                return Err(
+                    ObjectKey::Config.too_large(n, "this is not a lifeboat repository config")
+                )
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::NotARepository(path.to_path_buf()))
@@ -200,11 +202,13 @@ impl Repo {
     ) -> Result<&'o [u8]> {
         let path = self.path_of(&Self::chunk_key(id));
         let key = ObjectKey::Chunk(*id);
-        let data = file.read_file(&path, key.max_size()).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => key.missing(),
-            std::io::ErrorKind::FileTooLarge => Error::corrupt("chunk", id, e.to_string()),
-            _ => Error::io("reading", &path, e),
-        })?;
+        let data = file
+            .read_file(&path, key.max_size())
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => key.missing(),
+                std::io::ErrorKind::FileTooLarge => Error::corrupt("chunk", id, e.to_string()),
+                _ => Error::io("reading", &path, e),
+            })?;
         chunk::decode_into(id, data, out)
     }
 
@@ -270,12 +274,18 @@ impl Repo {
         let now = chrono::Utc::now();
         for vm in read_dir_names(&base)? {
             if !is_valid_name(&vm) {
-                tracing::warn!("skipping odd entry in manifests/: {}", crate::text::escape(&vm));
+                tracing::warn!(
+                    "skipping odd entry in manifests/: {}",
+                    crate::text::escape(&vm)
+                );
                 continue;
             }
             for vol in read_dir_names_or_warn(&base.join(&vm)) {
                 if !is_valid_name(&vol) {
-                    tracing::warn!("skipping odd entry in manifests/{vm}/: {}", crate::text::escape(&vol));
+                    tracing::warn!(
+                        "skipping odd entry in manifests/{vm}/: {}",
+                        crate::text::escape(&vol)
+                    );
                     continue;
                 }
                 for file in read_dir_names_or_warn(&base.join(&vm).join(&vol)) {
@@ -284,10 +294,9 @@ impl Repo {
                     }
                     match ManifestKey::parse_file_name(&vm, &vol, &file) {
                         Some(k) if k.is_plausible(now) => out.push(k),
-                        Some(k) => tracing::warn!(
-                            "skipping {}: dated in the future",
-                            k.object_key()
-                        ),
+                        Some(k) => {
+                            tracing::warn!("skipping {}: dated in the future", k.object_key())
+                        }
                         None => tracing::warn!(
                             "skipping odd file in manifests/{vm}/{vol}/: {}",
                             crate::text::escape(&file)

@@ -15,10 +15,10 @@ use crate::jobs::{CancellationToken, Progress};
 use crate::repo::buf::AlignedBuf;
 use crate::repo::durable::{fsync_dir, remove_quietly, temp_name};
 use crate::repo::manifest::ImageFormat;
-use crate::repo::verify::worker_threads;
-use crate::repo::{Index, Manifest, Repo};
 use crate::repo::refs::{self, Ref};
+use crate::repo::verify::worker_threads;
 use crate::repo::{Id, ManifestKey};
+use crate::repo::{Index, Manifest, Repo};
 use crate::source::qemu::convert_raw_to_qcow2;
 use crate::store::local::LocalStore;
 use crate::store::Store;
@@ -84,7 +84,10 @@ pub fn check_target(target: &Path, force: bool) -> Result<Option<u32>> {
     }
     let device = "restore to a file, then copy it onto the device (e.g. `dd if=FILE of=DEVICE bs=4M conv=sparse`)";
     if ft.is_block_device() {
-        return refuse("a block device, and restoring onto devices is not supported yet", device);
+        return refuse(
+            "a block device, and restoring onto devices is not supported yet",
+            device,
+        );
     }
     if ft.is_char_device() || ft.is_fifo() || ft.is_socket() {
         return refuse("not a regular file", device);

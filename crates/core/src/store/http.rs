@@ -248,7 +248,9 @@ impl Store for HttpStore {
         }
         let resp = self.check(resp).await?;
         let what = format!("{} {key}", key.kind());
-        self.read_capped(resp, key.max_size(), &what).await.map(Some)
+        self.read_capped(resp, key.max_size(), &what)
+            .await
+            .map(Some)
     }
 
     async fn put_if_absent(&self, obj: &Verified) -> Result<bool> {

@@ -225,7 +225,8 @@ mod tests {
         assert!(Verified::check(ObjectKey::Index(Id::of(&bytes)), bytes.clone()).is_ok());
         assert!(Verified::check(ObjectKey::Index(id), bytes).is_err());
         let huge = Bytes::from(vec![0u8; (MAX_MANIFEST_BYTES + 1) as usize]);
-        let mk = ManifestKey::parse(&format!("manifests/a/b/20261125T221000.000Z-{id}.json")).unwrap();
+        let mk =
+            ManifestKey::parse(&format!("manifests/a/b/20261125T221000.000Z-{id}.json")).unwrap();
         let e = Verified::check(ObjectKey::Manifest(mk), huge).unwrap_err();
         assert!(matches!(e, Error::TooLarge { .. }), "{e}");
     }

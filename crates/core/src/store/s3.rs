@@ -143,7 +143,30 @@ impl S3Store {
     fn err(&self, e: object_store::Error, missing_means_bucket: bool) -> Error {
         use object_store::Error as E;
         let text = scrub(&e.to_string());
+        // object_store maps a 401/403 to its own variants on object calls,
+        // but a failed listing arrives as `Generic`, whose HTTP status it
+        // does not expose. There the S3 error code of the response body
+        // (a protocol field, not message text) says what happened.
+        let code = s3_code(&text);
+        let denied_code = matches!(
+            code.as_deref(),
+            Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch")
+        );
+        let no_bucket = code.as_deref() == Some("NoSuchBucket");
         match e {
+            E::Generic { .. } if denied_code => Error::Denied {
+                remote: self.name.clone(),
+                reason: format!(
+                    "credentials refused ({}): check the access key and secret the config names",
+                    summary(&text)
+                ),
+            },
+            E::Generic { .. } | E::NotFound { .. } if no_bucket => Error::Remote {
+                remote: self.name.clone(),
+                reason: "the bucket does not exist: create it with the provider's tools first"
+                    .into(),
+                transient: false,
+            },
             E::PermissionDenied { .. } | E::Unauthenticated { .. } => Error::Denied {
                 remote: self.name.clone(),
                 reason: format!(
@@ -216,7 +239,6 @@ fn scrub(s: &str) -> String {
     // A server's words are hostile text until escaped.
     crate::text::escape(&kept).into_owned()
 }
-
 
 #[async_trait]
 impl Store for S3Store {

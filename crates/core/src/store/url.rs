@@ -32,4 +32,3 @@ pub fn check_url(url: &str) -> Result<Kind> {
         "unsupported remote URL {url:?}: use an absolute path, file:///path, http(s)://host:port/ or s3://bucket/prefix"
     )))
 }
-
