@@ -181,14 +181,43 @@ async fn health(State(st): State<Shared>) -> Json<serde_json::Value> {
     }))
 }
 
+/// Streams an object from disk: the server never holds a whole chunk in
+/// memory for a reader, so many parallel downloads cost no more than their
+/// socket buffers. The size is checked against the kind's limit first.
 async fn get_object(State(st): State<Shared>, Path(key): Path<String>) -> ApiResult<Response> {
     let key = ObjectKey::parse(&key)?;
-    match st.store.get(&key).await? {
-        Some(data) => {
-            Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
+    let path = st.root.join(key.key());
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ApiError(StatusCode::NOT_FOUND, format!("no object {key}")))
         }
-        None => Err(ApiError(StatusCode::NOT_FOUND, format!("no object {key}"))),
+        Err(e) => return Err(Error::io("reading", &path, e).into()),
+    };
+    let len = file
+        .metadata()
+        .await
+        .map_err(|e| Error::io("reading", &path, e))?
+        .len();
+    if len > key.max_size() {
+        return Err(key
+            .too_large(
+                len,
+                "the server's copy is damaged; run `lifeboat verify` there",
+            )
+            .into());
     }
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(
+        tokio::io::AsyncReadExt::take(file, len),
+    ));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 async fn put_object(

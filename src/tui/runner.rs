@@ -379,7 +379,7 @@ impl Runner {
                         "{}/{} {} → {} ({})",
                         v.vm,
                         v.volume,
-                        &v.manifest[..12],
+                        v.manifest.short(),
                         escape(&v.target.display().to_string()),
                         v.format
                     ));
@@ -458,7 +458,7 @@ impl Runner {
                         restore::execute(plan, remote.as_deref(), &local_path, &cancel, &progress)
                             .await?;
                     let written: u64 = out.iter().map(|o| o.bytes_written).sum();
-                    let digest = out.first().map(|o| o.index[..12].to_string());
+                    let digest = out.first().map(|o| o.index.short());
                     Ok(format!(
                         "{} written, digest {}",
                         bytes(written),

@@ -231,14 +231,14 @@ fn timeline(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
             let mut cells = if narrow {
                 vec![
                     TCell::from(m.created_at.format("%d %H:%M").to_string()),
-                    TCell::from(k.id.short()[..8].to_string()),
+                    TCell::from(k.id.short()),
                     TCell::from(bytes(m.stats.nonzero_bytes)),
                 ]
             } else {
                 vec![
                     TCell::from(m.created_at.format("%m-%d %H:%M").to_string()),
                     TCell::from(k.volume.clone()),
-                    TCell::from(k.id.short()[..8].to_string()),
+                    TCell::from(k.id.short()),
                     TCell::from(bytes(m.stats.nonzero_bytes)),
                     TCell::from(bytes(m.stats.new_stored_bytes)),
                 ]
@@ -266,14 +266,14 @@ fn timeline(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     let mut widths = if narrow {
         vec![
             Constraint::Length(8),
-            Constraint::Length(8),
+            Constraint::Length(12),
             Constraint::Length(9),
         ]
     } else {
         vec![
             Constraint::Length(11),
             Constraint::Length(7),
-            Constraint::Length(8),
+            Constraint::Length(12),
             Constraint::Length(9),
             Constraint::Length(9),
         ]

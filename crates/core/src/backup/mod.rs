@@ -13,6 +13,7 @@ use crate::names::check_name;
 use crate::repo::manifest::{
     Labels, Manifest, Role, SourceInfo, Stats, VmInfo, VolumeInfo, FORMAT_VERSION,
 };
+use crate::repo::Id;
 use crate::repo::{ManifestKey, Repo};
 use crate::source::{self, FormatChoice};
 
@@ -44,9 +45,9 @@ pub struct BackupResult {
 #[derive(Debug, Clone, Serialize)]
 pub struct VolumeOutcome {
     pub volume: String,
-    pub manifest: String,
+    pub manifest: Id,
     pub key: String,
-    pub index: String,
+    pub index: Id,
     pub stats: Stats,
     pub seconds: f64,
 }
@@ -150,9 +151,9 @@ pub fn backup(
         let key: ManifestKey = repo.write_manifest(&m)?;
         volumes.push(VolumeOutcome {
             volume: m.volume.name.clone(),
-            manifest: key.id.to_hex(),
+            manifest: key.id,
             key: key.object_key(),
-            index: m.index.to_hex(),
+            index: m.index,
             stats: m.stats.clone(),
             seconds,
         });

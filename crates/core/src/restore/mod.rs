@@ -26,7 +26,7 @@ use crate::sync::{self, PlanSummary, SyncOptions, TransferPlan};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RestorePlan {
-    pub manifest: String,
+    pub manifest: Id,
     pub vm: String,
     pub volume: String,
     pub target: PathBuf,
@@ -44,7 +44,7 @@ pub struct RestoreOutcome {
     pub format: ImageFormat,
     pub image_size: u64,
     pub bytes_written: u64,
-    pub index: String,
+    pub index: Id,
 }
 
 /// Checks what is at a restore target. Only a missing path or (with
@@ -100,7 +100,7 @@ pub fn check_target(target: &Path, force: bool) -> Result<Option<u32>> {
 
 /// Checks the target and builds the plan without writing anything.
 pub fn plan(
-    manifest_id: &str,
+    manifest_id: Id,
     m: &Manifest,
     index: &Index,
     target: &Path,
@@ -131,7 +131,7 @@ pub fn plan(
         }
     }
     Ok(RestorePlan {
-        manifest: manifest_id.to_string(),
+        manifest: manifest_id,
         vm: m.vm.name.clone(),
         volume: m.volume.name.clone(),
         target: target.to_path_buf(),
@@ -213,7 +213,7 @@ fn plan_volumes(
         let plan = if creates_directory.is_some() {
             // A new directory holds nothing to check yet.
             RestorePlan {
-                manifest: key.id.to_hex(),
+                manifest: key.id,
                 vm: m.vm.name.clone(),
                 volume: m.volume.name.clone(),
                 target,
@@ -224,7 +224,7 @@ fn plan_volumes(
                 mode: 0o600,
             }
         } else {
-            plan(&key.id.to_hex(), m, &idx, &target, fmt, req.force)?
+            plan(key.id, m, &idx, &target, fmt, req.force)?
         };
         volumes.push(plan);
         indexes.push(idx);
@@ -391,7 +391,7 @@ pub fn restore(
         format: plan.format,
         image_size: index.image_size,
         bytes_written: index.nonzero_bytes(),
-        index: index.id().to_hex(),
+        index: index.id(),
     })
 }
 

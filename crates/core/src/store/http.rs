@@ -74,6 +74,9 @@ impl HttpStore {
             base.set_path(&format!("{}/", base.path()));
         }
         let mut b = reqwest::Client::builder()
+            // A repository server never redirects; following one could
+            // carry the token or the data to another host.
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(opts.timeout)
             .connect_timeout(opts.connect_timeout)
             .user_agent(concat!("lifeboat/", env!("CARGO_PKG_VERSION")));
