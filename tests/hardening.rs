@@ -527,3 +527,14 @@ fn an_absurd_chunk_file_is_reported_not_read() {
     let p = &v["problems"][0];
     assert!(p["problem"].as_str().unwrap().contains("over"), "{v}");
 }
+
+/// zstd's fast levels are negative numbers; the CLI must take them.
+#[test]
+fn fast_compression_levels_are_accepted() {
+    let w = World::new();
+    w.ok(&["init", "--compression-level", "-3"]);
+    let cfg = std::fs::read_to_string(w.repo().join("lifeboat.json")).unwrap();
+    assert!(cfg.contains("\"level\": -3"), "{cfg}");
+    let (_, e) = w.fails(&["init", "--compression-level", "-9", w.path("x").to_str().unwrap()]);
+    assert!(e.contains("not allowed"), "{e}");
+}

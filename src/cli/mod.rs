@@ -67,8 +67,8 @@ pub enum Command {
         /// Chunk size: a power of two from 64K to 64M.
         #[arg(long, default_value = "4M", value_parser = crate::output::parse_size)]
         chunk_size: u64,
-        /// zstd level for new chunks (1 is fastest).
-        #[arg(long, default_value_t = lifeboat_core::repo::DEFAULT_ZSTD_LEVEL)]
+        /// zstd level for new chunks: 1 to 19, or -1 to -7 for zstd's fast modes.
+        #[arg(long, default_value_t = lifeboat_core::repo::DEFAULT_ZSTD_LEVEL, allow_negative_numbers = true)]
         compression_level: i32,
     },
     /// Back up the volumes of a VM as one backup set.

@@ -427,7 +427,9 @@ impl ChunkWriter<'_> {
         };
         let res = file.and_then(|mut f| {
             f.write_all(encoded)
-                .map_err(|e| Error::io("writing chunk", &tmp, e))
+                .map_err(|e| Error::io("writing chunk", &tmp, e))?;
+            durable::start_writeback(&f);
+            Ok(())
         });
         if let Err(e) = res {
             durable::remove_quietly(&tmp);

@@ -441,7 +441,11 @@ fn write_raw(
                                     ));
                                 }
                                 file.write_all_at(data, off)
-                                    .map_err(|e| Error::io("writing", path, e))
+                                    .map_err(|e| Error::io("writing", path, e))?;
+                                crate::repo::durable::start_writeback_range(
+                                    &file, off, len,
+                                );
+                                Ok(())
                             })
                     };
                     match res {

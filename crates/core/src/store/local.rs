@@ -61,13 +61,13 @@ impl Store for LocalStore {
     async fn put_if_absent(&self, obj: &Verified) -> Result<bool> {
         let path = self.path(obj.key());
         let root = self.root.clone();
-        let is_config = *obj.key() == ObjectKey::Config;
+        let key = obj.key().clone();
         let data = obj.data().clone();
         blocking(move || {
             if path.exists() {
                 return Ok(false);
             }
-            if is_config {
+            if key == ObjectKey::Config {
                 // The config is what makes a directory a repository: lay
                 // out the whole repository (private) before it exists.
                 crate::repo::create_layout(&root)?;
@@ -76,7 +76,20 @@ impl Store for LocalStore {
                     durable::create_dir_all(dir)?;
                 }
             }
-            durable::write_atomic(&path, &data)?;
+            match key {
+                // Data objects: synced, renamed into place; the renames are
+                // made durable together by the sync below, before any
+                // manifest can refer to them (one sync per manifest instead
+                // of a directory sync per chunk).
+                ObjectKey::Chunk(_) | ObjectKey::Index(_) => {
+                    durable::write_atomic_deferred(&path, &data)?
+                }
+                ObjectKey::Manifest(_) => {
+                    durable::sync_filesystem(&root)?;
+                    durable::write_atomic(&path, &data)?
+                }
+                ObjectKey::Config => durable::write_atomic(&path, &data)?,
+            }
             Ok(true)
         })
         .await

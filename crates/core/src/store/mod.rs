@@ -30,6 +30,12 @@ pub trait Store: Send + Sync {
     async fn get(&self, key: &ObjectKey) -> Result<Option<Bytes>>;
     /// Stores the object unless it exists. Returns whether it was written.
     async fn put_if_absent(&self, obj: &Verified) -> Result<bool>;
+    /// Stores an object the caller found missing a moment ago (a planned
+    /// transfer). A store may skip the existence check: objects are
+    /// content-addressed, so a racing copy holds the same bytes.
+    async fn put_new(&self, obj: &Verified) -> Result<()> {
+        self.put_if_absent(obj).await.map(|_| ())
+    }
     /// Which of `keys` the store lacks.
     async fn missing(&self, keys: &[ObjectKey]) -> Result<Vec<ObjectKey>>;
     /// Every key under a prefix (see `keys::check_prefix`), at most

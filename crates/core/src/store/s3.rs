@@ -277,6 +277,15 @@ impl Store for S3Store {
         Ok(true)
     }
 
+    /// One PUT, no HEAD: the plan already asked which objects are missing.
+    async fn put_new(&self, obj: &Verified) -> Result<()> {
+        self.inner
+            .put(&self.path(&obj.key().key()), obj.data().clone().into())
+            .await
+            .map_err(|e| self.err(e, true))?;
+        Ok(())
+    }
+
     async fn missing(&self, keys: &[ObjectKey]) -> Result<Vec<ObjectKey>> {
         let checks = futures::stream::iter(keys.iter().cloned())
             .map(|k| async move {

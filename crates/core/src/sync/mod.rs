@@ -373,7 +373,7 @@ pub async fn execute(
             let n = data.len() as u64;
             let obj = Verified::check_blocking(key, data).await?;
             check_cancel(cancel)?;
-            with_retry(opts.retries, || dst.put_if_absent(&obj)).await?;
+            with_retry(opts.retries, || dst.put_new(&obj)).await?;
             progress.add(raw_len, 1);
             Ok::<u64, Error>(n)
         })
