@@ -363,3 +363,27 @@ fn compare_with_live_volume_and_remote_copy() {
         a.tree()
     );
 }
+
+/// Text from a repository (a note, a source path) or a peer (an error in
+/// the Log pane) is escaped before it reaches the terminal.
+#[test]
+fn hostile_text_is_escaped_on_screen() {
+    let mut a = app();
+    let mut b = a.backups.clone();
+    let (k, mut m) = backup("evil", "root", 1, 99);
+    m.labels.note = Some("x\x1b]0;pwned\x07\u{202e}y".into());
+    m.source.path = "/img\x1b[2J.raw".into();
+    b.push((k, m));
+    a.update(Action::Loaded(b));
+    a.update(Action::Log("remote said \x1b[31mred\x1b[0m".into()));
+    // Select the evil VM's volume and its backup.
+    while a.selected_row().is_some_and(|r| r.vm != "evil") {
+        a.update(key(KeyCode::Down));
+    }
+    a.update(key(KeyCode::Enter));
+    let s = screen(&a, 160, 48);
+    assert!(!s.contains('\u{202e}'), "a raw bidi override reached the screen:\n{s}");
+    assert!(s.contains("x\\x1b]0;pwned\\x07"), "note not shown escaped:\n{s}");
+    assert!(s.contains("/img\\x1b[2J.raw"), "source not shown escaped:\n{s}");
+    assert!(s.contains("remote said \\x1b[31mred"), "log not escaped:\n{s}");
+}
