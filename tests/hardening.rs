@@ -26,7 +26,8 @@ fn one_backup(w: &World, note: Option<&str>) -> serde_json::Value {
 /// Runs `sh -c 'umask U; exec lifeboat ARGS'`, so the binary starts with
 /// that umask whatever the test runner's is.
 fn with_umask(w: &World, umask: &str, args: &[&str]) -> std::process::Output {
-    let mut c = w.cmd();
+    // The world's command, run through sh with its environment.
+    let c = w.cmd();
     let mut sh = Command::new("sh");
     sh.current_dir(w.dir.path());
     for (k, v) in c.get_envs() {
@@ -35,12 +36,22 @@ fn with_umask(w: &World, umask: &str, args: &[&str]) -> std::process::Output {
             None => sh.env_remove(k),
         };
     }
-    let _ = &mut c;
     sh.arg("-c")
         .arg(format!("umask {umask}; exec \"$0\" \"$@\""))
         .arg(BIN)
         .args(args);
     sh.output().expect("run lifeboat under sh")
+}
+
+/// `with_umask`, asserting success; returns stdout.
+fn umask_ok(w: &World, umask: &str, args: &[&str]) -> String {
+    let out = with_umask(w, umask, args);
+    assert!(
+        out.status.success(),
+        "lifeboat {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn mode(p: &Path) -> u32 {
@@ -73,62 +84,42 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 fn repositories_and_restores_are_private_whatever_the_umask() {
     let w = World::new();
     let repo = w.repo();
-    let out = with_umask(
+    umask_ok(
         &w,
         "022",
         &["init", repo.to_str().unwrap(), "--chunk-size", "64K"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let img = w.path("v.raw");
     write_at(&img, 0, &noise(300_000, 1));
     let vol = format!("root={}", img.display());
     let r = repo.to_str().unwrap();
-    let out = with_umask(
+    umask_ok(
         &w,
         "022",
         &["-r", r, "backup", "vm", "--volume", &vol, "--format", "raw"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     assert_private(&repo);
 
     // A restored file is 0600 by default (raw and qcow2)...
     let t = w.path("r.raw");
-    let out = with_umask(
+    umask_ok(
         &w,
         "022",
         &["-r", r, "restore", "vm/root", "--to", t.to_str().unwrap()],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_eq!(mode(&t), 0o600);
     let q = w.path("r.qcow2");
-    let out = with_umask(
+    umask_ok(
         &w,
         "022",
         &["-r", r, "restore", "vm/root", "--to", q.to_str().unwrap()],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(mode(&q), 0o600);
     // ...and with --force keeps the replaced file's mode.
     let kept = w.path("kept.raw");
     std::fs::write(&kept, b"old").unwrap();
     std::fs::set_permissions(&kept, std::fs::Permissions::from_mode(0o640)).unwrap();
-    let out = with_umask(
+    umask_ok(
         &w,
         "022",
         &[
@@ -141,15 +132,10 @@ fn repositories_and_restores_are_private_whatever_the_umask() {
             "--force",
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_eq!(mode(&kept), 0o640);
     // A set restores into a private directory.
     let set = w.path("set");
-    let out = with_umask(
+    umask_ok(
         &w,
         "022",
         &[
@@ -161,16 +147,11 @@ fn repositories_and_restores_are_private_whatever_the_umask() {
             set.to_str().unwrap(),
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_private(&set);
 
     // A served repository created by a push, and the tokens file.
     let tokens = w.path("tokens.toml");
-    let out = with_umask(
+    let printed = umask_ok(
         &w,
         "022",
         &[
@@ -184,9 +165,8 @@ fn repositories_and_restores_are_private_whatever_the_umask() {
             tokens.to_str().unwrap(),
         ],
     );
-    assert!(out.status.success());
     assert_eq!(mode(&tokens), 0o600);
-    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let token = printed.trim().to_string();
     let srv_repo = w.path("srv");
     std::fs::create_dir(&srv_repo).unwrap();
     std::fs::set_permissions(&srv_repo, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -205,15 +185,10 @@ fn repositories_and_restores_are_private_whatever_the_umask() {
     assert_private(&srv_repo);
     // A repository a pull creates on a fresh machine.
     let pulled = w.path("pulled");
-    let out = with_umask(
+    umask_ok(
         &w,
         "022",
         &["-r", pulled.to_str().unwrap(), "pull", r, "--init"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     assert_private(&pulled);
 }
@@ -535,6 +510,11 @@ fn fast_compression_levels_are_accepted() {
     w.ok(&["init", "--compression-level", "-3"]);
     let cfg = std::fs::read_to_string(w.repo().join("lifeboat.json")).unwrap();
     assert!(cfg.contains("\"level\": -3"), "{cfg}");
-    let (_, e) = w.fails(&["init", "--compression-level", "-9", w.path("x").to_str().unwrap()]);
+    let (_, e) = w.fails(&[
+        "init",
+        "--compression-level",
+        "-9",
+        w.path("x").to_str().unwrap(),
+    ]);
     assert!(e.contains("not allowed"), "{e}");
 }

@@ -182,21 +182,8 @@ impl Runner {
                         (repo.load_manifest(&a)?, repo.load_manifest(&b)?);
                     let (ia, ib) = (repo.read_index(&ma.index)?, repo.read_index(&mb.index)?);
                     check(cancel)?;
-                    let d = lifeboat_core::repo::diff::diff(&ia, &ib)?;
-                    let map = chunkmap::between(&ia, &ib);
-                    let summary = vec![
-                        format!("A {}", app::backup_line(&a, &ma)),
-                        format!("B {}", app::backup_line(&b, &mb)),
-                        format!(
-                            "same {} · changed {} · added {} · removed {} · 1 cell = {} chunk(s)",
-                            bytes(d.same_bytes),
-                            bytes(d.changed_bytes),
-                            bytes(d.added_bytes),
-                            bytes(d.removed_bytes),
-                            map.per_cell
-                        ),
-                    ];
-                    Ok(show_map(&tx, "Compare".into(), map, summary))
+                    let labels = [app::backup_line(&a, &ma), app::backup_line(&b, &mb)];
+                    show_diff(&tx, labels, &ia, &ib)
                 });
             }
             Effect::CompareLive { key } => self.compare_live(key),
@@ -556,21 +543,11 @@ impl Runner {
                 cancel,
                 progress,
             )?;
-            let d = lifeboat_core::repo::diff::diff(&ia, &live.index)?;
-            let map = chunkmap::between(&ia, &live.index);
-            let summary = vec![
-                format!("A {}", app::backup_line(&key, &m)),
-                format!("B live volume {}", volume.path.display()),
-                format!(
-                    "same {} · changed {} · added {} · removed {} · 1 cell = {} chunk(s)",
-                    bytes(d.same_bytes),
-                    bytes(d.changed_bytes),
-                    bytes(d.added_bytes),
-                    bytes(d.removed_bytes),
-                    map.per_cell
-                ),
+            let labels = [
+                app::backup_line(&key, &m),
+                format!("live volume {}", volume.path.display()),
             ];
-            Ok(show_map(&tx, "Compare".into(), map, summary))
+            show_diff(&tx, labels, &ia, &live.index)
         });
     }
 
@@ -645,6 +622,30 @@ fn check(cancel: &CancellationToken) -> lifeboat_core::Result<()> {
     } else {
         Ok(())
     }
+}
+
+/// The chunk map and byte summary of two images A and B, shown.
+fn show_diff(
+    tx: &UnboundedSender<Action>,
+    [a, b]: [String; 2],
+    ia: &lifeboat_core::repo::Index,
+    ib: &lifeboat_core::repo::Index,
+) -> lifeboat_core::Result<String> {
+    let d = lifeboat_core::repo::diff::diff(ia, ib)?;
+    let map = chunkmap::between(ia, ib);
+    let summary = vec![
+        format!("A {a}"),
+        format!("B {b}"),
+        format!(
+            "same {} · changed {} · added {} · removed {} · 1 cell = {} chunk(s)",
+            bytes(d.same_bytes),
+            bytes(d.changed_bytes),
+            bytes(d.added_bytes),
+            bytes(d.removed_bytes),
+            map.per_cell
+        ),
+    ];
+    Ok(show_map(tx, "Compare".into(), map, summary))
 }
 
 fn show_map(

@@ -382,8 +382,20 @@ fn hostile_text_is_escaped_on_screen() {
     }
     a.update(key(KeyCode::Enter));
     let s = screen(&a, 160, 48);
-    assert!(!s.contains('\u{202e}'), "a raw bidi override reached the screen:\n{s}");
-    assert!(s.contains("x\\x1b]0;pwned\\x07"), "note not shown escaped:\n{s}");
-    assert!(s.contains("/img\\x1b[2J.raw"), "source not shown escaped:\n{s}");
-    assert!(s.contains("remote said \\x1b[31mred"), "log not escaped:\n{s}");
+    assert!(
+        !s.contains('\u{202e}'),
+        "a raw bidi override reached the screen:\n{s}"
+    );
+    assert!(
+        s.contains("x\\x1b]0;pwned\\x07"),
+        "note not shown escaped:\n{s}"
+    );
+    assert!(
+        s.contains("/img\\x1b[2J.raw"),
+        "source not shown escaped:\n{s}"
+    );
+    assert!(
+        s.contains("remote said \\x1b[31mred"),
+        "log not escaped:\n{s}"
+    );
 }

@@ -442,9 +442,7 @@ fn write_raw(
                                 }
                                 file.write_all_at(data, off)
                                     .map_err(|e| Error::io("writing", path, e))?;
-                                crate::repo::durable::start_writeback_range(
-                                    &file, off, len,
-                                );
+                                crate::repo::durable::start_writeback_range(&file, off, len);
                                 Ok(())
                             })
                     };
