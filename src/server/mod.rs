@@ -62,6 +62,9 @@ struct AppState {
 
 type Shared = Arc<AppState>;
 
+/// How often staged uploads are committed when no manifest commits them.
+const COMMIT_EVERY: Duration = Duration::from_secs(1);
+
 /// How long one request body may take to arrive: a 64 MiB chunk at
 /// 256 KiB/s. A client slower than that holds an upload slot for nothing.
 const BODY_TIMEOUT: Duration = Duration::from_secs(256);
@@ -186,6 +189,7 @@ async fn health(State(st): State<Shared>) -> Json<serde_json::Value> {
 /// socket buffers. The size is checked against the kind's limit first.
 async fn get_object(State(st): State<Shared>, Path(key): Path<String>) -> ApiResult<Response> {
     let key = ObjectKey::parse(&key)?;
+    st.store.make_visible(&key).await?;
     let path = st.root.join(key.key());
     let file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
@@ -252,6 +256,11 @@ async fn put_object(
             ))
         }
     };
+    if let ObjectKey::Manifest(_) = parsed {
+        // Staged chunks and indexes become visible (and durable) first:
+        // the manifest's check looks for them on disk.
+        st.store.commit().await?;
+    }
     let root = st.root.clone();
     let obj = tokio::task::spawn_blocking(move || verify_upload(&root, parsed, body, chunk_size))
         .await
@@ -441,8 +450,23 @@ pub fn router(repo: &FsPath, tokens: TokenFile, max_uploads: usize) -> Result<Ro
         Err(Error::NotARepository(_)) => None,
         Err(e) => return Err(e),
     };
+    let store = LocalStore::new(repo);
+    // Uploads are committed in groups (see store::local); a client that
+    // stops before its manifest still gets its objects committed soon.
+    let ticker = store.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(COMMIT_EVERY);
+        loop {
+            every.tick().await;
+            if ticker.has_staged() {
+                if let Err(e) = ticker.commit().await {
+                    tracing::error!("committing uploads: {e}");
+                }
+            }
+        }
+    });
     let state = Arc::new(AppState {
-        store: LocalStore::new(repo),
+        store,
         root: repo.to_path_buf(),
         config: RwLock::new(config),
         tokens,

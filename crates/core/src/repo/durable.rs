@@ -32,19 +32,6 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
 /// Writes `bytes` to `path` atomically and durably. An existing file at
 /// `path` is replaced.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic_with(path, bytes, true)
-}
-
-/// Like `write_atomic`, but leaves the rename's durability to a later
-/// `sync_filesystem`: the data is synced before the rename, so after a
-/// crash the file is either complete or absent, never short. Callers must
-/// sync the file system before anything that depends on the file (a
-/// manifest) is written.
-pub fn write_atomic_deferred(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic_with(path, bytes, false)
-}
-
-fn write_atomic_with(path: &Path, bytes: &[u8], sync_dir: bool) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -57,10 +44,7 @@ fn write_atomic_with(path: &Path, bytes: &[u8], sync_dir: bool) -> Result<()> {
             .map_err(|e| Error::io("writing", &tmp, e))?;
         f.sync_all().map_err(|e| Error::io("syncing", &tmp, e))?;
         fs::rename(&tmp, path).map_err(|e| Error::io("renaming into", path, e))?;
-        if sync_dir {
-            fsync_dir(dir)?;
-        }
-        Ok(())
+        fsync_dir(dir)
     })();
     if res.is_err() {
         let _ = fs::remove_file(&tmp);

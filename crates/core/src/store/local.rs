@@ -1,7 +1,20 @@
 //! A repository directory as a store. Writes are atomic, durable and
 //! private; reads are bounded by each object kind's size limit.
+//!
+//! Chunks and indexes arriving through the store (a pull, a restore from a
+//! remote, a server's uploads) are committed in groups, with the protocol
+//! the backup writer uses: staged in `tmp/`, made durable by one file-system
+//! sync per batch, and only then renamed under their names. A visible
+//! object is therefore always complete, and one sync per batch replaces an
+//! fsync per object. A batch is committed when it is full, before any
+//! manifest is written (so a manifest never refers to an object that is not
+//! durable), on `commit`, and by a server on a short timer. Staged objects
+//! of a store that is dropped uncommitted are removed: nothing refers to
+//! them, and a re-run sends them again.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -11,19 +24,151 @@ use super::{too_many_keys, Store, MAX_LIST_KEYS};
 use crate::error::{Error, Result};
 use crate::repo::durable::{self, Limited};
 
+/// Objects staged per batch before one sync commits them.
+const BATCH: usize = 64;
+
 #[derive(Clone)]
 pub struct LocalStore {
     root: PathBuf,
+    staged: Arc<Staged>,
+}
+
+/// Staged objects: their key and temp file. One lock also serialises
+/// commits, so a batch is renamed only after a sync that covers it.
+#[derive(Default)]
+struct Staged {
+    pending: Mutex<HashMap<ObjectKey, PathBuf>>,
+    commit: Mutex<()>,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Ok(p) = self.pending.get_mut() {
+            for tmp in p.values() {
+                let _ = std::fs::remove_file(tmp);
+            }
+        }
+    }
 }
 
 impl LocalStore {
     pub fn new(root: impl Into<PathBuf>) -> LocalStore {
-        LocalStore { root: root.into() }
+        LocalStore {
+            root: root.into(),
+            staged: Arc::new(Staged::default()),
+        }
     }
 
     fn path(&self, key: &ObjectKey) -> PathBuf {
         // A parsed key is one of ours, never `..` or absolute.
         self.root.join(key.key())
+    }
+
+    /// Commits the staged batch if `key` is in it, so that the object can
+    /// be read from its path (a server streaming it from disk).
+    pub async fn make_visible(&self, key: &ObjectKey) -> Result<()> {
+        if !self.is_staged(key) {
+            return Ok(());
+        }
+        let this = self.clone();
+        blocking(move || this.commit_staged()).await
+    }
+
+    /// Whether objects wait for a commit (a server commits them on a timer).
+    pub fn has_staged(&self) -> bool {
+        self.staged
+            .pending
+            .lock()
+            .map(|p| !p.is_empty())
+            .unwrap_or(false)
+    }
+
+    fn is_staged(&self, key: &ObjectKey) -> bool {
+        self.staged
+            .pending
+            .lock()
+            .map(|p| p.contains_key(key))
+            .unwrap_or(false)
+    }
+
+    /// Writes a chunk or index to `tmp/` (synced later, with its batch).
+    /// Returns whether it was staged (false: already there or staged).
+    fn stage(&self, key: &ObjectKey, data: &[u8]) -> Result<bool> {
+        if self.path(key).exists() || self.is_staged(key) {
+            return Ok(false);
+        }
+        let tmp_dir = self.root.join("tmp");
+        let tmp = tmp_dir.join(durable::temp_name(&key.kind().replace(' ', "-")));
+        let file = match durable::create_private(&tmp) {
+            // A repository made by an older lifeboat may lack tmp/.
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                durable::create_dir_all(&tmp_dir)?;
+                durable::create_private(&tmp)
+            }
+            other => other,
+        };
+        let written = file.and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(data)
+                .map_err(|e| Error::io("writing", &tmp, e))?;
+            durable::start_writeback(&f);
+            Ok(())
+        });
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let due = {
+            let mut p = self
+                .staged
+                .pending
+                .lock()
+                .map_err(|_| Error::Internal("local store state poisoned".into()))?;
+            if let Some(dup) = p.insert(key.clone(), tmp) {
+                // Staged twice at once: keep one copy.
+                let _ = std::fs::remove_file(dup);
+            }
+            p.len() >= BATCH
+        };
+        if due {
+            self.commit_staged()?;
+        }
+        Ok(true)
+    }
+
+    /// Makes every staged object durable, then visible under its name.
+    fn commit_staged(&self) -> Result<()> {
+        let _one = self
+            .staged
+            .commit
+            .lock()
+            .map_err(|_| Error::Internal("local store state poisoned".into()))?;
+        let batch: Vec<(ObjectKey, PathBuf)> = match self.staged.pending.lock() {
+            Ok(mut p) => p.drain().collect(),
+            Err(_) => return Err(Error::Internal("local store state poisoned".into())),
+        };
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let res = (|| {
+            durable::sync_filesystem(&self.root)?;
+            for (key, tmp) in &batch {
+                let dest = self.path(key);
+                if let Some(dir) = dest.parent() {
+                    if !dir.exists() {
+                        durable::create_dir_all(dir)?;
+                    }
+                }
+                std::fs::rename(tmp, &dest).map_err(|e| Error::io("renaming into", &dest, e))?;
+            }
+            Ok(())
+        })();
+        if res.is_err() {
+            for (_, tmp) in &batch {
+                let _ = std::fs::remove_file(tmp);
+            }
+        }
+        res
     }
 }
 
@@ -55,42 +200,57 @@ impl Store for LocalStore {
     async fn get(&self, key: &ObjectKey) -> Result<Option<Bytes>> {
         let path = self.path(key);
         let key = key.clone();
-        blocking(move || read_object(&path, &key)).await
+        let this = self.clone();
+        blocking(move || {
+            if this.is_staged(&key) {
+                this.commit_staged()?;
+            }
+            read_object(&path, &key)
+        })
+        .await
     }
 
     async fn put_if_absent(&self, obj: &Verified) -> Result<bool> {
         let path = self.path(obj.key());
-        let root = self.root.clone();
         let key = obj.key().clone();
         let data = obj.data().clone();
-        blocking(move || {
-            if path.exists() {
-                return Ok(false);
-            }
-            if key == ObjectKey::Config {
-                // The config is what makes a directory a repository: lay
-                // out the whole repository (private) before it exists.
-                crate::repo::create_layout(&root)?;
-            } else if let Some(dir) = path.parent() {
-                if !dir.exists() {
+        let this = self.clone();
+        blocking(move || match key {
+            // Data objects: staged, committed with their batch.
+            ObjectKey::Chunk(_) | ObjectKey::Index(_) => this.stage(&key, &data),
+            ObjectKey::Manifest(_) => {
+                if path.exists() {
+                    return Ok(false);
+                }
+                // Everything staged so far becomes durable and visible, and
+                // the renames durable, before the manifest can exist.
+                this.commit_staged()?;
+                durable::sync_filesystem(&this.root)?;
+                if let Some(dir) = path.parent() {
                     durable::create_dir_all(dir)?;
                 }
+                durable::write_atomic(&path, &data)?;
+                Ok(true)
             }
-            match key {
-                // Data objects: synced, renamed into place; the renames are
-                // made durable together by the sync below, before any
-                // manifest can refer to them (one sync per manifest instead
-                // of a directory sync per chunk).
-                ObjectKey::Chunk(_) | ObjectKey::Index(_) => {
-                    durable::write_atomic_deferred(&path, &data)?
+            ObjectKey::Config => {
+                if path.exists() {
+                    return Ok(false);
                 }
-                ObjectKey::Manifest(_) => {
-                    durable::sync_filesystem(&root)?;
-                    durable::write_atomic(&path, &data)?
-                }
-                ObjectKey::Config => durable::write_atomic(&path, &data)?,
+                // The config is what makes a directory a repository: lay
+                // out the whole repository (private) before it exists.
+                crate::repo::create_layout(&this.root)?;
+                durable::write_atomic(&path, &data)?;
+                Ok(true)
             }
-            Ok(true)
+        })
+        .await
+    }
+
+    async fn commit(&self) -> Result<()> {
+        let this = self.clone();
+        blocking(move || {
+            this.commit_staged()?;
+            durable::sync_filesystem(&this.root)
         })
         .await
     }
@@ -98,10 +258,13 @@ impl Store for LocalStore {
     async fn missing(&self, keys: &[ObjectKey]) -> Result<Vec<ObjectKey>> {
         let paths: Vec<(ObjectKey, PathBuf)> =
             keys.iter().map(|k| (k.clone(), self.path(k))).collect();
+        let this = self.clone();
         blocking(move || {
+            // A staged object counts as held: it is committed before any
+            // manifest that refers to it.
             Ok(paths
                 .into_iter()
-                .filter(|(_, p)| !p.exists())
+                .filter(|(k, p)| !p.exists() && !this.is_staged(k))
                 .map(|(k, _)| k)
                 .collect())
         })
@@ -165,4 +328,58 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::chunk::Encoder;
+    use crate::repo::Id;
+
+    fn chunk(seed: u8) -> Verified {
+        let raw = vec![seed; 70_000];
+        let enc = Encoder::new(1).unwrap().encode(&raw).unwrap();
+        Verified::check(ObjectKey::Chunk(Id::of(&raw)), Bytes::from(enc)).unwrap()
+    }
+
+    fn files(dir: &Path) -> usize {
+        std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn uploads_are_committed_in_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("r");
+        crate::repo::create_layout(&root).unwrap();
+        let store = LocalStore::new(&root);
+        let c = chunk(1);
+        assert!(store.put_if_absent(&c).await.unwrap());
+        assert!(
+            !store.put_if_absent(&c).await.unwrap(),
+            "staged counts as held"
+        );
+        // Staged: not at its path yet, but held for `missing`.
+        assert!(!root.join(c.key().key()).exists());
+        assert!(store.missing(&[c.key().clone()]).await.unwrap().is_empty());
+        store.commit().await.unwrap();
+        assert!(root.join(c.key().key()).exists());
+        assert_eq!(files(&root.join("tmp")), 0);
+        // A full batch commits by itself.
+        for i in 0..BATCH as u8 {
+            store.put_if_absent(&chunk(i + 10)).await.unwrap();
+        }
+        assert!(!store.has_staged());
+        // A store dropped uncommitted leaves no temp files and no objects.
+        let other = LocalStore::new(&root);
+        let d = chunk(200);
+        other.put_if_absent(&d).await.unwrap();
+        assert_eq!(files(&root.join("tmp")), 1);
+        drop(other);
+        assert_eq!(files(&root.join("tmp")), 0);
+        assert!(!root.join(d.key().key()).exists());
+        // Reading a staged object commits its batch first.
+        let e = chunk(201);
+        store.put_if_absent(&e).await.unwrap();
+        assert_eq!(store.get(e.key()).await.unwrap().as_ref(), Some(e.data()));
+    }
 }

@@ -36,6 +36,12 @@ pub trait Store: Send + Sync {
     async fn put_new(&self, obj: &Verified) -> Result<()> {
         self.put_if_absent(obj).await.map(|_| ())
     }
+    /// Makes everything put so far durable and visible (a store that
+    /// commits writes in groups; others already have). Transfers call it
+    /// when their data is in.
+    async fn commit(&self) -> Result<()> {
+        Ok(())
+    }
     /// Which of `keys` the store lacks.
     async fn missing(&self, keys: &[ObjectKey]) -> Result<Vec<ObjectKey>>;
     /// Every key under a prefix (see `keys::check_prefix`), at most

@@ -390,6 +390,7 @@ pub async fn execute(
         with_retry(opts.retries, || dst.put_if_absent(obj)).await?;
         report.indexes_sent += 1;
     }
+    with_retry(opts.retries, || dst.commit()).await?;
     if plan.send_manifests {
         progress.set_phase("sending manifests");
         for (_, _, obj) in &plan.manifests {
