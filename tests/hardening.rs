@@ -353,6 +353,13 @@ fn repositories_made_by_pull_and_restore_from_take_backups() {
     let other = World::new();
     other.ok(&["pull", src.repo().to_str().unwrap(), "--init"]);
     fresh_backup(&other);
+    // A directory holding other things never becomes a repository.
+    let busy = World::new();
+    std::fs::create_dir(busy.repo()).unwrap();
+    std::fs::write(busy.repo().join("notes.txt"), b"mine").unwrap();
+    let (_, e) = busy.fails(&["pull", src.repo().to_str().unwrap(), "--init"]);
+    assert!(e.contains("not empty"), "{e}");
+    assert!(!busy.repo().join("chunks").exists());
 }
 
 /// `restore --dry-run --from` changes nothing locally.

@@ -236,6 +236,21 @@ impl Store for LocalStore {
                 if path.exists() {
                     return Ok(false);
                 }
+                // Never turn a directory that holds other things (a home,
+                // a mount point given by mistake) into a repository.
+                let layout = ["chunks", "indexes", "manifests", "tmp"];
+                let foreign = std::fs::read_dir(&this.root)
+                    .map(|d| {
+                        d.flatten()
+                            .any(|e| !layout.iter().any(|n| e.file_name() == *n))
+                    })
+                    .unwrap_or(false);
+                if foreign {
+                    return Err(Error::BadInput(format!(
+                        "{} is not empty and holds no lifeboat repository: give a new or empty directory",
+                        this.root.display()
+                    )));
+                }
                 // The config is what makes a directory a repository: lay
                 // out the whole repository (private) before it exists.
                 crate::repo::create_layout(&this.root)?;
