@@ -101,20 +101,12 @@ fn repositories_and_restores_are_private_whatever_the_umask() {
     assert_private(&repo);
 
     // A restored file is 0600 by default (raw and qcow2)...
-    let t = w.path("r.raw");
-    umask_ok(
-        &w,
-        "022",
-        &["-r", r, "restore", "vm/root", "--to", t.to_str().unwrap()],
-    );
-    assert_eq!(mode(&t), 0o600);
-    let q = w.path("r.qcow2");
-    umask_ok(
-        &w,
-        "022",
-        &["-r", r, "restore", "vm/root", "--to", q.to_str().unwrap()],
-    );
-    assert_eq!(mode(&q), 0o600);
+    for name in ["r.raw", "r.qcow2"] {
+        let t = w.path(name);
+        let to = t.to_str().unwrap();
+        umask_ok(&w, "022", &["-r", r, "restore", "vm/root", "--to", to]);
+        assert_eq!(mode(&t), 0o600, "{name}");
+    }
     // ...and with --force keeps the replaced file's mode.
     let kept = w.path("kept.raw");
     std::fs::write(&kept, b"old").unwrap();

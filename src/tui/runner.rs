@@ -282,23 +282,13 @@ impl Runner {
                     lines.push("creates the repository there first".into());
                 }
                 lines.push("every chunk is verified as it moves".into());
-                if let Ok(mut p) = plans.lock() {
-                    p.insert(
-                        next,
-                        Held::Transfer {
-                            title: title.clone(),
-                            src,
-                            dst,
-                            plan,
-                        },
-                    );
-                }
-                let _ = tx.send(Action::Planned {
-                    plan: next,
-                    title,
-                    lines,
-                });
-                Ok("planned; waiting for confirmation".to_string())
+                let held = Held::Transfer {
+                    title: title.clone(),
+                    src,
+                    dst,
+                    plan,
+                };
+                Ok(offer(&plans, &tx, next, held, title, lines))
             },
         );
     }
@@ -385,22 +375,12 @@ impl Runner {
                     ));
                     lines.push(format!("{} chunks already local", f.chunks_already_there));
                 }
-                if let Ok(mut p) = plans.lock() {
-                    p.insert(
-                        next,
-                        Held::Restore {
-                            title: title.clone(),
-                            remote,
-                            plan,
-                        },
-                    );
-                }
-                let _ = tx.send(Action::Planned {
-                    plan: next,
-                    title,
-                    lines,
-                });
-                Ok("planned; waiting for confirmation".to_string())
+                let held = Held::Restore {
+                    title: title.clone(),
+                    remote,
+                    plan,
+                };
+                Ok(offer(&plans, &tx, next, held, title, lines))
             },
         );
     }
@@ -595,6 +575,27 @@ impl Runner {
     {
         self.track(Job::spawn_async(&title, self.events.clone(), f));
     }
+}
+
+/// Holds a finished plan under `id` and asks the console to confirm it;
+/// returns the planning job's summary.
+fn offer(
+    plans: &Mutex<HashMap<u64, Held>>,
+    tx: &UnboundedSender<Action>,
+    id: u64,
+    held: Held,
+    title: String,
+    lines: Vec<String>,
+) -> String {
+    if let Ok(mut p) = plans.lock() {
+        p.insert(id, held);
+    }
+    let _ = tx.send(Action::Planned {
+        plan: id,
+        title,
+        lines,
+    });
+    "planned; waiting for confirmation".to_string()
 }
 
 /// A job's lifecycle event as a console action. Success is reported by
