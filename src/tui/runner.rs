@@ -344,7 +344,7 @@ impl Runner {
                     Ok(p) => p,
                     Err(e) => {
                         let _ = tx.send(Action::PlanFailed {
-                            title: "Cannot restore there".into(),
+                            title: format!("Cannot plan: {title}"),
                             error: e.to_string(),
                         });
                         return Err(e);

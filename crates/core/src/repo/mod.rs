@@ -18,6 +18,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -178,17 +179,18 @@ impl Repo {
     }
 
     /// Reads an object's bytes, bounded by its kind's size limit.
-    fn read_object(&self, key: &ObjectKey) -> Result<Vec<u8>> {
-        let path = self.path_of(&key.key());
-        match durable::read_limited(&path, key.max_size()) {
-            Ok(durable::Limited::Data(d)) => Ok(d),
-            Ok(durable::Limited::TooLarge(n)) => Err(Error::corrupt(
+    fn read_object(&self, key: &ObjectKey) -> Result<Bytes> {
+        // The store's bounded read; here a missing object is an error, and
+        // an oversized file is a damaged object that `verify` names.
+        match crate::store::local::read_object(&self.path_of(&key.key()), key) {
+            Ok(Some(d)) => Ok(d),
+            Ok(None) => Err(key.missing()),
+            Err(Error::TooLarge { size, limit, .. }) => Err(Error::corrupt(
                 key.kind(),
-                key,
-                format!("the file is {n} bytes, over the {} allowed", key.max_size()),
+                key.name(),
+                format!("the file is {size} bytes, over the {limit} allowed"),
             )),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(key.missing()),
-            Err(e) => Err(Error::io("reading", &path, e)),
+            Err(e) => Err(e),
         }
     }
 

@@ -95,15 +95,20 @@ impl ObjectKey {
         }
     }
 
-    /// The id a missing-object error names.
+    /// What errors call the object: its id (the config: its file name).
+    pub fn name(&self) -> String {
+        match self {
+            ObjectKey::Config => CONFIG_FILE.to_string(),
+            ObjectKey::Chunk(id) | ObjectKey::Index(id) => id.to_hex(),
+            ObjectKey::Manifest(k) => k.id.to_hex(),
+        }
+    }
+
+    /// The error for an object that is not there.
     pub fn missing(&self) -> Error {
         Error::MissingObject {
             kind: self.kind(),
-            id: match self {
-                ObjectKey::Config => CONFIG_FILE.to_string(),
-                ObjectKey::Chunk(id) | ObjectKey::Index(id) => id.to_hex(),
-                ObjectKey::Manifest(k) => k.id.to_hex(),
-            },
+            id: self.name(),
         }
     }
 }
