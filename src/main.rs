@@ -17,7 +17,7 @@ fn main() -> std::process::ExitCode {
         cli::init_tracing_to(args.verbose, sink.clone());
         Some(sink)
     } else {
-        cli::init_tracing(args.verbose);
+        cli::init_tracing(args.verbose, args.json);
         None
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -153,10 +153,17 @@ pub async fn verify(ctx: &Ctx, deep: bool, references: Vec<String>) -> anyhow::R
         }
         Some(keys)
     };
+    let root = repo.root().to_path_buf();
     let report: VerifyReport = run_job("verify", ctx.json, move |c, p| {
         verify::verify(&repo, keys, deep, c, p)
     })
     .await?;
+    // The console shows each backup's verify state from this record.
+    if let Err(e) =
+        lifeboat_core::repo::state::record_verify(&root, &report.marks(chrono::Utc::now()))
+    {
+        tracing::warn!("could not record the verify result: {e}");
+    }
     if ctx.json {
         print_json(&report)?;
     } else {

@@ -17,6 +17,8 @@ use lifeboat_core::repo::Repo;
 
 pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_DAMAGE: u8 = 3;
+/// `status`: a remote is unknown, unreachable or did not answer in time.
+pub const EXIT_UNREACHABLE: u8 = 4;
 pub const EXIT_CANCELLED: u8 = 130;
 
 #[derive(Debug, Parser)]
@@ -139,9 +141,13 @@ pub enum Command {
     /// Fetch backups the local repository lacks.
     Pull(remote_cmds::SyncArgs),
     /// Per volume: backups only local, only on a remote, or in both.
+    /// Exits 4 when a remote is unknown, unreachable or does not answer.
     Status {
         /// Remotes to compare with (default: every configured remote).
         remotes: Vec<String>,
+        /// Seconds to wait for each remote (they are asked at once).
+        #[arg(long, default_value_t = 15, value_name = "SECS")]
+        timeout: u64,
     },
 }
 
@@ -240,7 +246,9 @@ pub fn init_tracing_to(verbose: u8, sink: crate::logging::LogSink) {
         .try_init();
 }
 
-pub fn init_tracing(verbose: u8) {
+/// Log lines on stderr: JSON lines with `--json` (a script reading stderr
+/// gets one format), plain text otherwise, coloured only on a terminal.
+pub fn init_tracing(verbose: u8, json: bool) {
     let level = match verbose {
         0 if serving() => "info",
         0 => "warn",
@@ -249,11 +257,16 @@ pub fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = if json {
+        fmt.json().with_ansi(false).try_init()
+    } else {
+        use std::io::IsTerminal;
+        fmt.with_ansi(std::io::stderr().is_terminal()).try_init()
+    };
 }
 
 /// What a command's run produced: success, or a finding that is not an
@@ -261,6 +274,7 @@ pub fn init_tracing(verbose: u8) {
 pub enum Outcome {
     Ok,
     Damage,
+    Unreachable,
 }
 
 pub struct Ctx {
@@ -342,7 +356,9 @@ pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
         Command::Serve(a) => serve(&ctx, a).await,
         Command::Push(a) => remote_cmds::push_pull(&ctx, a, true).await,
         Command::Pull(a) => remote_cmds::push_pull(&ctx, a, false).await,
-        Command::Status { remotes } => remote_cmds::status_cmd(&ctx, remotes).await,
+        Command::Status { remotes, timeout } => {
+            remote_cmds::status_cmd(&ctx, remotes, timeout).await
+        }
     };
     finish(json, res)
 }
@@ -351,6 +367,7 @@ fn finish(json: bool, res: anyhow::Result<Outcome>) -> u8 {
     match res {
         Ok(Outcome::Ok) => 0,
         Ok(Outcome::Damage) => EXIT_DAMAGE,
+        Ok(Outcome::Unreachable) => EXIT_UNREACHABLE,
         Err(e) => report(json, &e),
     }
 }
@@ -470,7 +487,7 @@ fn report(json: bool, e: &anyhow::Error) -> u8 {
     );
     // Messages can quote a remote's words or a repository's names: escape
     // control characters before they reach a terminal.
-    let msg = lifeboat_core::text::escape_lines(&format!("{e:#}"));
+    let msg = lifeboat_core::text::escape_lines(&crate::output::describe(e));
     if json {
         println!(
             "{}",

@@ -355,7 +355,7 @@ pub async fn push_pull(ctx: &Ctx, a: SyncArgs, push: bool) -> anyhow::Result<Out
     Ok(Outcome::Ok)
 }
 
-pub async fn status_cmd(ctx: &Ctx, remotes: Vec<String>) -> anyhow::Result<Outcome> {
+pub async fn status_cmd(ctx: &Ctx, remotes: Vec<String>, timeout: u64) -> anyhow::Result<Outcome> {
     let local_keys = ctx.open_repo()?.list_manifests()?;
     let names: Vec<String> = if remotes.is_empty() {
         ctx.config.remotes.keys().cloned().collect()
@@ -365,18 +365,35 @@ pub async fn status_cmd(ctx: &Ctx, remotes: Vec<String>) -> anyhow::Result<Outco
     if names.is_empty() {
         bail!("no remotes configured; add one with `lifeboat remote add NAME URL` or name a URL");
     }
-    let mut out = Vec::new();
-    for n in &names {
-        let res = async {
-            let (_, store) = remote::resolve(&ctx.config, n)?;
-            sync::list_manifests(store.as_ref()).await
-        }
+    let limit = std::time::Duration::from_secs(timeout.max(1));
+    // Every remote at once, each bounded: one dead remote must not make
+    // the answer about the others wait.
+    let out: Vec<Result<status::RemoteSync, String>> =
+        futures::future::join_all(names.iter().map(|n| {
+            let local_keys = &local_keys;
+            async move {
+                let listed = tokio::time::timeout(limit, async {
+                    let (_, store) = remote::resolve(&ctx.config, n)?;
+                    sync::list_manifests(store.as_ref()).await
+                })
+                .await;
+                match listed {
+                    Err(_) => Err(format!(
+                        "no answer within {} s (raise --timeout for a slow link)",
+                        limit.as_secs()
+                    )),
+                    Ok(r) => r
+                        .map(|rk| status::compare(n, local_keys, &rk))
+                        .map_err(|e| lifeboat_core::text::describe(&e)),
+                }
+            }
+        }))
         .await;
-        out.push(
-            res.map(|rk| status::compare(n, &local_keys, &rk))
-                .map_err(|e| e.to_string()),
-        );
-    }
+    let outcome = if out.iter().any(|r| r.is_err()) {
+        Outcome::Unreachable
+    } else {
+        Outcome::Ok
+    };
     if ctx.json {
         let v: Vec<serde_json::Value> = names
             .iter()
@@ -387,13 +404,13 @@ pub async fn status_cmd(ctx: &Ctx, remotes: Vec<String>) -> anyhow::Result<Outco
             })
             .collect();
         print_json(&v)?;
-        return Ok(Outcome::Ok);
+        return Ok(outcome);
     }
     for (n, r) in names.iter().zip(&out) {
         let s = match r {
             Ok(s) => s,
             Err(e) => {
-                println!("{n}: unreachable: {e}\n");
+                println!("{n}: UNREACHABLE: {}\n", lifeboat_core::text::escape(e));
                 continue;
             }
         };
@@ -435,5 +452,5 @@ pub async fn status_cmd(ctx: &Ctx, remotes: Vec<String>) -> anyhow::Result<Outco
         );
         println!();
     }
-    Ok(Outcome::Ok)
+    Ok(outcome)
 }

@@ -15,23 +15,54 @@ use std::path::Path;
 pub const ACTIONS: &[(&str, char, &str)] = &[
     ("down", 'j', "move down (also ↓)"),
     ("up", 'k', "move up (also ↑)"),
-    ("filter", '/', "filter VMs"),
+    ("top", 'g', "first row (also Home)"),
+    ("bottom", 'G', "last row (also End)"),
+    ("filter", '/', "filter VMs (tree) / search the timeline"),
+    ("next_match", 'n', "next timeline search match"),
     ("source", 's', "show local / each remote"),
-    ("push", 'p', "push (local) / pull (remote view)"),
+    (
+        "push",
+        'p',
+        "push (local) / pull (remote view): the backup, or the VM in the tree",
+    ),
+    (
+        "push_all",
+        'A',
+        "push / pull everything the other side lacks",
+    ),
     ("backup", 'b', "back up the VM now"),
-    ("restore", 'r', "restore backup to a file"),
+    ("restore", 'r', "restore the backup to a file"),
     (
         "compare",
         'c',
         "compare two backups (remote view: with local)",
     ),
-    ("compare_live", 'C', "compare backup with the live volume"),
+    (
+        "compare_live",
+        'C',
+        "compare the backup with the live volume",
+    ),
     ("verify", 'v', "quick verify"),
     ("deep_verify", 'V', "deep verify"),
-    ("cancel", 'x', "cancel job (Jobs pane)"),
-    ("refresh", 'R', "refresh"),
+    ("cancel", 'x', "cancel the job (Jobs pane)"),
+    ("zoom", 'z', "zoom the focused pane"),
+    ("lower", 'o', "lower pane: jobs / log / details"),
+    ("refresh", 'R', "refresh now"),
     ("help", '?', "help"),
     ("quit", 'q', "quit"),
+];
+
+/// Keys that are not characters, for the help screen.
+pub const FIXED_KEYS: &[(&str, &str)] = &[
+    ("Tab", "next pane"),
+    ("Shift-Tab", "previous pane"),
+    ("Enter", "open timeline / job log; confirm"),
+    ("Esc", "back, close, cancel; leaves zoom"),
+    ("← →  h l", "tree / timeline"),
+    ("PgUp PgDn", "ten rows up / down"),
+    ("Home End", "first / last row (Log: oldest / follow)"),
+    ("Ctrl-C", "quit (asks while jobs run)"),
+    ("mouse", "click selects, wheel scrolls"),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,21 +154,40 @@ impl KeyMap {
         }
     }
 
-    /// (keys, description) for help and the bottom bar.
+    /// The key the admin presses for `action` (after keys.toml).
+    pub fn key(&self, action: &str) -> char {
+        ACTIONS
+            .iter()
+            .zip(&self.effective)
+            .find(|((a, _, _), _)| *a == action)
+            .map(|(_, c)| *c)
+            .unwrap_or('?')
+    }
+
+    /// (keys, description) of every key, for the help screen.
     pub fn help(&self) -> Vec<(String, &'static str)> {
-        let mut out = vec![
-            ("↑↓ ←→".to_string(), "move, open timeline"),
-            ("Tab".into(), "next pane"),
-            ("Enter".into(), "open / confirm"),
-        ];
+        let mut out: Vec<(String, &'static str)> = FIXED_KEYS
+            .iter()
+            .map(|(k, d)| (k.to_string(), *d))
+            .collect();
         out.extend(
             ACTIONS
                 .iter()
                 .zip(&self.effective)
-                .filter(|((a, _, _), _)| *a != "down" && *a != "up")
                 .map(|((_, _, d), c)| (c.to_string(), *d)),
         );
         out
+    }
+
+    /// `key word` hints for the bottom bar, from the effective keys.
+    pub fn hints(&self, items: &[(&str, &'static str)]) -> Vec<String> {
+        items
+            .iter()
+            .map(|(action, word)| match *action {
+                "" => word.to_string(),
+                a => format!("{} {word}", self.key(a)),
+            })
+            .collect()
     }
 }
 
@@ -155,6 +205,8 @@ mod tests {
             .help()
             .iter()
             .any(|(c, d)| c == "P" && d.starts_with("push")));
+        assert_eq!(k.key("push"), 'P');
+        assert_eq!(k.hints(&[("push", "push")]), vec!["P push".to_string()]);
         assert!(KeyMap::with_overrides("launch = \"l\"")
             .unwrap_err()
             .contains("unknown action"));

@@ -29,6 +29,8 @@ use tokio::sync::mpsc;
 const MIN_FRAME: Duration = Duration::from_millis(16);
 /// How often running jobs' progress is sampled.
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+/// The clock: ages and "read N s ago" move, and the auto-refresh is due.
+const TICK: Duration = Duration::from_secs(5);
 
 /// Owns the terminal's raw mode and alternate screen: dropping it restores
 /// the terminal on every exit path (errors included), and the panic hook
@@ -53,7 +55,8 @@ impl TerminalGuard {
         crossterm::execute!(
             std::io::stdout(),
             EnterAlternateScreen,
-            crossterm::cursor::Hide
+            crossterm::cursor::Hide,
+            crossterm::event::EnableMouseCapture
         )
         .context("cannot enter the alternate screen")?;
         Ok(guard)
@@ -72,8 +75,14 @@ impl Drop for TerminalGuard {
 
 fn restore_terminal() {
     let _ = disable_raw_mode();
+    // Clear the alternate screen before leaving it: a terminal that
+    // reflows on resize (or lacks a separate alternate buffer) would
+    // otherwise keep the console's borders above the shell prompt.
     let _ = crossterm::execute!(
         std::io::stdout(),
+        crossterm::event::DisableMouseCapture,
+        crossterm::terminal::Clear(crossterm::terminal::ClearType::All),
+        crossterm::cursor::MoveTo(0, 0),
         LeaveAlternateScreen,
         crossterm::cursor::Show
     );
@@ -113,6 +122,14 @@ pub async fn run(
     if let Some(p) = problem {
         app.update(Action::Log(p));
     }
+    app.config_path = config
+        .path
+        .clone()
+        .or_else(lifeboat_core::config::default_config_path)
+        .map(|p| {
+            let missing = if p.exists() { "" } else { " (not created yet)" };
+            format!("{}{missing}", p.display())
+        });
     let theme = view::Theme::from_env();
     let (tx, mut rx) = mpsc::unbounded_channel::<Action>();
     let (events_tx, mut events) = mpsc::unbounded_channel::<JobEvent>();
@@ -139,17 +156,21 @@ async fn event_loop(
     job_events: &mut mpsc::UnboundedReceiver<JobEvent>,
 ) -> anyhow::Result<()> {
     let mut terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
+    if let Ok(size) = terminal.size() {
+        app.update(Action::Resize(size.width, size.height));
+    }
     for e in app.start() {
         runner.exec(e);
     }
     let mut events = EventStream::new();
-    let mut clock = tokio::time::interval(Duration::from_secs(30));
+    let mut clock = tokio::time::interval(TICK);
     let mut dirty = true;
     let mut last_draw: Option<Instant> = None;
     let mut last_progress = Instant::now();
     loop {
         // Draw now when a frame is due; otherwise wake when it will be.
-        // An idle console with nothing running sleeps until input arrives.
+        // An idle console with nothing running wakes only on input and
+        // the clock tick.
         if dirty && last_draw.is_none_or(|t| t.elapsed() >= MIN_FRAME) {
             terminal.draw(|f| view::render(f, app, theme))?;
             dirty = false;
@@ -167,15 +188,27 @@ async fn event_loop(
         };
         let effects = tokio::select! {
             ev = events.next() => match ev {
-                Some(Ok(Event::Key(k))) if k.kind == KeyEventKind::Press => { dirty = true; app.update(Action::Key(k)) }
-                Some(Ok(Event::Resize(_, _))) => { dirty = true; Vec::new() }
+                Some(Ok(Event::Key(k))) if k.kind == KeyEventKind::Press => {
+                    dirty = true;
+                    app.now = chrono::Utc::now();
+                    app.update(Action::Key(k))
+                }
+                Some(Ok(Event::Mouse(m))) => { dirty = true; app.update(Action::Mouse(m)) }
+                Some(Ok(Event::Resize(w, h))) => {
+                    // Redraw every cell: what the terminal kept from the
+                    // old size must not survive into the new layout.
+                    terminal.autoresize()?;
+                    terminal.clear()?;
+                    dirty = true;
+                    app.update(Action::Resize(w, h))
+                }
                 Some(Ok(_)) => Vec::new(),
                 Some(Err(e)) => return Err(e.into()),
                 None => break,
             },
-            Some(a) = rx.recv() => { dirty = true; app.update(a) }
+            Some(a) = rx.recv() => { dirty = true; app.now = chrono::Utc::now(); app.update(a) }
             Some(ev) = job_events.recv() => match runner::event_action(ev) {
-                Some(a) => { dirty = true; app.update(a) }
+                Some(a) => { dirty = true; app.now = chrono::Utc::now(); app.update(a) }
                 None => Vec::new(),
             },
             _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now).into()), if wake.is_some() => {

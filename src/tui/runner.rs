@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use lifeboat_core::config::Config;
 use lifeboat_core::jobs::{CancellationToken, Job, JobEvent, Progress};
 use lifeboat_core::repo::chunkmap::{self, ChunkMap};
-use lifeboat_core::repo::{Manifest, ManifestKey, Repo};
+use lifeboat_core::repo::{state, Manifest, ManifestKey, Repo};
 use lifeboat_core::restore::{self, RestoreRequest, SetRestorePlan};
 use lifeboat_core::store::local::LocalStore;
 use lifeboat_core::store::{remote, DynStore};
@@ -19,7 +19,7 @@ use lifeboat_core::sync::{self, SyncOptions, TransferPlan};
 use lifeboat_core::text::escape;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::app::{self, Action, Effect};
+use super::app::{self, Action, Effect, Scope};
 use crate::output::bytes;
 
 pub struct Running {
@@ -119,8 +119,37 @@ impl Runner {
                     let res = Repo::open(&path).and_then(|r| r.load_all());
                     let _ = match res {
                         Ok(b) => tx.send(Action::Loaded(b)),
-                        Err(e) => tx.send(Action::Log(format!("local repository: {e}"))),
+                        Err(e) => tx.send(Action::LoadFailed(e.to_string())),
                     };
+                    match state::load_verify(&path) {
+                        Ok(v) => {
+                            let _ = tx.send(Action::VerifyState(v));
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Action::Log(format!("verify record: {e}")));
+                        }
+                    }
+                });
+            }
+            Effect::LoadHistory => {
+                let path = self.repo_path.clone();
+                tokio::task::spawn_blocking(move || {
+                    let _ = match state::load_jobs(&path) {
+                        Ok((jobs, bad)) => tx.send(Action::History(jobs, bad)),
+                        Err(e) => tx.send(Action::Log(format!("job history: {e}"))),
+                    };
+                });
+            }
+            Effect::RecordJob(rec) => {
+                let path = self.repo_path.clone();
+                tokio::task::spawn_blocking(move || {
+                    // Only a repository keeps a history (a failed first
+                    // pull leaves none to write into).
+                    if path.join("config").exists() {
+                        if let Err(e) = state::append_job(&path, rec) {
+                            let _ = tx.send(Action::Log(format!("job history: {e}")));
+                        }
+                    }
                 });
             }
             Effect::ListRemote(name) => {
@@ -163,7 +192,11 @@ impl Runner {
                     let _ = tx.send(Action::RemoteBrowsed { name, result: res });
                 });
             }
-            Effect::PlanTransfer { push, remote, key } => self.plan_transfer(push, remote, key),
+            Effect::PlanTransfer {
+                push,
+                remote,
+                scope,
+            } => self.plan_transfer(push, remote, scope),
             Effect::PlanRestore { key, to, from } => self.plan_restore(key, to, from),
             Effect::RunPlan(id) => self.run_plan(id),
             Effect::DropPlan(id) => {
@@ -197,32 +230,36 @@ impl Runner {
                     check(&cancel)?;
                     let (index, _) = sync::fetch_index(store.as_ref(), &m.index).await?;
                     let local = Repo::open(&path).ok();
-                    let map = chunkmap::held(&index, |c| {
-                        local.as_ref().is_some_and(|r| r.has_chunk(c))
-                    });
+                    let map =
+                        chunkmap::held(&index, |c| local.as_ref().is_some_and(|r| r.has_chunk(c)));
                     let summary = vec![
                         format!("{name}'s copy of {}", app::backup_line(&key, &m)),
                         format!("against the local repository {}", path.display()),
                         format!(
-                            "held locally: █ · missing locally: ▒ ({}, what a pull fetches) · 1 cell = {} chunk(s)",
+                            "missing locally: {} (what a pull fetches) · 1 cell = {} chunk(s)",
                             bytes(map.missing_bytes),
                             map.per_cell
                         ),
                     ];
-                    Ok(show_map(&tx, format!("Compare {name} with local"), map, summary))
+                    Ok(show_map(
+                        &tx,
+                        format!("Compare {name} with local"),
+                        map,
+                        summary,
+                    ))
                 });
             }
         }
     }
 
-    fn plan_transfer(&self, push: bool, name: String, key: ManifestKey) {
+    fn plan_transfer(&self, push: bool, name: String, scope: Scope) {
         let store = self.store(&name);
         let local = self.local();
-        let backup = format!("{}/{} {}", key.vm, key.volume, key.id.short());
+        let what = scope.describe();
         let title = if push {
-            format!("Push {backup} to {name}")
+            format!("Push {what} to {name}")
         } else {
-            format!("Pull {backup} from {name}")
+            format!("Pull {what} from {name}")
         };
         let plans = self.plans.clone();
         let next = self.hold_slot();
@@ -240,21 +277,47 @@ impl Runner {
                     init: !push,
                     ..Default::default()
                 };
-                let plan = sync::plan(
-                    src.as_ref(),
-                    dst.as_ref(),
-                    vec![key],
-                    &opts,
-                    &cancel,
-                    &progress,
-                )
+                let planned = async {
+                    let selected = match &scope {
+                        Scope::Backup(k) => vec![k.clone()],
+                        other => {
+                            progress.set_phase("listing backups");
+                            let keys = sync::list_manifests(src.as_ref()).await?;
+                            keys.into_iter()
+                                .filter(|k| match other {
+                                    Scope::Vm(vm) => &k.vm == vm,
+                                    Scope::Volume { vm, volume } => {
+                                        &k.vm == vm && &k.volume == volume
+                                    }
+                                    _ => true,
+                                })
+                                .collect()
+                        }
+                    };
+                    if selected.is_empty() {
+                        return Err(lifeboat_core::Error::BadInput(format!(
+                            "{} holds no backups of {}",
+                            src.describe(),
+                            scope.describe()
+                        )));
+                    }
+                    sync::plan(
+                        src.as_ref(),
+                        dst.as_ref(),
+                        selected,
+                        &opts,
+                        &cancel,
+                        &progress,
+                    )
+                    .await
+                }
                 .await;
-                let plan = match plan {
+                let plan = match planned {
                     Ok(p) => p,
                     Err(e) => {
                         let _ = tx.send(Action::PlanFailed {
                             title: format!("Cannot plan: {title}"),
-                            error: e.to_string(),
+                            error: lifeboat_core::text::describe(&e),
                         });
                         return Err(e);
                     }
@@ -264,9 +327,17 @@ impl Runner {
                     format!("from {}", escape(&s.source)),
                     format!("to   {}", escape(&s.destination)),
                 ];
-                if s.manifests_to_send == 0 {
-                    lines.push("the destination already holds this backup: nothing to send".into());
+                let noop = s.manifests_to_send == 0;
+                if noop {
+                    lines.push(format!(
+                        "the destination already holds all {} selected backup(s): nothing to send",
+                        s.manifests_selected
+                    ));
                 } else {
+                    lines.push(format!(
+                        "{} of {} selected backup(s) to send",
+                        s.manifests_to_send, s.manifests_selected
+                    ));
                     lines.push(format!(
                         "{} of {} chunks to send, {} of data",
                         s.chunks_to_send,
@@ -274,21 +345,21 @@ impl Runner {
                         bytes(s.data_bytes_to_send),
                     ));
                     lines.push(format!(
-                        "{} chunks already there; {} index(es), 1 manifest",
+                        "{} chunks already there; {} index(es)",
                         s.chunks_already_there, s.indexes_to_send
                     ));
+                    if s.creates_repository {
+                        lines.push("creates the repository there first".into());
+                    }
+                    lines.push("every chunk is verified as it moves".into());
                 }
-                if s.creates_repository {
-                    lines.push("creates the repository there first".into());
-                }
-                lines.push("every chunk is verified as it moves".into());
                 let held = Held::Transfer {
                     title: title.clone(),
                     src,
                     dst,
                     plan,
                 };
-                Ok(offer(&plans, &tx, next, held, title, lines))
+                Ok(offer(&plans, &tx, next, held, title, lines, noop))
             },
         );
     }
@@ -380,7 +451,7 @@ impl Runner {
                     remote,
                     plan,
                 };
-                Ok(offer(&plans, &tx, next, held, title, lines))
+                Ok(offer(&plans, &tx, next, held, title, lines, false))
             },
         );
     }
@@ -469,16 +540,27 @@ impl Runner {
 
     fn verify(&self, deep: bool) {
         let path = self.repo_path.clone();
+        let tx = self.tx.clone();
         let title = if deep { "deep verify" } else { "quick verify" }.to_string();
         self.spawn_blocking(title, move |cancel, progress| {
             let repo = Repo::open(&path)?;
             let r = lifeboat_core::repo::verify::verify(&repo, None, deep, cancel, progress)?;
+            // Each backup's result is kept (Details and the timeline show
+            // it, after a restart too).
+            let marks = r.marks(chrono::Utc::now());
+            if let Err(e) = state::record_verify(&path, &marks) {
+                let _ = tx.send(Action::Log(format!("verify record: {e}")));
+            }
+            if let Ok(all) = state::load_verify(&path) {
+                let _ = tx.send(Action::VerifyState(all));
+            }
             if r.ok() {
                 Ok(format!("ok: {} backups, {} chunks", r.manifests, r.chunks))
             } else {
                 Err(lifeboat_core::Error::BadInput(format!(
-                    "{} damaged objects: {}",
+                    "{} damaged objects break {} backup(s): {}",
                     r.problems.len(),
+                    r.broken.len(),
                     r.problems
                         .iter()
                         .take(3)
@@ -586,6 +668,7 @@ fn offer(
     held: Held,
     title: String,
     lines: Vec<String>,
+    noop: bool,
 ) -> String {
     if let Ok(mut p) = plans.lock() {
         p.insert(id, held);
@@ -594,8 +677,13 @@ fn offer(
         plan: id,
         title,
         lines,
+        noop,
     });
-    "planned; waiting for confirmation".to_string()
+    if noop {
+        "nothing to do".to_string()
+    } else {
+        "planned; waiting for confirmation".to_string()
+    }
 }
 
 /// A job's lifecycle event as a console action. Success is reported by

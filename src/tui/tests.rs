@@ -12,7 +12,7 @@ use lifeboat_core::repo::{Id, ManifestKey};
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
 
-use super::app::{Action, App, Dialog, Effect, Pane, Rpo};
+use super::app::{Action, App, Dialog, Effect, Pane, Presence, Rpo};
 use super::view::{render, Theme};
 
 fn now() -> DateTime<Utc> {
@@ -130,8 +130,8 @@ fn tree_rpo_and_navigation() {
     // Presence: the newest is missing on the remote, the oldest is held.
     let newest = a.timeline()[0].0.clone();
     let oldest = a.timeline()[11].0.clone();
-    assert_eq!(a.presence(&newest), vec![Some(false)]);
-    assert_eq!(a.presence(&oldest), vec![Some(true)]);
+    assert_eq!(a.presence(&newest), vec![Presence::Missing]);
+    assert_eq!(a.presence(&oldest), vec![Presence::Held]);
 }
 
 #[test]
@@ -153,6 +153,7 @@ fn push_is_planned_confirmed_then_run() {
         plan: 7,
         title: "Push db01/root to offsite".into(),
         lines: vec!["3 of 9 chunks to send (12.0 MiB of data; 6 already there)".into()],
+        noop: false,
     });
     let Some(Dialog::Confirm { lines, .. }) = &a.dialog else {
         panic!("no confirm dialog: {:?}", a.dialog)
@@ -168,6 +169,7 @@ fn push_is_planned_confirmed_then_run() {
         plan: 8,
         title: "Push".into(),
         lines: vec![],
+        noop: false,
     });
     assert_eq!(a.update(key(KeyCode::Enter)), vec![Effect::RunPlan(8)]);
 }
@@ -217,9 +219,27 @@ fn compare_marks_two_backups_and_quit_asks_while_jobs_run() {
     }
     a.update(key(KeyCode::Enter));
     assert!(a.update(key(KeyCode::Char('c'))).is_empty());
+    assert!(a.status.as_ref().is_some_and(|s| s.text.contains("marked")));
+    // The next row is the data volume at the same time: a different
+    // volume is compared only after a warning.
+    a.update(key(KeyCode::Down));
+    assert!(a.update(key(KeyCode::Char('c'))).is_empty());
+    assert!(
+        matches!(&a.dialog, Some(Dialog::Confirm { title, .. }) if title.contains("different volumes")),
+        "{:?}",
+        a.dialog
+    );
+    let e = a.update(key(KeyCode::Enter));
+    assert!(matches!(&e[..], [Effect::Compare { .. }]));
+    // The same volume compares at once.
+    a.update(key(KeyCode::Char('c')));
+    a.update(key(KeyCode::Down));
     a.update(key(KeyCode::Down));
     let e = a.update(key(KeyCode::Char('c')));
-    assert!(matches!(&e[..], [Effect::Compare { .. }]));
+    assert!(
+        matches!(&e[..], [Effect::Compare { a, b }] if a.volume == b.volume),
+        "{e:?}"
+    );
     a.update(Action::JobStarted {
         id: 7,
         title: "push".into(),
@@ -274,7 +294,7 @@ fn screens_at_80x24_and_160x48() {
 fn tiny_terminal_gets_a_message_not_a_crash() {
     let a = app();
     let s = screen(&a, 20, 10);
-    assert!(s.contains("too small"), "{s}");
+    assert!(s.contains("needs at least"), "{s}");
 }
 
 #[test]
@@ -295,7 +315,11 @@ fn browsing_a_remote_and_pulling_from_it() {
     assert_eq!(a.tree()[0].vm, "ghost01");
     assert_eq!(a.presence_columns(), vec!["local".to_string()]);
     let k = a.timeline()[0].0.clone();
-    assert_eq!(a.presence(&k), vec![Some(false)], "ghost01 is not local");
+    assert_eq!(
+        a.presence(&k),
+        vec![Presence::Missing],
+        "ghost01 is not local"
+    );
     a.update(key(KeyCode::Enter));
     let e = a.update(key(KeyCode::Char('p')));
     assert!(
@@ -352,6 +376,13 @@ fn compare_with_live_volume_and_remote_copy() {
         name: "offsite".into(),
         result: Ok(vec![backup("web01", "root", 200, 9)]),
     });
+    // The inventory's VMs show in a remote's view too (new01: never sent).
+    assert_eq!(a.tree()[0].vm, "new01");
+    assert_eq!(a.rpo("new01"), Rpo::Never);
+    a.focus = Pane::Tree;
+    while a.selected_row().is_some_and(|r| r.vm != "web01") {
+        a.update(key(KeyCode::Down));
+    }
     a.update(key(KeyCode::Enter));
     let e = a.update(key(KeyCode::Char('c')));
     assert!(
@@ -398,4 +429,492 @@ fn hostile_text_is_escaped_on_screen() {
         s.contains("remote said \\x1b[31mred"),
         "log not escaped:\n{s}"
     );
+}
+
+fn chord(c: char, m: KeyModifiers) -> Action {
+    Action::Key(KeyEvent::new(KeyCode::Char(c), m))
+}
+
+fn web01_timeline(a: &mut App) {
+    while a.selected_row().is_some_and(|r| r.vm != "web01") {
+        a.update(key(KeyCode::Down));
+    }
+    a.update(key(KeyCode::Enter));
+}
+
+#[test]
+fn modifiers_are_matched_exactly() {
+    let mut a = app();
+    web01_timeline(&mut a);
+    for (c, m) in [
+        ('v', KeyModifiers::CONTROL),
+        ('b', KeyModifiers::CONTROL),
+        ('p', KeyModifiers::ALT),
+        ('r', KeyModifiers::ALT),
+        ('q', KeyModifiers::CONTROL),
+    ] {
+        assert!(a.update(chord(c, m)).is_empty(), "{c} with {m:?}");
+        assert!(a.dialog.is_none(), "{c} with {m:?} opened {:?}", a.dialog);
+        assert!(!a.quit);
+    }
+    // Shift is part of a capital letter: V is deep verify.
+    a.update(chord('V', KeyModifiers::SHIFT));
+    assert!(matches!(&a.dialog, Some(Dialog::Confirm { title, .. }) if title == "Deep verify"));
+    a.update(key(KeyCode::Esc));
+    assert_eq!(
+        a.update(chord('c', KeyModifiers::CONTROL)),
+        vec![Effect::Quit]
+    );
+}
+
+#[test]
+fn restore_prompt_edits_like_a_shell_line() {
+    let mut a = app();
+    web01_timeline(&mut a);
+    a.update(key(KeyCode::Char('r')));
+    let value = |a: &App| match &a.dialog {
+        Some(Dialog::Prompt { input, .. }) => input.value().to_string(),
+        other => panic!("no prompt: {other:?}"),
+    };
+    assert_eq!(value(&a), "./web01-root.qcow2");
+    // Ctrl-W deletes the last word, Ctrl-U the whole line.
+    a.update(chord('w', KeyModifiers::CONTROL));
+    assert_eq!(value(&a), "./web01-");
+    a.update(chord('u', KeyModifiers::CONTROL));
+    assert_eq!(value(&a), "");
+    for c in "/srv/x.raw".chars() {
+        a.update(key(KeyCode::Char(c)));
+    }
+    // Home, then typing inserts at the start; Left moves back a character.
+    a.update(key(KeyCode::Home));
+    a.update(key(KeyCode::Char('.')));
+    assert_eq!(value(&a), "./srv/x.raw");
+    a.update(key(KeyCode::End));
+    a.update(key(KeyCode::Left));
+    a.update(key(KeyCode::Left));
+    a.update(key(KeyCode::Left));
+    a.update(key(KeyCode::Char('w')));
+    assert_eq!(value(&a), "./srv/x.wraw");
+    // Ctrl-A / Ctrl-E move too; no letter is inserted by a chord.
+    a.update(chord('a', KeyModifiers::CONTROL));
+    a.update(chord('e', KeyModifiers::CONTROL));
+    assert_eq!(value(&a), "./srv/x.wraw");
+}
+
+fn compare_screen(cells: Vec<super::app::Cell>, w: u16, h: u16) -> String {
+    let mut a = app();
+    a.update(Action::CompareReady {
+        title: "Compare".into(),
+        cells,
+        summary: vec![
+            "A db01/root 0123456789ab (2026-11-25 10:00)".into(),
+            "B db01/data 0123456789ab (2026-11-25 10:00)".into(),
+            "same 0 B · changed 128.0 MiB · added 64.0 MiB · removed 0 B · 1 cell = 1 chunk(s)"
+                .into(),
+        ],
+    });
+    screen(&a, w, h)
+}
+
+#[test]
+fn compare_map_is_never_cut_and_legend_matches_glyphs() {
+    use super::app::Cell;
+    // 256 chunks: 128 changed, 64 same, 64 only in B (added).
+    let mut cells = vec![Cell::Changed; 128];
+    cells.extend(vec![Cell::Same; 64]);
+    cells.extend(vec![Cell::Added; 64]);
+    for (w, h) in [(80, 24), (100, 30), (160, 48)] {
+        let s = compare_screen(cells.clone(), w, h);
+        assert!(s.contains("Esc close"), "{w}x{h}: last line cut:\n{s}");
+        // Every cell is drawn (or merged, and then said so).
+        let (x, plus) = (s.matches('X').count(), s.matches('+').count());
+        if s.contains("1 glyph =") {
+            assert!(plus >= 1 && x >= 1, "{w}x{h}:\n{s}");
+        } else {
+            assert_eq!((x - 1, plus - 1), (128, 64), "{w}x{h}:\n{s}");
+        }
+        // The legend names the glyphs the map draws (also without colour).
+        assert!(s.contains("X changed") && s.contains("+ added"), "{s}");
+    }
+    insta::assert_snapshot!("compare_80x24", compare_screen(cells, 80, 24));
+}
+
+#[test]
+fn log_and_jobs_follow_new_entries() {
+    let mut a = app();
+    for i in 0..60 {
+        a.update(Action::Log(format!(
+            "line {i} with enough words to wrap in a narrow log pane at a hundred columns"
+        )));
+    }
+    let s = screen(&a, 100, 30);
+    assert!(
+        s.contains("line 59"),
+        "the newest log line is not shown:\n{s}"
+    );
+    for id in 1..=6 {
+        a.update(Action::JobStarted {
+            id,
+            title: format!("job number {id}"),
+        });
+    }
+    let s = screen(&a, 80, 24);
+    assert!(
+        s.contains("#6"),
+        "the newest job is not shown at 80x24:\n{s}"
+    );
+    // Scrolling the Log back holds it; End follows again.
+    a.focus = Pane::Log;
+    a.lower = super::app::Lower::Log;
+    a.update(key(KeyCode::Up));
+    a.update(key(KeyCode::Up));
+    let s = screen(&a, 80, 24);
+    assert!(s.contains("back 2") && !s.contains("job 6 started"), "{s}");
+    a.update(key(KeyCode::End));
+    assert!(screen(&a, 80, 24).contains("job 6 started"));
+}
+
+fn running_job(a: &mut App) {
+    a.update(Action::JobStarted {
+        id: 4,
+        title: "restore web01 set from offsite".into(),
+    });
+    a.update(Action::JobProgress {
+        id: 4,
+        snapshot: lifeboat_core::jobs::Snapshot {
+            phase: "restoring".into(),
+            bytes_done: 100 << 20,
+            bytes_total: 1 << 30,
+            objects_done: 25,
+            objects_total: 256,
+            job_bytes_done: 617 << 20,
+            job_bytes_total: 3 << 30,
+            elapsed_secs: 12.0,
+            bytes_per_sec: 120.0 * (1 << 20) as f64,
+            eta_secs: Some(20.5),
+        },
+    });
+}
+
+#[test]
+fn job_progress_shows_job_totals_rate_and_eta_at_every_width() {
+    let mut a = app();
+    running_job(&mut a);
+    for (w, h) in [(80, 24), (100, 30), (160, 48)] {
+        let s = screen(&a, w, h);
+        let line = s.lines().find(|l| l.contains("#4")).unwrap_or_default();
+        assert!(
+            line.contains("617.0 MiB/3.0 GiB")
+                && line.contains("120.0 MiB/s")
+                && line.contains("ETA 0:21"),
+            "{w}x{h}: {line}"
+        );
+        if w >= 160 {
+            // 617 MiB of 3 GiB is 20 %: two of ten bar cells.
+            assert!(line.contains("▕██░░░░░░░░▏"), "{w}x{h}: {line}");
+        }
+    }
+}
+
+#[test]
+fn hints_follow_the_key_map() {
+    let mut a = app();
+    a.keys = super::keymap::KeyMap::with_overrides("restore = \"e\"\nquit = \"r\"\n").unwrap();
+    let s = screen(&a, 80, 24);
+    assert!(s.contains("e restore"), "{s}");
+    assert!(s.contains("r quit") && !s.contains("r restore"), "{s}");
+    web01_timeline(&mut a);
+    assert!(screen(&a, 100, 30).contains("e restore"));
+    a.update(key(KeyCode::Char('e')));
+    assert!(matches!(a.dialog, Some(Dialog::Prompt { .. })));
+    a.update(key(KeyCode::Esc));
+    a.update(key(KeyCode::Char('r')));
+    assert!(a.quit, "r is rebound to quit");
+}
+
+#[test]
+fn refresh_runs_on_an_interval_and_after_a_remote_changes() {
+    let mut a = app();
+    a.update(Action::Loaded(a.backups.clone()));
+    assert_eq!(a.refreshed_ago(), Some(0));
+    assert!(a
+        .update(Action::Tick(now() + Duration::seconds(10)))
+        .is_empty());
+    let s = screen(&a, 100, 30);
+    assert!(s.contains("refreshed 10s ago"), "{s}");
+    let e = a.update(Action::Tick(now() + Duration::seconds(31)));
+    assert!(e.contains(&Effect::Reload) && e.contains(&Effect::ListRemote("offsite".into())));
+    // In a remote view, a changed list is browsed again, and the header
+    // and the title agree on the count.
+    a.update(key(KeyCode::Char('s')));
+    a.update(Action::RemoteBrowsed {
+        name: "offsite".into(),
+        result: Ok(vec![backup("web01", "root", 30, 9)]),
+    });
+    let more: BTreeSet<Id> = [
+        backup("web01", "root", 30, 9),
+        backup("web01", "root", 1, 10),
+    ]
+    .iter()
+    .map(|(k, _)| k.id)
+    .collect();
+    let e = a.update(Action::RemoteListed {
+        name: "offsite".into(),
+        result: Ok((3.0, more)),
+    });
+    assert_eq!(e, vec![Effect::Browse("offsite".into())]);
+    a.update(Action::RemoteBrowsed {
+        name: "offsite".into(),
+        result: Ok(vec![
+            backup("web01", "root", 30, 9),
+            backup("web01", "root", 1, 10),
+        ]),
+    });
+    let s = screen(&a, 160, 48);
+    assert!(
+        s.contains("VIEWING REMOTE offsite: 2 backups") && s.contains("offsite up 3ms 2 backups"),
+        "{s}"
+    );
+}
+
+#[test]
+fn a_dead_remote_says_why_everywhere() {
+    let mut a = app();
+    a.update(Action::RemoteListed {
+        name: "offsite".into(),
+        result: Err("connection refused (is lifeboat serve running at 10.0.0.9:8473?)".into()),
+    });
+    web01_timeline(&mut a);
+    let s = screen(&a, 80, 24);
+    assert!(s.contains("offsite ✗"), "{s}");
+    assert!(s.contains("connection refused"), "status line:\n{s}");
+    assert!(s.contains("✗ n/a"), "presence:\n{s}");
+    let s = screen(&a, 160, 48);
+    assert!(s.contains("UNREACHABLE: connection refused"), "{s}");
+}
+
+#[test]
+fn a_plan_with_nothing_to_do_is_shown_not_offered() {
+    let mut a = app();
+    let e = a.update(Action::Planned {
+        plan: 5,
+        title: "Push web01/root 88ca53f7a98f to offsite".into(),
+        lines: vec![
+            "the destination already holds all 1 selected backup(s): nothing to send".into(),
+        ],
+        noop: true,
+    });
+    assert_eq!(e, vec![Effect::DropPlan(5)]);
+    assert!(
+        matches!(&a.dialog, Some(Dialog::Message { title, .. }) if title.ends_with("nothing to do"))
+    );
+    // Enter closes it; nothing runs.
+    assert!(a.update(key(KeyCode::Enter)).is_empty());
+}
+
+#[test]
+fn a_vm_is_as_fresh_as_its_stalest_volume() {
+    let mut a = App::new(
+        "/srv/lifeboat".into(),
+        vec![(
+            "db02".into(),
+            vec!["root".into(), "data".into(), "logs".into()],
+        )],
+        vec![],
+        now(),
+    );
+    a.update(Action::Loaded(vec![
+        backup("db02", "root", 24 * 4, 1),
+        backup("db02", "data", 1, 2),
+    ]));
+    assert_eq!(a.rpo_volume("db02", "data"), Rpo::Fresh);
+    assert_eq!(a.rpo_volume("db02", "root"), Rpo::Stale);
+    assert_eq!(a.rpo_volume("db02", "logs"), Rpo::Never);
+    assert_eq!(a.rpo("db02"), Rpo::Never);
+    a.inventory = vec![("db02".into(), vec!["root".into(), "data".into()])];
+    a.rebuild();
+    assert_eq!(a.rpo("db02"), Rpo::Stale);
+}
+
+#[test]
+fn small_screens_reach_details_log_and_zoom() {
+    let mut a = app();
+    web01_timeline(&mut a);
+    a.update(Action::Log("a log line to find".into()));
+    a.update(key(KeyCode::Char('o')));
+    let s = screen(&a, 80, 24);
+    assert!(s.contains("a log line to find"), "{s}");
+    a.update(key(KeyCode::Char('o')));
+    let s = screen(&a, 80, 24);
+    assert!(
+        s.contains("not verified yet") || s.contains("verify"),
+        "{s}"
+    );
+    insta::assert_snapshot!("details_80x24", s);
+    // Zoom: the timeline takes the screen.
+    a.update(key(KeyCode::Char('z')));
+    let s = screen(&a, 80, 24);
+    assert!(!s.contains("VMs (local)"), "{s}");
+    assert_eq!(s.matches("2026-11-").count(), 12, "{s}");
+    a.update(key(KeyCode::Esc));
+    assert!(!a.zoom);
+}
+
+#[test]
+fn screens_at_100x30_and_too_small() {
+    let mut a = app();
+    web01_timeline(&mut a);
+    running_job(&mut a);
+    insta::assert_snapshot!("console_100x30", screen(&a, 100, 30));
+    let s = screen(&a, 40, 12);
+    assert!(s.contains("needs at least 60x16"), "{s}");
+    assert!(!s.contains("miss"), "{s}");
+}
+
+#[test]
+fn a_newcomer_sees_what_to_do() {
+    let mut a = App::new(
+        "/root/.local/share/lifeboat/repo".into(),
+        vec![],
+        vec![],
+        now(),
+    );
+    a.config_path = Some("/root/.config/lifeboat/config.toml (not created yet)".into());
+    a.update(Action::LoadFailed(
+        "no repository at /root/.local/share/lifeboat/repo".into(),
+    ));
+    let s = screen(&a, 80, 24);
+    for want in [
+        "lifeboat init",
+        "lifeboat demo",
+        "config.toml",
+        "no repository at",
+    ] {
+        assert!(s.contains(want), "{want}:\n{s}");
+    }
+    insta::assert_snapshot!("welcome_80x24", s);
+}
+
+#[test]
+fn help_lists_every_key_and_scrolls_at_80x24() {
+    let mut a = app();
+    a.update(key(KeyCode::Char('?')));
+    let s = screen(&a, 80, 24);
+    assert!(s.contains("scroll"), "no scroll hint:\n{s}");
+    for _ in 0..60 {
+        a.update(key(KeyCode::Down));
+    }
+    let s = screen(&a, 80, 24);
+    for want in ["q          quit", "STALE", "● held", "keys.toml"] {
+        assert!(s.contains(want), "{want}:\n{s}");
+    }
+    let keys = super::keymap::KeyMap::default().help();
+    for k in ["Shift-Tab", "PgUp PgDn", "Home End", "Esc"] {
+        assert!(keys.iter().any(|(c, _)| c == k), "{k}");
+    }
+}
+
+#[test]
+fn jobs_open_their_log_cancel_asks_and_history_is_kept() {
+    use lifeboat_core::repo::state::{JobOutcome, JobRecord};
+    let mut a = app();
+    a.update(Action::History(
+        vec![JobRecord {
+            title: "push db01 to offsite".into(),
+            started_at: now() - Duration::hours(30),
+            ended_at: now() - Duration::hours(30),
+            outcome: JobOutcome::Failed,
+            message: "remote offsite: timed out".into(),
+            log: vec!["10:00:00 started".into()],
+        }],
+        1,
+    ));
+    running_job(&mut a);
+    a.focus = Pane::Jobs;
+    assert_eq!(a.job_sel, 1, "the running job is selected");
+    a.update(key(KeyCode::Char('x')));
+    assert!(matches!(
+        &a.dialog,
+        Some(Dialog::Confirm {
+            effect: Effect::Cancel(4),
+            ..
+        })
+    ));
+    assert_eq!(a.update(key(KeyCode::Enter)), vec![Effect::Cancel(4)]);
+    let e = a.update(Action::JobDone {
+        id: 4,
+        result: Err("cancelled".into()),
+        cancelled: true,
+    });
+    assert!(e
+        .iter()
+        .any(|e| matches!(e, Effect::RecordJob(r) if r.outcome == JobOutcome::Cancelled)));
+    a.update(key(KeyCode::Up));
+    a.update(key(KeyCode::Enter));
+    let Some(Dialog::Message { title, lines, .. }) = &a.dialog else {
+        panic!("no job log: {:?}", a.dialog)
+    };
+    assert!(title.contains("earlier session"), "{title}");
+    assert!(lines.iter().any(|l| l.contains("timed out")), "{lines:?}");
+    assert!(a.log.iter().any(|l| l.contains("damaged")));
+}
+
+#[test]
+fn timeline_search_mouse_and_verify_state() {
+    use lifeboat_core::repo::state::VerifyMark;
+    let mut a = app();
+    a.update(Action::Resize(100, 30));
+    web01_timeline(&mut a);
+    a.update(key(KeyCode::Char('/')));
+    for c in "11-22".chars() {
+        a.update(key(KeyCode::Char(c)));
+    }
+    a.update(key(KeyCode::Enter));
+    let (_, m) = a.selected_backup().unwrap();
+    assert_eq!(m.created_at.format("%m-%d").to_string(), "11-22");
+    a.update(key(KeyCode::Char('n')));
+    let (k, m) = a.selected_backup().unwrap();
+    assert_eq!(m.created_at.format("%m-%d").to_string(), "11-22");
+    assert_eq!(k.volume, "data");
+    // Home / End.
+    a.update(key(KeyCode::Home));
+    assert_eq!(a.timeline_sel, 0);
+    a.update(key(KeyCode::End));
+    assert_eq!(a.timeline_sel, 11);
+    // A click on the tree's first row selects db01.
+    use crossterm::event::{MouseButton, MouseEvent, MouseEventKind};
+    let click = |col, row| {
+        Action::Mouse(MouseEvent {
+            kind: MouseEventKind::Down(MouseButton::Left),
+            column: col,
+            row,
+            modifiers: KeyModifiers::NONE,
+        })
+    };
+    a.update(click(3, 2));
+    assert_eq!(a.focus, Pane::Tree);
+    assert_eq!(a.selected_row().unwrap().vm, "db01");
+    a.update(Action::Mouse(MouseEvent {
+        kind: MouseEventKind::ScrollDown,
+        column: 3,
+        row: 4,
+        modifiers: KeyModifiers::NONE,
+    }));
+    assert_eq!(a.tree_sel, 3);
+    // Verify results show per backup.
+    web01_timeline(&mut a);
+    let (k, _) = a.selected_backup().unwrap();
+    a.update(Action::VerifyState(
+        [(
+            k.id,
+            VerifyMark {
+                at: now() - Duration::hours(1),
+                deep: true,
+                ok: true,
+            },
+        )]
+        .into(),
+    ));
+    let s = screen(&a, 160, 48);
+    assert!(s.contains("verify  ok (deep)"), "{s}");
 }

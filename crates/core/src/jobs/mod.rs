@@ -32,7 +32,7 @@ fn finished_event<T>(id: u64, res: &Result<T>) -> JobEvent {
         Err(Error::Cancelled) => JobEvent::Cancelled { id },
         Err(e) => JobEvent::Failed {
             id,
-            error: e.to_string(),
+            error: crate::text::describe(e),
         },
     }
 }

@@ -16,6 +16,10 @@ pub enum Cell {
     Changed,
     Zero,
     Missing,
+    /// Only the second image has this chunk (it is larger).
+    Added,
+    /// Only the first image has this chunk.
+    Removed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -30,13 +34,22 @@ pub struct ChunkMap {
 /// Groups `n` chunk states into at most `MAX_CELLS` cells. A cell shows
 /// the most telling state of its run: changed, then missing, same, zero.
 fn group(n: usize, state: impl Fn(usize) -> Cell) -> (Vec<Cell>, usize) {
-    let per = n.max(1).div_ceil(MAX_CELLS).max(1);
-    let rank = |c: Cell| match c {
-        Cell::Changed => 3,
+    group_into(n, MAX_CELLS, state)
+}
+
+fn rank(c: Cell) -> u8 {
+    match c {
+        Cell::Changed => 5,
+        Cell::Added => 4,
+        Cell::Removed => 3,
         Cell::Missing => 2,
         Cell::Same => 1,
         Cell::Zero => 0,
-    };
+    }
+}
+
+fn group_into(n: usize, max: usize, state: impl Fn(usize) -> Cell) -> (Vec<Cell>, usize) {
+    let per = n.max(1).div_ceil(max.max(1)).max(1);
     let cells = (0..n)
         .step_by(per)
         .map(|start| {
@@ -49,6 +62,12 @@ fn group(n: usize, state: impl Fn(usize) -> Cell) -> (Vec<Cell>, usize) {
     (cells, per)
 }
 
+/// Cells grouped again to at most `max` (a small terminal), each showing
+/// its most telling state; returns the cells and how many it merged per cell.
+pub fn regroup(cells: &[Cell], max: usize) -> (Vec<Cell>, usize) {
+    group_into(cells.len(), max, |i| cells[i])
+}
+
 /// Two images: where they hold the same chunk, a different one, zeros, or
 /// where one image ends before the other.
 pub fn between(a: &Index, b: &Index) -> ChunkMap {
@@ -57,7 +76,8 @@ pub fn between(a: &Index, b: &Index) -> ChunkMap {
         (Some(x), Some(y)) if x == y && x.is_zero() => Cell::Zero,
         (Some(x), Some(y)) if x == y => Cell::Same,
         (Some(_), Some(_)) => Cell::Changed,
-        _ => Cell::Missing,
+        (Some(_), None) => Cell::Removed,
+        _ => Cell::Added,
     });
     ChunkMap {
         cells,
@@ -110,13 +130,17 @@ mod tests {
         let m = between(&idx(vec![a, a, Id::ZERO]), &idx(vec![a, b, Id::ZERO, b]));
         assert_eq!(
             m.cells,
-            vec![Cell::Same, Cell::Changed, Cell::Zero, Cell::Missing]
+            vec![Cell::Same, Cell::Changed, Cell::Zero, Cell::Added]
         );
+        let m = between(&idx(vec![a, a]), &idx(vec![a]));
+        assert_eq!(m.cells, vec![Cell::Same, Cell::Removed]);
         let big = idx(vec![a; 6400]);
         let m = between(&big, &big);
         assert_eq!((m.cells.len(), m.per_cell), (640, 10));
         let h = held(&idx(vec![a, b, Id::ZERO]), |c| *c == a);
         assert_eq!(h.cells, vec![Cell::Same, Cell::Missing, Cell::Zero]);
         assert_eq!(h.missing_bytes, 1 << 16);
+        let (r, k) = regroup(&[Cell::Same, Cell::Changed, Cell::Zero, Cell::Added], 2);
+        assert_eq!((r, k), (vec![Cell::Changed, Cell::Added], 2));
     }
 }

@@ -10,6 +10,7 @@ pub mod id;
 pub mod index;
 pub mod manifest;
 pub mod refs;
+pub mod state;
 pub mod verify;
 
 use std::collections::HashSet;

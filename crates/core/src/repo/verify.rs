@@ -31,11 +31,36 @@ pub struct VerifyReport {
     pub chunks: usize,
     pub bytes_read: u64,
     pub problems: Vec<Problem>,
+    /// The backups checked, and those a problem breaks (manifest ids).
+    #[serde(skip)]
+    pub checked: Vec<Id>,
+    #[serde(skip)]
+    pub broken: BTreeSet<Id>,
 }
 
 impl VerifyReport {
     pub fn ok(&self) -> bool {
         self.problems.is_empty()
+    }
+
+    /// The verify state this run gives each backup it checked.
+    pub fn marks(
+        &self,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> BTreeMap<Id, super::state::VerifyMark> {
+        self.checked
+            .iter()
+            .map(|id| {
+                (
+                    *id,
+                    super::state::VerifyMark {
+                        at,
+                        deep: self.deep,
+                        ok: !self.broken.contains(id),
+                    },
+                )
+            })
+            .collect()
     }
 }
 
@@ -171,6 +196,14 @@ pub fn verify(
         breaks.dedup();
         report.problems.push(problem("chunk", id, &e, breaks));
     }
+    let by_name: BTreeMap<String, Id> = keys.iter().map(|k| (describe(k), k.id)).collect();
+    report.checked = keys.iter().map(|k| k.id).collect();
+    report.broken = report
+        .problems
+        .iter()
+        .flat_map(|p| p.breaks.iter())
+        .filter_map(|b| by_name.get(b).copied())
+        .collect();
     Ok(report)
 }
 

@@ -119,17 +119,9 @@ pub fn plan(
         )));
     }
     let replaced = check_target(target, force)?;
+    check_writable(&parent, target)?;
     let need = index.nonzero_bytes();
-    if let Some(avail) = available_bytes(&parent) {
-        if avail < need {
-            return Err(Error::BadInput(format!(
-                "not enough space in {}: the restore needs {} bytes, {} are free",
-                parent.display(),
-                need,
-                avail
-            )));
-        }
-    }
+    check_space(&parent, need)?;
     Ok(RestorePlan {
         manifest: manifest_id,
         vm: m.vm.name.clone(),
@@ -187,7 +179,21 @@ fn plan_volumes(
                     req.to.display()
                 )))
             }
-            Err(_) => creates_directory = Some(req.to.clone()),
+            Err(_) => {
+                let parent = match req.to.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                    _ => PathBuf::from("."),
+                };
+                if !parent.is_dir() {
+                    return Err(Error::BadInput(format!(
+                        "cannot restore into {}: directory {} does not exist",
+                        req.to.display(),
+                        parent.display()
+                    )));
+                }
+                check_writable(&parent, &req.to)?;
+                creates_directory = Some(req.to.clone())
+            }
         }
     }
     let chosen = |orig: ImageFormat, path: &Path| match req.format {
@@ -297,6 +303,12 @@ pub async fn execute(
     cancel: &CancellationToken,
     progress: &std::sync::Arc<Progress>,
 ) -> Result<Vec<RestoreOutcome>> {
+    let fetch = match (&set.transfer, remote) {
+        (Some(t), Some(_)) => t.summary.data_bytes_to_send,
+        _ => 0,
+    };
+    let writes: u64 = set.volumes.iter().map(|v| v.image_size).sum();
+    progress.set_job_total_if_unset(fetch + writes);
     if let (Some(t), Some(src)) = (&set.transfer, remote) {
         let local = LocalStore::new(local_repo);
         let opts = SyncOptions {
@@ -322,6 +334,49 @@ pub async fn execute(
     })
     .await
     .map_err(|e| Error::Internal(format!("restore task failed: {e}")))?
+}
+
+/// Whether files can be made in `dir`: tried, not inferred from mode bits
+/// (root passes every permission check, yet cannot create files in /proc
+/// or on a read-only mount). The probe is removed at once; it is the only
+/// thing a plan writes.
+fn check_writable(dir: &Path, target: &Path) -> Result<()> {
+    match tempfile::Builder::new()
+        .prefix(".lifeboat-probe-")
+        .tempfile_in(dir)
+    {
+        Ok(probe) => {
+            let _ = probe.close();
+            Ok(())
+        }
+        Err(e) => Err(Error::BadInput(format!(
+            "cannot restore to {}: files cannot be created in {} ({}); choose a directory you can write to",
+            target.display(),
+            dir.display(),
+            io_reason(&e)
+        ))),
+    }
+}
+
+/// The OS's words for an I/O error without the `(os error N)` suffix.
+fn io_reason(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+fn check_space(dir: &Path, need: u64) -> Result<()> {
+    match available_bytes(dir) {
+        Some(avail) if avail < need => Err(Error::BadInput(format!(
+            "not enough space in {}: the restore needs {}, {} are free; free some space or choose another place",
+            dir.display(),
+            crate::text::bytes(need),
+            crate::text::bytes(avail)
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn available_bytes(dir: &Path) -> Option<u64> {

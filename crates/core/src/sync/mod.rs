@@ -362,6 +362,7 @@ pub async fn execute(
         with_retry(opts.retries, || dst.put_if_absent(cfg)).await?;
     }
     progress.set_phase("sending chunks");
+    progress.set_job_total_if_unset(s.data_bytes_to_send);
     progress.set_totals(s.data_bytes_to_send, plan.chunks.len() as u64);
     let sent: Vec<u64> = futures::stream::iter(plan.chunks.iter().copied())
         .map(|(id, raw_len)| async move {

@@ -1,0 +1,108 @@
+//! Keys while a dialog is open (prompts are handled in `input`: they take
+//! every key).
+
+use crossterm::event::{KeyCode, KeyEvent};
+
+use super::{App, Dialog, Effect};
+
+impl App {
+    pub(super) fn dialog_key(&mut self, d: Dialog, k: KeyEvent) -> Vec<Effect> {
+        match d {
+            Dialog::Confirm {
+                title,
+                lines,
+                effect,
+            } => match k.code {
+                KeyCode::Enter | KeyCode::Char('y') => return vec![effect],
+                KeyCode::Esc | KeyCode::Char('n') => {
+                    if let Effect::RunPlan(id) = effect {
+                        return vec![Effect::DropPlan(id)];
+                    }
+                }
+                _ => {
+                    self.dialog = Some(Dialog::Confirm {
+                        title,
+                        lines,
+                        effect,
+                    })
+                }
+            },
+            Dialog::Prompt { .. } => self.dialog = Some(d),
+            Dialog::ChooseRemote { scope, choice } => {
+                let reachable = self.reachable_remotes();
+                match k.code {
+                    KeyCode::Down | KeyCode::Char('j') => {
+                        self.dialog = Some(Dialog::ChooseRemote {
+                            scope,
+                            choice: (choice + 1).min(reachable.len().saturating_sub(1)),
+                        })
+                    }
+                    KeyCode::Up | KeyCode::Char('k') => {
+                        self.dialog = Some(Dialog::ChooseRemote {
+                            scope,
+                            choice: choice.saturating_sub(1),
+                        })
+                    }
+                    KeyCode::Enter => return self.plan_push(reachable.get(choice).cloned(), scope),
+                    KeyCode::Esc => {}
+                    _ => self.dialog = Some(Dialog::ChooseRemote { scope, choice }),
+                }
+            }
+            Dialog::QuitWhileRunning => {
+                if matches!(k.code, KeyCode::Char('y') | KeyCode::Enter) {
+                    self.quit = true;
+                    return vec![Effect::Quit];
+                }
+            }
+            Dialog::Message {
+                title,
+                lines,
+                scroll,
+            } => {
+                if let Some(scroll) = scrolled(scroll, lines.len(), k) {
+                    self.dialog = Some(Dialog::Message {
+                        title,
+                        lines,
+                        scroll,
+                    });
+                }
+            }
+            Dialog::Help { scroll } => {
+                let n = self.keys.help().len() + 12;
+                if let Some(scroll) = scrolled(scroll, n, k) {
+                    self.dialog = Some(Dialog::Help { scroll });
+                }
+            }
+            other @ Dialog::Compare { .. } => {
+                if !closes(k) {
+                    self.dialog = Some(other);
+                }
+            }
+        }
+        Vec::new()
+    }
+}
+
+/// Esc, Enter, q and ? close a text dialog.
+fn closes(k: KeyEvent) -> bool {
+    matches!(
+        k.code,
+        KeyCode::Esc | KeyCode::Enter | KeyCode::Char('q') | KeyCode::Char('?')
+    )
+}
+
+/// The new scroll position of a text dialog of `n` lines, or None when
+/// the key closes it.
+fn scrolled(scroll: usize, n: usize, k: KeyEvent) -> Option<usize> {
+    let last = n.saturating_sub(1);
+    match k.code {
+        _ if closes(k) => None,
+        KeyCode::Down | KeyCode::Char('j') => Some((scroll + 1).min(last)),
+        KeyCode::Up | KeyCode::Char('k') => Some(scroll.saturating_sub(1)),
+        KeyCode::PageDown | KeyCode::Char(' ') => Some((scroll + 10).min(last)),
+        KeyCode::PageUp => Some(scroll.saturating_sub(10)),
+        KeyCode::Home | KeyCode::Char('g') => Some(0),
+        KeyCode::End | KeyCode::Char('G') => Some(last),
+        _ => Some(scroll),
+    }
+}

@@ -1,0 +1,1026 @@
+//! Console state and `update`: actions in, state changes and effects out.
+//! No I/O here, so every interaction is testable without a terminal.
+//! Key and mouse handling live in `input`, dialogs in `dialog`.
+
+mod dialog;
+mod input;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use chrono::{DateTime, Utc};
+use crossterm::event::{KeyEvent, MouseEvent};
+use lifeboat_core::jobs::Snapshot;
+use lifeboat_core::repo::state::{JobOutcome, JobRecord, VerifyMark};
+use lifeboat_core::repo::{Id, Manifest, ManifestKey};
+
+pub use lifeboat_core::repo::chunkmap::Cell;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pane {
+    Tree,
+    Timeline,
+    Jobs,
+    Log,
+}
+
+/// What the lower pane shows below 100 columns (wider, jobs and log sit
+/// side by side and details under the timeline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lower {
+    Jobs,
+    Log,
+    Details,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RemoteState {
+    Connecting,
+    Ok { latency_ms: f64, backups: usize },
+    Unreachable(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct RemoteView {
+    pub name: String,
+    pub state: RemoteState,
+    /// Manifest ids the remote holds (None until listed).
+    pub ids: Option<BTreeSet<Id>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobState {
+    Running,
+    Done(String),
+    Failed(String),
+    Cancelled,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobView {
+    /// 0 for a job of an earlier session (from the history).
+    pub id: u64,
+    pub title: String,
+    pub state: JobState,
+    pub progress: Option<Snapshot>,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    /// What happened, for the job log (Enter on the job).
+    pub log: Vec<String>,
+}
+
+impl JobView {
+    pub fn past(&self) -> bool {
+        self.id == 0
+    }
+}
+
+/// A row of the VM tree: a VM, or one of its volumes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeRow {
+    pub vm: String,
+    pub volume: Option<String>,
+}
+
+/// Recovery-point state, worst last (a VM takes its worst volume's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Rpo {
+    Fresh,
+    Late,
+    Stale,
+    Never,
+}
+
+/// Whether a repository holds a backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    Held,
+    Missing,
+    /// Not listed yet.
+    Unknown,
+    /// The remote could not be listed.
+    Unreachable,
+}
+
+/// A text prompt that edits like a shell line (tui-input: Ctrl-U, Ctrl-W,
+/// Ctrl-A/E, Home/End, Left/Right, Alt-B/F).
+#[derive(Debug, Clone, Default)]
+pub struct LineInput(pub tui_input::Input);
+
+impl LineInput {
+    pub fn new(s: &str) -> LineInput {
+        LineInput(tui_input::Input::new(s.to_string()))
+    }
+    pub fn value(&self) -> &str {
+        self.0.value()
+    }
+}
+
+impl PartialEq for LineInput {
+    fn eq(&self, o: &Self) -> bool {
+        self.0.value() == o.0.value() && self.0.cursor() == o.0.cursor()
+    }
+}
+
+/// What a push or pull covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    Backup(ManifestKey),
+    Volume {
+        vm: String,
+        volume: String,
+    },
+    Vm(String),
+    /// Everything the source holds that the destination lacks.
+    All,
+}
+
+impl Scope {
+    pub fn describe(&self) -> String {
+        match self {
+            Scope::Backup(k) => format!("{}/{} {}", k.vm, k.volume, k.id.short()),
+            Scope::Volume { vm, volume } => format!("every backup of {vm}/{volume}"),
+            Scope::Vm(vm) => format!("every backup of {vm}"),
+            Scope::All => "everything".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Dialog {
+    /// Confirm a planned operation; `lines` is the plan.
+    Confirm {
+        title: String,
+        lines: Vec<String>,
+        effect: Effect,
+    },
+    /// Ask for a path (restore target).
+    Prompt {
+        title: String,
+        input: LineInput,
+        key: ManifestKey,
+    },
+    /// Choose a remote for a push.
+    ChooseRemote {
+        scope: Scope,
+        choice: usize,
+    },
+    /// Text to read: errors, results, a job's log, help. Scrolls.
+    Message {
+        title: String,
+        lines: Vec<String>,
+        scroll: usize,
+    },
+    /// A chunk map of two backups.
+    Compare {
+        title: String,
+        cells: Vec<Cell>,
+        summary: Vec<String>,
+    },
+    Help {
+        scroll: usize,
+    },
+    QuitWhileRunning,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Plan a push (local → remote) or a pull (remote → local): what the
+    /// other side lacks of `scope`. The plan comes back as
+    /// `Action::Planned` and runs only when confirmed.
+    PlanTransfer {
+        push: bool,
+        remote: String,
+        scope: Scope,
+    },
+    /// Plan a restore to a new file (`from`: straight from this remote,
+    /// its missing chunks fetched into the local repository first).
+    PlanRestore {
+        key: ManifestKey,
+        to: String,
+        from: Option<String>,
+    },
+    /// Run a confirmed plan, or forget one that was declined.
+    RunPlan(u64),
+    DropPlan(u64),
+    Backup {
+        vm: String,
+    },
+    /// Fetch every manifest of a remote, to browse it.
+    Browse(String),
+    Verify {
+        deep: bool,
+    },
+    Compare {
+        a: ManifestKey,
+        b: ManifestKey,
+    },
+    /// A local backup against the live volume (from the inventory).
+    CompareLive {
+        key: ManifestKey,
+    },
+    /// A remote's copy of a backup against the local repository.
+    CompareRemote {
+        remote: String,
+        key: ManifestKey,
+    },
+    ListRemote(String),
+    Cancel(u64),
+    /// Keep a finished job in the repository's job history.
+    RecordJob(JobRecord),
+    /// Read the job history (at start).
+    LoadHistory,
+    Reload,
+    Quit,
+}
+
+#[derive(Debug, Clone)]
+pub enum Action {
+    Key(KeyEvent),
+    Mouse(MouseEvent),
+    /// The terminal's size (at start and on every resize).
+    Resize(u16, u16),
+    Loaded(Vec<(ManifestKey, Manifest)>),
+    /// The local repository could not be read.
+    LoadFailed(String),
+    /// Recorded verify results per backup.
+    VerifyState(BTreeMap<Id, VerifyMark>),
+    /// Jobs of earlier sessions, oldest first, and unreadable records.
+    History(Vec<JobRecord>, usize),
+    RemoteListed {
+        name: String,
+        result: Result<(f64, BTreeSet<Id>), String>,
+    },
+    RemoteBrowsed {
+        name: String,
+        result: Result<Vec<(ManifestKey, Manifest)>, String>,
+    },
+    JobStarted {
+        id: u64,
+        title: String,
+    },
+    JobProgress {
+        id: u64,
+        snapshot: Snapshot,
+    },
+    JobDone {
+        id: u64,
+        result: Result<String, String>,
+        cancelled: bool,
+    },
+    CompareReady {
+        title: String,
+        cells: Vec<Cell>,
+        summary: Vec<String>,
+    },
+    /// A plan is ready for confirmation (`lines` say what it will do);
+    /// `noop`: it would change nothing, so it is shown, not offered.
+    Planned {
+        plan: u64,
+        title: String,
+        lines: Vec<String>,
+        noop: bool,
+    },
+    /// Planning found the operation cannot be done (a bad target, …).
+    PlanFailed {
+        title: String,
+        error: String,
+    },
+    Log(String),
+    Tick(DateTime<Utc>),
+}
+
+/// `vm/volume id (time)`: how plans and summaries name a backup.
+pub fn backup_line(key: &ManifestKey, m: &Manifest) -> String {
+    format!(
+        "{}/{} {} ({})",
+        key.vm,
+        key.volume,
+        key.id.short(),
+        m.created_at.format("%Y-%m-%d %H:%M")
+    )
+}
+
+/// The always-visible status line: the latest result, error or hint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    pub text: String,
+    pub error: bool,
+}
+
+/// Stored and logical bytes of the backups shown (as recorded when each
+/// backup was made: what it added to its repository).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    pub logical: u64,
+    pub stored: u64,
+}
+
+impl Usage {
+    pub fn dedup(&self) -> Option<f64> {
+        (self.stored > 0).then(|| self.logical as f64 / self.stored as f64)
+    }
+}
+
+pub struct App {
+    pub now: DateTime<Utc>,
+    pub repo_path: String,
+    pub config_path: Option<String>,
+    /// What the tree and timeline show: the local repository's backups, or
+    /// those of the remote named in `source`.
+    pub backups: Vec<(ManifestKey, Manifest)>,
+    pub source: Option<String>,
+    local_backups: Vec<(ManifestKey, Manifest)>,
+    local_ids: BTreeSet<Id>,
+    remote_backups: BTreeMap<String, Vec<(ManifestKey, Manifest)>>,
+    pub inventory: Vec<(String, Vec<String>)>,
+    pub remotes: Vec<RemoteView>,
+    pub focus: Pane,
+    pub lower: Lower,
+    pub zoom: bool,
+    pub size: (u16, u16),
+    pub tree_sel: usize,
+    pub timeline_sel: usize,
+    pub job_sel: usize,
+    pub jobs: Vec<JobView>,
+    pub log: VecDeque<String>,
+    /// Log entries hidden below the view (0: the Log follows new lines).
+    pub log_scroll: usize,
+    pub dialog: Option<Dialog>,
+    pub filter: Option<String>,
+    /// The filter (tree) or search (timeline) being typed.
+    pub typing: Option<(Pane, LineInput)>,
+    pub search: Option<String>,
+    pub marked: Option<ManifestKey>,
+    pub status: Option<Status>,
+    pub rpo_hours: i64,
+    /// When the shown repository was last read, and how often it is re-read.
+    pub refreshed_at: Option<DateTime<Utc>>,
+    pub refresh_secs: i64,
+    /// Why the local repository could not be read (a newcomer's screen).
+    pub repo_problem: Option<String>,
+    pub verify: BTreeMap<Id, VerifyMark>,
+    pub usage: Usage,
+    pub quit: bool,
+    pub keys: super::keymap::KeyMap,
+    /// Derived from `backups`, `inventory`, `filter` and the selection;
+    /// rebuilt by `rebuild` when one of those changes, so a keypress over
+    /// 10,000 backups does not rescan them all.
+    tree_cache: Vec<TreeRow>,
+    timeline_cache: Vec<usize>,
+    /// Newest backup per (VM, volume).
+    newest_cache: BTreeMap<(String, String), DateTime<Utc>>,
+}
+
+const LOG_LINES: usize = 500;
+/// Jobs of earlier sessions shown in the Jobs pane.
+const HISTORY_SHOWN: usize = 50;
+pub const REFRESH_SECS: i64 = 30;
+
+impl App {
+    pub fn new(
+        repo_path: String,
+        inventory: Vec<(String, Vec<String>)>,
+        remotes: Vec<(String, String)>,
+        now: DateTime<Utc>,
+    ) -> App {
+        let mut app = App {
+            now,
+            repo_path,
+            config_path: None,
+            backups: Vec::new(),
+            source: None,
+            local_backups: Vec::new(),
+            local_ids: BTreeSet::new(),
+            remote_backups: BTreeMap::new(),
+            inventory,
+            remotes: remotes
+                .into_iter()
+                .map(|(name, _url)| RemoteView {
+                    name,
+                    state: RemoteState::Connecting,
+                    ids: None,
+                })
+                .collect(),
+            focus: Pane::Tree,
+            lower: Lower::Jobs,
+            zoom: false,
+            size: (80, 24),
+            tree_sel: 0,
+            timeline_sel: 0,
+            job_sel: 0,
+            jobs: Vec::new(),
+            log: VecDeque::new(),
+            log_scroll: 0,
+            dialog: None,
+            filter: None,
+            typing: None,
+            search: None,
+            marked: None,
+            status: None,
+            rpo_hours: 26,
+            refreshed_at: None,
+            refresh_secs: REFRESH_SECS,
+            repo_problem: None,
+            verify: BTreeMap::new(),
+            usage: Usage::default(),
+            quit: false,
+            keys: super::keymap::KeyMap::default(),
+            tree_cache: Vec::new(),
+            timeline_cache: Vec::new(),
+            newest_cache: BTreeMap::new(),
+        };
+        app.rebuild();
+        app
+    }
+
+    /// Effects to run at start: load the local repository and the job
+    /// history, list every remote.
+    pub fn start(&self) -> Vec<Effect> {
+        let mut e = vec![Effect::LoadHistory];
+        e.extend(self.refresh());
+        e
+    }
+
+    /// Re-reads what is shown: the local repository, every remote's list,
+    /// and the browsed remote's backups.
+    fn refresh(&self) -> Vec<Effect> {
+        let mut e = vec![Effect::Reload];
+        e.extend(
+            self.remotes
+                .iter()
+                .map(|r| Effect::ListRemote(r.name.clone())),
+        );
+        if let Some(s) = &self.source {
+            e.push(Effect::Browse(s.clone()));
+        }
+        e
+    }
+
+    pub fn tree(&self) -> &[TreeRow] {
+        &self.tree_cache
+    }
+
+    /// Recomputes the derived views (tree, timeline of the selection,
+    /// newest per volume, usage).
+    pub fn rebuild(&mut self) {
+        self.tree_cache = self.build_tree();
+        self.tree_sel = self.tree_sel.min(self.tree_cache.len().saturating_sub(1));
+        self.newest_cache.clear();
+        let mut usage = Usage::default();
+        for (k, m) in &self.backups {
+            let e = self
+                .newest_cache
+                .entry((k.vm.clone(), k.volume.clone()))
+                .or_insert(m.created_at);
+            if m.created_at > *e {
+                *e = m.created_at;
+            }
+            usage.logical += m.stats.nonzero_bytes;
+            usage.stored += m.stats.new_stored_bytes;
+        }
+        self.usage = usage;
+        self.rebuild_timeline();
+    }
+
+    fn rebuild_timeline(&mut self) {
+        self.timeline_cache = match self.tree_cache.get(self.tree_sel) {
+            None => Vec::new(),
+            Some(row) => {
+                let mut t: Vec<usize> = (0..self.backups.len())
+                    .filter(|&i| {
+                        let k = &self.backups[i].0;
+                        k.vm == row.vm && row.volume.as_ref().is_none_or(|v| &k.volume == v)
+                    })
+                    .collect();
+                t.sort_by_key(|&i| std::cmp::Reverse(self.backups[i].1.created_at));
+                t
+            }
+        };
+        self.timeline_sel = self
+            .timeline_sel
+            .min(self.timeline_cache.len().saturating_sub(1));
+    }
+
+    /// Volumes of each VM: the inventory's (so a VM or volume never sent
+    /// shows as `never`, locally and in a remote's view) and every volume
+    /// the shown repository holds.
+    fn volumes(&self) -> BTreeMap<String, BTreeSet<String>> {
+        let mut vms: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (vm, vols) in &self.inventory {
+            vms.entry(vm.clone())
+                .or_default()
+                .extend(vols.iter().cloned());
+        }
+        for (k, _) in &self.backups {
+            vms.entry(k.vm.clone())
+                .or_default()
+                .insert(k.volume.clone());
+        }
+        vms
+    }
+
+    fn build_tree(&self) -> Vec<TreeRow> {
+        let mut rows = Vec::new();
+        for (vm, vols) in self.volumes() {
+            if let Some(f) = &self.filter {
+                if !vm.contains(f.as_str()) && !vols.iter().any(|v| v.contains(f.as_str())) {
+                    continue;
+                }
+            }
+            rows.push(TreeRow {
+                vm: vm.clone(),
+                volume: None,
+            });
+            rows.extend(vols.into_iter().map(|v| TreeRow {
+                vm: vm.clone(),
+                volume: Some(v),
+            }));
+        }
+        rows
+    }
+
+    pub fn selected_row(&self) -> Option<TreeRow> {
+        self.tree().get(self.tree_sel).cloned()
+    }
+
+    /// Backups of the selected VM or volume, newest first (from the cache
+    /// `rebuild_timeline` keeps, so drawing never rescans every backup).
+    pub fn timeline(&self) -> Vec<&(ManifestKey, Manifest)> {
+        self.timeline_cache
+            .iter()
+            .filter_map(|&i| self.backups.get(i))
+            .collect()
+    }
+
+    pub fn selected_backup(&self) -> Option<(ManifestKey, Manifest)> {
+        self.timeline()
+            .get(self.timeline_sel)
+            .map(|(k, m)| (k.clone(), m.clone()))
+    }
+
+    /// The newest backup of a volume in the shown repository.
+    pub fn newest_volume(&self, vm: &str, volume: &str) -> Option<DateTime<Utc>> {
+        self.newest_cache
+            .get(&(vm.to_string(), volume.to_string()))
+            .copied()
+    }
+
+    /// The VM's recovery point: the oldest of its volumes' newest backups
+    /// (None when a volume has none). A VM is only as fresh as its stalest
+    /// volume.
+    pub fn newest(&self, vm: &str) -> Option<DateTime<Utc>> {
+        let vols = self.volumes().remove(vm).unwrap_or_default();
+        let mut worst: Option<DateTime<Utc>> = None;
+        for v in &vols {
+            let t = self.newest_volume(vm, v)?;
+            worst = Some(worst.map_or(t, |w| w.min(t)));
+        }
+        worst
+    }
+
+    fn rpo_of(&self, t: Option<DateTime<Utc>>) -> Rpo {
+        match t {
+            None => Rpo::Never,
+            Some(t) => {
+                let h = (self.now - t).num_hours();
+                if h <= self.rpo_hours {
+                    Rpo::Fresh
+                } else if h <= self.rpo_hours * 3 {
+                    Rpo::Late
+                } else {
+                    Rpo::Stale
+                }
+            }
+        }
+    }
+
+    /// The worst recovery-point state of the VM's volumes.
+    pub fn rpo(&self, vm: &str) -> Rpo {
+        self.rpo_of(self.newest(vm))
+    }
+
+    pub fn rpo_volume(&self, vm: &str, volume: &str) -> Rpo {
+        self.rpo_of(self.newest_volume(vm, volume))
+    }
+
+    pub fn running_jobs(&self) -> usize {
+        self.jobs
+            .iter()
+            .filter(|j| j.state == JobState::Running)
+            .count()
+    }
+
+    fn log(&mut self, line: String) {
+        self.log.push_back(line);
+        while self.log.len() > LOG_LINES {
+            self.log.pop_front();
+        }
+        if self.log_scroll > 0 {
+            // A scrolled-back Log keeps showing the same lines.
+            self.log_scroll = (self.log_scroll + 1).min(self.log.len().saturating_sub(1));
+        }
+    }
+
+    /// Shows `text` in the status line (and logs it).
+    fn notify(&mut self, text: String, error: bool) {
+        self.log(text.clone());
+        self.status = Some(Status { text, error });
+    }
+
+    fn job_log(&mut self, id: u64, line: String) {
+        let stamp = self.now.format("%H:%M:%S");
+        if let Some(j) = self.jobs.iter_mut().find(|j| j.id == id && id != 0) {
+            j.log.push(format!("{stamp} {line}"));
+        }
+    }
+
+    fn reachable_remotes(&self) -> Vec<String> {
+        self.remotes
+            .iter()
+            .filter(|r| matches!(r.state, RemoteState::Ok { .. }))
+            .map(|r| r.name.clone())
+            .collect()
+    }
+
+    /// Seconds since the shown repository was read.
+    pub fn refreshed_ago(&self) -> Option<i64> {
+        self.refreshed_at
+            .map(|t| (self.now - t).num_seconds().max(0))
+    }
+
+    pub fn update(&mut self, action: Action) -> Vec<Effect> {
+        match action {
+            Action::Tick(now) => {
+                self.now = now;
+                match self.refreshed_ago() {
+                    Some(s) if s >= self.refresh_secs && self.running_jobs() == 0 => {
+                        // Re-read on an interval so that what another
+                        // process pushed or backed up shows up unasked.
+                        self.refreshed_at = Some(now);
+                        self.refresh()
+                    }
+                    _ => Vec::new(),
+                }
+            }
+            Action::Resize(w, h) => {
+                self.size = (w, h);
+                Vec::new()
+            }
+            Action::Mouse(m) => self.mouse(m),
+            Action::Loaded(b) => {
+                self.repo_problem = None;
+                self.local_ids = b.iter().map(|(k, _)| k.id).collect();
+                self.local_backups = b;
+                if self.source.is_none() {
+                    self.refreshed_at = Some(self.now);
+                    self.backups = self.local_backups.clone();
+                    self.rebuild();
+                    self.clamp();
+                }
+                Vec::new()
+            }
+            Action::LoadFailed(e) => {
+                self.log(format!("local repository: {e}"));
+                self.repo_problem = Some(e);
+                Vec::new()
+            }
+            Action::VerifyState(v) => {
+                self.verify = v;
+                Vec::new()
+            }
+            Action::History(records, bad) => {
+                if bad > 0 {
+                    self.log(format!("job history: {bad} damaged record(s) skipped"));
+                }
+                let skip = records.len().saturating_sub(HISTORY_SHOWN);
+                let past: Vec<JobView> = records
+                    .into_iter()
+                    .skip(skip)
+                    .map(|r| JobView {
+                        id: 0,
+                        title: r.title,
+                        state: match r.outcome {
+                            JobOutcome::Done => JobState::Done(r.message),
+                            JobOutcome::Failed => JobState::Failed(r.message),
+                            JobOutcome::Cancelled => JobState::Cancelled,
+                        },
+                        progress: None,
+                        started_at: r.started_at,
+                        ended_at: Some(r.ended_at),
+                        log: r.log,
+                    })
+                    .collect();
+                let at_end = self.job_sel + 1 >= self.jobs.len();
+                let n = past.len();
+                self.jobs.splice(0..0, past);
+                self.job_sel = if at_end {
+                    self.jobs.len().saturating_sub(1)
+                } else {
+                    self.job_sel + n
+                };
+                Vec::new()
+            }
+            Action::RemoteBrowsed { name, result } => {
+                match result {
+                    Ok(b) => {
+                        // The browsed list is the newest word on what the
+                        // remote holds: the header and presence agree.
+                        if let Some(r) = self.remotes.iter_mut().find(|r| r.name == name) {
+                            let ids: BTreeSet<Id> = b.iter().map(|(k, _)| k.id).collect();
+                            if let RemoteState::Ok { backups, .. } = &mut r.state {
+                                *backups = ids.len();
+                            }
+                            r.ids = Some(ids);
+                        }
+                        if self.source.as_deref() == Some(name.as_str()) {
+                            self.refreshed_at = Some(self.now);
+                            self.backups = b.clone();
+                            self.rebuild();
+                            self.clamp();
+                        }
+                        self.remote_backups.insert(name, b);
+                    }
+                    Err(e) => {
+                        if self.source.as_deref() == Some(name.as_str()) {
+                            self.dialog = Some(Dialog::Message {
+                                title: format!("Cannot browse {name}"),
+                                lines: vec![e.clone()],
+                                scroll: 0,
+                            });
+                        }
+                        self.notify(format!("browsing {name}: {e}"), true);
+                    }
+                }
+                Vec::new()
+            }
+            Action::RemoteListed { name, result } => {
+                let mut effects = Vec::new();
+                let mut problem = None;
+                if let Some(r) = self.remotes.iter_mut().find(|r| r.name == name) {
+                    match result {
+                        Ok((ms, ids)) => {
+                            r.state = RemoteState::Ok {
+                                latency_ms: ms,
+                                backups: ids.len(),
+                            };
+                            // The browsed copy is stale when the remote's
+                            // list changed: browse it again.
+                            let browsed: Option<BTreeSet<Id>> = self
+                                .remote_backups
+                                .get(&name)
+                                .map(|b| b.iter().map(|(k, _)| k.id).collect());
+                            if self.source.as_deref() == Some(name.as_str())
+                                && browsed.is_some_and(|b| b != ids)
+                            {
+                                effects.push(Effect::Browse(name.clone()));
+                            }
+                            r.ids = Some(ids);
+                        }
+                        Err(e) => {
+                            r.state = RemoteState::Unreachable(e.clone());
+                            problem = Some(format!("remote {name} is unreachable: {e}"));
+                        }
+                    }
+                }
+                if let Some(p) = problem {
+                    self.notify(p, true);
+                }
+                effects
+            }
+            Action::JobStarted { id, title } => {
+                let follow = self.job_sel + 1 >= self.jobs.len();
+                self.jobs.push(JobView {
+                    id,
+                    title: title.clone(),
+                    state: JobState::Running,
+                    progress: None,
+                    started_at: self.now,
+                    ended_at: None,
+                    log: Vec::new(),
+                });
+                // The Jobs pane follows new jobs unless the admin scrolled
+                // back through older ones.
+                if follow {
+                    self.job_sel = self.jobs.len() - 1;
+                }
+                self.job_log(id, format!("started: {title}"));
+                self.log(format!("job {id} started: {title}"));
+                Vec::new()
+            }
+            Action::JobProgress { id, snapshot } => {
+                let mut phase_changed = None;
+                if let Some(j) = self.jobs.iter_mut().find(|j| j.id == id && id != 0) {
+                    if j.progress.as_ref().map(|p| &p.phase) != Some(&snapshot.phase) {
+                        phase_changed = Some(snapshot.phase.clone());
+                    }
+                    j.progress = Some(snapshot);
+                }
+                if let Some(p) = phase_changed {
+                    self.job_log(id, p);
+                }
+                Vec::new()
+            }
+            Action::JobDone {
+                id,
+                result,
+                cancelled,
+            } => self.job_done(id, result, cancelled),
+            Action::CompareReady {
+                title,
+                cells,
+                summary,
+            } => {
+                self.dialog = Some(Dialog::Compare {
+                    title,
+                    cells,
+                    summary,
+                });
+                Vec::new()
+            }
+            Action::Planned {
+                plan,
+                title,
+                lines,
+                noop,
+            } => {
+                if noop {
+                    self.notify(format!("{title}: nothing to do"), false);
+                    self.dialog = Some(Dialog::Message {
+                        title: format!("{title}: nothing to do"),
+                        lines,
+                        scroll: 0,
+                    });
+                    return vec![Effect::DropPlan(plan)];
+                }
+                self.dialog = Some(Dialog::Confirm {
+                    title,
+                    lines,
+                    effect: Effect::RunPlan(plan),
+                });
+                Vec::new()
+            }
+            Action::PlanFailed { title, error } => {
+                self.notify(format!("{title}: {error}"), true);
+                self.dialog = Some(Dialog::Message {
+                    title,
+                    lines: vec![error],
+                    scroll: 0,
+                });
+                Vec::new()
+            }
+            Action::Log(l) => {
+                self.log(l);
+                Vec::new()
+            }
+            Action::Key(k) => self.key(k),
+        }
+    }
+
+    fn job_done(
+        &mut self,
+        id: u64,
+        result: Result<String, String>,
+        cancelled: bool,
+    ) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let now = self.now;
+        let Some(j) = self.jobs.iter_mut().find(|j| j.id == id && id != 0) else {
+            return effects;
+        };
+        j.state = match (&result, cancelled) {
+            (_, true) => JobState::Cancelled,
+            (Ok(msg), _) => JobState::Done(msg.clone()),
+            (Err(e), _) => JobState::Failed(e.clone()),
+        };
+        j.ended_at = Some(now);
+        let title = j.title.clone();
+        let (line, outcome, message) = match &j.state {
+            JobState::Done(m) => (format!("done — {m}"), JobOutcome::Done, m.clone()),
+            JobState::Failed(e) => (format!("FAILED — {e}"), JobOutcome::Failed, e.clone()),
+            _ => (
+                "cancelled".into(),
+                JobOutcome::Cancelled,
+                "cancelled".into(),
+            ),
+        };
+        self.job_log(id, line.clone());
+        let failed = outcome == JobOutcome::Failed;
+        if failed {
+            self.dialog = Some(Dialog::Message {
+                title: format!("{title} failed"),
+                lines: vec![message.clone()],
+                scroll: 0,
+            });
+        }
+        self.notify(format!("job {id} {title}: {line}"), failed);
+        // A successful plan only waits for a yes: not worth a history entry.
+        let planning = title.starts_with("plan:") && outcome == JobOutcome::Done;
+        if let Some(j) = self.jobs.iter().find(|j| j.id == id) {
+            if !planning {
+                effects.push(Effect::RecordJob(JobRecord {
+                    title: j.title.clone(),
+                    started_at: j.started_at,
+                    ended_at: now,
+                    outcome,
+                    message,
+                    log: j.log.clone(),
+                }));
+            }
+        }
+        if !planning {
+            // Whatever changed a repository shows at once.
+            self.refreshed_at = Some(now);
+            effects.extend(self.refresh());
+        }
+        effects
+    }
+
+    fn clamp(&mut self) {
+        let n = self.tree().len();
+        self.tree_sel = self.tree_sel.min(n.saturating_sub(1));
+        let t = self.timeline().len();
+        self.timeline_sel = self.timeline_sel.min(t.saturating_sub(1));
+        self.job_sel = self.job_sel.min(self.jobs.len().saturating_sub(1));
+    }
+
+    fn no_backup(&mut self) {
+        self.message(
+            "No backup selected",
+            "Select a VM or volume with backups, then a backup in the timeline.",
+        );
+    }
+
+    fn message(&mut self, title: &str, line: &str) {
+        self.dialog = Some(Dialog::Message {
+            title: title.into(),
+            lines: vec![line.into()],
+            scroll: 0,
+        });
+    }
+
+    /// Presence of a backup in each column of `presence_columns`.
+    pub fn presence(&self, key: &ManifestKey) -> Vec<Presence> {
+        self.presence_columns()
+            .iter()
+            .map(|c| match c.as_str() {
+                "local" if self.repo_problem.is_some() => Presence::Unreachable,
+                "local" if self.local_ids.contains(&key.id) => Presence::Held,
+                "local" => Presence::Missing,
+                name => match self.remotes.iter().find(|r| r.name == name) {
+                    Some(RemoteView {
+                        state: RemoteState::Unreachable(_),
+                        ..
+                    }) => Presence::Unreachable,
+                    Some(RemoteView { ids: Some(ids), .. }) if ids.contains(&key.id) => {
+                        Presence::Held
+                    }
+                    Some(RemoteView { ids: Some(_), .. }) => Presence::Missing,
+                    _ => Presence::Unknown,
+                },
+            })
+            .collect()
+    }
+
+    /// The repositories the timeline shows presence for: every remote when
+    /// local is shown; local and the other remotes when a remote is.
+    pub fn presence_columns(&self) -> Vec<String> {
+        let mut cols = Vec::new();
+        if self.source.is_some() {
+            cols.push("local".to_string());
+        }
+        cols.extend(
+            self.remotes
+                .iter()
+                .map(|r| r.name.clone())
+                .filter(|n| Some(n) != self.source.as_ref()),
+        );
+        cols
+    }
+
+    /// Panes Tab moves through, in order, for the current size.
+    pub fn focus_order(&self) -> Vec<Pane> {
+        let wide = self.size.0 >= super::view::WIDE;
+        let mut p = vec![Pane::Tree, Pane::Timeline];
+        if wide {
+            p.extend([Pane::Jobs, Pane::Log]);
+        } else {
+            match self.lower {
+                Lower::Jobs => p.push(Pane::Jobs),
+                Lower::Log => p.push(Pane::Log),
+                Lower::Details => {}
+            }
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_input_compares_value_and_cursor() {
+        assert_eq!(LineInput::new("ab"), LineInput::new("ab"));
+        assert_ne!(LineInput::new("ab"), LineInput::new("abc"));
+    }
+}

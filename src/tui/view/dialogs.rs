@@ -1,0 +1,313 @@
+//! Dialogs: sized to their wrapped text and the screen, scrolling when
+//! the text is longer than the screen, never cutting the last line.
+
+use ratatui::layout::Rect;
+use ratatui::style::Color;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Clear, Paragraph};
+use ratatui::Frame;
+
+use lifeboat_core::repo::chunkmap::regroup;
+use lifeboat_core::text::escape;
+
+use super::fit::{truncate, wrap};
+use super::Theme;
+use crate::tui::app::{App, Cell, Dialog, RemoteState};
+use crate::tui::keymap;
+
+fn centered(area: Rect, w: u16, h: u16) -> Rect {
+    let w = w.min(area.width.saturating_sub(2));
+    let h = h.min(area.height.saturating_sub(2));
+    Rect::new(
+        area.x + (area.width - w) / 2,
+        area.y + (area.height - h) / 2,
+        w,
+        h,
+    )
+}
+
+fn frame<'a>(f: &mut Frame, theme: &Theme, title: &str, lines: Vec<Line<'a>>, r: Rect) {
+    f.render_widget(Clear, r);
+    f.render_widget(
+        Paragraph::new(lines).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(format!(
+                    " {} ",
+                    truncate(title, r.width.saturating_sub(4) as usize)
+                ))
+                .border_style(theme.fg(Color::Cyan)),
+        ),
+        r,
+    );
+}
+
+/// A text dialog: the lines wrapped to the dialog's width, a window of
+/// them from `scroll`, and the hint line always shown.
+struct TextBox<'a> {
+    title: &'a str,
+    text: &'a [String],
+    scroll: usize,
+    hint: &'a str,
+    width: u16,
+}
+
+fn text_dialog(f: &mut Frame, theme: &Theme, area: Rect, b: TextBox) {
+    let TextBox {
+        title,
+        text,
+        scroll,
+        hint,
+        width,
+    } = b;
+    let w = width.min(area.width.saturating_sub(2));
+    let inner_w = w.saturating_sub(2) as usize;
+    let wrapped: Vec<String> = text
+        .iter()
+        .flat_map(|l| wrap(&escape(l), inner_w))
+        .collect();
+    // Margin, borders, and the blank and hint lines stay on screen.
+    let max_body = area.height.saturating_sub(2 + 2 + 2) as usize;
+    let body = wrapped.len().min(max_body);
+    let scroll = scroll.min(wrapped.len().saturating_sub(body));
+    let mut lines: Vec<Line> = wrapped
+        .iter()
+        .skip(scroll)
+        .take(body)
+        .map(|l| Line::from(l.clone()))
+        .collect();
+    let more = wrapped.len() > body;
+    let hint = if more {
+        format!(
+            "{hint} · ↑↓ PgUp PgDn scroll ({}-{} of {})",
+            scroll + 1,
+            scroll + body,
+            wrapped.len()
+        )
+    } else {
+        hint.to_string()
+    };
+    lines.push(Line::from(""));
+    lines.push(Line::styled(
+        truncate(&hint, inner_w),
+        theme.fg(Color::Cyan),
+    ));
+    let h = lines.len() as u16 + 2;
+    frame(f, theme, title, lines, centered(area, w, h));
+}
+
+fn glyph(c: Cell, theme: &Theme) -> Span<'static> {
+    // Distinct glyphs, not only hues: the map reads the same without colour.
+    let (g, color) = match c {
+        Cell::Same => ("█", Color::Green),
+        Cell::Changed => ("X", Color::Red),
+        Cell::Zero => ("·", Color::DarkGray),
+        Cell::Missing => ("▒", Color::Yellow),
+        Cell::Added => ("+", Color::Cyan),
+        Cell::Removed => ("-", Color::Magenta),
+    };
+    Span::styled(g, theme.fg(color))
+}
+
+fn cell_word(c: Cell) -> &'static str {
+    match c {
+        Cell::Same => "same",
+        Cell::Changed => "changed",
+        Cell::Zero => "zero",
+        Cell::Missing => "missing",
+        Cell::Added => "added (B only)",
+        Cell::Removed => "removed (A only)",
+    }
+}
+
+pub fn dialog(f: &mut Frame, app: &App, theme: &Theme, d: &Dialog, area: Rect) {
+    match d {
+        Dialog::Confirm { title, lines, .. } => text_dialog(
+            f,
+            theme,
+            area,
+            TextBox {
+                title,
+                text: lines,
+                scroll: 0,
+                hint: "Enter/y run · Esc/n cancel",
+                width: 76,
+            },
+        ),
+        Dialog::Message {
+            title,
+            lines,
+            scroll,
+        } => text_dialog(
+            f,
+            theme,
+            area,
+            TextBox {
+                title,
+                text: lines,
+                scroll: *scroll,
+                hint: "Esc close",
+                width: 78,
+            },
+        ),
+        Dialog::Help { scroll } => {
+            let mut text: Vec<String> = app
+                .keys
+                .help()
+                .iter()
+                .map(|(k, d)| format!("{k:<10} {d}"))
+                .collect();
+            text.push(String::new());
+            text.push("Legend".into());
+            let h = app.rpo_hours;
+            text.push(format!(
+                "fresh      every volume's newest backup is within {h} h"
+            ));
+            text.push(format!(
+                "late       a volume's newest backup is {h}–{} h old",
+                h * 3
+            ));
+            text.push(format!(
+                "STALE      a volume's newest backup is older than {} h",
+                h * 3
+            ));
+            text.push("never      a volume has no backup in the repository shown".into());
+            text.push("● held  ○ missing  ✗ repository unreachable  ? not listed yet".into());
+            text.push("vfy: ok / BAD (last verify) / - (not verified)".into());
+            text.push(String::new());
+            text.push(format!(
+                "Rebind keys in keys.toml in the config directory: {}",
+                keymap::ACTIONS
+                    .iter()
+                    .map(|a| a.0)
+                    .take(6)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+                    + ", …"
+            ));
+            text_dialog(
+                f,
+                theme,
+                area,
+                TextBox {
+                    title: "Keys",
+                    text: &text,
+                    scroll: *scroll,
+                    hint: "Esc close",
+                    width: 76,
+                },
+            );
+        }
+        Dialog::Prompt { title, input, .. } => {
+            let w = 76.min(area.width.saturating_sub(2));
+            let inner = w.saturating_sub(4) as usize;
+            let scroll = input.0.visual_scroll(inner);
+            let shown: String = input.value().chars().skip(scroll).collect();
+            let lines = vec![
+                Line::from(format!("> {}", escape(&shown))),
+                Line::from(""),
+                Line::styled(
+                    truncate(
+                        "Enter accept · Esc cancel · Ctrl-U/W/A/E edit",
+                        w.saturating_sub(2) as usize,
+                    ),
+                    theme.fg(Color::Cyan),
+                ),
+            ];
+            let r = centered(area, w, 5);
+            frame(f, theme, title, lines, r);
+            f.set_cursor_position((
+                r.x + 3 + (input.0.visual_cursor().saturating_sub(scroll)) as u16,
+                r.y + 1,
+            ));
+        }
+        Dialog::ChooseRemote { choice, scope } => {
+            let names: Vec<&str> = app
+                .remotes
+                .iter()
+                .filter(|r| matches!(r.state, RemoteState::Ok { .. }))
+                .map(|r| r.name.as_str())
+                .collect();
+            let mut l: Vec<Line> = vec![Line::from(truncate(&scope.describe(), 40))];
+            l.extend(names.iter().enumerate().map(|(i, n)| {
+                if i == *choice {
+                    Line::styled(format!("> {n}"), theme.selected())
+                } else {
+                    Line::from(format!("  {n}"))
+                }
+            }));
+            l.push(Line::styled(
+                "Enter push · Esc cancel",
+                theme.fg(Color::Cyan),
+            ));
+            let h = l.len() as u16 + 2;
+            frame(f, theme, "Push to which remote?", l, centered(area, 44, h));
+        }
+        Dialog::QuitWhileRunning => {
+            let l = vec![
+                Line::from(format!(
+                    "{} job(s) still running; quitting cancels them.",
+                    app.running_jobs()
+                )),
+                Line::from("Nothing half-done becomes visible; running again resumes."),
+                Line::styled("y quit · Esc stay", theme.fg(Color::Cyan)),
+            ];
+            frame(f, theme, "Quit?", l, centered(area, 64, 5));
+        }
+        Dialog::Compare {
+            title,
+            cells,
+            summary,
+        } => compare(f, theme, area, title, cells, summary),
+    }
+}
+
+/// The chunk map, regrouped when the screen cannot hold every cell, so
+/// the last row (often where images differ) is never cut off.
+fn compare(
+    f: &mut Frame,
+    theme: &Theme,
+    area: Rect,
+    title: &str,
+    cells: &[Cell],
+    summary: &[String],
+) {
+    let w = 68.min(area.width.saturating_sub(2));
+    let inner = w.saturating_sub(2) as usize;
+    let mut text: Vec<String> = summary
+        .iter()
+        .flat_map(|s| wrap(&escape(s), inner))
+        .collect();
+    let mut kinds: Vec<Cell> = Vec::new();
+    for c in cells {
+        if !kinds.contains(c) {
+            kinds.push(*c);
+        }
+    }
+    kinds.sort_by_key(|c| *c as u8);
+    let legend: Vec<Span> = kinds
+        .iter()
+        .flat_map(|c| [glyph(*c, theme), Span::raw(format!(" {}  ", cell_word(*c)))])
+        .collect();
+    // Rows the screen leaves for the map: borders, summary, legend, hint.
+    let room = (area.height as usize).saturating_sub(2 + 2 + text.len() + 1 + 1);
+    let per_row = inner.max(1);
+    let (shown, merged) = if cells.len() > room * per_row {
+        regroup(cells, room * per_row)
+    } else {
+        (cells.to_vec(), 1)
+    };
+    if merged > 1 {
+        text.push(format!("(small screen: 1 glyph = {merged} cells)"));
+    }
+    let mut lines: Vec<Line> = text.into_iter().map(Line::from).collect();
+    lines.push(Line::from(legend));
+    for row in shown.chunks(per_row) {
+        lines.push(Line::from(
+            row.iter().map(|c| glyph(*c, theme)).collect::<Vec<_>>(),
+        ));
+    }
+    lines.push(Line::styled("Esc close", theme.fg(Color::Cyan)));
+    let h = lines.len() as u16 + 2;
+    frame(f, theme, title, lines, centered(area, w, h));
+}

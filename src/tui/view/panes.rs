@@ -1,0 +1,544 @@
+//! The panes: VM tree, timeline, details, jobs, log, and the newcomer's
+//! screen.
+
+use ratatui::layout::{Constraint, Direction, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{
+    Block, Borders, Cell as TCell, List, ListItem, ListState, Paragraph, Row, Sparkline, Table,
+    TableState,
+};
+use ratatui::Frame;
+use unicode_width::UnicodeWidthStr;
+
+use lifeboat_core::text::escape;
+
+use super::fit::{truncate, wrap};
+use super::Theme;
+use crate::output::{age, bytes};
+use crate::tui::app::{App, JobState, JobView, Pane};
+
+fn block<'a>(title: String, theme: &Theme, focused: bool) -> Block<'a> {
+    Block::default()
+        .borders(Borders::ALL)
+        .title(title)
+        .border_style(theme.focus(focused))
+}
+
+/// What to do when there is nothing to show: a repository to create, a
+/// demo to try, where the config is.
+pub fn welcome(f: &mut Frame, app: &App, area: Rect) {
+    let mut l: Vec<Line> = Vec::new();
+    match (&app.source, &app.repo_problem) {
+        (Some(r), _) => {
+            l.push(Line::from(format!("{r} holds no backups yet.")));
+            l.push(Line::from(format!(
+                "Push from the local view: {} switches back, then {} pushes the selection, {} everything.",
+                app.keys.key("source"),
+                app.keys.key("push"),
+                app.keys.key("push_all")
+            )));
+        }
+        (None, problem) => {
+            l.push(Line::from(Span::styled(
+                "No backups here yet.",
+                Style::default().add_modifier(Modifier::BOLD),
+            )));
+            l.push(Line::from(format!(
+                "Local repository: {}",
+                escape(&app.repo_path)
+            )));
+            if let Some(p) = problem {
+                l.push(Line::from(format!("  {}", escape(p))));
+            }
+            l.push(Line::from(format!(
+                "Config file: {}",
+                app.config_path
+                    .as_deref()
+                    .map(escape)
+                    .unwrap_or_else(|| "(none)".into())
+            )));
+            l.push(Line::from(""));
+            l.push(Line::from("To start:"));
+            for (cmd, what) in [
+                ("lifeboat init", "create the repository"),
+                (
+                    "lifeboat backup VM --volume root=DISK",
+                    "back up a disk (raw or qcow2)",
+                ),
+                ("lifeboat remote add NAME URL", "an off-site copy"),
+                ("lifeboat demo", "try everything on a demo world"),
+            ] {
+                l.push(Line::from(format!("  {cmd:<40} {what}")));
+            }
+            l.push(Line::from(""));
+            l.push(Line::from(format!(
+                "{} lists every key · {} re-reads · {} quits",
+                app.keys.key("help"),
+                app.keys.key("refresh"),
+                app.keys.key("quit")
+            )));
+        }
+    }
+    f.render_widget(
+        Paragraph::new(l)
+            .wrap(ratatui::widgets::Wrap { trim: false })
+            .block(Block::default().borders(Borders::ALL).title(" Welcome ")),
+        area,
+    );
+}
+
+pub fn tree(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
+    let rows = app.tree();
+    let inner = area.width.saturating_sub(2) as usize;
+    // "STALE" and an age such as "12d" on the right; the name gets the rest.
+    let state_w = 10;
+    let items: Vec<ListItem> = rows
+        .iter()
+        .map(|r| {
+            let (label, rpo, newest) = match &r.volume {
+                None => (r.vm.clone(), app.rpo(&r.vm), app.newest(&r.vm)),
+                Some(v) => (
+                    format!(" └ {v}"),
+                    app.rpo_volume(&r.vm, v),
+                    app.newest_volume(&r.vm, v),
+                ),
+            };
+            let (style, word) = theme.rpo(rpo);
+            let age = newest
+                .map(|t| age(&t, app.now))
+                .unwrap_or_else(|| "-".into());
+            let name_w = inner.saturating_sub(state_w).max(4);
+            let name = truncate(&label, name_w);
+            let pad = name_w.saturating_sub(name.width());
+            let name_style = if r.volume.is_none() {
+                Style::default().add_modifier(Modifier::BOLD)
+            } else {
+                Style::default()
+            };
+            ListItem::new(Line::from(vec![
+                Span::styled(format!("{name}{}", " ".repeat(pad)), name_style),
+                Span::styled(format!("{word:>6}{age:>4}"), style),
+            ]))
+        })
+        .collect();
+    let place = app.source.as_deref().unwrap_or("local");
+    let title = match (&app.filter, &app.typing) {
+        (Some(f), Some((Pane::Tree, _))) => format!(" VMs ({place}) /{f}_ "),
+        (Some(f), _) if !f.is_empty() => format!(" VMs ({place}) /{f} "),
+        _ => format!(" VMs ({place}) "),
+    };
+    let list = List::new(items)
+        .block(block(title, theme, app.focus == Pane::Tree))
+        .highlight_style(theme.selected());
+    let mut st = ListState::default();
+    st.select((!rows.is_empty()).then_some(app.tree_sel));
+    f.render_stateful_widget(list, area, &mut st);
+}
+
+/// Timeline columns that fit: time, age, volume, verify and presence
+/// always (a row must say which volume it is at every width); id, new
+/// bytes and the note as room allows.
+pub fn timeline(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
+    let tl = app.timeline();
+    let inner = area.width.saturating_sub(2) as usize;
+    let columns = app.presence_columns();
+    let vol_w = tl
+        .iter()
+        .map(|(k, _)| k.volume.width())
+        .max()
+        .unwrap_or(4)
+        .clamp(6, 12);
+    // time 16, age 4, volume, data 9, verify 3
+    let base = 16 + 4 + vol_w + 9 + 3 + 4;
+    let full_presence = columns.len() * 10;
+    let compact = base + full_presence > inner;
+    let presence_w = if compact {
+        columns.len() * 4
+    } else {
+        full_presence
+    };
+    let mut room = inner.saturating_sub(base + presence_w);
+    let show_id = room >= 13;
+    if show_id {
+        room -= 13;
+    }
+    let show_new = room >= 10;
+    if show_new {
+        room -= 10;
+    }
+    let show_note = room >= 9;
+    let mut header: Vec<String> = vec!["time".into(), "age".into(), "volume".into()];
+    let mut widths = vec![
+        Constraint::Length(16),
+        Constraint::Length(4),
+        Constraint::Length(vol_w as u16),
+    ];
+    if show_id {
+        header.push("id".into());
+        widths.push(Constraint::Length(12));
+    }
+    header.push("data".into());
+    widths.push(Constraint::Length(9));
+    if show_new {
+        header.push("new".into());
+        widths.push(Constraint::Length(9));
+    }
+    header.push("vfy".into());
+    widths.push(Constraint::Length(3));
+    if show_note {
+        header.push("note".into());
+        widths.push(Constraint::Min(8));
+    }
+    let pw = if compact { 3 } else { 9 };
+    header.extend(columns.iter().map(|r| truncate(r, pw)));
+    widths.extend(columns.iter().map(|_| Constraint::Length(pw as u16)));
+    let rows: Vec<Row> = tl
+        .iter()
+        .map(|(k, m)| {
+            let mut cells = vec![
+                TCell::from(m.created_at.format("%Y-%m-%d %H:%M").to_string()),
+                TCell::from(age(&m.created_at, app.now)),
+                TCell::from(k.volume.clone()),
+            ];
+            if show_id {
+                cells.push(TCell::from(k.id.short()));
+            }
+            cells.push(TCell::from(bytes(m.stats.nonzero_bytes)));
+            if show_new {
+                cells.push(TCell::from(bytes(m.stats.new_stored_bytes)));
+            }
+            cells.push(match app.verify.get(&k.id) {
+                Some(v) if v.ok => TCell::from(Span::styled("ok", theme.fg(Color::Green))),
+                Some(_) => TCell::from(Span::styled(
+                    "BAD",
+                    theme.fg(Color::Red).add_modifier(Modifier::BOLD),
+                )),
+                None => TCell::from("-"),
+            });
+            if show_note {
+                cells.push(TCell::from(
+                    escape(m.labels.note.as_deref().unwrap_or_default()).into_owned(),
+                ));
+            }
+            for p in app.presence(k) {
+                cells.push(TCell::from(theme.presence(p, compact)));
+            }
+            let marked = app.marked.as_ref() == Some(k);
+            Row::new(cells).style(if marked {
+                theme.fg(Color::Magenta).add_modifier(Modifier::UNDERLINED)
+            } else {
+                Style::default()
+            })
+        })
+        .collect();
+    let on = app
+        .source
+        .as_ref()
+        .map(|s| format!(" on {s}"))
+        .unwrap_or_default();
+    let search = match (&app.search, &app.typing) {
+        (Some(s), _) => format!(" /{s}"),
+        (None, Some((Pane::Timeline, _))) => " /".into(),
+        _ => String::new(),
+    };
+    let title = match app.selected_row() {
+        Some(r) => format!(
+            " Timeline {}{}{on} ({}){search} ",
+            r.vm,
+            r.volume.map(|v| format!("/{v}")).unwrap_or_default(),
+            tl.len()
+        ),
+        None => format!(" Timeline{on} "),
+    };
+    let table = Table::new(rows, widths)
+        .header(Row::new(header).style(Style::default().add_modifier(Modifier::BOLD)))
+        .block(block(title, theme, app.focus == Pane::Timeline))
+        .row_highlight_style(theme.selected());
+    let mut st = TableState::default();
+    st.select((!tl.is_empty()).then_some(app.timeline_sel));
+    f.render_stateful_widget(table, area, &mut st);
+}
+
+pub fn details(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
+    let chart = area.width >= 90;
+    let cols = Layout::default()
+        .direction(Direction::Horizontal)
+        .constraints(if chart {
+            [Constraint::Percentage(62), Constraint::Percentage(38)]
+        } else {
+            [Constraint::Percentage(100), Constraint::Percentage(0)]
+        })
+        .split(area);
+    let u = app.usage;
+    let usage = format!(
+        "repo    {} backups · {} of data · {} stored{}",
+        app.backups.len(),
+        bytes(u.logical),
+        bytes(u.stored),
+        u.dedup()
+            .map(|d| format!(" · dedup {d:.1}x"))
+            .unwrap_or_default()
+    );
+    let mut lines: Vec<Line> = match app.selected_backup() {
+        Some((k, m)) => vec![
+            Line::from(format!(
+                "backup  {}/{} {} ({} ago)",
+                k.vm,
+                k.volume,
+                m.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                age(&m.created_at, app.now)
+            )),
+            Line::from(format!("id      {}", k.id)),
+            Line::from(format!(
+                "size    {} ({}, {})  data {}  new {} in {} chunks",
+                bytes(m.volume.virtual_size),
+                m.volume.format,
+                m.volume.role,
+                bytes(m.stats.nonzero_bytes),
+                bytes(m.stats.new_stored_bytes),
+                m.stats.new_chunks
+            )),
+            Line::from(format!(
+                "source  {}:{}  set {}",
+                escape(&m.source.host),
+                escape(&m.source.path),
+                escape(&m.set.chars().take(12).collect::<String>()),
+            )),
+            Line::from(format!(
+                "labels  note={} protected={} · index {} · parent {}",
+                escape(m.labels.note.as_deref().unwrap_or("-")),
+                m.labels.protected,
+                m.index.short(),
+                m.parent
+                    .map(|p| p.short())
+                    .unwrap_or_else(|| "(none)".into())
+            )),
+            match app.verify.get(&k.id) {
+                Some(v) => Line::from(Span::styled(
+                    format!(
+                        "verify  {} ({}) {} ({} ago)",
+                        if v.ok { "ok" } else { "FAILED" },
+                        if v.deep { "deep" } else { "quick" },
+                        v.at.format("%Y-%m-%d %H:%M"),
+                        age(&v.at, app.now)
+                    ),
+                    if v.ok {
+                        theme.fg(Color::Green)
+                    } else {
+                        theme.fg(Color::Red).add_modifier(Modifier::BOLD)
+                    },
+                )),
+                None => Line::from(format!(
+                    "verify  not verified yet: {} quick, {} deep",
+                    app.keys.key("verify"),
+                    app.keys.key("deep_verify")
+                )),
+            },
+        ],
+        None => vec![Line::from("no backup selected")],
+    };
+    lines.push(Line::from(usage));
+    f.render_widget(
+        Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" Details ")),
+        cols[0],
+    );
+    if !chart {
+        return;
+    }
+    // A log scale: the first (full) backup would flatten every later one.
+    let tl = app.timeline();
+    let max = tl
+        .iter()
+        .map(|(_, m)| m.stats.new_stored_bytes)
+        .max()
+        .unwrap_or(0);
+    let log = |b: u64| (b as f64 + 1.0).log2();
+    let floor = tl
+        .iter()
+        .map(|(_, m)| log(m.stats.new_stored_bytes))
+        .fold(f64::INFINITY, f64::min)
+        - 1.0;
+    let mut data: Vec<u64> = tl
+        .iter()
+        .rev()
+        .map(|(_, m)| ((log(m.stats.new_stored_bytes) - floor).max(0.0) * 16.0) as u64)
+        .collect();
+    let w = cols[1].width.saturating_sub(2) as usize;
+    if data.len() > w {
+        data.drain(..data.len() - w);
+    }
+    f.render_widget(
+        Sparkline::default()
+            .block(
+                Block::default()
+                    .borders(Borders::ALL)
+                    .title(format!(" new/backup, log, max {} ", bytes(max))),
+            )
+            .data(&data)
+            .style(theme.fg(Color::Cyan)),
+        cols[1],
+    );
+}
+
+/// One job on one line, the numbers first so that a narrow pane cuts the
+/// title, not the rate or the ETA.
+pub fn job_line(j: &JobView, now: chrono::DateTime<chrono::Utc>, w: usize) -> String {
+    let id = if j.past() {
+        "·".to_string()
+    } else {
+        format!("#{}", j.id)
+    };
+    let text = match &j.state {
+        JobState::Running => match &j.progress {
+            None => format!("{id} starting · {}", j.title),
+            Some(s) => {
+                let frac = s.job_fraction();
+                let bar = if w >= 80 {
+                    let n = 10;
+                    let full = (frac * n as f64).round() as usize;
+                    format!("▕{}{}▏ ", "█".repeat(full), "░".repeat(n - full))
+                } else {
+                    String::new()
+                };
+                let amount = if s.job_bytes_total > 0 {
+                    format!(
+                        "{:>3.0}% {}/{} ",
+                        frac * 100.0,
+                        bytes(s.job_bytes_done),
+                        bytes(s.job_bytes_total)
+                    )
+                } else if s.objects_total > 0 {
+                    format!(
+                        "{:>3.0}% {}/{} ",
+                        frac * 100.0,
+                        s.objects_done,
+                        s.objects_total
+                    )
+                } else {
+                    String::new()
+                };
+                let rate = if s.bytes_per_sec > 0.0 {
+                    format!("{}/s ", bytes(s.bytes_per_sec as u64))
+                } else {
+                    String::new()
+                };
+                let eta = s
+                    .eta_secs
+                    .map(|e| format!("ETA {} ", clock(e)))
+                    .unwrap_or_default();
+                format!("{id} {bar}{amount}{rate}{eta}{} · {}", s.phase, j.title)
+            }
+        },
+        JobState::Done(m) => format!("{id} ✓ {} {} · {m}", when(j, now), j.title),
+        JobState::Failed(e) => format!("{id} ✗ FAILED {} {} · {e}", when(j, now), j.title),
+        JobState::Cancelled => format!("{id} cancelled {} {}", when(j, now), j.title),
+    };
+    truncate(&escape(&text), w)
+}
+
+fn when(j: &JobView, now: chrono::DateTime<chrono::Utc>) -> String {
+    let t = j.ended_at.unwrap_or(j.started_at);
+    if (now - t).num_hours() < 20 {
+        t.format("%H:%M").to_string()
+    } else {
+        t.format("%m-%d %H:%M").to_string()
+    }
+}
+
+/// `0:42`, `12:05`, `1:02:03`.
+fn clock(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    if s >= 3600 {
+        format!("{}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
+    } else {
+        format!("{}:{:02}", s / 60, s % 60)
+    }
+}
+
+pub fn jobs(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
+    let running = app.running_jobs();
+    let title = if running > 0 {
+        format!(" Jobs ({running} running) ")
+    } else {
+        " Jobs ".into()
+    };
+    let b = block(title, theme, app.focus == Pane::Jobs);
+    let inner = b.inner(area);
+    f.render_widget(b, area);
+    if app.jobs.is_empty() {
+        f.render_widget(
+            Paragraph::new(truncate(
+                &format!(
+                    "no jobs yet: {} restore, {} push, {} verify, {} compare",
+                    app.keys.key("restore"),
+                    app.keys.key("push"),
+                    app.keys.key("verify"),
+                    app.keys.key("compare")
+                ),
+                inner.width as usize,
+            )),
+            inner,
+        );
+        return;
+    }
+    let visible = inner.height as usize;
+    let start = app.job_sel.saturating_sub(visible.saturating_sub(1));
+    for (row, (i, j)) in app
+        .jobs
+        .iter()
+        .enumerate()
+        .skip(start)
+        .take(visible)
+        .enumerate()
+    {
+        let r = Rect::new(inner.x, inner.y + row as u16, inner.width, 1);
+        let mut style = match &j.state {
+            JobState::Running => theme.fg(Color::Cyan),
+            JobState::Done(_) => theme.fg(Color::Green),
+            JobState::Failed(_) => theme.fg(Color::Red),
+            JobState::Cancelled => theme.fg(Color::Yellow),
+        };
+        if j.past() {
+            style = style.add_modifier(Modifier::DIM);
+        }
+        if i == app.job_sel && app.focus == Pane::Jobs {
+            style = style.add_modifier(Modifier::REVERSED);
+        }
+        f.render_widget(
+            Paragraph::new(job_line(j, app.now, inner.width as usize)).style(style),
+            r,
+        );
+    }
+}
+
+/// The newest lines that fit, wrapped, unless scrolled back.
+pub fn log(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
+    let h = area.height.saturating_sub(2) as usize;
+    let w = area.width.saturating_sub(2) as usize;
+    let mut lines: Vec<String> = Vec::new();
+    for entry in app.log.iter().rev().skip(app.log_scroll) {
+        let wrapped = wrap(&escape(entry), w);
+        for l in wrapped.into_iter().rev() {
+            lines.push(l);
+        }
+        if lines.len() >= h {
+            break;
+        }
+    }
+    lines.truncate(h);
+    lines.reverse();
+    let title = if app.log_scroll > 0 {
+        format!(" Log (back {} · End follows) ", app.log_scroll)
+    } else {
+        " Log ".into()
+    };
+    f.render_widget(
+        Paragraph::new(lines.into_iter().map(Line::from).collect::<Vec<_>>()).block(block(
+            title,
+            theme,
+            app.focus == Pane::Log,
+        )),
+        area,
+    );
+}
