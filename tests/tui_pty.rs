@@ -16,6 +16,7 @@ struct Console {
     parser: Arc<Mutex<vt100::Parser>>,
     writer: Box<dyn Write + Send>,
     child: Box<dyn portable_pty::Child + Send + Sync>,
+    master: Box<dyn portable_pty::MasterPty + Send>,
 }
 
 impl Console {
@@ -69,21 +70,45 @@ impl Console {
         self.writer.write_all(s.as_bytes()).unwrap();
         self.writer.flush().unwrap();
     }
+
+    /// Resizes the terminal (the console gets SIGWINCH) and the parser.
+    fn resize(&mut self, rows: u16, cols: u16) {
+        self.parser
+            .lock()
+            .unwrap()
+            .screen_mut()
+            .set_size(rows, cols);
+        self.master
+            .resize(PtySize {
+                rows,
+                cols,
+                pixel_width: 0,
+                pixel_height: 0,
+            })
+            .unwrap();
+    }
 }
 
 /// Starts `cmd` in a 150x40 pseudo-terminal with a vt100 parser fed from it.
 fn open(cmd: CommandBuilder) -> Console {
+    open_sized(cmd, 40, 150, false)
+}
+
+/// `no_alt_screen`: the parser ignores the switch to the alternate screen,
+/// like a terminal (or multiplexer, or recorder) that has none: whatever
+/// the console leaves on screen stays above the shell prompt.
+fn open_sized(cmd: CommandBuilder, rows: u16, cols: u16, no_alt_screen: bool) -> Console {
     let pair = native_pty_system()
         .openpty(PtySize {
-            rows: 40,
-            cols: 150,
+            rows,
+            cols,
             pixel_width: 0,
             pixel_height: 0,
         })
         .unwrap();
     let child = pair.slave.spawn_command(cmd).unwrap();
     drop(pair.slave);
-    let parser = Arc::new(Mutex::new(vt100::Parser::new(40, 150, 0)));
+    let parser = Arc::new(Mutex::new(vt100::Parser::new(rows, cols, 0)));
     let mut reader = pair.master.try_clone_reader().unwrap();
     let p = parser.clone();
     std::thread::spawn(move || {
@@ -92,13 +117,22 @@ fn open(cmd: CommandBuilder) -> Console {
             if n == 0 {
                 break;
             }
-            p.lock().unwrap().process(&buf[..n]);
+            let mut bytes = buf[..n].to_vec();
+            if no_alt_screen {
+                for seq in [&b"\x1b[?1049h"[..], &b"\x1b[?1049l"[..]] {
+                    while let Some(i) = bytes.windows(seq.len()).position(|w| w == seq) {
+                        bytes.drain(i..i + seq.len());
+                    }
+                }
+            }
+            p.lock().unwrap().process(&bytes);
         }
     });
     Console {
         parser,
         writer: pair.master.take_writer().unwrap(),
         child,
+        master: pair.master,
     }
 }
 
@@ -127,7 +161,7 @@ fn demo_push_compare_restore_quit() {
 
     // The demo builds its world, starts the off-site server and opens the console.
     c.wait_for("web01", 180);
-    c.wait_for("offsite: up", 30);
+    c.wait_for("offsite up", 30);
     // Filter to web01, pick its root volume, open the timeline.
     c.keys("/web01\r");
     c.keys("jj\r");
@@ -148,7 +182,7 @@ fn demo_push_compare_restore_quit() {
         "{s}"
     );
     c.keys("\r");
-    c.wait_for("done:", 60);
+    c.wait_for("done —", 60);
     c.wait_until("one fewer missing backup", 30, |s| {
         count(s, "○ missing") == missing_before - 1
     });
@@ -174,7 +208,7 @@ fn demo_push_compare_restore_quit() {
         s.lines().any(|l| {
             let jobs = l.split("││").next().unwrap_or("");
             // 1 plans the push, 2 runs it, 3 compares, 4 plans the restore.
-            jobs.contains("#5 ✓ done")
+            jobs.contains("#5 ✓")
         })
     });
     assert!(target.exists(), "no restored file; screen:\n{}", c.screen());
@@ -300,7 +334,7 @@ fn fresh_machine_browses_the_remote_and_restores_from_it() {
     cmd.env("HOME", &fresh);
     cmd.env("XDG_DATA_HOME", fresh.join("data"));
     let mut c = open(cmd);
-    c.wait_for("offsite: up", 30);
+    c.wait_for("offsite up", 30);
     c.keys("s");
     c.wait_for("VIEWING REMOTE offsite", 10);
     c.wait_for("ghost01", 20);
@@ -318,11 +352,89 @@ fn fresh_machine_browses_the_remote_and_restores_from_it() {
         s.lines().any(|l| {
             let jobs = l.split("││").next().unwrap_or("");
             // 1 plans the restore (fetch included), 2 runs it.
-            jobs.contains("#2 ✓ done")
+            jobs.contains("#2 ✓")
         })
     });
     common::assert_same_file(&target, &img);
     c.keys("q");
     c.wait_exit();
     drop(server);
+}
+
+/// At 80x24 over a plain terminal: chords are not their bare keys, the
+/// restore prompt edits like a shell line, the console follows resizes,
+/// says when the window is too small, and leaves a clean terminal.
+#[test]
+fn chords_prompt_editing_resize_and_a_clean_exit() {
+    let w = common::World::new();
+    w.init("64K");
+    let img = w.path("root.raw");
+    common::write_at(&img, 0, &common::noise(1 << 20, 9));
+    w.ok(&[
+        "backup",
+        "web01",
+        "--format",
+        "raw",
+        "--volume",
+        &format!("root={}", img.display()),
+    ]);
+    let mut cmd = CommandBuilder::new(BIN);
+    cmd.args(["-r", w.repo().to_str().unwrap()]);
+    cmd.cwd(w.dir.path());
+    cmd.env("TERM", "xterm-256color");
+    cmd.env("HOME", w.dir.path());
+    cmd.env("XDG_CONFIG_HOME", w.path("cfg"));
+    cmd.env("XDG_DATA_HOME", w.path("data"));
+    cmd.env_remove("LIFEBOAT_CONFIG");
+    cmd.env_remove("LIFEBOAT_REPO");
+    let mut c = open_sized(cmd, 24, 80, true);
+    c.wait_for("web01", 30);
+    c.keys("\r");
+    c.wait_for("Timeline web01", 10);
+    // Ctrl-V, Ctrl-B and Alt-P are not v, b and p. If one opened a
+    // dialog, that dialog would swallow the ? below.
+    c.keys("\x16");
+    c.keys("\x02");
+    c.keys("\x1bp");
+    c.keys("?");
+    let s = c.wait_for("Keys", 10);
+    assert!(!s.contains("verify") || !s.contains("Enter/y run"), "{s}");
+    c.keys("\x1b");
+    c.wait_until("help closed", 10, |s| !s.contains("Shift-Tab"));
+
+    // The restore prompt: Ctrl-U clears, Home goes to the start.
+    c.keys("r");
+    c.wait_for("> ./web01-root.raw", 10);
+    c.keys("\x15");
+    c.wait_until("the prompt cleared", 10, |s| {
+        s.contains("│> ") && !s.contains("web01-root.raw")
+    });
+    c.keys("tmp/x.raw");
+    c.keys("\x1b[H");
+    c.keys("/");
+    c.wait_for("> /tmp/x.raw", 10);
+    c.keys("\x17");
+    c.wait_until("Ctrl-W deleted a word", 10, |s| !s.contains("> /tmp/x.raw"));
+    c.keys("\x1b");
+    c.wait_until("prompt closed", 10, |s| !s.contains("Restore web01/root"));
+
+    // Grow: the wide layout (Log beside Jobs, long header) appears.
+    c.resize(40, 140);
+    c.wait_for(" Log ", 10);
+    // Too small: said, not cut.
+    c.resize(12, 40);
+    c.wait_for("needs at least", 10);
+    c.resize(30, 110);
+    c.wait_for("Timeline web01", 10);
+
+    c.keys("q");
+    assert!(c.wait_exit().success());
+    std::thread::sleep(Duration::from_millis(100));
+    let p = c.parser.lock().unwrap();
+    assert!(!p.screen().hide_cursor(), "cursor left hidden");
+    let left = p.screen().contents();
+    assert!(
+        !left.contains('│') && !left.contains('┌') && !left.contains("lifeboat "),
+        "the console left borders on the terminal:\n{left}"
+    );
 }

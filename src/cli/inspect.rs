@@ -281,10 +281,12 @@ pub async fn hash(
     Ok(Outcome::Ok)
 }
 
-async fn side(ctx: &Ctx, what: &str, cs: u64) -> anyhow::Result<(String, Index)> {
+/// One side of a diff: its name, its index, and `vm/volume` when it is a
+/// backup (to warn when two different volumes are compared).
+async fn side(ctx: &Ctx, what: &str, cs: u64) -> anyhow::Result<(String, Index, Option<String>)> {
     if Path::new(what).is_file() {
         let idx = index_of_file(PathBuf::from(what), FormatChoice::Auto, cs, ctx.json).await?;
-        return Ok((format!("file {what}"), idx));
+        return Ok((format!("file {what}"), idx, None));
     }
     let repo = ctx.open_repo()?;
     let all = repo.load_all()?;
@@ -298,18 +300,35 @@ async fn side(ctx: &Ctx, what: &str, cs: u64) -> anyhow::Result<(String, Index)>
             k.id.short()
         ),
         repo.read_index(&m.index)?,
+        Some(format!("{}/{}", k.vm, k.volume)),
     ))
 }
 
 pub async fn diff(ctx: &Ctx, a: &str, b: &str) -> anyhow::Result<Outcome> {
     let cs = chunk_size_for(ctx, None);
-    let (name_a, ia) = side(ctx, a, cs).await?;
-    let (name_b, ib) = side(ctx, b, cs).await?;
+    let (name_a, ia, vol_a) = side(ctx, a, cs).await?;
+    let (name_b, ib, vol_b) = side(ctx, b, cs).await?;
     let d = diff::diff(&ia, &ib)?;
+    // Two different volumes share little; comparing them is usually a slip.
+    let different = match (&vol_a, &vol_b) {
+        (Some(x), Some(y)) => x != y,
+        _ => false,
+    };
+    if different {
+        tracing::warn!(
+            "comparing different volumes ({} and {}): most of the map will differ",
+            vol_a.as_deref().unwrap_or_default(),
+            vol_b.as_deref().unwrap_or_default()
+        );
+    }
     if ctx.json {
-        print_json(
-            &serde_json::json!({"a": name_a, "b": name_b, "identical": d.identical(), "diff": d}),
-        )?;
+        print_json(&serde_json::json!({
+            "a": name_a,
+            "b": name_b,
+            "different_volumes": different,
+            "identical": d.identical(),
+            "diff": d
+        }))?;
         return Ok(Outcome::Ok);
     }
     println!("A: {name_a}\nB: {name_b}");

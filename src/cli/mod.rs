@@ -53,6 +53,12 @@ impl Cli {
 pub enum Command {
     /// Open the console (also what `lifeboat` alone does).
     Tui,
+    /// Print shell completions (bash, zsh, fish, elvish, powershell), e.g.
+    /// `lifeboat completions bash > /etc/bash_completion.d/lifeboat`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff), e.g.
+    /// `lifeboat man > /usr/local/share/man/man1/lifeboat.1`.
+    Man,
     /// Build a self-contained demo world and open the console on it.
     Demo {
         /// Keep the world in DIR (built there if missing, reused if present).
@@ -295,6 +301,30 @@ impl Ctx {
 
 pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
     let json = cli.json;
+    // Generated from the argument definitions; they need no config.
+    match &cli.command {
+        Some(Command::Completions { shell }) => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "lifeboat",
+                &mut std::io::stdout(),
+            );
+            return 0;
+        }
+        Some(Command::Man) => {
+            use clap::CommandFactory;
+            let page = clap_mangen::Man::new(Cli::command());
+            return match page.render(&mut std::io::stdout()) {
+                Ok(()) => 0,
+                // `lifeboat man | head` is not an error.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+                Err(e) => report(json, &anyhow::Error::new(e).context("writing the man page")),
+            };
+        }
+        _ => {}
+    }
     let is_demo = matches!(&cli.command, Some(Command::Demo { .. }));
     let config = if is_demo {
         Ok(Config::default())
@@ -316,6 +346,7 @@ pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
     };
     let res = match command {
         Command::Tui => console(&ctx, sink).await,
+        Command::Completions { .. } | Command::Man => Ok(Outcome::Ok),
         Command::Demo { keep, no_tui } => demo_cmd(keep, no_tui, sink).await,
         Command::Init {
             path,

@@ -195,10 +195,10 @@ async fn event_loop(
                 }
                 Some(Ok(Event::Mouse(m))) => { dirty = true; app.update(Action::Mouse(m)) }
                 Some(Ok(Event::Resize(w, h))) => {
-                    // Redraw every cell: what the terminal kept from the
-                    // old size must not survive into the new layout.
-                    terminal.autoresize()?;
-                    terminal.clear()?;
+                    // The next draw sees the new size and clears the whole
+                    // screen before drawing (never `Terminal::clear`: it
+                    // asks the terminal for the cursor position, a round
+                    // trip that times out over a slow link).
                     dirty = true;
                     app.update(Action::Resize(w, h))
                 }

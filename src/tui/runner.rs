@@ -246,6 +246,7 @@ impl Runner {
                         format!("Compare {name} with local"),
                         map,
                         summary,
+                        true,
                     ))
                 });
             }
@@ -734,7 +735,7 @@ fn show_diff(
             map.per_cell
         ),
     ];
-    Ok(show_map(tx, "Compare".into(), map, summary))
+    Ok(show_map(tx, "Compare".into(), map, summary, false))
 }
 
 fn show_map(
@@ -742,12 +743,14 @@ fn show_map(
     title: String,
     map: ChunkMap,
     summary: Vec<String>,
+    held: bool,
 ) -> String {
     let line = summary.last().cloned().unwrap_or_default();
     let _ = tx.send(Action::CompareReady {
         title,
         cells: map.cells,
         summary,
+        held,
     });
     line
 }

@@ -512,6 +512,7 @@ fn compare_screen(cells: Vec<super::app::Cell>, w: u16, h: u16) -> String {
             "same 0 B · changed 128.0 MiB · added 64.0 MiB · removed 0 B · 1 cell = 1 chunk(s)"
                 .into(),
         ],
+        held: false,
     });
     screen(&a, w, h)
 }

@@ -170,11 +170,13 @@ pub enum Dialog {
         lines: Vec<String>,
         scroll: usize,
     },
-    /// A chunk map of two backups.
+    /// A chunk map of two backups, or (`held`) of one backup against the
+    /// local repository.
     Compare {
         title: String,
         cells: Vec<Cell>,
         summary: Vec<String>,
+        held: bool,
     },
     Help {
         scroll: usize,
@@ -271,6 +273,7 @@ pub enum Action {
         title: String,
         cells: Vec<Cell>,
         summary: Vec<String>,
+        held: bool,
     },
     /// A plan is ready for confirmation (`lines` say what it will do);
     /// `noop`: it would change nothing, so it is shown, not offered.
@@ -829,11 +832,13 @@ impl App {
                 title,
                 cells,
                 summary,
+                held,
             } => {
                 self.dialog = Some(Dialog::Compare {
                     title,
                     cells,
                     summary,
+                    held,
                 });
                 Vec::new()
             }

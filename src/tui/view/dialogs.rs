@@ -109,12 +109,15 @@ fn glyph(c: Cell, theme: &Theme) -> Span<'static> {
     Span::styled(g, theme.fg(color))
 }
 
-fn cell_word(c: Cell) -> &'static str {
+/// The legend's word for a cell; a map of one image against a repository
+/// (it has missing cells) says held / missing locally.
+fn cell_word(c: Cell, held_map: bool) -> &'static str {
     match c {
+        Cell::Same if held_map => "held locally",
+        Cell::Missing => "missing locally",
         Cell::Same => "same",
         Cell::Changed => "changed",
         Cell::Zero => "zero",
-        Cell::Missing => "missing",
         Cell::Added => "added (B only)",
         Cell::Removed => "removed (A only)",
     }
@@ -258,7 +261,8 @@ pub fn dialog(f: &mut Frame, app: &App, theme: &Theme, d: &Dialog, area: Rect) {
             title,
             cells,
             summary,
-        } => compare(f, theme, area, title, cells, summary),
+            held,
+        } => compare(f, theme, area, title, cells, summary, *held),
     }
 }
 
@@ -271,6 +275,7 @@ fn compare(
     title: &str,
     cells: &[Cell],
     summary: &[String],
+    held_map: bool,
 ) {
     let w = 68.min(area.width.saturating_sub(2));
     let inner = w.saturating_sub(2) as usize;
@@ -287,7 +292,12 @@ fn compare(
     kinds.sort_by_key(|c| *c as u8);
     let legend: Vec<Span> = kinds
         .iter()
-        .flat_map(|c| [glyph(*c, theme), Span::raw(format!(" {}  ", cell_word(*c)))])
+        .flat_map(|c| {
+            [
+                glyph(*c, theme),
+                Span::raw(format!(" {}  ", cell_word(*c, held_map))),
+            ]
+        })
         .collect();
     // Rows the screen leaves for the map: borders, summary, legend, hint.
     let room = (area.height as usize).saturating_sub(2 + 2 + text.len() + 1 + 1);
