@@ -467,3 +467,44 @@ fn push_and_pull_through_s3_with_a_node_stopped_mid_push() {
     assert_eq!(out.status.code(), Some(1), "{e}");
     assert!(e.contains("no-such-bucket-here"), "{e}");
 }
+
+/// `verify --remote`: the remote's copy through its API. Quick finds a
+/// missing chunk, deep a damaged one, each naming the backups it breaks.
+#[test]
+fn verify_a_remote_through_its_api() {
+    let s = setup("64K", 1);
+    let local = s.w.repo();
+    s.ok(&local, &["push", "offsite", "--init"]);
+    let v = s.json(&local, &["verify", "--remote", "offsite", "--deep"]);
+    assert_eq!(v["manifests"], 2);
+    assert!(v["problems"].as_array().unwrap().is_empty(), "{v}");
+    assert!(v["bytes_read"].as_u64().unwrap() > 0);
+
+    let chunks = files_under(&s.w.path("srv/chunks"));
+    // Damage one chunk: the quick check (presence) passes, the deep one
+    // re-hashes it and fails.
+    let victim = &chunks[chunks.len() / 2];
+    let mut d = std::fs::read(victim).unwrap();
+    let n = d.len() - 1;
+    d[n] ^= 0x55;
+    std::fs::write(victim, &d).unwrap();
+    let damaged = victim.file_name().unwrap().to_str().unwrap().to_string();
+    s.ok(&local, &["verify", "--remote", "offsite"]);
+    let out = s.run(&local, &["verify", "--remote", "offsite", "--deep"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(
+        text.contains(&damaged) && text.contains("breaks vm/root@"),
+        "{text}"
+    );
+
+    // Remove another: the quick check finds it missing.
+    let gone = chunks.iter().find(|c| **c != *victim).unwrap();
+    std::fs::remove_file(gone).unwrap();
+    let out = s.run(&local, &["verify", "--remote", "offsite"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(text.contains("missing"), "{text}");
+    // The local repository is not what was checked: it stays clean.
+    s.ok(&local, &["verify", "--deep"]);
+}

@@ -250,7 +250,10 @@ fn demo_push_compare_restore_quit() {
     // The remote view: its copy of a backup against the local repository.
     c.keys("s");
     c.wait_for("VIEWING REMOTE offsite", 10);
-    c.wait_for("Timeline web01 on offsite", 20);
+    // The inventory's VMs show at once; wait for the remote's backups.
+    c.wait_until("the remote's timeline", 20, |s| {
+        s.contains("Timeline web01 on offsite (") && !s.contains("on offsite (0)")
+    });
     c.keys("\r");
     c.keys("c");
     let s = c.wait_for("Compare offsite with local", 20);

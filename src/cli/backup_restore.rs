@@ -164,12 +164,28 @@ pub async fn verify(ctx: &Ctx, deep: bool, references: Vec<String>) -> anyhow::R
     {
         tracing::warn!("could not record the verify result: {e}");
     }
+    print_verify(ctx, &report, None)
+}
+
+/// `verify --remote`: the remote's copy, read through its API.
+pub async fn verify_remote(ctx: &Ctx, deep: bool, name: &str) -> anyhow::Result<Outcome> {
+    let (_, store) = lifeboat_core::store::remote::resolve(&ctx.config, name)?;
+    let report: VerifyReport = run_job_async("verify", ctx.json, move |c, p| async move {
+        lifeboat_core::sync::verify::verify_remote(store.as_ref(), deep, &c, &p).await
+    })
+    .await?;
+    print_verify(ctx, &report, Some(name))
+}
+
+fn print_verify(ctx: &Ctx, report: &VerifyReport, remote: Option<&str>) -> anyhow::Result<Outcome> {
+    let deep = report.deep;
     if ctx.json {
-        print_json(&report)?;
+        print_json(report)?;
     } else {
         println!(
-            "{} check: {} backups, {} indexes, {} chunks{}",
+            "{} check{}: {} backups, {} indexes, {} chunks{}",
             if deep { "deep" } else { "quick" },
+            remote.map(|r| format!(" of {r}")).unwrap_or_default(),
             report.manifests,
             report.indexes,
             report.chunks,

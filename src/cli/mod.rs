@@ -113,6 +113,10 @@ pub enum Command {
     Verify {
         #[arg(long)]
         deep: bool,
+        /// Verify this remote (a configured name or a URL) through its API
+        /// instead of the local repository; --deep fetches every chunk.
+        #[arg(long, value_name = "REMOTE")]
+        remote: Option<String>,
         /// Backups to check (default: all).
         references: Vec<String>,
     },
@@ -368,9 +372,21 @@ pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
             chunk_size,
         } => inspect::hash(&ctx, file, format.into(), chunk_size).await,
         Command::Diff { a, b } => inspect::diff(&ctx, &a, &b).await,
-        Command::Verify { deep, references } => {
-            backup_restore::verify(&ctx, deep, references).await
-        }
+        Command::Verify {
+            deep,
+            remote: Some(remote),
+            references,
+        } if references.is_empty() => backup_restore::verify_remote(&ctx, deep, &remote).await,
+        Command::Verify {
+            remote: Some(_), ..
+        } => Err(anyhow::anyhow!(
+            "verify --remote checks every backup on the remote; leave out the references"
+        )),
+        Command::Verify {
+            deep,
+            remote: None,
+            references,
+        } => backup_restore::verify(&ctx, deep, references).await,
         Command::Restore {
             reference,
             to,

@@ -17,12 +17,14 @@ fn line(s: &Snapshot) -> String {
         .eta_secs
         .map(|e| format!(" ETA {}", duration(e)))
         .unwrap_or_default();
+    // The whole job's bytes (a set restore counts every volume and the
+    // fetch); the rate is the recent one, and the ETA is for the job.
     format!(
         "{}: {}/{} ({:.0}%) {}/s{eta}",
         s.phase,
-        bytes(s.bytes_done),
-        bytes(s.bytes_total),
-        s.fraction() * 100.0,
+        bytes(s.job_bytes_done),
+        bytes(s.job_bytes_total),
+        s.job_fraction() * 100.0,
         bytes(s.bytes_per_sec as u64),
     )
 }
@@ -108,7 +110,7 @@ async fn observe<T: Send + 'static>(
                 let s = progress.snapshot();
                 match &bar {
                     Some(b) => {
-                        b.set_position((s.fraction() * 1000.0) as u64);
+                        b.set_position((s.job_fraction() * 1000.0) as u64);
                         b.set_message(line(&s));
                     }
                     None if json => eprintln!("{}", serde_json::json!({"event": "progress", "job": kind, "progress": s})),

@@ -205,7 +205,11 @@ impl Runner {
                 }
             }
             Effect::Backup { vm } => self.backup(vm),
-            Effect::Verify { deep } => self.verify(deep),
+            Effect::Verify { deep, remote: None } => self.verify(deep),
+            Effect::Verify {
+                deep,
+                remote: Some(name),
+            } => self.verify_remote(deep, name),
             Effect::Compare { a, b } => {
                 let path = self.repo_path.clone();
                 let title = format!("compare {} with {}", a.id.short(), b.id.short());
@@ -555,21 +559,17 @@ impl Runner {
             if let Ok(all) = state::load_verify(&path) {
                 let _ = tx.send(Action::VerifyState(all));
             }
-            if r.ok() {
-                Ok(format!("ok: {} backups, {} chunks", r.manifests, r.chunks))
-            } else {
-                Err(lifeboat_core::Error::BadInput(format!(
-                    "{} damaged objects break {} backup(s): {}",
-                    r.problems.len(),
-                    r.broken.len(),
-                    r.problems
-                        .iter()
-                        .take(3)
-                        .map(|p| format!("{} {} ({})", p.kind, &p.id[..12], p.problem))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                )))
-            }
+            verify_summary(&r)
+        });
+    }
+
+    fn verify_remote(&self, deep: bool, name: String) {
+        let store = self.store(&name);
+        let title = format!("{} verify of {name}", if deep { "deep" } else { "quick" });
+        self.spawn_async(title, move |cancel, progress| async move {
+            let store = store?;
+            let r = sync::verify::verify_remote(store.as_ref(), deep, &cancel, &progress).await?;
+            verify_summary(&r)
         });
     }
 
@@ -703,6 +703,25 @@ pub fn event_action(ev: JobEvent) -> Option<Action> {
             result: Err("cancelled".into()),
             cancelled: true,
         }),
+    }
+}
+
+/// A verify's result as a job result: damage fails the job, naming it.
+fn verify_summary(r: &lifeboat_core::repo::verify::VerifyReport) -> lifeboat_core::Result<String> {
+    if r.ok() {
+        Ok(format!("ok: {} backups, {} chunks", r.manifests, r.chunks))
+    } else {
+        Err(lifeboat_core::Error::BadInput(format!(
+            "{} damaged objects break {} backup(s): {}",
+            r.problems.len(),
+            r.broken.len(),
+            r.problems
+                .iter()
+                .take(3)
+                .map(|p| format!("{} {} ({})", p.kind, &p.id[..12.min(p.id.len())], p.problem))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )))
     }
 }
 

@@ -102,19 +102,40 @@ impl App {
             KeyCode::Char('r') => self.ask_restore(),
             KeyCode::Char('v') | KeyCode::Char('V') => {
                 let deep = code == KeyCode::Char('V');
-                self.dialog = Some(Dialog::Confirm {
-                    title: if deep { "Deep verify" } else { "Quick verify" }.into(),
-                    lines: vec![
-                        format!("repository: {}", self.repo_path),
-                        format!("{} backups", self.local_ids.len()),
-                        if deep {
-                            "reads, decodes and re-hashes every chunk".into()
-                        } else {
-                            "checks every referenced object is present".into()
+                let kind = if deep { "Deep verify" } else { "Quick verify" };
+                self.dialog = Some(match self.source.clone() {
+                    None => Dialog::Confirm {
+                        title: kind.into(),
+                        lines: vec![
+                            format!("repository: {}", self.repo_path),
+                            format!("{} backups", self.local_ids.len()),
+                            if deep {
+                                "reads, decodes and re-hashes every chunk".into()
+                            } else {
+                                "checks every referenced object is present".into()
+                            },
+                            "the result is recorded per backup (Details shows it)".into(),
+                        ],
+                        effect: Effect::Verify { deep, remote: None },
+                    },
+                    Some(remote) => Dialog::Confirm {
+                        title: format!("{kind} of {remote}"),
+                        lines: vec![
+                            format!(
+                                "{} backups on {remote}, checked through its API",
+                                self.backups.len()
+                            ),
+                            if deep {
+                                "fetches, decodes and re-hashes every chunk: reads the whole repository over the link".into()
+                            } else {
+                                "fetches every manifest and index; asks for every chunk".into()
+                            },
+                        ],
+                        effect: Effect::Verify {
+                            deep,
+                            remote: Some(remote),
                         },
-                        "the result is recorded per backup (Details shows it)".into(),
-                    ],
-                    effect: Effect::Verify { deep },
+                    },
                 });
             }
             KeyCode::Char('c') if self.source.is_some() => {

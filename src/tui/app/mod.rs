@@ -209,8 +209,11 @@ pub enum Effect {
     },
     /// Fetch every manifest of a remote, to browse it.
     Browse(String),
+    /// Verify the local repository, or (`remote`) a remote's copy
+    /// through its API.
     Verify {
         deep: bool,
+        remote: Option<String>,
     },
     Compare {
         a: ManifestKey,

@@ -43,6 +43,18 @@ impl VerifyReport {
         self.problems.is_empty()
     }
 
+    /// Records which backups were checked and which a problem breaks.
+    pub(crate) fn finish(&mut self, keys: &[ManifestKey]) {
+        let by_name: BTreeMap<String, Id> = keys.iter().map(|k| (describe(k), k.id)).collect();
+        self.checked = keys.iter().map(|k| k.id).collect();
+        self.broken = self
+            .problems
+            .iter()
+            .flat_map(|p| p.breaks.iter())
+            .filter_map(|b| by_name.get(b).copied())
+            .collect();
+    }
+
     /// The verify state this run gives each backup it checked.
     pub fn marks(
         &self,
@@ -196,18 +208,11 @@ pub fn verify(
         breaks.dedup();
         report.problems.push(problem("chunk", id, &e, breaks));
     }
-    let by_name: BTreeMap<String, Id> = keys.iter().map(|k| (describe(k), k.id)).collect();
-    report.checked = keys.iter().map(|k| k.id).collect();
-    report.broken = report
-        .problems
-        .iter()
-        .flat_map(|p| p.breaks.iter())
-        .filter_map(|b| by_name.get(b).copied())
-        .collect();
+    report.finish(&keys);
     Ok(report)
 }
 
-fn problem(kind: &'static str, id: Id, e: &Error, breaks: Vec<String>) -> Problem {
+pub(crate) fn problem(kind: &'static str, id: Id, e: &Error, breaks: Vec<String>) -> Problem {
     let text = match e {
         Error::MissingObject { .. } => "missing".to_string(),
         Error::CorruptObject { reason, .. } => format!("corrupt: {reason}"),

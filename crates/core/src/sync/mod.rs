@@ -9,6 +9,7 @@
 
 pub mod select;
 pub mod status;
+pub mod verify;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
