@@ -373,8 +373,10 @@ pub struct App {
     /// 10,000 backups does not rescan them all.
     tree_cache: Vec<TreeRow>,
     timeline_cache: Vec<usize>,
-    /// Newest backup per (VM, volume).
+    /// Newest backup per (VM, volume), and each VM's recovery point (the
+    /// oldest of its volumes' newest; None when a volume has none).
     newest_cache: BTreeMap<(String, String), DateTime<Utc>>,
+    vm_newest_cache: BTreeMap<String, Option<DateTime<Utc>>>,
 }
 
 const LOG_LINES: usize = 500;
@@ -434,6 +436,7 @@ impl App {
             tree_cache: Vec::new(),
             timeline_cache: Vec::new(),
             newest_cache: BTreeMap::new(),
+            vm_newest_cache: BTreeMap::new(),
         };
         app.rebuild();
         app
@@ -485,6 +488,22 @@ impl App {
             usage.stored += m.stats.new_stored_bytes;
         }
         self.usage = usage;
+        self.vm_newest_cache = self
+            .volumes()
+            .into_iter()
+            .map(|(vm, vols)| {
+                let mut worst: Option<Option<DateTime<Utc>>> = None;
+                for v in &vols {
+                    let t = self.newest_volume(&vm, v);
+                    worst = Some(match (worst, t) {
+                        (None, t) => t,
+                        (Some(Some(w)), Some(t)) => Some(w.min(t)),
+                        _ => None,
+                    });
+                }
+                (vm, worst.flatten())
+            })
+            .collect();
         self.rebuild_timeline();
     }
 
@@ -575,13 +594,7 @@ impl App {
     /// (None when a volume has none). A VM is only as fresh as its stalest
     /// volume.
     pub fn newest(&self, vm: &str) -> Option<DateTime<Utc>> {
-        let vols = self.volumes().remove(vm).unwrap_or_default();
-        let mut worst: Option<DateTime<Utc>> = None;
-        for v in &vols {
-            let t = self.newest_volume(vm, v)?;
-            worst = Some(worst.map_or(t, |w| w.min(t)));
-        }
-        worst
+        self.vm_newest_cache.get(vm).copied().flatten()
     }
 
     fn rpo_of(&self, t: Option<DateTime<Utc>>) -> Rpo {
