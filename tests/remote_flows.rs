@@ -68,6 +68,15 @@ fn setup(chunk: &str, image_mib: usize) -> Setup {
     }
 }
 
+/// Damages a stored object in place; returns its file name (the id).
+fn flip_last_byte(path: &std::path::Path) -> String {
+    let mut d = std::fs::read(path).unwrap();
+    let n = d.len() - 1;
+    d[n] ^= 0x55;
+    std::fs::write(path, &d).unwrap();
+    path.file_name().unwrap().to_str().unwrap().to_string()
+}
+
 impl Setup {
     fn run(&self, repo: &std::path::Path, args: &[&str]) -> std::process::Output {
         self.w
@@ -185,11 +194,7 @@ fn pull_rejects_corrupt_objects_from_the_remote() {
     // The server's copy of one chunk is damaged: the server serves it as is.
     let chunks = files_under(&s.w.path("srv/chunks"));
     let victim = &chunks[chunks.len() / 2];
-    let mut d = std::fs::read(victim).unwrap();
-    let n = d.len() - 1;
-    d[n] ^= 0x55;
-    std::fs::write(victim, &d).unwrap();
-    let name = victim.file_name().unwrap().to_str().unwrap().to_string();
+    let name = flip_last_byte(victim);
     let fresh = s.w.path("fresh");
     let out = s.run(&fresh, &["pull", "offsite", "--init"]);
     let e = String::from_utf8_lossy(&out.stderr);
@@ -484,11 +489,7 @@ fn verify_a_remote_through_its_api() {
     // Damage one chunk: the quick check (presence) passes, the deep one
     // re-hashes it and fails.
     let victim = &chunks[chunks.len() / 2];
-    let mut d = std::fs::read(victim).unwrap();
-    let n = d.len() - 1;
-    d[n] ^= 0x55;
-    std::fs::write(victim, &d).unwrap();
-    let damaged = victim.file_name().unwrap().to_str().unwrap().to_string();
+    let damaged = flip_last_byte(victim);
     s.ok(&local, &["verify", "--remote", "offsite"]);
     let out = s.run(&local, &["verify", "--remote", "offsite", "--deep"]);
     let text = String::from_utf8_lossy(&out.stdout);

@@ -43,6 +43,28 @@ impl VerifyReport {
         self.problems.is_empty()
     }
 
+    /// Reports bad chunks, each with the backups it breaks (through the
+    /// indexes that use it).
+    pub(crate) fn add_chunk_problems(
+        &mut self,
+        mut bad: Vec<(Id, Error)>,
+        chunk_users: &BTreeMap<Id, BTreeSet<Id>>,
+        index_users: &BTreeMap<Id, Vec<String>>,
+    ) {
+        bad.sort_by_key(|(id, _)| *id);
+        for (id, e) in bad {
+            let mut breaks: Vec<String> = chunk_users
+                .get(&id)
+                .into_iter()
+                .flatten()
+                .flat_map(|idx| index_users.get(idx).cloned().unwrap_or_default())
+                .collect();
+            breaks.sort();
+            breaks.dedup();
+            self.problems.push(problem("chunk", id, &e, breaks));
+        }
+    }
+
     /// Records which backups were checked and which a problem breaks.
     pub(crate) fn finish(&mut self, keys: &[ManifestKey]) {
         let by_name: BTreeMap<String, Id> = keys.iter().map(|k| (describe(k), k.id)).collect();
@@ -195,19 +217,8 @@ pub fn verify(
         return Err(Error::Cancelled);
     }
     report.bytes_read = bytes.into_inner();
-    let mut bad = bad.into_inner().unwrap_or_default();
-    bad.sort_by_key(|(id, _)| *id);
-    for (id, e) in bad {
-        let mut breaks: Vec<String> = chunk_users
-            .get(&id)
-            .into_iter()
-            .flatten()
-            .flat_map(|idx| index_users.get(idx).cloned().unwrap_or_default())
-            .collect();
-        breaks.sort();
-        breaks.dedup();
-        report.problems.push(problem("chunk", id, &e, breaks));
-    }
+    let bad = bad.into_inner().unwrap_or_default();
+    report.add_chunk_problems(bad, &chunk_users, &index_users);
     report.finish(&keys);
     Ok(report)
 }

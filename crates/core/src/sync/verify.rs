@@ -124,18 +124,7 @@ pub async fn verify_remote(
             progress.add(0, batch.len() as u64);
         }
     }
-    bad.sort_by_key(|(id, _)| *id);
-    for (id, e) in bad {
-        let mut breaks: Vec<String> = chunk_users
-            .get(&id)
-            .into_iter()
-            .flatten()
-            .flat_map(|idx| index_users.get(idx).cloned().unwrap_or_default())
-            .collect();
-        breaks.sort();
-        breaks.dedup();
-        report.problems.push(problem("chunk", id, &e, breaks));
-    }
+    report.add_chunk_problems(bad, &chunk_users, &index_users);
     report.finish(&keys);
     Ok(report)
 }
