@@ -5,6 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
+# openssl: the TLS tests make certificates the way admins do.
+if ! command -v openssl >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl
+  else
+    echo "openssl is missing: install it (apt-get install openssl)" >&2
+    exit 1
+  fi
+fi
+
 # qemu: the tests use qemu-img, qemu-nbd and qemu-io, and they must be one
 # consistent set. Debian 12 ships 7.2; some machines carry a 10.x backport
 # of qemu-utils. Installing Debian's qemu-system-x86 alone replaces a newer

@@ -179,11 +179,24 @@ pub struct ServeArgs {
     /// Tokens file (hashes and roles), written by `serve token add`.
     #[arg(long, global = true)]
     pub tokens: Option<PathBuf>,
-    /// TLS certificate chain (PEM); with --tls-key, serve HTTPS.
-    #[arg(long, requires = "tls_key")]
+    /// TLS certificate chain (PEM); with --tls-key, serve HTTPS with it.
+    /// Without them the server makes its own self-signed certificate.
+    #[arg(long, requires = "tls_key", global = true)]
     pub tls_cert: Option<PathBuf>,
-    #[arg(long, requires = "tls_cert")]
+    #[arg(long, requires = "tls_cert", global = true)]
     pub tls_key: Option<PathBuf>,
+    /// Where the server's own certificate is kept (default: `tls/` next to
+    /// the tokens file).
+    #[arg(long, value_name = "DIR", global = true)]
+    pub tls_dir: Option<PathBuf>,
+    /// Serve HTTPS on loopback too (elsewhere it is the default).
+    #[arg(long, conflicts_with = "insecure_http")]
+    pub tls: bool,
+    /// Serve plain HTTP on an address other than loopback: tokens and
+    /// backups cross the network unencrypted. For a trusted network or a
+    /// TLS-terminating proxy in front only.
+    #[arg(long)]
+    pub insecure_http: bool,
     /// Uploads handled at once; more wait.
     #[arg(long, default_value_t = 16)]
     pub max_uploads: usize,
@@ -205,6 +218,9 @@ pub enum ServeAction {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// Print the SHA-256 fingerprint of the server's certificate (made now
+    /// if the server has none yet), for clients to pin.
+    Fingerprint,
 }
 
 #[derive(Debug, Subcommand)]
@@ -246,8 +262,13 @@ fn serving() -> bool {
 
 pub fn init_tracing_to(verbose: u8, sink: crate::logging::LogSink) {
     let level = if verbose > 1 { "debug" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            // The certificate verifier logs each refusal at ERROR; the
+            // command's own error already explains it.
+            "{level},rustls_platform_verifier=off"
+        ))
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(sink)
@@ -265,8 +286,13 @@ pub fn init_tracing(verbose: u8, json: bool) {
         1 => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            // The certificate verifier logs each refusal at ERROR; the
+            // command's own error already explains it.
+            "{level},rustls_platform_verifier=off"
+        ))
+    });
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -491,8 +517,61 @@ async fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<Outcome> {
         println!("{token}");
         return Ok(Outcome::Ok);
     }
+    let tls_dir = a
+        .tls_dir
+        .clone()
+        .unwrap_or_else(|| lifeboat::server::cert::default_dir(&tokens));
+    let own_cert = |listen: &std::net::SocketAddr| {
+        lifeboat::server::cert::ensure(&tls_dir, &lifeboat::server::cert::names_for(listen))
+    };
+    if let Some(ServeAction::Fingerprint) = a.action {
+        let cert = match &a.tls_cert {
+            Some(c) => c.clone(),
+            None => own_cert(&a.listen)?.0.cert,
+        };
+        let fp = lifeboat::server::cert::fingerprint(&cert)?;
+        if ctx.json {
+            print_json(&serde_json::json!({"certificate": cert, "fingerprint": fp.to_string()}))?;
+        } else {
+            println!("{fp}");
+        }
+        return Ok(Outcome::Ok);
+    }
     let repo = ctx.repo_path();
-    let tls = a.tls_cert.zip(a.tls_key);
+    let loopback = a.listen.ip().is_loopback();
+    // HTTPS unless told otherwise on a non-loopback address: a token and
+    // a disk image must not cross a network in the clear by default.
+    let tls = match (
+        a.tls_cert.zip(a.tls_key),
+        a.tls || !loopback,
+        a.insecure_http,
+    ) {
+        (Some(pair), _, _) => Some(pair),
+        (None, true, false) => {
+            let (files, made) = own_cert(&a.listen)?;
+            if made {
+                eprintln!(
+                    "made a self-signed certificate for this server: {} (key {})",
+                    files.cert.display(),
+                    files.key.display()
+                );
+            }
+            Some((files.cert, files.key))
+        }
+        (None, _, _) => {
+            if !loopback {
+                tracing::warn!(
+                    "serving plain HTTP on {}: tokens and backups cross the network unencrypted (--insecure-http)",
+                    a.listen
+                );
+            }
+            None
+        }
+    };
+    let fingerprint = match &tls {
+        Some((cert, _)) => Some(lifeboat::server::cert::fingerprint(cert)?),
+        None => None,
+    };
     let opts = lifeboat::server::ServeOptions {
         repo,
         listen: a.listen,
@@ -518,6 +597,13 @@ async fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<Outcome> {
                 "listening on {}://{addr}",
                 if tls { "https" } else { "http" }
             );
+            if let Some(fp) = fingerprint {
+                println!("certificate fingerprint (SHA-256): {fp}");
+                println!(
+                    "clients: lifeboat remote add NAME https://HOST:{}/ --fingerprint {fp} --token-file FILE",
+                    addr.port()
+                );
+            }
             use std::io::Write;
             let _ = std::io::stdout().flush();
         },

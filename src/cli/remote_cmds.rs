@@ -28,6 +28,10 @@ pub struct RemoteAddArgs {
     /// lifeboat serve over TLS with a private CA: its certificate (PEM).
     #[arg(long)]
     pub ca_cert: Option<PathBuf>,
+    /// lifeboat serve over TLS: the SHA-256 fingerprint of its certificate
+    /// (`lifeboat serve fingerprint` prints it); trusted instead of a CA.
+    #[arg(long, value_name = "SHA256")]
+    pub fingerprint: Option<String>,
     /// S3 endpoint, e.g. http://127.0.0.1:3900 or https://oss-cn-hangzhou.aliyuncs.com.
     #[arg(long)]
     pub endpoint: Option<String>,
@@ -85,6 +89,19 @@ pub fn remote_add(ctx: &Ctx, a: RemoteAddArgs) -> anyhow::Result<Outcome> {
     if a.token_env.is_some() && a.token_file.is_some() {
         bail!("give --token-env or --token-file, not both");
     }
+    // Stored in the canonical form; a typo is refused here, not at the
+    // first push.
+    let fingerprint = a
+        .fingerprint
+        .as_deref()
+        .map(|f| {
+            f.parse::<lifeboat_core::store::tls::Fingerprint>()
+                .map(|f| f.to_string())
+        })
+        .transpose()?;
+    if fingerprint.is_some() && !a.url.starts_with("https://") {
+        bail!("--fingerprint pins a TLS certificate: the URL must start with https://");
+    }
     if ctx.config.remote(&a.name).is_some() {
         bail!(
             "remote {:?} already exists: remove it first with `lifeboat remote rm {}`",
@@ -97,6 +114,7 @@ pub fn remote_add(ctx: &Ctx, a: RemoteAddArgs) -> anyhow::Result<Outcome> {
         token_env: a.token_env,
         token_file: a.token_file,
         ca_cert: a.ca_cert,
+        fingerprint,
         endpoint: a.endpoint,
         region: a.region,
         path_style: a.path_style,

@@ -5,6 +5,7 @@
 //! index and every chunk it references are already stored, so the commit
 //! order holds on the server too, whatever a client does.
 
+pub mod cert;
 pub mod tokens;
 
 use std::net::SocketAddr;

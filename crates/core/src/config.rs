@@ -62,6 +62,10 @@ pub struct RemoteConfig {
     /// lifeboat serve over TLS with a private CA: its certificate (PEM).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_cert: Option<PathBuf>,
+    /// lifeboat serve over TLS: the SHA-256 fingerprint of its certificate
+    /// (`lifeboat serve fingerprint`), trusted instead of a CA chain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
     /// S3: the endpoint (e.g. https://oss-cn-hangzhou.aliyuncs.com, http://127.0.0.1:3900).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,

@@ -49,8 +49,11 @@ pub struct ListResponse {
 
 pub struct HttpOptions {
     pub token: Option<String>,
-    /// PEM file of an extra CA to trust (a self-signed server certificate).
+    /// PEM file of an extra CA to trust (a private CA).
     pub ca_cert: Option<std::path::PathBuf>,
+    /// Trust exactly the certificate with this fingerprint (checked
+    /// instead of a CA chain; a self-signed certificate works).
+    pub fingerprint: Option<super::tls::Fingerprint>,
     pub timeout: Duration,
     pub connect_timeout: Duration,
 }
@@ -60,6 +63,7 @@ impl Default for HttpOptions {
         HttpOptions {
             token: None,
             ca_cert: None,
+            fingerprint: None,
             timeout: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(10),
         }
@@ -80,7 +84,14 @@ impl HttpStore {
             .timeout(opts.timeout)
             .connect_timeout(opts.connect_timeout)
             .user_agent(concat!("lifeboat/", env!("CARGO_PKG_VERSION")));
-        if let Some(ca) = &opts.ca_cert {
+        if let Some(fp) = opts.fingerprint {
+            if base.scheme() != "https" {
+                return Err(Error::BadInput(format!(
+                    "a fingerprint is given for {url}, which is not https://: the fingerprint pins a TLS certificate"
+                )));
+            }
+            b = b.tls_backend_preconfigured(super::tls::pinned_client_config(fp)?);
+        } else if let Some(ca) = &opts.ca_cert {
             let pem = std::fs::read(ca).map_err(|e| Error::io("reading CA certificate", ca, e))?;
             let cert = reqwest::Certificate::from_pem(&pem)
                 .map_err(|e| Error::BadInput(format!("CA certificate {}: {e}", ca.display())))?;
@@ -115,6 +126,16 @@ impl HttpStore {
     }
 
     fn transport(&self, e: reqwest::Error) -> Error {
+        // A refused certificate is not a passing fault: say why and what to
+        // do, and do not retry.
+        let chain = crate::text::describe(&e);
+        if let Some(why) = super::tls::explain(&chain) {
+            return Error::Remote {
+                remote: self.name.clone(),
+                reason: why,
+                transient: false,
+            };
+        }
         let what = if e.is_timeout() {
             "timed out".to_string()
         } else if e.is_connect() {

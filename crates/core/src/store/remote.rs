@@ -41,6 +41,15 @@ pub fn open(name: &str, cfg: &RemoteConfig) -> Result<DynStore> {
             HttpOptions {
                 token: token(name, cfg)?,
                 ca_cert: cfg.ca_cert.clone(),
+                fingerprint: cfg
+                    .fingerprint
+                    .as_deref()
+                    .map(|f| {
+                        f.parse().map_err(|e: Error| {
+                            Error::BadInput(format!("remote {name}: fingerprint: {e}"))
+                        })
+                    })
+                    .transpose()?,
                 timeout,
                 connect_timeout: timeout.min(Duration::from_secs(10)),
             },
@@ -71,6 +80,7 @@ pub fn resolve(config: &crate::config::Config, arg: &str) -> Result<(String, Dyn
     if check_url(arg).is_ok() {
         let cfg = RemoteConfig {
             url: arg.to_string(),
+            fingerprint: std::env::var("LIFEBOAT_FINGERPRINT").ok(),
             endpoint: std::env::var("AWS_ENDPOINT_URL").ok(),
             path_style: std::env::var("AWS_ENDPOINT_URL").is_ok(),
             ..Default::default()
