@@ -509,3 +509,59 @@ fn verify_a_remote_through_its_api() {
     // The local repository is not what was checked: it stays clean.
     s.ok(&local, &["verify", "--deep"]);
 }
+
+/// `serve token ls`: names, roles, when made and last used; never a token
+/// or its hash. The server records use on shutdown (and every 30 s).
+#[test]
+fn token_ls_shows_last_use_and_no_secrets() {
+    let mut s = setup("64K", 1);
+    let local = s.w.repo();
+    s.ok(&local, &["push", "offsite", "--init"]);
+    let pid = s.server.child.id().to_string();
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = s.server.child.wait().unwrap();
+    assert!(status.success(), "graceful shutdown: {status:?}");
+    let tokens = s.w.path("tokens.toml");
+    let out =
+        s.w.cmd()
+            .args(["serve", "token", "ls", "--tokens"])
+            .arg(&tokens)
+            .output()
+            .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("client") && text.contains("append"), "{text}");
+    assert!(
+        !text.contains(&s.token) && !text.contains("blake3"),
+        "{text}"
+    );
+    let out =
+        s.w.cmd()
+            .args(["--json", "serve", "token", "ls", "--tokens"])
+            .arg(&tokens)
+            .output()
+            .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["name"], "client");
+    assert!(v[0]["last_used"].is_string(), "{v}");
+    assert!(v[0]["created"].is_string(), "{v}");
+    // rm: gone from the list.
+    let out =
+        s.w.cmd()
+            .args(["serve", "token", "rm", "client", "--tokens"])
+            .arg(&tokens)
+            .output()
+            .unwrap();
+    assert!(out.status.success());
+    let out =
+        s.w.cmd()
+            .args(["--json", "serve", "token", "ls", "--tokens"])
+            .arg(&tokens)
+            .output()
+            .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 0);
+}

@@ -27,6 +27,11 @@ struct Objects {
 }
 
 fn objects() -> Objects {
+    objects_for("web")
+}
+
+/// A chunk, index and manifest for a backup of `vm`.
+fn objects_for(vm: &str) -> Objects {
     let cfg = RepoConfig::new(128 << 10, 1).unwrap();
     let raw: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     let id = Id::of(&raw);
@@ -38,7 +43,7 @@ fn objects() -> Objects {
     };
     let m = Manifest {
         format: 1,
-        vm: VmInfo { name: "web".into() },
+        vm: VmInfo { name: vm.into() },
         volume: VolumeInfo {
             name: "root".into(),
             role: Role::Root,
@@ -165,12 +170,14 @@ async fn start_server_with(
         &tokens,
         &format!("admin-{name}"),
         lifeboat::server::tokens::Role::Admin,
+        Default::default(),
     )
     .unwrap();
     let append = lifeboat::server::tokens::TokenFile::add(
         &tokens,
         &format!("client-{name}"),
         lifeboat::server::tokens::Role::Append,
+        Default::default(),
     )
     .unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -321,6 +328,7 @@ async fn server_checks_role_and_size_before_reading_bodies() {
         &tokens,
         "reader",
         lifeboat::server::tokens::Role::Read,
+        Default::default(),
     )
     .unwrap();
     // The server loaded its tokens at start: restart with the reader.
@@ -553,4 +561,102 @@ async fn hostile_servers_cannot_make_the_client_buffer_without_bound() {
         let e = client.list("manifests/").await.unwrap_err();
         assert!(matches!(e, lifeboat_core::Error::TooLarge { .. }), "{e}");
     }
+}
+
+/// Polls `f` for up to 10 s (the server notices a changed tokens file
+/// within 2 s).
+async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !f().await {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Tokens are added, removed (rotation), expire and are scoped to a set of
+/// VMs, all while the server runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_rotate_expire_and_scope_without_a_restart() {
+    use lifeboat::server::tokens::{NewToken, Role as TRole, TokenFile};
+    let dir = tempfile::tempdir().unwrap();
+    let (url, admin, append) = start_server(dir.path()).await;
+    let tokens = dir.path().join("tokens.toml");
+    let o = objects();
+    http(&url, &admin).put_if_absent(&o.config).await.unwrap();
+
+    // Rotation: a new token works, then the old one is removed.
+    let new = TokenFile::add(&tokens, "client-2", TRole::Append, NewToken::default()).unwrap();
+    eventually("the new token is accepted", async || {
+        http(&url, &new).list("manifests/").await.is_ok()
+    })
+    .await;
+    TokenFile::remove(&tokens, "client-srv").unwrap();
+    eventually("the old token is refused", async || {
+        http(&url, &append)
+            .list("manifests/")
+            .await
+            .is_err_and(|e| e.to_string().contains("unknown token"))
+    })
+    .await;
+
+    // Expiry: refused with the token's name and when.
+    let old = TokenFile::add(
+        &tokens,
+        "temp",
+        TRole::Read,
+        NewToken {
+            expires: Some(chrono::Utc::now() - chrono::Duration::hours(1)),
+            scope: None,
+        },
+    )
+    .unwrap();
+    eventually("the expired token is refused as expired", async || {
+        http(&url, &old)
+            .list("manifests/")
+            .await
+            .is_err_and(|e| e.to_string().contains("token temp expired at"))
+    })
+    .await;
+
+    // Scope: site A sees and writes only a-* VMs.
+    let site_a = TokenFile::add(
+        &tokens,
+        "site-a",
+        TRole::Append,
+        NewToken {
+            expires: None,
+            scope: Some("a-".into()),
+        },
+    )
+    .unwrap();
+    let a = http(&url, &site_a);
+    eventually("site A's token is accepted", async || {
+        a.list("manifests/").await.is_ok()
+    })
+    .await;
+    let mine = objects_for("a-web");
+    a.put_if_absent(&mine.chunk).await.unwrap();
+    a.put_if_absent(&mine.index).await.unwrap();
+    a.put_if_absent(&mine.manifest).await.unwrap();
+    let other = objects_for("web");
+    let e = a
+        .put_if_absent(&other.manifest)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("may only write backups of VMs named a-"), "{e}");
+    let adm = http(&url, &admin);
+    adm.put_if_absent(&other.manifest).await.unwrap();
+    assert_eq!(adm.list("manifests/").await.unwrap().len(), 2);
+    assert_eq!(
+        a.list("manifests/").await.unwrap(),
+        vec![mine.manifest_key.clone()]
+    );
+    assert_eq!(a.get(&other.manifest_key).await.unwrap(), None);
+    assert_eq!(
+        a.missing(&[other.manifest_key.clone(), mine.manifest_key.clone()])
+            .await
+            .unwrap(),
+        vec![other.manifest_key.clone()]
+    );
 }

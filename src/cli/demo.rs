@@ -377,6 +377,7 @@ pub async fn build(w: &World) -> anyhow::Result<()> {
         &w.tokens,
         "demo",
         lifeboat::server::tokens::Role::Append,
+        Default::default(),
     )?;
     lifeboat_core::repo::durable::write_atomic(&w.token_file, token.as_bytes())?;
     use std::os::unix::fs::PermissionsExt;

@@ -225,12 +225,25 @@ pub enum ServeAction {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenAction {
-    /// Add a token; it is printed once, on the last line.
+    /// Add a token; it is printed once, on the last line. A running
+    /// server accepts it within seconds (or at once on SIGHUP).
     Add {
         name: String,
         #[arg(long, value_parser = ["read", "append", "admin"])]
         role: String,
+        /// Refuse it after this: a duration (90d, 12h, 4w) or a date.
+        #[arg(long, value_name = "WHEN")]
+        expires: Option<String>,
+        /// Only backups of VMs whose names start with PREFIX are visible
+        /// and writable with it (several sites on one server).
+        #[arg(long, value_name = "PREFIX")]
+        scope: Option<String>,
     },
+    /// List tokens: name, role, scope, created, expires, last used (never
+    /// the token or its hash).
+    Ls,
+    /// Remove a token; a running server refuses it within seconds.
+    Rm { name: String },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -504,18 +517,8 @@ async fn demo_cmd(
 async fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<Outcome> {
     use anyhow::Context;
     let tokens = a.tokens.clone().context("--tokens FILE is required")?;
-    if let Some(ServeAction::Token {
-        action: TokenAction::Add { name, role },
-    }) = a.action
-    {
-        let role: lifeboat::server::tokens::Role = role.parse()?;
-        let token = lifeboat::server::tokens::TokenFile::add(&tokens, &name, role)?;
-        eprintln!(
-            "added token {name} ({role:?}) to {}; it is shown once, below:",
-            tokens.display()
-        );
-        println!("{token}");
-        return Ok(Outcome::Ok);
+    if let Some(ServeAction::Token { action }) = a.action {
+        return token_cmd(ctx, &tokens, action);
     }
     let tls_dir = a
         .tls_dir
@@ -610,6 +613,94 @@ async fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<Outcome> {
         shutdown,
     )
     .await?;
+    Ok(Outcome::Ok)
+}
+
+fn token_cmd(ctx: &Ctx, tokens: &std::path::Path, action: TokenAction) -> anyhow::Result<Outcome> {
+    use lifeboat::server::tokens::{self, NewToken, Role, TokenFile};
+    match action {
+        TokenAction::Add {
+            name,
+            role,
+            expires,
+            scope,
+        } => {
+            let role: Role = role.parse()?;
+            let now = chrono::Utc::now();
+            let expires = expires.map(|e| tokens::parse_expiry(&e, now)).transpose()?;
+            if expires.is_some_and(|t| t <= now) {
+                anyhow::bail!("--expires is in the past");
+            }
+            let token = TokenFile::add(tokens, &name, role, NewToken { expires, scope })?;
+            eprintln!(
+                "added token {name} ({role:?}) to {}; it is shown once, below:",
+                tokens.display()
+            );
+            println!("{token}");
+        }
+        TokenAction::Rm { name } => {
+            TokenFile::remove(tokens, &name)?;
+            if !ctx.json {
+                println!("removed token {name}; a running server refuses it within seconds");
+            }
+        }
+        TokenAction::Ls => {
+            let file = TokenFile::load(tokens)?;
+            let used = tokens::load_last_used(tokens);
+            let now = chrono::Utc::now();
+            let rows: Vec<serde_json::Value> = file
+                .tokens
+                .iter()
+                .map(|t| {
+                    serde_json::json!({
+                        "name": t.name,
+                        "role": t.role,
+                        "scope": t.scope,
+                        "created": t.created,
+                        "expires": t.expires,
+                        "expired": t.expires.is_some_and(|e| e <= now),
+                        "last_used": used.get(&t.name),
+                    })
+                })
+                .collect();
+            if ctx.json {
+                print_json(&rows)?;
+            } else {
+                let when = |t: Option<&chrono::DateTime<chrono::Utc>>| {
+                    t.map(crate::output::time).unwrap_or_else(|| "-".into())
+                };
+                let cells: Vec<Vec<String>> = file
+                    .tokens
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.name.clone(),
+                            format!("{:?}", t.role).to_lowercase(),
+                            t.scope
+                                .clone()
+                                .map(|s| format!("{s}*"))
+                                .unwrap_or_else(|| "all".into()),
+                            when(t.created.as_ref()),
+                            match t.expires {
+                                Some(e) if e <= now => {
+                                    format!("EXPIRED {}", crate::output::time(&e))
+                                }
+                                e => when(e.as_ref()),
+                            },
+                            when(used.get(&t.name)),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    crate::output::table(
+                        &["NAME", "ROLE", "VMS", "CREATED", "EXPIRES", "LAST USED"],
+                        &cells
+                    )
+                );
+            }
+        }
+    }
     Ok(Outcome::Ok)
 }
 

@@ -33,7 +33,7 @@ use lifeboat_core::store::local::LocalStore;
 use lifeboat_core::store::Store;
 
 mod limits;
-use tokens::{Role, TokenFile};
+use tokens::{Denied, Grant, Role, TokenFile};
 
 pub struct ServeOptions {
     pub repo: PathBuf,
@@ -57,8 +57,98 @@ struct AppState {
     store: LocalStore,
     root: PathBuf,
     config: RwLock<Option<RepoConfig>>,
-    tokens: TokenFile,
+    tokens: Arc<Tokens>,
     uploads: Semaphore,
+}
+
+/// The tokens the server accepts: re-read when the file changes (checked
+/// every `TOKENS_CHECK`) or on SIGHUP, so adding, removing or rotating a
+/// token needs no restart. When each was last used is kept beside the file.
+pub struct Tokens {
+    path: Option<PathBuf>,
+    current: std::sync::RwLock<(TokenFile, Option<std::time::SystemTime>)>,
+    used: std::sync::Mutex<(
+        std::collections::BTreeMap<String, chrono::DateTime<chrono::Utc>>,
+        bool,
+    )>,
+}
+
+const TOKENS_CHECK: Duration = Duration::from_secs(2);
+const LAST_USED_EVERY: Duration = Duration::from_secs(30);
+
+impl Tokens {
+    pub fn new(path: Option<PathBuf>, file: TokenFile) -> Tokens {
+        let mtime = path.as_deref().and_then(mtime);
+        let used = path
+            .as_deref()
+            .map(tokens::load_last_used)
+            .unwrap_or_default();
+        Tokens {
+            path,
+            current: std::sync::RwLock::new((file, mtime)),
+            used: std::sync::Mutex::new((used, false)),
+        }
+    }
+
+    fn check(&self, token: &str) -> std::result::Result<Grant, Denied> {
+        let now = chrono::Utc::now();
+        let res = match self.current.read() {
+            Ok(c) => c.0.check(token, now),
+            Err(_) => Err(Denied::Unknown),
+        };
+        if let Ok(g) = &res {
+            if let Ok(mut u) = self.used.lock() {
+                u.0.insert(g.name.clone(), now);
+                u.1 = true;
+            }
+        }
+        res
+    }
+
+    /// Re-reads the file if it changed (or `force`); a bad file is
+    /// reported and the tokens in use are kept.
+    pub fn reload(&self, force: bool) {
+        let Some(path) = &self.path else { return };
+        let m = mtime(path);
+        let changed = self.current.read().map(|c| c.1 != m).unwrap_or(true);
+        if !changed && !force {
+            return;
+        }
+        match TokenFile::load(path) {
+            Ok(f) => {
+                let n = f.tokens.len();
+                if let Ok(mut c) = self.current.write() {
+                    *c = (f, m);
+                }
+                tracing::info!("tokens reloaded from {}: {n} token(s)", path.display());
+            }
+            Err(e) => {
+                if let Ok(mut c) = self.current.write() {
+                    c.1 = m;
+                }
+                tracing::error!("keeping the tokens in use: {e}");
+            }
+        }
+    }
+
+    /// Writes when each token was last used, if that changed.
+    pub fn save_used(&self) {
+        let Some(path) = &self.path else { return };
+        let snapshot = match self.used.lock() {
+            Ok(mut u) if u.1 => {
+                u.1 = false;
+                u.0.clone()
+            }
+            _ => return,
+        };
+        if let Err(e) = tokens::save_last_used(path, &snapshot) {
+            tracing::warn!("recording when tokens were last used: {e}");
+        }
+    }
+}
+
+fn mtime(p: &FsPath) -> Option<std::time::SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
 type Shared = Arc<AppState>;
@@ -115,23 +205,41 @@ async fn auth(State(st): State<Shared>, mut req: Request, next: Next) -> Respons
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token);
-    match presented.and_then(|t| st.tokens.check(t)) {
-        Some((name, role)) => {
-            tracing::debug!(token = %name, ?role, "authenticated");
-            req.extensions_mut().insert(role);
+    let Some(token) = presented else {
+        return ApiError(StatusCode::UNAUTHORIZED, "missing bearer token".into()).into_response();
+    };
+    match st.tokens.check(token) {
+        Ok(grant) => {
+            tracing::debug!(token = %grant.name, role = ?grant.role, "authenticated");
+            req.extensions_mut().insert(grant.role);
+            req.extensions_mut().insert(grant);
             next.run(req).await
         }
-        None => ApiError(
+        Err(Denied::Unknown) => {
+            ApiError(StatusCode::UNAUTHORIZED, "unknown token".into()).into_response()
+        }
+        Err(Denied::Expired { name, at }) => ApiError(
             StatusCode::UNAUTHORIZED,
-            if presented.is_some() {
-                "unknown token"
-            } else {
-                "missing bearer token"
-            }
-            .into(),
+            format!(
+                "token {name} expired at {}: ask the server's admin for a new one",
+                at.format("%Y-%m-%d %H:%M UTC")
+            ),
         )
         .into_response(),
     }
+}
+
+/// A scoped token sees only its VMs' manifests: others do not exist for
+/// it (404, not 403, so names of other sites' VMs are not confirmed).
+fn in_scope(grant: &Grant, key: &ObjectKey) -> bool {
+    match key {
+        ObjectKey::Manifest(m) => grant.may_see(&m.vm),
+        _ => true,
+    }
+}
+
+fn out_of_scope(key: &ObjectKey) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, format!("no object {key}"))
 }
 
 /// The token of an `Authorization: Bearer TOKEN` header; the scheme is
@@ -188,8 +296,15 @@ async fn health(State(st): State<Shared>) -> Json<serde_json::Value> {
 /// Streams an object from disk: the server never holds a whole chunk in
 /// memory for a reader, so many parallel downloads cost no more than their
 /// socket buffers. The size is checked against the kind's limit first.
-async fn get_object(State(st): State<Shared>, Path(key): Path<String>) -> ApiResult<Response> {
+async fn get_object(
+    State(st): State<Shared>,
+    Extension(grant): Extension<Grant>,
+    Path(key): Path<String>,
+) -> ApiResult<Response> {
     let key = ObjectKey::parse(&key)?;
+    if !in_scope(&grant, &key) {
+        return Err(out_of_scope(&key));
+    }
     st.store.make_visible(&key).await?;
     let path = st.root.join(key.key());
     let file = match tokio::fs::File::open(&path).await {
@@ -228,12 +343,23 @@ async fn get_object(State(st): State<Shared>, Path(key): Path<String>) -> ApiRes
 async fn put_object(
     State(st): State<Shared>,
     Extension(role): Extension<Role>,
+    Extension(grant): Extension<Grant>,
     Path(key): Path<String>,
     body: Body,
 ) -> ApiResult<Response> {
-    // Role, key and slot before a byte of the body is read.
+    // Role, key, scope and slot before a byte of the body is read.
     need(Role::Append, role)?;
     let parsed = ObjectKey::parse(&key)?;
+    if !in_scope(&grant, &parsed) {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "token {} may only write backups of VMs named {}…",
+                grant.name,
+                grant.scope.as_deref().unwrap_or_default()
+            ),
+        ));
+    }
     let _permit = tokio::time::timeout(Duration::from_secs(60), st.uploads.acquire())
         .await
         .map_err(|_| {
@@ -358,10 +484,14 @@ fn verify_upload(root: &FsPath, key: ObjectKey, data: Bytes, chunk_size: u64) ->
 async fn delete_object(
     State(st): State<Shared>,
     Extension(role): Extension<Role>,
+    Extension(grant): Extension<Grant>,
     Path(key): Path<String>,
 ) -> ApiResult<StatusCode> {
     need(Role::Admin, role)?;
     let parsed = ObjectKey::parse(&key)?;
+    if !in_scope(&grant, &parsed) {
+        return Err(out_of_scope(&parsed));
+    }
     if parsed == ObjectKey::Config {
         return Err(ApiError(
             StatusCode::FORBIDDEN,
@@ -382,6 +512,7 @@ struct ListQuery {
 /// One page of keys (at most `LIST_PAGE`), so no answer is unbounded.
 async fn list(
     State(st): State<Shared>,
+    Extension(grant): Extension<Grant>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<ListResponse>> {
     check_prefix(&q.prefix)?;
@@ -390,6 +521,7 @@ async fn list(
         .list(&q.prefix)
         .await?
         .iter()
+        .filter(|k| in_scope(&grant, k))
         .map(|k| k.key())
         .collect();
     let mut keys: Vec<String> = all;
@@ -404,7 +536,11 @@ async fn list(
     Ok(Json(ListResponse { keys: page, next }))
 }
 
-async fn missing(State(st): State<Shared>, body: Body) -> ApiResult<Json<MissingResponse>> {
+async fn missing(
+    State(st): State<Shared>,
+    Extension(grant): Extension<Grant>,
+    body: Body,
+) -> ApiResult<Json<MissingResponse>> {
     let body = read_body(body, MAX_MISSING_BODY, "the missing-objects request").await?;
     let req: MissingRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError(
@@ -423,15 +559,15 @@ async fn missing(State(st): State<Shared>, body: Body) -> ApiResult<Json<Missing
         .iter()
         .map(|k| ObjectKey::parse(k))
         .collect::<Result<_>>()?;
-    Ok(Json(MissingResponse {
-        missing: st
-            .store
-            .missing(&keys)
-            .await?
-            .iter()
-            .map(|k| k.key())
-            .collect(),
-    }))
+    // Another site's manifest is missing for a scoped token.
+    let mut missing: Vec<String> = keys
+        .iter()
+        .filter(|k| !in_scope(&grant, k))
+        .map(|k| k.key())
+        .collect();
+    let visible: Vec<ObjectKey> = keys.into_iter().filter(|k| in_scope(&grant, k)).collect();
+    missing.extend(st.store.missing(&visible).await?.iter().map(|k| k.key()));
+    Ok(Json(MissingResponse { missing }))
 }
 
 /// Unknown routes answer in the documented JSON form too.
@@ -442,7 +578,7 @@ async fn not_found() -> ApiError {
     )
 }
 
-pub fn router(repo: &FsPath, tokens: TokenFile, max_uploads: usize) -> Result<Router> {
+pub fn router(repo: &FsPath, tokens: Arc<Tokens>, max_uploads: usize) -> Result<Router> {
     if !repo.is_dir() {
         return Err(Error::NoRepository(repo.to_path_buf()));
     }
@@ -508,7 +644,23 @@ pub async fn serve(
                     .into(),
         });
     }
-    let app = router(&opts.repo, tokens, opts.max_uploads)?;
+    let tokens = Arc::new(Tokens::new(Some(opts.tokens.clone()), tokens));
+    let app = router(&opts.repo, tokens.clone(), opts.max_uploads)?;
+    // Token changes take effect without a restart: on SIGHUP at once,
+    // otherwise when the file's change is noticed.
+    let watched = tokens.clone();
+    tokio::spawn(async move {
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut check = tokio::time::interval(TOKENS_CHECK);
+        let mut save = tokio::time::interval(LAST_USED_EVERY);
+        loop {
+            tokio::select! {
+                _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => watched.reload(true),
+                _ = check.tick() => watched.reload(false),
+                _ = save.tick() => watched.save_used(),
+            }
+        }
+    });
     let handle = axum_server::Handle::new();
     let h = handle.clone();
     tokio::spawn(async move {
@@ -561,9 +713,12 @@ pub async fn serve(
         }
     };
     report_bound(&handle, on_bound, opts.tls.is_some()).await?;
-    task.await
+    let res = task
+        .await
         .map_err(|e| Error::Internal(e.to_string()))?
-        .map_err(bind_err)
+        .map_err(bind_err);
+    tokens.save_used();
+    res
 }
 
 async fn report_bound(
