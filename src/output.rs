@@ -45,24 +45,7 @@ pub fn duration(secs: f64) -> String {
     }
 }
 
-/// Parses sizes like `4M`, `4MiB`, `65536`, `1G` (binary units).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid size {s:?}: expected e.g. 4M or 65536"))?;
-    let mult = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(format!("invalid size unit in {s:?}: use K, M or G")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?} is too large"))
-}
+pub use lifeboat_core::text::parse_size;
 
 /// Prints rows as aligned columns.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {

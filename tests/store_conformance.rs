@@ -606,7 +606,7 @@ async fn tokens_rotate_expire_and_scope_without_a_restart() {
         TRole::Read,
         NewToken {
             expires: Some(chrono::Utc::now() - chrono::Duration::hours(1)),
-            scope: None,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -624,8 +624,8 @@ async fn tokens_rotate_expire_and_scope_without_a_restart() {
         "site-a",
         TRole::Append,
         NewToken {
-            expires: None,
             scope: Some("a-".into()),
+            ..Default::default()
         },
     )
     .unwrap();

@@ -169,7 +169,7 @@ pub async fn verify(ctx: &Ctx, deep: bool, references: Vec<String>) -> anyhow::R
 
 /// `verify --remote`: the remote's copy, read through its API.
 pub async fn verify_remote(ctx: &Ctx, deep: bool, name: &str) -> anyhow::Result<Outcome> {
-    let (_, store) = lifeboat_core::store::remote::resolve(&ctx.config, name)?;
+    let (_, store) = ctx.remote(name)?;
     let report: VerifyReport = run_job_async("verify", ctx.json, move |c, p| async move {
         lifeboat_core::sync::verify::verify_remote(store.as_ref(), deep, &c, &p).await
     })
@@ -236,7 +236,7 @@ pub async fn restore(
     // Plan first, in the core; a dry run stops here having written nothing.
     let (plan, remote) = match &from {
         Some(remote_arg) => {
-            let (name, store) = lifeboat_core::store::remote::resolve(&ctx.config, remote_arg)?;
+            let (name, store) = ctx.remote(remote_arg)?;
             let (r, lp) = (req.clone(), local_path.clone());
             let s = store.clone();
             let plan = run_job_async("plan", ctx.json, move |c, p| async move {

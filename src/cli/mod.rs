@@ -33,6 +33,17 @@ pub struct Cli {
     /// Machine-readable output on stdout (progress as JSON lines on stderr).
     #[arg(long, global = true)]
     pub json: bool,
+    /// Bandwidth limit for what is sent to a remote (push), in bytes per
+    /// second: 8M, 512K. Overrides the remote's `limit_upload`.
+    #[arg(long, global = true, value_name = "RATE", value_parser = crate::output::parse_size)]
+    pub limit_upload: Option<u64>,
+    /// Bandwidth limit for what is fetched from a remote (pull, restore
+    /// --from, verify --remote). Overrides the remote's `limit_download`.
+    #[arg(long, global = true, value_name = "RATE", value_parser = crate::output::parse_size)]
+    pub limit_download: Option<u64>,
+    /// How much may pass at once under a limit (default a quarter second's worth).
+    #[arg(long, global = true, value_name = "SIZE", value_parser = crate::output::parse_size)]
+    pub limit_burst: Option<u64>,
     /// More log output (-v info, -vv debug).
     #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -238,6 +249,12 @@ pub enum TokenAction {
         /// and writable with it (several sites on one server).
         #[arg(long, value_name = "PREFIX")]
         scope: Option<String>,
+        /// Cap what this token may send to the server, per second (8M).
+        #[arg(long, value_name = "RATE")]
+        limit_upload: Option<String>,
+        /// Cap what this token may fetch from the server, per second.
+        #[arg(long, value_name = "RATE")]
+        limit_download: Option<String>,
     },
     /// List tokens: name, role, scope, created, expires, last used (never
     /// the token or its hash).
@@ -330,6 +347,8 @@ pub struct Ctx {
     pub config: Config,
     pub repo_arg: Option<PathBuf>,
     pub json: bool,
+    /// Bandwidth limits from the command line (over the config's).
+    pub limits: lifeboat_core::store::throttle::Limits,
 }
 
 impl Ctx {
@@ -339,6 +358,14 @@ impl Ctx {
 
     pub fn open_repo(&self) -> lifeboat_core::Result<Repo> {
         Repo::open(&self.repo_path())
+    }
+
+    /// A remote by name or URL, under the bandwidth limits that apply.
+    pub fn remote(
+        &self,
+        arg: &str,
+    ) -> lifeboat_core::Result<(String, lifeboat_core::store::DynStore)> {
+        lifeboat_core::store::remote::resolve_with(&self.config, arg, self.limits)
     }
 }
 
@@ -382,6 +409,11 @@ pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
         config,
         repo_arg: cli.repo,
         json,
+        limits: lifeboat_core::store::throttle::Limits {
+            upload: cli.limit_upload,
+            download: cli.limit_download,
+            burst: cli.limit_burst,
+        },
     };
     let sink = sink.unwrap_or_else(|| crate::logging::LogSink::new(None));
     let Some(command) = cli.command else {
@@ -624,6 +656,8 @@ fn token_cmd(ctx: &Ctx, tokens: &std::path::Path, action: TokenAction) -> anyhow
             role,
             expires,
             scope,
+            limit_upload,
+            limit_download,
         } => {
             let role: Role = role.parse()?;
             let now = chrono::Utc::now();
@@ -631,7 +665,17 @@ fn token_cmd(ctx: &Ctx, tokens: &std::path::Path, action: TokenAction) -> anyhow
             if expires.is_some_and(|t| t <= now) {
                 anyhow::bail!("--expires is in the past");
             }
-            let token = TokenFile::add(tokens, &name, role, NewToken { expires, scope })?;
+            let token = TokenFile::add(
+                tokens,
+                &name,
+                role,
+                NewToken {
+                    expires,
+                    scope,
+                    limit_upload,
+                    limit_download,
+                },
+            )?;
             eprintln!(
                 "added token {name} ({role:?}) to {}; it is shown once, below:",
                 tokens.display()
@@ -659,6 +703,8 @@ fn token_cmd(ctx: &Ctx, tokens: &std::path::Path, action: TokenAction) -> anyhow
                         "created": t.created,
                         "expires": t.expires,
                         "expired": t.expires.is_some_and(|e| e <= now),
+                        "limit_upload": t.limit_upload,
+                        "limit_download": t.limit_download,
                         "last_used": used.get(&t.name),
                     })
                 })
@@ -688,13 +734,29 @@ fn token_cmd(ctx: &Ctx, tokens: &std::path::Path, action: TokenAction) -> anyhow
                                 e => when(e.as_ref()),
                             },
                             when(used.get(&t.name)),
+                            match (&t.limit_upload, &t.limit_download) {
+                                (None, None) => "-".into(),
+                                (u, d) => format!(
+                                    "↑{} ↓{}",
+                                    u.as_deref().unwrap_or("-"),
+                                    d.as_deref().unwrap_or("-")
+                                ),
+                            },
                         ]
                     })
                     .collect();
                 print!(
                     "{}",
                     crate::output::table(
-                        &["NAME", "ROLE", "VMS", "CREATED", "EXPIRES", "LAST USED"],
+                        &[
+                            "NAME",
+                            "ROLE",
+                            "VMS",
+                            "CREATED",
+                            "EXPIRES",
+                            "LAST USED",
+                            "CAPS"
+                        ],
                         &cells
                     )
                 );

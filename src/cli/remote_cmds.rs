@@ -32,6 +32,12 @@ pub struct RemoteAddArgs {
     /// (`lifeboat serve fingerprint` prints it); trusted instead of a CA.
     #[arg(long, value_name = "SHA256")]
     pub fingerprint: Option<String>,
+    /// Bandwidth limit for pushes to this remote (8M = 8 MiB/s).
+    #[arg(long, value_name = "RATE")]
+    pub limit_upload: Option<String>,
+    /// Bandwidth limit for pulls and restores from this remote.
+    #[arg(long, value_name = "RATE")]
+    pub limit_download: Option<String>,
     /// S3 endpoint, e.g. http://127.0.0.1:3900 or https://oss-cn-hangzhou.aliyuncs.com.
     #[arg(long)]
     pub endpoint: Option<String>,
@@ -99,6 +105,9 @@ pub fn remote_add(ctx: &Ctx, a: RemoteAddArgs) -> anyhow::Result<Outcome> {
                 .map(|f| f.to_string())
         })
         .transpose()?;
+    for r in [&a.limit_upload, &a.limit_download].into_iter().flatten() {
+        lifeboat_core::text::parse_size(r).map_err(|e| anyhow::anyhow!("bandwidth limit: {e}"))?;
+    }
     if fingerprint.is_some() && !a.url.starts_with("https://") {
         bail!("--fingerprint pins a TLS certificate: the URL must start with https://");
     }
@@ -115,6 +124,9 @@ pub fn remote_add(ctx: &Ctx, a: RemoteAddArgs) -> anyhow::Result<Outcome> {
         token_file: a.token_file,
         ca_cert: a.ca_cert,
         fingerprint,
+        limit_upload: a.limit_upload,
+        limit_download: a.limit_download,
+        limit_burst: None,
         endpoint: a.endpoint,
         region: a.region,
         path_style: a.path_style,
@@ -283,7 +295,7 @@ pub struct SyncArgs {
 }
 
 pub async fn push_pull(ctx: &Ctx, a: SyncArgs, push: bool) -> anyhow::Result<Outcome> {
-    let (name, remote_store) = remote::resolve(&ctx.config, &a.remote)?;
+    let (name, remote_store) = ctx.remote(&a.remote)?;
     let local_path = ctx.repo_path();
     // Pushing needs a local repository; pulling creates one with --init.
     if push || !a.init {
@@ -391,7 +403,7 @@ pub async fn status_cmd(ctx: &Ctx, remotes: Vec<String>, timeout: u64) -> anyhow
             let local_keys = &local_keys;
             async move {
                 let listed = tokio::time::timeout(limit, async {
-                    let (_, store) = remote::resolve(&ctx.config, n)?;
+                    let (_, store) = ctx.remote(n)?;
                     sync::list_manifests(store.as_ref()).await
                 })
                 .await;

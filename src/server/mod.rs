@@ -30,6 +30,7 @@ use lifeboat_core::store::http::{
 };
 use lifeboat_core::store::keys::{check_prefix, ObjectKey, Verified};
 use lifeboat_core::store::local::LocalStore;
+use lifeboat_core::store::throttle::RateLimit;
 use lifeboat_core::store::Store;
 
 mod limits;
@@ -67,10 +68,29 @@ struct AppState {
 pub struct Tokens {
     path: Option<PathBuf>,
     current: std::sync::RwLock<(TokenFile, Option<std::time::SystemTime>)>,
+    /// Per-token bandwidth caps (upload, download), rebuilt on reload.
+    caps: std::sync::RwLock<std::collections::HashMap<String, Caps>>,
     used: std::sync::Mutex<(
         std::collections::BTreeMap<String, chrono::DateTime<chrono::Utc>>,
         bool,
     )>,
+}
+
+type Caps = (Option<Arc<RateLimit>>, Option<Arc<RateLimit>>);
+
+fn caps_of(file: &TokenFile) -> std::collections::HashMap<String, Caps> {
+    let mut out = std::collections::HashMap::new();
+    for t in &file.tokens {
+        match t.limits() {
+            Ok((up, down)) => {
+                let make =
+                    |r: Option<u64>| r.and_then(|r| RateLimit::new(r, None).ok()).map(Arc::new);
+                out.insert(t.name.clone(), (make(up), make(down)));
+            }
+            Err(e) => tracing::error!("{e}; this token is not capped"),
+        }
+    }
+    out
 }
 
 const TOKENS_CHECK: Duration = Duration::from_secs(2);
@@ -85,6 +105,7 @@ impl Tokens {
             .unwrap_or_default();
         Tokens {
             path,
+            caps: std::sync::RwLock::new(caps_of(&file)),
             current: std::sync::RwLock::new((file, mtime)),
             used: std::sync::Mutex::new((used, false)),
         }
@@ -117,6 +138,9 @@ impl Tokens {
         match TokenFile::load(path) {
             Ok(f) => {
                 let n = f.tokens.len();
+                if let Ok(mut c) = self.caps.write() {
+                    *c = caps_of(&f);
+                }
                 if let Ok(mut c) = self.current.write() {
                     *c = (f, m);
                 }
@@ -129,6 +153,15 @@ impl Tokens {
                 tracing::error!("keeping the tokens in use: {e}");
             }
         }
+    }
+
+    /// The token's caps (upload, download).
+    fn caps(&self, name: &str) -> Caps {
+        self.caps
+            .read()
+            .ok()
+            .and_then(|c| c.get(name).cloned())
+            .unwrap_or_default()
     }
 
     /// Writes when each token was last used, if that changed.
@@ -327,6 +360,9 @@ async fn get_object(
             )
             .into());
     }
+    if let (_, Some(down)) = st.tokens.caps(&grant.name) {
+        down.take(len).await;
+    }
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(
         tokio::io::AsyncReadExt::take(file, len),
     ));
@@ -371,6 +407,11 @@ async fn put_object(
         .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()))?;
     let what = format!("{} {parsed}", parsed.kind());
     let body = read_body(body, parsed.max_size(), &what).await?;
+    // A capped token's next upload waits: with the client's requests in
+    // flight bounded, its average rate is the cap.
+    if let (Some(up), _) = st.tokens.caps(&grant.name) {
+        up.take(body.len() as u64).await;
+    }
     if let ObjectKey::Config = parsed {
         return put_config(&st, body).await;
     }

@@ -55,6 +55,28 @@ pub struct TokenEntry {
     /// writable (one server holding several sites' backups).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// Bandwidth caps for this token, bytes per second (`8M`): what it
+    /// may send to the server and fetch from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_upload: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_download: Option<String>,
+}
+
+impl TokenEntry {
+    /// The token's caps in bytes per second (upload, download).
+    pub fn limits(&self) -> Result<(Option<u64>, Option<u64>)> {
+        let size = |v: &Option<String>| {
+            v.as_deref()
+                .map(|s| {
+                    lifeboat_core::text::parse_size(s).map_err(|e| {
+                        Error::BadInput(format!("token {}: bandwidth limit: {e}", self.name))
+                    })
+                })
+                .transpose()
+        };
+        Ok((size(&self.limit_upload)?, size(&self.limit_download)?))
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -95,6 +117,8 @@ pub fn hash_token(token: &str) -> String {
 pub struct NewToken {
     pub expires: Option<DateTime<Utc>>,
     pub scope: Option<String>,
+    pub limit_upload: Option<String>,
+    pub limit_download: Option<String>,
 }
 
 /// `90d`, `12h`, `4w` from now, or a date (`2027-01-31`) or RFC 3339 time.
@@ -185,14 +209,18 @@ impl TokenFile {
             )));
         }
         let token = format!("lbt_{}", hex::encode(rand::random::<[u8; 32]>()));
-        file.tokens.push(TokenEntry {
+        let entry = TokenEntry {
             name: name.to_string(),
             role,
             hash: hash_token(&token),
             created: Some(Utc::now()),
             expires: opts.expires,
             scope: opts.scope,
-        });
+            limit_upload: opts.limit_upload,
+            limit_download: opts.limit_download,
+        };
+        entry.limits()?;
+        file.tokens.push(entry);
         file.save(path)?;
         Ok(token)
     }
@@ -270,6 +298,7 @@ mod tests {
             NewToken {
                 expires: Some(parse_expiry("1d", now).unwrap()),
                 scope: Some("a-".into()),
+                ..Default::default()
             },
         )
         .unwrap();

@@ -76,6 +76,17 @@ impl Runner {
         remote::resolve(&self.config, name).map(|(_, s)| s)
     }
 
+    /// ` (limit ↑8.0 MiB/s)` when the config limits this remote's bandwidth,
+    /// so the job's line says why it is not faster.
+    fn limit_note(&self, name: &str) -> String {
+        let l = remote::limits_of(&self.config, name);
+        if l.is_none() {
+            String::new()
+        } else {
+            format!(" (limit {})", l.describe())
+        }
+    }
+
     fn local(&self) -> DynStore {
         Arc::new(LocalStore::new(&self.repo_path))
     }
@@ -262,9 +273,9 @@ impl Runner {
         let local = self.local();
         let what = scope.describe();
         let title = if push {
-            format!("Push {what} to {name}")
+            format!("Push {what} to {name}{}", self.limit_note(&name))
         } else {
-            format!("Pull {what} from {name}")
+            format!("Pull {what} from {name}{}", self.limit_note(&name))
         };
         let plans = self.plans.clone();
         let next = self.hold_slot();
@@ -379,7 +390,7 @@ impl Runner {
         let local_path = self.repo_path.clone();
         let from_txt = from
             .as_ref()
-            .map(|r| format!(" from {r}"))
+            .map(|r| format!(" from {r}{}", self.limit_note(r)))
             .unwrap_or_default();
         let title = format!(
             "Restore {}/{} {}{from_txt}",

@@ -66,6 +66,14 @@ pub struct RemoteConfig {
     /// (`lifeboat serve fingerprint`), trusted instead of a CA chain.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// Bandwidth limits towards this remote: `8M` (bytes per second, K/M/G),
+    /// and how much may go at once (default a quarter second's worth).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_upload: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_download: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_burst: Option<String>,
     /// S3: the endpoint (e.g. https://oss-cn-hangzhou.aliyuncs.com, http://127.0.0.1:3900).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,

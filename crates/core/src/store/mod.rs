@@ -7,6 +7,7 @@ pub mod keys;
 pub mod local;
 pub mod remote;
 pub mod s3;
+pub mod throttle;
 pub mod tls;
 pub mod url;
 

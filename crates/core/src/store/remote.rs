@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::http::{HttpOptions, HttpStore};
 use super::local::LocalStore;
 use super::s3::{S3Options, S3Store};
+use super::throttle::{throttle, Limits};
 use super::url::{check_url, Kind};
 use super::DynStore;
 use crate::config::RemoteConfig;
@@ -32,7 +33,36 @@ fn token(name: &str, cfg: &RemoteConfig) -> Result<Option<String>> {
     Ok(std::env::var("LIFEBOAT_TOKEN").ok())
 }
 
+/// The bandwidth limits the config sets for a remote.
+pub fn config_limits(name: &str, cfg: &RemoteConfig) -> Result<Limits> {
+    let size = |v: &Option<String>, what: &str| {
+        v.as_deref()
+            .map(|s| {
+                crate::text::parse_size(s)
+                    .map_err(|e| Error::BadInput(format!("remote {name}: {what}: {e}")))
+            })
+            .transpose()
+    };
+    Ok(Limits {
+        upload: size(&cfg.limit_upload, "limit_upload")?,
+        download: size(&cfg.limit_download, "limit_download")?,
+        burst: size(&cfg.limit_burst, "limit_burst")?,
+    })
+}
+
+/// Opens a remote under its configured bandwidth limits.
 pub fn open(name: &str, cfg: &RemoteConfig) -> Result<DynStore> {
+    open_with(name, cfg, Limits::default())
+}
+
+/// Opens a remote; `overrides` (from the command line) win over the
+/// config's limits.
+pub fn open_with(name: &str, cfg: &RemoteConfig, overrides: Limits) -> Result<DynStore> {
+    let limits = overrides.or(config_limits(name, cfg)?);
+    throttle(open_raw(name, cfg)?, limits)
+}
+
+fn open_raw(name: &str, cfg: &RemoteConfig) -> Result<DynStore> {
     let timeout = Duration::from_secs(cfg.timeout_secs.unwrap_or(120));
     Ok(match check_url(&cfg.url)? {
         Kind::Local(p) => Arc::new(LocalStore::new(p)),
@@ -71,11 +101,28 @@ pub fn open(name: &str, cfg: &RemoteConfig) -> Result<DynStore> {
     })
 }
 
+/// The limits that apply to a remote named in the config (for showing).
+pub fn limits_of(config: &crate::config::Config, name: &str) -> Limits {
+    config
+        .remote(name)
+        .and_then(|c| config_limits(name, c).ok())
+        .unwrap_or_default()
+}
+
 /// A remote given on the command line: a configured name, or a URL
 /// (token from LIFEBOAT_TOKEN; S3 settings from the standard AWS_* variables).
 pub fn resolve(config: &crate::config::Config, arg: &str) -> Result<(String, DynStore)> {
+    resolve_with(config, arg, Limits::default())
+}
+
+/// `resolve`, with bandwidth limits from the command line.
+pub fn resolve_with(
+    config: &crate::config::Config,
+    arg: &str,
+    overrides: Limits,
+) -> Result<(String, DynStore)> {
     if let Some(cfg) = config.remote(arg) {
-        return Ok((arg.to_string(), open(arg, cfg)?));
+        return Ok((arg.to_string(), open_with(arg, cfg, overrides)?));
     }
     if check_url(arg).is_ok() {
         let cfg = RemoteConfig {
@@ -85,7 +132,7 @@ pub fn resolve(config: &crate::config::Config, arg: &str) -> Result<(String, Dyn
             path_style: std::env::var("AWS_ENDPOINT_URL").is_ok(),
             ..Default::default()
         };
-        return Ok((arg.to_string(), open(arg, &cfg)?));
+        return Ok((arg.to_string(), open_with(arg, &cfg, overrides)?));
     }
     let known: Vec<&String> = config.remotes.keys().collect();
     Err(Error::BadInput(format!(
