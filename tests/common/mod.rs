@@ -2,6 +2,7 @@
 //! real qemu-img.
 #![allow(dead_code)]
 
+pub mod proxy;
 pub mod remote;
 
 use std::fs::OpenOptions;
