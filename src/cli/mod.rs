@@ -156,7 +156,7 @@ pub enum Command {
         action: RemoteAction,
     },
     /// Serve the repository (--repo) to other lifeboats over HTTP(S).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Send backups the remote lacks.
     Push(remote_cmds::SyncArgs),
     /// Fetch backups the local repository lacks.
@@ -471,7 +471,7 @@ pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
             RemoteAction::Ls => remote_cmds::remote_ls(&ctx).await,
             RemoteAction::Rm { name } => remote_cmds::remote_rm(&ctx, &name),
         },
-        Command::Serve(a) => serve(&ctx, a).await,
+        Command::Serve(a) => serve(&ctx, *a).await,
         Command::Push(a) => remote_cmds::push_pull(&ctx, a, true).await,
         Command::Pull(a) => remote_cmds::push_pull(&ctx, a, false).await,
         Command::Status { remotes, timeout } => {

@@ -322,8 +322,8 @@ mod tests {
             "x",
             Role::Read,
             NewToken {
-                expires: None,
-                scope: Some("a/b".into())
+                scope: Some("a/b".into()),
+                ..Default::default()
             }
         )
         .is_err());
