@@ -105,6 +105,23 @@ fn main() {
         &[],
     );
     let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // A token the server caps at 8 MiB/s for what it fetches.
+    let out = run(
+        &[
+            "serve",
+            "token",
+            "add",
+            "capped",
+            "--role",
+            "read",
+            "--cap-download",
+            "8M",
+            "--tokens",
+            tokens.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let capped = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let mut n = 0;
     let mut push = |via_proxy: Option<proxy::Link>, limit: Option<&str>| -> Duration {
         n += 1;
@@ -134,6 +151,18 @@ fn main() {
     let limited = push(None, Some("8M"));
     let over_wan = push(Some(wan), None);
     let wan_limited = push(Some(wan), Some("8M"));
+    // Pull the direct push's copy back with the capped token.
+    let pulled = {
+        let srv = server(&d.join("srv1"), &tokens);
+        let url = format!("http://{}/", srv.1);
+        let back = d.join("back");
+        let t = Instant::now();
+        run(
+            &["-r", back.to_str().unwrap(), "pull", &url, "--init"],
+            &[("LIFEBOAT_TOKEN", &capped)],
+        );
+        t.elapsed()
+    };
     let s = |d: Duration| format!("{:.2} s", d.as_secs_f64());
     let mbs = |d: Duration| format!("{:.1} MiB/s", MIB as f64 / d.as_secs_f64());
     println!("| push of {MIB} MiB (one backup, 4 MiB chunks) to lifeboat serve on loopback | time | rate | ratio |");
@@ -156,5 +185,11 @@ fn main() {
         s(wan_limited),
         mbs(wan_limited),
         wan_limited.as_secs_f64() / 8.0
+    );
+    println!(
+        "| pull with a token the server caps at 8M (token add --cap-download 8M) | {} | {} | {:.2} of 8 s |",
+        s(pulled),
+        mbs(pulled),
+        pulled.as_secs_f64() / 8.0
     );
 }

@@ -251,10 +251,10 @@ pub enum TokenAction {
         scope: Option<String>,
         /// Cap what this token may send to the server, per second (8M).
         #[arg(long, value_name = "RATE")]
-        limit_upload: Option<String>,
+        cap_upload: Option<String>,
         /// Cap what this token may fetch from the server, per second.
         #[arg(long, value_name = "RATE")]
-        limit_download: Option<String>,
+        cap_download: Option<String>,
     },
     /// List tokens: name, role, scope, created, expires, last used (never
     /// the token or its hash).
@@ -656,8 +656,8 @@ fn token_cmd(ctx: &Ctx, tokens: &std::path::Path, action: TokenAction) -> anyhow
             role,
             expires,
             scope,
-            limit_upload,
-            limit_download,
+            cap_upload,
+            cap_download,
         } => {
             let role: Role = role.parse()?;
             let now = chrono::Utc::now();
@@ -672,8 +672,8 @@ fn token_cmd(ctx: &Ctx, tokens: &std::path::Path, action: TokenAction) -> anyhow
                 NewToken {
                     expires,
                     scope,
-                    limit_upload,
-                    limit_download,
+                    limit_upload: cap_upload,
+                    limit_download: cap_download,
                 },
             )?;
             eprintln!(
@@ -793,4 +793,65 @@ fn report(json: bool, e: &anyhow::Error) -> u8 {
 pub fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// clap's own consistency checks over every subcommand: a flag defined
+    /// twice (a global one and a subcommand's of another type) would
+    /// otherwise panic only when used.
+    #[test]
+    fn argument_definitions_are_consistent() {
+        Cli::command().debug_assert();
+        for args in [
+            &[
+                "lifeboat",
+                "serve",
+                "token",
+                "add",
+                "t",
+                "--role",
+                "read",
+                "--cap-download",
+                "8M",
+                "--tokens",
+                "x",
+            ][..],
+            &[
+                "lifeboat",
+                "remote",
+                "add",
+                "o",
+                "https://h:1/",
+                "--limit-upload",
+                "8M",
+            ],
+            &[
+                "lifeboat",
+                "push",
+                "o",
+                "--limit-upload",
+                "8M",
+                "--limit-download",
+                "1M",
+            ],
+            &[
+                "lifeboat",
+                "restore",
+                "vm/root",
+                "--to",
+                "x",
+                "--from",
+                "o",
+                "--limit-download",
+                "1M",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let _ = format!("{cli:?}");
+        }
+    }
 }

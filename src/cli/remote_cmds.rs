@@ -32,12 +32,6 @@ pub struct RemoteAddArgs {
     /// (`lifeboat serve fingerprint` prints it); trusted instead of a CA.
     #[arg(long, value_name = "SHA256")]
     pub fingerprint: Option<String>,
-    /// Bandwidth limit for pushes to this remote (8M = 8 MiB/s).
-    #[arg(long, value_name = "RATE")]
-    pub limit_upload: Option<String>,
-    /// Bandwidth limit for pulls and restores from this remote.
-    #[arg(long, value_name = "RATE")]
-    pub limit_download: Option<String>,
     /// S3 endpoint, e.g. http://127.0.0.1:3900 or https://oss-cn-hangzhou.aliyuncs.com.
     #[arg(long)]
     pub endpoint: Option<String>,
@@ -89,6 +83,16 @@ fn edit_config(
     Ok(path)
 }
 
+/// A byte rate as the config writes it: `8M`, `512K`, or bytes.
+fn rate_text(b: u64) -> String {
+    match b {
+        b if b % (1 << 30) == 0 => format!("{}G", b >> 30),
+        b if b % (1 << 20) == 0 => format!("{}M", b >> 20),
+        b if b % (1 << 10) == 0 => format!("{}K", b >> 10),
+        b => b.to_string(),
+    }
+}
+
 pub fn remote_add(ctx: &Ctx, a: RemoteAddArgs) -> anyhow::Result<Outcome> {
     lifeboat_core::names::check_name("remote", &a.name)?;
     url::check_url(&a.url)?;
@@ -105,9 +109,6 @@ pub fn remote_add(ctx: &Ctx, a: RemoteAddArgs) -> anyhow::Result<Outcome> {
                 .map(|f| f.to_string())
         })
         .transpose()?;
-    for r in [&a.limit_upload, &a.limit_download].into_iter().flatten() {
-        lifeboat_core::text::parse_size(r).map_err(|e| anyhow::anyhow!("bandwidth limit: {e}"))?;
-    }
     if fingerprint.is_some() && !a.url.starts_with("https://") {
         bail!("--fingerprint pins a TLS certificate: the URL must start with https://");
     }
@@ -124,9 +125,10 @@ pub fn remote_add(ctx: &Ctx, a: RemoteAddArgs) -> anyhow::Result<Outcome> {
         token_file: a.token_file,
         ca_cert: a.ca_cert,
         fingerprint,
-        limit_upload: a.limit_upload,
-        limit_download: a.limit_download,
-        limit_burst: None,
+        // The global --limit-upload / --limit-download, kept for this remote.
+        limit_upload: ctx.limits.upload.map(rate_text),
+        limit_download: ctx.limits.download.map(rate_text),
+        limit_burst: ctx.limits.burst.map(rate_text),
         endpoint: a.endpoint,
         region: a.region,
         path_style: a.path_style,
