@@ -526,42 +526,30 @@ fn token_ls_shows_last_use_and_no_secrets() {
     let status = s.server.child.wait().unwrap();
     assert!(status.success(), "graceful shutdown: {status:?}");
     let tokens = s.w.path("tokens.toml");
-    let out =
-        s.w.cmd()
-            .args(["serve", "token", "ls", "--tokens"])
-            .arg(&tokens)
-            .output()
-            .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let token_cmd = |args: &[&str]| {
+        let out =
+            s.w.cmd()
+                .args(["serve", "token"])
+                .args(args)
+                .arg("--tokens")
+                .arg(&tokens)
+                .output()
+                .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = token_cmd(&["ls"]);
     assert!(text.contains("client") && text.contains("append"), "{text}");
     assert!(
         !text.contains(&s.token) && !text.contains("blake3"),
         "{text}"
     );
-    let out =
-        s.w.cmd()
-            .args(["--json", "serve", "token", "ls", "--tokens"])
-            .arg(&tokens)
-            .output()
-            .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&token_cmd(&["ls", "--json"])).unwrap();
     assert_eq!(v[0]["name"], "client");
     assert!(v[0]["last_used"].is_string(), "{v}");
     assert!(v[0]["created"].is_string(), "{v}");
     // rm: gone from the list.
-    let out =
-        s.w.cmd()
-            .args(["serve", "token", "rm", "client", "--tokens"])
-            .arg(&tokens)
-            .output()
-            .unwrap();
-    assert!(out.status.success());
-    let out =
-        s.w.cmd()
-            .args(["--json", "serve", "token", "ls", "--tokens"])
-            .arg(&tokens)
-            .output()
-            .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    token_cmd(&["rm", "client"]);
+    let v: serde_json::Value = serde_json::from_str(&token_cmd(&["ls", "--json"])).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 0);
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use common::remote::add_token;
-use common::{files_under, manifest_files, noise, write_at, World, BIN};
+use common::{files_under, manifest_files, World, BIN};
 
 struct Tls {
     child: Child,
@@ -71,16 +71,7 @@ fn serve(repo: &Path, tokens: &Path, listen: &str, extra: &[&str]) -> Tls {
 fn world() -> (World, String, std::path::PathBuf) {
     let w = World::new();
     w.init("64K");
-    let img = w.path("d.raw");
-    write_at(&img, 0, &noise(600_000, 3));
-    w.ok(&[
-        "backup",
-        "vm",
-        "--format",
-        "raw",
-        "--volume",
-        &format!("root={}", img.display()),
-    ]);
+    w.backup_noise("vm", "d.raw", 600_000, 3);
     let tokens = w.path("etc/tokens.toml");
     let token = add_token(&tokens, "site", "append");
     (w, token, tokens)
@@ -96,6 +87,16 @@ fn push(w: &World, token: &str, url: &str, env: &[(&str, &str)]) -> std::process
         c.env(k, v);
     }
     c.output().unwrap()
+}
+
+/// A config with the remote `off` at `url` (token from $T) and `trust`
+/// (a `ca_cert` or `fingerprint` line).
+fn remote_config(path: &Path, url: &str, trust: &str) {
+    std::fs::write(
+        path,
+        format!("[remote.off]\nurl = \"{url}\"\ntoken_env = \"T\"\n{trust}\n"),
+    )
+    .unwrap();
 }
 
 fn openssl(args: &[&str], dir: &Path) {
@@ -238,15 +239,11 @@ fn openssl_certificates_self_signed_pinned_and_ca_signed() {
     );
     // As --ca-cert: refused, with the reason and the way out.
     let cfg = w.path("c1.toml");
-    std::fs::write(
+    remote_config(
         &cfg,
-        format!(
-            "[remote.off]\nurl = \"{}\"\ntoken_env = \"T\"\nca_cert = \"{}\"\n",
-            s.url,
-            w.path("self.pem").display()
-        ),
-    )
-    .unwrap();
+        &s.url,
+        &format!("ca_cert = \"{}\"", w.path("self.pem").display()),
+    );
     let run = |cfg: &Path| {
         w.cmd()
             .arg("--config")
@@ -283,14 +280,7 @@ fn openssl_certificates_self_signed_pinned_and_ca_signed() {
         fp.starts_with("sha256 Fingerprint=") || fp.starts_with("SHA256 Fingerprint="),
         "{fp}"
     );
-    std::fs::write(
-        &cfg,
-        format!(
-            "[remote.off]\nurl = \"{}\"\ntoken_env = \"T\"\nfingerprint = \"{fp}\"\n",
-            s.url
-        ),
-    )
-    .unwrap();
+    remote_config(&cfg, &s.url, &format!("fingerprint = \"{fp}\""));
     let out = run(&cfg);
     assert!(
         out.status.success(),
@@ -365,15 +355,11 @@ fn openssl_certificates_self_signed_pinned_and_ca_signed() {
         &["--tls-cert", "leaf.pem", "--tls-key", "leaf.key"],
     );
     let cfg2 = w.path("c2.toml");
-    std::fs::write(
+    remote_config(
         &cfg2,
-        format!(
-            "[remote.off]\nurl = \"{}\"\ntoken_env = \"T\"\nca_cert = \"{}\"\n",
-            s.url,
-            w.path("ca.pem").display()
-        ),
-    )
-    .unwrap();
+        &s.url,
+        &format!("ca_cert = \"{}\"", w.path("ca.pem").display()),
+    );
     let out = run(&cfg2);
     assert!(
         out.status.success(),

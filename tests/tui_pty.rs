@@ -371,16 +371,7 @@ fn fresh_machine_browses_the_remote_and_restores_from_it() {
 fn chords_prompt_editing_resize_and_a_clean_exit() {
     let w = common::World::new();
     w.init("64K");
-    let img = w.path("root.raw");
-    common::write_at(&img, 0, &common::noise(1 << 20, 9));
-    w.ok(&[
-        "backup",
-        "web01",
-        "--format",
-        "raw",
-        "--volume",
-        &format!("root={}", img.display()),
-    ]);
+    w.backup_noise("web01", "root.raw", 1 << 20, 9);
     let mut cmd = CommandBuilder::new(BIN);
     cmd.args(["-r", w.repo().to_str().unwrap()]);
     cmd.cwd(w.dir.path());

@@ -9,21 +9,12 @@ use std::time::Duration;
 
 use common::proxy::{Link, Proxy};
 use common::remote::{add_token, Server};
-use common::{manifest_files, noise, write_at, World};
+use common::{manifest_files, World};
 
 fn world(mib: usize) -> (World, String, Server) {
     let w = World::new();
     w.init("256K");
-    let img = w.path("d.raw");
-    write_at(&img, 0, &noise(mib << 20, 7));
-    w.ok(&[
-        "backup",
-        "vm",
-        "--format",
-        "raw",
-        "--volume",
-        &format!("root={}", img.display()),
-    ]);
+    w.backup_noise("vm", "d.raw", mib << 20, 7);
     let srv = w.path("srv");
     std::fs::create_dir(&srv).unwrap();
     let tokens = w.path("tokens.toml");
@@ -103,16 +94,7 @@ fn push_over_a_slow_lossy_link_completes_and_verifies() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let restored = w.path("r.raw");
-    let out = w
-        .cmd()
-        .arg("-r")
-        .arg(&back)
-        .args(["restore", "vm/root", "--to", restored.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    common::assert_same_file(&restored, &w.path("d.raw"));
+    w.restore_equals(&back, "vm/root", &w.path("d.raw"));
 }
 
 #[test]

@@ -92,6 +92,47 @@ impl World {
     pub fn init(&self, chunk: &str) {
         self.ok(&["init", "--chunk-size", chunk]);
     }
+
+    /// Writes `len` bytes of noise to the file `name` and backs it up as
+    /// `vm`'s raw root volume; returns the image's path.
+    pub fn backup_noise(&self, vm: &str, name: &str, len: usize, seed: u64) -> PathBuf {
+        let img = self.path(name);
+        write_at(&img, 0, &noise(len, seed));
+        self.ok(&[
+            "backup",
+            vm,
+            "--format",
+            "raw",
+            "--volume",
+            &format!("root={}", img.display()),
+        ]);
+        img
+    }
+
+    /// Restores `reference` from the repository `repo` to a new file and
+    /// checks it equals `expected`.
+    pub fn restore_equals(&self, repo: &Path, reference: &str, expected: &Path) {
+        let target = self.path(&format!("restored-{}.raw", unique_suffix()));
+        let out = self
+            .cmd()
+            .arg("-r")
+            .arg(repo)
+            .args(["restore", reference, "--to", target.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_same_file(&target, expected);
+    }
+}
+
+fn unique_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
 }
 
 pub fn qemu_img(args: &[&str]) -> String {
