@@ -919,3 +919,35 @@ fn timeline_search_mouse_and_verify_state() {
     let s = screen(&a, 160, 48);
     assert!(s.contains("verify  ok (deep)"), "{s}");
 }
+
+#[test]
+fn a_finished_plan_leaves_the_jobs_pane() {
+    let mut a = app();
+    a.update(Action::JobStarted {
+        id: 1,
+        title: "plan: push web01/root to offsite".into(),
+    });
+    let e = a.update(Action::JobDone {
+        id: 1,
+        result: Ok("planned; waiting for confirmation".into()),
+        cancelled: false,
+    });
+    assert!(
+        a.jobs.is_empty(),
+        "{:?}",
+        a.jobs.iter().map(|j| &j.title).collect::<Vec<_>>()
+    );
+    assert!(!e.iter().any(|e| matches!(e, Effect::RecordJob(_))));
+    assert!(a.log.iter().any(|l| l.contains("planned")));
+    // A failed plan stays, with its error.
+    a.update(Action::JobStarted {
+        id: 2,
+        title: "plan: restore web01/root".into(),
+    });
+    a.update(Action::JobDone {
+        id: 2,
+        result: Err("cannot restore to /proc/x".into()),
+        cancelled: false,
+    });
+    assert_eq!(a.jobs.len(), 1);
+}

@@ -933,9 +933,14 @@ impl App {
                 scroll: 0,
             });
         }
-        self.notify(format!("job {id} {title}: {line}"), failed);
-        // A successful plan only waits for a yes: not worth a history entry.
+        // A successful plan only waits for a yes (its dialog is open): not
+        // worth the status line or a history entry.
         let planning = title.starts_with("plan:") && outcome == JobOutcome::Done;
+        if planning {
+            self.log(format!("job {id} {title}: {line}"));
+        } else {
+            self.notify(format!("job {id} {title}: {line}"), failed);
+        }
         if let Some(j) = self.jobs.iter().find(|j| j.id == id) {
             if !planning {
                 effects.push(Effect::RecordJob(JobRecord {
@@ -948,7 +953,12 @@ impl App {
                 }));
             }
         }
-        if !planning {
+        if planning {
+            // A plan that waits for a yes is not a job the admin ran: it
+            // leaves the pane (its line stays in the Log).
+            self.jobs.retain(|j| j.id != id);
+            self.job_sel = self.job_sel.min(self.jobs.len().saturating_sub(1));
+        } else {
             // Whatever changed a repository shows at once.
             self.refreshed_at = Some(now);
             effects.extend(self.refresh());
