@@ -372,7 +372,24 @@ fn chords_prompt_editing_resize_and_a_clean_exit() {
     let w = common::World::new();
     w.init("64K");
     w.backup_noise("web01", "root.raw", 1 << 20, 9);
+    // A remote that accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in silent.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let cfg = w.path("lifeboat.toml");
+    std::fs::write(
+        &cfg,
+        format!("[remote.offsite]\nurl = \"http://{addr}/\"\ntoken_env = \"NONE\"\n"),
+    )
+    .unwrap();
     let mut cmd = CommandBuilder::new(BIN);
+    cmd.env("NONE", "x");
+    cmd.args(["--config", cfg.to_str().unwrap()]);
     cmd.args(["-r", w.repo().to_str().unwrap()]);
     cmd.cwd(w.dir.path());
     cmd.env("TERM", "xterm-256color");
@@ -383,6 +400,11 @@ fn chords_prompt_editing_resize_and_a_clean_exit() {
     cmd.env_remove("LIFEBOAT_REPO");
     let mut c = open_sized(cmd, 24, 80, true);
     c.wait_for("web01", 30);
+    // The silent remote is declared unreachable after its 3 s health
+    // check (a listing may take longer; a dead remote should not), with
+    // the reason in the status line.
+    let s = c.wait_for("offsite ✗", 8);
+    assert!(s.contains("no answer within 3 s"), "{s}");
     c.keys("\r");
     c.wait_for("Timeline web01", 10);
     // Ctrl-V, Ctrl-B and Alt-P are not v, b and p. If one opened a

@@ -22,6 +22,10 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::app::{self, Action, Effect, Scope};
 use crate::output::bytes;
 
+/// How long a remote may take to answer its health check, and to list.
+const PROBE: Duration = Duration::from_secs(3);
+const LIST: Duration = Duration::from_secs(60);
+
 pub struct Running {
     pub cancel: CancellationToken,
     pub progress: Arc<Progress>,
@@ -169,13 +173,16 @@ impl Runner {
                     let started = Instant::now();
                     let res = async {
                         let store = store.map_err(|e| e.to_string())?;
-                        let keys = tokio::time::timeout(
-                            Duration::from_secs(10),
-                            sync::list_manifests(store.as_ref()),
-                        )
-                        .await
-                        .map_err(|_| "timed out after 10 s".to_string())?
-                        .map_err(|e| e.to_string())?;
+                        // A dead remote is known within PROBE; a live one
+                        // may take longer to list (many backups, a slow link).
+                        tokio::time::timeout(PROBE, store.probe())
+                            .await
+                            .map_err(|_| format!("no answer within {} s", PROBE.as_secs()))?
+                            .map_err(|e| lifeboat_core::text::describe(&e))?;
+                        let keys = tokio::time::timeout(LIST, sync::list_manifests(store.as_ref()))
+                            .await
+                            .map_err(|_| format!("listing took more than {} s", LIST.as_secs()))?
+                            .map_err(|e| lifeboat_core::text::describe(&e))?;
                         Ok::<_, String>(keys.into_iter().map(|k| k.id).collect::<BTreeSet<_>>())
                     }
                     .await;

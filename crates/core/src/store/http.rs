@@ -261,6 +261,10 @@ impl Store for HttpStore {
         self.name.clone()
     }
 
+    async fn probe(&self) -> Result<()> {
+        self.health().await.map(|_| ())
+    }
+
     async fn get(&self, key: &ObjectKey) -> Result<Option<Bytes>> {
         let resp = self
             .req(reqwest::Method::GET, &format!("v1/objects/{key}"))?

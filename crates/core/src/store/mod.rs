@@ -51,6 +51,12 @@ pub trait Store: Send + Sync {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectKey>>;
     /// Removes an object (maintenance only; servers require admin).
     async fn delete(&self, key: &ObjectKey) -> Result<()>;
+    /// A cheap "are you there" (a repository server's health route), so a
+    /// dead remote is known in seconds while a long listing of a live one
+    /// may take its time. Stores without one answer Ok.
+    async fn probe(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 pub type DynStore = Arc<dyn Store>;

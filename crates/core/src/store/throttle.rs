@@ -156,6 +156,10 @@ impl Store for Throttled {
     async fn delete(&self, key: &ObjectKey) -> Result<()> {
         self.inner.delete(key).await
     }
+
+    async fn probe(&self) -> Result<()> {
+        self.inner.probe().await
+    }
 }
 
 #[cfg(test)]
