@@ -144,7 +144,14 @@ impl Tokens {
                 if let Ok(mut c) = self.current.write() {
                     *c = (f, m);
                 }
-                tracing::info!("tokens reloaded from {}: {n} token(s)", path.display());
+                if n == 0 {
+                    tracing::warn!(
+                        "tokens reloaded from {}: no tokens left, every request is refused",
+                        path.display()
+                    );
+                } else {
+                    tracing::info!("tokens reloaded from {}: {n} token(s)", path.display());
+                }
             }
             Err(e) => {
                 if let Ok(mut c) = self.current.write() {
