@@ -7,6 +7,7 @@ mod backup_restore;
 mod demo;
 mod inspect;
 pub mod progress;
+mod prune;
 mod remote_cmds;
 
 use std::path::PathBuf;
@@ -161,6 +162,10 @@ pub enum Command {
     Push(remote_cmds::SyncArgs),
     /// Fetch backups the local repository lacks.
     Pull(remote_cmds::SyncArgs),
+    /// Apply a retention (keep-last, -hourly, -daily, -weekly, -monthly,
+    /// -yearly, -within) to whole backup sets; --dry-run shows what each
+    /// rule keeps. A VM's newest set and protected sets are always kept.
+    Prune(Box<prune::PruneArgs>),
     /// Per volume: backups only local, only on a remote, or in both.
     /// Exits 4 when a remote is unknown, unreachable or does not answer.
     Status {
@@ -474,6 +479,7 @@ pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
         Command::Serve(a) => serve(&ctx, *a).await,
         Command::Push(a) => remote_cmds::push_pull(&ctx, a, true).await,
         Command::Pull(a) => remote_cmds::push_pull(&ctx, a, false).await,
+        Command::Prune(a) => prune::prune(&ctx, *a).await,
         Command::Status { remotes, timeout } => {
             remote_cmds::status_cmd(&ctx, remotes, timeout).await
         }

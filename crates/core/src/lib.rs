@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod names;
 pub mod repo;
 pub mod restore;
+pub mod retention;
 pub mod source;
 pub mod store;
 pub mod sync;

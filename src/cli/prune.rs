@@ -1,0 +1,149 @@
+//! `lifeboat prune`: applies a retention to the local repository or a
+//! remote, whole backup sets at a time; `--dry-run` is the simulator,
+//! listing every set with the rule that keeps it, or "removed".
+
+use lifeboat_core::repo::ManifestKey;
+use lifeboat_core::retention::{self, Decision, Rules};
+use lifeboat_core::store::local::LocalStore;
+use lifeboat_core::store::{DynStore, ObjectKey};
+
+use super::{print_json, Ctx, Outcome};
+use crate::output::{table, time};
+
+#[derive(Debug, clap::Args)]
+pub struct PruneArgs {
+    /// VMs to prune (default: every VM).
+    pub vms: Vec<String>,
+    #[arg(long, default_value_t = 0)]
+    pub keep_last: usize,
+    #[arg(long, default_value_t = 0)]
+    pub keep_hourly: usize,
+    #[arg(long, default_value_t = 0)]
+    pub keep_daily: usize,
+    #[arg(long, default_value_t = 0)]
+    pub keep_weekly: usize,
+    #[arg(long, default_value_t = 0)]
+    pub keep_monthly: usize,
+    #[arg(long, default_value_t = 0)]
+    pub keep_yearly: usize,
+    /// Keep every set newer than this (14d, 36h, 2w).
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
+    /// Prune this remote (name or URL; a server needs an admin token).
+    #[arg(long, value_name = "REMOTE")]
+    pub remote: Option<String>,
+    /// List what would be kept (and by which rule) and what removed;
+    /// remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub async fn prune(ctx: &Ctx, a: PruneArgs) -> anyhow::Result<Outcome> {
+    let rules = Rules {
+        last: a.keep_last,
+        hourly: a.keep_hourly,
+        daily: a.keep_daily,
+        weekly: a.keep_weekly,
+        monthly: a.keep_monthly,
+        yearly: a.keep_yearly,
+        within: a
+            .keep_within
+            .as_deref()
+            .map(retention::parse_within)
+            .transpose()?,
+    };
+    rules.check()?;
+    let (store, backups): (DynStore, _) = match &a.remote {
+        Some(r) => {
+            let (_, store) = ctx.remote(r)?;
+            let b = lifeboat_core::sync::load_manifests(store.as_ref()).await?;
+            (store, b)
+        }
+        None => {
+            let repo = ctx.open_repo()?;
+            let b = repo.load_all()?;
+            (std::sync::Arc::new(LocalStore::new(repo.root())), b)
+        }
+    };
+    for vm in &a.vms {
+        if !backups.iter().any(|(k, _)| &k.vm == vm) {
+            anyhow::bail!("no backups of VM {vm:?} in {}", store.describe());
+        }
+    }
+    let chosen: Vec<_> = backups
+        .into_iter()
+        .filter(|(k, _)| a.vms.is_empty() || a.vms.contains(&k.vm))
+        .collect();
+    // Buckets in the host's time zone: a "day" is the admin's day.
+    let decisions = retention::plan(&chosen, &rules, &chrono::Local, chrono::Utc::now())?;
+    let removed: Vec<&Decision> = decisions.iter().filter(|d| !d.keep).collect();
+    let mut deleted = 0usize;
+    if !a.dry_run {
+        for d in &removed {
+            for k in &d.manifests {
+                delete(&store, k).await?;
+                deleted += 1;
+            }
+        }
+    }
+    if ctx.json {
+        print_json(&serde_json::json!({
+            "repository": store.describe(),
+            "dry_run": a.dry_run,
+            "rules": rules,
+            "sets": decisions,
+            "removed_sets": removed.len(),
+            "removed_backups": if a.dry_run { removed.iter().map(|d| d.manifests.len()).sum::<usize>() } else { deleted },
+        }))?;
+        return Ok(Outcome::Ok);
+    }
+    let rows: Vec<Vec<String>> = decisions
+        .iter()
+        .map(|d| {
+            vec![
+                d.vm.clone(),
+                time(&d.time),
+                d.manifests.len().to_string(),
+                if d.keep {
+                    d.reasons.join(", ")
+                } else {
+                    "removed".into()
+                },
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(&["VM", "SET TIME", "VOLUMES", "KEPT BY"], &rows)
+    );
+    let n: usize = removed.iter().map(|d| d.manifests.len()).sum();
+    if a.dry_run {
+        println!(
+            "dry run: {} of {} sets ({n} backups) would be removed from {}",
+            removed.len(),
+            decisions.len(),
+            store.describe()
+        );
+    } else {
+        println!(
+            "removed {} of {} sets ({deleted} backups) from {}; their chunks stay until a garbage collection (not in lifeboat yet)",
+            removed.len(),
+            decisions.len(),
+            store.describe()
+        );
+    }
+    Ok(Outcome::Ok)
+}
+
+async fn delete(store: &DynStore, k: &ManifestKey) -> anyhow::Result<()> {
+    store
+        .delete(&ObjectKey::Manifest(k.clone()))
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "removing {}: {}",
+                k.object_key(),
+                lifeboat_core::text::describe(&e)
+            )
+        })
+}

@@ -1,0 +1,152 @@
+//! `lifeboat prune` on the demo world's two weeks of backups: the dry run
+//! is a simulator (every set, the rule that keeps it, or removed), the real
+//! run removes exactly what it said, sets go whole, and what stays
+//! verifies. A served remote needs an admin token to be pruned.
+
+mod common;
+
+use common::remote::{add_token, Server};
+use common::{manifest_files, World, BIN};
+
+fn demo_world(w: &World) -> std::path::PathBuf {
+    let dir = w.path("demo");
+    let out = std::process::Command::new(BIN)
+        .args(["demo", "--no-tui", "--keep", dir.to_str().unwrap()])
+        .env("HOME", w.dir.path())
+        .env("XDG_DATA_HOME", w.path("xdg"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.join("lifeboat.toml")
+}
+
+#[test]
+fn prune_simulates_then_removes_whole_sets() {
+    let w = World::new();
+    let cfg = demo_world(&w);
+    let run = |args: &[&str]| {
+        let out = w
+            .cmd()
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let repo = cfg.parent().unwrap().join("repo");
+    let before = manifest_files(&repo).len();
+    let v: serde_json::Value =
+        serde_json::from_str(&run(&["--json", "prune", "--keep-daily", "3", "--dry-run"])).unwrap();
+    let sets = v["sets"].as_array().unwrap();
+    assert!(!sets.is_empty());
+    // Every set is listed, kept with its rule or removed.
+    for s in sets {
+        let reasons = s["reasons"].as_array().unwrap();
+        assert_eq!(s["keep"].as_bool().unwrap(), !reasons.is_empty(), "{s}");
+    }
+    // Per VM: at most 3 days kept, or the newest set alone (always kept).
+    let mut vms: std::collections::BTreeMap<String, usize> = Default::default();
+    for s in sets.iter().filter(|s| s["keep"] == true) {
+        *vms.entry(s["vm"].as_str().unwrap().into()).or_default() += 1;
+    }
+    assert!(vms.values().all(|n| (1..=3).contains(n)), "{vms:?}");
+    let would: usize = v["removed_backups"].as_u64().unwrap() as usize;
+    assert!(would > 0);
+    assert_eq!(
+        manifest_files(&repo).len(),
+        before,
+        "a dry run removed something"
+    );
+    // The human table names the rule.
+    let text = run(&["prune", "--keep-daily", "3", "--dry-run"]);
+    assert!(
+        text.contains("daily 20") && text.contains("removed"),
+        "{text}"
+    );
+
+    // The real run removes exactly that, whole sets at a time.
+    let v: serde_json::Value =
+        serde_json::from_str(&run(&["--json", "prune", "--keep-daily", "3"])).unwrap();
+    assert_eq!(v["removed_backups"].as_u64().unwrap() as usize, would);
+    assert_eq!(manifest_files(&repo).len(), before - would);
+    let kept_sets: Vec<&str> = sets
+        .iter()
+        .filter(|s| s["keep"] == true)
+        .map(|s| s["set"].as_str().unwrap())
+        .collect();
+    for f in manifest_files(&repo) {
+        let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
+        assert!(
+            kept_sets.contains(&m["set"].as_str().unwrap()),
+            "a backup of a removed set remains: {}",
+            f.display()
+        );
+    }
+    run(&["verify"]);
+    // A policy that keeps nothing is refused.
+    let out = w
+        .cmd()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["prune", "--dry-run"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("keeps nothing"));
+}
+
+#[test]
+fn pruning_a_served_remote_needs_an_admin_token() {
+    let w = World::new();
+    w.init("64K");
+    w.backup_noise("vm", "a.raw", 200_000, 1);
+    w.backup_noise("vm", "a.raw", 200_000, 2);
+    let srv = w.path("srv");
+    std::fs::create_dir(&srv).unwrap();
+    let tokens = w.path("tokens.toml");
+    let append = add_token(&tokens, "site", "append");
+    let admin = add_token(&tokens, "ops", "admin");
+    let server = Server::start(&srv, &tokens, "127.0.0.1:0");
+    let lb = |token: &str, args: &[&str]| {
+        w.cmd()
+            .arg("-r")
+            .arg(w.repo())
+            .env("LIFEBOAT_TOKEN", token)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(lb(&append, &["push", &server.url, "--init"])
+        .status
+        .success());
+    let out = lb(
+        &append,
+        &["prune", "--remote", &server.url, "--keep-last", "1"],
+    );
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("needs admin"), "{e}");
+    let out = lb(
+        &admin,
+        &["prune", "--remote", &server.url, "--keep-last", "1"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(manifest_files(&srv).len(), 1);
+    assert_eq!(
+        manifest_files(&w.repo()).len(),
+        2,
+        "the local repository is untouched"
+    );
+}
