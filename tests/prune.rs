@@ -93,7 +93,7 @@ fn prune_simulates_then_removes_whole_sets() {
         );
     }
     run(&["verify"]);
-    // A policy that keeps nothing is refused.
+    // Without flags and without a policy there is nothing to prune by.
     let out = w
         .cmd()
         .arg("--config")
@@ -101,7 +101,45 @@ fn prune_simulates_then_removes_whole_sets() {
         .args(["prune", "--dry-run"])
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("keeps nothing"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nothing to prune by"),
+        "{out:?}"
+    );
+
+    // With a policy in the config, prune follows it per VM.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("default_policy = \"p\"\n{text}\n[policy.p]\nschedule = \"daily 02:30\"\nkeep_last = 1\n"),
+    )
+    .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&run(&["--json", "prune", "--dry-run"])).unwrap();
+    let sets = v["sets"].as_array().unwrap();
+    assert!(
+        sets.iter()
+            .filter(|s| s["keep"] == true)
+            .all(|s| s["reasons"][0] == "last 1"),
+        "{v}"
+    );
+    // A policy that keeps nothing is refused when the config loads.
+    std::fs::write(
+        &cfg,
+        format!("default_policy = \"p\"\n{text}\n[policy.p]\nkeep_last = 0\n"),
+    )
+    .unwrap();
+    let out = w
+        .cmd()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["ls"])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("policy p") && e.contains("keeps nothing") && e.contains("line "),
+        "{e}"
+    );
 }
 
 #[test]

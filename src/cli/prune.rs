@@ -52,7 +52,10 @@ pub async fn prune(ctx: &Ctx, a: PruneArgs) -> anyhow::Result<Outcome> {
             .map(retention::parse_within)
             .transpose()?,
     };
-    rules.check()?;
+    let from_flags = rules != Rules::default();
+    if from_flags {
+        rules.check()?;
+    }
     let (store, backups): (DynStore, _) = match &a.remote {
         Some(r) => {
             let (_, store) = ctx.remote(r)?;
@@ -74,8 +77,13 @@ pub async fn prune(ctx: &Ctx, a: PruneArgs) -> anyhow::Result<Outcome> {
         .into_iter()
         .filter(|(k, _)| a.vms.is_empty() || a.vms.contains(&k.vm))
         .collect();
-    // Buckets in the host's time zone: a "day" is the admin's day.
-    let decisions = retention::plan(&chosen, &rules, &chrono::Local, chrono::Utc::now())?;
+    let now = chrono::Utc::now();
+    let decisions = if from_flags {
+        // Buckets in the host's time zone: a "day" is the admin's day.
+        retention::plan(&chosen, &rules, &chrono::Local, now)?
+    } else {
+        by_policy(ctx, &chosen, a.remote.as_deref(), now)?
+    };
     let removed: Vec<&Decision> = decisions.iter().filter(|d| !d.keep).collect();
     let mut deleted = 0usize;
     if !a.dry_run {
@@ -90,7 +98,7 @@ pub async fn prune(ctx: &Ctx, a: PruneArgs) -> anyhow::Result<Outcome> {
         print_json(&serde_json::json!({
             "repository": store.describe(),
             "dry_run": a.dry_run,
-            "rules": rules,
+            "rules": if from_flags { serde_json::to_value(&rules)? } else { serde_json::json!("per VM policy") },
             "sets": decisions,
             "removed_sets": removed.len(),
             "removed_backups": if a.dry_run { removed.iter().map(|d| d.manifests.len()).sum::<usize>() } else { deleted },
@@ -133,6 +141,43 @@ pub async fn prune(ctx: &Ctx, a: PruneArgs) -> anyhow::Result<Outcome> {
         );
     }
     Ok(Outcome::Ok)
+}
+
+/// Each VM under its policy's retention (for this remote, when the policy
+/// gives one), in the policy's time zone.
+fn by_policy(
+    ctx: &Ctx,
+    backups: &[(ManifestKey, lifeboat_core::repo::Manifest)],
+    remote: Option<&str>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<Vec<Decision>> {
+    let mut vms: Vec<&str> = backups.iter().map(|(k, _)| k.vm.as_str()).collect();
+    vms.dedup();
+    let mut out = Vec::new();
+    let mut covered = 0;
+    for vm in vms {
+        let group: Vec<_> = backups
+            .iter()
+            .filter(|(k, _)| k.vm == vm)
+            .cloned()
+            .collect();
+        let policy = ctx.config.policy_for(vm);
+        let Some((p, rules)) = policy.and_then(|p| p.retention_for(remote).map(|r| (p, r))) else {
+            tracing::warn!("VM {vm}: no retention in its policy (or no policy): nothing pruned");
+            continue;
+        };
+        covered += 1;
+        out.extend(match &p.timezone {
+            Some(tz) => retention::plan(&group, rules, tz, now)?,
+            None => retention::plan(&group, rules, &chrono::Local, now)?,
+        });
+    }
+    if covered == 0 {
+        anyhow::bail!(
+            "nothing to prune by: give --keep-last/--keep-daily/… or a policy with keep_* in the config (default_policy, or policy on a [[vm]])"
+        );
+    }
+    Ok(out)
 }
 
 async fn delete(store: &DynStore, k: &ManifestKey) -> anyhow::Result<()> {

@@ -23,6 +23,14 @@ pub struct Config {
     pub vms: Vec<VmConfig>,
     #[serde(default, rename = "remote")]
     pub remotes: std::collections::BTreeMap<String, RemoteConfig>,
+    /// The policy of VMs that name none.
+    pub default_policy: Option<toml::Spanned<String>>,
+    #[serde(default, rename = "policy")]
+    pub policy_configs:
+        std::collections::BTreeMap<String, toml::Spanned<crate::policy::PolicyConfig>>,
+    /// The policies, checked at load.
+    #[serde(skip)]
+    pub policies: std::collections::BTreeMap<String, crate::policy::Policy>,
     #[serde(skip)]
     pub path: Option<PathBuf>,
 }
@@ -31,6 +39,8 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
     pub name: toml::Spanned<String>,
+    /// A `[policy.NAME]` (default: `default_policy`).
+    pub policy: Option<toml::Spanned<String>>,
     #[serde(default, rename = "volume")]
     pub volumes: Vec<VolumeConfig>,
 }
@@ -157,7 +167,7 @@ impl Config {
                 None => reason,
             },
         };
-        let cfg: Config = toml::from_str(text).map_err(|e| {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_of(text, s.start));
             err(line, e.message().trim().to_string())
         })?;
@@ -213,7 +223,54 @@ impl Config {
             crate::store::url::check_url(&r.url)
                 .map_err(|e| err(None, format!("remote {name}: {e}")))?;
         }
+        let remotes: Vec<&str> = cfg.remotes.keys().map(|s| s.as_str()).collect();
+        let mut policies = std::collections::BTreeMap::new();
+        for (name, pc) in &cfg.policy_configs {
+            let line = Some(line_of(text, pc.span().start));
+            if !is_valid_name(name) {
+                return Err(err(line, format!("policy name {name:?} is invalid")));
+            }
+            let p = crate::policy::Policy::check(name, pc.get_ref(), &remotes)
+                .map_err(|e| err(line, format!("policy {name}: {e}")))?;
+            policies.insert(name.clone(), p);
+        }
+        let known = |n: &toml::Spanned<String>, whose: &str| {
+            if policies.contains_key(n.get_ref()) {
+                Ok(())
+            } else {
+                Err(err(
+                    Some(line_of(text, n.span().start)),
+                    format!(
+                        "{whose}: no policy named {:?} (defined: {})",
+                        n.get_ref(),
+                        if policies.is_empty() {
+                            "none".to_string()
+                        } else {
+                            policies.keys().cloned().collect::<Vec<_>>().join(", ")
+                        }
+                    ),
+                ))
+            }
+        };
+        if let Some(d) = &cfg.default_policy {
+            known(d, "default_policy")?;
+        }
+        for vm in &cfg.vms {
+            if let Some(p) = &vm.policy {
+                known(p, &format!("VM {}", vm.name.get_ref()))?;
+            }
+        }
+        cfg.policies = policies;
         Ok(cfg)
+    }
+
+    /// The policy that applies to a VM: its own, else the default.
+    pub fn policy_for(&self, vm: &str) -> Option<&crate::policy::Policy> {
+        let name = self
+            .vm(vm)
+            .and_then(|v| v.policy.as_ref())
+            .or(self.default_policy.as_ref())?;
+        self.policies.get(name.get_ref())
     }
 
     pub fn remote(&self, name: &str) -> Option<&RemoteConfig> {
@@ -279,5 +336,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn bad_policies_are_refused_with_line_and_reason() {
+        let base = "[remote.offsite]\nurl = \"/srv/off\"\n";
+        let cases = [
+            (
+                "[[vm]]\nname = \"web\"\npolicy = \"nightly\"\n",
+                "line 3: VM web: no policy named \"nightly\"",
+            ),
+            (
+                "default_policy = \"x\"\n",
+                "line 1: default_policy: no policy named \"x\"",
+            ),
+            (
+                "[policy.p]\nschedule = \"daily 25:00\"\n",
+                "policy p: schedule",
+            ),
+            ("[policy.p]\nkeep_last = 0\n", "keeps nothing"),
+            (
+                "[policy.p]\npush = [\"cloud\"]\n",
+                "push target \"cloud\" is not a configured remote",
+            ),
+            ("[policy.p]\nschedul = \"daily 02:00\"\n", "unknown field"),
+        ];
+        for (text, want) in cases {
+            let full = format!("{text}{base}");
+            let e = Config::parse(Path::new("/etc/lifeboat.toml"), &full)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("/etc/lifeboat.toml") && e.contains(want),
+                "{text}: {e}"
+            );
+        }
+        let ok = Config::parse(
+            Path::new("c.toml"),
+            "default_policy = \"nightly\"\n[policy.nightly]\nschedule = \"daily 02:30\"\nkeep_daily = 7\n[[vm]]\nname = \"web\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.policy_for("web").unwrap().name, "nightly");
     }
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod jobs;
 pub mod names;
+pub mod policy;
 pub mod repo;
 pub mod restore;
 pub mod retention;

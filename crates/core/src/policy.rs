@@ -1,0 +1,358 @@
+//! Policies: when a VM is backed up, what each repository keeps, where new
+//! backups go and when a VM counts as late. Named in the config
+//! (`[policy.NAME]`), attached per VM (`policy = "nightly"`) or as
+//! `default_policy`. Everything is checked when the config loads, and a
+//! bad policy is refused with the file, the line and the reason.
+//!
+//! ```toml
+//! default_policy = "nightly"
+//! [policy.nightly]
+//! schedule = "daily 02:30"      # every 6h · weekly sun 03:00 · a cron expression
+//! timezone = "Europe/Berlin"    # default: the host's
+//! keep_last = 3
+//! keep_daily = 7
+//! keep_weekly = 4
+//! keep_monthly = 6
+//! push = ["offsite"]
+//! rpo_late = "26h"
+//! rpo_stale = "3d"
+//! [policy.nightly.remote.offsite]   # what that remote keeps (default: the same)
+//! keep_daily = 30
+//! ```
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use chrono::{DateTime, Datelike, NaiveTime, TimeZone, Utc, Weekday};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::retention::{parse_within, Rules};
+
+/// A retention as the config writes it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    pub keep_last: Option<usize>,
+    pub keep_hourly: Option<usize>,
+    pub keep_daily: Option<usize>,
+    pub keep_weekly: Option<usize>,
+    pub keep_monthly: Option<usize>,
+    pub keep_yearly: Option<usize>,
+    pub keep_within: Option<String>,
+}
+
+impl RetentionConfig {
+    /// None when no keep_* is given (the policy prunes nothing); an error
+    /// when what is given keeps nothing.
+    pub fn rules(&self) -> Result<Option<Rules>> {
+        let given = self.keep_last.is_some()
+            || self.keep_hourly.is_some()
+            || self.keep_daily.is_some()
+            || self.keep_weekly.is_some()
+            || self.keep_monthly.is_some()
+            || self.keep_yearly.is_some()
+            || self.keep_within.is_some();
+        if !given {
+            return Ok(None);
+        }
+        let r = Rules {
+            last: self.keep_last.unwrap_or(0),
+            hourly: self.keep_hourly.unwrap_or(0),
+            daily: self.keep_daily.unwrap_or(0),
+            weekly: self.keep_weekly.unwrap_or(0),
+            monthly: self.keep_monthly.unwrap_or(0),
+            yearly: self.keep_yearly.unwrap_or(0),
+            within: self.keep_within.as_deref().map(parse_within).transpose()?,
+        };
+        r.check()?;
+        Ok(Some(r))
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    pub schedule: Option<String>,
+    pub timezone: Option<String>,
+    pub keep_last: Option<usize>,
+    pub keep_hourly: Option<usize>,
+    pub keep_daily: Option<usize>,
+    pub keep_weekly: Option<usize>,
+    pub keep_monthly: Option<usize>,
+    pub keep_yearly: Option<usize>,
+    pub keep_within: Option<String>,
+    #[serde(default)]
+    pub push: Vec<String>,
+    /// Per remote: what it keeps (default: the policy's retention).
+    #[serde(default)]
+    pub remote: BTreeMap<String, RetentionConfig>,
+    pub deep_verify_every: Option<String>,
+    pub rpo_late: Option<String>,
+    pub rpo_stale: Option<String>,
+}
+
+impl PolicyConfig {
+    /// The policy's own retention (what the local repository keeps).
+    pub fn retention(&self) -> RetentionConfig {
+        RetentionConfig {
+            keep_last: self.keep_last,
+            keep_hourly: self.keep_hourly,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            keep_yearly: self.keep_yearly,
+            keep_within: self.keep_within.clone(),
+        }
+    }
+}
+
+/// When a policy runs.
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    Every(chrono::Duration),
+    Daily(NaiveTime),
+    Weekly(Weekday, NaiveTime),
+    Cron(Box<croner::Cron>),
+}
+
+impl FromStr for Schedule {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Schedule> {
+        let t = s.trim();
+        let bad = |why: &str| {
+            Error::BadInput(format!(
+                "schedule {s:?}: {why} (use `every 6h`, `daily 02:30`, `weekly sun 03:00` or a cron expression)"
+            ))
+        };
+        let time = |hm: &str| {
+            NaiveTime::parse_from_str(hm, "%H:%M")
+                .map_err(|_| bad("the time must be HH:MM, 00:00 to 23:59"))
+        };
+        let words: Vec<&str> = t.split_whitespace().collect();
+        match words.as_slice() {
+            ["every", d] => {
+                let d = humantime::parse_duration(d).map_err(|_| bad("not a duration"))?;
+                if d < std::time::Duration::from_secs(60) {
+                    return Err(bad("at most once a minute"));
+                }
+                Ok(Schedule::Every(
+                    chrono::Duration::from_std(d).map_err(|_| bad("too long"))?,
+                ))
+            }
+            ["daily", hm] => Ok(Schedule::Daily(time(hm)?)),
+            ["weekly", day, hm] => {
+                let wd = Weekday::from_str(day).map_err(|_| bad("not a weekday (mon … sun)"))?;
+                Ok(Schedule::Weekly(wd, time(hm)?))
+            }
+            _ => {
+                let c = croner::Cron::from_str(t)
+                    .map_err(|e| bad(&format!("not a cron expression: {e}")))?;
+                Ok(Schedule::Cron(Box::new(c)))
+            }
+        }
+    }
+}
+
+impl Schedule {
+    /// The next run after `after` in `tz`; None when the schedule never
+    /// fires (a cron expression for 31 February).
+    pub fn next_after<Tz: TimeZone>(&self, after: DateTime<Utc>, tz: &Tz) -> Option<DateTime<Utc>> {
+        let local = after.with_timezone(tz);
+        match self {
+            Schedule::Every(d) => Some(after + *d),
+            Schedule::Daily(t) => (0..3).find_map(|i| {
+                let day = local.date_naive() + chrono::Days::new(i);
+                let at = tz.from_local_datetime(&day.and_time(*t)).earliest()?;
+                (at > local).then(|| at.with_timezone(&Utc))
+            }),
+            Schedule::Weekly(wd, t) => (0..9).find_map(|i| {
+                let day = local.date_naive() + chrono::Days::new(i);
+                if day.weekday() != *wd {
+                    return None;
+                }
+                let at = tz.from_local_datetime(&day.and_time(*t)).earliest()?;
+                (at > local).then(|| at.with_timezone(&Utc))
+            }),
+            Schedule::Cron(c) => c
+                .find_next_occurrence(&local, false)
+                .ok()
+                .map(|t| t.with_timezone(&Utc)),
+        }
+    }
+}
+
+/// A policy, checked.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub name: String,
+    pub schedule: Option<Schedule>,
+    pub timezone: Option<chrono_tz::Tz>,
+    pub retention: Option<Rules>,
+    pub remote_retention: BTreeMap<String, Rules>,
+    pub push: Vec<String>,
+    pub deep_verify_every: Option<chrono::Duration>,
+    pub rpo_late: chrono::Duration,
+    pub rpo_stale: chrono::Duration,
+}
+
+impl Policy {
+    /// Checks a policy against the configured remotes; the error is the
+    /// reason (the caller adds file and line).
+    pub fn check(
+        name: &str,
+        c: &PolicyConfig,
+        remotes: &[&str],
+    ) -> std::result::Result<Policy, String> {
+        let msg = |e: Error| e.to_string();
+        let timezone = c
+            .timezone
+            .as_deref()
+            .map(|z| {
+                z.parse::<chrono_tz::Tz>().map_err(|_| {
+                    format!("timezone {z:?} is not a known zone (e.g. Europe/Berlin, UTC)")
+                })
+            })
+            .transpose()?;
+        let schedule = c
+            .schedule
+            .as_deref()
+            .map(Schedule::from_str)
+            .transpose()
+            .map_err(msg)?;
+        if let Some(s) = &schedule {
+            let now = Utc::now();
+            let next = match &timezone {
+                Some(tz) => s.next_after(now, tz),
+                None => s.next_after(now, &chrono::Local),
+            };
+            if next.is_none() {
+                return Err(format!(
+                    "schedule {:?} never fires",
+                    c.schedule.as_deref().unwrap_or_default()
+                ));
+            }
+        }
+        let retention = c.retention().rules().map_err(msg)?;
+        let mut remote_retention = BTreeMap::new();
+        for (r, rc) in &c.remote {
+            if !remotes.contains(&r.as_str()) {
+                return Err(format!("remote {r:?} is not a configured remote"));
+            }
+            if let Some(rules) = rc.rules().map_err(|e| format!("remote {r}: {e}"))? {
+                remote_retention.insert(r.clone(), rules);
+            }
+        }
+        for p in &c.push {
+            if !remotes.contains(&p.as_str()) {
+                return Err(format!(
+                    "push target {p:?} is not a configured remote (configured: {})",
+                    if remotes.is_empty() {
+                        "none".to_string()
+                    } else {
+                        remotes.join(", ")
+                    }
+                ));
+            }
+        }
+        let dur = |v: &Option<String>, what: &str, default: Option<chrono::Duration>| match v {
+            Some(s) => humantime::parse_duration(s)
+                .ok()
+                .and_then(|d| chrono::Duration::from_std(d).ok())
+                .map(Some)
+                .ok_or_else(|| format!("{what} {s:?} is not a duration (e.g. 26h, 3d, 30d)")),
+            None => Ok(default),
+        };
+        let rpo_late =
+            dur(&c.rpo_late, "rpo_late", Some(chrono::Duration::hours(26)))?.unwrap_or_default();
+        let rpo_stale = dur(&c.rpo_stale, "rpo_stale", Some(rpo_late * 3))?.unwrap_or_default();
+        if rpo_stale < rpo_late {
+            return Err("rpo_stale must not be shorter than rpo_late".into());
+        }
+        Ok(Policy {
+            name: name.to_string(),
+            schedule,
+            timezone,
+            retention,
+            remote_retention,
+            push: c.push.clone(),
+            deep_verify_every: dur(&c.deep_verify_every, "deep_verify_every", None)?,
+            rpo_late,
+            rpo_stale,
+        })
+    }
+
+    /// What `remote` keeps (None: the local repository).
+    pub fn retention_for(&self, remote: Option<&str>) -> Option<&Rules> {
+        remote
+            .and_then(|r| self.remote_retention.get(r))
+            .or(self.retention.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(text: &str) -> PolicyConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn schedules_parse_and_fire() {
+        let now: DateTime<Utc> = "2026-11-27T10:00:00Z".parse().unwrap();
+        let next = |s: &str| s.parse::<Schedule>().unwrap().next_after(now, &Utc);
+        assert_eq!(next("every 6h").unwrap(), now + chrono::Duration::hours(6));
+        assert_eq!(
+            next("daily 02:30").unwrap().to_rfc3339(),
+            "2026-11-28T02:30:00+00:00"
+        );
+        assert_eq!(
+            next("daily 12:00").unwrap().to_rfc3339(),
+            "2026-11-27T12:00:00+00:00"
+        );
+        assert_eq!(
+            next("weekly sun 03:00").unwrap().to_rfc3339(),
+            "2026-11-29T03:00:00+00:00"
+        );
+        assert_eq!(
+            next("30 2 * * *").unwrap().to_rfc3339(),
+            "2026-11-28T02:30:00+00:00"
+        );
+        for bad in [
+            "daily 25:00",
+            "every 10s",
+            "weekly someday 03:00",
+            "not a schedule at all",
+        ] {
+            assert!(bad.parse::<Schedule>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn policies_are_checked_against_the_config() {
+        let remotes = ["offsite"];
+        let ok = cfg("schedule = \"daily 02:30\"\ntimezone = \"Europe/Berlin\"\nkeep_daily = 7\npush = [\"offsite\"]\n[remote.offsite]\nkeep_daily = 30\n");
+        let p = Policy::check("nightly", &ok, &remotes).unwrap();
+        assert_eq!(p.retention_for(None).unwrap().daily, 7);
+        assert_eq!(p.retention_for(Some("offsite")).unwrap().daily, 30);
+        assert_eq!(p.rpo_late, chrono::Duration::hours(26));
+        let cases = [
+            ("push = [\"cloud\"]", "not a configured remote"),
+            ("keep_last = 0", "keeps nothing"),
+            ("schedule = \"daily 24:30\"", "HH:MM"),
+            ("schedule = \"0 0 31 2 *\"", "never fires"),
+            ("timezone = \"Mars/Olympus\"", "not a known zone"),
+            ("rpo_late = \"3d\"\nrpo_stale = \"1d\"", "shorter"),
+        ];
+        for (text, want) in cases {
+            let e = Policy::check("p", &cfg(text), &remotes).unwrap_err();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+        assert!(Policy::check("p", &cfg(""), &remotes)
+            .unwrap()
+            .retention
+            .is_none());
+        assert!(toml::from_str::<PolicyConfig>("schedul = \"daily 02:30\"").is_err());
+    }
+}
