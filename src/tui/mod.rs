@@ -130,6 +130,20 @@ pub async fn run(
             let missing = if p.exists() { "" } else { " (not created yet)" };
             format!("{}{missing}", p.display())
         });
+    // Each VM's RPO thresholds come from its policy.
+    app.rpo_policy = config
+        .vms
+        .iter()
+        .filter_map(|v| {
+            let name = v.name.get_ref();
+            config.policy_for(name).map(|p| {
+                (
+                    name.clone(),
+                    (p.rpo_late.num_minutes(), p.rpo_stale.num_minutes()),
+                )
+            })
+        })
+        .collect();
     let theme = view::Theme::from_env();
     let (tx, mut rx) = mpsc::unbounded_channel::<Action>();
     let (events_tx, mut events) = mpsc::unbounded_channel::<JobEvent>();

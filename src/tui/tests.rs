@@ -951,3 +951,15 @@ fn a_finished_plan_leaves_the_jobs_pane() {
     });
     assert_eq!(a.jobs.len(), 1);
 }
+
+#[test]
+fn a_policy_sets_a_vms_rpo() {
+    let mut a = app();
+    // web01's newest backup is 2 h old: fresh by default, late under a
+    // policy with rpo_late = 1h, rpo_stale = 90m; stale under 30m/1h.
+    assert_eq!(a.rpo("web01"), Rpo::Fresh);
+    a.rpo_policy.insert("web01".into(), (60, 180));
+    assert_eq!(a.rpo("web01"), Rpo::Late);
+    a.rpo_policy.insert("web01".into(), (30, 60));
+    assert_eq!(a.rpo("web01"), Rpo::Stale);
+}

@@ -358,7 +358,10 @@ pub struct App {
     pub search: Option<String>,
     pub marked: Option<ManifestKey>,
     pub status: Option<Status>,
-    pub rpo_hours: i64,
+    /// When a VM counts as late and as stale (minutes), unless its policy
+    /// says otherwise (`rpo_policy`).
+    pub rpo_default: (i64, i64),
+    pub rpo_policy: BTreeMap<String, (i64, i64)>,
     /// When the shown repository was last read, and how often it is re-read.
     pub refreshed_at: Option<DateTime<Utc>>,
     pub refresh_secs: i64,
@@ -425,7 +428,8 @@ impl App {
             search: None,
             marked: None,
             status: None,
-            rpo_hours: 26,
+            rpo_default: (26 * 60, 78 * 60),
+            rpo_policy: BTreeMap::new(),
             refreshed_at: None,
             refresh_secs: REFRESH_SECS,
             repo_problem: None,
@@ -597,14 +601,20 @@ impl App {
         self.vm_newest_cache.get(vm).copied().flatten()
     }
 
-    fn rpo_of(&self, t: Option<DateTime<Utc>>) -> Rpo {
+    /// A VM's late and stale thresholds in minutes.
+    pub fn rpo_limits(&self, vm: &str) -> (i64, i64) {
+        self.rpo_policy.get(vm).copied().unwrap_or(self.rpo_default)
+    }
+
+    fn rpo_of(&self, vm: &str, t: Option<DateTime<Utc>>) -> Rpo {
+        let (late, stale) = self.rpo_limits(vm);
         match t {
             None => Rpo::Never,
             Some(t) => {
-                let h = (self.now - t).num_hours();
-                if h <= self.rpo_hours {
+                let m = (self.now - t).num_minutes();
+                if m <= late {
                     Rpo::Fresh
-                } else if h <= self.rpo_hours * 3 {
+                } else if m <= stale {
                     Rpo::Late
                 } else {
                     Rpo::Stale
@@ -615,11 +625,11 @@ impl App {
 
     /// The worst recovery-point state of the VM's volumes.
     pub fn rpo(&self, vm: &str) -> Rpo {
-        self.rpo_of(self.newest(vm))
+        self.rpo_of(vm, self.newest(vm))
     }
 
     pub fn rpo_volume(&self, vm: &str, volume: &str) -> Rpo {
-        self.rpo_of(self.newest_volume(vm, volume))
+        self.rpo_of(vm, self.newest_volume(vm, volume))
     }
 
     pub fn running_jobs(&self) -> usize {

@@ -162,17 +162,15 @@ pub fn dialog(f: &mut Frame, app: &App, theme: &Theme, d: &Dialog, area: Rect) {
                 .collect();
             text.push(String::new());
             text.push("Legend".into());
-            let h = app.rpo_hours;
+            let (l, st) = (app.rpo_default.0 / 60, app.rpo_default.1 / 60);
             text.push(format!(
-                "fresh      every volume's newest backup is within {h} h"
+                "fresh      every volume's newest backup is within {l} h (or the policy's rpo_late)"
             ));
             text.push(format!(
-                "late       a volume's newest backup is {h}–{} h old",
-                h * 3
+                "late       a volume's newest backup is {l}–{st} h old"
             ));
             text.push(format!(
-                "STALE      a volume's newest backup is older than {} h",
-                h * 3
+                "STALE      a volume's newest backup is older than {st} h (or rpo_stale)"
             ));
             text.push("never      a volume has no backup in the repository shown".into());
             text.push("● held  ○ missing  ✗ repository unreachable  ? not listed yet".into());
