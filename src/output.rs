@@ -4,20 +4,9 @@ use chrono::{DateTime, Utc};
 
 pub use lifeboat_core::text::bytes;
 
-/// An error with its causes, each said once (see `text::describe`).
+/// An error with its causes, each said once (see `text::join_causes`).
 pub fn describe(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for c in e.chain() {
-        let m = c.to_string();
-        if m.is_empty() || out.contains(&m) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&m);
-    }
-    out
+    lifeboat_core::text::join_causes(e.chain().map(|c| c.to_string()))
 }
 
 pub fn time(t: &DateTime<Utc>) -> String {

@@ -190,6 +190,17 @@ fn restore_refuses_devices_fifos_and_symlinks() {
     let w = World::new();
     w.init("64K");
     one_backup(&w, None);
+    // `restore --force` onto `target` fails; returns what it said.
+    let forced = |target: &Path| {
+        w.fails(&[
+            "restore",
+            "vm/root",
+            "--to",
+            target.to_str().unwrap(),
+            "--force",
+        ])
+        .1
+    };
     // A character device (our own node, like /dev/null: a buggy build
     // must not be able to replace the machine's): refused even with
     // --force, and left alone.
@@ -200,13 +211,7 @@ fn restore_refuses_devices_fifos_and_symlinks() {
         .status()
         .is_ok_and(|s| s.success());
     if made {
-        let (_, e) = w.fails(&[
-            "restore",
-            "vm/root",
-            "--to",
-            dev.to_str().unwrap(),
-            "--force",
-        ]);
+        let e = forced(&dev);
         assert!(e.contains("not a regular file"), "{e}");
         assert!(std::fs::symlink_metadata(&dev)
             .unwrap()
@@ -222,13 +227,7 @@ fn restore_refuses_devices_fifos_and_symlinks() {
         .status()
         .unwrap()
         .success());
-    let (_, e) = w.fails(&[
-        "restore",
-        "vm/root",
-        "--to",
-        fifo.to_str().unwrap(),
-        "--force",
-    ]);
+    let e = forced(&fifo);
     assert!(e.contains("not a regular file"), "{e}");
     // A dangling symlink: refused without and with --force; the link stays.
     let link = w.path("link.raw");
@@ -250,13 +249,7 @@ fn restore_refuses_devices_fifos_and_symlinks() {
     std::fs::write(&real, b"precious").unwrap();
     let link2 = w.path("link2.raw");
     std::os::unix::fs::symlink(&real, &link2).unwrap();
-    let (_, e) = w.fails(&[
-        "restore",
-        "vm/root",
-        "--to",
-        link2.to_str().unwrap(),
-        "--force",
-    ]);
+    let e = forced(&link2);
     assert!(e.contains("symbolic link"), "{e}");
     assert_eq!(std::fs::read(&real).unwrap(), b"precious");
 }

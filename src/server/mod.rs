@@ -251,7 +251,6 @@ async fn auth(State(st): State<Shared>, mut req: Request, next: Next) -> Respons
     match st.tokens.check(token) {
         Ok(grant) => {
             tracing::debug!(token = %grant.name, role = ?grant.role, "authenticated");
-            req.extensions_mut().insert(grant.role);
             req.extensions_mut().insert(grant);
             next.run(req).await
         }
@@ -385,13 +384,12 @@ async fn get_object(
 
 async fn put_object(
     State(st): State<Shared>,
-    Extension(role): Extension<Role>,
     Extension(grant): Extension<Grant>,
     Path(key): Path<String>,
     body: Body,
 ) -> ApiResult<Response> {
     // Role, key, scope and slot before a byte of the body is read.
-    need(Role::Append, role)?;
+    need(Role::Append, grant.role)?;
     let parsed = ObjectKey::parse(&key)?;
     if !in_scope(&grant, &parsed) {
         return Err(ApiError(
@@ -531,11 +529,10 @@ fn verify_upload(root: &FsPath, key: ObjectKey, data: Bytes, chunk_size: u64) ->
 
 async fn delete_object(
     State(st): State<Shared>,
-    Extension(role): Extension<Role>,
     Extension(grant): Extension<Grant>,
     Path(key): Path<String>,
 ) -> ApiResult<StatusCode> {
-    need(Role::Admin, role)?;
+    need(Role::Admin, grant.role)?;
     let parsed = ObjectKey::parse(&key)?;
     if !in_scope(&grant, &parsed) {
         return Err(out_of_scope(&parsed));

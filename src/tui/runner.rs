@@ -571,12 +571,10 @@ impl Runner {
             // Each backup's result is kept (Details and the timeline show
             // it, after a restart too).
             let marks = r.marks(chrono::Utc::now());
-            if let Err(e) = state::record_verify(&path, &marks) {
-                let _ = tx.send(Action::Log(format!("verify record: {e}")));
-            }
-            if let Ok(all) = state::load_verify(&path) {
-                let _ = tx.send(Action::VerifyState(all));
-            }
+            let _ = match state::record_verify(&path, &marks) {
+                Ok(all) => tx.send(Action::VerifyState(all)),
+                Err(e) => tx.send(Action::Log(format!("verify record: {e}"))),
+            };
             verify_summary(&r)
         });
     }

@@ -73,15 +73,21 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// already quote their cause (`reading X: Permission denied (os error
 /// 13)`), and printing the chain again would repeat it.
 pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !m.is_empty() && !out.contains(&m) {
-            out.push_str(": ");
-            out.push_str(&m);
+    join_causes(std::iter::successors(Some(e), |c| c.source()).map(|c| c.to_string()))
+}
+
+/// Messages of an error chain joined with `: `, each said once (a cause
+/// already quoted by an outer message, or empty, is left out).
+pub fn join_causes(messages: impl IntoIterator<Item = String>) -> String {
+    let mut out = String::new();
+    for m in messages {
+        if m.is_empty() || out.contains(&m) {
+            continue;
         }
-        cur = c.source();
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&m);
     }
     out
 }

@@ -68,7 +68,7 @@ impl App {
                 }
             }
             Dialog::Help { scroll } => {
-                let n = self.keys.help().len() + 12;
+                let n = crate::tui::view::help_lines(self).len();
                 if let Some(scroll) = scrolled(scroll, n, k) {
                     self.dialog = Some(Dialog::Help { scroll });
                 }

@@ -476,38 +476,40 @@ impl App {
     /// Recomputes the derived views (tree, timeline of the selection,
     /// newest per volume, usage).
     pub fn rebuild(&mut self) {
-        self.tree_cache = self.build_tree();
-        self.tree_sel = self.tree_sel.min(self.tree_cache.len().saturating_sub(1));
+        // One pass over the backups: newest per volume, usage, and the
+        // volumes of each VM (the inventory's too, so a VM or volume never
+        // sent shows as `never`, locally and in a remote's view).
         self.newest_cache.clear();
         let mut usage = Usage::default();
+        let mut vms: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (vm, vols) in &self.inventory {
+            vms.entry(vm.clone())
+                .or_default()
+                .extend(vols.iter().cloned());
+        }
         for (k, m) in &self.backups {
             let e = self
                 .newest_cache
                 .entry((k.vm.clone(), k.volume.clone()))
                 .or_insert(m.created_at);
-            if m.created_at > *e {
-                *e = m.created_at;
-            }
+            *e = (*e).max(m.created_at);
             usage.logical += m.stats.nonzero_bytes;
             usage.stored += m.stats.new_stored_bytes;
+            vms.entry(k.vm.clone())
+                .or_default()
+                .insert(k.volume.clone());
         }
         self.usage = usage;
-        self.vm_newest_cache = self
-            .volumes()
-            .into_iter()
+        self.vm_newest_cache = vms
+            .iter()
             .map(|(vm, vols)| {
-                let mut worst: Option<Option<DateTime<Utc>>> = None;
-                for v in &vols {
-                    let t = self.newest_volume(&vm, v);
-                    worst = Some(match (worst, t) {
-                        (None, t) => t,
-                        (Some(Some(w)), Some(t)) => Some(w.min(t)),
-                        _ => None,
-                    });
-                }
-                (vm, worst.flatten())
+                let newest: Option<Vec<DateTime<Utc>>> =
+                    vols.iter().map(|v| self.newest_volume(vm, v)).collect();
+                (vm.clone(), newest.and_then(|ts| ts.into_iter().min()))
             })
             .collect();
+        self.tree_cache = self.build_tree(vms);
+        self.tree_sel = self.tree_sel.min(self.tree_cache.len().saturating_sub(1));
         self.rebuild_timeline();
     }
 
@@ -530,27 +532,9 @@ impl App {
             .min(self.timeline_cache.len().saturating_sub(1));
     }
 
-    /// Volumes of each VM: the inventory's (so a VM or volume never sent
-    /// shows as `never`, locally and in a remote's view) and every volume
-    /// the shown repository holds.
-    fn volumes(&self) -> BTreeMap<String, BTreeSet<String>> {
-        let mut vms: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for (vm, vols) in &self.inventory {
-            vms.entry(vm.clone())
-                .or_default()
-                .extend(vols.iter().cloned());
-        }
-        for (k, _) in &self.backups {
-            vms.entry(k.vm.clone())
-                .or_default()
-                .insert(k.volume.clone());
-        }
-        vms
-    }
-
-    fn build_tree(&self) -> Vec<TreeRow> {
+    fn build_tree(&self, vms: BTreeMap<String, BTreeSet<String>>) -> Vec<TreeRow> {
         let mut rows = Vec::new();
-        for (vm, vols) in self.volumes() {
+        for (vm, vols) in vms {
             if let Some(f) = &self.filter {
                 if !vm.contains(f.as_str()) && !vols.iter().any(|v| v.contains(f.as_str())) {
                     continue;

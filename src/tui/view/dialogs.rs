@@ -123,6 +123,44 @@ fn cell_word(c: Cell, held_map: bool) -> &'static str {
     }
 }
 
+/// The help screen's lines: every key, then the legend. The key handler
+/// bounds scrolling by their number.
+pub fn help_lines(app: &App) -> Vec<String> {
+    let mut text: Vec<String> = app
+        .keys
+        .help()
+        .iter()
+        .map(|(k, d)| format!("{k:<10} {d}"))
+        .collect();
+    text.push(String::new());
+    text.push("Legend".into());
+    let (l, st) = (app.rpo_default.0 / 60, app.rpo_default.1 / 60);
+    text.push(format!(
+        "fresh      every volume's newest backup is within {l} h (or the policy's rpo_late)"
+    ));
+    text.push(format!(
+        "late       a volume's newest backup is {l}–{st} h old"
+    ));
+    text.push(format!(
+        "STALE      a volume's newest backup is older than {st} h (or rpo_stale)"
+    ));
+    text.push("never      a volume has no backup in the repository shown".into());
+    text.push("● held  ○ missing  ✗ repository unreachable  ? not listed yet".into());
+    text.push("vfy: ok / BAD (last verify) / - (not verified)".into());
+    text.push(String::new());
+    text.push(format!(
+        "Rebind keys in keys.toml in the config directory: {}",
+        keymap::ACTIONS
+            .iter()
+            .map(|a| a.0)
+            .take(6)
+            .collect::<Vec<_>>()
+            .join(", ")
+            + ", …"
+    ));
+    text
+}
+
 pub fn dialog(f: &mut Frame, app: &App, theme: &Theme, d: &Dialog, area: Rect) {
     match d {
         Dialog::Confirm { title, lines, .. } => text_dialog(
@@ -154,38 +192,7 @@ pub fn dialog(f: &mut Frame, app: &App, theme: &Theme, d: &Dialog, area: Rect) {
             },
         ),
         Dialog::Help { scroll } => {
-            let mut text: Vec<String> = app
-                .keys
-                .help()
-                .iter()
-                .map(|(k, d)| format!("{k:<10} {d}"))
-                .collect();
-            text.push(String::new());
-            text.push("Legend".into());
-            let (l, st) = (app.rpo_default.0 / 60, app.rpo_default.1 / 60);
-            text.push(format!(
-                "fresh      every volume's newest backup is within {l} h (or the policy's rpo_late)"
-            ));
-            text.push(format!(
-                "late       a volume's newest backup is {l}–{st} h old"
-            ));
-            text.push(format!(
-                "STALE      a volume's newest backup is older than {st} h (or rpo_stale)"
-            ));
-            text.push("never      a volume has no backup in the repository shown".into());
-            text.push("● held  ○ missing  ✗ repository unreachable  ? not listed yet".into());
-            text.push("vfy: ok / BAD (last verify) / - (not verified)".into());
-            text.push(String::new());
-            text.push(format!(
-                "Rebind keys in keys.toml in the config directory: {}",
-                keymap::ACTIONS
-                    .iter()
-                    .map(|a| a.0)
-                    .take(6)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-                    + ", …"
-            ));
+            let text = help_lines(app);
             text_dialog(
                 f,
                 theme,

@@ -13,6 +13,7 @@ use ratatui::widgets::{Paragraph, Wrap};
 use ratatui::Frame;
 
 use super::app::{App, Lower, Pane, Presence, RemoteState, Rpo};
+pub use dialogs::help_lines;
 use fit::{fit_items, truncate};
 
 /// From this width the console shows jobs and log side by side, and

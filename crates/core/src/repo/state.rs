@@ -117,14 +117,19 @@ pub fn load_verify(root: &Path) -> Result<BTreeMap<Id, VerifyMark>> {
         .collect())
 }
 
-/// Records a verify's result for the backups it covered.
-pub fn record_verify(root: &Path, marks: &BTreeMap<Id, VerifyMark>) -> Result<()> {
+/// Records a verify's result for the backups it covered; returns the
+/// whole record as now written.
+pub fn record_verify(
+    root: &Path,
+    marks: &BTreeMap<Id, VerifyMark>,
+) -> Result<BTreeMap<Id, VerifyMark>> {
     durable::private_dir(&dir(root))?;
     let mut all = load_verify(root).unwrap_or_default();
     all.extend(marks.iter().map(|(k, v)| (*k, *v)));
-    let raw: BTreeMap<String, VerifyMark> = all.into_iter().map(|(k, v)| (k.to_hex(), v)).collect();
+    let raw: BTreeMap<String, VerifyMark> = all.iter().map(|(k, v)| (k.to_hex(), *v)).collect();
     let data = serde_json::to_vec_pretty(&raw).map_err(|e| Error::Internal(e.to_string()))?;
-    durable::write_atomic(&dir(root).join("verify.json"), &data)
+    durable::write_atomic(&dir(root).join("verify.json"), &data)?;
+    Ok(all)
 }
 
 #[cfg(test)]

@@ -113,6 +113,15 @@ pub fn throttle(store: DynStore, limits: Limits) -> Result<DynStore> {
     }))
 }
 
+impl Throttled {
+    /// Waits until `obj` may be sent.
+    async fn before_upload(&self, obj: &Verified) {
+        if let Some(u) = &self.up {
+            u.take(obj.data().len() as u64).await;
+        }
+    }
+}
+
 #[async_trait]
 impl Store for Throttled {
     fn describe(&self) -> String {
@@ -128,16 +137,12 @@ impl Store for Throttled {
     }
 
     async fn put_if_absent(&self, obj: &Verified) -> Result<bool> {
-        if let Some(u) = &self.up {
-            u.take(obj.data().len() as u64).await;
-        }
+        self.before_upload(obj).await;
         self.inner.put_if_absent(obj).await
     }
 
     async fn put_new(&self, obj: &Verified) -> Result<()> {
-        if let Some(u) = &self.up {
-            u.take(obj.data().len() as u64).await;
-        }
+        self.before_upload(obj).await;
         self.inner.put_new(obj).await
     }
 
