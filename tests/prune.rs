@@ -188,3 +188,101 @@ fn pruning_a_served_remote_needs_an_admin_token() {
         "the local repository is untouched"
     );
 }
+
+/// `protect` keeps a set from prune, the mark travels with push, an
+/// append-only token may protect but not unprotect, and `unprotect` lets
+/// prune remove it again.
+#[test]
+fn protection_keeps_a_set_and_travels_with_push() {
+    let w = World::new();
+    w.init("64K");
+    let first = w.backup_noise("vm", "a.raw", 200_000, 1);
+    w.backup_noise("vm", "a.raw", 200_000, 2);
+    w.backup_noise("vm", "a.raw", 200_000, 3);
+    let out = w.ok(&["protect", "vm@~2", "--note", "before the upgrade"]);
+    assert!(out.contains("protected vm/root"), "{out}");
+
+    let served = w.path("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let tokens = w.path("tokens.json");
+    let append = add_token(&tokens, "site", "append");
+    let admin = add_token(&tokens, "ops", "admin");
+    let server = Server::start(&served, &tokens, "127.0.0.1:0");
+    let cfg = w.path("c.toml");
+    let tf = |name: &str, t: &str| {
+        let p = w.path(name);
+        std::fs::write(&p, t).unwrap();
+        p.display().to_string()
+    };
+    std::fs::write(
+        &cfg,
+        format!(
+            "[remote.site]\nurl = \"{u}\"\ntoken_file = \"{}\"\n[remote.ops]\nurl = \"{u}\"\ntoken_file = \"{}\"\n",
+            tf("t1", &append),
+            tf("t2", &admin),
+            u = server.url
+        ),
+    )
+    .unwrap();
+    let lb = |args: &[&str]| {
+        w.cmd()
+            .arg("--config")
+            .arg(&cfg)
+            .arg("-r")
+            .arg(w.repo())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = lb(&["--json", "push", "site", "--init"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["protections_sent"], 1, "{v}");
+    assert_eq!(common::files_under(&served.join("protected")).len(), 1);
+
+    // The remote keeps the protected (oldest) set and the newest.
+    let out = lb(&["--json", "prune", "--keep-last", "1", "--remote", "ops"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kept: Vec<&serde_json::Value> = v["sets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["keep"] == true)
+        .collect();
+    assert_eq!(kept.len(), 2, "{v}");
+    assert!(kept.iter().any(|s| s["reasons"][0] == "protected"), "{v}");
+
+    // An append-only token cannot lift a protection; admin can.
+    // (The remote holds two sets now: the protected one is vm@~1.)
+    let out = lb(&["unprotect", "vm@~1", "--remote", "site"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("admin"));
+    let out = lb(&["unprotect", "vm@~1", "--remote", "ops"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Locally: kept while protected, removed once unprotected.
+    w.ok(&["prune", "--keep-last", "1"]);
+    assert_eq!(manifest_files(&w.repo()).len(), 2);
+    w.restore_equals(&w.repo(), "vm/root@~1", &{
+        let p = w.path("first.raw");
+        std::fs::write(&p, common::noise(200_000, 1)).unwrap();
+        p
+    });
+    let _ = first;
+    w.ok(&["unprotect", "vm@~1"]);
+    w.ok(&["prune", "--keep-last", "1"]);
+    assert_eq!(manifest_files(&w.repo()).len(), 1);
+}

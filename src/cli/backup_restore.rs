@@ -240,7 +240,7 @@ pub async fn restore(
             let (r, lp) = (req.clone(), local_path.clone());
             let s = store.clone();
             let plan = run_job_async("plan", ctx.json, move |c, p| async move {
-                restore::plan_remote(s.as_ref(), &lp, &r, &c, &p).await
+                restore::plan_remote(s.as_ref(), &lp, &r, !dry_run, &c, &p).await
             })
             .await?;
             (plan, Some((name, store)))

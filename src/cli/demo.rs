@@ -364,15 +364,7 @@ pub async fn build(w: &World) -> anyhow::Result<()> {
         init: true,
         ..Default::default()
     };
-    sync::transfer(
-        local.as_ref(),
-        offsite.as_ref(),
-        keys,
-        &opts,
-        &cancel,
-        &progress,
-    )
-    .await?;
+    sync::transfer(local.as_ref(), &offsite, keys, &opts, &cancel, &progress).await?;
     let token = lifeboat::server::tokens::TokenFile::add(
         &w.tokens,
         "demo",

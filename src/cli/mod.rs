@@ -5,8 +5,10 @@
 
 mod backup_restore;
 mod demo;
+mod gc_cmd;
 mod inspect;
 pub mod progress;
+mod protect_cmd;
 mod prune;
 mod remote_cmds;
 
@@ -166,6 +168,21 @@ pub enum Command {
     /// -yearly, -within) to whole backup sets; --dry-run shows what each
     /// rule keeps. A VM's newest set and protected sets are always kept.
     Prune(Box<prune::PruneArgs>),
+    /// Delete chunks and indexes no backup references, and temp files
+    /// left by killed processes. Safe while backups and pushes run: it
+    /// deletes only when no writer holds the repository, and keeps
+    /// writers out while it deletes.
+    Gc(gc_cmd::GcArgs),
+    /// Keep a backup set from every prune (the mark travels with push
+    /// and pull).
+    Protect(protect_cmd::ProtectArgs),
+    /// Let prune remove a protected set again.
+    Unprotect(protect_cmd::ProtectArgs),
+    /// Who holds the repository (or a remote) now: backups, pushes, a gc.
+    Locks {
+        #[arg(long, value_name = "REMOTE")]
+        remote: Option<String>,
+    },
     /// Per volume: backups only local, only on a remote, or in both.
     /// Exits 4 when a remote is unknown, unreachable or does not answer.
     Status {
@@ -480,6 +497,10 @@ pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
         Command::Push(a) => remote_cmds::push_pull(&ctx, a, true).await,
         Command::Pull(a) => remote_cmds::push_pull(&ctx, a, false).await,
         Command::Prune(a) => prune::prune(&ctx, *a).await,
+        Command::Gc(a) => gc_cmd::gc_cmd(&ctx, a).await,
+        Command::Protect(a) => protect_cmd::protect_cmd(&ctx, a, true).await,
+        Command::Unprotect(a) => protect_cmd::protect_cmd(&ctx, a, false).await,
+        Command::Locks { remote } => gc_cmd::locks_cmd(&ctx, remote).await,
         Command::Status { remotes, timeout } => {
             remote_cmds::status_cmd(&ctx, remotes, timeout).await
         }

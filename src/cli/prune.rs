@@ -68,6 +68,9 @@ pub async fn prune(ctx: &Ctx, a: PruneArgs) -> anyhow::Result<Outcome> {
             (std::sync::Arc::new(LocalStore::new(repo.root())), b)
         }
     };
+    let mut backups = backups;
+    let marks = lifeboat_core::protect::protected(store.as_ref()).await?;
+    lifeboat_core::protect::apply(&mut backups, &marks);
     for vm in &a.vms {
         if !backups.iter().any(|(k, _)| &k.vm == vm) {
             anyhow::bail!("no backups of VM {vm:?} in {}", store.describe());
@@ -134,7 +137,7 @@ pub async fn prune(ctx: &Ctx, a: PruneArgs) -> anyhow::Result<Outcome> {
         );
     } else {
         println!(
-            "removed {} of {} sets ({deleted} backups) from {}; their chunks stay until a garbage collection (not in lifeboat yet)",
+            "removed {} of {} sets ({deleted} backups) from {}; `lifeboat gc` frees their data",
             removed.len(),
             decisions.len(),
             store.describe()

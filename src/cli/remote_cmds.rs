@@ -315,6 +315,8 @@ pub async fn push_pull(ctx: &Ctx, a: SyncArgs, push: bool) -> anyhow::Result<Out
     let opts = SyncOptions {
         concurrency: a.concurrency,
         init: a.init,
+        // A dry run writes nothing, so it needs no writer lock.
+        lock: !a.dry_run,
         ..Default::default()
     };
     let selection = a.selection.clone();
@@ -326,15 +328,7 @@ pub async fn push_pull(ctx: &Ctx, a: SyncArgs, push: bool) -> anyhow::Result<Out
         let keys = sync::list_manifests(src.as_ref()).await?;
         let chosen: Vec<ManifestKey> =
             select::select(src.as_ref(), keys, selection.as_deref(), last).await?;
-        let plan = sync::plan(
-            src.as_ref(),
-            dst.as_ref(),
-            chosen,
-            &opts,
-            &cancel,
-            &progress,
-        )
-        .await?;
+        let plan = sync::plan(src.as_ref(), &dst, chosen, &opts, &cancel, &progress).await?;
         if dry_run {
             return Ok(Err(plan.summary));
         }

@@ -6,6 +6,7 @@
 //! order holds on the server too, whatever a client does.
 
 pub mod cert;
+mod docs;
 pub mod tokens;
 
 use std::net::SocketAddr;
@@ -661,6 +662,11 @@ pub fn router(repo: &FsPath, tokens: Arc<Tokens>, max_uploads: usize) -> Result<
         )
         .route("/v1/list", get(list))
         .route("/v1/missing", post(missing))
+        .route("/v1/docs", get(docs::list_docs))
+        .route(
+            "/v1/docs/{*key}",
+            axum::routing::put(docs::put_doc).delete(docs::delete_doc),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Ok(Router::new()
         .route("/v1/health", get(health))

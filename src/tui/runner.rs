@@ -324,15 +324,7 @@ impl Runner {
                             scope.describe()
                         )));
                     }
-                    sync::plan(
-                        src.as_ref(),
-                        dst.as_ref(),
-                        selected,
-                        &opts,
-                        &cancel,
-                        &progress,
-                    )
-                    .await
+                    sync::plan(src.as_ref(), &dst, selected, &opts, &cancel, &progress).await
                 }
                 .await;
                 let plan = match planned {
@@ -421,8 +413,15 @@ impl Runner {
                 let remote = remote.transpose()?;
                 let planned = match &remote {
                     Some(r) => {
-                        restore::plan_remote(r.as_ref(), &local_path, &req, &cancel, &progress)
-                            .await
+                        restore::plan_remote(
+                            r.as_ref(),
+                            &local_path,
+                            &req,
+                            true,
+                            &cancel,
+                            &progress,
+                        )
+                        .await
                     }
                     None => {
                         let lp = local_path.clone();

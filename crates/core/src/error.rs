@@ -103,6 +103,15 @@ pub enum Error {
         hint: &'static str,
     },
 
+    /// Another process holds the repository for something that cannot
+    /// run beside this (a gc sweeping, writers committing).
+    #[error("{repo} is busy: {holder}; {hint}")]
+    Busy {
+        repo: String,
+        holder: String,
+        hint: String,
+    },
+
     /// A failure inside lifeboat itself (a crashed task, a poisoned lock):
     /// not the caller's fault, and worth a bug report.
     #[error("internal error: {0}")]

@@ -9,9 +9,12 @@
 pub mod backup;
 pub mod config;
 pub mod error;
+pub mod gc;
 pub mod jobs;
+pub mod lock;
 pub mod names;
 pub mod policy;
+pub mod protect;
 pub mod repo;
 pub mod restore;
 pub mod retention;

@@ -79,6 +79,9 @@ pub fn backup(
     for v in &req.volumes {
         check_name("volume", &v.name)?;
     }
+    // Held until the manifests are written: a gc cannot delete a chunk
+    // this backup found already stored (see `lock`).
+    let lock = crate::lock::LocalWriter::start(repo.root(), &format!("backup {}", req.vm))?;
     let set = hex::encode(rand::random::<[u8; 16]>());
     let existing = repo.load_all()?;
     let host = hostname();
@@ -145,6 +148,7 @@ pub fn backup(
     if cancel.is_cancelled() {
         return Err(Error::Cancelled);
     }
+    lock.check()?;
     progress.set_phase("writing manifests");
     let mut volumes = Vec::new();
     for (m, seconds) in staged {

@@ -105,7 +105,10 @@ impl Repo {
             return Err(Error::RepositoryExists(path.to_path_buf()));
         }
         if path.exists() {
-            let mut entries = fs::read_dir(path).map_err(|e| Error::io("reading", path, e))?;
+            let entries = fs::read_dir(path).map_err(|e| Error::io("reading", path, e))?;
+            // A writer's lock may be there first: a push with --init locks
+            // the destination before the repository exists.
+            let mut entries = entries.flatten().filter(|e| e.file_name() != "locks");
             if entries.next().is_some() {
                 return Err(Error::BadInput(format!(
                     "{} is not empty: initialise a repository in a new or empty directory",
@@ -325,7 +328,43 @@ impl Repo {
             }
         }
         all.sort_by_key(|a| (a.1.created_at, a.0.id));
+        // Protection marks beside the manifests (see `protect`).
+        let marks = self.protection_marks()?;
+        crate::protect::apply(&mut all, &marks);
         Ok(all)
+    }
+
+    /// The backups protected by a mark in `protected/`.
+    pub fn protection_marks(&self) -> Result<std::collections::BTreeSet<ManifestKey>> {
+        let dir = self.root.join("protected");
+        let mut out = std::collections::BTreeSet::new();
+        let Ok(vms) = fs::read_dir(&dir) else {
+            return Ok(out);
+        };
+        for vm in vms.flatten() {
+            let Ok(vols) = fs::read_dir(vm.path()) else {
+                continue;
+            };
+            for vol in vols.flatten() {
+                let Ok(files) = fs::read_dir(vol.path()) else {
+                    continue;
+                };
+                for f in files.flatten() {
+                    let key = format!(
+                        "protected/{}/{}/{}",
+                        vm.file_name().to_string_lossy(),
+                        vol.file_name().to_string_lossy(),
+                        f.file_name().to_string_lossy()
+                    );
+                    if let Ok(crate::store::DocKey::Protection(m)) =
+                        crate::store::DocKey::parse(&key)
+                    {
+                        out.insert(m);
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     pub fn chunk_writer(&self) -> ChunkWriter<'_> {

@@ -256,11 +256,14 @@ pub fn plan_local(repo: &Repo, req: &RestoreRequest) -> Result<SetRestorePlan> {
 
 /// Plans a restore straight from a remote: its manifests and indexes are
 /// fetched and verified, and the local repository is asked which chunks it
-/// lacks. Writes nothing, locally or remotely (a dry run is one).
+/// lacks. With `lock`, takes the local repository's writer lock (held by
+/// the plan until it is dropped); without, writes nothing, locally or
+/// remotely (a dry run).
 pub async fn plan_remote(
     remote: &dyn Store,
     local_repo: &Path,
     req: &RestoreRequest,
+    lock: bool,
     cancel: &CancellationToken,
     progress: &Progress,
 ) -> Result<SetRestorePlan> {
@@ -274,12 +277,16 @@ pub async fn plan_remote(
             chosen.len()
         )));
     }
-    let local = LocalStore::new(local_repo);
+    let local: crate::store::DynStore = std::sync::Arc::new(LocalStore::new(local_repo));
     let opts = SyncOptions {
         init: true,
         manifests: false,
+        lock,
         ..Default::default()
     };
+    // The plan holds a writer lock on the local repository until the
+    // restore ends: fetched chunks belong to no local manifest, and a gc
+    // must not take them before they are read.
     let transfer = sync::plan(remote, &local, chosen, &opts, cancel, progress).await?;
     let picked = transfer.manifests();
     let mut set = plan_volumes(req, &picked, |id| {

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 
+use super::docs::{check_size, Doc, DocKey, DocKind};
 use super::keys::{check_prefix, ObjectKey, Verified};
 use super::{too_many_keys, Store, MAX_LIST_KEYS};
 use crate::error::{Error, Result};
@@ -43,6 +44,25 @@ pub struct MissingResponse {
 pub struct ListResponse {
     pub keys: Vec<String>,
     /// Where the next page starts (pass as `after`), or None at the end.
+    #[serde(default)]
+    pub next: Option<String>,
+}
+
+/// Documents per `/v1/docs` page: 100 of at most 16 KiB each, escaped,
+/// stay under `MAX_JSON_BYTES`.
+pub const DOCS_PAGE: usize = 100;
+
+#[derive(Serialize, Deserialize)]
+pub struct DocEntry {
+    pub key: String,
+    /// The document (locks and protection marks are UTF-8 JSON).
+    pub body: String,
+    pub modified: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct DocsResponse {
+    pub docs: Vec<DocEntry>,
     #[serde(default)]
     pub next: Option<String>,
 }
@@ -360,6 +380,75 @@ impl Store for HttpStore {
     async fn delete(&self, key: &ObjectKey) -> Result<()> {
         let resp = self
             .req(reqwest::Method::DELETE, &format!("v1/objects/{key}"))?
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        self.check(resp).await.map(|_| ())
+    }
+
+    async fn put_doc(&self, key: &DocKey, body: Bytes) -> Result<()> {
+        check_size(key, body.len() as u64)?;
+        let resp = self
+            .req(reqwest::Method::PUT, &format!("v1/docs/{key}"))?
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        self.check(resp).await.map(|_| ())
+    }
+
+    async fn list_docs(&self, kind: DocKind) -> Result<Vec<Doc>> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut url = self.url("v1/docs")?;
+            url.query_pairs_mut().append_pair("kind", kind.dir());
+            if let Some(a) = &after {
+                url.query_pairs_mut().append_pair("after", a);
+            }
+            let mut req = self.client.get(url);
+            if let Some(t) = &self.token {
+                req = req.bearer_auth(t);
+            }
+            let resp = req.send().await.map_err(|e| self.transport(e))?;
+            let resp = self.check(resp).await?;
+            let page: DocsResponse = self.json(resp, "a document listing").await?;
+            for d in page.docs {
+                // Parsed and bounded like anything else from a peer.
+                let Ok(key) = DocKey::parse(&d.key) else {
+                    continue;
+                };
+                if key.kind() != kind {
+                    continue;
+                }
+                check_size(&key, d.body.len() as u64)?;
+                out.push(Doc {
+                    key,
+                    body: Bytes::from(d.body),
+                    modified: d.modified,
+                });
+            }
+            if out.len() > MAX_LIST_KEYS {
+                return Err(too_many_keys(&self.name, kind.dir()));
+            }
+            match page.next {
+                Some(n) if after.as_ref().is_none_or(|a| n > *a) => after = Some(n),
+                Some(_) => {
+                    return Err(Error::Remote {
+                        remote: self.name.clone(),
+                        reason: "its document listing does not advance from page to page".into(),
+                        transient: false,
+                    })
+                }
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete_doc(&self, key: &DocKey) -> Result<()> {
+        let resp = self
+            .req(reqwest::Method::DELETE, &format!("v1/docs/{key}"))?
             .send()
             .await
             .map_err(|e| self.transport(e))?;

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use super::docs::{check_size, Doc, DocKey, DocKind, MAX_DOC_BYTES};
 use super::keys::{check_prefix, ObjectKey, Verified};
 use super::{too_many_keys, Store, MAX_LIST_KEYS};
 use crate::error::{Error, Result};
@@ -238,7 +239,7 @@ impl Store for LocalStore {
                 }
                 // Never turn a directory that holds other things (a home,
                 // a mount point given by mistake) into a repository.
-                let layout = ["chunks", "indexes", "manifests", "tmp"];
+                let layout = ["chunks", "indexes", "manifests", "tmp", "locks"];
                 let foreign = std::fs::read_dir(&this.root)
                     .map(|d| {
                         d.flatten()
@@ -310,12 +311,70 @@ impl Store for LocalStore {
 
     async fn delete(&self, key: &ObjectKey) -> Result<()> {
         let path = self.path(key);
-        blocking(move || match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("deleting", &path, e)),
+        blocking(move || remove(&path)).await
+    }
+
+    async fn put_doc(&self, key: &DocKey, body: Bytes) -> Result<()> {
+        check_size(key, body.len() as u64)?;
+        let path = self.root.join(key.key());
+        blocking(move || {
+            if let Some(dir) = path.parent() {
+                durable::create_dir_all(dir)?;
+            }
+            durable::write_atomic(&path, &body)
         })
         .await
+    }
+
+    async fn list_docs(&self, kind: DocKind) -> Result<Vec<Doc>> {
+        let root = self.root.clone();
+        blocking(move || {
+            let mut names = Vec::new();
+            walk(&root, &root.join(kind.dir()), &mut names)?;
+            let mut out = Vec::new();
+            for name in names {
+                let Ok(key) = DocKey::parse(&name) else {
+                    continue;
+                };
+                let path = root.join(&name);
+                let meta = match std::fs::metadata(&path) {
+                    Ok(m) => m,
+                    // Removed since the listing (a lock released).
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Error::io("reading", &path, e)),
+                };
+                check_size(&key, meta.len())?;
+                let body = match durable::read_limited(&path, MAX_DOC_BYTES) {
+                    Ok(Limited::Data(d)) => Bytes::from(d),
+                    Ok(Limited::TooLarge(n)) => return check_size(&key, n).map(|_| Vec::new()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Error::io("reading", &path, e)),
+                };
+                let modified = meta
+                    .modified()
+                    .map_err(|e| Error::io("reading the time of", &path, e))?;
+                out.push(Doc {
+                    key,
+                    body,
+                    modified: modified.into(),
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_doc(&self, key: &DocKey) -> Result<()> {
+        let path = self.root.join(key.key());
+        blocking(move || remove(&path)).await
+    }
+}
+
+fn remove(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("deleting", path, e)),
     }
 }
 

@@ -2,6 +2,7 @@
 //! `lifeboat serve` server over HTTP(S), and S3-compatible object storage.
 //! The same object keys are used everywhere (see `keys`).
 
+pub mod docs;
 pub mod http;
 pub mod keys;
 pub mod local;
@@ -17,6 +18,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::error::Result;
+pub use docs::{Doc, DocKey, DocKind};
 pub use keys::{ObjectKey, Verified};
 
 /// The most keys one listing may return. A listing is held in memory; a
@@ -57,6 +59,19 @@ pub trait Store: Send + Sync {
     async fn probe(&self) -> Result<()> {
         Ok(())
     }
+    /// The stored size of every chunk and index, when the store can tell
+    /// in one listing (gc's report); None otherwise.
+    async fn sizes(&self) -> Result<Option<std::collections::HashMap<ObjectKey, u64>>> {
+        Ok(None)
+    }
+    /// Writes or replaces a small document (a lock, a protection mark;
+    /// see `docs`). At most `docs::MAX_DOC_BYTES`.
+    async fn put_doc(&self, key: &DocKey, body: Bytes) -> Result<()>;
+    /// Every document of a kind, with its body and the store's time of
+    /// its last write.
+    async fn list_docs(&self, kind: DocKind) -> Result<Vec<Doc>>;
+    /// Removes a document; one already gone is not an error.
+    async fn delete_doc(&self, key: &DocKey) -> Result<()>;
 }
 
 pub type DynStore = Arc<dyn Store>;

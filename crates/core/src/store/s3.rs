@@ -12,6 +12,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as OsPath;
 use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig};
 
+use super::docs::{check_size, Doc, DocKey, DocKind};
 use super::keys::{check_prefix, ObjectKey, Verified};
 use super::{too_many_keys, Store, MAX_LIST_KEYS};
 use crate::error::{Error, Result};
@@ -329,6 +330,91 @@ impl Store for S3Store {
     }
 
     async fn delete(&self, key: &ObjectKey) -> Result<()> {
+        match self.inner.delete(&self.path(&key.key())).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err(e, false)),
+        }
+    }
+
+    async fn sizes(&self) -> Result<Option<std::collections::HashMap<ObjectKey, u64>>> {
+        let strip = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let mut out = std::collections::HashMap::new();
+        for dir in ["chunks", "indexes"] {
+            let mut stream = self.inner.list(Some(&self.path(dir)));
+            while let Some(meta) = stream.next().await {
+                let meta = meta.map_err(|e| self.err(e, true))?;
+                if let Some(k) = meta
+                    .location
+                    .as_ref()
+                    .strip_prefix(&strip)
+                    .and_then(|k| ObjectKey::parse(k).ok())
+                {
+                    out.insert(k, meta.size);
+                }
+                if out.len() > MAX_LIST_KEYS {
+                    return Err(too_many_keys(&self.name, dir));
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+
+    async fn put_doc(&self, key: &DocKey, body: Bytes) -> Result<()> {
+        check_size(key, body.len() as u64)?;
+        self.inner
+            .put(&self.path(&key.key()), body.into())
+            .await
+            .map_err(|e| self.err(e, true))?;
+        Ok(())
+    }
+
+    async fn list_docs(&self, kind: DocKind) -> Result<Vec<Doc>> {
+        let strip = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let metas: Vec<object_store::ObjectMeta> = self
+            .inner
+            .list(Some(&self.path(kind.dir())))
+            .try_collect()
+            .await
+            .map_err(|e| self.err(e, true))?;
+        let found: Vec<(DocKey, object_store::ObjectMeta)> = metas
+            .into_iter()
+            .filter_map(|m| {
+                let key = DocKey::parse(m.location.as_ref().strip_prefix(&strip)?).ok()?;
+                Some((key, m))
+            })
+            .collect();
+        let docs = futures::stream::iter(found)
+            .map(|(key, meta)| async move {
+                check_size(&key, meta.size)?;
+                match self.inner.get(&meta.location).await {
+                    Ok(r) => {
+                        let body = r.bytes().await.map_err(|e| self.err(e, false))?;
+                        check_size(&key, body.len() as u64)?;
+                        Ok(Some(Doc {
+                            key,
+                            body,
+                            modified: meta.last_modified,
+                        }))
+                    }
+                    // Removed since the listing (a lock released).
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(self.err(e, false)),
+                }
+            })
+            .buffered(16);
+        let docs: Vec<Option<Doc>> = docs.try_collect().await?;
+        Ok(docs.into_iter().flatten().collect())
+    }
+
+    async fn delete_doc(&self, key: &DocKey) -> Result<()> {
         match self.inner.delete(&self.path(&key.key())).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.err(e, false)),

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
-use super::{DynStore, ObjectKey, Store, Verified};
+use super::{Doc, DocKey, DocKind, DynStore, ObjectKey, Store, Verified};
 use crate::error::{Error, Result};
 
 /// Rates in bytes per second; the burst is how much may go at once.
@@ -164,6 +164,22 @@ impl Store for Throttled {
 
     async fn probe(&self) -> Result<()> {
         self.inner.probe().await
+    }
+
+    async fn sizes(&self) -> Result<Option<std::collections::HashMap<ObjectKey, u64>>> {
+        self.inner.sizes().await
+    }
+
+    async fn put_doc(&self, key: &DocKey, body: Bytes) -> Result<()> {
+        self.inner.put_doc(key, body).await
+    }
+
+    async fn list_docs(&self, kind: DocKind) -> Result<Vec<Doc>> {
+        self.inner.list_docs(kind).await
+    }
+
+    async fn delete_doc(&self, key: &DocKey) -> Result<()> {
+        self.inner.delete_doc(key).await
     }
 }
 

@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::jobs::{CancellationToken, Progress};
 use crate::repo::{Id, Index, Manifest, ManifestKey, RepoConfig};
-use crate::store::{ObjectKey, Store, Verified};
+use crate::store::{DynStore, ObjectKey, Store, Verified};
 
 #[derive(Debug, Clone)]
 pub struct SyncOptions {
@@ -31,6 +31,11 @@ pub struct SyncOptions {
     pub init: bool,
     /// Copy manifests too (push/pull); restore --from copies only data.
     pub manifests: bool,
+    /// Hold a writer lock on the destination from planning to the end
+    /// (see `lock`); off for a dry run, which writes nothing.
+    pub lock: bool,
+    /// How long to wait for a garbage collection that is deleting.
+    pub lock_wait: std::time::Duration,
 }
 
 impl Default for SyncOptions {
@@ -40,6 +45,8 @@ impl Default for SyncOptions {
             retries: 5,
             init: false,
             manifests: true,
+            lock: true,
+            lock_wait: crate::lock::WRITER_WAIT,
         }
     }
 }
@@ -63,7 +70,7 @@ pub struct PlanSummary {
 
 /// A planned transfer. Holds the verified manifests and indexes fetched
 /// while planning, so executing it fetches only chunks.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TransferPlan {
     pub summary: PlanSummary,
     create_config: Option<Verified>,
@@ -75,6 +82,22 @@ pub struct TransferPlan {
     index_of: BTreeMap<Id, Index>,
     chunks: Vec<(Id, u64)>,
     send_manifests: bool,
+    /// Every selected manifest, also those the destination holds (their
+    /// protection is copied).
+    selected: Vec<ManifestKey>,
+    /// The destination's writer lock, held from before the destination
+    /// was asked what it lacks until the plan is dropped: a gc cannot
+    /// delete an object this plan counts as "already there".
+    lock: Option<std::sync::Arc<crate::lock::Held>>,
+}
+
+impl std::fmt::Debug for TransferPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransferPlan")
+            .field("summary", &self.summary)
+            .field("locked", &self.lock.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl TransferPlan {
@@ -103,6 +126,8 @@ pub struct SyncReport {
     pub chunks_skipped: usize,
     /// Bytes of objects as stored (compressed), i.e. what crossed the wire.
     pub bytes_sent: u64,
+    /// Protection marks copied along.
+    pub protections_sent: usize,
     pub seconds: f64,
 }
 
@@ -213,7 +238,7 @@ where
 /// sides; writes nothing.
 pub async fn plan(
     src: &dyn Store,
-    dst: &dyn Store,
+    dst: &DynStore,
     selected: Vec<ManifestKey>,
     opts: &SyncOptions,
     cancel: &CancellationToken,
@@ -225,6 +250,16 @@ pub async fn plan(
         manifests_selected: selected.len(),
         ..Default::default()
     };
+    let lock = if opts.lock {
+        progress.set_phase("locking the destination");
+        let what = format!("copy from {}", src.describe());
+        Some(std::sync::Arc::new(
+            crate::lock::acquire(dst, crate::lock::LockKind::Writer, &what, opts.lock_wait).await?,
+        ))
+    } else {
+        None
+    };
+    let dst: &dyn Store = dst.as_ref();
     progress.set_phase("checking repositories");
     let src_cfg = read_config(src).await?.ok_or_else(|| {
         Error::BadInput(format!("{} holds no lifeboat repository", src.describe()))
@@ -263,6 +298,7 @@ pub async fn plan(
         BTreeSet::new()
     };
     let now = chrono::Utc::now();
+    let all_selected = selected.clone();
     let mut manifests = Vec::new();
     let mut index_ids = BTreeSet::new();
     for k in selected.into_iter().filter(|k| !have.contains(k)) {
@@ -336,6 +372,8 @@ pub async fn plan(
         index_of,
         chunks,
         send_manifests: opts.manifests,
+        selected: all_selected,
+        lock,
     })
 }
 
@@ -393,6 +431,9 @@ pub async fn execute(
         report.indexes_sent += 1;
     }
     with_retry(opts.retries, || dst.commit()).await?;
+    if let Some(l) = &plan.lock {
+        l.check()?;
+    }
     if plan.send_manifests {
         progress.set_phase("sending manifests");
         for (_, _, obj) in &plan.manifests {
@@ -401,6 +442,9 @@ pub async fn execute(
             with_retry(opts.retries, || dst.put_if_absent(obj)).await?;
             report.manifests_sent += 1;
         }
+        // Protection travels with the backups it protects.
+        let keys: Vec<ManifestKey> = plan.selected.clone();
+        report.protections_sent = crate::protect::copy(src, dst, &keys).await?;
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
@@ -409,7 +453,7 @@ pub async fn execute(
 /// Plans and executes in one go (the CLI's push and pull).
 pub async fn transfer(
     src: &dyn Store,
-    dst: &dyn Store,
+    dst: &DynStore,
     selected: Vec<ManifestKey>,
     opts: &SyncOptions,
     cancel: &CancellationToken,
@@ -417,7 +461,7 @@ pub async fn transfer(
 ) -> Result<SyncReport> {
     let started = std::time::Instant::now();
     let p = plan(src, dst, selected, opts, cancel, progress).await?;
-    let mut report = execute(src, dst, &p, opts, cancel, progress).await?;
+    let mut report = execute(src, dst.as_ref(), &p, opts, cancel, progress).await?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
