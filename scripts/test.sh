@@ -15,6 +15,17 @@ if ! command -v openssl >/dev/null; then
   fi
 fi
 
+# python3-prometheus-client: the metrics tests parse /metrics with the
+# Prometheus project's own parser (Debian's package, for /usr/bin/python3).
+if ! /usr/bin/python3 -c 'import prometheus_client.openmetrics.parser' 2>/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-prometheus-client
+  else
+    echo "python3-prometheus-client is missing: install it (apt-get install python3-prometheus-client)" >&2
+    exit 1
+  fi
+fi
+
 # qemu: the tests use qemu-img, qemu-nbd and qemu-io, and they must be one
 # consistent set. Debian 12 ships 7.2; some machines carry a 10.x backport
 # of qemu-utils. Installing Debian's qemu-system-x86 alone replaces a newer

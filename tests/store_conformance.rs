@@ -130,6 +130,7 @@ async fn suite(store: &dyn Store) {
     }
     assert!(Verified::check(other.clone(), o.chunk.data().clone()).is_err());
     assert!(store.list("tmp/").await.is_err());
+    docs_suite(store, &o).await;
     store.delete(&o.manifest_key).await.unwrap();
     // A listing may lag a delete on a distributed store (seen once on a
     // 3-node Garage); it must catch up within seconds.
@@ -144,6 +145,62 @@ async fn suite(store: &dyn Store) {
     assert!(listed.is_empty(), "still listed after delete: {listed:?}");
     assert_eq!(store.get(&o.manifest_key).await.unwrap(), None);
     store.delete(&o.manifest_key).await.unwrap();
+}
+
+/// Locks and protection marks: written, replaced, listed with their body
+/// and the store's time, removed; hostile names cannot be formed.
+async fn docs_suite(store: &dyn Store, o: &Objects) {
+    use lifeboat_core::store::{DocKey, DocKind};
+    let lock = DocKey::lock("writer-00ff").unwrap();
+    store
+        .put_doc(&lock, Bytes::from_static(br#"{"v":1}"#))
+        .await
+        .unwrap();
+    store
+        .put_doc(&lock, Bytes::from_static(br#"{"v":2}"#))
+        .await
+        .unwrap();
+    let listed = store.list_docs(DocKind::Lock).await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(&listed[0].body[..], br#"{"v":2}"#);
+    let age = chrono::Utc::now() - listed[0].modified;
+    assert!(age.num_seconds().abs() < 120, "store time far off: {age}");
+    let ObjectKey::Manifest(m) = &o.manifest_key else {
+        unreachable!()
+    };
+    let mark = DocKey::Protection(m.clone());
+    store
+        .put_doc(&mark, Bytes::from_static(br#"{"note":"x"}"#))
+        .await
+        .unwrap();
+    let marks = store.list_docs(DocKind::Protection).await.unwrap();
+    assert_eq!(marks.len(), 1);
+    assert_eq!(marks[0].key, mark);
+    assert!(store.list_docs(DocKind::Lock).await.unwrap().len() == 1);
+    let big = Bytes::from(vec![b' '; 20 << 10]);
+    assert!(
+        store.put_doc(&lock, big).await.is_err(),
+        "oversized document"
+    );
+    store.delete_doc(&lock).await.unwrap();
+    store.delete_doc(&mark).await.unwrap();
+    store.delete_doc(&mark).await.unwrap();
+    let mut left = store.list_docs(DocKind::Lock).await.unwrap().len();
+    for _ in 0..50 {
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        left = store.list_docs(DocKind::Lock).await.unwrap().len();
+    }
+    assert_eq!(left, 0);
+    for bad in [
+        "locks/../x.json",
+        "protected/../../etc/passwd",
+        "locks/gc-ZZ.json",
+    ] {
+        assert!(DocKey::parse(bad).is_err(), "{bad}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -189,6 +246,7 @@ async fn start_server_with(
         max_uploads: 4,
         max_connections: lifeboat::server::ServeOptions::DEFAULT_MAX_CONNECTIONS,
         header_timeout: lifeboat::server::ServeOptions::DEFAULT_HEADER_TIMEOUT,
+        config: Default::default(),
     };
     tweak(&mut opts);
     tokio::spawn(lifeboat::server::serve(
@@ -659,4 +717,53 @@ async fn tokens_rotate_expire_and_scope_without_a_restart() {
             .unwrap(),
         vec![other.manifest_key.clone()]
     );
+}
+
+/// Who may touch locks and protection marks on a server: append takes and
+/// releases writer locks and protects; only admin takes a gc lock or lifts
+/// a protection; a backup must exist to be protected; bodies are JSON.
+#[tokio::test(flavor = "multi_thread")]
+async fn server_enforces_roles_on_locks_and_protection() {
+    use lifeboat_core::store::{DocKey, DocKind};
+    let dir = tempfile::tempdir().unwrap();
+    let (url, admin, append) = start_server(dir.path()).await;
+    let (a, ad) = (http(&url, &append), http(&url, &admin));
+    let o = objects();
+    for obj in [&o.config, &o.chunk, &o.index, &o.manifest] {
+        a.put_if_absent(obj).await.unwrap();
+    }
+    let body = Bytes::from_static(br#"{"kind":"writer"}"#);
+    let w = DocKey::lock("writer-01").unwrap();
+    a.put_doc(&w, body.clone()).await.unwrap();
+    let gc = DocKey::lock("gc-01").unwrap();
+    let e = a.put_doc(&gc, body.clone()).await.unwrap_err().to_string();
+    assert!(e.contains("admin"), "{e}");
+    ad.put_doc(&gc, body.clone()).await.unwrap();
+    let e = a.delete_doc(&gc).await.unwrap_err().to_string();
+    assert!(e.contains("admin"), "{e}");
+    a.delete_doc(&w).await.unwrap();
+    ad.delete_doc(&gc).await.unwrap();
+    let e = a
+        .put_doc(&w, Bytes::from_static(b"not json"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("JSON"), "{e}");
+
+    let ObjectKey::Manifest(m) = &o.manifest_key else {
+        unreachable!()
+    };
+    let mark = DocKey::Protection(m.clone());
+    a.put_doc(&mark, body.clone()).await.unwrap();
+    let e = a.delete_doc(&mark).await.unwrap_err().to_string();
+    assert!(e.contains("admin"), "{e}");
+    assert_eq!(ad.list_docs(DocKind::Protection).await.unwrap().len(), 1);
+    let mut ghost = m.clone();
+    ghost.vm = "ghost".into();
+    let e = a
+        .put_doc(&DocKey::Protection(ghost), body)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("push it before protecting"), "{e}");
 }

@@ -1,9 +1,11 @@
 //! Subcommands, with human output and `--json`.
 //!
 //! Exit codes: 0 success; 1 error; 2 bad usage; 3 verify found damage;
-//! 130 cancelled (Ctrl-C).
+//! 4 a remote is unreachable (`status`); 5 a VM's recovery point is at
+//! risk (`status --rpo`); 130 cancelled (Ctrl-C).
 
 mod backup_restore;
+mod daemon_cmd;
 mod demo;
 mod gc_cmd;
 mod inspect;
@@ -22,6 +24,9 @@ pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_DAMAGE: u8 = 3;
 /// `status`: a remote is unknown, unreachable or did not answer in time.
 pub const EXIT_UNREACHABLE: u8 = 4;
+/// `status --rpo`: some VM is not ok (late, stale, never backed up,
+/// verify failed, last job failed).
+pub const EXIT_RPO: u8 = 5;
 pub const EXIT_CANCELLED: u8 = 130;
 
 #[derive(Debug, Parser)]
@@ -191,7 +196,15 @@ pub enum Command {
         /// Seconds to wait for each remote (they are asked at once).
         #[arg(long, default_value_t = 15, value_name = "SECS")]
         timeout: u64,
+        /// Per VM: the newest backup's age against its policy, the newest
+        /// verify, the last policy run, the next one and what each remote
+        /// holds. Exits 5 when any VM is not ok.
+        #[arg(long)]
+        rpo: bool,
     },
+    /// Run every VM's policy on its schedule (backup, verify, push,
+    /// retention); SIGTERM stops cleanly. One per repository.
+    Daemon(daemon_cmd::DaemonArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -363,6 +376,7 @@ pub enum Outcome {
     Ok,
     Damage,
     Unreachable,
+    RpoAtRisk,
 }
 
 pub struct Ctx {
@@ -501,7 +515,16 @@ pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
         Command::Protect(a) => protect_cmd::protect_cmd(&ctx, a, true).await,
         Command::Unprotect(a) => protect_cmd::protect_cmd(&ctx, a, false).await,
         Command::Locks { remote } => gc_cmd::locks_cmd(&ctx, remote).await,
-        Command::Status { remotes, timeout } => {
+        Command::Status {
+            remotes,
+            timeout,
+            rpo: true,
+        } if remotes.is_empty() => daemon_cmd::rpo_status(&ctx, timeout).await,
+        Command::Status { rpo: true, .. } => Err(anyhow::anyhow!(
+            "status --rpo reports every VM against every configured remote; leave out the remote names"
+        )),
+        Command::Daemon(a) => daemon_cmd::daemon(&ctx, a).await,
+        Command::Status { remotes, timeout, .. } => {
             remote_cmds::status_cmd(&ctx, remotes, timeout).await
         }
     };
@@ -513,6 +536,7 @@ fn finish(json: bool, res: anyhow::Result<Outcome>) -> u8 {
         Ok(Outcome::Ok) => 0,
         Ok(Outcome::Damage) => EXIT_DAMAGE,
         Ok(Outcome::Unreachable) => EXIT_UNREACHABLE,
+        Ok(Outcome::RpoAtRisk) => EXIT_RPO,
         Err(e) => report(json, &e),
     }
 }
@@ -642,6 +666,7 @@ async fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<Outcome> {
         max_uploads: a.max_uploads,
         max_connections: a.max_connections,
         header_timeout: std::time::Duration::from_secs(a.header_timeout_secs),
+        config: std::sync::Arc::new(ctx.config.clone()),
     };
     let shutdown = async {
         let mut term =

@@ -7,6 +7,7 @@
 
 pub mod cert;
 mod docs;
+pub mod metrics;
 pub mod tokens;
 
 use std::net::SocketAddr;
@@ -48,6 +49,8 @@ pub struct ServeOptions {
     /// How long a client may take to send a request's headers, and how
     /// long an idle keep-alive connection stays open.
     pub header_timeout: Duration,
+    /// RPO thresholds for `/metrics` (the policies).
+    pub config: Arc<lifeboat_core::config::Config>,
 }
 
 impl ServeOptions {
@@ -61,6 +64,7 @@ struct AppState {
     config: RwLock<Option<RepoConfig>>,
     tokens: Arc<Tokens>,
     uploads: Semaphore,
+    metrics: metrics::MetricsSource,
 }
 
 /// The tokens the server accepts: re-read when the file changes (checked
@@ -616,6 +620,10 @@ async fn missing(
     Ok(Json(MissingResponse { missing }))
 }
 
+async fn scrape(State(st): State<Shared>) -> Response {
+    st.metrics.answer().await
+}
+
 /// Unknown routes answer in the documented JSON form too.
 async fn not_found() -> ApiError {
     ApiError(
@@ -624,7 +632,12 @@ async fn not_found() -> ApiError {
     )
 }
 
-pub fn router(repo: &FsPath, tokens: Arc<Tokens>, max_uploads: usize) -> Result<Router> {
+pub fn router(
+    repo: &FsPath,
+    tokens: Arc<Tokens>,
+    max_uploads: usize,
+    policies: Arc<lifeboat_core::config::Config>,
+) -> Result<Router> {
     if !repo.is_dir() {
         return Err(Error::NoRepository(repo.to_path_buf()));
     }
@@ -654,6 +667,10 @@ pub fn router(repo: &FsPath, tokens: Arc<Tokens>, max_uploads: usize) -> Result<
         config: RwLock::new(config),
         tokens,
         uploads: Semaphore::new(max_uploads.max(1)),
+        metrics: metrics::MetricsSource {
+            config: policies,
+            root: repo.to_path_buf(),
+        },
     });
     let api = Router::new()
         .route(
@@ -663,6 +680,7 @@ pub fn router(repo: &FsPath, tokens: Arc<Tokens>, max_uploads: usize) -> Result<
         .route("/v1/list", get(list))
         .route("/v1/missing", post(missing))
         .route("/v1/docs", get(docs::list_docs))
+        .route("/metrics", get(scrape))
         .route(
             "/v1/docs/{*key}",
             axum::routing::put(docs::put_doc).delete(docs::delete_doc),
@@ -696,7 +714,12 @@ pub async fn serve(
         });
     }
     let tokens = Arc::new(Tokens::new(Some(opts.tokens.clone()), tokens));
-    let app = router(&opts.repo, tokens.clone(), opts.max_uploads)?;
+    let app = router(
+        &opts.repo,
+        tokens.clone(),
+        opts.max_uploads,
+        opts.config.clone(),
+    )?;
     // Token changes take effect without a restart: on SIGHUP at once,
     // otherwise when the file's change is noticed.
     let watched = tokens.clone();

@@ -8,16 +8,19 @@
 
 pub mod backup;
 pub mod config;
+pub mod daemon;
 pub mod error;
 pub mod gc;
 pub mod jobs;
 pub mod lock;
+pub mod metrics;
 pub mod names;
 pub mod policy;
 pub mod protect;
 pub mod repo;
 pub mod restore;
 pub mod retention;
+pub mod rpo;
 pub mod source;
 pub mod store;
 pub mod sync;

@@ -160,10 +160,17 @@ impl Schedule {
     pub fn next_after<Tz: TimeZone>(&self, after: DateTime<Utc>, tz: &Tz) -> Option<DateTime<Utc>> {
         let local = after.with_timezone(tz);
         match self {
-            Schedule::Every(d) => Some(after + *d),
+            // Anchored to the Unix epoch: `every 6h` runs at 00, 06, 12 and
+            // 18 UTC whatever ran before, as a timer on a calendar would.
+            Schedule::Every(d) => {
+                let step = d.num_seconds().max(60);
+                let t = after.timestamp();
+                let next = (t.div_euclid(step) + 1) * step;
+                DateTime::from_timestamp(next, 0)
+            }
             Schedule::Daily(t) => (0..3).find_map(|i| {
                 let day = local.date_naive() + chrono::Days::new(i);
-                let at = tz.from_local_datetime(&day.and_time(*t)).earliest()?;
+                let at = local_instant(tz, day.and_time(*t))?;
                 (at > local).then(|| at.with_timezone(&Utc))
             }),
             Schedule::Weekly(wd, t) => (0..9).find_map(|i| {
@@ -171,7 +178,7 @@ impl Schedule {
                 if day.weekday() != *wd {
                     return None;
                 }
-                let at = tz.from_local_datetime(&day.and_time(*t)).earliest()?;
+                let at = local_instant(tz, day.and_time(*t))?;
                 (at > local).then(|| at.with_timezone(&Utc))
             }),
             Schedule::Cron(c) => c
@@ -180,6 +187,16 @@ impl Schedule {
                 .map(|t| t.with_timezone(&Utc)),
         }
     }
+}
+
+/// A local wall-clock time as an instant. A time that a DST change skips
+/// (02:30 on the spring-forward night) runs at the same time an hour on,
+/// as cron does: the slot is late, never lost. A repeated one runs once.
+fn local_instant<Tz: TimeZone>(tz: &Tz, at: chrono::NaiveDateTime) -> Option<DateTime<Tz>> {
+    tz.from_local_datetime(&at).earliest().or_else(|| {
+        tz.from_local_datetime(&(at + chrono::Duration::hours(1)))
+            .earliest()
+    })
 }
 
 /// A policy, checked.
@@ -283,6 +300,16 @@ impl Policy {
     }
 
     /// What `remote` keeps (None: the local repository).
+    /// The next slot after `after`, in the policy's time zone (the host's
+    /// when it names none).
+    pub fn next_slot(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let s = self.schedule.as_ref()?;
+        match &self.timezone {
+            Some(tz) => s.next_after(after, tz),
+            None => s.next_after(after, &chrono::Local),
+        }
+    }
+
     pub fn retention_for(&self, remote: Option<&str>) -> Option<&Rules> {
         remote
             .and_then(|r| self.remote_retention.get(r))
@@ -302,7 +329,8 @@ mod tests {
     fn schedules_parse_and_fire() {
         let now: DateTime<Utc> = "2026-11-27T10:00:00Z".parse().unwrap();
         let next = |s: &str| s.parse::<Schedule>().unwrap().next_after(now, &Utc);
-        assert_eq!(next("every 6h").unwrap(), now + chrono::Duration::hours(6));
+        // Anchored: 00, 06, 12, 18 UTC.
+        assert_eq!(next("every 6h").unwrap(), now + chrono::Duration::hours(2));
         assert_eq!(
             next("daily 02:30").unwrap().to_rfc3339(),
             "2026-11-28T02:30:00+00:00"

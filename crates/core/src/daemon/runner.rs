@@ -1,0 +1,675 @@
+//! `lifeboat daemon`: runs each VM's policy when its schedule says — a
+//! backup, a quick verify of it, a slice of the deep-verify rotation,
+//! pushes to the policy's remotes, then the retention of each repository.
+//!
+//! At most one run per VM at a time and `max_jobs` at once; catch-up after
+//! downtime runs once (`schedule::next`); a failed run is retried with
+//! backoff, then left for the next slot; every run is recorded
+//! (`runs::append_run`). On shutdown, running jobs are cancelled: a backup
+//! stops before its manifests (nothing half-visible) or, if it is writing
+//! them already, finishes that step. One daemon per repository: a second
+//! one names the first.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+use super::runs::{self, DaemonState, RunOutcome, RunRecord};
+use super::schedule::{self, Next};
+use crate::backup::{BackupRequest, VolumeSpec};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::jobs::{CancellationToken, Progress};
+use crate::policy::Policy;
+use crate::repo::{Manifest, ManifestKey, Repo};
+use crate::store::local::LocalStore;
+use crate::store::{DynStore, ObjectKey};
+
+/// The daemon's time. Tests drive a file clock (`FileClock`); everything
+/// the daemon decides or stamps (slots, backup times, run records) uses it.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// "Now" is the RFC 3339 time in a file, re-read on every look; a test
+/// moves time by rewriting it. A file that cannot be read stops the clock
+/// at its last value.
+pub struct FileClock {
+    path: PathBuf,
+    last: std::sync::Mutex<DateTime<Utc>>,
+}
+
+impl FileClock {
+    pub fn new(path: &Path) -> Result<FileClock> {
+        let c = FileClock {
+            path: path.to_path_buf(),
+            last: std::sync::Mutex::new(DateTime::<Utc>::MIN_UTC),
+        };
+        c.read().map(|_| c)
+    }
+
+    fn read(&self) -> Result<DateTime<Utc>> {
+        let s = std::fs::read_to_string(&self.path)
+            .map_err(|e| Error::io("reading the clock file", &self.path, e))?;
+        DateTime::parse_from_rfc3339(s.trim())
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| Error::BadInput(format!("clock file {}: {e}", self.path.display())))
+    }
+}
+
+impl Clock for FileClock {
+    fn now(&self) -> DateTime<Utc> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Ok(t) = self.read() {
+            *last = t;
+        }
+        *last
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    pub max_jobs: usize,
+    /// How often the schedule is looked at.
+    pub tick: std::time::Duration,
+}
+
+impl Default for DaemonOptions {
+    fn default() -> Self {
+        DaemonOptions {
+            max_jobs: 2,
+            tick: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
+/// Who runs the daemon on a repository (in `state/daemon.lock`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DaemonHolder {
+    pub pid: u32,
+    pub host: String,
+    pub since: DateTime<Utc>,
+}
+
+/// The daemon lock: an exclusive flock on `state/daemon.lock`, which holds
+/// the holder's pid, host and start. The kernel drops it when the process
+/// dies, so a killed daemon never blocks the next.
+pub struct DaemonLock {
+    _file: std::fs::File,
+}
+
+impl DaemonLock {
+    pub fn acquire(root: &Path) -> Result<DaemonLock> {
+        let dir = root.join("state");
+        crate::repo::durable::private_dir(&dir)?;
+        let path = dir.join("daemon.lock");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("opening", &path, e))?;
+        match f.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let who = serde_json::from_str::<DaemonHolder>(&text)
+                    .map(|h| {
+                        format!(
+                            "pid {} on {} since {}",
+                            h.pid,
+                            crate::text::escape(&h.host),
+                            h.since.format("%Y-%m-%d %H:%M:%S UTC")
+                        )
+                    })
+                    .unwrap_or_else(|_| "a process that left no details".into());
+                return Err(Error::Busy {
+                    repo: root.display().to_string(),
+                    holder: format!("a daemon already runs on it ({who})"),
+                    hint: "one daemon per repository; stop that one first (systemctl stop lifeboat-daemon)".into(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("locking", &path, e)),
+        }
+        let me = DaemonHolder {
+            pid: std::process::id(),
+            host: crate::backup::hostname(),
+            since: Utc::now(),
+        };
+        use std::io::{Seek, Write};
+        let data = serde_json::to_vec(&me).map_err(|e| Error::Internal(e.to_string()))?;
+        f.set_len(0)
+            .and_then(|_| f.seek(std::io::SeekFrom::Start(0)))
+            .and_then(|_| f.write_all(&data))
+            .map_err(|e| Error::io("writing", &path, e))?;
+        Ok(DaemonLock { _file: f })
+    }
+}
+
+/// A failed run's retry: its slot, the next attempt, and when.
+type Retry = (Option<DateTime<Utc>>, usize, DateTime<Utc>);
+
+/// What a finished job hands back to the loop.
+struct Finished {
+    vm: String,
+    slot: Option<DateTime<Utc>>,
+    attempt: usize,
+    outcome: RunOutcome,
+    /// When it ended, by the daemon's clock (retries count from here).
+    ended: DateTime<Utc>,
+    deep: Option<(u32, DateTime<Utc>)>,
+}
+
+pub struct Daemon {
+    pub config: Config,
+    pub root: PathBuf,
+    pub clock: Arc<dyn Clock>,
+    pub opts: DaemonOptions,
+}
+
+impl Daemon {
+    /// The VMs the daemon schedules: those with a policy that has a schedule.
+    fn scheduled(&self) -> Vec<(String, Policy)> {
+        self.config
+            .vms
+            .iter()
+            .filter_map(|v| {
+                let name = v.name.get_ref().clone();
+                let p = self.config.policy_for(&name)?;
+                p.schedule.as_ref()?;
+                Some((name, p.clone()))
+            })
+            .collect()
+    }
+
+    /// Runs until `shutdown` is cancelled, then cancels running jobs and
+    /// waits for them. `run_now`: VMs to run at once, then exit (`--now`).
+    pub async fn run(&self, shutdown: CancellationToken, run_now: Vec<String>) -> Result<()> {
+        let _lock = DaemonLock::acquire(&self.root)?;
+        let mut state = runs::load_state(&self.root)?;
+        let vms = self.scheduled();
+        if vms.is_empty() && run_now.is_empty() {
+            tracing::warn!(
+                "no VM has a policy with a schedule: nothing to do (set default_policy or policy on a [[vm]])"
+            );
+        }
+        tracing::info!(
+            "daemon started on {} ({} scheduled VMs, {} jobs at once)",
+            self.root.display(),
+            vms.len(),
+            self.opts.max_jobs
+        );
+        let permits = Arc::new(Semaphore::new(self.opts.max_jobs.max(1)));
+        let mut running: HashMap<String, (tokio::task::JoinHandle<Finished>, CancellationToken)> =
+            HashMap::new();
+        let mut retry: HashMap<String, Retry> = HashMap::new();
+        let once = !run_now.is_empty();
+        for vm in &run_now {
+            let policy = self
+                .config
+                .policy_for(vm)
+                .cloned()
+                .ok_or_else(|| Error::BadInput(format!("VM {vm:?} has no policy to run")))?;
+            self.spawn(&mut running, &permits, vm, policy, None, 1, &state);
+        }
+        let mut newest = self.newest_backups();
+        loop {
+            let now = self.clock.now();
+            // Finished jobs first: they move slots and set retries.
+            let done: Vec<String> = running
+                .iter()
+                .filter(|(_, (h, _))| h.is_finished())
+                .map(|(vm, _)| vm.clone())
+                .collect();
+            for vm in done {
+                let Some((h, _)) = running.remove(&vm) else {
+                    continue;
+                };
+                let f = match h.await {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::error!("the job of {vm} crashed: {e}");
+                        continue;
+                    }
+                };
+                if let Some(d) = f.deep {
+                    state.deep_slice.insert(f.vm.clone(), d);
+                }
+                let policy = self.config.policy_for(&f.vm).cloned();
+                match (f.outcome, f.slot, policy) {
+                    (RunOutcome::Ok, Some(slot), _) => {
+                        state.last_slot.insert(f.vm.clone(), slot);
+                        retry.remove(&f.vm);
+                    }
+                    (RunOutcome::Failed, slot, Some(p)) if !once => {
+                        match slot.and_then(|s| schedule::retry_at(&p, s, f.attempt, f.ended)) {
+                            Some(at) => {
+                                tracing::warn!(
+                                    "{}: run failed (attempt {}); retrying at {at}",
+                                    f.vm,
+                                    f.attempt
+                                );
+                                retry.insert(f.vm.clone(), (slot, f.attempt + 1, at));
+                            }
+                            None => {
+                                tracing::warn!("{}: run failed; left for the next slot", f.vm);
+                                if let Some(s) = slot {
+                                    state.last_slot.insert(f.vm.clone(), s);
+                                }
+                                retry.remove(&f.vm);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                runs::save_state(&self.root, &state)?;
+                newest = self.newest_backups();
+            }
+            if once && running.is_empty() {
+                break;
+            }
+            if shutdown.is_cancelled() {
+                break;
+            }
+            if !once {
+                for (vm, policy) in &vms {
+                    if running.contains_key(vm) {
+                        continue;
+                    }
+                    if let Some((slot, attempt, at)) = retry.get(vm).cloned() {
+                        if now >= at {
+                            self.spawn(
+                                &mut running,
+                                &permits,
+                                vm,
+                                policy.clone(),
+                                slot,
+                                attempt,
+                                &state,
+                            );
+                        }
+                        continue;
+                    }
+                    match schedule::next(
+                        policy,
+                        state.last_slot.get(vm).copied(),
+                        newest.get(vm).copied(),
+                        now,
+                    ) {
+                        Next::Due { slot, missed } => {
+                            if missed > 0 {
+                                tracing::info!("{vm}: {missed} slots were missed while down; one run covers them");
+                            }
+                            self.spawn(
+                                &mut running,
+                                &permits,
+                                vm,
+                                policy.clone(),
+                                Some(slot),
+                                1,
+                                &state,
+                            );
+                        }
+                        Next::At(_) | Next::Never => {}
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(self.opts.tick) => {}
+            }
+        }
+        if !running.is_empty() {
+            tracing::info!("stopping: cancelling {} running jobs", running.len());
+        }
+        for (vm, (h, cancel)) in running {
+            cancel.cancel();
+            if let Ok(f) = h.await {
+                if let Some(d) = f.deep {
+                    state.deep_slice.insert(vm, d);
+                }
+            }
+        }
+        runs::save_state(&self.root, &state)?;
+        tracing::info!("daemon stopped");
+        Ok(())
+    }
+
+    fn newest_backups(&self) -> BTreeMap<String, DateTime<Utc>> {
+        let mut out = BTreeMap::new();
+        if let Ok(all) = Repo::open(&self.root).and_then(|r| r.load_all()) {
+            for (k, m) in all {
+                let e = out.entry(k.vm).or_insert(m.created_at);
+                *e = (*e).max(m.created_at);
+            }
+        }
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spawn(
+        &self,
+        running: &mut HashMap<String, (tokio::task::JoinHandle<Finished>, CancellationToken)>,
+        permits: &Arc<Semaphore>,
+        vm: &str,
+        policy: Policy,
+        slot: Option<DateTime<Utc>>,
+        attempt: usize,
+        state: &DaemonState,
+    ) {
+        let cancel = CancellationToken::new();
+        let job = PolicyRun {
+            vm: vm.to_string(),
+            policy,
+            slot,
+            attempt,
+            config: self.config.clone(),
+            root: self.root.clone(),
+            clock: self.clock.clone(),
+            deep_slice: state.deep_slice.get(vm).copied(),
+            cancel: cancel.clone(),
+        };
+        let permits = permits.clone();
+        let h = tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            job.run().await
+        });
+        running.insert(vm.to_string(), (h, cancel));
+    }
+}
+
+/// One run of one VM's policy.
+struct PolicyRun {
+    vm: String,
+    policy: Policy,
+    slot: Option<DateTime<Utc>>,
+    attempt: usize,
+    config: Config,
+    root: PathBuf,
+    clock: Arc<dyn Clock>,
+    deep_slice: Option<(u32, DateTime<Utc>)>,
+    cancel: CancellationToken,
+}
+
+impl PolicyRun {
+    async fn run(self) -> Finished {
+        let started_at = self.clock.now();
+        let t0 = std::time::Instant::now();
+        tracing::info!(
+            "{}: policy {} run starts (attempt {})",
+            self.vm,
+            self.policy.name,
+            self.attempt
+        );
+        let mut rec = RunRecord {
+            vm: self.vm.clone(),
+            policy: self.policy.name.clone(),
+            slot: self.slot,
+            attempt: self.attempt,
+            started_at,
+            ended_at: started_at,
+            outcome: RunOutcome::Ok,
+            bytes_new: 0,
+            bytes_pushed: 0,
+            seconds: 0.0,
+            steps: Vec::new(),
+            error: None,
+        };
+        let mut deep = None;
+        let res = self.steps(&mut rec, &mut deep).await;
+        rec.ended_at = self.clock.now();
+        rec.seconds = t0.elapsed().as_secs_f64();
+        match &res {
+            Ok(()) => tracing::info!("{}: run done: {}", self.vm, rec.steps.join("; ")),
+            Err(Error::Cancelled) => {
+                rec.outcome = RunOutcome::Cancelled;
+                rec.error = Some(Error::Cancelled.to_string());
+                tracing::warn!("{}: run cancelled", self.vm);
+            }
+            Err(e) => {
+                rec.outcome = RunOutcome::Failed;
+                rec.error = Some(crate::text::describe(e));
+                tracing::error!("{}: run failed: {}", self.vm, crate::text::describe(e));
+            }
+        }
+        let outcome = rec.outcome;
+        let ended = rec.ended_at;
+        if let Err(e) = runs::append_run(&self.root, rec) {
+            tracing::error!("recording the run of {}: {e}", self.vm);
+        }
+        Finished {
+            vm: self.vm,
+            slot: self.slot,
+            attempt: self.attempt,
+            outcome,
+            ended,
+            deep,
+        }
+    }
+
+    /// Every step runs; the first error is the run's, and later steps that
+    /// do not depend on the failed one still run (a dead remote does not
+    /// stop the local retention).
+    async fn steps(
+        &self,
+        rec: &mut RunRecord,
+        deep: &mut Option<(u32, DateTime<Utc>)>,
+    ) -> Result<()> {
+        let progress = Arc::new(Progress::new());
+        let mut first_err: Option<Error> = None;
+        let mut keep = |rec: &mut RunRecord, what: &str, r: Result<String>| -> Result<()> {
+            match r {
+                Ok(s) => rec.steps.push(format!("{what}: {s}")),
+                Err(Error::Cancelled) => return Err(Error::Cancelled),
+                Err(e) => {
+                    rec.steps
+                        .push(format!("{what}: FAILED {}", crate::text::describe(&e)));
+                    if first_err.is_none() {
+                        first_err = Some(e);
+                    }
+                }
+            }
+            Ok(())
+        };
+        // 1. The backup; nothing else makes sense without it.
+        let result = self.backup(&progress).await?;
+        rec.bytes_new = result
+            .volumes
+            .iter()
+            .map(|v| v.stats.new_stored_bytes)
+            .sum();
+        rec.steps.push(format!(
+            "backup: {} volumes, {} new",
+            result.volumes.len(),
+            crate::text::bytes(rec.bytes_new)
+        ));
+        let keys: Vec<ManifestKey> = result
+            .volumes
+            .iter()
+            .filter_map(|v| ManifestKey::parse(&v.key).ok())
+            .collect();
+        // 2. Quick verify of what was just written.
+        let r = self.verify(Some(keys.clone()), false).await;
+        keep(rec, "quick verify", r)?;
+        // 3. One slice of the deep verify rotation, at most once a day.
+        if let Some(every) = self.policy.deep_verify_every {
+            let now = self.clock.now();
+            let due = self
+                .deep_slice
+                .is_none_or(|(_, last)| now - last >= chrono::Duration::hours(23));
+            if due {
+                let slices = every.num_days().max(1) as u32;
+                let k = self.deep_slice.map(|(k, _)| k % slices).unwrap_or(0);
+                let r = self.deep_slice_verify(k, slices).await;
+                if r.is_ok() {
+                    *deep = Some(((k + 1) % slices, now));
+                }
+                keep(rec, &format!("deep verify slice {}/{slices}", k + 1), r)?;
+            }
+        }
+        // 4. Pushes.
+        let local: DynStore = Arc::new(LocalStore::new(&self.root));
+        for remote in &self.policy.push {
+            let r = async {
+                let (_, store) = crate::store::remote::resolve(&self.config, remote)?;
+                let opts = crate::sync::SyncOptions {
+                    init: true,
+                    ..Default::default()
+                };
+                let rep = crate::sync::transfer(
+                    local.as_ref(),
+                    &store,
+                    keys.clone(),
+                    &opts,
+                    &self.cancel,
+                    &progress,
+                )
+                .await?;
+                rec.bytes_pushed += rep.bytes_sent;
+                let mut msg = format!(
+                    "{} chunks, {} sent",
+                    rep.chunks_sent,
+                    crate::text::bytes(rep.bytes_sent)
+                );
+                if let Some(rules) = self.policy.retention_for(Some(remote)) {
+                    let (sets, n) =
+                        prune_vm(&store, &self.vm, &self.policy, rules, self.clock.now()).await?;
+                    msg.push_str(&format!("; pruned {sets} sets ({n} backups)"));
+                }
+                Ok(msg)
+            }
+            .await;
+            keep(rec, &format!("push {remote}"), r)?;
+        }
+        // 5. Local retention.
+        if let Some(rules) = self.policy.retention_for(None) {
+            let r = prune_vm(&local, &self.vm, &self.policy, rules, self.clock.now())
+                .await
+                .map(|(s, n)| format!("removed {s} sets ({n} backups)"));
+            keep(rec, "prune", r)?;
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    async fn backup(&self, progress: &Arc<Progress>) -> Result<crate::backup::BackupResult> {
+        let vm = self.config.vm(&self.vm).ok_or_else(|| {
+            Error::BadInput(format!("VM {} is not in the config any more", self.vm))
+        })?;
+        let req = BackupRequest {
+            vm: self.vm.clone(),
+            volumes: vm
+                .volumes
+                .iter()
+                .map(|v| VolumeSpec {
+                    name: v.name.get_ref().clone(),
+                    role: v.role,
+                    path: v.path.clone(),
+                    format: v.format,
+                })
+                .collect(),
+            note: Some(format!("policy {}", self.policy.name)),
+            created_at: Some(self.clock.now()),
+        };
+        let (root, cancel, progress) = (self.root.clone(), self.cancel.clone(), progress.clone());
+        tokio::task::spawn_blocking(move || {
+            let repo = Repo::open(&root)?;
+            crate::backup::backup(&repo, &req, &cancel, &progress)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("backup task: {e}")))?
+    }
+
+    async fn verify(&self, keys: Option<Vec<ManifestKey>>, deep: bool) -> Result<String> {
+        let (root, cancel, at) = (self.root.clone(), self.cancel.clone(), self.clock.now());
+        tokio::task::spawn_blocking(move || {
+            let repo = Repo::open(&root)?;
+            let report = crate::repo::verify::verify(&repo, keys, deep, &cancel, &Progress::new())?;
+            crate::repo::state::record_verify(&root, &report.marks(at))?;
+            if report.problems.is_empty() {
+                Ok(format!(
+                    "{} backups, {} chunks, {} read",
+                    report.manifests,
+                    report.chunks,
+                    crate::text::bytes(report.bytes_read)
+                ))
+            } else {
+                Err(Error::corrupt(
+                    "repository",
+                    crate::repo::Id([0; 32]),
+                    format!(
+                        "verify found {} problems; `lifeboat verify --deep` lists them",
+                        report.problems.len()
+                    ),
+                ))
+            }
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("verify task: {e}")))?
+    }
+
+    /// Deep-verifies slice `k` of `slices` of this VM's backups (by the
+    /// first byte of each manifest id): over `slices` days every backup is
+    /// read once.
+    async fn deep_slice_verify(&self, k: u32, slices: u32) -> Result<String> {
+        let root = self.root.clone();
+        let vm = self.vm.clone();
+        let keys: Vec<ManifestKey> = tokio::task::spawn_blocking(move || {
+            Ok::<_, Error>(
+                Repo::open(&root)?
+                    .list_manifests()?
+                    .into_iter()
+                    .filter(|m| m.vm == vm && u32::from(m.id.0[0]) % slices == k)
+                    .collect(),
+            )
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+        self.verify(Some(keys), true).await
+    }
+}
+
+/// Applies `rules` to one VM's sets on a store (protection honoured).
+pub async fn prune_vm(
+    store: &DynStore,
+    vm: &str,
+    policy: &Policy,
+    rules: &crate::retention::Rules,
+    now: DateTime<Utc>,
+) -> Result<(usize, usize)> {
+    let mut all: Vec<(ManifestKey, Manifest)> = crate::sync::load_manifests(store.as_ref())
+        .await?
+        .into_iter()
+        .filter(|(k, _)| k.vm == vm)
+        .collect();
+    let marks = crate::protect::protected(store.as_ref()).await?;
+    crate::protect::apply(&mut all, &marks);
+    let decisions = match &policy.timezone {
+        Some(tz) => crate::retention::plan(&all, rules, tz, now)?,
+        None => crate::retention::plan(&all, rules, &chrono::Local, now)?,
+    };
+    let (mut sets, mut n) = (0, 0);
+    for d in decisions.iter().filter(|d| !d.keep) {
+        for k in &d.manifests {
+            store.delete(&ObjectKey::Manifest(k.clone())).await?;
+            n += 1;
+        }
+        sets += 1;
+    }
+    Ok((sets, n))
+}

@@ -1,0 +1,227 @@
+//! Prometheus metrics of a repository, built at each scrape from what the
+//! repository records (backups, verify marks, policy runs), so `lifeboat
+//! serve` and the daemon report the same figures. Encoded by the
+//! prometheus-client crate (the Prometheus project's Rust client).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+
+use chrono::{DateTime, Utc};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::rpo::RpoState;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Volume {
+    vm: String,
+    volume: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Vm {
+    vm: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VmState {
+    vm: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Kind {
+    kind: String,
+}
+
+type FGauge = Gauge<f64, AtomicU64>;
+
+fn family<L>(reg: &mut Registry, name: &str, help: &str) -> Family<L, FGauge>
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    let f = Family::<L, FGauge>::default();
+    reg.register(name, help, f.clone());
+    f
+}
+
+/// Sizes and counts of chunk and index files (a local repository).
+fn repository_size(root: &Path) -> (BTreeMap<&'static str, (u64, u64)>, u64) {
+    let mut out = BTreeMap::new();
+    let mut total = 0;
+    for (kind, dir) in [("chunk", "chunks"), ("index", "indexes")] {
+        let (mut n, mut bytes) = (0u64, 0u64);
+        if let Ok(fans) = std::fs::read_dir(root.join(dir)) {
+            for fan in fans.flatten() {
+                if let Ok(files) = std::fs::read_dir(fan.path()) {
+                    for f in files.flatten() {
+                        if let Ok(m) = f.metadata() {
+                            if m.is_file() && !f.file_name().to_string_lossy().starts_with('.') {
+                                n += 1;
+                                bytes += m.len();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        total += bytes;
+        out.insert(kind, (n, bytes));
+    }
+    (out, total)
+}
+
+/// The metrics text (OpenMetrics text format, which Prometheus scrapes).
+pub fn render(config: &Config, root: &Path, now: DateTime<Utc>) -> Result<String> {
+    let repo = crate::repo::Repo::open(root)?;
+    let backups = repo.load_all()?;
+    let verify = crate::repo::state::load_verify(root).unwrap_or_default();
+    let runs = crate::daemon::runs::load_runs(root).unwrap_or_default();
+    let daemon = crate::daemon::runs::load_state(root).unwrap_or_default();
+    let status = crate::rpo::assess(config, &backups, &verify, &runs, &daemon, now);
+
+    let mut reg = Registry::with_prefix("lifeboat");
+    let age = family::<Volume>(
+        &mut reg,
+        "backup_age_seconds",
+        "Age of the newest backup of each volume",
+    );
+    let logical = family::<Volume>(
+        &mut reg,
+        "backup_logical_bytes",
+        "Image size of the newest backup of each volume",
+    );
+    let new = family::<Volume>(
+        &mut reg,
+        "backup_new_bytes",
+        "Bytes the newest backup of each volume added to the repository",
+    );
+    let count = family::<Vm>(
+        &mut reg,
+        "backups",
+        "Backups held per VM (volumes count one each)",
+    );
+    let verified = family::<Volume>(
+        &mut reg,
+        "verify_ok",
+        "1 when the newest verify of the volume's newest backup passed, 0 when it failed",
+    );
+    let verify_age = family::<Volume>(
+        &mut reg,
+        "verify_age_seconds",
+        "Age of the newest verify of the volume's newest backup",
+    );
+    let rpo = family::<VmState>(&mut reg, "rpo_state", "1 for the VM's recovery-point state (ok, late, stale, last_job_failed, verify_failed, never_backed_up)");
+    let run_ok = family::<Vm>(
+        &mut reg,
+        "last_run_success",
+        "1 when the VM's last policy run succeeded, 0 otherwise",
+    );
+    let run_secs = family::<Vm>(
+        &mut reg,
+        "last_run_duration_seconds",
+        "Duration of the VM's last policy run",
+    );
+    let run_at = family::<Vm>(
+        &mut reg,
+        "last_run_timestamp_seconds",
+        "Start of the VM's last policy run (Unix time)",
+    );
+    let run_bytes = family::<Vm>(
+        &mut reg,
+        "last_run_new_bytes",
+        "Bytes the VM's last policy run added",
+    );
+    let objects = family::<Kind>(
+        &mut reg,
+        "repository_objects",
+        "Chunk and index objects stored",
+    );
+    let obj_bytes = family::<Kind>(
+        &mut reg,
+        "repository_object_bytes",
+        "Bytes of chunk and index objects stored",
+    );
+    let total = FGauge::default();
+    reg.register(
+        "repository_bytes",
+        "Bytes of all chunks and indexes stored",
+        total.clone(),
+    );
+
+    let mut newest: BTreeMap<(String, String), &crate::repo::Manifest> = BTreeMap::new();
+    for (k, m) in &backups {
+        count.get_or_create(&Vm { vm: k.vm.clone() }).inc_by(1.0);
+        let e = newest.entry((k.vm.clone(), k.volume.clone())).or_insert(m);
+        if m.created_at >= e.created_at {
+            *e = m;
+        }
+    }
+    for ((vm, volume), m) in &newest {
+        let l = Volume {
+            vm: vm.clone(),
+            volume: volume.clone(),
+        };
+        age.get_or_create(&l)
+            .set((now - m.created_at).num_milliseconds() as f64 / 1000.0);
+        logical.get_or_create(&l).set(m.stats.logical_bytes as f64);
+        new.get_or_create(&l).set(m.stats.new_stored_bytes as f64);
+        let id = backups
+            .iter()
+            .find(|(k, x)| k.vm == *vm && k.volume == *volume && std::ptr::eq(x, *m))
+            .map(|(k, _)| k.id);
+        if let Some(mark) = id.and_then(|id| verify.get(&id)) {
+            verified
+                .get_or_create(&l)
+                .set(if mark.ok { 1.0 } else { 0.0 });
+            verify_age
+                .get_or_create(&l)
+                .set((now - mark.at).num_seconds() as f64);
+        }
+    }
+    for s in &status {
+        for st in RpoState::ALL {
+            let v = if st == s.state { 1.0 } else { 0.0 };
+            rpo.get_or_create(&VmState {
+                vm: s.vm.clone(),
+                state: serde_json::to_value(st)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+            })
+            .set(v);
+        }
+    }
+    for r in &runs {
+        let l = Vm { vm: r.vm.clone() };
+        run_ok
+            .get_or_create(&l)
+            .set(if r.outcome == crate::daemon::runs::RunOutcome::Ok {
+                1.0
+            } else {
+                0.0
+            });
+        run_secs.get_or_create(&l).set(r.seconds);
+        run_at
+            .get_or_create(&l)
+            .set(r.started_at.timestamp() as f64);
+        run_bytes.get_or_create(&l).set(r.bytes_new as f64);
+    }
+    let (sizes, sum) = repository_size(root);
+    for (kind, (n, b)) in sizes {
+        let l = Kind { kind: kind.into() };
+        objects.get_or_create(&l).set(n as f64);
+        obj_bytes.get_or_create(&l).set(b as f64);
+    }
+    total.set(sum as f64);
+
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &reg)
+        .map_err(|e| Error::Internal(format!("encoding metrics: {e}")))?;
+    Ok(out)
+}

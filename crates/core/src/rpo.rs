@@ -1,0 +1,188 @@
+//! Recovery-point status per VM: the newest backup's age against its
+//! policy's thresholds, the newest verify of it, the last policy run and
+//! the next slot. `status --rpo`, `/metrics` and the console read it.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::daemon::runs::{DaemonState, RunOutcome, RunRecord};
+use crate::daemon::schedule::{self, Next};
+use crate::repo::state::VerifyMark;
+use crate::repo::{Id, Manifest, ManifestKey};
+
+/// Thresholds for a VM without a policy (the console's defaults).
+pub const DEFAULT_LATE_HOURS: i64 = 26;
+pub const DEFAULT_STALE_HOURS: i64 = 72;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RpoState {
+    Ok,
+    Late,
+    Stale,
+    LastJobFailed,
+    VerifyFailed,
+    NeverBackedUp,
+}
+
+impl RpoState {
+    pub const ALL: [RpoState; 6] = [
+        RpoState::Ok,
+        RpoState::Late,
+        RpoState::Stale,
+        RpoState::LastJobFailed,
+        RpoState::VerifyFailed,
+        RpoState::NeverBackedUp,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RpoState::Ok => "ok",
+            RpoState::Late => "late",
+            RpoState::Stale => "stale",
+            RpoState::LastJobFailed => "last job failed",
+            RpoState::VerifyFailed => "verify failed",
+            RpoState::NeverBackedUp => "never backed up",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifySummary {
+    pub at: DateTime<Utc>,
+    pub deep: bool,
+    pub ok: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LastRun {
+    pub started_at: DateTime<Utc>,
+    pub outcome: RunOutcome,
+    pub seconds: f64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VmRpo {
+    pub vm: String,
+    pub policy: Option<String>,
+    pub newest: Option<DateTime<Utc>>,
+    pub age_seconds: Option<i64>,
+    pub late_after_seconds: i64,
+    pub stale_after_seconds: i64,
+    /// The newest verify covering the newest backup set (the worst of its
+    /// volumes' marks).
+    pub verify: Option<VerifySummary>,
+    pub last_run: Option<LastRun>,
+    pub next_run: Option<DateTime<Utc>>,
+    /// The newest backup each remote holds (filled by the caller that
+    /// asked the remotes; None: not asked or unreachable).
+    pub remotes: BTreeMap<String, Option<DateTime<Utc>>>,
+    pub state: RpoState,
+}
+
+pub fn assess(
+    config: &Config,
+    backups: &[(ManifestKey, Manifest)],
+    verify: &BTreeMap<Id, VerifyMark>,
+    runs: &[RunRecord],
+    daemon: &DaemonState,
+    now: DateTime<Utc>,
+) -> Vec<VmRpo> {
+    let mut vms: Vec<String> = config
+        .vms
+        .iter()
+        .map(|v| v.name.get_ref().clone())
+        .collect();
+    for (k, _) in backups {
+        if !vms.contains(&k.vm) {
+            vms.push(k.vm.clone());
+        }
+    }
+    vms.into_iter()
+        .map(|vm| {
+            let policy = config.policy_for(&vm);
+            let (late, stale) = policy.map(|p| (p.rpo_late, p.rpo_stale)).unwrap_or((
+                Duration::hours(DEFAULT_LATE_HOURS),
+                Duration::hours(DEFAULT_STALE_HOURS),
+            ));
+            let mine: Vec<&(ManifestKey, Manifest)> =
+                backups.iter().filter(|(k, _)| k.vm == vm).collect();
+            let newest = mine.iter().map(|(_, m)| m.created_at).max();
+            let newest_set = mine
+                .iter()
+                .max_by_key(|(_, m)| m.created_at)
+                .map(|(_, m)| m.set.clone());
+            let marks: Vec<&VerifyMark> = mine
+                .iter()
+                .filter(|(_, m)| Some(&m.set) == newest_set.as_ref())
+                .filter_map(|(k, _)| verify.get(&k.id))
+                .collect();
+            let verify = marks
+                .iter()
+                .max_by_key(|m| (!m.ok, m.at))
+                .map(|m| VerifySummary {
+                    at: m.at,
+                    deep: m.deep,
+                    ok: marks.iter().all(|m| m.ok),
+                });
+            let last_run = runs.iter().rev().find(|r| r.vm == vm).map(|r| LastRun {
+                started_at: r.started_at,
+                outcome: r.outcome,
+                seconds: r.seconds,
+                error: r.error.clone(),
+            });
+            let next_run = policy.and_then(|p| {
+                match schedule::next(p, daemon.last_slot.get(&vm).copied(), newest, now) {
+                    Next::Due { .. } => Some(now),
+                    Next::At(t) => Some(t),
+                    Next::Never => None,
+                }
+            });
+            let age = newest.map(|t| (now - t).num_seconds());
+            let state = match (newest, age) {
+                (None, _) => RpoState::NeverBackedUp,
+                _ if verify.as_ref().is_some_and(|v| !v.ok) => RpoState::VerifyFailed,
+                _ if last_run
+                    .as_ref()
+                    .is_some_and(|r| r.outcome == RunOutcome::Failed) =>
+                {
+                    RpoState::LastJobFailed
+                }
+                (_, Some(a)) if a > stale.num_seconds() => RpoState::Stale,
+                (_, Some(a)) if a > late.num_seconds() => RpoState::Late,
+                _ => RpoState::Ok,
+            };
+            VmRpo {
+                vm,
+                policy: policy.map(|p| p.name.clone()),
+                newest,
+                age_seconds: age,
+                late_after_seconds: late.num_seconds(),
+                stale_after_seconds: stale.num_seconds(),
+                verify,
+                last_run,
+                next_run,
+                remotes: BTreeMap::new(),
+                state,
+            }
+        })
+        .collect()
+}
+
+/// Loads what `assess` needs from a local repository.
+pub fn assess_repo(
+    config: &Config,
+    root: &std::path::Path,
+    now: DateTime<Utc>,
+) -> crate::Result<Vec<VmRpo>> {
+    let repo = crate::repo::Repo::open(root)?;
+    let backups = repo.load_all()?;
+    let verify = crate::repo::state::load_verify(root).unwrap_or_default();
+    let runs = crate::daemon::runs::load_runs(root).unwrap_or_default();
+    let daemon = crate::daemon::runs::load_state(root).unwrap_or_default();
+    Ok(assess(config, &backups, &verify, &runs, &daemon, now))
+}

@@ -1,0 +1,164 @@
+//! `lifeboat daemon`: runs the policies (core `daemon`), with Prometheus
+//! metrics on `--metrics-listen`; and `status --rpo`.
+
+use std::sync::Arc;
+
+use lifeboat_core::daemon::runner::{Clock, Daemon, DaemonOptions, FileClock, SystemClock};
+use lifeboat_core::jobs::CancellationToken;
+use lifeboat_core::rpo::{self, RpoState};
+
+use super::{print_json, Ctx, Outcome};
+use crate::output::{age, table, time};
+
+#[derive(Debug, clap::Args)]
+pub struct DaemonArgs {
+    /// Policy runs at once (never two of one VM).
+    #[arg(long, default_value_t = 2)]
+    pub max_jobs: usize,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9477).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Run these VMs' policies once, now, and exit.
+    #[arg(long, value_name = "VM", num_args = 1..)]
+    pub now: Vec<String>,
+    /// Seconds between looks at the schedule.
+    #[arg(long, default_value_t = 5, hide = true)]
+    pub tick: u64,
+    /// Testing: read the time from this file (RFC 3339) instead of the clock.
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub clock_file: Option<std::path::PathBuf>,
+}
+
+pub async fn daemon(ctx: &Ctx, a: DaemonArgs) -> anyhow::Result<Outcome> {
+    let repo = ctx.open_repo()?;
+    let clock: Arc<dyn Clock> = match &a.clock_file {
+        Some(f) => Arc::new(FileClock::new(f)?),
+        None => Arc::new(SystemClock),
+    };
+    let shutdown = CancellationToken::new();
+    if let Some(addr) = a.metrics_listen {
+        let source = lifeboat::server::metrics::MetricsSource {
+            config: Arc::new(ctx.config.clone()),
+            root: repo.root().to_path_buf(),
+        };
+        let bound =
+            lifeboat::server::metrics::serve_metrics(addr, source, shutdown.clone()).await?;
+        println!("metrics on http://{bound}/metrics");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+        }
+        tracing::info!("stop requested: running jobs stop at their next safe point");
+        stop.cancel();
+    });
+    let d = Daemon {
+        config: ctx.config.clone(),
+        root: repo.root().to_path_buf(),
+        clock,
+        opts: DaemonOptions {
+            max_jobs: a.max_jobs,
+            tick: std::time::Duration::from_millis((a.tick * 1000).max(100)),
+        },
+    };
+    d.run(shutdown.clone(), a.now).await?;
+    shutdown.cancel();
+    Ok(Outcome::Ok)
+}
+
+/// `status --rpo`: exits 5 when any VM is not ok.
+pub async fn rpo_status(ctx: &Ctx, timeout: u64) -> anyhow::Result<Outcome> {
+    let repo = ctx.open_repo()?;
+    let now = chrono::Utc::now();
+    let root = repo.root().to_path_buf();
+    let config = ctx.config.clone();
+    let mut status =
+        tokio::task::spawn_blocking(move || rpo::assess_repo(&config, &root, now)).await??;
+    // The newest backup each configured remote holds, per VM, asked at once.
+    let limit = std::time::Duration::from_secs(timeout.max(1));
+    let names: Vec<String> = ctx.config.remotes.keys().cloned().collect();
+    let listed = futures::future::join_all(names.iter().map(|n| async move {
+        let r = tokio::time::timeout(limit, async {
+            let (_, store) = ctx.remote(n)?;
+            lifeboat_core::sync::list_manifests(store.as_ref()).await
+        })
+        .await;
+        (n.clone(), r.ok().and_then(|r| r.ok()))
+    }))
+    .await;
+    for s in &mut status {
+        for (name, keys) in &listed {
+            let newest = keys
+                .as_ref()
+                .and_then(|k| k.iter().filter(|k| k.vm == s.vm).map(|k| k.time).max());
+            s.remotes.insert(name.clone(), newest);
+        }
+    }
+    let bad = status.iter().filter(|s| s.state != RpoState::Ok).count();
+    if ctx.json {
+        print_json(&serde_json::json!({ "vms": status, "not_ok": bad }))?;
+    } else {
+        let rows: Vec<Vec<String>> = status
+            .iter()
+            .map(|s| {
+                vec![
+                    s.vm.clone(),
+                    s.state.label().to_string(),
+                    s.newest
+                        .map(|t| age(&t, now))
+                        .unwrap_or_else(|| "never".into()),
+                    s.policy.clone().unwrap_or_else(|| "-".into()),
+                    s.verify
+                        .as_ref()
+                        .map(|v| {
+                            format!(
+                                "{} {} {}",
+                                if v.deep { "deep" } else { "quick" },
+                                if v.ok { "ok" } else { "FAILED" },
+                                age(&v.at, now)
+                            )
+                        })
+                        .unwrap_or_else(|| "never".into()),
+                    s.last_run
+                        .as_ref()
+                        .map(|r| {
+                            format!("{:?} {}", r.outcome, age(&r.started_at, now)).to_lowercase()
+                        })
+                        .unwrap_or_else(|| "-".into()),
+                    s.next_run.map(|t| time(&t)).unwrap_or_else(|| "-".into()),
+                    s.remotes
+                        .iter()
+                        .map(|(n, t)| {
+                            format!(
+                                "{n}: {}",
+                                t.map(|t| age(&t, now)).unwrap_or_else(|| "none".into())
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table(
+                &["VM", "STATE", "NEWEST", "POLICY", "VERIFY", "LAST RUN", "NEXT RUN", "REMOTES"],
+                &rows
+            )
+        );
+        if bad > 0 {
+            println!("{bad} of {} VMs are not ok", status.len());
+        }
+    }
+    Ok(if bad > 0 {
+        Outcome::RpoAtRisk
+    } else {
+        Outcome::Ok
+    })
+}
