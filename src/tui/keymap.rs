@@ -31,6 +31,16 @@ pub const ACTIONS: &[(&str, char, &str)] = &[
         "push / pull everything the other side lacks",
     ),
     ("backup", 'b', "back up the VM now"),
+    (
+        "run_policy",
+        'N',
+        "run the VM's policy now (backup, verify, push, retention)",
+    ),
+    (
+        "prune_plan",
+        'K',
+        "the VM's prune plan under its policy; confirm to prune",
+    ),
     ("restore", 'r', "restore the backup to a file"),
     (
         "compare",

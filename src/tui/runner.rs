@@ -44,6 +44,10 @@ enum Held {
         remote: Option<DynStore>,
         plan: SetRestorePlan,
     },
+    Prune {
+        vm: String,
+        manifests: Vec<ManifestKey>,
+    },
 }
 
 pub struct Runner {
@@ -130,12 +134,18 @@ impl Runner {
             }
             Effect::Reload => {
                 let path = self.repo_path.clone();
+                let config = self.config.clone();
                 tokio::task::spawn_blocking(move || {
                     let res = Repo::open(&path).and_then(|r| r.load_all());
                     let _ = match res {
                         Ok(b) => tx.send(Action::Loaded(b)),
                         Err(e) => tx.send(Action::LoadFailed(e.to_string())),
                     };
+                    if let Ok(r) =
+                        lifeboat_core::rpo::assess_repo(&config, &path, chrono::Utc::now())
+                    {
+                        let _ = tx.send(Action::Rpo(r));
+                    }
                     match state::load_verify(&path) {
                         Ok(v) => {
                             let _ = tx.send(Action::VerifyState(v));
@@ -223,6 +233,8 @@ impl Runner {
                 }
             }
             Effect::Backup { vm } => self.backup(vm),
+            Effect::RunPolicy { vm } => self.run_policy(vm),
+            Effect::PlanPrune { vm } => self.plan_prune(vm),
             Effect::Verify { deep, remote: None } => self.verify(deep),
             Effect::Verify {
                 deep,
@@ -486,6 +498,26 @@ impl Runner {
             return;
         };
         match held {
+            Held::Prune { vm, manifests } => {
+                let path = self.repo_path.clone();
+                self.spawn_async(
+                    format!("prune {vm}"),
+                    move |_cancel, _progress| async move {
+                        let store = LocalStore::new(&path);
+                        for k in &manifests {
+                            lifeboat_core::store::Store::delete(
+                                &store,
+                                &lifeboat_core::store::ObjectKey::Manifest(k.clone()),
+                            )
+                            .await?;
+                        }
+                        Ok(format!(
+                            "removed {} backups; `lifeboat gc` frees their data",
+                            manifests.len()
+                        ))
+                    },
+                );
+            }
             Held::Transfer {
                 title,
                 src,
@@ -558,6 +590,111 @@ impl Runner {
             let new: u64 = r.volumes.iter().map(|v| v.stats.new_stored_bytes).sum();
             Ok(format!("{} volumes, {} new", r.volumes.len(), bytes(new)))
         });
+    }
+
+    fn run_policy(&self, vm: String) {
+        let (config, root) = (self.config.clone(), self.repo_path.clone());
+        self.spawn_async(
+            format!("policy run {vm}"),
+            move |cancel, _progress| async move {
+                let r = lifeboat_core::daemon::runner::run_now(&config, &root, &vm, cancel).await?;
+                match r.outcome {
+                    lifeboat_core::daemon::runs::RunOutcome::Ok => Ok(r.steps.join("; ")),
+                    _ => Err(lifeboat_core::Error::BadInput(format!(
+                        "{}: {}",
+                        r.steps.join("; "),
+                        r.error.unwrap_or_default()
+                    ))),
+                }
+            },
+        );
+    }
+
+    /// The prune plan of `vm` under its policy, offered for confirmation.
+    fn plan_prune(&self, vm: String) {
+        let (config, root, tx, plans) = (
+            self.config.clone(),
+            self.repo_path.clone(),
+            self.tx.clone(),
+            self.plans.clone(),
+        );
+        let id = self
+            .next_plan
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.spawn_async(
+            format!("prune plan {vm}"),
+            move |_cancel, _progress| async move {
+                let title = format!("Prune {vm}");
+                let Some(policy) = config.policy_for(&vm).cloned() else {
+                    let _ = tx.send(Action::PlanFailed {
+                        title,
+                        error: format!(
+                            "{vm} has no policy: set default_policy or policy on its [[vm]]"
+                        ),
+                    });
+                    return Ok("no policy".into());
+                };
+                let Some(rules) = policy.retention_for(None).cloned() else {
+                    let _ = tx.send(Action::PlanFailed {
+                        title,
+                        error: format!("policy {} keeps everything (no keep_* rule)", policy.name),
+                    });
+                    return Ok("no retention".into());
+                };
+                let store: DynStore = Arc::new(LocalStore::new(&root));
+                let decisions = lifeboat_core::daemon::runner::plan_prune(
+                    &store,
+                    &vm,
+                    &policy,
+                    &rules,
+                    chrono::Utc::now(),
+                )
+                .await?;
+                let removed: Vec<ManifestKey> = decisions
+                    .iter()
+                    .filter(|d| !d.keep)
+                    .flat_map(|d| d.manifests.clone())
+                    .collect();
+                let mut lines: Vec<String> = decisions
+                    .iter()
+                    .map(|d| {
+                        format!(
+                            "{}  {} volumes  {}",
+                            d.time.format("%Y-%m-%d %H:%M"),
+                            d.manifests.len(),
+                            if d.keep {
+                                format!("kept: {}", d.reasons.join(", "))
+                            } else {
+                                "REMOVED".into()
+                            }
+                        )
+                    })
+                    .collect();
+                lines.insert(
+                    0,
+                    format!(
+                        "policy {}: {} of {} sets would be removed ({} backups)",
+                        policy.name,
+                        decisions.iter().filter(|d| !d.keep).count(),
+                        decisions.len(),
+                        removed.len()
+                    ),
+                );
+                let noop = removed.is_empty();
+                Ok(offer(
+                    &plans,
+                    &tx,
+                    id,
+                    Held::Prune {
+                        vm: vm.clone(),
+                        manifests: removed,
+                    },
+                    title,
+                    lines,
+                    noop,
+                ))
+            },
+        );
     }
 
     fn verify(&self, deep: bool) {

@@ -963,3 +963,61 @@ fn a_policy_sets_a_vms_rpo() {
     a.rpo_policy.insert("web01".into(), (30, 60));
     assert_eq!(a.rpo("web01"), Rpo::Stale);
 }
+
+#[test]
+fn policy_runs_now_and_the_prune_plan_comes_before_any_deletion() {
+    let mut a = app();
+    for _ in 0..4 {
+        a.update(key(KeyCode::Down));
+    }
+    assert_eq!(a.selected_row().unwrap().vm, "web01");
+    // Without a policy, N explains instead of running anything.
+    assert!(a.update(key(KeyCode::Char('N'))).is_empty());
+    assert!(matches!(&a.dialog, Some(Dialog::Message { title, .. }) if title == "No policy"));
+    a.update(key(KeyCode::Esc));
+    let cfg = lifeboat_core::config::Config::parse(
+        std::path::Path::new("test.toml"),
+        "default_policy = \"nightly\"\n[policy.nightly]\nschedule = \"daily 02:30\"\ntimezone = \"UTC\"\nkeep_daily = 7\n[[vm]]\nname = \"web01\"\n",
+    )
+    .unwrap();
+    let status = lifeboat_core::rpo::assess(
+        &cfg,
+        &a.backups,
+        &Default::default(),
+        &[],
+        &Default::default(),
+        now(),
+    );
+    a.update(Action::Rpo(status));
+    let text = screen(&a, 160, 48);
+    assert!(
+        text.contains("policy  nightly · next ") && text.contains("RPO ok"),
+        "{text}"
+    );
+    assert!(a.update(key(KeyCode::Char('N'))).is_empty());
+    assert!(
+        matches!(&a.dialog, Some(Dialog::Confirm { title, .. }) if title.contains("Run policy nightly for web01"))
+    );
+    assert_eq!(
+        a.update(key(KeyCode::Enter)),
+        vec![Effect::RunPolicy { vm: "web01".into() }]
+    );
+    // K asks the core for the prune plan; deleting waits for a yes.
+    assert_eq!(
+        a.update(key(KeyCode::Char('K'))),
+        vec![Effect::PlanPrune { vm: "web01".into() }]
+    );
+    a.update(Action::Planned {
+        plan: 3,
+        title: "Prune web01".into(),
+        lines: vec![
+            "policy nightly: 5 of 12 sets would be removed (5 backups)".into(),
+            "2026-11-20 02:30  1 volumes  REMOVED".into(),
+        ],
+        noop: false,
+    });
+    assert!(
+        matches!(&a.dialog, Some(Dialog::Confirm { lines, .. }) if lines[1].contains("REMOVED"))
+    );
+    assert_eq!(a.update(key(KeyCode::Enter)), vec![Effect::RunPlan(3)]);
+}

@@ -99,6 +99,42 @@ impl App {
             }
             KeyCode::Char('s') => return self.next_source(),
             KeyCode::Char('b') => self.plan_backup(),
+            KeyCode::Char('N') | KeyCode::Char('K') => {
+                let Some(row) = self.selected_row() else {
+                    self.no_backup();
+                    return Vec::new();
+                };
+                if self.source.is_some() {
+                    self.message(
+                        "Policies run on the local repository",
+                        &format!("{} switches back to local.", self.keys.key("source")),
+                    );
+                    return Vec::new();
+                }
+                if code == KeyCode::Char('K') {
+                    return vec![Effect::PlanPrune { vm: row.vm }];
+                }
+                let policy = self.rpo.get(&row.vm).and_then(|r| r.policy.clone());
+                match policy {
+                    Some(p) => {
+                        self.dialog = Some(Dialog::Confirm {
+                            title: format!("Run policy {p} for {} now", row.vm),
+                            lines: vec![
+                                "back up, quick verify, push to the policy's remotes, then apply its retention".into(),
+                                "recorded in the run history like a scheduled run".into(),
+                            ],
+                            effect: Effect::RunPolicy { vm: row.vm },
+                        })
+                    }
+                    None => self.message(
+                        "No policy",
+                        &format!(
+                            "{} has no policy: set default_policy, or policy on its [[vm]] in the config.",
+                            row.vm
+                        ),
+                    ),
+                }
+            }
             KeyCode::Char('r') => self.ask_restore(),
             KeyCode::Char('v') | KeyCode::Char('V') => {
                 let deep = code == KeyCode::Char('V');

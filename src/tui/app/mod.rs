@@ -207,6 +207,14 @@ pub enum Effect {
     Backup {
         vm: String,
     },
+    /// Run a VM's policy once (backup, verify, push, retention).
+    RunPolicy {
+        vm: String,
+    },
+    /// The VM's prune plan under its policy, offered for confirmation.
+    PlanPrune {
+        vm: String,
+    },
     /// Fetch every manifest of a remote, to browse it.
     Browse(String),
     /// Verify the local repository, or (`remote`) a remote's copy
@@ -249,6 +257,8 @@ pub enum Action {
     LoadFailed(String),
     /// Recorded verify results per backup.
     VerifyState(BTreeMap<Id, VerifyMark>),
+    /// Each VM's policy, last run, next run and RPO state.
+    Rpo(Vec<lifeboat_core::rpo::VmRpo>),
     /// Jobs of earlier sessions, oldest first, and unreadable records.
     History(Vec<JobRecord>, usize),
     RemoteListed {
@@ -368,6 +378,9 @@ pub struct App {
     /// Why the local repository could not be read (a newcomer's screen).
     pub repo_problem: Option<String>,
     pub verify: BTreeMap<Id, VerifyMark>,
+    /// Per VM: policy, last and next run, RPO state (from the repository's
+    /// records and the config).
+    pub rpo: BTreeMap<String, lifeboat_core::rpo::VmRpo>,
     pub usage: Usage,
     pub quit: bool,
     pub keys: super::keymap::KeyMap,
@@ -434,6 +447,7 @@ impl App {
             refresh_secs: REFRESH_SECS,
             repo_problem: None,
             verify: BTreeMap::new(),
+            rpo: BTreeMap::new(),
             usage: Usage::default(),
             quit: false,
             keys: super::keymap::KeyMap::default(),
@@ -699,6 +713,10 @@ impl App {
             }
             Action::VerifyState(v) => {
                 self.verify = v;
+                Vec::new()
+            }
+            Action::Rpo(v) => {
+                self.rpo = v.into_iter().map(|r| (r.vm.clone(), r)).collect();
                 Vec::new()
             }
             Action::History(records, bad) => {

@@ -260,6 +260,29 @@ pub fn timeline(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     f.render_stateful_widget(table, area, &mut st);
 }
 
+/// "policy nightly · next 11-28 02:30 · last run ok 3h ago · RPO ok".
+fn policy_line(r: &lifeboat_core::rpo::VmRpo, now: chrono::DateTime<chrono::Utc>) -> String {
+    let Some(p) = &r.policy else {
+        return format!("policy  none · RPO {}", r.state.label());
+    };
+    format!(
+        "policy  {} · next {} · last run {} · RPO {}",
+        escape(p),
+        r.next_run
+            .map(|t| t.format("%m-%d %H:%M").to_string())
+            .unwrap_or_else(|| "never".into()),
+        r.last_run
+            .as_ref()
+            .map(|l| format!(
+                "{} {} ago",
+                format!("{:?}", l.outcome).to_lowercase(),
+                age(&l.started_at, now)
+            ))
+            .unwrap_or_else(|| "-".into()),
+        r.state.label()
+    )
+}
+
 pub fn details(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     let chart = area.width >= 90;
     let cols = Layout::default()
@@ -338,6 +361,9 @@ pub fn details(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         ],
         None => vec![Line::from("no backup selected")],
     };
+    if let Some(r) = app.selected_row().and_then(|row| app.rpo.get(&row.vm)) {
+        lines.push(Line::from(policy_line(r, app.now)));
+    }
     lines.push(Line::from(usage));
     f.render_widget(
         Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" Details ")),

@@ -644,6 +644,59 @@ impl PolicyRun {
     }
 }
 
+/// Runs one VM's policy now (the console's "run policy now", `daemon
+/// --now`), recorded in the run history like a scheduled run.
+pub async fn run_now(
+    config: &Config,
+    root: &Path,
+    vm: &str,
+    cancel: CancellationToken,
+) -> Result<RunRecord> {
+    let policy = config.policy_for(vm).cloned().ok_or_else(|| {
+        Error::BadInput(format!(
+            "VM {vm} has no policy (set default_policy or policy on its [[vm]])"
+        ))
+    })?;
+    let job = PolicyRun {
+        vm: vm.to_string(),
+        policy,
+        slot: None,
+        attempt: 1,
+        config: config.clone(),
+        root: root.to_path_buf(),
+        clock: Arc::new(SystemClock),
+        deep_slice: runs::load_state(root)?.deep_slice.get(vm).copied(),
+        cancel,
+    };
+    job.run().await;
+    runs::load_runs(root)?
+        .into_iter()
+        .rev()
+        .find(|r| r.vm == vm)
+        .ok_or_else(|| Error::Internal("the run was not recorded".into()))
+}
+
+/// What `rules` do to one VM's sets on a store (protection honoured).
+pub async fn plan_prune(
+    store: &DynStore,
+    vm: &str,
+    policy: &Policy,
+    rules: &crate::retention::Rules,
+    now: DateTime<Utc>,
+) -> Result<Vec<crate::retention::Decision>> {
+    let mut all: Vec<(ManifestKey, Manifest)> = crate::sync::load_manifests(store.as_ref())
+        .await?
+        .into_iter()
+        .filter(|(k, _)| k.vm == vm)
+        .collect();
+    let marks = crate::protect::protected(store.as_ref()).await?;
+    crate::protect::apply(&mut all, &marks);
+    match &policy.timezone {
+        Some(tz) => crate::retention::plan(&all, rules, tz, now),
+        None => crate::retention::plan(&all, rules, &chrono::Local, now),
+    }
+}
+
 /// Applies `rules` to one VM's sets on a store (protection honoured).
 pub async fn prune_vm(
     store: &DynStore,
@@ -652,17 +705,7 @@ pub async fn prune_vm(
     rules: &crate::retention::Rules,
     now: DateTime<Utc>,
 ) -> Result<(usize, usize)> {
-    let mut all: Vec<(ManifestKey, Manifest)> = crate::sync::load_manifests(store.as_ref())
-        .await?
-        .into_iter()
-        .filter(|(k, _)| k.vm == vm)
-        .collect();
-    let marks = crate::protect::protected(store.as_ref()).await?;
-    crate::protect::apply(&mut all, &marks);
-    let decisions = match &policy.timezone {
-        Some(tz) => crate::retention::plan(&all, rules, tz, now)?,
-        None => crate::retention::plan(&all, rules, &chrono::Local, now)?,
-    };
+    let decisions = plan_prune(store, vm, policy, rules, now).await?;
     let (mut sets, mut n) = (0, 0);
     for d in decisions.iter().filter(|d| !d.keep) {
         for k in &d.manifests {

@@ -71,23 +71,8 @@ pub fn load_runs(root: &Path) -> Result<Vec<RunRecord>> {
         .collect())
 }
 
-/// Holds `state/.lock` exclusively: appends from a daemon and a console
-/// at once must not lose each other's records.
-fn state_lock(root: &Path) -> Result<std::fs::File> {
-    durable::private_dir(&dir(root))?;
-    let path = dir(root).join(".lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io("opening", &path, e))?;
-    f.lock().map_err(|e| Error::io("locking", &path, e))?;
-    Ok(f)
-}
-
 pub fn append_run(root: &Path, rec: RunRecord) -> Result<()> {
-    let _held = state_lock(root)?;
+    let _held = crate::repo::state::lock_state(root)?;
     let mut runs = load_runs(root).unwrap_or_default();
     runs.push(rec);
     let skip = runs.len().saturating_sub(MAX_RUNS);
@@ -124,7 +109,7 @@ pub fn load_state(root: &Path) -> Result<DaemonState> {
 }
 
 pub fn save_state(root: &Path, s: &DaemonState) -> Result<()> {
-    let _held = state_lock(root)?;
+    let _held = crate::repo::state::lock_state(root)?;
     let data = serde_json::to_vec_pretty(s).map_err(|e| Error::Internal(e.to_string()))?;
     durable::write_atomic(&dir(root).join("daemon.json"), &data)
 }

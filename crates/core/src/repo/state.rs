@@ -67,6 +67,22 @@ fn read(path: &Path) -> Result<Option<Vec<u8>>> {
     }
 }
 
+/// Holds `state/.lock` exclusively for a read-modify-write of a record:
+/// a daemon, a console and a CLI command may record at once, and none may
+/// lose another's record.
+pub fn lock_state(root: &Path) -> Result<std::fs::File> {
+    durable::private_dir(&dir(root))?;
+    let path = dir(root).join(".lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("opening", &path, e))?;
+    f.lock().map_err(|e| Error::io("locking", &path, e))?;
+    Ok(f)
+}
+
 /// The job history, oldest first, and how many records were unreadable.
 pub fn load_jobs(root: &Path) -> Result<(Vec<JobRecord>, usize)> {
     let Some(data) = read(&dir(root).join("jobs.jsonl"))? else {
@@ -86,7 +102,7 @@ pub fn load_jobs(root: &Path) -> Result<(Vec<JobRecord>, usize)> {
 /// Adds a record; the file keeps the newest `MAX_JOBS`. Rewritten whole
 /// and atomically: a crash leaves the old history or the new one.
 pub fn append_job(root: &Path, mut rec: JobRecord) -> Result<()> {
-    durable::private_dir(&dir(root))?;
+    let _held = lock_state(root)?;
     let (mut jobs, _) = load_jobs(root).unwrap_or_default();
     let keep = rec.log.len().saturating_sub(JOB_LOG_LINES);
     rec.log.drain(..keep);
@@ -123,7 +139,7 @@ pub fn record_verify(
     root: &Path,
     marks: &BTreeMap<Id, VerifyMark>,
 ) -> Result<BTreeMap<Id, VerifyMark>> {
-    durable::private_dir(&dir(root))?;
+    let _held = lock_state(root)?;
     let mut all = load_verify(root).unwrap_or_default();
     all.extend(marks.iter().map(|(k, v)| (*k, *v)));
     let raw: BTreeMap<String, VerifyMark> = all.iter().map(|(k, v)| (k.to_hex(), *v)).collect();
