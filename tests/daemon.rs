@@ -92,23 +92,33 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// GET /metrics: the status line and the body.
+fn get_metrics(url: &str, token: Option<&str>) -> (String, String) {
+    let addr = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    use std::io::{Read, Write};
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
 /// Parses the metrics with prometheus_client's OpenMetrics parser and
 /// returns `name{labels} value` lines.
 fn scrape(url: &str) -> Vec<String> {
-    let body = {
-        let addr = url
-            .trim_start_matches("http://")
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string();
-        let mut s = std::net::TcpStream::connect(&addr).unwrap();
-        use std::io::{Read, Write};
-        write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out.split_once("\r\n\r\n").unwrap().1.to_string()
-    };
+    parse(&get_metrics(url, None).1)
+}
+
+fn parse(body: &str) -> Vec<String> {
     let py = r#"
 import sys
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
@@ -227,6 +237,21 @@ fn the_daemon_runs_on_its_clock_catches_up_once_and_retries() {
     );
     assert!(has("lifeboat_repository_bytes"), "{m:#?}");
     drop(d);
+
+    // The same metrics from `lifeboat serve`, behind a token.
+    let tokens = w.path("tokens.json");
+    let token = common::remote::add_token(&tokens, "prom", "read");
+    let server = common::remote::Server::start(&w.repo(), &tokens, "127.0.0.1:0");
+    let (status, _) = get_metrics(&server.url, None);
+    assert!(status.contains("401"), "{status}");
+    let (status, body) = get_metrics(&server.url, Some(&token));
+    assert!(status.contains("200"), "{status}");
+    let m = parse(&body);
+    assert!(
+        m.iter()
+            .any(|l| l.starts_with("lifeboat_backups{vm=web} 2.0")),
+        "{m:#?}"
+    );
 }
 
 #[test]
