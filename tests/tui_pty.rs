@@ -61,7 +61,11 @@ impl Console {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return s;
             }
-            assert!(Instant::now() < deadline, "console did not quit");
+            assert!(
+                Instant::now() < deadline,
+                "console did not quit; screen:\n{}",
+                self.screen()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -67,8 +67,14 @@ pub async fn daemon(ctx: &Ctx, a: DaemonArgs) -> anyhow::Result<Outcome> {
             tick: std::time::Duration::from_millis((a.tick * 1000).max(100)),
         },
     };
-    d.run(shutdown.clone(), a.now).await?;
+    let once = !a.now.is_empty();
+    let failed = d.run(shutdown.clone(), a.now).await?;
     shutdown.cancel();
+    if once && failed > 0 {
+        anyhow::bail!(
+            "{failed} policy runs did not succeed; `lifeboat status --rpo` and state/runs.jsonl say why"
+        );
+    }
     Ok(Outcome::Ok)
 }
 

@@ -1021,3 +1021,25 @@ fn policy_runs_now_and_the_prune_plan_comes_before_any_deletion() {
     );
     assert_eq!(a.update(key(KeyCode::Enter)), vec![Effect::RunPlan(3)]);
 }
+
+#[test]
+fn a_job_whose_end_arrives_before_its_start_still_ends() {
+    let mut a = app();
+    a.update(Action::JobDone {
+        id: 41,
+        result: Ok("fast".into()),
+        cancelled: false,
+    });
+    a.update(Action::JobStarted {
+        id: 41,
+        title: "compare".into(),
+    });
+    let j = a.jobs.iter().find(|j| j.id == 41).unwrap();
+    assert!(
+        matches!(j.state, super::app::JobState::Done(_)),
+        "{:?}",
+        j.state
+    );
+    // Quitting does not ask: nothing runs.
+    assert_eq!(a.update(key(KeyCode::Char('q'))), vec![Effect::Quit]);
+}

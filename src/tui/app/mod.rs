@@ -381,6 +381,8 @@ pub struct App {
     /// Per VM: policy, last and next run, RPO state (from the repository's
     /// records and the config).
     pub rpo: BTreeMap<String, lifeboat_core::rpo::VmRpo>,
+    /// Ends of jobs whose start has not arrived yet.
+    early_done: BTreeMap<u64, (Result<String, String>, bool)>,
     pub usage: Usage,
     pub quit: bool,
     pub keys: super::keymap::KeyMap,
@@ -448,6 +450,7 @@ impl App {
             repo_problem: None,
             verify: BTreeMap::new(),
             rpo: BTreeMap::new(),
+            early_done: BTreeMap::new(),
             usage: Usage::default(),
             quit: false,
             keys: super::keymap::KeyMap::default(),
@@ -836,7 +839,12 @@ impl App {
                 }
                 self.job_log(id, format!("started: {title}"));
                 self.log(format!("job {id} started: {title}"));
-                Vec::new()
+                // A quick job's end can arrive before its start (they come
+                // through different channels): finish it now.
+                match self.early_done.remove(&id) {
+                    Some((result, cancelled)) => self.job_done(id, result, cancelled),
+                    None => Vec::new(),
+                }
             }
             Action::JobProgress { id, snapshot } => {
                 let mut phase_changed = None;
@@ -918,6 +926,9 @@ impl App {
         let mut effects = Vec::new();
         let now = self.now;
         let Some(j) = self.jobs.iter_mut().find(|j| j.id == id && id != 0) else {
+            if id != 0 {
+                self.early_done.insert(id, (result, cancelled));
+            }
             return effects;
         };
         j.state = match (&result, cancelled) {

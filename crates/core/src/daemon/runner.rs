@@ -197,7 +197,8 @@ impl Daemon {
 
     /// Runs until `shutdown` is cancelled, then cancels running jobs and
     /// waits for them. `run_now`: VMs to run at once, then exit (`--now`).
-    pub async fn run(&self, shutdown: CancellationToken, run_now: Vec<String>) -> Result<()> {
+    /// Returns how many runs did not succeed (what `--now` exits on).
+    pub async fn run(&self, shutdown: CancellationToken, run_now: Vec<String>) -> Result<usize> {
         let _lock = DaemonLock::acquire(&self.root)?;
         let mut state = runs::load_state(&self.root)?;
         let vms = self.scheduled();
@@ -226,6 +227,7 @@ impl Daemon {
             self.spawn(&mut running, &permits, vm, policy, None, 1, &state);
         }
         let mut newest = self.newest_backups();
+        let mut unsuccessful = 0usize;
         loop {
             let now = self.clock.now();
             // Finished jobs first: they move slots and set retries.
@@ -247,6 +249,9 @@ impl Daemon {
                 };
                 if let Some(d) = f.deep {
                     state.deep_slice.insert(f.vm.clone(), d);
+                }
+                if f.outcome != RunOutcome::Ok {
+                    unsuccessful += 1;
                 }
                 let policy = self.config.policy_for(&f.vm).cloned();
                 match (f.outcome, f.slot, policy) {
@@ -338,6 +343,9 @@ impl Daemon {
         for (vm, (h, cancel)) in running {
             cancel.cancel();
             if let Ok(f) = h.await {
+                if f.outcome != RunOutcome::Ok {
+                    unsuccessful += 1;
+                }
                 if let Some(d) = f.deep {
                     state.deep_slice.insert(vm, d);
                 }
@@ -345,7 +353,7 @@ impl Daemon {
         }
         runs::save_state(&self.root, &state)?;
         tracing::info!("daemon stopped");
-        Ok(())
+        Ok(unsuccessful)
     }
 
     fn newest_backups(&self) -> BTreeMap<String, DateTime<Utc>> {
