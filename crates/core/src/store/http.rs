@@ -252,6 +252,42 @@ impl HttpStore {
         Ok(buf.freeze())
     }
 
+    /// One page of a paged listing (`/v1/list`, `/v1/docs`), as JSON.
+    async fn page<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        query: (&str, &str),
+        after: Option<&str>,
+        what: &str,
+    ) -> Result<T> {
+        let mut url = self.url(path)?;
+        url.query_pairs_mut().append_pair(query.0, query.1);
+        if let Some(a) = after {
+            url.query_pairs_mut().append_pair("after", a);
+        }
+        let mut req = self.client.get(url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| self.transport(e))?;
+        let resp = self.check(resp).await?;
+        self.json(resp, what).await
+    }
+
+    /// Where the next page starts. Pages must move forward, or a server
+    /// could loop us forever.
+    fn advance(&self, after: &Option<String>, next: Option<String>) -> Result<Option<String>> {
+        match next {
+            Some(n) if after.as_ref().is_none_or(|a| n > *a) => Ok(Some(n)),
+            Some(_) => Err(Error::Remote {
+                remote: self.name.clone(),
+                reason: "its listing does not advance from page to page".into(),
+                transient: false,
+            }),
+            None => Ok(None),
+        }
+    }
+
     /// A bounded JSON answer.
     async fn json<T: serde::de::DeserializeOwned>(
         &self,
@@ -342,35 +378,23 @@ impl Store for HttpStore {
         let mut out = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let mut url = self.url("v1/list")?;
-            url.query_pairs_mut().append_pair("prefix", prefix);
-            if let Some(a) = &after {
-                url.query_pairs_mut().append_pair("after", a);
-            }
-            let mut req = self.client.get(url);
-            if let Some(t) = &self.token {
-                req = req.bearer_auth(t);
-            }
-            let resp = req.send().await.map_err(|e| self.transport(e))?;
-            let resp = self.check(resp).await?;
-            let page: ListResponse = self.json(resp, "a listing page").await?;
+            let page: ListResponse = self
+                .page(
+                    "v1/list",
+                    ("prefix", prefix),
+                    after.as_deref(),
+                    "a listing page",
+                )
+                .await?;
             // Never trust a listing: every key is parsed before use.
             out.extend(page.keys.iter().filter_map(|k| ObjectKey::parse(k).ok()));
             if out.len() > MAX_LIST_KEYS {
                 return Err(too_many_keys(&self.name, prefix));
             }
-            match page.next {
-                // Pages must move forward, or a server could loop us forever.
-                Some(n) if after.as_ref().is_none_or(|a| n > *a) => after = Some(n),
-                Some(_) => {
-                    return Err(Error::Remote {
-                        remote: self.name.clone(),
-                        reason: "its listing does not advance from page to page".into(),
-                        transient: false,
-                    })
-                }
+            after = match self.advance(&after, page.next)? {
+                Some(n) => Some(n),
                 None => break,
-            }
+            };
         }
         out.sort();
         out.dedup();
@@ -401,18 +425,14 @@ impl Store for HttpStore {
         let mut out = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let mut url = self.url("v1/docs")?;
-            url.query_pairs_mut().append_pair("kind", kind.dir());
-            if let Some(a) = &after {
-                url.query_pairs_mut().append_pair("after", a);
-            }
-            let mut req = self.client.get(url);
-            if let Some(t) = &self.token {
-                req = req.bearer_auth(t);
-            }
-            let resp = req.send().await.map_err(|e| self.transport(e))?;
-            let resp = self.check(resp).await?;
-            let page: DocsResponse = self.json(resp, "a document listing").await?;
+            let page: DocsResponse = self
+                .page(
+                    "v1/docs",
+                    ("kind", kind.dir()),
+                    after.as_deref(),
+                    "a document listing",
+                )
+                .await?;
             for d in page.docs {
                 // Parsed and bounded like anything else from a peer.
                 let Ok(key) = DocKey::parse(&d.key) else {
@@ -431,17 +451,10 @@ impl Store for HttpStore {
             if out.len() > MAX_LIST_KEYS {
                 return Err(too_many_keys(&self.name, kind.dir()));
             }
-            match page.next {
-                Some(n) if after.as_ref().is_none_or(|a| n > *a) => after = Some(n),
-                Some(_) => {
-                    return Err(Error::Remote {
-                        remote: self.name.clone(),
-                        reason: "its document listing does not advance from page to page".into(),
-                        transient: false,
-                    })
-                }
+            after = match self.advance(&after, page.next)? {
+                Some(n) => Some(n),
                 None => break,
-            }
+            };
         }
         Ok(out)
     }

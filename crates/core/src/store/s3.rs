@@ -190,6 +190,33 @@ impl S3Store {
         }
     }
 
+    /// Every object key under `dir` with its size; entries that are not
+    /// object keys are skipped, and more than `MAX_LIST_KEYS` is refused.
+    async fn list_sized(&self, dir: &str) -> Result<Vec<(ObjectKey, u64)>> {
+        let strip = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let mut out = Vec::new();
+        let mut stream = self.inner.list(Some(&self.path(dir)));
+        while let Some(meta) = stream.next().await {
+            let meta = meta.map_err(|e| self.err(e, true))?;
+            if let Some(k) = meta
+                .location
+                .as_ref()
+                .strip_prefix(&strip)
+                .and_then(|k| ObjectKey::parse(k).ok())
+            {
+                out.push((k, meta.size));
+            }
+            if out.len() > MAX_LIST_KEYS {
+                return Err(too_many_keys(&self.name, dir));
+            }
+        }
+        Ok(out)
+    }
+
     fn limit_check(&self, key: &ObjectKey, size: u64) -> Result<()> {
         if size > key.max_size() {
             return Err(key.too_large(
@@ -303,28 +330,12 @@ impl Store for S3Store {
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectKey>> {
         check_prefix(prefix)?;
-        let base = self.path(prefix.trim_end_matches('/'));
-        let strip = if self.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", self.prefix)
-        };
-        let mut out = Vec::new();
-        let mut stream = self.inner.list(Some(&base));
-        while let Some(meta) = stream.next().await {
-            let meta = meta.map_err(|e| self.err(e, true))?;
-            if let Some(k) = meta
-                .location
-                .as_ref()
-                .strip_prefix(&strip)
-                .and_then(|k| ObjectKey::parse(k).ok())
-            {
-                out.push(k);
-            }
-            if out.len() > MAX_LIST_KEYS {
-                return Err(too_many_keys(&self.name, prefix));
-            }
-        }
+        let mut out: Vec<ObjectKey> = self
+            .list_sized(prefix.trim_end_matches('/'))
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
         out.sort();
         Ok(out)
     }
@@ -337,28 +348,9 @@ impl Store for S3Store {
     }
 
     async fn sizes(&self) -> Result<Option<std::collections::HashMap<ObjectKey, u64>>> {
-        let strip = if self.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", self.prefix)
-        };
         let mut out = std::collections::HashMap::new();
         for dir in ["chunks", "indexes"] {
-            let mut stream = self.inner.list(Some(&self.path(dir)));
-            while let Some(meta) = stream.next().await {
-                let meta = meta.map_err(|e| self.err(e, true))?;
-                if let Some(k) = meta
-                    .location
-                    .as_ref()
-                    .strip_prefix(&strip)
-                    .and_then(|k| ObjectKey::parse(k).ok())
-                {
-                    out.insert(k, meta.size);
-                }
-                if out.len() > MAX_LIST_KEYS {
-                    return Err(too_many_keys(&self.name, dir));
-                }
-            }
+            out.extend(self.list_sized(dir).await?);
         }
         Ok(Some(out))
     }
