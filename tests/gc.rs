@@ -329,3 +329,58 @@ fn gc_races_pushes_on_s3() {
     .unwrap();
     race(&w, Some(&cfg), Some("cloud"), 6);
 }
+
+/// `locks --remote` with a read-only token: listed against this host's
+/// clock (it may not write a probe lock there).
+#[test]
+fn locks_are_listed_with_a_read_only_token() {
+    let w = World::new();
+    w.init("64K");
+    let img = w.path("disk.raw");
+    image_for(&img, 1);
+    backup(&w, &w.repo(), "vm", &img);
+    let served = w.path("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let tokens = w.path("tokens.json");
+    let admin = add_token(&tokens, "admin", "admin");
+    let read = add_token(&tokens, "ro", "read");
+    let server = Server::start(&served, &tokens, "127.0.0.1:0");
+    let cfg = w.path("c.toml");
+    let (ta, tr) = (w.path("ta"), w.path("tr"));
+    std::fs::write(&ta, &admin).unwrap();
+    std::fs::write(&tr, &read).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[remote.a]\nurl = \"{u}\"\ntoken_file = \"{}\"\n[remote.r]\nurl = \"{u}\"\ntoken_file = \"{}\"\n",
+            ta.display(),
+            tr.display(),
+            u = server.url
+        ),
+    )
+    .unwrap();
+    ok(&w, Some(&cfg), &w.repo(), &["push", "a", "--init"]);
+    let out = ok(&w, Some(&cfg), &w.repo(), &["locks", "--remote", "r"]);
+    assert!(out.contains("no locks"), "{out}");
+    // A read-only token cannot collect.
+    let out = run(
+        &w,
+        Some(&cfg),
+        &w.repo(),
+        &["gc", "--remote", "r", "--wait", "0"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("admin"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(&ok(
+        &w,
+        Some(&cfg),
+        &w.repo(),
+        &["--json", "gc", "--remote", "r", "--dry-run"],
+    ))
+    .unwrap();
+    assert_eq!(v["chunks_deleted"], 0, "{v}");
+}

@@ -102,6 +102,7 @@ async fn mark(
     marked: &mut Marked,
     opts: &GcOptions,
     cancel: &CancellationToken,
+    progress: &Progress,
 ) -> Result<()> {
     let keys: Vec<ManifestKey> = keys
         .into_iter()
@@ -126,6 +127,7 @@ async fn mark(
             };
             let m = Manifest::from_bytes(&k, &data)
                 .map_err(|e| refuse(format!("manifest {}", k.object_key()), e))?;
+            progress.add(1, 1);
             Ok::<_, Error>(Some((k, m)))
         })
         .buffer_unordered(opts.concurrency.max(1))
@@ -198,7 +200,7 @@ pub async fn run(
     };
     let keys = manifest_keys(store).await?;
     progress.set_totals(keys.len() as u64, keys.len() as u64);
-    mark(store, keys, &mut marked, opts, cancel).await?;
+    mark(store, keys, &mut marked, opts, cancel, progress).await?;
     let mut candidates = condemned(&chunks, &indexes, &marked);
     let held = if opts.dry_run {
         None
@@ -218,6 +220,7 @@ pub async fn run(
             &mut marked,
             opts,
             cancel,
+            progress,
         )
         .await?;
         candidates.retain(|k| !referenced(k, &marked));

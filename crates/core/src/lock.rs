@@ -181,33 +181,40 @@ pub async fn others(store: &DynStore, own: &DocKey) -> Result<Vec<Seen>> {
     Ok(docs
         .into_iter()
         .filter(|d| &d.key != own)
-        .map(|d| {
-            let info: Option<LockInfo> = serde_json::from_slice(&d.body).ok();
-            let age = (now - d.modified).to_std().unwrap_or_default();
-            let dead = info.as_ref().is_some_and(process_gone);
-            Seen {
-                key: d.key,
-                info,
-                age,
-                live: age < STALE && !dead,
-            }
-        })
+        .map(|d| seen(d, now))
         .collect())
 }
 
-/// Every lock, for `lifeboat locks` and status: ages against a probe lock
-/// written and removed at once.
+/// Every lock, for `lifeboat locks`: ages against a probe lock written
+/// and removed at once (the store's clock), or, where this client may not
+/// write (a read-only token), against this host's clock.
 pub async fn list(store: &DynStore) -> Result<Vec<Seen>> {
     let probe = new_key(LockKind::Writer);
-    store
-        .put_doc(
-            &probe,
-            body(&LockInfo::new(LockKind::Writer, "listing locks"))?,
-        )
-        .await?;
-    let seen = others(store, &probe).await;
-    let _ = store.delete_doc(&probe).await;
-    seen
+    let info = LockInfo::new(LockKind::Writer, "listing locks");
+    if store.put_doc(&probe, body(&info)?).await.is_ok() {
+        let seen = others(store, &probe).await;
+        let _ = store.delete_doc(&probe).await;
+        return seen;
+    }
+    let now = Utc::now();
+    Ok(store
+        .list_docs(DocKind::Lock)
+        .await?
+        .into_iter()
+        .map(|d| seen(d, now))
+        .collect())
+}
+
+fn seen(d: crate::store::Doc, now: DateTime<Utc>) -> Seen {
+    let info: Option<LockInfo> = serde_json::from_slice(&d.body).ok();
+    let age = (now - d.modified).to_std().unwrap_or_default();
+    let dead = info.as_ref().is_some_and(process_gone);
+    Seen {
+        key: d.key,
+        info,
+        age,
+        live: age < STALE && !dead,
+    }
 }
 
 fn new_key(kind: LockKind) -> DocKey {
