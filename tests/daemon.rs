@@ -160,6 +160,9 @@ fn the_daemon_runs_on_its_clock_catches_up_once_and_retries() {
     let img = w.path("web.raw");
     write_at(&img, 0, &noise(1 << 20, 1));
     let cfg = config(&w, &[("web", &img)], "");
+    // A top-level key: it goes before the tables.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("gc_schedule = \"every 1h\"\n{text}")).unwrap();
     let clock = w.path("clock");
     set_clock(&clock, "2026-11-27T10:00:00Z");
     let d = start(&w, &cfg, &clock);
@@ -180,6 +183,11 @@ fn the_daemon_runs_on_its_clock_catches_up_once_and_retries() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(runs(&w).len(), 2, "catch-up ran more than once");
     assert_eq!(runs(&w)[1]["slot"], "2026-11-27T15:00:00Z");
+    // gc ran on its own schedule (at start, then for the catch-up hour).
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(w.repo().join("state/daemon.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["last_gc"], "2026-11-27T15:10:00Z", "{state}");
 
     // A second daemon on the same repository refuses and names the first.
     let out = w

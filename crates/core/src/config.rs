@@ -28,9 +28,14 @@ pub struct Config {
     #[serde(default, rename = "policy")]
     pub policy_configs:
         std::collections::BTreeMap<String, toml::Spanned<crate::policy::PolicyConfig>>,
+    /// When the daemon collects garbage in the local repository (a
+    /// schedule like a policy's, in the host's time zone).
+    pub gc_schedule: Option<toml::Spanned<String>>,
     /// The policies, checked at load.
     #[serde(skip)]
     pub policies: std::collections::BTreeMap<String, crate::policy::Policy>,
+    #[serde(skip)]
+    pub gc: Option<crate::policy::Schedule>,
     #[serde(skip)]
     pub path: Option<PathBuf>,
 }
@@ -261,6 +266,20 @@ impl Config {
             }
         }
         cfg.policies = policies;
+        if let Some(g) = &cfg.gc_schedule {
+            let line = Some(line_of(text, g.span().start));
+            let sched: crate::policy::Schedule = g
+                .get_ref()
+                .parse()
+                .map_err(|e: Error| err(line, format!("gc_schedule: {e}")))?;
+            if sched
+                .next_after(chrono::Utc::now(), &chrono::Local)
+                .is_none()
+            {
+                return Err(err(line, "gc_schedule never fires".into()));
+            }
+            cfg.gc = Some(sched);
+        }
         Ok(cfg)
     }
 
@@ -360,6 +379,14 @@ mod tests {
                 "push target \"cloud\" is not a configured remote",
             ),
             ("[policy.p]\nschedul = \"daily 02:00\"\n", "unknown field"),
+            (
+                "gc_schedule = \"weekly xyz 04:00\"\n",
+                "line 1: gc_schedule",
+            ),
+            (
+                "gc_schedule = \"0 0 31 2 *\"\n",
+                "line 1: gc_schedule never fires",
+            ),
         ];
         for (text, want) in cases {
             let full = format!("{text}{base}");

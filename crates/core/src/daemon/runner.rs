@@ -228,8 +228,25 @@ impl Daemon {
         }
         let mut newest = self.newest_backups();
         let mut unsuccessful = 0usize;
+        let mut gc_job: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             let now = self.clock.now();
+            // Garbage collection on its own schedule; safe beside the runs.
+            if let (Some(sched), false) = (&self.config.gc, once) {
+                if gc_job.as_ref().is_none_or(|h| h.is_finished()) {
+                    let due = match state.last_gc {
+                        None => true,
+                        Some(last) => sched
+                            .next_after(last, &chrono::Local)
+                            .is_some_and(|t| t <= now),
+                    };
+                    if due {
+                        state.last_gc = Some(now);
+                        runs::save_state(&self.root, &state)?;
+                        gc_job = Some(self.spawn_gc(shutdown.clone()));
+                    }
+                }
+            }
             // Finished jobs first: they move slots and set retries.
             let done: Vec<String> = running
                 .iter()
@@ -337,6 +354,9 @@ impl Daemon {
                 _ = tokio::time::sleep(self.opts.tick) => {}
             }
         }
+        if let Some(h) = gc_job {
+            let _ = h.await;
+        }
         if !running.is_empty() {
             tracing::info!("stopping: cancelling {} running jobs", running.len());
         }
@@ -354,6 +374,24 @@ impl Daemon {
         runs::save_state(&self.root, &state)?;
         tracing::info!("daemon stopped");
         Ok(unsuccessful)
+    }
+
+    fn spawn_gc(&self, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let root = self.root.clone();
+        tokio::spawn(async move {
+            let store: DynStore = Arc::new(LocalStore::new(&root));
+            let opts = crate::gc::GcOptions::default();
+            match crate::gc::run(&store, Some(&root), &opts, &cancel, &Progress::new()).await {
+                Ok(r) => tracing::info!(
+                    "gc: deleted {} chunks and {} indexes ({}), {} temp files",
+                    r.chunks_deleted,
+                    r.indexes_deleted,
+                    crate::text::bytes(r.bytes_freed.unwrap_or(0)),
+                    r.tmp_files_deleted
+                ),
+                Err(e) => tracing::warn!("gc: {}", crate::text::describe(&e)),
+            }
+        })
     }
 
     fn newest_backups(&self) -> BTreeMap<String, DateTime<Utc>> {
