@@ -230,6 +230,19 @@ fn the_daemon_runs_on_its_clock_catches_up_once_and_retries() {
     );
     assert_eq!(r["slot"], "2026-11-27T16:00:00Z");
 
+    // The run history, as the CLI shows it.
+    let out = w
+        .cmd()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["runs", "web"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert_eq!(text.matches("failed").count(), 2, "{text}");
+    assert!(text.contains("does not exist"), "{text}");
+
     // Metrics, through an independent parser.
     let m = scrape(d.metrics.as_deref().unwrap());
     let has = |s: &str| m.iter().any(|l| l.starts_with(s));

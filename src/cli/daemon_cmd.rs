@@ -168,3 +168,57 @@ pub async fn rpo_status(ctx: &Ctx, timeout: u64) -> anyhow::Result<Outcome> {
         Outcome::Ok
     })
 }
+
+/// `lifeboat runs [VM] [--last N]`: the policy run history, newest last.
+pub fn runs_cmd(ctx: &Ctx, vm: Option<String>, last: usize) -> anyhow::Result<Outcome> {
+    let repo = ctx.open_repo()?;
+    let mut runs = lifeboat_core::daemon::runs::load_runs(repo.root())?;
+    if let Some(vm) = &vm {
+        runs.retain(|r| &r.vm == vm);
+    }
+    let skip = runs.len().saturating_sub(last);
+    let runs = &runs[skip..];
+    if ctx.json {
+        print_json(&runs)?;
+        return Ok(Outcome::Ok);
+    }
+    if runs.is_empty() {
+        println!("no policy runs recorded yet (`lifeboat daemon` records them)");
+        return Ok(Outcome::Ok);
+    }
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            vec![
+                time(&r.started_at),
+                r.vm.clone(),
+                r.policy.clone(),
+                r.slot.map(|t| time(&t)).unwrap_or_else(|| "by hand".into()),
+                r.attempt.to_string(),
+                format!("{:?}", r.outcome).to_lowercase(),
+                crate::output::duration(r.seconds),
+                lifeboat_core::text::bytes(r.bytes_new),
+                lifeboat_core::text::escape(r.error.as_deref().unwrap_or(&r.steps.join("; ")))
+                    .into_owned(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "STARTED",
+                "VM",
+                "POLICY",
+                "SLOT",
+                "TRY",
+                "RESULT",
+                "TOOK",
+                "NEW",
+                "STEPS / ERROR"
+            ],
+            &rows
+        )
+    );
+    Ok(Outcome::Ok)
+}

@@ -205,6 +205,13 @@ pub enum Command {
     /// Run every VM's policy on its schedule (backup, verify, push,
     /// retention); SIGTERM stops cleanly. One per repository.
     Daemon(daemon_cmd::DaemonArgs),
+    /// The policy run history (what the daemon did, newest last).
+    Runs {
+        /// Only this VM's runs.
+        vm: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        last: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -524,6 +531,7 @@ pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
             "status --rpo reports every VM against every configured remote; leave out the remote names"
         )),
         Command::Daemon(a) => daemon_cmd::daemon(&ctx, a).await,
+        Command::Runs { vm, last } => daemon_cmd::runs_cmd(&ctx, vm, last),
         Command::Status { remotes, timeout, .. } => {
             remote_cmds::status_cmd(&ctx, remotes, timeout).await
         }
