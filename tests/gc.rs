@@ -384,3 +384,57 @@ fn locks_are_listed_with_a_read_only_token() {
     .unwrap();
     assert_eq!(v["chunks_deleted"], 0, "{v}");
 }
+
+/// gc killed with SIGKILL while it deletes: every backup still verifies
+/// deep, its dead lock does not hold up the next backup, and the next gc
+/// finishes the job.
+#[test]
+fn a_killed_gc_leaves_the_repository_whole() {
+    let w = World::new();
+    w.init("64K");
+    let img = w.path("big.raw");
+    // 8 backups of 32 MiB of fresh noise: 3,584 chunks of garbage once 7
+    // are pruned.
+    for i in 0..8u64 {
+        write_at(&img, 0, &noise(32 << 20, 500 + i));
+        backup(&w, &w.repo(), "vm", &img);
+    }
+    w.ok(&["prune", "--keep-last", "1"]);
+    let before = common::objects_under(&w.repo().join("chunks"));
+    let mut child = w
+        .cmd()
+        .arg("-r")
+        .arg(w.repo())
+        .args(["gc"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once it has deleted some chunks, not all.
+    let t = std::time::Instant::now();
+    loop {
+        let n = common::objects_under(&w.repo().join("chunks"));
+        if n < before || t.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let mid = common::objects_under(&w.repo().join("chunks"));
+    eprintln!("chunks: {before} before, {mid} after the kill");
+    w.ok(&["verify", "--deep"]);
+    w.restore_equals(&w.repo(), "vm/root@latest", &img);
+    // The killed gc's lock (this host, pid gone) does not block a writer.
+    let t = std::time::Instant::now();
+    write_at(&img, 0, &noise(32 << 20, 999));
+    backup(&w, &w.repo(), "vm", &img);
+    assert!(t.elapsed() < Duration::from_secs(60));
+    let v = w.json(&["gc"]);
+    // What the two remaining backups reference, 512 chunks each.
+    assert_eq!(before, 8 * 512);
+    assert_eq!(common::objects_under(&w.repo().join("chunks")), 1024, "{v}");
+    w.ok(&["verify", "--deep"]);
+}
