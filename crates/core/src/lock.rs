@@ -53,6 +53,19 @@ pub struct LockInfo {
     /// What the holder does ("backup web", "push to offsite").
     pub what: String,
     pub since: DateTime<Utc>,
+    /// The kernel boot and pid namespace the pid belongs to: only a party
+    /// in the same one may judge the holder dead by its pid (hostnames
+    /// repeat across containers and machines; pids repeat across
+    /// namespaces). Absent: only staleness counts.
+    #[serde(default)]
+    pub pid_space: Option<String>,
+}
+
+/// This process's boot id and pid namespace, when the system tells them.
+fn pid_space() -> Option<String> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    Some(format!("{}/{}", boot.trim(), ns.display()))
 }
 
 impl LockInfo {
@@ -63,6 +76,7 @@ impl LockInfo {
             pid: std::process::id(),
             what: what.to_string(),
             since: Utc::now(),
+            pid_space: pid_space(),
         }
     }
 
@@ -160,7 +174,8 @@ fn body(info: &LockInfo) -> Result<Bytes> {
 }
 
 fn process_gone(info: &LockInfo) -> bool {
-    info.host == crate::backup::hostname()
+    let same_space = info.pid_space.is_some() && info.pid_space == pid_space();
+    same_space
         && info.pid != std::process::id()
         && !std::path::Path::new(&format!("/proc/{}", info.pid)).exists()
 }
@@ -464,6 +479,20 @@ mod tests {
             .put_doc(&DocKey::lock("writer-dead").unwrap(), body(&info).unwrap())
             .await
             .unwrap();
+        // The same host name in another pid namespace (a container): its
+        // pid says nothing here, so only staleness could make it dead.
+        let mut other = LockInfo::new(LockKind::Writer, "backup in a container");
+        other.pid = 4_194_305;
+        other.pid_space = Some("another-boot/pid:[1]".into());
+        let k = DocKey::lock("writer-c0").unwrap();
+        store.put_doc(&k, body(&other).unwrap()).await.unwrap();
+        let err = acquire(&store, LockKind::Gc, "gc", Duration::ZERO)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("backup in a container"), "{err}");
+        store.delete_doc(&k).await.unwrap();
         let g = acquire(&store, LockKind::Gc, "gc", Duration::ZERO)
             .await
             .unwrap();
