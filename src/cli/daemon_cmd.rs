@@ -37,6 +37,11 @@ pub async fn daemon(ctx: &Ctx, a: DaemonArgs) -> anyhow::Result<Outcome> {
     };
     let shutdown = CancellationToken::new();
     if let Some(addr) = a.metrics_listen {
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                "metrics on {addr} need no token: anyone who reaches it sees VM names and backup ages (keep it on loopback or behind a firewall)"
+            );
+        }
         let source = lifeboat::server::metrics::MetricsSource {
             config: Arc::new(ctx.config.clone()),
             root: repo.root().to_path_buf(),
