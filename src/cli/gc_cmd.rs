@@ -1,12 +1,8 @@
 //! `lifeboat gc` and `lifeboat locks`: garbage collection of the local
 //! repository or a remote, and who holds a repository now.
 
-use std::sync::Arc;
-
 use lifeboat_core::gc::{self, GcOptions};
 use lifeboat_core::lock;
-use lifeboat_core::store::local::LocalStore;
-use lifeboat_core::store::DynStore;
 
 use super::progress::run_job_async;
 use super::{print_json, Ctx, Outcome};
@@ -26,25 +22,8 @@ pub struct GcArgs {
     pub wait: u64,
 }
 
-/// The store to work on and, when local, its directory (temp files).
-fn target(
-    ctx: &Ctx,
-    remote: Option<&str>,
-) -> anyhow::Result<(DynStore, Option<std::path::PathBuf>)> {
-    Ok(match remote {
-        Some(r) => (ctx.remote(r)?.1, None),
-        None => {
-            let repo = ctx.open_repo()?;
-            (
-                Arc::new(LocalStore::new(repo.root())),
-                Some(repo.root().to_path_buf()),
-            )
-        }
-    })
-}
-
 pub async fn gc_cmd(ctx: &Ctx, a: GcArgs) -> anyhow::Result<Outcome> {
-    let (store, root) = target(ctx, a.remote.as_deref())?;
+    let (store, root) = ctx.target(a.remote.as_deref())?;
     let opts = GcOptions {
         dry_run: a.dry_run,
         wait: std::time::Duration::from_secs(a.wait * 60),
@@ -92,7 +71,7 @@ pub async fn gc_cmd(ctx: &Ctx, a: GcArgs) -> anyhow::Result<Outcome> {
 }
 
 pub async fn locks_cmd(ctx: &Ctx, remote: Option<String>) -> anyhow::Result<Outcome> {
-    let (store, _) = target(ctx, remote.as_deref())?;
+    let (store, _) = ctx.target(remote.as_deref())?;
     let seen = lock::list(&store).await?;
     if ctx.json {
         let rows: Vec<serde_json::Value> = seen

@@ -403,6 +403,50 @@ impl Ctx {
         Repo::open(&self.repo_path())
     }
 
+    /// The local repository (None) or a remote as a store, with the
+    /// repository's directory when it is local (gc's temp files).
+    pub fn target(
+        &self,
+        remote: Option<&str>,
+    ) -> lifeboat_core::Result<(lifeboat_core::store::DynStore, Option<PathBuf>)> {
+        Ok(match remote {
+            Some(r) => (self.remote(r)?.1, None),
+            None => {
+                let repo = self.open_repo()?;
+                (
+                    std::sync::Arc::new(lifeboat_core::store::local::LocalStore::new(repo.root())),
+                    Some(repo.root().to_path_buf()),
+                )
+            }
+        })
+    }
+
+    /// Every backup of the local repository or a remote, verified, with
+    /// protection marks applied, and the store it came from.
+    pub async fn backups_of(
+        &self,
+        remote: Option<&str>,
+    ) -> lifeboat_core::Result<(
+        lifeboat_core::store::DynStore,
+        Vec<(
+            lifeboat_core::repo::ManifestKey,
+            lifeboat_core::repo::Manifest,
+        )>,
+    )> {
+        let (store, root) = self.target(remote)?;
+        let all = match root {
+            // Local: read from disk (marks applied by `load_all`).
+            Some(root) => Repo::open(&root)?.load_all()?,
+            None => {
+                let mut all = lifeboat_core::sync::load_manifests(store.as_ref()).await?;
+                let marks = lifeboat_core::protect::protected(store.as_ref()).await?;
+                lifeboat_core::protect::apply(&mut all, &marks);
+                all
+            }
+        };
+        Ok((store, all))
+    }
+
     /// A remote by name or URL, under the bandwidth limits that apply.
     pub fn remote(
         &self,

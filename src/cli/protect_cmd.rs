@@ -1,12 +1,8 @@
 //! `lifeboat protect REF` / `unprotect REF`: keep a backup set from any
 //! prune, in the local repository or on a remote (see core `protect`).
 
-use std::sync::Arc;
-
 use lifeboat_core::protect;
-use lifeboat_core::repo::{refs, Manifest, ManifestKey};
-use lifeboat_core::store::local::LocalStore;
-use lifeboat_core::store::DynStore;
+use lifeboat_core::repo::{refs, ManifestKey};
 
 use super::{print_json, Ctx, Outcome};
 
@@ -23,31 +19,13 @@ pub struct ProtectArgs {
     pub note: Option<String>,
 }
 
-async fn load(
-    ctx: &Ctx,
-    remote: Option<&str>,
-) -> anyhow::Result<(DynStore, Vec<(ManifestKey, Manifest)>)> {
-    Ok(match remote {
-        Some(r) => {
-            let (_, store) = ctx.remote(r)?;
-            let all = lifeboat_core::sync::load_manifests(store.as_ref()).await?;
-            (store, all)
-        }
-        None => {
-            let repo = ctx.open_repo()?;
-            let all = repo.load_all()?;
-            (Arc::new(LocalStore::new(repo.root())), all)
-        }
-    })
-}
-
 pub async fn protect_cmd(ctx: &Ctx, a: ProtectArgs, on: bool) -> anyhow::Result<Outcome> {
     if let Some(n) = &a.note {
         if n.len() > 1000 {
             anyhow::bail!("a note is at most 1,000 bytes");
         }
     }
-    let (store, all) = load(ctx, a.remote.as_deref()).await?;
+    let (store, all) = ctx.backups_of(a.remote.as_deref()).await?;
     let picked = refs::resolve_many(&all, &a.reference)?;
     let sets: std::collections::BTreeSet<(&str, &str)> = picked
         .iter()

@@ -4,7 +4,6 @@
 
 use lifeboat_core::repo::ManifestKey;
 use lifeboat_core::retention::{self, Decision, Rules};
-use lifeboat_core::store::local::LocalStore;
 use lifeboat_core::store::{DynStore, ObjectKey};
 
 use super::{print_json, Ctx, Outcome};
@@ -56,21 +55,7 @@ pub async fn prune(ctx: &Ctx, a: PruneArgs) -> anyhow::Result<Outcome> {
     if from_flags {
         rules.check()?;
     }
-    let (store, backups): (DynStore, _) = match &a.remote {
-        Some(r) => {
-            let (_, store) = ctx.remote(r)?;
-            let b = lifeboat_core::sync::load_manifests(store.as_ref()).await?;
-            (store, b)
-        }
-        None => {
-            let repo = ctx.open_repo()?;
-            let b = repo.load_all()?;
-            (std::sync::Arc::new(LocalStore::new(repo.root())), b)
-        }
-    };
-    let mut backups = backups;
-    let marks = lifeboat_core::protect::protected(store.as_ref()).await?;
-    lifeboat_core::protect::apply(&mut backups, &marks);
+    let (store, backups) = ctx.backups_of(a.remote.as_deref()).await?;
     for vm in &a.vms {
         if !backups.iter().any(|(k, _)| &k.vm == vm) {
             anyhow::bail!("no backups of VM {vm:?} in {}", store.describe());
@@ -170,10 +155,7 @@ fn by_policy(
             continue;
         };
         covered += 1;
-        out.extend(match &p.timezone {
-            Some(tz) => retention::plan(&group, rules, tz, now)?,
-            None => retention::plan(&group, rules, &chrono::Local, now)?,
-        });
+        out.extend(p.plan_retention(&group, rules, now)?);
     }
     if covered == 0 {
         anyhow::bail!(

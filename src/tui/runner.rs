@@ -136,17 +136,26 @@ impl Runner {
                 let path = self.repo_path.clone();
                 let config = self.config.clone();
                 tokio::task::spawn_blocking(move || {
+                    // Every manifest is read once; the RPO states are derived
+                    // from the same backups and verify record.
                     let res = Repo::open(&path).and_then(|r| r.load_all());
+                    let verify = state::load_verify(&path);
+                    if let Ok(b) = &res {
+                        let runs =
+                            lifeboat_core::daemon::runs::load_runs(&path).unwrap_or_default();
+                        let daemon =
+                            lifeboat_core::daemon::runs::load_state(&path).unwrap_or_default();
+                        let v = verify.as_ref().cloned().unwrap_or_default();
+                        let now = chrono::Utc::now();
+                        let _ = tx.send(Action::Rpo(lifeboat_core::rpo::assess(
+                            &config, b, &v, &runs, &daemon, now,
+                        )));
+                    }
                     let _ = match res {
                         Ok(b) => tx.send(Action::Loaded(b)),
                         Err(e) => tx.send(Action::LoadFailed(e.to_string())),
                     };
-                    if let Ok(r) =
-                        lifeboat_core::rpo::assess_repo(&config, &path, chrono::Utc::now())
-                    {
-                        let _ = tx.send(Action::Rpo(r));
-                    }
-                    match state::load_verify(&path) {
+                    match verify {
                         Ok(v) => {
                             let _ = tx.send(Action::VerifyState(v));
                         }

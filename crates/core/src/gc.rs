@@ -29,7 +29,7 @@ use crate::jobs::{CancellationToken, Progress};
 use crate::lock::{self, LockKind};
 use crate::repo::{Id, Manifest, ManifestKey};
 use crate::store::{DynStore, ObjectKey};
-use crate::sync::{fetch_index, with_retry};
+use crate::sync::{check_cancel as check, fetch_index, with_retry};
 
 #[derive(Debug, Clone)]
 pub struct GcOptions {
@@ -162,14 +162,6 @@ async fn mark(
             .extend(list.into_iter().filter(|c| !c.is_zero()));
     }
     Ok(())
-}
-
-fn check(cancel: &CancellationToken) -> Result<()> {
-    if cancel.is_cancelled() {
-        Err(Error::Cancelled)
-    } else {
-        Ok(())
-    }
 }
 
 /// Runs a gc on `store`; `tmp_root` is the repository directory when the

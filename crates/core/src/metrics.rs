@@ -154,15 +154,19 @@ pub fn render(config: &Config, root: &Path, now: DateTime<Utc>) -> Result<String
         total.clone(),
     );
 
-    let mut newest: BTreeMap<(String, String), &crate::repo::Manifest> = BTreeMap::new();
+    // The newest backup of each volume, with its id (for its verify mark).
+    let mut newest: BTreeMap<(String, String), (crate::repo::Id, &crate::repo::Manifest)> =
+        BTreeMap::new();
     for (k, m) in &backups {
         count.get_or_create(&Vm { vm: k.vm.clone() }).inc_by(1.0);
-        let e = newest.entry((k.vm.clone(), k.volume.clone())).or_insert(m);
-        if m.created_at >= e.created_at {
-            *e = m;
+        let e = newest
+            .entry((k.vm.clone(), k.volume.clone()))
+            .or_insert((k.id, m));
+        if m.created_at >= e.1.created_at {
+            *e = (k.id, m);
         }
     }
-    for ((vm, volume), m) in &newest {
+    for ((vm, volume), (id, m)) in &newest {
         let l = Volume {
             vm: vm.clone(),
             volume: volume.clone(),
@@ -171,11 +175,7 @@ pub fn render(config: &Config, root: &Path, now: DateTime<Utc>) -> Result<String
             .set((now - m.created_at).num_milliseconds() as f64 / 1000.0);
         logical.get_or_create(&l).set(m.stats.logical_bytes as f64);
         new.get_or_create(&l).set(m.stats.new_stored_bytes as f64);
-        let id = backups
-            .iter()
-            .find(|(k, x)| k.vm == *vm && k.volume == *volume && std::ptr::eq(x, *m))
-            .map(|(k, _)| k.id);
-        if let Some(mark) = id.and_then(|id| verify.get(&id)) {
+        if let Some(mark) = verify.get(id) {
             verified
                 .get_or_create(&l)
                 .set(if mark.ok { 1.0 } else { 0.0 });

@@ -310,6 +310,20 @@ impl Policy {
         }
     }
 
+    /// `retention::plan` in the policy's time zone (the host's when it
+    /// names none).
+    pub fn plan_retention(
+        &self,
+        backups: &[(crate::repo::ManifestKey, crate::repo::Manifest)],
+        rules: &Rules,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<crate::retention::Decision>> {
+        match &self.timezone {
+            Some(tz) => crate::retention::plan(backups, rules, tz, now),
+            None => crate::retention::plan(backups, rules, &chrono::Local, now),
+        }
+    }
+
     pub fn retention_for(&self, remote: Option<&str>) -> Option<&Rules> {
         remote
             .and_then(|r| self.remote_retention.get(r))

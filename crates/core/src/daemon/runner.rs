@@ -737,10 +737,7 @@ pub async fn plan_prune(
         .collect();
     let marks = crate::protect::protected(store.as_ref()).await?;
     crate::protect::apply(&mut all, &marks);
-    match &policy.timezone {
-        Some(tz) => crate::retention::plan(&all, rules, tz, now),
-        None => crate::retention::plan(&all, rules, &chrono::Local, now),
-    }
+    policy.plan_retention(&all, rules, now)
 }
 
 /// Applies `rules` to one VM's sets on a store (protection honoured).

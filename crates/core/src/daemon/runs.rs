@@ -47,17 +47,11 @@ fn dir(root: &Path) -> PathBuf {
 }
 
 fn read(path: &Path) -> Result<Option<Vec<u8>>> {
-    match durable::read_limited(path, MAX_FILE) {
-        Ok(durable::Limited::Data(d)) => Ok(Some(d)),
-        Ok(durable::Limited::TooLarge(n)) => Err(Error::TooLarge {
-            what: path.display().to_string(),
-            size: n,
-            limit: MAX_FILE,
-            hint: "remove the file: it holds only the run history",
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io("reading", path, e)),
-    }
+    crate::repo::state::read_record(
+        path,
+        MAX_FILE,
+        "remove the file: it holds only the run history",
+    )
 }
 
 /// The run history, oldest first (damaged lines are skipped).

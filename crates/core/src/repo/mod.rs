@@ -336,35 +336,15 @@ impl Repo {
 
     /// The backups protected by a mark in `protected/`.
     pub fn protection_marks(&self) -> Result<std::collections::BTreeSet<ManifestKey>> {
-        let dir = self.root.join("protected");
-        let mut out = std::collections::BTreeSet::new();
-        let Ok(vms) = fs::read_dir(&dir) else {
-            return Ok(out);
-        };
-        for vm in vms.flatten() {
-            let Ok(vols) = fs::read_dir(vm.path()) else {
-                continue;
-            };
-            for vol in vols.flatten() {
-                let Ok(files) = fs::read_dir(vol.path()) else {
-                    continue;
-                };
-                for f in files.flatten() {
-                    let key = format!(
-                        "protected/{}/{}/{}",
-                        vm.file_name().to_string_lossy(),
-                        vol.file_name().to_string_lossy(),
-                        f.file_name().to_string_lossy()
-                    );
-                    if let Ok(crate::store::DocKey::Protection(m)) =
-                        crate::store::DocKey::parse(&key)
-                    {
-                        out.insert(m);
-                    }
-                }
-            }
-        }
-        Ok(out)
+        let mut names = Vec::new();
+        crate::store::local::walk(&self.root, &self.root.join("protected"), &mut names)?;
+        Ok(names
+            .iter()
+            .filter_map(|n| match crate::store::DocKey::parse(n) {
+                Ok(crate::store::DocKey::Protection(m)) => Some(m),
+                _ => None,
+            })
+            .collect())
     }
 
     pub fn chunk_writer(&self) -> ChunkWriter<'_> {

@@ -54,13 +54,22 @@ fn dir(root: &Path) -> PathBuf {
 }
 
 fn read(path: &Path) -> Result<Option<Vec<u8>>> {
-    match durable::read_limited(path, MAX_FILE) {
+    read_record(
+        path,
+        MAX_FILE,
+        "remove the file: it holds only the console's records",
+    )
+}
+
+/// A record file of `state/`, at most `limit` bytes; None when absent.
+pub(crate) fn read_record(path: &Path, limit: u64, hint: &'static str) -> Result<Option<Vec<u8>>> {
+    match durable::read_limited(path, limit) {
         Ok(Limited::Data(d)) => Ok(Some(d)),
         Ok(Limited::TooLarge(n)) => Err(Error::TooLarge {
             what: format!("{}", path.display()),
             size: n,
-            limit: MAX_FILE,
-            hint: "remove the file: it holds only the console's records",
+            limit,
+            hint,
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io("reading", path, e)),

@@ -466,7 +466,7 @@ pub async fn transfer(
     Ok(report)
 }
 
-fn check_cancel(cancel: &CancellationToken) -> Result<()> {
+pub(crate) fn check_cancel(cancel: &CancellationToken) -> Result<()> {
     if cancel.is_cancelled() {
         Err(Error::Cancelled)
     } else {
