@@ -332,9 +332,10 @@ pub async fn push_pull(ctx: &Ctx, a: SyncArgs, push: bool) -> anyhow::Result<Out
         if dry_run {
             return Ok(Err(plan.summary));
         }
-        sync::execute(src.as_ref(), dst.as_ref(), &plan, &opts, &cancel, &progress)
-            .await
-            .map(Ok)
+        let done =
+            sync::execute(src.as_ref(), dst.as_ref(), &plan, &opts, &cancel, &progress).await;
+        plan.finish().await;
+        done.map(Ok)
     })
     .await?;
     let report = match done {

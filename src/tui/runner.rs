@@ -538,9 +538,11 @@ impl Runner {
                         init: plan.summary.creates_repository,
                         ..Default::default()
                     };
-                    let r =
+                    let done =
                         sync::execute(src.as_ref(), dst.as_ref(), &plan, &opts, &cancel, &progress)
-                            .await?;
+                            .await;
+                    plan.finish().await;
+                    let r = done?;
                     Ok(format!(
                         "{} chunks, {} sent",
                         r.chunks_sent,

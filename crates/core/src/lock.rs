@@ -147,6 +147,14 @@ impl Held {
         Ok(())
     }
 
+    /// Releases a lock that others may still hold a reference to (a plan
+    /// shared with a confirmation dialog). Dropping alone removes the lock
+    /// in the background, which a process about to exit may never run.
+    pub async fn release_shared(&self) -> Result<()> {
+        self.refresher.abort();
+        self.store.delete_doc(&self.key).await
+    }
+
     pub async fn release(self) -> Result<()> {
         self.refresher.abort();
         let (store, key) = (self.store.clone(), self.key.clone());

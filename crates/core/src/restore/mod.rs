@@ -304,7 +304,7 @@ pub async fn plan_remote(
 /// local repository (creating it on a fresh machine), then writes every
 /// volume. `remote` must be the store the plan was made from.
 pub async fn execute(
-    set: SetRestorePlan,
+    mut set: SetRestorePlan,
     remote: Option<&dyn Store>,
     local_repo: &Path,
     cancel: &CancellationToken,
@@ -316,7 +316,25 @@ pub async fn execute(
     };
     let writes: u64 = set.volumes.iter().map(|v| v.image_size).sum();
     progress.set_job_total_if_unset(fetch + writes);
-    if let (Some(t), Some(src)) = (&set.transfer, remote) {
+    // The fetch's plan holds the local writer lock until the volumes are
+    // written (see `plan_remote`), then releases it.
+    let transfer = set.transfer.take();
+    let done = write_set(set, transfer.as_ref(), remote, local_repo, cancel, progress).await;
+    if let Some(t) = &transfer {
+        t.finish().await;
+    }
+    done
+}
+
+async fn write_set(
+    set: SetRestorePlan,
+    transfer: Option<&sync::TransferPlan>,
+    remote: Option<&dyn Store>,
+    local_repo: &Path,
+    cancel: &CancellationToken,
+    progress: &std::sync::Arc<Progress>,
+) -> Result<Vec<RestoreOutcome>> {
+    if let (Some(t), Some(src)) = (transfer, remote) {
         let local = LocalStore::new(local_repo);
         let opts = SyncOptions {
             init: true,

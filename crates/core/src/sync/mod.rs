@@ -101,6 +101,20 @@ impl std::fmt::Debug for TransferPlan {
 }
 
 impl TransferPlan {
+    /// Releases the destination's writer lock now (call when done with the
+    /// plan, failed or not: a process that exits right after would never
+    /// run the background removal that dropping does).
+    pub async fn finish(&self) {
+        if let Some(l) = &self.lock {
+            if let Err(e) = l.release_shared().await {
+                tracing::warn!(
+                    "releasing the writer lock on {}: {e}",
+                    self.summary.destination
+                );
+            }
+        }
+    }
+
     /// The selected manifests, as fetched and verified from the source.
     pub fn manifests(&self) -> Vec<(ManifestKey, Manifest)> {
         self.manifests
@@ -461,7 +475,9 @@ pub async fn transfer(
 ) -> Result<SyncReport> {
     let started = std::time::Instant::now();
     let p = plan(src, dst, selected, opts, cancel, progress).await?;
-    let mut report = execute(src, dst.as_ref(), &p, opts, cancel, progress).await?;
+    let done = execute(src, dst.as_ref(), &p, opts, cancel, progress).await;
+    p.finish().await;
+    let mut report = done?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
