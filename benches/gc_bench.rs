@@ -51,6 +51,7 @@ fn manifest(vm: &str, i: usize, index: &Index) -> Manifest {
         },
         stats: Stats::default(),
         labels: Labels::default(),
+        definition: None,
     }
 }
 

@@ -56,6 +56,7 @@ fn generate(root: &Path) {
                 new_stored_bytes: ((i % 13) as u64) << 20,
             },
             labels: Labels::default(),
+            definition: None,
         };
         let key = m.key();
         let path = root.join(key.object_key());

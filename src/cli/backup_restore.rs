@@ -111,6 +111,7 @@ pub async fn backup(
     let repo = ctx.open_repo()?;
     let req = BackupRequest {
         volumes: volume_specs(ctx, &vm, &volumes, format)?,
+        definition: ctx.config.definition_for_backup(&vm),
         vm,
         note,
         created_at: None,
@@ -214,6 +215,31 @@ fn print_verify(ctx: &Ctx, report: &VerifyReport, remote: Option<&str>) -> anyho
     })
 }
 
+/// What a VM restore does besides writing the volumes.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct VmRestoreArgs {
+    /// A VM@... set: keep the NICs' MAC addresses in the domain XML
+    /// (default: removed, libvirt assigns new ones; keep them when the
+    /// original VM is gone for good).
+    #[arg(long)]
+    pub keep_macs: bool,
+    /// A VM@... set: define the restored VM with `virsh define`.
+    #[arg(long)]
+    pub define: bool,
+    /// A VM@... set: the restored domain's name (default: the VM's).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// One volume: attach the restored file to this libvirt domain
+    /// (`virsh attach-disk ... --persistent`).
+    #[arg(long, value_name = "DOMAIN")]
+    pub attach: Option<String>,
+    /// With --attach: the guest device name (default: the volume's own
+    /// from its backup's definition, else the first free vdX).
+    #[arg(long, value_name = "DEV", requires = "attach")]
+    pub target: Option<String>,
+}
+
+#[allow(clippy::too_many_arguments)]
 pub async fn restore(
     ctx: &Ctx,
     reference: &str,
@@ -222,7 +248,21 @@ pub async fn restore(
     force: bool,
     dry_run: bool,
     from: Option<String>,
+    vm_args: VmRestoreArgs,
 ) -> anyhow::Result<Outcome> {
+    let is_set = matches!(
+        lifeboat_core::repo::refs::Ref::parse(reference)?,
+        lifeboat_core::repo::refs::Ref::Set { .. }
+    );
+    if let Some(n) = &vm_args.name {
+        lifeboat_core::names::check_name("VM", n)?;
+    }
+    if !is_set && (vm_args.define || vm_args.keep_macs || vm_args.name.is_some()) {
+        anyhow::bail!("--define, --keep-macs and --name apply to a whole VM (VM@...); for one volume use --attach DOMAIN");
+    }
+    if is_set && vm_args.attach.is_some() {
+        anyhow::bail!("--attach attaches one volume (VM/VOLUME@...); a whole VM gets a domain XML (--define)");
+    }
     let req = RestoreRequest {
         reference: reference.to_string(),
         to,
@@ -259,17 +299,88 @@ pub async fn restore(
         return Ok(Outcome::Ok);
     }
     let summary: Vec<RestorePlan> = plan.volumes.clone();
+    let picked = plan.picked.clone();
+    let set_dir = plan.volumes.first().and_then(|v| v.target.parent().map(|p| p.to_path_buf()));
     let fetch = plan.fetch.clone();
     let store = remote.as_ref().map(|(_, s)| s.clone());
     let outcomes = run_job_async("restore", ctx.json, move |c, p| async move {
         restore::execute(plan, store.as_deref(), &local_path, &c, &p).await
     })
     .await?;
+    let repo = ctx.open_repo()?;
+    let vm_done = match (is_set, &set_dir) {
+        (true, Some(dir)) => Some(finish_vm(ctx, &repo, &picked, &outcomes, dir, &vm_args)),
+        _ => None,
+    };
+    let attached = match (&vm_args.attach, picked.first(), outcomes.first()) {
+        (Some(domain), Some((_, m)), Some(o)) => {
+            Some(attach_volume(&repo, m, o, domain, vm_args.target.as_deref()))
+        }
+        _ => None,
+    };
     if ctx.json {
-        print_json(&outcomes)?;
-        return Ok(Outcome::Ok);
+        let vm = match &vm_done {
+            Some(Ok(v)) => serde_json::to_value(&v.0)?,
+            _ => serde_json::Value::Null,
+        };
+        print_json(&serde_json::json!({
+            "volumes": outcomes,
+            "vm": vm,
+            "defined": vm_done
+                .as_ref()
+                .and_then(|r| r.as_ref().ok())
+                .and_then(|v| v.1.as_ref())
+                .map(|d| match d {
+                    Ok(out) => serde_json::json!({"ok": true, "output": out}),
+                    Err(e) => serde_json::json!({"ok": false, "error": e}),
+                }),
+            "attached": attached.as_ref().and_then(|r| r.as_ref().ok()),
+        }))?;
     }
-    if let (Some(f), Some((name, _))) = (&fetch, &remote) {
+    if !ctx.json {
+        print_restored(&fetch, &remote, &summary, &outcomes);
+    }
+    let mut failed = None;
+    if let Some(r) = vm_done {
+        match r {
+            Ok((v, defined)) => {
+                if !ctx.json {
+                    print_vm_restore(&v, defined.as_ref());
+                }
+                if let lifeboat_core::vm::restore::Validation::Invalid(why) = &v.validation {
+                    failed = Some(anyhow::anyhow!(
+                        "the volumes are restored, but the domain XML {} does not validate against libvirt's schema: {why}",
+                        v.domain_xml.display()
+                    ));
+                } else if let Some(Err(why)) = &defined {
+                    failed = Some(anyhow::anyhow!(
+                        "the volumes and the domain XML are restored, but the VM is not defined: {why}"
+                    ));
+                }
+            }
+            Err(e) => failed = Some(e.context("the volumes are restored, but the VM is not")),
+        }
+    }
+    if let Some(r) = attached {
+        match r {
+            Ok(msg) if !ctx.json => println!("{msg}"),
+            Ok(_) => {}
+            Err(e) => failed = Some(e.context("the volume is restored, but not attached")),
+        }
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(Outcome::Ok),
+    }
+}
+
+fn print_restored(
+    fetch: &Option<lifeboat_core::sync::PlanSummary>,
+    remote: &Option<(String, lifeboat_core::store::DynStore)>,
+    summary: &[RestorePlan],
+    outcomes: &[lifeboat_core::restore::RestoreOutcome],
+) {
+    if let (Some(f), Some((name, _))) = (fetch, remote) {
         eprintln!(
             "fetched from {name}: {} chunks ({} of data), {} already local",
             f.chunks_to_send,
@@ -277,7 +388,7 @@ pub async fn restore(
             f.chunks_already_there
         );
     }
-    for (plan, out) in summary.iter().zip(&outcomes) {
+    for (plan, out) in summary.iter().zip(outcomes) {
         println!(
             "restored {}/{} ({}) to {} as {}: {} image, {} written",
             plan.vm,
@@ -289,7 +400,88 @@ pub async fn restore(
             bytes(out.bytes_written)
         );
     }
-    Ok(Outcome::Ok)
+}
+
+/// The restored VM, and what `virsh define` said (None: not asked).
+type VmDone = (
+    lifeboat_core::vm::restore::VmRestore,
+    Option<Result<String, String>>,
+);
+
+/// The domain XML (and `virsh define`) of a restored set.
+fn finish_vm(
+    ctx: &Ctx,
+    repo: &Repo,
+    picked: &[(lifeboat_core::repo::ManifestKey, lifeboat_core::repo::Manifest)],
+    outcomes: &[lifeboat_core::restore::RestoreOutcome],
+    dir: &std::path::Path,
+    a: &VmRestoreArgs,
+) -> anyhow::Result<VmDone> {
+    use lifeboat_core::vm::restore as vr;
+    let vm = picked.first().map(|(_, m)| m.vm.name.clone()).unwrap_or_default();
+    let local = ctx.config.definition_for_backup(&vm);
+    let (def, from) = vr::definition_of(repo, picked, local)?;
+    let v = vr::write_vm(&def, from, picked, outcomes, dir, a.keep_macs, a.name.as_deref())?;
+    let defined = match (a.define, &v.validation) {
+        (false, _) => None,
+        (true, vr::Validation::Invalid(_)) => {
+            Some(Err("not defined: the XML does not validate".to_string()))
+        }
+        (true, _) => Some(vr::define(&v.domain_xml).map_err(|e| e.to_string())),
+    };
+    Ok((v, defined))
+}
+
+fn print_vm_restore(
+    v: &lifeboat_core::vm::restore::VmRestore,
+    defined: Option<&Result<String, String>>,
+) {
+    use lifeboat_core::vm::restore::Validation;
+    println!(
+        "domain XML: {} (uuid {}, from the {} definition)",
+        v.domain_xml.display(),
+        v.uuid,
+        v.definition
+    );
+    for c in &v.changes {
+        println!("  {c}");
+    }
+    match &v.validation {
+        Validation::Valid => println!("  valid against libvirt's schema (virt-xml-validate)"),
+        Validation::Invalid(why) => println!("  INVALID against libvirt's schema: {why}"),
+        Validation::Unchecked(why) => println!("  not validated: {why}"),
+    }
+    match defined {
+        Some(Ok(out)) => println!("defined with virsh: {out}"),
+        Some(Err(_)) | None => println!(
+            "to define it where libvirt runs: virsh define {}",
+            lifeboat_core::vm::qemu::shell_quote(&v.domain_xml.display().to_string())
+        ),
+    }
+    println!("without libvirt, boot it with:\n  {}", v.qemu_command);
+}
+
+/// `--attach DOMAIN`: the restored volume attached with virsh.
+fn attach_volume(
+    repo: &Repo,
+    m: &lifeboat_core::repo::Manifest,
+    o: &lifeboat_core::restore::RestoreOutcome,
+    domain: &str,
+    target: Option<&str>,
+) -> anyhow::Result<String> {
+    use lifeboat_core::vm::restore as vr;
+    let from_def = m
+        .definition
+        .and_then(|d| repo.read_definition(&d).ok())
+        .and_then(|d| d.spec.disks.into_iter().find(|x| x.volume == m.volume.name))
+        .map(|d| d.target);
+    let target = target
+        .map(str::to_string)
+        .or(from_def)
+        .unwrap_or_else(|| "vdb".into());
+    let args = vr::attach_command(domain, &o.target, &target, &o.format.to_string());
+    let out = vr::attach(&args)?;
+    Ok(format!("attached to {domain} as {target}: {out}"))
 }
 
 fn print_restore_plan(plan: &SetRestorePlan, remote: Option<&str>) {

@@ -158,21 +158,61 @@ impl World {
         ))
     }
 
+    fn domain_xml(&self, vm: &str) -> PathBuf {
+        self.dir.join("images").join(format!("{vm}.xml"))
+    }
+
+    /// A libvirt domain for a demo VM, as `virsh dumpxml` would print it.
+    fn write_domain(&self, p: &VmPlan) -> anyhow::Result<()> {
+        let mut disks = String::new();
+        for (i, v) in p.vols.iter().enumerate() {
+            disks.push_str(&format!(
+                "    <disk type='file' device='disk'>\n      <driver name='qemu' type='{}'/>\n      <source file='{}'/>\n      <target dev='vd{}' bus='virtio'/>\n    </disk>\n",
+                if v.qcow2 { "qcow2" } else { "raw" },
+                self.image(p.name, v).display(),
+                (b'a' + i as u8) as char
+            ));
+        }
+        let xml = format!(
+            "<domain type='kvm'>\n  <name>{name}</name>\n  <uuid>0b7c2f4e-8a1d-4c39-9e57-3f0d2a6b1c{n:02x}</uuid>\n  <memory unit='KiB'>262144</memory>\n  <vcpu placement='static'>1</vcpu>\n  <os>\n    <type arch='x86_64' machine='pc'>hvm</type>\n    <boot dev='hd'/>\n  </os>\n  <features><acpi/><apic/></features>\n  <devices>\n{disks}    <interface type='network'>\n      <mac address='52:54:00:1b:0a:ff'/>\n      <source network='default'/>\n      <model type='virtio'/>\n    </interface>\n    <serial type='pty'><target port='0'/></serial>\n    <console type='pty'><target type='serial' port='0'/></console>\n  </devices>\n</domain>\n",
+            name = p.name,
+            n = p.name.len(),
+        );
+        lifeboat_core::repo::durable::write_atomic(&self.domain_xml(p.name), xml.as_bytes())?;
+        Ok(())
+    }
+
     /// Writes the config naming the repository, the inventory and the
     /// off-site remote at `url`.
     pub fn write_config(&self, url: &str) -> anyhow::Result<()> {
         let mut t = String::from("# Written by `lifeboat demo`.\nrepository = \"repo\"\n\n");
-        for p in &PLANS {
+        for (i, p) in PLANS.iter().enumerate() {
             t.push_str(&format!("[[vm]]\nname = \"{}\"\n", p.name));
+            if p.name == "web01" {
+                // web01 is a libvirt VM: its domain XML travels with it.
+                t.push_str(&format!(
+                    "domain_xml = \"{}\"\n",
+                    self.domain_xml(p.name).display()
+                ));
+            } else {
+                t.push_str("vcpus = 1\nmemory_mib = 256\nmachine = \"pc\"\n");
+                t.push_str(&format!(
+                    "[[vm.nic]]\nmodel = \"virtio\"\nmac = \"52:54:00:1b:0a:{i:02x}\"\nnetwork = \"default\"\n"
+                ));
+            }
             for v in &p.vols {
                 t.push_str(&format!(
-                    "[[vm.volume]]\nname = \"{}\"\nrole = \"{}\"\npath = \"{}\"\nformat = \"{}\"\n",
+                    "[[vm.volume]]\nname = \"{}\"\nrole = \"{}\"\npath = \"{}\"\nformat = \"{}\"\nbus = \"virtio\"\n",
                     v.name,
                     v.role,
                     self.image(p.name, v).display(),
                     if v.qcow2 { "qcow2" } else { "raw" }
                 ));
             }
+            t.push_str(&format!(
+                "[vm.check]\nserial = \"{} login:\"\nhttp = {{ port = 8080, path = \"/\", expect = \"the application answers\" }}\ntimeout_secs = 90\n[vm.drill]\nfrom = \"offsite\"\n",
+                p.name
+            ));
             t.push('\n');
         }
         t.push_str(&format!(
@@ -204,6 +244,7 @@ fn qemu_img(args: &[&str]) -> anyhow::Result<()> {
 fn churn(
     path: &Path,
     qcow2: bool,
+    floor: u64,
     size: u64,
     mib: u64,
     rng: &mut rand::rngs::StdRng,
@@ -218,8 +259,9 @@ fn churn(
     while left > 0 {
         let len = (rng.random_range(1..=16u64) * (64 << 10)).min(left);
         // Most writes land in the first quarter (hot data), some anywhere.
-        let span = if rng.random_bool(0.7) { size / 4 } else { size };
-        let off = rng.random_range(0..(span - len) / 4096) * 4096;
+        let room = size - floor;
+        let span = if rng.random_bool(0.7) { room / 4 } else { room };
+        let off = floor + rng.random_range(0..(span - len) / 4096) * 4096;
         match &file {
             Some(f) => {
                 let mut buf = vec![0u8; len as usize];
@@ -257,38 +299,78 @@ fn churn(
     Ok(())
 }
 
+/// Zeroes the first sector (MBR boot code and partition table), as a bad
+/// `dd` or an installer run against the wrong disk would.
+fn wipe_boot_sector(path: &Path, qcow2: bool) -> anyhow::Result<()> {
+    if qcow2 {
+        let out = Command::new("qemu-io")
+            .args(["-f", "qcow2", "-c", "write -z 0 512"])
+            .arg(path)
+            .output()
+            .context("running qemu-io (install qemu-utils)")?;
+        if !out.status.success() {
+            bail!("qemu-io: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+    } else {
+        let f = std::fs::OpenOptions::new().write(true).open(path)?;
+        std::os::unix::fs::FileExt::write_all_at(&f, &[0u8; 512], 0)?;
+    }
+    Ok(())
+}
+
 /// Builds the world in `dir` (which must be new or empty). Prints progress.
 pub async fn build(w: &World) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     std::fs::create_dir_all(w.dir.join("images"))?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(20261125);
+    // Root volumes hold a real bootable guest in their first 64 MiB; the
+    // rest of the disk is where the guest's writes land.
+    let kit = match super::demo_guest::prepare_kit() {
+        Ok(k) => Some(k),
+        Err(e) => {
+            eprintln!(
+                "warning: the demo's VMs will not boot ({e:#}); drills in this demo fail at boot. Install the packages scripts/test.sh installs (busybox-static syslinux mtools dosfstools fdisk cpio qemu-system-x86) and run the demo again"
+            );
+            None
+        }
+    };
+    let guest_t = std::time::Instant::now();
     for p in &PLANS {
         for v in &p.vols {
             let img = w.image(p.name, v);
             let size = format!("{}M", v.size_mib);
-            if v.qcow2 {
-                qemu_img(&[
-                    "create",
-                    "-q",
-                    "-f",
-                    "qcow2",
-                    img.to_str().unwrap_or_default(),
-                    &size,
-                ])?;
-            } else {
-                qemu_img(&[
-                    "create",
-                    "-q",
-                    "-f",
-                    "raw",
-                    img.to_str().unwrap_or_default(),
-                    &size,
-                ])?;
+            let bootable = v.role == Role::Root && kit.is_some();
+            let fmt = if v.qcow2 { "qcow2" } else { "raw" };
+            let img_s = img.to_str().unwrap_or_default();
+            match (&kit, v.role) {
+                (Some(kit), Role::Root) => {
+                    let raw = w.dir.join("images").join(format!("{}-guest.raw", p.name));
+                    super::demo_guest::disk(kit, &raw, p.name)?;
+                    let raw_s = raw.to_str().unwrap_or_default();
+                    qemu_img(&["convert", "-q", "-f", "raw", "-O", fmt, raw_s, img_s])?;
+                    std::fs::remove_file(&raw)?;
+                    qemu_img(&["resize", "-q", "-f", fmt, img_s, &size])?;
+                }
+                _ => qemu_img(&["create", "-q", "-f", fmt, img_s, &size])?,
             }
             // An installed system: a first fill of data.
-            churn(&img, v.qcow2, v.size_mib << 20, v.size_mib / 16, &mut rng)?;
+            let floor = if bootable { super::demo_guest::GUEST_MIB << 20 } else { 0 };
+            churn(&img, v.qcow2, floor, v.size_mib << 20, v.size_mib / 16, &mut rng)?;
+        }
+        if p.name == "web01" {
+            w.write_domain(p)?;
         }
     }
+    if kit.is_some() {
+        eprintln!(
+            "bootable guest disks built in {:.1}s",
+            guest_t.elapsed().as_secs_f64()
+        );
+    }
+    // The config is needed now for the VM definitions the backups store;
+    // the off-site URL is set when the server starts.
+    w.write_config("http://127.0.0.1:1/")?;
+    let config = lifeboat_core::config::Config::load(Some(&w.config))?;
     let repo = Repo::init(&w.repo, RepoConfig::new(CHUNK, 1)?)?;
     let now = Utc::now();
     let start = now - Duration::days(14);
@@ -303,6 +385,15 @@ pub async fn build(w: &World) -> anyhow::Result<()> {
         }
     }
     events.sort();
+    // mail01's backups from the newest one sent off-site on hold a root
+    // disk whose boot sector was overwritten: a drill of them fails for
+    // a real reason, a drill of an older one passes.
+    let cutoff = now - Duration::days(3);
+    let broken_from = events
+        .iter()
+        .filter(|(t, i)| PLANS[*i].name == "mail01" && *t < cutoff)
+        .map(|(t, _)| *t)
+        .max();
     let cancel = CancellationToken::new();
     let progress = Progress::new();
     let notes = [
@@ -315,10 +406,19 @@ pub async fn build(w: &World) -> anyhow::Result<()> {
     for (n, (t, i)) in events.iter().enumerate() {
         let p = &PLANS[*i];
         let mut volumes = Vec::new();
+        if kit.is_some() && p.name == "mail01" && Some(*t) == broken_from {
+            let root = w.image(p.name, &p.vols[0]);
+            wipe_boot_sector(&root, p.vols[0].qcow2)?;
+        }
         for v in &p.vols {
             let img = w.image(p.name, v);
+            let floor = if v.role == Role::Root && kit.is_some() {
+                super::demo_guest::GUEST_MIB << 20
+            } else {
+                0
+            };
             if n > 0 {
-                churn(&img, v.qcow2, v.size_mib << 20, v.churn_mib, &mut rng)?;
+                churn(&img, v.qcow2, floor, v.size_mib << 20, v.churn_mib, &mut rng)?;
             }
             volumes.push(VolumeSpec {
                 name: v.name.to_string(),
@@ -338,6 +438,7 @@ pub async fn build(w: &World) -> anyhow::Result<()> {
             volumes,
             note,
             created_at: Some(*t),
+            definition: config.definition_for_backup(p.name),
         };
         let r = repo.clone();
         let (c, pr) = (cancel.clone(), std::sync::Arc::new(Progress::new()));
@@ -354,7 +455,6 @@ pub async fn build(w: &World) -> anyhow::Result<()> {
     // three days, except build01, which was never sent off-site.
     let local: DynStore = Arc::new(LocalStore::new(&w.repo));
     let offsite: DynStore = Arc::new(LocalStore::new(&w.offsite));
-    let cutoff = now - Duration::days(3);
     let keys: Vec<_> = sync::list_manifests(local.as_ref())
         .await?
         .into_iter()

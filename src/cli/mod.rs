@@ -2,11 +2,13 @@
 //!
 //! Exit codes: 0 success; 1 error; 2 bad usage; 3 verify found damage;
 //! 4 a remote is unreachable (`status`); 5 a VM's recovery point is at
-//! risk (`status --rpo`); 130 cancelled (Ctrl-C).
+//! risk (`status --rpo`); 6 a restore drill failed; 130 cancelled (Ctrl-C).
 
 mod backup_restore;
 mod daemon_cmd;
 mod demo;
+mod demo_guest;
+mod drill_cmd;
 mod gc_cmd;
 mod inspect;
 pub mod progress;
@@ -27,6 +29,8 @@ pub const EXIT_UNREACHABLE: u8 = 4;
 /// `status --rpo`: some VM is not ok (late, stale, never backed up,
 /// verify failed, last job failed).
 pub const EXIT_RPO: u8 = 5;
+/// `drill`: the drill ran and the VM did not come back (see its report).
+pub const EXIT_DRILL_FAILED: u8 = 6;
 pub const EXIT_CANCELLED: u8 = 130;
 
 #[derive(Debug, Parser)]
@@ -157,6 +161,20 @@ pub enum Command {
         /// keeping it in the local repository (created if missing).
         #[arg(long, value_name = "REMOTE")]
         from: Option<String>,
+        #[command(flatten)]
+        vm: backup_restore::VmRestoreArgs,
+    },
+    /// Restore a VM's backup into scratch space, check every image's
+    /// digest, boot it under QEMU and run its checks: proof the backup
+    /// recovers the service, with the RPO and the RTO by phase. Exits 1
+    /// when the drill fails.
+    Drill(drill_cmd::DrillArgs),
+    /// Drill history: each VM's drills, newest last.
+    Drills {
+        /// Only this VM's drills.
+        vm: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        last: usize,
     },
     /// Manage remotes (off-site servers, S3 buckets, other directories).
     Remote {
@@ -384,6 +402,8 @@ pub enum Outcome {
     Damage,
     Unreachable,
     RpoAtRisk,
+    DrillFailed,
+    Cancelled,
 }
 
 pub struct Ctx {
@@ -552,7 +572,12 @@ pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
             force,
             dry_run,
             from,
-        } => backup_restore::restore(&ctx, &reference, to, format, force, dry_run, from).await,
+            vm,
+        } => {
+            backup_restore::restore(&ctx, &reference, to, format, force, dry_run, from, vm).await
+        }
+        Command::Drill(a) => drill_cmd::drill(&ctx, a).await,
+        Command::Drills { vm, last } => drill_cmd::history(&ctx, vm.as_deref(), last),
         Command::Remote { action } => match action {
             RemoteAction::Add(a) => remote_cmds::remote_add(&ctx, *a),
             RemoteAction::Ls => remote_cmds::remote_ls(&ctx).await,
@@ -589,6 +614,8 @@ fn finish(json: bool, res: anyhow::Result<Outcome>) -> u8 {
         Ok(Outcome::Damage) => EXIT_DAMAGE,
         Ok(Outcome::Unreachable) => EXIT_UNREACHABLE,
         Ok(Outcome::RpoAtRisk) => EXIT_RPO,
+        Ok(Outcome::DrillFailed) => EXIT_DRILL_FAILED,
+        Ok(Outcome::Cancelled) => EXIT_CANCELLED,
         Err(e) => report(json, &e),
     }
 }

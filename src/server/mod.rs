@@ -521,6 +521,12 @@ fn verify_upload(root: &FsPath, key: ObjectKey, data: Bytes, chunk_size: u64) ->
             }
             let repo = lifeboat_core::repo::Repo::open(root)?;
             let idx = repo.read_index(&m.index)?;
+            if let Some(d) = m.definition.filter(|d| !repo.has_chunk(&d.chunk)) {
+                return Err(Error::MissingObject {
+                    kind: "VM definition (referenced by the manifest; push chunks before manifests)",
+                    id: d.chunk.to_hex(),
+                });
+            }
             if let Some(c) = idx.chunks.iter().find(|c| !repo.has_chunk(c)) {
                 return Err(Error::MissingObject {
                     kind: "chunk (referenced by the manifest; push chunks before manifests)",

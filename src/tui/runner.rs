@@ -589,6 +589,7 @@ impl Runner {
                     .collect()
             })
             .unwrap_or_default();
+        let definition = self.config.definition_for_backup(&vm);
         self.spawn_blocking(format!("backup {vm}"), move |cancel, progress| {
             let repo = Repo::open(&path)?;
             let req = lifeboat_core::backup::BackupRequest {
@@ -596,6 +597,7 @@ impl Runner {
                 volumes,
                 note: Some("from the console".into()),
                 created_at: None,
+                definition,
             };
             let r = lifeboat_core::backup::backup(&repo, &req, cancel, progress)?;
             let new: u64 = r.volumes.iter().map(|v| v.stats.new_stored_bytes).sum();

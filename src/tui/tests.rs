@@ -52,6 +52,7 @@ fn backup(vm: &str, vol: &str, hours_ago: i64, seed: u8) -> (ManifestKey, Manife
             note: seed.is_multiple_of(3).then(|| "nightly".into()),
             ..Default::default()
         },
+        definition: None,
     };
     (m.key(), m)
 }

@@ -48,6 +48,35 @@ pub struct VmConfig {
     pub policy: Option<toml::Spanned<String>>,
     #[serde(default, rename = "volume")]
     pub volumes: Vec<VolumeConfig>,
+    /// lifeboat's VM spec (used when the VM has no libvirt domain).
+    pub vcpus: Option<u32>,
+    pub memory_mib: Option<u64>,
+    pub firmware: Option<crate::vm::Firmware>,
+    pub machine: Option<String>,
+    #[serde(default, rename = "nic")]
+    pub nics: Vec<crate::vm::NicSpec>,
+    /// A saved copy of the libvirt domain XML (relative: to this file).
+    pub domain_xml: Option<PathBuf>,
+    /// Read the domain from libvirt at each backup (`virsh dumpxml`).
+    pub libvirt_domain: Option<String>,
+    /// What proves a booted copy works (`[vm.check]`).
+    pub check: Option<crate::vm::CheckConfig>,
+    /// Restore drills of this VM (`[vm.drill]`).
+    pub drill: Option<DrillConfig>,
+}
+
+/// `[vm.drill]`: scheduled restore drills.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillConfig {
+    /// When the daemon drills (a schedule like a policy's).
+    pub schedule: Option<String>,
+    /// The repository drilled from: a remote's name, or "local".
+    pub from: Option<String>,
+    /// tcg (default), kvm or auto.
+    pub accel: Option<String>,
+    /// Where restored images go while a drill runs (default: $TMPDIR).
+    pub scratch: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -59,6 +88,8 @@ pub struct VolumeConfig {
     pub path: PathBuf,
     #[serde(default)]
     pub format: FormatChoice,
+    /// The bus the VM sees it on (virtio, ide, sata, scsi).
+    pub bus: Option<crate::vm::Bus>,
 }
 
 /// An off-site repository. Secrets are never stored here: the config names
@@ -218,6 +249,52 @@ impl Config {
                 }
             }
         }
+        for vm in &cfg.vms {
+            let line = Some(line_of(text, vm.name.span().start));
+            let whose = format!("VM {}", vm.name.get_ref());
+            if let Some(c) = &vm.check {
+                crate::vm::check_config(c).map_err(|e| err(line, format!("{whose}: check: {e}")))?;
+            }
+            for n in &vm.nics {
+                if n.mac.as_ref().is_some_and(|m| !crate::vm::is_mac(m)) {
+                    return Err(err(line, format!("{whose}: a nic's mac is not like 52:54:00:12:34:56")));
+                }
+            }
+            if let Some(d) = &vm.drill {
+                if let Some(f) = &d.from {
+                    if f != "local" && !cfg.remotes.contains_key(f) {
+                        return Err(err(
+                            line,
+                            format!("{whose}: drill from {f:?}: no such remote (or use \"local\")"),
+                        ));
+                    }
+                }
+                if let Some(a) = &d.accel {
+                    a.parse::<crate::vm::qemu::Accel>()
+                        .map_err(|e| err(line, format!("{whose}: drill: {e}")))?;
+                }
+                if let Some(s) = &d.schedule {
+                    s.parse::<crate::policy::Schedule>()
+                        .map_err(|e| err(line, format!("{whose}: drill schedule: {e}")))?;
+                }
+            }
+            // A spec that cannot be stored is refused now, not at backup.
+            let def = crate::vm::Definition {
+                format: 1,
+                vm: vm.name.get_ref().clone(),
+                spec: crate::vm::VmSpec {
+                    vcpus: vm.vcpus.unwrap_or(1),
+                    memory_mib: vm.memory_mib.unwrap_or(1024),
+                    firmware: vm.firmware.unwrap_or_default(),
+                    machine: vm.machine.clone().unwrap_or_else(|| "pc".into()),
+                    disks: Vec::new(),
+                    nics: vm.nics.clone(),
+                },
+                domain_xml: None,
+                checks: None,
+            };
+            def.check().map_err(|e| err(line, format!("{whose}: {e}")))?;
+        }
         for (name, r) in &cfg.remotes {
             if !is_valid_name(name) {
                 return Err(err(
@@ -290,6 +367,60 @@ impl Config {
             .and_then(|v| v.policy.as_ref())
             .or(self.default_policy.as_ref())?;
         self.policies.get(name.get_ref())
+    }
+
+    /// A path from the config, relative to the config file's directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        match self.path.as_ref().and_then(|c| c.parent()) {
+            Some(dir) if p.is_relative() => dir.join(p),
+            _ => p.to_path_buf(),
+        }
+    }
+
+    /// The definition a backup of this VM stores: its domain XML or spec,
+    /// and its boot checks.
+    pub fn definition_of(&self, vm: &VmConfig) -> Result<crate::vm::Definition> {
+        let d = crate::vm::VmDescription {
+            name: vm.name.get_ref().clone(),
+            vcpus: vm.vcpus,
+            memory_mib: vm.memory_mib,
+            firmware: vm.firmware,
+            machine: vm.machine.clone(),
+            volumes: vm
+                .volumes
+                .iter()
+                .map(|v| (v.name.get_ref().clone(), v.role, self.resolve(&v.path), v.bus))
+                .collect(),
+            nics: vm.nics.clone(),
+            domain_xml: vm.domain_xml.as_ref().map(|p| self.resolve(p)),
+            libvirt_domain: vm.libvirt_domain.clone(),
+            checks: vm.check.as_ref().map(|c| c.checks()),
+        };
+        crate::vm::Definition::describe(&d)
+    }
+
+    /// The definition for a backup of `vm`: a VM outside the inventory has
+    /// none; a domain XML that cannot be read (virsh down, file gone) is
+    /// warned about and the config's spec is stored instead, so the backup
+    /// itself still runs.
+    pub fn definition_for_backup(&self, vm: &str) -> Option<crate::vm::Definition> {
+        let vmc = self.vm(vm)?;
+        match self.definition_of(vmc) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!("VM {vm}: {e}; storing the config's VM spec instead of the domain XML");
+                let mut plain = vmc.clone();
+                plain.domain_xml = None;
+                plain.libvirt_domain = None;
+                match self.definition_of(&plain) {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        tracing::warn!("VM {vm}: no definition stored: {e}");
+                        None
+                    }
+                }
+            }
+        }
     }
 
     pub fn remote(&self, name: &str) -> Option<&RemoteConfig> {

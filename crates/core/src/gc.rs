@@ -141,7 +141,10 @@ async fn mark(
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    for (k, _) in manifests {
+    for (k, m) in manifests {
+        if let Some(d) = m.definition {
+            marked.chunks.insert(d.chunk);
+        }
         marked.manifests.insert(k);
     }
     let chunk_lists: Vec<Vec<Id>> = futures::stream::iter(new_indexes.iter().copied())

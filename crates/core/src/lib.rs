@@ -9,6 +9,7 @@
 pub mod backup;
 pub mod config;
 pub mod daemon;
+pub mod drill;
 pub mod error;
 pub mod gc;
 pub mod jobs;
@@ -25,5 +26,6 @@ pub mod source;
 pub mod store;
 pub mod sync;
 pub mod text;
+pub mod vm;
 
 pub use error::{Error, Result};

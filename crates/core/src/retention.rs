@@ -210,6 +210,7 @@ mod tests {
                 protected,
                 ..Default::default()
             },
+            definition: None,
         };
         (m.key(), m)
     }

@@ -33,6 +33,9 @@ pub struct BackupRequest {
     /// Backdates the manifests (the demo builds a history with it); None
     /// for every real backup, which is stamped with the current time.
     pub created_at: Option<chrono::DateTime<Utc>>,
+    /// The VM's definition, stored with the set (None for volumes given
+    /// on the command line outside the inventory).
+    pub definition: Option<crate::vm::Definition>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -81,6 +84,9 @@ pub fn backup(
     }
     // Held until the manifests are written: a gc cannot delete a chunk
     // this backup found already stored (see `lock`).
+    if let Some(d) = &req.definition {
+        d.check()?;
+    }
     let lock = crate::lock::LocalWriter::start(repo.root(), &format!("backup {}", req.vm))?;
     let set = hex::encode(rand::random::<[u8; 16]>());
     let existing = repo.load_all()?;
@@ -142,16 +148,27 @@ pub fn backup(
                 note: req.note.clone(),
                 protected: false,
             },
+            definition: None,
         };
         staged.push((manifest, started.elapsed().as_secs_f64()));
     }
     if cancel.is_cancelled() {
         return Err(Error::Cancelled);
     }
+    // The definition is durable before any manifest names it.
+    let definition = match &req.definition {
+        Some(d) => Some(repo.write_definition(&d.to_bytes())?),
+        None => None,
+    };
     lock.check()?;
     progress.set_phase("writing manifests");
+    if repo.config.format < crate::repo::REPO_FORMAT {
+        let mut r = repo.clone();
+        r.upgrade_format()?;
+    }
     let mut volumes = Vec::new();
-    for (m, seconds) in staged {
+    for (mut m, seconds) in staged {
+        m.definition = definition;
         let key: ManifestKey = repo.write_manifest(&m)?;
         volumes.push(VolumeOutcome {
             volume: m.volume.name.clone(),

@@ -631,6 +631,7 @@ impl PolicyRun {
                 .collect(),
             note: Some(format!("policy {}", self.policy.name)),
             created_at: Some(self.clock.now()),
+            definition: self.config.definition_for_backup(&self.vm),
         };
         let (root, cancel, progress) = (self.root.clone(), self.cancel.clone(), progress.clone());
         tokio::task::spawn_blocking(move || {

@@ -28,7 +28,12 @@ pub struct Progress {
     /// (time, job bytes done) samples of the last `RATE_WINDOW`, taken by
     /// `snapshot`, for a rate that follows the link rather than the past.
     samples: Mutex<VecDeque<(Instant, u64)>>,
+    /// Output the job shows as it comes (a drill's serial console), the
+    /// newest `MAX_LINES`.
+    lines: Mutex<VecDeque<String>>,
 }
+
+const MAX_LINES: usize = 200;
 
 /// The window of the recent rate: long enough to smooth bursts of large
 /// chunks, short enough to follow a link that slows down.
@@ -96,7 +101,26 @@ impl Progress {
             samples: Mutex::new(VecDeque::new()),
             finished_ms: AtomicU64::new(0),
             finished: AtomicBool::new(false),
+            lines: Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// Adds a line of live output (kept: the newest 200).
+    pub fn push_line(&self, line: &str) {
+        if let Ok(mut l) = self.lines.lock() {
+            if l.len() == MAX_LINES {
+                l.pop_front();
+            }
+            l.push_back(line.to_string());
+        }
+    }
+
+    /// The newest `n` lines of live output, oldest first.
+    pub fn tail(&self, n: usize) -> Vec<String> {
+        self.lines
+            .lock()
+            .map(|l| l.iter().skip(l.len().saturating_sub(n)).cloned().collect())
+            .unwrap_or_default()
     }
 
     pub fn set_phase(&self, phase: &str) {

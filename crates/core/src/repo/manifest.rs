@@ -9,7 +9,10 @@ use super::id::Id;
 use crate::error::{Error, Result};
 use crate::names::{check_name, is_valid_name};
 
-pub const FORMAT_VERSION: u32 = 1;
+/// Format 2 added `definition` (the VM's definition, stored as a chunk).
+/// Format-1 manifests are still read.
+pub const FORMAT_VERSION: u32 = 2;
+pub const OLDEST_FORMAT: u32 = 1;
 /// Key times carry milliseconds: two backups of a volume within one second
 /// must still order correctly from a key listing alone.
 const KEY_TIME: &str = "%Y%m%dT%H%M%S%.3fZ";
@@ -84,6 +87,17 @@ pub struct Labels {
     pub protected: bool,
 }
 
+/// The VM's definition of a backup set: a JSON document
+/// (`vm::Definition`) stored as a chunk, so it is content addressed,
+/// compressed, verified on every read and moved by push and pull with the
+/// volumes; identical definitions are stored once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefinitionRef {
+    pub chunk: Id,
+    pub size: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -98,6 +112,8 @@ pub struct Manifest {
     pub source: SourceInfo,
     pub stats: Stats,
     pub labels: Labels,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<DefinitionRef>,
 }
 
 impl Manifest {
@@ -127,8 +143,23 @@ impl Manifest {
         }
         let m: Manifest =
             serde_json::from_slice(data).map_err(|e| bad(format!("invalid JSON: {e}")))?;
-        if m.format != FORMAT_VERSION {
-            return Err(bad(format!("unsupported manifest format {}", m.format)));
+        if !(OLDEST_FORMAT..=FORMAT_VERSION).contains(&m.format) {
+            return Err(bad(format!(
+                "unsupported manifest format {} (this lifeboat reads {OLDEST_FORMAT} to {FORMAT_VERSION}; a newer lifeboat wrote it?)",
+                m.format
+            )));
+        }
+        if let Some(d) = &m.definition {
+            if m.format < 2 {
+                return Err(bad("a format-1 manifest cannot name a definition".into()));
+            }
+            if d.size == 0 || d.size > crate::vm::MAX_DEFINITION_BYTES as u64 || d.chunk.is_zero() {
+                return Err(bad(format!(
+                    "its definition is {} bytes (1 to {} allowed)",
+                    d.size,
+                    crate::vm::MAX_DEFINITION_BYTES
+                )));
+            }
         }
         if m.vm.name != key.vm || m.volume.name != key.volume {
             return Err(bad(format!(
@@ -259,6 +290,7 @@ mod tests {
             },
             stats: Stats::default(),
             labels: Labels::default(),
+            definition: None,
         }
     }
 

@@ -30,7 +30,10 @@ pub use index::Index;
 pub use manifest::{Manifest, ManifestKey};
 
 pub const CONFIG_FILE: &str = "lifeboat.json";
-pub const REPO_FORMAT: u32 = 1;
+/// Format 2: manifests may name a VM definition. Format-1 repositories are
+/// read as they are and upgraded when a backup writes into them.
+pub const REPO_FORMAT: u32 = 2;
+pub const OLDEST_REPO_FORMAT: u32 = 1;
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 /// Chunks written between two file-system syncs during a backup.
 const FLUSH_EVERY: usize = 64;
@@ -76,9 +79,9 @@ impl RepoConfig {
             reason,
         };
         let c: RepoConfig = serde_json::from_slice(data).map_err(|e| bad(e.to_string()))?;
-        if c.format != REPO_FORMAT {
+        if !(OLDEST_REPO_FORMAT..=REPO_FORMAT).contains(&c.format) {
             return Err(bad(format!(
-                "format {} is not supported by this lifeboat (v{REPO_FORMAT})",
+                "format {} is not supported by this lifeboat (it reads v{OLDEST_REPO_FORMAT} to v{REPO_FORMAT}; upgrade lifeboat)",
                 c.format
             )));
         }
@@ -235,6 +238,52 @@ impl Repo {
         let id = Id::of(&bytes);
         self.put_verified_object(&Self::index_key(&id), &bytes)?;
         Ok(id)
+    }
+
+    /// Stores a VM definition document as a chunk (durable before this
+    /// returns, so a manifest may name it at once).
+    pub fn write_definition(&self, doc: &[u8]) -> Result<manifest::DefinitionRef> {
+        if doc.is_empty() || doc.len() > crate::vm::MAX_DEFINITION_BYTES {
+            return Err(Error::BadInput(format!(
+                "a VM definition of {} bytes is outside 1 to {} bytes",
+                doc.len(),
+                crate::vm::MAX_DEFINITION_BYTES
+            )));
+        }
+        let id = Id::of(doc);
+        let encoded = chunk::Encoder::new(self.config.compression.level)?.encode(doc)?;
+        self.put_verified_object(&Self::chunk_key(&id), &encoded)?;
+        Ok(manifest::DefinitionRef {
+            chunk: id,
+            size: doc.len() as u64,
+        })
+    }
+
+    /// Reads a backup's VM definition (verified like every chunk).
+    pub fn read_definition(&self, d: &manifest::DefinitionRef) -> Result<crate::vm::Definition> {
+        crate::vm::Definition::from_chunk(d, &self.read_chunk(&d.chunk)?)
+    }
+
+    /// Marks a format-1 repository as format 2 before format-2 manifests
+    /// go into it, so an older lifeboat refuses the repository as a whole
+    /// instead of meeting manifests it cannot read.
+    pub fn upgrade_format(&mut self) -> Result<()> {
+        if self.config.format >= REPO_FORMAT {
+            return Ok(());
+        }
+        let mut cfg = self.config.clone();
+        cfg.format = REPO_FORMAT;
+        let mut bytes =
+            serde_json::to_vec_pretty(&cfg).map_err(|e| Error::Internal(e.to_string()))?;
+        bytes.push(b'\n');
+        durable::write_atomic(&self.root.join(CONFIG_FILE), &bytes)?;
+        tracing::info!(
+            "repository {} upgraded from format {} to {REPO_FORMAT}",
+            self.root.display(),
+            self.config.format
+        );
+        self.config = cfg;
+        Ok(())
     }
 
     /// Writes a manifest durably. Callers must have made everything it

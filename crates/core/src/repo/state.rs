@@ -92,37 +92,57 @@ pub fn lock_state(root: &Path) -> Result<std::fs::File> {
     Ok(f)
 }
 
-/// The job history, oldest first, and how many records were unreadable.
-pub fn load_jobs(root: &Path) -> Result<(Vec<JobRecord>, usize)> {
-    let Some(data) = read(&dir(root).join("jobs.jsonl"))? else {
+/// Records of a `state/*.jsonl` file, oldest first, and how many were
+/// unreadable (skipped).
+pub(crate) fn load_jsonl<T: serde::de::DeserializeOwned>(
+    root: &Path,
+    file: &str,
+) -> Result<(Vec<T>, usize)> {
+    let Some(data) = read(&dir(root).join(file))? else {
         return Ok((Vec::new(), 0));
     };
     let mut bad = 0;
-    let mut jobs = Vec::new();
+    let mut recs = Vec::new();
     for line in data.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        match serde_json::from_slice::<JobRecord>(line) {
-            Ok(r) => jobs.push(r),
+        match serde_json::from_slice::<T>(line) {
+            Ok(r) => recs.push(r),
             Err(_) => bad += 1,
         }
     }
-    Ok((jobs, bad))
+    Ok((recs, bad))
 }
 
-/// Adds a record; the file keeps the newest `MAX_JOBS`. Rewritten whole
-/// and atomically: a crash leaves the old history or the new one.
-pub fn append_job(root: &Path, mut rec: JobRecord) -> Result<()> {
+/// Adds a record to a `state/*.jsonl` file, which keeps the newest `max`.
+/// Rewritten whole and atomically, under the state lock: a crash leaves
+/// the old history or the new one, and concurrent writers lose nothing.
+pub(crate) fn append_jsonl<T: serde::Serialize + serde::de::DeserializeOwned>(
+    root: &Path,
+    file: &str,
+    rec: T,
+    max: usize,
+) -> Result<()> {
     let _held = lock_state(root)?;
-    let (mut jobs, _) = load_jobs(root).unwrap_or_default();
-    let keep = rec.log.len().saturating_sub(JOB_LOG_LINES);
-    rec.log.drain(..keep);
-    jobs.push(rec);
-    let skip = jobs.len().saturating_sub(MAX_JOBS);
+    let (mut recs, _) = load_jsonl::<T>(root, file).unwrap_or_default();
+    recs.push(rec);
+    let skip = recs.len().saturating_sub(max);
     let mut out = Vec::new();
-    for j in &jobs[skip..] {
-        serde_json::to_writer(&mut out, j).map_err(|e| Error::Internal(e.to_string()))?;
+    for r in &recs[skip..] {
+        serde_json::to_writer(&mut out, r).map_err(|e| Error::Internal(e.to_string()))?;
         out.push(b'\n');
     }
-    durable::write_atomic(&dir(root).join("jobs.jsonl"), &out)
+    durable::write_atomic(&dir(root).join(file), &out)
+}
+
+/// The job history, oldest first, and how many records were unreadable.
+pub fn load_jobs(root: &Path) -> Result<(Vec<JobRecord>, usize)> {
+    load_jsonl(root, "jobs.jsonl")
+}
+
+/// Adds a record; the file keeps the newest `MAX_JOBS`.
+pub fn append_job(root: &Path, mut rec: JobRecord) -> Result<()> {
+    let keep = rec.log.len().saturating_sub(JOB_LOG_LINES);
+    rec.log.drain(..keep);
+    append_jsonl(root, "jobs.jsonl", rec, MAX_JOBS)
 }
 
 /// The newest verify of each backup (by manifest id).

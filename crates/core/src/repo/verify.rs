@@ -127,10 +127,17 @@ pub fn verify(
     progress.set_phase("checking manifests and indexes");
     // index id -> backups using it; chunk id -> indexes using it
     let mut index_users: BTreeMap<Id, Vec<String>> = BTreeMap::new();
+    let mut definitions: BTreeMap<Id, (crate::repo::manifest::DefinitionRef, Vec<String>)> =
+        BTreeMap::new();
     for k in &keys {
         report.manifests += 1;
         match repo.load_manifest(k) {
-            Ok(m) => index_users.entry(m.index).or_default().push(describe(k)),
+            Ok(m) => {
+                if let Some(d) = m.definition {
+                    definitions.entry(d.chunk).or_insert((d, Vec::new())).1.push(describe(k));
+                }
+                index_users.entry(m.index).or_default().push(describe(k))
+            }
             Err(e) => report
                 .problems
                 .push(problem("manifest", k.id, &e, vec![describe(k)])),
@@ -219,6 +226,14 @@ pub fn verify(
     report.bytes_read = bytes.into_inner();
     let bad = bad.into_inner().unwrap_or_default();
     report.add_chunk_problems(bad, &chunk_users, &index_users);
+    // Definitions are small: always read, decoded and parsed.
+    for (d, users) in definitions.into_values() {
+        if let Err(e) = repo.read_definition(&d) {
+            report
+                .problems
+                .push(problem("definition", d.chunk, &e, users));
+        }
+    }
     report.finish(&keys);
     Ok(report)
 }

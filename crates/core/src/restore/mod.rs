@@ -161,6 +161,12 @@ pub struct SetRestorePlan {
     indexes: Vec<Index>,
     #[serde(skip)]
     transfer: Option<TransferPlan>,
+    /// The backups restored, in the order of `volumes`.
+    #[serde(skip)]
+    pub picked: Vec<(ManifestKey, Manifest)>,
+    /// The remote's chunks are in already (`fetch` ran).
+    #[serde(skip)]
+    fetched: bool,
 }
 
 fn plan_volumes(
@@ -241,6 +247,8 @@ fn plan_volumes(
         fetch: None,
         indexes,
         transfer: None,
+        picked: picked.to_vec(),
+        fetched: false,
     })
 }
 
@@ -300,6 +308,29 @@ pub async fn plan_remote(
     Ok(set)
 }
 
+/// Fetches what a restore from a remote needs into the local repository,
+/// ahead of `execute` (which then only writes): a drill times the two
+/// apart. The plan keeps its lock.
+pub async fn fetch(
+    set: &mut SetRestorePlan,
+    remote: &dyn Store,
+    local_repo: &Path,
+    cancel: &CancellationToken,
+    progress: &std::sync::Arc<Progress>,
+) -> Result<()> {
+    if let Some(t) = &set.transfer {
+        let local = LocalStore::new(local_repo);
+        let opts = SyncOptions {
+            init: true,
+            manifests: false,
+            ..Default::default()
+        };
+        sync::execute(remote, &local, t, &opts, cancel, progress).await?;
+    }
+    set.fetched = true;
+    Ok(())
+}
+
 /// Carries out a set plan: fetches what a remote restore needs into the
 /// local repository (creating it on a fresh machine), then writes every
 /// volume. `remote` must be the store the plan was made from.
@@ -311,7 +342,7 @@ pub async fn execute(
     progress: &std::sync::Arc<Progress>,
 ) -> Result<Vec<RestoreOutcome>> {
     let fetch = match (&set.transfer, remote) {
-        (Some(t), Some(_)) => t.summary.data_bytes_to_send,
+        (Some(t), Some(_)) if !set.fetched => t.summary.data_bytes_to_send,
         _ => 0,
     };
     let writes: u64 = set.volumes.iter().map(|v| v.image_size).sum();
@@ -334,7 +365,7 @@ async fn write_set(
     cancel: &CancellationToken,
     progress: &std::sync::Arc<Progress>,
 ) -> Result<Vec<RestoreOutcome>> {
-    if let (Some(t), Some(src)) = (transfer, remote) {
+    if let (Some(t), Some(src), false) = (transfer, remote, set.fetched) {
         let local = LocalStore::new(local_repo);
         let opts = SyncOptions {
             init: true,

@@ -315,6 +315,8 @@ pub async fn plan(
     let all_selected = selected.clone();
     let mut manifests = Vec::new();
     let mut index_ids = BTreeSet::new();
+    // VM definitions are chunks the manifests name directly.
+    let mut definitions = BTreeMap::new();
     for k in selected.into_iter().filter(|k| !have.contains(k)) {
         check_cancel(cancel)?;
         if !k.is_plausible(now) {
@@ -326,6 +328,9 @@ pub async fn plan(
         }
         let (m, bytes) = fetch_manifest(src, &k).await?;
         index_ids.insert(m.index);
+        if let Some(d) = m.definition {
+            definitions.insert(d.chunk, d.size);
+        }
         manifests.push((k, m, bytes));
     }
     manifests.sort_by_key(|a| (a.1.created_at, a.0.id));
@@ -357,6 +362,7 @@ pub async fn plan(
         index_of.insert(*id, idx);
     }
     summary.indexes_to_send = indexes.len();
+    chunk_len.extend(definitions);
 
     let chunk_keys: Vec<ObjectKey> = chunk_len.keys().map(|c| ObjectKey::Chunk(*c)).collect();
     let mut chunks = Vec::new();

@@ -40,11 +40,18 @@ pub async fn verify_remote(
     };
     progress.set_phase("checking manifests and indexes");
     let mut index_users: BTreeMap<Id, Vec<String>> = BTreeMap::new();
+    let mut definitions: BTreeMap<Id, (crate::repo::manifest::DefinitionRef, Vec<String>)> =
+        BTreeMap::new();
     for k in &keys {
         check()?;
         report.manifests += 1;
         match fetch_manifest(store, k).await {
-            Ok((m, _)) => index_users.entry(m.index).or_default().push(describe(k)),
+            Ok((m, _)) => {
+                if let Some(d) = m.definition {
+                    definitions.entry(d.chunk).or_insert((d, Vec::new())).1.push(describe(k));
+                }
+                index_users.entry(m.index).or_default().push(describe(k))
+            }
             Err(e) if is_damage(&e) => {
                 report
                     .problems
@@ -125,8 +132,31 @@ pub async fn verify_remote(
         }
     }
     report.add_chunk_problems(bad, &chunk_users, &index_users);
+    for (d, users) in definitions.into_values() {
+        check()?;
+        match fetch_definition(store, &d).await {
+            Ok(_) => {}
+            Err(e) if is_damage(&e) => report
+                .problems
+                .push(crate::repo::verify::problem("definition", d.chunk, &e, users)),
+            Err(e) => return Err(e),
+        }
+    }
     report.finish(&keys);
     Ok(report)
+}
+
+/// Fetches, verifies and parses a backup's VM definition from a store.
+pub async fn fetch_definition(
+    store: &dyn Store,
+    d: &crate::repo::manifest::DefinitionRef,
+) -> Result<crate::vm::Definition> {
+    let key = ObjectKey::Chunk(d.chunk);
+    let data = with_retry(5, || store.get(&key))
+        .await?
+        .ok_or_else(|| key.missing())?;
+    let raw = crate::repo::chunk::decode(&d.chunk, &data)?;
+    crate::vm::Definition::from_chunk(d, &raw)
 }
 
 /// A damaged or absent object (reported), as opposed to a failing link

@@ -1,0 +1,111 @@
+#!/bin/sh
+# Builds the demo's bootable Linux guest disk without root, mounts or loop
+# devices (see docs/DRILLS.md): Debian's cloud kernel, a busybox initramfs
+# that prints a marker on the serial console and serves HTTP on port 8080,
+# and syslinux on a FAT partition.
+#
+#   demo-guest.sh kit KITDIR            fetch and unpack the kernel once
+#   demo-guest.sh disk KITDIR OUT NAME  write a 64 MiB raw disk for VM NAME
+#
+# Needs: apt-get (kit only), dpkg-deb, busybox-static, cpio, gzip,
+# mtools, dosfstools, syslinux, syslinux-common, fdisk (sfdisk).
+set -eu
+
+MODULES="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net"
+
+die() { echo "demo-guest: $*" >&2; exit 1; }
+need() { command -v "$1" >/dev/null 2>&1 || die "$1 is missing: install $2"; }
+
+kit() {
+    kit=$1
+    [ -f "$kit/vmlinuz" ] && [ -f "$kit/modules/virtio_net.ko" ] && return 0
+    need dpkg-deb dpkg
+    mkdir -p "$kit"
+    chmod 700 "$kit"
+    deb=$(ls "$kit"/linux-image-*-cloud-amd64_*.deb 2>/dev/null | head -n 1 || true)
+    if [ -z "$deb" ]; then
+        need apt-get apt
+        pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
+            awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
+        [ -n "$pkg" ] || die "apt knows no linux-image-cloud-amd64: run apt-get update"
+        (cd "$kit" && apt-get download "$pkg" >/dev/null 2>&1) ||
+            die "apt-get download $pkg failed (no network or no apt sources?)"
+        deb=$(ls "$kit"/linux-image-*-cloud-amd64_*.deb | head -n 1)
+    fi
+    x=$(mktemp -d "$kit/.x.XXXXXX")
+    trap 'rm -rf "$x"' EXIT
+    dpkg-deb -x "$deb" "$x"
+    mkdir -p "$kit/modules"
+    for m in $MODULES; do
+        f=$(find "$x/lib/modules" -name "$m.ko" | head -n 1)
+        [ -n "$f" ] || die "module $m.ko is not in $deb"
+        cp "$f" "$kit/modules/"
+    done
+    cp "$x"/boot/vmlinuz-* "$kit/vmlinuz.tmp"
+    mv "$kit/vmlinuz.tmp" "$kit/vmlinuz"
+}
+
+disk() {
+    kit=$1 out=$2 name=$3
+    need busybox busybox-static
+    need cpio cpio
+    need mkfs.fat dosfstools
+    need mcopy mtools
+    need syslinux syslinux
+    need sfdisk fdisk
+    mbr=/usr/lib/syslinux/mbr/mbr.bin
+    [ -f "$mbr" ] || die "$mbr is missing: install syslinux-common"
+    bb=$(command -v busybox)
+    w=$(mktemp -d "${TMPDIR:-/tmp}/lifeboat-guest.XXXXXX")
+    trap 'rm -rf "$w"' EXIT
+    r=$w/root
+    mkdir -p "$r/bin" "$r/proc" "$r/sys" "$r/dev" "$r/www" "$r/modules"
+    cp "$bb" "$r/bin/busybox"
+    cp "$kit"/modules/*.ko "$r/modules/"
+    echo "lifeboat demo VM $name: the application answers" > "$r/www/index.html"
+    cat > "$r/init" <<EOF
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in $MODULES; do insmod /modules/\$m.ko 2>/dev/null; done
+ip link set lo up
+if ip link set eth0 up 2>/dev/null; then
+    ip addr add 10.0.2.15/24 dev eth0
+    httpd -p 8080 -h /www
+fi
+echo "lifeboat-guest $name: up" > /dev/ttyS0
+echo "$name login: " > /dev/ttyS0
+while true; do sleep 3600; done
+EOF
+    chmod 755 "$r/init"
+    (cd "$r" && find . | cpio -o -H newc 2>/dev/null | gzip -1 > "$w/initrd.gz")
+    cat > "$w/syslinux.cfg" <<EOF
+SERIAL 0 115200
+DEFAULT linux
+PROMPT 0
+TIMEOUT 0
+LABEL linux
+  KERNEL vmlinuz
+  APPEND initrd=initrd.gz console=ttyS0 quiet panic=-1
+EOF
+    truncate -s 63M "$w/fat.img"
+    mkfs.fat -n LIFEBOAT "$w/fat.img" >/dev/null
+    syslinux --install "$w/fat.img"
+    mcopy -i "$w/fat.img" "$kit/vmlinuz" ::vmlinuz
+    mcopy -i "$w/fat.img" "$w/initrd.gz" ::initrd.gz
+    mcopy -i "$w/fat.img" "$w/syslinux.cfg" ::syslinux.cfg
+    truncate -s 64M "$w/disk.raw"
+    echo 'start=2048, type=c, bootable' | sfdisk -q "$w/disk.raw"
+    dd if="$w/fat.img" of="$w/disk.raw" bs=1M seek=1 conv=notrunc status=none
+    dd if="$mbr" of="$w/disk.raw" bs=440 count=1 conv=notrunc status=none
+    chmod 600 "$w/disk.raw"
+    mv "$w/disk.raw" "$out"
+}
+
+case "${1:-}" in
+    kit) [ $# -eq 2 ] || die "usage: demo-guest.sh kit KITDIR"; kit "$2" ;;
+    disk) [ $# -eq 4 ] || die "usage: demo-guest.sh disk KITDIR OUT NAME"; disk "$2" "$3" "$4" ;;
+    *) die "usage: demo-guest.sh kit KITDIR | disk KITDIR OUT NAME" ;;
+esac

@@ -1,0 +1,581 @@
+//! Restore drills: take a backup set from a repository (a remote by
+//! default, as in a real disaster), fetch only what the local repository
+//! lacks, restore every volume into a private scratch directory, check
+//! each image's digest, boot-check it, clean up, and report pass or fail
+//! with the RPO (age of the backup) and the RTO by phase. Reports are kept
+//! in the local repository's `state/drills.jsonl`.
+//!
+//! A drill never returns half a result: whatever phase fails, the report
+//! says which and why, QEMU is gone and the scratch directory removed.
+
+pub mod history;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::jobs::{CancellationToken, Progress};
+use crate::repo::manifest::{ImageFormat, Role};
+use crate::repo::refs::Ref;
+use crate::repo::Repo;
+use crate::restore::{self, RestoreRequest, SetRestorePlan};
+use crate::store::Store;
+use crate::vm::boot::{self, BootReport};
+use crate::vm::domain::RestoredDisk;
+use crate::vm::qemu::Accel;
+use crate::vm::{BootChecks, Definition};
+
+/// Phases whose times add up to the RTO, in order.
+pub const PHASES: [&str; 5] = ["fetch", "restore", "verify", "boot", "checks"];
+
+#[derive(Debug, Clone)]
+pub struct DrillRequest {
+    pub vm: String,
+    /// A set: `VM@latest` (default), `VM@~1`, `@2026-11-20T00:00:00Z`.
+    pub at: Option<String>,
+    /// "local" or the remote's name (for the report).
+    pub source: String,
+    pub accel: Accel,
+    /// The directory under which a private scratch directory is made.
+    pub scratch: PathBuf,
+    /// The local config's checks, over the ones stored with the backup.
+    pub checks: Option<BootChecks>,
+    /// A host command check (local config only) and its forwarded ports.
+    pub command: Option<(Vec<String>, Vec<u16>)>,
+    /// The local config's definition, for backups that carry none.
+    pub local_definition: Option<Definition>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrillOutcome {
+    Pass,
+    Fail,
+    Cancelled,
+}
+
+impl std::fmt::Display for DrillOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DrillOutcome::Pass => "PASS",
+            DrillOutcome::Fail => "FAIL",
+            DrillOutcome::Cancelled => "CANCELLED",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseTime {
+    pub name: String,
+    pub secs: f64,
+    /// Bytes moved (fetch), written (restore) or read (verify).
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrillReport {
+    pub vm: String,
+    pub source: String,
+    pub reference: String,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: DateTime<Utc>,
+    pub outcome: DrillOutcome,
+    /// plan, fetch, restore, verify, boot, checks or cleanup.
+    pub failed_phase: Option<String>,
+    pub error: Option<String>,
+    /// The backup drilled: its time, set and manifests.
+    pub backup_time: Option<DateTime<Utc>>,
+    pub set: Option<String>,
+    pub manifests: Vec<String>,
+    /// Age of the backup when the drill started.
+    pub rpo_secs: Option<i64>,
+    /// The phases' sum: how long recovering this VM took.
+    pub rto_secs: f64,
+    pub phases: Vec<PhaseTime>,
+    /// Where the VM's definition came from: backup, config or fallback.
+    pub definition: Option<String>,
+    pub boot: Option<BootReport>,
+}
+
+impl DrillReport {
+    pub fn passed(&self) -> bool {
+        self.outcome == DrillOutcome::Pass
+    }
+
+    pub fn phase(&self, name: &str) -> Option<&PhaseTime> {
+        self.phases.iter().find(|p| p.name == name)
+    }
+}
+
+/// Where a VM is drilled from when the admin does not say: its
+/// `[vm.drill] from`, else its policy's first push target, else the only
+/// configured remote (as in a real disaster, where the local copy is gone
+/// too), else the local repository.
+pub fn default_source(config: &crate::config::Config, vm: &str) -> String {
+    if let Some(f) = config
+        .vm(vm)
+        .and_then(|v| v.drill.as_ref())
+        .and_then(|d| d.from.clone())
+    {
+        return f;
+    }
+    if let Some(r) = config.policy_for(vm).and_then(|p| p.push.first()) {
+        return r.clone();
+    }
+    match config.remotes.keys().collect::<Vec<_>>().as_slice() {
+        [only] => (*only).clone(),
+        _ => "local".into(),
+    }
+}
+
+/// What the admin may say about one drill (the rest comes from the config).
+#[derive(Debug, Clone, Default)]
+pub struct DrillOverrides {
+    pub from: Option<String>,
+    pub at: Option<String>,
+    pub accel: Option<Accel>,
+    pub scratch: Option<PathBuf>,
+    pub timeout_secs: Option<u64>,
+}
+
+/// A drill of `vm` as the config describes it, with the admin's overrides.
+pub fn request_for(
+    config: &crate::config::Config,
+    vm: &str,
+    o: &DrillOverrides,
+) -> Result<DrillRequest> {
+    crate::names::check_name("VM", vm)?;
+    let vmc = config.vm(vm);
+    let dc = vmc.and_then(|v| v.drill.clone()).unwrap_or_default();
+    let accel = match (o.accel, &dc.accel) {
+        (Some(a), _) => a,
+        (None, Some(a)) => a.parse()?,
+        (None, None) => Accel::Tcg,
+    };
+    let mut checks = vmc.and_then(|v| v.check.as_ref()).map(|c| c.checks());
+    if let Some(t) = o.timeout_secs {
+        let c = checks.get_or_insert_with(BootChecks::default);
+        c.timeout_secs = t;
+    }
+    let command = vmc
+        .and_then(|v| v.check.as_ref())
+        .and_then(|c| c.command.clone().map(|cmd| (cmd, c.forward.clone())));
+    Ok(DrillRequest {
+        vm: vm.to_string(),
+        at: o.at.clone(),
+        source: o
+            .from
+            .clone()
+            .unwrap_or_else(|| default_source(config, vm)),
+        accel,
+        scratch: o
+            .scratch
+            .clone()
+            .or(dc.scratch.map(|p| config.resolve(&p)))
+            .unwrap_or_else(std::env::temp_dir),
+        checks,
+        command,
+        local_definition: config.definition_for_backup(vm),
+    })
+}
+
+/// Runs a drill and keeps its report in the local repository's history
+/// (when there is one: a drill from a remote on a fresh machine creates
+/// it by fetching).
+pub async fn run_recorded(
+    local_repo: &Path,
+    remote: Option<&dyn Store>,
+    req: &DrillRequest,
+    cancel: &CancellationToken,
+    progress: &Arc<Progress>,
+) -> DrillReport {
+    let report = run(local_repo, remote, req, cancel, progress).await;
+    if local_repo.join(crate::repo::CONFIG_FILE).exists() {
+        if let Err(e) = history::record(local_repo, &report) {
+            tracing::warn!("the drill's report was not kept in the history: {e}");
+        }
+    }
+    report
+}
+
+/// The reference of the set to drill.
+pub fn reference(vm: &str, at: Option<&str>) -> Result<String> {
+    let r = match at {
+        None => format!("{vm}@latest"),
+        Some(a) if a.starts_with('@') => format!("{vm}{a}"),
+        Some(a) if a.contains('@') => a.to_string(),
+        Some(a) => format!("{vm}@{a}"),
+    };
+    match Ref::parse(&r)? {
+        Ref::Set { vm: v, .. } if v == vm => Ok(r),
+        _ => Err(Error::BadInput(format!(
+            "{r:?} does not name a backup set of VM {vm}: use VM@latest, VM@TIME or VM@SETID"
+        ))),
+    }
+}
+
+/// Runs a drill. `remote` is the store to drill from (None: the local
+/// repository). Never fails as a whole: every failure is in the report.
+pub async fn run(
+    local_repo: &Path,
+    remote: Option<&dyn Store>,
+    req: &DrillRequest,
+    cancel: &CancellationToken,
+    progress: &Arc<Progress>,
+) -> DrillReport {
+    let started_at = Utc::now();
+    let mut report = DrillReport {
+        vm: req.vm.clone(),
+        source: req.source.clone(),
+        reference: req.at.clone().unwrap_or_else(|| "latest".into()),
+        started_at,
+        ended_at: started_at,
+        outcome: DrillOutcome::Fail,
+        failed_phase: None,
+        error: None,
+        backup_time: None,
+        set: None,
+        manifests: Vec::new(),
+        rpo_secs: None,
+        rto_secs: 0.0,
+        phases: Vec::new(),
+        definition: None,
+        boot: None,
+    };
+    let scratch = match make_scratch(&req.scratch, &req.vm) {
+        Ok(s) => s,
+        Err(e) => {
+            report.failed_phase = Some("plan".into());
+            report.error = Some(e.to_string());
+            report.ended_at = Utc::now();
+            return report;
+        }
+    };
+    let res = phases(local_repo, remote, req, scratch.path(), &mut report, cancel, progress).await;
+    progress.set_phase("cleanup: removing the scratch files");
+    let cleanup = scratch.close();
+    match res {
+        Ok(()) => {}
+        Err((_, Error::Cancelled)) => {
+            report.outcome = DrillOutcome::Cancelled;
+            report.error = Some("cancelled".into());
+        }
+        Err((phase, e)) => {
+            report.failed_phase = Some(phase.into());
+            report.error = Some(e.to_string());
+        }
+    }
+    if let (Err(e), None) = (&cleanup, &report.error) {
+        report.failed_phase = Some("cleanup".into());
+        report.error = Some(format!("could not remove the scratch directory: {e}"));
+        report.outcome = DrillOutcome::Fail;
+    }
+    report.rto_secs = report.phases.iter().map(|p| p.secs).sum();
+    report.ended_at = Utc::now();
+    report
+}
+
+fn make_scratch(parent: &Path, vm: &str) -> Result<tempfile::TempDir> {
+    if !parent.is_dir() {
+        return Err(Error::BadInput(format!(
+            "the drill's scratch directory {} does not exist: create it or pass --scratch DIR",
+            parent.display()
+        )));
+    }
+    // tempfile makes it 0700: restored disks are as private as backups.
+    tempfile::Builder::new()
+        .prefix(&format!("lifeboat-drill-{vm}-"))
+        .tempdir_in(parent)
+        .map_err(|e| Error::io("creating a scratch directory in", parent, e))
+}
+
+type PhaseError = (&'static str, Error);
+
+#[allow(clippy::too_many_arguments)]
+async fn phases(
+    local_repo: &Path,
+    remote: Option<&dyn Store>,
+    req: &DrillRequest,
+    scratch: &Path,
+    report: &mut DrillReport,
+    cancel: &CancellationToken,
+    progress: &Arc<Progress>,
+) -> std::result::Result<(), PhaseError> {
+    let reference = reference(&req.vm, req.at.as_deref()).map_err(|e| ("plan", e))?;
+    let target = scratch.join("disks");
+    let rreq = RestoreRequest {
+        reference: reference.clone(),
+        to: target.clone(),
+        format: Some(ImageFormat::Raw),
+        force: false,
+    };
+    // Fetch: planning a remote restore reads its manifests and indexes;
+    // then only the chunks the local repository lacks move.
+    let t = Instant::now();
+    progress.set_phase("fetch: planning");
+    let mut set: SetRestorePlan = match remote {
+        Some(r) => restore::plan_remote(r, local_repo, &rreq, true, cancel, progress)
+            .await
+            .map_err(|e| ("fetch", e))?,
+        None => {
+            let repo = Repo::open(local_repo).map_err(|e| ("plan", e))?;
+            restore::plan_local(&repo, &rreq).map_err(|e| ("plan", e))?
+        }
+    };
+    let first = set.picked.first().map(|(_, m)| m.clone());
+    if let Some(m) = &first {
+        report.backup_time = Some(m.created_at);
+        report.set = Some(m.set.clone());
+        report.rpo_secs = Some((report.started_at - m.created_at).num_seconds().max(0));
+    }
+    report.manifests = set.picked.iter().map(|(k, _)| k.id.to_hex()).collect();
+    if !set.picked.iter().any(|(_, m)| m.volume.role == Role::Root) {
+        return Err((
+            "plan",
+            Error::BadInput(format!(
+                "backup {reference} has no root volume: there is nothing to boot (mark the boot disk role = \"root\" in the config)"
+            )),
+        ));
+    }
+    let fetch_bytes = set.fetch.as_ref().map(|f| f.data_bytes_to_send).unwrap_or(0);
+    let total: u64 = set.volumes.iter().map(|v| v.image_size).sum();
+    progress.set_job_total(fetch_bytes + 2 * total);
+    if let Some(r) = remote {
+        progress.set_phase("fetch: chunks the local repository lacks");
+        restore::fetch(&mut set, r, local_repo, cancel, progress)
+            .await
+            .map_err(|e| ("fetch", e))?;
+    }
+    report.phases.push(PhaseTime {
+        name: "fetch".into(),
+        secs: t.elapsed().as_secs_f64(),
+        bytes: fetch_bytes,
+    });
+
+    // The definition: the backup's, else the local config's, else a plain
+    // one (root disk first).
+    let picked = set.picked.clone();
+    let repo = Repo::open(local_repo).map_err(|e| ("restore", e))?;
+    let def_ref = picked.iter().find_map(|(_, m)| m.definition);
+    let (def, from) = match def_ref {
+        Some(d) => (repo.read_definition(&d).map_err(|e| ("restore", e))?, "backup"),
+        None => match &req.local_definition {
+            Some(d) => (d.clone(), "config"),
+            None => (
+                crate::vm::fallback_definition(
+                    &req.vm,
+                    &picked
+                        .iter()
+                        .map(|(_, m)| (m.volume.name.clone(), m.volume.role))
+                        .collect::<Vec<_>>(),
+                ),
+                "fallback",
+            ),
+        },
+    };
+    report.definition = Some(from.into());
+
+    // Restore every volume (raw: nothing to convert before booting).
+    let t = Instant::now();
+    progress.set_phase("restore");
+    let outcomes = restore::execute(set, remote, local_repo, cancel, progress)
+        .await
+        .map_err(|e| ("restore", e))?;
+    report.phases.push(PhaseTime {
+        name: "restore".into(),
+        secs: t.elapsed().as_secs_f64(),
+        bytes: outcomes.iter().map(|o| o.bytes_written).sum(),
+    });
+
+    // Verify: each restored image hashes to its backup's digest.
+    let t = Instant::now();
+    let mut read = 0;
+    for o in &outcomes {
+        progress.set_phase(&format!(
+            "verify: {}",
+            o.target.file_name().and_then(|n| n.to_str()).unwrap_or("")
+        ));
+        let (path, chunk, c, p) = (
+            o.target.clone(),
+            repo.chunk_size(),
+            cancel.clone(),
+            progress.clone(),
+        );
+        let digest = tokio::task::spawn_blocking(move || -> Result<crate::repo::Id> {
+            let mut src = crate::source::open(&path, crate::source::FormatChoice::Raw)?;
+            let scan = crate::backup::pipeline::scan(src.reader.as_mut(), chunk, None, &c, &p)?;
+            Ok(scan.index.id())
+        })
+        .await
+        .map_err(|e| ("verify", Error::Internal(format!("verify task: {e}"))))?
+        .map_err(|e| ("verify", e))?;
+        if digest != o.index {
+            return Err((
+                "verify",
+                Error::corrupt(
+                    "restored image",
+                    o.index,
+                    format!(
+                        "{} hashes to {}, not to its backup's digest",
+                        o.target.display(),
+                        digest.short()
+                    ),
+                ),
+            ));
+        }
+        read += o.image_size;
+    }
+    report.phases.push(PhaseTime {
+        name: "verify".into(),
+        secs: t.elapsed().as_secs_f64(),
+        bytes: read,
+    });
+
+    // Boot and application checks.
+    let disks: Vec<RestoredDisk> = outcomes
+        .iter()
+        .zip(&picked)
+        .map(|(o, (_, m))| RestoredDisk {
+            volume: m.volume.name.clone(),
+            path: o.target.clone(),
+            format: o.format,
+        })
+        .collect();
+    let checks = req
+        .checks
+        .clone()
+        .or_else(|| def.checks.clone())
+        .unwrap_or_default();
+    let command = req
+        .command
+        .as_ref()
+        .map(|(c, f)| (c.as_slice(), f.as_slice()));
+    let breq = boot::BootRequest {
+        def: &def,
+        disks: &disks,
+        checks: &checks,
+        command,
+        accel: req.accel,
+        scratch,
+    };
+    let b = boot::run(&breq, cancel, progress)
+        .await
+        .map_err(|e| ("boot", e))?;
+    let failed_phase = b.failed_phase.clone();
+    let failure = b.failure.clone();
+    report.phases.push(PhaseTime {
+        name: "boot".into(),
+        secs: b.boot_secs,
+        bytes: 0,
+    });
+    if failed_phase.as_deref() != Some("boot") && failed_phase.as_deref() != Some("start") {
+        report.phases.push(PhaseTime {
+            name: "checks".into(),
+            secs: b.checks_secs,
+            bytes: 0,
+        });
+    }
+    report.boot = Some(b);
+    match (failed_phase, failure) {
+        (None, _) => {
+            report.outcome = DrillOutcome::Pass;
+            Ok(())
+        }
+        (Some(p), why) => {
+            let phase = if p == "checks" { "checks" } else { "boot" };
+            Err((phase, Error::BadInput(why.unwrap_or_else(|| "failed".into()))))
+        }
+    }
+}
+
+/// The report as lines for a terminal or a job log (everything from the
+/// repository or the guest is escaped).
+pub fn describe(r: &DrillReport) -> Vec<String> {
+    use crate::text::escape;
+    let mut out = vec![format!(
+        "drill {} from {}: {}{}",
+        escape(&r.vm),
+        escape(&r.source),
+        r.outcome,
+        r.failed_phase
+            .as_ref()
+            .map(|p| format!(" in {p}"))
+            .unwrap_or_default()
+    )];
+    if let Some(e) = &r.error {
+        out.push(format!("  why: {}", escape(e)));
+    }
+    if let (Some(t), Some(set)) = (r.backup_time, &r.set) {
+        out.push(format!(
+            "  backup: set {} of {} (RPO {})",
+            &set[..set.len().min(12)],
+            t.format("%Y-%m-%d %H:%M:%S UTC"),
+            age(r.rpo_secs.unwrap_or(0))
+        ));
+    }
+    let phases: Vec<String> = r
+        .phases
+        .iter()
+        .map(|p| format!("{} {:.1}s", p.name, p.secs))
+        .collect();
+    out.push(format!("  RTO {:.1}s: {}", r.rto_secs, phases.join(", ")));
+    if let Some(b) = &r.boot {
+        out.push(format!("  booted under {}", b.accel));
+        for n in &b.notes {
+            out.push(format!("  note: {}", escape(n)));
+        }
+        for c in &b.checks {
+            out.push(format!(
+                "  check {}: {} ({}, at {:.1}s)",
+                c.name,
+                if c.ok { "ok" } else { "FAILED" },
+                escape(&c.detail),
+                c.secs
+            ));
+        }
+        if !r.passed() && !b.serial_tail.is_empty() {
+            out.push("  serial console (last lines):".into());
+            out.extend(b.serial_tail.iter().map(|l| format!("    | {l}")));
+        }
+        if !r.passed() && !b.firmware_tail.is_empty() {
+            out.push("  firmware log (last lines):".into());
+            out.extend(
+                b.firmware_tail
+                    .iter()
+                    .skip(b.firmware_tail.len().saturating_sub(5))
+                    .map(|l| format!("    | {l}")),
+            );
+        }
+    }
+    out
+}
+
+/// An age as the largest two units: 3d 4h, 2h 5m, 40s.
+pub fn age(secs: i64) -> String {
+    let s = secs.max(0);
+    let (d, h, m) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, m) => format!("{m}m {}s", s % 60),
+        (0, h, m) => format!("{h}h {m}m"),
+        (d, h, _) => format!("{d}d {h}h"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references() {
+        assert_eq!(reference("web", None).unwrap(), "web@latest");
+        assert_eq!(reference("web", Some("@~1")).unwrap(), "web@~1");
+        assert_eq!(reference("web", Some("web@latest")).unwrap(), "web@latest");
+        assert!(reference("web", Some("db@latest")).is_err());
+        assert!(reference("web", Some("web/root@latest")).is_err());
+    }
+}

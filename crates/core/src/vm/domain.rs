@@ -1,0 +1,845 @@
+//! libvirt domain XML: what lifeboat reads from it at backup (the spec),
+//! and the XML it writes for a restored VM — from the stored XML with
+//! disks pointed at the restored files, a new UUID and host-specific items
+//! removed, or generated from the spec when the VM had no libvirt domain.
+//!
+//! The XML comes from a repository, so it is parsed into a small bounded
+//! tree (quick-xml does the lexing) and written back escaped; nothing is
+//! spliced as text.
+
+use std::path::{Path, PathBuf};
+
+use quick_xml::events::Event;
+use quick_xml::escape::{escape, unescape};
+
+use super::{Bus, Definition, DiskSpec, Firmware, NicSpec, VmSpec};
+use crate::error::{Error, Result};
+use crate::repo::manifest::{ImageFormat, Role};
+
+const MAX_DEPTH: usize = 64;
+const MAX_NODES: usize = 100_000;
+
+#[derive(Debug, Clone, PartialEq)]
+enum Node {
+    Element(Element),
+    Text(String),
+    Comment(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Element {
+    name: String,
+    attrs: Vec<(String, String)>,
+    children: Vec<Node>,
+}
+
+impl Element {
+    fn new(name: &str) -> Element {
+        Element {
+            name: name.into(),
+            attrs: Vec::new(),
+            children: Vec::new(),
+        }
+    }
+
+    fn attr(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn set_attr(&mut self, name: &str, value: &str) {
+        match self.attrs.iter_mut().find(|(k, _)| k == name) {
+            Some(a) => a.1 = value.to_string(),
+            None => self.attrs.push((name.into(), value.into())),
+        }
+    }
+
+    fn with_attr(mut self, name: &str, value: &str) -> Element {
+        self.set_attr(name, value);
+        self
+    }
+
+    fn with_text(mut self, text: &str) -> Element {
+        self.children.push(Node::Text(text.into()));
+        self
+    }
+
+    fn child(&self, name: &str) -> Option<&Element> {
+        self.elements().find(|e| e.name == name)
+    }
+
+    fn child_mut(&mut self, name: &str) -> Option<&mut Element> {
+        self.children.iter_mut().find_map(|n| match n {
+            Node::Element(e) if e.name == name => Some(e),
+            _ => None,
+        })
+    }
+
+    fn elements(&self) -> impl Iterator<Item = &Element> {
+        self.children.iter().filter_map(|n| match n {
+            Node::Element(e) => Some(e),
+            _ => None,
+        })
+    }
+
+    fn text(&self) -> String {
+        self.children
+            .iter()
+            .filter_map(|n| match n {
+                Node::Text(t) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect::<String>()
+            .trim()
+            .to_string()
+    }
+
+    fn set_text(&mut self, text: &str) {
+        self.children = vec![Node::Text(text.into())];
+    }
+
+    fn push(&mut self, e: Element) {
+        self.children.push(Node::Element(e));
+    }
+
+    fn write(&self, out: &mut String, indent: usize) {
+        out.push('<');
+        out.push_str(&self.name);
+        for (k, v) in &self.attrs {
+            out.push(' ');
+            out.push_str(k);
+            out.push_str("=\"");
+            out.push_str(&escape(v.as_str()));
+            out.push('"');
+        }
+        if self.children.is_empty() {
+            out.push_str("/>");
+            return;
+        }
+        out.push('>');
+        let only_text = self.children.iter().all(|c| matches!(c, Node::Text(_)));
+        for c in &self.children {
+            match c {
+                Node::Element(e) => {
+                    if !only_text && !self.has_whitespace() {
+                        out.push('\n');
+                        out.push_str(&"  ".repeat(indent + 1));
+                    }
+                    e.write(out, indent + 1);
+                }
+                Node::Text(t) => out.push_str(&escape(t.as_str())),
+                Node::Comment(t) => {
+                    out.push_str("<!--");
+                    out.push_str(&t.replace("--", "- -"));
+                    out.push_str("-->");
+                }
+            }
+        }
+        if !only_text && !self.has_whitespace() {
+            out.push('\n');
+            out.push_str(&"  ".repeat(indent));
+        }
+        out.push_str("</");
+        out.push_str(&self.name);
+        out.push('>');
+    }
+
+    /// Whether the element keeps its own whitespace (parsed documents do;
+    /// generated ones are indented when written).
+    fn has_whitespace(&self) -> bool {
+        self.children
+            .iter()
+            .any(|c| matches!(c, Node::Text(t) if t.trim().is_empty()))
+    }
+}
+
+/// Removes the child elements `drop` picks, with the indentation before
+/// each; returns how many went.
+fn remove_children(children: &mut Vec<Node>, drop: impl Fn(&Element) -> bool) -> usize {
+    let mut out: Vec<Node> = Vec::with_capacity(children.len());
+    let mut removed = 0;
+    for n in std::mem::take(children) {
+        if let Node::Element(e) = &n {
+            if drop(e) {
+                if matches!(out.last(), Some(Node::Text(t)) if t.trim().is_empty()) {
+                    out.pop();
+                }
+                removed += 1;
+                continue;
+            }
+        }
+        out.push(n);
+    }
+    *children = out;
+    removed
+}
+
+fn xml_error(e: impl std::fmt::Display) -> Error {
+    Error::BadInput(format!("the domain XML does not parse: {e}"))
+}
+
+/// Parses a document into its root element (declaration, doctype and
+/// processing instructions are dropped; comments and whitespace kept).
+fn parse(xml: &str) -> Result<Element> {
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut stack: Vec<Element> = Vec::new();
+    let mut root: Option<Element> = None;
+    let mut nodes = 0usize;
+    let attrs_of = |e: &quick_xml::events::BytesStart| -> Result<Vec<(String, String)>> {
+        let mut v = Vec::new();
+        for a in e.attributes() {
+            let a = a.map_err(xml_error)?;
+            let key = std::str::from_utf8(a.key.as_ref())
+                .map_err(xml_error)?
+                .to_string();
+            let val = a
+                .normalized_value(quick_xml::XmlVersion::default())
+                .map_err(xml_error)?
+                .into_owned();
+            v.push((key, val));
+        }
+        Ok(v)
+    };
+    loop {
+        nodes += 1;
+        if nodes > MAX_NODES {
+            return Err(xml_error("over 100000 nodes"));
+        }
+        let ev = reader.read_event().map_err(xml_error)?;
+        let add = |stack: &mut Vec<Element>, root: &mut Option<Element>, n: Node| -> Result<()> {
+            match (stack.last_mut(), n) {
+                (Some(top), n) => top.children.push(n),
+                (None, Node::Element(e)) => {
+                    if root.is_some() {
+                        return Err(xml_error("more than one root element"));
+                    }
+                    *root = Some(e);
+                }
+                (None, Node::Text(t)) if t.trim().is_empty() => {}
+                (None, Node::Comment(_)) => {}
+                (None, Node::Text(_)) => return Err(xml_error("text outside the root element")),
+            }
+            Ok(())
+        };
+        match ev {
+            Event::Start(e) => {
+                if stack.len() >= MAX_DEPTH {
+                    return Err(xml_error("nested over 64 levels"));
+                }
+                let name = std::str::from_utf8(e.name().as_ref())
+                    .map_err(xml_error)?
+                    .to_string();
+                stack.push(Element {
+                    name,
+                    attrs: attrs_of(&e)?,
+                    children: Vec::new(),
+                });
+            }
+            Event::Empty(e) => {
+                let name = std::str::from_utf8(e.name().as_ref())
+                    .map_err(xml_error)?
+                    .to_string();
+                let el = Element {
+                    name,
+                    attrs: attrs_of(&e)?,
+                    children: Vec::new(),
+                };
+                add(&mut stack, &mut root, Node::Element(el))?;
+            }
+            Event::End(_) => {
+                let el = stack.pop().ok_or_else(|| xml_error("unbalanced end tag"))?;
+                add(&mut stack, &mut root, Node::Element(el))?;
+            }
+            Event::Text(t) => {
+                let s = t.decode().map_err(xml_error)?;
+                add(&mut stack, &mut root, Node::Text(s.into_owned()))?;
+            }
+            Event::GeneralRef(r) => {
+                let name = r.decode().map_err(xml_error)?;
+                let s = unescape(&format!("&{name};"))
+                    .map_err(xml_error)?
+                    .into_owned();
+                add(&mut stack, &mut root, Node::Text(s))?;
+            }
+            Event::CData(t) => {
+                let s = t.decode().map_err(xml_error)?;
+                add(&mut stack, &mut root, Node::Text(s.into_owned()))?;
+            }
+            Event::Comment(t) => {
+                let s = t.decode().map_err(xml_error)?;
+                add(&mut stack, &mut root, Node::Comment(s.into_owned()))?;
+            }
+            Event::Decl(_) | Event::PI(_) | Event::DocType(_) => {}
+            Event::Eof => break,
+        }
+    }
+    if !stack.is_empty() {
+        return Err(xml_error("it ends inside an element"));
+    }
+    let root = root.ok_or_else(|| xml_error("no root element"))?;
+    if root.name != "domain" {
+        return Err(xml_error(format!(
+            "the root element is <{}>, not <domain>",
+            crate::text::escape(&root.name)
+        )));
+    }
+    Ok(root)
+}
+
+fn memory_mib(e: &Element) -> Option<u64> {
+    let n: u64 = e.text().parse().ok()?;
+    let unit = e.attr("unit").unwrap_or("KiB");
+    let bytes = match unit {
+        "b" | "bytes" => n,
+        "KB" => n * 1000,
+        "k" | "KiB" => n << 10,
+        "MB" => n * 1_000_000,
+        "M" | "MiB" => n << 20,
+        "GB" => n * 1_000_000_000,
+        "G" | "GiB" => n << 30,
+        "T" | "TiB" => n << 40,
+        _ => return None,
+    };
+    Some(bytes >> 20)
+}
+
+fn bus_of(s: Option<&str>) -> Bus {
+    match s {
+        Some("ide") => Bus::Ide,
+        Some("sata") => Bus::Sata,
+        Some("scsi") => Bus::Scsi,
+        _ => Bus::Virtio,
+    }
+}
+
+fn same_file(a: &str, b: &Path) -> bool {
+    if Path::new(a) == b {
+        return true;
+    }
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+fn disk_source(d: &Element) -> Option<&str> {
+    let s = d.child("source")?;
+    s.attr("file").or_else(|| s.attr("dev"))
+}
+
+/// Reads the spec from a domain XML; disks are matched to the configured
+/// volumes by their source paths.
+pub fn spec_from_xml(xml: &str, volumes: &[(String, Role, PathBuf, Option<Bus>)]) -> Result<VmSpec> {
+    let dom = parse(xml)?;
+    let vcpus = dom
+        .child("vcpu")
+        .and_then(|e| e.text().parse().ok())
+        .unwrap_or(1);
+    let memory_mib = dom
+        .child("memory")
+        .and_then(memory_mib)
+        .ok_or_else(|| xml_error("no <memory> with a known unit"))?;
+    let os = dom.child("os");
+    let firmware = match os {
+        Some(o) if o.attr("firmware") == Some("efi") || o.child("loader").is_some() => {
+            Firmware::Uefi
+        }
+        _ => Firmware::Bios,
+    };
+    let machine = os
+        .and_then(|o| o.child("type"))
+        .and_then(|t| t.attr("machine"))
+        .unwrap_or("pc")
+        .to_string();
+    let devices = dom.child("devices");
+    let mut disks: Vec<(u32, DiskSpec)> = Vec::new();
+    let mut nics = Vec::new();
+    for (pos, d) in devices.iter().flat_map(|d| d.elements()).enumerate() {
+        match d.name.as_str() {
+            "disk" if d.attr("device").unwrap_or("disk") == "disk" => {
+                let Some(src) = disk_source(d) else { continue };
+                let Some(vol) = volumes.iter().find(|v| same_file(src, &v.2)) else {
+                    continue;
+                };
+                let target = d.child("target");
+                let order = d
+                    .child("boot")
+                    .and_then(|b| b.attr("order"))
+                    .and_then(|o| o.parse().ok())
+                    .unwrap_or(1000 + pos as u32);
+                disks.push((
+                    order,
+                    DiskSpec {
+                        volume: vol.0.clone(),
+                        bus: bus_of(target.and_then(|t| t.attr("bus"))),
+                        target: target
+                            .and_then(|t| t.attr("dev"))
+                            .unwrap_or("vda")
+                            .to_string(),
+                    },
+                ));
+            }
+            "interface" => nics.push(NicSpec {
+                model: d
+                    .child("model")
+                    .and_then(|m| m.attr("type"))
+                    .unwrap_or("virtio")
+                    .to_string(),
+                mac: d
+                    .child("mac")
+                    .and_then(|m| m.attr("address"))
+                    .map(str::to_string),
+                network: d
+                    .child("source")
+                    .and_then(|s| s.attr("network").or_else(|| s.attr("bridge")))
+                    .map(str::to_string),
+            }),
+            _ => {}
+        }
+    }
+    disks.sort_by_key(|(o, _)| *o);
+    let mut disks: Vec<DiskSpec> = disks.into_iter().map(|(_, d)| d).collect();
+    // Volumes the domain does not list (backed up anyway) come last.
+    for (name, _, _, bus) in volumes {
+        if disks.iter().all(|d| &d.volume != name) {
+            let bus = bus.unwrap_or_default();
+            let target = free_target(&disks, bus);
+            disks.push(DiskSpec {
+                volume: name.clone(),
+                bus,
+                target,
+            });
+        }
+    }
+    Ok(VmSpec {
+        vcpus,
+        memory_mib,
+        firmware,
+        machine,
+        disks,
+        nics,
+    })
+}
+
+/// The first device name of the bus no disk uses (vdb after vda).
+pub fn free_target(disks: &[DiskSpec], bus: Bus) -> String {
+    (b'a'..=b'z')
+        .map(|c| format!("{}{}", bus.dev_prefix(), c as char))
+        .find(|t| disks.iter().all(|d| &d.target != t))
+        .unwrap_or_else(|| format!("{}z", bus.dev_prefix()))
+}
+
+/// A restored volume, as a domain refers to it.
+#[derive(Debug, Clone)]
+pub struct RestoredDisk {
+    pub volume: String,
+    pub path: PathBuf,
+    pub format: ImageFormat,
+}
+
+/// What writing a restored domain did besides the disks.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DomainNotes {
+    pub uuid: String,
+    /// What was removed or rewritten, for the admin to review.
+    pub changes: Vec<String>,
+}
+
+/// The domain XML of a restored VM: the stored XML rewritten, or one
+/// generated from the spec.
+pub fn restored_xml(
+    def: &Definition,
+    disks: &[RestoredDisk],
+    keep_macs: bool,
+    name: Option<&str>,
+) -> Result<(String, DomainNotes)> {
+    let mut notes = DomainNotes {
+        uuid: super::new_uuid(),
+        changes: Vec::new(),
+    };
+    let mut dom = match &def.domain_xml {
+        Some(x) => {
+            let mut dom = parse(x)?;
+            rewrite(&mut dom, def, disks, keep_macs, &mut notes);
+            dom
+        }
+        None => {
+            notes
+                .changes
+                .push("generated from lifeboat's VM spec (the VM had no libvirt domain XML)".into());
+            generate(def, disks, keep_macs)
+        }
+    };
+    let name = name.unwrap_or(&def.vm);
+    match dom.child_mut("name") {
+        Some(n) => n.set_text(name),
+        None => dom.push(Element::new("name").with_text(name)),
+    }
+    match dom.child_mut("uuid") {
+        Some(u) => u.set_text(&notes.uuid),
+        None => dom.push(Element::new("uuid").with_text(&notes.uuid)),
+    }
+    let mut out = String::new();
+    dom.write(&mut out, 0);
+    out.push('\n');
+    Ok((out, notes))
+}
+
+fn driver_type(f: ImageFormat) -> &'static str {
+    match f {
+        ImageFormat::Raw => "raw",
+        ImageFormat::Qcow2 => "qcow2",
+    }
+}
+
+/// Elements that name this host's hardware or files: a restored VM on
+/// another host must not inherit them.
+const HOST_SPECIFIC: [&str; 4] = ["hostdev", "redirdev", "smartcard", "seclabel"];
+
+fn rewrite(
+    dom: &mut Element,
+    def: &Definition,
+    disks: &[RestoredDisk],
+    keep_macs: bool,
+    notes: &mut DomainNotes,
+) {
+    // Top-level seclabels carry this host's security labels.
+    if remove_children(&mut dom.children, |e| e.name == "seclabel") > 0 {
+        notes.changes.push("removed the host's security labels".into());
+    }
+    if let Some(os) = dom.child_mut("os") {
+        if remove_children(&mut os.children, |e| e.name == "nvram") > 0 {
+            notes
+                .changes
+                .push("removed the UEFI variable store path (libvirt makes a fresh one)".into());
+        }
+    }
+    let Some(devices) = dom.child_mut("devices") else {
+        return;
+    };
+    let mut kept: Vec<Node> = Vec::new();
+    let drop_indent = |kept: &mut Vec<Node>| {
+        if matches!(kept.last(), Some(Node::Text(t)) if t.trim().is_empty()) {
+            kept.pop();
+        }
+    };
+    for node in std::mem::take(&mut devices.children) {
+        let Node::Element(mut e) = node else {
+            kept.push(node);
+            continue;
+        };
+        match e.name.as_str() {
+            n if HOST_SPECIFIC.contains(&n) => {
+                notes.changes.push(format!("removed a <{n}> (host hardware)"));
+                drop_indent(&mut kept);
+                continue;
+            }
+            "disk" => {
+                let dev = e
+                    .child("target")
+                    .and_then(|t| t.attr("dev"))
+                    .unwrap_or("")
+                    .to_string();
+                let spec = def.spec.disks.iter().find(|d| d.target == dev);
+                let restored =
+                    spec.and_then(|s| disks.iter().find(|r| r.volume == s.volume));
+                match restored {
+                    Some(r) => point_disk(&mut e, r),
+                    None if disk_source(&e).is_none() => {}
+                    None => {
+                        notes.changes.push(format!(
+                            "removed disk {} ({}): it is not part of this backup",
+                            crate::text::escape(&dev),
+                            crate::text::escape(disk_source(&e).unwrap_or(""))
+                        ));
+                        drop_indent(&mut kept);
+                        continue;
+                    }
+                }
+            }
+            "interface" => {
+                if e.attr("type") == Some("hostdev") || e.attr("type") == Some("direct") {
+                    notes.changes.push(format!(
+                        "removed a {} interface (host hardware)",
+                        e.attr("type").unwrap_or("")
+                    ));
+                    drop_indent(&mut kept);
+                    continue;
+                }
+                if !keep_macs {
+                    if remove_children(&mut e.children, |m| m.name == "mac") > 0 {
+                        notes
+                            .changes
+                            .push("removed a MAC address (libvirt assigns a new one; --keep-macs keeps it)".into());
+                    }
+                }
+            }
+            _ => {}
+        }
+        kept.push(Node::Element(e));
+    }
+    devices.children = kept;
+    // Restored volumes the stored XML did not list are attached too.
+    for d in &def.spec.disks {
+        let listed = devices.elements().any(|e| {
+            e.name == "disk"
+                && e.child("target").and_then(|t| t.attr("dev")) == Some(d.target.as_str())
+        });
+        if let (false, Some(r)) = (listed, disks.iter().find(|r| r.volume == d.volume)) {
+            devices.push(disk_element(d, r, None));
+            notes
+                .changes
+                .push(format!("added volume {} as {}", d.volume, d.target));
+        }
+    }
+}
+
+/// Points a `<disk>` at a restored file: a plain file, no backing chain.
+fn point_disk(e: &mut Element, r: &RestoredDisk) {
+    e.set_attr("type", "file");
+    let path = r.path.display().to_string();
+    remove_children(&mut e.children, |x| {
+        x.name == "backingStore" || x.name == "source"
+    });
+    let src = Element::new("source").with_attr("file", &path);
+    match e.child_mut("driver") {
+        Some(d) => {
+            d.set_attr("name", "qemu");
+            d.set_attr("type", driver_type(r.format));
+        }
+        None => e.push(
+            Element::new("driver")
+                .with_attr("name", "qemu")
+                .with_attr("type", driver_type(r.format)),
+        ),
+    }
+    // <source> goes right after <driver>, where libvirt writes it, with
+    // the driver's indentation.
+    let at = e
+        .children
+        .iter()
+        .position(|c| matches!(c, Node::Element(x) if x.name == "driver"))
+        .unwrap_or(0);
+    let indent = match at.checked_sub(1).and_then(|i| e.children.get(i)) {
+        Some(Node::Text(t)) if t.trim().is_empty() => Some(t.clone()),
+        _ => None,
+    };
+    let at = (at + 1).min(e.children.len());
+    e.children.insert(at, Node::Element(src));
+    if let Some(ws) = indent {
+        e.children.insert(at, Node::Text(ws));
+    }
+}
+
+fn disk_element(d: &DiskSpec, r: &RestoredDisk, boot: Option<usize>) -> Element {
+    let mut e = Element::new("disk")
+        .with_attr("type", "file")
+        .with_attr("device", "disk");
+    e.push(
+        Element::new("driver")
+            .with_attr("name", "qemu")
+            .with_attr("type", driver_type(r.format)),
+    );
+    e.push(Element::new("source").with_attr("file", &r.path.display().to_string()));
+    e.push(
+        Element::new("target")
+            .with_attr("dev", &d.target)
+            .with_attr("bus", d.bus.as_str()),
+    );
+    if let Some(order) = boot {
+        e.push(Element::new("boot").with_attr("order", &order.to_string()));
+    }
+    e
+}
+
+fn nic_model(model: &str) -> &str {
+    match model {
+        "virtio" | "e1000" | "e1000e" | "rtl8139" => model,
+        _ => "virtio",
+    }
+}
+
+fn generate(def: &Definition, disks: &[RestoredDisk], keep_macs: bool) -> Element {
+    let s = &def.spec;
+    let mut dom = Element::new("domain").with_attr("type", "kvm");
+    dom.push(Element::new("name").with_text(&def.vm));
+    dom.push(
+        Element::new("memory")
+            .with_attr("unit", "MiB")
+            .with_text(&s.memory_mib.to_string()),
+    );
+    dom.push(Element::new("vcpu").with_text(&s.vcpus.to_string()));
+    let mut os = Element::new("os");
+    if s.firmware == Firmware::Uefi {
+        os.set_attr("firmware", "efi");
+    }
+    os.push(
+        Element::new("type")
+            .with_attr("arch", "x86_64")
+            .with_attr("machine", &s.machine)
+            .with_text("hvm"),
+    );
+    dom.push(os);
+    let mut features = Element::new("features");
+    features.push(Element::new("acpi"));
+    features.push(Element::new("apic"));
+    dom.push(features);
+    let mut devices = Element::new("devices");
+    let mut order = 1;
+    for d in &s.disks {
+        if let Some(r) = disks.iter().find(|r| r.volume == d.volume) {
+            devices.push(disk_element(d, r, Some(order)));
+            order += 1;
+        }
+    }
+    for n in &s.nics {
+        let mut i = Element::new("interface").with_attr("type", "network");
+        if let (true, Some(mac)) = (keep_macs, &n.mac) {
+            i.push(Element::new("mac").with_attr("address", mac));
+        }
+        i.push(Element::new("source").with_attr(
+            "network",
+            n.network.as_deref().filter(|n| !n.is_empty()).unwrap_or("default"),
+        ));
+        i.push(Element::new("model").with_attr("type", nic_model(&n.model)));
+        devices.push(i);
+    }
+    let mut serial = Element::new("serial").with_attr("type", "pty");
+    serial.push(Element::new("target").with_attr("port", "0"));
+    devices.push(serial);
+    let mut console = Element::new("console").with_attr("type", "pty");
+    console.push(
+        Element::new("target")
+            .with_attr("type", "serial")
+            .with_attr("port", "0"),
+    );
+    devices.push(console);
+    dom.push(devices);
+    dom
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const XML: &str = r#"<?xml version="1.0"?>
+<domain type='kvm'>
+  <name>web01</name>
+  <uuid>6f1c1a53-7c35-4f3b-9c1e-2b1a36c3f0aa</uuid>
+  <memory unit='KiB'>524288</memory>
+  <vcpu placement='static'>2</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc-q35-7.2'>hvm</type>
+    <boot dev='hd'/>
+  </os>
+  <seclabel type='dynamic' model='apparmor'/>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='/var/lib/libvirt/images/web01-root.qcow2'/>
+      <backingStore type='file'><format type='qcow2'/><source file='/base.qcow2'/></backingStore>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='block' device='disk'>
+      <source dev='/dev/vg0/web01-data'/>
+      <target dev='vdb' bus='virtio'/>
+    </disk>
+    <disk type='file' device='disk'>
+      <source file='/srv/scratch &amp; tmp.raw'/>
+      <target dev='vdc' bus='virtio'/>
+    </disk>
+    <interface type='network'>
+      <mac address='52:54:00:12:34:56'/>
+      <source network='default'/>
+      <model type='virtio'/>
+    </interface>
+    <hostdev mode='subsystem' type='pci'><source><address bus='0x03'/></source></hostdev>
+  </devices>
+</domain>
+"#;
+
+    fn vols() -> Vec<(String, Role, PathBuf, Option<Bus>)> {
+        vec![
+            (
+                "root".into(),
+                Role::Root,
+                "/var/lib/libvirt/images/web01-root.qcow2".into(),
+                None,
+            ),
+            ("data".into(), Role::Data, "/dev/vg0/web01-data".into(), None),
+        ]
+    }
+
+    #[test]
+    fn reads_the_spec_from_a_domain() {
+        let s = spec_from_xml(XML, &vols()).unwrap();
+        assert_eq!((s.vcpus, s.memory_mib), (2, 512));
+        assert_eq!(s.machine, "pc-q35-7.2");
+        let d: Vec<_> = s.disks.iter().map(|d| (d.volume.as_str(), d.target.as_str())).collect();
+        assert_eq!(d, [("root", "vda"), ("data", "vdb")]);
+        assert_eq!(s.nics[0].mac.as_deref(), Some("52:54:00:12:34:56"));
+    }
+
+    #[test]
+    fn rewrites_a_domain_for_its_restored_files() {
+        let def = Definition {
+            format: 1,
+            vm: "web01".into(),
+            spec: spec_from_xml(XML, &vols()).unwrap(),
+            domain_xml: Some(XML.into()),
+            checks: None,
+        };
+        let disks = [
+            RestoredDisk {
+                volume: "root".into(),
+                path: "/restore/web01/root.qcow2".into(),
+                format: ImageFormat::Qcow2,
+            },
+            RestoredDisk {
+                volume: "data".into(),
+                path: "/restore/web01/data <1>.raw".into(),
+                format: ImageFormat::Raw,
+            },
+        ];
+        let (x, notes) = restored_xml(&def, &disks, false, None).unwrap();
+        assert!(x.contains("<source file=\"/restore/web01/root.qcow2\"/>"), "{x}");
+        assert!(x.contains("/restore/web01/data &lt;1&gt;.raw"), "{x}");
+        assert!(!x.contains("backingStore") && !x.contains("/base.qcow2"));
+        assert!(!x.contains("hostdev") && !x.contains("seclabel"));
+        assert!(!x.contains("52:54:00:12:34:56"));
+        assert!(!x.contains("scratch"), "a disk outside the backup is dropped");
+        assert!(!x.contains("6f1c1a53"));
+        assert!(x.contains(&notes.uuid));
+        assert!(notes.changes.iter().any(|c| c.contains("vdc")));
+        // It parses again as a domain with the restored disks.
+        let again = spec_from_xml(
+            &x,
+            &[
+                ("root".into(), Role::Root, "/restore/web01/root.qcow2".into(), None),
+                ("data".into(), Role::Data, "/restore/web01/data <1>.raw".into(), None),
+            ],
+        )
+        .unwrap();
+        assert_eq!(again.disks.len(), 2);
+        let (kept, _) = restored_xml(&def, &disks, true, Some("web01-dr")).unwrap();
+        assert!(kept.contains("52:54:00:12:34:56") && kept.contains("<name>web01-dr</name>"));
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_domain() {
+        for bad in [
+            "",
+            "<domain>",
+            "<network/>",
+            "<domain/><domain/>",
+            "text",
+            "<domain><a></b></domain>",
+        ] {
+            assert!(spec_from_xml(bad, &[]).is_err(), "{bad:?}");
+        }
+        let deep = format!("{}{}", "<domain>".repeat(100), "</domain>".repeat(100));
+        assert!(parse(&deep).is_err());
+    }
+}

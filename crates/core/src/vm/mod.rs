@@ -1,0 +1,587 @@
+//! A VM's definition, which travels with its backups: lifeboat's own spec
+//! (vCPUs, memory, firmware, machine, disks in boot order with their bus,
+//! NICs), the libvirt domain XML when the VM has one, and the boot checks
+//! a drill runs. Stored as a chunk that every manifest of a set names
+//! (`DefinitionRef`), so it is deduplicated, verified and pushed and pulled
+//! like the volumes.
+//!
+//! Everything here may come from a repository or a peer: a definition is
+//! bounded, parsed strictly and checked field by field before any of it
+//! reaches a QEMU command line, a file or a terminal. Commands to run on
+//! the host are never read from a repository (`CheckConfig::command` lives
+//! only in the local config).
+
+pub mod boot;
+pub mod domain;
+pub mod qemu;
+pub mod restore;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::names::is_valid_name;
+use crate::repo::manifest::{DefinitionRef, Role};
+
+/// The largest definition document accepted (a domain XML is a few KiB).
+pub const MAX_DEFINITION_BYTES: usize = 1 << 20;
+const DEFINITION_FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    #[default]
+    Bios,
+    Uefi,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Bus {
+    #[default]
+    Virtio,
+    Ide,
+    Sata,
+    Scsi,
+}
+
+impl Bus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Bus::Virtio => "virtio",
+            Bus::Ide => "ide",
+            Bus::Sata => "sata",
+            Bus::Scsi => "scsi",
+        }
+    }
+
+    /// libvirt's device name prefix for the bus.
+    pub fn dev_prefix(&self) -> &'static str {
+        match self {
+            Bus::Virtio => "vd",
+            Bus::Ide => "hd",
+            Bus::Sata | Bus::Scsi => "sd",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    /// The backed-up volume this disk is.
+    pub volume: String,
+    pub bus: Bus,
+    /// The guest's device name (vda, sdb): what a restored domain uses.
+    pub target: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicSpec {
+    /// virtio, e1000, e1000e or rtl8139.
+    pub model: String,
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// The libvirt network or bridge it was attached to (informational).
+    #[serde(default)]
+    pub network: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpec {
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub firmware: Firmware,
+    /// QEMU machine type: pc, q35, or a versioned one (pc-q35-7.2).
+    pub machine: String,
+    /// In boot order.
+    pub disks: Vec<DiskSpec>,
+    #[serde(default)]
+    pub nics: Vec<NicSpec>,
+}
+
+/// An HTTP check: GET `path` on `port` inside the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCheck {
+    pub port: u16,
+    #[serde(default = "default_http_path")]
+    pub path: String,
+    /// Text the answer's body must contain.
+    #[serde(default)]
+    pub expect: Option<String>,
+    #[serde(default = "default_http_status")]
+    pub status: u16,
+}
+
+fn default_http_path() -> String {
+    "/".into()
+}
+
+fn default_http_status() -> u16 {
+    200
+}
+
+/// What proves a booted VM works. Stored in the definition, so a drill on
+/// another site checks the same things; a host command is not (see
+/// `CheckConfig`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootChecks {
+    /// Text the serial console must show (e.g. `login:` or a banner).
+    #[serde(default)]
+    pub serial: Option<String>,
+    /// Text on the serial console or the firmware's log that fails the
+    /// boot at once (besides the built-in ones: no bootable device, kernel
+    /// panic).
+    #[serde(default)]
+    pub fail: Vec<String>,
+    #[serde(default)]
+    pub http: Option<HttpCheck>,
+    /// TCP ports inside the guest that must accept a connection.
+    #[serde(default)]
+    pub tcp: Vec<u16>,
+    /// Seconds from power-on until every check must have passed.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_timeout() -> u64 {
+    120
+}
+
+impl Default for BootChecks {
+    fn default() -> Self {
+        BootChecks {
+            serial: Some("login:".into()),
+            fail: Vec::new(),
+            http: None,
+            tcp: Vec::new(),
+            timeout_secs: default_timeout(),
+        }
+    }
+}
+
+/// `[vm.check]` in the config: the stored checks plus what only the local
+/// host may say — a command whose exit code decides, run on this host
+/// with the guest's forwarded ports in its environment.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckConfig {
+    pub serial: Option<String>,
+    #[serde(default)]
+    pub fail: Vec<String>,
+    pub http: Option<HttpCheck>,
+    #[serde(default)]
+    pub tcp: Vec<u16>,
+    pub timeout_secs: Option<u64>,
+    /// argv; `LIFEBOAT_GUEST_PORT_<N>` holds the loopback port that
+    /// reaches guest port N (from `forward`, `tcp` and `http`).
+    pub command: Option<Vec<String>>,
+    #[serde(default)]
+    pub forward: Vec<u16>,
+}
+
+impl CheckConfig {
+    pub fn checks(&self) -> BootChecks {
+        BootChecks {
+            serial: self.serial.clone(),
+            fail: self.fail.clone(),
+            http: self.http.clone(),
+            tcp: self.tcp.clone(),
+            timeout_secs: self.timeout_secs.unwrap_or_else(default_timeout),
+        }
+    }
+}
+
+/// The document stored for a backup set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Definition {
+    pub format: u32,
+    pub vm: String,
+    pub spec: VmSpec,
+    /// The libvirt domain XML as the VM's host had it.
+    #[serde(default)]
+    pub domain_xml: Option<String>,
+    #[serde(default)]
+    pub checks: Option<BootChecks>,
+}
+
+/// What the config says about a VM, for building its definition.
+#[derive(Debug, Clone, Default)]
+pub struct VmDescription {
+    pub name: String,
+    pub vcpus: Option<u32>,
+    pub memory_mib: Option<u64>,
+    pub firmware: Option<Firmware>,
+    pub machine: Option<String>,
+    /// (volume, role, source path, bus) in the config's order.
+    pub volumes: Vec<(String, Role, PathBuf, Option<Bus>)>,
+    pub nics: Vec<NicSpec>,
+    pub domain_xml: Option<PathBuf>,
+    /// Ask `virsh dumpxml` for the domain (named so, or as the VM).
+    pub libvirt_domain: Option<String>,
+    pub checks: Option<BootChecks>,
+}
+
+impl Definition {
+    /// Builds the definition of a VM from its description: the domain XML
+    /// (from the file, or from `virsh dumpxml`) when there is one, else
+    /// lifeboat's own spec.
+    pub fn describe(d: &VmDescription) -> Result<Definition> {
+        let xml = match (&d.domain_xml, &d.libvirt_domain) {
+            (Some(path), _) => Some(read_domain_file(path)?),
+            (None, Some(dom)) => Some(virsh_dumpxml(dom)?),
+            (None, None) => None,
+        };
+        let spec = match &xml {
+            Some(x) => domain::spec_from_xml(x, &d.volumes)?,
+            None => spec_from_description(d),
+        };
+        let def = Definition {
+            format: DEFINITION_FORMAT,
+            vm: d.name.clone(),
+            spec,
+            domain_xml: xml,
+            checks: d.checks.clone(),
+        };
+        def.check()?;
+        Ok(def)
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Plain structs of strings and numbers always serialise.
+        let mut v = serde_json::to_vec_pretty(self).unwrap_or_default();
+        v.push(b'\n');
+        v
+    }
+
+    /// Parses a definition read from a repository (already verified
+    /// against its chunk id) and checks every field.
+    pub fn from_chunk(r: &DefinitionRef, data: &[u8]) -> Result<Definition> {
+        let bad = |why: String| Error::corrupt("definition", r.chunk, why);
+        if data.len() as u64 != r.size || data.len() > MAX_DEFINITION_BYTES {
+            return Err(bad(format!(
+                "it holds {} bytes where the manifest says {}",
+                data.len(),
+                r.size
+            )));
+        }
+        let def: Definition =
+            serde_json::from_slice(data).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+        def.check().map_err(|e| bad(e.to_string()))?;
+        Ok(def)
+    }
+
+    /// The checks every reader relies on: names, bounds, and strings that
+    /// later become QEMU arguments or XML.
+    pub fn check(&self) -> Result<()> {
+        let bad = |why: String| Err(Error::BadInput(format!("VM definition: {why}")));
+        if self.format != DEFINITION_FORMAT {
+            return bad(format!("unsupported format {}", self.format));
+        }
+        if !is_valid_name(&self.vm) {
+            return bad("invalid VM name".into());
+        }
+        let s = &self.spec;
+        if !(1..=512).contains(&s.vcpus) {
+            return bad(format!("{} vCPUs (1 to 512 allowed)", s.vcpus));
+        }
+        if !(16..=(16 << 20)).contains(&s.memory_mib) {
+            return bad(format!("{} MiB of memory (16 MiB to 16 TiB)", s.memory_mib));
+        }
+        if !is_token(&s.machine) {
+            return bad(format!("machine type {:?}", s.machine));
+        }
+        if s.disks.len() > 64 || s.nics.len() > 32 {
+            return bad("too many disks or NICs".into());
+        }
+        for disk in &s.disks {
+            if !is_valid_name(&disk.volume) || !is_token(&disk.target) {
+                return bad(format!("disk {:?} ({:?})", disk.volume, disk.target));
+            }
+        }
+        for nic in &s.nics {
+            if !is_token(&nic.model) {
+                return bad(format!("NIC model {:?}", nic.model));
+            }
+            if let Some(mac) = &nic.mac {
+                if !is_mac(mac) {
+                    return bad(format!("MAC address {mac:?}"));
+                }
+            }
+            if nic.network.as_ref().is_some_and(|n| n.len() > 256) {
+                return bad("network name over 256 bytes".into());
+            }
+        }
+        if let Some(c) = &self.checks {
+            check_checks(c).or_else(|e| bad(e))?;
+        }
+        if let Some(x) = &self.domain_xml {
+            if !x.trim_start().starts_with('<') {
+                return bad("the domain XML does not start with an element".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The root disk (boot disk): the first disk in boot order.
+    pub fn boot_volume(&self) -> Option<&DiskSpec> {
+        self.spec.disks.first()
+    }
+}
+
+fn check_checks(c: &BootChecks) -> std::result::Result<(), String> {
+    let text_ok = |t: &str| !t.is_empty() && t.len() <= 256 && !t.contains('\n');
+    if c.serial.as_ref().is_some_and(|s| !text_ok(s)) || c.fail.iter().any(|s| !text_ok(s)) {
+        return Err("a serial pattern is empty, multi-line or over 256 bytes".into());
+    }
+    if c.fail.len() > 16 || c.tcp.len() > 16 {
+        return Err("too many patterns or ports".into());
+    }
+    if !(1..=86_400).contains(&c.timeout_secs) {
+        return Err(format!(
+            "timeout of {} s (1 s to a day allowed)",
+            c.timeout_secs
+        ));
+    }
+    if let Some(h) = &c.http {
+        if h.port == 0
+            || !h.path.starts_with('/')
+            || h.path.len() > 1024
+            || h.path.bytes().any(|b| b <= b' ' || b == 0x7f)
+        {
+            return Err(format!("HTTP check {}:{:?}", h.port, h.path));
+        }
+        if h.expect.as_ref().is_some_and(|e| !text_ok(e)) {
+            return Err("HTTP check's expected text".into());
+        }
+    }
+    if c.tcp.contains(&0) {
+        return Err("TCP port 0".into());
+    }
+    Ok(())
+}
+
+/// Checks a `[vm.check]` table from the config (the command too).
+pub fn check_config(c: &CheckConfig) -> std::result::Result<(), String> {
+    check_checks(&c.checks())?;
+    if let Some(cmd) = &c.command {
+        if cmd.is_empty() || cmd[0].is_empty() {
+            return Err("command is empty: give argv, e.g. [\"/usr/local/bin/check\", \"arg\"]".into());
+        }
+    }
+    if c.forward.contains(&0) || c.forward.len() > 16 {
+        return Err("forward: 1 to 16 ports, none 0".into());
+    }
+    Ok(())
+}
+
+/// A word safe in a QEMU option, an XML attribute and a terminal.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+pub fn is_mac(s: &str) -> bool {
+    let parts: Vec<&str> = s.split(':').collect();
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn spec_from_description(d: &VmDescription) -> VmSpec {
+    // The root volume boots: it goes first, the others keep their order.
+    let mut vols: Vec<&(String, Role, PathBuf, Option<Bus>)> = d.volumes.iter().collect();
+    vols.sort_by_key(|v| v.1 != Role::Root);
+    let mut used: std::collections::BTreeMap<&str, u8> = Default::default();
+    let disks = vols
+        .iter()
+        .map(|(name, _, _, bus)| {
+            let bus = bus.unwrap_or_default();
+            let n = used.entry(bus.dev_prefix()).or_insert(0);
+            let target = format!("{}{}", bus.dev_prefix(), (b'a' + *n) as char);
+            *n = n.saturating_add(1).min(25);
+            DiskSpec {
+                volume: name.clone(),
+                bus,
+                target,
+            }
+        })
+        .collect();
+    VmSpec {
+        vcpus: d.vcpus.unwrap_or(1),
+        memory_mib: d.memory_mib.unwrap_or(1024),
+        firmware: d.firmware.unwrap_or_default(),
+        machine: d.machine.clone().unwrap_or_else(|| "pc".into()),
+        disks,
+        nics: d.nics.clone(),
+    }
+}
+
+/// The spec used for a backup that carries no definition (format 1, or a
+/// VM outside the inventory): the root volume first, virtio disks, 1 GiB.
+pub fn fallback_definition(vm: &str, volumes: &[(String, Role)]) -> Definition {
+    let d = VmDescription {
+        name: vm.to_string(),
+        volumes: volumes
+            .iter()
+            .map(|(n, r)| (n.clone(), *r, PathBuf::new(), None))
+            .collect(),
+        ..Default::default()
+    };
+    Definition {
+        format: DEFINITION_FORMAT,
+        vm: vm.to_string(),
+        spec: spec_from_description(&d),
+        domain_xml: None,
+        checks: None,
+    }
+}
+
+fn read_domain_file(path: &Path) -> Result<String> {
+    let md = std::fs::metadata(path).map_err(|e| Error::io("reading the domain XML", path, e))?;
+    if md.len() > (MAX_DEFINITION_BYTES / 2) as u64 {
+        return Err(Error::BadInput(format!(
+            "domain XML {} is {} bytes; at most {} are accepted",
+            path.display(),
+            md.len(),
+            MAX_DEFINITION_BYTES / 2
+        )));
+    }
+    std::fs::read_to_string(path).map_err(|e| Error::io("reading the domain XML", path, e))
+}
+
+fn virsh_dumpxml(domain: &str) -> Result<String> {
+    let out = std::process::Command::new("virsh")
+        .args(["dumpxml", "--inactive", "--security-info", "--", domain])
+        .output()
+        .map_err(|e| {
+            Error::BadInput(format!(
+                "cannot run virsh to read domain {domain} ({e}): install libvirt-clients, or set domain_xml to a saved copy"
+            ))
+        })?;
+    if !out.status.success() {
+        return Err(Error::BadInput(format!(
+            "virsh dumpxml {domain} failed: {}",
+            crate::text::escape(String::from_utf8_lossy(&out.stderr).trim())
+        )));
+    }
+    String::from_utf8(out.stdout)
+        .map_err(|_| Error::BadInput(format!("virsh dumpxml {domain} printed non-UTF-8")))
+}
+
+/// Hex of a fresh random UUID (version 4), for a restored domain.
+pub fn new_uuid() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::Id;
+
+    fn desc() -> VmDescription {
+        VmDescription {
+            name: "web".into(),
+            volumes: vec![
+                ("data".into(), Role::Data, "/d.raw".into(), None),
+                ("root".into(), Role::Root, "/r.raw".into(), Some(Bus::Ide)),
+                ("logs".into(), Role::Data, "/l.raw".into(), None),
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn spec_boots_the_root_volume_first() {
+        let d = Definition::describe(&desc()).unwrap();
+        let t: Vec<(&str, &str)> = d
+            .spec
+            .disks
+            .iter()
+            .map(|d| (d.volume.as_str(), d.target.as_str()))
+            .collect();
+        assert_eq!(t, [("root", "hda"), ("data", "vda"), ("logs", "vdb")]);
+        assert_eq!(d.spec.memory_mib, 1024);
+    }
+
+    #[test]
+    fn hostile_definitions_are_refused() {
+        let good = Definition::describe(&desc()).unwrap();
+        let r = |d: &Definition| {
+            let b = d.to_bytes();
+            Definition::from_chunk(
+                &DefinitionRef {
+                    chunk: Id::of(&b),
+                    size: b.len() as u64,
+                },
+                &b,
+            )
+        };
+        assert!(r(&good).is_ok());
+        let mut d = good.clone();
+        d.spec.machine = "pc,accel=kvm".into();
+        assert!(r(&d).is_err(), "a comma would add QEMU options");
+        let mut d = good.clone();
+        d.spec.disks[0].target = "vda'/><x".into();
+        assert!(r(&d).is_err());
+        let mut d = good.clone();
+        d.spec.nics.push(NicSpec {
+            model: "virtio".into(),
+            mac: Some("52:54:00:zz:00:01".into()),
+            network: None,
+        });
+        assert!(r(&d).is_err());
+        let mut d = good.clone();
+        d.spec.memory_mib = 1;
+        assert!(r(&d).is_err());
+        let mut d = good;
+        d.checks = Some(BootChecks {
+            http: Some(HttpCheck {
+                port: 80,
+                path: "/ HTTP/1.1\r\nHost: x".into(),
+                expect: None,
+                status: 200,
+            }),
+            ..Default::default()
+        });
+        assert!(r(&d).is_err());
+        let b = b"{\"format\":1}";
+        assert!(Definition::from_chunk(
+            &DefinitionRef {
+                chunk: Id::of(b),
+                size: 99
+            },
+            b
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn uuids_are_version_4() {
+        let u = new_uuid();
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+        assert_ne!(u, new_uuid());
+    }
+}

@@ -1,0 +1,254 @@
+//! The QEMU command line of a VM from its definition: for a boot check
+//! (`-snapshot`, serial on stdio, no network or a restricted one) and, as
+//! text, for an admin restoring onto a host without libvirt.
+
+use std::path::{Path, PathBuf};
+
+use super::{Bus, Definition, Firmware};
+use crate::error::{Error, Result};
+use crate::vm::domain::RestoredDisk;
+
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// How the guest's CPU runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// Emulation: slow, but works everywhere.
+    #[default]
+    Tcg,
+    /// Hardware virtualisation only.
+    Kvm,
+    /// KVM when it works, else TCG (the report says which ran).
+    Auto,
+}
+
+impl std::str::FromStr for Accel {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Accel> {
+        match s {
+            "tcg" => Ok(Accel::Tcg),
+            "kvm" => Ok(Accel::Kvm),
+            "auto" => Ok(Accel::Auto),
+            _ => Err(Error::BadInput(format!(
+                "accelerator {s:?}: use tcg, kvm or auto"
+            ))),
+        }
+    }
+}
+
+/// A guest port reached from a loopback port on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Forward {
+    pub host: u16,
+    pub guest: u16,
+}
+
+/// Options QEMU parses split on commas; a comma in a value is doubled.
+fn opt_value(p: &Path) -> String {
+    p.display().to_string().replace(',', ",,")
+}
+
+/// Where the UEFI firmware is on Debian (package ovmf).
+pub fn uefi_firmware() -> Option<PathBuf> {
+    [
+        "/usr/share/ovmf/OVMF.fd",
+        "/usr/share/qemu/OVMF.fd",
+        "/usr/share/OVMF/OVMF.fd",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
+}
+
+/// The arguments after the program name.
+pub struct BootArgs<'a> {
+    pub def: &'a Definition,
+    pub disks: &'a [RestoredDisk],
+    pub accel: &'a str,
+    /// `-snapshot`, serial on stdio, firmware log, no monitor.
+    pub check: Option<&'a Path>,
+    /// Restricted user networking with these forwards; none: no NIC.
+    pub forwards: &'a [Forward],
+}
+
+pub fn args(a: &BootArgs) -> Result<Vec<String>> {
+    let s = &a.def.spec;
+    let mut v: Vec<String> = vec![
+        "-name".into(),
+        format!("lifeboat-{}", a.def.vm),
+        "-machine".into(),
+        format!("{},accel={}", s.machine, a.accel),
+        "-m".into(),
+        format!("{}M", s.memory_mib),
+        "-smp".into(),
+        s.vcpus.to_string(),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+    ];
+    if s.firmware == Firmware::Uefi {
+        let fw = uefi_firmware().ok_or_else(|| {
+            Error::BadInput(
+                "the VM boots with UEFI but no OVMF firmware is installed: apt-get install ovmf"
+                    .into(),
+            )
+        })?;
+        v.extend(["-bios".into(), opt_value(&fw)]);
+    }
+    let mut controllers = std::collections::BTreeSet::new();
+    let mut boot = 0;
+    for (i, d) in s.disks.iter().enumerate() {
+        let Some(r) = a.disks.iter().find(|r| r.volume == d.volume) else {
+            continue;
+        };
+        let fmt = match r.format {
+            crate::repo::manifest::ImageFormat::Raw => "raw",
+            crate::repo::manifest::ImageFormat::Qcow2 => "qcow2",
+        };
+        v.push("-drive".into());
+        v.push(format!(
+            "file={},format={fmt},if=none,id=disk{i},cache=unsafe",
+            opt_value(&r.path)
+        ));
+        let dev = match d.bus {
+            Bus::Virtio => format!("virtio-blk-pci,drive=disk{i}"),
+            Bus::Ide => format!("ide-hd,drive=disk{i}"),
+            Bus::Sata => {
+                if controllers.insert("ahci") && !s.machine.contains("q35") {
+                    v.extend(["-device".into(), "ahci,id=ahci0".into()]);
+                }
+                format!("ide-hd,drive=disk{i}")
+            }
+            Bus::Scsi => {
+                if controllers.insert("scsi") {
+                    v.extend(["-device".into(), "virtio-scsi-pci,id=scsi0".into()]);
+                }
+                format!("scsi-hd,drive=disk{i},bus=scsi0.0")
+            }
+        };
+        v.extend(["-device".into(), format!("{dev},bootindex={boot}")]);
+        boot += 1;
+    }
+    if boot == 0 {
+        return Err(Error::BadInput(format!(
+            "VM {}: none of its disks was restored",
+            a.def.vm
+        )));
+    }
+    if a.forwards.is_empty() {
+        v.extend(["-nic".into(), "none".into()]);
+    } else {
+        let model = match a.def.spec.nics.first().map(|n| n.model.as_str()) {
+            Some("e1000") => "e1000",
+            Some("e1000e") => "e1000e",
+            Some("rtl8139") => "rtl8139",
+            _ => "virtio-net-pci",
+        };
+        let mut nic = format!("user,model={model},restrict=on");
+        for f in a.forwards {
+            nic.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
+        }
+        v.extend(["-nic".into(), nic]);
+    }
+    match a.check {
+        Some(firmware_log) => {
+            v.extend([
+                "-snapshot".into(),
+                "-display".into(),
+                "none".into(),
+                "-serial".into(),
+                "stdio".into(),
+                "-monitor".into(),
+                "none".into(),
+                "-no-reboot".into(),
+                "-chardev".into(),
+                format!("file,id=fwlog,path={}", opt_value(firmware_log)),
+                "-device".into(),
+                "isa-debugcon,iobase=0x402,chardev=fwlog".into(),
+            ]);
+        }
+        None => v.extend(["-serial".into(), "mon:stdio".into(), "-display".into(), "none".into()]),
+    }
+    Ok(v)
+}
+
+/// The command line an admin runs by hand (shell-quoted), for hosts
+/// without libvirt.
+pub fn command_line(def: &Definition, disks: &[RestoredDisk]) -> Result<String> {
+    let mut a = args(&BootArgs {
+        def,
+        disks,
+        accel: "kvm:tcg",
+        check: None,
+        forwards: &[],
+    })?;
+    // By hand the VM gets a network (user mode) rather than none.
+    if let Some(i) = a.iter().position(|x| x == "none") {
+        if i > 0 && a[i - 1] == "-nic" {
+            a[i] = "user,model=virtio-net-pci".into();
+        }
+    }
+    let mut out = String::from(QEMU);
+    for x in a {
+        out.push(' ');
+        out.push_str(&shell_quote(&x));
+    }
+    Ok(out)
+}
+
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_=.,:/+@%".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::manifest::{ImageFormat, Role};
+
+    #[test]
+    fn boot_check_arguments() {
+        let def = crate::vm::fallback_definition(
+            "web",
+            &[("data".into(), Role::Data), ("root".into(), Role::Root)],
+        );
+        let disks = [
+            RestoredDisk {
+                volume: "root".into(),
+                path: "/s/a,b.raw".into(),
+                format: ImageFormat::Raw,
+            },
+            RestoredDisk {
+                volume: "data".into(),
+                path: "/s/data.raw".into(),
+                format: ImageFormat::Raw,
+            },
+        ];
+        let a = args(&BootArgs {
+            def: &def,
+            disks: &disks,
+            accel: "tcg",
+            check: Some(Path::new("/s/fw.log")),
+            forwards: &[Forward {
+                host: 40000,
+                guest: 8080,
+            }],
+        })
+        .unwrap();
+        let s = a.join(" ");
+        assert!(s.contains("file=/s/a,,b.raw,format=raw"), "{s}");
+        assert!(s.contains("virtio-blk-pci,drive=disk0,bootindex=0"), "{s}");
+        assert!(s.contains("restrict=on,hostfwd=tcp:127.0.0.1:40000-:8080"));
+        assert!(a.contains(&"-snapshot".to_string()));
+        let cl = command_line(&def, &disks).unwrap();
+        assert!(cl.starts_with("qemu-system-x86_64 -name lifeboat-web"), "{cl}");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
+}

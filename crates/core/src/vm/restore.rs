@@ -1,0 +1,187 @@
+//! After the volumes of a set are restored: the VM around them — a domain
+//! XML for libvirt (validated against libvirt's schema when
+//! `virt-xml-validate` is installed), `virsh define` on request, and a
+//! QEMU command line for hosts without libvirt.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Serialize;
+
+use super::domain::{restored_xml, RestoredDisk};
+use super::{qemu, Definition};
+use crate::error::{Error, Result};
+use crate::repo::{Manifest, ManifestKey, Repo};
+use crate::restore::RestoreOutcome;
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "result", content = "detail", rename_all = "lowercase")]
+pub enum Validation {
+    Valid,
+    Invalid(String),
+    /// virt-xml-validate is not installed (or could not run).
+    Unchecked(String),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VmRestore {
+    pub domain_xml: PathBuf,
+    pub uuid: String,
+    /// What was removed or rewritten in the domain.
+    pub changes: Vec<String>,
+    /// backup, config or fallback.
+    pub definition: String,
+    pub validation: Validation,
+    pub qemu_command: String,
+}
+
+/// The definition of a restored set: the backup's, else the config's,
+/// else a plain one. Returns it and where it came from.
+pub fn definition_of(
+    repo: &Repo,
+    picked: &[(ManifestKey, Manifest)],
+    config: Option<Definition>,
+) -> Result<(Definition, &'static str)> {
+    let vm = picked
+        .first()
+        .map(|(_, m)| m.vm.name.clone())
+        .unwrap_or_default();
+    if let Some(d) = picked.iter().find_map(|(_, m)| m.definition) {
+        return Ok((repo.read_definition(&d)?, "backup"));
+    }
+    Ok(match config {
+        Some(d) => (d, "config"),
+        None => (
+            super::fallback_definition(
+                &vm,
+                &picked
+                    .iter()
+                    .map(|(_, m)| (m.volume.name.clone(), m.volume.role))
+                    .collect::<Vec<_>>(),
+            ),
+            "fallback",
+        ),
+    })
+}
+
+/// Writes `DIR/<name>.xml` for the restored volumes and checks it.
+pub fn write_vm(
+    def: &Definition,
+    from: &str,
+    picked: &[(ManifestKey, Manifest)],
+    outcomes: &[RestoreOutcome],
+    dir: &Path,
+    keep_macs: bool,
+    name: Option<&str>,
+) -> Result<VmRestore> {
+    let disks: Vec<RestoredDisk> = picked
+        .iter()
+        .zip(outcomes)
+        .map(|((_, m), o)| RestoredDisk {
+            volume: m.volume.name.clone(),
+            path: std::path::absolute(&o.target).unwrap_or_else(|_| o.target.clone()),
+            format: o.format,
+        })
+        .collect();
+    let (xml, notes) = restored_xml(def, &disks, keep_macs, name)?;
+    let file = dir.join(format!("{}.xml", name.unwrap_or(&def.vm)));
+    crate::repo::durable::write_atomic(&file, xml.as_bytes())?;
+    Ok(VmRestore {
+        validation: validate(&file),
+        domain_xml: file,
+        uuid: notes.uuid,
+        changes: notes.changes,
+        definition: from.into(),
+        qemu_command: qemu::command_line(def, &disks)?,
+    })
+}
+
+/// Runs libvirt's `virt-xml-validate FILE domain`.
+pub fn validate(file: &Path) -> Validation {
+    match Command::new("virt-xml-validate")
+        .arg(file)
+        .arg("domain")
+        .output()
+    {
+        Ok(o) if o.status.success() => Validation::Valid,
+        Ok(o) => {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stderr),
+                String::from_utf8_lossy(&o.stdout)
+            );
+            // The validator is a shell script around xmllint.
+            if text.contains("xmllint: not found") || text.contains("xmllint: command not found") {
+                Validation::Unchecked(
+                    "virt-xml-validate needs xmllint: install libxml2-utils to check it".into(),
+                )
+            } else {
+                Validation::Invalid(crate::text::escape_lines(text.trim()))
+            }
+        }
+        Err(e) => Validation::Unchecked(format!(
+            "virt-xml-validate could not run ({e}); install libvirt-clients to check it"
+        )),
+    }
+}
+
+/// `virsh define FILE`; the error says what to run where libvirt runs.
+pub fn define(file: &Path) -> Result<String> {
+    virsh(
+        &["define", &file.display().to_string()],
+        &format!("virsh define {}", qemu::shell_quote(&file.display().to_string())),
+    )
+}
+
+/// `virsh attach-disk` of a restored data volume to an existing domain.
+pub fn attach_command(domain: &str, file: &Path, target: &str, format: &str) -> Vec<String> {
+    vec![
+        "attach-disk".into(),
+        domain.into(),
+        std::path::absolute(file)
+            .unwrap_or_else(|_| file.to_path_buf())
+            .display()
+            .to_string(),
+        target.into(),
+        "--driver".into(),
+        "qemu".into(),
+        "--subdriver".into(),
+        format.into(),
+        "--persistent".into(),
+    ]
+}
+
+pub fn attach(args: &[String]) -> Result<String> {
+    let by_hand = format!(
+        "virsh {}",
+        args.iter()
+            .map(|a| qemu::shell_quote(a))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    virsh(&a, &by_hand)
+}
+
+fn virsh(args: &[&str], by_hand: &str) -> Result<String> {
+    let out = Command::new("virsh").args(args).output().map_err(|e| {
+        Error::BadInput(format!(
+            "virsh could not run here ({e}); on the host that runs libvirt, run: {by_hand}"
+        ))
+    })?;
+    if !out.status.success() {
+        return Err(Error::BadInput(format!(
+            "virsh {} failed ({}); where libvirt runs, run: {by_hand}",
+            args.first().copied().unwrap_or(""),
+            crate::text::escape(
+                &String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        )));
+    }
+    Ok(crate::text::escape(String::from_utf8_lossy(&out.stdout).trim()).into_owned())
+}
