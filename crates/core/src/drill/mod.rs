@@ -149,6 +149,7 @@ pub fn request_for(
     o: &DrillOverrides,
 ) -> Result<DrillRequest> {
     crate::names::check_name("VM", vm)?;
+    reference(vm, o.at.as_deref())?;
     let vmc = config.vm(vm);
     let dc = vmc.and_then(|v| v.drill.clone()).unwrap_or_default();
     let accel = match (o.accel, &dc.accel) {

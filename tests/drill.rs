@@ -1,0 +1,462 @@
+//! Restore drills and VM restores against the demo's world: real Linux
+//! guests booted under qemu-system-x86_64 (TCG), fetched from a real
+//! `lifeboat serve` on loopback, domain XML checked by libvirt's own
+//! virt-xml-validate.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::remote::Server;
+use common::BIN;
+
+/// The demo world, built once per run (`lifeboat demo --no-tui`).
+fn demo() -> &'static Path {
+    static WORLD: OnceLock<PathBuf> = OnceLock::new();
+    WORLD.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("drill-demo");
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = Command::new(BIN)
+            .args(["demo", "--no-tui", "--keep"])
+            .arg(&dir)
+            .env_remove("LIFEBOAT_CONFIG")
+            .env_remove("LIFEBOAT_REPO")
+            .output()
+            .expect("run the demo");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "demo failed: {err}");
+        assert!(
+            !err.contains("will not boot"),
+            "the demo's guests must boot here (scripts/test.sh installs what they need): {err}"
+        );
+        dir
+    })
+}
+
+/// A test's own place: a config copied from the demo's (so its relative
+/// `repository` is a fresh local repository here), with the off-site
+/// remote at a server started for this test.
+struct Drill {
+    dir: tempfile::TempDir,
+    server: Server,
+}
+
+impl Drill {
+    fn new() -> Drill {
+        Drill::with_config(|c| c)
+    }
+
+    fn with_config(edit: impl Fn(String) -> String) -> Drill {
+        let world = demo();
+        let server = Server::start(
+            &world.join("offsite"),
+            &world.join("offsite-tokens.toml"),
+            "127.0.0.1:0",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let text = std::fs::read_to_string(world.join("lifeboat.toml")).unwrap();
+        let text: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("url = ") {
+                    format!("url = \"{}/\"", server.url)
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(dir.path().join("lifeboat.toml"), edit(text)).unwrap();
+        std::fs::create_dir(dir.path().join("scratch")).unwrap();
+        Drill { dir, server }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.current_dir(self.dir.path())
+            .env_remove("LIFEBOAT_REPO")
+            .env("LIFEBOAT_CONFIG", self.path("lifeboat.toml"))
+            .env("HOME", self.dir.path());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    /// `drill ... --json --scratch S`: (exit code, report).
+    fn drill(&self, args: &[&str]) -> (i32, serde_json::Value) {
+        let mut a = vec!["--json", "drill"];
+        a.extend_from_slice(args);
+        let scratch = self.path("scratch");
+        a.extend(["--scratch", scratch.to_str().unwrap()]);
+        let out = self.run(&a);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!(
+                "drill {args:?} printed no report ({e}):\n{text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        self.assert_clean();
+        (out.status.code().unwrap_or(-1), v)
+    }
+
+    /// Nothing left behind: the scratch directory is empty and no QEMU
+    /// runs on a file in it.
+    fn assert_clean(&self) {
+        let scratch = self.path("scratch");
+        let left: Vec<_> = std::fs::read_dir(&scratch).unwrap().flatten().collect();
+        assert!(left.is_empty(), "scratch files left: {left:?}");
+        assert!(
+            qemu_on(&scratch).is_empty(),
+            "QEMU still runs: {:?}",
+            qemu_on(&scratch)
+        );
+    }
+}
+
+/// Pids of processes whose command line mentions `dir`.
+fn qemu_on(dir: &Path) -> Vec<u32> {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains("qemu-system") && cmd.contains(&needle) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+fn phases(r: &serde_json::Value) -> Vec<String> {
+    r["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn drill_from_a_served_remote_boots_the_guest_and_passes_its_http_check() {
+    let d = Drill::new();
+    // web01 drills from offsite (its [vm.drill]); the local repository
+    // does not exist yet: everything is fetched.
+    let (code, r) = d.drill(&["web01"]);
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["outcome"], "pass", "{r:#}");
+    assert_eq!(r["source"], "offsite");
+    assert_eq!(r["definition"], "backup");
+    assert_eq!(
+        phases(&r),
+        ["fetch", "restore", "verify", "boot", "checks"],
+        "{r:#}"
+    );
+    assert!(r["phases"][0]["bytes"].as_u64().unwrap() > 10 << 20, "{r:#}");
+    let boot = &r["boot"];
+    assert_eq!(boot["accel"], "tcg");
+    assert_eq!(boot["checks"][0]["name"], "http :8080/");
+    assert_eq!(boot["checks"][0]["ok"], true);
+    // Off-site holds backups older than three days: that is the RPO.
+    assert!(r["rpo_secs"].as_i64().unwrap() > 3 * 86_400, "{r:#}");
+    let rto = r["rto_secs"].as_f64().unwrap();
+    let sum: f64 = r["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["secs"].as_f64().unwrap())
+        .sum();
+    assert!((rto - sum).abs() < 0.01);
+
+    // Again: the chunks are local now, nothing is fetched.
+    let (code, r2) = d.drill(&["web01"]);
+    assert_eq!(code, 0, "{r2:#}");
+    assert_eq!(r2["phases"][0]["bytes"], 0, "{r2:#}");
+    assert_eq!(r2["set"], r["set"]);
+
+    // The history keeps both, per VM.
+    let out = d.run(&["--json", "drills", "web01"]);
+    let h: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(h.as_array().unwrap().len(), 2);
+    assert_eq!(h[1]["outcome"], "pass");
+}
+
+#[test]
+fn a_broken_boot_loader_fails_the_drill_and_an_earlier_backup_passes() {
+    let d = Drill::new();
+    // mail01's newest off-site backup was taken after its boot sector was
+    // overwritten.
+    let (code, r) = d.drill(&["mail01"]);
+    assert_eq!(code, 6, "{r:#}");
+    assert_eq!(r["outcome"], "fail");
+    assert_eq!(r["failed_phase"], "boot", "{r:#}");
+    let why = r["error"].as_str().unwrap();
+    assert!(why.contains("boot"), "{why}");
+    let fw: Vec<String> = r["boot"]["firmware_tail"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        fw.iter().any(|l| l.contains("Boot failed") || l.contains("No bootable")),
+        "{fw:?}"
+    );
+    // The human report names the phase and shows the console's tail.
+    let out = d.run(&[
+        "drill",
+        "mail01",
+        "--scratch",
+        d.path("scratch").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(6));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("FAIL in boot"), "{text}");
+    assert!(text.contains("firmware log (last lines)"), "{text}");
+
+    // One set earlier the VM boots and answers.
+    let (code, ok) = d.drill(&["mail01", "--at", "@~1"]);
+    assert_eq!(code, 0, "{ok:#}");
+    assert_eq!(ok["outcome"], "pass");
+    assert!(ok["backup_time"].as_str() < r["backup_time"].as_str());
+
+    let out = d.run(&["drills", "mail01"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[0].contains("FAIL") && lines[0].contains("failed in boot"));
+    assert!(lines[2].contains("PASS"));
+}
+
+fn validates(xml: &Path) {
+    let out = Command::new("virt-xml-validate")
+        .arg(xml)
+        .arg("domain")
+        .output()
+        .expect("virt-xml-validate (libvirt-clients) is installed by scripts/test.sh");
+    assert!(
+        out.status.success(),
+        "{}: {}{}",
+        xml.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn vm_restore_writes_a_valid_domain_for_the_restored_disks() {
+    let d = Drill::new();
+    // web01 has a libvirt domain (rewritten); db01 only lifeboat's spec
+    // (generated).
+    for (vm, from) in [("web01", "a libvirt"), ("db01", "generated")] {
+        let to = d.path(&format!("restored-{vm}"));
+        let out = d.run(&[
+            "--json",
+            "restore",
+            &format!("{vm}@latest"),
+            "--from",
+            "offsite",
+            "--to",
+            to.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{from}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["vm"]["validation"]["result"], "valid", "{v:#}");
+        let xml_path = to.join(format!("{vm}.xml"));
+        validates(&xml_path);
+        let xml = std::fs::read_to_string(&xml_path).unwrap();
+        for vol in v["volumes"].as_array().unwrap() {
+            let t = vol["target"].as_str().unwrap();
+            assert!(xml.contains(&format!("file=\"{t}\"")), "{t} not in {xml}");
+        }
+        assert!(!xml.contains("/images/"), "a source path survived: {xml}");
+        assert!(!xml.contains("<mac "), "MACs are dropped by default: {xml}");
+        assert!(v["vm"]["qemu_command"]
+            .as_str()
+            .unwrap()
+            .starts_with("qemu-system-x86_64 "));
+        let mode = std::os::unix::fs::MetadataExt::mode(&std::fs::metadata(&xml_path).unwrap());
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // --keep-macs and --name; --define where no libvirt runs says what to do.
+    let to = d.path("restored-keep");
+    let out = d.run(&[
+        "restore",
+        "web01@latest",
+        "--from",
+        "offsite",
+        "--to",
+        to.to_str().unwrap(),
+        "--keep-macs",
+        "--name",
+        "web01-dr",
+        "--define",
+    ]);
+    let xml = std::fs::read_to_string(to.join("web01-dr.xml")).unwrap();
+    validates(&to.join("web01-dr.xml"));
+    assert!(xml.contains("<mac address=\"52:54:00:1b:0a:ff\"/>"), "{xml}");
+    assert!(xml.contains("<name>web01-dr</name>"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    if Command::new("virsh").arg("version").output().is_ok_and(|o| o.status.success()) {
+        assert!(out.status.success(), "{err}");
+    } else {
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("virsh define") && err.contains("web01-dr.xml"), "{err}");
+    }
+    // One data volume to attach to a running domain.
+    let file = d.path("data-only.raw");
+    let out = d.run(&[
+        "restore",
+        "web01/data@latest",
+        "--from",
+        "offsite",
+        "--to",
+        file.to_str().unwrap(),
+        "--attach",
+        "web01",
+    ]);
+    assert!(file.exists());
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        assert!(
+            err.contains("virsh attach-disk web01") && err.contains(" vdb "),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn drill_faults_name_their_phase_and_leave_nothing_behind() {
+    let d = Drill::new();
+    // No qemu-system binary on PATH.
+    let empty = d.path("empty-bin");
+    std::fs::create_dir(&empty).unwrap();
+    let out = d
+        .cmd()
+        .env("PATH", &empty)
+        .args(["--json", "drill", "db01", "--scratch"])
+        .arg(d.path("scratch"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["failed_phase"], "boot");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("qemu-system-x86_64 is not installed"),
+        "{r:#}"
+    );
+    d.assert_clean();
+
+    // A VM whose backup has no root volume.
+    let img = d.path("only-data.raw");
+    std::fs::write(&img, vec![7u8; 1 << 20]).unwrap();
+    let out = d.run(&[
+        "backup",
+        "nodisk",
+        "--format",
+        "raw",
+        "--volume",
+        &format!("data={}", img.display()),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (code, r) = d.drill(&["nodisk", "--from", "local"]);
+    assert_eq!(code, 6);
+    assert_eq!(r["failed_phase"], "plan");
+    assert!(r["error"].as_str().unwrap().contains("no root volume"), "{r:#}");
+
+    // A bad reference and an unknown remote are usage errors.
+    let out = d.run(&["drill", "web01", "--at", "db01@latest"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not name a backup set of VM web01"));
+    let out = d.run(&["drill", "web01", "--from", "nowhere"]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn a_failing_application_check_fails_the_drill_with_its_answer() {
+    let d = Drill::with_config(|c| {
+        c.replace("the application answers", "text the guest never serves")
+            .replace("timeout_secs = 90", "timeout_secs = 40")
+    });
+    let (code, r) = d.drill(&["db01"]);
+    assert_eq!(code, 6, "{r:#}");
+    assert_eq!(r["failed_phase"], "checks", "{r:#}");
+    let why = r["error"].as_str().unwrap();
+    assert!(
+        why.contains("http :8080/") && why.contains("does not contain"),
+        "{why}"
+    );
+    // It booted: the boot phase is timed, the checks ran until the timeout.
+    assert_eq!(phases(&r), ["fetch", "restore", "verify", "boot", "checks"]);
+    assert!(r["boot"]["serial_tail"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l.as_str().unwrap().contains("db01 login:")));
+}
+
+#[test]
+fn a_remote_that_vanishes_mid_fetch_fails_the_fetch_phase() {
+    let mut d = Drill::new();
+    let scratch = d.path("scratch");
+    let child = d
+        .cmd()
+        .args(["--json", "--limit-download", "1M", "drill", "db01", "--scratch"])
+        .arg(&scratch)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    d.server.kill();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(6));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["failed_phase"], "fetch", "{r:#}");
+    d.assert_clean();
+}
+
+#[test]
+fn a_cancelled_drill_stops_qemu_and_removes_its_scratch_files() {
+    let d = Drill::new();
+    let scratch = d.path("scratch");
+    let mut child = d
+        .cmd()
+        .args(["--json", "drill", "build01", "--from", "local", "--scratch"])
+        .arg(&scratch)
+        .env("LIFEBOAT_REPO", demo().join("repo"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the guest is booting, then interrupt as Ctrl-C would.
+    let t = Instant::now();
+    while qemu_on(&scratch).is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(120), "QEMU never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    d.assert_clean();
+}
