@@ -43,6 +43,11 @@ pub const ACTIONS: &[(&str, char, &str)] = &[
     ),
     ("restore", 'r', "restore the backup to a file"),
     (
+        "drill",
+        'D',
+        "restore drill of the VM: fetch, restore, verify, boot, check",
+    ),
+    (
         "compare",
         'c',
         "compare two backups (remote view: with local)",

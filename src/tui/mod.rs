@@ -119,6 +119,14 @@ pub async fn run(
         .and_then(|p| p.parent().map(|d| d.to_path_buf()));
     let (keys, problem) = keymap::KeyMap::load(config_dir.as_deref());
     app.keys = keys;
+    app.drill_defaults = config
+        .vms
+        .iter()
+        .map(|v| {
+            let vm = v.name.get_ref();
+            (vm.clone(), lifeboat_core::drill::default_source(&config, vm))
+        })
+        .collect();
     if let Some(p) = problem {
         app.update(Action::Log(p));
     }
@@ -228,8 +236,8 @@ async fn event_loop(
             _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now).into()), if wake.is_some() => {
                 if jobs_running && last_progress.elapsed() >= PROGRESS_EVERY {
                     // Running jobs: take the latest progress (latest wins).
-                    for (id, snapshot) in runner.snapshots() {
-                        app.update(Action::JobProgress { id, snapshot });
+                    for (id, snapshot, output) in runner.snapshots() {
+                        app.update(Action::JobProgress { id, snapshot, output });
                     }
                     last_progress = Instant::now();
                     dirty = true;

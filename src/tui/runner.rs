@@ -50,6 +50,9 @@ enum Held {
     },
 }
 
+/// Live output lines a job pane can show (a drill's serial console).
+const OUTPUT_LINES: usize = 40;
+
 pub struct Runner {
     pub config: Config,
     pub repo_path: PathBuf,
@@ -103,12 +106,13 @@ impl Runner {
         self.jobs.lock().map(|j| !j.is_empty()).unwrap_or(false)
     }
 
-    pub fn snapshots(&self) -> Vec<(u64, lifeboat_core::jobs::Snapshot)> {
+    /// Each running job's progress and newest live output.
+    pub fn snapshots(&self) -> Vec<(u64, lifeboat_core::jobs::Snapshot, Vec<String>)> {
         self.jobs
             .lock()
             .map(|j| {
                 j.iter()
-                    .map(|(id, r)| (*id, r.progress.snapshot()))
+                    .map(|(id, r)| (*id, r.progress.snapshot(), r.progress.tail(OUTPUT_LINES)))
                     .collect()
             })
             .unwrap_or_default()
@@ -150,6 +154,9 @@ impl Runner {
                         let _ = tx.send(Action::Rpo(lifeboat_core::rpo::assess(
                             &config, b, &v, &runs, &daemon, now,
                         )));
+                    }
+                    if let Ok(d) = lifeboat_core::drill::history::last_per_vm(&path) {
+                        let _ = tx.send(Action::Drills(d));
                     }
                     let _ = match res {
                         Ok(b) => tx.send(Action::Loaded(b)),
@@ -242,6 +249,7 @@ impl Runner {
                 }
             }
             Effect::Backup { vm } => self.backup(vm),
+            Effect::Drill { vm, source } => self.drill(vm, source),
             Effect::RunPolicy { vm } => self.run_policy(vm),
             Effect::PlanPrune { vm } => self.plan_prune(vm),
             Effect::Verify { deep, remote: None } => self.verify(deep),
@@ -603,6 +611,44 @@ impl Runner {
             let new: u64 = r.volumes.iter().map(|v| v.stats.new_stored_bytes).sum();
             Ok(format!("{} volumes, {} new", r.volumes.len(), bytes(new)))
         });
+    }
+
+    /// A drill as a job: its report goes to the job's log (all lines)
+    /// and the history; a failed drill is a failed job.
+    fn drill(&self, vm: String, source: String) {
+        let overrides = lifeboat_core::drill::DrillOverrides {
+            from: Some(source.clone()),
+            ..Default::default()
+        };
+        let (config, root) = (self.config.clone(), self.repo_path.clone());
+        let store = match source.as_str() {
+            "local" => None,
+            name => Some(self.store(name)),
+        };
+        self.spawn_async(
+            format!("drill {vm} from {source}"),
+            move |cancel, progress| async move {
+                let req = lifeboat_core::drill::request_for(&config, &vm, &overrides)?;
+                let store = store.transpose()?;
+                let r = lifeboat_core::drill::run_recorded(
+                    &root,
+                    store.as_deref(),
+                    &req,
+                    &cancel,
+                    &progress,
+                )
+                .await;
+                if r.outcome == lifeboat_core::drill::DrillOutcome::Cancelled {
+                    return Err(lifeboat_core::Error::Cancelled);
+                }
+                let lines = lifeboat_core::drill::describe(&r).join("\n");
+                if r.passed() {
+                    Ok(lines)
+                } else {
+                    Err(lifeboat_core::Error::BadInput(lines))
+                }
+            },
+        );
     }
 
     fn run_policy(&self, vm: String) {

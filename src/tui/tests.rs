@@ -595,6 +595,7 @@ fn running_job(a: &mut App) {
             bytes_per_sec: 120.0 * (1 << 20) as f64,
             eta_secs: Some(20.5),
         },
+        output: Vec::new(),
     });
 }
 
@@ -1043,4 +1044,68 @@ fn a_job_whose_end_arrives_before_its_start_still_ends() {
     );
     // Quitting does not ask: nothing runs.
     assert_eq!(a.update(key(KeyCode::Char('q'))), vec![Effect::Quit]);
+}
+
+#[test]
+fn drill_key_asks_the_source_and_shows_phases_and_serial_console() {
+    let mut a = app();
+    a.drill_defaults.insert("db01".into(), "offsite".into());
+    a.update(key(KeyCode::Char('D')));
+    let s = screen(&a, 100, 30);
+    assert!(s.contains("Drill from which repository?"), "{s}");
+    assert!(s.contains("> offsite  (default)"), "{s}");
+    // Up picks local; Enter asks for the drill.
+    a.update(key(KeyCode::Up));
+    let fx = a.update(key(KeyCode::Enter));
+    assert_eq!(
+        fx,
+        vec![Effect::Drill {
+            vm: "db01".into(),
+            source: "local".into()
+        }]
+    );
+    a.update(Action::JobStarted {
+        id: 9,
+        title: "drill web01 from local".into(),
+    });
+    let snap = |phase: &str| lifeboat_core::jobs::Snapshot {
+        phase: phase.into(),
+        bytes_done: 0,
+        bytes_total: 0,
+        objects_done: 0,
+        objects_total: 0,
+        job_bytes_done: 300 << 20,
+        job_bytes_total: 600 << 20,
+        elapsed_secs: 3.0,
+        bytes_per_sec: 0.0,
+        eta_secs: None,
+    };
+    for phase in ["fetch: planning", "restore", "verify: root.raw"] {
+        a.update(Action::JobProgress {
+            id: 9,
+            snapshot: snap(phase),
+            output: Vec::new(),
+        });
+    }
+    a.update(Action::JobProgress {
+        id: 9,
+        snapshot: snap("boot: waiting for \"web01 login:\" on the serial console"),
+        output: vec!["SYSLINUX 6.04".into(), "lifeboat-guest web01: up".into()],
+    });
+    let s = screen(&a, 120, 40);
+    assert!(s.contains("✓ fetch") && s.contains("✓ verify"), "{s}");
+    assert!(s.contains("▶ boot") && s.contains("· checks"), "{s}");
+    assert!(s.contains("serial console: drill web01") && s.contains("lifeboat-guest web01: up"), "{s}");
+    // The report's lines all go to the job's log; the tree shows the result.
+    a.update(Action::JobDone {
+        id: 9,
+        result: Ok("drill web01 from local: PASS\n  RTO 4.0s: fetch 0.0s".into()),
+        cancelled: false,
+    });
+    let j = a.jobs.iter().find(|j| j.id == 9).unwrap();
+    assert!(j.log.iter().any(|l| l.ends_with("RTO 4.0s: fetch 0.0s")), "{:?}", j.log);
+    assert_eq!(
+        j.state,
+        crate::tui::app::JobState::Done("drill web01 from local: PASS".into())
+    );
 }

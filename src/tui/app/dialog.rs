@@ -48,6 +48,41 @@ impl App {
                     _ => self.dialog = Some(Dialog::ChooseRemote { scope, choice }),
                 }
             }
+            Dialog::ChooseDrillSource {
+                vm,
+                sources,
+                choice,
+            } => match k.code {
+                KeyCode::Down | KeyCode::Char('j') => {
+                    let choice = (choice + 1).min(sources.len().saturating_sub(1));
+                    self.dialog = Some(Dialog::ChooseDrillSource {
+                        vm,
+                        sources,
+                        choice,
+                    })
+                }
+                KeyCode::Up | KeyCode::Char('k') => {
+                    self.dialog = Some(Dialog::ChooseDrillSource {
+                        vm,
+                        sources,
+                        choice: choice.saturating_sub(1),
+                    })
+                }
+                KeyCode::Enter => {
+                    if let Some(source) = sources.get(choice).cloned() {
+                        self.log(format!("drilling {vm} from {source}…"));
+                        return vec![Effect::Drill { vm, source }];
+                    }
+                }
+                KeyCode::Esc => {}
+                _ => {
+                    self.dialog = Some(Dialog::ChooseDrillSource {
+                        vm,
+                        sources,
+                        choice,
+                    })
+                }
+            },
             Dialog::QuitWhileRunning => {
                 if matches!(k.code, KeyCode::Char('y') | KeyCode::Enter) {
                     self.quit = true;

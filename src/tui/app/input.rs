@@ -99,6 +99,7 @@ impl App {
             }
             KeyCode::Char('s') => return self.next_source(),
             KeyCode::Char('b') => self.plan_backup(),
+            KeyCode::Char('D') => self.choose_drill_source(),
             KeyCode::Char('N') | KeyCode::Char('K') => {
                 let Some(row) = self.selected_row() else {
                     self.no_backup();
@@ -549,6 +550,29 @@ impl App {
                 ),
             ),
         }
+    }
+
+    /// Asks where to drill the selected VM from: the local repository or
+    /// a remote, its configured default first.
+    fn choose_drill_source(&mut self) {
+        let Some(row) = self.selected_row() else {
+            self.no_backup();
+            return;
+        };
+        let mut sources: Vec<String> = vec!["local".into()];
+        sources.extend(self.remotes.iter().map(|r| r.name.clone()));
+        let default = self
+            .drill_defaults
+            .get(&row.vm)
+            .cloned()
+            .or_else(|| self.source.clone())
+            .unwrap_or_else(|| "local".into());
+        let choice = sources.iter().position(|s| *s == default).unwrap_or(0);
+        self.dialog = Some(Dialog::ChooseDrillSource {
+            vm: row.vm,
+            sources,
+            choice,
+        });
     }
 
     pub(super) fn plan_push(&mut self, remote: Option<String>, scope: Scope) -> Vec<Effect> {

@@ -66,6 +66,10 @@ pub struct JobView {
     pub ended_at: Option<DateTime<Utc>>,
     /// What happened, for the job log (Enter on the job).
     pub log: Vec<String>,
+    /// Live output (a drill's serial console), newest last.
+    pub output: Vec<String>,
+    /// When each phase began (the phase's first word: fetch, boot, …).
+    pub phases: Vec<(String, DateTime<Utc>)>,
 }
 
 impl JobView {
@@ -164,6 +168,12 @@ pub enum Dialog {
         scope: Scope,
         choice: usize,
     },
+    /// Choose the repository a drill takes the VM's backup from.
+    ChooseDrillSource {
+        vm: String,
+        sources: Vec<String>,
+        choice: usize,
+    },
     /// Text to read: errors, results, a job's log, help. Scrolls.
     Message {
         title: String,
@@ -206,6 +216,12 @@ pub enum Effect {
     DropPlan(u64),
     Backup {
         vm: String,
+    },
+    /// A restore drill of the VM's newest set from `source` ("local" or a
+    /// remote).
+    Drill {
+        vm: String,
+        source: String,
     },
     /// Run a VM's policy once (backup, verify, push, retention).
     RunPolicy {
@@ -276,7 +292,11 @@ pub enum Action {
     JobProgress {
         id: u64,
         snapshot: Snapshot,
+        /// The job's newest live output lines.
+        output: Vec<String>,
     },
+    /// The newest drill of each VM (from the repository's history).
+    Drills(BTreeMap<String, lifeboat_core::drill::DrillReport>),
     JobDone {
         id: u64,
         result: Result<String, String>,
@@ -303,6 +323,15 @@ pub enum Action {
     },
     Log(String),
     Tick(DateTime<Utc>),
+}
+
+/// The first word of a progress phase ("boot: waiting…" → "boot").
+pub fn phase_word(phase: &str) -> &str {
+    phase
+        .split([':', ' '])
+        .next()
+        .filter(|w| !w.is_empty())
+        .unwrap_or(phase)
 }
 
 /// `vm/volume id (time)`: how plans and summaries name a backup.
@@ -350,6 +379,10 @@ pub struct App {
     remote_backups: BTreeMap<String, Vec<(ManifestKey, Manifest)>>,
     pub inventory: Vec<(String, Vec<String>)>,
     pub remotes: Vec<RemoteView>,
+    /// Each VM's newest drill.
+    pub drills: BTreeMap<String, lifeboat_core::drill::DrillReport>,
+    /// Where each inventory VM is drilled from unless the admin picks.
+    pub drill_defaults: BTreeMap<String, String>,
     pub focus: Pane,
     pub lower: Lower,
     pub zoom: bool,
@@ -419,6 +452,8 @@ impl App {
             local_ids: BTreeSet::new(),
             remote_backups: BTreeMap::new(),
             inventory,
+            drills: BTreeMap::new(),
+            drill_defaults: BTreeMap::new(),
             remotes: remotes
                 .into_iter()
                 .map(|(name, _url)| RemoteView {
@@ -742,6 +777,8 @@ impl App {
                         started_at: r.started_at,
                         ended_at: Some(r.ended_at),
                         log: r.log,
+                        output: Vec::new(),
+                        phases: Vec::new(),
                     })
                     .collect();
                 let at_end = self.job_sel + 1 >= self.jobs.len();
@@ -831,6 +868,8 @@ impl App {
                     started_at: self.now,
                     ended_at: None,
                     log: Vec::new(),
+                    output: Vec::new(),
+                    phases: Vec::new(),
                 });
                 // The Jobs pane follows new jobs unless the admin scrolled
                 // back through older ones.
@@ -846,13 +885,29 @@ impl App {
                     None => Vec::new(),
                 }
             }
-            Action::JobProgress { id, snapshot } => {
+            Action::Drills(d) => {
+                self.drills = d;
+                Vec::new()
+            }
+            Action::JobProgress {
+                id,
+                snapshot,
+                output,
+            } => {
                 let mut phase_changed = None;
+                let now = self.now;
                 if let Some(j) = self.jobs.iter_mut().find(|j| j.id == id && id != 0) {
                     if j.progress.as_ref().map(|p| &p.phase) != Some(&snapshot.phase) {
                         phase_changed = Some(snapshot.phase.clone());
+                        let word = phase_word(&snapshot.phase);
+                        if j.phases.last().map(|(w, _)| w.as_str()) != Some(word) {
+                            j.phases.push((word.to_string(), now));
+                        }
                     }
                     j.progress = Some(snapshot);
+                    if !output.is_empty() {
+                        j.output = output;
+                    }
                 }
                 if let Some(p) = phase_changed {
                     self.job_log(id, p);
@@ -938,21 +993,37 @@ impl App {
         };
         j.ended_at = Some(now);
         let title = j.title.clone();
+        // A report of several lines (a drill's): the first is the
+        // summary, all of them go to the job's log.
+        let full = match &j.state {
+            JobState::Done(m) | JobState::Failed(m) => m.clone(),
+            _ => "cancelled".into(),
+        };
+        let first = full.lines().next().unwrap_or("").to_string();
         let (line, outcome, message) = match &j.state {
-            JobState::Done(m) => (format!("done — {m}"), JobOutcome::Done, m.clone()),
-            JobState::Failed(e) => (format!("FAILED — {e}"), JobOutcome::Failed, e.clone()),
+            JobState::Done(_) => (format!("done — {first}"), JobOutcome::Done, first.clone()),
+            JobState::Failed(_) => (format!("FAILED — {first}"), JobOutcome::Failed, first.clone()),
             _ => (
                 "cancelled".into(),
                 JobOutcome::Cancelled,
                 "cancelled".into(),
             ),
         };
+        if let JobState::Done(_) | JobState::Failed(_) = &j.state {
+            j.state = match outcome {
+                JobOutcome::Done => JobState::Done(first.clone()),
+                _ => JobState::Failed(first.clone()),
+            };
+        }
         self.job_log(id, line.clone());
+        for l in full.lines().skip(1) {
+            self.job_log(id, l.to_string());
+        }
         let failed = outcome == JobOutcome::Failed;
         if failed {
             self.dialog = Some(Dialog::Message {
                 title: format!("{title} failed"),
-                lines: vec![message.clone()],
+                lines: full.lines().map(str::to_string).collect(),
                 scroll: 0,
             });
         }

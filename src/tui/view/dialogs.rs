@@ -251,6 +251,34 @@ pub fn dialog(f: &mut Frame, app: &App, theme: &Theme, d: &Dialog, area: Rect) {
             let h = l.len() as u16 + 2;
             frame(f, theme, "Push to which remote?", l, centered(area, 44, h));
         }
+        Dialog::ChooseDrillSource {
+            vm,
+            sources,
+            choice,
+        } => {
+            let mut l: Vec<Line> = vec![
+                Line::from(truncate(
+                    &format!("Restore {vm}'s newest set, verify it, boot it, check it."),
+                    50,
+                )),
+                Line::from("Nothing is written over; scratch files are removed."),
+            ];
+            l.extend(sources.iter().enumerate().map(|(i, n)| {
+                let default = app.drill_defaults.get(vm) == Some(n);
+                let label = format!("{n}{}", if default { "  (default)" } else { "" });
+                if i == *choice {
+                    Line::styled(format!("> {label}"), theme.selected())
+                } else {
+                    Line::from(format!("  {label}"))
+                }
+            }));
+            l.push(Line::styled(
+                "Enter drill · Esc cancel",
+                theme.fg(Color::Cyan),
+            ));
+            let h = l.len() as u16 + 2;
+            frame(f, theme, "Drill from which repository?", l, centered(area, 56, h));
+        }
         Dialog::QuitWhileRunning => {
             let l = vec![
                 Line::from(format!(

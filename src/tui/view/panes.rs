@@ -92,7 +92,9 @@ pub fn tree(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     let rows = app.tree();
     let inner = area.width.saturating_sub(2) as usize;
     // "STALE" and an age such as "12d" on the right; the name gets the rest.
-    let state_w = 10;
+    // With drills on record, a VM row also shows its last drill (✓ 2h).
+    let drill_w = if app.drills.is_empty() { 0 } else { 6 };
+    let state_w = 10 + drill_w;
     let items: Vec<ListItem> = rows
         .iter()
         .map(|r| {
@@ -116,8 +118,24 @@ pub fn tree(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
             } else {
                 Style::default()
             };
+            let drill = match (drill_w, r.volume.is_none(), app.drills.get(&r.vm)) {
+                (0, _, _) => Span::raw(""),
+                (_, true, Some(d)) => {
+                    let (mark, color) = match d.outcome {
+                        lifeboat_core::drill::DrillOutcome::Pass => ("✓", Color::Green),
+                        lifeboat_core::drill::DrillOutcome::Fail => ("✗", Color::Red),
+                        lifeboat_core::drill::DrillOutcome::Cancelled => ("-", Color::Yellow),
+                    };
+                    Span::styled(
+                        format!(" {mark}{:>4}", self::age(&d.ended_at, app.now)),
+                        theme.fg(color),
+                    )
+                }
+                _ => Span::raw(" ".repeat(drill_w)),
+            };
             ListItem::new(Line::from(vec![
                 Span::styled(format!("{name}{}", " ".repeat(pad)), name_style),
+                drill,
                 Span::styled(format!("{word:>6}{age:>4}"), style),
             ]))
         })
@@ -364,6 +382,29 @@ pub fn details(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     if let Some(r) = app.selected_row().and_then(|row| app.rpo.get(&row.vm)) {
         lines.push(Line::from(policy_line(r, app.now)));
     }
+    if let Some(d) = app.selected_row().and_then(|row| app.drills.get(&row.vm)) {
+        lines.push(Line::from(Span::styled(
+            format!(
+                "drill   {} {} ago from {} · RTO {:.1}s · backup {}{}",
+                d.outcome,
+                age(&d.ended_at, app.now),
+                escape(&d.source),
+                d.rto_secs,
+                d.backup_time
+                    .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+                    .unwrap_or_else(|| "-".into()),
+                d.failed_phase
+                    .as_ref()
+                    .map(|p| format!(" · failed in {p}"))
+                    .unwrap_or_default()
+            ),
+            if d.passed() {
+                theme.fg(Color::Green)
+            } else {
+                theme.fg(Color::Red)
+            },
+        )));
+    }
     lines.push(Line::from(usage));
     f.render_widget(
         Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" Details ")),
@@ -508,6 +549,35 @@ pub fn jobs(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         );
         return;
     }
+    // A drill (the selected job, else the newest running one) gets a
+    // panel below the list: its phases and the guest's serial console.
+    let featured = app
+        .jobs
+        .get(app.job_sel)
+        .filter(|j| is_drill(j))
+        .or_else(|| {
+            app.jobs
+                .iter()
+                .rev()
+                .find(|j| is_drill(j) && j.state == JobState::Running)
+        });
+    let (inner, panel) = match featured {
+        Some(j) if inner.height >= 6 => {
+            let list_h = (app.jobs.len() as u16).clamp(1, inner.height / 3);
+            let list = Rect::new(inner.x, inner.y, inner.width, list_h);
+            let rest = Rect::new(
+                inner.x,
+                inner.y + list_h,
+                inner.width,
+                inner.height - list_h,
+            );
+            (list, Some((j, rest)))
+        }
+        _ => (inner, None),
+    };
+    if let Some((j, area)) = panel {
+        drill_panel(f, app, theme, j, area);
+    }
     let visible = inner.height as usize;
     let start = app.job_sel.saturating_sub(visible.saturating_sub(1));
     for (row, (i, j)) in app
@@ -536,6 +606,64 @@ pub fn jobs(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
             r,
         );
     }
+}
+
+fn is_drill(j: &JobView) -> bool {
+    j.title.starts_with("drill ") && !j.past()
+}
+
+/// A drill's phases (done with their time, the running one with its
+/// elapsed time and bytes, the rest pending) and the serial console.
+fn drill_panel(f: &mut Frame, app: &App, theme: &Theme, j: &JobView, area: Rect) {
+    let w = area.width as usize;
+    let end = j.ended_at.unwrap_or(app.now);
+    let mut spans: Vec<Span> = Vec::new();
+    for name in lifeboat_core::drill::PHASES {
+        let at = j.phases.iter().position(|(p, _)| p == name);
+        let (text, style) = match at {
+            Some(i) => {
+                let started = j.phases[i].1;
+                let next = j.phases.get(i + 1).map(|(_, t)| *t);
+                let secs = (next.unwrap_or(end) - started).num_milliseconds() as f64 / 1000.0;
+                let running = next.is_none() && j.state == JobState::Running;
+                if running {
+                    (format!("▶ {name} {secs:.0}s"), theme.fg(Color::Cyan))
+                } else if next.is_none() && matches!(j.state, JobState::Failed(_)) {
+                    (format!("✗ {name} {secs:.0}s"), theme.fg(Color::Red))
+                } else {
+                    (format!("✓ {name} {secs:.0}s"), theme.fg(Color::Green))
+                }
+            }
+            None => (format!("· {name}"), Style::default().add_modifier(Modifier::DIM)),
+        };
+        spans.push(Span::styled(text, style));
+        spans.push(Span::raw("  "));
+    }
+    let mut lines = vec![Line::from(spans)];
+    if let Some(p) = &j.progress {
+        if j.state == JobState::Running {
+            lines.push(Line::from(truncate(
+                &format!(
+                    "{}  {}/{}",
+                    p.phase,
+                    bytes(p.job_bytes_done),
+                    bytes(p.job_bytes_total)
+                ),
+                w,
+            )));
+        }
+    }
+    let title = format!("── serial console: {} ", j.title);
+    lines.push(Line::styled(
+        truncate(&format!("{title}{}", "─".repeat(w.saturating_sub(title.width()))), w),
+        theme.fg(Color::DarkGray),
+    ));
+    let room = (area.height as usize).saturating_sub(lines.len());
+    let out = &j.output;
+    for l in &out[out.len().saturating_sub(room)..] {
+        lines.push(Line::from(truncate(l, w)));
+    }
+    f.render_widget(Paragraph::new(lines), area);
 }
 
 /// The newest lines that fit, wrapped, unless scrolled back.

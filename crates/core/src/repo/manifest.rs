@@ -310,6 +310,35 @@ mod tests {
     }
 
     #[test]
+    fn format_1_is_read_and_definitions_need_format_2() {
+        // A format-1 manifest as an older lifeboat wrote it (no field).
+        let m = sample();
+        let bytes = m.to_bytes();
+        assert!(!String::from_utf8_lossy(&bytes).contains("definition"));
+        assert_eq!(Manifest::from_bytes(&m.key(), &bytes).unwrap(), m);
+        let def = Some(DefinitionRef {
+            chunk: Id::of(b"def"),
+            size: 100,
+        });
+        let mut v1 = sample();
+        v1.definition = def;
+        assert!(Manifest::from_bytes(&v1.key(), &v1.to_bytes()).is_err());
+        let mut v2 = v1.clone();
+        v2.format = 2;
+        assert_eq!(Manifest::from_bytes(&v2.key(), &v2.to_bytes()).unwrap(), v2);
+        let mut v3 = v2.clone();
+        v3.format = 3;
+        let e = Manifest::from_bytes(&v3.key(), &v3.to_bytes()).unwrap_err();
+        assert!(e.to_string().contains("newer lifeboat"), "{e}");
+        let mut huge = v2;
+        huge.definition = Some(DefinitionRef {
+            chunk: Id::of(b"def"),
+            size: 1 << 30,
+        });
+        assert!(Manifest::from_bytes(&huge.key(), &huge.to_bytes()).is_err());
+    }
+
+    #[test]
     fn key_time_must_be_created_at() {
         let m = sample();
         let good = m.key();

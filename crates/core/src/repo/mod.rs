@@ -573,3 +573,34 @@ impl Drop for ChunkWriter<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_1_repositories_are_read_and_upgraded_on_write() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("r");
+        let mut cfg = RepoConfig::new(1 << 20, 1).unwrap();
+        assert_eq!(cfg.format, REPO_FORMAT);
+        cfg.format = 1;
+        Repo::init(&root, cfg).unwrap();
+        let mut repo = Repo::open(&root).unwrap();
+        assert_eq!(repo.config.format, 1);
+        let def = repo.write_definition(b"{}").unwrap();
+        assert_eq!(repo.read_chunk(&def.chunk).unwrap(), b"{}");
+        repo.upgrade_format().unwrap();
+        assert_eq!(Repo::open(&root).unwrap().config.format, 2);
+        // A format this lifeboat does not know is refused with what to do.
+        let text = std::fs::read_to_string(root.join(CONFIG_FILE)).unwrap();
+        std::fs::write(
+            root.join(CONFIG_FILE),
+            text.replace("\"format\": 2", "\"format\": 3"),
+        )
+        .unwrap();
+        let e = Repo::open(&root).unwrap_err().to_string();
+        assert!(e.contains("upgrade lifeboat"), "{e}");
+        assert!(repo.write_definition(&[]).is_err());
+    }
+}
