@@ -458,3 +458,58 @@ fn chords_prompt_editing_resize_and_a_clean_exit() {
         "the console left borders on the terminal:\n{left}"
     );
 }
+
+/// A restore drill from the console: D on a VM, the source chosen, the
+/// phases and the guest's serial console live in the Jobs pane, the
+/// result in the job's log and on the VM's row.
+#[test]
+fn console_drill_shows_phases_serial_console_and_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = dir.path().join("world");
+    let mut cmd = CommandBuilder::new(BIN);
+    cmd.args(["demo", "--keep", world.to_str().unwrap()]);
+    cmd.cwd(dir.path());
+    cmd.env("TERM", "xterm-256color");
+    cmd.env("HOME", dir.path());
+    cmd.env("XDG_DATA_HOME", dir.path().join("data"));
+    cmd.env("XDG_CONFIG_HOME", dir.path().join("cfg"));
+    cmd.env("TMPDIR", dir.path());
+    cmd.env_remove("LIFEBOAT_CONFIG");
+    cmd.env_remove("LIFEBOAT_REPO");
+    let mut c = open_sized(cmd, 40, 120, false);
+    c.wait_for("web01", 180);
+    c.wait_for("offsite up", 30);
+    c.keys("/web01\r");
+    c.keys("D");
+    let s = c.wait_for("Drill from which repository?", 10);
+    assert!(s.contains("> offsite  (default)"), "{s}");
+    c.keys("\r");
+    // The panel appears while it runs, with the phases and the console.
+    c.wait_for("serial console: drill web01 from offsite", 60);
+    let s = c.wait_for("lifeboat-guest web01: up", 180);
+    assert!(s.contains("✓ fetch") && s.contains("✓ restore"), "{s}");
+    c.wait_until("the drill to pass", 180, |s| {
+        s.contains("drill web01 from offsite: PASS")
+    });
+    // The tree shows the VM's last drill.
+    c.wait_until("the drill mark in the tree", 30, |s| {
+        s.lines().any(|l| l.contains("web01") && l.contains("✓"))
+    });
+    // The job's log holds the whole report.
+    c.keys("\t\t");
+    c.wait_until("the Jobs pane focused", 10, |s| s.contains("┌ Jobs"));
+    c.keys("G\r");
+    let s = c.wait_for("RTO", 10);
+    assert!(s.contains("check http :8080/: ok"), "{s}");
+    c.keys("\x1b");
+    c.wait_until("log closed", 10, |s| !s.contains("check http :8080/: ok"));
+    c.keys("q");
+    assert!(c.wait_exit().success());
+    // No scratch files and no QEMU left.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("lifeboat-drill-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

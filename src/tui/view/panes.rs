@@ -618,9 +618,17 @@ fn drill_panel(f: &mut Frame, app: &App, theme: &Theme, j: &JobView, area: Rect)
     let w = area.width as usize;
     let end = j.ended_at.unwrap_or(app.now);
     let mut spans: Vec<Span> = Vec::new();
-    for name in lifeboat_core::drill::PHASES {
+    // The furthest phase seen: the ones before it are done even when they
+    // were too quick to be sampled.
+    let reached = lifeboat_core::drill::PHASES
+        .iter()
+        .rposition(|n| j.phases.iter().any(|(p, _)| p == n));
+    for (k, name) in lifeboat_core::drill::PHASES.iter().enumerate() {
         let at = j.phases.iter().position(|(p, _)| p == name);
         let (text, style) = match at {
+            None if reached.is_some_and(|r| k < r) => {
+                (format!("✓ {name}"), theme.fg(Color::Green))
+            }
             Some(i) => {
                 let started = j.phases[i].1;
                 let next = j.phases.get(i + 1).map(|(_, t)| *t);
