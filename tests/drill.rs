@@ -460,3 +460,54 @@ fn a_cancelled_drill_stops_qemu_and_removes_its_scratch_files() {
     assert_eq!(status.code(), Some(130));
     d.assert_clean();
 }
+
+#[test]
+fn the_daemon_drills_on_the_vm_drill_schedule() {
+    let d = Drill::with_config(|c| {
+        c.split("[[vm]]")
+            .map(|block| {
+                if block.contains("name = \"web01\"") {
+                    block.replace(
+                        "[vm.drill]\nfrom = \"offsite\"",
+                        "[vm.drill]\nfrom = \"offsite\"\nschedule = \"every 1h\"",
+                    )
+                } else {
+                    block.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("[[vm]]")
+    });
+    let out = d.run(&["init", "--chunk-size", "1M"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let clock = d.path("clock");
+    std::fs::write(&clock, "2026-11-27T10:00:00Z").unwrap();
+    let mut daemon = d
+        .cmd()
+        .args(["daemon", "--tick", "1", "--clock-file"])
+        .arg(&clock)
+        .env("TMPDIR", d.path("scratch"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let history = d.path("repo/state/drills.jsonl");
+    // First seen at 10:00: counting starts, nothing runs at start-up.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!history.exists(), "a drill ran at start-up");
+    // The 11:00 slot passes: one drill.
+    std::fs::write(&clock, "2026-11-27T11:00:30Z").unwrap();
+    let t = Instant::now();
+    while !history.exists() {
+        assert!(t.elapsed() < Duration::from_secs(180), "no scheduled drill");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    assert!(daemon.wait().unwrap().success());
+    let text = std::fs::read_to_string(&history).unwrap();
+    let r: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(r["vm"], "web01");
+    assert_eq!(r["source"], "offsite");
+    assert_eq!(r["outcome"], "pass", "{r:#}");
+    d.assert_clean();
+}

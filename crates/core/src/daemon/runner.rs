@@ -229,6 +229,7 @@ impl Daemon {
         let mut newest = self.newest_backups();
         let mut unsuccessful = 0usize;
         let mut gc_job: Option<tokio::task::JoinHandle<()>> = None;
+        let mut drill_job: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             let now = self.clock.now();
             // Garbage collection on its own schedule; safe beside the runs.
@@ -245,6 +246,13 @@ impl Daemon {
                         runs::save_state(&self.root, &state)?;
                         gc_job = Some(self.spawn_gc(shutdown.clone()));
                     }
+                }
+            }
+            // Restore drills on their own schedules, one at a time.
+            if !once && drill_job.as_ref().is_none_or(|h| h.is_finished()) {
+                if let Some(vm) = self.due_drill(&mut state, now) {
+                    runs::save_state(&self.root, &state)?;
+                    drill_job = Some(self.spawn_drill(vm, shutdown.clone()));
                 }
             }
             // Finished jobs first: they move slots and set retries.
@@ -357,6 +365,9 @@ impl Daemon {
         if let Some(h) = gc_job {
             let _ = h.await;
         }
+        if let Some(h) = drill_job {
+            let _ = h.await;
+        }
         if !running.is_empty() {
             tracing::info!("stopping: cancelling {} running jobs", running.len());
         }
@@ -390,6 +401,68 @@ impl Daemon {
                     r.tmp_files_deleted
                 ),
                 Err(e) => tracing::warn!("gc: {}", crate::text::describe(&e)),
+            }
+        })
+    }
+
+    /// The first VM whose drill schedule fired since it last did. A VM seen
+    /// for the first time starts counting now (no drill at start-up).
+    fn due_drill(&self, state: &mut DaemonState, now: DateTime<Utc>) -> Option<String> {
+        for v in &self.config.vms {
+            let vm = v.name.get_ref();
+            let Some(sched) = v.drill.as_ref().and_then(|d| d.schedule.as_ref()) else {
+                continue;
+            };
+            let Ok(sched) = sched.parse::<crate::policy::Schedule>() else {
+                continue;
+            };
+            match state.last_drill.get(vm) {
+                None => {
+                    state.last_drill.insert(vm.clone(), now);
+                }
+                Some(last) => {
+                    if sched
+                        .next_after(*last, &chrono::Local)
+                        .is_some_and(|t| t <= now)
+                    {
+                        state.last_drill.insert(vm.clone(), now);
+                        return Some(vm.clone());
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn spawn_drill(&self, vm: String, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let (config, root) = (self.config.clone(), self.root.clone());
+        tokio::spawn(async move {
+            let req = match crate::drill::request_for(&config, &vm, &Default::default()) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("drill {vm}: {e}");
+                    return;
+                }
+            };
+            let store = match req.source.as_str() {
+                "local" => None,
+                name => match crate::store::remote::resolve(&config, name) {
+                    Ok((_, s)) => Some(s),
+                    Err(e) => {
+                        tracing::warn!("drill {vm}: remote {name}: {e}");
+                        return;
+                    }
+                },
+            };
+            tracing::info!("drill {vm} from {}: started", req.source);
+            let progress = Arc::new(Progress::new());
+            let r =
+                crate::drill::run_recorded(&root, store.as_deref(), &req, &cancel, &progress).await;
+            let lines = crate::drill::describe(&r);
+            if r.passed() {
+                tracing::info!("{}", lines.join(" | "));
+            } else {
+                tracing::warn!("{}", lines.join(" | "));
             }
         })
     }

@@ -88,6 +88,9 @@ pub struct DaemonState {
     pub deep_slice: BTreeMap<String, (u32, DateTime<Utc>)>,
     #[serde(default)]
     pub last_gc: Option<DateTime<Utc>>,
+    /// When each VM's drill schedule last fired (or was first seen).
+    #[serde(default)]
+    pub last_drill: BTreeMap<String, DateTime<Utc>>,
 }
 
 pub fn load_state(root: &Path) -> Result<DaemonState> {
