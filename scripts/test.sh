@@ -5,50 +5,53 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
-# openssl: the TLS tests make certificates the way admins do.
-if ! command -v openssl >/dev/null; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl
-  else
-    echo "openssl is missing: install it (apt-get install openssl)" >&2
-    exit 1
-  fi
-fi
-
-# python3-prometheus-client: the metrics tests parse /metrics with the
-# Prometheus project's own parser (Debian's package, for /usr/bin/python3).
-if ! /usr/bin/python3 -c 'import prometheus_client.openmetrics.parser' 2>/dev/null; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-prometheus-client
-  else
-    echo "python3-prometheus-client is missing: install it (apt-get install python3-prometheus-client)" >&2
-    exit 1
-  fi
-fi
-
-# qemu: the tests use qemu-img, qemu-nbd and qemu-io, and they must be one
-# consistent set. Debian 12 ships 7.2; some machines carry a 10.x backport
-# of qemu-utils. Installing Debian's qemu-system-x86 alone replaces a newer
-# qemu-utils, so whenever something is missing or the versions disagree,
-# qemu-utils is installed together with any qemu-system-x86 present.
+# Debian packages the tests use, installed in one go when any is missing:
+# - openssl: the TLS tests make certificates the way admins do;
+# - python3-prometheus-client: the metrics tests parse /metrics with the
+#   Prometheus project's own parser (Debian's package, for /usr/bin/python3);
+# - qemu-utils and qemu-system-x86, always together (installing Debian's
+#   qemu-system-x86 alone removes a newer backported qemu-utils): qemu-img,
+#   qemu-nbd, qemu-io, and the boot checks of restore drills;
+# - busybox-static cpio dosfstools fdisk mtools syslinux syslinux-common:
+#   the demo's bootable Linux guest (see assets/demo-guest.sh);
+# - libvirt-clients libxml2-utils: virt-xml-validate checks restored
+#   domain XML against libvirt's schema.
+pkgs=(openssl python3-prometheus-client qemu-utils qemu-system-x86
+      busybox-static cpio dosfstools fdisk mtools syslinux syslinux-common
+      libvirt-clients libxml2-utils)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
 qemu_version() { "$1" --version 2>/dev/null | head -1 | grep -oE '[0-9]+\.[0-9]+(\.[0-9]+)?' | head -1; }
 qemu_consistent() {
   local v
   v=$(qemu_version qemu-img) || return 1
-  [ -n "$v" ] && [ "$(qemu_version qemu-nbd)" = "$v" ] && [ "$(qemu_version qemu-io)" = "$v" ]
+  [ -n "$v" ] && [ "$(qemu_version qemu-nbd)" = "$v" ] && [ "$(qemu_version qemu-io)" = "$v" ] &&
+    [ "$(qemu_version qemu-system-x86_64)" = "$v" ]
 }
-if ! qemu_consistent; then
+# A mixed qemu set (e.g. a backported qemu-utils) is replaced by Debian's.
+qemu_consistent || missing+=(qemu-utils qemu-system-x86)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
-    pkgs=(qemu-utils)
-    dpkg -s qemu-system-x86 >/dev/null 2>&1 && pkgs+=(qemu-system-x86)
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}"
+    echo "installing: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" qemu-utils qemu-system-x86 >/dev/null
   else
-    echo "qemu-img, qemu-nbd and qemu-io are missing or of different versions: install qemu-utils (apt-get install qemu-utils)" >&2
+    echo "missing Debian packages: ${missing[*]} (apt-get install them)" >&2
     exit 1
   fi
 fi
-qemu_consistent || { echo "qemu tools are still inconsistent after installing qemu-utils" >&2; exit 1; }
-echo "qemu tools: $(qemu_version qemu-img) (qemu-img, qemu-nbd, qemu-io)"
+/usr/bin/python3 -c 'import prometheus_client.openmetrics.parser' ||
+  { echo "python3-prometheus-client does not import" >&2; exit 1; }
+qemu_consistent || { echo "qemu tools are still inconsistent after installing them together" >&2; exit 1; }
+echo "qemu tools: $(qemu_version qemu-img) (qemu-img, qemu-nbd, qemu-io, qemu-system-x86_64)"
+
+# The demo guest's kernel: Debian's cloud kernel, fetched once with
+# apt-get download and kept (the demo and the drill tests boot it).
+export LIFEBOAT_GUEST_KIT="${LIFEBOAT_GUEST_KIT:-$HOME/.cache/lifeboat/guest-kit}"
+sh assets/demo-guest.sh kit "$LIFEBOAT_GUEST_KIT"
+echo "guest kernel: $LIFEBOAT_GUEST_KIT"
 
 # Garage: a real distributed S3 engine for the S3 tests. Building it takes
 # about 15 minutes on 2 cores, so it is installed once and reused.

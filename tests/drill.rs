@@ -165,7 +165,10 @@ fn drill_from_a_served_remote_boots_the_guest_and_passes_its_http_check() {
         ["fetch", "restore", "verify", "boot", "checks"],
         "{r:#}"
     );
-    assert!(r["phases"][0]["bytes"].as_u64().unwrap() > 10 << 20, "{r:#}");
+    assert!(
+        r["phases"][0]["bytes"].as_u64().unwrap() > 10 << 20,
+        "{r:#}"
+    );
     let boot = &r["boot"];
     assert_eq!(boot["accel"], "tcg");
     assert_eq!(boot["checks"][0]["name"], "http :8080/");
@@ -212,7 +215,8 @@ fn a_broken_boot_loader_fails_the_drill_and_an_earlier_backup_passes() {
         .map(|l| l.as_str().unwrap().to_string())
         .collect();
     assert!(
-        fw.iter().any(|l| l.contains("Boot failed") || l.contains("No bootable")),
+        fw.iter()
+            .any(|l| l.contains("Boot failed") || l.contains("No bootable")),
         "{fw:?}"
     );
     // The human report names the phase and shows the console's tail.
@@ -311,14 +315,24 @@ fn vm_restore_writes_a_valid_domain_for_the_restored_disks() {
     ]);
     let xml = std::fs::read_to_string(to.join("web01-dr.xml")).unwrap();
     validates(&to.join("web01-dr.xml"));
-    assert!(xml.contains("<mac address=\"52:54:00:1b:0a:ff\"/>"), "{xml}");
+    assert!(
+        xml.contains("<mac address=\"52:54:00:1b:0a:ff\"/>"),
+        "{xml}"
+    );
     assert!(xml.contains("<name>web01-dr</name>"));
     let err = String::from_utf8_lossy(&out.stderr);
-    if Command::new("virsh").arg("version").output().is_ok_and(|o| o.status.success()) {
+    if Command::new("virsh")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
         assert!(out.status.success(), "{err}");
     } else {
         assert_eq!(out.status.code(), Some(1), "{err}");
-        assert!(err.contains("virsh define") && err.contains("web01-dr.xml"), "{err}");
+        assert!(
+            err.contains("virsh define") && err.contains("web01-dr.xml"),
+            "{err}"
+        );
     }
     // One data volume to attach to a running domain.
     let file = d.path("data-only.raw");
@@ -378,11 +392,18 @@ fn drill_faults_name_their_phase_and_leave_nothing_behind() {
         "--volume",
         &format!("data={}", img.display()),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (code, r) = d.drill(&["nodisk", "--from", "local"]);
     assert_eq!(code, 6);
     assert_eq!(r["failed_phase"], "plan");
-    assert!(r["error"].as_str().unwrap().contains("no root volume"), "{r:#}");
+    assert!(
+        r["error"].as_str().unwrap().contains("no root volume"),
+        "{r:#}"
+    );
 
     // A bad reference and an unknown remote are usage errors.
     let out = d.run(&["drill", "web01", "--at", "db01@latest"]);
@@ -421,7 +442,14 @@ fn a_remote_that_vanishes_mid_fetch_fails_the_fetch_phase() {
     let scratch = d.path("scratch");
     let child = d
         .cmd()
-        .args(["--json", "--limit-download", "1M", "drill", "db01", "--scratch"])
+        .args([
+            "--json",
+            "--limit-download",
+            "1M",
+            "drill",
+            "db01",
+            "--scratch",
+        ])
         .arg(&scratch)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -479,7 +507,11 @@ fn the_daemon_drills_on_the_vm_drill_schedule() {
             .join("[[vm]]")
     });
     let out = d.run(&["init", "--chunk-size", "1M"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let clock = d.path("clock");
     std::fs::write(&clock, "2026-11-27T10:00:00Z").unwrap();
     let mut daemon = d

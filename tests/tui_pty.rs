@@ -509,7 +509,11 @@ fn console_drill_shows_phases_serial_console_and_result() {
     let left: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("lifeboat-drill-"))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("lifeboat-drill-")
+        })
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }

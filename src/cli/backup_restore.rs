@@ -261,7 +261,9 @@ pub async fn restore(
         anyhow::bail!("--define, --keep-macs and --name apply to a whole VM (VM@...); for one volume use --attach DOMAIN");
     }
     if is_set && vm_args.attach.is_some() {
-        anyhow::bail!("--attach attaches one volume (VM/VOLUME@...); a whole VM gets a domain XML (--define)");
+        anyhow::bail!(
+            "--attach attaches one volume (VM/VOLUME@...); a whole VM gets a domain XML (--define)"
+        );
     }
     let req = RestoreRequest {
         reference: reference.to_string(),
@@ -300,7 +302,10 @@ pub async fn restore(
     }
     let summary: Vec<RestorePlan> = plan.volumes.clone();
     let picked = plan.picked.clone();
-    let set_dir = plan.volumes.first().and_then(|v| v.target.parent().map(|p| p.to_path_buf()));
+    let set_dir = plan
+        .volumes
+        .first()
+        .and_then(|v| v.target.parent().map(|p| p.to_path_buf()));
     let fetch = plan.fetch.clone();
     let store = remote.as_ref().map(|(_, s)| s.clone());
     let outcomes = run_job_async("restore", ctx.json, move |c, p| async move {
@@ -313,9 +318,13 @@ pub async fn restore(
         _ => None,
     };
     let attached = match (&vm_args.attach, picked.first(), outcomes.first()) {
-        (Some(domain), Some((_, m)), Some(o)) => {
-            Some(attach_volume(&repo, m, o, domain, vm_args.target.as_deref()))
-        }
+        (Some(domain), Some((_, m)), Some(o)) => Some(attach_volume(
+            &repo,
+            m,
+            o,
+            domain,
+            vm_args.target.as_deref(),
+        )),
         _ => None,
     };
     if ctx.json {
@@ -412,16 +421,30 @@ type VmDone = (
 fn finish_vm(
     ctx: &Ctx,
     repo: &Repo,
-    picked: &[(lifeboat_core::repo::ManifestKey, lifeboat_core::repo::Manifest)],
+    picked: &[(
+        lifeboat_core::repo::ManifestKey,
+        lifeboat_core::repo::Manifest,
+    )],
     outcomes: &[lifeboat_core::restore::RestoreOutcome],
     dir: &std::path::Path,
     a: &VmRestoreArgs,
 ) -> anyhow::Result<VmDone> {
     use lifeboat_core::vm::restore as vr;
-    let vm = picked.first().map(|(_, m)| m.vm.name.clone()).unwrap_or_default();
+    let vm = picked
+        .first()
+        .map(|(_, m)| m.vm.name.clone())
+        .unwrap_or_default();
     let local = ctx.config.definition_for_backup(&vm);
     let (def, from) = vr::definition_of(repo, picked, local)?;
-    let v = vr::write_vm(&def, from, picked, outcomes, dir, a.keep_macs, a.name.as_deref())?;
+    let v = vr::write_vm(
+        &def,
+        from,
+        picked,
+        outcomes,
+        dir,
+        a.keep_macs,
+        a.name.as_deref(),
+    )?;
     let defined = match (a.define, &v.validation) {
         (false, _) => None,
         (true, vr::Validation::Invalid(_)) => {

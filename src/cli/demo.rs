@@ -354,8 +354,19 @@ pub async fn build(w: &World) -> anyhow::Result<()> {
                 _ => qemu_img(&["create", "-q", "-f", fmt, img_s, &size])?,
             }
             // An installed system: a first fill of data.
-            let floor = if bootable { super::demo_guest::GUEST_MIB << 20 } else { 0 };
-            churn(&img, v.qcow2, floor, v.size_mib << 20, v.size_mib / 16, &mut rng)?;
+            let floor = if bootable {
+                super::demo_guest::GUEST_MIB << 20
+            } else {
+                0
+            };
+            churn(
+                &img,
+                v.qcow2,
+                floor,
+                v.size_mib << 20,
+                v.size_mib / 16,
+                &mut rng,
+            )?;
         }
         if p.name == "web01" {
             w.write_domain(p)?;
@@ -418,7 +429,14 @@ pub async fn build(w: &World) -> anyhow::Result<()> {
                 0
             };
             if n > 0 {
-                churn(&img, v.qcow2, floor, v.size_mib << 20, v.churn_mib, &mut rng)?;
+                churn(
+                    &img,
+                    v.qcow2,
+                    floor,
+                    v.size_mib << 20,
+                    v.churn_mib,
+                    &mut rng,
+                )?;
             }
             volumes.push(VolumeSpec {
                 name: v.name.to_string(),

@@ -93,7 +93,10 @@ pub fn history(ctx: &Ctx, vm: Option<&str>, last: usize) -> anyhow::Result<Outco
                 .unwrap_or_else(|| "-".into()),
             r.failed_phase
                 .as_ref()
-                .map(|p| format!("  failed in {p}: {}", lifeboat_core::text::escape(r.error.as_deref().unwrap_or(""))))
+                .map(|p| format!(
+                    "  failed in {p}: {}",
+                    lifeboat_core::text::escape(r.error.as_deref().unwrap_or(""))
+                ))
                 .unwrap_or_default()
         );
     }

@@ -523,7 +523,8 @@ fn verify_upload(root: &FsPath, key: ObjectKey, data: Bytes, chunk_size: u64) ->
             let idx = repo.read_index(&m.index)?;
             if let Some(d) = m.definition.filter(|d| !repo.has_chunk(&d.chunk)) {
                 return Err(Error::MissingObject {
-                    kind: "VM definition (referenced by the manifest; push chunks before manifests)",
+                    kind:
+                        "VM definition (referenced by the manifest; push chunks before manifests)",
                     id: d.chunk.to_hex(),
                 });
             }

@@ -124,7 +124,10 @@ pub async fn run(
         .iter()
         .map(|v| {
             let vm = v.name.get_ref();
-            (vm.clone(), lifeboat_core::drill::default_source(&config, vm))
+            (
+                vm.clone(),
+                lifeboat_core::drill::default_source(&config, vm),
+            )
         })
         .collect();
     if let Some(p) = problem {

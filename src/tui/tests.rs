@@ -1095,7 +1095,10 @@ fn drill_key_asks_the_source_and_shows_phases_and_serial_console() {
     let s = screen(&a, 120, 40);
     assert!(s.contains("✓ fetch") && s.contains("✓ verify"), "{s}");
     assert!(s.contains("▶ boot") && s.contains("· checks"), "{s}");
-    assert!(s.contains("serial console: drill web01") && s.contains("lifeboat-guest web01: up"), "{s}");
+    assert!(
+        s.contains("serial console: drill web01") && s.contains("lifeboat-guest web01: up"),
+        "{s}"
+    );
     // The report's lines all go to the job's log; the tree shows the result.
     a.update(Action::JobDone {
         id: 9,
@@ -1103,7 +1106,11 @@ fn drill_key_asks_the_source_and_shows_phases_and_serial_console() {
         cancelled: false,
     });
     let j = a.jobs.iter().find(|j| j.id == 9).unwrap();
-    assert!(j.log.iter().any(|l| l.ends_with("RTO 4.0s: fetch 0.0s")), "{:?}", j.log);
+    assert!(
+        j.log.iter().any(|l| l.ends_with("RTO 4.0s: fetch 0.0s")),
+        "{:?}",
+        j.log
+    );
     assert_eq!(
         j.state,
         crate::tui::app::JobState::Done("drill web01 from local: PASS".into())

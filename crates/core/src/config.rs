@@ -253,11 +253,15 @@ impl Config {
             let line = Some(line_of(text, vm.name.span().start));
             let whose = format!("VM {}", vm.name.get_ref());
             if let Some(c) = &vm.check {
-                crate::vm::check_config(c).map_err(|e| err(line, format!("{whose}: check: {e}")))?;
+                crate::vm::check_config(c)
+                    .map_err(|e| err(line, format!("{whose}: check: {e}")))?;
             }
             for n in &vm.nics {
                 if n.mac.as_ref().is_some_and(|m| !crate::vm::is_mac(m)) {
-                    return Err(err(line, format!("{whose}: a nic's mac is not like 52:54:00:12:34:56")));
+                    return Err(err(
+                        line,
+                        format!("{whose}: a nic's mac is not like 52:54:00:12:34:56"),
+                    ));
                 }
             }
             if let Some(d) = &vm.drill {
@@ -293,7 +297,8 @@ impl Config {
                 domain_xml: None,
                 checks: None,
             };
-            def.check().map_err(|e| err(line, format!("{whose}: {e}")))?;
+            def.check()
+                .map_err(|e| err(line, format!("{whose}: {e}")))?;
         }
         for (name, r) in &cfg.remotes {
             if !is_valid_name(name) {
@@ -389,7 +394,14 @@ impl Config {
             volumes: vm
                 .volumes
                 .iter()
-                .map(|v| (v.name.get_ref().clone(), v.role, self.resolve(&v.path), v.bus))
+                .map(|v| {
+                    (
+                        v.name.get_ref().clone(),
+                        v.role,
+                        self.resolve(&v.path),
+                        v.bus,
+                    )
+                })
                 .collect(),
             nics: vm.nics.clone(),
             domain_xml: vm.domain_xml.as_ref().map(|p| self.resolve(p)),
@@ -408,7 +420,9 @@ impl Config {
         match self.definition_of(vmc) {
             Ok(d) => Some(d),
             Err(e) => {
-                tracing::warn!("VM {vm}: {e}; storing the config's VM spec instead of the domain XML");
+                tracing::warn!(
+                    "VM {vm}: {e}; storing the config's VM spec instead of the domain XML"
+                );
                 let mut plain = vmc.clone();
                 plain.domain_xml = None;
                 plain.libvirt_domain = None;

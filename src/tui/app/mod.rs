@@ -1002,7 +1002,11 @@ impl App {
         let first = full.lines().next().unwrap_or("").to_string();
         let (line, outcome, message) = match &j.state {
             JobState::Done(_) => (format!("done — {first}"), JobOutcome::Done, first.clone()),
-            JobState::Failed(_) => (format!("FAILED — {first}"), JobOutcome::Failed, first.clone()),
+            JobState::Failed(_) => (
+                format!("FAILED — {first}"),
+                JobOutcome::Failed,
+                first.clone(),
+            ),
             _ => (
                 "cancelled".into(),
                 JobOutcome::Cancelled,

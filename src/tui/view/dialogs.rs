@@ -277,7 +277,13 @@ pub fn dialog(f: &mut Frame, app: &App, theme: &Theme, d: &Dialog, area: Rect) {
                 theme.fg(Color::Cyan),
             ));
             let h = l.len() as u16 + 2;
-            frame(f, theme, "Drill from which repository?", l, centered(area, 56, h));
+            frame(
+                f,
+                theme,
+                "Drill from which repository?",
+                l,
+                centered(area, 56, h),
+            );
         }
         Dialog::QuitWhileRunning => {
             let l = vec![

@@ -626,9 +626,7 @@ fn drill_panel(f: &mut Frame, app: &App, theme: &Theme, j: &JobView, area: Rect)
     for (k, name) in lifeboat_core::drill::PHASES.iter().enumerate() {
         let at = j.phases.iter().position(|(p, _)| p == name);
         let (text, style) = match at {
-            None if reached.is_some_and(|r| k < r) => {
-                (format!("✓ {name}"), theme.fg(Color::Green))
-            }
+            None if reached.is_some_and(|r| k < r) => (format!("✓ {name}"), theme.fg(Color::Green)),
             Some(i) => {
                 let started = j.phases[i].1;
                 let next = j.phases.get(i + 1).map(|(_, t)| *t);
@@ -642,7 +640,10 @@ fn drill_panel(f: &mut Frame, app: &App, theme: &Theme, j: &JobView, area: Rect)
                     (format!("✓ {name} {secs:.0}s"), theme.fg(Color::Green))
                 }
             }
-            None => (format!("· {name}"), Style::default().add_modifier(Modifier::DIM)),
+            None => (
+                format!("· {name}"),
+                Style::default().add_modifier(Modifier::DIM),
+            ),
         };
         spans.push(Span::styled(text, style));
         spans.push(Span::raw("  "));
@@ -663,7 +664,10 @@ fn drill_panel(f: &mut Frame, app: &App, theme: &Theme, j: &JobView, area: Rect)
     }
     let title = format!("── serial console: {} ", j.title);
     lines.push(Line::styled(
-        truncate(&format!("{title}{}", "─".repeat(w.saturating_sub(title.width()))), w),
+        truncate(
+            &format!("{title}{}", "─".repeat(w.saturating_sub(title.width()))),
+            w,
+        ),
         theme.fg(Color::DarkGray),
     ));
     let room = (area.height as usize).saturating_sub(lines.len());

@@ -168,10 +168,7 @@ pub fn request_for(
     Ok(DrillRequest {
         vm: vm.to_string(),
         at: o.at.clone(),
-        source: o
-            .from
-            .clone()
-            .unwrap_or_else(|| default_source(config, vm)),
+        source: o.from.clone().unwrap_or_else(|| default_source(config, vm)),
         accel,
         scratch: o
             .scratch
@@ -256,7 +253,16 @@ pub async fn run(
             return report;
         }
     };
-    let res = phases(local_repo, remote, req, scratch.path(), &mut report, cancel, progress).await;
+    let res = phases(
+        local_repo,
+        remote,
+        req,
+        scratch.path(),
+        &mut report,
+        cancel,
+        progress,
+    )
+    .await;
     progress.set_phase("cleanup: removing the scratch files");
     let cleanup = scratch.close();
     match res {
@@ -342,7 +348,11 @@ async fn phases(
             )),
         ));
     }
-    let fetch_bytes = set.fetch.as_ref().map(|f| f.data_bytes_to_send).unwrap_or(0);
+    let fetch_bytes = set
+        .fetch
+        .as_ref()
+        .map(|f| f.data_bytes_to_send)
+        .unwrap_or(0);
     let total: u64 = set.volumes.iter().map(|v| v.image_size).sum();
     progress.set_job_total(fetch_bytes + 2 * total);
     if let Some(r) = remote {
@@ -363,7 +373,10 @@ async fn phases(
     let repo = Repo::open(local_repo).map_err(|e| ("restore", e))?;
     let def_ref = picked.iter().find_map(|(_, m)| m.definition);
     let (def, from) = match def_ref {
-        Some(d) => (repo.read_definition(&d).map_err(|e| ("restore", e))?, "backup"),
+        Some(d) => (
+            repo.read_definition(&d).map_err(|e| ("restore", e))?,
+            "backup",
+        ),
         None => match &req.local_definition {
             Some(d) => (d.clone(), "config"),
             None => (
@@ -488,7 +501,10 @@ async fn phases(
         }
         (Some(p), why) => {
             let phase = if p == "checks" { "checks" } else { "boot" };
-            Err((phase, Error::BadInput(why.unwrap_or_else(|| "failed".into()))))
+            Err((
+                phase,
+                Error::BadInput(why.unwrap_or_else(|| "failed".into())),
+            ))
         }
     }
 }

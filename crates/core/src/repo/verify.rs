@@ -134,7 +134,11 @@ pub fn verify(
         match repo.load_manifest(k) {
             Ok(m) => {
                 if let Some(d) = m.definition {
-                    definitions.entry(d.chunk).or_insert((d, Vec::new())).1.push(describe(k));
+                    definitions
+                        .entry(d.chunk)
+                        .or_insert((d, Vec::new()))
+                        .1
+                        .push(describe(k));
                 }
                 index_users.entry(m.index).or_default().push(describe(k))
             }

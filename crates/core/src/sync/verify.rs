@@ -48,7 +48,11 @@ pub async fn verify_remote(
         match fetch_manifest(store, k).await {
             Ok((m, _)) => {
                 if let Some(d) = m.definition {
-                    definitions.entry(d.chunk).or_insert((d, Vec::new())).1.push(describe(k));
+                    definitions
+                        .entry(d.chunk)
+                        .or_insert((d, Vec::new()))
+                        .1
+                        .push(describe(k));
                 }
                 index_users.entry(m.index).or_default().push(describe(k))
             }
@@ -136,9 +140,12 @@ pub async fn verify_remote(
         check()?;
         match fetch_definition(store, &d).await {
             Ok(_) => {}
-            Err(e) if is_damage(&e) => report
-                .problems
-                .push(crate::repo::verify::problem("definition", d.chunk, &e, users)),
+            Err(e) if is_damage(&e) => report.problems.push(crate::repo::verify::problem(
+                "definition",
+                d.chunk,
+                &e,
+                users,
+            )),
             Err(e) => return Err(e),
         }
     }

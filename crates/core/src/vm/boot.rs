@@ -31,7 +31,10 @@ pub const TAIL_LINES: usize = 20;
 const BUILT_IN_FAILURES: [(&str, &str); 3] = [
     ("No bootable device", "the firmware found no bootable disk"),
     ("Kernel panic", "the guest kernel panicked"),
-    ("Boot failed: not a bootable disk", "the boot disk holds no boot loader"),
+    (
+        "Boot failed: not a bootable disk",
+        "the boot disk holds no boot loader",
+    ),
 ];
 
 pub struct BootRequest<'a> {
@@ -142,7 +145,12 @@ async fn attempt(
     guest_ports.dedup();
     let forwards = guest_ports
         .iter()
-        .map(|&guest| Ok(Forward { host: free_port()?, guest }))
+        .map(|&guest| {
+            Ok(Forward {
+                host: free_port()?,
+                guest,
+            })
+        })
         .collect::<Result<Vec<_>>>()?;
     let fw_log = req.scratch.join("firmware.log");
     let args = qemu::args(&qemu::BootArgs {
@@ -337,7 +345,11 @@ async fn watch(
                 let err = tail_lines(&err, 3).join(" / ");
                 Some(format!(
                     "QEMU exited ({st}){}",
-                    if err.is_empty() { String::new() } else { format!(": {err}") }
+                    if err.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {err}")
+                    }
                 ))
             }
             _ => None,
@@ -346,7 +358,10 @@ async fn watch(
     // Boot: until the serial pattern (or at once without one).
     let pattern = c.serial.as_deref();
     progress.set_phase(&match pattern {
-        Some(p) => format!("boot: waiting for {:?} on the serial console", crate::text::escape(p)),
+        Some(p) => format!(
+            "boot: waiting for {:?} on the serial console",
+            crate::text::escape(p)
+        ),
         None => "boot: running".into(),
     });
     let mut seen_output = false;
@@ -551,7 +566,10 @@ impl Check {
                     .stderr(std::process::Stdio::piped())
                     .kill_on_drop(true);
                 for f in forwards {
-                    cmd.env(format!("LIFEBOAT_GUEST_PORT_{}", f.guest), f.host.to_string());
+                    cmd.env(
+                        format!("LIFEBOAT_GUEST_PORT_{}", f.guest),
+                        f.host.to_string(),
+                    );
                 }
                 let child = cmd.spawn().map_err(|e| format!("cannot run it: {e}"))?;
                 let limit = remaining.max(Duration::from_secs(1));

@@ -9,8 +9,8 @@
 
 use std::path::{Path, PathBuf};
 
-use quick_xml::events::Event;
 use quick_xml::escape::{escape, unescape};
+use quick_xml::events::Event;
 
 use super::{Bus, Definition, DiskSpec, Firmware, NicSpec, VmSpec};
 use crate::error::{Error, Result};
@@ -331,7 +331,10 @@ fn disk_source(d: &Element) -> Option<&str> {
 
 /// Reads the spec from a domain XML; disks are matched to the configured
 /// volumes by their source paths.
-pub fn spec_from_xml(xml: &str, volumes: &[(String, Role, PathBuf, Option<Bus>)]) -> Result<VmSpec> {
+pub fn spec_from_xml(
+    xml: &str,
+    volumes: &[(String, Role, PathBuf, Option<Bus>)],
+) -> Result<VmSpec> {
     let dom = parse(xml)?;
     let vcpus = dom
         .child("vcpu")
@@ -466,9 +469,9 @@ pub fn restored_xml(
             dom
         }
         None => {
-            notes
-                .changes
-                .push("generated from lifeboat's VM spec (the VM had no libvirt domain XML)".into());
+            notes.changes.push(
+                "generated from lifeboat's VM spec (the VM had no libvirt domain XML)".into(),
+            );
             generate(def, disks, keep_macs)
         }
     };
@@ -507,7 +510,9 @@ fn rewrite(
 ) {
     // Top-level seclabels carry this host's security labels.
     if remove_children(&mut dom.children, |e| e.name == "seclabel") > 0 {
-        notes.changes.push("removed the host's security labels".into());
+        notes
+            .changes
+            .push("removed the host's security labels".into());
     }
     if let Some(os) = dom.child_mut("os") {
         if remove_children(&mut os.children, |e| e.name == "nvram") > 0 {
@@ -532,7 +537,9 @@ fn rewrite(
         };
         match e.name.as_str() {
             n if HOST_SPECIFIC.contains(&n) => {
-                notes.changes.push(format!("removed a <{n}> (host hardware)"));
+                notes
+                    .changes
+                    .push(format!("removed a <{n}> (host hardware)"));
                 drop_indent(&mut kept);
                 continue;
             }
@@ -543,8 +550,7 @@ fn rewrite(
                     .unwrap_or("")
                     .to_string();
                 let spec = def.spec.disks.iter().find(|d| d.target == dev);
-                let restored =
-                    spec.and_then(|s| disks.iter().find(|r| r.volume == s.volume));
+                let restored = spec.and_then(|s| disks.iter().find(|r| r.volume == s.volume));
                 match restored {
                     Some(r) => point_disk(&mut e, r),
                     None if disk_source(&e).is_none() => {}
@@ -568,12 +574,11 @@ fn rewrite(
                     drop_indent(&mut kept);
                     continue;
                 }
-                if !keep_macs {
-                    if remove_children(&mut e.children, |m| m.name == "mac") > 0 {
-                        notes
-                            .changes
-                            .push("removed a MAC address (libvirt assigns a new one; --keep-macs keeps it)".into());
-                    }
+                if !keep_macs && remove_children(&mut e.children, |m| m.name == "mac") > 0 {
+                    notes.changes.push(
+                        "removed a MAC address (libvirt assigns a new one; --keep-macs keeps it)"
+                            .into(),
+                    );
                 }
             }
             _ => {}
@@ -699,10 +704,15 @@ fn generate(def: &Definition, disks: &[RestoredDisk], keep_macs: bool) -> Elemen
         if let (true, Some(mac)) = (keep_macs, &n.mac) {
             i.push(Element::new("mac").with_attr("address", mac));
         }
-        i.push(Element::new("source").with_attr(
-            "network",
-            n.network.as_deref().filter(|n| !n.is_empty()).unwrap_or("default"),
-        ));
+        i.push(
+            Element::new("source").with_attr(
+                "network",
+                n.network
+                    .as_deref()
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or("default"),
+            ),
+        );
         i.push(Element::new("model").with_attr("type", nic_model(&n.model)));
         devices.push(i);
     }
@@ -768,7 +778,12 @@ mod tests {
                 "/var/lib/libvirt/images/web01-root.qcow2".into(),
                 None,
             ),
-            ("data".into(), Role::Data, "/dev/vg0/web01-data".into(), None),
+            (
+                "data".into(),
+                Role::Data,
+                "/dev/vg0/web01-data".into(),
+                None,
+            ),
         ]
     }
 
@@ -777,7 +792,11 @@ mod tests {
         let s = spec_from_xml(XML, &vols()).unwrap();
         assert_eq!((s.vcpus, s.memory_mib), (2, 512));
         assert_eq!(s.machine, "pc-q35-7.2");
-        let d: Vec<_> = s.disks.iter().map(|d| (d.volume.as_str(), d.target.as_str())).collect();
+        let d: Vec<_> = s
+            .disks
+            .iter()
+            .map(|d| (d.volume.as_str(), d.target.as_str()))
+            .collect();
         assert_eq!(d, [("root", "vda"), ("data", "vdb")]);
         assert_eq!(s.nics[0].mac.as_deref(), Some("52:54:00:12:34:56"));
     }
@@ -804,12 +823,18 @@ mod tests {
             },
         ];
         let (x, notes) = restored_xml(&def, &disks, false, None).unwrap();
-        assert!(x.contains("<source file=\"/restore/web01/root.qcow2\"/>"), "{x}");
+        assert!(
+            x.contains("<source file=\"/restore/web01/root.qcow2\"/>"),
+            "{x}"
+        );
         assert!(x.contains("/restore/web01/data &lt;1&gt;.raw"), "{x}");
         assert!(!x.contains("backingStore") && !x.contains("/base.qcow2"));
         assert!(!x.contains("hostdev") && !x.contains("seclabel"));
         assert!(!x.contains("52:54:00:12:34:56"));
-        assert!(!x.contains("scratch"), "a disk outside the backup is dropped");
+        assert!(
+            !x.contains("scratch"),
+            "a disk outside the backup is dropped"
+        );
         assert!(!x.contains("6f1c1a53"));
         assert!(x.contains(&notes.uuid));
         assert!(notes.changes.iter().any(|c| c.contains("vdc")));
@@ -817,8 +842,18 @@ mod tests {
         let again = spec_from_xml(
             &x,
             &[
-                ("root".into(), Role::Root, "/restore/web01/root.qcow2".into(), None),
-                ("data".into(), Role::Data, "/restore/web01/data <1>.raw".into(), None),
+                (
+                    "root".into(),
+                    Role::Root,
+                    "/restore/web01/root.qcow2".into(),
+                    None,
+                ),
+                (
+                    "data".into(),
+                    Role::Data,
+                    "/restore/web01/data <1>.raw".into(),
+                    None,
+                ),
             ],
         )
         .unwrap();

@@ -318,7 +318,7 @@ impl Definition {
             }
         }
         if let Some(c) = &self.checks {
-            check_checks(c).or_else(|e| bad(e))?;
+            check_checks(c).or_else(&bad)?;
         }
         if let Some(x) = &self.domain_xml {
             if !x.trim_start().starts_with('<') {
@@ -371,7 +371,9 @@ pub fn check_config(c: &CheckConfig) -> std::result::Result<(), String> {
     check_checks(&c.checks())?;
     if let Some(cmd) = &c.command {
         if cmd.is_empty() || cmd[0].is_empty() {
-            return Err("command is empty: give argv, e.g. [\"/usr/local/bin/check\", \"arg\"]".into());
+            return Err(
+                "command is empty: give argv, e.g. [\"/usr/local/bin/check\", \"arg\"]".into(),
+            );
         }
     }
     if c.forward.contains(&0) || c.forward.len() > 16 {
@@ -384,8 +386,7 @@ pub fn check_config(c: &CheckConfig) -> std::result::Result<(), String> {
 fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
@@ -493,7 +494,6 @@ pub fn new_uuid() -> String {
         &h[20..32]
     )
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -167,7 +167,12 @@ pub fn args(a: &BootArgs) -> Result<Vec<String>> {
                 "isa-debugcon,iobase=0x402,chardev=fwlog".into(),
             ]);
         }
-        None => v.extend(["-serial".into(), "mon:stdio".into(), "-display".into(), "none".into()]),
+        None => v.extend([
+            "-serial".into(),
+            "mon:stdio".into(),
+            "-display".into(),
+            "none".into(),
+        ]),
     }
     Ok(v)
 }
@@ -198,8 +203,7 @@ pub fn command_line(def: &Definition, disks: &[RestoredDisk]) -> Result<String> 
 
 pub fn shell_quote(s: &str) -> String {
     if !s.is_empty()
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_=.,:/+@%".contains(&b))
     {
         s.to_string()
@@ -248,7 +252,10 @@ mod tests {
         assert!(s.contains("restrict=on,hostfwd=tcp:127.0.0.1:40000-:8080"));
         assert!(a.contains(&"-snapshot".to_string()));
         let cl = command_line(&def, &disks).unwrap();
-        assert!(cl.starts_with("qemu-system-x86_64 -name lifeboat-web"), "{cl}");
+        assert!(
+            cl.starts_with("qemu-system-x86_64 -name lifeboat-web"),
+            "{cl}"
+        );
         assert_eq!(shell_quote("it's"), "'it'\\''s'");
     }
 }

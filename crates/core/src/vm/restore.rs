@@ -129,7 +129,10 @@ pub fn validate(file: &Path) -> Validation {
 pub fn define(file: &Path) -> Result<String> {
     virsh(
         &["define", &file.display().to_string()],
-        &format!("virsh define {}", qemu::shell_quote(&file.display().to_string())),
+        &format!(
+            "virsh define {}",
+            qemu::shell_quote(&file.display().to_string())
+        ),
     )
 }
 
