@@ -381,22 +381,31 @@ fn drill_faults_name_their_phase_and_leave_nothing_behind() {
     );
     d.assert_clean();
 
-    // A VM whose backup has no root volume.
+    // A VM whose backup has no root volume, and whose domain XML does not
+    // parse: the backup warns and stores the config's spec instead.
     let img = d.path("only-data.raw");
     std::fs::write(&img, vec![7u8; 1 << 20]).unwrap();
-    let out = d.run(&[
-        "backup",
-        "nodisk",
-        "--format",
-        "raw",
-        "--volume",
-        &format!("data={}", img.display()),
-    ]);
+    let xml = d.path("nodisk.xml");
+    std::fs::write(&xml, "<domain><name>nodisk</name><devices>").unwrap();
+    let mut cfg = std::fs::read_to_string(d.path("lifeboat.toml")).unwrap();
+    cfg.push_str(&format!(
+        "\n[[vm]]\nname = \"nodisk\"\ndomain_xml = \"{}\"\n[[vm.volume]]\nname = \"data\"\nrole = \"data\"\npath = \"{}\"\nformat = \"raw\"\n",
+        xml.display(),
+        img.display()
+    ));
+    std::fs::write(d.path("lifeboat.toml"), cfg).unwrap();
+    // (The local repository exists: the drill above fetched into it.)
+    let out = d.run(&["-v", "backup", "nodisk"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        err.contains("does not parse") && err.contains("storing the config's VM spec"),
+        "{err}"
     );
+    let out = d.run(&["--json", "show", "nodisk/data@latest"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["manifest"]["definition"]["chunk"].is_string(), "{v:#}");
+    assert_eq!(v["manifest"]["format"], 2);
     let (code, r) = d.drill(&["nodisk", "--from", "local"]);
     assert_eq!(code, 6);
     assert_eq!(r["failed_phase"], "plan");
@@ -434,6 +443,40 @@ fn a_failing_application_check_fails_the_drill_with_its_answer() {
         .unwrap()
         .iter()
         .any(|l| l.as_str().unwrap().contains("db01 login:")));
+}
+
+#[test]
+fn a_boot_that_never_shows_its_marker_fails_with_the_console_tail() {
+    let d = Drill::with_config(|c| {
+        c.replace(
+            "serial = \"db01 login:\"",
+            "serial = \"a banner db01 never prints\"",
+        )
+        .replace("timeout_secs = 90", "timeout_secs = 20")
+    });
+    let (code, r) = d.drill(&["db01"]);
+    assert_eq!(code, 6, "{r:#}");
+    assert_eq!(r["failed_phase"], "boot", "{r:#}");
+    let why = r["error"].as_str().unwrap();
+    assert!(
+        why.contains("a banner db01 never prints") && why.contains("within 20 s"),
+        "{why}"
+    );
+    // What the console did show is in the report.
+    assert!(r["boot"]["serial_tail"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l.as_str().unwrap().contains("db01 login:")));
+    let boot = r["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "boot")
+        .unwrap()["secs"]
+        .as_f64()
+        .unwrap();
+    assert!(boot >= 19.0, "the boot phase ran until the timeout: {boot}");
 }
 
 #[test]
