@@ -13,7 +13,10 @@ LB=$PWD/target/release/lifeboat
 OUT=${OUT:-docs/bench-drill-latest.md}
 W=$(mktemp -d "${TMPDIR:-/tmp}/lifeboat-drillbench.XXXXXX")
 server=""
-cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$W"; }
+cleanup() {
+  if [ -n "$server" ]; then kill "$server" 2>/dev/null; wait "$server" 2>/dev/null || true; fi
+  rm -rf "$W"
+}
 trap cleanup EXIT
 
 export LIFEBOAT_GUEST_KIT=${LIFEBOAT_GUEST_KIT:-$HOME/.cache/lifeboat/guest-kit}
@@ -67,7 +70,7 @@ url = "$url/"
 token_file = "$W/token"
 EOF
 mkdir "$W/scratch"
-drill() { "$LB" --config "$W/drill.toml" --json drill bench01 --from offsite --scratch "$W/scratch"; }
+drill() { "$LB" --config "$W/drill.toml" --json drill bench01 --from offsite --scratch "$W/scratch" 2>/dev/null; }
 drill > "$W/first.json"
 drill > "$W/second.json"
 
