@@ -137,6 +137,26 @@ pub fn render(config: &Config, root: &Path, now: DateTime<Utc>) -> Result<String
         "last_run_new_bytes",
         "Bytes the VM's last policy run added",
     );
+    let drill_ok = family::<Vm>(
+        &mut reg,
+        "drill_success",
+        "1 when the VM's last restore drill passed, 0 otherwise",
+    );
+    let drill_at = family::<Vm>(
+        &mut reg,
+        "drill_timestamp_seconds",
+        "End of the VM's last restore drill (Unix time)",
+    );
+    let drill_rto = family::<Vm>(
+        &mut reg,
+        "drill_rto_seconds",
+        "Recovery time the VM's last restore drill measured",
+    );
+    let drill_rpo = family::<Vm>(
+        &mut reg,
+        "drill_rpo_seconds",
+        "Age of the backup the VM's last restore drill used",
+    );
     let objects = family::<Kind>(
         &mut reg,
         "repository_objects",
@@ -212,6 +232,19 @@ pub fn render(config: &Config, root: &Path, now: DateTime<Utc>) -> Result<String
             .set(r.started_at.timestamp() as f64);
         run_bytes.get_or_create(&l).set(r.bytes_new as f64);
     }
+    for (vm, d) in crate::drill::history::last_per_vm(root).unwrap_or_default() {
+        let l = Vm { vm };
+        drill_ok
+            .get_or_create(&l)
+            .set(if d.passed() { 1.0 } else { 0.0 });
+        drill_at
+            .get_or_create(&l)
+            .set(d.ended_at.timestamp() as f64);
+        drill_rto.get_or_create(&l).set(d.rto_secs);
+        if let Some(r) = d.rpo_secs {
+            drill_rpo.get_or_create(&l).set(r as f64);
+        }
+    }
     let (sizes, sum) = repository_size(root);
     for (kind, (n, b)) in sizes {
         let l = Kind { kind: kind.into() };
@@ -224,4 +257,55 @@ pub fn render(config: &Config, root: &Path, now: DateTime<Utc>) -> Result<String
     prometheus_client::encoding::text::encode(&mut out, &reg)
         .map_err(|e| Error::Internal(format!("encoding metrics: {e}")))?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drill::{DrillOutcome, DrillReport, PhaseTime};
+
+    #[test]
+    fn the_last_drill_of_each_vm_is_reported() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("r");
+        crate::repo::Repo::init(&root, crate::repo::RepoConfig::new(1 << 20, 1).unwrap()).unwrap();
+        let now = Utc::now();
+        let report = |outcome, rto| DrillReport {
+            vm: "web01".into(),
+            source: "offsite".into(),
+            reference: "latest".into(),
+            started_at: now,
+            ended_at: now,
+            outcome,
+            failed_phase: None,
+            error: None,
+            backup_time: Some(now - chrono::Duration::hours(5)),
+            set: Some("ab".into()),
+            manifests: Vec::new(),
+            rpo_secs: Some(5 * 3600),
+            rto_secs: rto,
+            phases: vec![PhaseTime {
+                name: "boot".into(),
+                secs: rto,
+                bytes: 0,
+            }],
+            definition: Some("backup".into()),
+            boot: None,
+        };
+        crate::drill::history::record(&root, &report(DrillOutcome::Fail, 2.0)).unwrap();
+        crate::drill::history::record(&root, &report(DrillOutcome::Pass, 7.5)).unwrap();
+        let text = render(&Config::default(), &root, now).unwrap();
+        assert!(
+            text.contains("lifeboat_drill_success{vm=\"web01\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lifeboat_drill_rto_seconds{vm=\"web01\"} 7.5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lifeboat_drill_rpo_seconds{vm=\"web01\"} 18000"),
+            "{text}"
+        );
+    }
 }
