@@ -211,7 +211,7 @@ pub fn reference(vm: &str, at: Option<&str>) -> Result<String> {
     match Ref::parse(&r)? {
         Ref::Set { vm: v, .. } if v == vm => Ok(r),
         _ => Err(Error::BadInput(format!(
-            "{r:?} does not name a backup set of VM {vm}: use VM@latest, VM@TIME or VM@SETID"
+            "{r:?} does not name a backup set of VM {vm}: use VM@latest, VM@~N or VM@TIME"
         ))),
     }
 }
@@ -341,6 +341,7 @@ async fn phases(
     }
     report.manifests = set.picked.iter().map(|(k, _)| k.id.to_hex()).collect();
     if !set.picked.iter().any(|(_, m)| m.volume.role == Role::Root) {
+        set.release().await;
         return Err((
             "plan",
             Error::BadInput(format!(
@@ -357,9 +358,12 @@ async fn phases(
     progress.set_job_total(fetch_bytes + 2 * total);
     if let Some(r) = remote {
         progress.set_phase("fetch: chunks the local repository lacks");
-        restore::fetch(&mut set, r, local_repo, cancel, progress)
-            .await
-            .map_err(|e| ("fetch", e))?;
+        if let Err(e) = restore::fetch(&mut set, r, local_repo, cancel, progress).await {
+            // The plan's lock on the local repository goes now, not in
+            // the background of a process that may exit first.
+            set.release().await;
+            return Err(("fetch", e));
+        }
     }
     report.phases.push(PhaseTime {
         name: "fetch".into(),
@@ -370,26 +374,16 @@ async fn phases(
     // The definition: the backup's, else the local config's, else a plain
     // one (root disk first).
     let picked = set.picked.clone();
-    let repo = Repo::open(local_repo).map_err(|e| ("restore", e))?;
-    let def_ref = picked.iter().find_map(|(_, m)| m.definition);
-    let (def, from) = match def_ref {
-        Some(d) => (
-            repo.read_definition(&d).map_err(|e| ("restore", e))?,
-            "backup",
-        ),
-        None => match &req.local_definition {
-            Some(d) => (d.clone(), "config"),
-            None => (
-                crate::vm::fallback_definition(
-                    &req.vm,
-                    &picked
-                        .iter()
-                        .map(|(_, m)| (m.volume.name.clone(), m.volume.role))
-                        .collect::<Vec<_>>(),
-                ),
-                "fallback",
-            ),
-        },
+    let defined = Repo::open(local_repo).and_then(|repo| {
+        crate::vm::restore::definition_of(&repo, &picked, req.local_definition.clone())
+            .map(|d| (repo, d))
+    });
+    let (repo, (def, from)) = match defined {
+        Ok(x) => x,
+        Err(e) => {
+            set.release().await;
+            return Err(("restore", e));
+        }
     };
     report.definition = Some(from.into());
 

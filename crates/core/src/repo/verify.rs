@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use super::buf::AlignedBuf;
-use super::{Id, ManifestKey, Repo};
+use super::{Id, Manifest, ManifestKey, Repo};
 use crate::error::{Error, Result};
 use crate::jobs::{CancellationToken, Progress};
 
@@ -127,19 +127,12 @@ pub fn verify(
     progress.set_phase("checking manifests and indexes");
     // index id -> backups using it; chunk id -> indexes using it
     let mut index_users: BTreeMap<Id, Vec<String>> = BTreeMap::new();
-    let mut definitions: BTreeMap<Id, (crate::repo::manifest::DefinitionRef, Vec<String>)> =
-        BTreeMap::new();
+    let mut definitions = DefinitionUsers::new();
     for k in &keys {
         report.manifests += 1;
         match repo.load_manifest(k) {
             Ok(m) => {
-                if let Some(d) = m.definition {
-                    definitions
-                        .entry(d.chunk)
-                        .or_insert((d, Vec::new()))
-                        .1
-                        .push(describe(k));
-                }
+                note_definition(&mut definitions, k, &m);
                 index_users.entry(m.index).or_default().push(describe(k))
             }
             Err(e) => report
@@ -240,6 +233,19 @@ pub fn verify(
     }
     report.finish(&keys);
     Ok(report)
+}
+
+/// Each definition chunk and the backups naming it.
+pub(crate) type DefinitionUsers = BTreeMap<Id, (crate::repo::manifest::DefinitionRef, Vec<String>)>;
+
+pub(crate) fn note_definition(users: &mut DefinitionUsers, k: &ManifestKey, m: &Manifest) {
+    if let Some(d) = m.definition {
+        users
+            .entry(d.chunk)
+            .or_insert((d, Vec::new()))
+            .1
+            .push(describe(k));
+    }
 }
 
 pub(crate) fn problem(kind: &'static str, id: Id, e: &Error, breaks: Vec<String>) -> Problem {

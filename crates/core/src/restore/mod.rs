@@ -308,6 +308,16 @@ pub async fn plan_remote(
     Ok(set)
 }
 
+impl SetRestorePlan {
+    /// Releases the local writer lock a remote plan holds, for a plan that
+    /// will not be executed (see `TransferPlan::finish`).
+    pub async fn release(self) {
+        if let Some(t) = &self.transfer {
+            t.finish().await;
+        }
+    }
+}
+
 /// Fetches what a restore from a remote needs into the local repository,
 /// ahead of `execute` (which then only writes): a drill times the two
 /// apart. The plan keeps its lock.

@@ -40,20 +40,13 @@ pub async fn verify_remote(
     };
     progress.set_phase("checking manifests and indexes");
     let mut index_users: BTreeMap<Id, Vec<String>> = BTreeMap::new();
-    let mut definitions: BTreeMap<Id, (crate::repo::manifest::DefinitionRef, Vec<String>)> =
-        BTreeMap::new();
+    let mut definitions = crate::repo::verify::DefinitionUsers::new();
     for k in &keys {
         check()?;
         report.manifests += 1;
         match fetch_manifest(store, k).await {
             Ok((m, _)) => {
-                if let Some(d) = m.definition {
-                    definitions
-                        .entry(d.chunk)
-                        .or_insert((d, Vec::new()))
-                        .1
-                        .push(describe(k));
-                }
+                crate::repo::verify::note_definition(&mut definitions, k, &m);
                 index_users.entry(m.index).or_default().push(describe(k))
             }
             Err(e) if is_damage(&e) => {
