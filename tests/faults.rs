@@ -434,3 +434,55 @@ fn full_disk_during_backup() {
     );
     assert!(run(&["verify", "--deep"]).status.success());
 }
+
+/// A set restore that cannot fit is refused before anything is written,
+/// as a whole (each volume alone would fit). Needs root for the tmpfs.
+#[test]
+fn a_set_restore_that_does_not_fit_is_refused_up_front() {
+    let w = World::new();
+    w.init("64K");
+    let (a, b) = (w.path("a.raw"), w.path("b.raw"));
+    write_at(&a, 0, &noise(12 << 20, 1));
+    write_at(&b, 0, &noise(12 << 20, 2));
+    w.ok(&[
+        "backup",
+        "vm",
+        "--format",
+        "raw",
+        "--volume",
+        &format!("root={}", a.display()),
+        "--volume",
+        &format!("data={}", b.display()),
+    ]);
+    let mnt = w.path("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=20m",
+            "lifeboat-test",
+            mnt.to_str().unwrap(),
+        ])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !mounted {
+        eprintln!("SKIPPED a_set_restore_that_does_not_fit: cannot mount a tmpfs (not root)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    for to in [mnt.join("new-dir"), mnt.clone()] {
+        let (code, e) = w.fails(&["restore", "vm@latest", "--to", to.to_str().unwrap()]);
+        assert_eq!(code, 1, "{e}");
+        assert!(e.contains("not enough space"), "{e}");
+        assert!(files_under(&mnt).is_empty(), "something was written: {e}");
+    }
+}

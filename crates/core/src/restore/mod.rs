@@ -241,6 +241,19 @@ fn plan_volumes(
         volumes.push(plan);
         indexes.push(idx);
     }
+    // A set must fit as a whole (each volume was checked alone, and one
+    // going into a new directory not at all).
+    if is_set {
+        let dir = match &creates_directory {
+            Some(d) => d
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(".")),
+            None => req.to.clone(),
+        };
+        check_space(&dir, volumes.iter().map(|v| v.bytes_to_write).sum())?;
+    }
     Ok(SetRestorePlan {
         volumes,
         creates_directory,

@@ -100,6 +100,17 @@ pub async fn run(
         }
     };
     let mut report = attempt(req, accel, cancel, progress).await?;
+    // The loopback ports were free when picked; another process may have
+    // taken one before QEMU bound it. Once more with new ones.
+    if report.failed_phase.as_deref() == Some("start")
+        && report
+            .failure
+            .as_deref()
+            .is_some_and(|f| f.contains("forwarding"))
+    {
+        notes.push("a loopback port was taken meanwhile: started again".into());
+        report = attempt(req, accel, cancel, progress).await?;
+    }
     if req.accel == Accel::Auto && accel == "kvm" && report.failed_phase.as_deref() == Some("start")
     {
         notes.push(format!(
