@@ -486,3 +486,75 @@ fn a_set_restore_that_does_not_fit_is_refused_up_front() {
         assert!(files_under(&mnt).is_empty(), "something was written: {e}");
     }
 }
+
+/// A disk a running QEMU holds is refused, not read torn; once QEMU is
+/// gone the same backup runs. (raw and qcow2; QEMU locks both.)
+#[test]
+fn a_disk_held_by_a_running_qemu_is_refused() {
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED a_disk_held_by_a_running_qemu: qemu-system-x86_64 is not installed");
+        return;
+    }
+    let w = World::new();
+    w.init("64K");
+    let raw = w.path("live.raw");
+    write_at(&raw, 0, &noise(1 << 20, 3));
+    let qcow = w.path("live.qcow2");
+    common::qemu_img(&["create", "-q", "-f", "qcow2", qcow.to_str().unwrap(), "4M"]);
+    for (img, fmt) in [(&raw, "raw"), (&qcow, "qcow2")] {
+        // Paused at start (-S): it holds its disk like any running VM.
+        let mut vm = Command::new("qemu-system-x86_64")
+            .args([
+                "-accel",
+                "tcg",
+                "-S",
+                "-display",
+                "none",
+                "-nodefaults",
+                "-drive",
+            ])
+            .arg(format!("file={},format={fmt},if=virtio", img.display()))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let args = [
+            "backup",
+            "live",
+            "--format",
+            fmt,
+            "--volume",
+            &format!("root={}", img.display()),
+        ];
+        // QEMU takes its locks as it opens the disk: wait for them
+        // (/proc/locks lists them by device and inode).
+        let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(img).unwrap());
+        let t = std::time::Instant::now();
+        while !std::fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .any(|l| l.contains(&format!(":{ino} ")))
+        {
+            assert!(t.elapsed().as_secs() < 20, "QEMU never locked {fmt}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let out = w.lb(&args);
+        let (code, e) = (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        let _ = vm.kill();
+        let _ = vm.wait();
+        assert_eq!(code, Some(1), "{fmt}: {e}");
+        assert!(
+            e.contains("in use by a running QEMU") && e.contains("shut the VM down"),
+            "{e}"
+        );
+        w.ok(&args);
+    }
+}

@@ -95,6 +95,14 @@ pub fn backup(
     for spec in &req.volumes {
         let started = std::time::Instant::now();
         progress.set_phase(&format!("opening {}", spec.name));
+        // A disk a running VM writes would be read torn: refuse it rather
+        // than store a backup that may not restore.
+        if source::qemu::held_for_writing(&spec.path) {
+            return Err(Error::Source {
+                path: spec.path.clone(),
+                reason: source::qemu::IN_USE.into(),
+            });
+        }
         let mut src = source::open(&spec.path, spec.format)?;
         progress.set_phase(&format!("backing up {}", spec.name));
         let writer = repo.chunk_writer();

@@ -71,6 +71,36 @@ pub fn info(path: &Path, format: Option<ImageFormat>) -> Result<ImageInfo> {
         .map_err(|e| Error::Qemu(format!("unexpected qemu-img info output: {e}")))
 }
 
+/// Why a disk a running QEMU holds is refused.
+pub const IN_USE: &str = "is in use by a running QEMU (it holds the image's write lock): reading it now could store a torn image; shut the VM down (virsh shutdown, or virsh managedsave to resume it later) and back it up then (backing up running VMs through QEMU itself is not supported yet)";
+
+/// Whether a process (a running QEMU) has the image open for writing.
+///
+/// QEMU's file driver announces the permissions it holds on an image as
+/// OFD read locks on single bytes: byte 100+n for permission n held, and
+/// 200+n for permission n it will not share (`raw_apply_lock_bytes` in
+/// block/file-posix.c); n = 1 is WRITE. Asking the kernel whether a write
+/// lock on byte 101 would conflict tells, for raw and qcow2 alike, whether
+/// some QEMU may be writing the disk, without taking any lock ourselves.
+/// False when it cannot tell (no such lock support).
+pub fn held_for_writing(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    const QEMU_WRITE_PERM_BYTE: i64 = 101;
+    let Ok(f) = std::fs::File::open(path) else {
+        return false;
+    };
+    // SAFETY: an all-zero flock is a valid value to fill in.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = QEMU_WRITE_PERM_BYTE;
+    fl.l_len = 1;
+    // SAFETY: the fd is open for the call's duration and `fl` is a valid
+    // flock the kernel writes into.
+    let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+    rc == 0 && fl.l_type != libc::F_UNLCK as libc::c_short
+}
+
 /// Ranges of a qcow2 image (whole backing chain) that hold data.
 pub fn data_map(path: &Path) -> Result<Extents> {
     let out = run_qemu_img(&["map", "--output=json", "-U", "-f", "qcow2"], path)?;
@@ -123,9 +153,14 @@ impl Qcow2Reader {
                 if let Some(mut e) = child.stderr.take() {
                     let _ = std::io::Read::read_to_string(&mut e, &mut msg);
                 }
+                let reason = if msg.contains("\"write\" lock") {
+                    IN_USE.to_string()
+                } else {
+                    format!("qemu-nbd exited ({status}): {}", msg.trim())
+                };
                 return Err(Error::Source {
                     path: path.to_path_buf(),
-                    reason: format!("qemu-nbd exited ({status}): {}", msg.trim()),
+                    reason,
                 });
             }
             if sock.exists() {
