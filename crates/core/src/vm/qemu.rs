@@ -144,11 +144,18 @@ pub fn args(a: &BootArgs) -> Result<Vec<String>> {
             Some("rtl8139") => "rtl8139",
             _ => "virtio-net-pci",
         };
-        let mut nic = format!("user,model={model},restrict=on");
+        let mut net = "user,id=net0,restrict=on".to_string();
         for f in a.forwards {
-            nic.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
+            net.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
         }
-        v.extend(["-nic".into(), nic]);
+        // No option ROM: a drill boots from the disks, never the network
+        // (a PXE attempt would also delay a failing disk's report).
+        v.extend([
+            "-netdev".into(),
+            net,
+            "-device".into(),
+            format!("{model},netdev=net0,romfile="),
+        ]);
     }
     match a.check {
         Some(firmware_log) => {
@@ -250,6 +257,7 @@ mod tests {
         assert!(s.contains("file=/s/a,,b.raw,format=raw"), "{s}");
         assert!(s.contains("virtio-blk-pci,drive=disk0,bootindex=0"), "{s}");
         assert!(s.contains("restrict=on,hostfwd=tcp:127.0.0.1:40000-:8080"));
+        assert!(s.contains("virtio-net-pci,netdev=net0,romfile="), "{s}");
         assert!(a.contains(&"-snapshot".to_string()));
         let cl = command_line(&def, &disks).unwrap();
         assert!(
