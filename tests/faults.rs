@@ -377,36 +377,49 @@ fn interrupted_backup_commits_nothing_and_resumes() {
     assert_eq!(w.lb(&["verify", "--deep"]).status.code(), Some(0));
 }
 
+/// A small tmpfs under the test's directory, unmounted when dropped; None
+/// (the test says it was skipped) where mounting needs root.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(w: &World, size: &str, test: &str) -> Option<SmallDisk> {
+        let mnt = w.path("small");
+        std::fs::create_dir(&mnt).unwrap();
+        let mounted = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "lifeboat-test",
+            ])
+            .arg(&mnt)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !mounted {
+            eprintln!("SKIPPED {test}: cannot mount a tmpfs (not root)");
+            return None;
+        }
+        Some(SmallDisk(mnt))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
 /// A full disk during backup: a clear error, no manifest, a consistent
 /// repository. Needs root to mount a small tmpfs (CI runs as root).
 #[test]
 fn full_disk_during_backup() {
     let w = World::new();
-    let mnt = w.path("small");
-    std::fs::create_dir(&mnt).unwrap();
-    let mounted = Command::new("mount")
-        .args([
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=24m",
-            "lifeboat-test",
-            mnt.to_str().unwrap(),
-        ])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !mounted {
-        eprintln!("SKIPPED full_disk_during_backup: cannot mount a tmpfs (not root)");
+    let Some(small) = SmallDisk::mount(&w, "24m", "full_disk_during_backup") else {
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
+    };
+    let mnt = small.0.clone();
     let repo = mnt.join("repo");
     let run = |args: &[&str]| w.cmd().arg("-r").arg(&repo).args(args).output().unwrap();
     assert!(run(&["init", "--chunk-size", "64K"]).status.success());
@@ -454,31 +467,10 @@ fn a_set_restore_that_does_not_fit_is_refused_up_front() {
         "--volume",
         &format!("data={}", b.display()),
     ]);
-    let mnt = w.path("small");
-    std::fs::create_dir(&mnt).unwrap();
-    let mounted = Command::new("mount")
-        .args([
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=20m",
-            "lifeboat-test",
-            mnt.to_str().unwrap(),
-        ])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !mounted {
-        eprintln!("SKIPPED a_set_restore_that_does_not_fit: cannot mount a tmpfs (not root)");
+    let Some(small) = SmallDisk::mount(&w, "20m", "a_set_restore_that_does_not_fit") else {
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
+    };
+    let mnt = small.0.clone();
     for to in [mnt.join("new-dir"), mnt.clone()] {
         let (code, e) = w.fails(&["restore", "vm@latest", "--to", to.to_str().unwrap()]);
         assert_eq!(code, 1, "{e}");

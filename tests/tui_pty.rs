@@ -140,6 +140,19 @@ fn open_sized(cmd: CommandBuilder, rows: u16, cols: u16, no_alt_screen: bool) ->
     }
 }
 
+/// `lifeboat demo --keep DIR/world` in a terminal's environment, its home
+/// and data under `dir`.
+fn demo_command(dir: &std::path::Path) -> (std::path::PathBuf, CommandBuilder) {
+    let world = dir.join("world");
+    let mut cmd = CommandBuilder::new(BIN);
+    cmd.args(["demo", "--keep", world.to_str().unwrap()]);
+    cmd.cwd(dir);
+    cmd.env("TERM", "xterm-256color");
+    cmd.env("HOME", dir);
+    cmd.env("XDG_DATA_HOME", dir.join("data"));
+    (world, cmd)
+}
+
 fn count(s: &str, pat: &str) -> usize {
     s.matches(pat).count()
 }
@@ -147,13 +160,7 @@ fn count(s: &str, pat: &str) -> usize {
 #[test]
 fn demo_push_compare_restore_quit() {
     let dir = tempfile::tempdir().unwrap();
-    let world = dir.path().join("world");
-    let mut cmd = CommandBuilder::new(BIN);
-    cmd.args(["demo", "--keep", world.to_str().unwrap()]);
-    cmd.cwd(dir.path());
-    cmd.env("TERM", "xterm-256color");
-    cmd.env("HOME", dir.path());
-    cmd.env("XDG_DATA_HOME", dir.path().join("data"));
+    let (world, mut cmd) = demo_command(dir.path());
     // A key-map override: push is rebound to P.
     let keys_dir = dir.path().join("cfg").join("lifeboat");
     std::fs::create_dir_all(&keys_dir).unwrap();
@@ -465,13 +472,7 @@ fn chords_prompt_editing_resize_and_a_clean_exit() {
 #[test]
 fn console_drill_shows_phases_serial_console_and_result() {
     let dir = tempfile::tempdir().unwrap();
-    let world = dir.path().join("world");
-    let mut cmd = CommandBuilder::new(BIN);
-    cmd.args(["demo", "--keep", world.to_str().unwrap()]);
-    cmd.cwd(dir.path());
-    cmd.env("TERM", "xterm-256color");
-    cmd.env("HOME", dir.path());
-    cmd.env("XDG_DATA_HOME", dir.path().join("data"));
+    let (_, mut cmd) = demo_command(dir.path());
     cmd.env("XDG_CONFIG_HOME", dir.path().join("cfg"));
     cmd.env("TMPDIR", dir.path());
     cmd.env_remove("LIFEBOAT_CONFIG");
