@@ -597,8 +597,10 @@ impl Runner {
                     .collect()
             })
             .unwrap_or_default();
-        let definition = self.config.definition_for_backup(&vm);
+        let config = self.config.clone();
         self.spawn_blocking(format!("backup {vm}"), move |cancel, progress| {
+            // May ask virsh: off the console's thread.
+            let definition = config.definition_for_backup(&vm);
             let repo = Repo::open(&path)?;
             let req = lifeboat_core::backup::BackupRequest {
                 vm,

@@ -704,10 +704,14 @@ impl PolicyRun {
                 .collect(),
             note: Some(format!("policy {}", self.policy.name)),
             created_at: Some(self.clock.now()),
-            definition: self.config.definition_for_backup(&self.vm),
+            definition: None,
         };
         let (root, cancel, progress) = (self.root.clone(), self.cancel.clone(), progress.clone());
+        let config = self.config.clone();
         tokio::task::spawn_blocking(move || {
+            // May ask virsh (bounded): off the scheduler's threads.
+            let mut req = req;
+            req.definition = config.definition_for_backup(&req.vm);
             let repo = Repo::open(&root)?;
             crate::backup::backup(&repo, &req, &cancel, &progress)
         })

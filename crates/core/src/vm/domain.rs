@@ -404,11 +404,25 @@ pub fn spec_from_xml(
     }
     disks.sort_by_key(|(o, _)| *o);
     let mut disks: Vec<DiskSpec> = disks.into_iter().map(|(_, d)| d).collect();
-    // Volumes the domain does not list (backed up anyway) come last.
+    // Volumes the domain does not list (backed up anyway) come last, on
+    // device names no disk of the domain uses (a restore must not point
+    // another disk of the domain at them).
+    let taken: Vec<DiskSpec> = devices
+        .iter()
+        .flat_map(|d| d.elements())
+        .filter(|d| d.name == "disk")
+        .filter_map(|d| d.child("target").and_then(|t| t.attr("dev")))
+        .map(|t| DiskSpec {
+            volume: String::new(),
+            bus: Bus::Virtio,
+            target: t.to_string(),
+        })
+        .collect();
     for (name, _, _, bus) in volumes {
         if disks.iter().all(|d| &d.volume != name) {
             let bus = bus.unwrap_or_default();
-            let target = free_target(&disks, bus);
+            let used: Vec<DiskSpec> = disks.iter().chain(&taken).cloned().collect();
+            let target = free_target(&used, bus);
             disks.push(DiskSpec {
                 volume: name.clone(),
                 bus,
@@ -859,6 +873,13 @@ mod tests {
         .unwrap();
         assert_eq!(again.disks.len(), 2);
         let (kept, _) = restored_xml(&def, &disks, true, Some("web01-dr")).unwrap();
+        // A volume the domain does not list gets a device name no disk of
+        // the domain has (vdc is the scratch disk's, dropped above).
+        let mut more = vols();
+        more.push(("logs".into(), Role::Data, "/srv/logs.raw".into(), None));
+        let s = spec_from_xml(XML, &more).unwrap();
+        assert_eq!(s.disks[2].volume, "logs");
+        assert_eq!(s.disks[2].target, "vdd");
         assert!(kept.contains("52:54:00:12:34:56") && kept.contains("<name>web01-dr</name>"));
     }
 

@@ -460,11 +460,76 @@ fn read_domain_file(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| Error::io("reading the domain XML", path, e))
 }
 
+/// Runs a helper tool (virsh, virt-xml-validate) with a time limit and
+/// bounded output: a libvirtd that does not answer must not hang a
+/// backup or the console. On timeout the tool is killed.
+pub fn run_bounded(
+    cmd: &mut std::process::Command,
+    limit: std::time::Duration,
+) -> std::io::Result<std::process::Output> {
+    use std::io::Read;
+    use std::process::Stdio;
+    const MAX_OUTPUT: u64 = 4 << 20;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(r) = r {
+                let _ = r.take(MAX_OUTPUT).read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {} s", limit.as_secs()),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    Ok(std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
+}
+
 fn virsh_dumpxml(domain: &str) -> Result<String> {
-    let out = std::process::Command::new("virsh")
-        .args(["dumpxml", "--inactive", "--security-info", "--", domain])
-        .output()
-        .map_err(|e| {
+    let out = run_bounded(
+        std::process::Command::new("virsh").args([
+            "dumpxml",
+            "--inactive",
+            "--security-info",
+            "--",
+            domain,
+        ]),
+        std::time::Duration::from_secs(30),
+    )
+    .map_err(|e| {
             Error::BadInput(format!(
                 "cannot run virsh to read domain {domain} ({e}): install libvirt-clients, or set domain_xml to a saved copy"
             ))
@@ -575,6 +640,28 @@ mod tests {
             b
         )
         .is_err());
+    }
+
+    #[test]
+    fn helper_tools_are_bounded_in_time() {
+        let t = std::time::Instant::now();
+        let e = run_bounded(
+            std::process::Command::new("sleep").arg("30"),
+            std::time::Duration::from_millis(300),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        let o = run_bounded(
+            std::process::Command::new("sh").args(["-c", "echo out; echo err >&2; exit 3"]),
+            std::time::Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(
+            (o.stdout.as_slice(), o.stderr.as_slice()),
+            (&b"out\n"[..], &b"err\n"[..])
+        );
+        assert_eq!(o.status.code(), Some(3));
     }
 
     #[test]

@@ -98,11 +98,10 @@ pub fn write_vm(
 
 /// Runs libvirt's `virt-xml-validate FILE domain`.
 pub fn validate(file: &Path) -> Validation {
-    match Command::new("virt-xml-validate")
-        .arg(file)
-        .arg("domain")
-        .output()
-    {
+    match super::run_bounded(
+        Command::new("virt-xml-validate").arg(file).arg("domain"),
+        std::time::Duration::from_secs(60),
+    ) {
         Ok(o) if o.status.success() => Validation::Valid,
         Ok(o) => {
             let text = format!(
@@ -167,7 +166,11 @@ pub fn attach(args: &[String]) -> Result<String> {
 }
 
 fn virsh(args: &[&str], by_hand: &str) -> Result<String> {
-    let out = Command::new("virsh").args(args).output().map_err(|e| {
+    let out = super::run_bounded(
+        Command::new("virsh").args(args),
+        std::time::Duration::from_secs(60),
+    )
+    .map_err(|e| {
         Error::BadInput(format!(
             "virsh could not run here ({e}); on the host that runs libvirt, run: {by_hand}"
         ))
