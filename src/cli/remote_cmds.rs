@@ -95,6 +95,9 @@ fn rate_text(b: u64) -> String {
 
 pub fn remote_add(ctx: &Ctx, a: RemoteAddArgs) -> anyhow::Result<Outcome> {
     lifeboat_core::names::check_name("remote", &a.name)?;
+    if a.name == "local" {
+        bail!("a remote may not be named \"local\": that name means the local repository (drill --from local)");
+    }
     url::check_url(&a.url)?;
     if a.token_env.is_some() && a.token_file.is_some() {
         bail!("give --token-env or --token-file, not both");

@@ -307,6 +307,12 @@ impl Config {
                     format!("remote name {name:?} is invalid: use 1 to 128 of A-Z a-z 0-9 . _ -"),
                 ));
             }
+            if name == "local" {
+                return Err(err(
+                    None,
+                    "a remote may not be named \"local\": that name means the local repository (drill --from local); rename it".into(),
+                ));
+            }
             crate::store::url::check_url(&r.url)
                 .map_err(|e| err(None, format!("remote {name}: {e}")))?;
         }
@@ -473,6 +479,15 @@ mod tests {
         let text = include_str!("../../../assets/config.sample.toml");
         let cfg = Config::parse(Path::new("sample.toml"), text).unwrap();
         assert!(!cfg.vms.is_empty());
+    }
+
+    #[test]
+    fn a_remote_named_local_is_refused() {
+        let text = "[remote.local]\nurl = \"/srv/x\"\n";
+        let e = Config::parse(Path::new("/etc/lb.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("may not be named \"local\""), "{e}");
     }
 
     #[test]
