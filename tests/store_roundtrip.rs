@@ -339,3 +339,40 @@ fn inventory_from_config_file() {
     run(&["restore", "app/root", "--to", out.to_str().unwrap()]);
     assert_same_image(&a, &out);
 }
+
+/// Format-1 repositories (written before VM definitions) are read, and
+/// the first format-2 manifest that goes into one, by a backup or by a
+/// push, marks the repository format 2 first.
+#[test]
+fn format_1_repositories_are_read_and_upgraded_by_the_first_newer_manifest() {
+    let w = World::new();
+    w.init("64K");
+    let downgrade = |root: &std::path::Path| {
+        let cfg = root.join("lifeboat.json");
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        assert!(text.contains("\"format\": 2"), "{text}");
+        std::fs::write(&cfg, text.replace("\"format\": 2", "\"format\": 1")).unwrap();
+    };
+    let format = |root: &std::path::Path| -> u64 {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(root.join("lifeboat.json")).unwrap()).unwrap();
+        v["format"].as_u64().unwrap()
+    };
+    downgrade(&w.repo());
+    w.ok(&["verify"]);
+    let img = w.backup_noise("vm", "a.raw", 1 << 20, 7);
+    assert_eq!(format(&w.repo()), 2, "a backup upgrades the repository");
+    let dst = w.path("old");
+    let out = w
+        .cmd()
+        .arg("-r")
+        .arg(&dst)
+        .args(["init", "--chunk-size", "64K"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    downgrade(&dst);
+    w.ok(&["push", dst.to_str().unwrap()]);
+    assert_eq!(format(&dst), 2, "a push upgrades its destination");
+    w.restore_equals(&dst, "vm/root@latest", &img);
+}

@@ -219,9 +219,17 @@ impl Store for LocalStore {
         blocking(move || match key {
             // Data objects: staged, committed with their batch.
             ObjectKey::Chunk(_) | ObjectKey::Index(_) => this.stage(&key, &data),
-            ObjectKey::Manifest(_) => {
+            ObjectKey::Manifest(mk) => {
                 if path.exists() {
                     return Ok(false);
+                }
+                // A newer manifest marks the repository newer first, as a
+                // backup does (an older lifeboat then refuses the whole
+                // repository, not single manifests).
+                let format = crate::repo::Manifest::from_bytes(&mk, &data)?.format;
+                if format > crate::repo::manifest::OLDEST_FORMAT {
+                    let mut repo = crate::repo::Repo::open(&this.root)?;
+                    repo.upgrade_format()?;
                 }
                 // Everything staged so far becomes durable and visible, and
                 // the renames durable, before the manifest can exist.
