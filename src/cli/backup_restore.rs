@@ -345,8 +345,7 @@ pub async fn restore(
                 }),
             "attached": attached.as_ref().and_then(|r| r.as_ref().ok()),
         }))?;
-    }
-    if !ctx.json {
+    } else {
         print_restored(&fetch, &remote, &summary, &outcomes);
     }
     let mut failed = None;

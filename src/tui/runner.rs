@@ -623,15 +623,12 @@ impl Runner {
             ..Default::default()
         };
         let (config, root) = (self.config.clone(), self.repo_path.clone());
-        let store = match source.as_str() {
-            "local" => None,
-            name => Some(self.store(name)),
-        };
+        let store = lifeboat_core::drill::open_source(&self.config, &source);
         self.spawn_async(
             format!("drill {vm} from {source}"),
             move |cancel, progress| async move {
                 let req = lifeboat_core::drill::request_for(&config, &vm, &overrides)?;
-                let store = store.transpose()?;
+                let store = store?;
                 let r = lifeboat_core::drill::run_recorded(
                     &root,
                     store.as_deref(),

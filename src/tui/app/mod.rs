@@ -986,39 +986,34 @@ impl App {
             }
             return effects;
         };
-        j.state = match (&result, cancelled) {
-            (_, true) => JobState::Cancelled,
-            (Ok(msg), _) => JobState::Done(msg.clone()),
-            (Err(e), _) => JobState::Failed(e.clone()),
-        };
-        j.ended_at = Some(now);
-        let title = j.title.clone();
-        // A report of several lines (a drill's): the first is the
-        // summary, all of them go to the job's log.
-        let full = match &j.state {
-            JobState::Done(m) | JobState::Failed(m) => m.clone(),
-            _ => "cancelled".into(),
+        // A report of several lines (a drill's): the first is the job's
+        // summary, all of them go to its log.
+        let full = match (&result, cancelled) {
+            (_, true) => "cancelled".to_string(),
+            (Ok(m), _) | (Err(m), _) => m.clone(),
         };
         let first = full.lines().next().unwrap_or("").to_string();
-        let (line, outcome, message) = match &j.state {
-            JobState::Done(_) => (format!("done — {first}"), JobOutcome::Done, first.clone()),
-            JobState::Failed(_) => (
-                format!("FAILED — {first}"),
-                JobOutcome::Failed,
-                first.clone(),
-            ),
-            _ => (
+        let (state, line, outcome) = match (&result, cancelled) {
+            (_, true) => (
+                JobState::Cancelled,
                 "cancelled".into(),
                 JobOutcome::Cancelled,
-                "cancelled".into(),
+            ),
+            (Ok(_), _) => (
+                JobState::Done(first.clone()),
+                format!("done — {first}"),
+                JobOutcome::Done,
+            ),
+            (Err(_), _) => (
+                JobState::Failed(first.clone()),
+                format!("FAILED — {first}"),
+                JobOutcome::Failed,
             ),
         };
-        if let JobState::Done(_) | JobState::Failed(_) = &j.state {
-            j.state = match outcome {
-                JobOutcome::Done => JobState::Done(first.clone()),
-                _ => JobState::Failed(first.clone()),
-            };
-        }
+        let message = if cancelled { full.clone() } else { first };
+        j.state = state;
+        j.ended_at = Some(now);
+        let title = j.title.clone();
         self.job_log(id, line.clone());
         for l in full.lines().skip(1) {
             self.job_log(id, l.to_string());

@@ -444,15 +444,12 @@ impl Daemon {
                     return;
                 }
             };
-            let store = match req.source.as_str() {
-                "local" => None,
-                name => match crate::store::remote::resolve(&config, name) {
-                    Ok((_, s)) => Some(s),
-                    Err(e) => {
-                        tracing::warn!("drill {vm}: remote {name}: {e}");
-                        return;
-                    }
-                },
+            let store = match crate::drill::open_source(&config, &req.source) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("drill {vm}: remote {}: {e}", req.source);
+                    return;
+                }
             };
             tracing::info!("drill {vm} from {}: started", req.source);
             let progress = Arc::new(Progress::new());

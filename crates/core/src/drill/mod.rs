@@ -105,10 +105,6 @@ impl DrillReport {
     pub fn passed(&self) -> bool {
         self.outcome == DrillOutcome::Pass
     }
-
-    pub fn phase(&self, name: &str) -> Option<&PhaseTime> {
-        self.phases.iter().find(|p| p.name == name)
-    }
 }
 
 /// Where a VM is drilled from when the admin does not say: its
@@ -179,6 +175,19 @@ pub fn request_for(
         command,
         local_definition: config.definition_for_backup(vm),
     })
+}
+
+/// The store a drill takes its backup from: None for "local", else the
+/// configured remote (the CLI opens remotes itself, under its bandwidth
+/// limits).
+pub fn open_source(
+    config: &crate::config::Config,
+    source: &str,
+) -> Result<Option<crate::store::DynStore>> {
+    match source {
+        "local" => Ok(None),
+        name => crate::store::remote::resolve(config, name).map(|(_, s)| Some(s)),
+    }
 }
 
 /// Runs a drill and keeps its report in the local repository's history

@@ -32,6 +32,9 @@ const BATCH: usize = 64;
 pub struct LocalStore {
     root: PathBuf,
     staged: Arc<Staged>,
+    /// The repository's config is known to be the newest format: manifests
+    /// need not look at it again.
+    current_format: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Staged objects: their key and temp file. One lock also serialises
@@ -57,6 +60,7 @@ impl LocalStore {
         LocalStore {
             root: root.into(),
             staged: Arc::new(Staged::default()),
+            current_format: Arc::default(),
         }
     }
 
@@ -226,10 +230,13 @@ impl Store for LocalStore {
                 // A newer manifest marks the repository newer first, as a
                 // backup does (an older lifeboat then refuses the whole
                 // repository, not single manifests).
-                let format = crate::repo::Manifest::from_bytes(&mk, &data)?.format;
-                if format > crate::repo::manifest::OLDEST_FORMAT {
-                    let mut repo = crate::repo::Repo::open(&this.root)?;
-                    repo.upgrade_format()?;
+                use std::sync::atomic::Ordering;
+                if !this.current_format.load(Ordering::Relaxed)
+                    && crate::repo::Manifest::from_bytes(&mk, &data)?.format
+                        > crate::repo::manifest::OLDEST_FORMAT
+                {
+                    crate::repo::Repo::open(&this.root)?.upgrade_format()?;
+                    this.current_format.store(true, Ordering::Relaxed);
                 }
                 // Everything staged so far becomes durable and visible, and
                 // the renames durable, before the manifest can exist.

@@ -378,14 +378,24 @@ async fn watch(
         if cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
-        let text = serial.lock().map(|s| s.text.clone()).unwrap_or_default();
-        seen_output |= !text.is_empty();
-        let fw = read_tail(fw_log);
-        if let Some(why) = failure_in(&text, &c.fail).or_else(|| failure_in(&fw, &[])) {
+        // Looked at under the lock: the text may be a megabyte, and this
+        // runs ten times a second.
+        let (failed, shown, any) = serial
+            .lock()
+            .map(|s| {
+                (
+                    failure_in(&s.text, &c.fail),
+                    pattern.is_none_or(|p| s.text.contains(p)),
+                    !s.text.is_empty(),
+                )
+            })
+            .unwrap_or((None, false, false));
+        seen_output |= any;
+        if let Some(why) = failed.or_else(|| failure_in(&read_tail(fw_log), &[])) {
             fail(report, "boot", why);
             return Ok(());
         }
-        if pattern.is_none_or(|p| text.contains(p)) {
+        if shown {
             report.boot_secs = started.elapsed().as_secs_f64();
             break;
         }
@@ -455,8 +465,11 @@ async fn watch(
         if pending.is_empty() {
             break;
         }
-        let text = serial.lock().map(|s| s.text.clone()).unwrap_or_default();
-        if let Some(why) = failure_in(&text, &c.fail) {
+        let failed = serial
+            .lock()
+            .ok()
+            .and_then(|s| failure_in(&s.text, &c.fail));
+        if let Some(why) = failed {
             fail(report, "checks", why);
             return Ok(());
         }

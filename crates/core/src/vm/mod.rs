@@ -327,11 +327,6 @@ impl Definition {
         }
         Ok(())
     }
-
-    /// The root disk (boot disk): the first disk in boot order.
-    pub fn boot_volume(&self) -> Option<&DiskSpec> {
-        self.spec.disks.first()
-    }
 }
 
 fn check_checks(c: &BootChecks) -> std::result::Result<(), String> {
