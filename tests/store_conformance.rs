@@ -62,6 +62,7 @@ fn objects_for(vm: &str) -> Objects {
         stats: Stats::default(),
         labels: Labels::default(),
         definition: None,
+        capture: None,
     };
     let v = |k: ObjectKey, b: Vec<u8>| Verified::check(k, Bytes::from(b)).unwrap();
     Objects {

@@ -112,6 +112,7 @@ pub async fn backup(
     let req = BackupRequest {
         volumes: volume_specs(ctx, &vm, &volumes, format)?,
         definition: ctx.config.definition_for_backup(&vm),
+        live: ctx.config.live_for(&vm),
         vm,
         note,
         created_at: None,

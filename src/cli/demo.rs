@@ -457,6 +457,7 @@ pub async fn build(w: &World) -> anyhow::Result<()> {
             note,
             created_at: Some(*t),
             definition: config.definition_for_backup(p.name),
+            live: config.live_for(p.name),
         };
         let r = repo.clone();
         let (c, pr) = (cancel.clone(), std::sync::Arc::new(Progress::new()));

@@ -255,7 +255,7 @@ async fn index_of_file(
 ) -> anyhow::Result<Index> {
     let scan = run_job("hash", json, move |c, p| {
         let mut src = source::open(&path, format)?;
-        lifeboat_core::backup::pipeline::scan(src.reader.as_mut(), chunk_size, None, c, p)
+        lifeboat_core::backup::pipeline::scan(src.reader.as_mut(), chunk_size, None, None, c, p)
     })
     .await?;
     Ok(scan.index)

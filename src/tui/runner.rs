@@ -603,6 +603,7 @@ impl Runner {
             let definition = config.definition_for_backup(&vm);
             let repo = Repo::open(&path)?;
             let req = lifeboat_core::backup::BackupRequest {
+                live: config.live_for(&vm),
                 vm,
                 volumes,
                 note: Some("from the console".into()),
@@ -812,6 +813,7 @@ impl Runner {
             let live = lifeboat_core::backup::pipeline::scan(
                 src.reader.as_mut(),
                 ia.chunk_size,
+                None,
                 None,
                 cancel,
                 progress,

@@ -53,6 +53,7 @@ fn backup(vm: &str, vol: &str, hours_ago: i64, seed: u8) -> (ManifestKey, Manife
             ..Default::default()
         },
         definition: None,
+        capture: None,
     };
     (m.key(), m)
 }

@@ -63,6 +63,18 @@ pub struct VmConfig {
     pub check: Option<crate::vm::CheckConfig>,
     /// Restore drills of this VM (`[vm.drill]`).
     pub drill: Option<DrillConfig>,
+    /// The running VM's QMP monitor socket (relative: to this file). A
+    /// running VM is then backed up through QEMU at one instant, never by
+    /// reading its disks behind QEMU's back.
+    pub qmp: Option<PathBuf>,
+    /// The host end of the VM's qemu-guest-agent channel (a chardev
+    /// socket): filesystems are frozen for the instant of a backup.
+    pub guest_agent: Option<PathBuf>,
+    /// Seconds the guest agent may take to answer and to freeze (default 10).
+    pub freeze_timeout: Option<u64>,
+    /// Track changes with persistent dirty bitmaps (default true): running
+    /// VMs and qcow2 images then read only what changed.
+    pub bitmaps: Option<bool>,
 }
 
 /// `[vm.drill]`: scheduled restore drills.
@@ -282,6 +294,14 @@ impl Config {
                         .map_err(|e| err(line, format!("{whose}: drill schedule: {e}")))?;
                 }
             }
+            if let Some(t) = vm.freeze_timeout {
+                if !(1..=600).contains(&t) {
+                    return Err(err(
+                        line,
+                        format!("{whose}: freeze_timeout = {t}: give 1 to 600 seconds"),
+                    ));
+                }
+            }
             // A spec that cannot be stored is refused now, not at backup.
             let def = crate::vm::Definition {
                 format: 1,
@@ -441,6 +461,20 @@ impl Config {
                 }
             }
         }
+    }
+
+    /// How a backup reaches the VM's QEMU.
+    pub fn live_for(&self, vm: &str) -> crate::live::LiveConfig {
+        let mut live = crate::live::LiveConfig::default();
+        if let Some(v) = self.vm(vm) {
+            live.qmp = v.qmp.as_ref().map(|p| self.resolve(p));
+            live.agent = v.guest_agent.as_ref().map(|p| self.resolve(p));
+            if let Some(t) = v.freeze_timeout {
+                live.freeze_timeout = std::time::Duration::from_secs(t.clamp(1, 600));
+            }
+            live.bitmaps = v.bitmaps.unwrap_or(true);
+        }
+        live
     }
 
     pub fn remote(&self, name: &str) -> Option<&RemoteConfig> {

@@ -49,6 +49,12 @@ pub enum Error {
     #[error("qemu-img: {0}")]
     Qemu(String),
 
+    #[error("QEMU monitor {path}: {reason}", path = .path.display())]
+    Qmp { path: PathBuf, reason: String },
+
+    #[error("guest agent {path}: {reason}", path = .path.display())]
+    Agent { path: PathBuf, reason: String },
+
     #[error("config {path}: {reason}", path = .path.display())]
     Config { path: PathBuf, reason: String },
 

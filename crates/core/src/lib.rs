@@ -13,6 +13,7 @@ pub mod drill;
 pub mod error;
 pub mod gc;
 pub mod jobs;
+pub mod live;
 pub mod lock;
 pub mod metrics;
 pub mod names;

@@ -211,6 +211,7 @@ mod tests {
                 ..Default::default()
             },
             definition: None,
+            capture: None,
         };
         (m.key(), m)
     }

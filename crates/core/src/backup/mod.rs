@@ -10,8 +10,13 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::jobs::{CancellationToken, Progress};
 use crate::names::check_name;
+use crate::live::bitmap::Read;
+use crate::live::capture::{PreviousBackup, Session};
+use crate::live::qmp::{Absent, Qmp};
+use crate::live::LiveConfig;
 use crate::repo::manifest::{
-    Labels, Manifest, Role, SourceInfo, Stats, VmInfo, VolumeInfo, FORMAT_VERSION,
+    Capture, Consistency, Labels, Manifest, Role, SourceInfo, Stats, VmInfo, VolumeInfo,
+    FORMAT_VERSION,
 };
 use crate::repo::Id;
 use crate::repo::{ManifestKey, Repo};
@@ -25,7 +30,7 @@ pub struct VolumeSpec {
     pub format: FormatChoice,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct BackupRequest {
     pub vm: String,
     pub volumes: Vec<VolumeSpec>,
@@ -36,6 +41,8 @@ pub struct BackupRequest {
     /// The VM's definition, stored with the set (None for volumes given
     /// on the command line outside the inventory).
     pub definition: Option<crate::vm::Definition>,
+    /// How to reach the VM's QEMU when it runs.
+    pub live: LiveConfig,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -53,6 +60,7 @@ pub struct VolumeOutcome {
     pub index: Id,
     pub stats: Stats,
     pub seconds: f64,
+    pub capture: Capture,
 }
 
 pub fn hostname() -> String {
@@ -82,49 +90,109 @@ pub fn backup(
     for v in &req.volumes {
         check_name("volume", &v.name)?;
     }
-    // Held until the manifests are written: a gc cannot delete a chunk
-    // this backup found already stored (see `lock`).
     if let Some(d) = &req.definition {
         d.check()?;
     }
+    // Held until the manifests are written: a gc cannot delete a chunk
+    // this backup found already stored (see `lock`).
     let lock = crate::lock::LocalWriter::start(repo.root(), &format!("backup {}", req.vm))?;
     let set = hex::encode(rand::random::<[u8; 16]>());
     let existing = repo.load_all()?;
     let host = hostname();
+    let previous: Vec<Option<&(ManifestKey, Manifest)>> = req
+        .volumes
+        .iter()
+        .map(|v| {
+            existing
+                .iter()
+                .rev()
+                .find(|(k, _)| k.vm == req.vm && k.volume == v.name)
+        })
+        .collect();
+    let mut live = start_live(repo, req, &previous, &set, progress)?;
+    let mut offline_note = None;
+    if let Live::NotRunning(why) = &live {
+        offline_note = Some(format!("the VM is not running: {why}"));
+    }
     let mut staged: Vec<(Manifest, f64)> = Vec::new();
-    for spec in &req.volumes {
+    let mut offline_bitmaps = Vec::new();
+    for (i, spec) in req.volumes.iter().enumerate() {
         let started = std::time::Instant::now();
         progress.set_phase(&format!("opening {}", spec.name));
-        // A disk a running VM writes would be read torn: refuse it rather
-        // than store a backup that may not restore.
-        if source::qemu::held_for_writing(&spec.path) {
-            return Err(Error::Source {
-                path: spec.path.clone(),
-                reason: source::qemu::IN_USE.into(),
-            });
-        }
-        let mut src = source::open(&spec.path, spec.format)?;
-        progress.set_phase(&format!("backing up {}", spec.name));
+        let (mut reader, format, mut capture) = match &mut live {
+            Live::Running(session) => {
+                let reader: Box<dyn source::VolumeReader> = Box::new(session.reader(i)?);
+                let d = &session.disks[i];
+                let capture = Capture {
+                    consistency: session.consistency,
+                    note: session.note.clone(),
+                    bitmap: d.new_bitmap.clone(),
+                    incremental: matches!(d.read, Read::Incremental { .. }),
+                    full_reason: match &d.read {
+                        Read::Full { reason } => Some(reason.clone()),
+                        Read::Incremental { .. } => None,
+                    },
+                    bytes_read: 0,
+                };
+                (reader, d.format, capture)
+            }
+            Live::NotRunning(_) | Live::NotConfigured => {
+                let prev = previous[i].map(|(_, m)| previous_backup(m));
+                let opened = crate::live::offline::open(
+                    &spec.path,
+                    spec.format,
+                    prev.as_ref(),
+                    repo.chunk_size(),
+                    &set,
+                    &req.live,
+                )?;
+                let capture = Capture {
+                    consistency: Consistency::Offline,
+                    note: offline_note.clone(),
+                    bitmap: opened.bitmaps.as_ref().and_then(|b| b.new_bitmap.clone()),
+                    incremental: opened.incremental(),
+                    full_reason: opened.full_reason.clone(),
+                    bytes_read: 0,
+                };
+                if let Some(b) = opened.bitmaps {
+                    offline_bitmaps.push(b);
+                }
+                (opened.source.reader, opened.source.format, capture)
+            }
+        };
+        let base_index = match (reader.dirty_extents(), previous[i]) {
+            (Some(_), Some((_, m))) => Some(repo.read_index(&m.index)?),
+            _ => None,
+        };
+        progress.set_phase(&format!(
+            "backing up {}{}",
+            spec.name,
+            if base_index.is_some() { " (changed blocks only)" } else { "" }
+        ));
         let writer = repo.chunk_writer();
         let level = repo.config.compression.level;
+        let dirty = reader.dirty_extents().cloned();
+        let base = match (&dirty, &base_index) {
+            (Some(d), Some(index)) => Some(pipeline::Base { dirty: d, index }),
+            _ => None,
+        };
         let scan = pipeline::scan(
-            src.reader.as_mut(),
+            reader.as_mut(),
             repo.chunk_size(),
             Some(pipeline::Store {
                 writer: &writer,
                 level,
             }),
+            base,
             cancel,
             progress,
         )?;
+        drop(reader);
+        capture.bytes_read = scan.bytes_read;
         progress.set_phase(&format!("committing {}", spec.name));
         writer.commit()?;
         let index_id = repo.write_index(&scan.index)?;
-        let parent = existing
-            .iter()
-            .rev()
-            .find(|(k, _)| k.vm == req.vm && k.volume == spec.name)
-            .map(|(k, _)| k.id);
+        let parent = previous[i].map(|(k, _)| k.id);
         let manifest = Manifest {
             format: FORMAT_VERSION,
             vm: VmInfo {
@@ -133,7 +201,7 @@ pub fn backup(
             volume: VolumeInfo {
                 name: spec.name.clone(),
                 role: spec.role,
-                format: src.format,
+                format,
                 virtual_size: scan.index.image_size,
             },
             created_at: req.created_at.unwrap_or_else(Utc::now),
@@ -157,6 +225,7 @@ pub fn backup(
                 protected: false,
             },
             definition: None,
+            capture: Some(capture),
         };
         staged.push((manifest, started.elapsed().as_secs_f64()));
     }
@@ -185,11 +254,77 @@ pub fn backup(
             index: m.index,
             stats: m.stats.clone(),
             seconds,
+            capture: m.capture.clone().unwrap_or(Capture {
+                consistency: Consistency::Offline,
+                note: None,
+                bitmap: None,
+                incremental: false,
+                full_reason: None,
+                bytes_read: 0,
+            }),
         });
+    }
+    // Every manifest is durable: the bitmaps they name take over.
+    if let Live::Running(session) = live {
+        for w in session.commit() {
+            tracing::warn!("VM {}: cleaning up after the backup: {w}", req.vm);
+        }
+    }
+    for b in offline_bitmaps {
+        b.commit();
     }
     Ok(BackupResult {
         vm: req.vm.clone(),
         set,
         volumes,
     })
+}
+
+enum Live {
+    NotConfigured,
+    NotRunning(&'static str),
+    Running(Box<Session>),
+}
+
+fn previous_backup(m: &Manifest) -> PreviousBackup {
+    PreviousBackup {
+        bitmap: m.capture.as_ref().and_then(|c| c.bitmap.clone()),
+        chunk_size: m.chunk_size,
+        size: m.volume.virtual_size,
+    }
+}
+
+/// Connects to the VM's QEMU when it has a monitor and runs there, and
+/// captures every disk at one instant.
+fn start_live(
+    repo: &Repo,
+    req: &BackupRequest,
+    previous: &[Option<&(ManifestKey, Manifest)>],
+    set: &str,
+    progress: &Progress,
+) -> Result<Live> {
+    let Some(path) = &req.live.qmp else {
+        return Ok(Live::NotConfigured);
+    };
+    let qmp = match Qmp::connect(path, crate::live::QMP_TIMEOUT)? {
+        Ok(q) => q,
+        Err(Absent(why)) => return Ok(Live::NotRunning(why)),
+    };
+    progress.set_phase("asking QEMU for a point-in-time copy");
+    let volumes: Vec<(String, PathBuf)> = req
+        .volumes
+        .iter()
+        .map(|v| (v.name.clone(), v.path.clone()))
+        .collect();
+    let prevs: Vec<Option<PreviousBackup>> = previous
+        .iter()
+        .map(|p| p.map(|(_, m)| previous_backup(m)))
+        .collect();
+    let mut session = Session::begin(qmp, &volumes, &prevs, repo.chunk_size(), set, &req.live)?;
+    session.capture(&req.live)?;
+    for r in &session.repaired {
+        progress.push_line(&format!("repaired: {r}"));
+        tracing::warn!("VM {}: {r}", req.vm);
+    }
+    Ok(Live::Running(Box::new(session)))
 }

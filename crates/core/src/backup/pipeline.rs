@@ -36,12 +36,29 @@ pub struct ScanResult {
     pub index: Index,
     pub new_chunks: u64,
     pub new_stored_bytes: u64,
+    /// Guest bytes read from the source (less than the disk when a dirty
+    /// bitmap let unchanged chunks come from the previous index).
+    pub bytes_read: u64,
+    /// Chunks taken from the previous index unread.
+    pub reused_chunks: u64,
 }
 
 struct Done {
     i: usize,
     id: Id,
     stored: Option<u64>,
+    read: bool,
+}
+
+impl Done {
+    fn unread(i: usize, id: Id) -> Done {
+        Done {
+            i,
+            id,
+            stored: None,
+            read: false,
+        }
+    }
 }
 
 struct Layout<'e> {
@@ -49,6 +66,8 @@ struct Layout<'e> {
     chunk_size: u64,
     n: usize,
     extents: &'e [(u64, u64)],
+    /// With a dirty bitmap: what changed, and the previous backup's chunks.
+    reuse: Option<(&'e [(u64, u64)], &'e [Id])>,
 }
 
 impl Layout<'_> {
@@ -61,12 +80,35 @@ impl Layout<'_> {
         let (start, len) = self.span(i);
         overlaps(self.extents, start, start + len)
     }
+
+    /// The previous backup's chunk when the bitmap says this one did not
+    /// change since and the repository still holds it.
+    fn unchanged(&self, i: usize, store: Option<&Store<'_, '_>>) -> Option<Id> {
+        let (dirty, base) = self.reuse?;
+        let (start, len) = self.span(i);
+        if overlaps(dirty, start, start + len) {
+            return None;
+        }
+        let id = *base.get(i)?;
+        match store {
+            _ if id.is_zero() => Some(id),
+            Some(st) if st.writer.known(&id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// The previous backup a dirty bitmap is relative to.
+pub struct Base<'a> {
+    pub dirty: &'a [(u64, u64)],
+    pub index: &'a Index,
 }
 
 pub fn scan(
     reader: &mut dyn VolumeReader,
     chunk_size: u64,
     store: Option<Store<'_, '_>>,
+    base: Option<Base<'_>>,
     cancel: &CancellationToken,
     progress: &Progress,
 ) -> Result<ScanResult> {
@@ -74,11 +116,19 @@ pub fn scan(
     let size = reader.size();
     let n = chunk_count(size, chunk_size) as usize;
     let extents = reader.data_extents()?;
+    let reuse = base
+        .filter(|b| {
+            b.index.chunk_size == chunk_size
+                && b.index.image_size == size
+                && b.index.chunks.len() == n
+        })
+        .map(|b| (b.dirty, b.index.chunks.as_slice()));
     let layout = Layout {
         size,
         chunk_size,
         n,
         extents: &extents,
+        reuse,
     };
     progress.set_totals(size, n as u64);
     let workers = worker_threads();
@@ -86,9 +136,13 @@ pub fn scan(
     let mut chunks = vec![Id::ZERO; n];
     let mut new_chunks = 0u64;
     let mut new_stored = 0u64;
+    let mut read_bytes = 0u64;
+    let mut reused = 0u64;
     let next = AtomicUsize::new(0);
 
+    let counted = &mut *reader;
     std::thread::scope(|s| -> Result<()> {
+        let reader = counted;
         // Results are small: a deep queue lets workers keep going while the
         // collector is in a file-system sync.
         let (done_tx, done_rx) = bounded::<Result<Done>>(1024);
@@ -115,7 +169,7 @@ pub fn scan(
             }
             let tx = done_tx.clone();
             reader_thread =
-                Some(s.spawn(move || read_loop(reader, layout, work_tx, tx, free_rx, cancel)));
+                Some(s.spawn(move || read_loop(reader, layout, store, work_tx, tx, free_rx, cancel)));
         }
         drop(done_tx);
         let mut first_err = None;
@@ -123,6 +177,11 @@ pub fn scan(
             match done {
                 Ok(d) => {
                     chunks[d.i] = d.id;
+                    if d.read {
+                        read_bytes += layout.span(d.i).1;
+                    } else if layout.may_hold_data(d.i) {
+                        reused += 1;
+                    }
                     if let Some(bytes) = d.stored {
                         new_chunks += 1;
                         new_stored += bytes;
@@ -165,6 +224,8 @@ pub fn scan(
         },
         new_chunks,
         new_stored_bytes: new_stored,
+        bytes_read: reader.bytes_read().unwrap_or(read_bytes),
+        reused_chunks: reused,
     })
 }
 
@@ -188,7 +249,9 @@ fn parallel_worker(
         if i >= layout.n {
             return;
         }
-        let res = if layout.may_hold_data(i) {
+        let res = if let Some(id) = layout.may_hold_data(i).then(|| layout.unchanged(i, store)).flatten() {
+            Ok(Done::unread(i, id))
+        } else if layout.may_hold_data(i) {
             let (start, len) = layout.span(i);
             // Copy pieces aside while hashing when the last chunk was new
             // (a full backup); otherwise hash only and read a new chunk
@@ -196,7 +259,7 @@ fn parallel_worker(
             let copied = store.is_some() && ws.last_was_new;
             let keep_copy = copied.then(|| ws.chunk.resize(len as usize));
             read_hashed(src, start, len as usize, scratch, keep_copy).and_then(|id| match id {
-                None => Ok(Done { i, id: Id::ZERO, stored: None }),
+                None => Ok(Done { i, id: Id::ZERO, stored: None, read: true }),
                 Some(id) => {
                     let done = keep(i, id, store, &mut ws, |buf: &mut AlignedBuf| {
                         if copied {
@@ -221,11 +284,7 @@ fn parallel_worker(
                 }
             })
         } else {
-            Ok(Done {
-                i,
-                id: Id::ZERO,
-                stored: None,
-            })
+            Ok(Done::unread(i, Id::ZERO))
         };
         let failed = res.is_err();
         if done.send(res).is_err() || failed {
@@ -281,6 +340,7 @@ fn read_hashed(
 fn read_loop(
     reader: &mut dyn VolumeReader,
     layout: &Layout<'_>,
+    store: Option<&Store<'_, '_>>,
     work: Sender<(usize, Vec<u8>)>,
     done: Sender<Result<Done>>,
     free: Receiver<Vec<u8>>,
@@ -290,15 +350,13 @@ fn read_loop(
         if cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
-        if !layout.may_hold_data(i) {
-            if done
-                .send(Ok(Done {
-                    i,
-                    id: Id::ZERO,
-                    stored: None,
-                }))
-                .is_err()
-            {
+        let unread = if !layout.may_hold_data(i) {
+            Some(Id::ZERO)
+        } else {
+            layout.unchanged(i, store)
+        };
+        if let Some(id) = unread {
+            if done.send(Ok(Done::unread(i, id))).is_err() {
                 return Ok(());
             }
             continue;
@@ -331,6 +389,7 @@ fn fed_worker(
                 i,
                 id: Id::ZERO,
                 stored: None,
+                read: true,
             })
         } else {
             let id = Id::of(&buf);
@@ -370,6 +429,7 @@ fn keep(
             i,
             id,
             stored: None,
+            read: true,
         });
     };
     if store.writer.known(&id) {
@@ -377,6 +437,7 @@ fn keep(
             i,
             id,
             stored: None,
+            read: true,
         });
     }
     load(&mut ws.chunk)?;
@@ -389,5 +450,10 @@ fn keep(
         .writer
         .put(&id, ws.encoded.as_slice())?
         .then_some(n as u64);
-    Ok(Done { i, id, stored })
+    Ok(Done {
+        i,
+        id,
+        stored,
+        read: true,
+    })
 }

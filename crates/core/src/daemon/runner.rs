@@ -702,6 +702,7 @@ impl PolicyRun {
             note: Some(format!("policy {}", self.policy.name)),
             created_at: Some(self.clock.now()),
             definition: None,
+            live: self.config.live_for(&self.vm),
         };
         let (root, cancel, progress) = (self.root.clone(), self.cancel.clone(), progress.clone());
         let config = self.config.clone();

@@ -9,7 +9,8 @@ use super::id::Id;
 use crate::error::{Error, Result};
 use crate::names::{check_name, is_valid_name};
 
-/// Format 2 added `definition` (the VM's definition, stored as a chunk).
+/// Format 2 added `definition` (the VM's definition, stored as a chunk)
+/// and `capture` (how the disk was read: consistency, dirty bitmap).
 /// Format-1 manifests are still read.
 pub const FORMAT_VERSION: u32 = 2;
 pub const OLDEST_FORMAT: u32 = 1;
@@ -114,6 +115,79 @@ pub struct Manifest {
     pub labels: Labels,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub definition: Option<DefinitionRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<Capture>,
+}
+
+/// How consistent the captured disk is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// Read while no QEMU ran it (a stopped VM, or a disk image).
+    Offline,
+    /// A running VM's disks at one instant, as after a power cut.
+    Crash,
+    /// A running VM's disks at one instant with the guest's filesystems
+    /// frozen by its agent.
+    Application,
+}
+
+impl fmt::Display for Consistency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Consistency::Offline => "offline",
+            Consistency::Crash => "crash-consistent",
+            Consistency::Application => "application-consistent",
+        })
+    }
+}
+
+/// How a volume was read for this backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capture {
+    pub consistency: Consistency,
+    /// Why not application-consistent, or how long the guest was frozen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// The dirty bitmap (on the disk, in QEMU or the qcow2 file) that
+    /// records changes since this backup: the next backup's fast path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitmap: Option<String>,
+    /// Whether only the clusters a bitmap marked were read.
+    pub incremental: bool,
+    /// Why the whole disk was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_reason: Option<String>,
+    /// Guest bytes read from the disk.
+    pub bytes_read: u64,
+}
+
+/// Text fields of a capture are shown to people: bounded.
+const MAX_CAPTURE_TEXT: usize = 512;
+
+/// `lifeboat-` and 32 lowercase hex digits: the only bitmap names lifeboat
+/// creates, removes or exports.
+pub fn is_bitmap_name(s: &str) -> bool {
+    s.strip_prefix("lifeboat-").is_some_and(|h| {
+        h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    })
+}
+
+impl Capture {
+    fn check(&self) -> std::result::Result<(), String> {
+        if let Some(b) = &self.bitmap {
+            if !is_bitmap_name(b) {
+                return Err("its capture names a bitmap that is not lifeboat's".into());
+            }
+        }
+        for t in [&self.note, &self.full_reason].into_iter().flatten() {
+            if t.len() > MAX_CAPTURE_TEXT {
+                return Err(format!("its capture text is over {MAX_CAPTURE_TEXT} bytes"));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Manifest {
@@ -160,6 +234,12 @@ impl Manifest {
                     crate::vm::MAX_DEFINITION_BYTES
                 )));
             }
+        }
+        if let Some(c) = &m.capture {
+            if m.format < 2 {
+                return Err(bad("a format-1 manifest cannot carry a capture record".into()));
+            }
+            c.check().map_err(bad)?;
         }
         if m.vm.name != key.vm || m.volume.name != key.volume {
             return Err(bad(format!(
@@ -291,6 +371,7 @@ mod tests {
             stats: Stats::default(),
             labels: Labels::default(),
             definition: None,
+            capture: None,
         }
     }
 

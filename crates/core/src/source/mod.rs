@@ -37,6 +37,15 @@ pub trait VolumeReader: Send {
     fn shared(&self) -> Option<&dyn SharedRead> {
         None
     }
+    /// Guest bytes this reader fetched, when it counts them (NBD).
+    fn bytes_read(&self) -> Option<u64> {
+        None
+    }
+    /// What changed since the previous backup, when a dirty bitmap says
+    /// so: everything outside is taken from that backup's index.
+    fn dirty_extents(&self) -> Option<&Extents> {
+        None
+    }
 }
 
 pub trait SharedRead: Sync {
@@ -51,6 +60,12 @@ pub struct Source {
 
 /// Opens a volume, checking that it is the format claimed.
 pub fn open(path: &Path, claimed: FormatChoice) -> Result<Source> {
+    open_with_bitmap(path, claimed, None)
+}
+
+/// Opens a volume; a qcow2 image's persistent dirty bitmap `bitmap` is
+/// read too (the reader's `dirty_extents`).
+pub fn open_with_bitmap(path: &Path, claimed: FormatChoice, bitmap: Option<&str>) -> Result<Source> {
     let meta = std::fs::metadata(path).map_err(|e| Error::Source {
         path: path.to_path_buf(),
         reason: match e.kind() {
@@ -65,6 +80,14 @@ pub fn open(path: &Path, claimed: FormatChoice) -> Result<Source> {
         return Err(Error::Source {
             path: path.to_path_buf(),
             reason: "is a directory, not a volume image".into(),
+        });
+    }
+    // A disk a running VM writes would be read torn: never read it behind
+    // QEMU's back (a backup asks QEMU itself, see `live`).
+    if qemu::held_for_writing(path) {
+        return Err(Error::Source {
+            path: path.to_path_buf(),
+            reason: qemu::IN_USE.into(),
         });
     }
     let format = match claimed {
@@ -101,7 +124,7 @@ pub fn open(path: &Path, claimed: FormatChoice) -> Result<Source> {
     };
     let reader: Box<dyn VolumeReader> = match format {
         ImageFormat::Raw => Box::new(raw::RawReader::open(path)?),
-        ImageFormat::Qcow2 => Box::new(qemu::Qcow2Reader::open(path)?),
+        ImageFormat::Qcow2 => Box::new(qemu::Qcow2Reader::open(path, bitmap)?),
     };
     Ok(Source {
         path: path.to_path_buf(),

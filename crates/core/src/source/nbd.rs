@@ -1,11 +1,16 @@
-//! A minimal read-only NBD client (fixed newstyle handshake, NBD_OPT_GO,
-//! simple replies) for talking to our own `qemu-nbd` over a unix socket.
+//! A minimal read-only NBD client over a unix socket: fixed newstyle
+//! handshake, NBD_OPT_GO with an export name, structured replies, and
+//! block status for the `base:allocation` and `qemu:dirty-bitmap:NAME`
+//! meta contexts. It talks to our own `qemu-nbd` and to the exports a
+//! running QEMU serves for a backup; either way every reply is checked
+//! (magic, handle, lengths, offsets) before its bytes are used.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
+use super::Extents;
 use crate::error::{Error, Result};
 
 const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
@@ -13,21 +18,45 @@ const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
 const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 const REQUEST_MAGIC: u32 = 0x2560_9513;
 const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
 const FLAG_FIXED_NEWSTYLE: u16 = 1;
 const FLAG_NO_ZEROES: u16 = 2;
 const OPT_GO: u32 = 7;
+const OPT_STRUCTURED_REPLY: u32 = 8;
+const OPT_SET_META_CONTEXT: u32 = 10;
 const REP_ACK: u32 = 1;
 const REP_INFO: u32 = 3;
+const REP_META_CONTEXT: u32 = 4;
 const INFO_EXPORT: u16 = 0;
 const CMD_READ: u16 = 0;
 const CMD_DISC: u16 = 2;
+const CMD_BLOCK_STATUS: u16 = 7;
+const REPLY_FLAG_DONE: u16 = 1;
+const REPLY_NONE: u16 = 0;
+const REPLY_OFFSET_DATA: u16 = 1;
+const REPLY_OFFSET_HOLE: u16 = 2;
+const REPLY_BLOCK_STATUS: u16 = 5;
+const REPLY_ERROR_BIT: u16 = 1 << 15;
+/// `base:allocation`: the range reads as zeros.
+const STATE_ZERO: u32 = 2;
+/// `qemu:dirty-bitmap:NAME`: the range changed since the bitmap started.
+const STATE_DIRTY: u32 = 1;
 /// qemu-nbd refuses requests over 32 MiB.
 const MAX_REQUEST: usize = 32 << 20;
+/// Block status asks about at most this much at once (a 32-bit length).
+const MAX_STATUS: u64 = 1 << 30;
+/// No honest reply chunk carries more than a request's worth of payload.
+const MAX_CHUNK_PAYLOAD: usize = MAX_REQUEST + 1024;
 
 pub struct NbdClient {
     stream: UnixStream,
     size: u64,
     handle: u64,
+    structured: bool,
+    allocation: Option<u32>,
+    dirty: Option<u32>,
+    /// Guest data bytes received by reads (what a backup really read).
+    pub bytes_read: u64,
 }
 
 fn proto(msg: impl Into<String>) -> Error {
@@ -56,8 +85,66 @@ fn read_u64(s: &mut impl Read) -> Result<u64> {
     Ok(u64::from_be_bytes(b))
 }
 
+fn be32(b: &[u8], at: usize) -> u32 {
+    let mut x = [0u8; 4];
+    x.copy_from_slice(&b[at..at + 4]);
+    u32::from_be_bytes(x)
+}
+
+fn be64(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_be_bytes(x)
+}
+
+fn option(opt: u32, data: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(16 + data.len());
+    m.extend_from_slice(&IHAVEOPT.to_be_bytes());
+    m.extend_from_slice(&opt.to_be_bytes());
+    m.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    m.extend_from_slice(data);
+    m
+}
+
+/// One option reply: (type, data). Errors from the server become errors.
+fn option_reply(s: &mut UnixStream) -> Result<(u32, Vec<u8>)> {
+    if read_u64(s)? != OPT_REPLY_MAGIC {
+        return Err(proto("bad option reply magic"));
+    }
+    let _opt = read_u32(s)?;
+    let kind = read_u32(s)?;
+    let len = read_u32(s)? as usize;
+    if len > 1 << 16 {
+        return Err(proto("oversized option reply"));
+    }
+    let mut data = vec![0u8; len];
+    s.read_exact(&mut data).map_err(io)?;
+    if kind & 0x8000_0000 != 0 {
+        return Err(proto(format!(
+            "the server refused: {}",
+            crate::text::escape(&String::from_utf8_lossy(&data))
+        )));
+    }
+    Ok((kind, data))
+}
+
+/// What a connection asks for beyond plain reads.
+#[derive(Debug, Default, Clone)]
+pub struct Want<'a> {
+    /// The export's name ("" for qemu-nbd's default export).
+    pub export: &'a str,
+    /// Ask for `base:allocation` (where the export reads as zeros).
+    pub allocation: bool,
+    /// Ask for `qemu:dirty-bitmap:NAME`.
+    pub dirty_bitmap: Option<&'a str>,
+}
+
 impl NbdClient {
     pub fn connect(path: &Path) -> Result<NbdClient> {
+        Self::connect_with(path, &Want::default())
+    }
+
+    pub fn connect_with(path: &Path, want: &Want<'_>) -> Result<NbdClient> {
         let mut s = UnixStream::connect(path).map_err(io)?;
         s.set_read_timeout(Some(Duration::from_secs(120)))
             .map_err(io)?;
@@ -69,41 +156,64 @@ impl NbdClient {
             return Err(proto("server lacks fixed newstyle negotiation"));
         }
         let client_flags = u32::from(flags & (FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES));
-        let mut msg = Vec::with_capacity(32);
-        msg.extend_from_slice(&client_flags.to_be_bytes());
-        msg.extend_from_slice(&IHAVEOPT.to_be_bytes());
-        msg.extend_from_slice(&OPT_GO.to_be_bytes());
-        msg.extend_from_slice(&6u32.to_be_bytes()); // option data: empty name, no info requests
-        msg.extend_from_slice(&0u32.to_be_bytes());
-        msg.extend_from_slice(&0u16.to_be_bytes());
-        s.write_all(&msg).map_err(io)?;
+        s.write_all(&client_flags.to_be_bytes()).map_err(io)?;
+        let name = want.export.as_bytes();
+        let mut structured = false;
+        let (mut allocation, mut dirty) = (None, None);
+        let dirty_name = want.dirty_bitmap.map(|b| format!("qemu:dirty-bitmap:{b}"));
+        if want.allocation || dirty_name.is_some() {
+            s.write_all(&option(OPT_STRUCTURED_REPLY, &[]))
+                .map_err(io)?;
+            option_reply(&mut s)?;
+            structured = true;
+            let mut queries: Vec<&str> = Vec::new();
+            if want.allocation {
+                queries.push("base:allocation");
+            }
+            if let Some(d) = &dirty_name {
+                queries.push(d);
+            }
+            let mut data = Vec::new();
+            data.extend_from_slice(&(name.len() as u32).to_be_bytes());
+            data.extend_from_slice(name);
+            data.extend_from_slice(&(queries.len() as u32).to_be_bytes());
+            for q in &queries {
+                data.extend_from_slice(&(q.len() as u32).to_be_bytes());
+                data.extend_from_slice(q.as_bytes());
+            }
+            s.write_all(&option(OPT_SET_META_CONTEXT, &data))
+                .map_err(io)?;
+            loop {
+                let (kind, data) = option_reply(&mut s)?;
+                match kind {
+                    REP_META_CONTEXT if data.len() >= 4 => {
+                        let id = be32(&data, 0);
+                        let ctx = &data[4..];
+                        if ctx == b"base:allocation" {
+                            allocation = Some(id);
+                        } else if dirty_name.as_deref().map(str::as_bytes) == Some(ctx) {
+                            dirty = Some(id);
+                        }
+                    }
+                    REP_ACK => break,
+                    _ => {}
+                }
+            }
+            if let (Some(b), None) = (want.dirty_bitmap, dirty) {
+                return Err(proto(format!("the export does not offer bitmap {b}")));
+            }
+        }
+        let mut go = Vec::new();
+        go.extend_from_slice(&(name.len() as u32).to_be_bytes());
+        go.extend_from_slice(name);
+        go.extend_from_slice(&0u16.to_be_bytes()); // no info requests
+        s.write_all(&option(OPT_GO, &go)).map_err(io)?;
         let mut size = None;
         loop {
-            if read_u64(&mut s)? != OPT_REPLY_MAGIC {
-                return Err(proto("bad option reply magic"));
-            }
-            let _opt = read_u32(&mut s)?;
-            let kind = read_u32(&mut s)?;
-            let len = read_u32(&mut s)? as usize;
-            if len > 1 << 16 {
-                return Err(proto("oversized option reply"));
-            }
-            let mut data = vec![0u8; len];
-            s.read_exact(&mut data).map_err(io)?;
-            if kind & 0x8000_0000 != 0 {
-                return Err(proto(format!(
-                    "export refused: {}",
-                    String::from_utf8_lossy(&data)
-                )));
-            }
+            let (kind, data) = option_reply(&mut s)?;
             match kind {
-                REP_INFO
-                    if data.len() >= 12
-                        && u16::from_be_bytes([data[0], data[1]]) == INFO_EXPORT =>
-                {
-                    let mut b = [0u8; 8];
-                    b.copy_from_slice(&data[2..10]);
-                    size = Some(u64::from_be_bytes(b));
+                REP_INFO if data.len() >= 12 && u16::from_be_bytes([data[0], data[1]]) == INFO_EXPORT => {
+                    size = Some(be64(&data, 2));
                 }
                 REP_ACK => break,
                 _ => {}
@@ -114,6 +224,10 @@ impl NbdClient {
             stream: s,
             size,
             handle: 0,
+            structured,
+            allocation,
+            dirty,
+            bytes_read: 0,
         })
     }
 
@@ -133,6 +247,49 @@ impl NbdClient {
         Ok(self.handle)
     }
 
+    /// Reads one structured reply chunk header: (flags, type, length).
+    /// Every chunk starts with the magic; the caller may have read the
+    /// first one's already.
+    fn chunk_header(&mut self, handle: u64, magic_read: &mut bool) -> Result<(u16, u16, usize)> {
+        if !std::mem::replace(magic_read, false)
+            && read_u32(&mut self.stream)? != STRUCTURED_REPLY_MAGIC
+        {
+            return Err(proto("bad structured reply magic"));
+        }
+        let flags = read_u16(&mut self.stream)?;
+        let kind = read_u16(&mut self.stream)?;
+        if read_u64(&mut self.stream)? != handle {
+            return Err(proto("reply for an unknown request"));
+        }
+        let len = read_u32(&mut self.stream)? as usize;
+        if len > MAX_CHUNK_PAYLOAD {
+            return Err(proto(format!("oversized reply chunk ({len} bytes)")));
+        }
+        Ok((flags, kind, len))
+    }
+
+    fn payload(&mut self, len: usize) -> Result<Vec<u8>> {
+        let mut v = vec![0u8; len];
+        self.stream.read_exact(&mut v).map_err(io)?;
+        Ok(v)
+    }
+
+    fn error_chunk(&mut self, len: usize, what: &str) -> Error {
+        match self.payload(len) {
+            Ok(p) if p.len() >= 6 => {
+                let code = be32(&p, 0);
+                let mlen = usize::from(u16::from_be_bytes([p[4], p[5]]));
+                let msg = p.get(6..6 + mlen).unwrap_or(&[]);
+                proto(format!(
+                    "{what} failed (error {code}): {}",
+                    crate::text::escape(&String::from_utf8_lossy(msg))
+                ))
+            }
+            Ok(_) => proto(format!("{what} failed (malformed error)")),
+            Err(e) => e,
+        }
+    }
+
     pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
         if offset + buf.len() as u64 > self.size {
             return Err(proto("read past the end of the export"));
@@ -140,26 +297,151 @@ impl NbdClient {
         let mut done = 0;
         while done < buf.len() {
             let n = (buf.len() - done).min(MAX_REQUEST);
-            let handle = self.request(CMD_READ, offset + done as u64, n as u32)?;
-            if read_u32(&mut self.stream)? != SIMPLE_REPLY_MAGIC {
-                return Err(proto("bad reply magic"));
-            }
+            let at = offset + done as u64;
+            self.read_one(at, &mut buf[done..done + n])?;
+            self.bytes_read += n as u64;
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn read_one(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let handle = self.request(CMD_READ, offset, buf.len() as u32)?;
+        let magic = read_u32(&mut self.stream)?;
+        if magic == SIMPLE_REPLY_MAGIC {
             let err = read_u32(&mut self.stream)?;
             if read_u64(&mut self.stream)? != handle {
                 return Err(proto("reply for an unknown request"));
             }
             if err != 0 {
-                return Err(proto(format!(
-                    "read error {err} at offset {}",
-                    offset + done as u64
-                )));
+                return Err(proto(format!("read error {err} at offset {offset}")));
             }
-            self.stream
-                .read_exact(&mut buf[done..done + n])
-                .map_err(io)?;
-            done += n;
+            return self.stream.read_exact(buf).map_err(io);
+        }
+        if magic != STRUCTURED_REPLY_MAGIC || !self.structured {
+            return Err(proto("bad reply magic"));
+        }
+        // Chunks may come in any order; every byte must be covered once.
+        let mut covered = 0usize;
+        let mut magic_read = true;
+        loop {
+            let (flags, kind, len) = self.chunk_header(handle, &mut magic_read)?;
+            let end = offset + buf.len() as u64;
+            match kind {
+                REPLY_OFFSET_DATA => {
+                    if len < 8 {
+                        return Err(proto("short data chunk"));
+                    }
+                    let at = read_u64(&mut self.stream)?;
+                    let n = len - 8;
+                    if at < offset || at + n as u64 > end {
+                        return Err(proto("data chunk outside the request"));
+                    }
+                    let s = (at - offset) as usize;
+                    self.stream.read_exact(&mut buf[s..s + n]).map_err(io)?;
+                    covered += n;
+                }
+                REPLY_OFFSET_HOLE => {
+                    if len != 12 {
+                        return Err(proto("malformed hole chunk"));
+                    }
+                    let at = read_u64(&mut self.stream)?;
+                    let n = read_u32(&mut self.stream)? as usize;
+                    if at < offset || at + n as u64 > end {
+                        return Err(proto("hole chunk outside the request"));
+                    }
+                    let s = (at - offset) as usize;
+                    buf[s..s + n].fill(0);
+                    covered += n;
+                }
+                REPLY_NONE if flags & REPLY_FLAG_DONE != 0 && len == 0 => {}
+                k if k & REPLY_ERROR_BIT != 0 => {
+                    return Err(self.error_chunk(len, &format!("read at offset {offset}")));
+                }
+                _ => {
+                    return Err(proto(format!("unexpected reply chunk type {kind}")));
+                }
+            }
+            if flags & REPLY_FLAG_DONE != 0 {
+                break;
+            }
+        }
+        if covered != buf.len() {
+            return Err(proto(format!(
+                "read at offset {offset} returned {covered} of {} bytes",
+                buf.len()
+            )));
         }
         Ok(())
+    }
+
+    /// Ranges whose state (in the context) has `bit` set, over the whole export.
+    fn ranges_with(&mut self, context: u32, bit: u32, invert: bool) -> Result<Extents> {
+        let mut out: Extents = Vec::new();
+        let mut pos = 0u64;
+        while pos < self.size {
+            let len = (self.size - pos).min(MAX_STATUS);
+            let handle = self.request(CMD_BLOCK_STATUS, pos, len as u32)?;
+            let mut advanced = pos;
+            let mut magic_read = false;
+            loop {
+                let (flags, kind, plen) = self.chunk_header(handle, &mut magic_read)?;
+                if kind & REPLY_ERROR_BIT != 0 {
+                    return Err(self.error_chunk(plen, "block status"));
+                }
+                let p = self.payload(plen)?;
+                if kind == REPLY_BLOCK_STATUS {
+                    if p.len() < 4 || (p.len() - 4) % 8 != 0 {
+                        return Err(proto("malformed block status chunk"));
+                    }
+                    if be32(&p, 0) == context {
+                        let mut at = pos;
+                        for d in p[4..].chunks_exact(8) {
+                            let n = u64::from(be32(d, 0));
+                            let state = be32(d, 4);
+                            if n == 0 || at + n > self.size {
+                                return Err(proto("block status extent out of range"));
+                            }
+                            if (state & bit != 0) != invert {
+                                match out.last_mut() {
+                                    Some(last) if last.1 == at => last.1 = at + n,
+                                    _ => out.push((at, at + n)),
+                                }
+                            }
+                            at += n;
+                        }
+                        advanced = at;
+                    }
+                } else if kind != REPLY_NONE {
+                    return Err(proto(format!("unexpected reply chunk type {kind}")));
+                }
+                if flags & REPLY_FLAG_DONE != 0 {
+                    break;
+                }
+            }
+            if advanced <= pos {
+                return Err(proto("block status made no progress"));
+            }
+            pos = advanced;
+        }
+        Ok(out)
+    }
+
+    /// Ranges that may hold non-zero data (`base:allocation`), or None when
+    /// the connection did not ask for it.
+    pub fn data_extents(&mut self) -> Result<Option<Extents>> {
+        match self.allocation {
+            Some(ctx) => self.ranges_with(ctx, STATE_ZERO, true).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Ranges the dirty bitmap marks, or None when it was not asked for.
+    pub fn dirty_extents(&mut self) -> Result<Option<Extents>> {
+        match self.dirty {
+            Some(ctx) => self.ranges_with(ctx, STATE_DIRTY, false).map(Some),
+            None => Ok(None),
+        }
     }
 
     pub fn disconnect(&mut self) {

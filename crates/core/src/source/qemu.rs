@@ -72,7 +72,7 @@ pub fn info(path: &Path, format: Option<ImageFormat>) -> Result<ImageInfo> {
 }
 
 /// Why a disk a running QEMU holds is refused.
-pub const IN_USE: &str = "is in use by a running QEMU (it holds the image's write lock): reading it now could store a torn image; shut the VM down (virsh shutdown, or virsh managedsave to resume it later) and back it up then (backing up running VMs through QEMU itself is not supported yet)";
+pub const IN_USE: &str = "is in use by a running QEMU (it holds the image's write lock): reading it behind QEMU's back could store a torn image; set the VM's `qmp` to its monitor socket so lifeboat asks QEMU for a point-in-time copy, or shut the VM down";
 
 /// Whether a process (a running QEMU) has the image open for writing.
 ///
@@ -122,11 +122,13 @@ pub struct Qcow2Reader {
     size: u64,
     child: Child,
     client: NbdClient,
+    dirty: Option<Extents>,
     _dir: tempfile::TempDir,
 }
 
 impl Qcow2Reader {
-    pub fn open(path: &Path) -> Result<Qcow2Reader> {
+    /// With `bitmap`, qemu-nbd exports that persistent dirty bitmap too.
+    pub fn open(path: &Path, bitmap: Option<&str>) -> Result<Qcow2Reader> {
         let dir = tempfile::Builder::new()
             .prefix("lifeboat-nbd-")
             .tempdir()
@@ -140,6 +142,7 @@ impl Qcow2Reader {
                 "--persistent",
             ])
             .arg(format!("--socket={}", sock.display()))
+            .args(bitmap.map(|b| format!("--bitmap={b}")))
             .arg(path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -164,7 +167,11 @@ impl Qcow2Reader {
                 });
             }
             if sock.exists() {
-                match NbdClient::connect(&sock) {
+                let want = super::nbd::Want {
+                    dirty_bitmap: bitmap,
+                    ..Default::default()
+                };
+                match NbdClient::connect_with(&sock, &want) {
                     Ok(c) => break c,
                     Err(e) if Instant::now() > deadline => {
                         let _ = child.kill();
@@ -178,13 +185,16 @@ impl Qcow2Reader {
             }
             std::thread::sleep(Duration::from_millis(10));
         };
-        Ok(Qcow2Reader {
+        let mut reader = Qcow2Reader {
             path: path.to_path_buf(),
             size: client.size(),
             child,
             client,
+            dirty: None,
             _dir: dir,
-        })
+        };
+        reader.dirty = reader.client.dirty_extents()?;
+        Ok(reader)
     }
 }
 
@@ -202,6 +212,14 @@ impl VolumeReader for Qcow2Reader {
             path: self.path.clone(),
             reason: format!("reading guest data at {offset}: {e}"),
         })
+    }
+
+    fn bytes_read(&self) -> Option<u64> {
+        Some(self.client.bytes_read)
+    }
+
+    fn dirty_extents(&self) -> Option<&Extents> {
+        self.dirty.as_ref()
     }
 }
 

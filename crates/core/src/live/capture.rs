@@ -1,0 +1,675 @@
+//! A point-in-time read of a running VM's disks through QEMU itself.
+//!
+//! For every disk, in one QMP `transaction` (so all disks share one
+//! instant): a `blockdev-backup sync=none` job from the disk to a
+//! temporary qcow2 overlay whose backing is the disk (image fleecing:
+//! before the guest overwrites a cluster, QEMU copies the old one into the
+//! overlay), the previous backup's bitmap disabled, and a new bitmap
+//! started. The overlays are exported read-only by QEMU's NBD server, with
+//! the old bitmap, and lifeboat reads them like any NBD source. The guest
+//! runs and writes throughout; the optional agent freeze lasts only for
+//! the transaction.
+//!
+//! Why this and not copy-before-write + snapshot-access: inserting a CBW
+//! filter into a running disk's graph in QEMU 7.2 takes a `qom-set` on the
+//! device per disk, which is not part of a transaction, so several disks
+//! would be captured at different instants unless the VM is paused.
+//! `blockdev-backup sync=none` runs the same CBW filter internally and is
+//! transactional from QEMU 2.x to today.
+//!
+//! Least privilege towards QEMU, which may run as another user: the
+//! overlay file and the NBD listening socket are created by lifeboat in a
+//! private directory and handed to QEMU as descriptors (`add-fd`,
+//! `getfd`); the overlay is unlinked at once, so even a SIGKILL leaves no
+//! file behind. Everything lifeboat adds to QEMU is named `lifeboat-…`, and
+//! the next run removes what a killed one left.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::agent::Agent;
+use super::bitmap::{decide, BitmapState, Previous, Read, Repair};
+use super::qmp::{err, Qmp};
+use super::LiveConfig;
+use crate::error::{Error, Result};
+use crate::repo::manifest::{Consistency, ImageFormat};
+use crate::source::nbd::{NbdClient, Want};
+use crate::source::{Extents, VolumeReader};
+
+const PREFIX: &str = "lifeboat-";
+const FLEECE_PREFIX: &str = "lifeboat-fleece-";
+const NBD_FD_NAME: &str = "lifeboat-nbd";
+const FDSET_OPAQUE: &str = "lifeboat-fleece";
+/// How long QEMU may take to finish cancelling a job or closing an export.
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// One disk of the running VM, as the backup sees it.
+#[derive(Debug, Clone)]
+pub struct LiveDisk {
+    pub volume: String,
+    pub path: PathBuf,
+    /// QEMU's format node for the disk.
+    pub node: String,
+    pub size: u64,
+    pub format: ImageFormat,
+    pub read: Read,
+    /// The bitmap started at this backup's instant.
+    pub new_bitmap: Option<String>,
+    fleece: String,
+    export: String,
+    job: String,
+}
+
+/// What the volume's previous backup in this repository offers.
+#[derive(Debug, Clone)]
+pub struct PreviousBackup {
+    pub bitmap: Option<String>,
+    pub chunk_size: u64,
+    pub size: u64,
+}
+
+pub struct Session {
+    qmp: Qmp,
+    dir: tempfile::TempDir,
+    sock: PathBuf,
+    pub disks: Vec<LiveDisk>,
+    pub consistency: Consistency,
+    pub note: Option<String>,
+    /// Things done in QEMU that teardown undoes.
+    fdsets: Vec<i64>,
+    nodes: Vec<String>,
+    jobs: Vec<String>,
+    exports: Vec<String>,
+    server: bool,
+    captured: bool,
+    finished: bool,
+    /// What was repaired from an earlier run (said in the backup's log).
+    pub repaired: Vec<String>,
+}
+
+fn s(v: &Value, k: &str) -> String {
+    v.get(k).and_then(Value::as_str).unwrap_or("").to_string()
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+impl Session {
+    /// Connects the session to a running QEMU: repairs what an earlier run
+    /// left, finds every volume's node and decides per disk whether its
+    /// bitmap can be trusted. Nothing is captured yet.
+    pub fn begin(
+        mut qmp: Qmp,
+        volumes: &[(String, PathBuf)],
+        previous: &[Option<PreviousBackup>],
+        chunk_size: u64,
+        set: &str,
+        cfg: &LiveConfig,
+    ) -> Result<Session> {
+        let dir = tempfile::Builder::new()
+            .prefix("lifeboat-live-")
+            .tempdir()
+            .map_err(|e| err(qmp.path(), format!("cannot create a private directory: {e}")))?;
+        let sock = dir.path().join("nbd.sock");
+        let mut repaired = Vec::new();
+        remove_leftovers(&mut qmp, &mut repaired)?;
+        let blocks = qmp.execute("query-block", json!({}))?;
+        let nodes = qmp.execute("query-named-block-nodes", json!({"flat": true}))?;
+        let mut disks = Vec::new();
+        for (i, (volume, path)) in volumes.iter().enumerate() {
+            let inserted = blocks
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|b| b.get("inserted"))
+                .find(|ins| same_file(Path::new(&s(ins, "file")), path))
+                .ok_or_else(|| {
+                    err(
+                        qmp.path(),
+                        format!(
+                            "this QEMU has no disk {} (volume {volume}): check the volume's path against `query-block`",
+                            path.display()
+                        ),
+                    )
+                })?;
+            let node = s(inserted, "node-name");
+            let drv = s(inserted, "drv");
+            let format = match drv.as_str() {
+                "qcow2" => ImageFormat::Qcow2,
+                "raw" => ImageFormat::Raw,
+                other => {
+                    return Err(err(
+                        qmp.path(),
+                        format!("volume {volume} is a {other} disk; lifeboat reads raw and qcow2"),
+                    ))
+                }
+            };
+            let info = nodes
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|n| s(n, "node-name") == node)
+                .ok_or_else(|| err(qmp.path(), format!("QEMU lists no node {node}")))?;
+            let size = info
+                .get("image")
+                .and_then(|im| im.get("virtual-size"))
+                .and_then(Value::as_u64)
+                .ok_or_else(|| err(qmp.path(), format!("node {node} has no size")))?;
+            let bitmaps: Vec<BitmapState> = info
+                .get("dirty-bitmaps")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|b| BitmapState {
+                    name: s(b, "name"),
+                    recording: b.get("recording").and_then(Value::as_bool).unwrap_or(false),
+                    inconsistent: b.get("inconsistent").and_then(Value::as_bool).unwrap_or(false),
+                    busy: b.get("busy").and_then(Value::as_bool).unwrap_or(false),
+                })
+                .collect();
+            let prev = previous_for(previous.get(i).and_then(Option::as_ref), chunk_size, size);
+            let (mut read, mut repairs) = decide(&prev, &bitmaps);
+            if !cfg.bitmaps {
+                read = Read::Full {
+                    reason: "dirty bitmaps are off for this VM (bitmaps = false)".into(),
+                };
+                repairs = bitmaps
+                    .iter()
+                    .filter(|b| crate::repo::manifest::is_bitmap_name(&b.name))
+                    .map(|b| Repair::Remove(b.name.clone()))
+                    .collect();
+            }
+            for r in repairs {
+                apply_repair(&mut qmp, &node, &r)?;
+                repaired.push(match r {
+                    Repair::MergeBack { into, .. } => {
+                        format!("{volume}: merged an interrupted backup's bitmap back into {into}")
+                    }
+                    Repair::Remove(b) => format!("{volume}: removed stale bitmap {b}"),
+                });
+            }
+            disks.push(LiveDisk {
+                volume: volume.clone(),
+                path: path.clone(),
+                node,
+                size,
+                format,
+                read,
+                new_bitmap: cfg.bitmaps.then(|| format!("{PREFIX}{set}")),
+                fleece: format!("{FLEECE_PREFIX}{i}"),
+                export: format!("lifeboat-export-{i}"),
+                job: format!("lifeboat-job-{i}"),
+            });
+        }
+        Ok(Session {
+            qmp,
+            dir,
+            sock,
+            disks,
+            consistency: Consistency::Crash,
+            note: None,
+            fdsets: Vec::new(),
+            nodes: Vec::new(),
+            jobs: Vec::new(),
+            exports: Vec::new(),
+            server: false,
+            captured: false,
+            finished: false,
+            repaired,
+        })
+    }
+
+    /// Takes the instant: overlays ready, the guest frozen if an agent
+    /// answers, one transaction for every disk, the guest thawed at once.
+    pub fn capture(&mut self, cfg: &LiveConfig) -> Result<()> {
+        for i in 0..self.disks.len() {
+            self.add_overlay(i)?;
+        }
+        let mut agent = None;
+        let mut notes = Vec::new();
+        match &cfg.agent {
+            None => notes.push("no guest agent configured (guest_agent)".to_string()),
+            Some(path) => match Agent::connect(path, cfg.freeze_timeout) {
+                Ok(mut a) => {
+                    if let Ok(st) = a.freeze_status() {
+                        if st == "frozen" {
+                            // A killed run froze it: thaw before anything else.
+                            let _ = a.thaw();
+                            self.repaired
+                                .push("the guest was left frozen by an earlier run: thawed".into());
+                        }
+                    }
+                    agent = Some(a);
+                }
+                Err(e) => notes.push(e.to_string()),
+            },
+        }
+        let mut frozen_at = None;
+        if let Some(a) = agent.as_mut() {
+            let t = Instant::now();
+            match a.freeze() {
+                Ok(n) => frozen_at = Some((t, n)),
+                Err(e) => notes.push(format!("freeze failed: {e}")),
+            }
+        }
+        let result = self.transaction();
+        if let Some(a) = agent.as_mut() {
+            // Always thaw, even when the freeze seemed to fail: the agent
+            // may have frozen some filesystems before it gave up.
+            a.set_timeout(Duration::from_secs(30));
+            let thawed = a.thaw();
+            match (&frozen_at, thawed) {
+                (Some((t, n)), Ok(_)) if result.is_ok() => {
+                    self.consistency = Consistency::Application;
+                    notes.push(format!(
+                        "{n} guest filesystems frozen for {} ms",
+                        t.elapsed().as_millis()
+                    ));
+                }
+                (_, Err(e)) => notes.push(format!("thaw failed: {e}")),
+                _ => {}
+            }
+        }
+        self.note = Some(notes.join("; ")).filter(|n| !n.is_empty());
+        result?;
+        self.captured = true;
+        self.export_all()
+    }
+
+    fn add_overlay(&mut self, i: usize) -> Result<()> {
+        let d = self.disks[i].clone();
+        let file = self.dir.path().join(format!("fleece-{i}.qcow2"));
+        let out = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&file)
+            .arg(d.size.to_string())
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| Error::Qemu(format!("cannot run qemu-img ({e}); install qemu-utils")))?;
+        if !out.status.success() {
+            return Err(Error::Qemu(format!(
+                "creating the fleecing overlay: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&file)
+            .map_err(|e| Error::Qemu(format!("opening the fleecing overlay: {e}")))?;
+        // QEMU keeps its own descriptor; the name is not needed any more.
+        let _ = std::fs::remove_file(&file);
+        let r = self.qmp.execute_with_fd(
+            "add-fd",
+            json!({"opaque": FDSET_OPAQUE}),
+            f.as_raw_fd(),
+        )?;
+        let set = r
+            .get("fdset-id")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| err(self.qmp.path(), "add-fd returned no fdset-id"))?;
+        self.fdsets.push(set);
+        self.qmp.execute(
+            "blockdev-add",
+            json!({
+                "driver": "qcow2",
+                "node-name": d.fleece,
+                "file": {"driver": "file", "filename": format!("/dev/fdset/{set}")},
+                "backing": d.node,
+            }),
+        )?;
+        self.nodes.push(d.fleece);
+        Ok(())
+    }
+
+    fn transaction(&mut self) -> Result<()> {
+        let mut actions = Vec::new();
+        for d in &self.disks {
+            actions.push(json!({"type": "blockdev-backup", "data": {
+                "job-id": d.job, "device": d.node, "target": d.fleece, "sync": "none",
+            }}));
+            if let Read::Incremental { bitmap } = &d.read {
+                actions.push(json!({"type": "block-dirty-bitmap-disable", "data": {
+                    "node": d.node, "name": bitmap,
+                }}));
+            }
+            if let Some(b) = &d.new_bitmap {
+                actions.push(json!({"type": "block-dirty-bitmap-add", "data": {
+                    "node": d.node, "name": b,
+                    "persistent": d.format == ImageFormat::Qcow2,
+                }}));
+            }
+        }
+        self.qmp.execute("transaction", json!({"actions": actions}))?;
+        self.jobs = self.disks.iter().map(|d| d.job.clone()).collect();
+        Ok(())
+    }
+
+    fn export_all(&mut self) -> Result<()> {
+        let _ = std::fs::remove_file(&self.sock);
+        let listener = UnixListener::bind(&self.sock)
+            .map_err(|e| err(self.qmp.path(), format!("cannot create the NBD socket: {e}")))?;
+        self.qmp.execute_with_fd(
+            "getfd",
+            json!({"fdname": NBD_FD_NAME}),
+            listener.as_raw_fd(),
+        )?;
+        // nbd-server-start takes the legacy socket address form (`data`).
+        let start = json!({"addr": {"type": "fd", "data": {"str": NBD_FD_NAME}}});
+        if let Err(e) = self.qmp.execute("nbd-server-start", start.clone()) {
+            if !e.to_string().contains("already running") {
+                return Err(e);
+            }
+            // A server with no exports is a killed run's; one with
+            // exports belongs to someone else and is left alone.
+            let exports = self.qmp.execute("query-block-exports", json!({}))?;
+            let foreign: Vec<String> = exports
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|x| s(x, "id"))
+                .collect();
+            if !foreign.is_empty() {
+                return Err(err(
+                    self.qmp.path(),
+                    format!(
+                        "QEMU's NBD server already runs with exports {} that are not lifeboat's; lifeboat needs that server: remove those exports or back up when they are done",
+                        crate::text::escape(&foreign.join(", "))
+                    ),
+                ));
+            }
+            self.qmp.execute("nbd-server-stop", json!({}))?;
+            self.repaired
+                .push("stopped an NBD server an earlier run left".into());
+            self.qmp.execute_with_fd(
+                "getfd",
+                json!({"fdname": NBD_FD_NAME}),
+                listener.as_raw_fd(),
+            )?;
+            self.qmp.execute("nbd-server-start", start)?;
+        }
+        self.server = true;
+        drop(listener);
+        for d in self.disks.clone() {
+            let mut args = json!({
+                "type": "nbd", "id": d.export, "node-name": d.fleece,
+                "name": d.export, "writable": false,
+            });
+            if let Read::Incremental { bitmap } = &d.read {
+                args["bitmaps"] = json!([bitmap]);
+            }
+            self.qmp.execute("block-export-add", args)?;
+            self.exports.push(d.export.clone());
+        }
+        Ok(())
+    }
+
+    /// A reader of disk `i` as it was at the instant.
+    pub fn reader(&self, i: usize) -> Result<LiveReader> {
+        let d = &self.disks[i];
+        let bitmap = match &d.read {
+            Read::Incremental { bitmap } => Some(bitmap.as_str()),
+            Read::Full { .. } => None,
+        };
+        let mut client = NbdClient::connect_with(
+            &self.sock,
+            &Want {
+                export: &d.export,
+                allocation: true,
+                dirty_bitmap: bitmap,
+            },
+        )?;
+        if client.size() != d.size {
+            return Err(err(
+                self.qmp.path(),
+                format!("the export of {} has the wrong size", d.volume),
+            ));
+        }
+        let dirty = client.dirty_extents()?;
+        Ok(LiveReader {
+            path: d.path.clone(),
+            client,
+            dirty,
+        })
+    }
+
+    /// After every manifest is durable: the previous bitmaps are history.
+    pub fn commit(mut self) -> Vec<String> {
+        let mut warnings = self.teardown();
+        for d in self.disks.clone() {
+            if let Read::Incremental { bitmap } = &d.read {
+                if let Err(e) = self.qmp.execute(
+                    "block-dirty-bitmap-remove",
+                    json!({"node": d.node, "name": bitmap}),
+                ) {
+                    warnings.push(format!("{}: {e} (the next backup removes it)", d.volume));
+                }
+            }
+        }
+        self.finished = true;
+        warnings
+    }
+
+    /// The backup failed: changes since the previous backup stay tracked
+    /// by its bitmap (the new bitmap's marks merged back), so the next
+    /// backup can still read only what changed.
+    pub fn abort(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let _ = self.teardown();
+        if !self.captured {
+            return;
+        }
+        for d in self.disks.clone() {
+            let Some(new) = &d.new_bitmap else { continue };
+            let repair = match &d.read {
+                Read::Incremental { bitmap } => Repair::MergeBack {
+                    into: bitmap.clone(),
+                    from: vec![new.clone()],
+                },
+                Read::Full { .. } => Repair::Remove(new.clone()),
+            };
+            let _ = apply_repair(&mut self.qmp, &d.node, &repair);
+        }
+    }
+
+    /// Removes exports, the NBD server, jobs, overlays and descriptors.
+    fn teardown(&mut self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let mut note = |r: Result<Value>| {
+            if let Err(e) = r {
+                warnings.push(e.to_string());
+            }
+        };
+        for x in std::mem::take(&mut self.exports) {
+            note(self.qmp.execute("block-export-del", json!({"id": x, "mode": "hard"})));
+        }
+        wait_gone(&mut self.qmp, "query-block-exports", "id", PREFIX);
+        if std::mem::take(&mut self.server) {
+            note(self.qmp.execute("nbd-server-stop", json!({})));
+        }
+        for j in std::mem::take(&mut self.jobs) {
+            note(self.qmp.execute("block-job-cancel", json!({"device": j, "force": true})));
+        }
+        wait_gone(&mut self.qmp, "query-block-jobs", "device", PREFIX);
+        for n in std::mem::take(&mut self.nodes) {
+            note(self.qmp.execute("blockdev-del", json!({"node-name": n})));
+        }
+        for f in std::mem::take(&mut self.fdsets) {
+            note(self.qmp.execute("remove-fd", json!({"fdset-id": f})));
+        }
+        warnings
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+pub(crate) fn previous_for(prev: Option<&PreviousBackup>, chunk_size: u64, size: u64) -> Previous {
+    let Some(p) = prev else {
+        return Previous::default();
+    };
+    let why_not = if p.chunk_size != chunk_size {
+        Some("the repository's chunk size differs from the last backup's".to_string())
+    } else if p.size != size {
+        Some(format!(
+            "the disk is {size} bytes now and was {} at the last backup",
+            p.size
+        ))
+    } else {
+        None
+    };
+    Previous {
+        bitmap: p.bitmap.clone(),
+        reusable: why_not.is_none(),
+        why_not,
+    }
+}
+
+fn apply_repair(qmp: &mut Qmp, node: &str, r: &Repair) -> Result<()> {
+    match r {
+        Repair::MergeBack { into, from } => {
+            qmp.execute(
+                "block-dirty-bitmap-merge",
+                json!({"node": node, "target": into, "bitmaps": from}),
+            )?;
+            qmp.execute("block-dirty-bitmap-enable", json!({"node": node, "name": into}))?;
+            for f in from {
+                qmp.execute("block-dirty-bitmap-remove", json!({"node": node, "name": f}))?;
+            }
+        }
+        Repair::Remove(b) => {
+            qmp.execute("block-dirty-bitmap-remove", json!({"node": node, "name": b}))?;
+        }
+    }
+    Ok(())
+}
+
+/// Polls a query until no entry's `key` starts with `prefix`.
+fn wait_gone(qmp: &mut Qmp, query: &str, key: &str, prefix: &str) {
+    let deadline = Instant::now() + SETTLE;
+    while Instant::now() < deadline {
+        match qmp.execute(query, json!({})) {
+            Ok(v) => {
+                let left = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|x| s(x, key).starts_with(prefix));
+                if !left {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Removes what a killed run left in QEMU: exports, jobs, overlay nodes,
+/// descriptor sets. Bitmaps are repaired per disk by `decide`.
+fn remove_leftovers(qmp: &mut Qmp, repaired: &mut Vec<String>) -> Result<()> {
+    let exports = qmp.execute("query-block-exports", json!({}))?;
+    for x in exports.as_array().into_iter().flatten() {
+        let id = s(x, "id");
+        if id.starts_with(PREFIX) {
+            qmp.execute("block-export-del", json!({"id": id, "mode": "hard"}))?;
+            repaired.push(format!("removed export {id} an earlier run left"));
+        }
+    }
+    wait_gone(qmp, "query-block-exports", "id", PREFIX);
+    let jobs = qmp.execute("query-block-jobs", json!({}))?;
+    for j in jobs.as_array().into_iter().flatten() {
+        let id = s(j, "device");
+        if id.starts_with(PREFIX) {
+            qmp.execute("block-job-cancel", json!({"device": id, "force": true}))?;
+            repaired.push(format!("cancelled job {id} an earlier run left"));
+        }
+    }
+    wait_gone(qmp, "query-block-jobs", "device", PREFIX);
+    let nodes = qmp.execute("query-named-block-nodes", json!({"flat": true}))?;
+    for n in nodes.as_array().into_iter().flatten() {
+        let name = s(n, "node-name");
+        if name.starts_with(FLEECE_PREFIX) {
+            qmp.execute("blockdev-del", json!({"node-name": name}))?;
+            repaired.push(format!("removed overlay {name} an earlier run left"));
+        }
+    }
+    let sets = qmp.execute("query-fdsets", json!({}))?;
+    for set in sets.as_array().into_iter().flatten() {
+        let ours = set
+            .get("fds")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .any(|f| s(f, "opaque") == FDSET_OPAQUE);
+        if let (true, Some(id)) = (ours, set.get("fdset-id").and_then(Value::as_i64)) {
+            qmp.execute("remove-fd", json!({"fdset-id": id}))?;
+        }
+    }
+    Ok(())
+}
+
+/// A disk at the captured instant, read through QEMU's NBD export.
+pub struct LiveReader {
+    path: PathBuf,
+    client: NbdClient,
+    dirty: Option<Extents>,
+}
+
+impl LiveReader {
+    /// What the previous backup's bitmap marks (None: read everything).
+    pub fn dirty(&self) -> Option<&Extents> {
+        self.dirty.as_ref()
+    }
+}
+
+impl VolumeReader for LiveReader {
+    fn size(&self) -> u64 {
+        self.client.size()
+    }
+
+    fn data_extents(&mut self) -> Result<Extents> {
+        match self.client.data_extents()? {
+            Some(e) => Ok(e),
+            None => Ok(vec![(0, self.client.size())]),
+        }
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.client.read_at(offset, buf).map_err(|e| Error::Source {
+            path: self.path.clone(),
+            reason: format!(
+                "reading the running VM's disk at {offset} through QEMU: {e} (did the VM exit?)"
+            ),
+        })
+    }
+
+    fn bytes_read(&self) -> Option<u64> {
+        Some(self.client.bytes_read)
+    }
+
+    fn dirty_extents(&self) -> Option<&Extents> {
+        self.dirty.as_ref()
+    }
+}
+
+impl Drop for LiveReader {
+    fn drop(&mut self) {
+        self.client.disconnect();
+    }
+}

@@ -1,0 +1,238 @@
+//! Dirty bitmaps of a qcow2 image no QEMU runs: the same lineage as a
+//! running VM's (`bitmap::decide`), kept in the image's persistent bitmaps
+//! with `qemu-img bitmap` and read through `qemu-nbd -B`. A VM whose qcow2
+//! disks carry lifeboat's bitmap (QEMU keeps persistent bitmaps up to date
+//! while it runs) is backed up incrementally whether it runs or not.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::Deserialize;
+
+use super::bitmap::{decide, BitmapState, Read, Repair};
+use super::capture::PreviousBackup;
+use super::LiveConfig;
+use crate::error::{Error, Result};
+use crate::repo::manifest::ImageFormat;
+use crate::source::{self, qemu, FormatChoice, Source};
+
+pub struct Opened {
+    pub source: Source,
+    pub bitmaps: Option<OfflineBitmaps>,
+    pub full_reason: Option<String>,
+}
+
+impl Opened {
+    pub fn incremental(&self) -> bool {
+        self.full_reason.is_none()
+    }
+}
+
+/// The bitmap changes a backup made to an image, undone unless committed.
+pub struct OfflineBitmaps {
+    path: PathBuf,
+    read: Read,
+    pub new_bitmap: Option<String>,
+    done: bool,
+}
+
+#[derive(Deserialize)]
+struct Info {
+    #[serde(rename = "format-specific")]
+    specific: Option<Specific>,
+}
+
+#[derive(Deserialize)]
+struct Specific {
+    data: Option<SpecificData>,
+}
+
+#[derive(Deserialize)]
+struct SpecificData {
+    #[serde(default)]
+    bitmaps: Vec<QcowBitmap>,
+}
+
+#[derive(Deserialize)]
+struct QcowBitmap {
+    name: String,
+    #[serde(default)]
+    flags: Vec<String>,
+}
+
+/// `qemu-img bitmap OPS -f qcow2 IMAGE BITMAP`.
+fn bitmap_cmd(path: &Path, ops: &[&str], bitmap: &str) -> Result<()> {
+    let out = Command::new("qemu-img")
+        .arg("bitmap")
+        .args(ops)
+        .args(["-f", "qcow2"])
+        .arg(path)
+        .arg(bitmap)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::Qemu(format!("cannot run qemu-img ({e}); install qemu-utils")))?;
+    if !out.status.success() {
+        return Err(Error::Source {
+            path: path.to_path_buf(),
+            reason: format!(
+                "qemu-img bitmap {} {bitmap}: {}",
+                ops.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn bitmaps_of(path: &Path) -> Result<Vec<BitmapState>> {
+    let out = Command::new("qemu-img")
+        .args(["info", "--output=json", "-f", "qcow2"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::Qemu(format!("cannot run qemu-img ({e}); install qemu-utils")))?;
+    if !out.status.success() {
+        return Err(Error::Source {
+            path: path.to_path_buf(),
+            reason: format!("qemu-img info: {}", String::from_utf8_lossy(&out.stderr).trim()),
+        });
+    }
+    let info: Info = serde_json::from_slice(&out.stdout)
+        .map_err(|e| Error::Qemu(format!("unexpected qemu-img info output: {e}")))?;
+    Ok(info
+        .specific
+        .and_then(|s| s.data)
+        .map(|d| d.bitmaps)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|b| BitmapState {
+            recording: b.flags.iter().any(|f| f == "auto"),
+            inconsistent: b.flags.iter().any(|f| f == "in-use"),
+            busy: false,
+            name: b.name,
+        })
+        .collect())
+}
+
+fn apply(path: &Path, r: &Repair) -> Result<()> {
+    match r {
+        Repair::MergeBack { into, from } => {
+            for f in from {
+                bitmap_cmd(path, &["--merge", f], into)?;
+            }
+            bitmap_cmd(path, &["--enable"], into)?;
+            for f in from {
+                bitmap_cmd(path, &["--remove"], f)?;
+            }
+            Ok(())
+        }
+        Repair::Remove(b) => bitmap_cmd(path, &["--remove"], b),
+    }
+}
+
+/// Opens a stopped VM's volume; a qcow2 image gets lifeboat's bitmap
+/// lineage (read only what changed, start the next bitmap).
+pub fn open(
+    path: &Path,
+    claimed: FormatChoice,
+    prev: Option<&PreviousBackup>,
+    chunk_size: u64,
+    set: &str,
+    cfg: &LiveConfig,
+) -> Result<Opened> {
+    let is_qcow2 = match claimed {
+        FormatChoice::Qcow2 => true,
+        FormatChoice::Raw => false,
+        FormatChoice::Auto => !qemu::held_for_writing(path) && source::raw::looks_like_qcow2(path)?,
+    };
+    if !is_qcow2 || !cfg.bitmaps || qemu::held_for_writing(path) {
+        let source = source::open(path, claimed)?;
+        let full_reason = Some(
+            if source.format == ImageFormat::Raw {
+                "a raw image keeps no dirty bitmap while no QEMU runs it: read whole"
+            } else {
+                "dirty bitmaps are off for this VM (bitmaps = false)"
+            }
+            .to_string(),
+        );
+        return Ok(Opened {
+            source,
+            bitmaps: None,
+            full_reason,
+        });
+    }
+    let states = bitmaps_of(path)?;
+    let size = qemu::info(path, Some(ImageFormat::Qcow2))?.virtual_size;
+    let prev = super::capture::previous_for(prev, chunk_size, size);
+    let (read, repairs) = decide(&prev, &states);
+    for r in &repairs {
+        apply(path, r)?;
+    }
+    let new = format!("lifeboat-{set}");
+    bitmap_cmd(path, &["--add"], &new)?;
+    let mut bitmaps = OfflineBitmaps {
+        path: path.to_path_buf(),
+        read: read.clone(),
+        new_bitmap: Some(new),
+        done: false,
+    };
+    let (bitmap, full_reason) = match &read {
+        Read::Incremental { bitmap } => {
+            if let Err(e) = bitmap_cmd(path, &["--disable"], bitmap) {
+                bitmaps.abort();
+                return Err(e);
+            }
+            (Some(bitmap.as_str()), None)
+        }
+        Read::Full { reason } => (None, Some(reason.clone())),
+    };
+    let source = match source::open_with_bitmap(path, FormatChoice::Qcow2, bitmap) {
+        Ok(s) => s,
+        Err(e) => {
+            bitmaps.abort();
+            return Err(e);
+        }
+    };
+    Ok(Opened {
+        source,
+        bitmaps: Some(bitmaps),
+        full_reason,
+    })
+}
+
+impl OfflineBitmaps {
+    pub fn commit(mut self) {
+        self.done = true;
+        if let Read::Incremental { bitmap } = &self.read {
+            if let Err(e) = bitmap_cmd(&self.path, &["--remove"], bitmap) {
+                tracing::warn!("{e} (the next backup removes it)");
+            }
+        }
+    }
+
+    fn abort(&mut self) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let Some(new) = self.new_bitmap.clone() else {
+            return;
+        };
+        let repair = match &self.read {
+            Read::Incremental { bitmap } => Repair::MergeBack {
+                into: bitmap.clone(),
+                from: vec![new],
+            },
+            Read::Full { .. } => Repair::Remove(new),
+        };
+        if let Err(e) = apply(&self.path, &repair) {
+            tracing::warn!("{e} (the next backup repairs it)");
+        }
+    }
+}
+
+impl Drop for OfflineBitmaps {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
