@@ -12,13 +12,15 @@
 set -eu
 
 MODULES="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net"
+# Also kept in the kit for the running-VM tests' guest (disks, agent channel).
+KIT_EXTRA="virtio_blk virtio_console"
 
 die() { echo "demo-guest: $*" >&2; exit 1; }
 need() { command -v "$1" >/dev/null 2>&1 || die "$1 is missing: install $2"; }
 
 kit() {
     kit=$1
-    [ -f "$kit/vmlinuz" ] && [ -f "$kit/modules/virtio_net.ko" ] && return 0
+    [ -f "$kit/vmlinuz" ] && [ -f "$kit/modules/virtio_console.ko" ] && return 0
     need dpkg-deb dpkg
     mkdir -p "$kit"
     chmod 700 "$kit"
@@ -36,7 +38,7 @@ kit() {
     trap 'rm -rf "$x"' EXIT
     dpkg-deb -x "$deb" "$x"
     mkdir -p "$kit/modules"
-    for m in $MODULES; do
+    for m in $MODULES $KIT_EXTRA; do
         f=$(find "$x/lib/modules" -name "$m.ko" | head -n 1)
         [ -n "$f" ] || die "module $m.ko is not in $deb"
         cp "$f" "$kit/modules/"
@@ -61,7 +63,7 @@ disk() {
     r=$w/root
     mkdir -p "$r/bin" "$r/proc" "$r/sys" "$r/dev" "$r/www" "$r/modules"
     cp "$bb" "$r/bin/busybox"
-    cp "$kit"/modules/*.ko "$r/modules/"
+    for m in $MODULES; do cp "$kit/modules/$m.ko" "$r/modules/"; done
     echo "lifeboat demo VM $name: the application answers" > "$r/www/index.html"
     cat > "$r/init" <<EOF
 #!/bin/busybox sh

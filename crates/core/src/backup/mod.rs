@@ -172,8 +172,13 @@ pub fn backup(
         let writer = repo.chunk_writer();
         let level = repo.config.compression.level;
         let dirty = reader.dirty_extents().cloned();
+        let fill = |id: &crate::repo::Id| repo.read_chunk(id);
         let base = match (&dirty, &base_index) {
-            (Some(d), Some(index)) => Some(pipeline::Base { dirty: d, index }),
+            (Some(d), Some(index)) => Some(pipeline::Base {
+                dirty: d,
+                index,
+                fill: Some(&fill),
+            }),
             _ => None,
         };
         let scan = pipeline::scan(
@@ -225,7 +230,7 @@ pub fn backup(
                 protected: false,
             },
             definition: None,
-            capture: Some(capture),
+            capture: Some(capture.bounded()),
         };
         staged.push((manifest, started.elapsed().as_secs_f64()));
     }

@@ -68,7 +68,11 @@ struct Layout<'e> {
     extents: &'e [(u64, u64)],
     /// With a dirty bitmap: what changed, and the previous backup's chunks.
     reuse: Option<(&'e [(u64, u64)], &'e [Id])>,
+    fill: Option<&'e ChunkFill<'e>>,
 }
+
+/// Reads a chunk of the previous backup back from the repository.
+pub type ChunkFill<'a> = dyn Fn(&Id) -> Result<Vec<u8>> + Sync + 'a;
 
 impl Layout<'_> {
     fn span(&self, i: usize) -> (u64, u64) {
@@ -98,10 +102,35 @@ impl Layout<'_> {
     }
 }
 
+impl Layout<'_> {
+    /// For a chunk the bitmap marks only in part: the changed ranges, to
+    /// be read from the disk over the previous backup's bytes (so a 4 KiB
+    /// write costs a 64 KiB read, not a whole chunk). None: read it all.
+    fn changed_parts(&self, i: usize) -> Option<(Id, Vec<(u64, u64)>)> {
+        let (dirty, base) = self.reuse?;
+        self.fill?;
+        let (start, len) = self.span(i);
+        let end = start + len;
+        let from = dirty.partition_point(|&(_, e)| e <= start);
+        let parts: Vec<(u64, u64)> = dirty[from..]
+            .iter()
+            .take_while(|&&(s, _)| s < end)
+            .map(|&(s, e)| (s.max(start), e.min(end)))
+            .collect();
+        let covered: u64 = parts.iter().map(|(s, e)| e - s).sum();
+        if parts.is_empty() || covered >= len {
+            return None;
+        }
+        Some((*base.get(i)?, parts))
+    }
+}
+
 /// The previous backup a dirty bitmap is relative to.
 pub struct Base<'a> {
     pub dirty: &'a [(u64, u64)],
     pub index: &'a Index,
+    /// Where unchanged parts of a changed chunk come from.
+    pub fill: Option<&'a ChunkFill<'a>>,
 }
 
 pub fn scan(
@@ -116,19 +145,18 @@ pub fn scan(
     let size = reader.size();
     let n = chunk_count(size, chunk_size) as usize;
     let extents = reader.data_extents()?;
-    let reuse = base
-        .filter(|b| {
-            b.index.chunk_size == chunk_size
-                && b.index.image_size == size
-                && b.index.chunks.len() == n
-        })
-        .map(|b| (b.dirty, b.index.chunks.as_slice()));
+    let base = base.filter(|b| {
+        b.index.chunk_size == chunk_size && b.index.image_size == size && b.index.chunks.len() == n
+    });
+    let reuse = base.as_ref().map(|b| (b.dirty, b.index.chunks.as_slice()));
+    let fill = base.as_ref().and_then(|b| b.fill);
     let layout = Layout {
         size,
         chunk_size,
         n,
         extents: &extents,
         reuse,
+        fill,
     };
     progress.set_totals(size, n as u64);
     let workers = worker_threads();
@@ -366,7 +394,35 @@ fn read_loop(
             return Ok(());
         };
         buf.resize(len as usize, 0);
-        reader.read_at(start, &mut buf)?;
+        let patched = match (layout.changed_parts(i), layout.fill) {
+            (Some((base_id, parts)), Some(fill)) => {
+                let old = if base_id.is_zero() {
+                    Ok(Vec::new())
+                } else {
+                    fill(&base_id)
+                };
+                match old {
+                    Ok(old) if base_id.is_zero() || old.len() == buf.len() => {
+                        if base_id.is_zero() {
+                            buf.fill(0);
+                        } else {
+                            buf.copy_from_slice(&old);
+                        }
+                        for (s, e) in parts {
+                            let at = (s - start) as usize;
+                            reader.read_at(s, &mut buf[at..at + (e - s) as usize])?;
+                        }
+                        true
+                    }
+                    // The old chunk is unreadable: read the whole chunk.
+                    _ => false,
+                }
+            }
+            _ => false,
+        };
+        if !patched {
+            reader.read_at(start, &mut buf)?;
+        }
         if work.send((i, buf)).is_err() {
             // Workers stopped after an error; they report it.
             return Ok(());

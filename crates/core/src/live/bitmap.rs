@@ -80,7 +80,7 @@ pub fn decide(prev: &Previous, bitmaps: &[BitmapState]) -> (Read, Vec<Repair>) {
             .map(|b| format!("; the disk's bitmap {} belongs to a backup this repository does not have (another lineage)", b.name))
             .unwrap_or_default();
         return full(format!(
-            "the disk has no bitmap {k} (the VM was restarted since the last backup — a raw disk keeps its bitmap only while QEMU runs — or something removed it){other}"
+            "the disk has no bitmap {k}: QEMU stopped without saving it (killed, or a raw disk, whose bitmap lives only while QEMU runs), or something removed it{other}"
         ));
     };
     if mine.inconsistent {

@@ -92,6 +92,84 @@ pub struct Session {
     pub repaired: Vec<String>,
 }
 
+/// A running VM's disk as QEMU knows it.
+#[derive(Debug, Clone)]
+pub struct DiskInfo {
+    /// The format node (bitmaps live there).
+    pub node: String,
+    pub format: ImageFormat,
+    pub size: u64,
+    pub bitmaps: Vec<BitmapState>,
+}
+
+/// Finds each volume's node in QEMU by its file.
+pub fn disk_info(qmp: &mut Qmp, volumes: &[(String, PathBuf)]) -> Result<Vec<DiskInfo>> {
+    let blocks = qmp.execute("query-block", json!({}))?;
+    let nodes = qmp.execute("query-named-block-nodes", json!({"flat": true}))?;
+    let mut out = Vec::new();
+    for (volume, path) in volumes {
+        let inserted = blocks
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|b| b.get("inserted"))
+            .find(|ins| same_file(Path::new(&s(ins, "file")), path))
+            .ok_or_else(|| {
+                err(
+                    qmp.path(),
+                    format!(
+                        "this QEMU has no disk {} (volume {volume}): check the volume's path against `query-block`",
+                        path.display()
+                    ),
+                )
+            })?;
+        let node = s(inserted, "node-name");
+        let format = match s(inserted, "drv").as_str() {
+            "qcow2" => ImageFormat::Qcow2,
+            "raw" => ImageFormat::Raw,
+            other => {
+                return Err(err(
+                    qmp.path(),
+                    format!(
+                        "volume {volume} is a {} disk; lifeboat reads raw and qcow2",
+                        crate::text::escape(other)
+                    ),
+                ))
+            }
+        };
+        let info = nodes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| s(n, "node-name") == node)
+            .ok_or_else(|| err(qmp.path(), format!("QEMU lists no node {node}")))?;
+        let size = info
+            .get("image")
+            .and_then(|im| im.get("virtual-size"))
+            .and_then(Value::as_u64)
+            .ok_or_else(|| err(qmp.path(), format!("node {node} has no size")))?;
+        let bitmaps = info
+            .get("dirty-bitmaps")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|b| BitmapState {
+                name: s(b, "name"),
+                recording: b.get("recording").and_then(Value::as_bool).unwrap_or(false),
+                inconsistent: b.get("inconsistent").and_then(Value::as_bool).unwrap_or(false),
+                busy: b.get("busy").and_then(Value::as_bool).unwrap_or(false),
+            })
+            .collect();
+        out.push(DiskInfo {
+            node,
+            format,
+            size,
+            bitmaps,
+        });
+    }
+    Ok(out)
+}
+
 fn s(v: &Value, k: &str) -> String {
     v.get(k).and_then(Value::as_str).unwrap_or("").to_string()
 }
@@ -122,60 +200,15 @@ impl Session {
         let sock = dir.path().join("nbd.sock");
         let mut repaired = Vec::new();
         remove_leftovers(&mut qmp, &mut repaired)?;
-        let blocks = qmp.execute("query-block", json!({}))?;
-        let nodes = qmp.execute("query-named-block-nodes", json!({"flat": true}))?;
+        let infos = disk_info(&mut qmp, volumes)?;
         let mut disks = Vec::new();
-        for (i, (volume, path)) in volumes.iter().enumerate() {
-            let inserted = blocks
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|b| b.get("inserted"))
-                .find(|ins| same_file(Path::new(&s(ins, "file")), path))
-                .ok_or_else(|| {
-                    err(
-                        qmp.path(),
-                        format!(
-                            "this QEMU has no disk {} (volume {volume}): check the volume's path against `query-block`",
-                            path.display()
-                        ),
-                    )
-                })?;
-            let node = s(inserted, "node-name");
-            let drv = s(inserted, "drv");
-            let format = match drv.as_str() {
-                "qcow2" => ImageFormat::Qcow2,
-                "raw" => ImageFormat::Raw,
-                other => {
-                    return Err(err(
-                        qmp.path(),
-                        format!("volume {volume} is a {other} disk; lifeboat reads raw and qcow2"),
-                    ))
-                }
-            };
-            let info = nodes
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|n| s(n, "node-name") == node)
-                .ok_or_else(|| err(qmp.path(), format!("QEMU lists no node {node}")))?;
-            let size = info
-                .get("image")
-                .and_then(|im| im.get("virtual-size"))
-                .and_then(Value::as_u64)
-                .ok_or_else(|| err(qmp.path(), format!("node {node} has no size")))?;
-            let bitmaps: Vec<BitmapState> = info
-                .get("dirty-bitmaps")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .map(|b| BitmapState {
-                    name: s(b, "name"),
-                    recording: b.get("recording").and_then(Value::as_bool).unwrap_or(false),
-                    inconsistent: b.get("inconsistent").and_then(Value::as_bool).unwrap_or(false),
-                    busy: b.get("busy").and_then(Value::as_bool).unwrap_or(false),
-                })
-                .collect();
+        for (i, ((volume, path), info)) in volumes.iter().zip(infos).enumerate() {
+            let DiskInfo {
+                node,
+                format,
+                size,
+                bitmaps,
+            } = info;
             let prev = previous_for(previous.get(i).and_then(Option::as_ref), chunk_size, size);
             let (mut read, mut repairs) = decide(&prev, &bitmaps);
             if !cfg.bitmaps {

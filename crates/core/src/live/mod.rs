@@ -73,3 +73,131 @@ pub fn run_state(cfg: &LiveConfig) -> Result<Option<RunState>> {
         }
     }
 }
+
+/// What the next backup of a VM will be, without changing anything.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Outlook {
+    /// None when the VM has no `qmp` configured.
+    pub run: Option<RunState>,
+    pub volumes: Vec<VolumeOutlook>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct VolumeOutlook {
+    pub volume: String,
+    /// Whether the next backup reads only what a bitmap marks.
+    pub incremental: bool,
+    /// Why it reads the whole disk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// One volume of a VM for `outlook`: name, path, claimed format, and the
+/// previous backup in the repository asked about.
+pub struct VolumeRef {
+    pub name: String,
+    pub path: PathBuf,
+    pub format: crate::source::FormatChoice,
+    pub previous: Option<capture::PreviousBackup>,
+}
+
+fn verdict(name: &str, read: bitmap::Read) -> VolumeOutlook {
+    match read {
+        bitmap::Read::Incremental { .. } => VolumeOutlook {
+            volume: name.to_string(),
+            incremental: true,
+            reason: None,
+        },
+        bitmap::Read::Full { reason } => VolumeOutlook {
+            volume: name.to_string(),
+            incremental: false,
+            reason: Some(reason),
+        },
+    }
+}
+
+/// Asks QEMU (running) or the images (stopped) whether each volume's next
+/// backup can read only what changed; read-only (no repairs).
+pub fn outlook(cfg: &LiveConfig, volumes: &[VolumeRef], chunk_size: u64) -> Outlook {
+    let run = match run_state(cfg) {
+        Ok(r) => r,
+        Err(e) => Some(RunState {
+            running: false,
+            status: format!("unknown: {e}"),
+        }),
+    };
+    let off = |why: &str| -> Vec<VolumeOutlook> {
+        volumes
+            .iter()
+            .map(|v| VolumeOutlook {
+                volume: v.name.clone(),
+                incremental: false,
+                reason: Some(why.to_string()),
+            })
+            .collect()
+    };
+    if !cfg.bitmaps {
+        return Outlook {
+            run,
+            volumes: off("dirty bitmaps are off for this VM (bitmaps = false)"),
+        };
+    }
+    if run.as_ref().is_some_and(|r| r.running) {
+        let Some(path) = &cfg.qmp else {
+            return Outlook { run, volumes: Vec::new() };
+        };
+        let pairs: Vec<(String, PathBuf)> =
+            volumes.iter().map(|v| (v.name.clone(), v.path.clone())).collect();
+        let infos = qmp::Qmp::connect(path, Duration::from_secs(3)).and_then(|q| match q {
+            Ok(mut q) => capture::disk_info(&mut q, &pairs),
+            Err(qmp::Absent(why)) => Err(crate::Error::BadInput(why.to_string())),
+        });
+        let volumes = match infos {
+            Ok(infos) => volumes
+                .iter()
+                .zip(infos)
+                .map(|(v, d)| {
+                    let prev = capture::previous_for(v.previous.as_ref(), chunk_size, d.size);
+                    verdict(&v.name, bitmap::decide(&prev, &d.bitmaps).0)
+                })
+                .collect(),
+            Err(e) => off(&format!("cannot tell: {e}")),
+        };
+        return Outlook { run, volumes };
+    }
+    let volumes = volumes
+        .iter()
+        .map(|v| {
+            let qcow2 = match v.format {
+                crate::source::FormatChoice::Qcow2 => true,
+                crate::source::FormatChoice::Raw => false,
+                crate::source::FormatChoice::Auto => {
+                    crate::source::raw::looks_like_qcow2(&v.path).unwrap_or(false)
+                }
+            };
+            if !qcow2 {
+                return verdict(
+                    &v.name,
+                    bitmap::Read::Full {
+                        reason: "a raw image keeps no dirty bitmap while no QEMU runs it".into(),
+                    },
+                );
+            }
+            let size = crate::source::qemu::info(&v.path, Some(crate::repo::manifest::ImageFormat::Qcow2))
+                .map(|i| i.virtual_size);
+            match (offline::bitmaps_of(&v.path), size) {
+                (Ok(b), Ok(size)) => {
+                    let prev = capture::previous_for(v.previous.as_ref(), chunk_size, size);
+                    verdict(&v.name, bitmap::decide(&prev, &b).0)
+                }
+                (Err(e), _) | (_, Err(e)) => verdict(
+                    &v.name,
+                    bitmap::Read::Full {
+                        reason: format!("cannot tell: {e}"),
+                    },
+                ),
+            }
+        })
+        .collect();
+    Outlook { run, volumes }
+}

@@ -84,7 +84,7 @@ fn bitmap_cmd(path: &Path, ops: &[&str], bitmap: &str) -> Result<()> {
     Ok(())
 }
 
-fn bitmaps_of(path: &Path) -> Result<Vec<BitmapState>> {
+pub(crate) fn bitmaps_of(path: &Path) -> Result<Vec<BitmapState>> {
     let out = Command::new("qemu-img")
         .args(["info", "--output=json", "-f", "qcow2"])
         .arg(path)
@@ -161,35 +161,29 @@ pub fn open(
             full_reason,
         });
     }
-    let states = bitmaps_of(path)?;
     let size = qemu::info(path, Some(ImageFormat::Qcow2))?.virtual_size;
     let prev = super::capture::previous_for(prev, chunk_size, size);
-    let (read, repairs) = decide(&prev, &states);
-    for r in &repairs {
-        apply(path, r)?;
-    }
-    let new = format!("lifeboat-{set}");
-    bitmap_cmd(path, &["--add"], &new)?;
-    let mut bitmaps = OfflineBitmaps {
-        path: path.to_path_buf(),
-        read: read.clone(),
-        new_bitmap: Some(new),
-        done: false,
+    let (bitmaps, read) = match start_lineage(path, &prev, set) {
+        Ok(x) => x,
+        // A read-only image, say: back it up whole rather than not at all.
+        Err(e) => {
+            tracing::warn!("{e}; reading the whole image");
+            let source = source::open(path, FormatChoice::Qcow2)?;
+            return Ok(Opened {
+                source,
+                bitmaps: None,
+                full_reason: Some(format!("its dirty bitmaps cannot be updated: {e}")),
+            });
+        }
     };
     let (bitmap, full_reason) = match &read {
-        Read::Incremental { bitmap } => {
-            if let Err(e) = bitmap_cmd(path, &["--disable"], bitmap) {
-                bitmaps.abort();
-                return Err(e);
-            }
-            (Some(bitmap.as_str()), None)
-        }
+        Read::Incremental { bitmap } => (Some(bitmap.as_str()), None),
         Read::Full { reason } => (None, Some(reason.clone())),
     };
     let source = match source::open_with_bitmap(path, FormatChoice::Qcow2, bitmap) {
         Ok(s) => s,
         Err(e) => {
-            bitmaps.abort();
+            drop(bitmaps);
             return Err(e);
         }
     };
@@ -198,6 +192,33 @@ pub fn open(
         bitmaps: Some(bitmaps),
         full_reason,
     })
+}
+
+/// Repairs the image's lifeboat bitmaps, starts the new one and stops the
+/// one this backup reads.
+fn start_lineage(
+    path: &Path,
+    prev: &super::bitmap::Previous,
+    set: &str,
+) -> Result<(OfflineBitmaps, Read)> {
+    let states = bitmaps_of(path)?;
+    let (read, repairs) = decide(prev, &states);
+    for r in &repairs {
+        apply(path, r)?;
+    }
+    let new = format!("lifeboat-{set}");
+    bitmap_cmd(path, &["--add"], &new)?;
+    let bitmaps = OfflineBitmaps {
+        path: path.to_path_buf(),
+        read: read.clone(),
+        new_bitmap: Some(new),
+        done: false,
+    };
+    if let Read::Incremental { bitmap } = &read {
+        // On failure `bitmaps` is dropped, which removes the new bitmap.
+        bitmap_cmd(path, &["--disable"], bitmap)?;
+    }
+    Ok((bitmaps, read))
 }
 
 impl OfflineBitmaps {

@@ -27,6 +27,18 @@ pub struct Qmp {
     next_id: u64,
 }
 
+/// QEMU went away: what that means to the admin.
+const GONE: &str = "QEMU closed the monitor connection (the VM exited?)";
+
+fn io_err(path: &Path, e: std::io::Error) -> Error {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        ConnectionReset | BrokenPipe | UnexpectedEof | ConnectionAborted => err(path, GONE),
+        WouldBlock | TimedOut => err(path, "QEMU did not answer in time"),
+        _ => err(path, e),
+    }
+}
+
 pub fn err(path: &Path, reason: impl std::fmt::Display) -> Error {
     Error::Qmp {
         path: path.to_path_buf(),
@@ -86,14 +98,9 @@ impl Qmp {
         let n = (&mut self.reader)
             .take(MAX_LINE)
             .read_until(b'\n', &mut buf)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                    err(&self.path, "QEMU did not answer in time")
-                }
-                _ => err(&self.path, e),
-            })?;
+            .map_err(|e| io_err(&self.path, e))?;
         if n == 0 {
-            return Err(err(&self.path, "QEMU closed the monitor connection (the VM exited?)"));
+            return Err(err(&self.path, GONE));
         }
         if buf.last() != Some(&b'\n') {
             return Err(err(&self.path, "oversized or truncated reply"));
@@ -111,7 +118,7 @@ impl Qmp {
             Some(fd) => send_with_fd(&self.writer, &msg, fd),
             None => self.writer.write_all(&msg),
         }
-        .map_err(|e| err(&self.path, format!("sending {cmd}: {e}")))?;
+        .map_err(|e| io_err(&self.path, e))?;
         loop {
             let v = self.line()?;
             if v.get("event").is_some() {

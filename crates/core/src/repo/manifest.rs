@@ -175,6 +175,22 @@ pub fn is_bitmap_name(s: &str) -> bool {
 }
 
 impl Capture {
+    /// Cuts text fields to what a reader accepts (QEMU's and qemu-img's
+    /// messages can be long).
+    pub fn bounded(mut self) -> Capture {
+        for t in [&mut self.note, &mut self.full_reason].into_iter().flatten() {
+            if t.len() > MAX_CAPTURE_TEXT {
+                let mut end = MAX_CAPTURE_TEXT - 3;
+                while !t.is_char_boundary(end) {
+                    end -= 1;
+                }
+                t.truncate(end);
+                t.push_str("...");
+            }
+        }
+        self
+    }
+
     fn check(&self) -> std::result::Result<(), String> {
         if let Some(b) = &self.bitmap {
             if !is_bitmap_name(b) {

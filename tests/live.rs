@@ -1,0 +1,658 @@
+//! Running VMs: a real Linux guest under qemu-system-x86_64 (TCG) writes a
+//! self-checking pattern to two disks in a loop while lifeboat backs it up
+//! through QMP, fleecing and dirty bitmaps.
+//!
+//! The pattern: record `seq` goes to slot `seq % 256` of /dev/vda, then of
+//! /dev/vdb, each a 4 KiB direct write of 128 copies of the line
+//! `LBREC <seq> <slot>`. A disk captured at one instant therefore holds, in
+//! every slot, the newest record written to it up to one highest `seq`
+//! (a torn record has mixed lines; a read spread over time shows an older
+//! record after a newer one), and vdb is at most one record behind vda.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::BIN;
+use lifeboat_core::live::agent::Agent;
+use lifeboat_core::live::qmp::Qmp;
+use serde_json::{json, Value};
+
+const SLOTS: usize = 256;
+const RECORD: usize = 4096;
+const GIB: u64 = 1 << 30;
+
+fn kit() -> PathBuf {
+    let kit = std::env::var_os("LIFEBOAT_GUEST_KIT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/lifeboat/guest-kit")
+        });
+    assert!(
+        kit.join("vmlinuz").exists(),
+        "no guest kernel in {}: run scripts/test.sh (it fetches the kit)",
+        kit.display()
+    );
+    kit
+}
+
+/// The guest's initramfs, built once per run.
+fn initrd() -> &'static Path {
+    static INITRD: OnceLock<PathBuf> = OnceLock::new();
+    INITRD.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("live-guest");
+        std::fs::create_dir_all(&dir).expect("dir");
+        let out = dir.join("initrd.gz");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/live-guest.sh");
+        for args in [vec!["kit".into(), kit()], vec!["initrd".into(), kit(), out.clone()]] {
+            let r = Command::new("sh")
+                .arg(&script)
+                .args(&args)
+                .output()
+                .expect("run live-guest.sh");
+            assert!(
+                r.status.success(),
+                "live-guest.sh {args:?}: {}",
+                String::from_utf8_lossy(&r.stderr)
+            );
+        }
+        out
+    })
+}
+
+struct Guest {
+    dir: PathBuf,
+    child: Child,
+    stdin: ChildStdin,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Guest {
+    /// Boots the guest on a 1 GiB qcow2 disk (vda) and a 256 MiB raw one
+    /// (vdb), with two QMP monitors (lifeboat's and the test's) and a
+    /// guest-agent channel; qemu-ga runs in the guest only when `agent`.
+    fn boot(dir: &Path, agent: bool) -> Guest {
+        std::fs::create_dir_all(dir).expect("dir");
+        let va = dir.join("va.qcow2");
+        let st = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&va)
+            .arg("1G")
+            .status()
+            .expect("qemu-img");
+        assert!(st.success());
+        let vb = std::fs::File::create(dir.join("vb.raw")).expect("vb");
+        vb.set_len(256 << 20).expect("size");
+        let append = format!(
+            "console=ttyS0 quiet panic=-1{}",
+            if agent { " lifeboat.agent=1" } else { "" }
+        );
+        let mut child = Command::new("qemu-system-x86_64")
+            .args(["-accel", "tcg", "-m", "256", "-nodefaults", "-display", "none"])
+            .args(["-no-reboot", "-serial", "stdio"])
+            .arg("-kernel")
+            .arg(kit().join("vmlinuz"))
+            .arg("-initrd")
+            .arg(initrd())
+            .args(["-append", &append])
+            .arg("-drive")
+            .arg(format!("file={},if=virtio,format=qcow2,id=vda", va.display()))
+            .arg("-drive")
+            .arg(format!(
+                "file={},if=virtio,format=raw,id=vdb",
+                dir.join("vb.raw").display()
+            ))
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", dir.join("qmp.sock").display()))
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", dir.join("test.sock").display()))
+            .args(["-device", "virtio-serial", "-chardev"])
+            .arg(format!(
+                "socket,id=qga,path={},server=on,wait=off",
+                dir.join("qga.sock").display()
+            ))
+            .args([
+                "-device",
+                "virtserialport,chardev=qga,name=org.qemu.guest_agent.0",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("qemu-system-x86_64 (scripts/test.sh installs qemu-system-x86)");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().expect("lines").push(l);
+            }
+        });
+        let g = Guest {
+            dir: dir.to_path_buf(),
+            child,
+            stdin,
+            lines,
+        };
+        g.wait_for("live-guest: up", 180);
+        g.wait_for("live-guest: seq 64", 120);
+        g
+    }
+
+    fn count(&self, pat: &str) -> usize {
+        self.lines
+            .lock()
+            .expect("lines")
+            .iter()
+            .filter(|l| l.contains(pat))
+            .count()
+    }
+
+    fn wait_for(&self, pat: &str, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while self.count(pat) == 0 {
+            if Instant::now() > deadline {
+                let tail = self.lines.lock().expect("lines").join("\n");
+                panic!("the guest never printed {pat:?}; its console:\n{tail}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn send(&mut self, cmd: &str) {
+        writeln!(self.stdin, "{cmd}").expect("guest console");
+        self.stdin.flush().expect("flush");
+    }
+
+    /// The test's own monitor.
+    fn qmp(&self) -> Qmp {
+        Qmp::connect(&self.dir.join("test.sock"), Duration::from_secs(60))
+            .expect("qmp")
+            .expect("QEMU runs")
+    }
+
+    fn writes(&self) -> usize {
+        self.count("live-guest: seq")
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Host {
+    dir: tempfile::TempDir,
+}
+
+impl Host {
+    fn new(guest: &Path, agent: Option<&str>, qmp: Option<&Path>) -> Host {
+        let dir = tempfile::tempdir().expect("dir");
+        let h = Host { dir };
+        h.write_config(guest, agent, qmp);
+        let out = h.lb(&["init", "repo"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        h
+    }
+
+    fn write_config(&self, guest: &Path, agent: Option<&str>, qmp: Option<&Path>) {
+        let qmp = qmp
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| guest.join("qmp.sock"));
+        let agent = agent
+            .map(|a| format!("guest_agent = \"{}\"\nfreeze_timeout = 3\n", guest.join(a).display()))
+            .unwrap_or_default();
+        let cfg = format!(
+            r#"repository = "repo"
+[[vm]]
+name = "vm1"
+qmp = "{qmp}"
+{agent}
+[[vm.volume]]
+name = "vda"
+role = "root"
+path = "{va}"
+format = "qcow2"
+
+[[vm.volume]]
+name = "vdb"
+path = "{vb}"
+format = "raw"
+"#,
+            qmp = qmp.display(),
+            va = guest.join("va.qcow2").display(),
+            vb = guest.join("vb.raw").display(),
+        );
+        std::fs::write(self.dir.path().join("cfg.toml"), cfg).expect("config");
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.current_dir(self.dir.path())
+            .env_remove("LIFEBOAT_REPO")
+            .env("HOME", self.dir.path())
+            .arg("--config")
+            .arg(self.dir.path().join("cfg.toml"))
+            .args(args);
+        c
+    }
+
+    fn lb(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run lifeboat")
+    }
+
+    /// `backup vm1 --json`, asserting success; the volumes by name.
+    fn backup(&self) -> Value {
+        let out = self.lb(&["backup", "vm1", "--json"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "backup failed: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let result = serde_json::Deserializer::from_str(&text)
+            .into_iter::<Value>()
+            .map_while(Result::ok)
+            .last()
+            .expect("a JSON result");
+        let mut by_name = serde_json::Map::new();
+        for v in result["volumes"].as_array().expect("volumes") {
+            by_name.insert(v["volume"].as_str().expect("name").into(), v.clone());
+        }
+        Value::Object(by_name)
+    }
+
+    fn fails(&self) -> String {
+        let out = self.lb(&["backup", "vm1"]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(!out.status.success(), "backup should fail: {text}");
+        assert!(!text.contains("panicked"), "{text}");
+        text
+    }
+
+    /// Restores a volume's newest backup to a raw file.
+    fn restore(&self, volume: &str) -> PathBuf {
+        let to = self.dir.path().join(format!("{volume}.restored"));
+        let _ = std::fs::remove_file(&to);
+        let r = self
+            .cmd(&["restore", &format!("vm1/{volume}@latest"), "--to"])
+            .arg(&to)
+            .output()
+            .expect("restore");
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        to
+    }
+
+    fn backups(&self, volume: &str) -> usize {
+        let dir = self.dir.path().join("repo/manifests/vm1").join(volume);
+        std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+    }
+}
+
+/// Seqs per slot of one restored disk, each record checked whole.
+fn records(image: &Path) -> Result<Vec<Option<u64>>, String> {
+    use std::io::Read;
+    let mut buf = vec![0u8; SLOTS * RECORD];
+    std::fs::File::open(image)
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|e| e.to_string())?;
+    parse_records(&buf)
+}
+
+fn parse_records(buf: &[u8]) -> Result<Vec<Option<u64>>, String> {
+    let mut out = Vec::new();
+    for (slot, rec) in buf.chunks(RECORD).take(SLOTS).enumerate() {
+        if rec.iter().all(|&b| b == 0) {
+            out.push(None);
+            continue;
+        }
+        let first = &rec[..32];
+        if rec.chunks(32).any(|l| l != first) {
+            return Err(format!("slot {slot} holds a torn record"));
+        }
+        let line = String::from_utf8_lossy(first);
+        let f: Vec<&str> = line.trim_end_matches(['.', '\n']).split(' ').collect();
+        match f.as_slice() {
+            ["LBREC", s, i] if i.parse::<usize>() == Ok(slot) => {
+                out.push(Some(s.parse().map_err(|_| format!("slot {slot}: bad seq"))?))
+            }
+            _ => return Err(format!("slot {slot} holds a foreign record {line:?}")),
+        }
+    }
+    Ok(out)
+}
+
+/// The highest seq, if every slot holds exactly what it held at the
+/// instant that seq was written.
+fn one_instant(seqs: &[Option<u64>]) -> Result<Option<u64>, String> {
+    let Some(top) = seqs.iter().flatten().max().copied() else {
+        return Ok(None);
+    };
+    for (slot, got) in seqs.iter().enumerate() {
+        let slot = slot as u64;
+        let want = (top >= slot).then(|| top - (top - slot) % SLOTS as u64);
+        if *got != want {
+            return Err(format!(
+                "slot {slot} holds seq {got:?} but a disk at the instant of seq {top} holds {want:?}: a read spread over time"
+            ));
+        }
+    }
+    Ok(Some(top))
+}
+
+/// Both restored disks hold one instant, the same one.
+fn assert_consistent(host: &Host) -> u64 {
+    let a = one_instant(&records(&host.restore("vda")).expect("vda records")).expect("vda");
+    let b = one_instant(&records(&host.restore("vdb")).expect("vdb records")).expect("vdb");
+    let (a, b) = (a.expect("vda has records"), b.unwrap_or(0));
+    assert!(
+        a == b || a == b + 1,
+        "vda is at seq {a} and vdb at {b}: the disks were captured at different instants"
+    );
+    a
+}
+
+fn lifeboat_state(q: &mut Qmp) -> Vec<String> {
+    let mut left = Vec::new();
+    for (query, key) in [
+        ("query-block-exports", "id"),
+        ("query-block-jobs", "device"),
+        ("query-named-block-nodes", "node-name"),
+    ] {
+        let v = q.execute(query, json!({})).expect(query);
+        for x in v.as_array().into_iter().flatten() {
+            let name = x[key].as_str().unwrap_or("");
+            if name.starts_with("lifeboat-") {
+                left.push(format!("{query}: {name}"));
+            }
+        }
+    }
+    let sets = q.execute("query-fdsets", json!({})).expect("fdsets");
+    if sets.as_array().is_some_and(|s| !s.is_empty()) {
+        left.push(format!("fdsets: {sets}"));
+    }
+    left
+}
+
+/// lifeboat's bitmaps on a disk's format node: (name, recording).
+fn bitmaps(q: &mut Qmp, file: &str) -> Vec<(String, bool)> {
+    let nodes = q
+        .execute("query-named-block-nodes", json!({"flat": true}))
+        .expect("nodes");
+    nodes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["drv"] == "qcow2" && n["file"].as_str().is_some_and(|f| f.ends_with(file)))
+        .and_then(|n| n["dirty-bitmaps"].as_array())
+        .into_iter()
+        .flatten()
+        .map(|b| {
+            (
+                b["name"].as_str().unwrap_or("").to_string(),
+                b["recording"].as_bool().unwrap_or(false),
+            )
+        })
+        .filter(|(n, _)| n.starts_with("lifeboat-"))
+        .collect()
+}
+
+/// Starts a backup and stops it (SIGSTOP) once QEMU exports the captured
+/// disks, i.e. mid-read; retried when a backup outruns the poll.
+fn backup_caught_mid_read(host: &Host, q: &mut Qmp) -> Child {
+    for _ in 0..10 {
+        let mut child = host
+            .cmd(&["backup", "vm1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("backup");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let exports = q.execute("query-block-exports", json!({})).expect("exports");
+            if exports.as_array().is_some_and(|e| !e.is_empty()) {
+                // SAFETY: signalling our own child process.
+                unsafe { libc::kill(child.id() as i32, libc::SIGSTOP) };
+                return child;
+            }
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("never caught a backup while QEMU exported the disks");
+}
+
+#[test]
+fn the_pattern_check_catches_torn_and_mixed_time_reads() {
+    let mut disk = vec![0u8; SLOTS * RECORD];
+    let put = |disk: &mut Vec<u8>, seq: u64| {
+        let slot = (seq % SLOTS as u64) as usize;
+        let mut line = format!("LBREC {seq} {slot}");
+        while line.len() < 31 {
+            line.push('.');
+        }
+        line.push('\n');
+        let rec = line.repeat(128);
+        disk[slot * RECORD..(slot + 1) * RECORD].copy_from_slice(rec.as_bytes());
+    };
+    for seq in 0..600 {
+        put(&mut disk, seq);
+    }
+    assert_eq!(one_instant(&parse_records(&disk).unwrap()), Ok(Some(599)));
+    // A reader that copied slot 10 before the writer's seq 522 (= 10 + 2*256).
+    let mut mixed = disk.clone();
+    put(&mut mixed, 266);
+    assert!(one_instant(&parse_records(&mixed).unwrap()).is_err());
+    let mut torn = disk.clone();
+    torn[5 * RECORD + 1024..5 * RECORD + 1056].copy_from_slice(&disk[6 * RECORD..6 * RECORD + 32]);
+    assert!(parse_records(&torn).is_err());
+}
+
+#[test]
+fn a_running_vm_is_backed_up_at_one_instant_then_incrementally_and_survives_a_killed_backup() {
+    let gdir = tempfile::tempdir().expect("dir");
+    let mut guest = Guest::boot(gdir.path(), true);
+    let host = Host::new(gdir.path(), Some("qga.sock"), None);
+    let mut q = guest.qmp();
+
+    // 1. A full backup while the guest writes: application-consistent.
+    let b1 = host.backup();
+    for v in ["vda", "vdb"] {
+        let c = &b1[v]["capture"];
+        assert_eq!(c["consistency"], "application", "{b1:#}");
+        assert_eq!(c["incremental"], false);
+        assert!(c["note"].as_str().unwrap_or("").contains("frozen for"), "{c}");
+    }
+    let at1 = assert_consistent(&host);
+    assert!(at1 >= 64, "the guest was writing (seq {at1})");
+    let seq_lines = guest.writes();
+    guest.wait_for(&format!("live-guest: seq {}", (seq_lines + 1) * 64), 60);
+    let mut agent = Agent::connect(&gdir.path().join("qga.sock"), Duration::from_secs(10))
+        .expect("agent");
+    assert_eq!(agent.freeze_status().expect("status"), "thawed");
+    drop(agent);
+    assert_eq!(lifeboat_state(&mut q), Vec::<String>::new());
+
+    // 2. The guest rewrites 1% of vda; the next backup reads only that.
+    guest.send("dirty 1");
+    guest.wait_for("live-guest: dirty done", 120);
+    let b2 = host.backup();
+    let c = &b2["vda"]["capture"];
+    assert_eq!(c["incremental"], true, "{c}");
+    let read = c["bytes_read"].as_u64().expect("bytes_read");
+    assert!(read > 0 && read <= GIB / 50, "read {read} bytes of a 1 GiB disk");
+    assert_eq!(b2["vdb"]["capture"]["incremental"], true);
+    assert!(b2["vdb"]["capture"]["bytes_read"].as_u64().unwrap() <= (256 << 20) / 50);
+    let at2 = assert_consistent(&host);
+    assert!(at2 > at1);
+
+    // 3. Equal to a copy QEMU itself makes at the same point.
+    guest.send("pause");
+    guest.wait_for("live-guest: paused", 60);
+    q.execute("stop", json!({})).expect("stop");
+    let reference = gdir.path().join("reference.raw");
+    q.execute(
+        "drive-backup",
+        json!({"device": "vda", "job-id": "test-reference", "sync": "full",
+               "target": reference.to_str().unwrap(), "format": "raw"}),
+    )
+    .expect("drive-backup");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while q
+        .execute("query-block-jobs", json!({}))
+        .expect("jobs")
+        .as_array()
+        .is_some_and(|j| !j.is_empty())
+    {
+        assert!(Instant::now() < deadline, "QEMU's own copy never finished");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let b3 = host.backup();
+    assert_eq!(b3["vda"]["capture"]["incremental"], true);
+    q.execute("cont", json!({})).expect("cont");
+    guest.send("resume");
+    let restored = host.restore("vda");
+    let cmp = Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "raw"])
+        .arg(&restored)
+        .arg(&reference)
+        .output()
+        .expect("qemu-img compare");
+    assert!(
+        cmp.status.success(),
+        "the restored disk differs from QEMU's copy: {}",
+        String::from_utf8_lossy(&cmp.stdout)
+    );
+
+    // 4. lifeboat killed mid-read: QEMU keeps the leftovers until the next
+    // backup removes them and merges the interrupted bitmap back.
+    let before = bitmaps(&mut q, "va.qcow2");
+    assert_eq!(before.len(), 1, "{before:?}");
+    guest.send("dirty 2");
+    guest.wait_for("live-guest: dirty done", 120);
+    let mut child = backup_caught_mid_read(&host, &mut q);
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let left = lifeboat_state(&mut q);
+    assert!(!left.is_empty(), "the killed backup left nothing to repair?");
+    assert_eq!(bitmaps(&mut q, "va.qcow2").len(), 2);
+    let b4 = host.backup();
+    let c = &b4["vda"]["capture"];
+    assert_eq!(c["incremental"], true, "the merged-back bitmap is trusted: {c}");
+    assert!(c["bytes_read"].as_u64().unwrap() <= GIB / 50);
+    assert_consistent(&host);
+    assert_eq!(lifeboat_state(&mut q), Vec::<String>::new());
+    let after = bitmaps(&mut q, "va.qcow2");
+    assert_eq!(
+        after,
+        vec![(c["bitmap"].as_str().unwrap().to_string(), true)],
+        "one recording bitmap, the newest backup's"
+    );
+
+    // 5. The VM shuts down; its qcow2 disk keeps the persistent bitmap,
+    // so an offline backup still reads only what changed.
+    guest.send("pause");
+    guest.wait_for("live-guest: paused", 60);
+    guest.send("dirty 3");
+    guest.wait_for("live-guest: dirty done", 120);
+    q.execute("quit", json!({})).expect("quit");
+    let _ = guest.child.wait();
+    let b5 = host.backup();
+    let c = &b5["vda"]["capture"];
+    assert_eq!(c["consistency"], "offline");
+    assert_eq!(c["incremental"], true, "{c}");
+    assert!(c["bytes_read"].as_u64().unwrap() <= GIB / 50);
+    assert!(b5["vdb"]["capture"]["full_reason"]
+        .as_str()
+        .unwrap_or("")
+        .contains("raw image"));
+    let restored = host.restore("vda");
+    let cmp = Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "qcow2"])
+        .arg(&restored)
+        .arg(gdir.path().join("va.qcow2"))
+        .output()
+        .expect("qemu-img compare");
+    assert!(cmp.status.success(), "{}", String::from_utf8_lossy(&cmp.stdout));
+}
+
+#[test]
+fn faults_a_hung_agent_a_missing_monitor_and_a_vm_that_exits_mid_backup() {
+    let gdir = tempfile::tempdir().expect("dir");
+    // The agent channel exists but no agent runs in the guest: it hangs.
+    let guest = Guest::boot(gdir.path(), false);
+    let host = Host::new(gdir.path(), Some("qga.sock"), None);
+    let mut q = guest.qmp();
+
+    let t = Instant::now();
+    let b1 = host.backup();
+    let c = &b1["vda"]["capture"];
+    assert_eq!(c["consistency"], "crash", "{c}");
+    assert!(
+        c["note"].as_str().unwrap_or("").contains("did not answer in time"),
+        "{c}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(60));
+    assert_consistent(&host);
+    assert_eq!(lifeboat_state(&mut q), Vec::<String>::new());
+
+    // A monitor path with no socket, then a stale socket nobody listens on:
+    // the VM looks stopped, but its disk is locked, so nothing is read.
+    for qmp in ["missing.sock", "stale.sock"] {
+        let path = host.dir.path().join(qmp);
+        if qmp == "stale.sock" {
+            drop(UnixListener::bind(&path).expect("bind"));
+        }
+        host.write_config(gdir.path(), None, Some(&path));
+        let err = host.fails();
+        assert!(err.contains("in use by a running QEMU"), "{err}");
+        assert!(err.contains("qmp"), "{err}");
+    }
+    host.write_config(gdir.path(), None, None);
+
+    // The VM dies while lifeboat reads it.
+    let before = host.backups("vda");
+    let mut child = backup_caught_mid_read(&host, &mut q);
+    drop(q);
+    let mut guest = guest;
+    guest.child.kill().expect("kill QEMU");
+    let _ = guest.child.wait();
+    // SAFETY: resuming our own stopped child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+    let out = child.wait_with_output().expect("backup");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a backup of a VM that died mid-read succeeded");
+    assert!(err.contains("did the VM exit") || err.contains("closed the monitor"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(host.backups("vda"), before, "no manifest for a failed backup");
+
+    // QEMU died without saving its new bitmap: the next (offline) backup
+    // reads the whole disk and says why.
+    let b2 = host.backup();
+    let c = &b2["vda"]["capture"];
+    assert_eq!(c["consistency"], "offline");
+    assert_eq!(c["incremental"], false);
+    assert!(
+        c["full_reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("QEMU stopped without saving it"),
+        "{c}"
+    );
+}
