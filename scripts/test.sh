@@ -16,6 +16,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 #   the demo's bootable Linux guest (see assets/demo-guest.sh);
 # - libvirt-clients libxml2-utils: virt-xml-validate checks restored
 #   domain XML against libvirt's schema.
+# (qemu-system-x86 also brings the libraries the running-VM tests copy
+# into their guest with Debian's qemu-guest-agent: glib, libnuma, liburing.)
 pkgs=(openssl python3-prometheus-client qemu-utils qemu-system-x86
       busybox-static cpio dosfstools fdisk mtools syslinux syslinux-common
       libvirt-clients libxml2-utils)
@@ -51,6 +53,8 @@ echo "qemu tools: $(qemu_version qemu-img) (qemu-img, qemu-nbd, qemu-io, qemu-sy
 # apt-get download and kept (the demo and the drill tests boot it).
 export LIFEBOAT_GUEST_KIT="${LIFEBOAT_GUEST_KIT:-$HOME/.cache/lifeboat/guest-kit}"
 sh assets/demo-guest.sh kit "$LIFEBOAT_GUEST_KIT"
+# The running-VM tests' guest runs Debian's qemu-guest-agent (tests/live.rs).
+sh tests/support/live-guest.sh kit "$LIFEBOAT_GUEST_KIT"
 echo "guest kernel: $LIFEBOAT_GUEST_KIT"
 
 # Garage: a real distributed S3 engine for the S3 tests. Building it takes

@@ -656,3 +656,116 @@ fn faults_a_hung_agent_a_missing_monitor_and_a_vm_that_exits_mid_backup() {
         "{c}"
     );
 }
+
+/// QEMU holding the disks with no guest to run (the firmware finds
+/// nothing to boot): enough for what lifeboat asks a running VM.
+struct BareQemu(Child);
+
+impl BareQemu {
+    fn start(dir: &Path) -> BareQemu {
+        let st = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(dir.join("va.qcow2"))
+            .arg("1G")
+            .status()
+            .expect("qemu-img");
+        assert!(st.success());
+        std::fs::File::create(dir.join("vb.raw"))
+            .and_then(|f| f.set_len(256 << 20))
+            .expect("vb");
+        let child = Command::new("qemu-system-x86_64")
+            .args(["-accel", "tcg", "-m", "64", "-nodefaults", "-display", "none"])
+            .arg("-drive")
+            .arg(format!(
+                "file={},if=virtio,format=qcow2",
+                dir.join("va.qcow2").display()
+            ))
+            .arg("-drive")
+            .arg(format!("file={},if=virtio,format=raw", dir.join("vb.raw").display()))
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", dir.join("qmp.sock").display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("qemu-system-x86_64");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !dir.join("qmp.sock").exists() {
+            assert!(Instant::now() < deadline, "QEMU never opened its monitor");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        BareQemu(child)
+    }
+}
+
+impl Drop for BareQemu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn vms_json(host: &Host) -> Value {
+    let out = host.lb(&["vms", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice::<Value>(&out.stdout).expect("vms JSON")[0].clone()
+}
+
+#[test]
+fn vms_and_the_console_show_running_state_last_consistency_and_next_read() {
+    let gdir = tempfile::tempdir().expect("dir");
+    let qemu = BareQemu::start(gdir.path());
+    let host = Host::new(gdir.path(), None, None);
+
+    let v = vms_json(&host);
+    assert_eq!(v["run"]["running"], true, "{v}");
+    assert!(v["last_backup"].is_null());
+    assert!(v["next"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|n| n["incremental"] == false
+            && n["reason"].as_str().unwrap().contains("no earlier backup")));
+
+    let b = host.backup();
+    assert_eq!(b["vda"]["capture"]["consistency"], "crash");
+    assert!(b["vda"]["capture"]["note"]
+        .as_str()
+        .unwrap()
+        .contains("no guest agent"));
+    let v = vms_json(&host);
+    assert_eq!(v["last_backup"]["consistency"], "crash");
+    assert!(v["next"].as_array().unwrap().iter().all(|n| n["incremental"] == true), "{v}");
+    let human = String::from_utf8_lossy(&host.lb(&["vms"]).stdout).into_owned();
+    assert!(human.contains("running:     running"), "{human}");
+    assert!(human.contains("next vda: incremental"), "{human}");
+
+    let mut cmd = portable_pty::CommandBuilder::new(BIN);
+    cmd.arg("--config");
+    cmd.arg(host.dir.path().join("cfg.toml"));
+    cmd.cwd(host.dir.path());
+    cmd.env("TERM", "xterm-256color");
+    cmd.env("HOME", host.dir.path());
+    let mut console = common::pty::open(cmd);
+    console.wait_for("vm1 ●", 30);
+    console.wait_for("live    running · last crash-consistent · next incremental", 30);
+
+    // Stopped: the qcow2 disk's bitmap still offers the fast path; the raw
+    // one does not, and the console says why.
+    let mut qemu = qemu;
+    Qmp::connect(&gdir.path().join("qmp.sock"), Duration::from_secs(30))
+        .expect("qmp")
+        .expect("QEMU runs")
+        .execute("quit", json!({}))
+        .expect("quit");
+    let _ = qemu.0.wait();
+    console.keys("R");
+    let screen = console.wait_for("live    not running", 30);
+    assert!(!screen.contains("vm1 ●"), "{screen}");
+    console.keys("q");
+    console.wait_exit();
+    let v = vms_json(&host);
+    assert_eq!(v["run"]["running"], false);
+    assert_eq!(v["next"][0]["incremental"], true, "{v}");
+    assert_eq!(v["next"][1]["incremental"], false);
+}

@@ -136,6 +136,7 @@ pub async fn backup(
                 v.stats.new_chunks,
                 duration(v.seconds)
             );
+            println!("  {}", lifeboat_core::text::escape(&v.capture.summary()));
         }
     }
     Ok(Outcome::Ok)

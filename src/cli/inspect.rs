@@ -236,6 +236,12 @@ pub fn show(ctx: &Ctx, reference: &str) -> anyhow::Result<Outcome> {
         escape(m.labels.note.as_deref().unwrap_or(""))
     );
     println!("protected   {}", m.labels.protected);
+    if let Some(c) = &m.capture {
+        println!("capture     {}", escape(&c.summary()));
+        if let Some(b) = &c.bitmap {
+            println!("bitmap      {b} (tracks changes since this backup)");
+        }
+    }
     Ok(Outcome::Ok)
 }
 

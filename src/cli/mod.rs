@@ -15,6 +15,7 @@ pub mod progress;
 mod protect_cmd;
 mod prune;
 mod remote_cmds;
+mod vms_cmd;
 
 use std::path::PathBuf;
 
@@ -175,6 +176,13 @@ pub enum Command {
         vm: Option<String>,
         #[arg(long, default_value_t = 20)]
         last: usize,
+    },
+    /// Per VM: running or not (through its QMP monitor), how consistent
+    /// its newest backup is, and whether the next backup reads only what
+    /// changed (and why not).
+    Vms {
+        /// Only this VM.
+        vm: Option<String>,
     },
     /// Manage remotes (off-site servers, S3 buckets, other directories).
     Remote {
@@ -578,6 +586,7 @@ pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
         }
         Command::Drill(a) => drill_cmd::drill(&ctx, a).await,
         Command::Drills { vm, last } => drill_cmd::history(&ctx, vm.as_deref(), last),
+        Command::Vms { vm } => vms_cmd::vms(&ctx, vm).await,
         Command::Remote { action } => match action {
             RemoteAction::Add(a) => remote_cmds::remote_add(&ctx, *a),
             RemoteAction::Ls => remote_cmds::remote_ls(&ctx).await,

@@ -158,6 +158,25 @@ impl Runner {
                     if let Ok(d) = lifeboat_core::drill::history::last_per_vm(&path) {
                         let _ = tx.send(Action::Drills(d));
                     }
+                    if let Ok(b) = &res {
+                        // Asking each running VM's QEMU may take seconds:
+                        // not in the way of the listing.
+                        let (b, config, tx, path) =
+                            (b.clone(), config.clone(), tx.clone(), path.clone());
+                        tokio::task::spawn_blocking(move || {
+                            let chunk = Repo::open(&path).map(|r| r.chunk_size()).unwrap_or(0);
+                            let live = config
+                                .vms
+                                .iter()
+                                .filter_map(|v| {
+                                    let name = v.name.get_ref();
+                                    lifeboat_core::live::outlook_for(&config, name, &b, chunk)
+                                        .map(|o| (name.clone(), o))
+                                })
+                                .collect();
+                            let _ = tx.send(Action::Live(live));
+                        });
+                    }
                     let _ = match res {
                         Ok(b) => tx.send(Action::Loaded(b)),
                         Err(e) => tx.send(Action::LoadFailed(e.to_string())),

@@ -105,11 +105,18 @@ writer() {
 writer &
 echo "live-guest: up"
 while read -r cmd arg; do
+    arg=${arg:-0}
     case "$cmd" in
         dirty)
-            # 10 x 1 MiB of new random data, 97 MiB apart (1% of 1 GiB).
-            for j in 1 2 3 4 5 6 7 8 9 10; do
-                dd if=/dev/urandom of=/dev/vda bs=65536 count=16 seek=$(( (j * 97 + ${arg:-0}) % 1000 * 16 + 16 )) conv=notrunc oflag=direct 2>/dev/null
+            # arg: a seed and how many MiB (default 10, 1% of 1 GiB) of new
+            # random data, 1 MiB each at scattered places past the records.
+            set -- $arg
+            mib=$(( $(cat /sys/block/vda/size) / 2048 ))
+            j=1
+            while [ $j -le "${2:-10}" ]; do
+                at=$(( 1 + (j * 97 + ${1:-0} * 13) % (mib - 1) ))
+                dd if=/dev/urandom of=/dev/vda bs=1048576 count=1 seek=$at conv=notrunc oflag=direct 2>/dev/null
+                j=$((j + 1))
             done
             echo "live-guest: dirty done"
             ;;

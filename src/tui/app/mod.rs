@@ -297,6 +297,8 @@ pub enum Action {
     },
     /// The newest drill of each VM (from the repository's history).
     Drills(BTreeMap<String, lifeboat_core::drill::DrillReport>),
+    /// Each inventory VM: running or not, and what its next backup reads.
+    Live(BTreeMap<String, lifeboat_core::live::Outlook>),
     JobDone {
         id: u64,
         result: Result<String, String>,
@@ -381,6 +383,8 @@ pub struct App {
     pub remotes: Vec<RemoteView>,
     /// Each VM's newest drill.
     pub drills: BTreeMap<String, lifeboat_core::drill::DrillReport>,
+    /// Each inventory VM's running state and next-backup outlook.
+    pub live: BTreeMap<String, lifeboat_core::live::Outlook>,
     /// Where each inventory VM is drilled from unless the admin picks.
     pub drill_defaults: BTreeMap<String, String>,
     pub focus: Pane,
@@ -453,6 +457,7 @@ impl App {
             remote_backups: BTreeMap::new(),
             inventory,
             drills: BTreeMap::new(),
+            live: BTreeMap::new(),
             drill_defaults: BTreeMap::new(),
             remotes: remotes
                 .into_iter()
@@ -633,6 +638,15 @@ impl App {
     /// The VM's recovery point: the oldest of its volumes' newest backups
     /// (None when a volume has none). A VM is only as fresh as its stalest
     /// volume.
+    /// The capture record of a VM's newest backup.
+    pub fn last_capture(&self, vm: &str) -> Option<&lifeboat_core::repo::manifest::Capture> {
+        self.backups
+            .iter()
+            .rev()
+            .find(|(k, _)| k.vm == vm)
+            .and_then(|(_, m)| m.capture.as_ref())
+    }
+
     pub fn newest(&self, vm: &str) -> Option<DateTime<Utc>> {
         self.vm_newest_cache.get(vm).copied().flatten()
     }
@@ -887,6 +901,10 @@ impl App {
             }
             Action::Drills(d) => {
                 self.drills = d;
+                Vec::new()
+            }
+            Action::Live(l) => {
+                self.live = l;
                 Vec::new()
             }
             Action::JobProgress {

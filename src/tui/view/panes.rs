@@ -99,6 +99,15 @@ pub fn tree(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         .iter()
         .map(|r| {
             let (label, rpo, newest) = match &r.volume {
+                // A running VM (its monitor answers) is marked ●.
+                None if app
+                    .live
+                    .get(&r.vm)
+                    .and_then(|o| o.run.as_ref())
+                    .is_some_and(|r| r.running) =>
+                {
+                    (format!("{} ●", r.vm), app.rpo(&r.vm), app.newest(&r.vm))
+                }
                 None => (r.vm.clone(), app.rpo(&r.vm), app.newest(&r.vm)),
                 Some(v) => (
                     format!(" └ {v}"),
@@ -301,6 +310,49 @@ fn policy_line(r: &lifeboat_core::rpo::VmRpo, now: chrono::DateTime<chrono::Utc>
     )
 }
 
+/// A VM's running state, its newest backup's consistency and whether the
+/// next backup can read only what changed.
+fn live_line(app: &App, vm: &str) -> Option<Line<'static>> {
+    let o = app.live.get(vm);
+    let last = app.last_capture(vm);
+    if o.is_none() && last.is_none() {
+        return None;
+    }
+    let run = match o.and_then(|o| o.run.as_ref()) {
+        Some(r) if r.running && r.status == "running" => "running".into(),
+        Some(r) if r.running => format!("running ({})", escape(&r.status)),
+        Some(r) => escape(&r.status).into_owned(),
+        None => "no qmp".into(),
+    };
+    let last = last
+        .map(|c| c.consistency.to_string())
+        .unwrap_or_else(|| "no capture record".into());
+    let next = match o {
+        None => "-".to_string(),
+        Some(o) if o.volumes.iter().all(|v| v.incremental) && !o.volumes.is_empty() => {
+            "incremental".into()
+        }
+        Some(o) => {
+            let full: Vec<String> = o
+                .volumes
+                .iter()
+                .filter(|v| !v.incremental)
+                .map(|v| {
+                    format!(
+                        "{}: {}",
+                        escape(&v.volume),
+                        escape(v.reason.as_deref().unwrap_or("full"))
+                    )
+                })
+                .collect();
+            format!("full ({})", full.join("; "))
+        }
+    };
+    Some(Line::from(format!(
+        "live    {run} · last {last} · next {next}"
+    )))
+}
+
 pub fn details(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     let chart = area.width >= 90;
     let cols = Layout::default()
@@ -404,6 +456,11 @@ pub fn details(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
                 theme.fg(Color::Red)
             },
         )));
+    }
+    // Second, where a short pane still shows it: what a backup of the VM
+    // would be right now.
+    if let Some(line) = app.selected_row().and_then(|row| live_line(app, &row.vm)) {
+        lines.insert(1.min(lines.len()), line);
     }
     lines.push(Line::from(usage));
     f.render_widget(

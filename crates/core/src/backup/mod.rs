@@ -137,7 +137,7 @@ pub fn backup(
                 (reader, d.format, capture)
             }
             Live::NotRunning(_) | Live::NotConfigured => {
-                let prev = previous[i].map(|(_, m)| previous_backup(m));
+                let prev = previous[i].map(|(_, m)| PreviousBackup::of(m));
                 let opened = crate::live::offline::open(
                     &spec.path,
                     spec.format,
@@ -291,13 +291,6 @@ enum Live {
     Running(Box<Session>),
 }
 
-fn previous_backup(m: &Manifest) -> PreviousBackup {
-    PreviousBackup {
-        bitmap: m.capture.as_ref().and_then(|c| c.bitmap.clone()),
-        chunk_size: m.chunk_size,
-        size: m.volume.virtual_size,
-    }
-}
 
 /// Connects to the VM's QEMU when it has a monitor and runs there, and
 /// captures every disk at one instant.
@@ -323,7 +316,7 @@ fn start_live(
         .collect();
     let prevs: Vec<Option<PreviousBackup>> = previous
         .iter()
-        .map(|p| p.map(|(_, m)| previous_backup(m)))
+        .map(|p| p.map(|(_, m)| PreviousBackup::of(m)))
         .collect();
     let mut session = Session::begin(qmp, &volumes, &prevs, repo.chunk_size(), set, &req.live)?;
     session.capture(&req.live)?;

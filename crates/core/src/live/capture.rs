@@ -73,6 +73,16 @@ pub struct PreviousBackup {
     pub size: u64,
 }
 
+impl PreviousBackup {
+    pub fn of(m: &crate::repo::manifest::Manifest) -> PreviousBackup {
+        PreviousBackup {
+            bitmap: m.capture.as_ref().and_then(|c| c.bitmap.clone()),
+            chunk_size: m.chunk_size,
+            size: m.volume.virtual_size,
+        }
+    }
+}
+
 pub struct Session {
     qmp: Qmp,
     dir: tempfile::TempDir,
@@ -212,14 +222,12 @@ impl Session {
             let prev = previous_for(previous.get(i).and_then(Option::as_ref), chunk_size, size);
             let (mut read, mut repairs) = decide(&prev, &bitmaps);
             if !cfg.bitmaps {
+                // Neither used nor touched: another repository's lineage
+                // may rely on them.
                 read = Read::Full {
                     reason: "dirty bitmaps are off for this VM (bitmaps = false)".into(),
                 };
-                repairs = bitmaps
-                    .iter()
-                    .filter(|b| crate::repo::manifest::is_bitmap_name(&b.name))
-                    .map(|b| Repair::Remove(b.name.clone()))
-                    .collect();
+                repairs = Vec::new();
             }
             for r in repairs {
                 apply_repair(&mut qmp, &node, &r)?;

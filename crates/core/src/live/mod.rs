@@ -201,3 +201,33 @@ pub fn outlook(cfg: &LiveConfig, volumes: &[VolumeRef], chunk_size: u64) -> Outl
         .collect();
     Outlook { run, volumes }
 }
+
+/// The outlook of an inventory VM against the backups of a repository
+/// (each volume's newest one is the base of the next).
+pub fn outlook_for(
+    config: &crate::config::Config,
+    vm: &str,
+    backups: &[(crate::repo::ManifestKey, crate::repo::manifest::Manifest)],
+    chunk_size: u64,
+) -> Option<Outlook> {
+    let v = config.vm(vm)?;
+    let refs: Vec<VolumeRef> = v
+        .volumes
+        .iter()
+        .map(|vol| {
+            let name = vol.name.get_ref().clone();
+            let previous = backups
+                .iter()
+                .rev()
+                .find(|(k, _)| k.vm == vm && k.volume == name)
+                .map(|(_, m)| capture::PreviousBackup::of(m));
+            VolumeRef {
+                path: config.resolve(&vol.path),
+                format: vol.format,
+                previous,
+                name,
+            }
+        })
+        .collect();
+    Some(outlook(&config.live_for(vm), &refs, chunk_size))
+}

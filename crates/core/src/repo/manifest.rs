@@ -191,6 +191,28 @@ impl Capture {
         self
     }
 
+    /// One line for people (escape it before a terminal shows it).
+    pub fn summary(&self) -> String {
+        let read = if self.incremental {
+            format!("read {} changed (dirty bitmap)", crate::text::bytes(self.bytes_read))
+        } else {
+            format!(
+                "read {} in full{}",
+                crate::text::bytes(self.bytes_read),
+                self.full_reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            )
+        };
+        let note = self
+            .note
+            .as_deref()
+            .map(|n| format!("; {n}"))
+            .unwrap_or_default();
+        format!("{}, {read}{note}", self.consistency)
+    }
+
     fn check(&self) -> std::result::Result<(), String> {
         if let Some(b) = &self.bitmap {
             if !is_bitmap_name(b) {

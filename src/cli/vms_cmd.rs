@@ -1,0 +1,93 @@
+//! `lifeboat vms`: per VM, whether it runs (its QMP monitor says), how
+//! consistent its newest backup is, and whether the next backup reads only
+//! what changed.
+
+use lifeboat_core::live::{self, Outlook};
+use lifeboat_core::repo::manifest::Capture;
+use lifeboat_core::text::escape;
+use serde::Serialize;
+
+use super::{print_json, Ctx, Outcome};
+
+#[derive(Serialize)]
+struct VmState {
+    vm: String,
+    /// None: no `qmp` configured.
+    run: Option<live::RunState>,
+    /// The newest backup's capture record (None before the first backup,
+    /// or for a backup by an older lifeboat).
+    last_backup: Option<Capture>,
+    next: Vec<live::VolumeOutlook>,
+}
+
+pub async fn vms(ctx: &Ctx, only: Option<String>) -> anyhow::Result<Outcome> {
+    let repo = ctx.open_repo()?;
+    let config = ctx.config.clone();
+    if let Some(vm) = &only {
+        if config.vm(vm).is_none() {
+            anyhow::bail!("VM {} is not in the config", escape(vm));
+        }
+    }
+    let states = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<VmState>> {
+        let backups = repo.load_all()?;
+        let mut out = Vec::new();
+        for v in &config.vms {
+            let name = v.name.get_ref();
+            if only.as_ref().is_some_and(|o| o != name) {
+                continue;
+            }
+            let Some(Outlook { run, volumes }) =
+                live::outlook_for(&config, name, &backups, repo.chunk_size())
+            else {
+                continue;
+            };
+            let last_backup = backups
+                .iter()
+                .rev()
+                .find(|(k, _)| &k.vm == name)
+                .and_then(|(_, m)| m.capture.clone());
+            out.push(VmState {
+                vm: name.clone(),
+                run,
+                last_backup,
+                next: volumes,
+            });
+        }
+        Ok(out)
+    })
+    .await??;
+    if ctx.json {
+        print_json(&states)?;
+        return Ok(Outcome::Ok);
+    }
+    if states.is_empty() {
+        println!("no VMs in the config: list them as [[vm]] entries");
+    }
+    for s in &states {
+        let run = match &s.run {
+            None => "no qmp configured".to_string(),
+            Some(r) => escape(&r.status).into_owned(),
+        };
+        let last = match &s.last_backup {
+            None => "no capture record".to_string(),
+            Some(c) => format!(
+                "{}{}",
+                c.consistency,
+                c.note
+                    .as_deref()
+                    .map(|n| format!(" ({})", escape(n)))
+                    .unwrap_or_default()
+            ),
+        };
+        println!("{}", escape(&s.vm));
+        println!("  running:     {run}");
+        println!("  last backup: {last}");
+        for v in &s.next {
+            match &v.reason {
+                None => println!("  next {}: incremental (dirty bitmap)", escape(&v.volume)),
+                Some(r) => println!("  next {}: full read: {}", escape(&v.volume), escape(r)),
+            }
+        }
+    }
+    Ok(Outcome::Ok)
+}
