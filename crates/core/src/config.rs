@@ -549,6 +549,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("line 1"), "{e}");
+        let e = Config::parse(
+            Path::new("c.toml"),
+            "[[vm]]\nname = \"a\"\nqmp = \"a.qmp\"\nfreeze_timeout = 0\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("freeze_timeout = 0"), "{e}");
+        let mut c = Config::parse(
+            Path::new("/etc/lifeboat/c.toml"),
+            "[[vm]]\nname = \"a\"\nqmp = \"run/a.qmp\"\nguest_agent = \"/run/a.qga\"\nbitmaps = false\n",
+        )
+        .unwrap();
+        c.path = Some(PathBuf::from("/etc/lifeboat/c.toml"));
+        let live = c.live_for("a");
+        assert_eq!(live.qmp, Some(PathBuf::from("/etc/lifeboat/run/a.qmp")));
+        assert_eq!(live.agent, Some(PathBuf::from("/run/a.qga")));
+        assert!(!live.bitmaps);
     }
 
     #[test]

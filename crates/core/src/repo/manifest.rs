@@ -458,6 +458,45 @@ mod tests {
     }
 
     #[test]
+    fn captures_are_checked_and_bounded() {
+        let capture = Capture {
+            consistency: Consistency::Application,
+            note: Some("1 guest filesystems frozen for 12 ms".into()),
+            bitmap: Some(format!("lifeboat-{}", "ab".repeat(16))),
+            incremental: true,
+            full_reason: None,
+            bytes_read: 65536,
+        };
+        let mut m = sample();
+        m.format = 2;
+        m.capture = Some(capture.clone());
+        assert_eq!(Manifest::from_bytes(&m.key(), &m.to_bytes()).unwrap(), m);
+        assert!(capture.summary().starts_with("application-consistent, read 64.0 KiB changed"));
+        let mut v1 = m.clone();
+        v1.format = 1;
+        assert!(Manifest::from_bytes(&v1.key(), &v1.to_bytes()).is_err());
+        for bad in ["backup-vda", "lifeboat-../x", &format!("lifeboat-{}", "AB".repeat(16))] {
+            let mut b = m.clone();
+            b.capture = Some(Capture {
+                bitmap: Some(bad.to_string()),
+                ..capture.clone()
+            });
+            let e = Manifest::from_bytes(&b.key(), &b.to_bytes()).unwrap_err();
+            assert!(e.to_string().contains("not lifeboat's"), "{bad}: {e}");
+        }
+        let long = Capture {
+            full_reason: Some("é".repeat(600)),
+            ..capture
+        };
+        let mut b = m.clone();
+        b.capture = Some(long.clone());
+        assert!(Manifest::from_bytes(&b.key(), &b.to_bytes()).is_err());
+        b.capture = Some(long.bounded());
+        let read = Manifest::from_bytes(&b.key(), &b.to_bytes()).unwrap();
+        assert!(read.capture.unwrap().full_reason.unwrap().ends_with("..."));
+    }
+
+    #[test]
     fn key_time_must_be_created_at() {
         let m = sample();
         let good = m.key();

@@ -448,3 +448,201 @@ impl NbdClient {
         let _ = self.request(CMD_DISC, 0, 0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scripted server: handshake, then for each request the reply bytes
+    /// the closure makes from its handle.
+    fn serve(
+        dir: &Path,
+        contexts: &'static [(&'static str, u32)],
+        replies: Vec<Box<dyn Fn(u64) -> Vec<u8> + Send>>,
+    ) -> std::path::PathBuf {
+        let path = dir.join("nbd.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut hello = Vec::new();
+            hello.extend_from_slice(&NBDMAGIC.to_be_bytes());
+            hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
+            hello.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
+            s.write_all(&hello).unwrap();
+            let _flags = read_u32(&mut s).unwrap();
+            let reply = |s: &mut UnixStream, opt: u32, kind: u32, data: &[u8]| {
+                let mut m = Vec::new();
+                m.extend_from_slice(&OPT_REPLY_MAGIC.to_be_bytes());
+                m.extend_from_slice(&opt.to_be_bytes());
+                m.extend_from_slice(&kind.to_be_bytes());
+                m.extend_from_slice(&(data.len() as u32).to_be_bytes());
+                m.extend_from_slice(data);
+                s.write_all(&m).unwrap();
+            };
+            loop {
+                let _ = read_u64(&mut s).unwrap();
+                let opt = read_u32(&mut s).unwrap();
+                let len = read_u32(&mut s).unwrap() as usize;
+                let mut data = vec![0u8; len];
+                s.read_exact(&mut data).unwrap();
+                match opt {
+                    OPT_SET_META_CONTEXT => {
+                        for (name, id) in contexts {
+                            let mut d = id.to_be_bytes().to_vec();
+                            d.extend_from_slice(name.as_bytes());
+                            reply(&mut s, opt, REP_META_CONTEXT, &d);
+                        }
+                        reply(&mut s, opt, REP_ACK, &[]);
+                    }
+                    OPT_GO => {
+                        let mut info = INFO_EXPORT.to_be_bytes().to_vec();
+                        info.extend_from_slice(&(1u64 << 20).to_be_bytes());
+                        info.extend_from_slice(&0u16.to_be_bytes());
+                        reply(&mut s, opt, REP_INFO, &info);
+                        reply(&mut s, opt, REP_ACK, &[]);
+                        break;
+                    }
+                    _ => reply(&mut s, opt, REP_ACK, &[]),
+                }
+            }
+            for r in replies {
+                let mut req = [0u8; 28];
+                if s.read_exact(&mut req).is_err() {
+                    return;
+                }
+                let handle = u64::from_be_bytes(req[8..16].try_into().unwrap());
+                let _ = s.write_all(&r(handle));
+            }
+        });
+        path
+    }
+
+    fn chunk(flags: u16, kind: u16, handle: u64, payload: &[u8]) -> Vec<u8> {
+        let mut m = STRUCTURED_REPLY_MAGIC.to_be_bytes().to_vec();
+        m.extend_from_slice(&flags.to_be_bytes());
+        m.extend_from_slice(&kind.to_be_bytes());
+        m.extend_from_slice(&handle.to_be_bytes());
+        m.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        m.extend_from_slice(payload);
+        m
+    }
+
+    fn data(at: u64, bytes: &[u8]) -> Vec<u8> {
+        let mut p = at.to_be_bytes().to_vec();
+        p.extend_from_slice(bytes);
+        p
+    }
+
+    fn hole(at: u64, n: u32) -> Vec<u8> {
+        let mut p = at.to_be_bytes().to_vec();
+        p.extend_from_slice(&n.to_be_bytes());
+        p
+    }
+
+    fn status(ctx: u32, extents: &[(u32, u32)]) -> Vec<u8> {
+        let mut p = ctx.to_be_bytes().to_vec();
+        for (n, st) in extents {
+            p.extend_from_slice(&n.to_be_bytes());
+            p.extend_from_slice(&st.to_be_bytes());
+        }
+        p
+    }
+
+    const CONTEXTS: &[(&str, u32)] = &[("base:allocation", 1), ("qemu:dirty-bitmap:b", 2)];
+
+    fn want() -> Want<'static> {
+        Want {
+            export: "x",
+            allocation: true,
+            dirty_bitmap: Some("b"),
+        }
+    }
+
+    #[test]
+    fn chunks_in_any_order_make_one_read_and_block_status_is_merged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = serve(
+            dir.path(),
+            CONTEXTS,
+            vec![
+                Box::new(|h| {
+                    let mut m = chunk(0, REPLY_OFFSET_DATA, h, &data(8, &[7u8; 8]));
+                    m.extend(chunk(REPLY_FLAG_DONE, REPLY_OFFSET_HOLE, h, &hole(0, 8)));
+                    m
+                }),
+                Box::new(|h| {
+                    let mut m = chunk(0, REPLY_BLOCK_STATUS, h, &status(1, &[(4096, 0), (4096, 3)]));
+                    let rest = (1u32 << 20) - 8192;
+                    m.extend(chunk(
+                        REPLY_FLAG_DONE,
+                        REPLY_BLOCK_STATUS,
+                        h,
+                        &status(2, &[(4096, 1), (4096, 1), (rest, 0)]),
+                    ));
+                    m
+                }),
+            ],
+        );
+        let mut c = NbdClient::connect_with(&path, &want()).unwrap();
+        let mut buf = [1u8; 16];
+        c.read_at(0, &mut buf).unwrap();
+        assert_eq!(buf[..8], [0u8; 8]);
+        assert_eq!(buf[8..], [7u8; 8]);
+        assert_eq!(c.bytes_read, 16);
+        // One reply carries both contexts; only the bitmap's is taken.
+        let dirty = c.dirty_extents().unwrap().unwrap();
+        assert_eq!(dirty, vec![(0, 8192)]);
+    }
+
+    #[test]
+    fn hostile_replies_are_refused() {
+        let cases: Vec<(&str, Box<dyn Fn(u64) -> Vec<u8> + Send>)> = vec![
+            (
+                "outside the request",
+                Box::new(|h| chunk(REPLY_FLAG_DONE, REPLY_OFFSET_DATA, h, &data(12, &[0u8; 8]))),
+            ),
+            (
+                "unknown request",
+                Box::new(|h| chunk(REPLY_FLAG_DONE, REPLY_OFFSET_HOLE, h + 1, &hole(0, 16))),
+            ),
+            (
+                "returned 8 of 16",
+                Box::new(|h| chunk(REPLY_FLAG_DONE, REPLY_OFFSET_HOLE, h, &hole(0, 8))),
+            ),
+            ("oversized", Box::new(|h| {
+                let mut m = STRUCTURED_REPLY_MAGIC.to_be_bytes().to_vec();
+                m.extend_from_slice(&REPLY_FLAG_DONE.to_be_bytes());
+                m.extend_from_slice(&REPLY_OFFSET_DATA.to_be_bytes());
+                m.extend_from_slice(&h.to_be_bytes());
+                m.extend_from_slice(&u32::MAX.to_be_bytes());
+                m
+            })),
+            (
+                "failed (error 5): disk \\x1b[31mgone",
+                Box::new(|h| {
+                    let msg = b"disk \x1b[31mgone";
+                    let mut p = 5u32.to_be_bytes().to_vec();
+                    p.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+                    p.extend_from_slice(msg);
+                    chunk(REPLY_FLAG_DONE, REPLY_ERROR_BIT | 1, h, &p)
+                }),
+            ),
+        ];
+        for (want_msg, reply) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let path = serve(dir.path(), CONTEXTS, vec![reply]);
+            let mut c = NbdClient::connect_with(&path, &want()).unwrap();
+            let mut buf = [0u8; 16];
+            let e = c.read_at(0, &mut buf).unwrap_err().to_string();
+            assert!(e.contains(want_msg), "{want_msg}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_missing_bitmap_context_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = serve(dir.path(), &[("base:allocation", 1)], Vec::new());
+        let e = NbdClient::connect_with(&path, &want()).err().unwrap().to_string();
+        assert!(e.contains("does not offer bitmap b"), "{e}");
+    }
+}
