@@ -52,6 +52,7 @@ fn manifest(vm: &str, i: usize, index: &Index) -> Manifest {
         stats: Stats::default(),
         labels: Labels::default(),
         definition: None,
+        capture: None,
     }
 }
 

@@ -57,6 +57,7 @@ fn generate(root: &Path) {
             },
             labels: Labels::default(),
             definition: None,
+            capture: None,
         };
         let key = m.key();
         let path = root.join(key.object_key());

@@ -50,7 +50,10 @@ fn initrd() -> &'static Path {
         std::fs::create_dir_all(&dir).expect("dir");
         let out = dir.join("initrd.gz");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/live-guest.sh");
-        for args in [vec!["kit".into(), kit()], vec!["initrd".into(), kit(), out.clone()]] {
+        for args in [
+            vec!["kit".into(), kit()],
+            vec!["initrd".into(), kit(), out.clone()],
+        ] {
             let r = Command::new("sh")
                 .arg(&script)
                 .args(&args)
@@ -94,7 +97,15 @@ impl Guest {
             if agent { " lifeboat.agent=1" } else { "" }
         );
         let mut child = Command::new("qemu-system-x86_64")
-            .args(["-accel", "tcg", "-m", "256", "-nodefaults", "-display", "none"])
+            .args([
+                "-accel",
+                "tcg",
+                "-m",
+                "256",
+                "-nodefaults",
+                "-display",
+                "none",
+            ])
             .args(["-no-reboot", "-serial", "stdio"])
             .arg("-kernel")
             .arg(kit().join("vmlinuz"))
@@ -102,16 +113,25 @@ impl Guest {
             .arg(initrd())
             .args(["-append", &append])
             .arg("-drive")
-            .arg(format!("file={},if=virtio,format=qcow2,id=vda", va.display()))
+            .arg(format!(
+                "file={},if=virtio,format=qcow2,id=vda",
+                va.display()
+            ))
             .arg("-drive")
             .arg(format!(
                 "file={},if=virtio,format=raw,id=vdb",
                 dir.join("vb.raw").display()
             ))
             .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", dir.join("qmp.sock").display()))
+            .arg(format!(
+                "unix:{},server=on,wait=off",
+                dir.join("qmp.sock").display()
+            ))
             .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", dir.join("test.sock").display()))
+            .arg(format!(
+                "unix:{},server=on,wait=off",
+                dir.join("test.sock").display()
+            ))
             .args(["-device", "virtio-serial", "-chardev"])
             .arg(format!(
                 "socket,id=qga,path={},server=on,wait=off",
@@ -200,7 +220,11 @@ impl Host {
         let h = Host { dir };
         h.write_config(guest, agent, qmp);
         let out = h.lb(&["init", "repo"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         h
     }
 
@@ -209,7 +233,12 @@ impl Host {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| guest.join("qmp.sock"));
         let agent = agent
-            .map(|a| format!("guest_agent = \"{}\"\nfreeze_timeout = 3\n", guest.join(a).display()))
+            .map(|a| {
+                format!(
+                    "guest_agent = \"{}\"\nfreeze_timeout = 3\n",
+                    guest.join(a).display()
+                )
+            })
             .unwrap_or_default();
         let cfg = format!(
             r#"repository = "repo"
@@ -326,9 +355,9 @@ fn parse_records(buf: &[u8]) -> Result<Vec<Option<u64>>, String> {
         let line = String::from_utf8_lossy(first);
         let f: Vec<&str> = line.trim_end_matches(['.', '\n']).split(' ').collect();
         match f.as_slice() {
-            ["LBREC", s, i] if i.parse::<usize>() == Ok(slot) => {
-                out.push(Some(s.parse().map_err(|_| format!("slot {slot}: bad seq"))?))
-            }
+            ["LBREC", s, i] if i.parse::<usize>() == Ok(slot) => out.push(Some(
+                s.parse().map_err(|_| format!("slot {slot}: bad seq"))?,
+            )),
             _ => return Err(format!("slot {slot} holds a foreign record {line:?}")),
         }
     }
@@ -422,7 +451,9 @@ fn backup_caught_mid_read(host: &Host, q: &mut Qmp) -> Child {
             .expect("backup");
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            let exports = q.execute("query-block-exports", json!({})).expect("exports");
+            let exports = q
+                .execute("query-block-exports", json!({}))
+                .expect("exports");
             if exports.as_array().is_some_and(|e| !e.is_empty()) {
                 // SAFETY: signalling our own child process.
                 unsafe { libc::kill(child.id() as i32, libc::SIGSTOP) };
@@ -477,14 +508,17 @@ fn a_running_vm_is_backed_up_at_one_instant_then_incrementally_and_survives_a_ki
         let c = &b1[v]["capture"];
         assert_eq!(c["consistency"], "application", "{b1:#}");
         assert_eq!(c["incremental"], false);
-        assert!(c["note"].as_str().unwrap_or("").contains("frozen for"), "{c}");
+        assert!(
+            c["note"].as_str().unwrap_or("").contains("frozen for"),
+            "{c}"
+        );
     }
     let at1 = assert_consistent(&host);
     assert!(at1 >= 64, "the guest was writing (seq {at1})");
     let seq_lines = guest.writes();
     guest.wait_for(&format!("live-guest: seq {}", (seq_lines + 1) * 64), 60);
-    let mut agent = Agent::connect(&gdir.path().join("qga.sock"), Duration::from_secs(10))
-        .expect("agent");
+    let mut agent =
+        Agent::connect(&gdir.path().join("qga.sock"), Duration::from_secs(10)).expect("agent");
     assert_eq!(agent.freeze_status().expect("status"), "thawed");
     drop(agent);
     assert_eq!(lifeboat_state(&mut q), Vec::<String>::new());
@@ -496,7 +530,10 @@ fn a_running_vm_is_backed_up_at_one_instant_then_incrementally_and_survives_a_ki
     let c = &b2["vda"]["capture"];
     assert_eq!(c["incremental"], true, "{c}");
     let read = c["bytes_read"].as_u64().expect("bytes_read");
-    assert!(read > 0 && read <= GIB / 50, "read {read} bytes of a 1 GiB disk");
+    assert!(
+        read > 0 && read <= GIB / 50,
+        "read {read} bytes of a 1 GiB disk"
+    );
     assert_eq!(b2["vdb"]["capture"]["incremental"], true);
     assert!(b2["vdb"]["capture"]["bytes_read"].as_u64().unwrap() <= (256 << 20) / 50);
     let at2 = assert_consistent(&host);
@@ -547,14 +584,22 @@ fn a_running_vm_is_backed_up_at_one_instant_then_incrementally_and_survives_a_ki
     guest.send("dirty 2");
     guest.wait_for("live-guest: dirty done", 120);
     let mut child = backup_caught_mid_read(&host, &mut q);
+    let err = host.fails();
+    assert!(err.contains("another lifeboat is backing up"), "{err}");
     child.kill().expect("SIGKILL");
     let _ = child.wait();
     let left = lifeboat_state(&mut q);
-    assert!(!left.is_empty(), "the killed backup left nothing to repair?");
+    assert!(
+        !left.is_empty(),
+        "the killed backup left nothing to repair?"
+    );
     assert_eq!(bitmaps(&mut q, "va.qcow2").len(), 2);
     let b4 = host.backup();
     let c = &b4["vda"]["capture"];
-    assert_eq!(c["incremental"], true, "the merged-back bitmap is trusted: {c}");
+    assert_eq!(
+        c["incremental"], true,
+        "the merged-back bitmap is trusted: {c}"
+    );
     assert!(c["bytes_read"].as_u64().unwrap() <= GIB / 50);
     assert_consistent(&host);
     assert_eq!(lifeboat_state(&mut q), Vec::<String>::new());
@@ -589,7 +634,11 @@ fn a_running_vm_is_backed_up_at_one_instant_then_incrementally_and_survives_a_ki
         .arg(gdir.path().join("va.qcow2"))
         .output()
         .expect("qemu-img compare");
-    assert!(cmp.status.success(), "{}", String::from_utf8_lossy(&cmp.stdout));
+    assert!(
+        cmp.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cmp.stdout)
+    );
 }
 
 #[test]
@@ -605,7 +654,10 @@ fn faults_a_hung_agent_a_missing_monitor_and_a_vm_that_exits_mid_backup() {
     let c = &b1["vda"]["capture"];
     assert_eq!(c["consistency"], "crash", "{c}");
     assert!(
-        c["note"].as_str().unwrap_or("").contains("did not answer in time"),
+        c["note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("did not answer in time"),
         "{c}"
     );
     assert!(t.elapsed() < Duration::from_secs(60));
@@ -628,7 +680,7 @@ fn faults_a_hung_agent_a_missing_monitor_and_a_vm_that_exits_mid_backup() {
 
     // The VM dies while lifeboat reads it.
     let before = host.backups("vda");
-    let mut child = backup_caught_mid_read(&host, &mut q);
+    let child = backup_caught_mid_read(&host, &mut q);
     drop(q);
     let mut guest = guest;
     guest.child.kill().expect("kill QEMU");
@@ -637,10 +689,20 @@ fn faults_a_hung_agent_a_missing_monitor_and_a_vm_that_exits_mid_backup() {
     unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
     let out = child.wait_with_output().expect("backup");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "a backup of a VM that died mid-read succeeded");
-    assert!(err.contains("did the VM exit") || err.contains("closed the monitor"), "{err}");
+    assert!(
+        !out.status.success(),
+        "a backup of a VM that died mid-read succeeded"
+    );
+    assert!(
+        err.contains("did the VM exit") || err.contains("closed the monitor"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
-    assert_eq!(host.backups("vda"), before, "no manifest for a failed backup");
+    assert_eq!(
+        host.backups("vda"),
+        before,
+        "no manifest for a failed backup"
+    );
 
     // QEMU died without saving its new bitmap: the next (offline) backup
     // reads the whole disk and says why.
@@ -674,16 +736,30 @@ impl BareQemu {
             .and_then(|f| f.set_len(256 << 20))
             .expect("vb");
         let child = Command::new("qemu-system-x86_64")
-            .args(["-accel", "tcg", "-m", "64", "-nodefaults", "-display", "none"])
+            .args([
+                "-accel",
+                "tcg",
+                "-m",
+                "64",
+                "-nodefaults",
+                "-display",
+                "none",
+            ])
             .arg("-drive")
             .arg(format!(
                 "file={},if=virtio,format=qcow2",
                 dir.join("va.qcow2").display()
             ))
             .arg("-drive")
-            .arg(format!("file={},if=virtio,format=raw", dir.join("vb.raw").display()))
+            .arg(format!(
+                "file={},if=virtio,format=raw",
+                dir.join("vb.raw").display()
+            ))
             .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", dir.join("qmp.sock").display()))
+            .arg(format!(
+                "unix:{},server=on,wait=off",
+                dir.join("qmp.sock").display()
+            ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -707,7 +783,11 @@ impl Drop for BareQemu {
 
 fn vms_json(host: &Host) -> Value {
     let out = host.lb(&["vms", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice::<Value>(&out.stdout).expect("vms JSON")[0].clone()
 }
 
@@ -735,7 +815,14 @@ fn vms_and_the_console_show_running_state_last_consistency_and_next_read() {
         .contains("no guest agent"));
     let v = vms_json(&host);
     assert_eq!(v["last_backup"]["consistency"], "crash");
-    assert!(v["next"].as_array().unwrap().iter().all(|n| n["incremental"] == true), "{v}");
+    assert!(
+        v["next"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["incremental"] == true),
+        "{v}"
+    );
     let human = String::from_utf8_lossy(&host.lb(&["vms"]).stdout).into_owned();
     assert!(human.contains("running:     running"), "{human}");
     assert!(human.contains("next vda: incremental"), "{human}");
@@ -748,7 +835,10 @@ fn vms_and_the_console_show_running_state_last_consistency_and_next_read() {
     cmd.env("HOME", host.dir.path());
     let mut console = common::pty::open(cmd);
     console.wait_for("vm1 ●", 30);
-    console.wait_for("live    running · last crash-consistent · next incremental", 30);
+    console.wait_for(
+        "live    running · last crash-consistent · next incremental",
+        30,
+    );
 
     // Stopped: the qcow2 disk's bitmap still offers the fast path; the raw
     // one does not, and the console says why.

@@ -133,4 +133,3 @@ pub fn open_sized(cmd: CommandBuilder, rows: u16, cols: u16, no_alt_screen: bool
         master: pair.master,
     }
 }
-

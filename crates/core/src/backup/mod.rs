@@ -9,11 +9,11 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::jobs::{CancellationToken, Progress};
-use crate::names::check_name;
 use crate::live::bitmap::Read;
 use crate::live::capture::{PreviousBackup, Session};
 use crate::live::qmp::{Absent, Qmp};
 use crate::live::LiveConfig;
+use crate::names::check_name;
 use crate::repo::manifest::{
     Capture, Consistency, Labels, Manifest, Role, SourceInfo, Stats, VmInfo, VolumeInfo,
     FORMAT_VERSION,
@@ -120,7 +120,7 @@ pub fn backup(
         let started = std::time::Instant::now();
         progress.set_phase(&format!("opening {}", spec.name));
         let (mut reader, format, mut capture) = match &mut live {
-            Live::Running(session) => {
+            Live::Running(session, _) => {
                 let reader: Box<dyn source::VolumeReader> = Box::new(session.reader(i)?);
                 let d = &session.disks[i];
                 let capture = Capture {
@@ -167,7 +167,11 @@ pub fn backup(
         progress.set_phase(&format!(
             "backing up {}{}",
             spec.name,
-            if base_index.is_some() { " (changed blocks only)" } else { "" }
+            if base_index.is_some() {
+                " (changed blocks only)"
+            } else {
+                ""
+            }
         ));
         let writer = repo.chunk_writer();
         let level = repo.config.compression.level;
@@ -270,7 +274,7 @@ pub fn backup(
         });
     }
     // Every manifest is durable: the bitmaps they name take over.
-    if let Live::Running(session) = live {
+    if let Live::Running(session, _lock) = live {
         for w in session.commit() {
             tracing::warn!("VM {}: cleaning up after the backup: {w}", req.vm);
         }
@@ -288,9 +292,8 @@ pub fn backup(
 enum Live {
     NotConfigured,
     NotRunning(&'static str),
-    Running(Box<Session>),
+    Running(Box<Session>, crate::live::VmLock),
 }
-
 
 /// Connects to the VM's QEMU when it has a monitor and runs there, and
 /// captures every disk at one instant.
@@ -304,6 +307,7 @@ fn start_live(
     let Some(path) = &req.live.qmp else {
         return Ok(Live::NotConfigured);
     };
+    let lock = crate::live::VmLock::acquire(path)?;
     let qmp = match Qmp::connect(path, crate::live::QMP_TIMEOUT)? {
         Ok(q) => q,
         Err(Absent(why)) => return Ok(Live::NotRunning(why)),
@@ -324,5 +328,5 @@ fn start_live(
         progress.push_line(&format!("repaired: {r}"));
         tracing::warn!("VM {}: {r}", req.vm);
     }
-    Ok(Live::Running(Box::new(session)))
+    Ok(Live::Running(Box::new(session), lock))
 }

@@ -23,6 +23,9 @@ use crate::repo::verify::worker_threads;
 use crate::repo::ChunkWriter;
 use crate::source::{overlaps, SharedRead, VolumeReader};
 
+/// Sorted byte ranges, as in `source::Extents`.
+type Extents = [(u64, u64)];
+
 const PIECE: usize = 256 << 10;
 static ZEROS: [u8; PIECE] = [0u8; PIECE];
 
@@ -67,7 +70,7 @@ struct Layout<'e> {
     n: usize,
     extents: &'e [(u64, u64)],
     /// With a dirty bitmap: what changed, and the previous backup's chunks.
-    reuse: Option<(&'e [(u64, u64)], &'e [Id])>,
+    reuse: Option<(&'e Extents, &'e [Id])>,
     fill: Option<&'e ChunkFill<'e>>,
 }
 
@@ -196,8 +199,9 @@ pub fn scan(
                 s.spawn(move || fed_worker(rx, tx, free, store, cancel));
             }
             let tx = done_tx.clone();
-            reader_thread =
-                Some(s.spawn(move || read_loop(reader, layout, store, work_tx, tx, free_rx, cancel)));
+            reader_thread = Some(
+                s.spawn(move || read_loop(reader, layout, store, work_tx, tx, free_rx, cancel)),
+            );
         }
         drop(done_tx);
         let mut first_err = None;
@@ -277,7 +281,11 @@ fn parallel_worker(
         if i >= layout.n {
             return;
         }
-        let res = if let Some(id) = layout.may_hold_data(i).then(|| layout.unchanged(i, store)).flatten() {
+        let res = if let Some(id) = layout
+            .may_hold_data(i)
+            .then(|| layout.unchanged(i, store))
+            .flatten()
+        {
             Ok(Done::unread(i, id))
         } else if layout.may_hold_data(i) {
             let (start, len) = layout.span(i);

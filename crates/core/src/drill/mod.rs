@@ -424,7 +424,8 @@ async fn phases(
         );
         let digest = tokio::task::spawn_blocking(move || -> Result<crate::repo::Id> {
             let mut src = crate::source::open(&path, crate::source::FormatChoice::Raw)?;
-            let scan = crate::backup::pipeline::scan(src.reader.as_mut(), chunk, None, None, &c, &p)?;
+            let scan =
+                crate::backup::pipeline::scan(src.reader.as_mut(), chunk, None, None, &c, &p)?;
             Ok(scan.index.id())
         })
         .await

@@ -69,9 +69,7 @@ impl Agent {
         }
         msg.extend_from_slice(v.to_string().as_bytes());
         msg.push(b'\n');
-        self.writer
-            .write_all(&msg)
-            .map_err(|e| err(&self.path, e))
+        self.writer.write_all(&msg).map_err(|e| err(&self.path, e))
     }
 
     fn timeout_or(&self, e: std::io::Error) -> Error {
@@ -124,8 +122,14 @@ impl Agent {
         self.write(&json!({"execute": cmd, "arguments": args}), false)?;
         let v = self.line()?;
         if let Some(e) = v.get("error") {
-            let desc = e.get("desc").and_then(Value::as_str).unwrap_or("unknown error");
-            return Err(err(&self.path, format!("{cmd}: {}", crate::text::escape(desc))));
+            let desc = e
+                .get("desc")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown error");
+            return Err(err(
+                &self.path,
+                format!("{cmd}: {}", crate::text::escape(desc)),
+            ));
         }
         Ok(v.get("return").cloned().unwrap_or(Value::Null))
     }

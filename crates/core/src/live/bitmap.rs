@@ -36,15 +36,22 @@ pub struct Previous {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Repair {
     /// Merge these recording bitmaps into `into`, enable it, remove them.
-    MergeBack { into: String, from: Vec<String> },
+    MergeBack {
+        into: String,
+        from: Vec<String>,
+    },
     Remove(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Read {
     /// Read only what this bitmap marks.
-    Incremental { bitmap: String },
-    Full { reason: String },
+    Incremental {
+        bitmap: String,
+    },
+    Full {
+        reason: String,
+    },
 }
 
 /// Decides how to read a disk and which lifeboat bitmaps to repair or drop
@@ -62,7 +69,8 @@ pub fn decide(prev: &Previous, bitmaps: &[BitmapState]) -> (Read, Vec<Repair>) {
         return full(match prev.why_not.as_deref() {
             Some(w) => w.to_string(),
             None if prev.reusable => {
-                "the last backup started no bitmap (it was read offline or by an older lifeboat)".into()
+                "the last backup started no bitmap (it was read offline or by an older lifeboat)"
+                    .into()
             }
             None => "no earlier backup of this volume in this repository".into(),
         });
@@ -122,7 +130,12 @@ pub fn decide(prev: &Previous, bitmaps: &[BitmapState]) -> (Read, Vec<Repair>) {
     } else {
         repairs.extend(others.iter().map(|b| Repair::Remove(b.name.clone())));
     }
-    (Read::Incremental { bitmap: k.to_string() }, repairs)
+    (
+        Read::Incremental {
+            bitmap: k.to_string(),
+        },
+        repairs,
+    )
 }
 
 #[cfg(test)]
@@ -199,6 +212,11 @@ mod tests {
             ..prev('a')
         };
         let (read, _) = decide(&p, &[bm('a', true)]);
-        assert_eq!(read, Read::Full { reason: "the disk grew".into() });
+        assert_eq!(
+            read,
+            Read::Full {
+                reason: "the disk grew".into()
+            }
+        );
     }
 }

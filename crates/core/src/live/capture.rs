@@ -166,7 +166,10 @@ pub fn disk_info(qmp: &mut Qmp, volumes: &[(String, PathBuf)]) -> Result<Vec<Dis
             .map(|b| BitmapState {
                 name: s(b, "name"),
                 recording: b.get("recording").and_then(Value::as_bool).unwrap_or(false),
-                inconsistent: b.get("inconsistent").and_then(Value::as_bool).unwrap_or(false),
+                inconsistent: b
+                    .get("inconsistent")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
                 busy: b.get("busy").and_then(Value::as_bool).unwrap_or(false),
             })
             .collect();
@@ -206,7 +209,12 @@ impl Session {
         let dir = tempfile::Builder::new()
             .prefix("lifeboat-live-")
             .tempdir()
-            .map_err(|e| err(qmp.path(), format!("cannot create a private directory: {e}")))?;
+            .map_err(|e| {
+                err(
+                    qmp.path(),
+                    format!("cannot create a private directory: {e}"),
+                )
+            })?;
         let sock = dir.path().join("nbd.sock");
         let mut repaired = Vec::new();
         remove_leftovers(&mut qmp, &mut repaired)?;
@@ -349,11 +357,9 @@ impl Session {
             .map_err(|e| Error::Qemu(format!("opening the fleecing overlay: {e}")))?;
         // QEMU keeps its own descriptor; the name is not needed any more.
         let _ = std::fs::remove_file(&file);
-        let r = self.qmp.execute_with_fd(
-            "add-fd",
-            json!({"opaque": FDSET_OPAQUE}),
-            f.as_raw_fd(),
-        )?;
+        let r =
+            self.qmp
+                .execute_with_fd("add-fd", json!({"opaque": FDSET_OPAQUE}), f.as_raw_fd())?;
         let set = r
             .get("fdset-id")
             .and_then(Value::as_i64)
@@ -390,15 +396,20 @@ impl Session {
                 }}));
             }
         }
-        self.qmp.execute("transaction", json!({"actions": actions}))?;
+        self.qmp
+            .execute("transaction", json!({"actions": actions}))?;
         self.jobs = self.disks.iter().map(|d| d.job.clone()).collect();
         Ok(())
     }
 
     fn export_all(&mut self) -> Result<()> {
         let _ = std::fs::remove_file(&self.sock);
-        let listener = UnixListener::bind(&self.sock)
-            .map_err(|e| err(self.qmp.path(), format!("cannot create the NBD socket: {e}")))?;
+        let listener = UnixListener::bind(&self.sock).map_err(|e| {
+            err(
+                self.qmp.path(),
+                format!("cannot create the NBD socket: {e}"),
+            )
+        })?;
         self.qmp.execute_with_fd(
             "getfd",
             json!({"fdname": NBD_FD_NAME}),
@@ -534,14 +545,20 @@ impl Session {
             }
         };
         for x in std::mem::take(&mut self.exports) {
-            note(self.qmp.execute("block-export-del", json!({"id": x, "mode": "hard"})));
+            note(
+                self.qmp
+                    .execute("block-export-del", json!({"id": x, "mode": "hard"})),
+            );
         }
         wait_gone(&mut self.qmp, "query-block-exports", "id", PREFIX);
         if std::mem::take(&mut self.server) {
             note(self.qmp.execute("nbd-server-stop", json!({})));
         }
         for j in std::mem::take(&mut self.jobs) {
-            note(self.qmp.execute("block-job-cancel", json!({"device": j, "force": true})));
+            note(
+                self.qmp
+                    .execute("block-job-cancel", json!({"device": j, "force": true})),
+            );
         }
         wait_gone(&mut self.qmp, "query-block-jobs", "device", PREFIX);
         for n in std::mem::take(&mut self.nodes) {
@@ -588,13 +605,22 @@ fn apply_repair(qmp: &mut Qmp, node: &str, r: &Repair) -> Result<()> {
                 "block-dirty-bitmap-merge",
                 json!({"node": node, "target": into, "bitmaps": from}),
             )?;
-            qmp.execute("block-dirty-bitmap-enable", json!({"node": node, "name": into}))?;
+            qmp.execute(
+                "block-dirty-bitmap-enable",
+                json!({"node": node, "name": into}),
+            )?;
             for f in from {
-                qmp.execute("block-dirty-bitmap-remove", json!({"node": node, "name": f}))?;
+                qmp.execute(
+                    "block-dirty-bitmap-remove",
+                    json!({"node": node, "name": f}),
+                )?;
             }
         }
         Repair::Remove(b) => {
-            qmp.execute("block-dirty-bitmap-remove", json!({"node": node, "name": b}))?;
+            qmp.execute(
+                "block-dirty-bitmap-remove",
+                json!({"node": node, "name": b}),
+            )?;
         }
     }
     Ok(())

@@ -144,10 +144,15 @@ pub fn outlook(cfg: &LiveConfig, volumes: &[VolumeRef], chunk_size: u64) -> Outl
     }
     if run.as_ref().is_some_and(|r| r.running) {
         let Some(path) = &cfg.qmp else {
-            return Outlook { run, volumes: Vec::new() };
+            return Outlook {
+                run,
+                volumes: Vec::new(),
+            };
         };
-        let pairs: Vec<(String, PathBuf)> =
-            volumes.iter().map(|v| (v.name.clone(), v.path.clone())).collect();
+        let pairs: Vec<(String, PathBuf)> = volumes
+            .iter()
+            .map(|v| (v.name.clone(), v.path.clone()))
+            .collect();
         let infos = qmp::Qmp::connect(path, Duration::from_secs(3)).and_then(|q| match q {
             Ok(mut q) => capture::disk_info(&mut q, &pairs),
             Err(qmp::Absent(why)) => Err(crate::Error::BadInput(why.to_string())),
@@ -183,8 +188,9 @@ pub fn outlook(cfg: &LiveConfig, volumes: &[VolumeRef], chunk_size: u64) -> Outl
                     },
                 );
             }
-            let size = crate::source::qemu::info(&v.path, Some(crate::repo::manifest::ImageFormat::Qcow2))
-                .map(|i| i.virtual_size);
+            let size =
+                crate::source::qemu::info(&v.path, Some(crate::repo::manifest::ImageFormat::Qcow2))
+                    .map(|i| i.virtual_size);
             match (offline::bitmaps_of(&v.path), size) {
                 (Ok(b), Ok(size)) => {
                     let prev = capture::previous_for(v.previous.as_ref(), chunk_size, size);
@@ -230,4 +236,54 @@ pub fn outlook_for(
         })
         .collect();
     Some(outlook(&config.live_for(vm), &refs, chunk_size))
+}
+
+/// One lifeboat at a time drives a VM's QEMU: a second backup would take
+/// the first one's exports and jobs for a killed run's leftovers. An
+/// exclusive flock per monitor socket, host-wide (a unix socket is reached
+/// from this host only); the kernel drops it when the holder dies, so a
+/// killed backup never blocks the next, which then repairs its leftovers.
+pub struct VmLock {
+    _file: std::fs::File,
+}
+
+impl VmLock {
+    pub fn acquire(qmp: &std::path::Path) -> Result<VmLock> {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let canonical = std::fs::canonicalize(qmp).unwrap_or_else(|_| qmp.to_path_buf());
+        let key = blake3::hash(canonical.as_os_str().as_encoded_bytes()).to_hex();
+        let dir = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|d| d.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let path = dir.join(format!("lifeboat-vm-{}.lock", &key[..16]));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| crate::Error::io("opening", &path, e))?;
+        // In a shared temp directory someone else could have made it.
+        let meta = file
+            .metadata()
+            .map_err(|e| crate::Error::io("checking", &path, e))?;
+        // SAFETY: geteuid has no preconditions.
+        if meta.uid() != unsafe { libc::geteuid() } {
+            return Err(crate::Error::BadInput(format!(
+                "the lock file {} belongs to another user: remove it, or set XDG_RUNTIME_DIR to a private directory",
+                path.display()
+            )));
+        }
+        match file.try_lock() {
+            Ok(()) => Ok(VmLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(crate::Error::BadInput(format!(
+                "another lifeboat is backing up {} right now: wait for it to finish",
+                qmp.display()
+            ))),
+            Err(std::fs::TryLockError::Error(e)) => Err(crate::Error::io("locking", &path, e)),
+        }
+    }
 }

@@ -30,6 +30,7 @@ impl Opened {
 
 /// The bitmap changes a backup made to an image, undone unless committed.
 pub struct OfflineBitmaps {
+    _lock: super::VmLock,
     path: PathBuf,
     read: Read,
     pub new_bitmap: Option<String>,
@@ -94,7 +95,10 @@ pub(crate) fn bitmaps_of(path: &Path) -> Result<Vec<BitmapState>> {
     if !out.status.success() {
         return Err(Error::Source {
             path: path.to_path_buf(),
-            reason: format!("qemu-img info: {}", String::from_utf8_lossy(&out.stderr).trim()),
+            reason: format!(
+                "qemu-img info: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
         });
     }
     let info: Info = serde_json::from_slice(&out.stdout)
@@ -163,7 +167,9 @@ pub fn open(
     }
     let size = qemu::info(path, Some(ImageFormat::Qcow2))?.virtual_size;
     let prev = super::capture::previous_for(prev, chunk_size, size);
-    let (bitmaps, read) = match start_lineage(path, &prev, set) {
+    // Two backups must not rotate one image's bitmaps at once.
+    let lock = super::VmLock::acquire(path)?;
+    let (bitmaps, read) = match start_lineage(lock, path, &prev, set) {
         Ok(x) => x,
         // A read-only image, say: back it up whole rather than not at all.
         Err(e) => {
@@ -197,6 +203,7 @@ pub fn open(
 /// Repairs the image's lifeboat bitmaps, starts the new one and stops the
 /// one this backup reads.
 fn start_lineage(
+    lock: super::VmLock,
     path: &Path,
     prev: &super::bitmap::Previous,
     set: &str,
@@ -209,6 +216,7 @@ fn start_lineage(
     let new = format!("lifeboat-{set}");
     bitmap_cmd(path, &["--add"], &new)?;
     let bitmaps = OfflineBitmaps {
+        _lock: lock,
         path: path.to_path_buf(),
         read: read.clone(),
         new_bitmap: Some(new),
@@ -256,4 +264,3 @@ impl Drop for OfflineBitmaps {
         self.abort();
     }
 }
-

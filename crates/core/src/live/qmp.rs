@@ -51,22 +51,21 @@ impl Qmp {
     /// QEMU listens there (no socket, or a refused connection): the VM is
     /// not running, and the caller says why in `Absent`.
     pub fn connect(path: &Path, timeout: Duration) -> Result<std::result::Result<Qmp, Absent>> {
-        let stream = match UnixStream::connect(path) {
-            Ok(s) => s,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Err(Absent("its monitor socket does not exist")))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                return Ok(Err(Absent("nothing listens on its monitor socket")))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                return Err(err(
+        let stream =
+            match UnixStream::connect(path) {
+                Ok(s) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Ok(Err(Absent("its monitor socket does not exist")))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    return Ok(Err(Absent("nothing listens on its monitor socket")))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Err(err(
                     path,
                     "permission denied: run lifeboat as a user that may open the monitor socket",
-                ))
-            }
-            Err(e) => return Err(err(path, e)),
-        };
+                )),
+                Err(e) => return Err(err(path, e)),
+            };
         let io = |e: std::io::Error| err(path, e);
         stream.set_read_timeout(Some(timeout)).map_err(io)?;
         stream.set_write_timeout(Some(timeout)).map_err(io)?;
@@ -128,7 +127,10 @@ impl Qmp {
                 continue;
             }
             if let Some(e) = v.get("error") {
-                let desc = e.get("desc").and_then(Value::as_str).unwrap_or("unknown error");
+                let desc = e
+                    .get("desc")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown error");
                 return Err(err(
                     &self.path,
                     format!("{cmd}: {}", crate::text::escape(desc)),

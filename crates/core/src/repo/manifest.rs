@@ -170,7 +170,9 @@ const MAX_CAPTURE_TEXT: usize = 512;
 /// creates, removes or exports.
 pub fn is_bitmap_name(s: &str) -> bool {
     s.strip_prefix("lifeboat-").is_some_and(|h| {
-        h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        h.len() == 32
+            && h.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
     })
 }
 
@@ -178,7 +180,10 @@ impl Capture {
     /// Cuts text fields to what a reader accepts (QEMU's and qemu-img's
     /// messages can be long).
     pub fn bounded(mut self) -> Capture {
-        for t in [&mut self.note, &mut self.full_reason].into_iter().flatten() {
+        for t in [&mut self.note, &mut self.full_reason]
+            .into_iter()
+            .flatten()
+        {
             if t.len() > MAX_CAPTURE_TEXT {
                 let mut end = MAX_CAPTURE_TEXT - 3;
                 while !t.is_char_boundary(end) {
@@ -194,7 +199,10 @@ impl Capture {
     /// One line for people (escape it before a terminal shows it).
     pub fn summary(&self) -> String {
         let read = if self.incremental {
-            format!("read {} changed (dirty bitmap)", crate::text::bytes(self.bytes_read))
+            format!(
+                "read {} changed (dirty bitmap)",
+                crate::text::bytes(self.bytes_read)
+            )
         } else {
             format!(
                 "read {} in full{}",
@@ -275,7 +283,9 @@ impl Manifest {
         }
         if let Some(c) = &m.capture {
             if m.format < 2 {
-                return Err(bad("a format-1 manifest cannot carry a capture record".into()));
+                return Err(bad(
+                    "a format-1 manifest cannot carry a capture record".into()
+                ));
             }
             c.check().map_err(bad)?;
         }
@@ -471,11 +481,17 @@ mod tests {
         m.format = 2;
         m.capture = Some(capture.clone());
         assert_eq!(Manifest::from_bytes(&m.key(), &m.to_bytes()).unwrap(), m);
-        assert!(capture.summary().starts_with("application-consistent, read 64.0 KiB changed"));
+        assert!(capture
+            .summary()
+            .starts_with("application-consistent, read 64.0 KiB changed"));
         let mut v1 = m.clone();
         v1.format = 1;
         assert!(Manifest::from_bytes(&v1.key(), &v1.to_bytes()).is_err());
-        for bad in ["backup-vda", "lifeboat-../x", &format!("lifeboat-{}", "AB".repeat(16))] {
+        for bad in [
+            "backup-vda",
+            "lifeboat-../x",
+            &format!("lifeboat-{}", "AB".repeat(16)),
+        ] {
             let mut b = m.clone();
             b.capture = Some(Capture {
                 bitmap: Some(bad.to_string()),

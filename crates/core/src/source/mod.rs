@@ -65,7 +65,11 @@ pub fn open(path: &Path, claimed: FormatChoice) -> Result<Source> {
 
 /// Opens a volume; a qcow2 image's persistent dirty bitmap `bitmap` is
 /// read too (the reader's `dirty_extents`).
-pub fn open_with_bitmap(path: &Path, claimed: FormatChoice, bitmap: Option<&str>) -> Result<Source> {
+pub fn open_with_bitmap(
+    path: &Path,
+    claimed: FormatChoice,
+    bitmap: Option<&str>,
+) -> Result<Source> {
     let meta = std::fs::metadata(path).map_err(|e| Error::Source {
         path: path.to_path_buf(),
         reason: match e.kind() {

@@ -212,7 +212,10 @@ impl NbdClient {
         loop {
             let (kind, data) = option_reply(&mut s)?;
             match kind {
-                REP_INFO if data.len() >= 12 && u16::from_be_bytes([data[0], data[1]]) == INFO_EXPORT => {
+                REP_INFO
+                    if data.len() >= 12
+                        && u16::from_be_bytes([data[0], data[1]]) == INFO_EXPORT =>
+                {
                     size = Some(be64(&data, 2));
                 }
                 REP_ACK => break,
@@ -453,12 +456,14 @@ impl NbdClient {
 mod tests {
     use super::*;
 
+    type Reply = Box<dyn Fn(u64) -> Vec<u8> + Send>;
+
     /// A scripted server: handshake, then for each request the reply bytes
     /// the closure makes from its handle.
     fn serve(
         dir: &Path,
         contexts: &'static [(&'static str, u32)],
-        replies: Vec<Box<dyn Fn(u64) -> Vec<u8> + Send>>,
+        replies: Vec<Reply>,
     ) -> std::path::PathBuf {
         let path = dir.join("nbd.sock");
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
@@ -571,7 +576,12 @@ mod tests {
                     m
                 }),
                 Box::new(|h| {
-                    let mut m = chunk(0, REPLY_BLOCK_STATUS, h, &status(1, &[(4096, 0), (4096, 3)]));
+                    let mut m = chunk(
+                        0,
+                        REPLY_BLOCK_STATUS,
+                        h,
+                        &status(1, &[(4096, 0), (4096, 3)]),
+                    );
                     let rest = (1u32 << 20) - 8192;
                     m.extend(chunk(
                         REPLY_FLAG_DONE,
@@ -596,7 +606,7 @@ mod tests {
 
     #[test]
     fn hostile_replies_are_refused() {
-        let cases: Vec<(&str, Box<dyn Fn(u64) -> Vec<u8> + Send>)> = vec![
+        let cases: Vec<(&str, Reply)> = vec![
             (
                 "outside the request",
                 Box::new(|h| chunk(REPLY_FLAG_DONE, REPLY_OFFSET_DATA, h, &data(12, &[0u8; 8]))),
@@ -609,14 +619,17 @@ mod tests {
                 "returned 8 of 16",
                 Box::new(|h| chunk(REPLY_FLAG_DONE, REPLY_OFFSET_HOLE, h, &hole(0, 8))),
             ),
-            ("oversized", Box::new(|h| {
-                let mut m = STRUCTURED_REPLY_MAGIC.to_be_bytes().to_vec();
-                m.extend_from_slice(&REPLY_FLAG_DONE.to_be_bytes());
-                m.extend_from_slice(&REPLY_OFFSET_DATA.to_be_bytes());
-                m.extend_from_slice(&h.to_be_bytes());
-                m.extend_from_slice(&u32::MAX.to_be_bytes());
-                m
-            })),
+            (
+                "oversized",
+                Box::new(|h| {
+                    let mut m = STRUCTURED_REPLY_MAGIC.to_be_bytes().to_vec();
+                    m.extend_from_slice(&REPLY_FLAG_DONE.to_be_bytes());
+                    m.extend_from_slice(&REPLY_OFFSET_DATA.to_be_bytes());
+                    m.extend_from_slice(&h.to_be_bytes());
+                    m.extend_from_slice(&u32::MAX.to_be_bytes());
+                    m
+                }),
+            ),
             (
                 "failed (error 5): disk \\x1b[31mgone",
                 Box::new(|h| {
@@ -642,7 +655,10 @@ mod tests {
     fn a_missing_bitmap_context_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = serve(dir.path(), &[("base:allocation", 1)], Vec::new());
-        let e = NbdClient::connect_with(&path, &want()).err().unwrap().to_string();
+        let e = NbdClient::connect_with(&path, &want())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("does not offer bitmap b"), "{e}");
     }
 }
