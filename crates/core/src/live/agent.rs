@@ -44,14 +44,11 @@ impl Agent {
                 },
             )
         })?;
-        let io = |e: std::io::Error| err(path, e);
-        stream.set_read_timeout(Some(timeout)).map_err(io)?;
-        stream.set_write_timeout(Some(timeout)).map_err(io)?;
-        let writer = stream.try_clone().map_err(io)?;
+        let (writer, reader) = super::split(stream, timeout).map_err(|e| err(path, e))?;
         let mut a = Agent {
             path: path.to_path_buf(),
             writer,
-            reader: BufReader::new(stream),
+            reader,
         };
         a.sync()?;
         Ok(a)

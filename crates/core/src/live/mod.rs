@@ -39,6 +39,20 @@ impl Default for LiveConfig {
     }
 }
 
+/// A line-oriented peer: both directions time out, and the reading half
+/// is buffered.
+fn split(
+    stream: std::os::unix::net::UnixStream,
+    timeout: Duration,
+) -> std::io::Result<(
+    std::os::unix::net::UnixStream,
+    std::io::BufReader<std::os::unix::net::UnixStream>,
+)> {
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    Ok((stream.try_clone()?, std::io::BufReader::new(stream)))
+}
+
 /// QMP commands wait at most this long for QEMU.
 pub const QMP_TIMEOUT: Duration = Duration::from_secs(30);
 

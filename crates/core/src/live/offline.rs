@@ -5,14 +5,11 @@
 //! while it runs) is backed up incrementally whether it runs or not.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-
-use serde::Deserialize;
 
 use super::bitmap::{decide, BitmapState, Read, Repair};
 use super::capture::PreviousBackup;
 use super::LiveConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::repo::manifest::ImageFormat;
 use crate::source::{self, qemu, FormatChoice, Source};
 
@@ -37,83 +34,23 @@ pub struct OfflineBitmaps {
     done: bool,
 }
 
-#[derive(Deserialize)]
-struct Info {
-    #[serde(rename = "format-specific")]
-    specific: Option<Specific>,
-}
-
-#[derive(Deserialize)]
-struct Specific {
-    data: Option<SpecificData>,
-}
-
-#[derive(Deserialize)]
-struct SpecificData {
-    #[serde(default)]
-    bitmaps: Vec<QcowBitmap>,
-}
-
-#[derive(Deserialize)]
-struct QcowBitmap {
-    name: String,
-    #[serde(default)]
-    flags: Vec<String>,
-}
-
 /// `qemu-img bitmap OPS -f qcow2 IMAGE BITMAP`.
 fn bitmap_cmd(path: &Path, ops: &[&str], bitmap: &str) -> Result<()> {
-    let out = Command::new("qemu-img")
-        .arg("bitmap")
-        .args(ops)
-        .args(["-f", "qcow2"])
-        .arg(path)
-        .arg(bitmap)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| Error::Qemu(format!("cannot run qemu-img ({e}); install qemu-utils")))?;
-    if !out.status.success() {
-        return Err(Error::Source {
-            path: path.to_path_buf(),
-            reason: format!(
-                "qemu-img bitmap {} {bitmap}: {}",
-                ops.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        });
-    }
-    Ok(())
+    let mut args = vec!["bitmap"];
+    args.extend_from_slice(ops);
+    args.extend(["-f", "qcow2"]);
+    qemu::run_qemu_img_then(&args, path, &[bitmap]).map(|_| ())
 }
 
 pub(crate) fn bitmaps_of(path: &Path) -> Result<Vec<BitmapState>> {
-    let out = Command::new("qemu-img")
-        .args(["info", "--output=json", "-f", "qcow2"])
-        .arg(path)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| Error::Qemu(format!("cannot run qemu-img ({e}); install qemu-utils")))?;
-    if !out.status.success() {
-        return Err(Error::Source {
-            path: path.to_path_buf(),
-            reason: format!(
-                "qemu-img info: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        });
-    }
-    let info: Info = serde_json::from_slice(&out.stdout)
-        .map_err(|e| Error::Qemu(format!("unexpected qemu-img info output: {e}")))?;
-    Ok(info
-        .specific
-        .and_then(|s| s.data)
-        .map(|d| d.bitmaps)
-        .unwrap_or_default()
-        .into_iter()
+    Ok(qemu::info(path, Some(ImageFormat::Qcow2))?
+        .bitmaps()
+        .iter()
         .map(|b| BitmapState {
             recording: b.flags.iter().any(|f| f == "auto"),
             inconsistent: b.flags.iter().any(|f| f == "in-use"),
             busy: false,
-            name: b.name,
+            name: b.name.clone(),
         })
         .collect())
 }
@@ -144,11 +81,14 @@ pub fn open(
     set: &str,
     cfg: &LiveConfig,
 ) -> Result<Opened> {
-    let is_qcow2 = match claimed {
-        FormatChoice::Qcow2 => true,
-        FormatChoice::Raw => false,
-        FormatChoice::Auto => !qemu::held_for_writing(path) && source::raw::looks_like_qcow2(path)?,
-    };
+    // Anything but a plain readable image gets `source::open`'s own error.
+    let plain = std::fs::metadata(path).is_ok_and(|m| !m.is_dir());
+    let is_qcow2 = plain
+        && match claimed {
+            FormatChoice::Qcow2 => true,
+            FormatChoice::Raw => false,
+            FormatChoice::Auto => source::raw::looks_like_qcow2(path).unwrap_or(false),
+        };
     if !is_qcow2 || !cfg.bitmaps || qemu::held_for_writing(path) {
         let source = source::open(path, claimed)?;
         let full_reason = Some(

@@ -66,14 +66,11 @@ impl Qmp {
                 )),
                 Err(e) => return Err(err(path, e)),
             };
-        let io = |e: std::io::Error| err(path, e);
-        stream.set_read_timeout(Some(timeout)).map_err(io)?;
-        stream.set_write_timeout(Some(timeout)).map_err(io)?;
-        let writer = stream.try_clone().map_err(io)?;
+        let (writer, reader) = super::split(stream, timeout).map_err(|e| err(path, e))?;
         let mut q = Qmp {
             path: path.to_path_buf(),
             writer,
-            reader: BufReader::new(stream),
+            reader,
             next_id: 0,
         };
         let greeting = q.line()?;

@@ -20,6 +20,38 @@ pub struct ImageInfo {
     pub virtual_size: u64,
     #[serde(rename = "backing-filename")]
     pub backing_filename: Option<String>,
+    #[serde(rename = "format-specific", default)]
+    pub format_specific: Option<FormatSpecific>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct FormatSpecific {
+    pub data: Option<FormatData>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct FormatData {
+    /// A qcow2 image's persistent dirty bitmaps.
+    #[serde(default)]
+    pub bitmaps: Vec<QcowBitmap>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct QcowBitmap {
+    pub name: String,
+    /// `auto` (recording), `in-use` (not saved properly).
+    #[serde(default)]
+    pub flags: Vec<String>,
+}
+
+impl ImageInfo {
+    pub fn bitmaps(&self) -> &[QcowBitmap] {
+        self.format_specific
+            .as_ref()
+            .and_then(|f| f.data.as_ref())
+            .map(|d| d.bitmaps.as_slice())
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -32,9 +64,16 @@ struct MapEntry {
 }
 
 fn run_qemu_img(args: &[&str], path: &Path) -> Result<Vec<u8>> {
+    run_qemu_img_then(args, path, &[])
+}
+
+/// `qemu-img ARGS PATH AFTER...`; a failure names the image and says what
+/// qemu-img said.
+pub(crate) fn run_qemu_img_then(args: &[&str], path: &Path, after: &[&str]) -> Result<Vec<u8>> {
     let out = Command::new("qemu-img")
         .args(args)
         .arg(path)
+        .args(after)
         .stdin(Stdio::null())
         .output()
         .map_err(|e| Error::Qemu(format!("cannot run qemu-img ({e}); install qemu-utils")))?;
