@@ -586,6 +586,7 @@ fn a_running_vm_is_backed_up_at_one_instant_then_incrementally_and_survives_a_ki
     let mut child = backup_caught_mid_read(&host, &mut q);
     let err = host.fails();
     assert!(err.contains("another lifeboat is backing up"), "{err}");
+    assert_eq!(vms_json(&host)["run"]["status"], "being backed up now");
     child.kill().expect("SIGKILL");
     let _ = child.wait();
     let left = lifeboat_state(&mut q);

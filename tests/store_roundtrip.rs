@@ -341,8 +341,8 @@ fn inventory_from_config_file() {
 }
 
 /// Format-1 repositories (written before VM definitions) are read, and
-/// the first format-2 manifest that goes into one, by a backup or by a
-/// push, marks the repository format 2 first.
+/// the first newer manifest that goes into one, by a backup or by a push,
+/// marks the repository with that manifest's format first.
 #[test]
 fn format_1_repositories_are_read_and_upgraded_by_the_first_newer_manifest() {
     let w = World::new();
@@ -350,8 +350,8 @@ fn format_1_repositories_are_read_and_upgraded_by_the_first_newer_manifest() {
     let downgrade = |root: &std::path::Path| {
         let cfg = root.join("lifeboat.json");
         let text = std::fs::read_to_string(&cfg).unwrap();
-        assert!(text.contains("\"format\": 2"), "{text}");
-        std::fs::write(&cfg, text.replace("\"format\": 2", "\"format\": 1")).unwrap();
+        assert!(text.contains("\"format\": 3"), "{text}");
+        std::fs::write(&cfg, text.replace("\"format\": 3", "\"format\": 1")).unwrap();
     };
     let format = |root: &std::path::Path| -> u64 {
         let v: serde_json::Value =
@@ -361,7 +361,7 @@ fn format_1_repositories_are_read_and_upgraded_by_the_first_newer_manifest() {
     downgrade(&w.repo());
     w.ok(&["verify"]);
     let img = w.backup_noise("vm", "a.raw", 1 << 20, 7);
-    assert_eq!(format(&w.repo()), 2, "a backup upgrades the repository");
+    assert_eq!(format(&w.repo()), 3, "a backup upgrades the repository");
     let dst = w.path("old");
     let out = w
         .cmd()
@@ -373,6 +373,6 @@ fn format_1_repositories_are_read_and_upgraded_by_the_first_newer_manifest() {
     assert!(out.status.success());
     downgrade(&dst);
     w.ok(&["push", dst.to_str().unwrap()]);
-    assert_eq!(format(&dst), 2, "a push upgrades its destination");
+    assert_eq!(format(&dst), 3, "a push upgrades its destination");
     w.restore_equals(&dst, "vm/root@latest", &img);
 }

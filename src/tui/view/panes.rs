@@ -329,6 +329,7 @@ fn live_line(app: &App, vm: &str) -> Option<Line<'static>> {
         .unwrap_or_else(|| "no capture record".into());
     let next = match o {
         None => "-".to_string(),
+        Some(o) if o.volumes.is_empty() => "-".to_string(),
         Some(o) if o.volumes.iter().all(|v| v.incremental) && !o.volumes.is_empty() => {
             "incremental".into()
         }

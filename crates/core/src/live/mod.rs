@@ -133,6 +133,17 @@ fn verdict(name: &str, read: bitmap::Read) -> VolumeOutlook {
 /// Asks QEMU (running) or the images (stopped) whether each volume's next
 /// backup can read only what changed; read-only (no repairs).
 pub fn outlook(cfg: &LiveConfig, volumes: &[VolumeRef], chunk_size: u64) -> Outlook {
+    // The monitor serves one client at a time: while a backup drives it,
+    // asking would only wait.
+    if cfg.qmp.as_deref().is_some_and(VmLock::held) {
+        return Outlook {
+            run: Some(RunState {
+                running: true,
+                status: "being backed up now".into(),
+            }),
+            volumes: Vec::new(),
+        };
+    }
     let run = match run_state(cfg) {
         Ok(r) => r,
         Err(e) => Some(RunState {
@@ -254,23 +265,49 @@ pub fn outlook_for(
 
 /// One lifeboat at a time drives a VM's QEMU: a second backup would take
 /// the first one's exports and jobs for a killed run's leftovers. An
-/// exclusive flock per monitor socket, host-wide (a unix socket is reached
-/// from this host only); the kernel drops it when the holder dies, so a
-/// killed backup never blocks the next, which then repairs its leftovers.
+/// exclusive OFD lock per monitor socket (or image), host-wide (a unix
+/// socket is reached from this host only); the kernel drops it when the
+/// holder dies, so a killed backup never blocks the next, which then
+/// repairs its leftovers. `held` asks without taking it.
 pub struct VmLock {
     _file: std::fs::File,
 }
 
+fn ofd_lock(
+    file: &std::fs::File,
+    kind: libc::c_int,
+    cmd: libc::c_int,
+) -> std::io::Result<libc::flock> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an all-zero flock is a valid value to fill in.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = 0;
+    fl.l_len = 1;
+    // SAFETY: the descriptor is open for the call and `fl` is a valid
+    // flock the kernel reads and may fill in.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), cmd, &mut fl) };
+    if rc == 0 {
+        Ok(fl)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 impl VmLock {
-    pub fn acquire(qmp: &std::path::Path) -> Result<VmLock> {
-        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-        let canonical = std::fs::canonicalize(qmp).unwrap_or_else(|_| qmp.to_path_buf());
-        let key = blake3::hash(canonical.as_os_str().as_encoded_bytes()).to_hex();
+    fn path(key: &std::path::Path) -> PathBuf {
+        let canonical = std::fs::canonicalize(key).unwrap_or_else(|_| key.to_path_buf());
+        let hash = blake3::hash(canonical.as_os_str().as_encoded_bytes()).to_hex();
         let dir = std::env::var_os("XDG_RUNTIME_DIR")
             .map(PathBuf::from)
             .filter(|d| d.is_dir())
             .unwrap_or_else(std::env::temp_dir);
-        let path = dir.join(format!("lifeboat-vm-{}.lock", &key[..16]));
+        dir.join(format!("lifeboat-vm-{}.lock", &hash[..16]))
+    }
+
+    fn open(path: &std::path::Path) -> Result<std::fs::File> {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -278,12 +315,12 @@ impl VmLock {
             .write(true)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(|e| crate::Error::io("opening", &path, e))?;
+            .open(path)
+            .map_err(|e| crate::Error::io("opening", path, e))?;
         // In a shared temp directory someone else could have made it.
         let meta = file
             .metadata()
-            .map_err(|e| crate::Error::io("checking", &path, e))?;
+            .map_err(|e| crate::Error::io("checking", path, e))?;
         // SAFETY: geteuid has no preconditions.
         if meta.uid() != unsafe { libc::geteuid() } {
             return Err(crate::Error::BadInput(format!(
@@ -291,13 +328,31 @@ impl VmLock {
                 path.display()
             )));
         }
-        match file.try_lock() {
-            Ok(()) => Ok(VmLock { _file: file }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(crate::Error::BadInput(format!(
-                "another lifeboat is backing up {} right now: wait for it to finish",
-                qmp.display()
-            ))),
-            Err(std::fs::TryLockError::Error(e)) => Err(crate::Error::io("locking", &path, e)),
+        Ok(file)
+    }
+
+    pub fn acquire(key: &std::path::Path) -> Result<VmLock> {
+        let path = Self::path(key);
+        let file = Self::open(&path)?;
+        match ofd_lock(&file, libc::F_WRLCK, libc::F_OFD_SETLK) {
+            Ok(_) => Ok(VmLock { _file: file }),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) => {
+                Err(crate::Error::BadInput(format!(
+                    "another lifeboat is backing up {} right now: wait for it to finish",
+                    key.display()
+                )))
+            }
+            Err(e) => Err(crate::Error::io("locking", &path, e)),
         }
+    }
+
+    /// Whether some lifeboat holds the lock now (false when unsure).
+    pub fn held(key: &std::path::Path) -> bool {
+        let path = Self::path(key);
+        let Ok(file) = std::fs::File::open(&path) else {
+            return false;
+        };
+        ofd_lock(&file, libc::F_WRLCK, libc::F_OFD_GETLK)
+            .is_ok_and(|fl| fl.l_type != libc::F_UNLCK as libc::c_short)
     }
 }

@@ -9,10 +9,10 @@ use super::id::Id;
 use crate::error::{Error, Result};
 use crate::names::{check_name, is_valid_name};
 
-/// Format 2 added `definition` (the VM's definition, stored as a chunk)
-/// and `capture` (how the disk was read: consistency, dirty bitmap).
-/// Format-1 manifests are still read.
-pub const FORMAT_VERSION: u32 = 2;
+/// Format 2 added `definition` (the VM's definition, stored as a chunk),
+/// format 3 `capture` (how the disk was read: consistency, dirty bitmap).
+/// Older manifests are still read.
+pub const FORMAT_VERSION: u32 = 3;
 pub const OLDEST_FORMAT: u32 = 1;
 /// Key times carry milliseconds: two backups of a volume within one second
 /// must still order correctly from a key listing alone.
@@ -282,10 +282,11 @@ impl Manifest {
             }
         }
         if let Some(c) = &m.capture {
-            if m.format < 2 {
-                return Err(bad(
-                    "a format-1 manifest cannot carry a capture record".into()
-                ));
+            if m.format < 3 {
+                return Err(bad(format!(
+                    "a format-{} manifest cannot carry a capture record",
+                    m.format
+                )));
             }
             c.check().map_err(bad)?;
         }
@@ -455,9 +456,9 @@ mod tests {
         let mut v2 = v1.clone();
         v2.format = 2;
         assert_eq!(Manifest::from_bytes(&v2.key(), &v2.to_bytes()).unwrap(), v2);
-        let mut v3 = v2.clone();
-        v3.format = 3;
-        let e = Manifest::from_bytes(&v3.key(), &v3.to_bytes()).unwrap_err();
+        let mut v4 = v2.clone();
+        v4.format = 4;
+        let e = Manifest::from_bytes(&v4.key(), &v4.to_bytes()).unwrap_err();
         assert!(e.to_string().contains("newer lifeboat"), "{e}");
         let mut huge = v2;
         huge.definition = Some(DefinitionRef {
@@ -478,15 +479,17 @@ mod tests {
             bytes_read: 65536,
         };
         let mut m = sample();
-        m.format = 2;
+        m.format = 3;
         m.capture = Some(capture.clone());
         assert_eq!(Manifest::from_bytes(&m.key(), &m.to_bytes()).unwrap(), m);
         assert!(capture
             .summary()
             .starts_with("application-consistent, read 64.0 KiB changed"));
-        let mut v1 = m.clone();
-        v1.format = 1;
-        assert!(Manifest::from_bytes(&v1.key(), &v1.to_bytes()).is_err());
+        for older in [1, 2] {
+            let mut v = m.clone();
+            v.format = older;
+            assert!(Manifest::from_bytes(&v.key(), &v.to_bytes()).is_err());
+        }
         for bad in [
             "backup-vda",
             "lifeboat-../x",

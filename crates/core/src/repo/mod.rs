@@ -32,7 +32,7 @@ pub use manifest::{Manifest, ManifestKey};
 pub const CONFIG_FILE: &str = "lifeboat.json";
 /// Format 2: manifests may name a VM definition. Format-1 repositories are
 /// read as they are and upgraded when a backup writes into them.
-pub const REPO_FORMAT: u32 = 2;
+pub const REPO_FORMAT: u32 = 3;
 pub const OLDEST_REPO_FORMAT: u32 = 1;
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 /// Chunks written between two file-system syncs during a backup.
@@ -264,21 +264,27 @@ impl Repo {
         crate::vm::Definition::from_chunk(d, &self.read_chunk(&d.chunk)?)
     }
 
-    /// Marks a format-1 repository as format 2 before format-2 manifests
-    /// go into it, so an older lifeboat refuses the repository as a whole
-    /// instead of meeting manifests it cannot read.
+    /// Marks the repository as this lifeboat's format before manifests of
+    /// that format go into it, so an older lifeboat refuses the repository
+    /// as a whole instead of meeting manifests it cannot read.
     pub fn upgrade_format(&mut self) -> Result<()> {
-        if self.config.format >= REPO_FORMAT {
+        self.upgrade_format_to(REPO_FORMAT)
+    }
+
+    /// Marks the repository at least `format` (the format of a manifest
+    /// about to go into it).
+    pub fn upgrade_format_to(&mut self, format: u32) -> Result<()> {
+        if self.config.format >= format || format > REPO_FORMAT {
             return Ok(());
         }
         let mut cfg = self.config.clone();
-        cfg.format = REPO_FORMAT;
+        cfg.format = format;
         let mut bytes =
             serde_json::to_vec_pretty(&cfg).map_err(|e| Error::Internal(e.to_string()))?;
         bytes.push(b'\n');
         durable::write_atomic(&self.root.join(CONFIG_FILE), &bytes)?;
         tracing::info!(
-            "repository {} upgraded from format {} to {REPO_FORMAT}",
+            "repository {} upgraded from format {} to {format}",
             self.root.display(),
             self.config.format
         );
@@ -590,13 +596,15 @@ mod tests {
         assert_eq!(repo.config.format, 1);
         let def = repo.write_definition(b"{}").unwrap();
         assert_eq!(repo.read_chunk(&def.chunk).unwrap(), b"{}");
-        repo.upgrade_format().unwrap();
+        repo.upgrade_format_to(2).unwrap();
         assert_eq!(Repo::open(&root).unwrap().config.format, 2);
+        repo.upgrade_format().unwrap();
+        assert_eq!(Repo::open(&root).unwrap().config.format, REPO_FORMAT);
         // A format this lifeboat does not know is refused with what to do.
         let text = std::fs::read_to_string(root.join(CONFIG_FILE)).unwrap();
         std::fs::write(
             root.join(CONFIG_FILE),
-            text.replace("\"format\": 2", "\"format\": 3"),
+            text.replace("\"format\": 3", "\"format\": 4"),
         )
         .unwrap();
         let e = Repo::open(&root).unwrap_err().to_string();

@@ -231,12 +231,13 @@ impl Store for LocalStore {
                 // backup does (an older lifeboat then refuses the whole
                 // repository, not single manifests).
                 use std::sync::atomic::Ordering;
-                if !this.current_format.load(Ordering::Relaxed)
-                    && crate::repo::Manifest::from_bytes(&mk, &data)?.format
-                        > crate::repo::manifest::OLDEST_FORMAT
-                {
-                    crate::repo::Repo::open(&this.root)?.upgrade_format()?;
-                    this.current_format.store(true, Ordering::Relaxed);
+                if !this.current_format.load(Ordering::Relaxed) {
+                    let format = crate::repo::Manifest::from_bytes(&mk, &data)?.format;
+                    let mut repo = crate::repo::Repo::open(&this.root)?;
+                    repo.upgrade_format_to(format)?;
+                    if repo.config.format >= crate::repo::REPO_FORMAT {
+                        this.current_format.store(true, Ordering::Relaxed);
+                    }
                 }
                 // Everything staged so far becomes durable and visible, and
                 // the renames durable, before the manifest can exist.
