@@ -405,7 +405,7 @@ fn drill_faults_name_their_phase_and_leave_nothing_behind() {
     let out = d.run(&["--json", "show", "nodisk/data@latest"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["manifest"]["definition"]["chunk"].is_string(), "{v:#}");
-    assert_eq!(v["manifest"]["format"], 2);
+    assert_eq!(v["manifest"]["format"], 3);
     let (code, r) = d.drill(&["nodisk", "--from", "local"]);
     assert_eq!(code, 6);
     assert_eq!(r["failed_phase"], "plan");

@@ -824,6 +824,17 @@ fn vms_and_the_console_show_running_state_last_consistency_and_next_read() {
             .all(|n| n["incremental"] == true),
         "{v}"
     );
+    // The running VM's own disk is no restore target.
+    let out = host
+        .cmd(&["restore", "vm1/vda@latest", "--force", "--to"])
+        .arg(gdir.path().join("va.qcow2"))
+        .output()
+        .expect("restore");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("disk of a running QEMU"),
+        "{err}"
+    );
     let human = String::from_utf8_lossy(&host.lb(&["vms"]).stdout).into_owned();
     assert!(human.contains("running:     running"), "{human}");
     assert!(human.contains("next vda: incremental"), "{human}");

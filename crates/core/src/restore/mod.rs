@@ -92,6 +92,14 @@ pub fn check_target(target: &Path, force: bool) -> Result<Option<u32>> {
     if ft.is_char_device() || ft.is_fifo() || ft.is_socket() {
         return refuse("not a regular file", device);
     }
+    // Replacing a running VM's disk would leave the VM writing to a
+    // deleted file while its restored disk sits unseen under the name.
+    if crate::source::qemu::held_for_writing(target) {
+        return refuse(
+            "the disk of a running QEMU (it holds the image's write lock)",
+            "shut the VM down first, or restore next to it and point the VM at the restored file",
+        );
+    }
     if !force {
         return Err(Error::TargetExists(target.to_path_buf()));
     }
