@@ -136,7 +136,9 @@ pub async fn backup(
                 v.stats.new_chunks,
                 duration(v.seconds)
             );
-            println!("  {}", lifeboat_core::text::escape(&v.capture.summary()));
+            if let Some(c) = &v.capture {
+                println!("  {}", lifeboat_core::text::escape(&c.summary()));
+            }
         }
     }
     Ok(Outcome::Ok)

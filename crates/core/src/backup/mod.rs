@@ -60,7 +60,8 @@ pub struct VolumeOutcome {
     pub index: Id,
     pub stats: Stats,
     pub seconds: f64,
-    pub capture: Capture,
+    /// How the volume was read (every backup records it).
+    pub capture: Option<Capture>,
 }
 
 pub fn hostname() -> String {
@@ -263,14 +264,7 @@ pub fn backup(
             index: m.index,
             stats: m.stats.clone(),
             seconds,
-            capture: m.capture.clone().unwrap_or(Capture {
-                consistency: Consistency::Offline,
-                note: None,
-                bitmap: None,
-                incremental: false,
-                full_reason: None,
-                bytes_read: 0,
-            }),
+            capture: m.capture.clone(),
         });
     }
     // Every manifest is durable: the bitmaps they name take over.
