@@ -118,17 +118,7 @@ impl Agent {
     pub fn execute(&mut self, cmd: &str, args: Value) -> Result<Value> {
         self.write(&json!({"execute": cmd, "arguments": args}), false)?;
         let v = self.line()?;
-        if let Some(e) = v.get("error") {
-            let desc = e
-                .get("desc")
-                .and_then(Value::as_str)
-                .unwrap_or("unknown error");
-            return Err(err(
-                &self.path,
-                format!("{cmd}: {}", crate::text::escape(desc)),
-            ));
-        }
-        Ok(v.get("return").cloned().unwrap_or(Value::Null))
+        super::reply(cmd, &v).map_err(|e| err(&self.path, e))
     }
 
     /// "thawed" or "frozen".

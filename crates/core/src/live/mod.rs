@@ -53,6 +53,19 @@ fn split(
     Ok((stream.try_clone()?, std::io::BufReader::new(stream)))
 }
 
+/// The answer to `cmd` in QMP's reply shape (the guest agent's too):
+/// `{"return": …}`, or `{"error": {"desc": …}}` as escaped text.
+fn reply(cmd: &str, v: &serde_json::Value) -> std::result::Result<serde_json::Value, String> {
+    if let Some(e) = v.get("error") {
+        let desc = e
+            .get("desc")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("unknown error");
+        return Err(format!("{cmd}: {}", crate::text::escape(desc)));
+    }
+    Ok(v.get("return").cloned().unwrap_or(serde_json::Value::Null))
+}
+
 /// QMP commands wait at most this long for QEMU.
 pub const QMP_TIMEOUT: Duration = Duration::from_secs(30);
 

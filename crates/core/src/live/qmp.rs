@@ -123,17 +123,7 @@ impl Qmp {
             if v.get("id").and_then(Value::as_u64) != Some(id) {
                 continue;
             }
-            if let Some(e) = v.get("error") {
-                let desc = e
-                    .get("desc")
-                    .and_then(Value::as_str)
-                    .unwrap_or("unknown error");
-                return Err(err(
-                    &self.path,
-                    format!("{cmd}: {}", crate::text::escape(desc)),
-                ));
-            }
-            return Ok(v.get("return").cloned().unwrap_or(Value::Null));
+            return super::reply(cmd, &v).map_err(|e| err(&self.path, e));
         }
     }
 
