@@ -92,6 +92,10 @@ impl Guest {
         assert!(st.success());
         let vb = std::fs::File::create(dir.join("vb.raw")).expect("vb");
         vb.set_len(256 << 20).expect("size");
+        // Not backed up: an ext2 filesystem the guest mounts for its agent
+        // to freeze.
+        let fs = std::fs::File::create(dir.join("fs.raw")).expect("fs");
+        fs.set_len(16 << 20).expect("size");
         let append = format!(
             "console=ttyS0 quiet panic=-1{}",
             if agent { " lifeboat.agent=1" } else { "" }
@@ -121,6 +125,11 @@ impl Guest {
             .arg(format!(
                 "file={},if=virtio,format=raw,id=vdb",
                 dir.join("vb.raw").display()
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "file={},if=virtio,format=raw,id=vdc",
+                dir.join("fs.raw").display()
             ))
             .arg("-qmp")
             .arg(format!(
@@ -162,6 +171,7 @@ impl Guest {
             lines,
         };
         g.wait_for("live-guest: up", 180);
+        g.wait_for("live-guest: /data mounted", 10);
         g.wait_for("live-guest: seq 64", 120);
         g
     }

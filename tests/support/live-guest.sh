@@ -4,6 +4,8 @@
 #   - writes a self-checking record pattern to /dev/vda and /dev/vdb in a
 #     loop (see tests/live.rs for how a restored disk is checked),
 #   - runs Debian's real qemu-guest-agent when booted with lifeboat.agent=1,
+#     with an ext2 filesystem from a third disk (/dev/vdc) mounted for it
+#     to freeze,
 #   - obeys commands on its serial console: `dirty K` (rewrite 10 MiB of
 #     /dev/vda at scattered places), `pause`, `resume`.
 #
@@ -61,6 +63,10 @@ for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_p
 done
 exec </dev/ttyS0 >/dev/ttyS0 2>&1
 stty -echo 2>/dev/null
+# A filesystem for the agent to freeze (a third disk, when there is one).
+if [ -b /dev/vdc ] && mke2fs -q /dev/vdc 2>/dev/null; then
+    mkdir -p /data && mount /dev/vdc /data && echo "live-guest: /data mounted"
+fi
 if grep -q lifeboat.agent=1 /proc/cmdline; then
     for p in /sys/class/virtio-ports/*; do
         [ "$(cat "$p/name" 2>/dev/null)" = org.qemu.guest_agent.0 ] && port=/dev/${p##*/}
