@@ -324,8 +324,9 @@ impl NbdClient {
         if magic != STRUCTURED_REPLY_MAGIC || !self.structured {
             return Err(proto("bad reply magic"));
         }
-        // Chunks may come in any order; every byte must be covered once.
-        let mut covered = 0usize;
+        // Chunks may come in any order; every byte must be covered exactly
+        // once (the buffer holds an earlier chunk's bytes until then).
+        let mut covered: Vec<(usize, usize)> = Vec::new();
         let mut magic_read = true;
         loop {
             let (flags, kind, len) = self.chunk_header(handle, &mut magic_read)?;
@@ -342,7 +343,7 @@ impl NbdClient {
                     }
                     let s = (at - offset) as usize;
                     self.stream.read_exact(&mut buf[s..s + n]).map_err(io)?;
-                    covered += n;
+                    covered.push((s, n));
                 }
                 REPLY_OFFSET_HOLE => {
                     if len != 12 {
@@ -355,7 +356,7 @@ impl NbdClient {
                     }
                     let s = (at - offset) as usize;
                     buf[s..s + n].fill(0);
-                    covered += n;
+                    covered.push((s, n));
                 }
                 REPLY_NONE if flags & REPLY_FLAG_DONE != 0 && len == 0 => {}
                 k if k & REPLY_ERROR_BIT != 0 => {
@@ -369,9 +370,19 @@ impl NbdClient {
                 break;
             }
         }
-        if covered != buf.len() {
+        covered.sort_unstable();
+        let mut end = 0;
+        for (s, n) in covered {
+            if s != end {
+                return Err(proto(format!(
+                    "read at offset {offset} left bytes {end}..{s} uncovered or covered twice"
+                )));
+            }
+            end = s + n;
+        }
+        if end != buf.len() {
             return Err(proto(format!(
-                "read at offset {offset} returned {covered} of {} bytes",
+                "read at offset {offset} returned {end} of {} bytes",
                 buf.len()
             )));
         }
@@ -398,6 +409,9 @@ impl NbdClient {
                         return Err(proto("malformed block status chunk"));
                     }
                     if be32(&p, 0) == context {
+                        if advanced != pos {
+                            return Err(proto("two block status chunks for one context"));
+                        }
                         let mut at = pos;
                         for d in p[4..].chunks_exact(8) {
                             let n = u64::from(be32(d, 0));
@@ -614,6 +628,15 @@ mod tests {
             (
                 "unknown request",
                 Box::new(|h| chunk(REPLY_FLAG_DONE, REPLY_OFFSET_HOLE, h + 1, &hole(0, 16))),
+            ),
+            (
+                "uncovered or covered twice",
+                Box::new(|h| {
+                    let mut m = chunk(0, REPLY_OFFSET_HOLE, h, &hole(0, 8));
+                    m.extend(chunk(0, REPLY_OFFSET_HOLE, h, &hole(4, 4)));
+                    m.extend(chunk(REPLY_FLAG_DONE, REPLY_OFFSET_HOLE, h, &hole(12, 4)));
+                    m
+                }),
             ),
             (
                 "returned 8 of 16",
