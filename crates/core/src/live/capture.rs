@@ -554,6 +554,10 @@ impl Session {
         if std::mem::take(&mut self.server) {
             note(self.qmp.execute("nbd-server-stop", json!({})));
         }
+        // A listening socket handed over but never taken by a server (an
+        // error in between) would stay open in QEMU; if the server took
+        // it, there is nothing to close and QEMU says so.
+        let _ = self.qmp.execute("closefd", json!({"fdname": NBD_FD_NAME}));
         for j in std::mem::take(&mut self.jobs) {
             note(
                 self.qmp
