@@ -69,6 +69,35 @@ fn initrd() -> &'static Path {
     })
 }
 
+/// The two disks lifeboat backs up: vda, a 1 GiB qcow2 image, and vdb, a
+/// 256 MiB raw one; and QEMU's arguments for them and its monitor.
+fn make_disks(dir: &Path) -> Vec<String> {
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(dir.join("va.qcow2"))
+        .arg("1G")
+        .status()
+        .expect("qemu-img");
+    assert!(st.success());
+    std::fs::File::create(dir.join("vb.raw"))
+        .and_then(|f| f.set_len(256 << 20))
+        .expect("vb");
+    let d = |f: &str| dir.join(f).display().to_string();
+    vec![
+        "-accel".into(),
+        "tcg".into(),
+        "-nodefaults".into(),
+        "-display".into(),
+        "none".into(),
+        "-drive".into(),
+        format!("file={},if=virtio,format=qcow2,id=vda", d("va.qcow2")),
+        "-drive".into(),
+        format!("file={},if=virtio,format=raw,id=vdb", d("vb.raw")),
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", d("qmp.sock")),
+    ]
+}
+
 struct Guest {
     dir: PathBuf,
     child: Child,
@@ -82,16 +111,7 @@ impl Guest {
     /// guest-agent channel; qemu-ga runs in the guest only when `agent`.
     fn boot(dir: &Path, agent: bool) -> Guest {
         std::fs::create_dir_all(dir).expect("dir");
-        let va = dir.join("va.qcow2");
-        let st = Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(&va)
-            .arg("1G")
-            .status()
-            .expect("qemu-img");
-        assert!(st.success());
-        let vb = std::fs::File::create(dir.join("vb.raw")).expect("vb");
-        vb.set_len(256 << 20).expect("size");
+        let disks = make_disks(dir);
         // Not backed up: an ext2 filesystem the guest mounts for its agent
         // to freeze.
         let fs = std::fs::File::create(dir.join("fs.raw")).expect("fs");
@@ -101,16 +121,8 @@ impl Guest {
             if agent { " lifeboat.agent=1" } else { "" }
         );
         let mut child = Command::new("qemu-system-x86_64")
-            .args([
-                "-accel",
-                "tcg",
-                "-m",
-                "256",
-                "-nodefaults",
-                "-display",
-                "none",
-            ])
-            .args(["-no-reboot", "-serial", "stdio"])
+            .args(&disks)
+            .args(["-m", "256", "-no-reboot", "-serial", "stdio"])
             .arg("-kernel")
             .arg(kit().join("vmlinuz"))
             .arg("-initrd")
@@ -118,23 +130,8 @@ impl Guest {
             .args(["-append", &append])
             .arg("-drive")
             .arg(format!(
-                "file={},if=virtio,format=qcow2,id=vda",
-                va.display()
-            ))
-            .arg("-drive")
-            .arg(format!(
-                "file={},if=virtio,format=raw,id=vdb",
-                dir.join("vb.raw").display()
-            ))
-            .arg("-drive")
-            .arg(format!(
                 "file={},if=virtio,format=raw,id=vdc",
                 dir.join("fs.raw").display()
-            ))
-            .arg("-qmp")
-            .arg(format!(
-                "unix:{},server=on,wait=off",
-                dir.join("qmp.sock").display()
             ))
             .arg("-qmp")
             .arg(format!(
@@ -736,41 +733,9 @@ struct BareQemu(Child);
 
 impl BareQemu {
     fn start(dir: &Path) -> BareQemu {
-        let st = Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(dir.join("va.qcow2"))
-            .arg("1G")
-            .status()
-            .expect("qemu-img");
-        assert!(st.success());
-        std::fs::File::create(dir.join("vb.raw"))
-            .and_then(|f| f.set_len(256 << 20))
-            .expect("vb");
         let child = Command::new("qemu-system-x86_64")
-            .args([
-                "-accel",
-                "tcg",
-                "-m",
-                "64",
-                "-nodefaults",
-                "-display",
-                "none",
-            ])
-            .arg("-drive")
-            .arg(format!(
-                "file={},if=virtio,format=qcow2",
-                dir.join("va.qcow2").display()
-            ))
-            .arg("-drive")
-            .arg(format!(
-                "file={},if=virtio,format=raw",
-                dir.join("vb.raw").display()
-            ))
-            .arg("-qmp")
-            .arg(format!(
-                "unix:{},server=on,wait=off",
-                dir.join("qmp.sock").display()
-            ))
+            .args(make_disks(dir))
+            .args(["-m", "64"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
