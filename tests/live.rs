@@ -447,9 +447,12 @@ fn bitmaps(q: &mut Qmp, file: &str) -> Vec<(String, bool)> {
 }
 
 /// Starts a backup and stops it (SIGSTOP) once QEMU exports the captured
-/// disks, i.e. mid-read; retried when a backup outruns the poll.
+/// disks and before any manifest is written, i.e. mid-read; retried when a
+/// backup outruns the poll.
 fn backup_caught_mid_read(host: &Host, q: &mut Qmp) -> Child {
+    let manifests = || host.backups("vda") + host.backups("vdb");
     for _ in 0..10 {
+        let before = manifests();
         let mut child = host
             .cmd(&["backup", "vm1"])
             .stdout(Stdio::null())
@@ -464,13 +467,18 @@ fn backup_caught_mid_read(host: &Host, q: &mut Qmp) -> Child {
             if exports.as_array().is_some_and(|e| !e.is_empty()) {
                 // SAFETY: signalling our own child process.
                 unsafe { libc::kill(child.id() as i32, libc::SIGSTOP) };
-                return child;
+                if manifests() == before {
+                    return child;
+                }
+                // Past its reads already: let it finish and try again.
+                // SAFETY: as above.
+                unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+                break;
             }
             if let Ok(Some(_)) = child.try_wait() {
                 break;
             }
         }
-        let _ = child.kill();
         let _ = child.wait();
     }
     panic!("never caught a backup while QEMU exported the disks");

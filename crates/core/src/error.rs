@@ -49,6 +49,11 @@ pub enum Error {
     #[error("qemu-img: {0}")]
     Qemu(String),
 
+    /// An NBD peer (our qemu-nbd, or QEMU's NBD server) failed or broke
+    /// the protocol; the text says which.
+    #[error("{0}")]
+    Nbd(String),
+
     #[error("QEMU monitor {path}: {reason}", path = .path.display())]
     Qmp { path: PathBuf, reason: String },
 

@@ -472,6 +472,11 @@ impl Session {
             Read::Incremental { bitmap } => Some(bitmap.as_str()),
             Read::Full { .. } => None,
         };
+        // QEMU may have died since the capture: say so, whatever broke.
+        let gone = |e: Error| Error::Source {
+            path: d.path.clone(),
+            reason: format!("opening the running VM's disk through QEMU: {e} (did the VM exit?)"),
+        };
         let mut client = NbdClient::connect_with(
             &self.sock,
             &Want {
@@ -479,14 +484,15 @@ impl Session {
                 allocation: true,
                 dirty_bitmap: bitmap,
             },
-        )?;
+        )
+        .map_err(gone)?;
         if client.size() != d.size {
             return Err(err(
                 self.qmp.path(),
                 format!("the export of {} has the wrong size", d.volume),
             ));
         }
-        let dirty = client.dirty_extents()?;
+        let dirty = client.dirty_extents().map_err(gone)?;
         Ok(LiveReader {
             path: d.path.clone(),
             client,
@@ -715,10 +721,13 @@ impl VolumeReader for LiveReader {
     }
 
     fn data_extents(&mut self) -> Result<Extents> {
-        match self.client.data_extents()? {
-            Some(e) => Ok(e),
-            None => Ok(vec![(0, self.client.size())]),
-        }
+        let extents = self.client.data_extents().map_err(|e| Error::Source {
+            path: self.path.clone(),
+            reason: format!(
+                "asking QEMU where the running VM's disk holds data: {e} (did the VM exit?)"
+            ),
+        })?;
+        Ok(extents.unwrap_or_else(|| vec![(0, self.client.size())]))
     }
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {

@@ -60,11 +60,11 @@ pub struct NbdClient {
 }
 
 fn proto(msg: impl Into<String>) -> Error {
-    Error::Qemu(format!("NBD: {}", msg.into()))
+    Error::Nbd(format!("NBD: {}", msg.into()))
 }
 
 fn io(e: std::io::Error) -> Error {
-    Error::Qemu(format!("NBD connection: {e}"))
+    Error::Nbd(format!("NBD connection: {e}"))
 }
 
 fn read_u16(s: &mut impl Read) -> Result<u16> {
