@@ -110,17 +110,17 @@ pub fn backup(
                 .find(|(k, _)| k.vm == req.vm && k.volume == v.name)
         })
         .collect();
-    let mut live = start_live(repo, req, &previous, &set, progress)?;
-    let mut offline_note = None;
-    if let Live::NotRunning(why) = &live {
-        offline_note = Some(format!("the VM is not running: {why}"));
-    }
+    let live = start_live(repo, req, &previous, &set, progress)?;
+    let offline_note = match &live {
+        Live::NotRunning(why) => Some(format!("the VM is not running: {why}")),
+        _ => None,
+    };
     let mut staged: Vec<(Manifest, f64)> = Vec::new();
     let mut offline_bitmaps = Vec::new();
     for (i, spec) in req.volumes.iter().enumerate() {
         let started = std::time::Instant::now();
         progress.set_phase(&format!("opening {}", spec.name));
-        let (mut reader, format, mut capture) = match &mut live {
+        let (mut reader, format, mut capture) = match &live {
             Live::Running(session, _) => {
                 let reader: Box<dyn source::VolumeReader> = Box::new(session.reader(i)?);
                 let d = &session.disks[i];
@@ -161,7 +161,8 @@ pub fn backup(
                 (opened.source.reader, opened.source.format, capture)
             }
         };
-        let base_index = match (reader.dirty_extents(), previous[i]) {
+        let dirty = reader.dirty_extents().cloned();
+        let base_index = match (&dirty, previous[i]) {
             (Some(_), Some((_, m))) => Some(repo.read_index(&m.index)?),
             _ => None,
         };
@@ -176,7 +177,6 @@ pub fn backup(
         ));
         let writer = repo.chunk_writer();
         let level = repo.config.compression.level;
-        let dirty = reader.dirty_extents().cloned();
         let fill = |id: &crate::repo::Id| repo.read_chunk(id);
         let base = match (&dirty, &base_index) {
             (Some(d), Some(index)) => Some(pipeline::Base {

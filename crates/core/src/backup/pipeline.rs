@@ -42,8 +42,6 @@ pub struct ScanResult {
     /// Guest bytes read from the source (less than the disk when a dirty
     /// bitmap let unchanged chunks come from the previous index).
     pub bytes_read: u64,
-    /// Chunks taken from the previous index unread.
-    pub reused_chunks: u64,
 }
 
 struct Done {
@@ -168,7 +166,6 @@ pub fn scan(
     let mut new_chunks = 0u64;
     let mut new_stored = 0u64;
     let mut read_bytes = 0u64;
-    let mut reused = 0u64;
     let next = AtomicUsize::new(0);
 
     let counted = &mut *reader;
@@ -211,8 +208,6 @@ pub fn scan(
                     chunks[d.i] = d.id;
                     if d.read {
                         read_bytes += layout.span(d.i).1;
-                    } else if layout.may_hold_data(d.i) {
-                        reused += 1;
                     }
                     if let Some(bytes) = d.stored {
                         new_chunks += 1;
@@ -257,7 +252,6 @@ pub fn scan(
         new_chunks,
         new_stored_bytes: new_stored,
         bytes_read: reader.bytes_read().unwrap_or(read_bytes),
-        reused_chunks: reused,
     })
 }
 

@@ -27,7 +27,6 @@
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -90,11 +89,9 @@ pub struct Session {
     pub disks: Vec<LiveDisk>,
     pub consistency: Consistency,
     pub note: Option<String>,
-    /// Things done in QEMU that teardown undoes.
-    fdsets: Vec<i64>,
-    nodes: Vec<String>,
-    jobs: Vec<String>,
-    exports: Vec<String>,
+    /// Whether this session started QEMU's NBD server. Everything else it
+    /// adds is named `lifeboat-…` and found again by `clear_ours` (the VM
+    /// lock makes it this session's).
     server: bool,
     captured: bool,
     finished: bool,
@@ -216,8 +213,17 @@ impl Session {
                 )
             })?;
         let sock = dir.path().join("nbd.sock");
-        let mut repaired = Vec::new();
-        remove_leftovers(&mut qmp, &mut repaired)?;
+        let (removed, failed) = clear_ours(&mut qmp);
+        if let Some(e) = failed.into_iter().next() {
+            return Err(err(
+                qmp.path(),
+                format!("removing what an earlier run left: {e}"),
+            ));
+        }
+        let mut repaired: Vec<String> = removed
+            .into_iter()
+            .map(|r| format!("removed {r} an earlier run left"))
+            .collect();
         let infos = disk_info(&mut qmp, volumes)?;
         let mut disks = Vec::new();
         for (i, ((volume, path), info)) in volumes.iter().zip(infos).enumerate() {
@@ -228,15 +234,14 @@ impl Session {
                 bitmaps,
             } = info;
             let prev = previous_for(previous.get(i).and_then(Option::as_ref), chunk_size, size);
-            let (mut read, mut repairs) = decide(&prev, &bitmaps);
-            if !cfg.bitmaps {
+            let (read, repairs) = if cfg.bitmaps {
+                decide(&prev, &bitmaps)
+            } else {
                 // Neither used nor touched: another repository's lineage
                 // may rely on them.
-                read = Read::Full {
-                    reason: "dirty bitmaps are off for this VM (bitmaps = false)".into(),
-                };
-                repairs = Vec::new();
-            }
+                let reason = super::BITMAPS_OFF.to_string();
+                (Read::Full { reason }, Vec::new())
+            };
             for r in repairs {
                 apply_repair(&mut qmp, &node, &r)?;
                 repaired.push(match r {
@@ -266,10 +271,6 @@ impl Session {
             disks,
             consistency: Consistency::Crash,
             note: None,
-            fdsets: Vec::new(),
-            nodes: Vec::new(),
-            jobs: Vec::new(),
-            exports: Vec::new(),
             server: false,
             captured: false,
             finished: false,
@@ -337,19 +338,11 @@ impl Session {
     fn add_overlay(&mut self, i: usize) -> Result<()> {
         let d = self.disks[i].clone();
         let file = self.dir.path().join(format!("fleece-{i}.qcow2"));
-        let out = Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(&file)
-            .arg(d.size.to_string())
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| Error::Qemu(format!("cannot run qemu-img ({e}); install qemu-utils")))?;
-        if !out.status.success() {
-            return Err(Error::Qemu(format!(
-                "creating the fleecing overlay: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
+        crate::source::qemu::run_qemu_img_then(
+            &["create", "-q", "-f", "qcow2"],
+            &file,
+            &[&d.size.to_string()],
+        )?;
         let f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -364,7 +357,6 @@ impl Session {
             .get("fdset-id")
             .and_then(Value::as_i64)
             .ok_or_else(|| err(self.qmp.path(), "add-fd returned no fdset-id"))?;
-        self.fdsets.push(set);
         self.qmp.execute(
             "blockdev-add",
             json!({
@@ -374,7 +366,6 @@ impl Session {
                 "backing": d.node,
             }),
         )?;
-        self.nodes.push(d.fleece);
         Ok(())
     }
 
@@ -398,7 +389,6 @@ impl Session {
         }
         self.qmp
             .execute("transaction", json!({"actions": actions}))?;
-        self.jobs = self.disks.iter().map(|d| d.job.clone()).collect();
         Ok(())
     }
 
@@ -460,7 +450,6 @@ impl Session {
                 args["bitmaps"] = json!([bitmap]);
             }
             self.qmp.execute("block-export-add", args)?;
-            self.exports.push(d.export.clone());
         }
         Ok(())
     }
@@ -544,39 +533,16 @@ impl Session {
 
     /// Removes exports, the NBD server, jobs, overlays and descriptors.
     fn teardown(&mut self) -> Vec<String> {
-        let mut warnings = Vec::new();
-        let mut note = |r: Result<Value>| {
-            if let Err(e) = r {
+        let (_, mut warnings) = clear_ours(&mut self.qmp);
+        if std::mem::take(&mut self.server) {
+            if let Err(e) = self.qmp.execute("nbd-server-stop", json!({})) {
                 warnings.push(e.to_string());
             }
-        };
-        for x in std::mem::take(&mut self.exports) {
-            note(
-                self.qmp
-                    .execute("block-export-del", json!({"id": x, "mode": "hard"})),
-            );
-        }
-        wait_gone(&mut self.qmp, "query-block-exports", "id", PREFIX);
-        if std::mem::take(&mut self.server) {
-            note(self.qmp.execute("nbd-server-stop", json!({})));
         }
         // A listening socket handed over but never taken by a server (an
         // error in between) would stay open in QEMU; if the server took
         // it, there is nothing to close and QEMU says so.
         let _ = self.qmp.execute("closefd", json!({"fdname": NBD_FD_NAME}));
-        for j in std::mem::take(&mut self.jobs) {
-            note(
-                self.qmp
-                    .execute("block-job-cancel", json!({"device": j, "force": true})),
-            );
-        }
-        wait_gone(&mut self.qmp, "query-block-jobs", "device", PREFIX);
-        for n in std::mem::take(&mut self.nodes) {
-            note(self.qmp.execute("blockdev-del", json!({"node-name": n})));
-        }
-        for f in std::mem::take(&mut self.fdsets) {
-            note(self.qmp.execute("remove-fd", json!({"fdset-id": f})));
-        }
         warnings
     }
 }
@@ -657,48 +623,81 @@ fn wait_gone(qmp: &mut Qmp, query: &str, key: &str, prefix: &str) {
     }
 }
 
-/// Removes what a killed run left in QEMU: exports, jobs, overlay nodes,
-/// descriptor sets. Bitmaps are repaired per disk by `decide`.
-fn remove_leftovers(qmp: &mut Qmp, repaired: &mut Vec<String>) -> Result<()> {
-    let exports = qmp.execute("query-block-exports", json!({}))?;
-    for x in exports.as_array().into_iter().flatten() {
-        let id = s(x, "id");
-        if id.starts_with(PREFIX) {
-            qmp.execute("block-export-del", json!({"id": id, "mode": "hard"}))?;
-            repaired.push(format!("removed export {id} an earlier run left"));
+/// Removes everything named like lifeboat's from QEMU — exports, jobs,
+/// overlay nodes, descriptor sets — in the order QEMU needs (an export
+/// holds its node, a job its target). The end of every session, and the
+/// repair of a killed one's leftovers. Best effort: returns what it
+/// removed and what failed. Bitmaps are `decide`'s business.
+fn clear_ours(qmp: &mut Qmp) -> (Vec<String>, Vec<String>) {
+    let mut c = Clearing {
+        qmp,
+        removed: Vec::new(),
+        failed: Vec::new(),
+    };
+    for id in c.list("query-block-exports", "id", PREFIX) {
+        let args = json!({"id": id, "mode": "hard"});
+        c.run(format!("export {id}"), "block-export-del", args);
+    }
+    wait_gone(c.qmp, "query-block-exports", "id", PREFIX);
+    for id in c.list("query-block-jobs", "device", PREFIX) {
+        let args = json!({"device": id, "force": true});
+        c.run(format!("job {id}"), "block-job-cancel", args);
+    }
+    wait_gone(c.qmp, "query-block-jobs", "device", PREFIX);
+    for name in c.list("query-named-block-nodes", "node-name", FLEECE_PREFIX) {
+        let args = json!({"node-name": name});
+        c.run(format!("overlay {name}"), "blockdev-del", args);
+    }
+    match c.qmp.execute("query-fdsets", json!({})) {
+        Ok(sets) => {
+            for set in sets.as_array().into_iter().flatten() {
+                let ours = set
+                    .get("fds")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .any(|f| s(f, "opaque") == FDSET_OPAQUE);
+                if let (true, Some(id)) = (ours, set.get("fdset-id").and_then(Value::as_i64)) {
+                    let args = json!({"fdset-id": id});
+                    c.run(format!("descriptor set {id}"), "remove-fd", args);
+                }
+            }
+        }
+        Err(e) => c.failed.push(e.to_string()),
+    }
+    (c.removed, c.failed)
+}
+
+struct Clearing<'q> {
+    qmp: &'q mut Qmp,
+    removed: Vec<String>,
+    failed: Vec<String>,
+}
+
+impl Clearing<'_> {
+    /// The `key` of every entry a query lists that starts with `prefix`.
+    fn list(&mut self, query: &str, key: &str, prefix: &str) -> Vec<String> {
+        match self.qmp.execute(query, json!({})) {
+            Ok(v) => v
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|x| s(x, key))
+                .filter(|name| name.starts_with(prefix))
+                .collect(),
+            Err(e) => {
+                self.failed.push(e.to_string());
+                Vec::new()
+            }
         }
     }
-    wait_gone(qmp, "query-block-exports", "id", PREFIX);
-    let jobs = qmp.execute("query-block-jobs", json!({}))?;
-    for j in jobs.as_array().into_iter().flatten() {
-        let id = s(j, "device");
-        if id.starts_with(PREFIX) {
-            qmp.execute("block-job-cancel", json!({"device": id, "force": true}))?;
-            repaired.push(format!("cancelled job {id} an earlier run left"));
+
+    fn run(&mut self, what: String, cmd: &str, args: Value) {
+        match self.qmp.execute(cmd, args) {
+            Ok(_) => self.removed.push(what),
+            Err(e) => self.failed.push(e.to_string()),
         }
     }
-    wait_gone(qmp, "query-block-jobs", "device", PREFIX);
-    let nodes = qmp.execute("query-named-block-nodes", json!({"flat": true}))?;
-    for n in nodes.as_array().into_iter().flatten() {
-        let name = s(n, "node-name");
-        if name.starts_with(FLEECE_PREFIX) {
-            qmp.execute("blockdev-del", json!({"node-name": name}))?;
-            repaired.push(format!("removed overlay {name} an earlier run left"));
-        }
-    }
-    let sets = qmp.execute("query-fdsets", json!({}))?;
-    for set in sets.as_array().into_iter().flatten() {
-        let ours = set
-            .get("fds")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .any(|f| s(f, "opaque") == FDSET_OPAQUE);
-        if let (true, Some(id)) = (ours, set.get("fdset-id").and_then(Value::as_i64)) {
-            qmp.execute("remove-fd", json!({"fdset-id": id}))?;
-        }
-    }
-    Ok(())
 }
 
 /// A disk at the captured instant, read through QEMU's NBD export.
@@ -706,13 +705,6 @@ pub struct LiveReader {
     path: PathBuf,
     client: NbdClient,
     dirty: Option<Extents>,
-}
-
-impl LiveReader {
-    /// What the previous backup's bitmap marks (None: read everything).
-    pub fn dirty(&self) -> Option<&Extents> {
-        self.dirty.as_ref()
-    }
 }
 
 impl VolumeReader for LiveReader {

@@ -66,6 +66,9 @@ fn reply(cmd: &str, v: &serde_json::Value) -> std::result::Result<serde_json::Va
     Ok(v.get("return").cloned().unwrap_or(serde_json::Value::Null))
 }
 
+/// Why a VM's disks are read whole when its config turns bitmaps off.
+pub const BITMAPS_OFF: &str = "dirty bitmaps are off for this VM (bitmaps = false)";
+
 /// QMP commands wait at most this long for QEMU.
 pub const QMP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -77,27 +80,38 @@ pub struct RunState {
     pub status: String,
 }
 
-/// Asks the VM's monitor whether it runs (for the console and `status`).
-pub fn run_state(cfg: &LiveConfig) -> Result<Option<RunState>> {
+/// Asks the VM's monitor whether it runs; the connection is kept for
+/// further questions. None when the VM has no `qmp`.
+fn run_state(cfg: &LiveConfig) -> (Option<RunState>, Option<qmp::Qmp>) {
     let Some(path) = &cfg.qmp else {
-        return Ok(None);
+        return (None, None);
     };
-    match qmp::Qmp::connect(path, Duration::from_secs(3))? {
-        Err(qmp::Absent(why)) => Ok(Some(RunState {
-            running: false,
-            status: format!("not running ({why})"),
-        })),
+    let asked = qmp::Qmp::connect(path, Duration::from_secs(3)).and_then(|c| match c {
+        Err(qmp::Absent(why)) => Ok((format!("not running ({why})"), None)),
         Ok(mut q) => {
             let v = q.execute("query-status", serde_json::json!({}))?;
             let status = v
                 .get("status")
                 .and_then(serde_json::Value::as_str)
                 .unwrap_or("unknown");
-            Ok(Some(RunState {
-                running: true,
-                status: crate::text::escape(status).into_owned(),
-            }))
+            Ok((crate::text::escape(status).into_owned(), Some(q)))
         }
+    });
+    match asked {
+        Ok((status, q)) => (
+            Some(RunState {
+                running: q.is_some(),
+                status,
+            }),
+            q,
+        ),
+        Err(e) => (
+            Some(RunState {
+                running: false,
+                status: format!("unknown: {e}"),
+            }),
+            None,
+        ),
     }
 }
 
@@ -157,13 +171,7 @@ pub fn outlook(cfg: &LiveConfig, volumes: &[VolumeRef], chunk_size: u64) -> Outl
             volumes: Vec::new(),
         };
     }
-    let run = match run_state(cfg) {
-        Ok(r) => r,
-        Err(e) => Some(RunState {
-            running: false,
-            status: format!("unknown: {e}"),
-        }),
-    };
+    let (run, monitor) = run_state(cfg);
     let off = |why: &str| -> Vec<VolumeOutlook> {
         volumes
             .iter()
@@ -177,25 +185,15 @@ pub fn outlook(cfg: &LiveConfig, volumes: &[VolumeRef], chunk_size: u64) -> Outl
     if !cfg.bitmaps {
         return Outlook {
             run,
-            volumes: off("dirty bitmaps are off for this VM (bitmaps = false)"),
+            volumes: off(BITMAPS_OFF),
         };
     }
-    if run.as_ref().is_some_and(|r| r.running) {
-        let Some(path) = &cfg.qmp else {
-            return Outlook {
-                run,
-                volumes: Vec::new(),
-            };
-        };
+    if let Some(mut q) = monitor {
         let pairs: Vec<(String, PathBuf)> = volumes
             .iter()
             .map(|v| (v.name.clone(), v.path.clone()))
             .collect();
-        let infos = qmp::Qmp::connect(path, Duration::from_secs(3)).and_then(|q| match q {
-            Ok(mut q) => capture::disk_info(&mut q, &pairs),
-            Err(qmp::Absent(why)) => Err(crate::Error::BadInput(why.to_string())),
-        });
-        let volumes = match infos {
+        let volumes = match capture::disk_info(&mut q, &pairs) {
             Ok(infos) => volumes
                 .iter()
                 .zip(infos)
@@ -226,15 +224,19 @@ pub fn outlook(cfg: &LiveConfig, volumes: &[VolumeRef], chunk_size: u64) -> Outl
                     },
                 );
             }
-            let size =
-                crate::source::qemu::info(&v.path, Some(crate::repo::manifest::ImageFormat::Qcow2))
-                    .map(|i| i.virtual_size);
-            match (offline::bitmaps_of(&v.path), size) {
-                (Ok(b), Ok(size)) => {
-                    let prev = capture::previous_for(v.previous.as_ref(), chunk_size, size);
-                    verdict(&v.name, bitmap::decide(&prev, &b).0)
+            match crate::source::qemu::info(
+                &v.path,
+                Some(crate::repo::manifest::ImageFormat::Qcow2),
+            ) {
+                Ok(info) => {
+                    let prev =
+                        capture::previous_for(v.previous.as_ref(), chunk_size, info.virtual_size);
+                    verdict(
+                        &v.name,
+                        bitmap::decide(&prev, &offline::bitmaps_of(&info)).0,
+                    )
                 }
-                (Err(e), _) | (_, Err(e)) => verdict(
+                Err(e) => verdict(
                     &v.name,
                     bitmap::Read::Full {
                         reason: format!("cannot tell: {e}"),

@@ -42,9 +42,9 @@ fn bitmap_cmd(path: &Path, ops: &[&str], bitmap: &str) -> Result<()> {
     qemu::run_qemu_img_then(&args, path, &[bitmap]).map(|_| ())
 }
 
-pub(crate) fn bitmaps_of(path: &Path) -> Result<Vec<BitmapState>> {
-    Ok(qemu::info(path, Some(ImageFormat::Qcow2))?
-        .bitmaps()
+/// A qcow2 image's persistent bitmaps as the lineage sees them.
+pub(crate) fn bitmaps_of(info: &qemu::ImageInfo) -> Vec<BitmapState> {
+    info.bitmaps()
         .iter()
         .map(|b| BitmapState {
             recording: b.flags.iter().any(|f| f == "auto"),
@@ -52,7 +52,7 @@ pub(crate) fn bitmaps_of(path: &Path) -> Result<Vec<BitmapState>> {
             busy: false,
             name: b.name.clone(),
         })
-        .collect())
+        .collect()
 }
 
 fn apply(path: &Path, r: &Repair) -> Result<()> {
@@ -95,7 +95,7 @@ pub fn open(
             if source.format == ImageFormat::Raw {
                 "a raw image keeps no dirty bitmap while no QEMU runs it: read whole"
             } else {
-                "dirty bitmaps are off for this VM (bitmaps = false)"
+                super::BITMAPS_OFF
             }
             .to_string(),
         );
@@ -105,11 +105,12 @@ pub fn open(
             full_reason,
         });
     }
-    let size = qemu::info(path, Some(ImageFormat::Qcow2))?.virtual_size;
-    let prev = super::capture::previous_for(prev, chunk_size, size);
     // Two backups must not rotate one image's bitmaps at once.
     let lock = super::VmLock::acquire(path)?;
-    let (bitmaps, read) = match start_lineage(lock, path, &prev, set) {
+    let info = qemu::info(path, Some(ImageFormat::Qcow2))?;
+    let prev = super::capture::previous_for(prev, chunk_size, info.virtual_size);
+    let states = bitmaps_of(&info);
+    let (bitmaps, read) = match start_lineage(lock, path, &prev, &states, set) {
         Ok(x) => x,
         // A read-only image, say: back it up whole rather than not at all.
         Err(e) => {
@@ -146,10 +147,10 @@ fn start_lineage(
     lock: super::VmLock,
     path: &Path,
     prev: &super::bitmap::Previous,
+    states: &[BitmapState],
     set: &str,
 ) -> Result<(OfflineBitmaps, Read)> {
-    let states = bitmaps_of(path)?;
-    let (read, repairs) = decide(prev, &states);
+    let (read, repairs) = decide(prev, states);
     for r in &repairs {
         apply(path, r)?;
     }
