@@ -502,6 +502,10 @@ async fn slow_clients_are_cut_off() {
             .unwrap();
         idle.push(s);
     }
+    // The server takes a connection's slot in that connection's own task:
+    // give the four a moment to take theirs, so the fifth is the one over
+    // the limit (under load it could otherwise overtake one of them).
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     // Past the limit: refused at once (closed without an answer).
     let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
     let _ = extra

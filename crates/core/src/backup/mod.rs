@@ -182,7 +182,7 @@ pub fn backup(
             (Some(d), Some(index)) => Some(pipeline::Base {
                 dirty: d,
                 index,
-                fill: Some(&fill),
+                fill: &fill,
             }),
             _ => None,
         };

@@ -109,7 +109,6 @@ impl Layout<'_> {
     /// write costs a 64 KiB read, not a whole chunk). None: read it all.
     fn changed_parts(&self, i: usize) -> Option<(Id, Vec<(u64, u64)>)> {
         let (dirty, base) = self.reuse?;
-        self.fill?;
         let (start, len) = self.span(i);
         let end = start + len;
         let from = dirty.partition_point(|&(_, e)| e <= start);
@@ -131,7 +130,7 @@ pub struct Base<'a> {
     pub dirty: &'a [(u64, u64)],
     pub index: &'a Index,
     /// Where unchanged parts of a changed chunk come from.
-    pub fill: Option<&'a ChunkFill<'a>>,
+    pub fill: &'a ChunkFill<'a>,
 }
 
 pub fn scan(
@@ -150,7 +149,7 @@ pub fn scan(
         b.index.chunk_size == chunk_size && b.index.image_size == size && b.index.chunks.len() == n
     });
     let reuse = base.as_ref().map(|b| (b.dirty, b.index.chunks.as_slice()));
-    let fill = base.as_ref().and_then(|b| b.fill);
+    let fill = base.as_ref().map(|b| b.fill);
     let layout = Layout {
         size,
         chunk_size,
