@@ -5,6 +5,7 @@
 //! risk (`status --rpo`); 6 a restore drill failed; 130 cancelled (Ctrl-C).
 
 mod backup_restore;
+mod cloud_cmd;
 mod daemon_cmd;
 mod demo;
 mod demo_guest;
@@ -184,6 +185,21 @@ pub enum Command {
         /// Only this VM.
         vm: Option<String>,
     },
+    /// Cloud targets (`[cloud.NAME]`): `cloud ls` checks each (auth,
+    /// flavor or instance type, network, key pair) and says what is wrong.
+    /// Exits 4 when one fails.
+    Cloud {
+        #[command(subcommand)]
+        action: CloudAction,
+    },
+    /// Bring a VM set up in a cloud (OpenStack or AWS) straight from its
+    /// backups: plan, upload with progress, server, data volumes. On
+    /// failure or cancel, what was created is removed.
+    CloudRestore(cloud_cmd::CloudRestoreArgs),
+    /// Upload one volume as an image file to S3-compatible storage (raw
+    /// streamed; qcow2, vmdk, vhd through qemu-img convert) for a cloud's
+    /// own import (Aliyun ImportImage, AWS ImportSnapshot, Azure VHD).
+    Export(Box<cloud_cmd::ExportArgs>),
     /// Manage remotes (off-site servers, S3 buckets, other directories).
     Remote {
         #[command(subcommand)]
@@ -238,6 +254,13 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         last: usize,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CloudAction {
+    /// Check every cloud target: auth, flavor/instance type, network or
+    /// subnet, security group, key pair.
+    Ls,
 }
 
 #[derive(Debug, Subcommand)]
@@ -587,6 +610,11 @@ pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
         Command::Drill(a) => drill_cmd::drill(&ctx, a).await,
         Command::Drills { vm, last } => drill_cmd::history(&ctx, vm.as_deref(), last),
         Command::Vms { vm } => vms_cmd::vms(&ctx, vm).await,
+        Command::Cloud {
+            action: CloudAction::Ls,
+        } => cloud_cmd::cloud_ls(&ctx).await,
+        Command::CloudRestore(a) => cloud_cmd::cloud_restore(&ctx, a).await,
+        Command::Export(a) => cloud_cmd::export_cmd(&ctx, *a).await,
         Command::Remote { action } => match action {
             RemoteAction::Add(a) => remote_cmds::remote_add(&ctx, *a),
             RemoteAction::Ls => remote_cmds::remote_ls(&ctx).await,

@@ -37,7 +37,7 @@ where
 {
     let (tx, rx) = mpsc::unbounded_channel();
     let sigint = interrupt_handler();
-    observe(kind, json, sigint, Job::spawn(kind, tx, work), rx).await
+    observe(kind, json, sigint, Job::spawn(kind, tx, work), rx, false).await
 }
 
 /// Runs async engine work (transfers) as a job and shows its progress.
@@ -49,7 +49,36 @@ where
 {
     let (tx, rx) = mpsc::unbounded_channel();
     let sigint = interrupt_handler();
-    observe(kind, json, sigint, Job::spawn_async(kind, tx, work), rx).await
+    observe(
+        kind,
+        json,
+        sigint,
+        Job::spawn_async(kind, tx, work),
+        rx,
+        false,
+    )
+    .await
+}
+
+/// `run_job_async` that also prints each state line the job adds (a cloud
+/// restore's phases) above the progress.
+pub async fn run_job_async_lines<T, F, Fut>(kind: &str, json: bool, work: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(CancellationToken, std::sync::Arc<Progress>) -> Fut,
+    Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+{
+    let (tx, rx) = mpsc::unbounded_channel();
+    let sigint = interrupt_handler();
+    observe(
+        kind,
+        json,
+        sigint,
+        Job::spawn_async(kind, tx, work),
+        rx,
+        true,
+    )
+    .await
 }
 
 /// Installs the SIGINT handler now, before the job starts: `ctrl_c()` would
@@ -65,7 +94,9 @@ async fn observe<T: Send + 'static>(
     mut sigint: Option<tokio::signal::unix::Signal>,
     job: Job<T>,
     mut events: mpsc::UnboundedReceiver<JobEvent>,
+    lines: bool,
 ) -> Result<T> {
+    let mut seen = 0u64;
     let cancel = job.cancel.clone();
     let progress = job.progress.clone();
     let tty = std::io::stderr().is_terminal() && !json;
@@ -96,9 +127,30 @@ async fn observe<T: Send + 'static>(
     tokio::pin!(ctrl_c);
     let done = job.wait();
     tokio::pin!(done);
+    let show_lines = |seen: &mut u64, bar: &Option<ProgressBar>| {
+        if !lines {
+            return;
+        }
+        let (new, n) = progress.lines_since(*seen);
+        *seen = n;
+        for l in new {
+            let l = lifeboat_core::text::escape(&l).into_owned();
+            match bar {
+                Some(b) => b.println(l),
+                None if json => eprintln!(
+                    "{}",
+                    serde_json::json!({"event": "state", "job": kind, "line": l})
+                ),
+                None => eprintln!("{l}"),
+            }
+        }
+    };
     let result = loop {
         tokio::select! {
-            res = &mut done => break res,
+            res = &mut done => {
+                show_lines(&mut seen, &bar);
+                break res
+            }
             Some(ev) = events.recv() => {
                 // Lifecycle events: JSON lines with --json; the bar and the
                 // final message say the same to a person.
@@ -107,6 +159,7 @@ async fn observe<T: Send + 'static>(
                 }
             }
             _ = tick.tick() => {
+                show_lines(&mut seen, &bar);
                 let s = progress.snapshot();
                 match &bar {
                     Some(b) => {

@@ -23,6 +23,9 @@ pub struct Config {
     pub vms: Vec<VmConfig>,
     #[serde(default, rename = "remote")]
     pub remotes: std::collections::BTreeMap<String, RemoteConfig>,
+    /// Clouds a VM can be restored into (`[cloud.NAME]`).
+    #[serde(default, rename = "cloud")]
+    pub clouds: std::collections::BTreeMap<String, crate::cloud::CloudConfig>,
     /// The policy of VMs that name none.
     pub default_policy: Option<toml::Spanned<String>>,
     #[serde(default, rename = "policy")]
@@ -335,6 +338,16 @@ impl Config {
             }
             crate::store::url::check_url(&r.url)
                 .map_err(|e| err(None, format!("remote {name}: {e}")))?;
+        }
+        for (name, c) in &cfg.clouds {
+            if !is_valid_name(name) {
+                return Err(err(
+                    None,
+                    format!("cloud name {name:?} is invalid: use 1 to 128 of A-Z a-z 0-9 . _ -"),
+                ));
+            }
+            c.check()
+                .map_err(|e| err(None, format!("cloud {name}: {e}")))?;
         }
         let remotes: Vec<&str> = cfg.remotes.keys().map(|s| s.as_str()).collect();
         let mut policies = std::collections::BTreeMap::new();

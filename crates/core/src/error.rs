@@ -123,6 +123,17 @@ pub enum Error {
         hint: String,
     },
 
+    /// A cloud refused or failed a step of a restore into it; `reason` is
+    /// the cloud's own message (escaped), `phase` the step.
+    #[error("cloud {target}: {phase}: {reason}")]
+    Cloud {
+        target: String,
+        phase: String,
+        reason: String,
+        /// Whether trying again may help (dropped connections, 5xx, throttling).
+        transient: bool,
+    },
+
     /// A failure inside lifeboat itself (a crashed task, a poisoned lock):
     /// not the caller's fault, and worth a bug report.
     #[error("internal error: {0}")]
@@ -146,6 +157,9 @@ impl Error {
         matches!(
             self,
             Error::Remote {
+                transient: true,
+                ..
+            } | Error::Cloud {
                 transient: true,
                 ..
             }

@@ -7,6 +7,7 @@
 //! progress-bar crate, so the compiler keeps the engine free of them.
 
 pub mod backup;
+pub mod cloud;
 pub mod config;
 pub mod daemon;
 pub mod drill;

@@ -31,6 +31,7 @@ pub struct Progress {
     /// Output the job shows as it comes (a drill's serial console), the
     /// newest `MAX_LINES`.
     lines: Mutex<VecDeque<String>>,
+    lines_pushed: AtomicU64,
 }
 
 const MAX_LINES: usize = 200;
@@ -102,6 +103,7 @@ impl Progress {
             finished_ms: AtomicU64::new(0),
             finished: AtomicBool::new(false),
             lines: Mutex::new(VecDeque::new()),
+            lines_pushed: AtomicU64::new(0),
         }
     }
 
@@ -112,7 +114,19 @@ impl Progress {
                 l.pop_front();
             }
             l.push_back(line.to_string());
+            self.lines_pushed.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Lines pushed after the first `seen` (as many as are still kept),
+    /// and the new count to pass next time.
+    pub fn lines_since(&self, seen: u64) -> (Vec<String>, u64) {
+        let Ok(l) = self.lines.lock() else {
+            return (Vec::new(), seen);
+        };
+        let total = self.lines_pushed.load(Ordering::Relaxed);
+        let new = (total.saturating_sub(seen) as usize).min(l.len());
+        (l.iter().skip(l.len() - new).cloned().collect(), total)
     }
 
     /// The newest `n` lines of live output, oldest first.
@@ -153,6 +167,18 @@ impl Progress {
         self.job_done.fetch_add(bytes, Ordering::Relaxed);
         self.bytes_done.fetch_add(bytes, Ordering::Relaxed);
         self.objects_done.fetch_add(objects, Ordering::Relaxed);
+    }
+
+    /// Takes back bytes counted for work that is being redone (an upload
+    /// that starts over).
+    pub fn sub(&self, bytes: u64) {
+        let take = |a: &AtomicU64| {
+            let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(bytes))
+            });
+        };
+        take(&self.job_done);
+        take(&self.bytes_done);
     }
 
     pub fn finish(&self) {

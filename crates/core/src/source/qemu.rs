@@ -274,12 +274,19 @@ impl Drop for Qcow2Reader {
 /// file qemu-img creates is private (umask 077 in the child) from its
 /// first byte: a restored disk is as secret as the backup.
 pub fn convert_raw_to_qcow2(raw: &Path, out: &Path) -> Result<()> {
+    convert_raw(raw, out, "qcow2", &[])
+}
+
+/// `qemu-img convert` of a raw image into `format` (qemu-img's name: raw,
+/// qcow2, vmdk, vpc) with `-o` options; the output is private.
+pub fn convert_raw(raw: &Path, out: &Path, format: &str, options: &[&str]) -> Result<()> {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new("qemu-img");
-    cmd.args(["convert", "-q", "-W", "-f", "raw", "-O", "qcow2"])
-        .arg(raw)
-        .arg(out)
-        .stdin(Stdio::null());
+    cmd.args(["convert", "-q", "-W", "-f", "raw", "-O", format]);
+    for o in options {
+        cmd.args(["-o", o]);
+    }
+    cmd.arg(raw).arg(out).stdin(Stdio::null());
     // SAFETY: umask is async-signal-safe and touches only the child.
     unsafe {
         cmd.pre_exec(|| {
@@ -292,8 +299,8 @@ pub fn convert_raw_to_qcow2(raw: &Path, out: &Path) -> Result<()> {
         .map_err(|e| Error::Qemu(format!("cannot run qemu-img ({e}); install qemu-utils")))?;
     if !res.status.success() {
         return Err(Error::Qemu(format!(
-            "convert to qcow2 failed: {}",
-            String::from_utf8_lossy(&res.stderr).trim()
+            "convert to {format} failed: {}",
+            crate::text::escape(String::from_utf8_lossy(&res.stderr).trim())
         )));
     }
     Ok(())

@@ -303,7 +303,7 @@ impl HttpStore {
     }
 }
 
-fn root_cause(e: &dyn std::error::Error) -> String {
+pub(crate) fn root_cause(e: &dyn std::error::Error) -> String {
     let mut cur = e;
     while let Some(s) = cur.source() {
         cur = s;

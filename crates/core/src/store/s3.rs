@@ -59,61 +59,67 @@ pub struct S3Store {
     name: String,
 }
 
-impl S3Store {
-    pub fn new(opts: &S3Options) -> Result<S3Store> {
-        // Credentials must be given: without them the client would ask a
-        // cloud instance-metadata service, which is never what an admin
-        // meant on a recovery box (and hangs where there is none).
-        let key_id = opts
-            .access_key_id
-            .clone()
-            .or_else(|| std::env::var("AWS_ACCESS_KEY_ID").ok());
-        let secret = opts
-            .secret_access_key
-            .clone()
-            .or_else(|| std::env::var("AWS_SECRET_ACCESS_KEY").ok());
-        let (Some(key_id), Some(secret)) = (key_id, secret) else {
-            return Err(Error::BadInput(format!(
+/// An `object_store` S3 client for a bucket (the prefix is not applied).
+pub fn client(opts: &S3Options) -> Result<Arc<dyn ObjectStore>> {
+    // Credentials must be given: without them the client would ask a
+    // cloud instance-metadata service, which is never what an admin
+    // meant on a recovery box (and hangs where there is none).
+    let key_id = opts
+        .access_key_id
+        .clone()
+        .or_else(|| std::env::var("AWS_ACCESS_KEY_ID").ok());
+    let secret = opts
+        .secret_access_key
+        .clone()
+        .or_else(|| std::env::var("AWS_SECRET_ACCESS_KEY").ok());
+    let (Some(key_id), Some(secret)) = (key_id, secret) else {
+        return Err(Error::BadInput(format!(
                 "S3 remote s3://{}/{}: no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
                  or name other variables with access_key_id_env / secret_access_key_env in the remote's config",
                 opts.bucket, opts.prefix
             )));
-        };
-        // from_env picks up the other standard AWS_* settings; explicit options win.
-        let mut b = AmazonS3Builder::from_env()
-            .with_access_key_id(key_id)
-            .with_secret_access_key(secret)
-            .with_metadata_endpoint("http://127.0.0.1:9")
-            .with_bucket_name(&opts.bucket)
-            .with_virtual_hosted_style_request(!opts.path_style)
-            // The one retry layer for S3: object_store retries what can
-            // pass (5xx, 429, dropped connections) with backoff and never a
-            // 4xx, so `err` marks what still fails as final and sync's own
-            // retry does not multiply the attempts.
-            .with_retry(RetryConfig {
-                max_retries: 4,
-                retry_timeout: Duration::from_secs(60),
-                ..Default::default()
-            })
-            .with_client_options(
-                ClientOptions::new()
-                    .with_timeout(opts.timeout.unwrap_or(Duration::from_secs(120)))
-                    .with_connect_timeout(Duration::from_secs(10))
-                    .with_allow_http(true),
-            );
-        if let Some(e) = &opts.endpoint {
-            b = b.with_endpoint(e);
-        }
-        if let Some(r) = &opts.region {
-            b = b.with_region(r);
-        }
-        let inner = b.build().map_err(|e| {
-            Error::BadInput(format!(
-                "S3 remote s3://{}: {}",
-                opts.bucket,
-                scrub(&e.to_string())
-            ))
-        })?;
+    };
+    // from_env picks up the other standard AWS_* settings; explicit options win.
+    let mut b = AmazonS3Builder::from_env()
+        .with_access_key_id(key_id)
+        .with_secret_access_key(secret)
+        .with_metadata_endpoint("http://127.0.0.1:9")
+        .with_bucket_name(&opts.bucket)
+        .with_virtual_hosted_style_request(!opts.path_style)
+        // The one retry layer for S3: object_store retries what can
+        // pass (5xx, 429, dropped connections) with backoff and never a
+        // 4xx, so `err` marks what still fails as final and sync's own
+        // retry does not multiply the attempts.
+        .with_retry(RetryConfig {
+            max_retries: 4,
+            retry_timeout: Duration::from_secs(60),
+            ..Default::default()
+        })
+        .with_client_options(
+            ClientOptions::new()
+                .with_timeout(opts.timeout.unwrap_or(Duration::from_secs(120)))
+                .with_connect_timeout(Duration::from_secs(10))
+                .with_allow_http(true),
+        );
+    if let Some(e) = &opts.endpoint {
+        b = b.with_endpoint(e);
+    }
+    if let Some(r) = &opts.region {
+        b = b.with_region(r);
+    }
+    let inner = b.build().map_err(|e| {
+        Error::BadInput(format!(
+            "S3 remote s3://{}: {}",
+            opts.bucket,
+            scrub(&e.to_string())
+        ))
+    })?;
+    Ok(Arc::new(inner))
+}
+
+impl S3Store {
+    pub fn new(opts: &S3Options) -> Result<S3Store> {
+        let inner = client(opts)?;
         let name = format!(
             "s3://{}/{}{}",
             opts.bucket,
@@ -124,7 +130,7 @@ impl S3Store {
                 .unwrap_or_default()
         );
         Ok(S3Store {
-            inner: Arc::new(inner),
+            inner,
             prefix: opts.prefix.clone(),
             name,
         })
@@ -249,7 +255,7 @@ fn summary(text: &str) -> String {
 
 /// Error texts from the S3 client can quote request details; keep only the
 /// first lines and never anything that looks like a signature or key.
-fn scrub(s: &str) -> String {
+pub(crate) fn scrub(s: &str) -> String {
     let kept: String = s
         .split_whitespace()
         .map(|w| {
