@@ -15,12 +15,13 @@ export PATH="$HOME/.cargo/bin:$PATH"
 # - busybox-static cpio dosfstools fdisk mtools syslinux syslinux-common:
 #   the demo's bootable Linux guest (see assets/demo-guest.sh);
 # - libvirt-clients libxml2-utils: virt-xml-validate checks restored
-#   domain XML against libvirt's schema.
+#   domain XML against libvirt's schema;
+# - python3-venv: the cloud tests' moto (an AWS emulator) lives in a venv.
 # (qemu-system-x86 also brings the libraries the running-VM tests copy
 # into their guest with Debian's qemu-guest-agent: glib, libnuma, liburing.)
 pkgs=(openssl python3-prometheus-client qemu-utils qemu-system-x86
       busybox-static cpio dosfstools fdisk mtools syslinux syslinux-common
-      libvirt-clients libxml2-utils)
+      libvirt-clients libxml2-utils python3-venv)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -56,6 +57,20 @@ sh assets/demo-guest.sh kit "$LIFEBOAT_GUEST_KIT"
 # The running-VM tests' guest runs Debian's qemu-guest-agent (tests/live.rs).
 sh tests/support/live-guest.sh kit "$LIFEBOAT_GUEST_KIT"
 echo "guest kernel: $LIFEBOAT_GUEST_KIT"
+
+# moto: the third-party AWS emulator (EC2 and the EBS direct APIs) the
+# cloud tests run in server mode on loopback, with boto3 as their
+# independent AWS client; from PyPI into a venv of Debian's python3, once.
+moto_version=5.2.1
+moto_venv="$HOME/.cache/lifeboat/moto-venv"
+if ! "$moto_venv/bin/python" -c "import moto, moto.server, boto3, sys; sys.exit(moto.__version__ != '$moto_version')" 2>/dev/null; then
+  echo "installing moto $moto_version into $moto_venv…"
+  rm -rf "$moto_venv"
+  /usr/bin/python3 -m venv "$moto_venv"
+  "$moto_venv/bin/pip" install -q --disable-pip-version-check "moto[server]==$moto_version"
+fi
+export LIFEBOAT_TEST_MOTO_PYTHON="$moto_venv/bin/python"
+echo "moto: $("$LIFEBOAT_TEST_MOTO_PYTHON" -c 'import moto; print(moto.__version__)')"
 
 # Garage: a real distributed S3 engine for the S3 tests. Building it takes
 # about 15 minutes on 2 cores, so it is installed once and reused.

@@ -985,3 +985,112 @@ fn aws_faults_on_moto() {
     );
     assert_no_secrets(&text);
 }
+
+// ------------------------------------------------------------------- export
+
+#[test]
+fn export_to_garage_in_every_format() {
+    let Some(g) = common::remote::garage() else {
+        return;
+    };
+    let Some(python) = moto_python() else {
+        return;
+    };
+    let site = Site::new();
+    let prefix = common::remote::unique("export");
+    let run = |args: &[&str]| {
+        site.cmd()
+            .env("AWS_ACCESS_KEY_ID", &g.key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &g.secret)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let s3 = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = vec![
+            "--endpoint".into(),
+            g.endpoints[0].clone(),
+            "--region".into(),
+            g.region.clone(),
+            "--path-style".into(),
+        ];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let fetch = |key: &str, out: &Path| {
+        let o = Command::new(&python)
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/moto_client.py"))
+            .args(["s3get", &g.endpoints[0], &g.bucket, key])
+            .arg(out)
+            .env("AWS_ACCESS_KEY_ID", &g.key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &g.secret)
+            .env("AWS_REGION", &g.region)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+
+    // raw: streamed from the served remote, byte for byte the backup.
+    let key = format!("{prefix}/web-root.raw");
+    let url = format!("s3://{}/{key}", g.bucket);
+    let mut args = vec!["--json", "export", "web/root@latest", &url, "--from", "offsite"];
+    let extra = s3(&[]);
+    args.extend(extra.iter().map(|s| s.as_str()));
+    let out = run(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["bytes"], 24 << 20);
+    let got = site.path("got.raw");
+    fetch(&key, &got);
+    assert_eq!(sha256(&got), sha256(&site.path("expect-root.raw")));
+    assert_eq!(r["sha256"].as_str().unwrap(), sha256(&got));
+
+    // qcow2, vmdk, vhd through qemu-img convert: the same disk when read back.
+    for (fmt, qfmt) in [("qcow2", "qcow2"), ("vmdk", "vmdk"), ("vhd", "vpc")] {
+        let key = format!("{prefix}/web-data.{fmt}");
+        let url = format!("s3://{}/{key}", g.bucket);
+        let mut args = vec!["export", "web/data@latest", &url, "--format", fmt];
+        args.extend(extra.iter().map(|s| s.as_str()));
+        let out = run(&args);
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("scratch space") && text.contains("uploaded"), "{text}");
+        let got = site.path(&format!("got.{fmt}"));
+        fetch(&key, &got);
+        let info = qemu_img(&["info", "-f", qfmt, "--output=json", got.to_str().unwrap()]);
+        if fmt == "vhd" {
+            // A fixed VHD is the disk plus a 512-byte footer ("conectix").
+            let bytes = std::fs::read(&got).unwrap();
+            assert_eq!(bytes.len(), (12 << 20) + 512, "{info}");
+            assert_eq!(&bytes[bytes.len() - 512..][..8], b"conectix");
+        } else {
+            let probed = qemu_img(&["info", "--output=json", got.to_str().unwrap()]);
+            assert!(probed.contains(&format!("\"format\": \"{qfmt}\"")), "{probed}");
+        }
+        let cmp = Command::new("qemu-img")
+            .args(["compare", "-f", qfmt, "-F", "raw"])
+            .arg(&got)
+            .arg(site.path("expect-data.raw"))
+            .output()
+            .unwrap();
+        assert!(cmp.status.success(), "{fmt}: {}", String::from_utf8_lossy(&cmp.stdout));
+    }
+
+    // Bad input: a set, no key, an unknown bucket (nothing left behind).
+    let mut args = vec!["export", "web@latest", &url];
+    args.extend(extra.iter().map(|s| s.as_str()));
+    let out = run(&args);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("names a VM set; export one volume"));
+    let bucket_only = format!("s3://{}/", g.bucket);
+    let mut args = vec!["export", "web/root@latest", &bucket_only];
+    args.extend(extra.iter().map(|s| s.as_str()));
+    let out = run(&args);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give the object's key"));
+    let mut args = vec!["export", "web/root@latest", "s3://no-such-bucket-here/x.raw"];
+    args.extend(extra.iter().map(|s| s.as_str()));
+    let out = run(&args);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no-such-bucket-here"), "{err}");
+    assert!(!err.contains(&g.secret));
+}

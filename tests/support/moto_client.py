@@ -6,6 +6,8 @@ direct API (GetSnapshotBlock), and lists what exists.
   moto_client.py setup URL            -> {"subnet", "security_group"}
   moto_client.py blocks URL SNAP OUT  -> writes the snapshot's blocks into OUT
   moto_client.py state URL            -> instances, volumes, snapshots, images
+  moto_client.py s3get URL BUCKET KEY OUT  (keys from AWS_* variables)
+                                      -> writes the object into OUT
 """
 import json
 import sys
@@ -23,6 +25,17 @@ def client(service, url):
 
 def main():
     cmd, url = sys.argv[1], sys.argv[2]
+    if cmd == "s3get":
+        import os
+        from botocore.config import Config
+        s3 = boto3.client("s3", endpoint_url=url, region_name=os.environ["AWS_REGION"],
+                          config=Config(s3={"addressing_style": "path"}))
+        obj = s3.get_object(Bucket=sys.argv[3], Key=sys.argv[4])
+        with open(sys.argv[5], "wb") as f:
+            for c in obj["Body"].iter_chunks(1 << 20):
+                f.write(c)
+        print(json.dumps({"size": obj["ContentLength"]}))
+        return
     ec2 = client("ec2", url)
     if cmd == "setup":
         ec2.create_key_pair(KeyName="admin-key")
