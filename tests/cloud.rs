@@ -1019,7 +1019,10 @@ fn export_to_garage_in_every_format() {
     };
     let fetch = |key: &str, out: &Path| {
         let o = Command::new(&python)
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/moto_client.py"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/support/moto_client.py"
+            ))
             .args(["s3get", &g.endpoints[0], &g.bucket, key])
             .arg(out)
             .env("AWS_ACCESS_KEY_ID", &g.key_id)
@@ -1033,11 +1036,22 @@ fn export_to_garage_in_every_format() {
     // raw: streamed from the served remote, byte for byte the backup.
     let key = format!("{prefix}/web-root.raw");
     let url = format!("s3://{}/{key}", g.bucket);
-    let mut args = vec!["--json", "export", "web/root@latest", &url, "--from", "offsite"];
+    let mut args = vec![
+        "--json",
+        "export",
+        "web/root@latest",
+        &url,
+        "--from",
+        "offsite",
+    ];
     let extra = s3(&[]);
     args.extend(extra.iter().map(|s| s.as_str()));
     let out = run(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["bytes"], 24 << 20);
     let got = site.path("got.raw");
@@ -1052,9 +1066,13 @@ fn export_to_garage_in_every_format() {
         let mut args = vec!["export", "web/data@latest", &url, "--format", fmt];
         args.extend(extra.iter().map(|s| s.as_str()));
         let out = run(&args);
-        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{text}");
-        assert!(text.contains("scratch space") && text.contains("uploaded"), "{text}");
+        assert!(
+            text.contains("scratch space") && text.contains("uploaded"),
+            "{text}"
+        );
         let got = site.path(&format!("got.{fmt}"));
         fetch(&key, &got);
         let info = qemu_img(&["info", "-f", qfmt, "--output=json", got.to_str().unwrap()]);
@@ -1065,7 +1083,10 @@ fn export_to_garage_in_every_format() {
             assert_eq!(&bytes[bytes.len() - 512..][..8], b"conectix");
         } else {
             let probed = qemu_img(&["info", "--output=json", got.to_str().unwrap()]);
-            assert!(probed.contains(&format!("\"format\": \"{qfmt}\"")), "{probed}");
+            assert!(
+                probed.contains(&format!("\"format\": \"{qfmt}\"")),
+                "{probed}"
+            );
         }
         let cmp = Command::new("qemu-img")
             .args(["compare", "-f", qfmt, "-F", "raw"])
@@ -1073,7 +1094,11 @@ fn export_to_garage_in_every_format() {
             .arg(site.path("expect-data.raw"))
             .output()
             .unwrap();
-        assert!(cmp.status.success(), "{fmt}: {}", String::from_utf8_lossy(&cmp.stdout));
+        assert!(
+            cmp.status.success(),
+            "{fmt}: {}",
+            String::from_utf8_lossy(&cmp.stdout)
+        );
     }
 
     // Bad input: a set, no key, an unknown bucket (nothing left behind).
@@ -1086,11 +1111,134 @@ fn export_to_garage_in_every_format() {
     args.extend(extra.iter().map(|s| s.as_str()));
     let out = run(&args);
     assert!(String::from_utf8_lossy(&out.stderr).contains("give the object's key"));
-    let mut args = vec!["export", "web/root@latest", "s3://no-such-bucket-here/x.raw"];
+    let mut args = vec![
+        "export",
+        "web/root@latest",
+        "s3://no-such-bucket-here/x.raw",
+    ];
     args.extend(extra.iter().map(|s| s.as_str()));
     let out = run(&args);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no-such-bucket-here"), "{err}");
     assert!(!err.contains(&g.secret));
+}
+
+// ------------------------------------------------------------------ console
+
+#[test]
+fn console_restores_into_a_cloud_and_cancel_cleans_up() {
+    use portable_pty::CommandBuilder;
+    let site = Site::new();
+    let cloud = Standin::start();
+    site.set_cloud(
+        "osp",
+        &cloud
+            .table("")
+            .replace("ready_timeout_secs = 4", "ready_timeout_secs = 90"),
+    );
+    let mut cmd = CommandBuilder::new(BIN);
+    cmd.cwd(site.dir.path());
+    for (k, v) in [
+        ("TERM", "xterm-256color".to_string()),
+        ("HOME", site.dir.path().display().to_string()),
+        ("XDG_CONFIG_HOME", site.path("cfg").display().to_string()),
+        ("XDG_DATA_HOME", site.path("data").display().to_string()),
+        (
+            "LIFEBOAT_CONFIG",
+            site.path("lifeboat.toml").display().to_string(),
+        ),
+        ("LB_TOKEN", site.token.clone()),
+        ("OS_PASSWORD", OS_PASSWORD.to_string()),
+    ] {
+        cmd.env(k, v);
+    }
+    cmd.env_remove("LIFEBOAT_REPO");
+    let mut c = common::pty::open(cmd);
+    c.wait_for("web", 30);
+
+    // The clouds and their state.
+    c.keys("L");
+    let s = c.wait_for("osp  openstack  ok", 30);
+    assert!(
+        s.contains("flavor m1.small: ok") && s.contains("network dr-net: ok"),
+        "{s}"
+    );
+    assert_no_secrets(&s);
+    c.keys("\x1b");
+    // (Esc and the next key apart, or the terminal reads Alt-Enter.)
+    c.wait_until("the dialog closed", 10, |s| {
+        !s.contains("u on a backup brings")
+    });
+
+    // The newest set of web, into osp: target picker, plan, confirm.
+    c.keys("\r");
+    c.wait_for("Timeline web", 10);
+    c.keys("u");
+    let s = c.wait_for("Restore into which cloud?", 10);
+    assert!(s.contains("> osp  (checked ok)"), "{s}");
+    c.keys("\r");
+    let s = c.wait_for("creates in osp (openstack)", 30);
+    assert!(
+        s.contains("Glance image") && s.contains("Nova server") && s.contains("uploads 36.0 MiB"),
+        "{s}"
+    );
+    c.keys("y");
+    let s = c.wait_until("the restore's result", 90, |s| {
+        s.contains("ACTIVE at 10.0.0.")
+    });
+    assert!(s.contains("vnc_auto.html"), "{s}");
+    let st = cloud.state();
+    assert_eq!(st["servers"].as_object().unwrap().len(), 1, "{st:#}");
+    assert_eq!(st["volumes"].as_object().unwrap().len(), 1, "{st:#}");
+
+    // Again, with a slow build: cancel from the Jobs pane while the server
+    // builds; what the job created is removed, the first restore stays.
+    cloud.fault("slow-build");
+    c.keys("u");
+    c.wait_for("Restore into which cloud?", 10);
+    c.keys("\r");
+    c.wait_for("creates in osp (openstack)", 30);
+    c.keys("y");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cloud.state()["servers"].as_object().unwrap().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no second server: {}",
+            c.screen()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.keys("\t");
+    c.keys("G");
+    c.keys("x");
+    c.wait_for("What it created in the cloud is removed", 10);
+    c.keys("y");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = cloud.state();
+        if st["servers"].as_object().unwrap().len() == 1
+            && st["images"].as_object().unwrap().len() == 1
+            && st["volumes"].as_object().unwrap().len() == 1
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not cleaned up: {st:#}\n{}",
+            c.screen()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.wait_for("cancelled", 30);
+    // The job's log: its phases, then what the cancel removed.
+    c.keys("\r");
+    let s = c.wait_for("auth: ok (password", 10);
+    assert!(s.contains("upload root:"), "{s}");
+    c.keys("G");
+    c.wait_for("removed: server", 10);
+    c.keys("\x1b");
+    c.wait_until("the log closed", 10, |s| !s.contains("removed: server"));
+    c.keys("q");
+    c.wait_exit();
 }

@@ -200,6 +200,14 @@ pub async fn cloud_restore(ctx: &Ctx, a: CloudRestoreArgs) -> anyhow::Result<Out
     let out = match out {
         Ok(o) => o,
         Err(lifeboat_core::Error::Cancelled) => return Ok(Outcome::Cancelled),
+        Err(e @ lifeboat_core::Error::CloudCancelled { .. }) => {
+            if ctx.json {
+                print_json(&serde_json::json!({"cancelled": true, "error": e.to_string()}))?;
+            } else {
+                eprintln!("{e}");
+            }
+            return Ok(Outcome::Cancelled);
+        }
         Err(e) => return Err(e.into()),
     };
     if ctx.json {

@@ -48,6 +48,16 @@ pub const ACTIONS: &[(&str, char, &str)] = &[
         "restore drill of the VM: fetch, restore, verify, boot, check",
     ),
     (
+        "cloud_restore",
+        'u',
+        "bring the backup's VM set up in a cloud (restore to cloud)",
+    ),
+    (
+        "clouds",
+        'L',
+        "cloud targets: auth, flavor, network checked",
+    ),
+    (
         "compare",
         'c',
         "compare two backups (remote view: with local)",

@@ -119,6 +119,7 @@ pub async fn run(
         .and_then(|p| p.parent().map(|d| d.to_path_buf()));
     let (keys, problem) = keymap::KeyMap::load(config_dir.as_deref());
     app.keys = keys;
+    app.clouds = config.clouds.keys().cloned().collect();
     app.drill_defaults = config
         .vms
         .iter()

@@ -48,6 +48,12 @@ enum Held {
         vm: String,
         manifests: Vec<ManifestKey>,
     },
+    Cloud {
+        title: String,
+        plan: Box<lifeboat_core::cloud::CloudPlan>,
+        provider: Arc<dyn lifeboat_core::cloud::Provider>,
+        opts: lifeboat_core::cloud::ExecOptions,
+    },
 }
 
 /// Live output lines a job pane can show (a drill's serial console).
@@ -261,6 +267,36 @@ impl Runner {
                 scope,
             } => self.plan_transfer(push, remote, scope),
             Effect::PlanRestore { key, to, from } => self.plan_restore(key, to, from),
+            Effect::PlanCloud {
+                reference,
+                label,
+                target,
+                from,
+            } => self.plan_cloud(reference, label, target, from),
+            Effect::CheckClouds => {
+                let clouds = self.config.clouds.clone();
+                tokio::spawn(async move {
+                    let checks =
+                        futures::future::join_all(clouds.iter().map(|(n, c)| async move {
+                            match tokio::time::timeout(
+                                LIST,
+                                lifeboat_core::cloud::check_target(n, c),
+                            )
+                            .await
+                            {
+                                Ok(c) => c,
+                                Err(_) => lifeboat_core::cloud::TargetCheck {
+                                    target: n.clone(),
+                                    provider: c.provider,
+                                    ok: false,
+                                    checks: vec!["failed: no answer within 60 s".into()],
+                                },
+                            }
+                        }))
+                        .await;
+                    let _ = tx.send(Action::Clouds(checks));
+                });
+            }
             Effect::RunPlan(id) => self.run_plan(id),
             Effect::DropPlan(id) => {
                 if let Ok(mut p) = self.plans.lock() {
@@ -526,6 +562,87 @@ impl Runner {
         );
     }
 
+    fn plan_cloud(&self, reference: String, label: String, target: String, from: Option<String>) {
+        let title = format!(
+            "Restore {label}{} into cloud {target}",
+            from.as_ref()
+                .map(|r| format!(" from {r}"))
+                .unwrap_or_default()
+        );
+        let cfg = self.config.clouds.get(&target).cloned();
+        let store = match &from {
+            Some(r) => self.store(r),
+            None => Ok(self.local()),
+        };
+        let (plans, next, tx) = (self.plans.clone(), self.hold_slot(), self.tx.clone());
+        self.spawn_async(
+            format!("plan: {}", title.to_lowercase()),
+            move |_cancel, _progress| async move {
+                let planned = async {
+                    let cfg = cfg.ok_or_else(|| {
+                        lifeboat_core::Error::BadInput(format!("no cloud target named {target}"))
+                    })?;
+                    let provider: Arc<dyn lifeboat_core::cloud::Provider> =
+                        Arc::from(lifeboat_core::cloud::open(&target, &cfg)?);
+                    let store = store?;
+                    let plan = lifeboat_core::cloud::plan(
+                        &target,
+                        provider.as_ref(),
+                        cfg.provider,
+                        &store,
+                        from.as_deref().unwrap_or("local"),
+                        &reference,
+                    )
+                    .await?;
+                    Ok::<_, lifeboat_core::Error>((plan, provider, cfg.ready_timeout()))
+                }
+                .await;
+                let (plan, provider, ready) = match planned {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.send(Action::PlanFailed {
+                            title: format!("Cannot plan: {title}"),
+                            error: lifeboat_core::text::describe(&e),
+                        });
+                        return Err(e);
+                    }
+                };
+                let mut lines = Vec::new();
+                for v in &plan.volumes {
+                    lines.push(format!(
+                        "{}/{} ({}) backup {}: {} image, uploads {}",
+                        plan.vm,
+                        v.volume,
+                        format!("{:?}", v.role).to_lowercase(),
+                        v.manifest.get(..12).unwrap_or(&v.manifest),
+                        bytes(v.image_size),
+                        bytes(v.upload_bytes)
+                    ));
+                }
+                lines.push(format!(
+                    "creates in {} ({}):",
+                    plan.target,
+                    plan.provider.as_str()
+                ));
+                lines.extend(plan.creates.iter().map(|c| format!("  {}", escape(c))));
+                lines.push(format!(
+                    "uploads {}; on failure or cancel (x) what was created is removed",
+                    bytes(plan.bytes_to_upload)
+                ));
+                let held = Held::Cloud {
+                    title: title.clone(),
+                    plan: Box::new(plan),
+                    provider,
+                    opts: lifeboat_core::cloud::ExecOptions {
+                        keep_on_failure: false,
+                        ready_timeout: Some(ready),
+                    },
+                };
+                Ok(offer(&plans, &tx, next, held, title, lines, false))
+            },
+        );
+    }
+
     fn run_plan(&self, id: u64) {
         let Some(held) = self.plans.lock().ok().and_then(|mut p| p.remove(&id)) else {
             let _ = self
@@ -574,6 +691,35 @@ impl Runner {
                         "{} chunks, {} sent",
                         r.chunks_sent,
                         bytes(r.bytes_sent)
+                    ))
+                });
+            }
+            Held::Cloud {
+                title,
+                plan,
+                provider,
+                opts,
+            } => {
+                self.spawn_async(title.to_lowercase(), move |cancel, progress| async move {
+                    let out = lifeboat_core::cloud::execute(
+                        &plan,
+                        provider.as_ref(),
+                        opts,
+                        &cancel,
+                        &progress,
+                    )
+                    .await?;
+                    Ok(format!(
+                        "server {} ({}) {} at {}; console: {}",
+                        out.server.id,
+                        out.server.name,
+                        out.server.status,
+                        if out.server.addresses.is_empty() {
+                            "no address yet".to_string()
+                        } else {
+                            out.server.addresses.join(", ")
+                        },
+                        out.server.console
                     ))
                 });
             }
@@ -859,8 +1005,15 @@ impl Runner {
             );
         }
         let (tx, jobs) = (self.tx.clone(), self.jobs.clone());
+        let progress = job.progress.clone();
         tokio::spawn(async move {
             let res = job.wait().await;
+            // The last lines (a cancel's cleanup) arrive after the last sample.
+            let _ = tx.send(Action::JobProgress {
+                id,
+                snapshot: progress.snapshot(),
+                output: progress.tail(OUTPUT_LINES),
+            });
             if let Ok(mut j) = jobs.lock() {
                 j.remove(&id);
             }

@@ -424,7 +424,7 @@ class H(BaseHTTPRequestHandler):
             srv["polls"] += 1
             view = {"id": sid, "name": srv["name"], "status": srv["status"], "metadata": srv["metadata"],
                     "addresses": {}}
-            builds = 6 if fault("slow-build") else 2
+            builds = 60 if fault("slow-build") else 2
             if srv["status"] == "BUILD" and srv["polls"] >= builds:
                 srv["status"] = "ERROR" if fault("server-error") else "ACTIVE"
                 view["status"] = srv["status"]

@@ -134,6 +134,10 @@ pub enum Error {
         transient: bool,
     },
 
+    /// A cloud restore was cancelled; `cleanup` says what was removed.
+    #[error("cancelled{cleanup}")]
+    CloudCancelled { cleanup: String },
+
     /// A failure inside lifeboat itself (a crashed task, a poisoned lock):
     /// not the caller's fault, and worth a bug report.
     #[error("internal error: {0}")]

@@ -83,6 +83,46 @@ impl App {
                     })
                 }
             },
+            Dialog::ChooseCloud {
+                reference,
+                label,
+                targets,
+                choice,
+            } => match k.code {
+                KeyCode::Down | KeyCode::Char('j') | KeyCode::Up | KeyCode::Char('k') => {
+                    let choice = if matches!(k.code, KeyCode::Down | KeyCode::Char('j')) {
+                        (choice + 1).min(targets.len().saturating_sub(1))
+                    } else {
+                        choice.saturating_sub(1)
+                    };
+                    self.dialog = Some(Dialog::ChooseCloud {
+                        reference,
+                        label,
+                        targets,
+                        choice,
+                    })
+                }
+                KeyCode::Enter => {
+                    if let Some(target) = targets.get(choice).cloned() {
+                        self.log(format!("planning a restore of {label} into {target}…"));
+                        return vec![Effect::PlanCloud {
+                            reference,
+                            label,
+                            target,
+                            from: self.source.clone(),
+                        }];
+                    }
+                }
+                KeyCode::Esc => {}
+                _ => {
+                    self.dialog = Some(Dialog::ChooseCloud {
+                        reference,
+                        label,
+                        targets,
+                        choice,
+                    })
+                }
+            },
             Dialog::QuitWhileRunning => {
                 if matches!(k.code, KeyCode::Char('y') | KeyCode::Enter) {
                     self.quit = true;

@@ -5,6 +5,7 @@
 use crossterm::event::{
     Event, KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
 };
+use lifeboat_core::text::escape;
 use ratatui::layout::{Position, Rect};
 use tui_input::backend::crossterm::EventHandler;
 
@@ -100,6 +101,22 @@ impl App {
             KeyCode::Char('s') => return self.next_source(),
             KeyCode::Char('b') => self.plan_backup(),
             KeyCode::Char('D') => self.choose_drill_source(),
+            KeyCode::Char('u') => self.choose_cloud(),
+            KeyCode::Char('L') => {
+                if self.clouds.is_empty() {
+                    self.message(
+                        super::CLOUDS_TITLE,
+                        "No cloud targets: add a [cloud.NAME] table (provider openstack or aws) to the config.",
+                    );
+                    return Vec::new();
+                }
+                self.dialog = Some(Dialog::Message {
+                    title: super::CLOUDS_TITLE.into(),
+                    lines: vec![format!("checking {} cloud target(s)…", self.clouds.len())],
+                    scroll: 0,
+                });
+                return vec![Effect::CheckClouds];
+            }
             KeyCode::Char('N') | KeyCode::Char('K') => {
                 let Some(row) = self.selected_row() else {
                     self.no_backup();
@@ -193,8 +210,13 @@ impl App {
                             title: format!("Cancel job #{}?", j.id),
                             lines: vec![
                                 j.title.clone(),
-                                "Nothing half-done becomes visible; running it again resumes."
-                                    .into(),
+                                if j.title.contains("into cloud") {
+                                    "What it created in the cloud is removed; its log lists what."
+                                        .into()
+                                } else {
+                                    "Nothing half-done becomes visible; running it again resumes."
+                                        .into()
+                                },
                             ],
                             effect: Effect::Cancel(j.id),
                         });
@@ -438,6 +460,12 @@ impl App {
             String::new(),
         ];
         lines.extend(j.log.iter().cloned());
+        if !j.output.is_empty() {
+            // The job's own lines: a cloud restore's states, a drill's console.
+            lines.push(String::new());
+            lines.push("output:".into());
+            lines.extend(j.output.iter().map(|l| escape(l).into_owned()));
+        }
         let title = match j.id {
             0 => format!("Job (earlier session): {}", j.title),
             id => format!("Job #{id}: {}", j.title),
@@ -550,6 +578,36 @@ impl App {
                 ),
             ),
         }
+    }
+
+    /// Asks which cloud the selected backup's VM set goes to.
+    fn choose_cloud(&mut self) {
+        let Some((key, m)) = self.selected_backup() else {
+            return self.no_backup();
+        };
+        if self.clouds.is_empty() {
+            return self.message(
+                "No cloud targets",
+                "Add a [cloud.NAME] table (provider openstack or aws) to the config.",
+            );
+        }
+        // The set's newest time names exactly this set.
+        let newest = self
+            .backups_of_set(&key.vm, &m.set)
+            .into_iter()
+            .max()
+            .unwrap_or(m.created_at);
+        let reference = format!(
+            "{}@{}",
+            key.vm,
+            newest.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+        );
+        self.dialog = Some(Dialog::ChooseCloud {
+            label: format!("{} set of {}", key.vm, newest.format("%Y-%m-%d %H:%M")),
+            reference,
+            targets: self.clouds.clone(),
+            choice: 0,
+        });
     }
 
     /// Asks where to drill the selected VM from: the local repository or

@@ -174,6 +174,14 @@ pub enum Dialog {
         sources: Vec<String>,
         choice: usize,
     },
+    /// Choose the cloud a VM set is restored into.
+    ChooseCloud {
+        /// The set: `VM@TIME`.
+        reference: String,
+        label: String,
+        targets: Vec<String>,
+        choice: usize,
+    },
     /// Text to read: errors, results, a job's log, help. Scrolls.
     Message {
         title: String,
@@ -211,6 +219,16 @@ pub enum Effect {
         to: String,
         from: Option<String>,
     },
+    /// Plan a restore of a VM set into a cloud target (`from`: a remote).
+    PlanCloud {
+        reference: String,
+        /// How the set is shown ("web set of 2026-11-28 01:47").
+        label: String,
+        target: String,
+        from: Option<String>,
+    },
+    /// Check every cloud target (auth, flavor, network, key pair).
+    CheckClouds,
     /// Run a confirmed plan, or forget one that was declined.
     RunPlan(u64),
     DropPlan(u64),
@@ -299,6 +317,8 @@ pub enum Action {
     Drills(BTreeMap<String, lifeboat_core::drill::DrillReport>),
     /// Each inventory VM: running or not, and what its next backup reads.
     Live(BTreeMap<String, lifeboat_core::live::Outlook>),
+    /// The cloud targets' checks.
+    Clouds(Vec<lifeboat_core::cloud::TargetCheck>),
     JobDone {
         id: u64,
         result: Result<String, String>,
@@ -325,6 +345,25 @@ pub enum Action {
     },
     Log(String),
     Tick(DateTime<Utc>),
+}
+
+pub const CLOUDS_TITLE: &str = "Clouds";
+
+/// The clouds dialog: one block per target.
+pub fn cloud_lines(checks: &[lifeboat_core::cloud::TargetCheck]) -> Vec<String> {
+    let mut out = Vec::new();
+    for c in checks {
+        out.push(format!(
+            "{}  {}  {}",
+            c.target,
+            c.provider.as_str(),
+            if c.ok { "ok" } else { "FAILED" }
+        ));
+        out.extend(c.checks.iter().map(|l| format!("    {l}")));
+    }
+    out.push(String::new());
+    out.push("u on a backup brings its VM set up in a cloud.".into());
+    out
 }
 
 /// The first word of a progress phase ("boot: waiting…" → "boot").
@@ -387,6 +426,9 @@ pub struct App {
     pub live: BTreeMap<String, lifeboat_core::live::Outlook>,
     /// Where each inventory VM is drilled from unless the admin picks.
     pub drill_defaults: BTreeMap<String, String>,
+    /// `[cloud.NAME]` targets, and their newest check (`L`).
+    pub clouds: Vec<String>,
+    pub cloud_checks: Vec<lifeboat_core::cloud::TargetCheck>,
     pub focus: Pane,
     pub lower: Lower,
     pub zoom: bool,
@@ -459,6 +501,8 @@ impl App {
             drills: BTreeMap::new(),
             live: BTreeMap::new(),
             drill_defaults: BTreeMap::new(),
+            clouds: Vec::new(),
+            cloud_checks: Vec::new(),
             remotes: remotes
                 .into_iter()
                 .map(|(name, _url)| RemoteView {
@@ -626,6 +670,16 @@ impl App {
         self.timeline()
             .get(self.timeline_sel)
             .map(|(k, m)| (k.clone(), m.clone()))
+    }
+
+    /// When the backups of one set of a VM in the shown repository were
+    /// made (a set's time is its newest, to the nanosecond).
+    pub fn backups_of_set(&self, vm: &str, set: &str) -> Vec<DateTime<Utc>> {
+        self.backups
+            .iter()
+            .filter(|(k, m)| k.vm == vm && m.set == set)
+            .map(|(_, m)| m.created_at)
+            .collect()
     }
 
     /// The newest backup of a volume in the shown repository.
@@ -905,6 +959,20 @@ impl App {
             }
             Action::Live(l) => {
                 self.live = l;
+                Vec::new()
+            }
+            Action::Clouds(checks) => {
+                let lines = cloud_lines(&checks);
+                self.cloud_checks = checks;
+                // Shown when the admin is still looking at the clouds.
+                if matches!(&self.dialog, Some(Dialog::Message { title, .. }) if title == CLOUDS_TITLE)
+                {
+                    self.dialog = Some(Dialog::Message {
+                        title: CLOUDS_TITLE.into(),
+                        lines,
+                        scroll: 0,
+                    });
+                }
                 Vec::new()
             }
             Action::JobProgress {

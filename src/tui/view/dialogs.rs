@@ -285,6 +285,49 @@ pub fn dialog(f: &mut Frame, app: &App, theme: &Theme, d: &Dialog, area: Rect) {
                 centered(area, 56, h),
             );
         }
+        Dialog::ChooseCloud {
+            label,
+            targets,
+            choice,
+            ..
+        } => {
+            let mut l: Vec<Line> = vec![
+                Line::from(truncate(&format!("Bring up {label} in a cloud."), 54)),
+                Line::from("The plan is shown first; nothing is created before y."),
+            ];
+            l.extend(targets.iter().enumerate().map(|(i, n)| {
+                let state = app
+                    .cloud_checks
+                    .iter()
+                    .find(|c| &c.target == n)
+                    .map(|c| {
+                        if c.ok {
+                            "  (checked ok)"
+                        } else {
+                            "  (check FAILED)"
+                        }
+                    })
+                    .unwrap_or("");
+                let label = format!("{n}{state}");
+                if i == *choice {
+                    Line::styled(format!("> {label}"), theme.selected())
+                } else {
+                    Line::from(format!("  {label}"))
+                }
+            }));
+            l.push(Line::styled(
+                "Enter plan · Esc cancel",
+                theme.fg(Color::Cyan),
+            ));
+            let h = l.len() as u16 + 2;
+            frame(
+                f,
+                theme,
+                "Restore into which cloud?",
+                l,
+                centered(area, 60, h),
+            );
+        }
         Dialog::QuitWhileRunning => {
             let l = vec![
                 Line::from(format!(

@@ -490,7 +490,7 @@ async fn clean_up(
     };
     progress.push_line(tail.trim_start_matches("; "));
     match err {
-        Error::Cancelled => Error::BadInput(format!("cancelled; nothing was left running{tail}")),
+        Error::Cancelled => Error::CloudCancelled { cleanup: tail },
         Error::Cloud {
             target,
             phase,

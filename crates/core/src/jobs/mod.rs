@@ -30,6 +30,8 @@ fn finished_event<T>(id: u64, res: &Result<T>) -> JobEvent {
     match res {
         Ok(_) => JobEvent::Finished { id },
         Err(Error::Cancelled) => JobEvent::Cancelled { id },
+        // Reported as cancelled; the job's log says what was removed.
+        Err(Error::CloudCancelled { .. }) => JobEvent::Cancelled { id },
         Err(e) => JobEvent::Failed {
             id,
             error: crate::text::describe(e),
