@@ -192,9 +192,16 @@ class H(BaseHTTPRequestHandler):
                 return
             return self.upload(p.split("/")[-2])
         if p == "/_standin/plain":
-            # A plain upload to the same server, for the benchmark's baseline.
-            n = self.read_body(None)
-            return self.reply(200, {"bytes": n})
+            # A plain upload to the same server, for the benchmark's
+            # baseline: stored and hashed like an image upload.
+            md5, sha = hashlib.md5(), hashlib.sha512()
+            with open(os.path.join(DIR, "plain"), "wb") as f:
+                def sink(b):
+                    md5.update(b)
+                    sha.update(b)
+                    f.write(b)
+                n = self.read_body(sink)
+            return self.reply(200, {"bytes": n, "checksum": md5.hexdigest()})
         self.err(404, "itemNotFound", f"no route for PUT {p}")
 
     def do_DELETE(self):

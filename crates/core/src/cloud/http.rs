@@ -263,7 +263,7 @@ mod tests {
             "InvalidSubnetID.NotFound: The subnet ID 'subnet-x' does not exist"
         );
         assert_eq!(
-            message_of(b"{\"message\": \"bad \x1b[31m red\"}"),
+            message_of(b"{\"message\": \"bad \\u001b[31m red\"}"),
             "bad \\x1b[31m red"
         );
         assert!(message_of(&vec![b'x'; 5000]).len() < 700);

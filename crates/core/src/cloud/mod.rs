@@ -536,3 +536,95 @@ where
         wait = (wait * 2).min(every);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A provider that records removals and fails to remove one id.
+    struct Recorder {
+        removed: Mutex<Vec<String>>,
+        stuck: &'static str,
+    }
+
+    #[async_trait]
+    impl Provider for Recorder {
+        async fn check(&self, _: &Progress) -> Result<Vec<String>> {
+            Ok(vec![])
+        }
+        async fn upload(&self, _: &VolumeImage, _: &str, _: &Ctx<'_>) -> Result<Uploaded> {
+            Err(Error::Internal("unused".into()))
+        }
+        async fn create_server(&self, _: &CloudPlan, _: &Uploaded, _: &Ctx<'_>) -> Result<Server> {
+            Err(Error::Internal("unused".into()))
+        }
+        async fn attach_data(&self, _: &Server, _: &Uploaded, _: usize, _: &Ctx<'_>) -> Result<()> {
+            Ok(())
+        }
+        async fn finish(&self, _: &mut Server, _: &Ctx<'_>) -> Result<()> {
+            Ok(())
+        }
+        async fn remove(&self, r: &Resource, c: &CancellationToken) -> Result<()> {
+            assert!(!c.is_cancelled(), "cleanup runs with a fresh token");
+            if r.id == self.stuck {
+                return Err(http::Step::new("t", "removing").fail("volume is busy"));
+            }
+            self.removed.lock().unwrap().push(r.id.clone());
+            Ok(())
+        }
+        fn upload_bytes(&self, _: &crate::repo::Index) -> u64 {
+            0
+        }
+        fn creates(&self, _: &CloudPlan) -> Vec<String> {
+            vec![]
+        }
+    }
+
+    fn ledger() -> Ledger {
+        let l = Ledger::default();
+        l.add("image", "img-1", "web-root");
+        l.add("image", "img-2", "web-data");
+        l.forget("img-2");
+        l.add("server", "srv-1", "web");
+        l.add("volume", "vol-1", "web-data");
+        l
+    }
+
+    #[tokio::test]
+    async fn cleanup_removes_newest_first_and_names_what_is_left() {
+        let p = Recorder {
+            removed: Mutex::default(),
+            stuck: "vol-1",
+        };
+        let err = http::Step::new("osp", "server").fail("No valid host was found");
+        let e = clean_up(err, &ledger(), &p, false, &Progress::new()).await;
+        assert_eq!(*p.removed.lock().unwrap(), vec!["srv-1", "img-1"]);
+        let text = e.to_string();
+        assert!(text.starts_with("cloud osp: server: No valid host was found; removed: server srv-1 (web), image img-1 (web-root); NOT removed (remove by hand): volume vol-1 (web-data): cloud t: removing: volume is busy"), "{text}");
+        assert!(!text.contains("img-2"));
+    }
+
+    #[tokio::test]
+    async fn keep_on_failure_removes_nothing_and_a_cancel_stays_a_cancel() {
+        let p = Recorder {
+            removed: Mutex::default(),
+            stuck: "",
+        };
+        let e = clean_up(Error::Cancelled, &ledger(), &p, true, &Progress::new()).await;
+        assert!(p.removed.lock().unwrap().is_empty());
+        assert!(
+            matches!(&e, Error::CloudCancelled { cleanup } if cleanup.contains("kept (--keep-on-failure): image img-1 (web-root), server srv-1 (web), volume vol-1 (web-data)")),
+            "{e}"
+        );
+        // Nothing created: the error is passed on as it is.
+        let e = clean_up(
+            Error::Cancelled,
+            &Ledger::default(),
+            &p,
+            false,
+            &Progress::new(),
+        )
+        .await;
+        assert!(matches!(e, Error::Cancelled));
+    }
+}

@@ -340,16 +340,24 @@ impl OpenStack {
     ) -> Result<(String, String)> {
         use md5::Digest as _;
         let step = ctx.step(format!("upload {}", vol.manifest.volume.name));
-        let hashes = Arc::new(std::sync::Mutex::new((
-            md5::Md5::new(),
-            sha2::Sha512::new(),
-        )));
+        // The bytes are hashed on their own thread, in order, while hyper
+        // sends them: the checksums cost no upload time.
+        let (htx, mut hrx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
+        let hasher = tokio::task::spawn_blocking(move || {
+            let (mut m, mut s) = (md5::Md5::new(), sha2::Sha512::new());
+            while let Some(d) = hrx.blocking_recv() {
+                m.update(&d);
+                s.update(&d);
+            }
+            (hex::encode(m.finalize()), hex::encode(s.finalize()))
+        });
         let failure: Arc<std::sync::Mutex<Option<Error>>> = Arc::default();
-        let (h, fail, cancel) = (hashes.clone(), failure.clone(), ctx.cancel.clone());
+        let (fail, cancel) = (failure.clone(), ctx.cancel.clone());
         let progress_total = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let sent = progress_total.clone();
         let body = vol.pieces().then(move |piece| {
-            let (h, fail, cancel, sent) = (h.clone(), fail.clone(), cancel.clone(), sent.clone());
+            let (htx, fail, cancel, sent) =
+                (htx.clone(), fail.clone(), cancel.clone(), sent.clone());
             async move {
                 let res: Result<bytes::Bytes> = async {
                     if cancel.is_cancelled() {
@@ -360,18 +368,9 @@ impl OpenStack {
                         Piece::Data(b) => b,
                         Piece::Zero(n) => zeros(n as usize),
                     };
-                    let d = data.clone();
-                    tokio::task::spawn_blocking(move || {
-                        if let Ok(mut g) = h.lock() {
-                            let (m, s) = &mut *g;
-                            std::thread::scope(|sc| {
-                                sc.spawn(|| m.update(&d));
-                                s.update(&d);
-                            });
-                        }
-                    })
-                    .await
-                    .map_err(|e| Error::Internal(format!("hashing failed: {e}")))?;
+                    htx.send(data.clone())
+                        .await
+                        .map_err(|_| Error::Internal("the hashing thread ended".into()))?;
                     sent.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     Ok(data)
                 }
@@ -421,13 +420,9 @@ impl OpenStack {
             return Err(e);
         }
         res?;
-        let g = hashes
-            .lock()
-            .map_err(|_| Error::Internal("hash state poisoned".into()))?;
-        Ok((
-            hex::encode(g.0.clone().finalize()),
-            hex::encode(g.1.clone().finalize()),
-        ))
+        hasher
+            .await
+            .map_err(|e| Error::Internal(format!("hashing failed: {e}")))
     }
 }
 
