@@ -8,6 +8,7 @@
 //! - in AWS: against moto in server mode (a third-party emulator of EC2 and
 //!   the EBS direct APIs, installed by scripts/test.sh), the snapshot
 //!   blocks read back through moto's GetSnapshotBlock with boto3;
+//!
 //! and `export` into the Garage cluster, read back with an independent S3
 //! client.
 

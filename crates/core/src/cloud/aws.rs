@@ -189,12 +189,11 @@ impl Aws {
             .collect())
     }
 
+    /// A signed request for `service` ("ec2", "ebs").
     fn request(
         &self,
         step: &Step,
-        service: &str,
-        method: reqwest::Method,
-        url: &str,
+        (service, method, url): (&str, reqwest::Method, &str),
         headers: Vec<(&str, String)>,
         body: Bytes,
         body_sha256: Option<String>,
@@ -230,9 +229,7 @@ impl Aws {
         let answer = crate::sync::with_retry(3, || async {
             let r = self.request(
                 step,
-                "ec2",
-                reqwest::Method::POST,
-                &url,
+                ("ec2", reqwest::Method::POST, &url),
                 vec![(
                     "content-type",
                     "application/x-www-form-urlencoded; charset=utf-8".to_string(),
@@ -286,7 +283,7 @@ impl Aws {
         if !bytes.is_empty() {
             headers.push(("content-type", "application/json".into()));
         }
-        let r = self.request(step, "ebs", method, &url, headers, bytes, None)?;
+        let r = self.request(step, ("ebs", method, &url), headers, bytes, None)?;
         let (_, v) = step.json(r).await.map_err(|e| self.explain_auth(e))?;
         Ok(v)
     }
@@ -304,9 +301,7 @@ impl Aws {
         crate::sync::with_retry(5, || async {
             let r = self.request(
                 step,
-                "ebs",
-                reqwest::Method::PUT,
-                &url,
+                ("ebs", reqwest::Method::PUT, &url),
                 vec![
                     ("content-type", "application/octet-stream".into()),
                     ("x-amz-checksum", checksum.clone()),

@@ -27,7 +27,7 @@ impl ProviderKind {
 
 /// One `[cloud.NAME]` table. Fields that belong to the other provider are
 /// refused at load, so a typo cannot silently fall back to a default.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CloudConfig {
     pub provider: ProviderKind,
@@ -79,6 +79,19 @@ pub struct CloudConfig {
     pub key_pair: Option<String>,
     /// OpenStack: Cinder's availability zone for data volumes.
     pub availability_zone: Option<String>,
+
+    // Secrets written into the config by mistake: read only to be refused
+    // with a message that says where they belong (never echoed).
+    #[serde(default, skip_serializing)]
+    password: Option<serde::de::IgnoredAny>,
+    #[serde(default, skip_serializing)]
+    application_credential_secret: Option<serde::de::IgnoredAny>,
+    #[serde(default, skip_serializing)]
+    access_key_id: Option<serde::de::IgnoredAny>,
+    #[serde(default, skip_serializing)]
+    secret_access_key: Option<serde::de::IgnoredAny>,
+    #[serde(default, skip_serializing)]
+    session_token: Option<serde::de::IgnoredAny>,
 }
 
 /// A secret read from where the config says. Its `Debug` and `Display`
@@ -163,6 +176,22 @@ impl CloudConfig {
 
     /// Checks the table for its provider; the error names the field.
     pub fn check(&self) -> std::result::Result<(), String> {
+        for (set, field) in [
+            (self.password.is_some(), "password"),
+            (
+                self.application_credential_secret.is_some(),
+                "application_credential_secret",
+            ),
+            (self.access_key_id.is_some(), "access_key_id"),
+            (self.secret_access_key.is_some(), "secret_access_key"),
+            (self.session_token.is_some(), "session_token"),
+        ] {
+            if set {
+                return Err(format!(
+                    "{field} must not be written in the config (it would be in every copy and backup of it): put it in an environment variable ({field}_env) or a file only its owner can read ({field}_file)"
+                ));
+            }
+        }
         fn set(v: bool, f: &str) -> Vec<&str> {
             if v {
                 vec![f]
@@ -328,6 +357,13 @@ network = "dr-net""#,
         let mut c = os();
         c.endpoint = Some("keystone:5000".into());
         assert!(c.check().unwrap_err().contains("not an http(s) URL"));
+        let mut c = os();
+        c.password = Some(serde::de::IgnoredAny);
+        let e = c.check().unwrap_err();
+        assert!(
+            e.contains("password must not be written in the config") && !e.contains("hunter2"),
+            "{e}"
+        );
         let aws: CloudConfig =
             toml::from_str("provider = \"aws\"\nregion = \"us-east-1\"\ninstance_type = \"t3.small\"\nflavor = \"x\"").unwrap();
         assert!(aws
