@@ -426,6 +426,39 @@ fn openstack_two_volume_set_from_a_served_remote() {
     }
 }
 
+/// Starts a restore into `target`, sends it Ctrl-C once `started()` holds,
+/// and returns its stderr; it must exit 130 (cancelled).
+fn cancelled_restore(site: &Site, target: &str, started: impl Fn() -> bool) -> String {
+    let mut child = site
+        .cmd()
+        .args([
+            "cloud-restore",
+            "web@latest",
+            "--target",
+            target,
+            "--from",
+            "offsite",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !started() {
+        assert!(Instant::now() < deadline, "the restore never got going");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(130), "{err}");
+    assert!(err.contains("cancelled"), "{err}");
+    assert_no_secrets(&err);
+    err
+}
+
 /// Runs a restore that must fail; returns its output. The cloud must be
 /// left empty and the output must say what was removed.
 fn restore_fails(site: &Site, cloud: &Standin, wants: &[&str]) -> String {
@@ -575,40 +608,10 @@ fn openstack_faults_are_reported_and_cleaned_up() {
             .replace("ready_timeout_secs = 4", "ready_timeout_secs = 60"),
     );
     cloud.fault("slow-build");
-    let mut child = site
-        .cmd()
-        .args([
-            "cloud-restore",
-            "web@latest",
-            "--target",
-            "osp",
-            "--from",
-            "offsite",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = cloud.state();
-        if !s["servers"].as_object().unwrap().is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the server never appeared");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
-    }
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-    let status = child.wait().unwrap();
-    assert!(!status.success(), "{err}");
-    assert!(
-        err.contains("cancelled") && err.contains("removed: server"),
-        "{err}"
-    );
+    let err = cancelled_restore(&site, "osp", || {
+        !cloud.state()["servers"].as_object().unwrap().is_empty()
+    });
+    assert!(err.contains("removed: server"), "{err}");
     cloud.assert_empty();
 }
 
@@ -929,31 +932,9 @@ fn aws_faults_on_moto() {
     let mut t = moto.table(&setup, "");
     t = t.replace(&moto.url, &format!("http://{}", proxy.addr));
     site.set_cloud("aws", &t);
-    let mut child = site
-        .cmd()
-        .args([
-            "cloud-restore",
-            "web@latest",
-            "--target",
-            "aws",
-            "--from",
-            "offsite",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while moto.state()["snapshots"].as_array().unwrap().len() == before {
-        assert!(Instant::now() < deadline, "no snapshot was started");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
-    }
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-    assert!(!child.wait().unwrap().success());
+    let err = cancelled_restore(&site, "aws", || {
+        moto.state()["snapshots"].as_array().unwrap().len() > before
+    });
     assert!(
         err.contains("cancelled") && err.contains("removed: ") && err.contains("snapshot snap-"),
         "{err}"

@@ -47,17 +47,7 @@ where
     F: FnOnce(CancellationToken, std::sync::Arc<Progress>) -> Fut,
     Fut: std::future::Future<Output = Result<T>> + Send + 'static,
 {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let sigint = interrupt_handler();
-    observe(
-        kind,
-        json,
-        sigint,
-        Job::spawn_async(kind, tx, work),
-        rx,
-        false,
-    )
-    .await
+    run_async(kind, json, false, work).await
 }
 
 /// `run_job_async` that also prints each state line the job adds (a cloud
@@ -68,17 +58,19 @@ where
     F: FnOnce(CancellationToken, std::sync::Arc<Progress>) -> Fut,
     Fut: std::future::Future<Output = Result<T>> + Send + 'static,
 {
+    run_async(kind, json, true, work).await
+}
+
+async fn run_async<T, F, Fut>(kind: &str, json: bool, lines: bool, work: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(CancellationToken, std::sync::Arc<Progress>) -> Fut,
+    Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+{
     let (tx, rx) = mpsc::unbounded_channel();
     let sigint = interrupt_handler();
-    observe(
-        kind,
-        json,
-        sigint,
-        Job::spawn_async(kind, tx, work),
-        rx,
-        true,
-    )
-    .await
+    let job = Job::spawn_async(kind, tx, work);
+    observe(kind, json, sigint, job, rx, lines).await
 }
 
 /// Installs the SIGINT handler now, before the job starts: `ctrl_c()` would

@@ -411,16 +411,7 @@ impl Runner {
                     sync::plan(src.as_ref(), &dst, selected, &opts, &cancel, &progress).await
                 }
                 .await;
-                let plan = match planned {
-                    Ok(p) => p,
-                    Err(e) => {
-                        let _ = tx.send(Action::PlanFailed {
-                            title: format!("Cannot plan: {title}"),
-                            error: lifeboat_core::text::describe(&e),
-                        });
-                        return Err(e);
-                    }
-                };
+                let plan = planned.map_err(|e| plan_failed(&tx, &title, e))?;
                 let s = &plan.summary;
                 let mut lines = vec![
                     format!("from {}", escape(&s.source)),
@@ -517,16 +508,7 @@ impl Runner {
                         .map_err(|e| lifeboat_core::Error::Internal(e.to_string()))?
                     }
                 };
-                let plan = match planned {
-                    Ok(p) => p,
-                    Err(e) => {
-                        let _ = tx.send(Action::PlanFailed {
-                            title: format!("Cannot plan: {title}"),
-                            error: e.to_string(),
-                        });
-                        return Err(e);
-                    }
-                };
+                let plan = planned.map_err(|e| plan_failed(&tx, &title, e))?;
                 let mut lines = Vec::new();
                 for v in &plan.volumes {
                     lines.push(format!(
@@ -597,16 +579,7 @@ impl Runner {
                     Ok::<_, lifeboat_core::Error>((plan, provider, cfg.ready_timeout()))
                 }
                 .await;
-                let (plan, provider, ready) = match planned {
-                    Ok(p) => p,
-                    Err(e) => {
-                        let _ = tx.send(Action::PlanFailed {
-                            title: format!("Cannot plan: {title}"),
-                            error: lifeboat_core::text::describe(&e),
-                        });
-                        return Err(e);
-                    }
-                };
+                let (plan, provider, ready) = planned.map_err(|e| plan_failed(&tx, &title, e))?;
                 let mut lines = Vec::new();
                 for v in &plan.volumes {
                     lines.push(format!(
@@ -1042,6 +1015,20 @@ impl Runner {
     {
         self.track(Job::spawn_async(&title, self.events.clone(), f));
     }
+}
+
+/// Tells the console that planning failed (it shows why) and passes the
+/// error on to the planning job.
+fn plan_failed(
+    tx: &UnboundedSender<Action>,
+    title: &str,
+    e: lifeboat_core::Error,
+) -> lifeboat_core::Error {
+    let _ = tx.send(Action::PlanFailed {
+        title: format!("Cannot plan: {title}"),
+        error: lifeboat_core::text::describe(&e),
+    });
+    e
 }
 
 /// Holds a finished plan under `id` and asks the console to confirm it;

@@ -475,21 +475,9 @@ impl Provider for Aws {
             "EC2 instance {} ({}{}{}{})",
             plan.server_name,
             self.cfg.instance_type.as_deref().unwrap_or(""),
-            self.cfg
-                .subnet
-                .as_deref()
-                .map(|s| format!(", subnet {s}"))
-                .unwrap_or_default(),
-            self.cfg
-                .security_group
-                .as_deref()
-                .map(|s| format!(", security group {s}"))
-                .unwrap_or_default(),
-            self.cfg
-                .key_pair
-                .as_deref()
-                .map(|s| format!(", key pair {s}"))
-                .unwrap_or_default(),
+            super::target::shown_if(", subnet", &self.cfg.subnet),
+            super::target::shown_if(", security group", &self.cfg.security_group),
+            super::target::shown_if(", key pair", &self.cfg.key_pair),
         ));
         for v in plan.volumes.iter().skip(1) {
             out.push(format!(

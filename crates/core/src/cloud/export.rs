@@ -228,62 +228,20 @@ pub async fn execute(
         .image
         .clone()
         .ok_or_else(|| Error::Internal("an export plan without its image".into()))?;
-    let s3 = crate::store::s3::client(&plan.opts)?;
     let started = std::time::Instant::now();
     let url = format!("s3://{}/{}", plan.bucket, plan.key);
-    let err = |e: object_store::Error| Error::Remote {
-        remote: url.clone(),
-        reason: crate::store::s3::scrub(&e.to_string()),
-        transient: false,
-    };
-    let path = OsPath::from(plan.key.as_str());
-    let (bytes, parts, hasher) = match plan.format {
+    let (bytes, sha256) = match plan.format {
         ExportFormat::Raw => {
             progress.set_phase("uploading (raw, streamed from the store)");
             progress.set_totals(image.index.image_size, 0);
             progress.set_job_total(image.index.image_size);
-            let upload = s3.put_multipart(&path).await.map_err(err)?;
-            let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
-            let pieces = image.pieces();
-            futures::pin_mut!(pieces);
-            let res: Result<(u64, sha2::Sha256)> = async {
-                let mut hasher = sha2::Sha256::new();
-                let mut n = 0u64;
-                while let Some(p) = pieces.next().await {
-                    if cancel.is_cancelled() {
-                        return Err(Error::Cancelled);
-                    }
-                    let data = match p?.1 {
-                        Piece::Data(b) => b,
-                        Piece::Zero(len) => zeros(len as usize),
-                    };
-                    w.wait_for_capacity(PARALLEL_PARTS).await.map_err(err)?;
-                    let d = data.clone();
-                    hasher = tokio::task::spawn_blocking(move || {
-                        hasher.update(&d);
-                        hasher
-                    })
-                    .await
-                    .map_err(|e| Error::Internal(format!("hashing failed: {e}")))?;
-                    let len = data.len() as u64;
-                    n += len;
-                    w.put(data);
-                    progress.add(len, 0);
-                }
-                Ok((n, hasher))
-            }
-            .await;
-            match res {
-                Ok((n, h)) => {
-                    progress.set_phase("completing the multipart upload");
-                    w.finish().await.map_err(err)?;
-                    (n, n.div_ceil(PART as u64), h)
-                }
-                Err(e) => {
-                    let _ = w.abort().await;
-                    return Err(e);
-                }
-            }
+            let body = image.pieces().map(|p| {
+                p.map(|(_, piece)| match piece {
+                    Piece::Data(b) => b,
+                    Piece::Zero(len) => zeros(len as usize),
+                })
+            });
+            upload(plan, &url, body, cancel, progress).await?
         }
         other => {
             let dir = plan.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -296,77 +254,94 @@ pub async fn execute(
             progress.set_phase("restoring into scratch space");
             progress.set_job_total(image.index.image_size * 2);
             write_sparse(&image, &raw, cancel, progress).await?;
-            progress.set_phase(&format!("converting to {}", other.qemu().0));
             let (fmt, o) = other.qemu();
+            progress.set_phase(&format!("converting to {fmt}"));
             let (r2, o2) = (raw.clone(), out.clone());
             tokio::task::spawn_blocking(move || crate::source::qemu::convert_raw(&r2, &o2, fmt, o))
                 .await
                 .map_err(|e| Error::Internal(format!("convert task failed: {e}")))??;
             let _ = std::fs::remove_file(&raw);
-            let len = std::fs::metadata(&out)
+            let file = tokio::fs::File::open(&out)
+                .await
+                .map_err(|e| Error::io("opening", &out, e))?;
+            let len = file
+                .metadata()
+                .await
                 .map_err(|e| Error::io("reading", &out, e))?
                 .len();
             progress.set_phase("uploading");
             progress.set_totals(len, 0);
-            let upload = s3.put_multipart(&path).await.map_err(err)?;
-            let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
-            let res: Result<(u64, sha2::Sha256)> = async {
-                use tokio::io::AsyncReadExt;
-                let mut hasher = sha2::Sha256::new();
-                let mut f = tokio::fs::File::open(&out)
-                    .await
-                    .map_err(|e| Error::io("opening", &out, e))?;
-                let mut n = 0u64;
-                loop {
-                    if cancel.is_cancelled() {
-                        return Err(Error::Cancelled);
-                    }
-                    let mut buf = vec![0u8; 4 << 20];
-                    let mut filled = 0;
-                    while filled < buf.len() {
-                        let k = f
-                            .read(&mut buf[filled..])
-                            .await
-                            .map_err(|e| Error::io("reading", &out, e))?;
-                        if k == 0 {
-                            break;
-                        }
-                        filled += k;
-                    }
-                    if filled == 0 {
-                        break;
-                    }
-                    buf.truncate(filled);
-                    w.wait_for_capacity(PARALLEL_PARTS).await.map_err(err)?;
-                    hasher.update(&buf);
-                    n += filled as u64;
-                    progress.add(filled as u64, 0);
-                    w.put(bytes::Bytes::from(buf));
-                }
-                Ok((n, hasher))
-            }
-            .await;
-            match res {
-                Ok((n, h)) => {
-                    progress.set_phase("completing the multipart upload");
-                    w.finish().await.map_err(err)?;
-                    (n, n.div_ceil(PART as u64), h)
-                }
-                Err(e) => {
-                    let _ = w.abort().await;
-                    return Err(e);
-                }
-            }
+            let body = tokio_util::io::ReaderStream::with_capacity(file, 4 << 20)
+                .map(|r| r.map_err(|e| Error::io("reading", &out, e)));
+            upload(plan, &url, body, cancel, progress).await?
         }
     };
     Ok(ExportOutcome {
         url,
         format: plan.format,
         bytes,
-        sha256: hex::encode(hasher.finalize()),
-        parts,
+        sha256,
+        parts: bytes.div_ceil(PART as u64),
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Sends a stream of bytes as one S3 multipart upload (parts in flight
+/// bounded), hashing it on the way; aborts the upload on any error, so no
+/// partial object appears. Returns the bytes sent and their SHA-256.
+async fn upload(
+    plan: &ExportPlan,
+    url: &str,
+    body: impl futures::Stream<Item = Result<bytes::Bytes>>,
+    cancel: &CancellationToken,
+    progress: &Progress,
+) -> Result<(u64, String)> {
+    let err = |e: object_store::Error| Error::Remote {
+        remote: url.to_string(),
+        reason: crate::store::s3::scrub(&e.to_string()),
+        transient: false,
+    };
+    let s3 = crate::store::s3::client(&plan.opts)?;
+    let upload = s3
+        .put_multipart(&OsPath::from(plan.key.as_str()))
+        .await
+        .map_err(err)?;
+    let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
+    futures::pin_mut!(body);
+    let res: Result<(u64, sha2::Sha256)> = async {
+        let mut hasher = sha2::Sha256::new();
+        let mut n = 0u64;
+        while let Some(data) = body.next().await {
+            if cancel.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            let data = data?;
+            w.wait_for_capacity(PARALLEL_PARTS).await.map_err(err)?;
+            let d = data.clone();
+            hasher = tokio::task::spawn_blocking(move || {
+                hasher.update(&d);
+                hasher
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("hashing failed: {e}")))?;
+            n += data.len() as u64;
+            progress.add(data.len() as u64, 0);
+            w.put(data);
+        }
+        Ok((n, hasher))
+    }
+    .await;
+    match res {
+        Ok((n, h)) => {
+            progress.set_phase("completing the multipart upload");
+            w.finish().await.map_err(err)?;
+            Ok((n, hex::encode(h.finalize())))
+        }
+        Err(e) => {
+            let _ = w.abort().await;
+            Err(e)
+        }
+    }
 }
 
 /// The image as a sparse file (zeros never written).

@@ -26,6 +26,9 @@ const GIB: u64 = 1 << 30;
 const POLL: Duration = Duration::from_secs(2);
 /// Uploads tried before giving up on a dropped connection.
 const UPLOAD_TRIES: u32 = 3;
+/// A token is renewed after this long: Keystone's default lifetime is an
+/// hour, and a restore of large disks takes longer.
+const TOKEN_RENEW: Duration = Duration::from_secs(30 * 60);
 
 pub struct OpenStack {
     name: String,
@@ -36,6 +39,7 @@ pub struct OpenStack {
 }
 
 struct Session {
+    fetched: std::time::Instant,
     token: Secret,
     project: String,
     image: String,
@@ -94,10 +98,11 @@ impl OpenStack {
             .timeout(self.cfg.timeout())
     }
 
-    /// The token and the endpoints, fetched once per restore.
+    /// The token and the endpoints, fetched at the start and renewed
+    /// every `TOKEN_RENEW`.
     async fn session(&self, progress: &Progress) -> Result<Arc<Session>> {
         let mut slot = self.session.lock().await;
-        if let Some(s) = slot.as_ref() {
+        if let Some(s) = slot.as_ref().filter(|s| s.fetched.elapsed() < TOKEN_RENEW) {
             return Ok(s.clone());
         }
         let step = self.step("auth");
@@ -180,6 +185,7 @@ impl OpenStack {
             })
         };
         let mut s = Session {
+            fetched: std::time::Instant::now(),
             token: Secret::new(token),
             project,
             image: need(&["image"], "image (Glance)")?,
@@ -235,50 +241,55 @@ impl OpenStack {
     }
 
     async fn find_flavor(&self, s: &Session) -> Result<Value> {
-        let step = self.step("flavor");
-        let want = self.cfg.flavor.clone().unwrap_or_default();
-        let (_, v) = step
-            .json(self.req(
+        let url = format!("{}/flavors/detail", s.compute);
+        self.find_named(
+            s,
+            "flavor",
+            &self.cfg.flavor,
+            url,
+            "flavors",
+            "the cloud has",
+        )
+        .await
+    }
+
+    async fn find_network(&self, s: &Session) -> Result<String> {
+        let url = format!("{}/v2.0/networks", s.network);
+        let n = self
+            .find_named(
                 s,
-                reqwest::Method::GET,
-                format!("{}/flavors/detail", s.compute),
-            ))
+                "network",
+                &self.cfg.network,
+                url,
+                "networks",
+                "the project sees",
+            )
             .await?;
-        let all = v["flavors"].as_array().cloned().unwrap_or_default();
+        Ok(str_of(&n, "id").to_string())
+    }
+
+    /// The item of a listing whose id or name is `want`; the error lists
+    /// the names there are.
+    async fn find_named(
+        &self,
+        s: &Session,
+        what: &str,
+        want: &Option<String>,
+        url: String,
+        key: &str,
+        there: &str,
+    ) -> Result<Value> {
+        let step = self.step(what);
+        let want = want.clone().unwrap_or_default();
+        let (_, v) = step.json(self.req(s, reqwest::Method::GET, url)).await?;
+        let all = v[key].as_array().cloned().unwrap_or_default();
         all.iter()
             .find(|f| str_of(f, "id") == want || str_of(f, "name") == want)
             .cloned()
             .ok_or_else(|| {
                 let names: Vec<String> = all.iter().map(|f| shown(str_of(f, "name"))).collect();
                 step.fail(format!(
-                    "flavor {want:?} does not exist (the cloud has: {})",
-                    if names.is_empty() {
-                        "none".into()
-                    } else {
-                        names.join(", ")
-                    }
-                ))
-            })
-    }
-
-    async fn find_network(&self, s: &Session) -> Result<String> {
-        let step = self.step("network");
-        let want = self.cfg.network.clone().unwrap_or_default();
-        let (_, v) = step
-            .json(self.req(
-                s,
-                reqwest::Method::GET,
-                format!("{}/v2.0/networks", s.network),
-            ))
-            .await?;
-        let all = v["networks"].as_array().cloned().unwrap_or_default();
-        all.iter()
-            .find(|n| str_of(n, "id") == want || str_of(n, "name") == want)
-            .map(|n| str_of(n, "id").to_string())
-            .ok_or_else(|| {
-                let names: Vec<String> = all.iter().map(|n| shown(str_of(n, "name"))).collect();
-                step.fail(format!(
-                    "network {want:?} does not exist (the project sees: {})",
+                    "{what} {want:?} does not exist ({there}: {})",
                     if names.is_empty() {
                         "none".into()
                     } else {
@@ -494,16 +505,8 @@ impl Provider for OpenStack {
             plan.server_name,
             self.cfg.flavor.as_deref().unwrap_or(""),
             self.cfg.network.as_deref().unwrap_or(""),
-            self.cfg
-                .key_pair
-                .as_deref()
-                .map(|k| format!(", key pair {k}"))
-                .unwrap_or_default(),
-            self.cfg
-                .security_group
-                .as_deref()
-                .map(|k| format!(", security group {k}"))
-                .unwrap_or_default(),
+            super::target::shown_if(", key pair", &self.cfg.key_pair),
+            super::target::shown_if(", security group", &self.cfg.security_group),
         ));
         for v in plan.volumes.iter().skip(1) {
             out.push(format!(

@@ -115,6 +115,14 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// `"{label} {value}"` for a setting that is set, else nothing (plan lines).
+pub fn shown_if(label: &str, value: &Option<String>) -> String {
+    value
+        .as_deref()
+        .map(|v| format!("{label} {v}"))
+        .unwrap_or_default()
+}
+
 /// The largest secret file read: a token or key is a few hundred bytes.
 const MAX_SECRET_FILE: u64 = 64 << 10;
 
