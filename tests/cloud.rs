@@ -338,6 +338,10 @@ fn openstack_two_volume_set_from_a_served_remote() {
         plan.contains("Glance image") && plan.contains("Cinder volume"),
         "{plan}"
     );
+    assert!(
+        plan.contains("target checked:") && plan.contains("network dr-net: ok"),
+        "the plan checks the target read-only: {plan}"
+    );
     assert!(plan.contains("bytes to upload: 36.0 MiB"), "{plan}");
     cloud.assert_empty();
 

@@ -156,6 +156,10 @@ pub fn print_plan(p: &CloudPlan) {
             bytes(v.upload_bytes)
         );
     }
+    println!("target checked:");
+    for c in &p.checks {
+        println!("  {}", escape(c));
+    }
     println!("creates:");
     for c in &p.creates {
         println!("  {}", escape(c));

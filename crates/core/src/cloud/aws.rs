@@ -24,7 +24,7 @@ use super::source::{Piece, VolumeImage};
 use super::target::{read_secret, CloudConfig};
 use super::{poll, CloudPlan, Ctx, Provider, Resource, Server, Uploaded};
 use crate::error::{Error, Result};
-use crate::jobs::{CancellationToken, Progress};
+use crate::jobs::CancellationToken;
 use crate::repo::Index;
 
 /// The EBS direct APIs' block size.
@@ -360,12 +360,9 @@ fn blocks_of(offset: u64, data: &Bytes) -> Vec<(u64, Bytes, [u8; 32])> {
 
 #[async_trait]
 impl Provider for Aws {
-    async fn check(&self, progress: &Progress) -> Result<Vec<String>> {
+    async fn check(&self) -> Result<Vec<String>> {
         let mut lines = Vec::new();
-        let mut say = |l: String| {
-            progress.push_line(&l);
-            lines.push(l);
-        };
+        let mut say = |l: String| lines.push(l);
         let step = Step::new(&self.name, "auth");
         let it = self.cfg.instance_type.clone().unwrap_or_default();
         let x = self

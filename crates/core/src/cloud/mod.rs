@@ -102,6 +102,10 @@ pub struct CloudPlan {
     pub bytes_to_upload: u64,
     /// What will be created, one line each.
     pub creates: Vec<String>,
+    /// The target's checks (auth, flavor or instance type, network…),
+    /// asked read-only while planning so a bad target fails before any
+    /// upload.
+    pub checks: Vec<String>,
     /// The server's name in the cloud.
     pub server_name: String,
     pub firmware: crate::vm::Firmware,
@@ -198,7 +202,7 @@ pub struct Uploaded {
 pub trait Provider: Send + Sync {
     /// Authenticates and checks that the target's flavor/instance type,
     /// network/subnet, security group and key pair exist.
-    async fn check(&self, progress: &Progress) -> Result<Vec<String>>;
+    async fn check(&self) -> Result<Vec<String>>;
     /// Makes the cloud's copy of one volume, streamed from the store.
     async fn upload(&self, vol: &VolumeImage, name: &str, ctx: &Ctx<'_>) -> Result<Uploaded>;
     /// Creates the server from the root volume and waits until it runs.
@@ -238,9 +242,8 @@ pub fn open(name: &str, cfg: &CloudConfig) -> Result<Box<dyn Provider>> {
 
 /// Checks a target: opens it (secrets) and asks the cloud.
 pub async fn check_target(name: &str, cfg: &CloudConfig) -> TargetCheck {
-    let progress = Progress::new();
     let res = match open(name, cfg) {
-        Ok(p) => p.check(&progress).await,
+        Ok(p) => p.check().await,
         Err(e) => Err(e),
     };
     match res {
@@ -251,8 +254,7 @@ pub async fn check_target(name: &str, cfg: &CloudConfig) -> TargetCheck {
             checks,
         },
         Err(e) => {
-            let mut checks = progress.tail(16);
-            checks.push(format!("failed: {}", crate::text::describe(&e)));
+            let checks = vec![format!("failed: {}", crate::text::describe(&e))];
             TargetCheck {
                 target: name.into(),
                 provider: cfg.provider,
@@ -321,6 +323,7 @@ pub async fn plan(
     reference: &str,
 ) -> Result<CloudPlan> {
     let images = load_set(store, reference).await?;
+    let checks = provider.check().await?;
     let first = images
         .first()
         .ok_or_else(|| Error::NotFound(reference.to_string()))?;
@@ -349,6 +352,7 @@ pub async fn plan(
         bytes_to_upload: volumes.iter().map(|v| v.upload_bytes).sum(),
         volumes,
         creates: Vec::new(),
+        checks,
         server_name: format!(
             "{vm}-restored-{}",
             first.manifest.created_at.format("%Y%m%d%H%M%S")
@@ -400,7 +404,9 @@ pub async fn execute(
     let mut upload_seconds = 0.0;
     let res = async {
         ctx.phase("auth");
-        provider.check(progress).await?;
+        for line in provider.check().await? {
+            ctx.note(&line);
+        }
         let mut done = Vec::new();
         let up_start = Instant::now();
         for v in &plan.images {
@@ -549,7 +555,7 @@ mod tests {
 
     #[async_trait]
     impl Provider for Recorder {
-        async fn check(&self, _: &Progress) -> Result<Vec<String>> {
+        async fn check(&self) -> Result<Vec<String>> {
             Ok(vec![])
         }
         async fn upload(&self, _: &VolumeImage, _: &str, _: &Ctx<'_>) -> Result<Uploaded> {

@@ -18,7 +18,7 @@ use super::source::{zeros, Piece, VolumeImage};
 use super::target::{read_secret, CloudConfig, Secret};
 use super::{poll, CloudPlan, Ctx, Provider, Resource, Server, Uploaded};
 use crate::error::{Error, Result};
-use crate::jobs::{CancellationToken, Progress};
+use crate::jobs::CancellationToken;
 use crate::repo::Index;
 
 const GIB: u64 = 1 << 30;
@@ -40,6 +40,8 @@ pub struct OpenStack {
 
 struct Session {
     fetched: std::time::Instant,
+    /// What was checked, one line each (`check`).
+    lines: Vec<String>,
     token: Secret,
     project: String,
     image: String,
@@ -100,7 +102,7 @@ impl OpenStack {
 
     /// The token and the endpoints, fetched at the start and renewed
     /// every `TOKEN_RENEW`.
-    async fn session(&self, progress: &Progress) -> Result<Arc<Session>> {
+    async fn session(&self) -> Result<Arc<Session>> {
         let mut slot = self.session.lock().await;
         if let Some(s) = slot.as_ref().filter(|s| s.fetched.elapsed() < TOKEN_RENEW) {
             return Ok(s.clone());
@@ -186,6 +188,7 @@ impl OpenStack {
         };
         let mut s = Session {
             fetched: std::time::Instant::now(),
+            lines: Vec::new(),
             token: Secret::new(token),
             project,
             image: need(&["image"], "image (Glance)")?,
@@ -195,9 +198,10 @@ impl OpenStack {
             flavor: Value::Null,
             network_id: String::new(),
         };
-        progress.push_line(&format!("auth: ok ({how}, project {})", shown(&s.project)));
+        s.lines
+            .push(format!("auth: ok ({how}, project {})", shown(&s.project)));
         s.flavor = self.find_flavor(&s).await?;
-        progress.push_line(&format!(
+        s.lines.push(format!(
             "flavor {}: ok ({} vCPU, {} MiB, disk {} GiB)",
             shown(self.cfg.flavor.as_deref().unwrap_or("")),
             s.flavor["vcpus"],
@@ -205,7 +209,7 @@ impl OpenStack {
             s.flavor["disk"]
         ));
         s.network_id = self.find_network(&s).await?;
-        progress.push_line(&format!(
+        s.lines.push(format!(
             "network {}: ok ({})",
             shown(self.cfg.network.as_deref().unwrap_or("")),
             shown(&s.network_id)
@@ -222,7 +226,7 @@ impl OpenStack {
             if v["security_groups"].as_array().is_none_or(|a| a.is_empty()) {
                 return Err(step.fail(format!("security group {sg:?} does not exist")));
             }
-            progress.push_line(&format!("security group {}: ok", shown(sg)));
+            s.lines.push(format!("security group {}: ok", shown(sg)));
         }
         if let Some(kp) = &self.cfg.key_pair {
             let step = self.step("key pair");
@@ -233,7 +237,7 @@ impl OpenStack {
             ))
             .await
             .map_err(|e| step.fail(format!("key pair {kp:?}: {}", reason_of(&e))))?;
-            progress.push_line(&format!("key pair {}: ok", shown(kp)));
+            s.lines.push(format!("key pair {}: ok", shown(kp)));
         }
         let s = Arc::new(s);
         *slot = Some(s.clone());
@@ -475,10 +479,8 @@ fn addresses_of(server: &Value) -> Vec<String> {
 
 #[async_trait]
 impl Provider for OpenStack {
-    async fn check(&self, progress: &Progress) -> Result<Vec<String>> {
-        let before = progress.tail(64).len();
-        self.session(progress).await?;
-        Ok(progress.tail(64).into_iter().skip(before).collect())
+    async fn check(&self) -> Result<Vec<String>> {
+        Ok(self.session().await?.lines.clone())
     }
 
     fn upload_bytes(&self, index: &Index) -> u64 {
@@ -520,7 +522,7 @@ impl Provider for OpenStack {
     }
 
     async fn upload(&self, vol: &VolumeImage, name: &str, ctx: &Ctx<'_>) -> Result<Uploaded> {
-        let s = self.session(ctx.progress).await?;
+        let s = self.session().await?;
         let volname = &vol.manifest.volume.name;
         ctx.phase(&format!("upload {volname}: creating the image"));
         let mut id = self.create_image(&s, vol, name, ctx).await?;
@@ -643,7 +645,7 @@ impl Provider for OpenStack {
         root: &Uploaded,
         ctx: &Ctx<'_>,
     ) -> Result<Server> {
-        let s = self.session(ctx.progress).await?;
+        let s = self.session().await?;
         let step = ctx.step("server");
         let disk = s.flavor["disk"].as_u64().unwrap_or(0);
         if disk > 0 && disk * GIB < root.size {
@@ -727,7 +729,7 @@ impl Provider for OpenStack {
         _index: usize,
         ctx: &Ctx<'_>,
     ) -> Result<()> {
-        let s = self.session(ctx.progress).await?;
+        let s = self.session().await?;
         let step = ctx.step(format!("volume {}", data.volume));
         let Some(vol_ep) = s.volume.clone() else {
             return Err(step.fail(
@@ -826,7 +828,7 @@ impl Provider for OpenStack {
     }
 
     async fn finish(&self, server: &mut Server, ctx: &Ctx<'_>) -> Result<()> {
-        let s = self.session(ctx.progress).await?;
+        let s = self.session().await?;
         let step = ctx.step("server");
         let v = self
             .get_json(
@@ -859,8 +861,7 @@ impl Provider for OpenStack {
     }
 
     async fn remove(&self, r: &Resource, cancel: &CancellationToken) -> Result<()> {
-        let progress = Progress::new();
-        let s = self.session(&progress).await?;
+        let s = self.session().await?;
         let step = self.step(&format!("removing {} {}", r.kind, r.id));
         let gone =
             |e: &Error| matches!(e, Error::Cloud { reason, .. } if reason.contains("HTTP 404"));
