@@ -1195,6 +1195,12 @@ fn console_restores_into_a_cloud_and_cancel_cleans_up() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The job's panel: phases done and running, and the cloud's states.
+    let s = c.wait_for("▶ server", 30);
+    assert!(
+        s.contains("✓ auth") && s.contains("✓ upload") && s.contains("── cloud:"),
+        "{s}"
+    );
     c.keys("\t");
     c.keys("G");
     c.keys("x");
@@ -1224,7 +1230,7 @@ fn console_restores_into_a_cloud_and_cancel_cleans_up() {
     c.keys("G");
     c.wait_for("removed: server", 10);
     c.keys("\x1b");
-    c.wait_until("the log closed", 10, |s| !s.contains("removed: server"));
+    c.wait_until("the log closed", 10, |s| !s.contains("Esc close"));
     c.keys("q");
     c.wait_exit();
 }

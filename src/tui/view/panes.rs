@@ -607,17 +607,18 @@ pub fn jobs(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         );
         return;
     }
-    // A drill (the selected job, else the newest running one) gets a
-    // panel below the list: its phases and the guest's serial console.
+    // A drill or a cloud restore (the selected job, else the newest
+    // running one) gets a panel below the list: its phases and its live
+    // lines (the guest's serial console, the cloud's states).
     let featured = app
         .jobs
         .get(app.job_sel)
-        .filter(|j| is_drill(j))
+        .filter(|j| phased(j).is_some())
         .or_else(|| {
             app.jobs
                 .iter()
                 .rev()
-                .find(|j| is_drill(j) && j.state == JobState::Running)
+                .find(|j| phased(j).is_some() && j.state == JobState::Running)
         });
     let (inner, panel) = match featured {
         Some(j) if inner.height >= 6 => {
@@ -634,7 +635,7 @@ pub fn jobs(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         _ => (inner, None),
     };
     if let Some((j, area)) = panel {
-        drill_panel(f, app, theme, j, area);
+        phase_panel(f, app, theme, j, area);
     }
     let visible = inner.height as usize;
     let start = app.job_sel.saturating_sub(visible.saturating_sub(1));
@@ -666,22 +667,35 @@ pub fn jobs(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     }
 }
 
-fn is_drill(j: &JobView) -> bool {
-    j.title.starts_with("drill ") && !j.past()
+/// The phases of a job shown with a panel, and what its live lines are.
+fn phased(j: &JobView) -> Option<(&'static [&'static str], &'static str)> {
+    if j.past() {
+        None
+    } else if j.title.starts_with("drill ") {
+        Some((&lifeboat_core::drill::PHASES, "serial console"))
+    } else if j.title.contains(" into cloud ") {
+        Some((&lifeboat_core::cloud::PHASES, "cloud"))
+    } else {
+        None
+    }
 }
 
-/// A drill's phases (done with their time, the running one with its
-/// elapsed time and bytes, the rest pending) and the serial console.
-fn drill_panel(f: &mut Frame, app: &App, theme: &Theme, j: &JobView, area: Rect) {
+/// A drill's or cloud restore's phases (done with their time, the running
+/// one with its elapsed time and bytes, the rest pending) and its live
+/// lines.
+fn phase_panel(f: &mut Frame, app: &App, theme: &Theme, j: &JobView, area: Rect) {
+    let Some((phases, what)) = phased(j) else {
+        return;
+    };
     let w = area.width as usize;
     let end = j.ended_at.unwrap_or(app.now);
     let mut spans: Vec<Span> = Vec::new();
     // The furthest phase seen: the ones before it are done even when they
     // were too quick to be sampled.
-    let reached = lifeboat_core::drill::PHASES
+    let reached = phases
         .iter()
         .rposition(|n| j.phases.iter().any(|(p, _)| p == n));
-    for (k, name) in lifeboat_core::drill::PHASES.iter().enumerate() {
+    for (k, name) in phases.iter().enumerate() {
         let at = j.phases.iter().position(|(p, _)| p == name);
         let (text, style) = match at {
             None if reached.is_some_and(|r| k < r) => (format!("✓ {name}"), theme.fg(Color::Green)),
@@ -709,18 +723,23 @@ fn drill_panel(f: &mut Frame, app: &App, theme: &Theme, j: &JobView, area: Rect)
     let mut lines = vec![Line::from(spans)];
     if let Some(p) = &j.progress {
         if j.state == JobState::Running {
+            let eta = p
+                .eta_secs
+                .map(|e| format!("  ETA {}", crate::output::duration(e)))
+                .unwrap_or_default();
             lines.push(Line::from(truncate(
                 &format!(
-                    "{}  {}/{}",
-                    p.phase,
+                    "{}  {}/{}  {}/s{eta}",
+                    escape(&p.phase),
                     bytes(p.job_bytes_done),
-                    bytes(p.job_bytes_total)
+                    bytes(p.job_bytes_total),
+                    bytes(p.bytes_per_sec as u64)
                 ),
                 w,
             )));
         }
     }
-    let title = format!("── serial console: {} ", j.title);
+    let title = format!("── {what}: {} ", j.title);
     lines.push(Line::styled(
         truncate(
             &format!("{title}{}", "─".repeat(w.saturating_sub(title.width()))),
@@ -731,7 +750,7 @@ fn drill_panel(f: &mut Frame, app: &App, theme: &Theme, j: &JobView, area: Rect)
     let room = (area.height as usize).saturating_sub(lines.len());
     let out = &j.output;
     for l in &out[out.len().saturating_sub(room)..] {
-        lines.push(Line::from(truncate(l, w)));
+        lines.push(Line::from(truncate(&escape(l), w)));
     }
     f.render_widget(Paragraph::new(lines), area);
 }

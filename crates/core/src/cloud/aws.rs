@@ -608,12 +608,19 @@ impl Provider for Aws {
             crate::vm::Firmware::Uefi => "uefi",
             crate::vm::Firmware::Bios => "legacy-bios",
         };
+        // AMI names are unique per account and region: a second restore of
+        // the same backup (a drill, a retry) must not collide with the first.
+        let ami_name = format!(
+            "{}-at-{}",
+            plan.server_name,
+            chrono::Utc::now().format("%Y%m%dT%H%M%S%3f")
+        );
         let x = self
             .ec2(
                 &step,
                 "RegisterImage",
                 &[
-                    p("Name", &plan.server_name),
+                    p("Name", &ami_name),
                     p(
                         "Description",
                         format!("lifeboat restore of {} set {}", plan.vm, plan.set),
@@ -634,7 +641,7 @@ impl Provider for Aws {
         if !ami.starts_with("ami-") {
             return Err(step.fail("RegisterImage answered without an image id"));
         }
-        ctx.ledger.add("image", &ami, &plan.server_name);
+        ctx.ledger.add("image", &ami, &ami_name);
         let step = ctx.step("server");
         ctx.phase(&format!("server {}: starting from {ami}", plan.server_name));
         let mut params = vec![
@@ -721,6 +728,7 @@ impl Provider for Aws {
                     p("SnapshotId", &data.id),
                     p("AvailabilityZone", &az),
                     p("VolumeType", "gp3"),
+                    p("ClientToken", format!("lifeboat-{}", rand::random::<u64>())),
                     p("TagSpecification.1.ResourceType", "volume"),
                     p("TagSpecification.1.Tag.1.Key", "Name"),
                     p(

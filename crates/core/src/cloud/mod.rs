@@ -31,6 +31,10 @@ use crate::store::DynStore;
 pub use source::VolumeImage;
 pub use target::{CloudConfig, ProviderKind};
 
+/// The phases of a cloud restore, as the first word of the job's phase
+/// ("upload root: …"): what the console's panel shows.
+pub const PHASES: [&str; 6] = ["auth", "upload", "image", "server", "volume", "running"];
+
 /// A created cloud resource.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Resource {
