@@ -171,15 +171,21 @@ pub async fn plan(
     let (scratch_bytes, scratch_dir) = if format == ExportFormat::Raw {
         (0, None)
     } else {
-        // The raw restore (sparse: its data) plus the converted file.
+        // The raw restore (sparse: its data) plus the converted file (a
+        // fixed VHD is the whole virtual size).
         let dir = scratch
             .map(Path::to_path_buf)
             .unwrap_or_else(std::env::temp_dir);
-        let need = index.nonzero_bytes().saturating_mul(2);
-        if let Some(free) = free_bytes(&dir) {
+        let converted = match format {
+            ExportFormat::Vhd => index.image_size + 512,
+            _ => index.nonzero_bytes(),
+        };
+        let need = index.nonzero_bytes().saturating_add(converted);
+        if let Some(free) = crate::restore::available_bytes(&dir) {
             if free < need {
                 return Err(Error::BadInput(format!(
-                    "export to {format:?} needs about {} of scratch space in {}, {} are free; pass --scratch DIR",
+                    "export as {} needs about {} of scratch space in {}, {} are free; pass --scratch DIR",
+                    format.qemu().0,
                     crate::text::bytes(need),
                     dir.display(),
                     crate::text::bytes(free)
@@ -207,15 +213,6 @@ pub async fn plan(
         }),
         opts,
     })
-}
-
-fn free_bytes(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable struct.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// Carries out an export.

@@ -466,7 +466,8 @@ fn check_space(dir: &Path, need: u64) -> Result<()> {
     }
 }
 
-fn available_bytes(dir: &Path) -> Option<u64> {
+/// Free bytes for an unprivileged writer in `dir` (None: unknown).
+pub(crate) fn available_bytes(dir: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
