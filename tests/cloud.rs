@@ -1231,6 +1231,25 @@ fn console_restores_into_a_cloud_and_cancel_cleans_up() {
     c.wait_for("removed: server", 10);
     c.keys("\x1b");
     c.wait_until("the log closed", 10, |s| !s.contains("Esc close"));
+
+    // A third one, then quit while it builds: the console waits for the
+    // cancelled job to remove what it made before it exits.
+    c.keys("u");
+    c.wait_for("Restore into which cloud?", 10);
+    c.keys("\r");
+    c.wait_for("creates in osp (openstack)", 30);
+    c.keys("y");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cloud.state()["servers"].as_object().unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "no third server: {}", c.screen());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     c.keys("q");
+    c.wait_for("a cloud restore first removes what it created", 10);
+    c.keys("y");
     c.wait_exit();
+    let st = cloud.state();
+    assert_eq!(st["servers"].as_object().unwrap().len(), 1, "{st:#}");
+    assert_eq!(st["images"].as_object().unwrap().len(), 1, "{st:#}");
+    assert_eq!(st["volumes"].as_object().unwrap().len(), 1, "{st:#}");
 }

@@ -29,6 +29,8 @@ use tokio::sync::mpsc;
 const MIN_FRAME: Duration = Duration::from_millis(16);
 /// How often running jobs' progress is sampled.
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+/// How long quitting waits for cancelled jobs to clean up after themselves.
+const QUIT_GRACE: Duration = Duration::from_secs(120);
 /// The clock: ages and "read N s ago" move, and the auto-refresh is due.
 const TICK: Duration = Duration::from_secs(5);
 
@@ -256,6 +258,21 @@ async fn event_loop(
         if app.quit {
             break;
         }
+    }
+    // Quitting cancelled the running jobs; let them finish undoing what
+    // they did (a cloud restore removes the servers and images it made)
+    // before the runtime goes away with them.
+    let deadline = Instant::now() + QUIT_GRACE;
+    if runner.running() {
+        app.dialog = None;
+        app.status = Some(app::Status {
+            text: "quitting: waiting for cancelled jobs to clean up…".into(),
+            error: false,
+        });
+        terminal.draw(|f| view::render(f, app, theme))?;
+    }
+    while runner.running() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
 }

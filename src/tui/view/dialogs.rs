@@ -334,10 +334,12 @@ pub fn dialog(f: &mut Frame, app: &App, theme: &Theme, d: &Dialog, area: Rect) {
                     "{} job(s) still running; quitting cancels them.",
                     app.running_jobs()
                 )),
-                Line::from("Nothing half-done becomes visible; running again resumes."),
+                Line::from("Nothing half-done becomes visible; running again resumes;"),
+                Line::from("a cloud restore first removes what it created."),
                 Line::styled("y quit · Esc stay", theme.fg(Color::Cyan)),
             ];
-            frame(f, theme, "Quit?", l, centered(area, 64, 5));
+            let h = l.len() as u16 + 2;
+            frame(f, theme, "Quit?", l, centered(area, 64, h));
         }
         Dialog::Compare {
             title,
