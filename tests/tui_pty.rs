@@ -52,7 +52,17 @@ fn demo_push_compare_restore_quit() {
         s.contains("○ missing"),
         "the newest backups are not off-site yet:\n{s}"
     );
-    let missing_before = count(&s, "○ missing");
+    // Counted on a settled screen: a frame read while the terminal is
+    // still being written can hold only part of the timeline.
+    let mut missing_before = count(&s, "○ missing");
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let now = count(&c.screen(), "○ missing");
+        if now == missing_before {
+            break;
+        }
+        missing_before = now;
+    }
 
     // Push the newest backup: plan, confirm, job runs, presence changes.
     // The key map rebinds push to P (the default p is then unbound).
