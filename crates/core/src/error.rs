@@ -132,6 +132,9 @@ pub enum Error {
         reason: String,
         /// Whether trying again may help (dropped connections, 5xx, throttling).
         transient: bool,
+        /// The HTTP status the cloud refused with (None: no answer, or a
+        /// check of lifeboat's own).
+        status: Option<u16>,
     },
 
     /// A cloud restore was cancelled; `cleanup` says what was removed.

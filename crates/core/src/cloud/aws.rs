@@ -246,27 +246,25 @@ impl Aws {
 
     /// Says what to do when AWS refuses the keys themselves.
     fn explain_auth(&self, e: Error) -> Error {
-        match e {
-            Error::Cloud {
-                target,
-                phase,
-                reason,
-                transient,
-            } if ["AuthFailure", "InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException", "security token"]
-                .iter()
-                .any(|w| reason.contains(w)) =>
-            {
-                Error::Cloud {
-                    target,
-                    phase,
-                    reason: format!(
-                        "AWS refused the access key ({reason}); check the key variables or files the config names"
-                    ),
-                    transient,
-                }
-            }
-            other => other,
+        // AWS names the refusal in the error code (EC2's XML, EBS's
+        // __type), which the message carries as "Code: message".
+        let refused = matches!(&e, Error::Cloud { reason, .. } if [
+            "AuthFailure",
+            "InvalidClientTokenId",
+            "SignatureDoesNotMatch",
+            "UnrecognizedClientException",
+            "security token",
+        ]
+        .iter()
+        .any(|w| reason.contains(w)));
+        if !refused {
+            return e;
         }
+        http::reword(e, |reason| {
+            format!(
+                "AWS refused the access key ({reason}); check the key variables or files the config names"
+            )
+        })
     }
 
     async fn ebs_json(
@@ -812,7 +810,10 @@ impl Provider for Aws {
 
     async fn remove(&self, r: &Resource, cancel: &CancellationToken) -> Result<()> {
         let step = Step::new(&self.name, format!("removing {} {}", r.kind, r.id));
-        let gone = |e: &Error| matches!(e, Error::Cloud { reason, .. } if reason.contains(".NotFound") || reason.contains("NotFound") || reason.contains("HTTP 404"));
+        let gone = |e: &Error| {
+            http::status_of(e) == Some(404)
+                || matches!(e, Error::Cloud { reason, .. } if reason.contains("NotFound"))
+        };
         let ok_if_gone = |res: Result<Xml>| match res {
             Ok(_) => Ok(()),
             Err(e) if gone(&e) => Ok(()),

@@ -53,6 +53,7 @@ impl Step {
             phase: self.phase.clone(),
             reason: reason.into(),
             transient: false,
+            status: None,
         }
     }
 
@@ -62,6 +63,7 @@ impl Step {
             phase: self.phase.clone(),
             reason: reason.into(),
             transient: true,
+            status: None,
         }
     }
 
@@ -111,6 +113,7 @@ impl Step {
                 phase: self.phase.clone(),
                 reason,
                 transient,
+                status: Some(status.as_u16()),
             });
         }
         Ok(Answer {
@@ -232,6 +235,35 @@ fn json_message(v: &serde_json::Value) -> Option<String> {
     v.as_object()?
         .values()
         .find_map(|inner| inner.is_object().then(|| direct(inner)).flatten())
+}
+
+/// The HTTP status a cloud refused with, if the error is such a refusal.
+pub fn status_of(e: &Error) -> Option<u16> {
+    match e {
+        Error::Cloud { status, .. } => *status,
+        _ => None,
+    }
+}
+
+/// A cloud error with its reason rewritten (what to do about it); other
+/// errors pass unchanged.
+pub fn reword(e: Error, f: impl FnOnce(&str) -> String) -> Error {
+    match e {
+        Error::Cloud {
+            target,
+            phase,
+            reason,
+            transient,
+            status,
+        } => Error::Cloud {
+            target,
+            phase,
+            reason: f(&reason),
+            transient,
+            status,
+        },
+        other => other,
+    }
 }
 
 /// Waits `every` (or less at first), unless cancelled.

@@ -501,17 +501,7 @@ async fn clean_up(
     progress.push_line(tail.trim_start_matches("; "));
     match err {
         Error::Cancelled => Error::CloudCancelled { cleanup: tail },
-        Error::Cloud {
-            target,
-            phase,
-            reason,
-            transient,
-        } => Error::Cloud {
-            target,
-            phase,
-            reason: format!("{reason}{tail}"),
-            transient,
-        },
+        e @ Error::Cloud { .. } => http::reword(e, |reason| format!("{reason}{tail}")),
         other => Error::BadInput(format!("{}{tail}", crate::text::describe(&other))),
     }
 }

@@ -139,21 +139,13 @@ impl OpenStack {
                     .json(&body),
             )
             .await
-            .map_err(|e| match e {
-                Error::Cloud {
-                    target,
-                    phase,
-                    reason,
-                    transient,
-                } if reason.contains("HTTP 401") => Error::Cloud {
-                    target,
-                    phase,
-                    reason: format!(
+            .map_err(|e| match http::status_of(&e) {
+                Some(401) => http::reword(e, |reason| {
+                    format!(
                         "Keystone refused the {how} ({reason}); check the credentials the config names"
-                    ),
-                    transient,
-                },
-                other => other,
+                    )
+                }),
+                _ => e,
             })?;
         let token = answer
             .header("x-subject-token")
@@ -567,7 +559,11 @@ impl Provider for OpenStack {
         ));
         let step = ctx.step(format!("image {volname}"));
         let url = format!("{}/v2/images/{}", s.image, enc(&id));
-        let img = poll(ctx, &step, "", POLL, || async {
+        let stuck = format!(
+            "image {} is still not active (Glance did not take the upload)",
+            shown(&id)
+        );
+        let img = poll(ctx, &step, &stuck, POLL, || async {
             let v = self.get_json(&s, &step, url.clone()).await?;
             match str_of(&v, "status") {
                 "active" => Ok(Some(v)),
@@ -579,25 +575,7 @@ impl Provider for OpenStack {
                 _ => Ok(None),
             }
         })
-        .await
-        .map_err(|e| match e {
-            Error::Cloud {
-                target,
-                phase,
-                reason,
-                transient,
-            } if reason.contains("ready_timeout_secs") => Error::Cloud {
-                target,
-                phase,
-                reason: format!(
-                    "image {} is still not active{}: Glance did not take the upload",
-                    shown(&id),
-                    reason
-                ),
-                transient,
-            },
-            other => other,
-        })?;
+        .await?;
         let glance_md5 = str_of(&img, "checksum");
         if !glance_md5.is_empty() && glance_md5 != md5 {
             return Err(step.fail(format!(
@@ -863,8 +841,7 @@ impl Provider for OpenStack {
     async fn remove(&self, r: &Resource, cancel: &CancellationToken) -> Result<()> {
         let s = self.session().await?;
         let step = self.step(&format!("removing {} {}", r.kind, r.id));
-        let gone =
-            |e: &Error| matches!(e, Error::Cloud { reason, .. } if reason.contains("HTTP 404"));
+        let gone = |e: &Error| http::status_of(e) == Some(404);
         let ok_if_gone = |res: Result<http::Answer>| match res {
             Ok(_) => Ok(()),
             Err(e) if gone(&e) => Ok(()),
