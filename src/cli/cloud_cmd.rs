@@ -46,19 +46,8 @@ pub struct ExportArgs {
     /// configured S3 remote.
     #[arg(long, value_name = "REMOTE")]
     pub s3_remote: Option<String>,
-    /// The S3 endpoint (default AWS; e.g. https://oss-cn-hangzhou.aliyuncs.com).
-    #[arg(long)]
-    pub endpoint: Option<String>,
-    #[arg(long)]
-    pub region: Option<String>,
-    /// Path-style addressing (MinIO, Garage, Ceph RGW).
-    #[arg(long)]
-    pub path_style: bool,
-    /// Variables holding the keys (default AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
-    #[arg(long, value_name = "VAR")]
-    pub access_key_id_env: Option<String>,
-    #[arg(long, value_name = "VAR")]
-    pub secret_access_key_env: Option<String>,
+    #[command(flatten)]
+    pub s3: super::remote_cmds::S3Args,
     /// Scratch space for converted formats (default $TMPDIR).
     #[arg(long, value_name = "DIR")]
     pub scratch: Option<PathBuf>,
@@ -247,11 +236,11 @@ pub async fn export_cmd(ctx: &Ctx, a: ExportArgs) -> anyhow::Result<Outcome> {
     let format: export::ExportFormat = a.format.parse()?;
     let mut t = export::ExportTarget {
         url: a.url.clone(),
-        endpoint: a.endpoint.clone(),
-        region: a.region.clone(),
-        path_style: a.path_style,
-        access_key_id_env: a.access_key_id_env.clone(),
-        secret_access_key_env: a.secret_access_key_env.clone(),
+        endpoint: a.s3.endpoint.clone(),
+        region: a.s3.region.clone(),
+        path_style: a.s3.path_style,
+        access_key_id_env: a.s3.access_key_id_env.clone(),
+        secret_access_key_env: a.s3.secret_access_key_env.clone(),
     };
     if let Some(r) = &a.s3_remote {
         let rc = ctx

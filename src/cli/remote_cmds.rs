@@ -14,6 +14,26 @@ use super::progress::run_job_async;
 use super::{print_json, Ctx, Outcome};
 use crate::output::{bytes, duration, table, time};
 
+/// Where an S3-compatible store is and which variables hold its keys
+/// (`remote add`, `export`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct S3Args {
+    /// S3 endpoint, e.g. http://127.0.0.1:3900 or https://oss-cn-hangzhou.aliyuncs.com.
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    #[arg(long)]
+    pub region: Option<String>,
+    /// S3 path-style addressing (MinIO, Garage, Ceph RGW).
+    #[arg(long)]
+    pub path_style: bool,
+    /// S3: variable holding the access key id (default AWS_ACCESS_KEY_ID).
+    #[arg(long)]
+    pub access_key_id_env: Option<String>,
+    /// S3: variable holding the secret key (default AWS_SECRET_ACCESS_KEY).
+    #[arg(long)]
+    pub secret_access_key_env: Option<String>,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct RemoteAddArgs {
     pub name: String,
@@ -32,20 +52,8 @@ pub struct RemoteAddArgs {
     /// (`lifeboat serve fingerprint` prints it); trusted instead of a CA.
     #[arg(long, value_name = "SHA256")]
     pub fingerprint: Option<String>,
-    /// S3 endpoint, e.g. http://127.0.0.1:3900 or https://oss-cn-hangzhou.aliyuncs.com.
-    #[arg(long)]
-    pub endpoint: Option<String>,
-    #[arg(long)]
-    pub region: Option<String>,
-    /// S3 path-style addressing (MinIO, Garage, Ceph RGW).
-    #[arg(long)]
-    pub path_style: bool,
-    /// S3: variable holding the access key id (default AWS_ACCESS_KEY_ID).
-    #[arg(long)]
-    pub access_key_id_env: Option<String>,
-    /// S3: variable holding the secret key (default AWS_SECRET_ACCESS_KEY).
-    #[arg(long)]
-    pub secret_access_key_env: Option<String>,
+    #[command(flatten)]
+    pub s3: S3Args,
     /// Request timeout in seconds.
     #[arg(long)]
     pub timeout_secs: Option<u64>,
@@ -132,11 +140,11 @@ pub fn remote_add(ctx: &Ctx, a: RemoteAddArgs) -> anyhow::Result<Outcome> {
         limit_upload: ctx.limits.upload.map(rate_text),
         limit_download: ctx.limits.download.map(rate_text),
         limit_burst: ctx.limits.burst.map(rate_text),
-        endpoint: a.endpoint,
-        region: a.region,
-        path_style: a.path_style,
-        access_key_id_env: a.access_key_id_env,
-        secret_access_key_env: a.secret_access_key_env,
+        endpoint: a.s3.endpoint,
+        region: a.s3.region,
+        path_style: a.s3.path_style,
+        access_key_id_env: a.s3.access_key_id_env,
+        secret_access_key_env: a.s3.secret_access_key_env,
         timeout_secs: a.timeout_secs,
     };
     let table_text = toml::to_string(&rc)?;
