@@ -39,7 +39,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing: ${missing[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" qemu-utils qemu-system-x86 >/dev/null
+    # Machine images may carry a newer backported qemu-utils; apt never
+    # downgrades on its own ("held broken packages"), so both qemu packages
+    # are named with the release they must come from.
+    release=$(. /etc/os-release && echo "$VERSION_CODENAME")
+    others=()
+    for p in "${missing[@]}"; do
+      case "$p" in qemu-utils|qemu-system-x86) ;; *) others+=("$p") ;; esac
+    done
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --allow-downgrades "${others[@]}" \
+      "qemu-utils/$release" "qemu-system-x86/$release" >/dev/null
   else
     echo "missing Debian packages: ${missing[*]} (apt-get install them)" >&2
     exit 1

@@ -184,6 +184,7 @@ pub async fn cloud_restore(ctx: &Ctx, a: CloudRestoreArgs) -> anyhow::Result<Out
     let opts = cloud::ExecOptions {
         keep_on_failure: a.keep_on_failure,
         ready_timeout: Some(cfg.ready_timeout()),
+        upload_limit: ctx.config.overrides.limits.upload,
     };
     let (p2, prov) = (plan.clone(), provider.clone());
     let out = run_job_async_lines("cloud-restore", ctx.json, move |c, p| async move {
@@ -257,7 +258,7 @@ pub async fn export_cmd(ctx: &Ctx, a: ExportArgs) -> anyhow::Result<Outcome> {
         t.secret_access_key_env = t.secret_access_key_env.or(rc.secret_access_key_env.clone());
     }
     let (from, store) = source(ctx, a.from.as_deref())?;
-    let plan = export::plan(
+    let mut plan = export::plan(
         &store,
         &from,
         &a.reference,
@@ -266,6 +267,7 @@ pub async fn export_cmd(ctx: &Ctx, a: ExportArgs) -> anyhow::Result<Outcome> {
         a.scratch.as_deref(),
     )
     .await?;
+    plan.upload_limit = ctx.config.overrides.limits.upload;
     if a.dry_run || !ctx.json {
         if ctx.json {
             print_json(&serde_json::json!({"dry_run": true, "plan": plan}))?;

@@ -100,15 +100,26 @@ pub async fn rpo_status(ctx: &Ctx, timeout: u64) -> anyhow::Result<Outcome> {
             lifeboat_core::sync::list_manifests(store.as_ref()).await
         })
         .await;
-        (n.clone(), r.ok().and_then(|r| r.ok()))
+        let r = match r {
+            Ok(Ok(keys)) => Ok(keys),
+            Ok(Err(e)) => Err(lifeboat_core::text::describe(&e)),
+            Err(_) => Err(format!("no answer within {} s", limit.as_secs())),
+        };
+        (n.clone(), r)
     }))
     .await;
     for s in &mut status {
         for (name, keys) in &listed {
-            let newest = keys
-                .as_ref()
-                .and_then(|k| k.iter().filter(|k| k.vm == s.vm).map(|k| k.time).max());
-            s.remotes.insert(name.clone(), newest);
+            let sight = match keys {
+                Err(reason) => rpo::RemoteSight::Unreachable {
+                    reason: reason.clone(),
+                },
+                Ok(keys) => match keys.iter().filter(|k| k.vm == s.vm).map(|k| k.time).max() {
+                    Some(newest) => rpo::RemoteSight::Holds { newest },
+                    None => rpo::RemoteSight::Empty,
+                },
+            };
+            s.remotes.insert(name.clone(), sight);
         }
     }
     let bad = status.iter().filter(|s| s.state != RpoState::Ok).count();
@@ -145,11 +156,20 @@ pub async fn rpo_status(ctx: &Ctx, timeout: u64) -> anyhow::Result<Outcome> {
                     s.next_run.map(|t| time(&t)).unwrap_or_else(|| "-".into()),
                     s.remotes
                         .iter()
-                        .map(|(n, t)| {
-                            format!(
-                                "{n}: {}",
-                                t.map(|t| age(&t, now)).unwrap_or_else(|| "none".into())
-                            )
+                        .map(|(n, sight)| {
+                            let mut text = match sight {
+                                rpo::RemoteSight::Holds { newest } => age(newest, now),
+                                rpo::RemoteSight::Empty => "none".into(),
+                                rpo::RemoteSight::Unreachable { .. } => "UNREACHABLE".into(),
+                            };
+                            if let Some(o) = s.offsite.get(n) {
+                                if o.refused > 0 {
+                                    text.push_str(&format!(" ({} sets REFUSED as late)", o.refused));
+                                } else if o.owed > 0 {
+                                    text.push_str(&format!(" ({} sets owed)", o.owed));
+                                }
+                            }
+                            format!("{n}: {text}")
                         })
                         .collect::<Vec<_>>()
                         .join(", "),
@@ -165,6 +185,26 @@ pub async fn rpo_status(ctx: &Ctx, timeout: u64) -> anyhow::Result<Outcome> {
         );
         if bad > 0 {
             println!("{bad} of {} VMs are not ok", status.len());
+        }
+        for (name, sight) in status.first().map(|s| &s.remotes).into_iter().flatten() {
+            if let rpo::RemoteSight::Unreachable { reason } = sight {
+                println!(
+                    "remote {name} is unreachable: {}",
+                    lifeboat_core::text::escape(reason)
+                );
+            }
+        }
+        for s in &status {
+            for (name, o) in &s.offsite {
+                if o.refused > 0 {
+                    println!(
+                        "{}: {name} refused {} sets as late ({}); they stay here until an admin copies them (docs/SERVER.md, \"Catching up after an outage\")",
+                        s.vm,
+                        o.refused,
+                        lifeboat_core::text::escape(o.refused_reason.as_deref().unwrap_or("-"))
+                    );
+                }
+            }
         }
     }
     Ok(if bad > 0 {

@@ -514,7 +514,9 @@ pub async fn start_offsite(w: &World) -> anyhow::Result<tokio::sync::oneshot::Se
         max_uploads: 8,
         max_connections: lifeboat::server::ServeOptions::DEFAULT_MAX_CONNECTIONS,
         header_timeout: lifeboat::server::ServeOptions::DEFAULT_HEADER_TIMEOUT,
+        idle_timeout: lifeboat::server::ServeOptions::DEFAULT_IDLE_TIMEOUT,
         config: std::sync::Arc::new(lifeboat_core::config::Config::default()),
+        rules: Default::default(),
     };
     tokio::spawn(lifeboat::server::serve(
         opts,

@@ -11,6 +11,7 @@ mod demo;
 mod demo_guest;
 mod drill_cmd;
 mod gc_cmd;
+mod globals;
 mod inspect;
 pub mod progress;
 mod protect_cmd;
@@ -58,6 +59,17 @@ pub struct Cli {
     /// How much may pass at once under a limit (default a quarter second's worth).
     #[arg(long, global = true, value_name = "SIZE", value_parser = crate::output::parse_size)]
     pub limit_burst: Option<u64>,
+    /// Seconds one request to a remote may take; all tries of one object
+    /// together get twice that, so a stalled or hostile server fails the
+    /// transfer instead of holding it (default 120; overrides a remote's
+    /// `timeout_secs`).
+    #[arg(long, global = true, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub io_timeout: Option<u64>,
+    /// Allow plain HTTP off loopback: `serve` without TLS, and clients
+    /// sending a token to an http:// server on another host. For a trusted
+    /// network or a TLS-terminating proxy only.
+    #[arg(long, global = true)]
+    pub insecure_http: bool,
     /// More log output (-v info, -vv debug).
     #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -291,24 +303,36 @@ pub struct ServeArgs {
     /// the tokens file).
     #[arg(long, value_name = "DIR", global = true)]
     pub tls_dir: Option<PathBuf>,
-    /// Serve HTTPS on loopback too (elsewhere it is the default).
-    #[arg(long, conflicts_with = "insecure_http")]
-    pub tls: bool,
-    /// Serve plain HTTP on an address other than loopback: tokens and
-    /// backups cross the network unencrypted. For a trusted network or a
-    /// TLS-terminating proxy in front only.
+    /// Serve HTTPS on loopback too (elsewhere it is the default; the
+    /// global --insecure-http serves plain HTTP elsewhere).
     #[arg(long)]
-    pub insecure_http: bool,
+    pub tls: bool,
     /// Uploads handled at once; more wait.
     #[arg(long, default_value_t = 16)]
     pub max_uploads: usize,
     /// Open connections at once; more are refused.
     #[arg(long, default_value_t = lifeboat::server::ServeOptions::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
-    /// Seconds a client may take to send request headers (and an idle
-    /// keep-alive connection stays open).
+    /// Seconds a client may take to send request headers, and a TLS
+    /// handshake may take.
     #[arg(long, default_value_t = 15)]
     pub header_timeout_secs: u64,
+    /// Seconds a connection (HTTP/1.1 or HTTP/2) may stay open with no
+    /// request in progress.
+    #[arg(long, default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+    /// Request bodies held in memory at once, across every client (512M).
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    pub max_body_memory: String,
+    /// How much older than the push that sends it a backup from a
+    /// non-admin token may be (a client cannot add backups into the past).
+    #[arg(long, value_name = "DURATION", default_value = "1h")]
+    pub max_backup_lag: String,
+    /// Days during which a backup that arrived may not be removed, whatever
+    /// any client (admin included) asks: what a compromised primary site
+    /// cannot prune. 0 turns it off.
+    #[arg(long, value_name = "DAYS", default_value_t = 7)]
+    pub immutable_days: u64,
     #[command(subcommand)]
     pub action: Option<ServeAction>,
 }
@@ -438,11 +462,10 @@ pub enum Outcome {
 }
 
 pub struct Ctx {
+    /// With the command line's overrides for remotes in `config.overrides`.
     pub config: Config,
     pub repo_arg: Option<PathBuf>,
     pub json: bool,
-    /// Bandwidth limits from the command line (over the config's).
-    pub limits: lifeboat_core::store::throttle::Limits,
 }
 
 impl Ctx {
@@ -498,28 +521,32 @@ impl Ctx {
         Ok((store, all))
     }
 
-    /// A remote by name or URL, under the bandwidth limits that apply.
+    /// A remote by name or URL, under the limits and timeout that apply.
     pub fn remote(
         &self,
         arg: &str,
     ) -> lifeboat_core::Result<(String, lifeboat_core::store::DynStore)> {
-        lifeboat_core::store::remote::resolve_with(&self.config, arg, self.limits)
+        lifeboat_core::store::remote::resolve(&self.config, arg)
     }
 }
 
 pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
     let json = cli.json;
+    if let Err(e) = globals::check(&cli) {
+        return report(json, &e);
+    }
     // Generated from the argument definitions; they need no config.
     match &cli.command {
         Some(Command::Completions { shell }) => {
             use clap::CommandFactory;
-            clap_complete::generate(
-                *shell,
-                &mut Cli::command(),
-                "lifeboat",
-                &mut std::io::stdout(),
-            );
-            return 0;
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "lifeboat", &mut out);
+            return match std::io::Write::write_all(&mut std::io::stdout(), &out) {
+                Ok(()) => 0,
+                // `lifeboat completions zsh | head -1` is not an error.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+                Err(e) => report(json, &anyhow::Error::new(e).context("writing completions")),
+            };
         }
         Some(Command::Man) => {
             use clap::CommandFactory;
@@ -539,19 +566,26 @@ pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
     } else {
         Config::load(cli.config.as_deref())
     };
-    let config = match config {
+    let mut config = match config {
         Ok(c) => c,
         Err(e) => return report(json, &anyhow::Error::new(e)),
     };
-    let ctx = Ctx {
-        config,
-        repo_arg: cli.repo,
-        json,
+    config.overrides = lifeboat_core::store::remote::Overrides {
         limits: lifeboat_core::store::throttle::Limits {
             upload: cli.limit_upload,
             download: cli.limit_download,
             burst: cli.limit_burst,
         },
+        timeout: cli.io_timeout.map(std::time::Duration::from_secs),
+        insecure_http: cli.insecure_http,
+    };
+    if let Some(t) = cli.io_timeout {
+        lifeboat_core::sync::set_retry_budget(std::time::Duration::from_secs(t.saturating_mul(2)));
+    }
+    let ctx = Ctx {
+        config,
+        repo_arg: cli.repo,
+        json,
     };
     let sink = sink.unwrap_or_else(|| crate::logging::LogSink::new(None));
     let Some(command) = cli.command else {
@@ -560,7 +594,9 @@ pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
     let res = match command {
         Command::Tui => console(&ctx, sink).await,
         Command::Completions { .. } | Command::Man => Ok(Outcome::Ok),
-        Command::Demo { keep, no_tui } => demo_cmd(keep, no_tui, sink).await,
+        Command::Demo { keep, no_tui } => {
+            demo_cmd(keep, no_tui, ctx.config.overrides, sink).await
+        }
         Command::Init {
             path,
             chunk_size,
@@ -665,6 +701,7 @@ async fn console(ctx: &Ctx, sink: crate::logging::LogSink) -> anyhow::Result<Out
 async fn demo_cmd(
     keep: Option<PathBuf>,
     no_tui: bool,
+    overrides: lifeboat_core::store::remote::Overrides,
     sink: crate::logging::LogSink,
 ) -> anyhow::Result<Outcome> {
     use anyhow::Context;
@@ -696,7 +733,8 @@ async fn demo_cmd(
     }
     let _server = demo::start_offsite(&world).await?;
     // The config names a token file; nothing secret is in the environment.
-    let config = Config::load(Some(&world.config))?;
+    let mut config = Config::load(Some(&world.config))?;
+    config.overrides = overrides;
     if no_tui {
         println!("demo world: {}", dir.display());
         println!("config:     {}", world.config.display());
@@ -746,7 +784,7 @@ async fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<Outcome> {
     let tls = match (
         a.tls_cert.zip(a.tls_key),
         a.tls || !loopback,
-        a.insecure_http,
+        ctx.config.overrides.insecure_http,
     ) {
         (Some(pair), _, _) => Some(pair),
         (None, true, false) => {
@@ -782,7 +820,28 @@ async fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<Outcome> {
         max_uploads: a.max_uploads,
         max_connections: a.max_connections,
         header_timeout: std::time::Duration::from_secs(a.header_timeout_secs),
+        idle_timeout: std::time::Duration::from_secs(a.idle_timeout_secs.max(1)),
         config: std::sync::Arc::new(ctx.config.clone()),
+        rules: lifeboat::server::Rules {
+            max_backup_lag: humantime::parse_duration(&a.max_backup_lag).map_err(|e| {
+                anyhow::anyhow!("--max-backup-lag {:?}: {e} (e.g. 1h, 30min, 2d)", a.max_backup_lag)
+            })?,
+            immutable_for: std::time::Duration::from_secs(a.immutable_days.saturating_mul(86_400)),
+            max_body_memory: {
+                let n = lifeboat_core::text::parse_size(&a.max_body_memory)
+                    .map_err(|e| anyhow::anyhow!("--max-body-memory: {e}"))?;
+                let chunk = lifeboat_core::store::ObjectKey::Chunk(lifeboat_core::repo::Id::ZERO)
+                    .max_size();
+                if n < chunk {
+                    anyhow::bail!(
+                        "--max-body-memory {} is less than one chunk may be ({}): give at least 65M",
+                        a.max_body_memory,
+                        lifeboat_core::text::bytes(chunk)
+                    );
+                }
+                n
+            },
+        },
     };
     let shutdown = async {
         let mut term =

@@ -7,7 +7,7 @@ use lifeboat_core::retention::{self, Decision, Rules};
 use lifeboat_core::store::{DynStore, ObjectKey};
 
 use super::{print_json, Ctx, Outcome};
-use crate::output::{table, time};
+use crate::output::table;
 
 #[derive(Debug, clap::Args)]
 pub struct PruneArgs {
@@ -62,16 +62,53 @@ pub async fn prune(ctx: &Ctx, a: PruneArgs) -> anyhow::Result<Outcome> {
         }
     }
     let chosen: Vec<_> = backups
-        .into_iter()
+        .iter()
         .filter(|(k, _)| a.vms.is_empty() || a.vms.contains(&k.vm))
+        .cloned()
         .collect();
-    let now = chrono::Utc::now();
-    let decisions = if from_flags {
+    let mut decisions = if from_flags {
         // Buckets in the host's time zone: a "day" is the admin's day.
-        retention::plan(&chosen, &rules, &chrono::Local, now)?
+        retention::plan(&chosen, &rules, &chrono::Local)?
     } else {
-        by_policy(ctx, &chosen, a.remote.as_deref(), now)?
+        by_policy(ctx, &chosen, a.remote.as_deref())?
     };
+    match a.remote {
+        // What the server keeps whatever a prune asks stays in the plan.
+        Some(_) => {
+            let until = store.immutable().await?;
+            retention::hold(&mut decisions, |d| retention::immutable_reason(d, &until));
+        }
+        // Locally, a set an off-site copy of its VM's policy still lacks
+        // is never removed (docs/ARCHITECTURE.md, "Off-site copies").
+        None => {
+            let mut vms: Vec<&str> = decisions.iter().map(|d| d.vm.as_str()).collect();
+            vms.dedup();
+            let vms: Vec<String> = vms.into_iter().map(String::from).collect();
+            for vm in vms {
+                let Some(policy) = ctx.config.policy_for(&vm).filter(|p| !p.push.is_empty()) else {
+                    continue;
+                };
+                let remotes = lifeboat_core::daemon::offsite::ask_remotes(
+                    &ctx.config,
+                    &vm,
+                    &backups,
+                    policy,
+                    lifeboat_core::daemon::offsite::ASK_LIMIT,
+                )
+                .await;
+                for (name, o) in &remotes {
+                    if let lifeboat_core::daemon::offsite::Offsite::Unknown(why) = o {
+                        tracing::warn!("{vm}: remote {name} could not be asked ({why}): nothing of {vm} is removed");
+                    }
+                }
+                let (mut mine, rest): (Vec<Decision>, Vec<Decision>) =
+                    decisions.into_iter().partition(|d| d.vm == vm);
+                lifeboat_core::daemon::offsite::hold_unsent(&mut mine, &remotes);
+                decisions = rest;
+                decisions.extend(mine);
+            }
+        }
+    }
     let removed: Vec<&Decision> = decisions.iter().filter(|d| !d.keep).collect();
     let mut deleted = 0usize;
     if !a.dry_run {
@@ -98,7 +135,7 @@ pub async fn prune(ctx: &Ctx, a: PruneArgs) -> anyhow::Result<Outcome> {
         .map(|d| {
             vec![
                 d.vm.clone(),
-                time(&d.time),
+                d.local_time.clone(),
                 d.manifests.len().to_string(),
                 if d.keep {
                     d.reasons.join(", ")
@@ -137,7 +174,6 @@ fn by_policy(
     ctx: &Ctx,
     backups: &[(ManifestKey, lifeboat_core::repo::Manifest)],
     remote: Option<&str>,
-    now: chrono::DateTime<chrono::Utc>,
 ) -> anyhow::Result<Vec<Decision>> {
     let mut vms: Vec<&str> = backups.iter().map(|(k, _)| k.vm.as_str()).collect();
     vms.dedup();
@@ -155,7 +191,7 @@ fn by_policy(
             continue;
         };
         covered += 1;
-        out.extend(p.plan_retention(&group, rules, now)?);
+        out.extend(p.plan_retention(&group, rules)?);
     }
     if covered == 0 {
         anyhow::bail!(

@@ -137,16 +137,30 @@ pub fn remote_add(ctx: &Ctx, a: RemoteAddArgs) -> anyhow::Result<Outcome> {
         ca_cert: a.ca_cert,
         fingerprint,
         // The global --limit-upload / --limit-download, kept for this remote.
-        limit_upload: ctx.limits.upload.map(rate_text),
-        limit_download: ctx.limits.download.map(rate_text),
-        limit_burst: ctx.limits.burst.map(rate_text),
+        limit_upload: ctx.config.overrides.limits.upload.map(rate_text),
+        limit_download: ctx.config.overrides.limits.download.map(rate_text),
+        limit_burst: ctx.config.overrides.limits.burst.map(rate_text),
         endpoint: a.s3.endpoint,
         region: a.s3.region,
         path_style: a.s3.path_style,
         access_key_id_env: a.s3.access_key_id_env,
         secret_access_key_env: a.s3.secret_access_key_env,
-        timeout_secs: a.timeout_secs,
+        // --io-timeout and --insecure-http given with it are kept too.
+        timeout_secs: a
+            .timeout_secs
+            .or(ctx.config.overrides.timeout.map(|t| t.as_secs())),
+        insecure_http: ctx.config.overrides.insecure_http,
     };
+    if rc.url.starts_with("http://") && !rc.insecure_http {
+        // Refused now, not at the first push (HttpStore says why).
+        lifeboat_core::store::http::HttpStore::new(
+            &rc.url,
+            lifeboat_core::store::http::HttpOptions {
+                token: (rc.token_env.is_some() || rc.token_file.is_some()).then(String::new),
+                ..Default::default()
+            },
+        )?;
+    }
     let table_text = toml::to_string(&rc)?;
     let name = a.name.clone();
     let path = edit_config(ctx, |doc| {
@@ -208,7 +222,7 @@ pub async fn remote_ls(ctx: &Ctx) -> anyhow::Result<Outcome> {
         };
         let started = Instant::now();
         let probe = async {
-            let store = remote::open(name, rc)?;
+            let store = remote::open_with(name, rc, &ctx.config.overrides)?;
             let cfg = sync::read_config(store.as_ref()).await?;
             let n = sync::list_manifests(store.as_ref()).await?.len();
             Ok::<_, lifeboat_core::Error>((cfg, n))

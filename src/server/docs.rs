@@ -1,18 +1,26 @@
 //! `/v1/docs`: locks and protection marks (see `lifeboat_core::store::docs`).
-//! Who may do what: any token lists; an append token takes and releases
-//! writer locks and protects backups; only admin takes a gc lock, removes
-//! another's protection or breaks a gc lock.
+//! Who may do what: any token lists (a scoped token its own site's
+//! documents and, redacted, the gc's lock); an append token takes,
+//! refreshes and releases its own writer locks and protects its backups;
+//! only admin takes a gc lock, removes another's protection or breaks
+//! another's lock (`locks.rs`).
+
+use std::collections::HashSet;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::{Extension, Json};
+use bytes::Bytes;
 use serde::Deserialize;
 
+use lifeboat_core::lock::LockInfo;
+use lifeboat_core::repo::refs::exact_time;
 use lifeboat_core::store::docs::{DocKey, DocKind, MAX_DOC_BYTES};
 use lifeboat_core::store::http::{DocEntry, DocsResponse, DOCS_PAGE};
 use lifeboat_core::store::{ObjectKey, Store};
 
+use super::locks::{self, Refusal, Sight};
 use super::tokens::{Grant, Role};
 use super::{need, read_body, ApiError, ApiResult, Shared};
 
@@ -26,14 +34,14 @@ fn role_to_change(key: &DocKey, removing: bool) -> Role {
     }
 }
 
-fn visible(grant: &Grant, key: &DocKey) -> bool {
+fn visible_by_name(grant: &Grant, key: &DocKey) -> bool {
     key.vm().is_none_or(|vm| grant.may_see(vm))
 }
 
 fn parse(key: &str, grant: &Grant) -> ApiResult<DocKey> {
     let key = DocKey::parse(key)?;
-    if !visible(grant, &key) {
-        return Err(ApiError(
+    if !visible_by_name(grant, &key) {
+        return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no document {key}"),
         ));
@@ -41,39 +49,105 @@ fn parse(key: &str, grant: &Grant) -> ApiResult<DocKey> {
     Ok(key)
 }
 
+fn refused(key: &DocKey, r: Refusal) -> ApiError {
+    match r {
+        Refusal::NotYours => ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("lock {key} belongs to another token: only its holder or an admin may change it"),
+        ),
+        Refusal::Broken(at) => ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "lock {key} was broken by the server's admin at {}: the run that held it must start again",
+                exact_time(at)
+            ),
+        ),
+        Refusal::TooMany => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "this token holds {} live locks already: release one (or wait {} min for a dead one to expire)",
+                locks::MAX_LOCKS_PER_TOKEN,
+                lifeboat_core::lock::STALE.as_secs() / 60
+            ),
+        ),
+    }
+}
+
+/// Makes sure the registry knows a lock found on disk (one written by a
+/// lifeboat on the server's host, or before a restart).
+async fn learn(st: &Shared, key: &DocKey, modified: chrono::DateTime<chrono::Utc>) -> ApiResult<()> {
+    if matches!(key, DocKey::Lock(_)) && !st.locks.knows(key) {
+        if let Some(body) = st.store.read_doc(key).await? {
+            st.locks.learn(key, &body, modified);
+        }
+    }
+    Ok(())
+}
+
 pub async fn put_doc(
     State(st): State<Shared>,
     Extension(grant): Extension<Grant>,
     Path(key): Path<String>,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult<StatusCode> {
     let key = parse(&key, &grant)?;
     need(role_to_change(&key, false), grant.role)?;
-    let body = read_body(body, MAX_DOC_BYTES, &format!("document {key}")).await?;
+    let body = read_body(&st, &headers, body, MAX_DOC_BYTES, &format!("document {key}")).await?;
     // Documents are JSON objects; anything else is refused, not stored.
     match serde_json::from_slice::<serde_json::Value>(&body) {
         Ok(serde_json::Value::Object(_)) => {}
         _ => {
-            return Err(ApiError(
+            return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!("document {key} is not a JSON object"),
             ))
         }
     }
-    if let DocKey::Protection(m) = &key {
-        // Only a backup this repository holds can be protected.
-        if !st
-            .store
-            .missing(&[ObjectKey::Manifest(m.clone())])
-            .await?
-            .is_empty()
-        {
-            return Err(ApiError(
-                StatusCode::NOT_FOUND,
-                format!("no backup {}: push it before protecting it", m.object_key()),
-            ));
+    let body = match &key {
+        DocKey::Protection(m) => {
+            // Only a backup this repository holds, and the token may see,
+            // can be protected.
+            let held = st
+                .store
+                .missing(&[ObjectKey::Manifest(m.clone())])
+                .await?
+                .is_empty();
+            if !held {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no backup {}: push it before protecting it", m.object_key()),
+                ));
+            }
+            body
         }
-    }
+        DocKey::Lock(_) => {
+            // A lock lifeboat understands, or nothing: junk could never
+            // be told from a live holder.
+            if LockInfo::from_doc(&key, &body).is_none() {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("document {key} is not a lock (kind, host, pid, what, since; kind as its name says)"),
+                ));
+            }
+            let now = chrono::Utc::now();
+            if !st.locks.knows(&key) {
+                learn(&st, &key, now).await?;
+            }
+            let stamp = st
+                .locks
+                .check_put(&key, &grant, now)
+                .map_err(|r| refused(&key, r))?;
+            let stamped = locks::stamped(&body, &stamp).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("document {key} is not a JSON object"),
+                )
+            })?;
+            st.locks.put_done(&key, stamp, now);
+            Bytes::from(stamped)
+        }
+    };
     st.store.put_doc(&key, body).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -85,7 +159,16 @@ pub async fn delete_doc(
 ) -> ApiResult<StatusCode> {
     let key = parse(&key, &grant)?;
     need(role_to_change(&key, true), grant.role)?;
+    if let DocKey::Lock(_) = &key {
+        learn(&st, &key, chrono::Utc::now()).await?;
+        st.locks
+            .check_delete(&key, &grant)
+            .map_err(|r| refused(&key, r))?;
+    }
     st.store.delete_doc(&key).await?;
+    if let DocKey::Lock(_) = &key {
+        st.locks.deleted(&key, &grant, chrono::Utc::now());
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -95,34 +178,64 @@ pub struct DocsQuery {
     after: Option<String>,
 }
 
+/// One page of documents. The names are listed, filtered and paged
+/// first; only the page's documents are read (a listing of many locks
+/// costs its names, not every body per page).
 pub async fn list_docs(
     State(st): State<Shared>,
     Extension(grant): Extension<Grant>,
     Query(q): Query<DocsQuery>,
 ) -> ApiResult<Json<DocsResponse>> {
     let kind = DocKind::parse(&q.kind)?;
-    let mut docs: Vec<DocEntry> = st
-        .store
-        .list_docs(kind)
-        .await?
+    let names = st.store.doc_names(kind).await?;
+    if kind == DocKind::Lock {
+        let present: HashSet<String> = names
+            .iter()
+            .filter_map(|(k, _)| match k {
+                DocKey::Lock(n) => Some(n.clone()),
+                _ => None,
+            })
+            .collect();
+        st.locks.retain(&present);
+        for (k, modified) in &names {
+            learn(&st, k, *modified).await?;
+        }
+    }
+    let shown: Vec<(DocKey, chrono::DateTime<chrono::Utc>, Sight)> = names
         .into_iter()
-        .filter(|d| visible(&grant, &d.key))
-        .map(|d| DocEntry {
-            key: d.key.key(),
-            body: String::from_utf8_lossy(&d.body).into_owned(),
-            modified: d.modified,
+        .filter(|(k, _)| visible_by_name(&grant, k))
+        .map(|(k, m)| {
+            let sight = match &k {
+                DocKey::Lock(_) => st.locks.sight(&k, &grant),
+                DocKey::Protection(_) => Sight::Full,
+            };
+            (k, m, sight)
         })
+        .filter(|(_, _, s)| *s != Sight::Hidden)
         .collect();
-    docs.sort_by(|a, b| a.key.cmp(&b.key));
     let start = match &q.after {
-        Some(a) => docs.partition_point(|d| d.key <= *a),
+        Some(a) => shown.partition_point(|(k, _, _)| k.key() <= *a),
         None => 0,
     };
-    let total = docs.len();
+    let total = shown.len();
     let end = (start + DOCS_PAGE).min(total);
-    let page: Vec<DocEntry> = docs.drain(start..end).collect();
+    let mut page = Vec::new();
+    for (k, modified, sight) in &shown[start..end] {
+        let Some(body) = st.store.read_doc(k).await? else {
+            continue;
+        };
+        let body = match (k, grant.role) {
+            (DocKey::Lock(_), r) if r < Role::Admin => locks::shown(&body, sight, *modified),
+            _ => String::from_utf8_lossy(&body).into_owned(),
+        };
+        page.push(DocEntry {
+            key: k.key(),
+            body,
+            modified: *modified,
+        });
+    }
     let next = (end < total)
-        .then(|| page.last().map(|d| d.key.clone()))
+        .then(|| shown.get(end - 1).map(|(k, _, _)| k.key()))
         .flatten();
     Ok(Json(DocsResponse { docs: page, next }))
 }

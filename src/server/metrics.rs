@@ -16,11 +16,14 @@ pub struct MetricsSource {
     pub root: PathBuf,
 }
 
+/// Which VMs a scrape may see (None: all).
+pub type Only = Option<Arc<dyn Fn(&str) -> bool + Send + Sync>>;
+
 impl MetricsSource {
-    pub async fn answer(&self) -> Response {
+    pub async fn answer(&self, only: Only) -> Response {
         let (config, root) = (self.config.clone(), self.root.clone());
         let text = tokio::task::spawn_blocking(move || {
-            lifeboat_core::metrics::render(&config, &root, chrono::Utc::now())
+            lifeboat_core::metrics::render_for(&config, &root, chrono::Utc::now(), only.as_deref())
         })
         .await;
         match text {
@@ -53,7 +56,7 @@ pub async fn serve_metrics(
         "/metrics",
         axum::routing::get(move || {
             let s = source.clone();
-            async move { s.answer().await }
+            async move { s.answer(None).await }
         }),
     );
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {

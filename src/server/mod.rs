@@ -5,8 +5,10 @@
 //! index and every chunk it references are already stored, so the commit
 //! order holds on the server too, whatever a client does.
 
+mod catalog;
 pub mod cert;
 mod docs;
+mod locks;
 pub mod metrics;
 pub mod tokens;
 
@@ -17,7 +19,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -26,9 +28,11 @@ use serde::Deserialize;
 use tokio::sync::{RwLock, Semaphore};
 
 use lifeboat_core::error::{Error, Result};
-use lifeboat_core::repo::{chunk, Index, Manifest, RepoConfig, CONFIG_FILE};
+use lifeboat_core::repo::refs::exact_time;
+use lifeboat_core::repo::{chunk, Index, Manifest, ManifestKey, RepoConfig, CONFIG_FILE};
 use lifeboat_core::store::http::{
-    ListResponse, MissingRequest, MissingResponse, LIST_PAGE, MAX_MISSING_BODY, MISSING_BATCH,
+    ImmutableResponse, ListResponse, MissingRequest, MissingResponse, LIST_PAGE,
+    MAX_MISSING_BODY, MISSING_BATCH,
 };
 use lifeboat_core::store::keys::{check_prefix, ObjectKey, Verified};
 use lifeboat_core::store::local::LocalStore;
@@ -49,14 +53,48 @@ pub struct ServeOptions {
     /// How long a client may take to send a request's headers, and how
     /// long an idle keep-alive connection stays open.
     pub header_timeout: Duration,
+    /// How long a connection may stay with no request in progress.
+    pub idle_timeout: Duration,
     /// RPO thresholds for `/metrics` (the policies).
     pub config: Arc<lifeboat_core::config::Config>,
+    pub rules: Rules,
 }
 
 impl ServeOptions {
     pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
     pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(15);
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 }
+
+/// What the server enforces on tokens that are not admin (docs/SERVER.md,
+/// "Threat model").
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// A new backup may be dated at most this long before its push began
+    /// (the server's first sight of the pushing token's oldest live lock).
+    pub max_backup_lag: Duration,
+    /// Prune and gc never remove a backup that arrived less than this ago.
+    pub immutable_for: Duration,
+    /// Request bodies held in memory at once, across every request.
+    pub max_body_memory: u64,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            max_backup_lag: Duration::from_secs(3600),
+            immutable_for: Duration::from_secs(7 * 86_400),
+            max_body_memory: 256 << 20,
+        }
+    }
+}
+
+/// How far ahead of the server's clock a backup from a token that is not
+/// admin may be dated (clocks drift; more is a forged date).
+const MAX_AHEAD: Duration = Duration::from_secs(600);
+/// How long after its first volume arrived a set may still gain the
+/// others (one push sends them within seconds); then it is closed.
+const SET_WINDOW: Duration = Duration::from_secs(3600);
 
 struct AppState {
     store: LocalStore,
@@ -65,6 +103,10 @@ struct AppState {
     tokens: Arc<Tokens>,
     uploads: Semaphore,
     metrics: metrics::MetricsSource,
+    catalog: Arc<catalog::Catalog>,
+    locks: Arc<locks::LockRegistry>,
+    budget: limits::BodyBudget,
+    rules: Rules,
 }
 
 /// The tokens the server accepts: re-read when the file changes (checked
@@ -205,11 +247,41 @@ const COMMIT_EVERY: Duration = Duration::from_secs(1);
 /// 256 KiB/s. A client slower than that holds an upload slot for nothing.
 const BODY_TIMEOUT: Duration = Duration::from_secs(256);
 
-struct ApiError(StatusCode, String);
+pub(crate) struct ApiError {
+    status: StatusCode,
+    message: String,
+    /// A machine-readable reason a client acts on (`late`: a backup the
+    /// server will never take from this token).
+    code: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: String) -> ApiError {
+        ApiError {
+            status,
+            message,
+            code: None,
+        }
+    }
+
+    /// A new backup the server refuses for where it sits in time or in its
+    /// set: a client must not retry it, and says what to do instead.
+    fn late(message: String) -> ApiError {
+        ApiError {
+            status: StatusCode::CONFLICT,
+            message,
+            code: Some(lifeboat_core::store::http::CODE_LATE),
+        }
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+        let mut body = serde_json::json!({ "error": self.message });
+        if let Some(c) = self.code {
+            body["code"] = c.into();
+        }
+        (self.status, Json(body)).into_response()
     }
 }
 
@@ -226,7 +298,7 @@ impl From<Error> for ApiError {
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!("{e}");
         }
-        ApiError(status, e.to_string())
+        ApiError::new(status, e.to_string())
     }
 }
 
@@ -236,7 +308,7 @@ fn need(role: Role, have: Role) -> ApiResult<()> {
     if have >= role {
         Ok(())
     } else {
-        Err(ApiError(
+        Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!("this token's role ({have:?}) cannot do this; it needs {role:?}")
                 .to_lowercase(),
@@ -251,7 +323,7 @@ async fn auth(State(st): State<Shared>, mut req: Request, next: Next) -> Respons
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token);
     let Some(token) = presented else {
-        return ApiError(StatusCode::UNAUTHORIZED, "missing bearer token".into()).into_response();
+        return ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer token".into()).into_response();
     };
     match st.tokens.check(token) {
         Ok(grant) => {
@@ -260,9 +332,9 @@ async fn auth(State(st): State<Shared>, mut req: Request, next: Next) -> Respons
             next.run(req).await
         }
         Err(Denied::Unknown) => {
-            ApiError(StatusCode::UNAUTHORIZED, "unknown token".into()).into_response()
+            ApiError::new(StatusCode::UNAUTHORIZED, "unknown token".into()).into_response()
         }
-        Err(Denied::Expired { name, at }) => ApiError(
+        Err(Denied::Expired { name, at }) => ApiError::new(
             StatusCode::UNAUTHORIZED,
             format!(
                 "token {name} expired at {}: ask the server's admin for a new one",
@@ -273,17 +345,34 @@ async fn auth(State(st): State<Shared>, mut req: Request, next: Next) -> Respons
     }
 }
 
-/// A scoped token sees only its VMs' manifests: others do not exist for
-/// it (404, not 403, so names of other sites' VMs are not confirmed).
-fn in_scope(grant: &Grant, key: &ObjectKey) -> bool {
-    match key {
-        ObjectKey::Manifest(m) => grant.may_see(&m.vm),
-        _ => true,
-    }
+/// A scoped token sees only its VMs' manifests (by name) and the chunks,
+/// indexes and definitions those reference or that it sent itself (the
+/// catalog's view): another site's backups do not exist for it — 404, not
+/// 403, so neither names nor chunk hashes are confirmed.
+async fn in_scope(st: &AppState, grant: &Grant, keys: Vec<ObjectKey>) -> ApiResult<Vec<bool>> {
+    let by_name: Vec<bool> = keys
+        .iter()
+        .map(|k| match k {
+            ObjectKey::Manifest(m) => grant.may_see(&m.vm),
+            _ => true,
+        })
+        .collect();
+    let Some(scope) = grant.scope_key().map(String::from) else {
+        return Ok(by_name);
+    };
+    let catalog = st.catalog.clone();
+    let data = tokio::task::spawn_blocking(move || catalog.allowed(&scope, &keys))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(by_name.into_iter().zip(data).map(|(a, b)| a && b).collect())
+}
+
+async fn one_in_scope(st: &AppState, grant: &Grant, key: &ObjectKey) -> ApiResult<bool> {
+    Ok(in_scope(st, grant, vec![key.clone()]).await?[0])
 }
 
 fn out_of_scope(key: &ObjectKey) -> ApiError {
-    ApiError(StatusCode::NOT_FOUND, format!("no object {key}"))
+    ApiError::new(StatusCode::NOT_FOUND, format!("no object {key}"))
 }
 
 /// The token of an `Authorization: Bearer TOKEN` header; the scheme is
@@ -296,17 +385,38 @@ fn bearer_token(v: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Reads a request body of at most `limit` bytes within `BODY_TIMEOUT`.
-/// Callers check the role and take their slot first, so nobody can make
-/// the server buffer a body it would refuse.
-async fn read_body(body: Body, limit: u64, what: &str) -> ApiResult<Bytes> {
+/// Reads a request body of at most `limit` bytes within `BODY_TIMEOUT`,
+/// once room for it is reserved in the server's body budget (what the
+/// body claims to be, or the limit). Callers check the role and take
+/// their slot first, so nobody can make the server buffer a body it would
+/// refuse, and all bodies together stay within `--max-body-memory`.
+async fn read_body(
+    st: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    limit: u64,
+    what: &str,
+) -> ApiResult<Bytes> {
     let too_large = || {
-        ApiError(
+        ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("{what} is larger than the {limit} bytes allowed"),
         )
     };
-    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit as usize)).await {
+    let claimed = content_length(headers);
+    if claimed.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let _room = st.budget.reserve(claimed.unwrap_or(limit)).await.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is busy: the memory it gives request bodies is in use (serve --max-body-memory); retry"
+                .into(),
+        )
+    })?;
+    // A body longer than it claimed is refused at its claim.
+    let cap = claimed.unwrap_or(limit).min(limit);
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, cap as usize)).await {
         Ok(Ok(b)) => Ok(b),
         Ok(Err(e)) => {
             let length_limit = std::error::Error::source(&e)
@@ -314,17 +424,24 @@ async fn read_body(body: Body, limit: u64, what: &str) -> ApiResult<Bytes> {
             if length_limit {
                 Err(too_large())
             } else {
-                Err(ApiError(
+                Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
                     format!("reading {what}: {e}"),
                 ))
             }
         }
-        Err(_) => Err(ApiError(
+        Err(_) => Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             format!("{what} did not arrive within {} s", BODY_TIMEOUT.as_secs()),
         )),
     }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 async fn health(State(st): State<Shared>) -> Json<serde_json::Value> {
@@ -334,7 +451,37 @@ async fn health(State(st): State<Shared>) -> Json<serde_json::Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "initialised": cfg.is_some(),
         "chunk_size": cfg.as_ref().map(|c| c.chunk_size),
+        "immutable_secs": st.rules.immutable_for.as_secs(),
+        "max_backup_lag_secs": st.rules.max_backup_lag.as_secs(),
     }))
+}
+
+/// The backups still inside the immutability window, with when each may
+/// be removed: prune plans keep them (`GET /v1/immutable`).
+async fn immutable(
+    State(st): State<Shared>,
+    Extension(grant): Extension<Grant>,
+) -> ApiResult<Json<ImmutableResponse>> {
+    let window = chrono::Duration::from_std(st.rules.immutable_for)
+        .unwrap_or_else(|_| chrono::Duration::days(36500));
+    let now = chrono::Utc::now();
+    let catalog = st.catalog.clone();
+    catalog_sync(&st).await?;
+    let g = grant.clone();
+    let until = catalog
+        .arrived_since(now - window, |vm| g.may_see(vm))
+        .into_iter()
+        .map(|(k, at)| (k.object_key(), at + window))
+        .collect();
+    Ok(Json(ImmutableResponse { until }))
+}
+
+async fn catalog_sync(st: &AppState) -> ApiResult<()> {
+    let catalog = st.catalog.clone();
+    tokio::task::spawn_blocking(move || catalog.refresh())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(())
 }
 
 /// Streams an object from disk: the server never holds a whole chunk in
@@ -346,7 +493,7 @@ async fn get_object(
     Path(key): Path<String>,
 ) -> ApiResult<Response> {
     let key = ObjectKey::parse(&key)?;
-    if !in_scope(&grant, &key) {
+    if !one_in_scope(&st, &grant, &key).await? {
         return Err(out_of_scope(&key));
     }
     st.store.make_visible(&key).await?;
@@ -354,7 +501,7 @@ async fn get_object(
     let file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ApiError(StatusCode::NOT_FOUND, format!("no object {key}")))
+            return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no object {key}")))
         }
         Err(e) => return Err(Error::io("reading", &path, e).into()),
     };
@@ -391,44 +538,49 @@ async fn put_object(
     State(st): State<Shared>,
     Extension(grant): Extension<Grant>,
     Path(key): Path<String>,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
     // Role, key, scope and slot before a byte of the body is read.
     need(Role::Append, grant.role)?;
     let parsed = ObjectKey::parse(&key)?;
-    if !in_scope(&grant, &parsed) {
-        return Err(ApiError(
-            StatusCode::FORBIDDEN,
-            format!(
-                "token {} may only write backups of VMs named {}…",
-                grant.name,
-                grant.scope.as_deref().unwrap_or_default()
-            ),
-        ));
+    if let ObjectKey::Manifest(m) = &parsed {
+        if !grant.may_see(&m.vm) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "token {} may only write backups of its scope {}",
+                    grant.name,
+                    grant.scope.as_deref().unwrap_or_default()
+                ),
+            ));
+        }
+    }
+    // A capped token waits for its allowance before it takes a shared
+    // upload slot (its body waits in the network meanwhile): a slow token
+    // never holds up another.
+    if let (Some(up), _) = st.tokens.caps(&grant.name) {
+        up.take(content_length(&headers).unwrap_or(parsed.max_size()))
+            .await;
     }
     let _permit = tokio::time::timeout(Duration::from_secs(60), st.uploads.acquire())
         .await
         .map_err(|_| {
-            ApiError(
+            ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "too many uploads at once; retry".into(),
+                "the server is busy: too many uploads at once (serve --max-uploads); retry".into(),
             )
         })?
-        .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()))?;
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()))?;
     let what = format!("{} {parsed}", parsed.kind());
-    let body = read_body(body, parsed.max_size(), &what).await?;
-    // A capped token's next upload waits: with the client's requests in
-    // flight bounded, its average rate is the cap.
-    if let (Some(up), _) = st.tokens.caps(&grant.name) {
-        up.take(body.len() as u64).await;
-    }
+    let body = read_body(&st, &headers, body, parsed.max_size(), &what).await?;
     if let ObjectKey::Config = parsed {
         return put_config(&st, body).await;
     }
     let chunk_size = match st.config.read().await.as_ref() {
         Some(c) => c.chunk_size,
         None => {
-            return Err(ApiError(
+            return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "this server's repository is not initialised: push with --init".into(),
             ))
@@ -440,10 +592,43 @@ async fn put_object(
         st.store.commit().await?;
     }
     let root = st.root.clone();
-    let obj = tokio::task::spawn_blocking(move || verify_upload(&root, parsed, body, chunk_size))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let (catalog, locks, rules) = (st.catalog.clone(), st.locks.clone(), st.rules.clone());
+    let g = grant.clone();
+    let (obj, manifest) = tokio::task::spawn_blocking(move || {
+        let (obj, manifest) = verify_upload(&root, parsed, body, chunk_size)?;
+        if let (Some((key, m, refs)), true) = (&manifest, g.role < Role::Admin) {
+            check_new_backup(&root, &catalog, &locks, &rules, &g, key, m)?;
+            // A scope's backup may reference only what the scope may read:
+            // data it sent or its own backups hold. Anything else is
+            // "missing", as if it did not exist — which for this token it
+            // does not.
+            if let Some(scope) = g.scope_key() {
+                let allowed = catalog.allowed(scope, refs)?;
+                if let Some((k, _)) = refs.iter().zip(allowed).find(|(_, a)| !a) {
+                    return Err(Error::MissingObject {
+                        kind: "object (referenced by the manifest; push chunks before manifests)",
+                        id: k.key(),
+                    }
+                    .into());
+                }
+            }
+        }
+        Ok::<_, ApiError>((obj, manifest.map(|(k, m, _)| (k, m))))
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     let created = st.store.put_if_absent(&obj).await?;
+    match (&manifest, grant.scope_key()) {
+        (Some((key, m)), _) => {
+            let (catalog, key, m) = (st.catalog.clone(), key.clone(), m.clone());
+            tokio::task::spawn_blocking(move || catalog.accepted(key, &m))
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+        }
+        // The scope sent it: it may read it back (a resumed push).
+        (None, Some(scope)) => st.catalog.sent(scope, obj.key()),
+        (None, None) => {}
+    }
     Ok(if created {
         StatusCode::CREATED
     } else {
@@ -452,12 +637,99 @@ async fn put_object(
     .into_response())
 }
 
+/// The rules on a new backup from a token that is not admin: the server,
+/// not the client, decides where a backup may go in time, and a set is
+/// closed once its volumes are in. An attacker holding the primary site's
+/// append token can add new backups and nothing else (docs/SERVER.md).
+fn check_new_backup(
+    root: &FsPath,
+    catalog: &catalog::Catalog,
+    locks: &locks::LockRegistry,
+    rules: &Rules,
+    grant: &Grant,
+    key: &ManifestKey,
+    m: &Manifest,
+) -> ApiResult<()> {
+    let now = chrono::Utc::now();
+    let what = format!("{}/{} dated {}", key.vm, key.volume, exact_time(key.time));
+    let admin_hint = "an admin token can add it (docs/SERVER.md, \"Catching up after an outage\")";
+    let ahead = chrono::Duration::from_std(MAX_AHEAD).unwrap_or_default();
+    if key.time > now + ahead {
+        return Err(ApiError::late(format!(
+            "{what} is more than {} min ahead of the server's clock ({}): check the client's clock",
+            MAX_AHEAD.as_secs() / 60,
+            exact_time(now)
+        )));
+    }
+    catalog.refresh()?;
+    if let Some(newest) = catalog.newest(&key.vm, &key.volume) {
+        if key.time <= newest {
+            return Err(ApiError::late(format!(
+                "{what} is not newer than the newest backup of that volume the server holds ({}): a backup cannot be added into the past; {admin_hint}",
+                exact_time(newest)
+            )));
+        }
+    }
+    let lag = chrono::Duration::from_std(rules.max_backup_lag).unwrap_or_default();
+    let began = locks.session_start(&grant.name, now).unwrap_or(now).min(now);
+    if key.time < began - lag {
+        return Err(ApiError::late(format!(
+            "{what} is older than this push allows: the server takes backups dated at most {} before the push that sends them began ({} by its clock) (serve --max-backup-lag); {admin_hint}",
+            lifeboat_core::text::duration_words(rules.max_backup_lag),
+            exact_time(began)
+        )));
+    }
+    let members = catalog.set_members(&key.vm, &m.set);
+    if members.is_empty() {
+        return Ok(());
+    }
+    let closed = |why: String| {
+        Err(ApiError::late(format!(
+            "{what} names set {} of {}, which the server holds already: {why}; a backup set is closed once its volumes are in",
+            m.set, key.vm
+        )))
+    };
+    if let Some((k, _)) = members.iter().find(|(k, _)| k.volume == key.volume) {
+        return closed(format!("it has volume {} ({})", k.volume, k.id.short()));
+    }
+    if members.iter().any(|(_, e)| e.definition != m.definition) {
+        return closed("its VM definition differs from the set's".into());
+    }
+    if m.volume.role == lifeboat_core::repo::manifest::Role::Root
+        && members
+            .iter()
+            .any(|(_, e)| e.role == lifeboat_core::repo::manifest::Role::Root)
+    {
+        return closed("the set has its root volume".into());
+    }
+    let window = chrono::Duration::from_std(SET_WINDOW).unwrap_or_default();
+    if let Some(first) = members.iter().map(|(_, e)| e.arrived).min() {
+        if first < now - window {
+            return closed(format!(
+                "its first volume arrived at {}, more than {} min ago",
+                exact_time(first),
+                SET_WINDOW.as_secs() / 60
+            ));
+        }
+    }
+    if let Some(d) = &m.definition {
+        let def = lifeboat_core::repo::Repo::open(root)?.read_definition(d)?;
+        if !def.spec.disks.iter().any(|disk| disk.volume == key.volume) {
+            return closed(format!(
+                "its definition has no disk for volume {}",
+                key.volume
+            ));
+        }
+    }
+    Ok(())
+}
+
 async fn put_config(st: &AppState, body: Bytes) -> ApiResult<Response> {
     let cfg = RepoConfig::parse(FsPath::new(CONFIG_FILE), &body)?;
     let mut slot = st.config.write().await;
     if let Some(existing) = slot.as_ref() {
         if existing.chunk_size != cfg.chunk_size {
-            return Err(ApiError(
+            return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 format!(
                     "chunk size mismatch: this repository uses {} bytes per chunk, yours {}",
@@ -471,16 +743,26 @@ async fn put_config(st: &AppState, body: Bytes) -> ApiResult<Response> {
     let c = cfg.clone();
     tokio::task::spawn_blocking(move || lifeboat_core::repo::Repo::init(&root, c))
         .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     *slot = Some(cfg);
     Ok(StatusCode::CREATED.into_response())
 }
 
+/// A manifest that passed `verify_upload`, with every object it references.
+type Uploaded = (ManifestKey, Manifest, Vec<ObjectKey>);
+
 /// Checks an uploaded object against its key (`Verified::check`), that it
 /// fits this repository, and for a manifest that it is not dated in the
-/// future and that everything it references is here.
-fn verify_upload(root: &FsPath, key: ObjectKey, data: Bytes, chunk_size: u64) -> Result<Verified> {
+/// future and that everything it references is here. Returns the manifest
+/// parsed, for the rules on new backups.
+fn verify_upload(
+    root: &FsPath,
+    key: ObjectKey,
+    data: Bytes,
+    chunk_size: u64,
+) -> Result<(Verified, Option<Uploaded>)> {
     let obj = Verified::check(key, data)?;
+    let mut manifest = None;
     match obj.key() {
         ObjectKey::Config => {}
         ObjectKey::Chunk(id) => {
@@ -505,6 +787,7 @@ fn verify_upload(root: &FsPath, key: ObjectKey, data: Bytes, chunk_size: u64) ->
         }
         ObjectKey::Manifest(mk) => {
             let m = Manifest::from_bytes(mk, obj.data())?;
+            let mut refs = vec![ObjectKey::Index(m.index)];
             if !mk.is_plausible(chrono::Utc::now()) {
                 return Err(Error::corrupt(
                     "manifest",
@@ -534,9 +817,17 @@ fn verify_upload(root: &FsPath, key: ObjectKey, data: Bytes, chunk_size: u64) ->
                     id: c.to_hex(),
                 });
             }
+            refs.extend(
+                idx.chunks
+                    .iter()
+                    .filter(|c| !c.is_zero())
+                    .map(|c| ObjectKey::Chunk(*c)),
+            );
+            refs.extend(m.definition.map(|d| ObjectKey::Chunk(d.chunk)));
+            manifest = Some((mk.clone(), m, refs));
         }
     }
-    Ok(obj)
+    Ok((obj, manifest))
 }
 
 async fn delete_object(
@@ -546,16 +837,41 @@ async fn delete_object(
 ) -> ApiResult<StatusCode> {
     need(Role::Admin, grant.role)?;
     let parsed = ObjectKey::parse(&key)?;
-    if !in_scope(&grant, &parsed) {
+    if !one_in_scope(&st, &grant, &parsed).await? {
         return Err(out_of_scope(&parsed));
     }
     if parsed == ObjectKey::Config {
-        return Err(ApiError(
+        return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "the repository config is never deleted".into(),
         ));
     }
+    if let ObjectKey::Manifest(m) = &parsed {
+        // The immutability window, by arrival on this server: whatever a
+        // client (even an admin's, from a compromised host) claims, a new
+        // backup stays for the window.
+        let catalog = st.catalog.clone();
+        let k = m.clone();
+        let arrived = tokio::task::spawn_blocking(move || catalog.arrived(&k))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+        let window = chrono::Duration::from_std(st.rules.immutable_for).unwrap_or_default();
+        if let Some(at) = arrived.filter(|at| *at + window > chrono::Utc::now()) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{} arrived at {} and is immutable until {} (serve --immutable-days)",
+                    m.object_key(),
+                    exact_time(at),
+                    exact_time(at + window)
+                ),
+            ));
+        }
+    }
     st.store.delete(&parsed).await?;
+    if let ObjectKey::Manifest(m) = &parsed {
+        st.catalog.removed(m);
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -573,15 +889,14 @@ async fn list(
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<ListResponse>> {
     check_prefix(&q.prefix)?;
-    let all: Vec<String> = st
-        .store
-        .list(&q.prefix)
-        .await?
+    let all = st.store.list(&q.prefix).await?;
+    let visible = in_scope(&st, &grant, all.clone()).await?;
+    let mut keys: Vec<String> = all
         .iter()
-        .filter(|k| in_scope(&grant, k))
-        .map(|k| k.key())
+        .zip(visible)
+        .filter(|(_, v)| *v)
+        .map(|(k, _)| k.key())
         .collect();
-    let mut keys: Vec<String> = all;
     keys.sort();
     let start = match &q.after {
         Some(a) => keys.partition_point(|k| k <= a),
@@ -596,17 +911,26 @@ async fn list(
 async fn missing(
     State(st): State<Shared>,
     Extension(grant): Extension<Grant>,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<MissingResponse>> {
-    let body = read_body(body, MAX_MISSING_BODY, "the missing-objects request").await?;
+    let body = read_body(
+        &st,
+        &headers,
+        body,
+        MAX_MISSING_BODY,
+        "the missing-objects request",
+    )
+    .await?;
     let req: MissingRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError(
+        ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("the missing-objects request is not valid JSON: {e}"),
         )
     })?;
+    drop(body);
     if req.keys.len() > MISSING_BATCH {
-        return Err(ApiError(
+        return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("at most {MISSING_BATCH} keys per request"),
         ));
@@ -616,24 +940,41 @@ async fn missing(
         .iter()
         .map(|k| ObjectKey::parse(k))
         .collect::<Result<_>>()?;
-    // Another site's manifest is missing for a scoped token.
-    let mut missing: Vec<String> = keys
-        .iter()
-        .filter(|k| !in_scope(&grant, k))
-        .map(|k| k.key())
-        .collect();
-    let visible: Vec<ObjectKey> = keys.into_iter().filter(|k| in_scope(&grant, k)).collect();
-    missing.extend(st.store.missing(&visible).await?.iter().map(|k| k.key()));
+    // What the scope may not read is missing for it: its client sends the
+    // bytes (proving it has them) instead of learning they exist.
+    let visible = in_scope(&st, &grant, keys.clone()).await?;
+    let mut missing: Vec<String> = Vec::new();
+    let mut held: Vec<ObjectKey> = Vec::new();
+    for (k, v) in keys.into_iter().zip(visible) {
+        if v {
+            held.push(k);
+        } else {
+            missing.push(k.key());
+        }
+    }
+    missing.extend(st.store.missing(&held).await?.iter().map(|k| k.key()));
     Ok(Json(MissingResponse { missing }))
 }
 
-async fn scrape(State(st): State<Shared>) -> Response {
-    st.metrics.answer().await
+/// A scoped token's metrics cover its own VMs only, without the
+/// repository-wide totals.
+async fn scrape(State(st): State<Shared>, Extension(grant): Extension<Grant>) -> Response {
+    match grant.scope_key() {
+        None => st.metrics.answer(None).await,
+        Some(scope) => {
+            let scope = scope.to_string();
+            st.metrics
+                .answer(Some(Arc::new(move |vm: &str| {
+                    tokens::scope_covers(&scope, vm)
+                })))
+                .await
+        }
+    }
 }
 
 /// Unknown routes answer in the documented JSON form too.
 async fn not_found() -> ApiError {
-    ApiError(
+    ApiError::new(
         StatusCode::NOT_FOUND,
         "no such route (see docs/SERVER.md)".into(),
     )
@@ -644,6 +985,7 @@ pub fn router(
     tokens: Arc<Tokens>,
     max_uploads: usize,
     policies: Arc<lifeboat_core::config::Config>,
+    rules: Rules,
 ) -> Result<Router> {
     if !repo.is_dir() {
         return Err(Error::NoRepository(repo.to_path_buf()));
@@ -668,6 +1010,7 @@ pub fn router(
             }
         }
     });
+    let catalog = Arc::new(catalog::Catalog::new(repo.to_path_buf()));
     let state = Arc::new(AppState {
         store,
         root: repo.to_path_buf(),
@@ -678,6 +1021,10 @@ pub fn router(
             config: policies,
             root: repo.to_path_buf(),
         },
+        catalog,
+        locks: Arc::new(locks::LockRegistry::default()),
+        budget: limits::BodyBudget::new(rules.max_body_memory),
+        rules,
     });
     let api = Router::new()
         .route(
@@ -686,6 +1033,7 @@ pub fn router(
         )
         .route("/v1/list", get(list))
         .route("/v1/missing", post(missing))
+        .route("/v1/immutable", get(immutable))
         .route("/v1/docs", get(docs::list_docs))
         .route("/metrics", get(scrape))
         .route(
@@ -726,6 +1074,7 @@ pub async fn serve(
         tokens.clone(),
         opts.max_uploads,
         opts.config.clone(),
+        opts.rules.clone(),
     )?;
     // Token changes take effect without a restart: on SIGHUP at once,
     // otherwise when the file's change is noticed.
@@ -754,7 +1103,7 @@ pub async fn serve(
     let svc = app.into_make_service();
     let bind_err =
         |e: std::io::Error| Error::BadInput(format!("cannot listen on {}: {e}", opts.listen));
-    let limit = |a| limits::ConnectionLimit::new(a, opts.max_connections);
+    let limit = |a| limits::ConnectionLimit::new(a, opts.max_connections, opts.idle_timeout);
     let tune = |b: &mut hyper_util::server::conn::auto::Builder<_>| {
         b.http1()
             .timer(hyper_util::rt::TokioTimer::new())

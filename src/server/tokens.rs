@@ -97,7 +97,25 @@ pub struct Grant {
 impl Grant {
     /// Whether this token may see and write backups of `vm`.
     pub fn may_see(&self, vm: &str) -> bool {
-        self.scope.as_deref().is_none_or(|p| vm.starts_with(p))
+        self.scope.as_deref().is_none_or(|p| scope_covers(p, vm))
+    }
+
+    /// The scope, as the key under which the server keeps what that scope
+    /// may read (None: the token sees the whole repository).
+    pub fn scope_key(&self) -> Option<&str> {
+        self.scope.as_deref()
+    }
+}
+
+/// A scope names a site: `site1` covers the VM `site1` and VMs named
+/// `site1-…`, `site1.…` or `site1_…`, never `site10`. A scope that ends
+/// with one of those separators (`a-`) covers the names it starts.
+pub fn scope_covers(scope: &str, vm: &str) -> bool {
+    let sep = |c: char| matches!(c, '-' | '.' | '_');
+    match vm.strip_prefix(scope) {
+        None => false,
+        Some("") => true,
+        Some(rest) => scope.ends_with(sep) || rest.starts_with(sep),
     }
 }
 
@@ -305,6 +323,10 @@ mod tests {
         let f = TokenFile::load(&p).unwrap();
         let g = f.check(&s, now).unwrap();
         assert!(g.may_see("a-web") && !g.may_see("b-web"));
+        assert!(scope_covers("site1", "site1") && scope_covers("site1", "site1-web"));
+        assert!(scope_covers("site1", "site1.db") && scope_covers("site1", "site1_x"));
+        assert!(!scope_covers("site1", "site10") && !scope_covers("site1", "site10-web"));
+        assert!(scope_covers("a-", "a-web") && !scope_covers("a-", "ab"));
         assert!(matches!(
             f.check(&s, now + chrono::Duration::days(2)),
             Err(Denied::Expired { .. })

@@ -552,6 +552,7 @@ impl Runner {
                 .unwrap_or_default()
         );
         let cfg = self.config.clouds.get(&target).cloned();
+        let upload_limit = self.config.overrides.limits.upload;
         let store = match &from {
             Some(r) => self.store(r),
             None => Ok(self.local()),
@@ -609,6 +610,7 @@ impl Runner {
                     opts: lifeboat_core::cloud::ExecOptions {
                         keep_on_failure: false,
                         ready_timeout: Some(ready),
+                        upload_limit,
                     },
                 };
                 Ok(offer(&plans, &tx, next, held, title, lines, false))
@@ -838,13 +840,17 @@ impl Runner {
                     });
                     return Ok("no retention".into());
                 };
-                let store: DynStore = Arc::new(LocalStore::new(&root));
-                let decisions = lifeboat_core::daemon::runner::plan_prune(
-                    &store,
-                    &vm,
-                    &policy,
-                    &rules,
-                    chrono::Utc::now(),
+                let backups = {
+                    let root = root.clone();
+                    tokio::task::spawn_blocking(move || {
+                        lifeboat_core::repo::Repo::open(&root)?.load_all()
+                    })
+                    .await
+                    .map_err(|e| lifeboat_core::Error::Internal(e.to_string()))??
+                };
+                // The daemon's plan: sets an off-site copy lacks are held.
+                let (decisions, _) = lifeboat_core::daemon::offsite::plan_local_prune(
+                    &config, &backups, &vm, &policy, &rules,
                 )
                 .await?;
                 let removed: Vec<ManifestKey> = decisions
@@ -857,7 +863,7 @@ impl Runner {
                     .map(|d| {
                         format!(
                             "{}  {} volumes  {}",
-                            d.time.format("%Y-%m-%d %H:%M"),
+                            d.local_time,
                             d.manifests.len(),
                             if d.keep {
                                 format!("kept: {}", d.reasons.join(", "))

@@ -41,6 +41,10 @@ pub struct Config {
     pub gc: Option<crate::policy::Schedule>,
     #[serde(skip)]
     pub path: Option<PathBuf>,
+    /// What the command line says about every remote (limits, timeout,
+    /// plain HTTP); never read from the file.
+    #[serde(skip)]
+    pub overrides: crate::store::remote::Overrides,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -151,6 +155,11 @@ pub struct RemoteConfig {
     /// Request timeout in seconds (default 120).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// lifeboat serve over plain http:// on a host other than loopback:
+    /// the token crosses the network in clear. Refused unless this says
+    /// the network is trusted (or `--insecure-http` is given).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_http: bool,
 }
 
 fn default_role() -> Role {

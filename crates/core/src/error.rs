@@ -33,6 +33,15 @@ pub enum Error {
     #[error("reference {input:?} is ambiguous: it matches {count} backups; give more hex digits")]
     Ambiguous { input: String, count: usize },
 
+    /// A time that covers several backups (a minute, or a second with two
+    /// backups in it): each match is listed with what selects it exactly.
+    #[error("reference {input:?} matches {count} backups in the time it names: {}; give one of these (the time to the millisecond) or a backup id", matches.join(", "))]
+    AmbiguousTime {
+        input: String,
+        count: usize,
+        matches: Vec<String>,
+    },
+
     #[error("{kind} {id} is missing from the repository")]
     MissingObject { kind: &'static str, id: String },
 
@@ -99,6 +108,12 @@ pub enum Error {
 
     #[error("remote {remote} refused: {reason}")]
     Denied { remote: String, reason: String },
+
+    /// A server refused a new backup for its place in time or its set (an
+    /// append token cannot add backups into the past, or change a set):
+    /// sending it again never helps; the reason says what does.
+    #[error("remote {remote} refused a backup: {reason}")]
+    LateBackup { remote: String, reason: String },
 
     /// The caller's input is wrong: a bad argument, URL, path or request.
     #[error("{0}")]

@@ -68,7 +68,28 @@ fn pid_space() -> Option<String> {
     Some(format!("{}/{}", boot.trim(), ns.display()))
 }
 
+/// The longest host name and description a lock may carry.
+const MAX_LOCK_TEXT: usize = 512;
+
 impl LockInfo {
+    /// Reads a lock document: a lock this lifeboat understands, whose kind
+    /// matches its name and whose texts are bounded, or None (junk: it is
+    /// ignored and reported, never taken for a live holder).
+    pub fn from_doc(key: &DocKey, body: &[u8]) -> Option<LockInfo> {
+        let info: LockInfo = serde_json::from_slice(body).ok()?;
+        let kind = match key {
+            DocKey::Lock(n) if n.starts_with("gc-") => LockKind::Gc,
+            DocKey::Lock(_) => LockKind::Writer,
+            DocKey::Protection(_) => return None,
+        };
+        let bounded = |t: &str| !t.is_empty() && t.len() <= MAX_LOCK_TEXT;
+        (info.kind == kind
+            && bounded(&info.host)
+            && bounded(&info.what)
+            && info.pid_space.as_deref().is_none_or(bounded))
+        .then_some(info)
+    }
+
     fn new(kind: LockKind, what: &str) -> LockInfo {
         LockInfo {
             kind,
@@ -98,8 +119,10 @@ impl LockInfo {
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub key: DocKey,
-    /// None: the document is not a lock this lifeboat understands; it
-    /// counts as a writer until it goes stale.
+    /// None: the document is not a lock this lifeboat understands (junk:
+    /// written by something else, or damaged). Junk never counts as a
+    /// holder — otherwise one junk file refreshed now and then would block
+    /// every gc — and is reported so an admin can remove it.
     pub info: Option<LockInfo>,
     /// Since its last refresh, by the store's clock.
     pub age: Duration,
@@ -117,8 +140,12 @@ impl Seen {
     pub fn describe(&self) -> String {
         match &self.info {
             Some(i) => i.describe(),
-            None => format!("an unreadable lock {}", self.key),
+            None => format!("a junk lock document {} (ignored)", self.key),
         }
+    }
+
+    pub fn is_junk(&self) -> bool {
+        self.info.is_none()
     }
 }
 
@@ -229,14 +256,14 @@ pub async fn list(store: &DynStore) -> Result<Vec<Seen>> {
 }
 
 fn seen(d: crate::store::Doc, now: DateTime<Utc>) -> Seen {
-    let info: Option<LockInfo> = serde_json::from_slice(&d.body).ok();
+    let info = LockInfo::from_doc(&d.key, &d.body);
     let age = (now - d.modified).to_std().unwrap_or_default();
     let dead = info.as_ref().is_some_and(process_gone);
     Seen {
+        live: info.is_some() && age < STALE && !dead,
         key: d.key,
         info,
         age,
-        live: age < STALE && !dead,
     }
 }
 

@@ -35,6 +35,12 @@ struct VmState {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VmRemote {
+    vm: String,
+    remote: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Kind {
     kind: String,
 }
@@ -78,12 +84,30 @@ fn repository_size(root: &Path) -> (BTreeMap<&'static str, (u64, u64)>, u64) {
 
 /// The metrics text (OpenMetrics text format, which Prometheus scrapes).
 pub fn render(config: &Config, root: &Path, now: DateTime<Utc>) -> Result<String> {
+    render_for(config, root, now, None)
+}
+
+/// Which VMs a scrape may see (a server's scoped token sees its own).
+pub type VmFilter<'a> = &'a (dyn Fn(&str) -> bool + Send + Sync);
+
+/// The metrics of the VMs `only` admits (all with None). A filtered scrape
+/// leaves out the repository-wide totals, which describe other VMs too.
+pub fn render_for(
+    config: &Config,
+    root: &Path,
+    now: DateTime<Utc>,
+    only: Option<VmFilter<'_>>,
+) -> Result<String> {
+    let admits = |vm: &str| only.is_none_or(|f| f(vm));
     let repo = crate::repo::Repo::open(root)?;
-    let backups = repo.load_all()?;
+    let mut backups = repo.load_all()?;
+    backups.retain(|(k, _)| admits(&k.vm));
     let verify = crate::repo::state::load_verify(root).unwrap_or_default();
-    let runs = crate::daemon::runs::load_runs(root).unwrap_or_default();
+    let mut runs = crate::daemon::runs::load_runs(root).unwrap_or_default();
+    runs.retain(|r| admits(&r.vm));
     let daemon = crate::daemon::runs::load_state(root).unwrap_or_default();
-    let status = crate::rpo::assess(config, &backups, &verify, &runs, &daemon, now);
+    let mut status = crate::rpo::assess(config, &backups, &verify, &runs, &daemon, now);
+    status.retain(|s| admits(&s.vm));
 
     let mut reg = Registry::with_prefix("lifeboat");
     let age = family::<Volume>(
@@ -156,6 +180,31 @@ pub fn render(config: &Config, root: &Path, now: DateTime<Utc>) -> Result<String
         &mut reg,
         "drill_rpo_seconds",
         "Age of the backup the VM's last restore drill used",
+    );
+    let remote_age = family::<VmRemote>(
+        &mut reg,
+        "remote_backup_age_seconds",
+        "Age of the newest backup of the VM on each of its policy's push remotes, as its last run found it",
+    );
+    let remote_owed = family::<VmRemote>(
+        &mut reg,
+        "remote_owed_sets",
+        "Backup sets the remote lacks that its retention would keep, after the VM's last run",
+    );
+    let remote_refused = family::<VmRemote>(
+        &mut reg,
+        "remote_refused_sets",
+        "Of the owed sets, those the remote refused as late (an admin must copy them)",
+    );
+    let remote_ok = family::<VmRemote>(
+        &mut reg,
+        "remote_reachable",
+        "1 when the VM's last run could ask and send to the remote, 0 when it could not",
+    );
+    let remote_checked = family::<VmRemote>(
+        &mut reg,
+        "remote_check_timestamp_seconds",
+        "When the VM's last run asked the remote (Unix time)",
     );
     let objects = family::<Kind>(
         &mut reg,
@@ -233,6 +282,9 @@ pub fn render(config: &Config, root: &Path, now: DateTime<Utc>) -> Result<String
         run_bytes.get_or_create(&l).set(r.bytes_new as f64);
     }
     for (vm, d) in crate::drill::history::last_per_vm(root).unwrap_or_default() {
+        if !admits(&vm) {
+            continue;
+        }
         let l = Vm { vm };
         drill_ok
             .get_or_create(&l)
@@ -245,13 +297,39 @@ pub fn render(config: &Config, root: &Path, now: DateTime<Utc>) -> Result<String
             drill_rpo.get_or_create(&l).set(r as f64);
         }
     }
-    let (sizes, sum) = repository_size(root);
-    for (kind, (n, b)) in sizes {
-        let l = Kind { kind: kind.into() };
-        objects.get_or_create(&l).set(n as f64);
-        obj_bytes.get_or_create(&l).set(b as f64);
+    for (vm, remotes) in crate::daemon::offsite::load(root).unwrap_or_default() {
+        if !admits(&vm) {
+            continue;
+        }
+        for (remote, o) in remotes {
+            let l = VmRemote {
+                vm: vm.clone(),
+                remote,
+            };
+            if let Some(t) = o.newest {
+                remote_age
+                    .get_or_create(&l)
+                    .set((now - t).num_milliseconds() as f64 / 1000.0);
+            }
+            remote_owed.get_or_create(&l).set(o.owed as f64);
+            remote_refused.get_or_create(&l).set(o.refused as f64);
+            remote_ok
+                .get_or_create(&l)
+                .set(if o.error.is_none() { 1.0 } else { 0.0 });
+            if let Some(t) = o.checked_at {
+                remote_checked.get_or_create(&l).set(t.timestamp() as f64);
+            }
+        }
     }
-    total.set(sum as f64);
+    if only.is_none() {
+        let (sizes, sum) = repository_size(root);
+        for (kind, (n, b)) in sizes {
+            let l = Kind { kind: kind.into() };
+            objects.get_or_create(&l).set(n as f64);
+            obj_bytes.get_or_create(&l).set(b as f64);
+        }
+        total.set(sum as f64);
+    }
 
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &reg)

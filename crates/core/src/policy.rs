@@ -316,11 +316,10 @@ impl Policy {
         &self,
         backups: &[(crate::repo::ManifestKey, crate::repo::Manifest)],
         rules: &Rules,
-        now: DateTime<Utc>,
     ) -> Result<Vec<crate::retention::Decision>> {
         match &self.timezone {
-            Some(tz) => crate::retention::plan(backups, rules, tz, now),
-            None => crate::retention::plan(backups, rules, &chrono::Local, now),
+            Some(tz) => crate::retention::plan(backups, rules, tz),
+            None => crate::retention::plan(backups, rules, &chrono::Local),
         }
     }
 

@@ -24,10 +24,9 @@ pub struct Protection {
 
 impl Protection {
     pub fn new(note: Option<String>) -> Protection {
-        let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
         Protection {
             at: Utc::now(),
-            by: format!("{user}@{}", crate::backup::hostname()),
+            by: format!("{}@{}", user_name(), crate::backup::hostname()),
             note,
         }
     }
@@ -36,6 +35,27 @@ impl Protection {
         serde_json::to_vec(self)
             .map(Bytes::from)
             .map_err(|e| Error::Internal(e.to_string()))
+    }
+}
+
+/// Who runs this process: the account's name (from the password database,
+/// so an unset or forged `USER` does not matter), or `uid N`.
+pub fn user_name() -> String {
+    // SAFETY: getuid cannot fail; getpwuid_r writes into our buffers only.
+    unsafe {
+        let uid = libc::getuid();
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut buf = vec![0 as libc::c_char; 4096];
+        let mut out: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut out);
+        if rc == 0 && !out.is_null() && !pwd.pw_name.is_null() {
+            if let Ok(name) = std::ffi::CStr::from_ptr(pwd.pw_name).to_str() {
+                if !name.is_empty() {
+                    return name.to_string();
+                }
+            }
+        }
+        format!("uid {uid}")
     }
 }
 
@@ -52,13 +72,12 @@ pub async fn protected(store: &dyn Store) -> Result<BTreeSet<ManifestKey>> {
         .collect())
 }
 
-/// Marks the manifests protected by a document as such (prune and the
-/// views read `labels.protected`).
+/// Marks exactly the manifests protected by a document as such (prune and
+/// the views read `labels.protected`; what a manifest itself claims never
+/// counts).
 pub fn apply(backups: &mut [(ManifestKey, Manifest)], marks: &BTreeSet<ManifestKey>) {
     for (k, m) in backups.iter_mut() {
-        if marks.contains(k) {
-            m.labels.protected = true;
-        }
+        m.labels.protected = marks.contains(k);
     }
 }
 

@@ -51,6 +51,9 @@ pub struct Decision {
     pub set: String,
     /// The set's time: its newest volume's.
     pub time: DateTime<Utc>,
+    /// The same time in the zone the buckets were taken in (a "day" is
+    /// that zone's day), as listings show it.
+    pub local_time: String,
     pub keep: bool,
     /// Why it is kept (`last 1`, `daily 2026-11-25`, `protected`, …);
     /// empty when it is removed.
@@ -78,8 +81,10 @@ pub fn plan<Tz: TimeZone>(
     backups: &[(ManifestKey, Manifest)],
     rules: &Rules,
     tz: &Tz,
-    now: DateTime<Utc>,
-) -> Result<Vec<Decision>> {
+) -> Result<Vec<Decision>>
+where
+    Tz::Offset: std::fmt::Display,
+{
     rules.check()?;
     let mut sets: BTreeMap<&str, BTreeMap<&str, SetInfo>> = BTreeMap::new();
     for (k, m) in backups {
@@ -128,9 +133,12 @@ pub fn plan<Tz: TimeZone>(
                 }
             }
         }
-        if let Some(d) = rules.within {
+        // Counted back from the VM's newest set, as restic does: if
+        // backups stall, "keep 14 days" still keeps the last 14 days of
+        // backups there are, instead of emptying the VM.
+        if let (Some(d), Some(newest)) = (rules.within, list.first().map(|x| x.1)) {
             for (i, (_, t, _)) in list.iter().enumerate() {
-                if now - *t <= d {
+                if newest - *t <= d {
                     reasons[i].push("within".into());
                 }
             }
@@ -151,6 +159,10 @@ pub fn plan<Tz: TimeZone>(
             out.push(Decision {
                 vm: vm.to_string(),
                 set: set.to_string(),
+                local_time: time
+                    .with_timezone(tz)
+                    .format("%Y-%m-%d %H:%M %Z")
+                    .to_string(),
                 time,
                 keep: !reasons.is_empty(),
                 reasons,
@@ -165,12 +177,44 @@ pub fn plan<Tz: TimeZone>(
     Ok(out)
 }
 
-/// `14d`, `36h`, `2w`: a duration for keep-within.
+/// `14d`, `36h`, `2w`: a duration for keep-within (counted back from
+/// each VM's newest backup). Zero is refused: it keeps nothing but what
+/// other rules keep, which is never what was meant.
 pub fn parse_within(s: &str) -> Result<chrono::Duration> {
     let d = humantime::parse_duration(s)
         .map_err(|e| Error::BadInput(format!("keep-within {s:?}: {e} (e.g. 14d, 36h, 2w)")))?;
+    if d.is_zero() {
+        return Err(Error::BadInput(format!(
+            "keep-within {s:?} keeps nothing: give a duration such as 14d, or leave keep-within out"
+        )));
+    }
     chrono::Duration::from_std(d)
         .map_err(|_| Error::BadInput(format!("keep-within {s:?} is too long")))
+}
+
+/// Keeps every set `why` has a reason for, whatever the rules said (a
+/// server's immutability window, a set no off-site copy holds yet), and
+/// records the reason.
+pub fn hold(decisions: &mut [Decision], why: impl Fn(&Decision) -> Option<String>) {
+    for d in decisions.iter_mut() {
+        if let Some(r) = why(d) {
+            d.keep = true;
+            d.reasons.push(r);
+        }
+    }
+}
+
+/// The reason a set inside a server's immutability window stays: the
+/// latest time one of its backups may be removed.
+pub fn immutable_reason(
+    d: &Decision,
+    until: &std::collections::BTreeMap<ManifestKey, DateTime<Utc>>,
+) -> Option<String> {
+    d.manifests
+        .iter()
+        .filter_map(|k| until.get(k))
+        .max()
+        .map(|t| format!("immutable on the server until {}", t.format("%Y-%m-%d %H:%M UTC")))
 }
 
 #[cfg(test)]
@@ -253,7 +297,7 @@ mod tests {
             yearly: 2,
             ..Default::default()
         };
-        let d = plan(&b, &rules, &Utc, now).unwrap();
+        let d = plan(&b, &rules, &Utc).unwrap();
         // 2026-11-30 is a Monday: ISO week 48's newest (Sunday the 29th)
         // is already kept as a day.
         let expected = [
@@ -298,7 +342,7 @@ mod tests {
             monthly: 18,
             ..Default::default()
         };
-        let d = plan(&b, &all_months, &Utc, now).unwrap();
+        let d = plan(&b, &all_months, &Utc).unwrap();
         let k = kept(&d);
         assert_eq!(k.len(), 17, "{k:#?}");
         assert!(!k.iter().any(|s| s.starts_with("2025-09")), "{k:#?}");
@@ -324,7 +368,7 @@ mod tests {
             daily: 10,
             ..Default::default()
         };
-        let d = plan(&b, &rules, &tz, t("2026-10-27T00:00:00Z")).unwrap();
+        let d = plan(&b, &rules, &tz).unwrap();
         let sets: Vec<(&str, bool)> = d.iter().map(|d| (d.set.as_str(), d.keep)).collect();
         // Local days: 24th {a}, 25th {b, c}, 26th {d}: c stands for the
         // 25th, b goes. In UTC days, b would have stood for the 24th.
@@ -332,8 +376,31 @@ mod tests {
             sets,
             vec![("d", true), ("c", true), ("b", false), ("a", true)]
         );
-        let utc = plan(&b, &rules, &Utc, t("2026-10-27T00:00:00Z")).unwrap();
+        let utc = plan(&b, &rules, &Utc).unwrap();
         assert!(utc.iter().find(|d| d.set == "b").unwrap().keep);
+    }
+
+    /// Backups stalled a month ago: keep-within still keeps the last 14
+    /// days of backups there are (restic's reference point), not one.
+    #[test]
+    fn keep_within_counts_from_the_newest_backup() {
+        let b: Vec<_> = (0..20)
+            .map(|d| {
+                backup(
+                    "vm",
+                    "root",
+                    t("2026-10-01T02:00:00Z") + chrono::Duration::days(d),
+                    &format!("s{d:02}"),
+                    false,
+                )
+            })
+            .collect();
+        let rules = Rules {
+            within: Some(parse_within("14d").unwrap()),
+            ..Default::default()
+        };
+        let d = plan(&b, &rules, &Utc).unwrap();
+        assert_eq!(kept(&d).len(), 15, "{:?}", kept(&d));
     }
 
     #[test]
@@ -351,15 +418,17 @@ mod tests {
             within: Some(parse_within("3d").unwrap()),
             ..Default::default()
         };
-        let d = plan(&b, &rules, &Utc, t("2026-11-21T00:00:00Z")).unwrap();
+        let d = plan(&b, &rules, &Utc).unwrap();
         let by = |s: &str| d.iter().find(|d| d.set == s).unwrap();
         assert_eq!(by("new").reasons, vec!["within"]);
         assert_eq!(by("new").manifests.len(), 2, "a set goes or stays whole");
         assert!(!by("mid").keep && by("mid").manifests.len() == 2);
         assert_eq!(by("old").reasons, vec!["protected"]);
-        // web's only backup is older than 3 d: still its newest, kept.
-        assert_eq!(by("only").reasons, vec!["newest (always kept)"]);
+        // keep-within counts from each VM's newest: web's only backup,
+        // older than 3 d, is within 3 d of itself.
+        assert_eq!(by("only").reasons, vec!["within"]);
         assert!(Rules::default().check().is_err());
         assert!(parse_within("soon").is_err());
+        assert!(parse_within("0d").is_err() && parse_within("0s").is_err());
     }
 }

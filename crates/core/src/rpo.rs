@@ -78,10 +78,24 @@ pub struct VmRpo {
     pub verify: Option<VerifySummary>,
     pub last_run: Option<LastRun>,
     pub next_run: Option<DateTime<Utc>>,
-    /// The newest backup each remote holds (filled by the caller that
-    /// asked the remotes; None: not asked or unreachable).
-    pub remotes: BTreeMap<String, Option<DateTime<Utc>>>,
+    /// What each remote holds of the VM (filled by the caller that asked
+    /// the remotes).
+    pub remotes: BTreeMap<String, RemoteSight>,
+    /// What the last policy run found on each of its push remotes: sets
+    /// still owed there, and refused (`state/offsite.json`).
+    pub offsite: BTreeMap<String, crate::daemon::offsite::OffsiteRecord>,
     pub state: RpoState,
+}
+
+/// One remote's answer about one VM: an unreachable remote is never shown
+/// like an empty one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum RemoteSight {
+    Holds { newest: DateTime<Utc> },
+    /// It answered and holds no backup of the VM.
+    Empty,
+    Unreachable { reason: String },
 }
 
 pub fn assess(
@@ -167,6 +181,7 @@ pub fn assess(
                 last_run,
                 next_run,
                 remotes: BTreeMap::new(),
+                offsite: BTreeMap::new(),
                 state,
             }
         })
@@ -184,5 +199,12 @@ pub fn assess_repo(
     let verify = crate::repo::state::load_verify(root).unwrap_or_default();
     let runs = crate::daemon::runs::load_runs(root).unwrap_or_default();
     let daemon = crate::daemon::runs::load_state(root).unwrap_or_default();
-    Ok(assess(config, &backups, &verify, &runs, &daemon, now))
+    let offsite = crate::daemon::offsite::load(root).unwrap_or_default();
+    let mut out = assess(config, &backups, &verify, &runs, &daemon, now);
+    for v in &mut out {
+        if let Some(o) = offsite.get(&v.vm) {
+            v.offsite = o.clone();
+        }
+    }
+    Ok(out)
 }

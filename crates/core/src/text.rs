@@ -50,6 +50,25 @@ pub fn bytes(n: u64) -> String {
 
 /// Parses sizes like `4M`, `4MiB`, `65536`, `1G` (binary units); a rate
 /// may end in `/s` (`8M/s`).
+/// A duration the way an admin says it: `90s`, `15 min`, `6 h`, `7 d`
+/// (whole units only when exact; otherwise the larger unit with a fraction).
+pub fn duration_words(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=119 => format!("{s} s"),
+        _ if s < 7200 => format!("{} min", s / 60),
+        _ if s < 2 * 86_400 => {
+            if s % 3600 == 0 {
+                format!("{} h", s / 3600)
+            } else {
+                format!("{:.1} h", s as f64 / 3600.0)
+            }
+        }
+        _ if s % 86_400 == 0 => format!("{} d", s / 86_400),
+        _ => format!("{:.1} d", s as f64 / 86_400.0),
+    }
+}
+
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let t = t.strip_suffix("/s").unwrap_or(t);

@@ -536,6 +536,7 @@ impl Provider for Aws {
                     ctx.check_cancel()?;
                     let (idx, data, sha) = b?;
                     let n = data.len() as u64;
+                    ctx.throttle(n).await;
                     self.put_block(step, snap, idx, data, sha).await?;
                     written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     ctx.sent(n);

@@ -94,6 +94,9 @@ pub struct ExportPlan {
     image: Option<VolumeImage>,
     #[serde(skip)]
     opts: S3Options,
+    /// Bytes per second the upload may take (`--limit-upload`).
+    #[serde(skip)]
+    pub upload_limit: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -212,6 +215,7 @@ pub async fn plan(
             store: store.clone(),
         }),
         opts,
+        upload_limit: None,
     })
 }
 
@@ -304,6 +308,7 @@ async fn upload(
         .await
         .map_err(err)?;
     let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
+    let limit = super::upload_limit(plan.upload_limit)?;
     futures::pin_mut!(body);
     let res: Result<(u64, sha2::Sha256)> = async {
         let mut hasher = sha2::Sha256::new();
@@ -313,6 +318,9 @@ async fn upload(
                 return Err(Error::Cancelled);
             }
             let data = data?;
+            if let Some(l) = &limit {
+                l.take(data.len() as u64).await;
+            }
             w.wait_for_capacity(PARALLEL_PARTS).await.map_err(err)?;
             let d = data.clone();
             hasher = tokio::task::spawn_blocking(move || {

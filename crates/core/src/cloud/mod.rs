@@ -159,6 +159,8 @@ pub struct Ctx<'a> {
     pub ready_timeout: Duration,
     /// Bytes sent so far (the job's progress counts them too).
     pub uploaded: &'a std::sync::atomic::AtomicU64,
+    /// The upload limit (`--limit-upload`), taken before each piece goes.
+    pub upload_limit: Option<Arc<crate::store::throttle::RateLimit>>,
 }
 
 impl Ctx<'_> {
@@ -181,6 +183,13 @@ impl Ctx<'_> {
             Err(Error::Cancelled)
         } else {
             Ok(())
+        }
+    }
+
+    /// Waits until `n` more bytes may go under the upload limit.
+    pub async fn throttle(&self, n: u64) {
+        if let Some(l) = &self.upload_limit {
+            l.take(n).await;
         }
     }
 
@@ -377,10 +386,18 @@ async fn first_definition(images: &[VolumeImage]) -> Option<crate::vm::Definitio
 }
 
 /// Options of an execution.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ExecOptions {
     pub keep_on_failure: bool,
     pub ready_timeout: Option<Duration>,
+    /// Bytes per second the uploads into the cloud may take.
+    pub upload_limit: Option<u64>,
+}
+
+/// A rate limit for uploads, from `--limit-upload` (or none).
+pub fn upload_limit(rate: Option<u64>) -> Result<Option<Arc<crate::store::throttle::RateLimit>>> {
+    rate.map(|r| crate::store::throttle::RateLimit::new(r, None).map(Arc::new))
+        .transpose()
 }
 
 /// Carries out a plan. On failure or cancel, removes what was created
@@ -401,6 +418,7 @@ pub async fn execute(
         ledger: &ledger,
         ready_timeout: opts.ready_timeout.unwrap_or(Duration::from_secs(1800)),
         uploaded: &uploaded,
+        upload_limit: upload_limit(opts.upload_limit)?,
     };
     let started = Instant::now();
     progress.set_totals(plan.bytes_to_upload, plan.volumes.len() as u64);

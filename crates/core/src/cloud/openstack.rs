@@ -362,9 +362,15 @@ impl OpenStack {
         let (fail, cancel) = (failure.clone(), ctx.cancel.clone());
         let progress_total = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let sent = progress_total.clone();
+        let limit = ctx.upload_limit.clone();
         let body = vol.pieces().then(move |piece| {
-            let (htx, fail, cancel, sent) =
-                (htx.clone(), fail.clone(), cancel.clone(), sent.clone());
+            let (htx, fail, cancel, sent, limit) = (
+                htx.clone(),
+                fail.clone(),
+                cancel.clone(),
+                sent.clone(),
+                limit.clone(),
+            );
             async move {
                 let res: Result<bytes::Bytes> = async {
                     if cancel.is_cancelled() {
@@ -375,6 +381,9 @@ impl OpenStack {
                         Piece::Data(b) => b,
                         Piece::Zero(n) => zeros(n as usize),
                     };
+                    if let Some(l) = &limit {
+                        l.take(data.len() as u64).await;
+                    }
                     htx.send(data.clone())
                         .await
                         .map_err(|_| Error::Internal("the hashing thread ended".into()))?;

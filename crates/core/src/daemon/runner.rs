@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
+use super::offsite::{self, Offsite};
 use super::runs::{self, DaemonState, RunOutcome, RunRecord};
 use super::schedule::{self, Next};
 use crate::backup::{BackupRequest, VolumeSpec};
@@ -543,6 +544,7 @@ impl PolicyRun {
             seconds: 0.0,
             steps: Vec::new(),
             error: None,
+            committed: None,
         };
         let mut deep = None;
         let res = self.steps(&mut rec, &mut deep).await;
@@ -552,7 +554,14 @@ impl PolicyRun {
             Ok(()) => tracing::info!("{}: run done: {}", self.vm, rec.steps.join("; ")),
             Err(Error::Cancelled) => {
                 rec.outcome = RunOutcome::Cancelled;
-                rec.error = Some(Error::Cancelled.to_string());
+                rec.error = Some(match &rec.committed {
+                    // The backup is in; what followed it was cut short.
+                    Some(set) => format!(
+                        "cancelled after the backup (set {set}) was committed: {} did not finish; the next run does it",
+                        if self.policy.push.is_empty() { "verify and prune" } else { "pushing, verify and prune" }
+                    ),
+                    None => Error::Cancelled.to_string(),
+                });
                 tracing::warn!("{}: run cancelled", self.vm);
             }
             Err(e) => {
@@ -600,8 +609,21 @@ impl PolicyRun {
             }
             Ok(())
         };
+        // The remotes' writer locks, from before the backup until the
+        // pushes end: a server dates a push from its first lock, and takes
+        // from an append token only backups made shortly before it
+        // (docs/SERVER.md), so a long backup must not make its own push late.
+        let early = self.lock_remotes().await;
         // 1. The backup; nothing else makes sense without it.
-        let result = self.backup(&progress).await?;
+        let result = self.backup(&progress).await;
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => {
+                release_all(early).await;
+                return Err(e);
+            }
+        };
+        rec.committed = Some(result.set.clone());
         rec.bytes_new = result
             .volumes
             .iter()
@@ -636,51 +658,170 @@ impl PolicyRun {
                 keep(rec, &format!("deep verify slice {}/{slices}", k + 1), r)?;
             }
         }
-        // 4. Pushes.
+        // 4. Pushes: every set a remote is owed, not only this run's (an
+        //    outage leaves no gap), then that remote's retention.
         let local: DynStore = Arc::new(LocalStore::new(&self.root));
+        let backups = self.local_backups().await?;
+        let mut offsite = BTreeMap::new();
         for remote in &self.policy.push {
+            let r = self.push_owed(remote, &local, &backups, &progress, rec).await;
+            let (o, result) = match r {
+                Ok((holding, msg)) => (Offsite::Known(holding), Ok(msg)),
+                Err(Error::Cancelled) => return Err(Error::Cancelled),
+                Err(e) => (Offsite::Unknown(crate::text::describe(&e)), Err(e)),
+            };
+            offsite.insert(remote.clone(), o);
+            keep(rec, &format!("push {remote}"), result)?;
+        }
+        // 5. Local retention, never removing a set an off-site copy lacks.
+        if let Some(rules) = self.policy.retention_for(None) {
             let r = async {
-                let (_, store) = crate::store::remote::resolve(&self.config, remote)?;
-                let opts = crate::sync::SyncOptions {
-                    init: true,
-                    ..Default::default()
-                };
-                let rep = crate::sync::transfer(
-                    local.as_ref(),
-                    &store,
-                    keys.clone(),
-                    &opts,
-                    &self.cancel,
-                    &progress,
-                )
-                .await?;
-                rec.bytes_pushed += rep.bytes_sent;
-                let mut msg = format!(
-                    "{} chunks, {} sent",
-                    rep.chunks_sent,
-                    crate::text::bytes(rep.bytes_sent)
-                );
-                if let Some(rules) = self.policy.retention_for(Some(remote)) {
-                    let (sets, n) =
-                        prune_vm(&store, &self.vm, &self.policy, rules, self.clock.now()).await?;
-                    msg.push_str(&format!("; pruned {sets} sets ({n} backups)"));
+                let mine: Vec<(ManifestKey, Manifest)> = backups
+                    .iter()
+                    .filter(|(k, _)| k.vm == self.vm)
+                    .cloned()
+                    .collect();
+                let mut decisions = self.policy.plan_retention(&mine, rules)?;
+                offsite::hold_unsent(&mut decisions, &offsite);
+                let held = decisions
+                    .iter()
+                    .filter(|d| d.reasons.iter().any(|r| r.starts_with("not yet on") || r.contains("unreachable")))
+                    .count();
+                let (s, n) = remove_decided(&local, &decisions).await?;
+                let mut msg = format!("removed {s} sets ({n} backups)");
+                if held > 0 {
+                    msg.push_str(&format!("; kept {held} sets an off-site copy lacks"));
                 }
                 Ok(msg)
             }
             .await;
-            keep(rec, &format!("push {remote}"), r)?;
-        }
-        // 5. Local retention.
-        if let Some(rules) = self.policy.retention_for(None) {
-            let r = prune_vm(&local, &self.vm, &self.policy, rules, self.clock.now())
-                .await
-                .map(|(s, n)| format!("removed {s} sets ({n} backups)"));
             keep(rec, "prune", r)?;
         }
+        release_all(early).await;
         match first_err {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// Writer locks on the policy's push remotes, where they can be had at
+    /// once (a remote that is down or collecting garbage is pushed to, or
+    /// not, later as usual).
+    async fn lock_remotes(&self) -> Vec<crate::lock::Held> {
+        let mut held = Vec::new();
+        for remote in &self.policy.push {
+            let r = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+                let (_, store) = crate::store::remote::resolve(&self.config, remote)?;
+                crate::lock::acquire(
+                    &store,
+                    crate::lock::LockKind::Writer,
+                    &format!("policy run of {} (backup, then push)", self.vm),
+                    std::time::Duration::ZERO,
+                )
+                .await
+            })
+            .await;
+            match r {
+                Ok(Ok(h)) => held.push(h),
+                Ok(Err(e)) => tracing::debug!("{}: no early lock on {remote}: {e}", self.vm),
+                Err(_) => tracing::debug!("{}: no early lock on {remote}: no answer", self.vm),
+            }
+        }
+        held
+    }
+
+    async fn local_backups(&self) -> Result<Vec<(ManifestKey, Manifest)>> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || Repo::open(&root)?.load_all())
+            .await
+            .map_err(|e| Error::Internal(format!("listing backups: {e}")))?
+    }
+
+    /// Sends `remote` every set of this VM it is owed, applies its
+    /// retention, and records what it holds and still lacks
+    /// (`state/offsite.json`). Sets the server refuses as late stay owed
+    /// (and kept locally); the step says so and what to do.
+    async fn push_owed(
+        &self,
+        remote: &str,
+        local: &DynStore,
+        backups: &[(ManifestKey, Manifest)],
+        progress: &Arc<Progress>,
+        rec: &mut RunRecord,
+    ) -> Result<(offsite::Holding, String)> {
+        let mut record = offsite::OffsiteRecord {
+            checked_at: Some(self.clock.now()),
+            ..Default::default()
+        };
+        let outcome = async {
+            let (_, store) = crate::store::remote::resolve(&self.config, remote)?;
+            let before = offsite::holding(store.as_ref(), remote, &self.vm, backups, &self.policy).await?;
+            let selected: Vec<ManifestKey> = backups
+                .iter()
+                .filter(|(k, m)| k.vm == self.vm && before.owed.contains(&m.set))
+                .map(|(k, _)| k.clone())
+                .collect();
+            let opts = crate::sync::SyncOptions {
+                init: true,
+                ..Default::default()
+            };
+            let mut msg;
+            let mut refused = Vec::new();
+            if selected.is_empty() {
+                msg = "nothing owed".to_string();
+            } else {
+                let rep = crate::sync::transfer(
+                    local.as_ref(),
+                    &store,
+                    selected,
+                    &opts,
+                    &self.cancel,
+                    progress,
+                )
+                .await?;
+                rec.bytes_pushed += rep.bytes_sent;
+                msg = format!(
+                    "{} sets owed, {} chunks, {} sent",
+                    before.owed.len(),
+                    rep.chunks_sent,
+                    crate::text::bytes(rep.bytes_sent)
+                );
+                refused = rep.refused;
+            }
+            if let Some(rules) = self.policy.retention_for(Some(remote)) {
+                let (sets, n) =
+                    prune_vm(&store, &self.vm, &self.policy, rules).await?;
+                msg.push_str(&format!("; pruned {sets} sets ({n} backups)"));
+            }
+            let after = offsite::holding(store.as_ref(), remote, &self.vm, backups, &self.policy).await?;
+            if !refused.is_empty() {
+                let first = &refused[0];
+                msg.push_str(&format!(
+                    "; {} backups REFUSED as late (kept here until they are copied): {}",
+                    refused.len(),
+                    first.reason
+                ));
+                record.refused_reason = Some(first.reason.clone());
+            }
+            let refused_sets: std::collections::BTreeSet<&str> = refused
+                .iter()
+                .filter_map(|r| backups.iter().find(|(b, _)| *b == r.key).map(|(_, m)| m.set.as_str()))
+                .collect();
+            record.refused = refused_sets.iter().filter(|s| after.owed.contains(**s)).count();
+            Ok::<_, Error>((after, msg))
+        }
+        .await;
+        match &outcome {
+            Ok((h, _)) => {
+                record.newest = h.newest;
+                record.owed = h.owed.len();
+            }
+            Err(e) => record.error = Some(crate::text::describe(e)),
+        }
+        if let Err(e) = offsite::record(&self.root, &self.vm, remote, record) {
+            tracing::warn!("recording what {remote} holds of {}: {e}", self.vm);
+        }
+        outcome
     }
 
     async fn backup(&self, progress: &Arc<Progress>) -> Result<crate::backup::BackupResult> {
@@ -766,6 +907,14 @@ impl PolicyRun {
     }
 }
 
+async fn release_all(held: Vec<crate::lock::Held>) {
+    for h in held {
+        if let Err(e) = h.release().await {
+            tracing::debug!("releasing an early lock: {e}");
+        }
+    }
+}
+
 /// Runs one VM's policy now (the console's "run policy now", `daemon
 /// --now`), recorded in the run history like a scheduled run.
 pub async fn run_now(
@@ -798,13 +947,14 @@ pub async fn run_now(
         .ok_or_else(|| Error::Internal("the run was not recorded".into()))
 }
 
-/// What `rules` do to one VM's sets on a store (protection honoured).
+/// What `rules` do to one VM's sets on a store: protection honoured, and
+/// what the store keeps whatever a prune asks (a server's immutability
+/// window) held.
 pub async fn plan_prune(
     store: &DynStore,
     vm: &str,
     policy: &Policy,
     rules: &crate::retention::Rules,
-    now: DateTime<Utc>,
 ) -> Result<Vec<crate::retention::Decision>> {
     let mut all: Vec<(ManifestKey, Manifest)> = crate::sync::load_manifests(store.as_ref())
         .await?
@@ -813,18 +963,30 @@ pub async fn plan_prune(
         .collect();
     let marks = crate::protect::protected(store.as_ref()).await?;
     crate::protect::apply(&mut all, &marks);
-    policy.plan_retention(&all, rules, now)
+    let mut decisions = policy.plan_retention(&all, rules)?;
+    let until = store.immutable().await?;
+    crate::retention::hold(&mut decisions, |d| {
+        crate::retention::immutable_reason(d, &until)
+    });
+    Ok(decisions)
 }
 
-/// Applies `rules` to one VM's sets on a store (protection honoured).
+/// Applies `rules` to one VM's sets on a store (see `plan_prune`).
 pub async fn prune_vm(
     store: &DynStore,
     vm: &str,
     policy: &Policy,
     rules: &crate::retention::Rules,
-    now: DateTime<Utc>,
 ) -> Result<(usize, usize)> {
-    let decisions = plan_prune(store, vm, policy, rules, now).await?;
+    let decisions = plan_prune(store, vm, policy, rules).await?;
+    remove_decided(store, &decisions).await
+}
+
+/// Removes the sets a plan does not keep: (sets, backups) removed.
+pub async fn remove_decided(
+    store: &DynStore,
+    decisions: &[crate::retention::Decision],
+) -> Result<(usize, usize)> {
     let (mut sets, mut n) = (0, 0);
     for d in decisions.iter().filter(|d| !d.keep) {
         for k in &d.manifests {

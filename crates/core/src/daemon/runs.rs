@@ -40,6 +40,9 @@ pub struct RunRecord {
     /// What each step did ("backup: 2 volumes, 3 MiB new", "push offsite: …").
     pub steps: Vec<String>,
     pub error: Option<String>,
+    /// The set the run's backup committed, if it got that far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed: Option<String>,
 }
 
 fn dir(root: &Path) -> PathBuf {
@@ -132,6 +135,7 @@ mod tests {
             seconds: 0.1,
             steps: vec![],
             error: None,
+            committed: None,
         };
         std::thread::scope(|s| {
             for t in 0..4 {

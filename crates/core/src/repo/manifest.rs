@@ -261,8 +261,13 @@ impl Manifest {
         if actual != key.id {
             return Err(bad(format!("content hashes to {}", actual.short())));
         }
-        let m: Manifest =
+        let mut m: Manifest =
             serde_json::from_slice(data).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+        // Protection is a mark beside the manifest (`protect`), which only
+        // an admin removes; a manifest claiming it is a client's word,
+        // never trusted (it would keep a set from every prune, and no
+        // `unprotect` could lift it).
+        m.labels.protected = false;
         if !(OLDEST_FORMAT..=FORMAT_VERSION).contains(&m.format) {
             return Err(bad(format!(
                 "unsupported manifest format {} (this lifeboat reads {OLDEST_FORMAT} to {FORMAT_VERSION}; a newer lifeboat wrote it?)",

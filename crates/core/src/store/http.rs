@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::docs::{check_size, Doc, DocKey, DocKind};
 use super::keys::{check_prefix, ObjectKey, Verified};
-use super::{too_many_keys, Store, MAX_LIST_KEYS};
+use super::{too_many_keys, Store};
 use crate::error::{Error, Result};
 
 /// Keys per `/v1/missing` request, and the most keys a server answers per
@@ -22,6 +22,9 @@ pub const LIST_PAGE: usize = 10_000;
 pub const MAX_JSON_BYTES: u64 = 4 << 20;
 /// The most bytes of a `/v1/missing` request body.
 pub const MAX_MISSING_BODY: u64 = 1 << 20;
+/// The `code` of a server's refusal of a backup for its place in time or
+/// its set (`Error::LateBackup`).
+pub const CODE_LATE: &str = "late";
 
 pub struct HttpStore {
     base: reqwest::Url,
@@ -46,6 +49,13 @@ pub struct ListResponse {
     /// Where the next page starts (pass as `after`), or None at the end.
     #[serde(default)]
     pub next: Option<String>,
+}
+
+/// `GET /v1/immutable`: the backups a server keeps whatever prune says,
+/// and until when (object key → time).
+#[derive(Serialize, Deserialize, Default)]
+pub struct ImmutableResponse {
+    pub until: std::collections::BTreeMap<String, chrono::DateTime<chrono::Utc>>,
 }
 
 /// Documents per `/v1/docs` page: 100 of at most 16 KiB each, escaped,
@@ -76,6 +86,8 @@ pub struct HttpOptions {
     pub fingerprint: Option<super::tls::Fingerprint>,
     pub timeout: Duration,
     pub connect_timeout: Duration,
+    /// Send the token over plain http:// to a host other than loopback.
+    pub insecure_http: bool,
 }
 
 impl Default for HttpOptions {
@@ -86,8 +98,20 @@ impl Default for HttpOptions {
             fingerprint: None,
             timeout: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(10),
+            insecure_http: false,
         }
     }
+}
+
+/// Whether a URL's host is this machine (where plain HTTP crosses no
+/// network).
+fn is_loopback(url: &reqwest::Url) -> bool {
+    url.host_str().is_some_and(|h| {
+        let h = h.trim_start_matches('[').trim_end_matches(']');
+        h.eq_ignore_ascii_case("localhost")
+            || h.parse::<std::net::IpAddr>()
+                .is_ok_and(|a| a.is_loopback())
+    })
 }
 
 impl HttpStore {
@@ -96,6 +120,12 @@ impl HttpStore {
             .map_err(|e| Error::BadInput(format!("invalid URL {url:?}: {e}")))?;
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
+        }
+        if base.scheme() == "http" && opts.token.is_some() && !is_loopback(&base) && !opts.insecure_http {
+            return Err(Error::BadInput(format!(
+                "refusing to send a token in clear to {}: use https:// (lifeboat serve makes its own certificate; pin it with --fingerprint), or, on a trusted network only, pass --insecure-http or set insecure_http = true on the remote",
+                base.host_str().unwrap_or("?")
+            )));
         }
         let mut b = reqwest::Client::builder()
             // A repository server never redirects; following one could
@@ -180,15 +210,24 @@ impl HttpStore {
             .await
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
-        let msg: String = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
+        let json = serde_json::from_str::<serde_json::Value>(&body).ok();
+        let code = json
+            .as_ref()
+            .and_then(|v| v.get("code").and_then(|c| c.as_str()).map(String::from));
+        let msg: String = json
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
             .unwrap_or(body)
             .chars()
-            .take(500)
+            .take(1000)
             .collect();
         // A server's words are hostile text until escaped.
         let msg = crate::text::escape(&msg).into_owned();
+        if code.as_deref() == Some(CODE_LATE) {
+            return Err(Error::LateBackup {
+                remote: self.name.clone(),
+                reason: msg,
+            });
+        }
         Err(match status {
             StatusCode::UNAUTHORIZED => Error::Denied {
                 remote: self.name.clone(),
@@ -274,9 +313,33 @@ impl HttpStore {
         self.json(resp, what).await
     }
 
-    /// Where the next page starts. Pages must move forward, or a server
-    /// could loop us forever.
-    fn advance(&self, after: &Option<String>, next: Option<String>) -> Result<Option<String>> {
+    /// Where the next page starts. Pages must move forward and hold
+    /// something (a server sending empty pages that "advance" forever is
+    /// as hostile as one that repeats itself) and no more than a page
+    /// holds, or a server could loop us forever or fill our memory.
+    fn advance(
+        &self,
+        after: &Option<String>,
+        next: Option<String>,
+        page_len: usize,
+        page_max: usize,
+    ) -> Result<Option<String>> {
+        if page_len > page_max {
+            return Err(Error::Remote {
+                remote: self.name.clone(),
+                reason: format!(
+                    "it sent a listing page of {page_len} entries (at most {page_max} are allowed): the server is broken or hostile"
+                ),
+                transient: false,
+            });
+        }
+        if page_len == 0 && next.is_some() {
+            return Err(Error::Remote {
+                remote: self.name.clone(),
+                reason: "it sent an empty listing page that is not the last: the server is broken or hostile".into(),
+                transient: false,
+            });
+        }
         match next {
             Some(n) if after.as_ref().is_none_or(|a| n > *a) => Ok(Some(n)),
             Some(_) => Err(Error::Remote {
@@ -387,11 +450,12 @@ impl Store for HttpStore {
                 )
                 .await?;
             // Never trust a listing: every key is parsed before use.
+            let n = page.keys.len();
             out.extend(page.keys.iter().filter_map(|k| ObjectKey::parse(k).ok()));
-            if out.len() > MAX_LIST_KEYS {
+            if out.len() > super::max_keys(prefix) {
                 return Err(too_many_keys(&self.name, prefix));
             }
-            after = match self.advance(&after, page.next)? {
+            after = match self.advance(&after, page.next, n, LIST_PAGE)? {
                 Some(n) => Some(n),
                 None => break,
             };
@@ -433,6 +497,7 @@ impl Store for HttpStore {
                     "a document listing",
                 )
                 .await?;
+            let n = page.docs.len();
             for d in page.docs {
                 // Parsed and bounded like anything else from a peer.
                 let Ok(key) = DocKey::parse(&d.key) else {
@@ -441,22 +506,48 @@ impl Store for HttpStore {
                 if key.kind() != kind {
                     continue;
                 }
-                check_size(&key, d.body.len() as u64)?;
+                let body = match check_size(&key, d.body.len() as u64) {
+                    Ok(()) => Bytes::from(d.body),
+                    // Junk: kept as an empty document, reported by its reader.
+                    Err(_) => Bytes::new(),
+                };
                 out.push(Doc {
                     key,
-                    body: Bytes::from(d.body),
+                    body,
                     modified: d.modified,
                 });
             }
-            if out.len() > MAX_LIST_KEYS {
+            if out.len() > super::MAX_DOCS {
                 return Err(too_many_keys(&self.name, kind.dir()));
             }
-            after = match self.advance(&after, page.next)? {
+            after = match self.advance(&after, page.next, n, DOCS_PAGE)? {
                 Some(n) => Some(n),
                 None => break,
             };
         }
         Ok(out)
+    }
+
+    async fn immutable(&self) -> Result<super::Immutable> {
+        let resp = self
+            .req(reqwest::Method::GET, "v1/immutable")?
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        // A server older than the window has none.
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(super::Immutable::new());
+        }
+        let resp = self.check(resp).await?;
+        let r: ImmutableResponse = self.json(resp, "the immutable backups").await?;
+        // Keys from a peer are parsed before use, like any listing.
+        Ok(r.until
+            .into_iter()
+            .filter_map(|(k, t)| match ObjectKey::parse(&k) {
+                Ok(ObjectKey::Manifest(m)) => Some((m, t)),
+                _ => None,
+            })
+            .collect())
     }
 
     async fn delete_doc(&self, key: &DocKey) -> Result<()> {

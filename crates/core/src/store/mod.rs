@@ -6,6 +6,7 @@ pub mod docs;
 pub mod http;
 pub mod keys;
 pub mod local;
+pub mod memory;
 pub mod remote;
 pub mod s3;
 pub mod throttle;
@@ -22,8 +23,22 @@ pub use docs::{Doc, DocKey, DocKind};
 pub use keys::{ObjectKey, Verified};
 
 /// The most keys one listing may return. A listing is held in memory; a
-/// peer that claims more is refused rather than trusted to stop.
+/// peer that claims more is refused rather than trusted to stop. Chunks:
+/// 10 M is a 40 TiB repository at 4 MiB chunks (about 400 MB of keys in
+/// memory); manifests: a million backups (a manifest key with its names
+/// takes a few hundred bytes); documents: locks and protection marks.
 pub const MAX_LIST_KEYS: usize = 10_000_000;
+pub const MAX_MANIFEST_KEYS: usize = 1_000_000;
+pub const MAX_DOCS: usize = 1_000_000;
+
+/// The most keys a listing of `prefix` may return.
+pub fn max_keys(prefix: &str) -> usize {
+    if prefix.starts_with("manifests/") {
+        MAX_MANIFEST_KEYS
+    } else {
+        MAX_LIST_KEYS
+    }
+}
 
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -72,16 +87,27 @@ pub trait Store: Send + Sync {
     async fn list_docs(&self, kind: DocKind) -> Result<Vec<Doc>>;
     /// Removes a document; one already gone is not an error.
     async fn delete_doc(&self, key: &DocKey) -> Result<()>;
+    /// The backups the store keeps whatever a prune asks (a server's
+    /// immutability window, by arrival), with when each may go. Stores
+    /// without such a window keep none this way.
+    async fn immutable(&self) -> Result<Immutable> {
+        Ok(Immutable::new())
+    }
 }
+
+/// Backup → the time it may be removed from.
+pub type Immutable =
+    std::collections::BTreeMap<crate::repo::ManifestKey, chrono::DateTime<chrono::Utc>>;
 
 pub type DynStore = Arc<dyn Store>;
 
 /// The error for a listing over `MAX_LIST_KEYS`.
 pub fn too_many_keys(store: &str, prefix: &str) -> crate::Error {
+    let limit = max_keys(prefix);
     crate::Error::TooLarge {
         what: format!("the listing of {prefix} on {store}"),
-        size: MAX_LIST_KEYS as u64 + 1,
-        limit: MAX_LIST_KEYS as u64,
+        size: limit as u64 + 1,
+        limit: limit as u64,
         hint: "a peer sending more keys than any repository holds is broken or hostile",
     }
 }

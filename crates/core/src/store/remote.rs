@@ -50,20 +50,39 @@ pub fn config_limits(name: &str, cfg: &RemoteConfig) -> Result<Limits> {
     })
 }
 
+/// What the command line says about every remote it talks to: bandwidth
+/// limits, the request timeout, and whether plain HTTP off loopback may
+/// carry a token. Set once by the CLI into `Config::overrides`, so every
+/// face and engine that opens a remote through the config (CLI, console,
+/// daemon, drills, cloud restores) honours it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub limits: Limits,
+    pub timeout: Option<Duration>,
+    pub insecure_http: bool,
+}
+
+/// The request timeout when neither the command line nor the remote's
+/// config gives one.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Opens a remote under its configured bandwidth limits.
 pub fn open(name: &str, cfg: &RemoteConfig) -> Result<DynStore> {
-    open_with(name, cfg, Limits::default())
+    open_with(name, cfg, &Overrides::default())
 }
 
 /// Opens a remote; `overrides` (from the command line) win over the
-/// config's limits.
-pub fn open_with(name: &str, cfg: &RemoteConfig, overrides: Limits) -> Result<DynStore> {
-    let limits = overrides.or(config_limits(name, cfg)?);
-    throttle(open_raw(name, cfg)?, limits)
+/// config.
+pub fn open_with(name: &str, cfg: &RemoteConfig, overrides: &Overrides) -> Result<DynStore> {
+    let limits = overrides.limits.or(config_limits(name, cfg)?);
+    throttle(open_raw(name, cfg, overrides)?, limits)
 }
 
-fn open_raw(name: &str, cfg: &RemoteConfig) -> Result<DynStore> {
-    let timeout = Duration::from_secs(cfg.timeout_secs.unwrap_or(120));
+fn open_raw(name: &str, cfg: &RemoteConfig, overrides: &Overrides) -> Result<DynStore> {
+    let timeout = overrides
+        .timeout
+        .or(cfg.timeout_secs.map(Duration::from_secs))
+        .unwrap_or(DEFAULT_TIMEOUT);
     Ok(match check_url(&cfg.url)? {
         Kind::Local(p) => Arc::new(LocalStore::new(p)),
         Kind::Http => Arc::new(HttpStore::new(
@@ -82,6 +101,7 @@ fn open_raw(name: &str, cfg: &RemoteConfig) -> Result<DynStore> {
                     .transpose()?,
                 timeout,
                 connect_timeout: timeout.min(Duration::from_secs(10)),
+                insecure_http: cfg.insecure_http || overrides.insecure_http,
             },
         )?),
         Kind::S3 => {
@@ -103,24 +123,17 @@ fn open_raw(name: &str, cfg: &RemoteConfig) -> Result<DynStore> {
 
 /// The limits that apply to a remote named in the config (for showing).
 pub fn limits_of(config: &crate::config::Config, name: &str) -> Limits {
-    config
+    config.overrides.limits.or(config
         .remote(name)
         .and_then(|c| config_limits(name, c).ok())
-        .unwrap_or_default()
+        .unwrap_or_default())
 }
 
 /// A remote given on the command line: a configured name, or a URL
 /// (token from LIFEBOAT_TOKEN; S3 settings from the standard AWS_* variables).
+/// Opens it with the command line's overrides (`Config::overrides`).
 pub fn resolve(config: &crate::config::Config, arg: &str) -> Result<(String, DynStore)> {
-    resolve_with(config, arg, Limits::default())
-}
-
-/// `resolve`, with bandwidth limits from the command line.
-pub fn resolve_with(
-    config: &crate::config::Config,
-    arg: &str,
-    overrides: Limits,
-) -> Result<(String, DynStore)> {
+    let overrides = &config.overrides;
     if let Some(cfg) = config.remote(arg) {
         return Ok((arg.to_string(), open_with(arg, cfg, overrides)?));
     }

@@ -14,7 +14,7 @@ use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig};
 
 use super::docs::{check_size, Doc, DocKey, DocKind};
 use super::keys::{check_prefix, ObjectKey, Verified};
-use super::{too_many_keys, Store, MAX_LIST_KEYS};
+use super::{too_many_keys, Store};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Default)]
@@ -197,7 +197,7 @@ impl S3Store {
     }
 
     /// Every object key under `dir` with its size; entries that are not
-    /// object keys are skipped, and more than `MAX_LIST_KEYS` is refused.
+    /// object keys are skipped, and more than `max_keys` is refused.
     async fn list_sized(&self, dir: &str) -> Result<Vec<(ObjectKey, u64)>> {
         let strip = if self.prefix.is_empty() {
             String::new()
@@ -216,7 +216,7 @@ impl S3Store {
             {
                 out.push((k, meta.size));
             }
-            if out.len() > MAX_LIST_KEYS {
+            if out.len() > super::max_keys(dir) {
                 return Err(too_many_keys(&self.name, dir));
             }
         }
@@ -391,11 +391,23 @@ impl Store for S3Store {
             .collect();
         let docs = futures::stream::iter(found)
             .map(|(key, meta)| async move {
-                check_size(&key, meta.size)?;
+                // An oversized document is junk: listed with no body, never
+                // read whole, never an error that hides the others.
+                if check_size(&key, meta.size).is_err() {
+                    return Ok(Some(Doc {
+                        key,
+                        body: Bytes::new(),
+                        modified: meta.last_modified,
+                    }));
+                }
                 match self.inner.get(&meta.location).await {
                     Ok(r) => {
                         let body = r.bytes().await.map_err(|e| self.err(e, false))?;
-                        check_size(&key, body.len() as u64)?;
+                        let body = if check_size(&key, body.len() as u64).is_ok() {
+                            body
+                        } else {
+                            Bytes::new()
+                        };
                         Ok(Some(Doc {
                             key,
                             body,

@@ -181,6 +181,10 @@ impl Store for Throttled {
     async fn delete_doc(&self, key: &DocKey) -> Result<()> {
         self.inner.delete_doc(key).await
     }
+
+    async fn immutable(&self) -> Result<super::Immutable> {
+        self.inner.immutable().await
+    }
 }
 
 #[cfg(test)]

@@ -142,7 +142,22 @@ pub struct SyncReport {
     pub bytes_sent: u64,
     /// Protection marks copied along.
     pub protections_sent: usize,
+    /// Backups the destination refused for their place in time or their
+    /// set (a server's rules for append tokens), with its reason: the
+    /// rest was sent; sending these again never helps.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<Refused>,
     pub seconds: f64,
+}
+
+/// A backup the destination refused, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Refused {
+    #[serde(skip)]
+    pub key: ManifestKey,
+    /// `vm/volume@time (id …)`.
+    pub backup: String,
+    pub reason: String,
 }
 
 /// Reads and verifies a store's repository config.
@@ -228,15 +243,52 @@ pub async fn fetch_index(store: &dyn Store, id: &Id) -> Result<(Index, Verified)
     Ok((idx, Verified::check(okey, data)?))
 }
 
-/// Retries transient failures with exponential backoff (0.2 s, 0.4 s, …).
+/// How long all tries of one operation together may take, in seconds
+/// (`--io-timeout` sets twice its value); 0: the default.
+static RETRY_BUDGET_SECS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Twice the default request timeout: a stalled or hostile peer fails an
+/// operation within this, whatever its retries.
+pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(240);
+
+pub fn set_retry_budget(d: Duration) {
+    RETRY_BUDGET_SECS.store(d.as_secs().max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn retry_budget() -> Duration {
+    match RETRY_BUDGET_SECS.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => DEFAULT_RETRY_BUDGET,
+        s => Duration::from_secs(s),
+    }
+}
+
+/// Retries transient failures with exponential backoff (0.2 s, 0.4 s, …),
+/// while the tries together stay within `retry_budget`: a peer that
+/// answers one byte a second, or never, ends the operation instead of
+/// holding it through every retry.
 pub async fn with_retry<T, F, Fut>(retries: u32, mut f: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
     let mut attempt = 0;
+    let started = tokio::time::Instant::now();
+    let budget = retry_budget();
     loop {
         match f().await {
+            Err(e) if e.is_transient() && attempt < retries && started.elapsed() >= budget => {
+                return Err(Error::Remote {
+                    remote: match &e {
+                        Error::Remote { remote, .. } => remote.clone(),
+                        _ => "the remote".into(),
+                    },
+                    reason: format!(
+                        "gave up after {} s of tries ({e}); a slower link needs a larger --io-timeout",
+                        started.elapsed().as_secs()
+                    ),
+                    transient: false,
+                })
+            }
             Err(e) if e.is_transient() && attempt < retries => {
                 let wait = Duration::from_millis(200 << attempt.min(6));
                 tracing::warn!("{e}; retrying in {:.1}s", wait.as_secs_f64());
@@ -456,11 +508,23 @@ pub async fn execute(
     }
     if plan.send_manifests {
         progress.set_phase("sending manifests");
-        for (_, _, obj) in &plan.manifests {
+        for (key, _, obj) in &plan.manifests {
             check_cancel(cancel)?;
-            report.bytes_sent += obj.data().len() as u64;
-            with_retry(opts.retries, || dst.put_if_absent(obj)).await?;
-            report.manifests_sent += 1;
+            match with_retry(opts.retries, || dst.put_if_absent(obj)).await {
+                Ok(_) => {
+                    report.bytes_sent += obj.data().len() as u64;
+                    report.manifests_sent += 1;
+                }
+                Err(Error::LateBackup { reason, .. }) => {
+                    tracing::warn!("{} refused {}: {reason}", dst.describe(), key.object_key());
+                    report.refused.push(Refused {
+                        key: key.clone(),
+                        backup: crate::repo::refs::describe_backup(key),
+                        reason,
+                    });
+                }
+                Err(e) => return Err(e),
+            }
         }
         // Protection travels with the backups it protects.
         let keys: Vec<ManifestKey> = plan.selected.clone();

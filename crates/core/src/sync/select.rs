@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
 use crate::names::is_valid_name;
-use crate::repo::refs::{self, Ref, Selector};
+use crate::repo::refs::{self, Ref};
 use crate::repo::ManifestKey;
 use crate::store::Store;
 
@@ -48,12 +48,9 @@ pub async fn select(
                     .filter(|k| k.vm == vm && k.volume == volume)
                     .collect();
                 cands.sort_by_key(|k| std::cmp::Reverse((k.time, k.id)));
-                let pick = match sel {
-                    Selector::Latest => cands.into_iter().next(),
-                    Selector::Back(n) => cands.into_iter().nth(n),
-                    Selector::AtOrBefore(t) => cands.into_iter().find(|k| k.time <= t),
-                };
-                vec![pick.ok_or_else(|| Error::NotFound(s.to_string()))?]
+                vec![sel
+                    .pick(&cands, |k| k.time, refs::describe_backup, s)?
+                    .clone()]
             }
             Ref::Set { vm, .. } => {
                 let mut loaded = Vec::new();
