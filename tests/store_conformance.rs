@@ -165,8 +165,14 @@ fn lock_body(kind: &str, what: &str) -> Bytes {
 async fn docs_suite(store: &dyn Store, o: &Objects) {
     use lifeboat_core::store::{DocKey, DocKind};
     let lock = DocKey::lock("writer-00ff").unwrap();
-    store.put_doc(&lock, lock_body("writer", "v1")).await.unwrap();
-    store.put_doc(&lock, lock_body("writer", "v2")).await.unwrap();
+    store
+        .put_doc(&lock, lock_body("writer", "v1"))
+        .await
+        .unwrap();
+    store
+        .put_doc(&lock, lock_body("writer", "v2"))
+        .await
+        .unwrap();
     let listed = store.list_docs(DocKind::Lock).await.unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
     let info = lifeboat_core::lock::LockInfo::from_doc(&lock, &listed[0].body)
@@ -764,7 +770,11 @@ async fn server_enforces_roles_on_locks_and_protection() {
     let w = DocKey::lock("writer-01").unwrap();
     a.put_doc(&w, body.clone()).await.unwrap();
     let gc = DocKey::lock("gc-01").unwrap();
-    let e = a.put_doc(&gc, gc_body.clone()).await.unwrap_err().to_string();
+    let e = a
+        .put_doc(&gc, gc_body.clone())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("admin"), "{e}");
     ad.put_doc(&gc, gc_body.clone()).await.unwrap();
     let e = a.delete_doc(&gc).await.unwrap_err().to_string();

@@ -280,7 +280,7 @@ fn references_timeline_and_sets() {
     let (_, e) = w.fails(&["show", "web/root@~5"]);
     assert!(e.contains("no backup matches"), "{e}");
     let (_, e) = w.fails(&["show", "web/root@yesterday"]);
-    assert!(e.contains("RFC 3339"), "{e}");
+    assert!(e.contains("a UTC time such as"), "{e}");
     // A set restore writes every volume of the set.
     let dir = w.path("vmdir");
     w.ok(&["restore", "web@~1", "--to", dir.to_str().unwrap()]);

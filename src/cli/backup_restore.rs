@@ -448,6 +448,17 @@ fn finish_vm(
         a.keep_macs,
         a.name.as_deref(),
     )?;
+    if a.define && !ctx.json {
+        // The admin sees exactly what libvirt is handed, before it is.
+        println!(
+            "the domain XML handed to virsh define ({}):",
+            v.domain_xml.display()
+        );
+        let xml = std::fs::read_to_string(&v.domain_xml).unwrap_or_default();
+        for line in xml.lines() {
+            println!("  | {}", lifeboat_core::text::escape(line));
+        }
+    }
     let defined = match (a.define, &v.validation) {
         (false, _) => None,
         (true, vr::Validation::Invalid(_)) => {

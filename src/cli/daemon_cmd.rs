@@ -164,7 +164,10 @@ pub async fn rpo_status(ctx: &Ctx, timeout: u64) -> anyhow::Result<Outcome> {
                             };
                             if let Some(o) = s.offsite.get(n) {
                                 if o.refused > 0 {
-                                    text.push_str(&format!(" ({} sets REFUSED as late)", o.refused));
+                                    text.push_str(&format!(
+                                        " ({} sets REFUSED as late)",
+                                        o.refused
+                                    ));
                                 } else if o.owed > 0 {
                                     text.push_str(&format!(" ({} sets owed)", o.owed));
                                 }

@@ -516,7 +516,13 @@ pub async fn start_offsite(w: &World) -> anyhow::Result<tokio::sync::oneshot::Se
         header_timeout: lifeboat::server::ServeOptions::DEFAULT_HEADER_TIMEOUT,
         idle_timeout: lifeboat::server::ServeOptions::DEFAULT_IDLE_TIMEOUT,
         config: std::sync::Arc::new(lifeboat_core::config::Config::default()),
-        rules: Default::default(),
+        // The demo's history is backdated over two weeks: its server takes
+        // backups as old as that from the demo's append token (a real
+        // server takes only those made just before their push).
+        rules: lifeboat::server::Rules {
+            max_backup_lag: std::time::Duration::from_secs(30 * 86_400),
+            ..Default::default()
+        },
     };
     tokio::spawn(lifeboat::server::serve(
         opts,

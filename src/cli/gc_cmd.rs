@@ -70,8 +70,37 @@ pub async fn gc_cmd(ctx: &Ctx, a: GcArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-pub async fn locks_cmd(ctx: &Ctx, remote: Option<String>) -> anyhow::Result<Outcome> {
+pub async fn locks_cmd(
+    ctx: &Ctx,
+    remote: Option<String>,
+    break_lock: Option<String>,
+) -> anyhow::Result<Outcome> {
     let (store, _) = ctx.target(remote.as_deref())?;
+    if let Some(id) = break_lock {
+        let key = lifeboat_core::store::DocKey::lock(&id).map_err(|_| {
+            anyhow::anyhow!(
+                "{id:?} is not a lock id: `lifeboat locks` lists them (writer-… or gc-…)"
+            )
+        })?;
+        let seen = lock::list(&store).await?;
+        let Some(found) = seen.iter().find(|s| s.key == key) else {
+            anyhow::bail!(
+                "{} holds no lock {id}: `lifeboat locks` lists those it holds",
+                store.describe()
+            );
+        };
+        let holder = found.describe();
+        store.delete_doc(&key).await?;
+        if ctx.json {
+            print_json(&serde_json::json!({ "broken": id, "holder": holder }))?;
+        } else {
+            println!(
+                "broke lock {id} ({holder}) on {}: its holder cannot refresh it and stops at its next check (a server refuses the lock from now on)",
+                store.describe()
+            );
+        }
+        return Ok(Outcome::Ok);
+    }
     let seen = lock::list(&store).await?;
     if ctx.json {
         let rows: Vec<serde_json::Value> = seen
@@ -79,10 +108,12 @@ pub async fn locks_cmd(ctx: &Ctx, remote: Option<String>) -> anyhow::Result<Outc
             .map(|s| {
                 serde_json::json!({
                     "lock": s.key.key(),
+                    "id": lock_id(s),
                     "kind": s.kind(),
                     "holder": s.info,
                     "age_seconds": s.age.as_secs(),
                     "live": s.live,
+                    "junk": s.is_junk(),
                 })
             })
             .collect();
@@ -100,16 +131,31 @@ pub async fn locks_cmd(ctx: &Ctx, remote: Option<String>) -> anyhow::Result<Outc
         .iter()
         .map(|s| {
             vec![
+                lock_id(s),
                 format!("{:?}", s.kind()).to_lowercase(),
                 s.describe(),
                 duration(s.age.as_secs_f64()),
-                if s.live { "live" } else { "dead (ignored)" }.into(),
+                if s.is_junk() {
+                    "JUNK (ignored; --break removes it)"
+                } else if s.live {
+                    "live"
+                } else {
+                    "dead (ignored)"
+                }
+                .into(),
             ]
         })
         .collect();
     print!(
         "{}",
-        table(&["KIND", "HOLDER", "REFRESHED AGO", "STATE"], &rows)
+        table(&["ID", "KIND", "HOLDER", "REFRESHED AGO", "STATE"], &rows)
     );
     Ok(Outcome::Ok)
+}
+
+fn lock_id(s: &lock::Seen) -> String {
+    match &s.key {
+        lifeboat_core::store::DocKey::Lock(n) => n.clone(),
+        other => other.key(),
+    }
 }

@@ -43,10 +43,7 @@ const READS_REMOTE: Uses = Uses {
 };
 
 fn uses(cmd: Option<&Command>) -> Uses {
-    let console = Uses {
-        json: false,
-        ..ALL
-    };
+    let console = Uses { json: false, ..ALL };
     let maybe_remote = |r: bool, u: Uses| if r { u } else { LOCAL };
     match cmd {
         None | Some(Command::Tui) => console,
@@ -111,7 +108,7 @@ fn uses(cmd: Option<&Command>) -> Uses {
         Some(Command::Protect(a)) | Some(Command::Unprotect(a)) => {
             metadata_only(a.remote.is_some())
         }
-        Some(Command::Locks { remote }) => metadata_only(remote.is_some()),
+        Some(Command::Locks { remote, .. }) => metadata_only(remote.is_some()),
         Some(Command::Status { .. }) => Uses {
             upload: false,
             download: false,
@@ -128,10 +125,7 @@ fn uses(cmd: Option<&Command>) -> Uses {
 /// A command that only lists, reads or deletes small things on a remote:
 /// bandwidth limits do not apply, timeouts do.
 fn metadata_only(remote: bool) -> Uses {
-    Uses {
-        remote,
-        ..LOCAL
-    }
+    Uses { remote, ..LOCAL }
 }
 
 pub fn check(cli: &Cli) -> anyhow::Result<()> {

@@ -237,10 +237,15 @@ pub enum Command {
     Protect(protect_cmd::ProtectArgs),
     /// Let prune remove a protected set again.
     Unprotect(protect_cmd::ProtectArgs),
-    /// Who holds the repository (or a remote) now: backups, pushes, a gc.
+    /// Who holds the repository (or a remote) now: backups, pushes, a gc,
+    /// and junk lock documents (ignored). --break removes one (on a server
+    /// an admin token is needed; the holder's refreshes are refused).
     Locks {
         #[arg(long, value_name = "REMOTE")]
         remote: Option<String>,
+        /// Remove this lock (its ID as `locks` lists it).
+        #[arg(long = "break", value_name = "ID")]
+        break_lock: Option<String>,
     },
     /// Per volume: backups only local, only on a remote, or in both.
     /// Exits 4 when a remote is unknown, unreachable or does not answer.
@@ -663,7 +668,7 @@ pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
         Command::Gc(a) => gc_cmd::gc_cmd(&ctx, a).await,
         Command::Protect(a) => protect_cmd::protect_cmd(&ctx, a, true).await,
         Command::Unprotect(a) => protect_cmd::protect_cmd(&ctx, a, false).await,
-        Command::Locks { remote } => gc_cmd::locks_cmd(&ctx, remote).await,
+        Command::Locks { remote, break_lock } => gc_cmd::locks_cmd(&ctx, remote, break_lock).await,
         Command::Status {
             remotes,
             timeout,
@@ -824,7 +829,10 @@ async fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<Outcome> {
         config: std::sync::Arc::new(ctx.config.clone()),
         rules: lifeboat::server::Rules {
             max_backup_lag: humantime::parse_duration(&a.max_backup_lag).map_err(|e| {
-                anyhow::anyhow!("--max-backup-lag {:?}: {e} (e.g. 1h, 30min, 2d)", a.max_backup_lag)
+                anyhow::anyhow!(
+                    "--max-backup-lag {:?}: {e} (e.g. 1h, 30min, 2d)",
+                    a.max_backup_lag
+                )
             })?,
             immutable_for: std::time::Duration::from_secs(a.immutable_days.saturating_mul(86_400)),
             max_body_memory: {
@@ -841,6 +849,7 @@ async fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<Outcome> {
                 }
                 n
             },
+            body_wait: std::time::Duration::from_secs(a.header_timeout_secs.max(1)),
         },
     };
     let shutdown = async {

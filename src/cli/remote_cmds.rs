@@ -404,6 +404,20 @@ pub async fn push_pull(ctx: &Ctx, a: SyncArgs, push: bool) -> anyhow::Result<Out
             duration(report.seconds)
         );
     }
+    if !report.refused.is_empty() {
+        for r in &report.refused {
+            eprintln!(
+                "REFUSED by {name}: {} — {}",
+                r.backup,
+                lifeboat_core::text::escape(&r.reason)
+            );
+        }
+        bail!(
+            "{name} refused {} of {} backups (the rest was sent); sending them again will not help: the reasons above say what does",
+            report.refused.len(),
+            report.manifests_selected
+        );
+    }
     Ok(Outcome::Ok)
 }
 

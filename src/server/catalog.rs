@@ -202,10 +202,13 @@ impl Catalog {
     pub fn sent(&self, scope: &str, key: &ObjectKey) {
         let mut inner = self.lock();
         // A view not built yet is built (keeping this) before its first use.
-        let v = inner.views.entry(scope.to_string()).or_insert_with(|| View {
-            stale: true,
-            ..Default::default()
-        });
+        let v = inner
+            .views
+            .entry(scope.to_string())
+            .or_insert_with(|| View {
+                stale: true,
+                ..Default::default()
+            });
         match key {
             ObjectKey::Chunk(id) => {
                 v.sent_chunks.insert(*id);
@@ -326,8 +329,5 @@ fn ensure_view<'a>(repo: Option<&Repo>, inner: &'a mut Inner, scope: &str) -> &'
         inner.views.insert(scope.to_string(), view);
     }
     // Just inserted above when it was missing.
-    inner
-        .views
-        .entry(scope.to_string())
-        .or_default()
+    inner.views.entry(scope.to_string()).or_default()
 }

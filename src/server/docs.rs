@@ -75,7 +75,11 @@ fn refused(key: &DocKey, r: Refusal) -> ApiError {
 
 /// Makes sure the registry knows a lock found on disk (one written by a
 /// lifeboat on the server's host, or before a restart).
-async fn learn(st: &Shared, key: &DocKey, modified: chrono::DateTime<chrono::Utc>) -> ApiResult<()> {
+async fn learn(
+    st: &Shared,
+    key: &DocKey,
+    modified: chrono::DateTime<chrono::Utc>,
+) -> ApiResult<()> {
     if matches!(key, DocKey::Lock(_)) && !st.locks.knows(key) {
         if let Some(body) = st.store.read_doc(key).await? {
             st.locks.learn(key, &body, modified);
@@ -93,7 +97,14 @@ pub async fn put_doc(
 ) -> ApiResult<StatusCode> {
     let key = parse(&key, &grant)?;
     need(role_to_change(&key, false), grant.role)?;
-    let body = read_body(&st, &headers, body, MAX_DOC_BYTES, &format!("document {key}")).await?;
+    let body = read_body(
+        &st,
+        &headers,
+        body,
+        MAX_DOC_BYTES,
+        &format!("document {key}"),
+    )
+    .await?;
     // Documents are JSON objects; anything else is refused, not stored.
     match serde_json::from_slice::<serde_json::Value>(&body) {
         Ok(serde_json::Value::Object(_)) => {}

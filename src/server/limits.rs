@@ -187,8 +187,10 @@ where
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, header::HeaderValue::from_static("2"));
                 if http1 {
-                    resp.headers_mut()
-                        .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+                    resp.headers_mut().insert(
+                        header::CONNECTION,
+                        header::HeaderValue::from_static("close"),
+                    );
                 }
                 drop(guard);
                 Ok(resp)
@@ -198,7 +200,12 @@ where
         Box::pin(async move {
             let resp = fut.await?;
             // The request lasts until its body has been sent.
-            Ok(resp.map(|b| Body::new(GuardedBody { inner: b, _guard: guard })))
+            Ok(resp.map(|b| {
+                Body::new(GuardedBody {
+                    inner: b,
+                    _guard: guard,
+                })
+            }))
         })
     }
 }
@@ -317,25 +324,26 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 pub struct BodyBudget {
     kib: Arc<Semaphore>,
     total_kib: u32,
+    /// How long a request waits for room before a 503 (the header
+    /// timeout: what a client is given to start being useful).
+    wait: Duration,
 }
 
-/// How long a request waits for room in the budget before a 503.
-pub const BUDGET_WAIT: Duration = Duration::from_secs(30);
-
 impl BodyBudget {
-    pub fn new(bytes: u64) -> BodyBudget {
+    pub fn new(bytes: u64, wait: Duration) -> BodyBudget {
         let total_kib = (bytes / 1024).clamp(1, u64::from(u32::MAX >> 4)) as u32;
         BodyBudget {
             kib: Arc::new(Semaphore::new(total_kib as usize)),
             total_kib,
+            wait,
         }
     }
 
     /// Reserves room for a body of at most `bytes`; None when there is no
-    /// room within `BUDGET_WAIT`.
+    /// room within the wait.
     pub async fn reserve(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
         let kib = (bytes.div_ceil(1024)).clamp(1, u64::from(self.total_kib)) as u32;
-        tokio::time::timeout(BUDGET_WAIT, self.kib.clone().acquire_many_owned(kib))
+        tokio::time::timeout(self.wait, self.kib.clone().acquire_many_owned(kib))
             .await
             .ok()?
             .ok()

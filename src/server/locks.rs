@@ -130,8 +130,7 @@ impl LockRegistry {
                 let live = records
                     .values()
                     .filter(|r| {
-                        r.stamp.as_ref().is_some_and(|s| s.token == grant.name)
-                            && is_live(r, now)
+                        r.stamp.as_ref().is_some_and(|s| s.token == grant.name) && is_live(r, now)
                     })
                     .count();
                 if live >= MAX_LOCKS_PER_TOKEN {
@@ -333,10 +332,14 @@ mod tests {
             scope: Some("a-".into()),
             first_seen: Utc::now(),
         };
-        let body = br#"{"kind":"writer","host":"h","pid":1,"what":"push","since":"2026-01-01T00:00:00Z"}"#;
+        let body =
+            br#"{"kind":"writer","host":"h","pid":1,"what":"push","since":"2026-01-01T00:00:00Z"}"#;
         let s = stamped(body, &stamp).unwrap();
         assert_eq!(stamp_of(&s), Some(stamp));
         let shown = shown(&s, &Sight::Full, Utc::now());
-        assert!(!shown.contains("site-a") && shown.contains("push"), "{shown}");
+        assert!(
+            !shown.contains("site-a") && shown.contains("push"),
+            "{shown}"
+        );
     }
 }

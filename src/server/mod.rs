@@ -31,8 +31,8 @@ use lifeboat_core::error::{Error, Result};
 use lifeboat_core::repo::refs::exact_time;
 use lifeboat_core::repo::{chunk, Index, Manifest, ManifestKey, RepoConfig, CONFIG_FILE};
 use lifeboat_core::store::http::{
-    ImmutableResponse, ListResponse, MissingRequest, MissingResponse, LIST_PAGE,
-    MAX_MISSING_BODY, MISSING_BATCH,
+    ImmutableResponse, ListResponse, MissingRequest, MissingResponse, LIST_PAGE, MAX_MISSING_BODY,
+    MISSING_BATCH,
 };
 use lifeboat_core::store::keys::{check_prefix, ObjectKey, Verified};
 use lifeboat_core::store::local::LocalStore;
@@ -77,6 +77,9 @@ pub struct Rules {
     pub immutable_for: Duration,
     /// Request bodies held in memory at once, across every request.
     pub max_body_memory: u64,
+    /// How long a request waits for room in that memory (the header
+    /// timeout), then 503.
+    pub body_wait: Duration,
 }
 
 impl Default for Rules {
@@ -85,6 +88,7 @@ impl Default for Rules {
             max_backup_lag: Duration::from_secs(3600),
             immutable_for: Duration::from_secs(7 * 86_400),
             max_body_memory: 256 << 20,
+            body_wait: ServeOptions::DEFAULT_HEADER_TIMEOUT,
         }
     }
 }
@@ -323,7 +327,8 @@ async fn auth(State(st): State<Shared>, mut req: Request, next: Next) -> Respons
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token);
     let Some(token) = presented else {
-        return ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer token".into()).into_response();
+        return ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer token".into())
+            .into_response();
     };
     match st.tokens.check(token) {
         Ok(grant) => {
@@ -501,7 +506,10 @@ async fn get_object(
     let file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no object {key}")))
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no object {key}"),
+            ))
         }
         Err(e) => return Err(Error::io("reading", &path, e).into()),
     };
@@ -671,7 +679,10 @@ fn check_new_backup(
         }
     }
     let lag = chrono::Duration::from_std(rules.max_backup_lag).unwrap_or_default();
-    let began = locks.session_start(&grant.name, now).unwrap_or(now).min(now);
+    let began = locks
+        .session_start(&grant.name, now)
+        .unwrap_or(now)
+        .min(now);
     if key.time < began - lag {
         return Err(ApiError::late(format!(
             "{what} is older than this push allows: the server takes backups dated at most {} before the push that sends them began ({} by its clock) (serve --max-backup-lag); {admin_hint}",
@@ -1023,7 +1034,7 @@ pub fn router(
         },
         catalog,
         locks: Arc::new(locks::LockRegistry::default()),
-        budget: limits::BodyBudget::new(rules.max_body_memory),
+        budget: limits::BodyBudget::new(rules.max_body_memory, rules.body_wait),
         rules,
     });
     let api = Router::new()

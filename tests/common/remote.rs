@@ -12,35 +12,62 @@ pub struct Server {
     pub child: Child,
     pub url: String,
     pub addr: String,
+    /// The certificate's SHA-256 fingerprint, for an HTTPS server.
+    pub fingerprint: Option<String>,
 }
 
 impl Server {
-    /// Starts `lifeboat serve` on `listen` (e.g. 127.0.0.1:0) over `repo`.
+    /// Starts `lifeboat serve` on `listen` (e.g. 127.0.0.1:0) over `repo`,
+    /// without an immutability window (the tests of prune and gc remove
+    /// what they just pushed; the window has tests of its own).
     pub fn start(repo: &Path, tokens: &Path, listen: &str) -> Server {
+        Server::start_with(repo, tokens, listen, &["--immutable-days", "0"])
+    }
+
+    /// Starts `lifeboat serve` with `extra` arguments.
+    pub fn start_with(repo: &Path, tokens: &Path, listen: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(BIN)
             .arg("-r")
             .arg(repo)
             .args(["serve", "--listen", listen, "--tokens"])
             .arg(tokens)
+            .args(extra)
             .env_remove("LIFEBOAT_CONFIG")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("start server");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("server prints its address");
+        out.read_line(&mut line).expect("server prints its address");
         let url = line
             .trim()
             .strip_prefix("listening on ")
             .expect("listening line")
             .to_string();
+        let mut fingerprint = None;
+        if url.starts_with("https://") {
+            line.clear();
+            out.read_line(&mut line)
+                .expect("server prints its fingerprint");
+            fingerprint = line
+                .trim()
+                .strip_prefix("certificate fingerprint (SHA-256): ")
+                .map(str::to_string);
+            assert!(fingerprint.is_some(), "no fingerprint line: {line:?}");
+        }
+        // Keep draining stdout so the server never blocks on it.
+        std::thread::spawn(move || for _ in out.lines() {});
         let addr = url
             .trim_start_matches("http://")
             .trim_start_matches("https://")
             .to_string();
-        Server { child, url, addr }
+        Server {
+            child,
+            url,
+            addr,
+            fingerprint,
+        }
     }
 
     pub fn kill(&mut self) {
@@ -57,9 +84,15 @@ impl Drop for Server {
 
 /// Adds a token with `role` to `tokens`, returning it.
 pub fn add_token(tokens: &Path, name: &str, role: &str) -> String {
+    add_token_with(tokens, name, role, &[])
+}
+
+/// Adds a token with `role` and `extra` options (`--scope`, caps).
+pub fn add_token_with(tokens: &Path, name: &str, role: &str, extra: &[&str]) -> String {
     let out = Command::new(BIN)
         .args(["serve", "token", "add", name, "--role", role, "--tokens"])
         .arg(tokens)
+        .args(extra)
         .output()
         .expect("token add");
     assert!(

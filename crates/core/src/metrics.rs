@@ -206,23 +206,6 @@ pub fn render_for(
         "remote_check_timestamp_seconds",
         "When the VM's last run asked the remote (Unix time)",
     );
-    let objects = family::<Kind>(
-        &mut reg,
-        "repository_objects",
-        "Chunk and index objects stored",
-    );
-    let obj_bytes = family::<Kind>(
-        &mut reg,
-        "repository_object_bytes",
-        "Bytes of chunk and index objects stored",
-    );
-    let total = FGauge::default();
-    reg.register(
-        "repository_bytes",
-        "Bytes of all chunks and indexes stored",
-        total.clone(),
-    );
-
     // The newest backup of each volume, with its id (for its verify mark).
     let mut newest: BTreeMap<(String, String), (crate::repo::Id, &crate::repo::Manifest)> =
         BTreeMap::new();
@@ -321,7 +304,24 @@ pub fn render_for(
             }
         }
     }
+    // Totals describe every VM: not for a scrape that sees only some.
     if only.is_none() {
+        let objects = family::<Kind>(
+            &mut reg,
+            "repository_objects",
+            "Chunk and index objects stored",
+        );
+        let obj_bytes = family::<Kind>(
+            &mut reg,
+            "repository_object_bytes",
+            "Bytes of chunk and index objects stored",
+        );
+        let total = FGauge::default();
+        reg.register(
+            "repository_bytes",
+            "Bytes of all chunks and indexes stored",
+            total.clone(),
+        );
         let (sizes, sum) = repository_size(root);
         for (kind, (n, b)) in sizes {
             let l = Kind { kind: kind.into() };

@@ -214,7 +214,12 @@ pub fn immutable_reason(
         .iter()
         .filter_map(|k| until.get(k))
         .max()
-        .map(|t| format!("immutable on the server until {}", t.format("%Y-%m-%d %H:%M UTC")))
+        .map(|t| {
+            format!(
+                "immutable on the server until {}",
+                t.format("%Y-%m-%d %H:%M UTC")
+            )
+        })
 }
 
 #[cfg(test)]
@@ -288,7 +293,6 @@ mod tests {
             }
             h += 1;
         }
-        let now = start + chrono::Duration::hours(24 * 548);
         let rules = Rules {
             last: 3,
             daily: 7,

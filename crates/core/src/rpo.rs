@@ -92,10 +92,14 @@ pub struct VmRpo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "state")]
 pub enum RemoteSight {
-    Holds { newest: DateTime<Utc> },
+    Holds {
+        newest: DateTime<Utc>,
+    },
     /// It answered and holds no backup of the VM.
     Empty,
-    Unreachable { reason: String },
+    Unreachable {
+        reason: String,
+    },
 }
 
 pub fn assess(

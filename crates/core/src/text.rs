@@ -58,13 +58,13 @@ pub fn duration_words(d: std::time::Duration) -> String {
         0..=119 => format!("{s} s"),
         _ if s < 7200 => format!("{} min", s / 60),
         _ if s < 2 * 86_400 => {
-            if s % 3600 == 0 {
+            if s.is_multiple_of(3600) {
                 format!("{} h", s / 3600)
             } else {
                 format!("{:.1} h", s as f64 / 3600.0)
             }
         }
-        _ if s % 86_400 == 0 => format!("{} d", s / 86_400),
+        _ if s.is_multiple_of(86_400) => format!("{} d", s / 86_400),
         _ => format!("{:.1} d", s as f64 / 86_400.0),
     }
 }

@@ -242,9 +242,25 @@ pub fn backup(
     if cancel.is_cancelled() {
         return Err(Error::Cancelled);
     }
-    // The definition is durable before any manifest names it.
+    // The definition is durable before any manifest names it. Every
+    // volume of the set is one of its disks (a restore refuses a set
+    // whose volumes its definition does not know).
     let definition = match &req.definition {
-        Some(d) => Some(repo.write_definition(&d.to_bytes())?),
+        Some(d) => {
+            let mut d = d.clone();
+            for v in &req.volumes {
+                if !d.spec.disks.iter().any(|x| x.volume == v.name) {
+                    let bus = crate::vm::Bus::default();
+                    let target = crate::vm::domain::free_target(&d.spec.disks, bus);
+                    d.spec.disks.push(crate::vm::DiskSpec {
+                        volume: v.name.clone(),
+                        bus,
+                        target,
+                    });
+                }
+            }
+            Some(repo.write_definition(&d.to_bytes())?)
+        }
         None => None,
     };
     lock.check()?;

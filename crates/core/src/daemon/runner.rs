@@ -664,7 +664,9 @@ impl PolicyRun {
         let backups = self.local_backups().await?;
         let mut offsite = BTreeMap::new();
         for remote in &self.policy.push {
-            let r = self.push_owed(remote, &local, &backups, &progress, rec).await;
+            let r = self
+                .push_owed(remote, &local, &backups, &progress, rec)
+                .await;
             let (o, result) = match r {
                 Ok((holding, msg)) => (Offsite::Known(holding), Ok(msg)),
                 Err(Error::Cancelled) => return Err(Error::Cancelled),
@@ -685,7 +687,11 @@ impl PolicyRun {
                 offsite::hold_unsent(&mut decisions, &offsite);
                 let held = decisions
                     .iter()
-                    .filter(|d| d.reasons.iter().any(|r| r.starts_with("not yet on") || r.contains("unreachable")))
+                    .filter(|d| {
+                        d.reasons
+                            .iter()
+                            .any(|r| r.starts_with("not yet on") || r.contains("unreachable"))
+                    })
                     .count();
                 let (s, n) = remove_decided(&local, &decisions).await?;
                 let mut msg = format!("removed {s} sets ({n} backups)");
@@ -755,7 +761,8 @@ impl PolicyRun {
         };
         let outcome = async {
             let (_, store) = crate::store::remote::resolve(&self.config, remote)?;
-            let before = offsite::holding(store.as_ref(), remote, &self.vm, backups, &self.policy).await?;
+            let before =
+                offsite::holding(store.as_ref(), remote, &self.vm, backups, &self.policy).await?;
             let selected: Vec<ManifestKey> = backups
                 .iter()
                 .filter(|(k, m)| k.vm == self.vm && before.owed.contains(&m.set))
@@ -789,11 +796,11 @@ impl PolicyRun {
                 refused = rep.refused;
             }
             if let Some(rules) = self.policy.retention_for(Some(remote)) {
-                let (sets, n) =
-                    prune_vm(&store, &self.vm, &self.policy, rules).await?;
+                let (sets, n) = prune_vm(&store, &self.vm, &self.policy, rules).await?;
                 msg.push_str(&format!("; pruned {sets} sets ({n} backups)"));
             }
-            let after = offsite::holding(store.as_ref(), remote, &self.vm, backups, &self.policy).await?;
+            let after =
+                offsite::holding(store.as_ref(), remote, &self.vm, backups, &self.policy).await?;
             if !refused.is_empty() {
                 let first = &refused[0];
                 msg.push_str(&format!(
@@ -805,9 +812,17 @@ impl PolicyRun {
             }
             let refused_sets: std::collections::BTreeSet<&str> = refused
                 .iter()
-                .filter_map(|r| backups.iter().find(|(b, _)| *b == r.key).map(|(_, m)| m.set.as_str()))
+                .filter_map(|r| {
+                    backups
+                        .iter()
+                        .find(|(b, _)| *b == r.key)
+                        .map(|(_, m)| m.set.as_str())
+                })
                 .collect();
-            record.refused = refused_sets.iter().filter(|s| after.owed.contains(**s)).count();
+            record.refused = refused_sets
+                .iter()
+                .filter(|s| after.owed.contains(**s))
+                .count();
             Ok::<_, Error>((after, msg))
         }
         .await;

@@ -33,7 +33,10 @@ impl TimeSpan {
     pub fn parse(s: &str) -> Option<TimeSpan> {
         let s = s.trim();
         let (date, rest) = if s.len() >= 10 && s.as_bytes().get(4) == Some(&b'-') {
-            (chrono::NaiveDate::parse_from_str(s.get(..10)?, "%Y-%m-%d").ok()?, &s[10..])
+            (
+                chrono::NaiveDate::parse_from_str(s.get(..10)?, "%Y-%m-%d").ok()?,
+                &s[10..],
+            )
         } else {
             // Compact: 20261130T130512[.345]Z
             let d = chrono::NaiveDate::parse_from_str(s.get(..8)?, "%Y%m%d").ok()?;
@@ -257,13 +260,8 @@ pub fn resolve_one<'a>(
                 .filter(|(k, _)| k.vm == vm && k.volume == volume)
                 .collect();
             cands.sort_by_key(|c| std::cmp::Reverse((c.1.created_at, c.0.id)));
-            sel.pick(
-                &cands,
-                |c| c.1.created_at,
-                |c| describe_backup(&c.0),
-                input,
-            )
-            .copied()
+            sel.pick(&cands, |c| c.1.created_at, |c| describe_backup(&c.0), input)
+                .copied()
         }
         Ref::Set { .. } => Err(Error::BadRef {
             input: input.to_string(),
@@ -317,6 +315,44 @@ pub fn sets_of<'a>(all: &'a [(ManifestKey, Manifest)], vm: &str) -> Vec<BackupSe
     sets
 }
 
+/// A set's backups must agree with each other: one VM definition for all
+/// (or none), one backup per volume, one root volume at most. A set that
+/// does not was changed behind its writer's back (a hostile client adding
+/// a volume or a definition to a real set, on a store that cannot refuse
+/// it): restoring it as a VM would follow the addition.
+pub fn check_set(members: &[&(ManifestKey, Manifest)]) -> Result<()> {
+    let tampered = |why: String| {
+        let (k, m) = members[0];
+        Err(Error::BadInput(format!(
+            "backup set {} of {} is not consistent: {why}. Someone changed it after it was written; restore its volumes one by one (VM/VOLUME@…) and check them, and see docs/SERVER.md (\"If the primary site was compromised\")",
+            m.set, k.vm
+        )))
+    };
+    let Some((_, first)) = members.first().copied() else {
+        return Ok(());
+    };
+    if members
+        .iter()
+        .any(|(_, m)| m.definition != first.definition)
+    {
+        return tampered("its backups name different VM definitions".into());
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (k, _) in members {
+        if !seen.insert(k.volume.as_str()) {
+            return tampered(format!("it holds volume {} twice", k.volume));
+        }
+    }
+    let roots = members
+        .iter()
+        .filter(|(_, m)| m.volume.role == super::manifest::Role::Root)
+        .count();
+    if roots > 1 {
+        return tampered(format!("it has {roots} root volumes"));
+    }
+    Ok(())
+}
+
 /// Resolves a reference to the set of backups to restore: a set reference
 /// gives every volume of that set, a volume reference gives one backup.
 pub fn resolve_many<'a>(
@@ -332,7 +368,10 @@ pub fn resolve_many<'a>(
                 |s| format!("{vm}@{} (set {})", exact_time(s.time), short(&s.set)),
                 input,
             )
-            .map(|s| s.members.clone())
+            .and_then(|s| {
+                check_set(&s.members)?;
+                Ok(s.members.clone())
+            })
         }
         _ => Ok(vec![resolve_one(all, input)?]),
     }
@@ -404,7 +443,12 @@ mod tests {
         assert_eq!(t("20261130T130512.345Z"), ms);
         let day = t("2026-11-30");
         assert_eq!(day.end - day.start, chrono::Duration::days(1));
-        for bad in ["2026-11-30T", "2026-11-30T13", "2026-11-30T13:05:12.1234567890", "x"] {
+        for bad in [
+            "2026-11-30T",
+            "2026-11-30T13",
+            "2026-11-30T13:05:12.1234567890",
+            "x",
+        ] {
             assert!(TimeSpan::parse(bad).is_none(), "{bad}");
         }
     }

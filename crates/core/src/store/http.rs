@@ -109,8 +109,7 @@ fn is_loopback(url: &reqwest::Url) -> bool {
     url.host_str().is_some_and(|h| {
         let h = h.trim_start_matches('[').trim_end_matches(']');
         h.eq_ignore_ascii_case("localhost")
-            || h.parse::<std::net::IpAddr>()
-                .is_ok_and(|a| a.is_loopback())
+            || h.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback())
     })
 }
 
@@ -121,7 +120,11 @@ impl HttpStore {
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
         }
-        if base.scheme() == "http" && opts.token.is_some() && !is_loopback(&base) && !opts.insecure_http {
+        if base.scheme() == "http"
+            && opts.token.is_some()
+            && !is_loopback(&base)
+            && !opts.insecure_http
+        {
             return Err(Error::BadInput(format!(
                 "refusing to send a token in clear to {}: use https:// (lifeboat serve makes its own certificate; pin it with --fingerprint), or, on a trusted network only, pass --insecure-http or set insecure_http = true on the remote",
                 base.host_str().unwrap_or("?")

@@ -199,7 +199,10 @@ pub fn read_object(path: &Path, key: &ObjectKey) -> Result<Option<Bytes>> {
 impl LocalStore {
     /// The documents of a kind with their modification times, without
     /// reading them (a server pages through many and reads only a page).
-    pub async fn doc_names(&self, kind: DocKind) -> Result<Vec<(DocKey, chrono::DateTime<chrono::Utc>)>> {
+    pub async fn doc_names(
+        &self,
+        kind: DocKind,
+    ) -> Result<Vec<(DocKey, chrono::DateTime<chrono::Utc>)>> {
         let root = self.root.clone();
         blocking(move || {
             let mut names = Vec::new();
@@ -216,7 +219,7 @@ impl LocalStore {
                     Err(e) => return Err(Error::io("reading the time of", &path, e)),
                 }
             }
-            out.sort_by(|a, b| a.0.key().cmp(&b.0.key()));
+            out.sort_by_key(|a| a.0.key());
             Ok(out)
         })
         .await
@@ -405,7 +408,13 @@ impl Store for LocalStore {
                 let body = match durable::read_limited(&path, MAX_DOC_BYTES) {
                     Ok(Limited::Data(d)) => Bytes::from(d),
                     Ok(Limited::TooLarge(n)) => {
-                        tracing::warn!("{}", check_size(&key, n).err().map(|e| e.to_string()).unwrap_or_default());
+                        tracing::warn!(
+                            "{}",
+                            check_size(&key, n)
+                                .err()
+                                .map(|e| e.to_string())
+                                .unwrap_or_default()
+                        );
                         Bytes::new()
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,

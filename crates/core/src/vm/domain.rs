@@ -20,21 +20,21 @@ const MAX_DEPTH: usize = 64;
 const MAX_NODES: usize = 100_000;
 
 #[derive(Debug, Clone, PartialEq)]
-enum Node {
+pub(super) enum Node {
     Element(Element),
     Text(String),
     Comment(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
-struct Element {
-    name: String,
-    attrs: Vec<(String, String)>,
-    children: Vec<Node>,
+pub(super) struct Element {
+    pub(super) name: String,
+    pub(super) attrs: Vec<(String, String)>,
+    pub(super) children: Vec<Node>,
 }
 
 impl Element {
-    fn new(name: &str) -> Element {
+    pub(super) fn new(name: &str) -> Element {
         Element {
             name: name.into(),
             attrs: Vec::new(),
@@ -42,49 +42,49 @@ impl Element {
         }
     }
 
-    fn attr(&self, name: &str) -> Option<&str> {
+    pub(super) fn attr(&self, name: &str) -> Option<&str> {
         self.attrs
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
 
-    fn set_attr(&mut self, name: &str, value: &str) {
+    pub(super) fn set_attr(&mut self, name: &str, value: &str) {
         match self.attrs.iter_mut().find(|(k, _)| k == name) {
             Some(a) => a.1 = value.to_string(),
             None => self.attrs.push((name.into(), value.into())),
         }
     }
 
-    fn with_attr(mut self, name: &str, value: &str) -> Element {
+    pub(super) fn with_attr(mut self, name: &str, value: &str) -> Element {
         self.set_attr(name, value);
         self
     }
 
-    fn with_text(mut self, text: &str) -> Element {
+    pub(super) fn with_text(mut self, text: &str) -> Element {
         self.children.push(Node::Text(text.into()));
         self
     }
 
-    fn child(&self, name: &str) -> Option<&Element> {
+    pub(super) fn child(&self, name: &str) -> Option<&Element> {
         self.elements().find(|e| e.name == name)
     }
 
-    fn child_mut(&mut self, name: &str) -> Option<&mut Element> {
+    pub(super) fn child_mut(&mut self, name: &str) -> Option<&mut Element> {
         self.children.iter_mut().find_map(|n| match n {
             Node::Element(e) if e.name == name => Some(e),
             _ => None,
         })
     }
 
-    fn elements(&self) -> impl Iterator<Item = &Element> {
+    pub(super) fn elements(&self) -> impl Iterator<Item = &Element> {
         self.children.iter().filter_map(|n| match n {
             Node::Element(e) => Some(e),
             _ => None,
         })
     }
 
-    fn text(&self) -> String {
+    pub(super) fn text(&self) -> String {
         self.children
             .iter()
             .filter_map(|n| match n {
@@ -96,11 +96,11 @@ impl Element {
             .to_string()
     }
 
-    fn set_text(&mut self, text: &str) {
+    pub(super) fn set_text(&mut self, text: &str) {
         self.children = vec![Node::Text(text.into())];
     }
 
-    fn push(&mut self, e: Element) {
+    pub(super) fn push(&mut self, e: Element) {
         self.children.push(Node::Element(e));
     }
 
@@ -157,7 +157,10 @@ impl Element {
 
 /// Removes the child elements `drop` picks, with the indentation before
 /// each; returns how many went.
-fn remove_children(children: &mut Vec<Node>, drop: impl Fn(&Element) -> bool) -> usize {
+pub(super) fn remove_children(
+    children: &mut Vec<Node>,
+    mut drop: impl FnMut(&Element) -> bool,
+) -> usize {
     let mut out: Vec<Node> = Vec::with_capacity(children.len());
     let mut removed = 0;
     for n in std::mem::take(children) {
@@ -511,10 +514,10 @@ fn driver_type(f: ImageFormat) -> &'static str {
     }
 }
 
-/// Elements that name this host's hardware or files: a restored VM on
-/// another host must not inherit them.
-const HOST_SPECIFIC: [&str; 4] = ["hostdev", "redirdev", "smartcard", "seclabel"];
-
+/// The stored XML made into the restored VM's: its disks pointed at the
+/// restored files (disks not in the backup dropped), MACs dropped unless
+/// kept, then the allow-list (`allow`): only what lifeboat understands
+/// survives, and every drop is listed.
 fn rewrite(
     dom: &mut Element,
     def: &Definition,
@@ -522,84 +525,64 @@ fn rewrite(
     keep_macs: bool,
     notes: &mut DomainNotes,
 ) {
-    // Top-level seclabels carry this host's security labels.
-    if remove_children(&mut dom.children, |e| e.name == "seclabel") > 0 {
-        notes
-            .changes
-            .push("removed the host's security labels".into());
-    }
-    if let Some(os) = dom.child_mut("os") {
-        if remove_children(&mut os.children, |e| e.name == "nvram") > 0 {
-            notes
-                .changes
-                .push("removed the UEFI variable store path (libvirt makes a fresh one)".into());
-        }
-    }
-    let Some(devices) = dom.child_mut("devices") else {
-        return;
-    };
-    let mut kept: Vec<Node> = Vec::new();
-    let drop_indent = |kept: &mut Vec<Node>| {
-        if matches!(kept.last(), Some(Node::Text(t)) if t.trim().is_empty()) {
-            kept.pop();
-        }
-    };
-    for node in std::mem::take(&mut devices.children) {
-        let Node::Element(mut e) = node else {
-            kept.push(node);
-            continue;
-        };
-        match e.name.as_str() {
-            n if HOST_SPECIFIC.contains(&n) => {
-                notes
-                    .changes
-                    .push(format!("removed a <{n}> (host hardware)"));
-                drop_indent(&mut kept);
-                continue;
+    if let Some(devices) = dom.child_mut("devices") {
+        let mut kept: Vec<Node> = Vec::new();
+        let drop_indent = |kept: &mut Vec<Node>| {
+            if matches!(kept.last(), Some(Node::Text(t)) if t.trim().is_empty()) {
+                kept.pop();
             }
-            "disk" => {
-                let dev = e
-                    .child("target")
-                    .and_then(|t| t.attr("dev"))
-                    .unwrap_or("")
-                    .to_string();
-                let spec = def.spec.disks.iter().find(|d| d.target == dev);
-                let restored = spec.and_then(|s| disks.iter().find(|r| r.volume == s.volume));
-                match restored {
-                    Some(r) => point_disk(&mut e, r),
-                    None if disk_source(&e).is_none() => {}
-                    None => {
-                        notes.changes.push(format!(
-                            "removed disk {} ({}): it is not part of this backup",
-                            crate::text::escape(&dev),
-                            crate::text::escape(disk_source(&e).unwrap_or(""))
-                        ));
-                        drop_indent(&mut kept);
-                        continue;
+        };
+        for node in std::mem::take(&mut devices.children) {
+            let Node::Element(mut e) = node else {
+                kept.push(node);
+                continue;
+            };
+            match e.name.as_str() {
+                "disk" => {
+                    let dev = e
+                        .child("target")
+                        .and_then(|t| t.attr("dev"))
+                        .unwrap_or("")
+                        .to_string();
+                    let restored = (e.attr("device").unwrap_or("disk") == "disk")
+                        .then(|| def.spec.disks.iter().find(|d| d.target == dev))
+                        .flatten()
+                        .and_then(|s| disks.iter().find(|r| r.volume == s.volume));
+                    match restored {
+                        Some(r) => point_disk(&mut e, r),
+                        None => {
+                            notes.changes.push(format!(
+                                "removed {} {} ({}): it is not part of this backup",
+                                crate::text::escape(e.attr("device").unwrap_or("disk")),
+                                crate::text::escape(&dev),
+                                crate::text::escape(disk_source(&e).unwrap_or("no source"))
+                            ));
+                            drop_indent(&mut kept);
+                            continue;
+                        }
                     }
                 }
-            }
-            "interface" => {
-                if e.attr("type") == Some("hostdev") || e.attr("type") == Some("direct") {
-                    notes.changes.push(format!(
-                        "removed a {} interface (host hardware)",
-                        e.attr("type").unwrap_or("")
-                    ));
-                    drop_indent(&mut kept);
-                    continue;
-                }
-                if !keep_macs && remove_children(&mut e.children, |m| m.name == "mac") > 0 {
+                "interface"
+                    if !keep_macs && remove_children(&mut e.children, |m| m.name == "mac") > 0 =>
+                {
                     notes.changes.push(
                         "removed a MAC address (libvirt assigns a new one; --keep-macs keeps it)"
                             .into(),
                     );
                 }
+                _ => {}
             }
-            _ => {}
+            kept.push(Node::Element(e));
         }
-        kept.push(Node::Element(e));
+        devices.children = kept;
     }
-    devices.children = kept;
+    notes.changes.extend(super::allow::apply(dom));
+    if dom.child("devices").is_none() {
+        dom.push(Element::new("devices"));
+    }
+    let Some(devices) = dom.child_mut("devices") else {
+        return;
+    };
     // Restored volumes the stored XML did not list are attached too.
     for d in &def.spec.disks {
         let listed = devices.elements().any(|e| {
@@ -897,5 +880,145 @@ mod tests {
         }
         let deep = format!("{}{}", "<domain>".repeat(100), "</domain>".repeat(100));
         assert!(parse(&deep).is_err());
+    }
+
+    /// What an attacker with a backup client's token could put into a
+    /// stored definition: nothing of it reaches the restored XML, and
+    /// every drop is listed.
+    #[test]
+    fn a_hostile_definition_keeps_only_what_lifeboat_understands() {
+        let hostile = r#"<domain type='kvm' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
+  <name>web01</name>
+  <memory unit='KiB'>524288</memory>
+  <vcpu placement='static'>2</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc-q35-7.2'>hvm</type>
+    <loader readonly='yes' type='pflash'>/var/evil/OVMF.fd</loader>
+    <nvram>/var/lib/libvirt/qemu/nvram/x.fd</nvram>
+  </os>
+  <cpu mode='host-passthrough'><topology sockets='1' cores='2' threads='1'/></cpu>
+  <metadata><evil xmlns='urn:x'>data</evil></metadata>
+  <devices>
+    <emulator>/tmp/evil-qemu</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2' cache='unsafe'/>
+      <source file='/var/lib/libvirt/images/web01-root.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+      <boot order='1'/>
+    </disk>
+    <disk type='file' device='cdrom'>
+      <source file='/etc/shadow'/>
+      <target dev='hdc' bus='ide'/>
+    </disk>
+    <filesystem type='mount' accessmode='passthrough'>
+      <source dir='/'/><target dir='hostroot'/>
+    </filesystem>
+    <interface type='ethernet'>
+      <script path='/tmp/evil.sh'/>
+    </interface>
+    <interface type='network'>
+      <source network='default'/>
+      <script path='/tmp/evil2.sh'/>
+      <target dev='vnet0'/>
+      <model type='virtio'/>
+    </interface>
+    <serial type='file'>
+      <source path='/root/.bashrc'/>
+      <target port='0'/>
+    </serial>
+    <channel type='unix'>
+      <source mode='bind' path='/etc/cron.d/x'/>
+      <target type='virtio' name='org.qemu.guest_agent.0'/>
+    </channel>
+    <graphics type='vnc' port='5900' listen='0.0.0.0' passwd='x'/>
+    <hostdev mode='subsystem' type='pci'/>
+  </devices>
+  <seclabel type='none'/>
+  <qemu:commandline>
+    <qemu:arg value='-drive'/>
+    <qemu:arg value='file=/etc/shadow,if=virtio'/>
+  </qemu:commandline>
+</domain>
+"#;
+        let vols = vec![(
+            "root".to_string(),
+            Role::Root,
+            PathBuf::from("/var/lib/libvirt/images/web01-root.qcow2"),
+            None,
+        )];
+        let def = Definition {
+            format: 1,
+            vm: "web01".into(),
+            spec: spec_from_xml(hostile, &vols).unwrap(),
+            domain_xml: Some(hostile.into()),
+            checks: None,
+        };
+        let disks = [RestoredDisk {
+            volume: "root".into(),
+            path: "/restore/root.qcow2".into(),
+            format: ImageFormat::Qcow2,
+        }];
+        let (x, notes) = restored_xml(&def, &disks, false, None).unwrap();
+        for bad in [
+            "commandline",
+            "/etc/shadow",
+            "filesystem",
+            "hostroot",
+            ".bashrc",
+            "evil",
+            "emulator",
+            "script",
+            "/etc/cron.d",
+            "0.0.0.0",
+            "passwd",
+            "hostdev",
+            "seclabel",
+            "metadata",
+            "unsafe",
+            "nvram",
+            "xmlns:qemu",
+            "vnet0",
+            "type=\"ethernet\"",
+        ] {
+            assert!(!x.contains(bad), "{bad} survived:\n{x}");
+        }
+        for kept in [
+            "<source file=\"/restore/root.qcow2\"/>",
+            "<boot order=\"1\"/>",
+            "host-passthrough",
+            "cores=\"2\"",
+            "firmware=\"efi\"",
+            "<source network=\"default\"/>",
+            "<serial type=\"pty\">",
+            "org.qemu.guest_agent.0",
+            "listen=\"127.0.0.1\"",
+        ] {
+            assert!(x.contains(kept), "{kept} missing:\n{x}");
+        }
+        let all = notes.changes.join("\n");
+        for listed in [
+            "qemu:commandline",
+            "filesystem",
+            "emulator",
+            "script",
+            "became a pty",
+            "hdc",
+            "hostdev",
+            "127.0.0.1",
+        ] {
+            assert!(all.contains(listed), "{listed} not listed:\n{all}");
+        }
+        // The result is a domain lifeboat reads again, with the one disk.
+        let again = spec_from_xml(
+            &x,
+            &[(
+                "root".into(),
+                Role::Root,
+                "/restore/root.qcow2".into(),
+                None,
+            )],
+        )
+        .unwrap();
+        assert_eq!(again.disks.len(), 1);
     }
 }

@@ -11,6 +11,7 @@
 //! the host are never read from a repository (`CheckConfig::command` lives
 //! only in the local config).
 
+mod allow;
 pub mod boot;
 pub mod domain;
 pub mod qemu;

@@ -47,7 +47,19 @@ pub fn definition_of(
         .map(|(_, m)| m.vm.name.clone())
         .unwrap_or_default();
     if let Some(d) = picked.iter().find_map(|(_, m)| m.definition) {
-        return Ok((repo.read_definition(&d)?, "backup"));
+        let def = repo.read_definition(&d)?;
+        // Every volume of the set must be a disk of its definition: one
+        // that is not was added to the set by someone else.
+        if let Some((k, _)) = picked
+            .iter()
+            .find(|(k, _)| !def.spec.disks.iter().any(|disk| disk.volume == k.volume))
+        {
+            return Err(Error::BadInput(format!(
+                "volume {} of the backup set is not a disk of the set's VM definition: the set was changed after it was written; restore its volumes one by one (VM/VOLUME@…) and check them",
+                k.volume
+            )));
+        }
+        return Ok((def, "backup"));
     }
     Ok(match config {
         Some(d) => (d, "config"),
@@ -124,15 +136,22 @@ pub fn validate(file: &Path) -> Validation {
     }
 }
 
-/// `virsh define FILE`; the error says what to run where libvirt runs.
+/// `virsh define FILE`; the error says what to run where libvirt runs,
+/// and what to do when a domain of that name exists already.
 pub fn define(file: &Path) -> Result<String> {
-    virsh(
+    let r = virsh(
         &["define", &file.display().to_string()],
         &format!(
             "virsh define {}",
             qemu::shell_quote(&file.display().to_string())
         ),
-    )
+    );
+    match r {
+        Err(Error::BadInput(why)) if why.contains("already exists") => Err(Error::BadInput(format!(
+            "{why}. A domain of that name is defined on this host already: restore with --name NEW-NAME, or remove the old one first (virsh undefine NAME)"
+        ))),
+        other => other,
+    }
 }
 
 /// `virsh attach-disk` of a restored data volume to an existing domain.
