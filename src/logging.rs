@@ -39,6 +39,21 @@ impl LogSink {
         }
     }
 
+    /// Writes one of the console's own lines (not tracing's) to the file,
+    /// stamped with the time.
+    pub fn write_file(&self, line: &str) {
+        if let Ok(mut f) = self.file.lock() {
+            if let Some(f) = f.as_mut() {
+                let _ = writeln!(
+                    f,
+                    "{} {}",
+                    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                    lifeboat_core::text::escape(line)
+                );
+            }
+        }
+    }
+
     pub fn connect(&self, tx: UnboundedSender<String>) {
         if let Ok(mut t) = self.tx.lock() {
             *t = Some(tx);

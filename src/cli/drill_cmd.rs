@@ -50,6 +50,13 @@ pub async fn drill(ctx: &Ctx, a: DrillArgs) -> anyhow::Result<Outcome> {
         Ok(drill::run_recorded(&local, store.as_deref(), &r, &c, &p).await)
     })
     .await?;
+    if report.outcome == DrillOutcome::NotStarted {
+        anyhow::bail!(
+            "the drill of {} could not start: {}",
+            report.vm,
+            report.error.as_deref().unwrap_or("no reason given")
+        );
+    }
     if ctx.json {
         print_json(&report)?;
     } else {
@@ -61,6 +68,7 @@ pub async fn drill(ctx: &Ctx, a: DrillArgs) -> anyhow::Result<Outcome> {
         DrillOutcome::Pass => Outcome::Ok,
         DrillOutcome::Fail => Outcome::DrillFailed,
         DrillOutcome::Cancelled => Outcome::Cancelled,
+        DrillOutcome::NotStarted => Outcome::Ok,
     })
 }
 

@@ -54,7 +54,7 @@ fn uses(cmd: Option<&Command>) -> Uses {
                 console
             }
         }
-        Some(Command::Completions { .. }) | Some(Command::Man) => Uses::default(),
+        Some(Command::Completions { .. }) | Some(Command::Man { .. }) => Uses::default(),
         Some(Command::Init { .. })
         | Some(Command::Backup { .. })
         | Some(Command::Ls)

@@ -94,8 +94,13 @@ pub enum Command {
     /// `lifeboat completions bash > /etc/bash_completion.d/lifeboat`.
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff), e.g.
-    /// `lifeboat man > /usr/local/share/man/man1/lifeboat.1`.
-    Man,
+    /// `lifeboat man > /usr/local/share/man/man1/lifeboat.1`; with --out
+    /// DIR, write it and one page per subcommand (lifeboat-push.1, …),
+    /// which the main page's list of subcommands names.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Build a self-contained demo world and open the console on it.
     Demo {
         /// Keep the world in DIR (built there if missing, reused if present).
@@ -180,8 +185,9 @@ pub enum Command {
     },
     /// Restore a VM's backup into scratch space, check every image's
     /// digest, boot it under QEMU and run its checks: proof the backup
-    /// recovers the service, with the RPO and the RTO by phase. Exits 1
-    /// when the drill fails.
+    /// recovers the service, with the RPO and the RTO by phase. Exits 6
+    /// when the drill fails, 1 when it could not start (no such VM, no
+    /// backup matches), 130 when cancelled.
     Drill(drill_cmd::DrillArgs),
     /// Drill history: each VM's drills, newest last.
     Drills {
@@ -553,8 +559,17 @@ pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
                 Err(e) => report(json, &anyhow::Error::new(e).context("writing completions")),
             };
         }
-        Some(Command::Man) => {
+        Some(Command::Man { out }) => {
             use clap::CommandFactory;
+            if let Some(dir) = out {
+                return match write_man_pages(&Cli::command(), dir) {
+                    Ok(n) => {
+                        println!("wrote {n} man pages to {}", dir.display());
+                        0
+                    }
+                    Err(e) => report(json, &e),
+                };
+            }
             let page = clap_mangen::Man::new(Cli::command());
             return match page.render(&mut std::io::stdout()) {
                 Ok(()) => 0,
@@ -598,7 +613,7 @@ pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
     };
     let res = match command {
         Command::Tui => console(&ctx, sink).await,
-        Command::Completions { .. } | Command::Man => Ok(Outcome::Ok),
+        Command::Completions { .. } | Command::Man { .. } => Ok(Outcome::Ok),
         Command::Demo { keep, no_tui } => {
             demo_cmd(keep, no_tui, ctx.config.overrides, sink).await
         }
@@ -684,6 +699,26 @@ pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
         }
     };
     finish(json, res)
+}
+
+/// `lifeboat.1` and a page per subcommand, named as clap_mangen's list of
+/// subcommands names them (`lifeboat-remote-add.1`). Returns how many.
+fn write_man_pages(cmd: &clap::Command, dir: &std::path::Path) -> anyhow::Result<usize> {
+    use anyhow::Context;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    fn write(cmd: clap::Command, name: &str, dir: &std::path::Path) -> anyhow::Result<usize> {
+        let cmd = cmd.name(name.to_string());
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(cmd.clone()).render(&mut buf)?;
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, buf).with_context(|| format!("writing {}", path.display()))?;
+        let mut n = 1;
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            n += write(sub.clone(), &format!("{name}-{}", sub.get_name()), dir)?;
+        }
+        Ok(n)
+    }
+    write(cmd.clone(), "lifeboat", dir)
 }
 
 fn finish(json: bool, res: anyhow::Result<Outcome>) -> u8 {

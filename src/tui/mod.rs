@@ -166,14 +166,14 @@ pub async fn run(
     let forward = tx.clone();
     tokio::spawn(async move {
         while let Some(line) = log_rx.recv().await {
-            if forward.send(Action::Log(line)).is_err() {
+            if forward.send(Action::Traced(line)).is_err() {
                 break;
             }
         }
     });
     let runner = Runner::new(config, repo_path, tx.clone(), events_tx);
     let _guard = TerminalGuard::enter()?;
-    event_loop(&mut app, &theme, &runner, &mut rx, &mut events).await
+    event_loop(&mut app, &theme, &runner, &mut rx, &mut events, &sink).await
 }
 
 async fn event_loop(
@@ -182,6 +182,7 @@ async fn event_loop(
     runner: &Runner,
     rx: &mut mpsc::UnboundedReceiver<Action>,
     job_events: &mut mpsc::UnboundedReceiver<JobEvent>,
+    sink: &crate::logging::LogSink,
 ) -> anyhow::Result<()> {
     let mut terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
     if let Ok(size) = terminal.size() {
@@ -254,6 +255,9 @@ async fn event_loop(
         };
         for e in effects {
             runner.exec(e);
+        }
+        for line in app.log_out.drain(..) {
+            sink.write_file(&line);
         }
         if app.quit {
             break;

@@ -211,7 +211,7 @@ impl Runner {
                 tokio::task::spawn_blocking(move || {
                     // Only a repository keeps a history (a failed first
                     // pull leaves none to write into).
-                    if path.join("config").exists() {
+                    if path.join(lifeboat_core::repo::CONFIG_FILE).exists() {
                         if let Err(e) = state::append_job(&path, rec) {
                             let _ = tx.send(Action::Log(format!("job history: {e}")));
                         }

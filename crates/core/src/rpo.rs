@@ -102,6 +102,30 @@ pub enum RemoteSight {
     },
 }
 
+/// What a newest backup's age (seconds) makes of a volume or VM against
+/// its thresholds: one rule for the console, `status --rpo` and
+/// `/metrics` (late from `late` on, stale from `stale` on).
+pub fn by_age(age_seconds: i64, late: Duration, stale: Duration) -> RpoState {
+    if age_seconds > stale.num_seconds() {
+        RpoState::Stale
+    } else if age_seconds > late.num_seconds() {
+        RpoState::Late
+    } else {
+        RpoState::Ok
+    }
+}
+
+/// A VM's thresholds (late, stale): its policy's, or the defaults.
+pub fn thresholds(config: &Config, vm: &str) -> (Duration, Duration) {
+    config
+        .policy_for(vm)
+        .map(|p| (p.rpo_late, p.rpo_stale))
+        .unwrap_or((
+            Duration::hours(DEFAULT_LATE_HOURS),
+            Duration::hours(DEFAULT_STALE_HOURS),
+        ))
+}
+
 pub fn assess(
     config: &Config,
     backups: &[(ManifestKey, Manifest)],
@@ -123,10 +147,7 @@ pub fn assess(
     vms.into_iter()
         .map(|vm| {
             let policy = config.policy_for(&vm);
-            let (late, stale) = policy.map(|p| (p.rpo_late, p.rpo_stale)).unwrap_or((
-                Duration::hours(DEFAULT_LATE_HOURS),
-                Duration::hours(DEFAULT_STALE_HOURS),
-            ));
+            let (late, stale) = thresholds(config, &vm);
             let mine: Vec<&(ManifestKey, Manifest)> =
                 backups.iter().filter(|(k, _)| k.vm == vm).collect();
             let newest = mine.iter().map(|(_, m)| m.created_at).max();
@@ -170,9 +191,8 @@ pub fn assess(
                 {
                     RpoState::LastJobFailed
                 }
-                (_, Some(a)) if a > stale.num_seconds() => RpoState::Stale,
-                (_, Some(a)) if a > late.num_seconds() => RpoState::Late,
-                _ => RpoState::Ok,
+                (_, Some(a)) => by_age(a, late, stale),
+                (_, None) => RpoState::Ok,
             };
             VmRpo {
                 vm,

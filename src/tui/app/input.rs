@@ -625,12 +625,47 @@ impl App {
             .cloned()
             .or_else(|| self.source.clone())
             .unwrap_or_else(|| "local".into());
-        let choice = sources.iter().position(|s| *s == default).unwrap_or(0);
+        // A default that is known to hold nothing of the VM gives way to
+        // the first source that does (a drill of nothing fails at once).
+        let holds = |s: &str| self.source_holds(s, &row.vm);
+        let choice = match sources.iter().position(|s| *s == default) {
+            Some(i) if holds(&sources[i]) != Some(false) => i,
+            other => sources
+                .iter()
+                .position(|s| holds(s) == Some(true))
+                .or(other)
+                .unwrap_or(0),
+        };
         self.dialog = Some(Dialog::ChooseDrillSource {
             vm: row.vm,
             sources,
             choice,
         });
+    }
+
+    /// Whether a repository holds a backup of `vm`, as far as the console
+    /// knows (None: not known yet).
+    pub(super) fn source_holds(&self, source: &str, vm: &str) -> Option<bool> {
+        if source == "local" {
+            return Some(self.local_backups.iter().any(|(k, _)| k.vm == vm));
+        }
+        if let Some(b) = self.remote_backups.get(source) {
+            return Some(b.iter().any(|(k, _)| k.vm == vm));
+        }
+        let ids = self
+            .remotes
+            .iter()
+            .find(|r| r.name == source)?
+            .ids
+            .as_ref()?;
+        let mine: Vec<&lifeboat_core::repo::Id> = self
+            .local_backups
+            .iter()
+            .filter(|(k, _)| k.vm == vm)
+            .map(|(k, _)| &k.id)
+            .collect();
+        // Known only when it holds one of ours; it may hold others.
+        mine.iter().any(|id| ids.contains(id)).then_some(true)
     }
 
     pub(super) fn plan_push(&mut self, remote: Option<String>, scope: Scope) -> Vec<Effect> {

@@ -85,12 +85,15 @@ pub struct TreeRow {
     pub volume: Option<String>,
 }
 
-/// Recovery-point state, worst last (a VM takes its worst volume's).
+/// Recovery-point state, worst last (a VM takes its worst volume's):
+/// the age rule is `rpo::by_age`, the one `status --rpo` and `/metrics`
+/// use; a newest backup whose verify failed is no recovery point at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Rpo {
     Fresh,
     Late,
     Stale,
+    VerifyFailed,
     Never,
 }
 
@@ -344,6 +347,8 @@ pub enum Action {
         error: String,
     },
     Log(String),
+    /// A line tracing wrote (already in the log file).
+    Traced(String),
     Tick(DateTime<Utc>),
 }
 
@@ -438,6 +443,8 @@ pub struct App {
     pub job_sel: usize,
     pub jobs: Vec<JobView>,
     pub log: VecDeque<String>,
+    /// Log lines not yet written to the log file (the event loop drains).
+    pub log_out: Vec<String>,
     /// Log entries hidden below the view (0: the Log follows new lines).
     pub log_scroll: usize,
     pub dialog: Option<Dialog>,
@@ -472,8 +479,10 @@ pub struct App {
     timeline_cache: Vec<usize>,
     /// Newest backup per (VM, volume), and each VM's recovery point (the
     /// oldest of its volumes' newest; None when a volume has none).
-    newest_cache: BTreeMap<(String, String), DateTime<Utc>>,
+    newest_cache: BTreeMap<(String, String), (DateTime<Utc>, Id)>,
     vm_newest_cache: BTreeMap<String, Option<DateTime<Utc>>>,
+    /// Each VM's volumes (its backups' and the inventory's).
+    vm_volumes: BTreeMap<String, BTreeSet<String>>,
 }
 
 const LOG_LINES: usize = 500;
@@ -520,6 +529,7 @@ impl App {
             job_sel: 0,
             jobs: Vec::new(),
             log: VecDeque::new(),
+            log_out: Vec::new(),
             log_scroll: 0,
             dialog: None,
             filter: None,
@@ -527,7 +537,10 @@ impl App {
             search: None,
             marked: None,
             status: None,
-            rpo_default: (26 * 60, 78 * 60),
+            rpo_default: (
+                lifeboat_core::rpo::DEFAULT_LATE_HOURS * 60,
+                lifeboat_core::rpo::DEFAULT_STALE_HOURS * 60,
+            ),
             rpo_policy: BTreeMap::new(),
             refreshed_at: None,
             refresh_secs: REFRESH_SECS,
@@ -542,6 +555,7 @@ impl App {
             timeline_cache: Vec::new(),
             newest_cache: BTreeMap::new(),
             vm_newest_cache: BTreeMap::new(),
+            vm_volumes: BTreeMap::new(),
         };
         app.rebuild();
         app
@@ -592,8 +606,10 @@ impl App {
             let e = self
                 .newest_cache
                 .entry((k.vm.clone(), k.volume.clone()))
-                .or_insert(m.created_at);
-            *e = (*e).max(m.created_at);
+                .or_insert((m.created_at, k.id));
+            if m.created_at > e.0 {
+                *e = (m.created_at, k.id);
+            }
             usage.logical += m.stats.nonzero_bytes;
             usage.stored += m.stats.new_stored_bytes;
             vms.entry(k.vm.clone())
@@ -609,6 +625,7 @@ impl App {
                 (vm.clone(), newest.and_then(|ts| ts.into_iter().min()))
             })
             .collect();
+        self.vm_volumes = vms.clone();
         self.tree_cache = self.build_tree(vms);
         self.tree_sel = self.tree_sel.min(self.tree_cache.len().saturating_sub(1));
         self.rebuild_timeline();
@@ -684,9 +701,21 @@ impl App {
 
     /// The newest backup of a volume in the shown repository.
     pub fn newest_volume(&self, vm: &str, volume: &str) -> Option<DateTime<Utc>> {
+        self.newest_volume_backup(vm, volume).map(|(t, _)| t)
+    }
+
+    /// The newest backup of a volume: its time and id.
+    pub fn newest_volume_backup(&self, vm: &str, volume: &str) -> Option<(DateTime<Utc>, Id)> {
         self.newest_cache
             .get(&(vm.to_string(), volume.to_string()))
             .copied()
+    }
+
+    fn volumes_of(&self, vm: &str) -> Vec<String> {
+        self.vm_volumes
+            .get(vm)
+            .map(|v| v.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The VM's recovery point: the oldest of its volumes' newest backups
@@ -710,30 +739,37 @@ impl App {
         self.rpo_policy.get(vm).copied().unwrap_or(self.rpo_default)
     }
 
-    fn rpo_of(&self, vm: &str, t: Option<DateTime<Utc>>) -> Rpo {
+    fn rpo_of(&self, vm: &str, newest: Option<(DateTime<Utc>, Id)>) -> Rpo {
         let (late, stale) = self.rpo_limits(vm);
-        match t {
+        match newest {
             None => Rpo::Never,
-            Some(t) => {
-                let m = (self.now - t).num_minutes();
-                if m <= late {
-                    Rpo::Fresh
-                } else if m <= stale {
-                    Rpo::Late
-                } else {
-                    Rpo::Stale
-                }
-            }
+            Some((_, id)) if self.verify.get(&id).is_some_and(|m| !m.ok) => Rpo::VerifyFailed,
+            Some((t, _)) => match lifeboat_core::rpo::by_age(
+                (self.now - t).num_seconds(),
+                chrono::Duration::minutes(late),
+                chrono::Duration::minutes(stale),
+            ) {
+                lifeboat_core::rpo::RpoState::Ok => Rpo::Fresh,
+                lifeboat_core::rpo::RpoState::Late => Rpo::Late,
+                _ => Rpo::Stale,
+            },
         }
     }
 
     /// The worst recovery-point state of the VM's volumes.
     pub fn rpo(&self, vm: &str) -> Rpo {
-        self.rpo_of(vm, self.newest(vm))
+        let vols = self.volumes_of(vm);
+        if vols.is_empty() {
+            return Rpo::Never;
+        }
+        vols.iter()
+            .map(|v| self.rpo_volume(vm, v))
+            .max()
+            .unwrap_or(Rpo::Never)
     }
 
     pub fn rpo_volume(&self, vm: &str, volume: &str) -> Rpo {
-        self.rpo_of(vm, self.newest_volume(vm, volume))
+        self.rpo_of(vm, self.newest_volume_backup(vm, volume))
     }
 
     pub fn running_jobs(&self) -> usize {
@@ -744,6 +780,15 @@ impl App {
     }
 
     fn log(&mut self, line: String) {
+        // Also kept in the log file (the event loop writes them), so a
+        // session's history survives quitting.
+        self.log_out.push(line.clone());
+        self.log_pane(line);
+    }
+
+    /// A line for the Log pane only (tracing's lines, which the log sink
+    /// writes to the file itself).
+    fn log_pane(&mut self, line: String) {
         self.log.push_back(line);
         while self.log.len() > LOG_LINES {
             self.log.pop_front();
@@ -916,8 +961,15 @@ impl App {
                             r.ids = Some(ids);
                         }
                         Err(e) => {
+                            // Said once when it goes down (or the reason
+                            // changes), not at every refresh: a job's
+                            // result in the status line stays readable.
+                            let news =
+                                !matches!(&r.state, RemoteState::Unreachable(old) if *old == e);
                             r.state = RemoteState::Unreachable(e.clone());
-                            problem = Some(format!("remote {name} is unreachable: {e}"));
+                            if news {
+                                problem = Some(format!("remote {name} is unreachable: {e}"));
+                            }
                         }
                     }
                 }
@@ -1048,6 +1100,10 @@ impl App {
                     lines: vec![error],
                     scroll: 0,
                 });
+                Vec::new()
+            }
+            Action::Traced(l) => {
+                self.log_pane(l);
                 Vec::new()
             }
             Action::Log(l) => {

@@ -144,6 +144,10 @@ pub fn help_lines(app: &App) -> Vec<String> {
     text.push(format!(
         "STALE      a volume's newest backup is older than {st} h (or rpo_stale)"
     ));
+    text.push(
+        "BROKEN     a volume's newest backup failed its last verify (status --rpo: verify failed)"
+            .into(),
+    );
     text.push("never      a volume has no backup in the repository shown".into());
     text.push("● held  ○ missing  ✗ repository unreachable  ? not listed yet".into());
     text.push("vfy: ok / BAD (last verify) / - (not verified)".into());
@@ -163,7 +167,11 @@ pub fn help_lines(app: &App) -> Vec<String> {
 
 pub fn dialog(f: &mut Frame, app: &App, theme: &Theme, d: &Dialog, area: Rect) {
     match d {
-        Dialog::Confirm { title, lines, .. } => text_dialog(
+        Dialog::Confirm {
+            title,
+            lines,
+            effect,
+        } => text_dialog(
             f,
             theme,
             area,
@@ -171,7 +179,14 @@ pub fn dialog(f: &mut Frame, app: &App, theme: &Theme, d: &Dialog, area: Rect) {
                 title,
                 text: lines,
                 scroll: 0,
-                hint: "Enter/y run · Esc/n cancel",
+                // Says what each answer does: "cancel" would be ambiguous
+                // when the question is whether to cancel a job.
+                hint: match effect {
+                    crate::tui::app::Effect::Cancel(_) => {
+                        "Enter/y cancel the job · Esc/n keep it running"
+                    }
+                    _ => "Enter/y run · Esc/n do nothing",
+                },
                 width: 76,
             },
         ),

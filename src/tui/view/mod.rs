@@ -59,6 +59,7 @@ impl Theme {
             Rpo::Fresh => (self.fg(Color::Green), "fresh"),
             Rpo::Late => (self.fg(Color::Yellow), "late"),
             Rpo::Stale => (self.fg(Color::Red).add_modifier(Modifier::BOLD), "STALE"),
+            Rpo::VerifyFailed => (self.fg(Color::Red).add_modifier(Modifier::BOLD), "BROKEN"),
             Rpo::Never => (self.fg(Color::Magenta), "never"),
         }
     }

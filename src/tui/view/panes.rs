@@ -133,7 +133,8 @@ pub fn tree(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
                     let (mark, color) = match d.outcome {
                         lifeboat_core::drill::DrillOutcome::Pass => ("✓", Color::Green),
                         lifeboat_core::drill::DrillOutcome::Fail => ("✗", Color::Red),
-                        lifeboat_core::drill::DrillOutcome::Cancelled => ("-", Color::Yellow),
+                        lifeboat_core::drill::DrillOutcome::Cancelled
+                        | lifeboat_core::drill::DrillOutcome::NotStarted => ("-", Color::Yellow),
                     };
                     Span::styled(
                         format!(" {mark}{:>4}", self::age(&d.ended_at, app.now)),

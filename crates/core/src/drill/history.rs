@@ -21,11 +21,17 @@ pub fn load(root: &Path) -> Result<Vec<DrillReport>> {
     Ok(load_jsonl(root, FILE)?.0)
 }
 
-/// The newest drill of each VM.
+/// The newest completed drill of each VM (passed or failed): a cancelled
+/// drill proves nothing either way, so it never replaces the last mark.
 pub fn last_per_vm(root: &Path) -> Result<BTreeMap<String, DrillReport>> {
     let mut out = BTreeMap::new();
     for r in load(root)? {
-        out.insert(r.vm.clone(), r);
+        if matches!(
+            r.outcome,
+            super::DrillOutcome::Pass | super::DrillOutcome::Fail
+        ) {
+            out.insert(r.vm.clone(), r);
+        }
     }
     Ok(out)
 }

@@ -56,6 +56,10 @@ pub enum DrillOutcome {
     Pass,
     Fail,
     Cancelled,
+    /// The drill could not start: no such VM, or no backup matches the
+    /// reference. The admin's input, not the backup, is wrong: not a FAIL,
+    /// and not kept in the history.
+    NotStarted,
 }
 
 impl std::fmt::Display for DrillOutcome {
@@ -64,6 +68,7 @@ impl std::fmt::Display for DrillOutcome {
             DrillOutcome::Pass => "PASS",
             DrillOutcome::Fail => "FAIL",
             DrillOutcome::Cancelled => "CANCELLED",
+            DrillOutcome::NotStarted => "COULD NOT START",
         })
     }
 }
@@ -201,7 +206,9 @@ pub async fn run_recorded(
     progress: &Arc<Progress>,
 ) -> DrillReport {
     let report = run(local_repo, remote, req, cancel, progress).await;
-    if local_repo.join(crate::repo::CONFIG_FILE).exists() {
+    if report.outcome != DrillOutcome::NotStarted
+        && local_repo.join(crate::repo::CONFIG_FILE).exists()
+    {
         if let Err(e) = history::record(local_repo, &report) {
             tracing::warn!("the drill's report was not kept in the history: {e}");
         }
@@ -219,9 +226,12 @@ pub fn reference(vm: &str, at: Option<&str>) -> Result<String> {
     };
     match Ref::parse(&r)? {
         Ref::Set { vm: v, .. } if v == vm => Ok(r),
-        _ => Err(Error::BadInput(format!(
-            "{r:?} does not name a backup set of VM {vm}: use VM@latest, VM@~N or VM@TIME"
-        ))),
+        _ => Err(Error::BadRef {
+            input: r.clone(),
+            reason: format!(
+                "it does not name a backup set of VM {vm}: use VM@latest, VM@~N or VM@TIME"
+            ),
+        }),
     }
 }
 
@@ -280,6 +290,16 @@ pub async fn run(
             report.outcome = DrillOutcome::Cancelled;
             report.error = Some("cancelled".into());
         }
+        Err((
+            "plan" | "fetch",
+            e @ (Error::NotFound(_)
+            | Error::BadRef { .. }
+            | Error::AmbiguousTime { .. }
+            | Error::BadName { .. }),
+        )) => {
+            report.outcome = DrillOutcome::NotStarted;
+            report.error = Some(e.to_string());
+        }
         Err((phase, e)) => {
             report.failed_phase = Some(phase.into());
             report.error = Some(e.to_string());
@@ -290,7 +310,8 @@ pub async fn run(
         report.error = Some(format!("could not remove the scratch directory: {e}"));
         report.outcome = DrillOutcome::Fail;
     }
-    report.rto_secs = report.phases.iter().map(|p| p.secs).sum();
+    // A fold from +0.0: the sum of no phases is 0, not -0.0.
+    report.rto_secs = report.phases.iter().fold(0.0, |a, p| a + p.secs);
     report.ended_at = Utc::now();
     report
 }
@@ -543,9 +564,16 @@ pub fn describe(r: &DrillReport) -> Vec<String> {
         .iter()
         .map(|p| format!("{} {:.1}s", p.name, p.secs))
         .collect();
+    if r.outcome == DrillOutcome::NotStarted {
+        return out;
+    }
     out.push(format!("  RTO {:.1}s: {}", r.rto_secs, phases.join(", ")));
     if let Some(b) = &r.boot {
-        out.push(format!("  booted under {}", b.accel));
+        if b.failed_phase.as_deref() == Some("start") {
+            out.push(format!("  QEMU did not start ({})", b.accel));
+        } else {
+            out.push(format!("  booted under {}", b.accel));
+        }
         for n in &b.notes {
             out.push(format!("  note: {}", escape(n)));
         }
