@@ -1,7 +1,8 @@
-//! Console benchmark: a repository of 10,000 backups (generated here), the
+//! Console benchmark: a repository of 20,000 backups (generated here), the
 //! real binary in a pseudo-terminal. Reports the first frame, the time until
-//! the 10,000 backups are shown, keypress-to-redraw latency (median of 40),
-//! resident memory, and CPU used while idle.
+//! the 20,000 backups are shown, keypress-to-redraw latency (median of 40),
+//! resident memory after load and after 120 refreshes (an hour of the 30 s
+//! auto-refresh, each forced with R), and CPU used while idle.
 //!     cargo bench --bench tui_bench
 
 use std::io::{Read, Write};
@@ -15,7 +16,7 @@ use lifeboat_core::repo::manifest::{
 use lifeboat_core::repo::{Id, Index, Repo, RepoConfig};
 use portable_pty::{native_pty_system, CommandBuilder, PtySize};
 
-const BACKUPS: usize = 10_000;
+const BACKUPS: usize = 20_000;
 
 fn generate(root: &Path) {
     let repo = Repo::init(root, RepoConfig::new(4 << 20, 1).unwrap()).unwrap();
@@ -26,7 +27,7 @@ fn generate(root: &Path) {
     };
     let index_id = repo.write_index(&index).unwrap();
     let start: chrono::DateTime<chrono::Utc> = "2025-01-01T00:00:00Z".parse().unwrap();
-    // 50 VMs x 2 volumes x 100 backups. Files are written directly (no
+    // 50 VMs x 2 volumes x 200 backups. Files are written directly (no
     // fsync per file): this is a generator, not a backup.
     for i in 0..BACKUPS {
         let vm = format!("vm{:03}", i % 50);
@@ -165,6 +166,17 @@ fn main() {
     }
     lat.sort_by(|a, b| a.total_cmp(b));
     let rss = rss_kib(pid);
+    // An hour of auto-refreshes (every 30 s), forced: R, then wait for the
+    // header to say it refreshed just now.
+    let mut after_refreshes = Vec::new();
+    for i in 1..=120 {
+        writer.write_all(b"R").unwrap();
+        writer.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(250));
+        if i % 40 == 0 {
+            after_refreshes.push(rss_kib(pid));
+        }
+    }
     let t0 = ticks(pid);
     std::thread::sleep(Duration::from_secs(5));
     let idle_ticks = ticks(pid) - t0;
@@ -189,6 +201,14 @@ fn main() {
     println!(
         "| resident memory after load | {:.1} MB | < 100 MB |",
         rss as f64 / 1024.0
+    );
+    println!(
+        "| resident memory after 40 / 80 / 120 refreshes | {} MB | < 100 MB |",
+        after_refreshes
+            .iter()
+            .map(|k| format!("{:.1}", *k as f64 / 1024.0))
+            .collect::<Vec<_>>()
+            .join(" / ")
     );
     println!("| CPU while idle for 5 s | {idle_ticks} ticks (1 tick = 10 ms) | none measurable |");
 }

@@ -68,7 +68,15 @@ pub struct Runner {
     pub jobs: Arc<Mutex<HashMap<u64, Running>>>,
     plans: Arc<Mutex<HashMap<u64, Held>>>,
     next_plan: AtomicU64,
+    /// The local repository's manifests as last read, and the backups
+    /// built from them (shared, not copied, while nothing changes).
+    manifests: Arc<Mutex<LocalCache>>,
 }
+
+type LocalCache = (
+    lifeboat_core::repo::ManifestCache,
+    Option<Arc<Vec<(ManifestKey, lifeboat_core::repo::Manifest)>>>,
+);
 
 impl Runner {
     pub fn new(
@@ -85,6 +93,7 @@ impl Runner {
             jobs: Arc::new(Mutex::new(HashMap::new())),
             plans: Arc::new(Mutex::new(HashMap::new())),
             next_plan: AtomicU64::new(1),
+            manifests: Arc::new(Mutex::new(Default::default())),
         }
     }
 
@@ -145,10 +154,28 @@ impl Runner {
             Effect::Reload => {
                 let path = self.repo_path.clone();
                 let config = self.config.clone();
+                let cache = self.manifests.clone();
                 tokio::task::spawn_blocking(move || {
-                    // Every manifest is read once; the RPO states are derived
-                    // from the same backups and verify record.
-                    let res = Repo::open(&path).and_then(|r| r.load_all());
+                    // Only manifests not seen before are read (a manifest
+                    // never changes); the RPO states are derived from the
+                    // same backups and verify record. An unchanged
+                    // repository costs a listing, not a copy of every
+                    // backup (which, every 30 s, grew the console).
+                    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+                    let res = Repo::open(&path).and_then(|r| {
+                        let changed = r.refresh(&mut cache.0)?;
+                        let fresh = match (&cache.1, changed) {
+                            (Some(b), false) => (b.clone(), false),
+                            _ => (Arc::new(cache.0.backups()), true),
+                        };
+                        cache.1 = Some(fresh.0.clone());
+                        Ok(fresh)
+                    });
+                    drop(cache);
+                    let (res, changed) = match res {
+                        Ok((b, changed)) => (Ok(b), changed),
+                        Err(e) => (Err(e), true),
+                    };
                     let verify = state::load_verify(&path);
                     if let Ok(b) = &res {
                         let runs =
@@ -168,7 +195,7 @@ impl Runner {
                         // Asking each running VM's QEMU may take seconds:
                         // not in the way of the listing.
                         let (b, config, tx, path) =
-                            (b.clone(), config.clone(), tx.clone(), path.clone());
+                            (Arc::clone(b), config.clone(), tx.clone(), path.clone());
                         tokio::task::spawn_blocking(move || {
                             let chunk = Repo::open(&path).map(|r| r.chunk_size()).unwrap_or(0);
                             let live = config
@@ -184,7 +211,8 @@ impl Runner {
                         });
                     }
                     let _ = match res {
-                        Ok(b) => tx.send(Action::Loaded(b)),
+                        Ok(_) if !changed => tx.send(Action::Unchanged),
+                        Ok(b) => tx.send(Action::Loaded(b.as_ref().clone())),
                         Err(e) => tx.send(Action::LoadFailed(e.to_string())),
                     };
                     match verify {

@@ -1117,3 +1117,111 @@ fn drill_key_asks_the_source_and_shows_phases_and_serial_console() {
         crate::tui::app::JobState::Done("drill web01 from local: PASS".into())
     );
 }
+
+/// Narrow screens drop whole columns, never parts of values: with four
+/// remotes at 80 columns, and at the smallest size, every time and size
+/// shown is whole; VM names are not cut to make room for drill marks.
+#[test]
+fn narrow_screens_drop_whole_columns() {
+    let mut a = App::new(
+        "/srv/lifeboat".into(),
+        vec![("webserver01".into(), vec!["root".into()])],
+        (1..=4)
+            .map(|i| (format!("site{i}"), format!("http://10.0.0.{i}:8473/")))
+            .collect(),
+        now(),
+    );
+    let mut b = vec![backup("webserver01", "root", 2, 1)];
+    b[0].1.stats.nonzero_bytes = 140 << 20;
+    a.update(Action::Loaded(b));
+    for i in 1..=4 {
+        a.update(Action::RemoteListed {
+            name: format!("site{i}"),
+            result: Ok((5.0, BTreeSet::new())),
+        });
+    }
+    let mut report = lifeboat_core::drill::DrillReport {
+        vm: "webserver01".into(),
+        source: "site1".into(),
+        reference: "latest".into(),
+        started_at: now() - Duration::hours(3),
+        ended_at: now() - Duration::hours(3),
+        outcome: lifeboat_core::drill::DrillOutcome::Pass,
+        failed_phase: None,
+        error: None,
+        backup_time: None,
+        set: None,
+        manifests: Vec::new(),
+        rpo_secs: None,
+        rto_secs: 1.0,
+        phases: Vec::new(),
+        definition: None,
+        boot: None,
+    };
+    report.vm = "webserver01".into();
+    a.update(Action::Drills([("webserver01".to_string(), report)].into()));
+    web01_like(&mut a);
+    let s = screen(&a, 80, 24);
+    let t = (now() - Duration::hours(2))
+        .format("%Y-%m-%d %H:%M")
+        .to_string();
+    assert!(s.contains(&t), "the time is cut at 80 columns:\n{s}");
+    assert!(s.contains("140.0 MiB"), "the size lost its unit:\n{s}");
+    assert!(s.contains("webserver01"), "the VM name is cut:\n{s}");
+    let s = screen(&a, 60, 16);
+    let short = (now() - Duration::hours(2))
+        .format("%m-%d %H:%M")
+        .to_string();
+    assert!(s.contains(&short), "the time is cut at 60x16:\n{s}");
+    assert!(s.contains("webserver"), "the VM name is cut at 60x16:\n{s}");
+}
+
+/// Opens the timeline of the only VM.
+fn web01_like(a: &mut App) {
+    a.update(key(KeyCode::Enter));
+}
+
+/// A volume whose newest backup failed verify is not fresh, whatever its
+/// age, in the pane as in `status --rpo`; the Details pane takes focus,
+/// scrolls and cuts long lines with `…`.
+#[test]
+fn broken_backups_and_a_focusable_details_pane() {
+    use lifeboat_core::repo::state::VerifyMark;
+    let mut a = app();
+    let newest: Vec<Id> = a
+        .backups
+        .iter()
+        .filter(|(k, _)| k.vm == "web01")
+        .max_by_key(|(_, m)| m.created_at)
+        .map(|(k, _)| vec![k.id])
+        .unwrap();
+    a.update(Action::VerifyState(
+        [(
+            newest[0],
+            VerifyMark {
+                at: now(),
+                deep: true,
+                ok: false,
+            },
+        )]
+        .into(),
+    ));
+    assert_eq!(a.rpo("web01"), Rpo::VerifyFailed);
+    let s = screen(&a, 100, 30);
+    assert!(s.contains("BROKEN"), "{s}");
+    // Tab reaches Details at 100 columns; z zooms it.
+    a.update(Action::Resize(100, 30));
+    for _ in 0..5 {
+        if a.focus == Pane::Details {
+            break;
+        }
+        a.update(key(KeyCode::Tab));
+    }
+    assert_eq!(a.focus, Pane::Details);
+    a.update(key(KeyCode::Char('z')));
+    let s = screen(&a, 100, 30);
+    assert!(s.contains(" Details "), "{s}");
+    a.update(key(KeyCode::Char('z')));
+    let s = screen(&a, 100, 30);
+    assert!(s.contains('…'), "a cut line says so:\n{s}");
+}

@@ -479,6 +479,9 @@ impl App {
 
     fn cycle_focus(&mut self, d: i64) {
         let order = self.focus_order();
+        if order.is_empty() {
+            return;
+        }
         let i = order.iter().position(|p| *p == self.focus).unwrap_or(0) as i64;
         let n = order.len() as i64;
         self.focus = order[((i + d).rem_euclid(n)) as usize];
@@ -710,6 +713,11 @@ impl App {
             }
             Pane::Timeline => self.timeline_sel = step(self.timeline_sel, self.timeline().len()),
             Pane::Jobs => self.job_sel = step(self.job_sel, self.jobs.len()),
+            // The view bounds the scroll by the lines it has.
+            Pane::Details => {
+                self.details_scroll =
+                    (self.details_scroll as i64).saturating_add(d).clamp(0, 200) as usize
+            }
             // The Log scrolls back from its newest line (0 follows).
             Pane::Log => {
                 self.log_scroll = (self.log_scroll as i64)
@@ -739,6 +747,7 @@ impl App {
         let hit = [
             (Pane::Tree, areas.tree),
             (Pane::Timeline, areas.timeline),
+            (Pane::Details, areas.details),
             (Pane::Jobs, areas.jobs),
             (Pane::Log, areas.log),
         ]
@@ -779,7 +788,7 @@ impl App {
                             self.job_sel = i;
                         }
                     }
-                    Pane::Log => {}
+                    Pane::Log | Pane::Details => {}
                 }
             }
             MouseEventKind::ScrollDown | MouseEventKind::ScrollUp => {

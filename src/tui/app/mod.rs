@@ -19,6 +19,8 @@ pub use lifeboat_core::repo::chunkmap::Cell;
 pub enum Pane {
     Tree,
     Timeline,
+    /// The selected backup's details: focusable to scroll and zoom.
+    Details,
     Jobs,
     Log,
 }
@@ -290,6 +292,8 @@ pub enum Action {
     /// The terminal's size (at start and on every resize).
     Resize(u16, u16),
     Loaded(Vec<(ManifestKey, Manifest)>),
+    /// A refresh found the local repository as it was.
+    Unchanged,
     /// The local repository could not be read.
     LoadFailed(String),
     /// Recorded verify results per backup.
@@ -443,6 +447,8 @@ pub struct App {
     pub job_sel: usize,
     pub jobs: Vec<JobView>,
     pub log: VecDeque<String>,
+    /// How far the Details pane is scrolled (lines from its top).
+    pub details_scroll: usize,
     /// Log lines not yet written to the log file (the event loop drains).
     pub log_out: Vec<String>,
     /// Log entries hidden below the view (0: the Log follows new lines).
@@ -529,6 +535,7 @@ impl App {
             job_sel: 0,
             jobs: Vec::new(),
             log: VecDeque::new(),
+            details_scroll: 0,
             log_out: Vec::new(),
             log_scroll: 0,
             dialog: None,
@@ -854,6 +861,13 @@ impl App {
                     self.backups = self.local_backups.clone();
                     self.rebuild();
                     self.clamp();
+                }
+                Vec::new()
+            }
+            Action::Unchanged => {
+                self.repo_problem = None;
+                if self.source.is_none() {
+                    self.refreshed_at = Some(self.now);
                 }
                 Vec::new()
             }
@@ -1265,18 +1279,24 @@ impl App {
 
     /// Panes Tab moves through, in order, for the current size.
     pub fn focus_order(&self) -> Vec<Pane> {
-        let wide = self.size.0 >= super::view::WIDE;
-        let mut p = vec![Pane::Tree, Pane::Timeline];
-        if wide {
-            p.extend([Pane::Jobs, Pane::Log]);
-        } else {
-            match self.lower {
-                Lower::Jobs => p.push(Pane::Jobs),
-                Lower::Log => p.push(Pane::Log),
-                Lower::Details => {}
-            }
-        }
-        p
+        // The panes shown at this size (the layout decides), in reading
+        // order: every pane on screen can take focus.
+        let a = super::view::areas_for(
+            ratatui::layout::Rect::new(0, 0, self.size.0, self.size.1),
+            self.lower,
+            None,
+        );
+        [
+            (Pane::Tree, a.tree),
+            (Pane::Timeline, a.timeline),
+            (Pane::Details, a.details),
+            (Pane::Jobs, a.jobs),
+            (Pane::Log, a.log),
+        ]
+        .into_iter()
+        .filter(|(_, r)| r.is_some())
+        .map(|(p, _)| p)
+        .collect()
     }
 }
 

@@ -90,12 +90,18 @@ pub struct Areas {
 }
 
 pub fn areas(area: Rect, app: &App) -> Areas {
+    areas_for(area, app.lower, app.zoom.then_some(app.focus))
+}
+
+/// The layout for a lower-pane choice, with the pane `zoomed` (if any)
+/// taking the whole middle.
+pub fn areas_for(area: Rect, lower: Lower, zoomed: Option<Pane>) -> Areas {
     let mut a = Areas::default();
     if area.width < MIN_W || area.height < MIN_H {
         return a;
     }
     let wide = area.width >= WIDE;
-    let lower_h = if area.height >= 30 || (!wide && app.lower == Lower::Details) {
+    let lower_h = if area.height >= 30 || (!wide && lower == Lower::Details) {
         9
     } else {
         6
@@ -113,7 +119,7 @@ pub fn areas(area: Rect, app: &App) -> Areas {
     a.header = rows[0];
     a.status = rows[3];
     a.footer = rows[4];
-    if app.zoom {
+    if let Some(focus) = zoomed {
         // The focused pane takes everything between header and status.
         let r = Rect::new(
             area.x,
@@ -121,9 +127,10 @@ pub fn areas(area: Rect, app: &App) -> Areas {
             area.width,
             rows[1].height + rows[2].height,
         );
-        match app.focus {
+        match focus {
             Pane::Tree => a.tree = Some(r),
             Pane::Timeline => a.timeline = Some(r),
+            Pane::Details => a.details = Some(r),
             Pane::Jobs => a.jobs = Some(r),
             Pane::Log => a.log = Some(r),
         }
@@ -152,12 +159,12 @@ pub fn areas(area: Rect, app: &App) -> Areas {
             .split(rows[2]);
         a.jobs = Some(bottom[0]);
         a.log = Some(bottom[1]);
-        if a.details.is_none() && app.lower == Lower::Details {
+        if a.details.is_none() && lower == Lower::Details {
             a.log = None;
             a.details = Some(bottom[1]);
         }
     } else {
-        match app.lower {
+        match lower {
             Lower::Jobs => a.jobs = Some(rows[2]),
             Lower::Log => a.log = Some(rows[2]),
             Lower::Details => a.details = Some(rows[2]),
@@ -367,6 +374,9 @@ fn footer(f: &mut Frame, app: &App, area: Rect) {
                 ("zoom", "zoom"),
                 ("lower", "lower pane"),
             ]),
+            Pane::Details => {
+                k.hints(&[("", "↑↓ scroll"), ("zoom", "zoom"), ("lower", "lower pane")])
+            }
         }
     };
     items.push(format!("{} help", k.key("help")));

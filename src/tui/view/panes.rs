@@ -93,8 +93,27 @@ pub fn tree(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     let inner = area.width.saturating_sub(2) as usize;
     // "STALE" and an age such as "12d" on the right; the name gets the rest.
     // With drills on record, a VM row also shows its last drill (✓ 2h).
-    let drill_w = if app.drills.is_empty() { 0 } else { 6 };
-    let state_w = 10 + drill_w;
+    // Narrow, whole columns go (the drill mark, then the age) before a
+    // name is cut below what tells VMs apart.
+    let longest = rows
+        .iter()
+        .map(|r| {
+            r.volume
+                .as_ref()
+                .map_or(r.vm.width() + 2, |v| v.width() + 3)
+        })
+        .max()
+        .unwrap_or(4);
+    let wanted = longest.min(12);
+    let mut drill_w = if app.drills.is_empty() { 0 } else { 6 };
+    let mut age_w = 4;
+    if inner.saturating_sub(6 + age_w + drill_w) < wanted {
+        drill_w = 0;
+    }
+    if inner.saturating_sub(6 + age_w + drill_w) < wanted {
+        age_w = 0;
+    }
+    let state_w = 6 + age_w + drill_w;
     let items: Vec<ListItem> = rows
         .iter()
         .map(|r| {
@@ -146,7 +165,14 @@ pub fn tree(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
             ListItem::new(Line::from(vec![
                 Span::styled(format!("{name}{}", " ".repeat(pad)), name_style),
                 drill,
-                Span::styled(format!("{word:>6}{age:>4}"), style),
+                Span::styled(
+                    if age_w > 0 {
+                        format!("{word:>6}{age:>4}")
+                    } else {
+                        format!("{word:>6}")
+                    },
+                    style,
+                ),
             ]))
         })
         .collect();
@@ -164,9 +190,83 @@ pub fn tree(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     f.render_stateful_widget(list, area, &mut st);
 }
 
-/// Timeline columns that fit: time, age, volume, verify and presence
-/// always (a row must say which volume it is at every width); id, new
-/// bytes and the note as room allows.
+/// A timeline column: what it shows, how wide, and how long it stays
+/// when the pane narrows (higher stays longer).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Col {
+    Time,
+    Age,
+    Volume,
+    Id,
+    Data,
+    New,
+    Vfy,
+    Note,
+    Presence(usize),
+}
+
+impl Col {
+    fn keep(self) -> u8 {
+        match self {
+            Col::Time => 100,
+            Col::Volume => 90,
+            Col::Presence(_) => 80,
+            Col::Vfy => 70,
+            Col::Data => 60,
+            Col::Age => 50,
+            Col::Id => 40,
+            Col::New => 30,
+            Col::Note => 20,
+        }
+    }
+}
+
+/// The columns that fit `inner` cells, whole: the least needed go first,
+/// never part of a value. Presence columns narrow to their glyph before
+/// data columns go, and the time drops its year before it goes at all.
+/// Returns the columns with their widths and whether presence is compact.
+fn fit_columns(inner: usize, vol_w: usize, remotes: usize) -> (Vec<(Col, usize)>, bool, bool) {
+    let all = |time_w: usize, pw: usize| -> Vec<(Col, usize)> {
+        let mut v = vec![
+            (Col::Time, time_w),
+            (Col::Age, 4),
+            (Col::Volume, vol_w),
+            (Col::Id, 12),
+            (Col::Data, 9),
+            (Col::New, 9),
+            (Col::Vfy, 3),
+            (Col::Note, 8),
+        ];
+        v.extend((0..remotes).map(|i| (Col::Presence(i), pw)));
+        v
+    };
+    // Cells plus one space between columns.
+    let need =
+        |v: &[(Col, usize)]| v.iter().map(|(_, w)| w).sum::<usize>() + v.len().saturating_sub(1);
+    let drop_to_fit = |mut v: Vec<(Col, usize)>, floor: u8| -> Option<Vec<(Col, usize)>> {
+        while need(&v) > inner {
+            let (i, _) = v
+                .iter()
+                .enumerate()
+                .filter(|(_, (c, _))| c.keep() < floor)
+                .min_by_key(|(_, (c, _))| c.keep())?;
+            v.remove(i);
+        }
+        Some(v)
+    };
+    for (time_w, pw, floor) in [(16, 9, 50), (16, 3, 60), (16, 3, 90), (11, 3, 90)] {
+        if let Some(v) = drop_to_fit(all(time_w, pw), floor) {
+            return (v, pw == 3, time_w == 11);
+        }
+    }
+    // Below every tier: the time, the volume and the presence glyphs, as
+    // many as there are (the layout's minimum size is above this).
+    let v = drop_to_fit(all(11, 3), 101).unwrap_or_default();
+    (v, true, true)
+}
+
+/// Timeline columns that fit: time, volume, presence and verify the
+/// longest, then data, age, id, new bytes and the note (`fit_columns`).
 pub fn timeline(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     let tl = app.timeline();
     let inner = area.width.saturating_sub(2) as usize;
@@ -177,81 +277,63 @@ pub fn timeline(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         .max()
         .unwrap_or(4)
         .clamp(6, 12);
-    // time 16, age 4, volume, data 9, verify 3
-    let base = 16 + 4 + vol_w + 9 + 3 + 4;
-    let full_presence = columns.len() * 10;
-    let compact = base + full_presence > inner;
-    let presence_w = if compact {
-        columns.len() * 4
+    let (cols, compact, short_time) = fit_columns(inner, vol_w, columns.len());
+    let time_fmt = if short_time {
+        "%m-%d %H:%M"
     } else {
-        full_presence
+        "%Y-%m-%d %H:%M"
     };
-    let mut room = inner.saturating_sub(base + presence_w);
-    let show_id = room >= 13;
-    if show_id {
-        room -= 13;
-    }
-    let show_new = room >= 10;
-    if show_new {
-        room -= 10;
-    }
-    let show_note = room >= 9;
-    let mut header: Vec<String> = vec!["time".into(), "age".into(), "volume".into()];
-    let mut widths = vec![
-        Constraint::Length(16),
-        Constraint::Length(4),
-        Constraint::Length(vol_w as u16),
-    ];
-    if show_id {
-        header.push("id".into());
-        widths.push(Constraint::Length(12));
-    }
-    header.push("data".into());
-    widths.push(Constraint::Length(9));
-    if show_new {
-        header.push("new".into());
-        widths.push(Constraint::Length(9));
-    }
-    header.push("vfy".into());
-    widths.push(Constraint::Length(3));
-    if show_note {
-        header.push("note".into());
-        widths.push(Constraint::Min(8));
-    }
-    let pw = if compact { 3 } else { 9 };
-    header.extend(columns.iter().map(|r| truncate(r, pw)));
-    widths.extend(columns.iter().map(|_| Constraint::Length(pw as u16)));
+    let header: Vec<String> = cols
+        .iter()
+        .map(|(c, w)| match c {
+            Col::Time => "time".into(),
+            Col::Age => "age".into(),
+            Col::Volume => "volume".into(),
+            Col::Id => "id".into(),
+            Col::Data => "data".into(),
+            Col::New => "new".into(),
+            Col::Vfy => "vfy".into(),
+            Col::Note => "note".into(),
+            Col::Presence(i) => truncate(&columns[*i], *w),
+        })
+        .collect();
+    let widths: Vec<Constraint> = cols
+        .iter()
+        .map(|(c, w)| match c {
+            Col::Note => Constraint::Min(*w as u16),
+            _ => Constraint::Length(*w as u16),
+        })
+        .collect();
     let rows: Vec<Row> = tl
         .iter()
         .map(|(k, m)| {
-            let mut cells = vec![
-                TCell::from(m.created_at.format("%Y-%m-%d %H:%M").to_string()),
-                TCell::from(age(&m.created_at, app.now)),
-                TCell::from(k.volume.clone()),
-            ];
-            if show_id {
-                cells.push(TCell::from(k.id.short()));
-            }
-            cells.push(TCell::from(bytes(m.stats.nonzero_bytes)));
-            if show_new {
-                cells.push(TCell::from(bytes(m.stats.new_stored_bytes)));
-            }
-            cells.push(match app.verify.get(&k.id) {
-                Some(v) if v.ok => TCell::from(Span::styled("ok", theme.fg(Color::Green))),
-                Some(_) => TCell::from(Span::styled(
-                    "BAD",
-                    theme.fg(Color::Red).add_modifier(Modifier::BOLD),
-                )),
-                None => TCell::from("-"),
-            });
-            if show_note {
-                cells.push(TCell::from(
-                    escape(m.labels.note.as_deref().unwrap_or_default()).into_owned(),
-                ));
-            }
-            for p in app.presence(k) {
-                cells.push(TCell::from(theme.presence(p, compact)));
-            }
+            let presence = app.presence(k);
+            let cells: Vec<TCell> = cols
+                .iter()
+                .map(|(c, _)| match c {
+                    Col::Time => TCell::from(m.created_at.format(time_fmt).to_string()),
+                    Col::Age => TCell::from(age(&m.created_at, app.now)),
+                    Col::Volume => TCell::from(k.volume.clone()),
+                    Col::Id => TCell::from(k.id.short()),
+                    Col::Data => TCell::from(bytes(m.stats.nonzero_bytes)),
+                    Col::New => TCell::from(bytes(m.stats.new_stored_bytes)),
+                    Col::Vfy => match app.verify.get(&k.id) {
+                        Some(v) if v.ok => TCell::from(Span::styled("ok", theme.fg(Color::Green))),
+                        Some(_) => TCell::from(Span::styled(
+                            "BAD",
+                            theme.fg(Color::Red).add_modifier(Modifier::BOLD),
+                        )),
+                        None => TCell::from("-"),
+                    },
+                    Col::Note => TCell::from(
+                        escape(m.labels.note.as_deref().unwrap_or_default()).into_owned(),
+                    ),
+                    Col::Presence(i) => match presence.get(*i) {
+                        Some(p) => TCell::from(theme.presence(*p, compact)),
+                        None => TCell::from(""),
+                    },
+                })
+                .collect();
             let marked = app.marked.as_ref() == Some(k);
             Row::new(cells).style(if marked {
                 theme.fg(Color::Magenta).add_modifier(Modifier::UNDERLINED)
@@ -286,6 +368,34 @@ pub fn timeline(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     let mut st = TableState::default();
     st.select((!tl.is_empty()).then_some(app.timeline_sel));
     f.render_stateful_widget(table, area, &mut st);
+}
+
+/// A line cut to `w` columns with `…` (styles of the spans kept).
+fn fit_line(l: Line<'static>, w: usize) -> Line<'static> {
+    if l.width() <= w {
+        return l;
+    }
+    let mut left = w;
+    let mut out = Vec::new();
+    for span in l.spans {
+        if left == 0 {
+            break;
+        }
+        let sw = span.content.width();
+        if sw < left {
+            left -= sw;
+            out.push(span);
+        } else {
+            // More follows: this span ends with `…` even when it would
+            // just fit.
+            out.push(Span::styled(
+                truncate(&format!("{}…", span.content), left),
+                span.style,
+            ));
+            left = 0;
+        }
+    }
+    Line::from(out)
 }
 
 /// "policy nightly · next 11-28 02:30 · last run ok 3h ago · RPO ok".
@@ -465,8 +575,25 @@ pub fn details(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         lines.insert(1.min(lines.len()), line);
     }
     lines.push(Line::from(usage));
+    // Whole lines, cut with `…` where they are wider than the pane (z
+    // zooms it), scrolled when focused (↑↓).
+    let inner_w = cols[0].width.saturating_sub(2) as usize;
+    let visible = cols[0].height.saturating_sub(2) as usize;
+    let scroll = app
+        .details_scroll
+        .min(lines.len().saturating_sub(visible.max(1)));
+    let lines: Vec<Line> = lines
+        .into_iter()
+        .skip(scroll)
+        .map(|l| fit_line(l, inner_w))
+        .collect();
+    let more = if scroll > 0 { " ↑" } else { "" };
     f.render_widget(
-        Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" Details ")),
+        Paragraph::new(lines).block(block(
+            format!(" Details{more} "),
+            theme,
+            app.focus == Pane::Details,
+        )),
         cols[0],
     );
     if !chart {

@@ -375,18 +375,44 @@ impl Repo {
     /// skipped and reported as a warning (`verify` names the backups it
     /// breaks); the others stay usable.
     pub fn load_all(&self) -> Result<Vec<(ManifestKey, Manifest)>> {
-        let mut all = Vec::new();
-        for k in self.list_manifests()? {
+        let mut cache = ManifestCache::default();
+        self.refresh(&mut cache)?;
+        Ok(cache.backups())
+    }
+
+    /// Brings `cache` up to date with the repository: reads only the
+    /// manifests it has not seen (a manifest never changes), forgets those
+    /// gone, and takes the protection marks again. Returns whether anything
+    /// changed. A console refreshing every 30 s reads nothing when nothing
+    /// happened.
+    pub fn refresh(&self, cache: &mut ManifestCache) -> Result<bool> {
+        let keys = self.list_manifests()?;
+        let listed: std::collections::HashSet<&ManifestKey> = keys.iter().collect();
+        let before = cache.manifests.len();
+        cache.manifests.retain(|k, _| listed.contains(k));
+        let mut changed = cache.manifests.len() != before;
+        for k in keys {
+            if cache.manifests.contains_key(&k) || cache.damaged.contains(&k) {
+                continue;
+            }
             match self.load_manifest(&k) {
-                Ok(m) => all.push((k, m)),
-                Err(e) => tracing::warn!("skipping backup {}: {e}", k.object_key()),
+                Ok(m) => {
+                    cache.manifests.insert(k, m);
+                    changed = true;
+                }
+                Err(e) => {
+                    tracing::warn!("skipping backup {}: {e}", k.object_key());
+                    cache.damaged.insert(k);
+                }
             }
         }
-        all.sort_by_key(|a| (a.1.created_at, a.0.id));
         // Protection marks beside the manifests (see `protect`).
         let marks = self.protection_marks()?;
-        crate::protect::apply(&mut all, &marks);
-        Ok(all)
+        if marks != cache.marks {
+            cache.marks = marks;
+            changed = true;
+        }
+        Ok(changed)
     }
 
     /// The backups protected by a mark in `protected/`.
@@ -422,6 +448,30 @@ fn read_dir_names_or_warn(dir: &Path) -> Vec<String> {
 /// Creates a repository's directories, private to the owner. Every path
 /// that creates a repository (init, a pull or restore onto a fresh
 /// machine, a server's first push) creates the whole layout.
+/// The manifests of a repository as last read (`Repo::refresh`).
+#[derive(Debug, Default, Clone)]
+pub struct ManifestCache {
+    manifests: std::collections::HashMap<ManifestKey, Manifest>,
+    /// Unreadable ones, reported once and not read again.
+    damaged: std::collections::HashSet<ManifestKey>,
+    marks: std::collections::BTreeSet<ManifestKey>,
+}
+
+impl ManifestCache {
+    /// Every backup, oldest first by precise creation time, with the
+    /// protection marks applied.
+    pub fn backups(&self) -> Vec<(ManifestKey, Manifest)> {
+        let mut all: Vec<(ManifestKey, Manifest)> = self
+            .manifests
+            .iter()
+            .map(|(k, m)| (k.clone(), m.clone()))
+            .collect();
+        all.sort_by_key(|a| (a.1.created_at, a.0.id));
+        crate::protect::apply(&mut all, &self.marks);
+        all
+    }
+}
+
 pub fn create_layout(root: &Path) -> Result<()> {
     durable::private_dir(root)?;
     for sub in ["chunks", "indexes", "manifests", "tmp"] {
