@@ -617,6 +617,60 @@ fn openstack_faults_are_reported_and_cleaned_up() {
     });
     assert!(err.contains("removed: server"), "{err}");
     cloud.assert_empty();
+    drop(cloud);
+
+    // Cancel while a data volume is attaching (Cinder: reserved, then
+    // attaching, no attachment recorded yet): the server goes first, which
+    // ends the attachment, and the volume is removed too — nothing leaks.
+    let cloud = Standin::start();
+    site.set_cloud(
+        "osp",
+        &cloud
+            .table("")
+            .replace("ready_timeout_secs = 4", "ready_timeout_secs = 60"),
+    );
+    cloud.fault("slow-attach");
+    let err = cancelled_restore(&site, "osp", || {
+        cloud.state()["volumes"]
+            .as_object()
+            .unwrap()
+            .values()
+            .any(|v| matches!(v["status"].as_str(), Some("reserved" | "attaching")))
+    });
+    assert!(err.contains("removed: server"), "{err}");
+    assert!(err.contains("volume"), "{err}");
+    assert!(!err.contains("NOT removed"), "{err}");
+    cloud.assert_empty();
+    drop(cloud);
+
+    // A flavor whose disk (1 GiB) is smaller than the root volume (a
+    // sparse 1.2 GiB disk) is refused by the plan, before any byte is
+    // uploaded.
+    let cloud = Standin::start();
+    site.set_cloud("osp", &cloud.table("").replace("m1.small", "m1.tiny"));
+    let big = site.path("big.raw");
+    write_at(&big, 0, b"boot sector");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&big)
+        .unwrap()
+        .set_len(1_200 << 20)
+        .unwrap();
+    site.ok(&[
+        "backup",
+        "big",
+        "--format",
+        "raw",
+        "--volume",
+        &format!("root={}", big.display()),
+    ]);
+    let text = site.fails(&["cloud-restore", "big@latest", "--target", "osp"]);
+    assert!(
+        text.contains("choose a flavor with a disk of at least"),
+        "{text}"
+    );
+    assert_eq!(cloud.state()["uploads"], 0, "nothing uploaded");
+    cloud.assert_empty();
 }
 
 // ---------------------------------------------------------------------- AWS
@@ -1086,6 +1140,53 @@ fn export_to_garage_in_every_format() {
             String::from_utf8_lossy(&cmp.stdout)
         );
     }
+
+    // Azure takes a VHD only when its size is a whole number of MiB: a
+    // disk of 5 MiB and 1000 bytes becomes a 6 MiB VHD, the rest zeros.
+    let odd = site.path("odd.raw");
+    write_at(&odd, 0, &noise((5 << 20) + 1000, 9));
+    let out = site.run(&[
+        "backup",
+        "odd",
+        "--format",
+        "raw",
+        "--volume",
+        &format!("root={}", odd.display()),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = format!("{prefix}/odd.vhd");
+    let odd_url = format!("s3://{}/{key}", g.bucket);
+    let mut args = vec!["export", "odd/root@latest", &odd_url, "--format", "vhd"];
+    args.extend(extra.iter().map(|s| s.as_str()));
+    let out = run(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = site.path("got-odd.vhd");
+    fetch(&key, &got);
+    assert_eq!(std::fs::metadata(&got).unwrap().len(), (6 << 20) + 512);
+    let info = qemu_img(&["info", "-f", "vpc", "--output=json", got.to_str().unwrap()]);
+    assert!(
+        info.contains(&format!("\"virtual-size\": {}", 6 << 20)),
+        "{info}"
+    );
+    let cmp = Command::new("qemu-img")
+        .args(["compare", "-f", "vpc", "-F", "raw"])
+        .arg(&got)
+        .arg(&odd)
+        .output()
+        .unwrap();
+    assert!(
+        cmp.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cmp.stdout)
+    );
 
     // Bad input: a set, no key, an unknown bucket (nothing left behind).
     let mut args = vec!["export", "web@latest", &url];

@@ -420,6 +420,21 @@ fn drill_faults_name_their_phase_and_leave_nothing_behind() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not name a backup set of VM web01"));
     let out = d.run(&["drill", "web01", "--from", "nowhere"]);
     assert_eq!(out.status.code(), Some(1));
+    // An unknown VM, or a time no backup is at or before, could not start:
+    // exit 1 and no FAIL in the history.
+    let before = d.run(&["--json", "drills"]);
+    for args in [
+        vec!["drill", "nosuchvm", "--from", "local"],
+        vec!["drill", "web01", "--from", "local", "--at", "2001-01-01"],
+    ] {
+        let out = d.run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("could not start"), "{err}");
+        assert!(!err.contains("RTO"), "{err}");
+    }
+    let after = d.run(&["--json", "drills"]);
+    assert_eq!(before.stdout, after.stdout, "nothing recorded");
 }
 
 #[test]
@@ -529,6 +544,115 @@ fn a_cancelled_drill_stops_qemu_and_removes_its_scratch_files() {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
+    d.assert_clean();
+}
+
+/// The daemon's unit ships with `MemoryDenyWriteExecute=yes`, under which
+/// the kernel refuses memory that is writable and executable — what TCG
+/// writes its code into. systemd applies it with PR_SET_MDWE where the
+/// kernel has it; so does this test (children inherit it), and the drill
+/// the daemon would run passes.
+#[test]
+fn a_drill_boots_under_the_daemon_units_memory_protection() {
+    use std::os::unix::process::CommandExt;
+    let d = Drill::new();
+    let scratch = d.path("scratch");
+    let mut cmd = d.cmd();
+    cmd.args(["--json", "drill", "build01", "--from", "local", "--scratch"])
+        .arg(&scratch)
+        .env("LIFEBOAT_REPO", demo().join("repo"));
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            // PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
+            if libc::prctl(65, 1, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = match cmd.output() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("SKIPPED: this kernel has no PR_SET_MDWE ({e})");
+            return;
+        }
+    };
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no report ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(r["outcome"], "pass", "{r:#}");
+    d.assert_clean();
+}
+
+/// SIGTERM (`timeout`, cron) and SIGHUP (a dropped SSH session) end a
+/// drill as Ctrl-C does; SIGKILL cannot be caught, but QEMU dies with its
+/// parent and the next drill removes the scratch files left.
+#[test]
+fn drills_ended_by_any_signal_leave_nothing_running() {
+    let d = Drill::new();
+    let scratch = d.path("scratch");
+    let start = || {
+        let child = d
+            .cmd()
+            .args(["--json", "drill", "build01", "--from", "local", "--scratch"])
+            .arg(&scratch)
+            .env("LIFEBOAT_REPO", demo().join("repo"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        while qemu_on(&scratch).is_empty() {
+            assert!(t.elapsed() < Duration::from_secs(120), "QEMU never started");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child
+    };
+    for sig in [libc::SIGTERM, libc::SIGHUP] {
+        let mut child = start();
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(130), "signal {sig}");
+        d.assert_clean();
+    }
+    let mut child = start();
+    let qemu = qemu_on(&scratch);
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+    let t = Instant::now();
+    while qemu
+        .iter()
+        .any(|p| Path::new(&format!("/proc/{p}")).exists())
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "QEMU outlived its killed drill"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left: Vec<_> = std::fs::read_dir(&scratch).unwrap().flatten().collect();
+    assert_eq!(
+        left.len(),
+        1,
+        "the killed drill's scratch directory stays: {left:?}"
+    );
+    // The next drill (even one that cannot start) removes it.
+    let out = d
+        .cmd()
+        .args([
+            "drill",
+            "build01",
+            "--from",
+            "local",
+            "--at",
+            "2001-01-01",
+            "--scratch",
+        ])
+        .arg(&scratch)
+        .env("LIFEBOAT_REPO", demo().join("repo"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
     d.assert_clean();
 }
 

@@ -495,7 +495,10 @@ fn print_vm_restore(
             lifeboat_core::vm::qemu::shell_quote(&v.domain_xml.display().to_string())
         ),
     }
-    println!("without libvirt, boot it with:\n  {}", v.qemu_command);
+    println!(
+        "without libvirt, boot it with (TCG emulation, which runs everywhere; where KVM works, -accel kvm runs it at full speed):\n  {}",
+        v.qemu_command
+    );
 }
 
 /// `--attach DOMAIN`: the restored volume attached with virsh.

@@ -124,6 +124,9 @@ struct TimelineRow<'a> {
     new_stored_bytes: u64,
     new_chunks: u64,
     note: Option<&'a str>,
+    /// offline, crash or application (None: made before it was recorded).
+    consistency: Option<lifeboat_core::repo::manifest::Consistency>,
+    protected: bool,
 }
 
 pub fn timeline(ctx: &Ctx, vm: &str, volume: Option<&str>) -> anyhow::Result<Outcome> {
@@ -160,6 +163,8 @@ pub fn timeline(ctx: &Ctx, vm: &str, volume: Option<&str>) -> anyhow::Result<Out
             new_stored_bytes: m.stats.new_stored_bytes,
             new_chunks: m.stats.new_chunks,
             note: m.labels.note.as_deref(),
+            consistency: m.capture.as_ref().map(|c| c.consistency),
+            protected: m.labels.protected,
         })
         .collect();
     if ctx.json {
@@ -176,6 +181,16 @@ pub fn timeline(ctx: &Ctx, vm: &str, volume: Option<&str>) -> anyhow::Result<Out
                 bytes(r.virtual_size),
                 bytes(r.nonzero_bytes),
                 bytes(r.new_stored_bytes),
+                // Application (guest frozen), crash (one instant, as a
+                // power cut) or offline (not running); "-" for backups
+                // made before lifeboat recorded it.
+                match r.consistency {
+                    Some(lifeboat_core::repo::manifest::Consistency::Application) => "app",
+                    Some(lifeboat_core::repo::manifest::Consistency::Crash) => "crash",
+                    Some(lifeboat_core::repo::manifest::Consistency::Offline) => "offline",
+                    None => "-",
+                }
+                .into(),
                 escape(r.note.unwrap_or("")).into_owned(),
             ]
         })
@@ -183,7 +198,7 @@ pub fn timeline(ctx: &Ctx, vm: &str, volume: Option<&str>) -> anyhow::Result<Out
     print!(
         "{}",
         table(
-            &["TIME", "VOLUME", "ID", "SIZE", "DATA", "NEW", "NOTE"],
+            &["TIME", "VOLUME", "ID", "SIZE", "DATA", "NEW", "CAPTURE", "NOTE"],
             &cells
         )
     );

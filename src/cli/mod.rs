@@ -580,11 +580,14 @@ pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
         }
         _ => {}
     }
-    let is_demo = matches!(&cli.command, Some(Command::Demo { .. }));
-    let config = if is_demo {
-        Ok(Config::default())
-    } else {
-        Config::load(cli.config.as_deref())
+    let config = match &cli.command {
+        Some(Command::Demo { .. }) => Ok(Config::default()),
+        // The remote being added may be named already (a policy's push, a
+        // drill's source): that must not stop the command that adds it.
+        Some(Command::Remote {
+            action: RemoteAction::Add(a),
+        }) => Config::load_assuming(cli.config.as_deref(), &[a.name.as_str()]),
+        _ => Config::load(cli.config.as_deref()),
     };
     let mut config = match config {
         Ok(c) => c,
@@ -1045,13 +1048,17 @@ fn report(json: bool, e: &anyhow::Error) -> u8 {
     // Messages can quote a remote's words or a repository's names: escape
     // control characters before they reach a terminal.
     let msg = lifeboat_core::text::escape_lines(&crate::output::describe(e));
+    // Never a panic on a closed terminal (a dropped SSH session): the exit
+    // code still says what happened.
+    use std::io::Write as _;
     if json {
-        println!(
+        let _ = writeln!(
+            std::io::stdout(),
             "{}",
             serde_json::json!({ "error": msg, "cancelled": cancelled })
         );
     } else {
-        eprintln!("error: {msg}");
+        let _ = writeln!(std::io::stderr(), "error: {msg}");
     }
     if cancelled {
         EXIT_CANCELLED

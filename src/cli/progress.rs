@@ -13,6 +13,11 @@ use tokio::sync::mpsc;
 use crate::output::{bytes, duration};
 
 fn line(s: &Snapshot) -> String {
+    // Before there is anything to count (connecting, asking QEMU), the
+    // phase alone, with how long it has taken: not "0 B/0 B".
+    if s.job_bytes_total == 0 && s.job_bytes_done == 0 {
+        return format!("{} ({})", s.phase, duration(s.elapsed_secs));
+    }
     let eta = s
         .eta_secs
         .map(|e| format!(" ETA {}", duration(e)))
@@ -73,17 +78,56 @@ where
     observe(kind, json, sigint, job, rx, lines).await
 }
 
-/// Installs the SIGINT handler now, before the job starts: `ctrl_c()` would
-/// install it only when first polled, and an interrupt arriving before that
-/// would kill the process mid-write instead of cancelling the job.
-fn interrupt_handler() -> Option<tokio::signal::unix::Signal> {
-    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok()
+/// The signals that cancel a job the way Ctrl-C does: SIGINT, SIGTERM
+/// (`timeout`, systemd, a cron's kill) and SIGHUP (an SSH session that
+/// dropped). Installed now, before the job starts: a signal arriving
+/// before the handler exists would kill the process mid-write instead of
+/// cancelling the job (and a cancelled cloud restore cleans up).
+pub struct Stop(Vec<tokio::signal::unix::Signal>);
+
+impl Stop {
+    pub fn install() -> Stop {
+        use tokio::signal::unix::{signal, SignalKind};
+        Stop(
+            [
+                SignalKind::interrupt(),
+                SignalKind::terminate(),
+                SignalKind::hangup(),
+            ]
+            .into_iter()
+            .filter_map(|k| signal(k).ok())
+            .collect(),
+        )
+    }
+
+    /// Resolves when any of the signals arrives.
+    pub async fn recv(&mut self) {
+        if self.0.is_empty() {
+            return std::future::pending().await;
+        }
+        let waits = self.0.iter_mut().map(|s| Box::pin(s.recv()));
+        futures::future::select_all(waits).await;
+    }
+}
+
+fn interrupt_handler() -> Option<Stop> {
+    Some(Stop::install())
+}
+
+/// A line on stderr that never panics: after a hangup the terminal is
+/// gone, and the job must still finish cancelling (a cloud restore
+/// removing what it made) rather than die on a failed write.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
 }
 
 async fn observe<T: Send + 'static>(
     kind: &str,
     json: bool,
-    mut sigint: Option<tokio::signal::unix::Signal>,
+    mut sigint: Option<Stop>,
     job: Job<T>,
     mut events: mpsc::UnboundedReceiver<JobEvent>,
     lines: bool,
@@ -129,11 +173,11 @@ async fn observe<T: Send + 'static>(
             let l = lifeboat_core::text::escape(&l).into_owned();
             match bar {
                 Some(b) => b.println(l),
-                None if json => eprintln!(
+                None if json => say!(
                     "{}",
                     serde_json::json!({"event": "state", "job": kind, "line": l})
                 ),
-                None => eprintln!("{l}"),
+                None => say!("{l}"),
             }
         }
     };
@@ -147,7 +191,7 @@ async fn observe<T: Send + 'static>(
                 // Lifecycle events: JSON lines with --json; the bar and the
                 // final message say the same to a person.
                 if json {
-                    eprintln!("{}", serde_json::json!({"event": "job", "job": kind, "state": ev}));
+                    say!("{}", serde_json::json!({"event": "job", "job": kind, "state": ev}));
                 }
             }
             _ = tick.tick() => {
@@ -158,14 +202,14 @@ async fn observe<T: Send + 'static>(
                         b.set_position((s.job_fraction() * 1000.0) as u64);
                         b.set_message(line(&s));
                     }
-                    None if json => eprintln!("{}", serde_json::json!({"event": "progress", "job": kind, "progress": s})),
-                    None => eprintln!("{}", line(&s)),
+                    None if json => say!("{}", serde_json::json!({"event": "progress", "job": kind, "progress": s})),
+                    None => say!("{}", line(&s)),
                 }
             }
             _ = &mut ctrl_c, if !interrupted => {
                 interrupted = true;
                 cancel.cancel();
-                if let Some(b) = &bar { b.set_message("cancelling…"); } else { eprintln!("cancelling…"); }
+                if let Some(b) = &bar { b.set_message("cancelling…"); } else { say!("cancelling…"); }
             }
         }
     };

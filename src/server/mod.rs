@@ -891,6 +891,9 @@ struct ListQuery {
     prefix: String,
     /// Start after this key (the previous page's `next`).
     after: Option<String>,
+    /// Also each object's stored size (gc's report of what it frees).
+    #[serde(default)]
+    sizes: Option<String>,
 }
 
 /// One page of keys (at most `LIST_PAGE`), so no answer is unbounded.
@@ -916,7 +919,30 @@ async fn list(
     let end = (start + LIST_PAGE).min(keys.len());
     let page = keys[start..end].to_vec();
     let next = (end < keys.len()).then(|| page.last().cloned()).flatten();
-    Ok(Json(ListResponse { keys: page, next }))
+    let sizes = match q.sizes.as_deref() {
+        Some("1") => {
+            let (root, keys) = (st.root.clone(), page.clone());
+            Some(
+                tokio::task::spawn_blocking(move || {
+                    keys.iter()
+                        .map(|k| {
+                            std::fs::metadata(root.join(k))
+                                .map(|m| m.len())
+                                .unwrap_or(0)
+                        })
+                        .collect::<Vec<u64>>()
+                })
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+            )
+        }
+        _ => None,
+    };
+    Ok(Json(ListResponse {
+        keys: page,
+        next,
+        sizes,
+    }))
 }
 
 async fn missing(
@@ -1114,6 +1140,16 @@ pub async fn serve(
     let svc = app.into_make_service();
     let bind_err =
         |e: std::io::Error| Error::BadInput(format!("cannot listen on {}: {e}", opts.listen));
+    // Bound here, before anything is served: a port in use is said at once
+    // ("address in use") instead of as a server that never comes up.
+    let listener = bind(opts.listen).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            ": another program listens there (another lifeboat serve?); stop it or give another --listen port"
+        } else {
+            ""
+        };
+        Error::BadInput(format!("cannot listen on {}: {e}{hint}", opts.listen))
+    })?;
     let limit = |a| limits::ConnectionLimit::new(a, opts.max_connections, opts.idle_timeout);
     let tune = |b: &mut hyper_util::server::conn::auto::Builder<_>| {
         b.http1()
@@ -1139,14 +1175,14 @@ pub async fn serve(
             let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(cfg)
                 .handshake_timeout(opts.header_timeout)
                 .acceptor(limit(axum_server::accept::DefaultAcceptor::new()));
-            let mut server = axum_server::bind(opts.listen)
+            let mut server = axum_server::from_tcp(listener)
                 .acceptor(acceptor)
                 .handle(handle.clone());
             tune(server.http_builder());
             tokio::spawn(server.serve(svc))
         }
         None => {
-            let mut server = axum_server::bind(opts.listen)
+            let mut server = axum_server::from_tcp(listener)
                 .acceptor(limit(axum_server::accept::DefaultAcceptor::new()))
                 .handle(handle.clone());
             tune(server.http_builder());
@@ -1160,6 +1196,19 @@ pub async fn serve(
         .map_err(bind_err);
     tokens.save_used();
     res
+}
+
+/// A listening socket (address reuse on, as servers have it: a restart
+/// does not wait for the old connections' TIME_WAIT).
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)?.into_std()
 }
 
 async fn report_bound(

@@ -15,7 +15,9 @@ this, written to the OpenStack API reference for exactly these calls:
   Cinder v3    POST/GET/DELETE /volume/v3/{project}/volumes[/{id}]
 
 Uploaded image bytes are kept in DIR (so a test can compare them with the
-backup), volumes created from an image copy them. Faults a real cloud
+backup), volumes created from an image copy them; an attachment goes
+through reserved and attaching (with the slow-attach fault, for 40 polls)
+before in-use, and a volume in any of those cannot be deleted. Faults a real cloud
 produces are switched on with POST /_standin/fault {"fault": NAME}:
 quota, server-error, image-stuck, checksum, drop-upload, slow-build.
 GET /_standin/state lists images, servers and volumes with the SHA-256 of
@@ -232,19 +234,25 @@ class H(BaseHTTPRequestHandler):
                 srv = state["servers"].pop(sid, None)
                 if srv is None:
                     return self.err(404, "itemNotFound", f"Instance {sid} could not be found.")
+                # Nova detaches what the server had, and ends attachments
+                # still in progress.
                 for vid in srv["volumes"]:
                     if vid in state["volumes"]:
                         state["volumes"][vid]["status"] = "available"
                         state["volumes"][vid]["attachments"] = []
+                        state["volumes"][vid].pop("pending", None)
                 return self.reply(204)
             if p.startswith(f"/volume/v3/{PROJECT_ID}/volumes/"):
                 vid = parts[-1]
                 vol = state["volumes"].get(vid)
                 if vol is None:
                     return self.err(404, "itemNotFound", f"Volume {vid} could not be found.")
-                if vol["status"] == "in-use":
+                if vol["status"] in ("in-use", "reserved", "attaching", "detaching"):
                     return self.err(400, "badRequest",
-                                    "Invalid volume: Volume status must be available or error")
+                                    "Invalid volume: Volume status must be available or error or "
+                                    "error_restoring or error_extending or error_managing and must "
+                                    "not be migrating, attached, belong to a group, have snapshots "
+                                    "or be disassociated from snapshots after volume transfer.")
                 state["volumes"].pop(vid)
                 try:
                     os.unlink(os.path.join(DIR, "vol-" + vid))
@@ -457,9 +465,15 @@ class H(BaseHTTPRequestHandler):
             if vol["status"] != "available":
                 return self.err(400, "badRequest", f"Invalid volume: volume {vid} is not available")
             srv["volumes"].append(vid)
-            vol["status"] = "in-use"
             dev = "/dev/vd" + "bcdefgh"[len(srv["volumes"]) - 1]
-            vol["attachments"] = [{"server_id": sid, "device": dev, "volume_id": vid}]
+            if fault("slow-attach"):
+                # As Cinder does: reserved, then attaching, and only then
+                # in-use with its attachment recorded.
+                vol["status"], vol["attach_polls"] = "reserved", 0
+                vol["pending"] = {"server_id": sid, "device": dev, "volume_id": vid}
+            else:
+                vol["status"] = "in-use"
+                vol["attachments"] = [{"server_id": sid, "device": dev, "volume_id": vid}]
         self.reply(200, {"volumeAttachment": {"id": vid, "volumeId": vid, "serverId": sid, "device": dev}})
 
     # ---------------------------------------------------------------- cinder
@@ -496,6 +510,13 @@ class H(BaseHTTPRequestHandler):
             vol["polls"] += 1
             if vol["status"] == "creating" and vol["polls"] >= 2:
                 vol["status"] = "available"
+            if vol["status"] in ("reserved", "attaching"):
+                vol["attach_polls"] += 1
+                if vol["attach_polls"] >= 2:
+                    vol["status"] = "attaching"
+                if vol["attach_polls"] >= 40:
+                    vol["status"] = "in-use"
+                    vol["attachments"] = [vol.pop("pending")]
             view = {"id": vid, "name": vol["name"], "size": vol["size"], "status": vol["status"],
                     "attachments": vol["attachments"]}
         self.reply(200, {"volume": view})

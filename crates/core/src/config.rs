@@ -191,6 +191,13 @@ impl Config {
     /// that remembers its path: commands that write the config (`remote
     /// add`) create it there, the others do not need it.
     pub fn load(explicit: Option<&Path>) -> Result<Config> {
+        Self::load_assuming(explicit, &[])
+    }
+
+    /// Loads the config as if the remotes `adding` existed already: what
+    /// `remote add` is about to add may be named by a policy or a drill
+    /// before it is (that is often why it is added).
+    pub fn load_assuming(explicit: Option<&Path>, adding: &[&str]) -> Result<Config> {
         let path = match explicit {
             Some(p) => p.to_path_buf(),
             None => match default_config_path() {
@@ -214,12 +221,16 @@ impl Config {
                 })
             }
         };
-        let mut cfg = Self::parse(&path, &text)?;
+        let mut cfg = Self::parse_assuming(&path, &text, adding)?;
         cfg.path = Some(path);
         Ok(cfg)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Config> {
+        Self::parse_assuming(path, text, &[])
+    }
+
+    fn parse_assuming(path: &Path, text: &str, adding: &[&str]) -> Result<Config> {
         let err = |line: Option<usize>, reason: String| Error::Config {
             path: path.to_path_buf(),
             reason: match line {
@@ -290,7 +301,8 @@ impl Config {
             }
             if let Some(d) = &vm.drill {
                 if let Some(f) = &d.from {
-                    if f != "local" && !cfg.remotes.contains_key(f) {
+                    if f != "local" && !cfg.remotes.contains_key(f) && !adding.contains(&f.as_str())
+                    {
                         return Err(err(
                             line,
                             format!("{whose}: drill from {f:?}: no such remote (or use \"local\")"),
@@ -358,7 +370,8 @@ impl Config {
             c.check()
                 .map_err(|e| err(None, format!("cloud {name}: {e}")))?;
         }
-        let remotes: Vec<&str> = cfg.remotes.keys().map(|s| s.as_str()).collect();
+        let mut remotes: Vec<&str> = cfg.remotes.keys().map(|s| s.as_str()).collect();
+        remotes.extend(adding);
         let mut policies = std::collections::BTreeMap::new();
         for (name, pc) in &cfg.policy_configs {
             let line = Some(line_of(text, pc.span().start));

@@ -27,6 +27,7 @@ pub mod rpo;
 pub mod source;
 pub mod store;
 pub mod sync;
+pub mod sys;
 pub mod text;
 pub mod vm;
 

@@ -146,7 +146,9 @@ impl FromStr for Schedule {
                 Ok(Schedule::Weekly(wd, time(hm)?))
             }
             _ => {
-                let c = croner::Cron::from_str(t)
+                // `cron 30 2 * * *` reads as the cron expression it names.
+                let expr = t.strip_prefix("cron ").map(str::trim).unwrap_or(t);
+                let c = croner::Cron::from_str(expr)
                     .map_err(|e| bad(&format!("not a cron expression: {e}")))?;
                 Ok(Schedule::Cron(Box::new(c)))
             }
@@ -360,6 +362,8 @@ mod tests {
             next("30 2 * * *").unwrap().to_rfc3339(),
             "2026-11-28T02:30:00+00:00"
         );
+        // As the README writes it.
+        assert_eq!(next("cron 30 2 * * *"), next("30 2 * * *"));
         for bad in [
             "daily 25:00",
             "every 10s",

@@ -322,7 +322,10 @@ fn start_live(
         Ok(q) => q,
         Err(Absent(why)) => return Ok(Live::NotRunning(why)),
     };
-    progress.set_phase("asking QEMU for a point-in-time copy");
+    progress.set_phase(&format!(
+        "asking QEMU for a point-in-time copy (its monitor has {} s to answer each request)",
+        crate::live::QMP_TIMEOUT.as_secs()
+    ));
     let volumes: Vec<(String, PathBuf)> = req
         .volumes
         .iter()

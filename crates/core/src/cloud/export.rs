@@ -180,7 +180,7 @@ pub async fn plan(
             .map(Path::to_path_buf)
             .unwrap_or_else(std::env::temp_dir);
         let converted = match format {
-            ExportFormat::Vhd => index.image_size + 512,
+            ExportFormat::Vhd => vhd_size(index.image_size) + 512,
             _ => index.nonzero_bytes(),
         };
         let need = index.nonzero_bytes().saturating_add(converted);
@@ -255,6 +255,17 @@ pub async fn execute(
             progress.set_phase("restoring into scratch space");
             progress.set_job_total(image.index.image_size * 2);
             write_sparse(&image, &raw, cancel, progress).await?;
+            if other == ExportFormat::Vhd {
+                // Azure takes only VHDs whose virtual size is a whole
+                // number of MiB (its documented requirement): the image
+                // is padded with zeros up to the next MiB.
+                let size = vhd_size(image.index.image_size);
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&raw)
+                    .map_err(|e| Error::io("opening", &raw, e))?;
+                f.set_len(size).map_err(|e| Error::io("sizing", &raw, e))?;
+            }
             let (fmt, o) = other.qemu();
             progress.set_phase(&format!("converting to {fmt}"));
             let (r2, o2) = (raw.clone(), out.clone());
@@ -285,6 +296,11 @@ pub async fn execute(
         parts: bytes.div_ceil(PART as u64),
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// A VHD's virtual size: the image's, rounded up to a whole MiB.
+pub fn vhd_size(image_size: u64) -> u64 {
+    image_size.div_ceil(1 << 20) << 20
 }
 
 /// Sends a stream of bytes as one S3 multipart upload (parts in flight

@@ -241,6 +241,12 @@ pub trait Provider: Send + Sync {
     fn upload_bytes(&self, index: &crate::repo::Index) -> u64;
     /// What will be created for the plan, one line each.
     fn creates(&self, plan: &CloudPlan) -> Vec<String>;
+    /// Why the plan cannot work on this target, found before anything is
+    /// uploaded (a flavor whose disk is smaller than the root volume, no
+    /// block storage for data volumes); empty when it can. Read-only.
+    async fn refuses(&self, _plan: &CloudPlan) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
 }
 
 /// Opens the provider of a `[cloud.NAME]` target. Reads its secrets.
@@ -374,6 +380,17 @@ pub async fn plan(
         images,
     };
     plan.creates = provider.creates(&plan);
+    // Every check that can be made before hours of upload is made now.
+    let problems = provider.refuses(&plan).await?;
+    if !problems.is_empty() {
+        return Err(Error::Cloud {
+            target: target.into(),
+            phase: "plan".into(),
+            reason: problems.join("; "),
+            transient: false,
+            status: None,
+        });
+    }
     Ok(plan)
 }
 
@@ -450,7 +467,10 @@ pub async fn execute(
             ctx.check_cancel()?;
             provider.attach_data(&server, d, i, &ctx).await?;
         }
+        ctx.check_cancel()?;
         provider.finish(&mut server, &ctx).await?;
+        // A cancel during the last step still cancels (and cleans up).
+        ctx.check_cancel()?;
         ctx.phase(&format!(
             "running: server {} ({}) at {}",
             server.id,
@@ -500,7 +520,11 @@ async fn clean_up(
         // Cleanup runs even when the job was cancelled: a fresh token.
         let cancel = CancellationToken::new();
         let (mut removed, mut left) = (Vec::new(), Vec::new());
-        for r in made.iter().rev() {
+        // Servers first (removing one detaches its volumes, also those
+        // still attaching), then the rest newest first.
+        let mut order: Vec<&Resource> = made.iter().rev().collect();
+        order.sort_by_key(|r| !matches!(r.kind.as_str(), "server" | "instance"));
+        for r in order {
             progress.push_line(&format!("removing {r}"));
             match provider.remove(r, &cancel).await {
                 Ok(()) => removed.push(r.to_string()),

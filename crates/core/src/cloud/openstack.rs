@@ -488,6 +488,34 @@ impl Provider for OpenStack {
         index.image_size
     }
 
+    async fn refuses(&self, plan: &CloudPlan) -> Result<Vec<String>> {
+        let s = self.session().await?;
+        let mut out = Vec::new();
+        let root = plan
+            .volumes
+            .iter()
+            .find(|v| v.role == crate::repo::manifest::Role::Root)
+            .or(plan.volumes.first());
+        let disk = s.flavor["disk"].as_u64().unwrap_or(0);
+        if let (Some(root), true) = (root, disk > 0) {
+            if disk * GIB < root.image_size {
+                out.push(format!(
+                    "flavor {} has a {disk} GiB disk, the root volume {} is {}: choose a flavor with a disk of at least {} GiB",
+                    shown(self.cfg.flavor.as_deref().unwrap_or("")),
+                    root.volume,
+                    crate::text::bytes(root.image_size),
+                    root.image_size.div_ceil(GIB)
+                ));
+            }
+        }
+        if plan.volumes.len() > 1 && s.volume.is_none() {
+            out.push(
+                "the set has data volumes, but the service catalog has no block-storage (Cinder) endpoint to make them".into(),
+            );
+        }
+        Ok(out)
+    }
+
     fn creates(&self, plan: &CloudPlan) -> Vec<String> {
         let mut out = Vec::new();
         for v in &plan.volumes {
@@ -903,33 +931,51 @@ impl Provider for OpenStack {
                     Err(e) if gone(&e) => return Ok(()),
                     Err(e) => return Err(e),
                 };
-                for a in v["volume"]["attachments"].as_array().into_iter().flatten() {
-                    let sid = str_of(a, "server_id");
-                    let _ = step
-                        .send(self.req(
-                            &s,
-                            reqwest::Method::DELETE,
-                            format!(
-                                "{}/servers/{}/os-volume_attachments/{}",
-                                s.compute,
-                                enc(sid),
-                                enc(&r.id)
-                            ),
-                        ))
-                        .await;
-                }
+                // Its state is read again while waiting: an attachment in
+                // progress (reserved, attaching) appears only later, and
+                // is detached then (the server, removed first, ends most).
+                let mut detached = std::collections::BTreeSet::new();
+                let mut v = v;
                 for _ in 0..150 {
-                    let v = step
-                        .json(self.req(&s, reqwest::Method::GET, url.clone()))
-                        .await?
-                        .1;
+                    for a in v["volume"]["attachments"].as_array().into_iter().flatten() {
+                        let sid = str_of(a, "server_id").to_string();
+                        if !detached.insert(sid.clone()) {
+                            continue;
+                        }
+                        let _ = step
+                            .send(self.req(
+                                &s,
+                                reqwest::Method::DELETE,
+                                format!(
+                                    "{}/servers/{}/os-volume_attachments/{}",
+                                    s.compute,
+                                    enc(&sid),
+                                    enc(&r.id)
+                                ),
+                            ))
+                            .await;
+                    }
                     if !matches!(
                         str_of(&v["volume"], "status"),
-                        "in-use" | "detaching" | "creating" | "downloading" | "attaching"
+                        "in-use"
+                            | "detaching"
+                            | "creating"
+                            | "downloading"
+                            | "attaching"
+                            | "reserved"
+                            | "maintenance"
                     ) {
                         break;
                     }
                     http::pause(Duration::from_millis(400), cancel).await?;
+                    v = match step
+                        .json(self.req(&s, reqwest::Method::GET, url.clone()))
+                        .await
+                    {
+                        Ok((_, v)) => v,
+                        Err(e) if gone(&e) => return Ok(()),
+                        Err(e) => return Err(e),
+                    };
                 }
                 ok_if_gone(step.send(self.req(&s, reqwest::Method::DELETE, url)).await)
             }

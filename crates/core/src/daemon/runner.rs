@@ -116,13 +116,16 @@ impl DaemonLock {
         let dir = root.join("state");
         crate::repo::durable::private_dir(&dir)?;
         let path = dir.join("daemon.lock");
+        use std::os::unix::fs::OpenOptionsExt;
         let mut f = std::fs::OpenOptions::new()
             .create(true)
+            .mode(0o600)
             .truncate(false)
             .read(true)
             .write(true)
             .open(&path)
             .map_err(|e| Error::io("opening", &path, e))?;
+        let _ = f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600));
         match f.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {

@@ -82,12 +82,16 @@ pub(crate) fn read_record(path: &Path, limit: u64, hint: &'static str) -> Result
 pub fn lock_state(root: &Path) -> Result<std::fs::File> {
     durable::private_dir(&dir(root))?;
     let path = dir(root).join(".lock");
+    use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new()
         .create(true)
+        .mode(0o600)
         .truncate(false)
         .write(true)
         .open(&path)
         .map_err(|e| Error::io("opening", &path, e))?;
+    // One made by an older lifeboat may be 0644: private from now on.
+    let _ = f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600));
     f.lock().map_err(|e| Error::io("locking", &path, e))?;
     Ok(f)
 }

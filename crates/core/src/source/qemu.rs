@@ -173,7 +173,9 @@ impl Qcow2Reader {
             .tempdir()
             .map_err(|e| Error::Qemu(format!("cannot create a socket directory: {e}")))?;
         let sock = dir.path().join("nbd.sock");
-        let mut child = Command::new("qemu-nbd")
+        let mut cmd = Command::new("qemu-nbd");
+        crate::sys::die_with_parent(&mut cmd);
+        let mut child = cmd
             .args([
                 "--read-only",
                 "--format=qcow2",

@@ -49,6 +49,9 @@ pub struct ListResponse {
     /// Where the next page starts (pass as `after`), or None at the end.
     #[serde(default)]
     pub next: Option<String>,
+    /// Each key's stored size, when asked for (`sizes=1`; gc's report).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sizes: Option<Vec<u64>>,
 }
 
 /// `GET /v1/immutable`: the backups a server keeps whatever prune says,
@@ -298,12 +301,14 @@ impl HttpStore {
     async fn page<T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
-        query: (&str, &str),
+        query: &[(&str, &str)],
         after: Option<&str>,
         what: &str,
     ) -> Result<T> {
         let mut url = self.url(path)?;
-        url.query_pairs_mut().append_pair(query.0, query.1);
+        for (k, v) in query {
+            url.query_pairs_mut().append_pair(k, v);
+        }
         if let Some(a) = after {
             url.query_pairs_mut().append_pair("after", a);
         }
@@ -439,6 +444,41 @@ impl Store for HttpStore {
         Ok(out)
     }
 
+    async fn sizes(&self) -> Result<Option<std::collections::HashMap<ObjectKey, u64>>> {
+        let mut out = std::collections::HashMap::new();
+        for prefix in ["chunks/", "indexes/"] {
+            let mut after: Option<String> = None;
+            loop {
+                let page: ListResponse = self
+                    .page(
+                        "v1/list",
+                        &[("prefix", prefix), ("sizes", "1")],
+                        after.as_deref(),
+                        "a listing page",
+                    )
+                    .await?;
+                // A server older than sizes sends none: no byte count then.
+                let Some(sizes) = page.sizes.filter(|s| s.len() == page.keys.len()) else {
+                    return Ok(None);
+                };
+                let n = page.keys.len();
+                for (k, size) in page.keys.iter().zip(sizes) {
+                    if let Ok(k) = ObjectKey::parse(k) {
+                        out.insert(k, size);
+                    }
+                }
+                if out.len() > super::max_keys(prefix) {
+                    return Err(too_many_keys(&self.name, prefix));
+                }
+                after = match self.advance(&after, page.next, n, LIST_PAGE)? {
+                    Some(n) => Some(n),
+                    None => break,
+                };
+            }
+        }
+        Ok(Some(out))
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectKey>> {
         check_prefix(prefix)?;
         let mut out = Vec::new();
@@ -447,7 +487,7 @@ impl Store for HttpStore {
             let page: ListResponse = self
                 .page(
                     "v1/list",
-                    ("prefix", prefix),
+                    &[("prefix", prefix)],
                     after.as_deref(),
                     "a listing page",
                 )
@@ -495,7 +535,7 @@ impl Store for HttpStore {
             let page: DocsResponse = self
                 .page(
                     "v1/docs",
-                    ("kind", kind.dir()),
+                    &[("kind", kind.dir())],
                     after.as_deref(),
                     "a document listing",
                 )

@@ -166,12 +166,16 @@ async fn attempt(
         def: req.def,
         disks: req.disks,
         accel,
+        name: None,
         check: Some(&fw_log),
         forwards: &forwards,
     })?;
     progress.set_phase(&format!("boot: starting QEMU ({accel})"));
     progress.push_line(&format!("[lifeboat] {} (accel {accel})", qemu::QEMU));
-    let mut child = tokio::process::Command::new(qemu::QEMU)
+    let mut cmd = tokio::process::Command::new(qemu::QEMU);
+    // A drill killed any way (kill -9 too) takes its QEMU with it.
+    crate::sys::die_with_parent_async(&mut cmd);
+    let mut child = cmd
         .args(&args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())

@@ -66,19 +66,36 @@ pub struct BootArgs<'a> {
     pub def: &'a Definition,
     pub disks: &'a [RestoredDisk],
     pub accel: &'a str,
+    /// The VM's name (default: `lifeboat-VM`).
+    pub name: Option<&'a str>,
     /// `-snapshot`, serial on stdio, firmware log, no monitor.
     pub check: Option<&'a Path>,
     /// Restricted user networking with these forwards; none: no NIC.
     pub forwards: &'a [Forward],
 }
 
+/// QEMU's `-accel` value for an accelerator name. TCG writes and runs
+/// its own code: `split-wx` maps that memory twice (writable, executable)
+/// so it runs where writable executable memory is refused — under the
+/// shipped daemon unit's `MemoryDenyWriteExecute=yes`, for one.
+pub fn accel_option(accel: &str) -> String {
+    match accel {
+        "tcg" => "tcg,split-wx=on".into(),
+        other => other.into(),
+    }
+}
+
 pub fn args(a: &BootArgs) -> Result<Vec<String>> {
     let s = &a.def.spec;
     let mut v: Vec<String> = vec![
         "-name".into(),
-        format!("lifeboat-{}", a.def.vm),
+        a.name
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("lifeboat-{}", a.def.vm)),
         "-machine".into(),
-        format!("{},accel={}", s.machine, a.accel),
+        s.machine.clone(),
+        "-accel".into(),
+        accel_option(a.accel),
         "-m".into(),
         format!("{}M", s.memory_mib),
         "-smp".into(),
@@ -106,8 +123,16 @@ pub fn args(a: &BootArgs) -> Result<Vec<String>> {
             crate::repo::manifest::ImageFormat::Qcow2 => "qcow2",
         };
         v.push("-drive".into());
+        // A boot check runs on a throw-away overlay (-snapshot), where
+        // ignoring flushes costs nothing; a VM run by hand keeps its
+        // guest's flushes (a host crash must not lose what it synced).
+        let cache = if a.check.is_some() {
+            ",cache=unsafe"
+        } else {
+            ""
+        };
         v.push(format!(
-            "file={},format={fmt},if=none,id=disk{i},cache=unsafe",
+            "file={},format={fmt},if=none,id=disk{i}{cache}",
             opt_value(&r.path)
         ));
         let dev = match d.bus {
@@ -185,12 +210,19 @@ pub fn args(a: &BootArgs) -> Result<Vec<String>> {
 }
 
 /// The command line an admin runs by hand (shell-quoted), for hosts
-/// without libvirt.
-pub fn command_line(def: &Definition, disks: &[RestoredDisk]) -> Result<String> {
+/// without libvirt: TCG, which runs everywhere (`kvm:tcg` dies where
+/// /dev/kvm exists but KVM does not work); the restore says to use
+/// `-accel kvm` where it does. Named as the restored VM is named.
+pub fn command_line(
+    def: &Definition,
+    disks: &[RestoredDisk],
+    name: Option<&str>,
+) -> Result<String> {
     let mut a = args(&BootArgs {
         def,
         disks,
-        accel: "kvm:tcg",
+        accel: "tcg",
+        name,
         check: None,
         forwards: &[],
     })?;
@@ -246,6 +278,7 @@ mod tests {
             def: &def,
             disks: &disks,
             accel: "tcg",
+            name: None,
             check: Some(Path::new("/s/fw.log")),
             forwards: &[Forward {
                 host: 40000,
@@ -259,11 +292,10 @@ mod tests {
         assert!(s.contains("restrict=on,hostfwd=tcp:127.0.0.1:40000-:8080"));
         assert!(s.contains("virtio-net-pci,netdev=net0,romfile="), "{s}");
         assert!(a.contains(&"-snapshot".to_string()));
-        let cl = command_line(&def, &disks).unwrap();
-        assert!(
-            cl.starts_with("qemu-system-x86_64 -name lifeboat-web"),
-            "{cl}"
-        );
+        assert!(s.contains("-accel tcg,split-wx=on"), "{s}");
+        let cl = command_line(&def, &disks, Some("web-dr")).unwrap();
+        assert!(cl.starts_with("qemu-system-x86_64 -name web-dr"), "{cl}");
+        assert!(!cl.contains("unsafe") && !cl.contains("kvm"), "{cl}");
         assert_eq!(shell_quote("it's"), "'it'\\''s'");
     }
 }

@@ -104,7 +104,7 @@ pub fn write_vm(
         uuid: notes.uuid,
         changes: notes.changes,
         definition: from.into(),
-        qemu_command: qemu::command_line(def, &disks)?,
+        qemu_command: qemu::command_line(def, &disks, name)?,
     })
 }
 
