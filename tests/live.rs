@@ -602,6 +602,25 @@ fn a_running_vm_is_backed_up_at_one_instant_then_incrementally_and_survives_a_ki
     let err = host.fails();
     assert!(err.contains("another lifeboat is backing up"), "{err}");
     assert_eq!(vms_json(&host)["run"]["status"], "being backed up now");
+    // Its private directory in the temp directory names it as owner.
+    let owned_by = |pid: u32| -> Vec<PathBuf> {
+        std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("lifeboat-live-")
+            })
+            .filter(|e| {
+                std::fs::read_to_string(e.path().join("lifeboat-owner"))
+                    .is_ok_and(|o| o.split_whitespace().next() == Some(&pid.to_string()))
+            })
+            .map(|e| e.path())
+            .collect()
+    };
+    let killed = child.id();
+    assert_eq!(owned_by(killed).len(), 1);
     child.kill().expect("SIGKILL");
     let _ = child.wait();
     let left = lifeboat_state(&mut q);
@@ -609,8 +628,30 @@ fn a_running_vm_is_backed_up_at_one_instant_then_incrementally_and_survives_a_ki
         !left.is_empty(),
         "the killed backup left nothing to repair?"
     );
+    // `vms` names the leftovers (not the disk format), and --repair
+    // removes them at once, instead of at the next backup a day away.
+    let v = vms_json(&host);
+    assert!(
+        !v["leftovers"]
+            .as_array()
+            .map(|a| a.is_empty())
+            .unwrap_or(true),
+        "{v}"
+    );
+    let out = host.lb(&["vms", "--repair"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("repaired: removed"),
+        "{text}"
+    );
+    assert_eq!(lifeboat_state(&mut q), Vec::<String>::new());
+    // The interrupted bitmap stays, for the next backup to merge back.
     assert_eq!(bitmaps(&mut q, "va.qcow2").len(), 2);
     let b4 = host.backup();
+    assert!(
+        owned_by(killed).is_empty(),
+        "the killed run's directory stays"
+    );
     let c = &b4["vda"]["capture"];
     assert_eq!(
         c["incremental"], true,

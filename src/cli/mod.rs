@@ -202,6 +202,10 @@ pub enum Command {
     Vms {
         /// Only this VM.
         vm: Option<String>,
+        /// Remove what a killed backup left in a running VM's QEMU (its
+        /// overlays keep growing and slow the guest until removed).
+        #[arg(long)]
+        repair: bool,
     },
     /// Cloud targets (`[cloud.NAME]`): `cloud ls` checks each (auth,
     /// flavor or instance type, network, key pair) and says what is wrong.
@@ -668,7 +672,7 @@ pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
         }
         Command::Drill(a) => drill_cmd::drill(&ctx, a).await,
         Command::Drills { vm, last } => drill_cmd::history(&ctx, vm.as_deref(), last),
-        Command::Vms { vm } => vms_cmd::vms(&ctx, vm).await,
+        Command::Vms { vm, repair } => vms_cmd::vms(&ctx, vm, repair).await,
         Command::Cloud {
             action: CloudAction::Ls,
         } => cloud_cmd::cloud_ls(&ctx).await,

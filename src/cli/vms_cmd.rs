@@ -18,9 +18,15 @@ struct VmState {
     /// or for a backup by an older lifeboat).
     last_backup: Option<Capture>,
     next: Vec<live::VolumeOutlook>,
+    /// What a killed backup left in the running QEMU.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    leftovers: Vec<String>,
+    /// What `--repair` removed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    repaired: Vec<String>,
 }
 
-pub async fn vms(ctx: &Ctx, only: Option<String>) -> anyhow::Result<Outcome> {
+pub async fn vms(ctx: &Ctx, only: Option<String>, repair: bool) -> anyhow::Result<Outcome> {
     let repo = ctx.open_repo()?;
     let config = ctx.config.clone();
     if let Some(vm) = &only {
@@ -36,11 +42,19 @@ pub async fn vms(ctx: &Ctx, only: Option<String>) -> anyhow::Result<Outcome> {
             if only.as_ref().is_some_and(|o| o != name) {
                 continue;
             }
-            let Some(Outlook { run, volumes }) =
-                live::outlook_for(&config, name, &backups, repo.chunk_size())
+            let Some(Outlook {
+                run,
+                volumes,
+                mut leftovers,
+            }) = live::outlook_for(&config, name, &backups, repo.chunk_size())
             else {
                 continue;
             };
+            let mut repaired = Vec::new();
+            if repair && !leftovers.is_empty() {
+                repaired = live::repair(&config.live_for(name))?;
+                leftovers.clear();
+            }
             let last_backup = backups
                 .iter()
                 .rev()
@@ -51,6 +65,8 @@ pub async fn vms(ctx: &Ctx, only: Option<String>) -> anyhow::Result<Outcome> {
                 run,
                 last_backup,
                 next: volumes,
+                leftovers,
+                repaired,
             });
         }
         Ok(out)
@@ -82,6 +98,16 @@ pub async fn vms(ctx: &Ctx, only: Option<String>) -> anyhow::Result<Outcome> {
         println!("{}", escape(&s.vm));
         println!("  running:     {run}");
         println!("  last backup: {last}");
+        if !s.leftovers.is_empty() {
+            println!(
+                "  LEFTOVERS of a killed backup: {} — QEMU copies every guest write into them and the guest's writes are slower; `lifeboat vms {} --repair` removes them (the next backup would too)",
+                s.leftovers.join(", "),
+                escape(&s.vm)
+            );
+        }
+        for r in &s.repaired {
+            println!("  repaired: removed {r}");
+        }
         for v in &s.next {
             match &v.reason {
                 None => println!("  next {}: incremental (dirty bitmap)", escape(&v.volume)),

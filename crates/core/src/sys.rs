@@ -44,3 +44,56 @@ pub fn die_with_parent_async(cmd: &mut tokio::process::Command) {
 pub fn process_exists(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
+
+/// The file in a scratch directory that names the process owning it.
+const OWNER: &str = "lifeboat-owner";
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// A private (0700) scratch directory `prefix*` in `parent` that names its
+/// owner, after removing those of owners that are gone: what a process
+/// killed with SIGKILL (or a reboot) left is removed by the next one.
+pub fn scratch_dir(parent: &std::path::Path, prefix: &str) -> crate::Result<tempfile::TempDir> {
+    remove_abandoned(parent, prefix);
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(parent)
+        .map_err(|e| crate::Error::io("creating a scratch directory in", parent, e))?;
+    crate::repo::durable::private_dir(dir.path())?;
+    let owner = format!("{} {}\n", std::process::id(), boot_id());
+    crate::repo::durable::write_atomic(&dir.path().join(OWNER), owner.as_bytes())?;
+    Ok(dir)
+}
+
+/// Removes `prefix*` directories in `parent` whose owner is gone.
+pub fn remove_abandoned(parent: &std::path::Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(prefix) {
+            continue;
+        }
+        let Ok(owner) = std::fs::read_to_string(e.path().join(OWNER)) else {
+            continue;
+        };
+        let mut parts = owner.split_whitespace();
+        let Some(pid) = parts.next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if parts.next().unwrap_or("") == boot_id() && process_exists(pid) {
+            continue;
+        }
+        match std::fs::remove_dir_all(e.path()) {
+            Ok(()) => tracing::warn!(
+                "removed {}, left by a lifeboat that was killed (pid {pid})",
+                e.path().display()
+            ),
+            Err(err) => tracing::warn!("cannot remove {}: {err}", e.path().display()),
+        }
+    }
+}

@@ -460,8 +460,15 @@ fn live_line(app: &App, vm: &str) -> Option<Line<'static>> {
             format!("full ({})", full.join("; "))
         }
     };
+    let left = match o {
+        Some(o) if !o.leftovers.is_empty() => format!(
+            " · LEFTOVERS of a killed backup ({}): lifeboat vms --repair",
+            o.leftovers.len()
+        ),
+        _ => String::new(),
+    };
     Some(Line::from(format!(
-        "live    {run} · last {last} · next {next}"
+        "live    {run} · last {last} · next {next}{left}"
     )))
 }
 

@@ -163,6 +163,10 @@ impl DaemonLock {
     }
 }
 
+/// How often the daemon looks for killed backups' leftovers in the
+/// running VMs' QEMUs.
+const REPAIR_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A failed run's retry: its slot, the next attempt, and when.
 type Retry = (Option<DateTime<Utc>>, usize, DateTime<Utc>);
 
@@ -234,8 +238,21 @@ impl Daemon {
         let mut unsuccessful = 0usize;
         let mut gc_job: Option<tokio::task::JoinHandle<()>> = None;
         let mut drill_job: Option<tokio::task::JoinHandle<()>> = None;
+        let mut repair_job: Option<tokio::task::JoinHandle<()>> = None;
+        let mut repaired_at: Option<std::time::Instant> = None;
         loop {
             let now = self.clock.now();
+            // A killed backup's leftovers in a running VM's QEMU keep
+            // growing and slowing the guest: removed within a minute, not
+            // at that VM's next backup.
+            if !once
+                && repair_job.as_ref().is_none_or(|h| h.is_finished())
+                && repaired_at.is_none_or(|t| t.elapsed() >= REPAIR_EVERY)
+            {
+                repaired_at = Some(std::time::Instant::now());
+                let busy: Vec<String> = running.keys().cloned().collect();
+                repair_job = Some(self.spawn_repairs(busy));
+            }
             // Garbage collection on its own schedule; safe beside the runs.
             if let (Some(sched), false) = (&self.config.gc, once) {
                 if gc_job.as_ref().is_none_or(|h| h.is_finished()) {
@@ -389,6 +406,29 @@ impl Daemon {
         runs::save_state(&self.root, &state)?;
         tracing::info!("daemon stopped");
         Ok(unsuccessful)
+    }
+
+    /// Repairs what killed backups left in the running VMs' QEMUs (VMs
+    /// with a job now are skipped: their backup does it).
+    fn spawn_repairs(&self, busy: Vec<String>) -> tokio::task::JoinHandle<()> {
+        let config = self.config.clone();
+        tokio::task::spawn_blocking(move || {
+            for v in &config.vms {
+                let vm = v.name.get_ref();
+                let live = config.live_for(vm);
+                if busy.contains(vm) || live.qmp.is_none() {
+                    continue;
+                }
+                match crate::live::repair(&live) {
+                    Ok(r) if r.is_empty() => {}
+                    Ok(r) => tracing::warn!(
+                        "{vm}: removed what a killed backup left in its QEMU: {}",
+                        r.join(", ")
+                    ),
+                    Err(e) => tracing::debug!("{vm}: no repair now: {e}"),
+                }
+            }
+        })
     }
 
     fn spawn_gc(&self, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {

@@ -323,61 +323,9 @@ fn make_scratch(parent: &Path, vm: &str) -> Result<tempfile::TempDir> {
             parent.display()
         )));
     }
-    remove_abandoned(parent);
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("lifeboat-drill-{vm}-"))
-        .tempdir_in(parent)
-        .map_err(|e| Error::io("creating a scratch directory in", parent, e))?;
-    // Restored disks are as private as backups, whatever the umask.
-    crate::repo::durable::private_dir(dir.path())?;
-    // Who owns it: a drill killed with SIGKILL cannot remove its scratch
-    // directory; the next drill finds it by this and does.
-    let owner = format!("{} {}\n", std::process::id(), boot_id());
-    crate::repo::durable::write_atomic(&dir.path().join(OWNER), owner.as_bytes())?;
-    Ok(dir)
-}
-
-const OWNER: &str = "lifeboat-owner";
-
-fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
-/// Removes scratch directories of drills whose process is gone (killed
-/// with SIGKILL, or the host rebooted): restored disks do not pile up.
-fn remove_abandoned(parent: &Path) {
-    let Ok(entries) = std::fs::read_dir(parent) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("lifeboat-drill-") {
-            continue;
-        }
-        let Ok(owner) = std::fs::read_to_string(e.path().join(OWNER)) else {
-            continue;
-        };
-        let mut parts = owner.split_whitespace();
-        let (Some(pid), boot) = (
-            parts.next().and_then(|p| p.parse::<u32>().ok()),
-            parts.next(),
-        ) else {
-            continue;
-        };
-        let same_boot = boot.unwrap_or("") == boot_id();
-        if same_boot && crate::sys::process_exists(pid) {
-            continue;
-        }
-        match std::fs::remove_dir_all(e.path()) {
-            Ok(()) => tracing::warn!(
-                "removed {}, left by a drill that was killed (pid {pid})",
-                e.path().display()
-            ),
-            Err(err) => tracing::warn!("cannot remove {}: {err}", e.path().display()),
-        }
-    }
+    // Any VM's drill killed earlier: its restored disks go now.
+    crate::sys::remove_abandoned(parent, "lifeboat-drill-");
+    crate::sys::scratch_dir(parent, &format!("lifeboat-drill-{vm}-"))
 }
 
 type PhaseError = (&'static str, Error);

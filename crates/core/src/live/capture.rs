@@ -203,10 +203,10 @@ impl Session {
         set: &str,
         cfg: &LiveConfig,
     ) -> Result<Session> {
-        let dir = tempfile::Builder::new()
-            .prefix("lifeboat-live-")
-            .tempdir()
-            .map_err(|e| {
+        // Owned and private; what a killed run left in the temp
+        // directory goes with the next one.
+        let dir =
+            crate::sys::scratch_dir(&std::env::temp_dir(), "lifeboat-live-").map_err(|e| {
                 err(
                     qmp.path(),
                     format!("cannot create a private directory: {e}"),
@@ -620,6 +620,51 @@ fn wait_gone(qmp: &mut Qmp, query: &str, key: &str, prefix: &str) {
             Err(_) => return,
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What a killed backup left in QEMU — exports, jobs, overlay nodes and
+/// descriptor sets named like lifeboat's — without touching it. While
+/// they stay, QEMU keeps copying every guest write into an overlay file
+/// nobody reads (deleted, so `du` does not see it) and the guest's writes
+/// are slower.
+pub fn leftovers(qmp: &mut Qmp) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let names = |v: Value, key: &str, prefix: &str| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|x| s(x, key))
+            .filter(|n| n.starts_with(prefix))
+            .collect()
+    };
+    for id in names(qmp.execute("query-block-exports", json!({}))?, "id", PREFIX) {
+        out.push(format!("export {}", crate::text::escape(&id)));
+    }
+    for id in names(
+        qmp.execute("query-block-jobs", json!({}))?,
+        "device",
+        PREFIX,
+    ) {
+        out.push(format!("job {}", crate::text::escape(&id)));
+    }
+    for n in names(
+        qmp.execute("query-named-block-nodes", json!({}))?,
+        "node-name",
+        FLEECE_PREFIX,
+    ) {
+        out.push(format!("overlay {}", crate::text::escape(&n)));
+    }
+    Ok(out)
+}
+
+/// Removes a killed backup's leftovers from QEMU (`clear_ours`): what was
+/// removed, or why not.
+pub fn repair(qmp: &mut Qmp) -> Result<Vec<String>> {
+    let (removed, failed) = clear_ours(qmp);
+    match failed.into_iter().next() {
+        Some(e) => Err(err(qmp.path(), format!("removing leftovers: {e}"))),
+        None => Ok(removed),
     }
 }
 

@@ -121,6 +121,9 @@ pub struct Outlook {
     /// None when the VM has no `qmp` configured.
     pub run: Option<RunState>,
     pub volumes: Vec<VolumeOutlook>,
+    /// What a killed backup left in the running QEMU (`repair` removes it).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub leftovers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -169,6 +172,7 @@ pub fn outlook(cfg: &LiveConfig, volumes: &[VolumeRef], chunk_size: u64) -> Outl
                 status: "being backed up now".into(),
             }),
             volumes: Vec::new(),
+            leftovers: Vec::new(),
         };
     }
     let (run, monitor) = run_state(cfg);
@@ -182,10 +186,16 @@ pub fn outlook(cfg: &LiveConfig, volumes: &[VolumeRef], chunk_size: u64) -> Outl
             })
             .collect()
     };
+    let mut monitor = monitor;
+    let leftovers = monitor
+        .as_mut()
+        .map(|q| capture::leftovers(q).unwrap_or_default())
+        .unwrap_or_default();
     if !cfg.bitmaps {
         return Outlook {
             run,
             volumes: off(BITMAPS_OFF),
+            leftovers,
         };
     }
     if let Some(mut q) = monitor {
@@ -204,7 +214,11 @@ pub fn outlook(cfg: &LiveConfig, volumes: &[VolumeRef], chunk_size: u64) -> Outl
                 .collect(),
             Err(e) => off(&format!("cannot tell: {e}")),
         };
-        return Outlook { run, volumes };
+        return Outlook {
+            run,
+            volumes,
+            leftovers,
+        };
     }
     let volumes = volumes
         .iter()
@@ -245,7 +259,31 @@ pub fn outlook(cfg: &LiveConfig, volumes: &[VolumeRef], chunk_size: u64) -> Outl
             }
         })
         .collect();
-    Outlook { run, volumes }
+    Outlook {
+        run,
+        volumes,
+        leftovers,
+    }
+}
+
+/// Removes what a killed backup left in a running VM's QEMU, at once (not
+/// at its next backup, a day away on a daily schedule): the overlays stop
+/// growing and the guest's writes their slowdown. Refused while a backup
+/// of the VM runs. Returns what was removed (empty: nothing was left).
+pub fn repair(cfg: &LiveConfig) -> Result<Vec<String>> {
+    let Some(path) = &cfg.qmp else {
+        return Ok(Vec::new());
+    };
+    let _lock = VmLock::acquire(path)?;
+    match qmp::Qmp::connect(path, QMP_TIMEOUT)? {
+        Err(qmp::Absent(_)) => Ok(Vec::new()),
+        Ok(mut q) => {
+            if capture::leftovers(&mut q)?.is_empty() {
+                return Ok(Vec::new());
+            }
+            capture::repair(&mut q)
+        }
+    }
 }
 
 /// The outlook of an inventory VM against the backups of a repository
@@ -285,7 +323,18 @@ pub fn outlook_for(
 /// holder dies, so a killed backup never blocks the next, which then
 /// repairs its leftovers. `held` asks without taking it.
 pub struct VmLock {
-    _file: std::fs::File,
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl Drop for VmLock {
+    fn drop(&mut self) {
+        // Removed while still held, so the next lifeboat makes a new one
+        // (it checks it locked the file the path names): lock files do
+        // not pile up, one per VM ever backed up.
+        let _ = std::fs::remove_file(&self.path);
+        let _ = &self.file;
+    }
 }
 
 fn ofd_lock(
@@ -348,16 +397,33 @@ impl VmLock {
 
     pub fn acquire(key: &std::path::Path) -> Result<VmLock> {
         let path = Self::path(key);
-        let file = Self::open(&path)?;
-        match ofd_lock(&file, libc::F_WRLCK, libc::F_OFD_SETLK) {
-            Ok(_) => Ok(VmLock { _file: file }),
+        loop {
+            let file = Self::open(&path)?;
+            Self::lock(key, &path, &file)?;
+            // The file locked must still be the one the path names: a
+            // holder that just finished removed it, and a newer one may
+            // exist (whose lock counts, not ours on the old file).
+            use std::os::unix::fs::MetadataExt;
+            let same = match (std::fs::metadata(&path), file.metadata()) {
+                (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+                _ => false,
+            };
+            if same {
+                return Ok(VmLock { file, path });
+            }
+        }
+    }
+
+    fn lock(key: &std::path::Path, path: &std::path::Path, file: &std::fs::File) -> Result<()> {
+        match ofd_lock(file, libc::F_WRLCK, libc::F_OFD_SETLK) {
+            Ok(_) => Ok(()),
             Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) => {
                 Err(crate::Error::BadInput(format!(
                     "another lifeboat is backing up {} right now: wait for it to finish",
                     key.display()
                 )))
             }
-            Err(e) => Err(crate::Error::io("locking", &path, e)),
+            Err(e) => Err(crate::Error::io("locking", path, e)),
         }
     }
 
