@@ -273,6 +273,7 @@ format = "raw"
 
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
+        c.env("LIBVIRT_DEFAULT_URI", common::NO_LIBVIRT);
         c.current_dir(self.dir.path())
             .env_remove("LIFEBOAT_REPO")
             .env("HOME", self.dir.path())

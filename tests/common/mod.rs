@@ -13,6 +13,11 @@ use std::process::{Command, Output};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_lifeboat");
 
+/// Where every test's virsh connects: a socket no daemon listens on. A
+/// test never reaches the host's own libvirtd (it would define domains
+/// there and leave them behind); tests that need libvirt start their own.
+pub const NO_LIBVIRT: &str = "qemu+unix:///system?socket=/nonexistent/lifeboat-tests/libvirt-sock";
+
 pub struct World {
     pub dir: tempfile::TempDir,
 }
@@ -40,7 +45,8 @@ impl World {
             .env_remove("LIFEBOAT_REPO")
             .env("HOME", self.dir.path())
             .env("XDG_CONFIG_HOME", self.path("xdg-config"))
-            .env("XDG_DATA_HOME", self.path("xdg-data"));
+            .env("XDG_DATA_HOME", self.path("xdg-data"))
+            .env("LIBVIRT_DEFAULT_URI", NO_LIBVIRT);
         c
     }
 

@@ -1279,19 +1279,20 @@ impl App {
 
     /// Panes Tab moves through, in order, for the current size.
     pub fn focus_order(&self) -> Vec<Pane> {
-        // The panes shown at this size (the layout decides), in reading
-        // order: every pane on screen can take focus.
+        // The panes shown at this size (the layout decides): every pane on
+        // screen can take focus.
         let a = super::view::areas_for(
             ratatui::layout::Rect::new(0, 0, self.size.0, self.size.1),
             self.lower,
             None,
         );
+        // Details last: Tab from the timeline still reaches the jobs.
         [
             (Pane::Tree, a.tree),
             (Pane::Timeline, a.timeline),
-            (Pane::Details, a.details),
             (Pane::Jobs, a.jobs),
             (Pane::Log, a.log),
+            (Pane::Details, a.details),
         ]
         .into_iter()
         .filter(|(_, r)| r.is_some())

@@ -557,14 +557,33 @@ impl Check {
                 })?;
                 let status = resp.status().as_u16();
                 let body = read_body(resp).await;
+                // What the guest did answer, shown with the failure: the
+                // first 200 characters, escaped, on one line.
+                let got = || {
+                    let text: String = body.chars().take(200).collect();
+                    let more = if body.chars().count() > 200 {
+                        "…"
+                    } else {
+                        ""
+                    };
+                    format!(
+                        "{:?}{more}",
+                        crate::text::escape(&text.replace(['\r', '\n'], " "))
+                    )
+                };
                 if status != h.status {
-                    return Err(format!("answered {status}, expected {}", h.status));
+                    return Err(format!(
+                        "answered {status}, expected {}; it said {}",
+                        h.status,
+                        got()
+                    ));
                 }
                 if let Some(want) = &h.expect {
                     if !body.contains(want.as_str()) {
                         return Err(format!(
-                            "the answer does not contain {:?}",
-                            crate::text::escape(want)
+                            "the answer does not contain {:?}; it said {}",
+                            crate::text::escape(want),
+                            got()
                         ));
                     }
                 }
