@@ -324,8 +324,11 @@ fn openstack_two_volume_set_from_a_served_remote() {
         assert!(ls.contains(want), "{want:?} in {ls}");
     }
 
-    // A dry run plans and creates nothing.
+    // A dry run plans and creates nothing; the global upload limit is
+    // taken (and said), not ignored.
     let plan = site.ok(&[
+        "--limit-upload",
+        "64M",
         "cloud-restore",
         "web@latest",
         "--target",
@@ -342,11 +345,19 @@ fn openstack_two_volume_set_from_a_served_remote() {
         plan.contains("target checked:") && plan.contains("network dr-net: ok"),
         "the plan checks the target read-only: {plan}"
     );
-    assert!(plan.contains("bytes to upload: 36.0 MiB"), "{plan}");
+    assert!(
+        plan.contains("bytes to upload: 36.0 MiB (at most 64.0 MiB/s: --limit-upload)"),
+        "{plan}"
+    );
     cloud.assert_empty();
 
+    // Under the same limit the restore arrives whole (the limiter is the
+    // push's `store::throttle`, whose rate benches/wan_bench.rs measures;
+    // nothing is timed here).
     let out: serde_json::Value = serde_json::from_str(&site.ok(&[
         "--json",
+        "--limit-upload",
+        "64M",
         "cloud-restore",
         "web@latest",
         "--target",
@@ -432,7 +443,15 @@ fn openstack_two_volume_set_from_a_served_remote() {
 
 /// Starts a restore into `target`, sends it Ctrl-C once `started()` holds,
 /// and returns its stderr; it must exit 130 (cancelled).
-fn cancelled_restore(site: &Site, target: &str, started: impl Fn() -> bool) -> String {
+/// Runs a restore and sends it `signal` once `started` holds: SIGINT is
+/// Ctrl-C, SIGTERM what `timeout` and systemd send, SIGHUP a dropped SSH
+/// session. Each must cancel and clean up alike.
+fn cancelled_restore(
+    site: &Site,
+    target: &str,
+    signal: libc::c_int,
+    started: impl Fn() -> bool,
+) -> String {
     let mut child = site
         .cmd()
         .args([
@@ -453,7 +472,7 @@ fn cancelled_restore(site: &Site, target: &str, started: impl Fn() -> bool) -> S
         std::thread::sleep(Duration::from_millis(50));
     }
     unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
+        libc::kill(child.id() as i32, signal);
     }
     let mut err = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
@@ -612,7 +631,7 @@ fn openstack_faults_are_reported_and_cleaned_up() {
             .replace("ready_timeout_secs = 4", "ready_timeout_secs = 60"),
     );
     cloud.fault("slow-build");
-    let err = cancelled_restore(&site, "osp", || {
+    let err = cancelled_restore(&site, "osp", libc::SIGINT, || {
         !cloud.state()["servers"].as_object().unwrap().is_empty()
     });
     assert!(err.contains("removed: server"), "{err}");
@@ -630,7 +649,7 @@ fn openstack_faults_are_reported_and_cleaned_up() {
             .replace("ready_timeout_secs = 4", "ready_timeout_secs = 60"),
     );
     cloud.fault("slow-attach");
-    let err = cancelled_restore(&site, "osp", || {
+    let err = cancelled_restore(&site, "osp", libc::SIGTERM, || {
         cloud.state()["volumes"]
             .as_object()
             .unwrap()
@@ -640,6 +659,20 @@ fn openstack_faults_are_reported_and_cleaned_up() {
     assert!(err.contains("removed: server"), "{err}");
     assert!(err.contains("volume"), "{err}");
     assert!(!err.contains("NOT removed"), "{err}");
+    cloud.assert_empty();
+    drop(cloud);
+
+    // A dropped SSH session (SIGHUP) during the last step, while Nova's
+    // console proxy hangs: cancelled at once (not reported as a success
+    // when the call returns), and the running server is removed.
+    let cloud = Standin::start();
+    site.set_cloud("osp", &cloud.table(""));
+    cloud.fault("slow-console");
+    let err = cancelled_restore(&site, "osp", libc::SIGHUP, || {
+        cloud.state()["console_requests"].as_u64().unwrap_or(0) > 0
+    });
+    assert!(err.contains("removed: server"), "{err}");
+    assert!(!err.contains("running: server"), "{err}");
     cloud.assert_empty();
     drop(cloud);
 
@@ -990,7 +1023,7 @@ fn aws_faults_on_moto() {
     let mut t = moto.table(&setup, "");
     t = t.replace(&moto.url, &format!("http://{}", proxy.addr));
     site.set_cloud("aws", &t);
-    let err = cancelled_restore(&site, "aws", || {
+    let err = cancelled_restore(&site, "aws", libc::SIGINT, || {
         moto.state()["snapshots"].as_array().unwrap().len() > before
     });
     assert!(

@@ -395,3 +395,85 @@ fn status_rpo_states_and_exit_codes() {
     assert_eq!(v["vms"][0]["state"], "verify_failed", "{v}");
     let _ = BIN;
 }
+
+/// A set the server refuses as late (made while the link was down, older
+/// than the server's `--max-backup-lag` when the link is back) is said by
+/// the run, `status --rpo` and `/metrics`, with what to do.
+#[test]
+fn a_set_the_server_refuses_as_late_is_said_everywhere() {
+    let w = World::new();
+    w.init("64K");
+    let img = w.path("web.raw");
+    write_at(&img, 0, &noise(150_000, 1));
+    let srv = w.path("srv");
+    std::fs::create_dir(&srv).unwrap();
+    let tokens = w.path("tokens.toml");
+    let token = common::remote::add_token(&tokens, "site", "append");
+    let server = common::remote::Server::start_with(
+        &srv,
+        &tokens,
+        "127.0.0.1:0",
+        &["--max-backup-lag", "2s"],
+    );
+    let token_file = w.path("offsite.token");
+    std::fs::write(&token_file, &token).unwrap();
+    let cfg = config(
+        &w,
+        &[("web", &img)],
+        &format!(
+            "push = [\"offsite\"]\nremote.offsite = {{ keep_last = 5 }}\n\n[remote.offsite]\nurl = \"{}/\"\ntoken_file = \"{}\"\n",
+            server.url,
+            token_file.display()
+        ),
+    );
+    let lb = |args: &[&str]| {
+        w.cmd()
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // Made while the link was down (a plain backup pushes nothing)…
+    let out = lb(&["backup", "web"]);
+    assert!(out.status.success(), "{out:?}");
+    // …and older than the server takes from an append token by the time
+    // the link is back.
+    std::thread::sleep(Duration::from_secs(3));
+    write_at(&img, 0, &noise(150_000, 2));
+    let out = lb(&["daemon", "--now", "web"]);
+    let last = runs(&w).last().cloned().unwrap();
+    assert!(
+        last.to_string().contains("REFUSED as late"),
+        "{last:#}\n{out:?}"
+    );
+
+    let out = lb(&["--json", "status", "--rpo"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let refused = v["vms"][0]["offsite"]["offsite"]["refused"]
+        .as_u64()
+        .unwrap();
+    assert!(refused >= 1, "{v:#}");
+    let out = lb(&["status", "--rpo"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("REFUSED as late") && text.contains("Catching up after an outage"),
+        "{text}"
+    );
+
+    // /metrics: the daemon's clock at the last run, so nothing is due.
+    let clock = w.path("clock");
+    set_clock(&clock, last["started_at"].as_str().unwrap());
+    let d = start(&w, &cfg, &clock);
+    let lines = scrape(d.metrics.as_deref().unwrap());
+    let line = lines
+        .iter()
+        .find(|l| l.starts_with("lifeboat_remote_refused_sets{remote=offsite,vm=web}"))
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    let n: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= 1.0, "{line}");
+    assert!(
+        lines.contains(&"lifeboat_remote_reachable{remote=offsite,vm=web} 1.0".to_string()),
+        "{lines:#?}"
+    );
+}

@@ -253,6 +253,46 @@ fn fresh_machine_browses_the_remote_and_restores_from_it() {
     common::assert_same_file(&target, &img);
     c.keys("q");
     c.wait_exit();
+
+    // The session survives quitting: the job history in the repository
+    // the restore created, the session's log in the data directory.
+    let jobs = std::fs::read_to_string(fresh.join("repo/state/jobs.jsonl")).unwrap();
+    assert!(jobs.contains("ghost01"), "{jobs}");
+    let log = std::fs::read_to_string(fresh.join("data/lifeboat/lifeboat.log")).unwrap();
+    assert!(
+        log.contains("ghost01"),
+        "the session's log is empty:\n{log}"
+    );
+
+    // Reopened under a global limit: the earlier session's jobs are there,
+    // and the limit is what the console's transfers use (and say).
+    let mut cmd = CommandBuilder::new(BIN);
+    cmd.args(["--limit-download", "1M", "--config", cfg.to_str().unwrap()]);
+    cmd.cwd(&fresh);
+    cmd.env("TERM", "xterm-256color");
+    cmd.env("HOME", &fresh);
+    cmd.env("XDG_DATA_HOME", fresh.join("data"));
+    let mut c = open(cmd);
+    c.wait_for("offsite up", 30);
+    c.wait_until("the earlier session's jobs", 10, |s| {
+        s.lines().any(|l| l.contains("· ✓"))
+    });
+    c.keys("s");
+    c.wait_for("VIEWING REMOTE offsite", 10);
+    c.wait_for("ghost01", 20);
+    c.keys("\r");
+    c.wait_for("Timeline ghost01 on offsite", 10);
+    c.keys("r");
+    c.wait_for("from offsite", 10);
+    c.keys(&"\x7f".repeat(80));
+    c.keys(fresh.join("again.raw").to_str().unwrap());
+    c.keys("\r");
+    // The plan's title says the limit its transfer runs under.
+    c.wait_for("limit ↓1.0 MiB/s", 20);
+    c.keys("\x1b");
+    c.wait_until("the plan dropped", 10, |s| !s.contains("limit ↓1.0 MiB/s"));
+    c.keys("q");
+    c.wait_exit();
     drop(server);
 }
 

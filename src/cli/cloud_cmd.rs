@@ -125,7 +125,7 @@ pub async fn cloud_ls(ctx: &Ctx) -> anyhow::Result<Outcome> {
     })
 }
 
-pub fn print_plan(p: &CloudPlan) {
+pub fn print_plan(p: &CloudPlan, upload_limit: Option<u64>) {
     println!(
         "restore {} set {} ({}) from {} into cloud {} ({})",
         p.vm,
@@ -153,7 +153,14 @@ pub fn print_plan(p: &CloudPlan) {
     for c in &p.creates {
         println!("  {}", escape(c));
     }
-    println!("bytes to upload: {}", bytes(p.bytes_to_upload));
+    match upload_limit {
+        Some(l) => println!(
+            "bytes to upload: {} (at most {}/s: --limit-upload)",
+            bytes(p.bytes_to_upload),
+            bytes(l)
+        ),
+        None => println!("bytes to upload: {}", bytes(p.bytes_to_upload)),
+    }
 }
 
 pub async fn cloud_restore(ctx: &Ctx, a: CloudRestoreArgs) -> anyhow::Result<Outcome> {
@@ -173,13 +180,13 @@ pub async fn cloud_restore(ctx: &Ctx, a: CloudRestoreArgs) -> anyhow::Result<Out
         if ctx.json {
             print_json(&serde_json::json!({"dry_run": true, "plan": plan}))?;
         } else {
-            print_plan(&plan);
+            print_plan(&plan, ctx.config.overrides.limits.upload);
             println!("dry run: nothing was created");
         }
         return Ok(Outcome::Ok);
     }
     if !ctx.json {
-        print_plan(&plan);
+        print_plan(&plan, ctx.config.overrides.limits.upload);
     }
     let opts = cloud::ExecOptions {
         keep_on_failure: a.keep_on_failure,

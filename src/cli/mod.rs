@@ -336,7 +336,7 @@ pub struct ServeArgs {
     /// request in progress.
     #[arg(long, default_value_t = 60)]
     pub idle_timeout_secs: u64,
-    /// Request bodies held in memory at once, across every client (512M).
+    /// Request bodies held in memory at once, across every client.
     #[arg(long, value_name = "SIZE", default_value = "256M")]
     pub max_body_memory: String,
     /// How much older than the push that sends it a backup from a

@@ -1225,3 +1225,106 @@ fn broken_backups_and_a_focusable_details_pane() {
     let s = screen(&a, 100, 30);
     assert!(s.contains('…'), "a cut line says so:\n{s}");
 }
+
+/// A remote that stays down is said once, not at every refresh: the Log
+/// does not repeat it and a job's result in the status line stays.
+#[test]
+fn an_unreachable_remote_is_said_once() {
+    let mut a = app();
+    let down = || Action::RemoteListed {
+        name: "offsite".into(),
+        result: Err("connection refused".into()),
+    };
+    a.update(down());
+    a.update(Action::JobStarted {
+        id: 4,
+        title: "verify".into(),
+    });
+    a.update(Action::JobDone {
+        id: 4,
+        result: Ok("all 14 backups intact".into()),
+        cancelled: false,
+    });
+    a.dialog = None;
+    for _ in 0..3 {
+        a.update(down());
+    }
+    let said = a
+        .log
+        .iter()
+        .filter(|l| l.contains("offsite is unreachable"))
+        .count();
+    assert_eq!(said, 1, "{:?}", a.log);
+    let status = a
+        .status
+        .as_ref()
+        .map(|s| s.text.clone())
+        .unwrap_or_default();
+    assert!(status.contains("all 14 backups intact"), "{status}");
+    // A new reason is news.
+    a.update(Action::RemoteListed {
+        name: "offsite".into(),
+        result: Err("no answer within 3 s".into()),
+    });
+    let status = a
+        .status
+        .as_ref()
+        .map(|s| s.text.clone())
+        .unwrap_or_default();
+    assert!(status.contains("no answer within 3 s"), "{status}");
+}
+
+/// Asked whether to cancel a job, each answer says what it does.
+#[test]
+fn the_cancel_dialog_says_what_each_answer_does() {
+    let mut a = app();
+    a.update(Action::JobStarted {
+        id: 2,
+        title: "push web01 → offsite".into(),
+    });
+    a.focus = Pane::Jobs;
+    a.job_sel = a.jobs.len() - 1;
+    a.update(key(KeyCode::Char('x')));
+    let s = screen(&a, 100, 30);
+    assert!(s.contains("Cancel job #2?"), "{s}");
+    assert!(s.contains("keep it running"), "{s}");
+    assert!(!s.contains("Esc/n cancel"), "{s}");
+}
+
+/// A drill's preselected source holds the VM: a default remote known to
+/// hold nothing of it gives way to the local repository.
+#[test]
+fn a_drill_source_that_holds_nothing_is_not_preselected() {
+    let mut a = app();
+    a.update(Action::RemoteBrowsed {
+        name: "offsite".into(),
+        result: Ok(vec![backup("web01", "root", 30, 9)]),
+    });
+    a.drill_defaults.insert("db01".into(), "offsite".into());
+    a.drill_defaults.insert("web01".into(), "offsite".into());
+    // db01 is the first row.
+    a.update(key(KeyCode::Char('D')));
+    match &a.dialog {
+        Some(Dialog::ChooseDrillSource {
+            vm,
+            sources,
+            choice,
+        }) => {
+            assert_eq!(vm, "db01");
+            assert_eq!(sources[*choice], "local", "{sources:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    a.dialog = None;
+    // web01 is on offsite: its default stands.
+    while a.tree()[a.tree_sel].vm != "web01" {
+        a.update(key(KeyCode::Char('j')));
+    }
+    a.update(key(KeyCode::Char('D')));
+    match &a.dialog {
+        Some(Dialog::ChooseDrillSource {
+            sources, choice, ..
+        }) => assert_eq!(sources[*choice], "offsite"),
+        other => panic!("{other:?}"),
+    }
+}

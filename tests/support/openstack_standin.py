@@ -19,7 +19,9 @@ backup), volumes created from an image copy them; an attachment goes
 through reserved and attaching (with the slow-attach fault, for 40 polls)
 before in-use, and a volume in any of those cannot be deleted. Faults a real cloud
 produces are switched on with POST /_standin/fault {"fault": NAME}:
-quota, server-error, image-stuck, checksum, drop-upload, slow-build.
+quota, server-error, image-stuck, checksum, drop-upload, slow-build,
+slow-attach, slow-console (the console URL is answered after 60 s, like a
+Nova whose console proxy hangs).
 GET /_standin/state lists images, servers and volumes with the SHA-256 of
 their bytes.
 
@@ -30,6 +32,7 @@ import json
 import os
 import sys
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -46,7 +49,7 @@ KEYPAIRS = {"admin-key": {"name": "admin-key", "fingerprint": "aa:bb"}}
 
 lock = threading.Lock()
 state = {"tokens": set(), "images": {}, "servers": {}, "volumes": {}, "faults": set(),
-         "uploads": 0, "polls": {}}
+         "uploads": 0, "polls": {}, "console_requests": 0}
 DIR = "."
 PORT = 0
 
@@ -134,6 +137,10 @@ class H(BaseHTTPRequestHandler):
             return self.attach(parts[-2])
         if p.startswith("/compute/v2.1/servers/") and parts[-1] == "remote-consoles":
             sid = parts[-2]
+            with lock:
+                state["console_requests"] += 1
+            if fault("slow-console"):
+                time.sleep(60)
             if sid not in state["servers"]:
                 return self.err(404, "itemNotFound", f"Instance {sid} could not be found.")
             return self.reply(200, {"remote_console": {
@@ -158,6 +165,7 @@ class H(BaseHTTPRequestHandler):
                                     "sha256": sha256_file(os.path.join(DIR, "vol-" + i))}
                                 for i, v in state["volumes"].items()},
                     "uploads": state["uploads"],
+                    "console_requests": state["console_requests"],
                 }
             return self.reply(200, out)
         if not self.authed():

@@ -372,6 +372,8 @@ mod tests {
         };
         crate::drill::history::record(&root, &report(DrillOutcome::Fail, 2.0)).unwrap();
         crate::drill::history::record(&root, &report(DrillOutcome::Pass, 7.5)).unwrap();
+        // A cancelled drill proves nothing: the last completed one stands.
+        crate::drill::history::record(&root, &report(DrillOutcome::Cancelled, 0.5)).unwrap();
         let text = render(&Config::default(), &root, now).unwrap();
         assert!(
             text.contains("lifeboat_drill_success{vm=\"web01\"} 1"),

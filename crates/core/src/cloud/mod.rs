@@ -468,8 +468,13 @@ pub async fn execute(
             provider.attach_data(&server, d, i, &ctx).await?;
         }
         ctx.check_cancel()?;
-        provider.finish(&mut server, &ctx).await?;
-        // A cancel during the last step still cancels (and cleans up).
+        // The last step only reads (addresses, a console URL), so a cancel
+        // ends it at once instead of when a hung call times out; and a
+        // cancel during it still cancels (and cleans up).
+        tokio::select! {
+            r = provider.finish(&mut server, &ctx) => r?,
+            _ = ctx.cancel.cancelled() => return Err(Error::Cancelled),
+        }
         ctx.check_cancel()?;
         ctx.phase(&format!(
             "running: server {} ({}) at {}",
