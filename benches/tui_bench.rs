@@ -2,7 +2,8 @@
 //! real binary in a pseudo-terminal. Reports the first frame, the time until
 //! the 20,000 backups are shown, keypress-to-redraw latency (median of 40),
 //! resident memory after load and after 120 refreshes (an hour of the 30 s
-//! auto-refresh, each forced with R), and CPU used while idle.
+//! auto-refresh, each forced with R; every tenth finds a new backup, as when
+//! a daemon backs up during that hour), and CPU used while idle.
 //!     cargo bench --bench tui_bench
 
 use std::io::{Read, Write};
@@ -18,7 +19,7 @@ use portable_pty::{native_pty_system, CommandBuilder, PtySize};
 
 const BACKUPS: usize = 20_000;
 
-fn generate(root: &Path) {
+fn generate(root: &Path) -> Id {
     let repo = Repo::init(root, RepoConfig::new(4 << 20, 1).unwrap()).unwrap();
     let index = Index {
         chunk_size: 4 << 20,
@@ -26,45 +27,51 @@ fn generate(root: &Path) {
         chunks: vec![Id::ZERO, Id::ZERO],
     };
     let index_id = repo.write_index(&index).unwrap();
-    let start: chrono::DateTime<chrono::Utc> = "2025-01-01T00:00:00Z".parse().unwrap();
     // 50 VMs x 2 volumes x 200 backups. Files are written directly (no
     // fsync per file): this is a generator, not a backup.
     for i in 0..BACKUPS {
-        let vm = format!("vm{:03}", i % 50);
-        let vol = if (i / 50) % 2 == 0 { "root" } else { "data" };
-        let m = Manifest {
-            format: 1,
-            vm: VmInfo { name: vm },
-            volume: VolumeInfo {
-                name: vol.into(),
-                role: Role::Data,
-                format: ImageFormat::Raw,
-                virtual_size: 8 << 20,
-            },
-            created_at: start + chrono::Duration::minutes(i as i64 * 30),
-            chunk_size: 4 << 20,
-            index: index_id,
-            parent: None,
-            set: format!("{:032x}", i / 2),
-            source: SourceInfo {
-                host: "bench".into(),
-                path: "/dev/null".into(),
-            },
-            stats: Stats {
-                logical_bytes: 8 << 20,
-                nonzero_bytes: 0,
-                new_chunks: (i % 7) as u64,
-                new_stored_bytes: ((i % 13) as u64) << 20,
-            },
-            labels: Labels::default(),
-            definition: None,
-            capture: None,
-        };
-        let key = m.key();
-        let path = root.join(key.object_key());
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, m.to_bytes()).unwrap();
+        write_backup(root, index_id, i);
     }
+    index_id
+}
+
+/// The i-th generated backup (the index is the same for all).
+fn write_backup(root: &Path, index_id: Id, i: usize) {
+    let start: chrono::DateTime<chrono::Utc> = "2025-01-01T00:00:00Z".parse().unwrap();
+    let vm = format!("vm{:03}", i % 50);
+    let vol = if (i / 50).is_multiple_of(2) { "root" } else { "data" };
+    let m = Manifest {
+        format: 1,
+        vm: VmInfo { name: vm },
+        volume: VolumeInfo {
+            name: vol.into(),
+            role: Role::Data,
+            format: ImageFormat::Raw,
+            virtual_size: 8 << 20,
+        },
+        created_at: start + chrono::Duration::minutes(i as i64 * 30),
+        chunk_size: 4 << 20,
+        index: index_id,
+        parent: None,
+        set: format!("{:032x}", i / 2),
+        source: SourceInfo {
+            host: "bench".into(),
+            path: "/dev/null".into(),
+        },
+        stats: Stats {
+            logical_bytes: 8 << 20,
+            nonzero_bytes: 0,
+            new_chunks: (i % 7) as u64,
+            new_stored_bytes: ((i % 13) as u64) << 20,
+        },
+        labels: Labels::default(),
+        definition: None,
+        capture: None,
+    };
+    let key = m.key();
+    let path = root.join(key.object_key());
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, m.to_bytes()).unwrap();
 }
 
 fn ticks(pid: u32) -> u64 {
@@ -92,7 +99,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     let t = Instant::now();
-    generate(&repo);
+    let index_id = generate(&repo);
     eprintln!(
         "generated {BACKUPS} backups in {:.1}s",
         t.elapsed().as_secs_f64()
@@ -170,6 +177,9 @@ fn main() {
     // header to say it refreshed just now.
     let mut after_refreshes = Vec::new();
     for i in 1..=120 {
+        if i % 10 == 0 {
+            write_backup(&repo, index_id, BACKUPS + i / 10);
+        }
         writer.write_all(b"R").unwrap();
         writer.flush().unwrap();
         std::thread::sleep(Duration::from_millis(250));

@@ -75,7 +75,7 @@ pub struct Runner {
 
 type LocalCache = (
     lifeboat_core::repo::ManifestCache,
-    Option<Arc<Vec<(ManifestKey, lifeboat_core::repo::Manifest)>>>,
+    Option<crate::tui::app::Backups>,
 );
 
 impl Runner {
@@ -166,7 +166,7 @@ impl Runner {
                         let changed = r.refresh(&mut cache.0)?;
                         let fresh = match (&cache.1, changed) {
                             (Some(b), false) => (b.clone(), false),
-                            _ => (Arc::new(cache.0.backups()), true),
+                            _ => (Arc::new(cache.0.shared()), true),
                         };
                         cache.1 = Some(fresh.0.clone());
                         Ok(fresh)
@@ -212,7 +212,7 @@ impl Runner {
                     }
                     let _ = match res {
                         Ok(_) if !changed => tx.send(Action::Unchanged),
-                        Ok(b) => tx.send(Action::Loaded(b.as_ref().clone())),
+                        Ok(b) => tx.send(Action::Loaded(b)),
                         Err(e) => tx.send(Action::LoadFailed(e.to_string())),
                     };
                     match verify {
@@ -286,7 +286,12 @@ impl Runner {
                         .map_err(|e| e.to_string())
                     }
                     .await;
-                    let _ = tx.send(Action::RemoteBrowsed { name, result: res });
+                    let _ = tx.send(Action::RemoteBrowsed {
+                        name,
+                        result: res.map(|b| {
+                            Arc::new(b.into_iter().map(|(k, m)| (k, Arc::new(m))).collect())
+                        }),
+                    });
                 });
             }
             Effect::PlanTransfer {

@@ -74,7 +74,7 @@ fn app() -> App {
         b.push(backup("web01", "data", 2 + 24 * i as i64, i + 20));
     }
     b.push(backup("db01", "root", 24 * 5, 40));
-    a.update(Action::Loaded(b));
+    a.update(Action::Loaded(shared(b)));
     let held: BTreeSet<Id> = a
         .backups
         .iter()
@@ -86,6 +86,15 @@ fn app() -> App {
         result: Ok((12.0, held)),
     });
     a
+}
+
+/// Backups as the runner hands them over.
+fn shared(b: Vec<(ManifestKey, Manifest)>) -> super::app::Backups {
+    std::sync::Arc::new(
+        b.into_iter()
+            .map(|(k, m)| (k, std::sync::Arc::new(m)))
+            .collect(),
+    )
 }
 
 fn key(c: KeyCode) -> Action {
@@ -312,7 +321,7 @@ fn browsing_a_remote_and_pulling_from_it() {
     assert_eq!(a.source.as_deref(), Some("offsite"));
     a.update(Action::RemoteBrowsed {
         name: "offsite".into(),
-        result: Ok(remote),
+        result: Ok(shared(remote)),
     });
     assert_eq!(a.tree()[0].vm, "ghost01");
     assert_eq!(a.presence_columns(), vec!["local".to_string()]);
@@ -376,7 +385,7 @@ fn compare_with_live_volume_and_remote_copy() {
     a.update(key(KeyCode::Char('s')));
     a.update(Action::RemoteBrowsed {
         name: "offsite".into(),
-        result: Ok(vec![backup("web01", "root", 200, 9)]),
+        result: Ok(shared(vec![backup("web01", "root", 200, 9)])),
     });
     // The inventory's VMs show in a remote's view too (new01: never sent).
     assert_eq!(a.tree()[0].vm, "new01");
@@ -402,12 +411,16 @@ fn compare_with_live_volume_and_remote_copy() {
 #[test]
 fn hostile_text_is_escaped_on_screen() {
     let mut a = app();
-    let mut b = a.backups.clone();
+    let mut b: Vec<(ManifestKey, Manifest)> = a
+        .backups
+        .iter()
+        .map(|(k, m)| (k.clone(), Manifest::clone(m)))
+        .collect();
     let (k, mut m) = backup("evil", "root", 1, 99);
     m.labels.note = Some("x\x1b]0;pwned\x07\u{202e}y".into());
     m.source.path = "/img\x1b[2J.raw".into();
     b.push((k, m));
-    a.update(Action::Loaded(b));
+    a.update(Action::Loaded(shared(b)));
     a.update(Action::Log("remote said \x1b[31mred\x1b[0m".into()));
     // Select the evil VM's volume and its backup.
     while a.selected_row().is_some_and(|r| r.vm != "evil") {
@@ -653,7 +666,7 @@ fn refresh_runs_on_an_interval_and_after_a_remote_changes() {
     a.update(key(KeyCode::Char('s')));
     a.update(Action::RemoteBrowsed {
         name: "offsite".into(),
-        result: Ok(vec![backup("web01", "root", 30, 9)]),
+        result: Ok(shared(vec![backup("web01", "root", 30, 9)])),
     });
     let more: BTreeSet<Id> = [
         backup("web01", "root", 30, 9),
@@ -669,10 +682,10 @@ fn refresh_runs_on_an_interval_and_after_a_remote_changes() {
     assert_eq!(e, vec![Effect::Browse("offsite".into())]);
     a.update(Action::RemoteBrowsed {
         name: "offsite".into(),
-        result: Ok(vec![
+        result: Ok(shared(vec![
             backup("web01", "root", 30, 9),
             backup("web01", "root", 1, 10),
-        ]),
+        ])),
     });
     let s = screen(&a, 160, 48);
     assert!(
@@ -727,10 +740,10 @@ fn a_vm_is_as_fresh_as_its_stalest_volume() {
         vec![],
         now(),
     );
-    a.update(Action::Loaded(vec![
+    a.update(Action::Loaded(shared(vec![
         backup("db02", "root", 24 * 4, 1),
         backup("db02", "data", 1, 2),
-    ]));
+    ])));
     assert_eq!(a.rpo_volume("db02", "data"), Rpo::Fresh);
     assert_eq!(a.rpo_volume("db02", "root"), Rpo::Stale);
     assert_eq!(a.rpo_volume("db02", "logs"), Rpo::Never);
@@ -1133,7 +1146,7 @@ fn narrow_screens_drop_whole_columns() {
     );
     let mut b = vec![backup("webserver01", "root", 2, 1)];
     b[0].1.stats.nonzero_bytes = 140 << 20;
-    a.update(Action::Loaded(b));
+    a.update(Action::Loaded(shared(b)));
     for i in 1..=4 {
         a.update(Action::RemoteListed {
             name: format!("site{i}"),
@@ -1298,7 +1311,7 @@ fn a_drill_source_that_holds_nothing_is_not_preselected() {
     let mut a = app();
     a.update(Action::RemoteBrowsed {
         name: "offsite".into(),
-        result: Ok(vec![backup("web01", "root", 30, 9)]),
+        result: Ok(shared(vec![backup("web01", "root", 30, 9)])),
     });
     a.drill_defaults.insert("db01".into(), "offsite".into());
     a.drill_defaults.insert("web01".into(), "offsite".into());

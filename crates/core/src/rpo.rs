@@ -126,9 +126,10 @@ pub fn thresholds(config: &Config, vm: &str) -> (Duration, Duration) {
         ))
 }
 
-pub fn assess(
+/// `backups` holds manifests or shared ones (the console's `Arc`s).
+pub fn assess<M: std::borrow::Borrow<Manifest>>(
     config: &Config,
-    backups: &[(ManifestKey, Manifest)],
+    backups: &[(ManifestKey, M)],
     verify: &BTreeMap<Id, VerifyMark>,
     runs: &[RunRecord],
     daemon: &DaemonState,
@@ -148,8 +149,11 @@ pub fn assess(
         .map(|vm| {
             let policy = config.policy_for(&vm);
             let (late, stale) = thresholds(config, &vm);
-            let mine: Vec<&(ManifestKey, Manifest)> =
-                backups.iter().filter(|(k, _)| k.vm == vm).collect();
+            let mine: Vec<(&ManifestKey, &Manifest)> = backups
+                .iter()
+                .filter(|(k, _)| k.vm == vm)
+                .map(|(k, m)| (k, m.borrow()))
+                .collect();
             let newest = mine.iter().map(|(_, m)| m.created_at).max();
             let newest_set = mine
                 .iter()

@@ -291,7 +291,7 @@ pub enum Action {
     Mouse(MouseEvent),
     /// The terminal's size (at start and on every resize).
     Resize(u16, u16),
-    Loaded(Vec<(ManifestKey, Manifest)>),
+    Loaded(Backups),
     /// A refresh found the local repository as it was.
     Unchanged,
     /// The local repository could not be read.
@@ -308,7 +308,7 @@ pub enum Action {
     },
     RemoteBrowsed {
         name: String,
-        result: Result<Vec<(ManifestKey, Manifest)>, String>,
+        result: Result<Backups, String>,
     },
     JobStarted {
         id: u64,
@@ -416,17 +416,22 @@ impl Usage {
     }
 }
 
+/// A repository's backups, oldest first: shared by the runner's cache, the
+/// local view and the shown view, never copied (at 20,000 backups each
+/// copy is tens of MB).
+pub type Backups = std::sync::Arc<Vec<(ManifestKey, std::sync::Arc<Manifest>)>>;
+
 pub struct App {
     pub now: DateTime<Utc>,
     pub repo_path: String,
     pub config_path: Option<String>,
     /// What the tree and timeline show: the local repository's backups, or
     /// those of the remote named in `source`.
-    pub backups: Vec<(ManifestKey, Manifest)>,
+    pub backups: Backups,
     pub source: Option<String>,
-    local_backups: Vec<(ManifestKey, Manifest)>,
+    local_backups: Backups,
     local_ids: BTreeSet<Id>,
-    remote_backups: BTreeMap<String, Vec<(ManifestKey, Manifest)>>,
+    remote_backups: BTreeMap<String, Backups>,
     pub inventory: Vec<(String, Vec<String>)>,
     pub remotes: Vec<RemoteView>,
     /// Each VM's newest drill.
@@ -507,9 +512,9 @@ impl App {
             now,
             repo_path,
             config_path: None,
-            backups: Vec::new(),
+            backups: Default::default(),
             source: None,
-            local_backups: Vec::new(),
+            local_backups: Default::default(),
             local_ids: BTreeSet::new(),
             remote_backups: BTreeMap::new(),
             inventory,
@@ -609,7 +614,7 @@ impl App {
                 .or_default()
                 .extend(vols.iter().cloned());
         }
-        for (k, m) in &self.backups {
+        for (k, m) in self.backups.iter() {
             let e = self
                 .newest_cache
                 .entry((k.vm.clone(), k.volume.clone()))
@@ -683,7 +688,7 @@ impl App {
 
     /// Backups of the selected VM or volume, newest first (from the cache
     /// `rebuild_timeline` keeps, so drawing never rescans every backup).
-    pub fn timeline(&self) -> Vec<&(ManifestKey, Manifest)> {
+    pub fn timeline(&self) -> Vec<&(ManifestKey, std::sync::Arc<Manifest>)> {
         self.timeline_cache
             .iter()
             .filter_map(|&i| self.backups.get(i))
@@ -693,7 +698,7 @@ impl App {
     pub fn selected_backup(&self) -> Option<(ManifestKey, Manifest)> {
         self.timeline()
             .get(self.timeline_sel)
-            .map(|(k, m)| (k.clone(), m.clone()))
+            .map(|(k, m)| (k.clone(), Manifest::clone(m)))
     }
 
     /// When the backups of one set of a VM in the shown repository were

@@ -288,10 +288,10 @@ pub fn repair(cfg: &LiveConfig) -> Result<Vec<String>> {
 
 /// The outlook of an inventory VM against the backups of a repository
 /// (each volume's newest one is the base of the next).
-pub fn outlook_for(
+pub fn outlook_for<M: std::borrow::Borrow<crate::repo::manifest::Manifest>>(
     config: &crate::config::Config,
     vm: &str,
-    backups: &[(crate::repo::ManifestKey, crate::repo::manifest::Manifest)],
+    backups: &[(crate::repo::ManifestKey, M)],
     chunk_size: u64,
 ) -> Option<Outlook> {
     let v = config.vm(vm)?;
@@ -304,7 +304,7 @@ pub fn outlook_for(
                 .iter()
                 .rev()
                 .find(|(k, _)| k.vm == vm && k.volume == name)
-                .map(|(_, m)| capture::PreviousBackup::of(m));
+                .map(|(_, m)| capture::PreviousBackup::of(m.borrow()));
             VolumeRef {
                 path: config.resolve(&vol.path),
                 format: vol.format,

@@ -377,7 +377,7 @@ impl Repo {
     pub fn load_all(&self) -> Result<Vec<(ManifestKey, Manifest)>> {
         let mut cache = ManifestCache::default();
         self.refresh(&mut cache)?;
-        Ok(cache.backups())
+        Ok(cache.into_backups())
     }
 
     /// Brings `cache` up to date with the repository: reads only the
@@ -397,7 +397,8 @@ impl Repo {
             }
             match self.load_manifest(&k) {
                 Ok(m) => {
-                    cache.manifests.insert(k, m);
+                    // (Its protection is set below, with the marks.)
+                    cache.manifests.insert(k, std::sync::Arc::new(m));
                     changed = true;
                 }
                 Err(e) => {
@@ -411,6 +412,14 @@ impl Repo {
         if marks != cache.marks {
             cache.marks = marks;
             changed = true;
+        }
+        // Kept up to date in place: a shared manifest is copied only when
+        // its mark changed.
+        for (k, m) in cache.manifests.iter_mut() {
+            let on = cache.marks.contains(k);
+            if m.labels.protected != on {
+                std::sync::Arc::make_mut(m).labels.protected = on;
+            }
         }
         Ok(changed)
     }
@@ -451,7 +460,9 @@ fn read_dir_names_or_warn(dir: &Path) -> Vec<String> {
 /// The manifests of a repository as last read (`Repo::refresh`).
 #[derive(Debug, Default, Clone)]
 pub struct ManifestCache {
-    manifests: std::collections::HashMap<ManifestKey, Manifest>,
+    /// Shared with whoever holds `shared()`: a refresh that finds one new
+    /// backup copies pointers, not 20,000 manifests.
+    manifests: std::collections::HashMap<ManifestKey, std::sync::Arc<Manifest>>,
     /// Unreadable ones, reported once and not read again.
     damaged: std::collections::HashSet<ManifestKey>,
     marks: std::collections::BTreeSet<ManifestKey>,
@@ -459,15 +470,25 @@ pub struct ManifestCache {
 
 impl ManifestCache {
     /// Every backup, oldest first by precise creation time, with the
-    /// protection marks applied.
-    pub fn backups(&self) -> Vec<(ManifestKey, Manifest)> {
-        let mut all: Vec<(ManifestKey, Manifest)> = self
+    /// protection marks applied; the manifests shared, not copied.
+    pub fn shared(&self) -> Vec<(ManifestKey, std::sync::Arc<Manifest>)> {
+        let mut all: Vec<(ManifestKey, std::sync::Arc<Manifest>)> = self
             .manifests
             .iter()
             .map(|(k, m)| (k.clone(), m.clone()))
             .collect();
         all.sort_by_key(|a| (a.1.created_at, a.0.id));
-        crate::protect::apply(&mut all, &self.marks);
+        all
+    }
+
+    /// The same, owned (the cache is used up).
+    pub fn into_backups(self) -> Vec<(ManifestKey, Manifest)> {
+        let mut all: Vec<(ManifestKey, Manifest)> = self
+            .manifests
+            .into_iter()
+            .map(|(k, m)| (k, std::sync::Arc::unwrap_or_clone(m)))
+            .collect();
+        all.sort_by_key(|a| (a.1.created_at, a.0.id));
         all
     }
 }
