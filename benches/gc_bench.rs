@@ -18,13 +18,15 @@ use std::process::Command;
 use std::time::Instant;
 
 use chrono::{Duration, TimeZone, Utc};
-use lifeboat_core::gc::{self, GcOptions};
-use lifeboat_core::jobs::{CancellationToken, Progress};
-use lifeboat_core::repo::chunk::Encoder;
-use lifeboat_core::repo::manifest::{
+use lifeboat_core::format::chunk::Encoder;
+use lifeboat_core::format::manifest::{
     ImageFormat, Labels, Manifest, Role, SourceInfo, Stats, VmInfo, VolumeInfo,
 };
-use lifeboat_core::repo::{Id, Index, Repo, RepoConfig};
+use lifeboat_core::format::repo_config::RepoConfig;
+use lifeboat_core::format::{Id, Index};
+use lifeboat_core::gc::{self, GcOptions};
+use lifeboat_core::jobs::{CancellationToken, Progress};
+use lifeboat_core::repo::Repo;
 use lifeboat_core::store::local::LocalStore;
 use lifeboat_core::store::DynStore;
 

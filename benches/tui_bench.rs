@@ -11,10 +11,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lifeboat_core::repo::manifest::{
+use lifeboat_core::format::manifest::{
     ImageFormat, Labels, Manifest, Role, SourceInfo, Stats, VmInfo, VolumeInfo,
 };
-use lifeboat_core::repo::{Id, Index, Repo, RepoConfig};
+use lifeboat_core::format::repo_config::RepoConfig;
+use lifeboat_core::format::{Id, Index};
+use lifeboat_core::repo::Repo;
 use portable_pty::{native_pty_system, CommandBuilder, PtySize};
 
 const BACKUPS: usize = 20_000;
@@ -39,7 +41,11 @@ fn generate(root: &Path) -> Id {
 fn write_backup(root: &Path, index_id: Id, i: usize) {
     let start: chrono::DateTime<chrono::Utc> = "2025-01-01T00:00:00Z".parse().unwrap();
     let vm = format!("vm{:03}", i % 50);
-    let vol = if (i / 50).is_multiple_of(2) { "root" } else { "data" };
+    let vol = if (i / 50).is_multiple_of(2) {
+        "root"
+    } else {
+        "data"
+    };
     let m = Manifest {
         format: 1,
         vm: VmInfo { name: vm },

@@ -14,8 +14,9 @@ use std::process::Output;
 use bytes::Bytes;
 use common::remote::{add_token_with, Server};
 use common::{noise, write_at, World};
-use lifeboat_core::repo::manifest::{DefinitionRef, Role};
-use lifeboat_core::repo::{Id, Index, Repo};
+use lifeboat_core::format::manifest::{DefinitionRef, Role};
+use lifeboat_core::format::{Id, Index};
+use lifeboat_core::repo::Repo;
 use lifeboat_core::store::http::{HttpOptions, HttpStore};
 use lifeboat_core::store::{DocKey, DocKind, ObjectKey, Store, Verified};
 
@@ -436,7 +437,7 @@ fn a_backup_set_is_closed_and_a_restored_definition_is_allow_listed() {
     .to_string();
     let attacker = off.store(&off.a);
     let data = noise(65536, 77);
-    let enc = lifeboat_core::repo::chunk::Encoder::new(1)
+    let enc = lifeboat_core::format::chunk::Encoder::new(1)
         .unwrap()
         .encode(&data)
         .unwrap();
@@ -446,7 +447,7 @@ fn a_backup_set_is_closed_and_a_restored_definition_is_allow_listed() {
         image_size: 65536,
         chunks: vec![chunk_id],
     };
-    let def_enc = lifeboat_core::repo::chunk::Encoder::new(1)
+    let def_enc = lifeboat_core::format::chunk::Encoder::new(1)
         .unwrap()
         .encode(def.as_bytes())
         .unwrap();

@@ -6,11 +6,12 @@ mod common;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use lifeboat_core::repo::chunk::Encoder;
-use lifeboat_core::repo::manifest::{
+use lifeboat_core::format::chunk::Encoder;
+use lifeboat_core::format::manifest::{
     ImageFormat, Labels, Manifest, Role, SourceInfo, Stats, VmInfo, VolumeInfo,
 };
-use lifeboat_core::repo::{Id, Index, RepoConfig};
+use lifeboat_core::format::repo_config::RepoConfig;
+use lifeboat_core::format::{Id, Index};
 use lifeboat_core::store::http::{HttpOptions, HttpStore};
 use lifeboat_core::store::local::LocalStore;
 use lifeboat_core::store::s3::{S3Options, S3Store};

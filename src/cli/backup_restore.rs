@@ -4,10 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use lifeboat_core::backup::{BackupRequest, VolumeSpec};
-use lifeboat_core::repo::manifest::{ImageFormat, Role};
-use lifeboat_core::repo::refs;
+use lifeboat_core::format::manifest::{ImageFormat, Role};
+use lifeboat_core::format::refs;
+use lifeboat_core::format::repo_config::RepoConfig;
 use lifeboat_core::repo::verify::{self, VerifyReport};
-use lifeboat_core::repo::{Repo, RepoConfig};
+use lifeboat_core::repo::Repo;
 use lifeboat_core::restore::{self, RestorePlan, RestoreRequest, SetRestorePlan};
 use lifeboat_core::source::FormatChoice;
 
@@ -255,8 +256,8 @@ pub async fn restore(
     vm_args: VmRestoreArgs,
 ) -> anyhow::Result<Outcome> {
     let is_set = matches!(
-        lifeboat_core::repo::refs::Ref::parse(reference)?,
-        lifeboat_core::repo::refs::Ref::Set { .. }
+        lifeboat_core::format::refs::Ref::parse(reference)?,
+        lifeboat_core::format::refs::Ref::Set { .. }
     );
     if let Some(n) = &vm_args.name {
         lifeboat_core::names::check_name("VM", n)?;
@@ -425,8 +426,8 @@ fn finish_vm(
     ctx: &Ctx,
     repo: &Repo,
     picked: &[(
-        lifeboat_core::repo::ManifestKey,
-        lifeboat_core::repo::Manifest,
+        lifeboat_core::format::ManifestKey,
+        lifeboat_core::format::Manifest,
     )],
     outcomes: &[lifeboat_core::restore::RestoreOutcome],
     dir: &std::path::Path,
@@ -504,7 +505,7 @@ fn print_vm_restore(
 /// `--attach DOMAIN`: the restored volume attached with virsh.
 fn attach_volume(
     repo: &Repo,
-    m: &lifeboat_core::repo::Manifest,
+    m: &lifeboat_core::format::Manifest,
     o: &lifeboat_core::restore::RestoreOutcome,
     domain: &str,
     target: Option<&str>,

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use chrono::{Duration, Utc};
 use lifeboat_core::backup::{BackupRequest, VolumeSpec};
+use lifeboat_core::format::manifest::Role;
+use lifeboat_core::format::repo_config::RepoConfig;
 use lifeboat_core::jobs::{CancellationToken, Progress};
-use lifeboat_core::repo::manifest::Role;
-use lifeboat_core::repo::{Repo, RepoConfig};
+use lifeboat_core::repo::Repo;
 use lifeboat_core::source::FormatChoice;
 use lifeboat_core::store::local::LocalStore;
 use lifeboat_core::store::DynStore;
@@ -178,7 +179,7 @@ impl World {
             name = p.name,
             n = p.name.len(),
         );
-        lifeboat_core::repo::durable::write_atomic(&self.domain_xml(p.name), xml.as_bytes())?;
+        lifeboat_core::durable::write_atomic(&self.domain_xml(p.name), xml.as_bytes())?;
         Ok(())
     }
 
@@ -219,7 +220,7 @@ impl World {
             "[remote.offsite]\nurl = \"{url}\"\ntoken_file = \"{}\"\ntimeout_secs = 10\n",
             self.token_file.display()
         ));
-        lifeboat_core::repo::durable::write_atomic(&self.config, t.as_bytes())?;
+        lifeboat_core::durable::write_atomic(&self.config, t.as_bytes())?;
         Ok(())
     }
 }
@@ -490,7 +491,7 @@ pub async fn build(w: &World) -> anyhow::Result<()> {
         lifeboat::server::tokens::Role::Append,
         Default::default(),
     )?;
-    lifeboat_core::repo::durable::write_atomic(&w.token_file, token.as_bytes())?;
+    lifeboat_core::durable::write_atomic(&w.token_file, token.as_bytes())?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&w.token_file, std::fs::Permissions::from_mode(0o600))?;
     eprintln!(

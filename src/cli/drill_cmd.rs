@@ -38,7 +38,7 @@ pub async fn drill(ctx: &Ctx, a: DrillArgs) -> anyhow::Result<Outcome> {
         scratch: a.scratch,
         timeout_secs: a.boot_timeout,
     };
-    let req = drill::request_for(&ctx.config, &a.vm, &overrides)?;
+    let req = lifeboat_core::config::requests::drill_request(&ctx.config, &a.vm, &overrides)?;
     let remote = match req.source.as_str() {
         "local" => None,
         name => Some(ctx.remote(name)?),

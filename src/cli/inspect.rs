@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 use chrono::Utc;
-use lifeboat_core::repo::diff::{self, Change};
-use lifeboat_core::repo::index::DEFAULT_CHUNK_SIZE;
-use lifeboat_core::repo::refs;
-use lifeboat_core::repo::{Index, Manifest, ManifestKey};
+use lifeboat_core::format::diff::{self, Change};
+use lifeboat_core::format::index::DEFAULT_CHUNK_SIZE;
+use lifeboat_core::format::refs;
+use lifeboat_core::format::{Index, Manifest, ManifestKey};
 use lifeboat_core::source::{self, FormatChoice};
 use serde::Serialize;
 
@@ -125,7 +125,7 @@ struct TimelineRow<'a> {
     new_chunks: u64,
     note: Option<&'a str>,
     /// offline, crash or application (None: made before it was recorded).
-    consistency: Option<lifeboat_core::repo::manifest::Consistency>,
+    consistency: Option<lifeboat_core::format::manifest::Consistency>,
     protected: bool,
 }
 
@@ -185,9 +185,9 @@ pub fn timeline(ctx: &Ctx, vm: &str, volume: Option<&str>) -> anyhow::Result<Out
                 // power cut) or offline (not running); "-" for backups
                 // made before lifeboat recorded it.
                 match r.consistency {
-                    Some(lifeboat_core::repo::manifest::Consistency::Application) => "app",
-                    Some(lifeboat_core::repo::manifest::Consistency::Crash) => "crash",
-                    Some(lifeboat_core::repo::manifest::Consistency::Offline) => "offline",
+                    Some(lifeboat_core::format::manifest::Consistency::Application) => "app",
+                    Some(lifeboat_core::format::manifest::Consistency::Crash) => "crash",
+                    Some(lifeboat_core::format::manifest::Consistency::Offline) => "offline",
                     None => "-",
                 }
                 .into(),

@@ -518,8 +518,8 @@ impl Ctx {
     ) -> lifeboat_core::Result<(
         lifeboat_core::store::DynStore,
         Vec<(
-            lifeboat_core::repo::ManifestKey,
-            lifeboat_core::repo::Manifest,
+            lifeboat_core::format::ManifestKey,
+            lifeboat_core::format::Manifest,
         )>,
     )> {
         let (store, root) = self.target(remote)?;
@@ -541,7 +541,7 @@ impl Ctx {
         &self,
         arg: &str,
     ) -> lifeboat_core::Result<(String, lifeboat_core::store::DynStore)> {
-        lifeboat_core::store::remote::resolve(&self.config, arg)
+        lifeboat_core::config::remotes::resolve(&self.config, arg)
     }
 }
 
@@ -597,7 +597,7 @@ pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
         Ok(c) => c,
         Err(e) => return report(json, &anyhow::Error::new(e)),
     };
-    config.overrides = lifeboat_core::store::remote::Overrides {
+    config.overrides = lifeboat_core::config::remotes::Overrides {
         limits: lifeboat_core::store::throttle::Limits {
             upload: cli.limit_upload,
             download: cli.limit_download,
@@ -748,7 +748,7 @@ async fn console(ctx: &Ctx, sink: crate::logging::LogSink) -> anyhow::Result<Out
 async fn demo_cmd(
     keep: Option<PathBuf>,
     no_tui: bool,
-    overrides: lifeboat_core::store::remote::Overrides,
+    overrides: lifeboat_core::config::remotes::Overrides,
     sink: crate::logging::LogSink,
 ) -> anyhow::Result<Outcome> {
     use anyhow::Context;
@@ -880,7 +880,7 @@ async fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<Outcome> {
             max_body_memory: {
                 let n = lifeboat_core::text::parse_size(&a.max_body_memory)
                     .map_err(|e| anyhow::anyhow!("--max-body-memory: {e}"))?;
-                let chunk = lifeboat_core::store::ObjectKey::Chunk(lifeboat_core::repo::Id::ZERO)
+                let chunk = lifeboat_core::store::ObjectKey::Chunk(lifeboat_core::format::Id::ZERO)
                     .max_size();
                 if n < chunk {
                     anyhow::bail!(

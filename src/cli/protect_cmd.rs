@@ -1,8 +1,8 @@
 //! `lifeboat protect REF` / `unprotect REF`: keep a backup set from any
 //! prune, in the local repository or on a remote (see core `protect`).
 
+use lifeboat_core::format::{refs, ManifestKey};
 use lifeboat_core::protect;
-use lifeboat_core::repo::{refs, ManifestKey};
 
 use super::{print_json, Ctx, Outcome};
 

@@ -2,7 +2,7 @@
 //! remote, whole backup sets at a time; `--dry-run` is the simulator,
 //! listing every set with the rule that keeps it, or "removed".
 
-use lifeboat_core::repo::ManifestKey;
+use lifeboat_core::format::ManifestKey;
 use lifeboat_core::retention::{self, Decision, Rules};
 use lifeboat_core::store::{DynStore, ObjectKey};
 
@@ -172,7 +172,7 @@ pub async fn prune(ctx: &Ctx, a: PruneArgs) -> anyhow::Result<Outcome> {
 /// gives one), in the policy's time zone.
 fn by_policy(
     ctx: &Ctx,
-    backups: &[(ManifestKey, lifeboat_core::repo::Manifest)],
+    backups: &[(ManifestKey, lifeboat_core::format::Manifest)],
     remote: Option<&str>,
 ) -> anyhow::Result<Vec<Decision>> {
     let mut vms: Vec<&str> = backups.iter().map(|(k, _)| k.vm.as_str()).collect();

@@ -4,10 +4,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use lifeboat_core::config::remotes as remote;
 use lifeboat_core::config::{default_config_path, RemoteConfig};
-use lifeboat_core::repo::ManifestKey;
+use lifeboat_core::format::ManifestKey;
 use lifeboat_core::store::local::LocalStore;
-use lifeboat_core::store::{remote, url};
+use lifeboat_core::store::url;
 use lifeboat_core::sync::{self, select, status, SyncOptions};
 
 use super::progress::run_job_async;
@@ -87,7 +88,7 @@ fn edit_config(
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    lifeboat_core::repo::durable::write_atomic(&path, out.as_bytes())?;
+    lifeboat_core::durable::write_atomic(&path, out.as_bytes())?;
     Ok(path)
 }
 

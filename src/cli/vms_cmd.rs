@@ -2,8 +2,8 @@
 //! consistent its newest backup is, and whether the next backup reads only
 //! what changed.
 
+use lifeboat_core::format::manifest::Capture;
 use lifeboat_core::live::{self, Outlook};
-use lifeboat_core::repo::manifest::Capture;
 use lifeboat_core::text::escape;
 use serde::Serialize;
 
@@ -46,7 +46,12 @@ pub async fn vms(ctx: &Ctx, only: Option<String>, repair: bool) -> anyhow::Resul
                 run,
                 volumes,
                 mut leftovers,
-            }) = live::outlook_for(&config, name, &backups, repo.chunk_size())
+            }) = lifeboat_core::config::requests::live_outlook(
+                &config,
+                name,
+                &backups,
+                repo.chunk_size(),
+            )
             else {
                 continue;
             };

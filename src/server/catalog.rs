@@ -24,8 +24,9 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use lifeboat_core::error::{Error, Result};
-use lifeboat_core::repo::manifest::{DefinitionRef, Role};
-use lifeboat_core::repo::{Id, Manifest, ManifestKey, Repo};
+use lifeboat_core::format::manifest::{DefinitionRef, Role};
+use lifeboat_core::format::{Id, Manifest, ManifestKey};
+use lifeboat_core::repo::Repo;
 use lifeboat_core::store::ObjectKey;
 
 use super::tokens::scope_covers;

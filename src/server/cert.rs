@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use lifeboat_core::durable;
 use lifeboat_core::error::{Error, Result};
-use lifeboat_core::repo::durable;
 use lifeboat_core::store::tls::Fingerprint;
 
 pub struct CertFiles {

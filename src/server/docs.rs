@@ -1,4 +1,4 @@
-//! `/v1/docs`: locks and protection marks (see `lifeboat_core::store::docs`).
+//! `/v1/docs`: locks and protection marks (see `lifeboat_core::format::docs`).
 //! Who may do what: any token lists (a scoped token its own site's
 //! documents and, redacted, the gc's lock); an append token takes,
 //! refreshes and releases its own writer locks and protects its backups;
@@ -14,9 +14,9 @@ use axum::{Extension, Json};
 use bytes::Bytes;
 use serde::Deserialize;
 
+use lifeboat_core::format::docs::{DocKey, DocKind, MAX_DOC_BYTES};
+use lifeboat_core::format::refs::exact_time;
 use lifeboat_core::lock::LockInfo;
-use lifeboat_core::repo::refs::exact_time;
-use lifeboat_core::store::docs::{DocKey, DocKind, MAX_DOC_BYTES};
 use lifeboat_core::store::http::{DocEntry, DocsResponse, DOCS_PAGE};
 use lifeboat_core::store::{ObjectKey, Store};
 

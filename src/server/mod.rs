@@ -28,13 +28,14 @@ use serde::Deserialize;
 use tokio::sync::{RwLock, Semaphore};
 
 use lifeboat_core::error::{Error, Result};
-use lifeboat_core::repo::refs::exact_time;
-use lifeboat_core::repo::{chunk, Index, Manifest, ManifestKey, RepoConfig, CONFIG_FILE};
+use lifeboat_core::format::keys::{check_prefix, ObjectKey, Verified};
+use lifeboat_core::format::refs::exact_time;
+use lifeboat_core::format::repo_config::{RepoConfig, CONFIG_FILE};
+use lifeboat_core::format::{chunk, Index, Manifest, ManifestKey};
 use lifeboat_core::store::http::{
     ImmutableResponse, ListResponse, MissingRequest, MissingResponse, LIST_PAGE, MAX_MISSING_BODY,
     MISSING_BATCH,
 };
-use lifeboat_core::store::keys::{check_prefix, ObjectKey, Verified};
 use lifeboat_core::store::local::LocalStore;
 use lifeboat_core::store::throttle::RateLimit;
 use lifeboat_core::store::Store;
@@ -706,10 +707,10 @@ fn check_new_backup(
     if members.iter().any(|(_, e)| e.definition != m.definition) {
         return closed("its VM definition differs from the set's".into());
     }
-    if m.volume.role == lifeboat_core::repo::manifest::Role::Root
+    if m.volume.role == lifeboat_core::format::manifest::Role::Root
         && members
             .iter()
-            .any(|(_, e)| e.role == lifeboat_core::repo::manifest::Role::Root)
+            .any(|(_, e)| e.role == lifeboat_core::format::manifest::Role::Root)
     {
         return closed("the set has its root volume".into());
     }

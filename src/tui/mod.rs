@@ -129,7 +129,7 @@ pub async fn run(
             let vm = v.name.get_ref();
             (
                 vm.clone(),
-                lifeboat_core::drill::default_source(&config, vm),
+                lifeboat_core::config::requests::drill_source(&config, vm),
             )
         })
         .collect();

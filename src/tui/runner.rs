@@ -8,13 +8,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use lifeboat_core::config::remotes as remote;
 use lifeboat_core::config::Config;
+use lifeboat_core::format::chunkmap::{self, ChunkMap};
+use lifeboat_core::format::{Manifest, ManifestKey};
 use lifeboat_core::jobs::{CancellationToken, Job, JobEvent, Progress};
-use lifeboat_core::repo::chunkmap::{self, ChunkMap};
-use lifeboat_core::repo::{state, Manifest, ManifestKey, Repo};
+use lifeboat_core::repo::{state, Repo};
 use lifeboat_core::restore::{self, RestoreRequest, SetRestorePlan};
 use lifeboat_core::store::local::LocalStore;
-use lifeboat_core::store::{remote, DynStore};
+use lifeboat_core::store::DynStore;
 use lifeboat_core::sync::{self, SyncOptions, TransferPlan};
 use lifeboat_core::text::escape;
 use tokio::sync::mpsc::UnboundedSender;
@@ -203,8 +205,10 @@ impl Runner {
                                 .iter()
                                 .filter_map(|v| {
                                     let name = v.name.get_ref();
-                                    lifeboat_core::live::outlook_for(&config, name, &b, chunk)
-                                        .map(|o| (name.clone(), o))
+                                    lifeboat_core::config::requests::live_outlook(
+                                        &config, name, &b, chunk,
+                                    )
+                                    .map(|o| (name.clone(), o))
                                 })
                                 .collect();
                             let _ = tx.send(Action::Live(live));
@@ -797,11 +801,11 @@ impl Runner {
             ..Default::default()
         };
         let (config, root) = (self.config.clone(), self.repo_path.clone());
-        let store = lifeboat_core::drill::open_source(&self.config, &source);
+        let store = lifeboat_core::config::requests::open_drill_source(&self.config, &source);
         self.spawn_async(
             format!("drill {vm} from {source}"),
             move |cancel, progress| async move {
-                let req = lifeboat_core::drill::request_for(&config, &vm, &overrides)?;
+                let req = lifeboat_core::config::requests::drill_request(&config, &vm, &overrides)?;
                 let store = store?;
                 let r = lifeboat_core::drill::run_recorded(
                     &root,
@@ -1147,10 +1151,10 @@ fn check(cancel: &CancellationToken) -> lifeboat_core::Result<()> {
 fn show_diff(
     tx: &UnboundedSender<Action>,
     [a, b]: [String; 2],
-    ia: &lifeboat_core::repo::Index,
-    ib: &lifeboat_core::repo::Index,
+    ia: &lifeboat_core::format::Index,
+    ib: &lifeboat_core::format::Index,
 ) -> lifeboat_core::Result<String> {
-    let d = lifeboat_core::repo::diff::diff(ia, ib)?;
+    let d = lifeboat_core::format::diff::diff(ia, ib)?;
     let map = chunkmap::between(ia, ib);
     let summary = vec![
         format!("A {a}"),

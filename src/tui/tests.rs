@@ -5,10 +5,10 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Duration, Utc};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use lifeboat_core::repo::manifest::{
+use lifeboat_core::format::manifest::{
     ImageFormat, Labels, Manifest, Role, SourceInfo, Stats, VmInfo, VolumeInfo,
 };
-use lifeboat_core::repo::{Id, ManifestKey};
+use lifeboat_core::format::{Id, ManifestKey};
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
 

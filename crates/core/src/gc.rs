@@ -25,9 +25,9 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::format::{Id, Manifest, ManifestKey};
 use crate::jobs::{CancellationToken, Progress};
 use crate::lock::{self, LockKind};
-use crate::repo::{Id, Manifest, ManifestKey};
 use crate::store::{DynStore, ObjectKey};
 use crate::sync::{check_cancel as check, fetch_index, with_retry};
 

@@ -7,11 +7,14 @@
 //! progress-bar crate, so the compiler keeps the engine free of them.
 
 pub mod backup;
+pub mod buf;
 pub mod cloud;
 pub mod config;
 pub mod daemon;
 pub mod drill;
+pub mod durable;
 pub mod error;
+pub mod format;
 pub mod gc;
 pub mod jobs;
 pub mod live;

@@ -93,7 +93,7 @@ impl LockInfo {
     fn new(kind: LockKind, what: &str) -> LockInfo {
         LockInfo {
             kind,
-            host: crate::backup::hostname(),
+            host: crate::sys::hostname(),
             pid: std::process::id(),
             what: what.to_string(),
             since: Utc::now(),

@@ -207,7 +207,7 @@ pub fn render_for(
         "When the VM's last run asked the remote (Unix time)",
     );
     // The newest backup of each volume, with its id (for its verify mark).
-    let mut newest: BTreeMap<(String, String), (crate::repo::Id, &crate::repo::Manifest)> =
+    let mut newest: BTreeMap<(String, String), (crate::format::Id, &crate::format::Manifest)> =
         BTreeMap::new();
     for (k, m) in &backups {
         count.get_or_create(&Vm { vm: k.vm.clone() }).inc_by(1.0);

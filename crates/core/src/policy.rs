@@ -316,7 +316,7 @@ impl Policy {
     /// names none).
     pub fn plan_retention(
         &self,
-        backups: &[(crate::repo::ManifestKey, crate::repo::Manifest)],
+        backups: &[(crate::format::ManifestKey, crate::format::Manifest)],
         rules: &Rules,
     ) -> Result<Vec<crate::retention::Decision>> {
         match &self.timezone {

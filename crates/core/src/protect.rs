@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::repo::{Manifest, ManifestKey};
+use crate::format::{Manifest, ManifestKey};
 use crate::store::{DocKey, DocKind, Store};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,7 +26,7 @@ impl Protection {
     pub fn new(note: Option<String>) -> Protection {
         Protection {
             at: Utc::now(),
-            by: format!("{}@{}", user_name(), crate::backup::hostname()),
+            by: format!("{}@{}", user_name(), crate::sys::hostname()),
             note,
         }
     }

@@ -13,7 +13,7 @@ use chrono::{DateTime, Datelike, TimeZone, Utc};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::repo::{Manifest, ManifestKey};
+use crate::format::{Manifest, ManifestKey};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Rules {
@@ -225,8 +225,10 @@ pub fn immutable_reason(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::manifest::{ImageFormat, Labels, Role, SourceInfo, Stats, VmInfo, VolumeInfo};
-    use crate::repo::Id;
+    use crate::format::manifest::{
+        ImageFormat, Labels, Role, SourceInfo, Stats, VmInfo, VolumeInfo,
+    };
+    use crate::format::Id;
     use chrono::Timelike;
 
     fn backup(

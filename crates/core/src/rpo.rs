@@ -10,8 +10,8 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::daemon::runs::{DaemonState, RunOutcome, RunRecord};
 use crate::daemon::schedule::{self, Next};
+use crate::format::{Id, Manifest, ManifestKey};
 use crate::repo::state::VerifyMark;
-use crate::repo::{Id, Manifest, ManifestKey};
 
 /// Thresholds for a VM without a policy (the console's defaults).
 pub const DEFAULT_LATE_HOURS: i64 = 26;

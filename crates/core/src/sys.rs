@@ -63,9 +63,9 @@ pub fn scratch_dir(parent: &std::path::Path, prefix: &str) -> crate::Result<temp
         .prefix(prefix)
         .tempdir_in(parent)
         .map_err(|e| crate::Error::io("creating a scratch directory in", parent, e))?;
-    crate::repo::durable::private_dir(dir.path())?;
+    crate::durable::private_dir(dir.path())?;
     let owner = format!("{} {}\n", std::process::id(), boot_id());
-    crate::repo::durable::write_atomic(&dir.path().join(OWNER), owner.as_bytes())?;
+    crate::durable::write_atomic(&dir.path().join(OWNER), owner.as_bytes())?;
     Ok(dir)
 }
 
@@ -96,4 +96,13 @@ pub fn remove_abandoned(parent: &std::path::Path, prefix: &str) {
             Err(err) => tracing::warn!("cannot remove {}: {err}", e.path().display()),
         }
     }
+}
+
+/// This host's name (recorded in backups, locks and protection marks).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
 }

@@ -304,7 +304,7 @@ impl App {
         &mut self,
         title: String,
         mut input: LineInput,
-        key: lifeboat_core::repo::ManifestKey,
+        key: lifeboat_core::format::ManifestKey,
         k: KeyEvent,
     ) -> Vec<Effect> {
         match k.code {
@@ -661,7 +661,7 @@ impl App {
             .find(|r| r.name == source)?
             .ids
             .as_ref()?;
-        let mine: Vec<&lifeboat_core::repo::Id> = self
+        let mine: Vec<&lifeboat_core::format::Id> = self
             .local_backups
             .iter()
             .filter(|(k, _)| k.vm == vm)

@@ -9,11 +9,11 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use chrono::{DateTime, Utc};
 use crossterm::event::{KeyEvent, MouseEvent};
+use lifeboat_core::format::{Id, Manifest, ManifestKey};
 use lifeboat_core::jobs::Snapshot;
 use lifeboat_core::repo::state::{JobOutcome, JobRecord, VerifyMark};
-use lifeboat_core::repo::{Id, Manifest, ManifestKey};
 
-pub use lifeboat_core::repo::chunkmap::Cell;
+pub use lifeboat_core::format::chunkmap::Cell;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pane {
@@ -734,7 +734,7 @@ impl App {
     /// (None when a volume has none). A VM is only as fresh as its stalest
     /// volume.
     /// The capture record of a VM's newest backup.
-    pub fn last_capture(&self, vm: &str) -> Option<&lifeboat_core::repo::manifest::Capture> {
+    pub fn last_capture(&self, vm: &str) -> Option<&lifeboat_core::format::manifest::Capture> {
         self.backups
             .iter()
             .rev()

@@ -7,7 +7,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph};
 use ratatui::Frame;
 
-use lifeboat_core::repo::chunkmap::regroup;
+use lifeboat_core::format::chunkmap::regroup;
 use lifeboat_core::text::escape;
 
 use super::fit::{truncate, wrap};

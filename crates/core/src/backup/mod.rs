@@ -8,18 +8,19 @@ use chrono::Utc;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::format::manifest::{
+    Capture, Consistency, Labels, Manifest, Role, SourceInfo, Stats, VmInfo, VolumeInfo,
+    FORMAT_VERSION,
+};
+use crate::format::Id;
+use crate::format::ManifestKey;
 use crate::jobs::{CancellationToken, Progress};
 use crate::live::bitmap::Read;
 use crate::live::capture::{PreviousBackup, Session};
 use crate::live::qmp::{Absent, Qmp};
 use crate::live::LiveConfig;
 use crate::names::check_name;
-use crate::repo::manifest::{
-    Capture, Consistency, Labels, Manifest, Role, SourceInfo, Stats, VmInfo, VolumeInfo,
-    FORMAT_VERSION,
-};
-use crate::repo::Id;
-use crate::repo::{ManifestKey, Repo};
+use crate::repo::Repo;
 use crate::source::{self, FormatChoice};
 
 #[derive(Debug, Clone)]
@@ -64,14 +65,6 @@ pub struct VolumeOutcome {
     pub capture: Option<Capture>,
 }
 
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".into())
-}
-
 /// Backs up every volume of the request as one set. Manifests are written
 /// only after every volume's chunks and index are durable, so the set is
 /// either complete or absent.
@@ -99,7 +92,7 @@ pub fn backup(
     let lock = crate::lock::LocalWriter::start(repo.root(), &format!("backup {}", req.vm))?;
     let set = hex::encode(rand::random::<[u8; 16]>());
     let existing = repo.load_all()?;
-    let host = hostname();
+    let host = crate::sys::hostname();
     let previous: Vec<Option<&(ManifestKey, Manifest)>> = req
         .volumes
         .iter()
@@ -177,7 +170,7 @@ pub fn backup(
         ));
         let writer = repo.chunk_writer();
         let level = repo.config.compression.level;
-        let fill = |id: &crate::repo::Id| repo.read_chunk(id);
+        let fill = |id: &crate::format::Id| repo.read_chunk(id);
         let base = match (&dirty, &base_index) {
             (Some(d), Some(index)) => Some(pipeline::Base {
                 dirty: d,

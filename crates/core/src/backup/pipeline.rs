@@ -13,12 +13,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
+use crate::buf::AlignedBuf;
 use crate::error::{Error, Result};
+use crate::format::chunk::Encoder;
+use crate::format::id::{is_all_zero, Id};
+use crate::format::index::{check_chunk_size, chunk_count, Index};
 use crate::jobs::{CancellationToken, Progress};
-use crate::repo::buf::AlignedBuf;
-use crate::repo::chunk::Encoder;
-use crate::repo::id::{is_all_zero, Id};
-use crate::repo::index::{check_chunk_size, chunk_count, Index};
 use crate::repo::verify::worker_threads;
 use crate::repo::ChunkWriter;
 use crate::source::{overlaps, SharedRead, VolumeReader};

@@ -20,12 +20,12 @@ use serde_json::json;
 use sha2::Digest as _;
 
 use super::http::{self, Step};
+use super::provider::{poll, CloudPlan, Ctx, Provider, Resource, Server, Uploaded};
 use super::source::{Piece, VolumeImage};
 use super::target::{read_secret, CloudConfig};
-use super::{poll, CloudPlan, Ctx, Provider, Resource, Server, Uploaded};
 use crate::error::{Error, Result};
+use crate::format::Index;
 use crate::jobs::CancellationToken;
-use crate::repo::Index;
 
 /// The EBS direct APIs' block size.
 pub const BLOCK: usize = 512 << 10;

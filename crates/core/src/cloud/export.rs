@@ -151,8 +151,8 @@ pub async fn plan(
     let opts = s3_options(target)?;
     let keys = crate::sync::list_manifests(store.as_ref()).await?;
     if matches!(
-        crate::repo::refs::Ref::parse(reference)?,
-        crate::repo::refs::Ref::Set { .. }
+        crate::format::refs::Ref::parse(reference)?,
+        crate::format::refs::Ref::Set { .. }
     ) {
         return Err(Error::BadInput(format!(
             "{reference:?} names a VM set; export one volume: VM/VOLUME@latest or a backup id"
@@ -324,7 +324,7 @@ async fn upload(
         .await
         .map_err(err)?;
     let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
-    let limit = super::upload_limit(plan.upload_limit)?;
+    let limit = super::provider::upload_limit(plan.upload_limit)?;
     futures::pin_mut!(body);
     let res: Result<(u64, sha2::Sha256)> = async {
         let mut hasher = sha2::Sha256::new();
@@ -373,7 +373,7 @@ async fn write_sparse(
     progress: &Progress,
 ) -> Result<()> {
     use std::os::unix::fs::FileExt;
-    let file = crate::repo::durable::create_private(path)?;
+    let file = crate::durable::create_private(path)?;
     file.set_len(image.index.image_size)
         .map_err(|e| Error::io("sizing", path, e))?;
     let file = Arc::new(file);

@@ -14,12 +14,12 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
 use super::http::{self, Step};
+use super::provider::{poll, CloudPlan, Ctx, Provider, Resource, Server, Uploaded};
 use super::source::{zeros, Piece, VolumeImage};
 use super::target::{read_secret, CloudConfig, Secret};
-use super::{poll, CloudPlan, Ctx, Provider, Resource, Server, Uploaded};
 use crate::error::{Error, Result};
+use crate::format::Index;
 use crate::jobs::CancellationToken;
-use crate::repo::Index;
 
 const GIB: u64 = 1 << 30;
 /// How often a build, an image or a volume is polled.
@@ -494,7 +494,7 @@ impl Provider for OpenStack {
         let root = plan
             .volumes
             .iter()
-            .find(|v| v.role == crate::repo::manifest::Role::Root)
+            .find(|v| v.role == crate::format::manifest::Role::Root)
             .or(plan.volumes.first());
         let disk = s.flavor["disk"].as_u64().unwrap_or(0);
         if let (Some(root), true) = (root, disk > 0) {
@@ -524,7 +524,7 @@ impl Provider for OpenStack {
                 plan.server_name,
                 v.volume,
                 crate::text::bytes(v.image_size),
-                if v.role == crate::repo::manifest::Role::Root {
+                if v.role == crate::format::manifest::Role::Root {
                     ", boots the server"
                 } else {
                     ", removed once its volume exists"

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use futures::stream::{self, Stream, StreamExt};
 
 use crate::error::{Error, Result};
-use crate::repo::{chunk, Id, Index, Manifest, ManifestKey};
-use crate::store::keys::ObjectKey;
+use crate::format::keys::ObjectKey;
+use crate::format::{chunk, Id, Index, Manifest, ManifestKey};
 use crate::store::DynStore;
 
 /// How many chunks are fetched ahead of the one being uploaded.

@@ -25,9 +25,10 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::durable;
 use crate::error::{Error, Result};
+use crate::format::{Manifest, ManifestKey};
 use crate::policy::Policy;
-use crate::repo::{durable, Manifest, ManifestKey};
 use crate::retention::Decision;
 use crate::store::Store;
 
@@ -144,7 +145,7 @@ pub async fn ask_remotes(
     let mut out = BTreeMap::new();
     for name in &policy.push {
         let r = tokio::time::timeout(limit, async {
-            let (_, store) = crate::store::remote::resolve(config, name)?;
+            let (_, store) = crate::config::remotes::resolve(config, name)?;
             holding(store.as_ref(), name, vm, local, policy).await
         })
         .await;
@@ -228,8 +229,10 @@ pub fn record(root: &Path, vm: &str, remote: &str, rec: OffsiteRecord) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::manifest::{ImageFormat, Labels, Role, SourceInfo, Stats, VmInfo, VolumeInfo};
-    use crate::repo::Id;
+    use crate::format::manifest::{
+        ImageFormat, Labels, Role, SourceInfo, Stats, VmInfo, VolumeInfo,
+    };
+    use crate::format::Id;
     use crate::retention::Rules;
     use crate::store::memory::MemoryStore;
     use crate::store::Verified;

@@ -24,9 +24,10 @@ use super::schedule::{self, Next};
 use crate::backup::{BackupRequest, VolumeSpec};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::format::{Manifest, ManifestKey};
 use crate::jobs::{CancellationToken, Progress};
 use crate::policy::Policy;
-use crate::repo::{Manifest, ManifestKey, Repo};
+use crate::repo::Repo;
 use crate::store::local::LocalStore;
 use crate::store::{DynStore, ObjectKey};
 
@@ -114,7 +115,7 @@ pub struct DaemonLock {
 impl DaemonLock {
     pub fn acquire(root: &Path) -> Result<DaemonLock> {
         let dir = root.join("state");
-        crate::repo::durable::private_dir(&dir)?;
+        crate::durable::private_dir(&dir)?;
         let path = dir.join("daemon.lock");
         use std::os::unix::fs::OpenOptionsExt;
         let mut f = std::fs::OpenOptions::new()
@@ -150,7 +151,7 @@ impl DaemonLock {
         }
         let me = DaemonHolder {
             pid: std::process::id(),
-            host: crate::backup::hostname(),
+            host: crate::sys::hostname(),
             since: Utc::now(),
         };
         use std::io::{Seek, Write};
@@ -481,14 +482,15 @@ impl Daemon {
     fn spawn_drill(&self, vm: String, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
         let (config, root) = (self.config.clone(), self.root.clone());
         tokio::spawn(async move {
-            let req = match crate::drill::request_for(&config, &vm, &Default::default()) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!("drill {vm}: {e}");
-                    return;
-                }
-            };
-            let store = match crate::drill::open_source(&config, &req.source) {
+            let req =
+                match crate::config::requests::drill_request(&config, &vm, &Default::default()) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!("drill {vm}: {e}");
+                        return;
+                    }
+                };
+            let store = match crate::config::requests::open_drill_source(&config, &req.source) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!("drill {vm}: remote {}: {e}", req.source);
@@ -760,7 +762,7 @@ impl PolicyRun {
         let mut held = Vec::new();
         for remote in &self.policy.push {
             let r = tokio::time::timeout(std::time::Duration::from_secs(30), async {
-                let (_, store) = crate::store::remote::resolve(&self.config, remote)?;
+                let (_, store) = crate::config::remotes::resolve(&self.config, remote)?;
                 crate::lock::acquire(
                     &store,
                     crate::lock::LockKind::Writer,
@@ -803,7 +805,7 @@ impl PolicyRun {
             ..Default::default()
         };
         let outcome = async {
-            let (_, store) = crate::store::remote::resolve(&self.config, remote)?;
+            let (_, store) = crate::config::remotes::resolve(&self.config, remote)?;
             let before =
                 offsite::holding(store.as_ref(), remote, &self.vm, backups, &self.policy).await?;
             let selected: Vec<ManifestKey> = backups
@@ -932,7 +934,7 @@ impl PolicyRun {
             } else {
                 Err(Error::corrupt(
                     "repository",
-                    crate::repo::Id([0; 32]),
+                    crate::format::Id([0; 32]),
                     format!(
                         "verify found {} problems; `lifeboat verify --deep` lists them",
                         report.problems.len()

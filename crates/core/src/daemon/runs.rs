@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::durable;
 use crate::error::{Error, Result};
-use crate::repo::durable;
 
 /// Records kept; older ones are dropped when the file is rewritten.
 pub const MAX_RUNS: usize = 2000;

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::DrillReport;
+use super::report::DrillReport;
 use crate::error::Result;
 use crate::repo::state::{append_jsonl, load_jsonl};
 
@@ -28,7 +28,7 @@ pub fn last_per_vm(root: &Path) -> Result<BTreeMap<String, DrillReport>> {
     for r in load(root)? {
         if matches!(
             r.outcome,
-            super::DrillOutcome::Pass | super::DrillOutcome::Fail
+            super::report::DrillOutcome::Pass | super::report::DrillOutcome::Fail
         ) {
             out.insert(r.vm.clone(), r);
         }

@@ -9,129 +9,25 @@
 //! says which and why, QEMU is gone and the scratch directory removed.
 
 pub mod history;
+pub mod report;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::Utc;
 
 use crate::error::{Error, Result};
+use crate::format::manifest::{ImageFormat, Role};
+use crate::format::refs::Ref;
 use crate::jobs::{CancellationToken, Progress};
-use crate::repo::manifest::{ImageFormat, Role};
-use crate::repo::refs::Ref;
 use crate::repo::Repo;
 use crate::restore::{self, RestoreRequest, SetRestorePlan};
 use crate::store::Store;
-use crate::vm::boot::{self, BootReport};
+use crate::vm::boot;
 use crate::vm::domain::RestoredDisk;
 use crate::vm::qemu::Accel;
-use crate::vm::{BootChecks, Definition};
-
-/// Phases whose times add up to the RTO, in order.
-pub const PHASES: [&str; 5] = ["fetch", "restore", "verify", "boot", "checks"];
-
-#[derive(Debug, Clone)]
-pub struct DrillRequest {
-    pub vm: String,
-    /// A set: `VM@latest` (default), `VM@~1`, `@2026-11-20T00:00:00Z`.
-    pub at: Option<String>,
-    /// "local" or the remote's name (for the report).
-    pub source: String,
-    pub accel: Accel,
-    /// The directory under which a private scratch directory is made.
-    pub scratch: PathBuf,
-    /// The local config's checks, over the ones stored with the backup.
-    pub checks: Option<BootChecks>,
-    /// A host command check (local config only) and its forwarded ports.
-    pub command: Option<(Vec<String>, Vec<u16>)>,
-    /// The local config's definition, for backups that carry none.
-    pub local_definition: Option<Definition>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DrillOutcome {
-    Pass,
-    Fail,
-    Cancelled,
-    /// The drill could not start: no such VM, or no backup matches the
-    /// reference. The admin's input, not the backup, is wrong: not a FAIL,
-    /// and not kept in the history.
-    NotStarted,
-}
-
-impl std::fmt::Display for DrillOutcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            DrillOutcome::Pass => "PASS",
-            DrillOutcome::Fail => "FAIL",
-            DrillOutcome::Cancelled => "CANCELLED",
-            DrillOutcome::NotStarted => "COULD NOT START",
-        })
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PhaseTime {
-    pub name: String,
-    pub secs: f64,
-    /// Bytes moved (fetch), written (restore) or read (verify).
-    pub bytes: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DrillReport {
-    pub vm: String,
-    pub source: String,
-    pub reference: String,
-    pub started_at: DateTime<Utc>,
-    pub ended_at: DateTime<Utc>,
-    pub outcome: DrillOutcome,
-    /// plan, fetch, restore, verify, boot, checks or cleanup.
-    pub failed_phase: Option<String>,
-    pub error: Option<String>,
-    /// The backup drilled: its time, set and manifests.
-    pub backup_time: Option<DateTime<Utc>>,
-    pub set: Option<String>,
-    pub manifests: Vec<String>,
-    /// Age of the backup when the drill started.
-    pub rpo_secs: Option<i64>,
-    /// The phases' sum: how long recovering this VM took.
-    pub rto_secs: f64,
-    pub phases: Vec<PhaseTime>,
-    /// Where the VM's definition came from: backup, config or fallback.
-    pub definition: Option<String>,
-    pub boot: Option<BootReport>,
-}
-
-impl DrillReport {
-    pub fn passed(&self) -> bool {
-        self.outcome == DrillOutcome::Pass
-    }
-}
-
-/// Where a VM is drilled from when the admin does not say: its
-/// `[vm.drill] from`, else its policy's first push target, else the only
-/// configured remote (as in a real disaster, where the local copy is gone
-/// too), else the local repository.
-pub fn default_source(config: &crate::config::Config, vm: &str) -> String {
-    if let Some(f) = config
-        .vm(vm)
-        .and_then(|v| v.drill.as_ref())
-        .and_then(|d| d.from.clone())
-    {
-        return f;
-    }
-    if let Some(r) = config.policy_for(vm).and_then(|p| p.push.first()) {
-        return r.clone();
-    }
-    match config.remotes.keys().collect::<Vec<_>>().as_slice() {
-        [only] => (*only).clone(),
-        _ => "local".into(),
-    }
-}
+pub use report::{DrillOutcome, DrillReport, DrillRequest, PhaseTime, PHASES};
 
 /// What the admin may say about one drill (the rest comes from the config).
 #[derive(Debug, Clone, Default)]
@@ -141,58 +37,6 @@ pub struct DrillOverrides {
     pub accel: Option<Accel>,
     pub scratch: Option<PathBuf>,
     pub timeout_secs: Option<u64>,
-}
-
-/// A drill of `vm` as the config describes it, with the admin's overrides.
-pub fn request_for(
-    config: &crate::config::Config,
-    vm: &str,
-    o: &DrillOverrides,
-) -> Result<DrillRequest> {
-    crate::names::check_name("VM", vm)?;
-    reference(vm, o.at.as_deref())?;
-    let vmc = config.vm(vm);
-    let dc = vmc.and_then(|v| v.drill.clone()).unwrap_or_default();
-    let accel = match (o.accel, &dc.accel) {
-        (Some(a), _) => a,
-        (None, Some(a)) => a.parse()?,
-        (None, None) => Accel::Tcg,
-    };
-    let mut checks = vmc.and_then(|v| v.check.as_ref()).map(|c| c.checks());
-    if let Some(t) = o.timeout_secs {
-        let c = checks.get_or_insert_with(BootChecks::default);
-        c.timeout_secs = t;
-    }
-    let command = vmc
-        .and_then(|v| v.check.as_ref())
-        .and_then(|c| c.command.clone().map(|cmd| (cmd, c.forward.clone())));
-    Ok(DrillRequest {
-        vm: vm.to_string(),
-        at: o.at.clone(),
-        source: o.from.clone().unwrap_or_else(|| default_source(config, vm)),
-        accel,
-        scratch: o
-            .scratch
-            .clone()
-            .or(dc.scratch.map(|p| config.resolve(&p)))
-            .unwrap_or_else(std::env::temp_dir),
-        checks,
-        command,
-        local_definition: config.definition_for_backup(vm),
-    })
-}
-
-/// The store a drill takes its backup from: None for "local", else the
-/// configured remote (the CLI opens remotes itself, under its bandwidth
-/// limits).
-pub fn open_source(
-    config: &crate::config::Config,
-    source: &str,
-) -> Result<Option<crate::store::DynStore>> {
-    match source {
-        "local" => Ok(None),
-        name => crate::store::remote::resolve(config, name).map(|(_, s)| Some(s)),
-    }
 }
 
 /// Runs a drill and keeps its report in the local repository's history
@@ -441,7 +285,7 @@ async fn phases(
             cancel.clone(),
             progress.clone(),
         );
-        let digest = tokio::task::spawn_blocking(move || -> Result<crate::repo::Id> {
+        let digest = tokio::task::spawn_blocking(move || -> Result<crate::format::Id> {
             let mut src = crate::source::open(&path, crate::source::FormatChoice::Raw)?;
             let scan =
                 crate::backup::pipeline::scan(src.reader.as_mut(), chunk, None, None, &c, &p)?;

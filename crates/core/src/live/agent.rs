@@ -44,7 +44,7 @@ impl Agent {
                 },
             )
         })?;
-        let (writer, reader) = super::split(stream, timeout).map_err(|e| err(path, e))?;
+        let (writer, reader) = super::wire::split(stream, timeout).map_err(|e| err(path, e))?;
         let mut a = Agent {
             path: path.to_path_buf(),
             writer,
@@ -118,7 +118,7 @@ impl Agent {
     pub fn execute(&mut self, cmd: &str, args: Value) -> Result<Value> {
         self.write(&json!({"execute": cmd, "arguments": args}), false)?;
         let v = self.line()?;
-        super::reply(cmd, &v).map_err(|e| err(&self.path, e))
+        super::wire::reply(cmd, &v).map_err(|e| err(&self.path, e))
     }
 
     /// "thawed" or "frozen".

@@ -8,7 +8,7 @@
 //! recording: their union is exactly what changed since the last good
 //! backup, so it is merged back rather than thrown away.
 
-use crate::repo::manifest::is_bitmap_name;
+use crate::format::manifest::is_bitmap_name;
 
 /// A bitmap as QEMU (`query-named-block-nodes`) or `qemu-img info` sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -34,9 +34,9 @@ use serde_json::{json, Value};
 use super::agent::Agent;
 use super::bitmap::{decide, BitmapState, Previous, Read, Repair};
 use super::qmp::{err, Qmp};
-use super::LiveConfig;
+use super::settings::LiveConfig;
 use crate::error::{Error, Result};
-use crate::repo::manifest::{Consistency, ImageFormat};
+use crate::format::manifest::{Consistency, ImageFormat};
 use crate::source::nbd::{NbdClient, Want};
 use crate::source::{Extents, VolumeReader};
 
@@ -73,7 +73,7 @@ pub struct PreviousBackup {
 }
 
 impl PreviousBackup {
-    pub fn of(m: &crate::repo::manifest::Manifest) -> PreviousBackup {
+    pub fn of(m: &crate::format::manifest::Manifest) -> PreviousBackup {
         PreviousBackup {
             bitmap: m.capture.as_ref().and_then(|c| c.bitmap.clone()),
             chunk_size: m.chunk_size,
@@ -239,7 +239,7 @@ impl Session {
             } else {
                 // Neither used nor touched: another repository's lineage
                 // may rely on them.
-                let reason = super::BITMAPS_OFF.to_string();
+                let reason = super::settings::BITMAPS_OFF.to_string();
                 (Read::Full { reason }, Vec::new())
             };
             for r in repairs {

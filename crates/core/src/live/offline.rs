@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use super::bitmap::{decide, BitmapState, Read, Repair};
 use super::capture::PreviousBackup;
-use super::LiveConfig;
+use super::settings::LiveConfig;
 use crate::error::Result;
-use crate::repo::manifest::ImageFormat;
+use crate::format::manifest::ImageFormat;
 use crate::source::{self, qemu, FormatChoice, Source};
 
 pub struct Opened {
@@ -27,7 +27,7 @@ impl Opened {
 
 /// The bitmap changes a backup made to an image, undone unless committed.
 pub struct OfflineBitmaps {
-    _lock: super::VmLock,
+    _lock: super::vmlock::VmLock,
     path: PathBuf,
     read: Read,
     pub new_bitmap: Option<String>,
@@ -95,7 +95,7 @@ pub fn open(
             if source.format == ImageFormat::Raw {
                 "a raw image keeps no dirty bitmap while no QEMU runs it: read whole"
             } else {
-                super::BITMAPS_OFF
+                super::settings::BITMAPS_OFF
             }
             .to_string(),
         );
@@ -106,7 +106,7 @@ pub fn open(
         });
     }
     // Two backups must not rotate one image's bitmaps at once.
-    let lock = super::VmLock::acquire(path)?;
+    let lock = super::vmlock::VmLock::acquire(path)?;
     let info = qemu::info(path, Some(ImageFormat::Qcow2))?;
     let prev = super::capture::previous_for(prev, chunk_size, info.virtual_size);
     let states = bitmaps_of(&info);
@@ -144,7 +144,7 @@ pub fn open(
 /// Repairs the image's lifeboat bitmaps, starts the new one and stops the
 /// one this backup reads.
 fn start_lineage(
-    lock: super::VmLock,
+    lock: super::vmlock::VmLock,
     path: &Path,
     prev: &super::bitmap::Previous,
     states: &[BitmapState],

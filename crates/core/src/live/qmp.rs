@@ -66,7 +66,7 @@ impl Qmp {
                 )),
                 Err(e) => return Err(err(path, e)),
             };
-        let (writer, reader) = super::split(stream, timeout).map_err(|e| err(path, e))?;
+        let (writer, reader) = super::wire::split(stream, timeout).map_err(|e| err(path, e))?;
         let mut q = Qmp {
             path: path.to_path_buf(),
             writer,
@@ -123,7 +123,7 @@ impl Qmp {
             if v.get("id").and_then(Value::as_u64) != Some(id) {
                 continue;
             }
-            return super::reply(cmd, &v).map_err(|e| err(&self.path, e));
+            return super::wire::reply(cmd, &v).map_err(|e| err(&self.path, e));
         }
     }
 

@@ -1,15 +1,6 @@
 //! The content-addressed repository on a local disk (format v1, see
 //! docs/ARCHITECTURE.md): config, chunk/index/manifest I/O, listings.
 
-pub mod buf;
-pub mod chunk;
-pub mod chunkmap;
-pub mod diff;
-pub mod durable;
-pub mod id;
-pub mod index;
-pub mod manifest;
-pub mod refs;
 pub mod state;
 pub mod verify;
 
@@ -20,81 +11,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 
+use crate::durable;
 use crate::error::{Error, Result};
+use crate::format::keys::{self, ObjectKey};
+pub use crate::format::repo_config::{
+    Compression, RepoConfig, CONFIG_FILE, DEFAULT_ZSTD_LEVEL, OLDEST_REPO_FORMAT, REPO_FORMAT,
+};
+use crate::format::{chunk, manifest};
+pub use crate::format::{Id, Index, Manifest, ManifestKey};
 use crate::names::is_valid_name;
-use crate::store::keys::{self, ObjectKey};
-pub use id::Id;
-pub use index::Index;
-pub use manifest::{Manifest, ManifestKey};
 
-pub const CONFIG_FILE: &str = "lifeboat.json";
-/// Format 2: manifests may name a VM definition. Format-1 repositories are
-/// read as they are and upgraded when a backup writes into them.
-pub const REPO_FORMAT: u32 = 3;
-pub const OLDEST_REPO_FORMAT: u32 = 1;
-pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 /// Chunks written between two file-system syncs during a backup.
 const FLUSH_EVERY: usize = 64;
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Compression {
-    pub algorithm: String,
-    pub level: i32,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RepoConfig {
-    pub format: u32,
-    pub id: String,
-    pub chunk_size: u64,
-    pub hash: String,
-    pub compression: Compression,
-}
-
-impl RepoConfig {
-    pub fn new(chunk_size: u64, level: i32) -> Result<RepoConfig> {
-        index::check_chunk_size(chunk_size)?;
-        if !(-7..=19).contains(&level) || level == 0 {
-            return Err(Error::BadInput(format!(
-                "zstd level {level} is not allowed: use 1 to 19, or -1 to -7 for zstd's fast modes"
-            )));
-        }
-        Ok(RepoConfig {
-            format: REPO_FORMAT,
-            id: hex::encode(rand::random::<[u8; 16]>()),
-            chunk_size,
-            hash: "blake3".into(),
-            compression: Compression {
-                algorithm: "zstd".into(),
-                level,
-            },
-        })
-    }
-
-    pub fn parse(path: &Path, data: &[u8]) -> Result<RepoConfig> {
-        let bad = |reason: String| Error::BadRepoConfig {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let c: RepoConfig = serde_json::from_slice(data).map_err(|e| bad(e.to_string()))?;
-        if !(OLDEST_REPO_FORMAT..=REPO_FORMAT).contains(&c.format) {
-            return Err(bad(format!(
-                "format {} is not supported by this lifeboat (it reads v{OLDEST_REPO_FORMAT} to v{REPO_FORMAT}; upgrade lifeboat)",
-                c.format
-            )));
-        }
-        if c.hash != "blake3" || c.compression.algorithm != "zstd" {
-            return Err(bad(
-                "only blake3 hashing and zstd compression are supported".into(),
-            ));
-        }
-        index::check_chunk_size(c.chunk_size).map_err(|e| bad(e.to_string()))?;
-        Ok(c)
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct Repo {
     root: PathBuf,
@@ -119,11 +48,8 @@ impl Repo {
                 )));
             }
         }
-        let mut bytes =
-            serde_json::to_vec_pretty(&config).map_err(|e| Error::Internal(e.to_string()))?;
-        bytes.push(b'\n');
-        create_layout(path)?;
-        durable::write_atomic(&path.join(CONFIG_FILE), &bytes)?;
+        crate::store::local::create_layout(path)?;
+        crate::store::local::write_repo_config(path, &config)?;
         durable::sync_filesystem(path)?;
         Ok(Repo {
             root: path.to_path_buf(),
@@ -132,25 +58,9 @@ impl Repo {
     }
 
     pub fn open(path: &Path) -> Result<Repo> {
-        if !path.exists() {
-            return Err(Error::NoRepository(path.to_path_buf()));
-        }
-        let cfg = path.join(CONFIG_FILE);
-        let data = match durable::read_limited(&cfg, keys::MAX_CONFIG_BYTES) {
-            Ok(durable::Limited::Data(d)) => d,
-            Ok(durable::Limited::TooLarge(n)) => {
-                return Err(
-                    ObjectKey::Config.too_large(n, "this is not a lifeboat repository config")
-                )
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotARepository(path.to_path_buf()))
-            }
-            Err(e) => return Err(Error::io("reading", &cfg, e)),
-        };
         Ok(Repo {
             root: path.to_path_buf(),
-            config: RepoConfig::parse(&cfg, &data)?,
+            config: crate::store::local::read_repo_config(path)?,
         })
     }
 
@@ -167,22 +77,12 @@ impl Repo {
         self.root.join(key)
     }
 
-    pub fn chunk_key(id: &Id) -> String {
-        let h = id.to_hex();
-        format!("chunks/{}/{}", &h[..2], h)
-    }
-
-    pub fn index_key(id: &Id) -> String {
-        let h = id.to_hex();
-        format!("indexes/{}/{}", &h[..2], h)
-    }
-
     pub fn has_chunk(&self, id: &Id) -> bool {
-        id.is_zero() || self.path_of(&Self::chunk_key(id)).exists()
+        id.is_zero() || self.path_of(&keys::chunk_key(id)).exists()
     }
 
     pub fn has_index(&self, id: &Id) -> bool {
-        self.path_of(&Self::index_key(id)).exists()
+        self.path_of(&keys::index_key(id)).exists()
     }
 
     /// Reads an object's bytes, bounded by its kind's size limit.
@@ -206,10 +106,10 @@ impl Repo {
     pub fn read_chunk_into<'o>(
         &self,
         id: &Id,
-        file: &mut buf::AlignedBuf,
-        out: &'o mut buf::AlignedBuf,
+        file: &mut crate::buf::AlignedBuf,
+        out: &'o mut crate::buf::AlignedBuf,
     ) -> Result<&'o [u8]> {
-        let path = self.path_of(&Self::chunk_key(id));
+        let path = self.path_of(&keys::chunk_key(id));
         let key = ObjectKey::Chunk(*id);
         let data = file
             .read_file(&path, key.max_size())
@@ -236,23 +136,23 @@ impl Repo {
     pub fn write_index(&self, index: &Index) -> Result<Id> {
         let bytes = index.to_bytes();
         let id = Id::of(&bytes);
-        self.put_verified_object(&Self::index_key(&id), &bytes)?;
+        self.put_verified_object(&keys::index_key(&id), &bytes)?;
         Ok(id)
     }
 
     /// Stores a VM definition document as a chunk (durable before this
     /// returns, so a manifest may name it at once).
     pub fn write_definition(&self, doc: &[u8]) -> Result<manifest::DefinitionRef> {
-        if doc.is_empty() || doc.len() > crate::vm::MAX_DEFINITION_BYTES {
+        if doc.is_empty() || doc.len() > manifest::MAX_DEFINITION_BYTES {
             return Err(Error::BadInput(format!(
                 "a VM definition of {} bytes is outside 1 to {} bytes",
                 doc.len(),
-                crate::vm::MAX_DEFINITION_BYTES
+                manifest::MAX_DEFINITION_BYTES
             )));
         }
         let id = Id::of(doc);
         let encoded = chunk::Encoder::new(self.config.compression.level)?.encode(doc)?;
-        self.put_verified_object(&Self::chunk_key(&id), &encoded)?;
+        self.put_verified_object(&keys::chunk_key(&id), &encoded)?;
         Ok(manifest::DefinitionRef {
             chunk: id,
             size: doc.len() as u64,
@@ -274,21 +174,9 @@ impl Repo {
     /// Marks the repository at least `format` (the format of a manifest
     /// about to go into it).
     pub fn upgrade_format_to(&mut self, format: u32) -> Result<()> {
-        if self.config.format >= format || format > REPO_FORMAT {
-            return Ok(());
+        if let Some(cfg) = crate::store::local::upgrade_format(&self.root, &self.config, format)? {
+            self.config = cfg;
         }
-        let mut cfg = self.config.clone();
-        cfg.format = format;
-        let mut bytes =
-            serde_json::to_vec_pretty(&cfg).map_err(|e| Error::Internal(e.to_string()))?;
-        bytes.push(b'\n');
-        durable::write_atomic(&self.root.join(CONFIG_FILE), &bytes)?;
-        tracing::info!(
-            "repository {} upgraded from format {} to {format}",
-            self.root.display(),
-            self.config.format
-        );
-        self.config = cfg;
         Ok(())
     }
 
@@ -493,19 +381,6 @@ impl ManifestCache {
     }
 }
 
-pub fn create_layout(root: &Path) -> Result<()> {
-    durable::private_dir(root)?;
-    for sub in ["chunks", "indexes", "manifests", "tmp"] {
-        durable::create_dir_all(&root.join(sub))?;
-    }
-    for b in 0..=255u8 {
-        let h = format!("{b:02x}");
-        durable::create_dir_all(&root.join("chunks").join(&h))?;
-        durable::create_dir_all(&root.join("indexes").join(&h))?;
-    }
-    Ok(())
-}
-
 fn read_dir_names(dir: &Path) -> Result<Vec<String>> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
@@ -564,7 +439,7 @@ impl ChunkWriter<'_> {
             .root
             .join("tmp")
             .join(durable::temp_name(&id.short()));
-        let final_path = self.repo.path_of(&Repo::chunk_key(id));
+        let final_path = self.repo.path_of(&keys::chunk_key(id));
         let file = match durable::create_private(&tmp) {
             // A repository made by an older lifeboat may lack tmp/.
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::durable::{self, Limited};
 use super::Id;
+use crate::durable::{self, Limited};
 use crate::error::{Error, Result};
 
 /// Records kept; older ones are dropped when the file is rewritten.

@@ -9,8 +9,8 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use super::buf::AlignedBuf;
 use super::{Id, Manifest, ManifestKey, Repo};
+use crate::buf::AlignedBuf;
 use crate::error::{Error, Result};
 use crate::jobs::{CancellationToken, Progress};
 
@@ -236,7 +236,8 @@ pub fn verify(
 }
 
 /// Each definition chunk and the backups naming it.
-pub(crate) type DefinitionUsers = BTreeMap<Id, (crate::repo::manifest::DefinitionRef, Vec<String>)>;
+pub(crate) type DefinitionUsers =
+    BTreeMap<Id, (crate::format::manifest::DefinitionRef, Vec<String>)>;
 
 pub(crate) fn note_definition(users: &mut DefinitionUsers, k: &ManifestKey, m: &Manifest) {
     if let Some(d) = m.definition {

@@ -10,15 +10,16 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
+use crate::buf::AlignedBuf;
+use crate::durable::{fsync_dir, remove_quietly, temp_name};
 use crate::error::{Error, Result};
+use crate::format::manifest::ImageFormat;
+use crate::format::refs::{self, Ref};
+use crate::format::{Id, ManifestKey};
+use crate::format::{Index, Manifest};
 use crate::jobs::{CancellationToken, Progress};
-use crate::repo::buf::AlignedBuf;
-use crate::repo::durable::{fsync_dir, remove_quietly, temp_name};
-use crate::repo::manifest::ImageFormat;
-use crate::repo::refs::{self, Ref};
 use crate::repo::verify::worker_threads;
-use crate::repo::{Id, ManifestKey};
-use crate::repo::{Index, Manifest, Repo};
+use crate::repo::Repo;
 use crate::source::qemu::convert_raw_to_qcow2;
 use crate::store::local::LocalStore;
 use crate::store::Store;
@@ -410,7 +411,7 @@ async fn write_set(
     let progress = progress.clone();
     tokio::task::spawn_blocking(move || {
         if let Some(dir) = &set.creates_directory {
-            crate::repo::durable::private_dir(dir)?;
+            crate::durable::private_dir(dir)?;
         }
         let repo = Repo::open(&root)?;
         let mut out = Vec::new();
@@ -545,7 +546,7 @@ fn write_raw(
     cancel: &CancellationToken,
     progress: &Progress,
 ) -> Result<()> {
-    let file = crate::repo::durable::create_private(path)?;
+    let file = crate::durable::create_private(path)?;
     // Zero chunks become holes: the file is sized first and never written there.
     file.set_len(index.image_size)
         .map_err(|e| Error::io("sizing", path, e))?;
@@ -585,7 +586,7 @@ fn write_raw(
                                 }
                                 file.write_all_at(data, off)
                                     .map_err(|e| Error::io("writing", path, e))?;
-                                crate::repo::durable::start_writeback_range(&file, off, len);
+                                crate::durable::start_writeback_range(&file, off, len);
                                 Ok(())
                             })
                     };

@@ -5,13 +5,15 @@
 pub mod nbd;
 pub mod qemu;
 pub mod raw;
+pub mod reader;
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::repo::manifest::ImageFormat;
+use crate::format::manifest::ImageFormat;
+pub use reader::{Extents, SharedRead, VolumeReader};
 
 /// The format an inventory or the command line claims for a volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -21,35 +23,6 @@ pub enum FormatChoice {
     Qcow2,
     #[default]
     Auto,
-}
-
-/// Byte ranges `[start, end)` that may hold data; everything else reads as zero.
-pub type Extents = Vec<(u64, u64)>;
-
-pub trait VolumeReader: Send {
-    fn size(&self) -> u64;
-    /// Sorted, non-overlapping ranges that may hold non-zero data.
-    fn data_extents(&mut self) -> Result<Extents>;
-    /// Fills `buf` from `offset` (the caller never reads past the end).
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()>;
-    /// Sources that can be read from many threads at once (files, with
-    /// pread) return themselves here, so every worker reads its own chunks.
-    fn shared(&self) -> Option<&dyn SharedRead> {
-        None
-    }
-    /// Guest bytes this reader fetched, when it counts them (NBD).
-    fn bytes_read(&self) -> Option<u64> {
-        None
-    }
-    /// What changed since the previous backup, when a dirty bitmap says
-    /// so: everything outside is taken from that backup's index.
-    fn dirty_extents(&self) -> Option<&Extents> {
-        None
-    }
-}
-
-pub trait SharedRead: Sync {
-    fn read_at_shared(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
 }
 
 pub struct Source {

@@ -10,7 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use super::Extents;
+use super::reader::Extents;
 use crate::error::{Error, Result};
 
 const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;

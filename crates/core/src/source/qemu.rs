@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use super::nbd::NbdClient;
-use super::{Extents, VolumeReader};
+use super::reader::{Extents, VolumeReader};
 use crate::error::{Error, Result};
-use crate::repo::manifest::ImageFormat;
+use crate::format::manifest::ImageFormat;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ImageInfo {

@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::{Extents, SharedRead, VolumeReader};
+use super::reader::{Extents, SharedRead, VolumeReader};
 use crate::error::{Error, Result};
 
 pub struct RawReader {

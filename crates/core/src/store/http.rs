@@ -8,10 +8,10 @@ use bytes::Bytes;
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use super::docs::{check_size, Doc, DocKey, DocKind};
-use super::keys::{check_prefix, ObjectKey, Verified};
 use super::{too_many_keys, Store};
 use crate::error::{Error, Result};
+use crate::format::docs::{check_size, Doc, DocKey, DocKind};
+use crate::format::keys::{check_prefix, ObjectKey, Verified};
 
 /// Keys per `/v1/missing` request, and the most keys a server answers per
 /// `/v1/list` page. Both bound what either side buffers for one request.

@@ -19,11 +19,12 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::docs::{check_size, Doc, DocKey, DocKind, MAX_DOC_BYTES};
-use super::keys::{check_prefix, ObjectKey, Verified};
 use super::{too_many_keys, Store, MAX_LIST_KEYS};
+use crate::durable::{self, Limited};
 use crate::error::{Error, Result};
-use crate::repo::durable::{self, Limited};
+use crate::format::docs::{check_size, Doc, DocKey, DocKind, MAX_DOC_BYTES};
+use crate::format::keys::{check_prefix, ObjectKey, Verified, MAX_CONFIG_BYTES};
+use crate::format::repo_config::{RepoConfig, CONFIG_FILE, REPO_FORMAT};
 
 /// Objects staged per batch before one sync commits them.
 const BATCH: usize = 64;
@@ -275,10 +276,10 @@ impl Store for LocalStore {
                 // repository, not single manifests).
                 use std::sync::atomic::Ordering;
                 if !this.current_format.load(Ordering::Relaxed) {
-                    let format = crate::repo::Manifest::from_bytes(&mk, &data)?.format;
-                    let mut repo = crate::repo::Repo::open(&this.root)?;
-                    repo.upgrade_format_to(format)?;
-                    if repo.config.format >= crate::repo::REPO_FORMAT {
+                    let format = crate::format::Manifest::from_bytes(&mk, &data)?.format;
+                    let config = read_repo_config(&this.root)?;
+                    let config = upgrade_format(&this.root, &config, format)?.unwrap_or(config);
+                    if config.format >= REPO_FORMAT {
                         this.current_format.store(true, Ordering::Relaxed);
                     }
                 }
@@ -313,7 +314,7 @@ impl Store for LocalStore {
                 }
                 // The config is what makes a directory a repository: lay
                 // out the whole repository (private) before it exists.
-                crate::repo::create_layout(&this.root)?;
+                create_layout(&this.root)?;
                 durable::write_atomic(&path, &data)?;
                 Ok(true)
             }
@@ -450,6 +451,67 @@ fn remove(path: &Path) -> Result<()> {
 
 /// The keys (paths relative to `root`, dot files left out) of every file
 /// under `dir`.
+/// Lays out a repository's directories, private to its owner, before its
+/// config makes it a repository.
+pub fn create_layout(root: &Path) -> Result<()> {
+    durable::private_dir(root)?;
+    for sub in ["chunks", "indexes", "manifests", "tmp"] {
+        durable::create_dir_all(&root.join(sub))?;
+    }
+    for b in 0..=255u8 {
+        let h = format!("{b:02x}");
+        durable::create_dir_all(&root.join("chunks").join(&h))?;
+        durable::create_dir_all(&root.join("indexes").join(&h))?;
+    }
+    Ok(())
+}
+
+/// Reads and checks the config document of the repository at `root`.
+pub fn read_repo_config(root: &Path) -> Result<RepoConfig> {
+    if !root.exists() {
+        return Err(Error::NoRepository(root.to_path_buf()));
+    }
+    let cfg = root.join(CONFIG_FILE);
+    let data = match durable::read_limited(&cfg, MAX_CONFIG_BYTES) {
+        Ok(Limited::Data(d)) => d,
+        Ok(Limited::TooLarge(n)) => {
+            return Err(ObjectKey::Config.too_large(n, "this is not a lifeboat repository config"))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::NotARepository(root.to_path_buf()))
+        }
+        Err(e) => return Err(Error::io("reading", &cfg, e)),
+    };
+    RepoConfig::parse(&cfg, &data)
+}
+
+/// Writes a repository's config document durably.
+pub fn write_repo_config(root: &Path, config: &RepoConfig) -> Result<()> {
+    let mut bytes =
+        serde_json::to_vec_pretty(config).map_err(|e| Error::Internal(e.to_string()))?;
+    bytes.push(b'\n');
+    durable::write_atomic(&root.join(CONFIG_FILE), &bytes)
+}
+
+/// Marks the repository at least `format` (the format of a manifest about
+/// to go into it), so an older lifeboat refuses the repository as a whole
+/// instead of meeting manifests it cannot read. The new config, if it
+/// changed.
+pub fn upgrade_format(root: &Path, config: &RepoConfig, format: u32) -> Result<Option<RepoConfig>> {
+    if config.format >= format || format > REPO_FORMAT {
+        return Ok(None);
+    }
+    let mut cfg = config.clone();
+    cfg.format = format;
+    write_repo_config(root, &cfg)?;
+    tracing::info!(
+        "repository {} upgraded from format {} to {format}",
+        root.display(),
+        config.format
+    );
+    Ok(Some(cfg))
+}
+
 pub(crate) fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
@@ -479,8 +541,8 @@ pub(crate) fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::chunk::Encoder;
-    use crate::repo::Id;
+    use crate::format::chunk::Encoder;
+    use crate::format::Id;
 
     fn chunk(seed: u8) -> Verified {
         let raw = vec![seed; 70_000];
@@ -496,7 +558,7 @@ mod tests {
     async fn uploads_are_committed_in_groups() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("r");
-        crate::repo::create_layout(&root).unwrap();
+        create_layout(&root).unwrap();
         let store = LocalStore::new(&root);
         let c = chunk(1);
         assert!(store.put_if_absent(&c).await.unwrap());

@@ -13,10 +13,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
-use super::docs::{check_size, Doc, DocKey, DocKind};
-use super::keys::{check_prefix, ObjectKey, Verified};
 use super::Store;
 use crate::error::{Error, Result};
+use crate::format::docs::{check_size, Doc, DocKey, DocKind};
+use crate::format::keys::{check_prefix, ObjectKey, Verified};
 
 /// Faults to inject. Puts are counted from 1 across objects (not docs).
 #[derive(Debug, Clone, Default)]

@@ -2,12 +2,9 @@
 //! `lifeboat serve` server over HTTP(S), and S3-compatible object storage.
 //! The same object keys are used everywhere (see `keys`).
 
-pub mod docs;
 pub mod http;
-pub mod keys;
 pub mod local;
 pub mod memory;
-pub mod remote;
 pub mod s3;
 pub mod throttle;
 pub mod tls;
@@ -19,8 +16,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::error::Result;
-pub use docs::{Doc, DocKey, DocKind};
-pub use keys::{ObjectKey, Verified};
+pub use crate::format::docs::{Doc, DocKey, DocKind};
+pub use crate::format::keys::{ObjectKey, Verified};
 
 /// The most keys one listing may return. A listing is held in memory; a
 /// peer that claims more is refused rather than trusted to stop. Chunks:
@@ -97,7 +94,7 @@ pub trait Store: Send + Sync {
 
 /// Backup → the time it may be removed from.
 pub type Immutable =
-    std::collections::BTreeMap<crate::repo::ManifestKey, chrono::DateTime<chrono::Utc>>;
+    std::collections::BTreeMap<crate::format::ManifestKey, chrono::DateTime<chrono::Utc>>;
 
 pub type DynStore = Arc<dyn Store>;
 

@@ -12,10 +12,10 @@ use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as OsPath;
 use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig};
 
-use super::docs::{check_size, Doc, DocKey, DocKind};
-use super::keys::{check_prefix, ObjectKey, Verified};
 use super::{too_many_keys, Store};
 use crate::error::{Error, Result};
+use crate::format::docs::{check_size, Doc, DocKey, DocKind};
+use crate::format::keys::{check_prefix, ObjectKey, Verified};
 
 #[derive(Debug, Clone, Default)]
 pub struct S3Options {

@@ -19,8 +19,9 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::format::repo_config::RepoConfig;
+use crate::format::{Id, Index, Manifest, ManifestKey};
 use crate::jobs::{CancellationToken, Progress};
-use crate::repo::{Id, Index, Manifest, ManifestKey, RepoConfig};
 use crate::store::{DynStore, ObjectKey, Store, Verified};
 
 #[derive(Debug, Clone)]
@@ -191,7 +192,7 @@ pub async fn list_manifests(store: &dyn Store) -> Result<Vec<ManifestKey>> {
             _ => None,
         })
         .collect();
-    crate::repo::manifest::sort_dedup(&mut out);
+    crate::format::manifest::sort_dedup(&mut out);
     Ok(out)
 }
 
@@ -519,7 +520,7 @@ pub async fn execute(
                     tracing::warn!("{} refused {}: {reason}", dst.describe(), key.object_key());
                     report.refused.push(Refused {
                         key: key.clone(),
-                        backup: crate::repo::refs::describe_backup(key),
+                        backup: crate::format::refs::describe_backup(key),
                         reason,
                     });
                 }

@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
+use crate::format::refs::{self, Ref};
+use crate::format::ManifestKey;
 use crate::names::is_valid_name;
-use crate::repo::refs::{self, Ref};
-use crate::repo::ManifestKey;
 use crate::store::Store;
 
 pub async fn select(

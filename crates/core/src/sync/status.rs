@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::repo::ManifestKey;
+use crate::format::ManifestKey;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct BackupRef {
@@ -71,7 +71,7 @@ pub fn compare(remote: &str, local: &[ManifestKey], remote_keys: &[ManifestKey])
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::Id;
+    use crate::format::Id;
 
     fn key(vm: &str, t: i64, seed: &[u8]) -> ManifestKey {
         ManifestKey {

@@ -9,9 +9,9 @@ use futures::StreamExt;
 
 use super::{fetch_index, fetch_manifest, list_manifests, with_retry};
 use crate::error::{Error, Result};
+use crate::format::Id;
 use crate::jobs::{CancellationToken, Progress};
 use crate::repo::verify::{describe, problem, VerifyReport};
-use crate::repo::Id;
 use crate::store::{ObjectKey, Store, Verified};
 
 /// Keys asked about per `missing` call.
@@ -149,13 +149,13 @@ pub async fn verify_remote(
 /// Fetches, verifies and parses a backup's VM definition from a store.
 pub async fn fetch_definition(
     store: &dyn Store,
-    d: &crate::repo::manifest::DefinitionRef,
+    d: &crate::format::manifest::DefinitionRef,
 ) -> Result<crate::vm::Definition> {
     let key = ObjectKey::Chunk(d.chunk);
     let data = with_retry(5, || store.get(&key))
         .await?
         .ok_or_else(|| key.missing())?;
-    let raw = crate::repo::chunk::decode(&d.chunk, &data)?;
+    let raw = crate::format::chunk::decode(&d.chunk, &data)?;
     crate::vm::Definition::from_chunk(d, &raw)
 }
 

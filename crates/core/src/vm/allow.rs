@@ -13,7 +13,8 @@
 //! paths, interface scripts, host devices, security labels, metadata, and
 //! anything unknown.
 
-use super::domain::{remove_children, Element, Node};
+use super::spec::is_mac;
+use super::xml::{remove_children, Element, Node};
 
 /// A check on an attribute's or a text's value.
 type Check = fn(&str) -> bool;
@@ -316,7 +317,7 @@ const INTERFACE: Rule = Rule {
     attrs: &[("type", one_of!("network", "bridge", "user"))],
     text: None,
     children: &[
-        ("mac", &leaf(&[("address", super::is_mac)])),
+        ("mac", &leaf(&[("address", is_mac)])),
         ("source", &leaf(&[("network", word), ("bridge", word)])),
         (
             "model",

@@ -119,8 +119,8 @@ pub fn args(a: &BootArgs) -> Result<Vec<String>> {
             continue;
         };
         let fmt = match r.format {
-            crate::repo::manifest::ImageFormat::Raw => "raw",
-            crate::repo::manifest::ImageFormat::Qcow2 => "qcow2",
+            crate::format::manifest::ImageFormat::Raw => "raw",
+            crate::format::manifest::ImageFormat::Qcow2 => "qcow2",
         };
         v.push("-drive".into());
         // A boot check runs on a throw-away overlay (-snapshot), where
@@ -254,7 +254,7 @@ pub fn shell_quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::manifest::{ImageFormat, Role};
+    use crate::format::manifest::{ImageFormat, Role};
 
     #[test]
     fn boot_check_arguments() {

@@ -11,7 +11,8 @@ use serde::Serialize;
 use super::domain::{restored_xml, RestoredDisk};
 use super::{qemu, Definition};
 use crate::error::{Error, Result};
-use crate::repo::{Manifest, ManifestKey, Repo};
+use crate::format::{Manifest, ManifestKey};
+use crate::repo::Repo;
 use crate::restore::RestoreOutcome;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -97,7 +98,7 @@ pub fn write_vm(
         .collect();
     let (xml, notes) = restored_xml(def, &disks, keep_macs, name)?;
     let file = dir.join(format!("{}.xml", name.unwrap_or(&def.vm)));
-    crate::repo::durable::write_atomic(&file, xml.as_bytes())?;
+    crate::durable::write_atomic(&file, xml.as_bytes())?;
     Ok(VmRestore {
         validation: validate(&file),
         domain_xml: file,

@@ -9,6 +9,9 @@ use super::id::Id;
 use crate::error::{Error, Result};
 use crate::names::{check_name, is_valid_name};
 
+/// The largest definition document accepted (a domain XML is a few KiB).
+pub const MAX_DEFINITION_BYTES: usize = 1 << 20;
+
 /// Format 2 added `definition` (the VM's definition, stored as a chunk),
 /// format 3 `capture` (how the disk was read: consistency, dirty bitmap).
 /// Older manifests are still read.
@@ -278,11 +281,10 @@ impl Manifest {
             if m.format < 2 {
                 return Err(bad("a format-1 manifest cannot name a definition".into()));
             }
-            if d.size == 0 || d.size > crate::vm::MAX_DEFINITION_BYTES as u64 || d.chunk.is_zero() {
+            if d.size == 0 || d.size > MAX_DEFINITION_BYTES as u64 || d.chunk.is_zero() {
                 return Err(bad(format!(
                     "its definition is {} bytes (1 to {} allowed)",
-                    d.size,
-                    crate::vm::MAX_DEFINITION_BYTES
+                    d.size, MAX_DEFINITION_BYTES
                 )));
             }
         }

@@ -1,14 +1,17 @@
 //! The config file: where the local repository is and what the inventory
 //! holds. Errors name the file, the line and what is wrong.
 
+pub mod remotes;
+pub mod requests;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::format::manifest::Role;
 use crate::names::is_valid_name;
-use crate::repo::manifest::Role;
 use crate::source::FormatChoice;
 
 pub const ENV_CONFIG: &str = "LIFEBOAT_CONFIG";
@@ -44,7 +47,7 @@ pub struct Config {
     /// What the command line says about every remote (limits, timeout,
     /// plain HTTP); never read from the file.
     #[serde(skip)]
-    pub overrides: crate::store::remote::Overrides,
+    pub overrides: Overrides,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -539,13 +542,25 @@ impl Config {
     }
 }
 
+/// What the command line says about every remote it talks to: bandwidth
+/// limits, the request timeout, and whether plain HTTP off loopback may
+/// carry a token. Set once by the CLI into `Config::overrides`, so every
+/// face and engine that opens a remote through the config (CLI, console,
+/// daemon, drills, cloud restores) honours it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub limits: crate::store::throttle::Limits,
+    pub timeout: Option<std::time::Duration>,
+    pub insecure_http: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn parses_sample_config() {
-        let text = include_str!("../../../assets/config.sample.toml");
+        let text = include_str!("../../../../assets/config.sample.toml");
         let cfg = Config::parse(Path::new("sample.toml"), text).unwrap();
         assert!(!cfg.vms.is_empty());
     }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use crate::error::{Error, Result};
-use crate::repo::ManifestKey;
+use crate::format::ManifestKey;
 
 /// The largest document accepted from anyone.
 pub const MAX_DOC_BYTES: u64 = 16 << 10;

@@ -9,7 +9,20 @@ use std::fmt;
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
-use crate::repo::{chunk, index, Id, Index, Manifest, ManifestKey, Repo, RepoConfig, CONFIG_FILE};
+use crate::format::repo_config::{RepoConfig, CONFIG_FILE};
+use crate::format::{chunk, index, Id, Index, Manifest, ManifestKey};
+
+/// Where a chunk lives in a repository (relative key).
+pub fn chunk_key(id: &Id) -> String {
+    let h = id.to_hex();
+    format!("chunks/{}/{}", &h[..2], h)
+}
+
+/// Where an index lives in a repository (relative key).
+pub fn index_key(id: &Id) -> String {
+    let h = id.to_hex();
+    format!("indexes/{}/{}", &h[..2], h)
+}
 
 /// The largest repository config and manifest accepted. Both are small JSON
 /// documents; the bound only stops a hostile peer or a damaged file.
@@ -58,8 +71,8 @@ impl ObjectKey {
     pub fn key(&self) -> String {
         match self {
             ObjectKey::Config => CONFIG_FILE.to_string(),
-            ObjectKey::Chunk(id) => Repo::chunk_key(id),
-            ObjectKey::Index(id) => Repo::index_key(id),
+            ObjectKey::Chunk(id) => chunk_key(id),
+            ObjectKey::Index(id) => index_key(id),
             ObjectKey::Manifest(k) => k.object_key(),
         }
     }

@@ -4,14 +4,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::http::{HttpOptions, HttpStore};
-use super::local::LocalStore;
-use super::s3::{S3Options, S3Store};
-use super::throttle::{throttle, Limits};
-use super::url::{check_url, Kind};
-use super::DynStore;
-use crate::config::RemoteConfig;
+pub use super::Overrides;
+use super::RemoteConfig;
 use crate::error::{Error, Result};
+use crate::store::http::{HttpOptions, HttpStore};
+use crate::store::local::LocalStore;
+use crate::store::s3::{S3Options, S3Store};
+use crate::store::throttle::{throttle, Limits};
+use crate::store::url::{check_url, Kind};
+use crate::store::DynStore;
 
 fn secret_from_env(var: &str, what: &str, remote: &str) -> Result<String> {
     std::env::var(var).map_err(|_| {
@@ -48,18 +49,6 @@ pub fn config_limits(name: &str, cfg: &RemoteConfig) -> Result<Limits> {
         download: size(&cfg.limit_download, "limit_download")?,
         burst: size(&cfg.limit_burst, "limit_burst")?,
     })
-}
-
-/// What the command line says about every remote it talks to: bandwidth
-/// limits, the request timeout, and whether plain HTTP off loopback may
-/// carry a token. Set once by the CLI into `Config::overrides`, so every
-/// face and engine that opens a remote through the config (CLI, console,
-/// daemon, drills, cloud restores) honours it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Overrides {
-    pub limits: Limits,
-    pub timeout: Option<Duration>,
-    pub insecure_http: bool,
 }
 
 /// The request timeout when neither the command line nor the remote's

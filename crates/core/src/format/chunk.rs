@@ -7,8 +7,8 @@
 //! The chunk's id is the BLAKE3 of the raw (uncompressed) bytes, so a
 //! reader can check any chunk against its name whatever codec was used.
 
-use super::buf::AlignedBuf;
 use super::id::Id;
+use crate::buf::AlignedBuf;
 use crate::error::{Error, Result};
 
 pub const MAGIC: &[u8; 4] = b"LBCK";

@@ -96,7 +96,7 @@ pub fn diff(a: &Index, b: &Index) -> Result<DiffSummary> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::Id;
+    use crate::format::Id;
 
     #[test]
     fn runs_and_bytes() {

@@ -1,0 +1,110 @@
+//! Requests built from the config, once: what a drill of a VM is, where it
+//! is drilled from, what a running VM's next backup will read. The CLI,
+//! the console and the daemon all build them here, so the subsystems below
+//! take their own settings and never read the config themselves.
+
+use super::Config;
+use crate::drill::{reference, DrillOverrides, DrillRequest};
+use crate::error::Result;
+use crate::vm::qemu::Accel;
+use crate::vm::BootChecks;
+
+/// Where a VM is drilled from when the admin does not say: its
+/// `[vm.drill] from`, else its policy's first push target, else the only
+/// configured remote (as in a real disaster, where the local copy is gone
+/// too), else the local repository.
+pub fn drill_source(config: &Config, vm: &str) -> String {
+    if let Some(f) = config
+        .vm(vm)
+        .and_then(|v| v.drill.as_ref())
+        .and_then(|d| d.from.clone())
+    {
+        return f;
+    }
+    if let Some(r) = config.policy_for(vm).and_then(|p| p.push.first()) {
+        return r.clone();
+    }
+    match config.remotes.keys().collect::<Vec<_>>().as_slice() {
+        [only] => (*only).clone(),
+        _ => "local".into(),
+    }
+}
+
+/// A drill of `vm` as the config describes it, with the admin's overrides.
+pub fn drill_request(config: &Config, vm: &str, o: &DrillOverrides) -> Result<DrillRequest> {
+    crate::names::check_name("VM", vm)?;
+    reference(vm, o.at.as_deref())?;
+    let vmc = config.vm(vm);
+    let dc = vmc.and_then(|v| v.drill.clone()).unwrap_or_default();
+    let accel = match (o.accel, &dc.accel) {
+        (Some(a), _) => a,
+        (None, Some(a)) => a.parse()?,
+        (None, None) => Accel::Tcg,
+    };
+    let mut checks = vmc.and_then(|v| v.check.as_ref()).map(|c| c.checks());
+    if let Some(t) = o.timeout_secs {
+        let c = checks.get_or_insert_with(BootChecks::default);
+        c.timeout_secs = t;
+    }
+    let command = vmc
+        .and_then(|v| v.check.as_ref())
+        .and_then(|c| c.command.clone().map(|cmd| (cmd, c.forward.clone())));
+    Ok(DrillRequest {
+        vm: vm.to_string(),
+        at: o.at.clone(),
+        source: o.from.clone().unwrap_or_else(|| drill_source(config, vm)),
+        accel,
+        scratch: o
+            .scratch
+            .clone()
+            .or(dc.scratch.map(|p| config.resolve(&p)))
+            .unwrap_or_else(std::env::temp_dir),
+        checks,
+        command,
+        local_definition: config.definition_for_backup(vm),
+    })
+}
+
+/// The store a drill takes its backup from: None for "local", else the
+/// configured remote (the CLI opens remotes itself, under its bandwidth
+/// limits).
+pub fn open_drill_source(config: &Config, source: &str) -> Result<Option<crate::store::DynStore>> {
+    match source {
+        "local" => Ok(None),
+        name => super::remotes::resolve(config, name).map(|(_, s)| Some(s)),
+    }
+}
+
+/// The outlook of an inventory VM against the backups of a repository
+/// (each volume's newest one is the base of the next).
+pub fn live_outlook<M: std::borrow::Borrow<crate::format::manifest::Manifest>>(
+    config: &Config,
+    vm: &str,
+    backups: &[(crate::format::ManifestKey, M)],
+    chunk_size: u64,
+) -> Option<crate::live::Outlook> {
+    let v = config.vm(vm)?;
+    let refs: Vec<crate::live::VolumeRef> = v
+        .volumes
+        .iter()
+        .map(|vol| {
+            let name = vol.name.get_ref().clone();
+            let previous = backups
+                .iter()
+                .rev()
+                .find(|(k, _)| k.vm == vm && k.volume == name)
+                .map(|(_, m)| crate::live::capture::PreviousBackup::of(m.borrow()));
+            crate::live::VolumeRef {
+                path: config.resolve(&vol.path),
+                format: vol.format,
+                previous,
+                name,
+            }
+        })
+        .collect();
+    Some(crate::live::outlook(
+        &config.live_for(vm),
+        &refs,
+        chunk_size,
+    ))
+}

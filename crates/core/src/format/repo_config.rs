@@ -1,0 +1,74 @@
+//! The repository's config document (`lifeboat.json`): format version,
+//! chunk size, hash and compression. Parsed and checked here; read and
+//! written on disk by the local store, which owns the layout.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::index;
+use crate::error::{Error, Result};
+
+pub const CONFIG_FILE: &str = "lifeboat.json";
+/// Format 2: manifests may name a VM definition. Format-1 repositories are
+/// read as they are and upgraded when a backup writes into them.
+pub const REPO_FORMAT: u32 = 3;
+pub const OLDEST_REPO_FORMAT: u32 = 1;
+pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compression {
+    pub algorithm: String,
+    pub level: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoConfig {
+    pub format: u32,
+    pub id: String,
+    pub chunk_size: u64,
+    pub hash: String,
+    pub compression: Compression,
+}
+
+impl RepoConfig {
+    pub fn new(chunk_size: u64, level: i32) -> Result<RepoConfig> {
+        index::check_chunk_size(chunk_size)?;
+        if !(-7..=19).contains(&level) || level == 0 {
+            return Err(Error::BadInput(format!(
+                "zstd level {level} is not allowed: use 1 to 19, or -1 to -7 for zstd's fast modes"
+            )));
+        }
+        Ok(RepoConfig {
+            format: REPO_FORMAT,
+            id: hex::encode(rand::random::<[u8; 16]>()),
+            chunk_size,
+            hash: "blake3".into(),
+            compression: Compression {
+                algorithm: "zstd".into(),
+                level,
+            },
+        })
+    }
+
+    pub fn parse(path: &Path, data: &[u8]) -> Result<RepoConfig> {
+        let bad = |reason: String| Error::BadRepoConfig {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let c: RepoConfig = serde_json::from_slice(data).map_err(|e| bad(e.to_string()))?;
+        if !(OLDEST_REPO_FORMAT..=REPO_FORMAT).contains(&c.format) {
+            return Err(bad(format!(
+                "format {} is not supported by this lifeboat (it reads v{OLDEST_REPO_FORMAT} to v{REPO_FORMAT}; upgrade lifeboat)",
+                c.format
+            )));
+        }
+        if c.hash != "blake3" || c.compression.algorithm != "zstd" {
+            return Err(bad(
+                "only blake3 hashing and zstd compression are supported".into(),
+            ));
+        }
+        index::check_chunk_size(c.chunk_size).map_err(|e| bad(e.to_string()))?;
+        Ok(c)
+    }
+}

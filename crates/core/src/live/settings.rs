@@ -1,0 +1,33 @@
+//! How a running VM is reached, and the live engine's fixed limits.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How a VM's running QEMU is reached (`qmp`, `guest_agent` in its
+/// `[[vm]]` entry).
+#[derive(Debug, Clone)]
+pub struct LiveConfig {
+    pub qmp: Option<PathBuf>,
+    pub agent: Option<PathBuf>,
+    /// How long the agent may take to answer or to freeze.
+    pub freeze_timeout: Duration,
+    /// Track changes with dirty bitmaps (running VMs and offline qcow2).
+    pub bitmaps: bool,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        LiveConfig {
+            qmp: None,
+            agent: None,
+            freeze_timeout: Duration::from_secs(10),
+            bitmaps: true,
+        }
+    }
+}
+
+/// Why a VM's disks are read whole when its config turns bitmaps off.
+pub const BITMAPS_OFF: &str = "dirty bitmaps are off for this VM (bitmaps = false)";
+
+/// QMP commands wait at most this long for QEMU.
+pub const QMP_TIMEOUT: Duration = Duration::from_secs(30);
