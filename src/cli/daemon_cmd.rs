@@ -97,7 +97,7 @@ pub async fn rpo_status(ctx: &Ctx, timeout: u64) -> anyhow::Result<Outcome> {
     let listed = futures::future::join_all(names.iter().map(|n| async move {
         let r = tokio::time::timeout(limit, async {
             let (_, store) = ctx.remote(n)?;
-            lifeboat_core::sync::list_manifests(store.as_ref()).await
+            lifeboat_core::repository::list_manifests(store.as_ref()).await
         })
         .await;
         let r = match r {

@@ -14,6 +14,7 @@ use lifeboat_core::format::manifest::Role;
 use lifeboat_core::format::repo_config::RepoConfig;
 use lifeboat_core::jobs::{CancellationToken, Progress};
 use lifeboat_core::repo::Repo;
+use lifeboat_core::repository;
 use lifeboat_core::source::FormatChoice;
 use lifeboat_core::store::local::LocalStore;
 use lifeboat_core::store::DynStore;
@@ -475,7 +476,7 @@ pub async fn build(w: &World) -> anyhow::Result<()> {
     // three days, except build01, which was never sent off-site.
     let local: DynStore = Arc::new(LocalStore::new(&w.repo));
     let offsite: DynStore = Arc::new(LocalStore::new(&w.offsite));
-    let keys: Vec<_> = sync::list_manifests(local.as_ref())
+    let keys: Vec<_> = repository::list_manifests(local.as_ref())
         .await?
         .into_iter()
         .filter(|k| k.vm != "build01" && k.time < cutoff)

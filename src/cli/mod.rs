@@ -526,12 +526,7 @@ impl Ctx {
         let all = match root {
             // Local: read from disk (marks applied by `load_all`).
             Some(root) => Repo::open(&root)?.load_all()?,
-            None => {
-                let mut all = lifeboat_core::sync::load_manifests(store.as_ref()).await?;
-                let marks = lifeboat_core::protect::protected(store.as_ref()).await?;
-                lifeboat_core::protect::apply(&mut all, &marks);
-                all
-            }
+            None => lifeboat_core::repository::load_backups(store.as_ref()).await?,
         };
         Ok((store, all))
     }
@@ -607,7 +602,7 @@ pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
         insecure_http: cli.insecure_http,
     };
     if let Some(t) = cli.io_timeout {
-        lifeboat_core::sync::set_retry_budget(std::time::Duration::from_secs(t.saturating_mul(2)));
+        lifeboat_core::retry::set_retry_budget(std::time::Duration::from_secs(t.saturating_mul(2)));
     }
     let ctx = Ctx {
         config,

@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use lifeboat_core::config::remotes as remote;
 use lifeboat_core::config::{default_config_path, RemoteConfig};
 use lifeboat_core::format::ManifestKey;
+use lifeboat_core::repository;
 use lifeboat_core::store::local::LocalStore;
 use lifeboat_core::store::url;
 use lifeboat_core::sync::{self, select, status, SyncOptions};
@@ -224,8 +225,8 @@ pub async fn remote_ls(ctx: &Ctx) -> anyhow::Result<Outcome> {
         let started = Instant::now();
         let probe = async {
             let store = remote::open_with(name, rc, &ctx.config.overrides)?;
-            let cfg = sync::read_config(store.as_ref()).await?;
-            let n = sync::list_manifests(store.as_ref()).await?.len();
+            let cfg = repository::read_config(store.as_ref()).await?;
+            let n = repository::list_manifests(store.as_ref()).await?.len();
             Ok::<_, lifeboat_core::Error>((cfg, n))
         };
         let res = tokio::time::timeout(std::time::Duration::from_secs(15), probe).await;
@@ -351,7 +352,7 @@ pub async fn push_pull(ctx: &Ctx, a: SyncArgs, push: bool) -> anyhow::Result<Out
     let dry_run = a.dry_run;
     let done = run_job_async(kind, ctx.json, move |cancel, progress| async move {
         progress.set_phase("listing backups");
-        let keys = sync::list_manifests(src.as_ref()).await?;
+        let keys = repository::list_manifests(src.as_ref()).await?;
         let chosen: Vec<ManifestKey> =
             select::select(src.as_ref(), keys, selection.as_deref(), last).await?;
         let plan = sync::plan(src.as_ref(), &dst, chosen, &opts, &cancel, &progress).await?;
@@ -441,7 +442,7 @@ pub async fn status_cmd(ctx: &Ctx, remotes: Vec<String>, timeout: u64) -> anyhow
             async move {
                 let listed = tokio::time::timeout(limit, async {
                     let (_, store) = ctx.remote(n)?;
-                    sync::list_manifests(store.as_ref()).await
+                    repository::list_manifests(store.as_ref()).await
                 })
                 .await;
                 match listed {

@@ -14,6 +14,7 @@ use lifeboat_core::format::chunkmap::{self, ChunkMap};
 use lifeboat_core::format::{Manifest, ManifestKey};
 use lifeboat_core::jobs::{CancellationToken, Job, JobEvent, Progress};
 use lifeboat_core::repo::{state, Repo};
+use lifeboat_core::repository;
 use lifeboat_core::restore::{self, RestoreRequest, SetRestorePlan};
 use lifeboat_core::store::local::LocalStore;
 use lifeboat_core::store::DynStore;
@@ -48,7 +49,7 @@ enum Held {
     },
     Prune {
         vm: String,
-        manifests: Vec<ManifestKey>,
+        plan: lifeboat_core::prune::PrunePlan,
     },
     Cloud {
         title: String,
@@ -262,10 +263,13 @@ impl Runner {
                             .await
                             .map_err(|_| format!("no answer within {} s", PROBE.as_secs()))?
                             .map_err(|e| lifeboat_core::text::describe(&e))?;
-                        let keys = tokio::time::timeout(LIST, sync::list_manifests(store.as_ref()))
-                            .await
-                            .map_err(|_| format!("listing took more than {} s", LIST.as_secs()))?
-                            .map_err(|e| lifeboat_core::text::describe(&e))?;
+                        let keys =
+                            tokio::time::timeout(LIST, repository::list_manifests(store.as_ref()))
+                                .await
+                                .map_err(|_| {
+                                    format!("listing took more than {} s", LIST.as_secs())
+                                })?
+                                .map_err(|e| lifeboat_core::text::describe(&e))?;
                         Ok::<_, String>(keys.into_iter().map(|k| k.id).collect::<BTreeSet<_>>())
                     }
                     .await;
@@ -283,7 +287,7 @@ impl Runner {
                         let store = store.map_err(|e| e.to_string())?;
                         tokio::time::timeout(
                             Duration::from_secs(60),
-                            sync::load_manifests(store.as_ref()),
+                            repository::load_manifests(store.as_ref()),
                         )
                         .await
                         .map_err(|_| "timed out after 60 s".to_string())?
@@ -369,9 +373,9 @@ impl Runner {
                 let title = format!("compare {name}'s {} with local", key.id.short());
                 self.spawn_async(title, move |cancel, _| async move {
                     let store = store?;
-                    let (m, _) = sync::fetch_manifest(store.as_ref(), &key).await?;
+                    let (m, _) = repository::fetch_manifest(store.as_ref(), &key).await?;
                     check(&cancel)?;
-                    let (index, _) = sync::fetch_index(store.as_ref(), &m.index).await?;
+                    let (index, _) = repository::fetch_index(store.as_ref(), &m.index).await?;
                     let local = Repo::open(&path).ok();
                     let map =
                         chunkmap::held(&index, |c| local.as_ref().is_some_and(|r| r.has_chunk(c)));
@@ -426,7 +430,7 @@ impl Runner {
                         Scope::Backup(k) => vec![k.clone()],
                         other => {
                             progress.set_phase("listing backups");
-                            let keys = sync::list_manifests(src.as_ref()).await?;
+                            let keys = repository::list_manifests(src.as_ref()).await?;
                             keys.into_iter()
                                 .filter(|k| match other {
                                     Scope::Vm(vm) => &k.vm == vm,
@@ -663,25 +667,13 @@ impl Runner {
             return;
         };
         match held {
-            Held::Prune { vm, manifests } => {
+            Held::Prune { vm, plan } => {
                 let path = self.repo_path.clone();
-                self.spawn_async(
-                    format!("prune {vm}"),
-                    move |_cancel, _progress| async move {
-                        let store = LocalStore::new(&path);
-                        for k in &manifests {
-                            lifeboat_core::store::Store::delete(
-                                &store,
-                                &lifeboat_core::store::ObjectKey::Manifest(k.clone()),
-                            )
-                            .await?;
-                        }
-                        Ok(format!(
-                            "removed {} backups; `lifeboat gc` frees their data",
-                            manifests.len()
-                        ))
-                    },
-                );
+                self.spawn_async(format!("prune {vm}"), move |cancel, _progress| async move {
+                    let store = LocalStore::new(&path);
+                    plan.execute(&store, &cancel).await?;
+                    Ok(plan.summary(true))
+                });
             }
             Held::Transfer {
                 title,
@@ -870,13 +862,13 @@ impl Runner {
                     });
                     return Ok("no policy".into());
                 };
-                let Some(rules) = policy.retention_for(None).cloned() else {
+                if policy.retention_for(None).is_none() {
                     let _ = tx.send(Action::PlanFailed {
                         title,
                         error: format!("policy {} keeps everything (no keep_* rule)", policy.name),
                     });
                     return Ok("no retention".into());
-                };
+                }
                 let backups = {
                     let root = root.clone();
                     tokio::task::spawn_blocking(move || {
@@ -885,49 +877,26 @@ impl Runner {
                     .await
                     .map_err(|e| lifeboat_core::Error::Internal(e.to_string()))??
                 };
-                // The daemon's plan: sets an off-site copy lacks are held.
-                let (decisions, _) = lifeboat_core::daemon::offsite::plan_local_prune(
-                    &config, &backups, &vm, &policy, &rules,
-                )
-                .await?;
-                let removed: Vec<ManifestKey> = decisions
-                    .iter()
-                    .filter(|d| !d.keep)
-                    .flat_map(|d| d.manifests.clone())
-                    .collect();
-                let mut lines: Vec<String> = decisions
-                    .iter()
-                    .map(|d| {
-                        format!(
-                            "{}  {} volumes  {}",
-                            d.local_time,
-                            d.manifests.len(),
-                            if d.keep {
-                                format!("kept: {}", d.reasons.join(", "))
-                            } else {
-                                "REMOVED".into()
-                            }
-                        )
-                    })
-                    .collect();
-                lines.insert(
-                    0,
-                    format!(
-                        "policy {}: {} of {} sets would be removed ({} backups)",
-                        policy.name,
-                        decisions.iter().filter(|d| !d.keep).count(),
-                        decisions.len(),
-                        removed.len()
-                    ),
-                );
-                let noop = removed.is_empty();
+                // The one planner (the CLI's and the daemon's): sets an
+                // off-site copy lacks are held.
+                let store: DynStore = std::sync::Arc::new(LocalStore::new(&root));
+                let req = lifeboat_core::daemon::prune::PruneRequest {
+                    vms: vec![vm.clone()],
+                    rules: None,
+                    remote: None,
+                };
+                let plan =
+                    lifeboat_core::daemon::prune::plan(&config, &store, &backups, &req).await?;
+                let mut lines = plan.lines();
+                lines[0] = format!("policy {}: {}", policy.name, lines[0]);
+                let noop = plan.is_noop();
                 Ok(offer(
                     &plans,
                     &tx,
                     id,
                     Held::Prune {
                         vm: vm.clone(),
-                        manifests: removed,
+                        plan,
                     },
                     title,
                     lines,

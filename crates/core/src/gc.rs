@@ -28,8 +28,10 @@ use crate::error::{Error, Result};
 use crate::format::{Id, Manifest, ManifestKey};
 use crate::jobs::{CancellationToken, Progress};
 use crate::lock::{self, LockKind};
+use crate::repository::fetch_index;
+use crate::retry::with_retry;
 use crate::store::{DynStore, ObjectKey};
-use crate::sync::{check_cancel as check, fetch_index, with_retry};
+use crate::sync::check_cancel as check;
 
 #[derive(Debug, Clone)]
 pub struct GcOptions {

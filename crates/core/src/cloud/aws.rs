@@ -226,7 +226,7 @@ impl Aws {
             Bytes::from(form.finish())
         };
         let url = format!("{}/", self.ec2);
-        let answer = crate::sync::with_retry(3, || async {
+        let answer = crate::retry::with_retry(3, || async {
             let r = self.request(
                 step,
                 ("ec2", reqwest::Method::POST, &url),
@@ -296,7 +296,7 @@ impl Aws {
     ) -> Result<()> {
         let url = format!("{}/snapshots/{}/blocks/{index}", self.ebs, enc(snapshot));
         let checksum = base64::engine::general_purpose::STANDARD.encode(sha);
-        crate::sync::with_retry(5, || async {
+        crate::retry::with_retry(5, || async {
             let r = self.request(
                 step,
                 ("ebs", reqwest::Method::PUT, &url),

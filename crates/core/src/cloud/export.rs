@@ -149,7 +149,7 @@ pub async fn plan(
     scratch: Option<&Path>,
 ) -> Result<ExportPlan> {
     let opts = s3_options(target)?;
-    let keys = crate::sync::list_manifests(store.as_ref()).await?;
+    let keys = crate::repository::list_manifests(store.as_ref()).await?;
     if matches!(
         crate::format::refs::Ref::parse(reference)?,
         crate::format::refs::Ref::Set { .. }
@@ -168,8 +168,8 @@ pub async fn plan(
             )))
         }
     };
-    let (manifest, _) = crate::sync::fetch_manifest(store.as_ref(), &key).await?;
-    let (index, _) = crate::sync::fetch_index(store.as_ref(), &manifest.index).await?;
+    let (manifest, _) = crate::repository::fetch_manifest(store.as_ref(), &key).await?;
+    let (index, _) = crate::repository::fetch_index(store.as_ref(), &manifest.index).await?;
     let image_size = index.image_size;
     let (scratch_bytes, scratch_dir) = if format == ExportFormat::Raw {
         (0, None)

@@ -76,12 +76,12 @@ pub async fn load_set(store: &DynStore, reference: &str) -> Result<Vec<VolumeIma
             "{reference:?} is not a VM set: give VM@latest, VM@~1 or VM@<time> (a cloud restore brings up a whole VM)"
         )));
     }
-    let keys = crate::sync::list_manifests(store.as_ref()).await?;
+    let keys = crate::repository::list_manifests(store.as_ref()).await?;
     let chosen = crate::sync::select::select(store.as_ref(), keys, Some(reference), None).await?;
     let mut out = Vec::new();
     for key in chosen {
-        let (manifest, _) = crate::sync::fetch_manifest(store.as_ref(), &key).await?;
-        let (index, _) = crate::sync::fetch_index(store.as_ref(), &manifest.index).await?;
+        let (manifest, _) = crate::repository::fetch_manifest(store.as_ref(), &key).await?;
+        let (index, _) = crate::repository::fetch_index(store.as_ref(), &manifest.index).await?;
         out.push(VolumeImage {
             key,
             manifest,

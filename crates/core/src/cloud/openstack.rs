@@ -296,7 +296,7 @@ impl OpenStack {
     }
 
     async fn get_json(&self, s: &Session, step: &Step, url: String) -> Result<Value> {
-        crate::sync::with_retry(3, || async {
+        crate::retry::with_retry(3, || async {
             Ok(step
                 .json(self.req(s, reqwest::Method::GET, url.clone()))
                 .await?

@@ -88,7 +88,7 @@ impl VolumeImage {
 /// connection to the store).
 pub async fn fetch_chunk(store: &DynStore, id: &Id) -> Result<Bytes> {
     let key = ObjectKey::Chunk(*id);
-    let data = crate::sync::with_retry(4, || store.get(&key))
+    let data = crate::retry::with_retry(4, || store.get(&key))
         .await?
         .ok_or_else(|| key.missing())?;
     let id = *id;

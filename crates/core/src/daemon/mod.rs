@@ -3,6 +3,7 @@
 //! runs each VM's policy (`runner`).
 
 pub mod offsite;
+pub mod prune;
 pub mod runner;
 pub mod runs;
 pub mod schedule;

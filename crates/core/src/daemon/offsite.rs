@@ -54,7 +54,7 @@ pub async fn holding(
     policy: &Policy,
 ) -> Result<Holding> {
     let prefix = format!("manifests/{vm}/");
-    let listed = crate::sync::with_retry(3, || remote.list(&prefix)).await?;
+    let listed = crate::retry::with_retry(3, || remote.list(&prefix)).await?;
     let keys: BTreeSet<ManifestKey> = listed
         .into_iter()
         .filter_map(|k| match k {
@@ -89,7 +89,7 @@ pub async fn holding(
             let mut union: Vec<(ManifestKey, Manifest)> =
                 mine.iter().map(|(k, m)| (k.clone(), m.clone())).collect();
             for k in keys.iter().filter(|k| !local_ids.contains(k)) {
-                match crate::sync::fetch_manifest(remote, k).await {
+                match crate::repository::fetch_manifest(remote, k).await {
                     Ok((m, _)) => union.push((k.clone(), m)),
                     Err(e @ (Error::CorruptObject { .. } | Error::MissingObject { .. })) => {
                         tracing::warn!("{remote_name}: skipping {}: {e}", k.object_key())
@@ -157,24 +157,6 @@ pub async fn ask_remotes(
         out.insert(name.clone(), o);
     }
     out
-}
-
-/// The local prune plan of one VM under its policy: its retention, with
-/// every set an off-site copy still lacks held (see the module's doc).
-/// The daemon, `prune` and the console all plan with it.
-pub async fn plan_local_prune(
-    config: &crate::config::Config,
-    local: &[(ManifestKey, Manifest)],
-    vm: &str,
-    policy: &Policy,
-    rules: &crate::retention::Rules,
-) -> Result<(Vec<Decision>, BTreeMap<String, Offsite>)> {
-    let mine: Vec<(ManifestKey, Manifest)> =
-        local.iter().filter(|(k, _)| k.vm == vm).cloned().collect();
-    let mut decisions = policy.plan_retention(&mine, rules)?;
-    let remotes = ask_remotes(config, vm, local, policy, ASK_LIMIT).await;
-    hold_unsent(&mut decisions, &remotes);
-    Ok((decisions, remotes))
 }
 
 /// How long a prune plan waits for each remote's listing.

@@ -29,7 +29,7 @@ use crate::jobs::{CancellationToken, Progress};
 use crate::policy::Policy;
 use crate::repo::Repo;
 use crate::store::local::LocalStore;
-use crate::store::{DynStore, ObjectKey};
+use crate::store::DynStore;
 
 /// The daemon's time. Tests drive a file clock (`FileClock`); everything
 /// the daemon decides or stamps (slots, backup times, run records) uses it.
@@ -728,17 +728,15 @@ impl PolicyRun {
                     .filter(|(k, _)| k.vm == self.vm)
                     .cloned()
                     .collect();
-                let mut decisions = self.policy.plan_retention(&mine, rules)?;
-                offsite::hold_unsent(&mut decisions, &offsite);
-                let held = decisions
-                    .iter()
-                    .filter(|d| {
-                        d.reasons
-                            .iter()
-                            .any(|r| r.starts_with("not yet on") || r.contains("unreachable"))
-                    })
-                    .count();
-                let (s, n) = remove_decided(&local, &decisions).await?;
+                let mut plan = crate::prune::PrunePlan::new(
+                    local.describe(),
+                    self.policy.plan_retention(&mine, rules)?,
+                );
+                let before = plan.removed_sets();
+                super::prune::hold_vm(&mut plan, &self.vm, &offsite);
+                let held = before - plan.removed_sets();
+                let done = plan.execute(local.as_ref(), &self.cancel).await?;
+                let (s, n) = (done.sets, done.backups);
                 let mut msg = format!("removed {s} sets ({n} backups)");
                 if held > 0 {
                     msg.push_str(&format!("; kept {held} sets an off-site copy lacks"));
@@ -840,9 +838,26 @@ impl PolicyRun {
                 );
                 refused = rep.refused;
             }
-            if let Some(rules) = self.policy.retention_for(Some(remote)) {
-                let (sets, n) = prune_vm(&store, &self.vm, &self.policy, rules).await?;
-                msg.push_str(&format!("; pruned {sets} sets ({n} backups)"));
+            if self.policy.retention_for(Some(remote)).is_some() {
+                let theirs: Vec<(ManifestKey, Manifest)> =
+                    crate::repository::load_backups(store.as_ref())
+                        .await?
+                        .into_iter()
+                        .filter(|(k, _)| k.vm == self.vm)
+                        .collect();
+                if !theirs.is_empty() {
+                    let req = super::prune::PruneRequest {
+                        vms: vec![self.vm.clone()],
+                        rules: None,
+                        remote: Some(remote.to_string()),
+                    };
+                    let plan = super::prune::plan(&self.config, &store, &theirs, &req).await?;
+                    let done = plan.execute(store.as_ref(), &self.cancel).await?;
+                    msg.push_str(&format!(
+                        "; pruned {} sets ({} backups)",
+                        done.sets, done.backups
+                    ));
+                }
             }
             let after =
                 offsite::holding(store.as_ref(), remote, &self.vm, backups, &self.policy).await?;
@@ -1005,55 +1020,4 @@ pub async fn run_now(
         .rev()
         .find(|r| r.vm == vm)
         .ok_or_else(|| Error::Internal("the run was not recorded".into()))
-}
-
-/// What `rules` do to one VM's sets on a store: protection honoured, and
-/// what the store keeps whatever a prune asks (a server's immutability
-/// window) held.
-pub async fn plan_prune(
-    store: &DynStore,
-    vm: &str,
-    policy: &Policy,
-    rules: &crate::retention::Rules,
-) -> Result<Vec<crate::retention::Decision>> {
-    let mut all: Vec<(ManifestKey, Manifest)> = crate::sync::load_manifests(store.as_ref())
-        .await?
-        .into_iter()
-        .filter(|(k, _)| k.vm == vm)
-        .collect();
-    let marks = crate::protect::protected(store.as_ref()).await?;
-    crate::protect::apply(&mut all, &marks);
-    let mut decisions = policy.plan_retention(&all, rules)?;
-    let until = store.immutable().await?;
-    crate::retention::hold(&mut decisions, |d| {
-        crate::retention::immutable_reason(d, &until)
-    });
-    Ok(decisions)
-}
-
-/// Applies `rules` to one VM's sets on a store (see `plan_prune`).
-pub async fn prune_vm(
-    store: &DynStore,
-    vm: &str,
-    policy: &Policy,
-    rules: &crate::retention::Rules,
-) -> Result<(usize, usize)> {
-    let decisions = plan_prune(store, vm, policy, rules).await?;
-    remove_decided(store, &decisions).await
-}
-
-/// Removes the sets a plan does not keep: (sets, backups) removed.
-pub async fn remove_decided(
-    store: &DynStore,
-    decisions: &[crate::retention::Decision],
-) -> Result<(usize, usize)> {
-    let (mut sets, mut n) = (0, 0);
-    for d in decisions.iter().filter(|d| !d.keep) {
-        for k in &d.manifests {
-            store.delete(&ObjectKey::Manifest(k.clone())).await?;
-            n += 1;
-        }
-        sets += 1;
-    }
-    Ok((sets, n))
 }

@@ -20,6 +20,7 @@ use crate::format::{Index, Manifest};
 use crate::jobs::{CancellationToken, Progress};
 use crate::repo::verify::worker_threads;
 use crate::repo::Repo;
+use crate::repository;
 use crate::source::qemu::convert_raw_to_qcow2;
 use crate::store::local::LocalStore;
 use crate::store::Store;
@@ -298,7 +299,7 @@ pub async fn plan_remote(
     progress: &Progress,
 ) -> Result<SetRestorePlan> {
     progress.set_phase("listing remote backups");
-    let keys = sync::list_manifests(remote).await?;
+    let keys = repository::list_manifests(remote).await?;
     let chosen = sync::select::select(remote, keys, Some(&req.reference), None).await?;
     if !matches!(Ref::parse(&req.reference)?, Ref::Set { .. }) && chosen.len() != 1 {
         return Err(Error::BadInput(format!(

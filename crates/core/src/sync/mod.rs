@@ -12,7 +12,6 @@ pub mod status;
 pub mod verify;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -22,6 +21,8 @@ use crate::error::{Error, Result};
 use crate::format::repo_config::RepoConfig;
 use crate::format::{Id, Index, Manifest, ManifestKey};
 use crate::jobs::{CancellationToken, Progress};
+use crate::repository::{fetch_index, fetch_manifest, list_manifests, read_config};
+use crate::retry::with_retry;
 use crate::store::{DynStore, ObjectKey, Store, Verified};
 
 #[derive(Debug, Clone)]
@@ -159,146 +160,6 @@ pub struct Refused {
     /// `vm/volume@time (id …)`.
     pub backup: String,
     pub reason: String,
-}
-
-/// Reads and verifies a store's repository config.
-pub async fn read_config(store: &dyn Store) -> Result<Option<RepoConfig>> {
-    match with_retry(5, || store.get(&ObjectKey::Config)).await? {
-        Some(data) => Ok(Some(RepoConfig::parse(
-            std::path::Path::new(&store.describe()),
-            &data,
-        )?)),
-        None => Ok(None),
-    }
-}
-
-/// Every manifest key a store lists, oldest first; keys dated implausibly
-/// far in the future are skipped with a warning.
-pub async fn list_manifests(store: &dyn Store) -> Result<Vec<ManifestKey>> {
-    let keys = with_retry(5, || store.list("manifests/")).await?;
-    let now = chrono::Utc::now();
-    let mut out: Vec<ManifestKey> = keys
-        .into_iter()
-        .filter_map(|k| match k {
-            ObjectKey::Manifest(m) if m.is_plausible(now) => Some(m),
-            ObjectKey::Manifest(m) => {
-                tracing::warn!(
-                    "skipping {} on {}: dated in the future",
-                    m.object_key(),
-                    store.describe()
-                );
-                None
-            }
-            _ => None,
-        })
-        .collect();
-    crate::format::manifest::sort_dedup(&mut out);
-    Ok(out)
-}
-
-/// Every manifest a store holds, fetched and verified (16 at a time).
-/// Damaged ones are skipped with a warning, as locally.
-pub async fn load_manifests(store: &dyn Store) -> Result<Vec<(ManifestKey, Manifest)>> {
-    let keys = list_manifests(store).await?;
-    let loaded: Vec<Option<(ManifestKey, Manifest)>> = futures::stream::iter(keys)
-        .map(|k| async move {
-            match fetch_manifest(store, &k).await {
-                Ok((m, _)) => Ok(Some((k, m))),
-                Err(
-                    e @ (Error::CorruptObject { .. }
-                    | Error::MissingObject { .. }
-                    | Error::TooLarge { .. }),
-                ) => {
-                    tracing::warn!("skipping {} on {}: {e}", k.object_key(), store.describe());
-                    Ok(None)
-                }
-                Err(e) => Err(e),
-            }
-        })
-        .buffer_unordered(16)
-        .try_collect()
-        .await?;
-    let mut out: Vec<_> = loaded.into_iter().flatten().collect();
-    out.sort_by_key(|(k, m)| (m.created_at, k.id));
-    Ok(out)
-}
-
-/// Fetches a manifest and verifies it against its key; returns it parsed
-/// and as the exact bytes fetched.
-pub async fn fetch_manifest(store: &dyn Store, key: &ManifestKey) -> Result<(Manifest, Verified)> {
-    let okey = ObjectKey::Manifest(key.clone());
-    let data = with_retry(5, || store.get(&okey))
-        .await?
-        .ok_or_else(|| okey.missing())?;
-    let m = Manifest::from_bytes(key, &data)?;
-    Ok((m, Verified::check(okey, data)?))
-}
-
-/// Fetches an index and verifies it against its id.
-pub async fn fetch_index(store: &dyn Store, id: &Id) -> Result<(Index, Verified)> {
-    let okey = ObjectKey::Index(*id);
-    let data = with_retry(5, || store.get(&okey))
-        .await?
-        .ok_or_else(|| okey.missing())?;
-    let idx = Index::from_bytes(Some(id), &data)?;
-    Ok((idx, Verified::check(okey, data)?))
-}
-
-/// How long all tries of one operation together may take, in seconds
-/// (`--io-timeout` sets twice its value); 0: the default.
-static RETRY_BUDGET_SECS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Twice the default request timeout: a stalled or hostile peer fails an
-/// operation within this, whatever its retries.
-pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(240);
-
-pub fn set_retry_budget(d: Duration) {
-    RETRY_BUDGET_SECS.store(d.as_secs().max(1), std::sync::atomic::Ordering::Relaxed);
-}
-
-pub fn retry_budget() -> Duration {
-    match RETRY_BUDGET_SECS.load(std::sync::atomic::Ordering::Relaxed) {
-        0 => DEFAULT_RETRY_BUDGET,
-        s => Duration::from_secs(s),
-    }
-}
-
-/// Retries transient failures with exponential backoff (0.2 s, 0.4 s, …),
-/// while the tries together stay within `retry_budget`: a peer that
-/// answers one byte a second, or never, ends the operation instead of
-/// holding it through every retry.
-pub async fn with_retry<T, F, Fut>(retries: u32, mut f: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T>>,
-{
-    let mut attempt = 0;
-    let started = tokio::time::Instant::now();
-    let budget = retry_budget();
-    loop {
-        match f().await {
-            Err(e) if e.is_transient() && attempt < retries && started.elapsed() >= budget => {
-                return Err(Error::Remote {
-                    remote: match &e {
-                        Error::Remote { remote, .. } => remote.clone(),
-                        _ => "the remote".into(),
-                    },
-                    reason: format!(
-                        "gave up after {} s of tries ({e}); a slower link needs a larger --io-timeout",
-                        started.elapsed().as_secs()
-                    ),
-                    transient: false,
-                })
-            }
-            Err(e) if e.is_transient() && attempt < retries => {
-                let wait = Duration::from_millis(200 << attempt.min(6));
-                tracing::warn!("{e}; retrying in {:.1}s", wait.as_secs_f64());
-                tokio::time::sleep(wait).await;
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
 }
 
 /// Works out what moving `selected` from `src` to `dst` takes. Reads both
