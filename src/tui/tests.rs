@@ -120,9 +120,9 @@ fn tree_rpo_and_navigation() {
     let mut a = app();
     let rows = a.tree();
     assert_eq!(rows[0].vm, "db01");
-    assert_eq!(a.rpo("web01"), Rpo::Fresh);
+    assert_eq!(a.rpo("web01"), Rpo::Ok);
     assert_eq!(a.rpo("db01"), Rpo::Stale);
-    assert_eq!(a.rpo("new01"), Rpo::Never);
+    assert_eq!(a.rpo("new01"), Rpo::NeverBackedUp);
     // Down to web01, Enter opens its timeline.
     for _ in 0..4 {
         a.update(key(KeyCode::Char('j')));
@@ -389,7 +389,7 @@ fn compare_with_live_volume_and_remote_copy() {
     });
     // The inventory's VMs show in a remote's view too (new01: never sent).
     assert_eq!(a.tree()[0].vm, "new01");
-    assert_eq!(a.rpo("new01"), Rpo::Never);
+    assert_eq!(a.rpo("new01"), Rpo::NeverBackedUp);
     a.focus = Pane::Tree;
     while a.selected_row().is_some_and(|r| r.vm != "web01") {
         a.update(key(KeyCode::Down));
@@ -744,10 +744,10 @@ fn a_vm_is_as_fresh_as_its_stalest_volume() {
         backup("db02", "root", 24 * 4, 1),
         backup("db02", "data", 1, 2),
     ])));
-    assert_eq!(a.rpo_volume("db02", "data"), Rpo::Fresh);
+    assert_eq!(a.rpo_volume("db02", "data"), Rpo::Ok);
     assert_eq!(a.rpo_volume("db02", "root"), Rpo::Stale);
-    assert_eq!(a.rpo_volume("db02", "logs"), Rpo::Never);
-    assert_eq!(a.rpo("db02"), Rpo::Never);
+    assert_eq!(a.rpo_volume("db02", "logs"), Rpo::NeverBackedUp);
+    assert_eq!(a.rpo("db02"), Rpo::NeverBackedUp);
     a.inventory = vec![("db02".into(), vec!["root".into(), "data".into()])];
     a.rebuild();
     assert_eq!(a.rpo("db02"), Rpo::Stale);
@@ -973,7 +973,7 @@ fn a_policy_sets_a_vms_rpo() {
     let mut a = app();
     // web01's newest backup is 2 h old: fresh by default, late under a
     // policy with rpo_late = 1h, rpo_stale = 90m; stale under 30m/1h.
-    assert_eq!(a.rpo("web01"), Rpo::Fresh);
+    assert_eq!(a.rpo("web01"), Rpo::Ok);
     a.rpo_policy.insert("web01".into(), (60, 180));
     assert_eq!(a.rpo("web01"), Rpo::Late);
     a.rpo_policy.insert("web01".into(), (30, 60));
@@ -1339,5 +1339,130 @@ fn a_drill_source_that_holds_nothing_is_not_preselected() {
             sources, choice, ..
         }) => assert_eq!(sources[*choice], "offsite"),
         other => panic!("{other:?}"),
+    }
+}
+
+/// The console and `status --rpo` (and `/metrics`, which reads the same
+/// assessment) agree on every VM's state: the same function decides it.
+#[test]
+fn the_console_and_status_agree_on_every_vm_state() {
+    use lifeboat_core::daemon::runs::{DaemonState, RunOutcome, RunRecord};
+    let config = lifeboat_core::config::Config::parse(
+        std::path::Path::new("c.toml"),
+        r#"repository = "/r"
+[[vm]]
+name = "fresh01"
+[[vm.volume]]
+name = "root"
+path = "/vm/a"
+[[vm]]
+name = "split01"
+[[vm.volume]]
+name = "root"
+path = "/vm/b"
+[[vm.volume]]
+name = "data"
+path = "/vm/c"
+[[vm]]
+name = "half01"
+[[vm.volume]]
+name = "root"
+path = "/vm/d"
+[[vm.volume]]
+name = "logs"
+path = "/vm/e"
+[[vm]]
+name = "failed01"
+[[vm.volume]]
+name = "root"
+path = "/vm/f"
+[[vm]]
+name = "late01"
+[[vm.volume]]
+name = "root"
+path = "/vm/g"
+[[vm]]
+name = "broken01"
+[[vm.volume]]
+name = "root"
+path = "/vm/h"
+"#,
+    )
+    .unwrap();
+    let backups = vec![
+        backup("fresh01", "root", 1, 1),
+        // The data volume stalled three days ago while root stays fresh:
+        // the VM is as old as its stalest volume.
+        backup("split01", "root", 1, 2),
+        backup("split01", "data", 80, 3),
+        // One configured volume was never backed up.
+        backup("half01", "root", 1, 4),
+        backup("failed01", "root", 1, 5),
+        // Between the default late (26 h) and stale (72 h) thresholds.
+        backup("late01", "root", 30, 6),
+        backup("broken01", "root", 1, 7),
+        // An old VM no longer in the config, its newest set whole.
+        backup("gone01", "root", 100, 8),
+    ];
+    let mut verify = std::collections::BTreeMap::new();
+    verify.insert(
+        backups[6].0.id,
+        lifeboat_core::repo::state::VerifyMark {
+            at: now(),
+            deep: false,
+            ok: false,
+        },
+    );
+    let runs = vec![RunRecord {
+        vm: "failed01".into(),
+        policy: "p".into(),
+        slot: None,
+        attempt: 1,
+        started_at: now() - Duration::minutes(30),
+        ended_at: now() - Duration::minutes(29),
+        outcome: RunOutcome::Failed,
+        bytes_new: 0,
+        bytes_pushed: 0,
+        seconds: 60.0,
+        steps: vec![],
+        error: Some("push failed".into()),
+        committed: None,
+    }];
+    let status = lifeboat_core::rpo::assess(
+        &config,
+        &backups,
+        &verify,
+        &runs,
+        &DaemonState::default(),
+        now(),
+    );
+    let inventory: Vec<(String, Vec<String>)> = config
+        .vms
+        .iter()
+        .map(|v| {
+            (
+                v.name.get_ref().clone(),
+                v.volumes.iter().map(|x| x.name.get_ref().clone()).collect(),
+            )
+        })
+        .collect();
+    let mut a = App::new("/r".into(), inventory, vec![], now());
+    a.update(Action::Loaded(shared(backups)));
+    a.update(Action::VerifyState(verify));
+    a.update(Action::Rpo(status.clone()));
+    let expected = [
+        ("fresh01", Rpo::Ok),
+        ("split01", Rpo::Stale),
+        ("half01", Rpo::NeverBackedUp),
+        ("failed01", Rpo::LastJobFailed),
+        ("late01", Rpo::Late),
+        ("broken01", Rpo::VerifyFailed),
+        ("gone01", Rpo::Stale),
+    ];
+    for (vm, want) in expected {
+        let s = status.iter().find(|r| r.vm == vm).unwrap();
+        assert_eq!(s.state, want, "status --rpo for {vm}");
+        assert_eq!(a.rpo(vm), want, "console for {vm}");
+        assert_eq!(a.newest(vm), s.newest, "recovery point of {vm}");
     }
 }

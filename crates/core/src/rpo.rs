@@ -2,6 +2,7 @@
 //! policy's thresholds, the newest verify of it, the last policy run and
 //! the next slot. `status --rpo`, `/metrics` and the console read it.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
@@ -126,8 +127,96 @@ pub fn thresholds(config: &Config, vm: &str) -> (Duration, Duration) {
         ))
 }
 
+/// Each volume's newest backup, `(vm, volume)` → (time, id), in one pass.
+pub fn newest_per_volume<M: Borrow<Manifest>>(
+    backups: &[(ManifestKey, M)],
+) -> BTreeMap<(String, String), (DateTime<Utc>, Id)> {
+    let mut out: BTreeMap<(String, String), (DateTime<Utc>, Id)> = BTreeMap::new();
+    for (k, m) in backups {
+        let t = m.borrow().created_at;
+        let e = out
+            .entry((k.vm.clone(), k.volume.clone()))
+            .or_insert((t, k.id));
+        if t > e.0 {
+            *e = (t, k.id);
+        }
+    }
+    out
+}
+
+/// The volumes each VM's recovery point covers: the config's volumes of a
+/// configured VM (so a volume never backed up counts), else those of the
+/// VM's newest set (a volume dropped from a VM long ago does not keep it
+/// stale forever).
+pub fn current_volumes<M: Borrow<Manifest>>(
+    configured: &BTreeMap<String, Vec<String>>,
+    backups: &[(ManifestKey, M)],
+) -> BTreeMap<String, Vec<String>> {
+    let mut newest_set: BTreeMap<&str, (DateTime<Utc>, &str)> = BTreeMap::new();
+    for (k, m) in backups {
+        let m = m.borrow();
+        let e = newest_set
+            .entry(k.vm.as_str())
+            .or_insert((m.created_at, m.set.as_str()));
+        if m.created_at > e.0 {
+            *e = (m.created_at, m.set.as_str());
+        }
+    }
+    let mut out: BTreeMap<String, Vec<String>> = configured
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(vm, v)| (vm.clone(), v.clone()))
+        .collect();
+    for (k, m) in backups {
+        if configured.get(&k.vm).is_some_and(|v| !v.is_empty()) {
+            continue;
+        }
+        if newest_set.get(k.vm.as_str()).map(|e| e.1) == Some(m.borrow().set.as_str()) {
+            let vols = out.entry(k.vm.clone()).or_default();
+            if !vols.contains(&k.volume) {
+                vols.push(k.volume.clone());
+            }
+        }
+    }
+    out
+}
+
+/// The one rule for a recovery point, shared by the console, `status
+/// --rpo` and `/metrics`: `points` are the newest backups of the volumes
+/// it covers (None: that volume has none). The point is the oldest of
+/// them; never backed up when any is missing; then a failed verify of any
+/// of them, then a failed last run, then the age.
+pub fn judge(
+    points: &[Option<(DateTime<Utc>, Id)>],
+    verify: &BTreeMap<Id, VerifyMark>,
+    last_run_failed: bool,
+    now: DateTime<Utc>,
+    late: Duration,
+    stale: Duration,
+) -> (Option<DateTime<Utc>>, RpoState) {
+    let point = match points.iter().copied().collect::<Option<Vec<_>>>() {
+        Some(ps) if !ps.is_empty() => ps.iter().map(|p| p.0).min(),
+        _ => None,
+    };
+    let Some(t) = point else {
+        return (None, RpoState::NeverBackedUp);
+    };
+    let state = if points
+        .iter()
+        .flatten()
+        .any(|(_, id)| verify.get(id).is_some_and(|m| !m.ok))
+    {
+        RpoState::VerifyFailed
+    } else if last_run_failed {
+        RpoState::LastJobFailed
+    } else {
+        by_age((now - t).num_seconds(), late, stale)
+    };
+    (Some(t), state)
+}
+
 /// `backups` holds manifests or shared ones (the console's `Arc`s).
-pub fn assess<M: std::borrow::Borrow<Manifest>>(
+pub fn assess<M: Borrow<Manifest>>(
     config: &Config,
     backups: &[(ManifestKey, M)],
     verify: &BTreeMap<Id, VerifyMark>,
@@ -145,67 +234,78 @@ pub fn assess<M: std::borrow::Borrow<Manifest>>(
             vms.push(k.vm.clone());
         }
     }
+    let configured: BTreeMap<String, Vec<String>> = config
+        .vms
+        .iter()
+        .map(|v| {
+            (
+                v.name.get_ref().clone(),
+                v.volumes
+                    .iter()
+                    .map(|vol| vol.name.get_ref().clone())
+                    .collect(),
+            )
+        })
+        .collect();
+    let newest = newest_per_volume(backups);
+    let covered = current_volumes(&configured, backups);
     vms.into_iter()
         .map(|vm| {
             let policy = config.policy_for(&vm);
             let (late, stale) = thresholds(config, &vm);
-            let mine: Vec<(&ManifestKey, &Manifest)> = backups
+            let points: Vec<Option<(DateTime<Utc>, Id)>> = covered
+                .get(&vm)
+                .map(|vols| {
+                    vols.iter()
+                        .map(|v| newest.get(&(vm.clone(), v.clone())).copied())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let marks: Vec<&VerifyMark> = points
                 .iter()
-                .filter(|(k, _)| k.vm == vm)
-                .map(|(k, m)| (k, m.borrow()))
+                .flatten()
+                .filter_map(|(_, id)| verify.get(id))
                 .collect();
-            let newest = mine.iter().map(|(_, m)| m.created_at).max();
-            let newest_set = mine
-                .iter()
-                .max_by_key(|(_, m)| m.created_at)
-                .map(|(_, m)| m.set.clone());
-            let marks: Vec<&VerifyMark> = mine
-                .iter()
-                .filter(|(_, m)| Some(&m.set) == newest_set.as_ref())
-                .filter_map(|(k, _)| verify.get(&k.id))
-                .collect();
-            let verify = marks
-                .iter()
-                .max_by_key(|m| (!m.ok, m.at))
-                .map(|m| VerifySummary {
-                    at: m.at,
-                    deep: m.deep,
-                    ok: marks.iter().all(|m| m.ok),
-                });
+            let verify_summary =
+                marks
+                    .iter()
+                    .max_by_key(|m| (!m.ok, m.at))
+                    .map(|m| VerifySummary {
+                        at: m.at,
+                        deep: m.deep,
+                        ok: marks.iter().all(|m| m.ok),
+                    });
             let last_run = runs.iter().rev().find(|r| r.vm == vm).map(|r| LastRun {
                 started_at: r.started_at,
                 outcome: r.outcome,
                 seconds: r.seconds,
                 error: r.error.clone(),
             });
+            let failed = last_run
+                .as_ref()
+                .is_some_and(|r| r.outcome == RunOutcome::Failed);
+            let (point, state) = judge(&points, verify, failed, now, late, stale);
+            // The daemon schedules from the newest backup of any volume.
+            let latest = newest
+                .iter()
+                .filter(|((v, _), _)| *v == vm)
+                .map(|(_, (t, _))| *t)
+                .max();
             let next_run = policy.and_then(|p| {
-                match schedule::next(p, daemon.last_slot.get(&vm).copied(), newest, now) {
+                match schedule::next(p, daemon.last_slot.get(&vm).copied(), latest, now) {
                     Next::Due { .. } => Some(now),
                     Next::At(t) => Some(t),
                     Next::Never => None,
                 }
             });
-            let age = newest.map(|t| (now - t).num_seconds());
-            let state = match (newest, age) {
-                (None, _) => RpoState::NeverBackedUp,
-                _ if verify.as_ref().is_some_and(|v| !v.ok) => RpoState::VerifyFailed,
-                _ if last_run
-                    .as_ref()
-                    .is_some_and(|r| r.outcome == RunOutcome::Failed) =>
-                {
-                    RpoState::LastJobFailed
-                }
-                (_, Some(a)) => by_age(a, late, stale),
-                (_, None) => RpoState::Ok,
-            };
             VmRpo {
                 vm,
                 policy: policy.map(|p| p.name.clone()),
-                newest,
-                age_seconds: age,
+                newest: point,
+                age_seconds: point.map(|t| (now - t).num_seconds()),
                 late_after_seconds: late.num_seconds(),
                 stale_after_seconds: stale.num_seconds(),
-                verify,
+                verify: verify_summary,
                 last_run,
                 next_run,
                 remotes: BTreeMap::new(),

@@ -87,17 +87,9 @@ pub struct TreeRow {
     pub volume: Option<String>,
 }
 
-/// Recovery-point state, worst last (a VM takes its worst volume's):
-/// the age rule is `rpo::by_age`, the one `status --rpo` and `/metrics`
-/// use; a newest backup whose verify failed is no recovery point at all.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Rpo {
-    Fresh,
-    Late,
-    Stale,
-    VerifyFailed,
-    Never,
-}
+/// Recovery-point state: `rpo::judge` decides it, the one rule `status
+/// --rpo` and `/metrics` use.
+pub type Rpo = lifeboat_core::rpo::RpoState;
 
 /// Whether a repository holds a backup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -491,9 +483,8 @@ pub struct App {
     /// Newest backup per (VM, volume), and each VM's recovery point (the
     /// oldest of its volumes' newest; None when a volume has none).
     newest_cache: BTreeMap<(String, String), (DateTime<Utc>, Id)>,
-    vm_newest_cache: BTreeMap<String, Option<DateTime<Utc>>>,
-    /// Each VM's volumes (its backups' and the inventory's).
-    vm_volumes: BTreeMap<String, BTreeSet<String>>,
+    /// Per VM, the volumes its recovery point covers (`rpo::current_volumes`).
+    vm_covered: BTreeMap<String, Vec<String>>,
 }
 
 const LOG_LINES: usize = 500;
@@ -566,8 +557,7 @@ impl App {
             tree_cache: Vec::new(),
             timeline_cache: Vec::new(),
             newest_cache: BTreeMap::new(),
-            vm_newest_cache: BTreeMap::new(),
-            vm_volumes: BTreeMap::new(),
+            vm_covered: BTreeMap::new(),
         };
         app.rebuild();
         app
@@ -606,7 +596,7 @@ impl App {
         // One pass over the backups: newest per volume, usage, and the
         // volumes of each VM (the inventory's too, so a VM or volume never
         // sent shows as `never`, locally and in a remote's view).
-        self.newest_cache.clear();
+        self.newest_cache = lifeboat_core::rpo::newest_per_volume(&self.backups);
         let mut usage = Usage::default();
         let mut vms: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for (vm, vols) in &self.inventory {
@@ -615,13 +605,6 @@ impl App {
                 .extend(vols.iter().cloned());
         }
         for (k, m) in self.backups.iter() {
-            let e = self
-                .newest_cache
-                .entry((k.vm.clone(), k.volume.clone()))
-                .or_insert((m.created_at, k.id));
-            if m.created_at > e.0 {
-                *e = (m.created_at, k.id);
-            }
             usage.logical += m.stats.nonzero_bytes;
             usage.stored += m.stats.new_stored_bytes;
             vms.entry(k.vm.clone())
@@ -629,15 +612,8 @@ impl App {
                 .insert(k.volume.clone());
         }
         self.usage = usage;
-        self.vm_newest_cache = vms
-            .iter()
-            .map(|(vm, vols)| {
-                let newest: Option<Vec<DateTime<Utc>>> =
-                    vols.iter().map(|v| self.newest_volume(vm, v)).collect();
-                (vm.clone(), newest.and_then(|ts| ts.into_iter().min()))
-            })
-            .collect();
-        self.vm_volumes = vms.clone();
+        let configured: BTreeMap<String, Vec<String>> = self.inventory.iter().cloned().collect();
+        self.vm_covered = lifeboat_core::rpo::current_volumes(&configured, &self.backups);
         self.tree_cache = self.build_tree(vms);
         self.tree_sel = self.tree_sel.min(self.tree_cache.len().saturating_sub(1));
         self.rebuild_timeline();
@@ -723,16 +699,6 @@ impl App {
             .copied()
     }
 
-    fn volumes_of(&self, vm: &str) -> Vec<String> {
-        self.vm_volumes
-            .get(vm)
-            .map(|v| v.iter().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    /// The VM's recovery point: the oldest of its volumes' newest backups
-    /// (None when a volume has none). A VM is only as fresh as its stalest
-    /// volume.
     /// The capture record of a VM's newest backup.
     pub fn last_capture(&self, vm: &str) -> Option<&lifeboat_core::format::manifest::Capture> {
         self.backups
@@ -742,8 +708,45 @@ impl App {
             .and_then(|(_, m)| m.capture.as_ref())
     }
 
+    /// The newest backups of the volumes a VM's recovery point covers.
+    fn vm_points(&self, vm: &str) -> Vec<Option<(DateTime<Utc>, Id)>> {
+        self.vm_covered
+            .get(vm)
+            .map(|vols| {
+                vols.iter()
+                    .map(|v| self.newest_volume_backup(vm, v))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn judge(
+        &self,
+        vm: &str,
+        points: &[Option<(DateTime<Utc>, Id)>],
+        with_run: bool,
+    ) -> (Option<DateTime<Utc>>, Rpo) {
+        let (late, stale) = self.rpo_limits(vm);
+        let failed = with_run
+            && self
+                .rpo
+                .get(vm)
+                .and_then(|r| r.last_run.as_ref())
+                .is_some_and(|r| r.outcome == lifeboat_core::daemon::runs::RunOutcome::Failed);
+        lifeboat_core::rpo::judge(
+            points,
+            &self.verify,
+            failed,
+            self.now,
+            chrono::Duration::minutes(late),
+            chrono::Duration::minutes(stale),
+        )
+    }
+
+    /// The VM's recovery point: the oldest of its volumes' newest backups
+    /// (None when a volume has none).
     pub fn newest(&self, vm: &str) -> Option<DateTime<Utc>> {
-        self.vm_newest_cache.get(vm).copied().flatten()
+        self.judge(vm, &self.vm_points(vm), true).0
     }
 
     /// A VM's late and stale thresholds in minutes.
@@ -751,37 +754,14 @@ impl App {
         self.rpo_policy.get(vm).copied().unwrap_or(self.rpo_default)
     }
 
-    fn rpo_of(&self, vm: &str, newest: Option<(DateTime<Utc>, Id)>) -> Rpo {
-        let (late, stale) = self.rpo_limits(vm);
-        match newest {
-            None => Rpo::Never,
-            Some((_, id)) if self.verify.get(&id).is_some_and(|m| !m.ok) => Rpo::VerifyFailed,
-            Some((t, _)) => match lifeboat_core::rpo::by_age(
-                (self.now - t).num_seconds(),
-                chrono::Duration::minutes(late),
-                chrono::Duration::minutes(stale),
-            ) {
-                lifeboat_core::rpo::RpoState::Ok => Rpo::Fresh,
-                lifeboat_core::rpo::RpoState::Late => Rpo::Late,
-                _ => Rpo::Stale,
-            },
-        }
-    }
-
-    /// The worst recovery-point state of the VM's volumes.
+    /// The VM's recovery-point state (`rpo::judge`, as `status --rpo`).
     pub fn rpo(&self, vm: &str) -> Rpo {
-        let vols = self.volumes_of(vm);
-        if vols.is_empty() {
-            return Rpo::Never;
-        }
-        vols.iter()
-            .map(|v| self.rpo_volume(vm, v))
-            .max()
-            .unwrap_or(Rpo::Never)
+        self.judge(vm, &self.vm_points(vm), true).1
     }
 
     pub fn rpo_volume(&self, vm: &str, volume: &str) -> Rpo {
-        self.rpo_of(vm, self.newest_volume_backup(vm, volume))
+        self.judge(vm, &[self.newest_volume_backup(vm, volume)], false)
+            .1
     }
 
     pub fn running_jobs(&self) -> usize {

@@ -56,11 +56,12 @@ impl Theme {
 
     fn rpo(&self, r: Rpo) -> (Style, &'static str) {
         match r {
-            Rpo::Fresh => (self.fg(Color::Green), "fresh"),
+            Rpo::Ok => (self.fg(Color::Green), "fresh"),
             Rpo::Late => (self.fg(Color::Yellow), "late"),
             Rpo::Stale => (self.fg(Color::Red).add_modifier(Modifier::BOLD), "STALE"),
             Rpo::VerifyFailed => (self.fg(Color::Red).add_modifier(Modifier::BOLD), "BROKEN"),
-            Rpo::Never => (self.fg(Color::Magenta), "never"),
+            Rpo::NeverBackedUp => (self.fg(Color::Magenta), "never"),
+            Rpo::LastJobFailed => (self.fg(Color::Red).add_modifier(Modifier::BOLD), "FAILED"),
         }
     }
 
