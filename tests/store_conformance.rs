@@ -225,6 +225,13 @@ async fn local_store() {
     suite(&LocalStore::new(dir.path().join("repo"))).await;
 }
 
+/// The in-memory store the engines' fault tests use behaves like the
+/// real ones, without faults.
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_store() {
+    suite(&lifeboat_core::store::memory::MemoryStore::new()).await;
+}
+
 async fn start_server(dir: &std::path::Path) -> (String, String, String) {
     start_server_with(dir, "srv", |_| {}).await
 }

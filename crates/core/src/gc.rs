@@ -397,3 +397,124 @@ fn walk_temp(dir: &std::path::Path, all: bool, visit: &mut Visit<'_>) -> Result<
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::Faults;
+    use crate::testkit::{self, image, memory, put_set};
+
+    fn opts(dry_run: bool) -> GcOptions {
+        GcOptions {
+            dry_run,
+            wait: Duration::from_secs(1),
+            ..Default::default()
+        }
+    }
+
+    async fn gc(store: &DynStore, dry_run: bool) -> Result<GcReport> {
+        run(
+            store,
+            None,
+            &opts(dry_run),
+            &testkit::cancel(),
+            &testkit::progress(),
+        )
+        .await
+    }
+
+    /// Two sets sharing their data volume; the older one's manifests gone.
+    async fn pruned_repo() -> (
+        std::sync::Arc<crate::store::memory::MemoryStore>,
+        DynStore,
+        Vec<(ManifestKey, Manifest)>,
+    ) {
+        let (mem, store) = memory();
+        testkit::init(store.as_ref()).await;
+        let old = put_set(
+            store.as_ref(),
+            "web",
+            "a1",
+            "2026-12-01T02:00:00Z",
+            &[("root", image(1, 3)), ("data", image(2, 3))],
+        )
+        .await;
+        let new = put_set(
+            store.as_ref(),
+            "web",
+            "b2",
+            "2026-12-02T02:00:00Z",
+            &[("root", image(3, 3)), ("data", image(2, 3))],
+        )
+        .await;
+        for (k, _) in &old {
+            store.delete(&ObjectKey::Manifest(k.clone())).await.unwrap();
+        }
+        (mem, store, new)
+    }
+
+    #[tokio::test]
+    async fn gc_removes_only_what_no_manifest_reaches() {
+        let (_, store, kept) = pruned_repo().await;
+        let before = testkit::all_keys(store.as_ref()).await;
+        let dry = gc(&store, true).await.unwrap();
+        assert_eq!((dry.chunks_deleted, dry.indexes_deleted), (3, 1));
+        assert_eq!(testkit::all_keys(store.as_ref()).await, before);
+        let r = gc(&store, false).await.unwrap();
+        // The old root's 3 chunks and its index; the data volume's chunks
+        // and index (the same bytes in both sets) stay.
+        assert_eq!((r.chunks_deleted, r.indexes_deleted), (3, 1));
+        assert_eq!(r.chunks_kept, 6);
+        for (_, m) in &kept {
+            testkit::read_back(store.as_ref(), m).await.unwrap();
+        }
+        // Nothing left to collect.
+        let again = gc(&store, false).await.unwrap();
+        assert_eq!((again.chunks_deleted, again.indexes_deleted), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_manifest_gc_cannot_read_stops_it_before_any_delete() {
+        let (mem, store, kept) = pruned_repo().await;
+        let before = testkit::all_keys(store.as_ref()).await;
+        mem.corrupt(
+            &ObjectKey::Manifest(kept[0].0.clone()),
+            bytes::Bytes::from_static(b"{\"not\": \"a manifest\"}"),
+        );
+        let e = gc(&store, false).await.unwrap_err().to_string();
+        assert!(
+            e.contains("is corrupt") && e.contains("nothing was deleted"),
+            "{e}"
+        );
+        assert_eq!(testkit::all_keys(store.as_ref()).await, before);
+    }
+
+    #[tokio::test]
+    async fn a_live_writer_keeps_gc_from_deleting() {
+        let (_, store, _) = pruned_repo().await;
+        let before = testkit::all_keys(store.as_ref()).await;
+        let writer = lock::acquire(&store, LockKind::Writer, "a push", Duration::from_secs(1))
+            .await
+            .unwrap();
+        let e = gc(&store, false).await.unwrap_err();
+        assert!(matches!(e, Error::Busy { .. }), "{e}");
+        assert_eq!(testkit::all_keys(store.as_ref()).await, before);
+        writer.release().await.unwrap();
+        let r = gc(&store, false).await.unwrap();
+        assert_eq!(r.chunks_deleted, 3);
+    }
+
+    #[tokio::test]
+    async fn transient_read_failures_during_the_mark_are_retried() {
+        let (mem, store, kept) = pruned_repo().await;
+        mem.set_faults(Faults {
+            fail_gets: vec![1, 2, 4],
+            ..Default::default()
+        });
+        let r = gc(&store, false).await.unwrap();
+        assert_eq!(r.chunks_deleted, 3);
+        for (_, m) in &kept {
+            testkit::read_back(store.as_ref(), m).await.unwrap();
+        }
+    }
+}

@@ -34,6 +34,8 @@ pub mod source;
 pub mod store;
 pub mod sync;
 pub mod sys;
+#[cfg(test)]
+pub(crate) mod testkit;
 pub mod text;
 pub mod vm;
 

@@ -174,6 +174,19 @@ impl Held {
         Ok(())
     }
 
+    /// Whether this lock's document is still in the store: an admin may
+    /// have broken it (`locks --break`), a restored bucket lost it. A
+    /// writer that finds it gone re-checks what it relies on before its
+    /// manifests.
+    pub async fn present(&self) -> Result<bool> {
+        Ok(self
+            .store
+            .list_docs(DocKind::Lock)
+            .await?
+            .iter()
+            .any(|d| d.key == self.key))
+    }
+
     /// Releases a lock that others may still hold a reference to (a plan
     /// shared with a confirmation dialog). Dropping alone removes the lock
     /// in the background, which a process about to exit may never run.

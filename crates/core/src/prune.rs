@@ -152,3 +152,122 @@ impl PrunePlan {
         Ok(done)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::retention::Rules;
+    use crate::store::memory::Faults;
+    use crate::testkit::{self, image, memory, put_set};
+
+    async fn three_sets() -> (
+        std::sync::Arc<crate::store::memory::MemoryStore>,
+        crate::store::DynStore,
+        Vec<(ManifestKey, crate::format::Manifest)>,
+    ) {
+        let (mem, store) = memory();
+        testkit::init(store.as_ref()).await;
+        let mut all = Vec::new();
+        for (i, (set, at)) in [
+            ("a1", "2026-12-01T02:00:00Z"),
+            ("b2", "2026-12-02T02:00:00Z"),
+            ("c3", "2026-12-03T02:00:00Z"),
+        ]
+        .iter()
+        .enumerate()
+        {
+            all.extend(
+                put_set(
+                    store.as_ref(),
+                    "web",
+                    set,
+                    at,
+                    &[("root", image(i as u8, 1)), ("data", image(9, 1))],
+                )
+                .await,
+            );
+        }
+        (mem, store, all)
+    }
+
+    fn keep_last(n: usize, all: &[(ManifestKey, crate::format::Manifest)]) -> PrunePlan {
+        let rules = Rules {
+            last: n,
+            ..Default::default()
+        };
+        PrunePlan::new(
+            "memory".into(),
+            crate::retention::plan(all, &rules, &chrono::Utc).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_plan_removes_whole_sets_and_nothing_else() {
+        let (_, store, all) = three_sets().await;
+        let plan = keep_last(1, &all);
+        assert_eq!((plan.removed_sets(), plan.removed_backups()), (2, 4));
+        let done = plan
+            .execute(store.as_ref(), &testkit::cancel())
+            .await
+            .unwrap();
+        assert_eq!(
+            done,
+            PruneDone {
+                sets: 2,
+                backups: 4
+            }
+        );
+        let left = crate::repository::list_manifests(store.as_ref())
+            .await
+            .unwrap();
+        assert_eq!(left.len(), 2);
+        assert!(left.iter().all(|k| all[4..].iter().any(|(a, _)| a == k)));
+        assert!(plan
+            .summary(true)
+            .starts_with("removed 2 of 3 sets (4 backups)"));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_prune_removes_nothing() {
+        let (_, store, all) = three_sets().await;
+        let c = testkit::cancel();
+        c.cancel();
+        let e = keep_last(1, &all)
+            .execute(store.as_ref(), &c)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Cancelled), "{e}");
+        assert_eq!(
+            crate::repository::list_manifests(store.as_ref())
+                .await
+                .unwrap()
+                .len(),
+            6
+        );
+    }
+
+    #[tokio::test]
+    async fn a_prune_that_fails_half_way_says_how_far_it_got() {
+        let (mem, store, all) = three_sets().await;
+        mem.set_faults(Faults {
+            fail_deletes_from: Some(3),
+            ..Default::default()
+        });
+        let e = keep_last(1, &all)
+            .execute(store.as_ref(), &testkit::cancel())
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("after 2 of 4 backups were removed"),
+            "{e}"
+        );
+        // The first set went whole; the rest is still there.
+        assert_eq!(
+            crate::repository::list_manifests(store.as_ref())
+                .await
+                .unwrap()
+                .len(),
+            4
+        );
+    }
+}

@@ -32,6 +32,7 @@ const MODULES: &[(&str, &str)] = &[
     ("names", "base"),
     ("sys", "base"),
     ("buf", "base"),
+    ("testkit", "services"),
     ("durable", "base"),
     ("jobs", "base"),
     ("retry", "base"),

@@ -613,3 +613,92 @@ fn write_raw(
     progress.set_phase("syncing");
     file.sync_all().map_err(|e| Error::io("syncing", path, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::Faults;
+    use crate::testkit::{self, image, memory, put_set};
+
+    async fn remote() -> (
+        std::sync::Arc<crate::store::memory::MemoryStore>,
+        crate::store::DynStore,
+        Vec<(ManifestKey, Manifest)>,
+    ) {
+        let (mem, store) = memory();
+        testkit::init(store.as_ref()).await;
+        let all = put_set(
+            store.as_ref(),
+            "web",
+            "a1",
+            "2026-12-01T02:00:00Z",
+            &[("root", image(1, 4))],
+        )
+        .await;
+        (mem, store, all)
+    }
+
+    async fn restore_from(
+        remote: &dyn Store,
+        local: &Path,
+        to: &Path,
+    ) -> Result<Vec<RestoreOutcome>> {
+        let req = RestoreRequest {
+            reference: "web/root@latest".into(),
+            to: to.to_path_buf(),
+            format: Some(ImageFormat::Raw),
+            force: false,
+        };
+        let (c, p) = (testkit::cancel(), testkit::progress());
+        let plan = plan_remote(remote, local, &req, true, &c, &p).await?;
+        execute(plan, Some(remote), local, &c, &p).await
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_restore_from_a_flaky_remote_is_byte_exact() {
+        let (mem, store, _) = remote().await;
+        mem.set_faults(Faults {
+            fail_gets: vec![2, 5, 7],
+            ..Default::default()
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let to = dir.path().join("root.img");
+        restore_from(store.as_ref(), &dir.path().join("repo"), &to)
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(&to).unwrap(), image(1, 4));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_corrupt_chunk_on_the_remote_fails_the_restore_and_leaves_no_image() {
+        let (mem, store, all) = remote().await;
+        let (index, _) = crate::repository::fetch_index(store.as_ref(), &all[0].1.index)
+            .await
+            .unwrap();
+        // The third chunk's bytes replaced by another chunk's (bit rot, or
+        // a hostile server): well-formed, wrong content.
+        let other = store
+            .get(&crate::store::ObjectKey::Chunk(index.chunks[0]))
+            .await
+            .unwrap()
+            .unwrap();
+        mem.corrupt(&crate::store::ObjectKey::Chunk(index.chunks[2]), other);
+        let dir = tempfile::tempdir().unwrap();
+        let to = dir.path().join("root.img");
+        let e = restore_from(store.as_ref(), &dir.path().join("repo"), &to)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::CorruptObject { kind, id, .. } if *kind == "chunk" && *id == index.chunks[2].to_hex()),
+            "{e}"
+        );
+        assert!(!to.exists(), "a partial image was left");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .filter(|n| n != "repo")
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+}

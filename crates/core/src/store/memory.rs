@@ -33,6 +33,10 @@ pub struct Faults {
     pub list_lag: usize,
     /// Every put fails permanently from this put on (a full disk).
     pub full_from: Option<usize>,
+    /// These object reads fail with a transient error (counted from 1).
+    pub fail_gets: Vec<usize>,
+    /// Every object delete fails from this one on (counted from 1).
+    pub fail_deletes_from: Option<usize>,
 }
 
 #[derive(Default)]
@@ -42,6 +46,8 @@ struct State {
     order: VecDeque<ObjectKey>,
     docs: BTreeMap<DocKey, (Bytes, DateTime<Utc>)>,
     puts: usize,
+    gets: usize,
+    deletes: usize,
 }
 
 pub struct MemoryStore {
@@ -87,6 +93,11 @@ impl MemoryStore {
     /// How many object puts were made (failed ones included).
     pub fn puts(&self) -> usize {
         self.state().puts
+    }
+
+    /// How many object reads were made (failed ones included).
+    pub fn gets(&self) -> usize {
+        self.state().gets
     }
 
     /// Removes a document behind its writer's back (a lock broken, or lost
@@ -143,7 +154,19 @@ impl Store for MemoryStore {
 
     async fn get(&self, key: &ObjectKey) -> Result<Option<Bytes>> {
         self.wait().await;
-        let data = self.state().objects.get(key).cloned();
+        let fail = self.faults().fail_gets;
+        let data = {
+            let mut st = self.state();
+            st.gets += 1;
+            if fail.contains(&st.gets) {
+                return Err(Error::Remote {
+                    remote: "memory".into(),
+                    reason: format!("get {} failed (injected)", st.gets),
+                    transient: true,
+                });
+            }
+            st.objects.get(key).cloned()
+        };
         match data {
             Some(d) if d.len() as u64 > key.max_size() => {
                 Err(key.too_large(d.len() as u64, "the stored object is damaged"))
@@ -183,7 +206,16 @@ impl Store for MemoryStore {
 
     async fn delete(&self, key: &ObjectKey) -> Result<()> {
         self.wait().await;
+        let from = self.faults().fail_deletes_from;
         let mut st = self.state();
+        st.deletes += 1;
+        if from.is_some_and(|f| st.deletes >= f) {
+            return Err(Error::Remote {
+                remote: "memory".into(),
+                reason: format!("delete {} refused (injected)", st.deletes),
+                transient: false,
+            });
+        }
         st.objects.remove(key);
         st.order.retain(|k| k != key);
         Ok(())

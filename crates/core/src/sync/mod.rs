@@ -367,6 +367,9 @@ pub async fn execute(
     with_retry(opts.retries, || dst.commit()).await?;
     if let Some(l) = &plan.lock {
         l.check()?;
+        if plan.send_manifests && !with_retry(opts.retries, || l.present()).await? {
+            data_still_there(dst, plan, opts).await?;
+        }
     }
     if plan.send_manifests {
         progress.set_phase("sending manifests");
@@ -396,6 +399,43 @@ pub async fn execute(
     Ok(report)
 }
 
+/// After the writer lock vanished, a gc may have swept objects the plan
+/// found "already there": every object the manifests need must still be
+/// in the destination before one of them is written.
+async fn data_still_there(dst: &dyn Store, plan: &TransferPlan, opts: &SyncOptions) -> Result<()> {
+    let mut keys: Vec<ObjectKey> = Vec::new();
+    for (id, index) in &plan.index_of {
+        keys.push(ObjectKey::Index(*id));
+        keys.extend(
+            index
+                .chunks
+                .iter()
+                .filter(|c| !c.is_zero())
+                .map(|c| ObjectKey::Chunk(*c)),
+        );
+    }
+    keys.sort();
+    keys.dedup();
+    let mut gone = 0usize;
+    for batch in keys.chunks(1000) {
+        gone += with_retry(opts.retries, || dst.missing(batch)).await?.len();
+    }
+    if gone > 0 {
+        return Err(Error::Remote {
+            remote: dst.describe(),
+            reason: format!(
+                "this transfer's writer lock vanished (broken, or lost with the store) and {gone} objects it relies on were removed meanwhile; no manifest was written: run it again"
+            ),
+            transient: false,
+        });
+    }
+    tracing::warn!(
+        "{}: this transfer's writer lock vanished; every object its manifests need is still there",
+        dst.describe()
+    );
+    Ok(())
+}
+
 /// Plans and executes in one go (the CLI's push and pull).
 pub async fn transfer(
     src: &dyn Store,
@@ -419,5 +459,250 @@ pub(crate) fn check_cancel(cancel: &CancellationToken) -> Result<()> {
         Err(Error::Cancelled)
     } else {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::Faults;
+    use crate::testkit::{self, image, memory, memory_with, put_set};
+    use std::time::Duration;
+
+    async fn source() -> (DynStore, Vec<(ManifestKey, Manifest)>) {
+        let (_, src) = memory();
+        testkit::init(src.as_ref()).await;
+        let mut all = put_set(
+            src.as_ref(),
+            "web",
+            "a1",
+            "2026-12-01T02:00:00Z",
+            &[("root", image(1, 4)), ("data", image(2, 4))],
+        )
+        .await;
+        all.extend(
+            put_set(
+                src.as_ref(),
+                "web",
+                "b2",
+                "2026-12-02T02:00:00Z",
+                &[("root", image(3, 4)), ("data", image(2, 4))],
+            )
+            .await,
+        );
+        (src, all)
+    }
+
+    fn opts() -> SyncOptions {
+        SyncOptions {
+            init: true,
+            retries: 2,
+            concurrency: 2,
+            lock_wait: Duration::from_secs(5),
+            ..Default::default()
+        }
+    }
+
+    async fn push(src: &DynStore, dst: &DynStore, keys: &[ManifestKey]) -> Result<SyncReport> {
+        transfer(
+            src.as_ref(),
+            dst,
+            keys.to_vec(),
+            &opts(),
+            &testkit::cancel(),
+            &testkit::progress(),
+        )
+        .await
+    }
+
+    async fn same_backups(src: &DynStore, dst: &DynStore, all: &[(ManifestKey, Manifest)]) {
+        for (_, m) in all {
+            assert_eq!(
+                testkit::read_back(dst.as_ref(), m).await.unwrap(),
+                testkit::read_back(src.as_ref(), m).await.unwrap()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_destination_commits_no_manifest_and_the_next_run_sends_only_the_rest() {
+        let (src, all) = source().await;
+        let keys: Vec<ManifestKey> = all.iter().map(|(k, _)| k.clone()).collect();
+        // The 6th object put fails for good (a full disk), half-way through
+        // the chunks.
+        let (mem, dst) = memory_with(Faults {
+            full_from: Some(6),
+            ..Default::default()
+        });
+        let e = push(&src, &dst, &keys).await.unwrap_err();
+        assert!(matches!(e, Error::DiskFull(_)), "{e}");
+        assert!(
+            list_manifests(dst.as_ref()).await.unwrap().is_empty(),
+            "a manifest was written before its data"
+        );
+        let stored = dst.list("chunks/").await.unwrap().len();
+        assert!(stored > 0 && stored < 12, "{stored} chunks stored");
+        mem.set_faults(Faults::default());
+        let r = push(&src, &dst, &keys).await.unwrap();
+        assert_eq!(r.manifests_sent, 4);
+        // 12 distinct chunks in all (data is the same in both sets): the
+        // ones stored before the disk filled are not sent again.
+        assert_eq!(r.chunks_sent, 12 - stored);
+        same_backups(&src, &dst, &all).await;
+    }
+
+    #[tokio::test]
+    async fn transient_put_failures_are_retried() {
+        let (src, all) = source().await;
+        let keys: Vec<ManifestKey> = all.iter().map(|(k, _)| k.clone()).collect();
+        let (mem, dst) = memory_with(Faults {
+            fail_puts: vec![3, 4, 9],
+            ..Default::default()
+        });
+        let r = push(&src, &dst, &keys).await.unwrap();
+        assert_eq!(r.manifests_sent, 4);
+        assert!(mem.puts() > testkit::all_keys(dst.as_ref()).await.len());
+        same_backups(&src, &dst, &all).await;
+    }
+
+    #[tokio::test]
+    async fn a_torn_write_is_caught_by_the_next_reader() {
+        let (src, all) = source().await;
+        let keys: Vec<ManifestKey> = all.iter().map(|(k, _)| k.clone()).collect();
+        // The destination keeps half of its 3rd put and says it stored it.
+        let (_, dst) = memory_with(Faults {
+            tear_puts: vec![3],
+            ..Default::default()
+        });
+        push(&src, &dst, &keys).await.unwrap();
+        // Pulling from it into a third repository verifies every chunk:
+        // the torn one stops the pull, naming it, before any manifest.
+        let (_, third) = memory();
+        let e = push(&dst, &third, &keys).await.unwrap_err();
+        assert!(
+            matches!(&e, Error::CorruptObject { kind, .. } if *kind == "chunk"),
+            "{e}"
+        );
+        assert!(list_manifests(third.as_ref()).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_listing_that_lags_a_write_is_caught_up_by_the_next_run() {
+        let (src_mem, src) = {
+            let (m, s) = memory();
+            (m, s)
+        };
+        testkit::init(src.as_ref()).await;
+        let all = put_set(
+            src.as_ref(),
+            "web",
+            "a1",
+            "2026-12-01T02:00:00Z",
+            &[("root", image(1, 2))],
+        )
+        .await;
+        let newer = put_set(
+            src.as_ref(),
+            "web",
+            "b2",
+            "2026-12-02T02:00:00Z",
+            &[("root", image(2, 2))],
+        )
+        .await;
+        // The source's listing does not show its newest object yet.
+        src_mem.set_faults(Faults {
+            list_lag: 1,
+            ..Default::default()
+        });
+        let listed = list_manifests(src.as_ref()).await.unwrap();
+        assert_eq!(listed, vec![all[0].0.clone()]);
+        let (_, dst) = memory();
+        push(&src, &dst, &listed).await.unwrap();
+        // Once the listing shows it, the next run sends what is missing.
+        src_mem.set_faults(Faults::default());
+        let listed = list_manifests(src.as_ref()).await.unwrap();
+        let r = push(&src, &dst, &listed).await.unwrap();
+        assert_eq!(r.manifests_sent, 1);
+        assert_eq!(r.chunks_sent, 2);
+        same_backups(&src, &dst, &[all, newer].concat()).await;
+    }
+
+    /// A writer whose lock vanished (broken by an admin, or lost with the
+    /// bucket) while a gc swept the objects it had found "already there"
+    /// must not write manifests that name missing data.
+    #[tokio::test]
+    async fn a_push_whose_lock_vanished_under_a_gc_writes_no_broken_backup() {
+        let (src, all) = source().await;
+        let keys: Vec<ManifestKey> = all.iter().map(|(k, _)| k.clone()).collect();
+        let (mem, dst) = memory();
+        testkit::init(dst.as_ref()).await;
+        // An earlier push was cut off after its data: orphans a gc may take.
+        let objs: Vec<testkit::VolumeObjects> = all
+            .iter()
+            .map(|(_, m)| {
+                let data = futures::executor::block_on(testkit::read_back(src.as_ref(), m))
+                    .expect("source readable");
+                testkit::volume(
+                    &m.vm.name,
+                    &m.set,
+                    &m.created_at.to_rfc3339(),
+                    &m.volume.name,
+                    &data,
+                )
+            })
+            .collect();
+        testkit::put_data(dst.as_ref(), &objs).await;
+        let p = plan(
+            src.as_ref(),
+            &dst,
+            keys.clone(),
+            &opts(),
+            &testkit::cancel(),
+            &testkit::progress(),
+        )
+        .await
+        .unwrap();
+        assert!(p.chunks.is_empty(), "the data was already there");
+        for d in mem_docs(&mem).await {
+            mem.vanish_doc(&d);
+        }
+        let gc = crate::gc::run(
+            &dst,
+            None,
+            &crate::gc::GcOptions {
+                wait: Duration::from_secs(1),
+                ..Default::default()
+            },
+            &testkit::cancel(),
+            &testkit::progress(),
+        )
+        .await
+        .unwrap();
+        assert!(gc.chunks_deleted > 0, "the gc took the orphans");
+        let e = execute(
+            src.as_ref(),
+            dst.as_ref(),
+            &p,
+            &opts(),
+            &testkit::cancel(),
+            &testkit::progress(),
+        )
+        .await
+        .unwrap_err();
+        p.finish().await;
+        assert!(e.to_string().contains("run it again"), "{e}");
+        assert!(list_manifests(dst.as_ref()).await.unwrap().is_empty());
+        // Run again: everything is sent and readable.
+        push(&src, &dst, &keys).await.unwrap();
+        same_backups(&src, &dst, &all).await;
+    }
+
+    async fn mem_docs(mem: &crate::store::memory::MemoryStore) -> Vec<crate::store::DocKey> {
+        mem.list_docs(crate::store::DocKind::Lock)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.key)
+            .collect()
     }
 }
