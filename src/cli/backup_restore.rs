@@ -2,9 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
-use lifeboat_core::backup::{BackupRequest, VolumeSpec};
-use lifeboat_core::format::manifest::{ImageFormat, Role};
+use lifeboat_core::format::manifest::ImageFormat;
 use lifeboat_core::format::refs;
 use lifeboat_core::format::repo_config::RepoConfig;
 use lifeboat_core::repo::verify::{self, VerifyReport};
@@ -37,70 +35,6 @@ pub fn init(
     }
     Ok(Outcome::Ok)
 }
-
-fn volume_specs(
-    ctx: &Ctx,
-    vm: &str,
-    args: &[String],
-    format: FormatChoice,
-) -> anyhow::Result<Vec<VolumeSpec>> {
-    let inv = ctx.config.vm(vm);
-    let where_ = || {
-        ctx.config
-            .path
-            .as_ref()
-            .map(|p| format!("the config {}", p.display()))
-            .unwrap_or_else(|| "the config (none loaded)".into())
-    };
-    let from_inventory = |name: &str| -> anyhow::Result<VolumeSpec> {
-        let Some(vmc) = inv else {
-            bail!(
-                "VM {vm:?} is not in {}: pass --volume NAME=PATH to back up a file directly",
-                where_()
-            )
-        };
-        let v = vmc
-            .volumes
-            .iter()
-            .find(|v| v.name.get_ref() == name)
-            .with_context(|| format!("VM {vm:?} has no volume {name:?} in {}", where_()))?;
-        Ok(VolumeSpec {
-            name: v.name.get_ref().clone(),
-            role: v.role,
-            path: v.path.clone(),
-            format: v.format,
-        })
-    };
-    if args.is_empty() {
-        let Some(vmc) = inv else {
-            bail!(
-                "VM {vm:?} is not in {}: pass --volume NAME=PATH to back up a file directly",
-                where_()
-            )
-        };
-        return vmc
-            .volumes
-            .iter()
-            .map(|v| from_inventory(v.name.get_ref()))
-            .collect();
-    }
-    args.iter()
-        .map(|a| match a.split_once('=') {
-            Some((name, path)) => Ok(VolumeSpec {
-                name: name.to_string(),
-                role: if name == "root" {
-                    Role::Root
-                } else {
-                    Role::Data
-                },
-                path: PathBuf::from(path),
-                format,
-            }),
-            None => from_inventory(a),
-        })
-        .collect()
-}
-
 pub async fn backup(
     ctx: &Ctx,
     vm: String,
@@ -108,16 +42,11 @@ pub async fn backup(
     format: FormatChoice,
     note: Option<String>,
 ) -> anyhow::Result<Outcome> {
-    lifeboat_core::names::check_name("VM", &vm)?;
+    let mut req =
+        lifeboat_core::config::requests::backup_request(&ctx.config, &vm, &volumes, format)?;
     let repo = ctx.open_repo()?;
-    let req = BackupRequest {
-        volumes: volume_specs(ctx, &vm, &volumes, format)?,
-        definition: ctx.config.definition_for_backup(&vm),
-        live: ctx.config.live_for(&vm),
-        vm,
-        note,
-        created_at: None,
-    };
+    req.note = note;
+    req.definition = ctx.config.definition_for_backup(&vm);
     let result = run_job("backup", ctx.json, move |c, p| {
         lifeboat_core::backup::backup(&repo, &req, c, p)
     })

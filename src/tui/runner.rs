@@ -751,34 +751,19 @@ impl Runner {
 
     fn backup(&self, vm: String) {
         let path = self.repo_path.clone();
-        let volumes: Vec<lifeboat_core::backup::VolumeSpec> = self
-            .config
-            .vm(&vm)
-            .map(|v| {
-                v.volumes
-                    .iter()
-                    .map(|x| lifeboat_core::backup::VolumeSpec {
-                        name: x.name.get_ref().clone(),
-                        role: x.role,
-                        path: x.path.clone(),
-                        format: x.format,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
         let config = self.config.clone();
         self.spawn_blocking(format!("backup {vm}"), move |cancel, progress| {
             // May ask virsh: off the console's thread.
             let definition = config.definition_for_backup(&vm);
             let repo = Repo::open(&path)?;
-            let req = lifeboat_core::backup::BackupRequest {
-                live: config.live_for(&vm),
-                vm,
-                volumes,
-                note: Some("from the console".into()),
-                created_at: None,
-                definition,
-            };
+            let mut req = lifeboat_core::config::requests::backup_request(
+                &config,
+                &vm,
+                &[],
+                Default::default(),
+            )?;
+            req.note = Some("from the console".into());
+            req.definition = definition;
             let r = lifeboat_core::backup::backup(&repo, &req, cancel, progress)?;
             let new: u64 = r.volumes.iter().map(|v| v.stats.new_stored_bytes).sum();
             Ok(format!("{} volumes, {} new", r.volumes.len(), bytes(new)))

@@ -108,3 +108,82 @@ pub fn live_outlook<M: std::borrow::Borrow<crate::format::manifest::Manifest>>(
         chunk_size,
     ))
 }
+
+/// A backup of `vm` as the config describes it: every volume of its
+/// `[[vm]]` entry, or those `volumes` names — a NAME from the entry, or
+/// NAME=PATH for a file outside the config (read as `format`). The
+/// definition is left out: `definition_for_backup` may ask virsh, so the
+/// caller sets it off the async threads.
+pub fn backup_request(
+    config: &Config,
+    vm: &str,
+    volumes: &[String],
+    format: crate::source::FormatChoice,
+) -> Result<crate::backup::BackupRequest> {
+    use crate::backup::VolumeSpec;
+    use crate::error::Error;
+    use crate::format::manifest::Role;
+    crate::names::check_name("VM", vm)?;
+    let inv = config.vm(vm);
+    let where_ = || {
+        config
+            .path
+            .as_ref()
+            .map(|p| format!("the config {}", p.display()))
+            .unwrap_or_else(|| "the config (none loaded)".into())
+    };
+    let not_in_config = || {
+        Error::BadInput(format!(
+            "VM {vm:?} is not in {}: pass --volume NAME=PATH to back up a file directly",
+            where_()
+        ))
+    };
+    let from_inventory = |name: &str| -> Result<VolumeSpec> {
+        let vmc = inv.ok_or_else(not_in_config)?;
+        let v = vmc
+            .volumes
+            .iter()
+            .find(|v| v.name.get_ref() == name)
+            .ok_or_else(|| {
+                Error::BadInput(format!("VM {vm:?} has no volume {name:?} in {}", where_()))
+            })?;
+        Ok(VolumeSpec {
+            name: v.name.get_ref().clone(),
+            role: v.role,
+            path: v.path.clone(),
+            format: v.format,
+        })
+    };
+    let specs: Vec<VolumeSpec> = if volumes.is_empty() {
+        inv.ok_or_else(not_in_config)?
+            .volumes
+            .iter()
+            .map(|v| from_inventory(v.name.get_ref()))
+            .collect::<Result<_>>()?
+    } else {
+        volumes
+            .iter()
+            .map(|a| match a.split_once('=') {
+                Some((name, path)) => Ok(VolumeSpec {
+                    name: name.to_string(),
+                    role: if name == "root" {
+                        Role::Root
+                    } else {
+                        Role::Data
+                    },
+                    path: std::path::PathBuf::from(path),
+                    format,
+                }),
+                None => from_inventory(a),
+            })
+            .collect::<Result<_>>()?
+    };
+    Ok(crate::backup::BackupRequest {
+        vm: vm.to_string(),
+        volumes: specs,
+        note: None,
+        created_at: None,
+        definition: None,
+        live: config.live_for(vm),
+    })
+}

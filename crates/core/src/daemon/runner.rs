@@ -21,7 +21,6 @@ use tokio::sync::Semaphore;
 use super::offsite::{self, Offsite};
 use super::runs::{self, DaemonState, RunOutcome, RunRecord};
 use super::schedule::{self, Next};
-use crate::backup::{BackupRequest, VolumeSpec};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::format::{Manifest, ManifestKey};
@@ -900,26 +899,20 @@ impl PolicyRun {
     }
 
     async fn backup(&self, progress: &Arc<Progress>) -> Result<crate::backup::BackupResult> {
-        let vm = self.config.vm(&self.vm).ok_or_else(|| {
-            Error::BadInput(format!("VM {} is not in the config any more", self.vm))
-        })?;
-        let req = BackupRequest {
-            vm: self.vm.clone(),
-            volumes: vm
-                .volumes
-                .iter()
-                .map(|v| VolumeSpec {
-                    name: v.name.get_ref().clone(),
-                    role: v.role,
-                    path: v.path.clone(),
-                    format: v.format,
-                })
-                .collect(),
-            note: Some(format!("policy {}", self.policy.name)),
-            created_at: Some(self.clock.now()),
-            definition: None,
-            live: self.config.live_for(&self.vm),
-        };
+        if self.config.vm(&self.vm).is_none() {
+            return Err(Error::BadInput(format!(
+                "VM {} is not in the config any more",
+                self.vm
+            )));
+        }
+        let mut req = crate::config::requests::backup_request(
+            &self.config,
+            &self.vm,
+            &[],
+            Default::default(),
+        )?;
+        req.note = Some(format!("policy {}", self.policy.name));
+        req.created_at = Some(self.clock.now());
         let (root, cancel, progress) = (self.root.clone(), self.cancel.clone(), progress.clone());
         let config = self.config.clone();
         tokio::task::spawn_blocking(move || {
