@@ -185,3 +185,57 @@ fn completions_and_man_page_come_from_the_argument_definitions() {
     drop(child.stdout.take());
     assert!(child.wait().unwrap().code().is_some());
 }
+
+/// A VM restore's define or attach step is part of its plan: a dry run
+/// shows it, the JSON plan carries it, and options that do not apply are
+/// refused before anything is read.
+#[test]
+fn a_restore_plan_shows_what_happens_to_the_vm() {
+    let w = World::new();
+    w.init("64K");
+    two_volume_backup(&w);
+    let dir = w.dir.path().join("restored");
+    let to = dir.to_string_lossy().to_string();
+    let out = w.lb(&[
+        "restore",
+        "db01@latest",
+        "--to",
+        &to,
+        "--define",
+        "--name",
+        "db01-dr",
+        "--dry-run",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("would write the domain XML") && text.contains("db01-dr.xml"),
+        "{text}"
+    );
+    assert!(
+        text.contains("then define it with virsh as db01-dr"),
+        "{text}"
+    );
+    assert!(!dir.exists(), "a dry run created {}", dir.display());
+    let v = w.json(&[
+        "restore",
+        "db01/root@latest",
+        "--to",
+        &format!("{to}.raw"),
+        "--attach",
+        "web-dr",
+        "--dry-run",
+    ]);
+    assert_eq!(v["vm_step"]["step"], "attach");
+    assert_eq!(v["vm_step"]["domain"], "web-dr");
+    let (code, text) = w.fails(&[
+        "restore",
+        "db01/root@latest",
+        "--to",
+        &format!("{to}.raw"),
+        "--define",
+        "--dry-run",
+    ]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("apply to a whole VM"), "{text}");
+}

@@ -188,17 +188,14 @@ pub async fn restore(
         lifeboat_core::format::refs::Ref::parse(reference)?,
         lifeboat_core::format::refs::Ref::Set { .. }
     );
-    if let Some(n) = &vm_args.name {
-        lifeboat_core::names::check_name("VM", n)?;
-    }
-    if !is_set && (vm_args.define || vm_args.keep_macs || vm_args.name.is_some()) {
-        anyhow::bail!("--define, --keep-macs and --name apply to a whole VM (VM@...); for one volume use --attach DOMAIN");
-    }
-    if is_set && vm_args.attach.is_some() {
-        anyhow::bail!(
-            "--attach attaches one volume (VM/VOLUME@...); a whole VM gets a domain XML (--define)"
-        );
-    }
+    let step = lifeboat_core::vm::restore::VmStep::for_request(
+        is_set,
+        vm_args.define,
+        vm_args.keep_macs,
+        vm_args.name.clone(),
+        vm_args.attach.clone(),
+        vm_args.target.clone(),
+    )?;
     let req = RestoreRequest {
         reference: reference.to_string(),
         to,
@@ -228,9 +225,12 @@ pub async fn restore(
     };
     if dry_run {
         if ctx.json {
-            print_json(&serde_json::json!({"dry_run": true, "plan": plan}))?;
+            print_json(&serde_json::json!({"dry_run": true, "plan": plan, "vm_step": step}))?;
         } else {
             print_restore_plan(&plan, remote.as_ref().map(|(n, _)| n.as_str()));
+            for line in step.lines(&plan) {
+                println!("{line}");
+            }
         }
         return Ok(Outcome::Ok);
     }
@@ -247,18 +247,28 @@ pub async fn restore(
     })
     .await?;
     let repo = ctx.open_repo()?;
-    let vm_done = match (is_set, &set_dir) {
-        (true, Some(dir)) => Some(finish_vm(ctx, &repo, &picked, &outcomes, dir, &vm_args)),
+    let vm_done = match (&step, &set_dir) {
+        (
+            lifeboat_core::vm::restore::VmStep::Domain {
+                define,
+                keep_macs,
+                name,
+            },
+            Some(dir),
+        ) => Some(finish_vm(
+            ctx,
+            &repo,
+            &picked,
+            &outcomes,
+            dir,
+            (*define, *keep_macs, name.as_deref()),
+        )),
         _ => None,
     };
-    let attached = match (&vm_args.attach, picked.first(), outcomes.first()) {
-        (Some(domain), Some((_, m)), Some(o)) => Some(attach_volume(
-            &repo,
-            m,
-            o,
-            domain,
-            vm_args.target.as_deref(),
-        )),
+    let attached = match (&step, picked.first(), outcomes.first()) {
+        (lifeboat_core::vm::restore::VmStep::Attach { domain, target }, Some((_, m)), Some(o)) => {
+            Some(attach_volume(&repo, m, o, domain, target.as_deref()))
+        }
         _ => None,
     };
     if ctx.json {
@@ -360,7 +370,7 @@ fn finish_vm(
     )],
     outcomes: &[lifeboat_core::restore::RestoreOutcome],
     dir: &std::path::Path,
-    a: &VmRestoreArgs,
+    (define, keep_macs, name): (bool, bool, Option<&str>),
 ) -> anyhow::Result<VmDone> {
     use lifeboat_core::vm::restore as vr;
     let vm = picked
@@ -369,16 +379,8 @@ fn finish_vm(
         .unwrap_or_default();
     let local = ctx.config.definition_for_backup(&vm);
     let (def, from) = vr::definition_of(repo, picked, local)?;
-    let v = vr::write_vm(
-        &def,
-        from,
-        picked,
-        outcomes,
-        dir,
-        a.keep_macs,
-        a.name.as_deref(),
-    )?;
-    if a.define && !ctx.json {
+    let v = vr::write_vm(&def, from, picked, outcomes, dir, keep_macs, name)?;
+    if define && !ctx.json {
         // The admin sees exactly what libvirt is handed, before it is.
         println!(
             "the domain XML handed to virsh define ({}):",
@@ -389,7 +391,7 @@ fn finish_vm(
             println!("  | {}", lifeboat_core::text::escape(line));
         }
     }
-    let defined = match (a.define, &v.validation) {
+    let defined = match (define, &v.validation) {
         (false, _) => None,
         (true, vr::Validation::Invalid(_)) => {
             Some(Err("not defined: the XML does not validate".to_string()))

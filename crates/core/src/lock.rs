@@ -447,6 +447,14 @@ impl LocalWriter {
     pub fn check(&self) -> Result<()> {
         self.held.as_ref().map_or(Ok(()), Held::check)
     }
+
+    /// Whether the lock's document is still there (see `Held::present`).
+    pub fn present(&self) -> Result<bool> {
+        match &self.held {
+            Some(h) => self.handle.block_on(h.present()),
+            None => Ok(true),
+        }
+    }
 }
 
 impl Drop for LocalWriter {

@@ -257,6 +257,12 @@ pub fn backup(
         None => None,
     };
     lock.check()?;
+    if !lock.present()? {
+        // Broken by an admin or lost: a gc may have swept chunks this
+        // backup found already there. Every one must still be in place
+        // before a manifest names it.
+        data_still_there(repo, staged.iter().map(|(m, _)| m))?;
+    }
     progress.set_phase("writing manifests");
     if repo.config.format < crate::repo::REPO_FORMAT {
         let mut r = repo.clone();
@@ -335,4 +341,29 @@ fn start_live(
         tracing::warn!("VM {}: {r}", req.vm);
     }
     Ok(Live::Running(Box::new(session), lock))
+}
+
+/// After the writer lock vanished: every index and chunk the manifests
+/// name must still be in the repository.
+fn data_still_there<'a>(repo: &Repo, manifests: impl Iterator<Item = &'a Manifest>) -> Result<()> {
+    let mut gone = 0usize;
+    for m in manifests {
+        if !repo.has_index(&m.index) {
+            gone += 1;
+            continue;
+        }
+        let index = repo.read_index(&m.index)?;
+        gone += index.chunks.iter().filter(|c| !repo.has_chunk(c)).count();
+    }
+    if gone > 0 {
+        return Err(Error::BadInput(format!(
+            "this backup's writer lock on {} vanished (broken, or lost) and {gone} objects it relies on were removed meanwhile; no manifest was written: run the backup again",
+            repo.root().display()
+        )));
+    }
+    tracing::warn!(
+        "{}: this backup's writer lock vanished; every object its manifests need is still there",
+        repo.root().display()
+    );
+    Ok(())
 }

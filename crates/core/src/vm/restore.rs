@@ -211,3 +211,111 @@ fn virsh(args: &[&str], by_hand: &str) -> Result<String> {
     }
     Ok(crate::text::escape(String::from_utf8_lossy(&out.stdout).trim()).into_owned())
 }
+
+/// What a restore does with the VM once its volumes are written: a step of
+/// the restore's plan, so a dry run and the JSON plan show it too.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum VmStep {
+    /// One volume, left as a file.
+    #[default]
+    None,
+    /// A whole set: the domain XML (`DIR/NAME.xml`, checked against
+    /// libvirt's schema) and the QEMU command beside the disks; with
+    /// `define`, handed to `virsh define` after it is shown.
+    Domain {
+        define: bool,
+        keep_macs: bool,
+        name: Option<String>,
+    },
+    /// One volume: attached to a libvirt domain (`virsh attach-disk
+    /// --persistent`), as `target` or the volume's own device.
+    Attach {
+        domain: String,
+        target: Option<String>,
+    },
+}
+
+impl VmStep {
+    /// The step a restore of `reference` gets from the admin's options;
+    /// options that do not apply to it are refused, never ignored.
+    pub fn for_request(
+        is_set: bool,
+        define: bool,
+        keep_macs: bool,
+        name: Option<String>,
+        attach: Option<String>,
+        target: Option<String>,
+    ) -> Result<VmStep> {
+        if let Some(n) = &name {
+            crate::names::check_name("VM", n)?;
+        }
+        if !is_set && (define || keep_macs || name.is_some()) {
+            return Err(crate::Error::BadInput(
+                "--define, --keep-macs and --name apply to a whole VM (VM@...); for one volume use --attach DOMAIN".into(),
+            ));
+        }
+        if is_set && attach.is_some() {
+            return Err(crate::Error::BadInput(
+                "--attach attaches one volume (VM/VOLUME@...); a whole VM gets a domain XML (--define)".into(),
+            ));
+        }
+        if target.is_some() && attach.is_none() {
+            return Err(crate::Error::BadInput(
+                "--target names the device for --attach DOMAIN".into(),
+            ));
+        }
+        Ok(match (is_set, attach) {
+            (true, _) => VmStep::Domain {
+                define,
+                keep_macs,
+                name,
+            },
+            (false, Some(domain)) => VmStep::Attach { domain, target },
+            (false, None) => VmStep::None,
+        })
+    }
+
+    /// What the step will do, for a plan (`restore --dry-run`).
+    pub fn lines(&self, plan: &crate::restore::SetRestorePlan) -> Vec<String> {
+        let dir = plan
+            .volumes
+            .first()
+            .and_then(|v| v.target.parent().map(Path::to_path_buf));
+        let vm = plan
+            .volumes
+            .first()
+            .map(|v| v.vm.clone())
+            .unwrap_or_default();
+        match self {
+            VmStep::None => Vec::new(),
+            VmStep::Domain {
+                define,
+                keep_macs,
+                name,
+            } => {
+                let file = dir
+                    .unwrap_or_default()
+                    .join(format!("{}.xml", name.as_deref().unwrap_or(&vm)));
+                let mut out = vec![format!(
+                    "would write the domain XML {} (MAC addresses {}) and check it against libvirt's schema",
+                    file.display(),
+                    if *keep_macs { "kept" } else { "removed" }
+                )];
+                if *define {
+                    out.push(format!(
+                        "would show it, then define it with virsh as {}",
+                        name.as_deref().unwrap_or(&vm)
+                    ));
+                }
+                out
+            }
+            VmStep::Attach { domain, target } => vec![format!(
+                "would attach the restored volume to libvirt domain {domain} as {}",
+                target
+                    .as_deref()
+                    .unwrap_or("its own device (from its backup's definition, else vdb)")
+            )],
+        }
+    }
+}
