@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use lifeboat_core::jobs::{CancellationToken, Job, JobEvent, Progress, Snapshot};
+use lifeboat_core::jobs::{CancellationToken, Job, JobEvent, JobKind, Progress, Snapshot};
 use lifeboat_core::Result;
 use tokio::sync::mpsc;
 
@@ -42,7 +42,15 @@ where
 {
     let (tx, rx) = mpsc::unbounded_channel();
     let sigint = interrupt_handler();
-    observe(kind, json, sigint, Job::spawn(kind, tx, work), rx, false).await
+    observe(
+        kind,
+        json,
+        sigint,
+        Job::spawn(JobKind::Other, kind, tx, work),
+        rx,
+        false,
+    )
+    .await
 }
 
 /// Runs async engine work (transfers) as a job and shows its progress.
@@ -74,7 +82,7 @@ where
 {
     let (tx, rx) = mpsc::unbounded_channel();
     let sigint = interrupt_handler();
-    let job = Job::spawn_async(kind, tx, work);
+    let job = Job::spawn_async(JobKind::Other, kind, tx, work);
     observe(kind, json, sigint, job, rx, lines).await
 }
 

@@ -12,7 +12,7 @@ use lifeboat_core::config::remotes as remote;
 use lifeboat_core::config::Config;
 use lifeboat_core::format::chunkmap::{self, ChunkMap};
 use lifeboat_core::format::{Manifest, ManifestKey};
-use lifeboat_core::jobs::{CancellationToken, Job, JobEvent, Progress};
+use lifeboat_core::jobs::{CancellationToken, Job, JobEvent, JobKind, Progress};
 use lifeboat_core::repo::{state, Repo};
 use lifeboat_core::repository;
 use lifeboat_core::restore::{self, RestoreRequest, SetRestorePlan};
@@ -412,7 +412,8 @@ impl Runner {
         let plans = self.plans.clone();
         let next = self.hold_slot();
         let tx = self.tx.clone();
-        self.spawn_async(
+        self.spawn_async_as(
+            JobKind::Plan,
             format!("plan: {}", title.to_lowercase()),
             move |cancel, progress| async move {
                 let remote = store?;
@@ -523,7 +524,8 @@ impl Runner {
         let plans = self.plans.clone();
         let next = self.hold_slot();
         let tx = self.tx.clone();
-        self.spawn_async(
+        self.spawn_async_as(
+            JobKind::Plan,
             format!("plan: {}", title.to_lowercase()),
             move |cancel, progress| async move {
                 let remote = remote.transpose()?;
@@ -599,7 +601,8 @@ impl Runner {
             None => Ok(self.local()),
         };
         let (plans, next, tx) = (self.plans.clone(), self.hold_slot(), self.tx.clone());
-        self.spawn_async(
+        self.spawn_async_as(
+            JobKind::Plan,
             format!("plan: {}", title.to_lowercase()),
             move |_cancel, _progress| async move {
                 let planned = async {
@@ -704,28 +707,32 @@ impl Runner {
                 provider,
                 opts,
             } => {
-                self.spawn_async(title.to_lowercase(), move |cancel, progress| async move {
-                    let out = lifeboat_core::cloud::execute(
-                        &plan,
-                        provider.as_ref(),
-                        opts,
-                        &cancel,
-                        &progress,
-                    )
-                    .await?;
-                    Ok(format!(
-                        "server {} ({}) {} at {}; console: {}",
-                        out.server.id,
-                        out.server.name,
-                        out.server.status,
-                        if out.server.addresses.is_empty() {
-                            "no address yet".to_string()
-                        } else {
-                            out.server.addresses.join(", ")
-                        },
-                        out.server.console
-                    ))
-                });
+                self.spawn_async_as(
+                    JobKind::CloudRestore,
+                    title.to_lowercase(),
+                    move |cancel, progress| async move {
+                        let out = lifeboat_core::cloud::execute(
+                            &plan,
+                            provider.as_ref(),
+                            opts,
+                            &cancel,
+                            &progress,
+                        )
+                        .await?;
+                        Ok(format!(
+                            "server {} ({}) {} at {}; console: {}",
+                            out.server.id,
+                            out.server.name,
+                            out.server.status,
+                            if out.server.addresses.is_empty() {
+                                "no address yet".to_string()
+                            } else {
+                                out.server.addresses.join(", ")
+                            },
+                            out.server.console
+                        ))
+                    },
+                );
             }
             Held::Restore {
                 title,
@@ -779,7 +786,8 @@ impl Runner {
         };
         let (config, root) = (self.config.clone(), self.repo_path.clone());
         let store = lifeboat_core::config::requests::open_drill_source(&self.config, &source);
-        self.spawn_async(
+        self.spawn_async_as(
+            JobKind::Drill,
             format!("drill {vm} from {source}"),
             move |cancel, progress| async move {
                 let req = lifeboat_core::config::requests::drill_request(&config, &vm, &overrides)?;
@@ -834,8 +842,9 @@ impl Runner {
         let id = self
             .next_plan
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.spawn_async(
-            format!("prune plan {vm}"),
+        self.spawn_async_as(
+            JobKind::Plan,
+            format!("plan: prune {vm}"),
             move |_cancel, _progress| async move {
                 let title = format!("Prune {vm}");
                 let Some(policy) = config.policy_for(&vm).cloned() else {
@@ -1002,7 +1011,7 @@ impl Runner {
         title: String,
         f: impl FnOnce(&CancellationToken, &Progress) -> lifeboat_core::Result<String> + Send + 'static,
     ) {
-        self.track(Job::spawn(&title, self.events.clone(), f));
+        self.track(Job::spawn(JobKind::Other, &title, self.events.clone(), f));
     }
 
     fn spawn_async<F, Fut>(&self, title: String, f: F)
@@ -1010,7 +1019,15 @@ impl Runner {
         F: FnOnce(CancellationToken, Arc<Progress>) -> Fut,
         Fut: std::future::Future<Output = lifeboat_core::Result<String>> + Send + 'static,
     {
-        self.track(Job::spawn_async(&title, self.events.clone(), f));
+        self.spawn_async_as(JobKind::Other, title, f)
+    }
+
+    fn spawn_async_as<F, Fut>(&self, kind: JobKind, title: String, f: F)
+    where
+        F: FnOnce(CancellationToken, Arc<Progress>) -> Fut,
+        Fut: std::future::Future<Output = lifeboat_core::Result<String>> + Send + 'static,
+    {
+        self.track(Job::spawn_async(kind, &title, self.events.clone(), f));
     }
 }
 
@@ -1059,7 +1076,7 @@ fn offer(
 /// `track` with the job's summary instead.
 pub fn event_action(ev: JobEvent) -> Option<Action> {
     match ev {
-        JobEvent::Started { id, kind } => Some(Action::JobStarted { id, title: kind }),
+        JobEvent::Started { id, title, kind } => Some(Action::JobStarted { id, title, kind }),
         JobEvent::Finished { .. } => None,
         JobEvent::Failed { id, error } => Some(Action::JobDone {
             id,

@@ -254,6 +254,7 @@ fn compare_marks_two_backups_and_quit_asks_while_jobs_run() {
     a.update(Action::JobStarted {
         id: 7,
         title: "push".into(),
+        kind: lifeboat_core::jobs::JobKind::Other,
     });
     assert!(a.update(key(KeyCode::Char('q'))).is_empty());
     assert_eq!(a.dialog, Some(Dialog::QuitWhileRunning));
@@ -266,6 +267,7 @@ fn failed_job_shows_a_message_and_keeps_its_result() {
     a.update(Action::JobStarted {
         id: 3,
         title: "push web01/root".into(),
+        kind: lifeboat_core::jobs::JobKind::Other,
     });
     let e = a.update(Action::JobDone {
         id: 3,
@@ -288,6 +290,7 @@ fn screens_at_80x24_and_160x48() {
     a.update(Action::JobStarted {
         id: 1,
         title: "push web01/root → offsite".into(),
+        kind: lifeboat_core::jobs::JobKind::Other,
     });
     a.update(Action::JobDone {
         id: 1,
@@ -572,6 +575,7 @@ fn log_and_jobs_follow_new_entries() {
         a.update(Action::JobStarted {
             id,
             title: format!("job number {id}"),
+            kind: lifeboat_core::jobs::JobKind::Other,
         });
     }
     let s = screen(&a, 80, 24);
@@ -594,6 +598,7 @@ fn running_job(a: &mut App) {
     a.update(Action::JobStarted {
         id: 4,
         title: "restore web01 set from offsite".into(),
+        kind: lifeboat_core::jobs::JobKind::Other,
     });
     a.update(Action::JobProgress {
         id: 4,
@@ -942,6 +947,7 @@ fn a_finished_plan_leaves_the_jobs_pane() {
     a.update(Action::JobStarted {
         id: 1,
         title: "plan: push web01/root to offsite".into(),
+        kind: lifeboat_core::jobs::JobKind::Plan,
     });
     let e = a.update(Action::JobDone {
         id: 1,
@@ -959,6 +965,7 @@ fn a_finished_plan_leaves_the_jobs_pane() {
     a.update(Action::JobStarted {
         id: 2,
         title: "plan: restore web01/root".into(),
+        kind: lifeboat_core::jobs::JobKind::Plan,
     });
     a.update(Action::JobDone {
         id: 2,
@@ -966,6 +973,31 @@ fn a_finished_plan_leaves_the_jobs_pane() {
         cancelled: false,
     });
     assert_eq!(a.jobs.len(), 1);
+    // What a job is comes with it, not from its title: a prune plan, a
+    // drill whose title reads like a plan, a restore into a cloud.
+    a.update(Action::JobStarted {
+        id: 3,
+        title: "prune plan web01".into(),
+        kind: lifeboat_core::jobs::JobKind::Plan,
+    });
+    let e = a.update(Action::JobDone {
+        id: 3,
+        result: Ok("planned; waiting for confirmation".into()),
+        cancelled: false,
+    });
+    assert_eq!(a.jobs.len(), 1, "the prune plan stayed in the pane");
+    assert!(!e.iter().any(|e| matches!(e, Effect::RecordJob(_))));
+    a.update(Action::JobStarted {
+        id: 4,
+        title: "plan: drill of web01".into(),
+        kind: lifeboat_core::jobs::JobKind::Drill,
+    });
+    a.update(Action::JobDone {
+        id: 4,
+        result: Ok("PASS".into()),
+        cancelled: false,
+    });
+    assert_eq!(a.jobs.len(), 2, "a drill is a job the admin ran");
 }
 
 #[test]
@@ -1049,6 +1081,7 @@ fn a_job_whose_end_arrives_before_its_start_still_ends() {
     a.update(Action::JobStarted {
         id: 41,
         title: "compare".into(),
+        kind: lifeboat_core::jobs::JobKind::Other,
     });
     let j = a.jobs.iter().find(|j| j.id == 41).unwrap();
     assert!(
@@ -1081,6 +1114,7 @@ fn drill_key_asks_the_source_and_shows_phases_and_serial_console() {
     a.update(Action::JobStarted {
         id: 9,
         title: "drill web01 from local".into(),
+        kind: lifeboat_core::jobs::JobKind::Drill,
     });
     let snap = |phase: &str| lifeboat_core::jobs::Snapshot {
         phase: phase.into(),
@@ -1252,6 +1286,7 @@ fn an_unreachable_remote_is_said_once() {
     a.update(Action::JobStarted {
         id: 4,
         title: "verify".into(),
+        kind: lifeboat_core::jobs::JobKind::Other,
     });
     a.update(Action::JobDone {
         id: 4,
@@ -1294,6 +1329,7 @@ fn the_cancel_dialog_says_what_each_answer_does() {
     a.update(Action::JobStarted {
         id: 2,
         title: "push web01 → offsite".into(),
+        kind: lifeboat_core::jobs::JobKind::Other,
     });
     a.focus = Pane::Jobs;
     a.job_sel = a.jobs.len() - 1;

@@ -210,7 +210,7 @@ impl App {
                             title: format!("Cancel job #{}?", j.id),
                             lines: vec![
                                 j.title.clone(),
-                                if j.title.contains("into cloud") {
+                                if j.kind == super::JobKind::CloudRestore {
                                     "What it created in the cloud is removed; its log lists what."
                                         .into()
                                 } else {

@@ -62,6 +62,7 @@ pub struct JobView {
     /// 0 for a job of an earlier session (from the history).
     pub id: u64,
     pub title: String,
+    pub kind: JobKind,
     pub state: JobState,
     pub progress: Option<Snapshot>,
     pub started_at: DateTime<Utc>,
@@ -90,6 +91,7 @@ pub struct TreeRow {
 /// Recovery-point state: `rpo::judge` decides it, the one rule `status
 /// --rpo` and `/metrics` use.
 pub type Rpo = lifeboat_core::rpo::RpoState;
+pub use lifeboat_core::jobs::JobKind;
 
 /// Whether a repository holds a backup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,6 +307,7 @@ pub enum Action {
     JobStarted {
         id: u64,
         title: String,
+        kind: JobKind,
     },
     JobProgress {
         id: u64,
@@ -878,6 +881,7 @@ impl App {
                     .into_iter()
                     .skip(skip)
                     .map(|r| JobView {
+                        kind: JobKind::Other,
                         id: 0,
                         title: r.title,
                         state: match r.outcome {
@@ -977,11 +981,12 @@ impl App {
                 }
                 effects
             }
-            Action::JobStarted { id, title } => {
+            Action::JobStarted { id, title, kind } => {
                 let follow = self.job_sel + 1 >= self.jobs.len();
                 self.jobs.push(JobView {
                     id,
                     title: title.clone(),
+                    kind,
                     state: JobState::Running,
                     progress: None,
                     started_at: self.now,
@@ -1155,6 +1160,7 @@ impl App {
         j.state = state;
         j.ended_at = Some(now);
         let title = j.title.clone();
+        let kind = j.kind;
         self.job_log(id, line.clone());
         for l in full.lines().skip(1) {
             self.job_log(id, l.to_string());
@@ -1169,7 +1175,7 @@ impl App {
         }
         // A successful plan only waits for a yes (its dialog is open): not
         // worth the status line or a history entry.
-        let planning = title.starts_with("plan:") && outcome == JobOutcome::Done;
+        let planning = kind == JobKind::Plan && outcome == JobOutcome::Done;
         if planning {
             self.log(format!("job {id} {title}: {line}"));
         } else {

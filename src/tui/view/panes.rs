@@ -806,12 +806,16 @@ pub fn jobs(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
 fn phased(j: &JobView) -> Option<(&'static [&'static str], &'static str)> {
     if j.past() {
         None
-    } else if j.title.starts_with("drill ") {
-        Some((&lifeboat_core::drill::PHASES, "serial console"))
-    } else if j.title.contains(" into cloud ") {
-        Some((&lifeboat_core::cloud::PHASES, "cloud"))
     } else {
-        None
+        match j.kind {
+            super::super::app::JobKind::Drill => {
+                Some((&lifeboat_core::drill::PHASES, "serial console"))
+            }
+            super::super::app::JobKind::CloudRestore => {
+                Some((&lifeboat_core::cloud::PHASES, "cloud"))
+            }
+            _ => None,
+        }
     }
 }
 

@@ -15,13 +15,40 @@ pub use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 pub use progress::{Progress, Snapshot};
 
+/// What a job does, for the faces (the console shows a drill's and a cloud
+/// restore's phases, and lets a plan that waits for a yes leave its jobs
+/// pane); decided where the job starts, never read back from its title.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JobKind {
+    /// Works out a plan that a confirmation then executes.
+    Plan,
+    Drill,
+    CloudRestore,
+    #[default]
+    Other,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "event", rename_all = "lowercase")]
 pub enum JobEvent {
-    Started { id: u64, kind: String },
-    Finished { id: u64 },
-    Failed { id: u64, error: String },
-    Cancelled { id: u64 },
+    Started {
+        id: u64,
+        /// The job's title ("backup", "push offsite"); `kind` in JSON.
+        #[serde(rename = "kind")]
+        title: String,
+        #[serde(skip)]
+        kind: JobKind,
+    },
+    Finished {
+        id: u64,
+    },
+    Failed {
+        id: u64,
+        error: String,
+    },
+    Cancelled {
+        id: u64,
+    },
 }
 
 static NEXT_JOB: AtomicU64 = AtomicU64::new(1);
@@ -41,7 +68,8 @@ fn finished_event<T>(id: u64, res: &Result<T>) -> JobEvent {
 
 pub struct Job<T> {
     pub id: u64,
-    pub kind: String,
+    pub title: String,
+    pub kind: JobKind,
     pub cancel: CancellationToken,
     pub progress: Arc<Progress>,
     handle: tokio::task::JoinHandle<Result<T>>,
@@ -50,13 +78,15 @@ pub struct Job<T> {
 /// What both kinds of job do first: an id, a token, a progress, and the
 /// Started event.
 fn begin(
-    kind: &str,
+    kind: JobKind,
+    title: &str,
     events: &mpsc::UnboundedSender<JobEvent>,
 ) -> (u64, CancellationToken, Arc<Progress>) {
     let id = NEXT_JOB.fetch_add(1, Ordering::Relaxed);
     let _ = events.send(JobEvent::Started {
         id,
-        kind: kind.to_string(),
+        title: title.to_string(),
+        kind,
     });
     (id, CancellationToken::new(), Arc::new(Progress::new()))
 }
@@ -69,11 +99,16 @@ fn end<T>(id: u64, progress: &Progress, events: &mpsc::UnboundedSender<JobEvent>
 
 impl<T: Send + 'static> Job<T> {
     /// Starts `work` on a blocking thread. Events go to `events`.
-    pub fn spawn<F>(kind: &str, events: mpsc::UnboundedSender<JobEvent>, work: F) -> Job<T>
+    pub fn spawn<F>(
+        kind: JobKind,
+        title: &str,
+        events: mpsc::UnboundedSender<JobEvent>,
+        work: F,
+    ) -> Job<T>
     where
         F: FnOnce(&CancellationToken, &Progress) -> Result<T> + Send + 'static,
     {
-        let (id, cancel, progress) = begin(kind, &events);
+        let (id, cancel, progress) = begin(kind, title, &events);
         let (c, p) = (cancel.clone(), progress.clone());
         let handle = tokio::task::spawn_blocking(move || {
             let res = work(&c, &p);
@@ -82,7 +117,8 @@ impl<T: Send + 'static> Job<T> {
         });
         Job {
             id,
-            kind: kind.to_string(),
+            title: title.to_string(),
+            kind,
             cancel,
             progress,
             handle,
@@ -91,7 +127,8 @@ impl<T: Send + 'static> Job<T> {
 
     /// Starts async `work` (network transfers) on the runtime.
     pub fn spawn_async<F, Fut>(
-        kind: &str,
+        kind: JobKind,
+        title: &str,
         events: mpsc::UnboundedSender<JobEvent>,
         work: F,
     ) -> Job<T>
@@ -99,7 +136,7 @@ impl<T: Send + 'static> Job<T> {
         F: FnOnce(CancellationToken, Arc<Progress>) -> Fut,
         Fut: std::future::Future<Output = Result<T>> + Send + 'static,
     {
-        let (id, cancel, progress) = begin(kind, &events);
+        let (id, cancel, progress) = begin(kind, title, &events);
         let fut = work(cancel.clone(), progress.clone());
         let p = progress.clone();
         let handle = tokio::spawn(async move {
@@ -109,7 +146,8 @@ impl<T: Send + 'static> Job<T> {
         });
         Job {
             id,
-            kind: kind.to_string(),
+            title: title.to_string(),
+            kind,
             cancel,
             progress,
             handle,
@@ -121,7 +159,7 @@ impl<T: Send + 'static> Job<T> {
             Ok(r) => r,
             Err(e) => Err(Error::Internal(format!(
                 "job {} ({}) crashed: {e}",
-                self.id, self.kind
+                self.id, self.title
             ))),
         }
     }
