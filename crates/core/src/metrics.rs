@@ -363,7 +363,7 @@ mod tests {
             rpo_secs: Some(5 * 3600),
             rto_secs: rto,
             phases: vec![PhaseTime {
-                name: "boot".into(),
+                name: crate::drill::Phase::Boot,
                 secs: rto,
                 bytes: 0,
             }],

@@ -27,7 +27,7 @@ use crate::store::Store;
 use crate::vm::boot;
 use crate::vm::domain::RestoredDisk;
 use crate::vm::qemu::Accel;
-pub use report::{DrillOutcome, DrillReport, DrillRequest, PhaseTime, PHASES};
+pub use report::{DrillOutcome, DrillReport, DrillRequest, Phase, PhaseTime, PHASES};
 
 /// What the admin may say about one drill (the rest comes from the config).
 #[derive(Debug, Clone, Default)]
@@ -110,7 +110,7 @@ pub async fn run(
     let scratch = match make_scratch(&req.scratch, &req.vm) {
         Ok(s) => s,
         Err(e) => {
-            report.failed_phase = Some("plan".into());
+            report.failed_phase = Some(Phase::Plan);
             report.error = Some(e.to_string());
             report.ended_at = Utc::now();
             return report;
@@ -135,7 +135,7 @@ pub async fn run(
             report.error = Some("cancelled".into());
         }
         Err((
-            "plan" | "fetch",
+            Phase::Plan | Phase::Fetch,
             e @ (Error::NotFound(_)
             | Error::BadRef { .. }
             | Error::AmbiguousTime { .. }
@@ -145,12 +145,12 @@ pub async fn run(
             report.error = Some(e.to_string());
         }
         Err((phase, e)) => {
-            report.failed_phase = Some(phase.into());
+            report.failed_phase = Some(phase);
             report.error = Some(e.to_string());
         }
     }
     if let (Err(e), None) = (&cleanup, &report.error) {
-        report.failed_phase = Some("cleanup".into());
+        report.failed_phase = Some(Phase::Cleanup);
         report.error = Some(format!("could not remove the scratch directory: {e}"));
         report.outcome = DrillOutcome::Fail;
     }
@@ -172,7 +172,7 @@ fn make_scratch(parent: &Path, vm: &str) -> Result<tempfile::TempDir> {
     crate::sys::scratch_dir(parent, &format!("lifeboat-drill-{vm}-"))
 }
 
-type PhaseError = (&'static str, Error);
+type PhaseError = (Phase, Error);
 
 #[allow(clippy::too_many_arguments)]
 async fn phases(
@@ -184,7 +184,7 @@ async fn phases(
     cancel: &CancellationToken,
     progress: &Arc<Progress>,
 ) -> std::result::Result<(), PhaseError> {
-    let reference = reference(&req.vm, req.at.as_deref()).map_err(|e| ("plan", e))?;
+    let reference = reference(&req.vm, req.at.as_deref()).map_err(|e| (Phase::Plan, e))?;
     let target = scratch.join("disks");
     let rreq = RestoreRequest {
         reference: reference.clone(),
@@ -199,10 +199,10 @@ async fn phases(
     let mut set: SetRestorePlan = match remote {
         Some(r) => restore::plan_remote(r, local_repo, &rreq, true, cancel, progress)
             .await
-            .map_err(|e| ("fetch", e))?,
+            .map_err(|e| (Phase::Fetch, e))?,
         None => {
-            let repo = Repo::open(local_repo).map_err(|e| ("plan", e))?;
-            restore::plan_local(&repo, &rreq).map_err(|e| ("plan", e))?
+            let repo = Repo::open(local_repo).map_err(|e| (Phase::Plan, e))?;
+            restore::plan_local(&repo, &rreq).map_err(|e| (Phase::Plan, e))?
         }
     };
     let first = set.picked.first().map(|(_, m)| m.clone());
@@ -214,8 +214,7 @@ async fn phases(
     report.manifests = set.picked.iter().map(|(k, _)| k.id.to_hex()).collect();
     if !set.picked.iter().any(|(_, m)| m.volume.role == Role::Root) {
         set.release().await;
-        return Err((
-            "plan",
+        return Err((Phase::Plan,
             Error::BadInput(format!(
                 "backup {reference} has no root volume: there is nothing to boot (mark the boot disk role = \"root\" in the config)"
             )),
@@ -234,11 +233,11 @@ async fn phases(
             // The plan's lock on the local repository goes now, not in
             // the background of a process that may exit first.
             set.release().await;
-            return Err(("fetch", e));
+            return Err((Phase::Fetch, e));
         }
     }
     report.phases.push(PhaseTime {
-        name: "fetch".into(),
+        name: Phase::Fetch,
         secs: t.elapsed().as_secs_f64(),
         bytes: fetch_bytes,
     });
@@ -254,7 +253,7 @@ async fn phases(
         Ok(x) => x,
         Err(e) => {
             set.release().await;
-            return Err(("restore", e));
+            return Err((Phase::Restore, e));
         }
     };
     report.definition = Some(from.into());
@@ -264,9 +263,9 @@ async fn phases(
     progress.set_phase("restore");
     let outcomes = restore::execute(set, remote, local_repo, cancel, progress)
         .await
-        .map_err(|e| ("restore", e))?;
+        .map_err(|e| (Phase::Restore, e))?;
     report.phases.push(PhaseTime {
-        name: "restore".into(),
+        name: Phase::Restore,
         secs: t.elapsed().as_secs_f64(),
         bytes: outcomes.iter().map(|o| o.bytes_written).sum(),
     });
@@ -292,11 +291,11 @@ async fn phases(
             Ok(scan.index.id())
         })
         .await
-        .map_err(|e| ("verify", Error::Internal(format!("verify task: {e}"))))?
-        .map_err(|e| ("verify", e))?;
+        .map_err(|e| (Phase::Verify, Error::Internal(format!("verify task: {e}"))))?
+        .map_err(|e| (Phase::Verify, e))?;
         if digest != o.index {
             return Err((
-                "verify",
+                Phase::Verify,
                 Error::corrupt(
                     "restored image",
                     o.index,
@@ -311,7 +310,7 @@ async fn phases(
         read += o.image_size;
     }
     report.phases.push(PhaseTime {
-        name: "verify".into(),
+        name: Phase::Verify,
         secs: t.elapsed().as_secs_f64(),
         bytes: read,
     });
@@ -345,17 +344,17 @@ async fn phases(
     };
     let b = boot::run(&breq, cancel, progress)
         .await
-        .map_err(|e| ("boot", e))?;
-    let failed_phase = b.failed_phase.clone();
+        .map_err(|e| (Phase::Boot, e))?;
+    let failed_phase = b.failed_phase;
     let failure = b.failure.clone();
     report.phases.push(PhaseTime {
-        name: "boot".into(),
+        name: Phase::Boot,
         secs: b.boot_secs,
         bytes: 0,
     });
-    if failed_phase.as_deref() != Some("boot") && failed_phase.as_deref() != Some("start") {
+    if !matches!(failed_phase, Some(Phase::Boot | Phase::Start)) {
         report.phases.push(PhaseTime {
-            name: "checks".into(),
+            name: Phase::Checks,
             secs: b.checks_secs,
             bytes: 0,
         });
@@ -367,7 +366,11 @@ async fn phases(
             Ok(())
         }
         (Some(p), why) => {
-            let phase = if p == "checks" { "checks" } else { "boot" };
+            let phase = if p == Phase::Checks {
+                Phase::Checks
+            } else {
+                Phase::Boot
+            };
             Err((
                 phase,
                 Error::BadInput(why.unwrap_or_else(|| "failed".into())),
@@ -411,7 +414,7 @@ pub fn describe(r: &DrillReport) -> Vec<String> {
     }
     out.push(format!("  RTO {:.1}s: {}", r.rto_secs, phases.join(", ")));
     if let Some(b) = &r.boot {
-        if b.failed_phase.as_deref() == Some("start") {
+        if b.failed_phase == Some(Phase::Start) {
             out.push(format!("  QEMU did not start ({})", b.accel));
         } else {
             out.push(format!("  booted under {}", b.accel));

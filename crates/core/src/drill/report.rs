@@ -10,8 +10,17 @@ use crate::vm::boot::BootReport;
 use crate::vm::qemu::Accel;
 use crate::vm::{BootChecks, Definition};
 
-/// Phases whose times add up to the RTO, in order.
-pub const PHASES: [&str; 5] = ["fetch", "restore", "verify", "boot", "checks"];
+pub use crate::vm::phase::Phase;
+
+/// Phases whose times add up to the RTO, in order, as their words (the
+/// console matches progress phases against them).
+pub const PHASES: [&str; 5] = [
+    Phase::TIMED[0].as_str(),
+    Phase::TIMED[1].as_str(),
+    Phase::TIMED[2].as_str(),
+    Phase::TIMED[3].as_str(),
+    Phase::TIMED[4].as_str(),
+];
 
 #[derive(Debug, Clone)]
 pub struct DrillRequest {
@@ -56,7 +65,7 @@ impl std::fmt::Display for DrillOutcome {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PhaseTime {
-    pub name: String,
+    pub name: Phase,
     pub secs: f64,
     /// Bytes moved (fetch), written (restore) or read (verify).
     pub bytes: u64,
@@ -70,8 +79,7 @@ pub struct DrillReport {
     pub started_at: DateTime<Utc>,
     pub ended_at: DateTime<Utc>,
     pub outcome: DrillOutcome,
-    /// plan, fetch, restore, verify, boot, checks or cleanup.
-    pub failed_phase: Option<String>,
+    pub failed_phase: Option<Phase>,
     pub error: Option<String>,
     /// The backup drilled: its time, set and manifests.
     pub backup_time: Option<DateTime<Utc>>,

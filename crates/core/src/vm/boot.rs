@@ -67,8 +67,8 @@ pub struct BootReport {
     /// After the serial pattern until every application check passed.
     pub checks_secs: f64,
     pub checks: Vec<CheckResult>,
-    /// `boot` or `checks` when it failed there.
-    pub failed_phase: Option<String>,
+    /// Start, Boot or Checks when it failed there.
+    pub failed_phase: Option<super::phase::Phase>,
     pub failure: Option<String>,
     pub serial_tail: Vec<String>,
     pub firmware_tail: Vec<String>,
@@ -100,7 +100,7 @@ pub async fn run(
     let mut report = attempt(req, accel, cancel, progress).await?;
     // The loopback ports were free when picked; another process may have
     // taken one before QEMU bound it. Once more with new ones.
-    if report.failed_phase.as_deref() == Some("start")
+    if report.failed_phase == Some(super::phase::Phase::Start)
         && report
             .failure
             .as_deref()
@@ -109,7 +109,9 @@ pub async fn run(
         notes.push("a loopback port was taken meanwhile: started again".into());
         report = attempt(req, accel, cancel, progress).await?;
     }
-    if req.accel == Accel::Auto && accel == "kvm" && report.failed_phase.as_deref() == Some("start")
+    if req.accel == Accel::Auto
+        && accel == "kvm"
+        && report.failed_phase == Some(super::phase::Phase::Start)
     {
         notes.push(format!(
             "KVM failed ({}): ran again under TCG",
@@ -340,12 +342,12 @@ async fn watch(
     // A failure's phase time runs until the failure (the RTO of a failed
     // drill still says where the time went).
     let checks_started = Mutex::new(None::<Instant>);
-    let fail = |report: &mut BootReport, phase: &str, why: String| {
+    let fail = |report: &mut BootReport, phase: super::phase::Phase, why: String| {
         match checks_started.lock().ok().and_then(|t| *t) {
             None => report.boot_secs = started.elapsed().as_secs_f64(),
             Some(t) => report.checks_secs = t.elapsed().as_secs_f64(),
         }
-        report.failed_phase = Some(phase.into());
+        report.failed_phase = Some(phase);
         report.failure = Some(why);
     };
     let exited = |child: &mut tokio::process::Child| -> Option<String> {
@@ -396,7 +398,7 @@ async fn watch(
             .unwrap_or((None, false, false));
         seen_output |= any;
         if let Some(why) = failed.or_else(|| failure_in(&read_tail(fw_log), &[])) {
-            fail(report, "boot", why);
+            fail(report, super::phase::Phase::Boot, why);
             return Ok(());
         }
         if shown {
@@ -405,14 +407,18 @@ async fn watch(
         }
         if let Some(why) = exited(child) {
             // Dead before any output: QEMU itself failed (e.g. KVM).
-            let phase = if seen_output { "boot" } else { "start" };
+            let phase = if seen_output {
+                super::phase::Phase::Boot
+            } else {
+                super::phase::Phase::Start
+            };
             fail(report, phase, why);
             return Ok(());
         }
         if Instant::now() >= deadline {
             fail(
                 report,
-                "boot",
+                super::phase::Phase::Boot,
                 format!(
                     "no {:?} on the serial console within {} s",
                     crate::text::escape(pattern.unwrap_or_default()),
@@ -474,11 +480,11 @@ async fn watch(
             .ok()
             .and_then(|s| failure_in(&s.text, &c.fail));
         if let Some(why) = failed {
-            fail(report, "checks", why);
+            fail(report, super::phase::Phase::Checks, why);
             return Ok(());
         }
         if let Some(why) = exited(child) {
-            fail(report, "checks", why);
+            fail(report, super::phase::Phase::Checks, why);
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -500,7 +506,7 @@ async fn watch(
                 .collect();
             fail(
                 report,
-                "checks",
+                super::phase::Phase::Checks,
                 format!(
                     "{} did not pass within {} s of power-on",
                     failed.join("; "),

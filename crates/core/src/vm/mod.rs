@@ -14,6 +14,7 @@
 mod allow;
 pub mod boot;
 pub mod domain;
+pub mod phase;
 pub mod qemu;
 pub mod restore;
 pub mod spec;
