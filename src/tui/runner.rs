@@ -179,21 +179,12 @@ impl Runner {
                         Ok((b, changed)) => (Ok(b), changed),
                         Err(e) => (Err(e), true),
                     };
-                    let verify = state::load_verify(&path);
-                    if let Ok(b) = &res {
-                        let runs =
-                            lifeboat_core::daemon::runs::load_runs(&path).unwrap_or_default();
-                        let daemon =
-                            lifeboat_core::daemon::runs::load_state(&path).unwrap_or_default();
-                        let v = verify.as_ref().cloned().unwrap_or_default();
-                        let now = chrono::Utc::now();
-                        let _ = tx.send(Action::Rpo(lifeboat_core::rpo::assess(
-                            &config, b, &v, &runs, &daemon, now,
-                        )));
-                    }
-                    if let Ok(d) = lifeboat_core::drill::history::last_per_vm(&path) {
-                        let _ = tx.send(Action::Drills(d));
-                    }
+                    // Verify marks, runs, drills, off-site records and
+                    // each VM's recovery point: one core call, the one
+                    // `status --rpo` and `/metrics` make.
+                    let snap = res.as_ref().ok().map(|b| {
+                        lifeboat_core::rpo::snapshot(&config, &path, b, chrono::Utc::now())
+                    });
                     if let Ok(b) = &res {
                         // Asking each running VM's QEMU may take seconds:
                         // not in the way of the listing.
@@ -220,13 +211,13 @@ impl Runner {
                         Ok(b) => tx.send(Action::Loaded(b)),
                         Err(e) => tx.send(Action::LoadFailed(e.to_string())),
                     };
-                    match verify {
-                        Ok(v) => {
-                            let _ = tx.send(Action::VerifyState(v));
+                    if let Some(snap) = snap {
+                        for p in snap.problems {
+                            let _ = tx.send(Action::Log(p));
                         }
-                        Err(e) => {
-                            let _ = tx.send(Action::Log(format!("verify record: {e}")));
-                        }
+                        let _ = tx.send(Action::VerifyState(snap.verify));
+                        let _ = tx.send(Action::Rpo(snap.vms));
+                        let _ = tx.send(Action::Drills(snap.drills));
                     }
                 });
             }

@@ -102,11 +102,15 @@ pub fn render_for(
     let repo = crate::repo::Repo::open(root)?;
     let mut backups = repo.load_all()?;
     backups.retain(|(k, _)| admits(&k.vm));
-    let verify = crate::repo::state::load_verify(root).unwrap_or_default();
-    let mut runs = crate::daemon::runs::load_runs(root).unwrap_or_default();
+    // The same snapshot the console and `status --rpo` read.
+    let snap = crate::rpo::snapshot(config, root, &backups, now);
+    for p in &snap.problems {
+        tracing::warn!("metrics: {p}");
+    }
+    let verify = snap.verify;
+    let mut runs = snap.runs;
     runs.retain(|r| admits(&r.vm));
-    let daemon = crate::daemon::runs::load_state(root).unwrap_or_default();
-    let mut status = crate::rpo::assess(config, &backups, &verify, &runs, &daemon, now);
+    let mut status = snap.vms;
     status.retain(|s| admits(&s.vm));
 
     let mut reg = Registry::with_prefix("lifeboat");
@@ -264,7 +268,7 @@ pub fn render_for(
             .set(r.started_at.timestamp() as f64);
         run_bytes.get_or_create(&l).set(r.bytes_new as f64);
     }
-    for (vm, d) in crate::drill::history::last_per_vm(root).unwrap_or_default() {
+    for (vm, d) in snap.drills {
         if !admits(&vm) {
             continue;
         }
@@ -280,7 +284,7 @@ pub fn render_for(
             drill_rpo.get_or_create(&l).set(r as f64);
         }
     }
-    for (vm, remotes) in crate::daemon::offsite::load(root).unwrap_or_default() {
+    for (vm, remotes) in snap.offsite {
         if !admits(&vm) {
             continue;
         }

@@ -316,23 +316,83 @@ pub fn assess<M: Borrow<Manifest>>(
         .collect()
 }
 
-/// Loads what `assess` needs from a local repository.
+/// Everything the faces show about a local repository's state besides its
+/// backups, read in one call: the console, `status --rpo` and `/metrics`
+/// all take it from here.
+#[derive(Debug, Clone, Default)]
+pub struct StatusSnapshot {
+    pub verify: BTreeMap<Id, VerifyMark>,
+    pub runs: Vec<RunRecord>,
+    pub daemon: DaemonState,
+    pub offsite: crate::daemon::offsite::OffsiteState,
+    /// The last completed drill of each VM.
+    pub drills: BTreeMap<String, crate::drill::DrillReport>,
+    /// Each VM's recovery point, off-site records included.
+    pub vms: Vec<VmRpo>,
+    /// Records that could not be read (each is then taken as empty).
+    pub problems: Vec<String>,
+}
+
+/// Reads the records of the repository at `root` and assesses `backups`
+/// (its backups, as the caller loaded them) against them.
+pub fn snapshot<M: Borrow<Manifest>>(
+    config: &Config,
+    root: &std::path::Path,
+    backups: &[(ManifestKey, M)],
+    now: DateTime<Utc>,
+) -> StatusSnapshot {
+    fn or_empty<T: Default>(problems: &mut Vec<String>, what: &str, r: crate::Result<T>) -> T {
+        r.unwrap_or_else(|e| {
+            problems.push(format!("{what}: {e}"));
+            T::default()
+        })
+    }
+    let mut p = Vec::new();
+    let verify = or_empty(
+        &mut p,
+        "verify record",
+        crate::repo::state::load_verify(root),
+    );
+    let runs = or_empty(&mut p, "run history", crate::daemon::runs::load_runs(root));
+    let daemon = or_empty(
+        &mut p,
+        "daemon state",
+        crate::daemon::runs::load_state(root),
+    );
+    let offsite = or_empty(
+        &mut p,
+        "off-site record",
+        crate::daemon::offsite::load(root),
+    );
+    let drills = or_empty(
+        &mut p,
+        "drill history",
+        crate::drill::history::last_per_vm(root),
+    );
+    let problems = p;
+    let mut vms = assess(config, backups, &verify, &runs, &daemon, now);
+    for v in &mut vms {
+        if let Some(o) = offsite.get(&v.vm) {
+            v.offsite = o.clone();
+        }
+    }
+    StatusSnapshot {
+        verify,
+        runs,
+        daemon,
+        offsite,
+        drills,
+        vms,
+        problems,
+    }
+}
+
+/// Loads a local repository's backups and assesses them (`status --rpo`).
 pub fn assess_repo(
     config: &Config,
     root: &std::path::Path,
     now: DateTime<Utc>,
 ) -> crate::Result<Vec<VmRpo>> {
-    let repo = crate::repo::Repo::open(root)?;
-    let backups = repo.load_all()?;
-    let verify = crate::repo::state::load_verify(root).unwrap_or_default();
-    let runs = crate::daemon::runs::load_runs(root).unwrap_or_default();
-    let daemon = crate::daemon::runs::load_state(root).unwrap_or_default();
-    let offsite = crate::daemon::offsite::load(root).unwrap_or_default();
-    let mut out = assess(config, &backups, &verify, &runs, &daemon, now);
-    for v in &mut out {
-        if let Some(o) = offsite.get(&v.vm) {
-            v.offsite = o.clone();
-        }
-    }
-    Ok(out)
+    let backups = crate::repo::Repo::open(root)?.load_all()?;
+    Ok(snapshot(config, root, &backups, now).vms)
 }
