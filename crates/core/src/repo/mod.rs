@@ -6,7 +6,6 @@ pub mod verify;
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -328,7 +327,8 @@ impl Repo {
     pub fn chunk_writer(&self) -> ChunkWriter<'_> {
         ChunkWriter {
             repo: self,
-            state: Mutex::new(WriterState::default()),
+            seen: Mutex::default(),
+            staging: crate::store::local::Staging::new(&self.root),
         }
     }
 }
@@ -398,20 +398,15 @@ fn read_dir_names(dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-#[derive(Default)]
-struct WriterState {
-    pending: Vec<(PathBuf, PathBuf)>,
-    seen: HashSet<Id>,
-}
-
-/// Writes new chunks for a backup from several threads. Chunks land in
-/// `tmp/` first and are renamed to their names only after a file-system
-/// sync, so a chunk visible under its id is always complete and durable;
-/// a crash leaves at most temp files, never a short chunk that a later
-/// backup would trust.
+/// Writes new chunks for a backup from several threads, through the one
+/// durability protocol (`store::local::Staging`): a chunk visible under
+/// its id is always complete and durable; a crash leaves at most temp
+/// files, never a short chunk that a later backup would trust.
 pub struct ChunkWriter<'a> {
     repo: &'a Repo,
-    state: Mutex<WriterState>,
+    /// Chunks this writer staged (known before they are visible).
+    seen: Mutex<HashSet<Id>>,
+    staging: crate::store::local::Staging,
 }
 
 impl ChunkWriter<'_> {
@@ -420,109 +415,42 @@ impl ChunkWriter<'_> {
         if self.repo.has_chunk(id) {
             return true;
         }
-        self.state
-            .lock()
-            .map(|s| s.seen.contains(id))
-            .unwrap_or(false)
+        self.seen.lock().map(|s| s.contains(id)).unwrap_or(false)
     }
 
     /// Stages an encoded chunk. Returns false when another worker staged it first.
     pub fn put(&self, id: &Id, encoded: &[u8]) -> Result<bool> {
-        {
-            let mut st = self.lock()?;
-            if !st.seen.insert(*id) {
-                return Ok(false);
-            }
+        let fresh = self
+            .seen
+            .lock()
+            .map_err(|_| Error::Internal("chunk writer state poisoned by a panicked worker".into()))?
+            .insert(*id);
+        if !fresh {
+            return Ok(false);
         }
-        let tmp = self
-            .repo
-            .root
-            .join("tmp")
-            .join(durable::temp_name(&id.short()));
-        let final_path = self.repo.path_of(&keys::chunk_key(id));
-        let file = match durable::create_private(&tmp) {
-            // A repository made by an older lifeboat may lack tmp/.
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                durable::create_dir_all(&self.repo.root.join("tmp"))?;
-                durable::create_private(&tmp)
-            }
-            other => other,
-        };
-        let res = file.and_then(|mut f| {
-            f.write_all(encoded)
-                .map_err(|e| Error::io("writing chunk", &tmp, e))?;
-            durable::start_writeback(&f);
-            Ok(())
-        });
-        if let Err(e) = res {
-            durable::remove_quietly(&tmp);
-            return Err(e);
-        }
-        self.lock()?.pending.push((tmp, final_path));
+        self.staging
+            .stage(self.repo.path_of(&keys::chunk_key(id)), &id.short(), encoded)?;
         Ok(true)
     }
 
     /// Flushes when enough chunks are staged. Called by the thread that
     /// collects results, so that no worker stalls in a file-system sync.
     pub fn flush_if_due(&self) -> Result<()> {
-        if self.lock()?.pending.len() >= FLUSH_EVERY {
+        if self.staging.len() >= FLUSH_EVERY {
             self.flush()?;
         }
         Ok(())
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, WriterState>> {
-        self.state
-            .lock()
-            .map_err(|_| Error::Internal("chunk writer state poisoned by a panicked worker".into()))
-    }
-
     /// Makes staged chunks durable, then visible under their ids.
     pub fn flush(&self) -> Result<()> {
-        let batch = std::mem::take(&mut self.lock()?.pending);
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let res = (|| {
-            durable::sync_filesystem(&self.repo.root.join("tmp"))?;
-            for (tmp, dest) in &batch {
-                if let Err(e) = fs::rename(tmp, dest) {
-                    if e.kind() == std::io::ErrorKind::NotFound {
-                        if let Some(dir) = dest.parent() {
-                            durable::create_dir_all(dir)?;
-                        }
-                        fs::rename(tmp, dest)
-                            .map_err(|e| Error::io("renaming chunk to", dest, e))?;
-                    } else {
-                        return Err(Error::io("renaming chunk to", dest, e));
-                    }
-                }
-            }
-            Ok(())
-        })();
-        if res.is_err() {
-            for (tmp, _) in &batch {
-                durable::remove_quietly(tmp);
-            }
-        }
-        res
+        self.staging.commit()
     }
 
     /// Flushes and syncs so that every chunk written is durable under its id.
     pub fn commit(&self) -> Result<()> {
         self.flush()?;
         durable::sync_filesystem(&self.repo.root)
-    }
-}
-
-impl Drop for ChunkWriter<'_> {
-    fn drop(&mut self) {
-        // Whatever was not committed is dropped; nothing refers to it yet.
-        if let Ok(st) = self.state.get_mut() {
-            for (tmp, _) in st.pending.drain(..) {
-                durable::remove_quietly(&tmp);
-            }
-        }
     }
 }
 

@@ -32,25 +32,122 @@ const BATCH: usize = 64;
 #[derive(Clone)]
 pub struct LocalStore {
     root: PathBuf,
-    staged: Arc<Staged>,
+    staged: Arc<Staging>,
     /// The repository's config is known to be the newest format: manifests
     /// need not look at it again.
     current_format: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// Staged objects: their key and temp file. One lock also serialises
-/// commits, so a batch is renamed only after a sync that covers it.
-#[derive(Default)]
-struct Staged {
-    pending: Mutex<HashMap<ObjectKey, PathBuf>>,
+/// The durability protocol, in one place (the backup's `ChunkWriter` and
+/// every object arriving through the store use it): an object is written
+/// to a private temp file in `tmp/` (no fsync), a batch is made durable by
+/// one file-system sync, and only then renamed to its name — so an object
+/// visible under its name is always complete and durable, and a crash
+/// leaves at most temp files. Pending temp files are removed when the
+/// staging is dropped uncommitted (nothing refers to them yet).
+pub struct Staging {
+    root: PathBuf,
+    /// Destination → temp file.
+    pending: Mutex<HashMap<PathBuf, PathBuf>>,
+    /// Serialises commits, so a batch is renamed only after a sync that
+    /// covers it.
     commit: Mutex<()>,
 }
 
-impl Drop for Staged {
+impl Staging {
+    pub fn new(root: impl Into<PathBuf>) -> Staging {
+        Staging {
+            root: root.into(),
+            pending: Mutex::default(),
+            commit: Mutex::default(),
+        }
+    }
+
+    fn pending(&self) -> Result<std::sync::MutexGuard<'_, HashMap<PathBuf, PathBuf>>> {
+        self.pending
+            .lock()
+            .map_err(|_| Error::Internal("staging state poisoned by a panicked writer".into()))
+    }
+
+    pub fn is_pending(&self, dest: &Path) -> bool {
+        self.pending().map(|p| p.contains_key(dest)).unwrap_or(false)
+    }
+
+    /// Objects waiting for a commit.
+    pub fn len(&self) -> usize {
+        self.pending().map(|p| p.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Writes `data` for `dest` to a temp file named after `label`. Staged
+    /// twice at once, one copy is kept.
+    pub fn stage(&self, dest: PathBuf, label: &str, data: &[u8]) -> Result<()> {
+        let tmp_dir = self.root.join("tmp");
+        let tmp = tmp_dir.join(durable::temp_name(label));
+        let file = match durable::create_private(&tmp) {
+            // A repository made by an older lifeboat may lack tmp/.
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                durable::create_dir_all(&tmp_dir)?;
+                durable::create_private(&tmp)
+            }
+            other => other,
+        };
+        let written = file.and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(data)
+                .map_err(|e| Error::io("writing", &tmp, e))?;
+            durable::start_writeback(&f);
+            Ok(())
+        });
+        if let Err(e) = written {
+            durable::remove_quietly(&tmp);
+            return Err(e);
+        }
+        if let Some(dup) = self.pending()?.insert(dest, tmp) {
+            durable::remove_quietly(&dup);
+        }
+        Ok(())
+    }
+
+    /// Makes every staged object durable, then visible under its name.
+    pub fn commit(&self) -> Result<()> {
+        let _one = self
+            .commit
+            .lock()
+            .map_err(|_| Error::Internal("staging state poisoned by a panicked writer".into()))?;
+        let batch: Vec<(PathBuf, PathBuf)> = self.pending()?.drain().collect();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let res = (|| {
+            durable::sync_filesystem(&self.root)?;
+            for (dest, tmp) in &batch {
+                if let Some(dir) = dest.parent() {
+                    if !dir.exists() {
+                        durable::create_dir_all(dir)?;
+                    }
+                }
+                std::fs::rename(tmp, dest).map_err(|e| Error::io("renaming into", dest, e))?;
+            }
+            Ok(())
+        })();
+        if res.is_err() {
+            for (_, tmp) in &batch {
+                durable::remove_quietly(tmp);
+            }
+        }
+        res
+    }
+}
+
+impl Drop for Staging {
     fn drop(&mut self) {
         if let Ok(p) = self.pending.get_mut() {
             for tmp in p.values() {
-                let _ = std::fs::remove_file(tmp);
+                durable::remove_quietly(tmp);
             }
         }
     }
@@ -58,9 +155,10 @@ impl Drop for Staged {
 
 impl LocalStore {
     pub fn new(root: impl Into<PathBuf>) -> LocalStore {
+        let root: PathBuf = root.into();
         LocalStore {
-            root: root.into(),
-            staged: Arc::new(Staged::default()),
+            staged: Arc::new(Staging::new(root.clone())),
+            root,
             current_format: Arc::default(),
         }
     }
@@ -82,19 +180,11 @@ impl LocalStore {
 
     /// Whether objects wait for a commit (a server commits them on a timer).
     pub fn has_staged(&self) -> bool {
-        self.staged
-            .pending
-            .lock()
-            .map(|p| !p.is_empty())
-            .unwrap_or(false)
+        !self.staged.is_empty()
     }
 
     fn is_staged(&self, key: &ObjectKey) -> bool {
-        self.staged
-            .pending
-            .lock()
-            .map(|p| p.contains_key(key))
-            .unwrap_or(false)
+        self.staged.is_pending(&self.path(key))
     }
 
     /// Writes a chunk or index to `tmp/` (synced later, with its batch).
@@ -103,40 +193,9 @@ impl LocalStore {
         if self.path(key).exists() || self.is_staged(key) {
             return Ok(false);
         }
-        let tmp_dir = self.root.join("tmp");
-        let tmp = tmp_dir.join(durable::temp_name(&key.kind().replace(' ', "-")));
-        let file = match durable::create_private(&tmp) {
-            // A repository made by an older lifeboat may lack tmp/.
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                durable::create_dir_all(&tmp_dir)?;
-                durable::create_private(&tmp)
-            }
-            other => other,
-        };
-        let written = file.and_then(|mut f| {
-            use std::io::Write;
-            f.write_all(data)
-                .map_err(|e| Error::io("writing", &tmp, e))?;
-            durable::start_writeback(&f);
-            Ok(())
-        });
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-        let due = {
-            let mut p = self
-                .staged
-                .pending
-                .lock()
-                .map_err(|_| Error::Internal("local store state poisoned".into()))?;
-            if let Some(dup) = p.insert(key.clone(), tmp) {
-                // Staged twice at once: keep one copy.
-                let _ = std::fs::remove_file(dup);
-            }
-            p.len() >= BATCH
-        };
-        if due {
+        self.staged
+            .stage(self.path(key), &key.kind().replace(' ', "-"), data)?;
+        if self.staged.len() >= BATCH {
             self.commit_staged()?;
         }
         Ok(true)
@@ -144,37 +203,7 @@ impl LocalStore {
 
     /// Makes every staged object durable, then visible under its name.
     fn commit_staged(&self) -> Result<()> {
-        let _one = self
-            .staged
-            .commit
-            .lock()
-            .map_err(|_| Error::Internal("local store state poisoned".into()))?;
-        let batch: Vec<(ObjectKey, PathBuf)> = match self.staged.pending.lock() {
-            Ok(mut p) => p.drain().collect(),
-            Err(_) => return Err(Error::Internal("local store state poisoned".into())),
-        };
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let res = (|| {
-            durable::sync_filesystem(&self.root)?;
-            for (key, tmp) in &batch {
-                let dest = self.path(key);
-                if let Some(dir) = dest.parent() {
-                    if !dir.exists() {
-                        durable::create_dir_all(dir)?;
-                    }
-                }
-                std::fs::rename(tmp, &dest).map_err(|e| Error::io("renaming into", &dest, e))?;
-            }
-            Ok(())
-        })();
-        if res.is_err() {
-            for (_, tmp) in &batch {
-                let _ = std::fs::remove_file(tmp);
-            }
-        }
-        res
+        self.staged.commit()
     }
 }
 
