@@ -256,7 +256,7 @@ async fn event_loop(
         for e in effects {
             runner.exec(e);
         }
-        for line in app.log_out.drain(..) {
+        for line in app.log.out.drain(..) {
             sink.write_file(&line);
         }
         if app.quit {

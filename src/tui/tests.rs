@@ -278,7 +278,7 @@ fn failed_job_shows_a_message_and_keeps_its_result() {
     assert!(
         matches!(&a.dialog, Some(Dialog::Message { lines, .. }) if lines[0].contains("timed out"))
     );
-    assert!(a.log.iter().any(|l| l.contains("FAILED")));
+    assert!(a.log.lines.iter().any(|l| l.contains("FAILED")));
 }
 
 #[test]
@@ -853,7 +853,7 @@ fn jobs_open_their_log_cancel_asks_and_history_is_kept() {
     ));
     running_job(&mut a);
     a.focus = Pane::Jobs;
-    assert_eq!(a.job_sel, 1, "the running job is selected");
+    assert_eq!(a.jobs.sel, 1, "the running job is selected");
     a.update(key(KeyCode::Char('x')));
     assert!(matches!(
         &a.dialog,
@@ -878,7 +878,7 @@ fn jobs_open_their_log_cancel_asks_and_history_is_kept() {
     };
     assert!(title.contains("earlier session"), "{title}");
     assert!(lines.iter().any(|l| l.contains("timed out")), "{lines:?}");
-    assert!(a.log.iter().any(|l| l.contains("damaged")));
+    assert!(a.log.lines.iter().any(|l| l.contains("damaged")));
 }
 
 #[test]
@@ -955,12 +955,12 @@ fn a_finished_plan_leaves_the_jobs_pane() {
         cancelled: false,
     });
     assert!(
-        a.jobs.is_empty(),
+        a.jobs.list.is_empty(),
         "{:?}",
-        a.jobs.iter().map(|j| &j.title).collect::<Vec<_>>()
+        a.jobs.list.iter().map(|j| &j.title).collect::<Vec<_>>()
     );
     assert!(!e.iter().any(|e| matches!(e, Effect::RecordJob(_))));
-    assert!(a.log.iter().any(|l| l.contains("planned")));
+    assert!(a.log.lines.iter().any(|l| l.contains("planned")));
     // A failed plan stays, with its error.
     a.update(Action::JobStarted {
         id: 2,
@@ -972,7 +972,7 @@ fn a_finished_plan_leaves_the_jobs_pane() {
         result: Err("cannot restore to /proc/x".into()),
         cancelled: false,
     });
-    assert_eq!(a.jobs.len(), 1);
+    assert_eq!(a.jobs.list.len(), 1);
     // What a job is comes with it, not from its title: a prune plan, a
     // drill whose title reads like a plan, a restore into a cloud.
     a.update(Action::JobStarted {
@@ -985,7 +985,7 @@ fn a_finished_plan_leaves_the_jobs_pane() {
         result: Ok("planned; waiting for confirmation".into()),
         cancelled: false,
     });
-    assert_eq!(a.jobs.len(), 1, "the prune plan stayed in the pane");
+    assert_eq!(a.jobs.list.len(), 1, "the prune plan stayed in the pane");
     assert!(!e.iter().any(|e| matches!(e, Effect::RecordJob(_))));
     a.update(Action::JobStarted {
         id: 4,
@@ -997,7 +997,7 @@ fn a_finished_plan_leaves_the_jobs_pane() {
         result: Ok("PASS".into()),
         cancelled: false,
     });
-    assert_eq!(a.jobs.len(), 2, "a drill is a job the admin ran");
+    assert_eq!(a.jobs.list.len(), 2, "a drill is a job the admin ran");
 }
 
 #[test]
@@ -1083,7 +1083,7 @@ fn a_job_whose_end_arrives_before_its_start_still_ends() {
         title: "compare".into(),
         kind: lifeboat_core::jobs::JobKind::Other,
     });
-    let j = a.jobs.iter().find(|j| j.id == 41).unwrap();
+    let j = a.jobs.list.iter().find(|j| j.id == 41).unwrap();
     assert!(
         matches!(j.state, super::app::JobState::Done(_)),
         "{:?}",
@@ -1153,7 +1153,7 @@ fn drill_key_asks_the_source_and_shows_phases_and_serial_console() {
         result: Ok("drill web01 from local: PASS\n  RTO 4.0s: fetch 0.0s".into()),
         cancelled: false,
     });
-    let j = a.jobs.iter().find(|j| j.id == 9).unwrap();
+    let j = a.jobs.list.iter().find(|j| j.id == 9).unwrap();
     assert!(
         j.log.iter().any(|l| l.ends_with("RTO 4.0s: fetch 0.0s")),
         "{:?}",
@@ -1299,10 +1299,11 @@ fn an_unreachable_remote_is_said_once() {
     }
     let said = a
         .log
+        .lines
         .iter()
         .filter(|l| l.contains("offsite is unreachable"))
         .count();
-    assert_eq!(said, 1, "{:?}", a.log);
+    assert_eq!(said, 1, "{:?}", a.log.lines);
     let status = a
         .status
         .as_ref()
@@ -1332,7 +1333,7 @@ fn the_cancel_dialog_says_what_each_answer_does() {
         kind: lifeboat_core::jobs::JobKind::Other,
     });
     a.focus = Pane::Jobs;
-    a.job_sel = a.jobs.len() - 1;
+    a.jobs.sel = a.jobs.list.len() - 1;
     a.update(key(KeyCode::Char('x')));
     let s = screen(&a, 100, 30);
     assert!(s.contains("Cancel job #2?"), "{s}");

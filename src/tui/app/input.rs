@@ -204,7 +204,7 @@ impl App {
             KeyCode::Char('C') => return self.compare_live(),
             KeyCode::Char('c') => return self.compare_pick(),
             KeyCode::Char('x') if self.focus == Pane::Jobs => {
-                if let Some(j) = self.jobs.get(self.job_sel) {
+                if let Some(j) = self.jobs.list.get(self.jobs.sel) {
                     if j.state == JobState::Running {
                         self.dialog = Some(Dialog::Confirm {
                             title: format!("Cancel job #{}?", j.id),
@@ -440,7 +440,7 @@ impl App {
     }
 
     fn open_job_log(&mut self) {
-        let Some(j) = self.jobs.get(self.job_sel) else {
+        let Some(j) = self.jobs.list.get(self.jobs.sel) else {
             return;
         };
         let mut lines = vec![
@@ -712,7 +712,7 @@ impl App {
                 self.rebuild_timeline();
             }
             Pane::Timeline => self.timeline_sel = step(self.timeline_sel, self.timeline().len()),
-            Pane::Jobs => self.job_sel = step(self.job_sel, self.jobs.len()),
+            Pane::Jobs => self.jobs.sel = step(self.jobs.sel, self.jobs.list.len()),
             // The view bounds the scroll by the lines it has.
             Pane::Details => {
                 self.details_scroll =
@@ -720,9 +720,9 @@ impl App {
             }
             // The Log scrolls back from its newest line (0 follows).
             Pane::Log => {
-                self.log_scroll = (self.log_scroll as i64)
+                self.log.scroll = (self.log.scroll as i64)
                     .saturating_sub(d)
-                    .clamp(0, self.log.len().saturating_sub(1) as i64)
+                    .clamp(0, self.log.lines.len().saturating_sub(1) as i64)
                     as usize
             }
         }
@@ -783,9 +783,9 @@ impl App {
                         }
                     }
                     Pane::Jobs => {
-                        let i = sel(self.job_sel);
-                        if i < self.jobs.len() {
-                            self.job_sel = i;
+                        let i = sel(self.jobs.sel);
+                        if i < self.jobs.list.len() {
+                            self.jobs.sel = i;
                         }
                     }
                     Pane::Log | Pane::Details => {}

@@ -4,6 +4,9 @@
 
 mod dialog;
 mod input;
+mod jobs;
+mod remotes;
+pub use jobs::JobsPane;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -11,7 +14,7 @@ use chrono::{DateTime, Utc};
 use crossterm::event::{KeyEvent, MouseEvent};
 use lifeboat_core::format::{Id, Manifest, ManifestKey};
 use lifeboat_core::jobs::Snapshot;
-use lifeboat_core::repo::state::{JobOutcome, JobRecord, VerifyMark};
+use lifeboat_core::repo::state::{JobRecord, VerifyMark};
 
 pub use lifeboat_core::format::chunkmap::Cell;
 
@@ -91,6 +94,16 @@ pub struct TreeRow {
 /// Recovery-point state: `rpo::judge` decides it, the one rule `status
 /// --rpo` and `/metrics` use.
 pub type Rpo = lifeboat_core::rpo::RpoState;
+
+/// The Log pane's state.
+#[derive(Debug, Default)]
+pub struct LogPane {
+    pub lines: VecDeque<String>,
+    /// Entries hidden below the view (0: the Log follows new lines).
+    pub scroll: usize,
+    /// Lines not yet written to the log file (the event loop drains).
+    pub out: Vec<String>,
+}
 pub use lifeboat_core::jobs::JobKind;
 
 /// Whether a repository holds a backup.
@@ -444,15 +457,10 @@ pub struct App {
     pub size: (u16, u16),
     pub tree_sel: usize,
     pub timeline_sel: usize,
-    pub job_sel: usize,
-    pub jobs: Vec<JobView>,
-    pub log: VecDeque<String>,
+    pub jobs: JobsPane,
+    pub log: LogPane,
     /// How far the Details pane is scrolled (lines from its top).
     pub details_scroll: usize,
-    /// Log lines not yet written to the log file (the event loop drains).
-    pub log_out: Vec<String>,
-    /// Log entries hidden below the view (0: the Log follows new lines).
-    pub log_scroll: usize,
     pub dialog: Option<Dialog>,
     pub filter: Option<String>,
     /// The filter (tree) or search (timeline) being typed.
@@ -473,8 +481,6 @@ pub struct App {
     /// Per VM: policy, last and next run, RPO state (from the repository's
     /// records and the config).
     pub rpo: BTreeMap<String, lifeboat_core::rpo::VmRpo>,
-    /// Ends of jobs whose start has not arrived yet.
-    early_done: BTreeMap<u64, (Result<String, String>, bool)>,
     pub usage: Usage,
     pub quit: bool,
     pub keys: super::keymap::KeyMap,
@@ -531,12 +537,9 @@ impl App {
             size: (80, 24),
             tree_sel: 0,
             timeline_sel: 0,
-            job_sel: 0,
-            jobs: Vec::new(),
-            log: VecDeque::new(),
+            jobs: JobsPane::default(),
+            log: LogPane::default(),
             details_scroll: 0,
-            log_out: Vec::new(),
-            log_scroll: 0,
             dialog: None,
             filter: None,
             typing: None,
@@ -553,7 +556,6 @@ impl App {
             repo_problem: None,
             verify: BTreeMap::new(),
             rpo: BTreeMap::new(),
-            early_done: BTreeMap::new(),
             usage: Usage::default(),
             quit: false,
             keys: super::keymap::KeyMap::default(),
@@ -769,6 +771,7 @@ impl App {
 
     pub fn running_jobs(&self) -> usize {
         self.jobs
+            .list
             .iter()
             .filter(|j| j.state == JobState::Running)
             .count()
@@ -777,20 +780,20 @@ impl App {
     fn log(&mut self, line: String) {
         // Also kept in the log file (the event loop writes them), so a
         // session's history survives quitting.
-        self.log_out.push(line.clone());
+        self.log.out.push(line.clone());
         self.log_pane(line);
     }
 
     /// A line for the Log pane only (tracing's lines, which the log sink
     /// writes to the file itself).
     fn log_pane(&mut self, line: String) {
-        self.log.push_back(line);
-        while self.log.len() > LOG_LINES {
-            self.log.pop_front();
+        self.log.lines.push_back(line);
+        while self.log.lines.len() > LOG_LINES {
+            self.log.lines.pop_front();
         }
-        if self.log_scroll > 0 {
+        if self.log.scroll > 0 {
             // A scrolled-back Log keeps showing the same lines.
-            self.log_scroll = (self.log_scroll + 1).min(self.log.len().saturating_sub(1));
+            self.log.scroll = (self.log.scroll + 1).min(self.log.lines.len().saturating_sub(1));
         }
     }
 
@@ -802,7 +805,7 @@ impl App {
 
     fn job_log(&mut self, id: u64, line: String) {
         let stamp = self.now.format("%H:%M:%S");
-        if let Some(j) = self.jobs.iter_mut().find(|j| j.id == id && id != 0) {
+        if let Some(j) = self.jobs.list.iter_mut().find(|j| j.id == id && id != 0) {
             j.log.push(format!("{stamp} {line}"));
         }
     }
@@ -872,143 +875,8 @@ impl App {
                 self.rpo = v.into_iter().map(|r| (r.vm.clone(), r)).collect();
                 Vec::new()
             }
-            Action::History(records, bad) => {
-                if bad > 0 {
-                    self.log(format!("job history: {bad} damaged record(s) skipped"));
-                }
-                let skip = records.len().saturating_sub(HISTORY_SHOWN);
-                let past: Vec<JobView> = records
-                    .into_iter()
-                    .skip(skip)
-                    .map(|r| JobView {
-                        kind: JobKind::Other,
-                        id: 0,
-                        title: r.title,
-                        state: match r.outcome {
-                            JobOutcome::Done => JobState::Done(r.message),
-                            JobOutcome::Failed => JobState::Failed(r.message),
-                            JobOutcome::Cancelled => JobState::Cancelled,
-                        },
-                        progress: None,
-                        started_at: r.started_at,
-                        ended_at: Some(r.ended_at),
-                        log: r.log,
-                        output: Vec::new(),
-                        phases: Vec::new(),
-                    })
-                    .collect();
-                let at_end = self.job_sel + 1 >= self.jobs.len();
-                let n = past.len();
-                self.jobs.splice(0..0, past);
-                self.job_sel = if at_end {
-                    self.jobs.len().saturating_sub(1)
-                } else {
-                    self.job_sel + n
-                };
-                Vec::new()
-            }
-            Action::RemoteBrowsed { name, result } => {
-                match result {
-                    Ok(b) => {
-                        // The browsed list is the newest word on what the
-                        // remote holds: the header and presence agree.
-                        if let Some(r) = self.remotes.iter_mut().find(|r| r.name == name) {
-                            let ids: BTreeSet<Id> = b.iter().map(|(k, _)| k.id).collect();
-                            if let RemoteState::Ok { backups, .. } = &mut r.state {
-                                *backups = ids.len();
-                            }
-                            r.ids = Some(ids);
-                        }
-                        if self.source.as_deref() == Some(name.as_str()) {
-                            self.refreshed_at = Some(self.now);
-                            self.backups = b.clone();
-                            self.rebuild();
-                            self.clamp();
-                        }
-                        self.remote_backups.insert(name, b);
-                    }
-                    Err(e) => {
-                        if self.source.as_deref() == Some(name.as_str()) {
-                            self.dialog = Some(Dialog::Message {
-                                title: format!("Cannot browse {name}"),
-                                lines: vec![e.clone()],
-                                scroll: 0,
-                            });
-                        }
-                        self.notify(format!("browsing {name}: {e}"), true);
-                    }
-                }
-                Vec::new()
-            }
-            Action::RemoteListed { name, result } => {
-                let mut effects = Vec::new();
-                let mut problem = None;
-                if let Some(r) = self.remotes.iter_mut().find(|r| r.name == name) {
-                    match result {
-                        Ok((ms, ids)) => {
-                            r.state = RemoteState::Ok {
-                                latency_ms: ms,
-                                backups: ids.len(),
-                            };
-                            // The browsed copy is stale when the remote's
-                            // list changed: browse it again.
-                            let browsed: Option<BTreeSet<Id>> = self
-                                .remote_backups
-                                .get(&name)
-                                .map(|b| b.iter().map(|(k, _)| k.id).collect());
-                            if self.source.as_deref() == Some(name.as_str())
-                                && browsed.is_some_and(|b| b != ids)
-                            {
-                                effects.push(Effect::Browse(name.clone()));
-                            }
-                            r.ids = Some(ids);
-                        }
-                        Err(e) => {
-                            // Said once when it goes down (or the reason
-                            // changes), not at every refresh: a job's
-                            // result in the status line stays readable.
-                            let news =
-                                !matches!(&r.state, RemoteState::Unreachable(old) if *old == e);
-                            r.state = RemoteState::Unreachable(e.clone());
-                            if news {
-                                problem = Some(format!("remote {name} is unreachable: {e}"));
-                            }
-                        }
-                    }
-                }
-                if let Some(p) = problem {
-                    self.notify(p, true);
-                }
-                effects
-            }
-            Action::JobStarted { id, title, kind } => {
-                let follow = self.job_sel + 1 >= self.jobs.len();
-                self.jobs.push(JobView {
-                    id,
-                    title: title.clone(),
-                    kind,
-                    state: JobState::Running,
-                    progress: None,
-                    started_at: self.now,
-                    ended_at: None,
-                    log: Vec::new(),
-                    output: Vec::new(),
-                    phases: Vec::new(),
-                });
-                // The Jobs pane follows new jobs unless the admin scrolled
-                // back through older ones.
-                if follow {
-                    self.job_sel = self.jobs.len() - 1;
-                }
-                self.job_log(id, format!("started: {title}"));
-                self.log(format!("job {id} started: {title}"));
-                // A quick job's end can arrive before its start (they come
-                // through different channels): finish it now.
-                match self.early_done.remove(&id) {
-                    Some((result, cancelled)) => self.job_done(id, result, cancelled),
-                    None => Vec::new(),
-                }
-            }
+            Action::RemoteBrowsed { name, result } => self.remote_browsed(name, result),
+            Action::RemoteListed { name, result } => self.remote_listed(name, result),
             Action::Drills(d) => {
                 self.drills = d;
                 Vec::new()
@@ -1031,31 +899,13 @@ impl App {
                 }
                 Vec::new()
             }
+            Action::JobStarted { id, title, kind } => self.job_started(id, title, kind),
             Action::JobProgress {
                 id,
                 snapshot,
                 output,
-            } => {
-                let mut phase_changed = None;
-                let now = self.now;
-                if let Some(j) = self.jobs.iter_mut().find(|j| j.id == id && id != 0) {
-                    if j.progress.as_ref().map(|p| &p.phase) != Some(&snapshot.phase) {
-                        phase_changed = Some(snapshot.phase.clone());
-                        let word = phase_word(&snapshot.phase);
-                        if j.phases.last().map(|(w, _)| w.as_str()) != Some(word) {
-                            j.phases.push((word.to_string(), now));
-                        }
-                    }
-                    j.progress = Some(snapshot);
-                    if !output.is_empty() {
-                        j.output = output;
-                    }
-                }
-                if let Some(p) = phase_changed {
-                    self.job_log(id, p);
-                }
-                Vec::new()
-            }
+            } => self.job_progress(id, snapshot, output),
+            Action::History(records, bad) => self.history(records, bad),
             Action::JobDone {
                 id,
                 result,
@@ -1118,100 +968,12 @@ impl App {
         }
     }
 
-    fn job_done(
-        &mut self,
-        id: u64,
-        result: Result<String, String>,
-        cancelled: bool,
-    ) -> Vec<Effect> {
-        let mut effects = Vec::new();
-        let now = self.now;
-        let Some(j) = self.jobs.iter_mut().find(|j| j.id == id && id != 0) else {
-            if id != 0 {
-                self.early_done.insert(id, (result, cancelled));
-            }
-            return effects;
-        };
-        // A report of several lines (a drill's): the first is the job's
-        // summary, all of them go to its log.
-        let full = match (&result, cancelled) {
-            (_, true) => "cancelled".to_string(),
-            (Ok(m), _) | (Err(m), _) => m.clone(),
-        };
-        let first = full.lines().next().unwrap_or("").to_string();
-        let (state, line, outcome) = match (&result, cancelled) {
-            (_, true) => (
-                JobState::Cancelled,
-                "cancelled".into(),
-                JobOutcome::Cancelled,
-            ),
-            (Ok(_), _) => (
-                JobState::Done(first.clone()),
-                format!("done — {first}"),
-                JobOutcome::Done,
-            ),
-            (Err(_), _) => (
-                JobState::Failed(first.clone()),
-                format!("FAILED — {first}"),
-                JobOutcome::Failed,
-            ),
-        };
-        let message = if cancelled { full.clone() } else { first };
-        j.state = state;
-        j.ended_at = Some(now);
-        let title = j.title.clone();
-        let kind = j.kind;
-        self.job_log(id, line.clone());
-        for l in full.lines().skip(1) {
-            self.job_log(id, l.to_string());
-        }
-        let failed = outcome == JobOutcome::Failed;
-        if failed {
-            self.dialog = Some(Dialog::Message {
-                title: format!("{title} failed"),
-                lines: full.lines().map(str::to_string).collect(),
-                scroll: 0,
-            });
-        }
-        // A successful plan only waits for a yes (its dialog is open): not
-        // worth the status line or a history entry.
-        let planning = kind == JobKind::Plan && outcome == JobOutcome::Done;
-        if planning {
-            self.log(format!("job {id} {title}: {line}"));
-        } else {
-            self.notify(format!("job {id} {title}: {line}"), failed);
-        }
-        if let Some(j) = self.jobs.iter().find(|j| j.id == id) {
-            if !planning {
-                effects.push(Effect::RecordJob(JobRecord {
-                    title: j.title.clone(),
-                    started_at: j.started_at,
-                    ended_at: now,
-                    outcome,
-                    message,
-                    log: j.log.clone(),
-                }));
-            }
-        }
-        if planning {
-            // A plan that waits for a yes is not a job the admin ran: it
-            // leaves the pane (its line stays in the Log).
-            self.jobs.retain(|j| j.id != id);
-            self.job_sel = self.job_sel.min(self.jobs.len().saturating_sub(1));
-        } else {
-            // Whatever changed a repository shows at once.
-            self.refreshed_at = Some(now);
-            effects.extend(self.refresh());
-        }
-        effects
-    }
-
     fn clamp(&mut self) {
         let n = self.tree().len();
         self.tree_sel = self.tree_sel.min(n.saturating_sub(1));
         let t = self.timeline().len();
         self.timeline_sel = self.timeline_sel.min(t.saturating_sub(1));
-        self.job_sel = self.job_sel.min(self.jobs.len().saturating_sub(1));
+        self.jobs.sel = self.jobs.sel.min(self.jobs.list.len().saturating_sub(1));
     }
 
     fn no_backup(&mut self) {

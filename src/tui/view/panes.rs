@@ -726,7 +726,7 @@ pub fn jobs(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     let b = block(title, theme, app.focus == Pane::Jobs);
     let inner = b.inner(area);
     f.render_widget(b, area);
-    if app.jobs.is_empty() {
+    if app.jobs.list.is_empty() {
         f.render_widget(
             Paragraph::new(truncate(
                 &format!(
@@ -747,17 +747,19 @@ pub fn jobs(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     // lines (the guest's serial console, the cloud's states).
     let featured = app
         .jobs
-        .get(app.job_sel)
+        .list
+        .get(app.jobs.sel)
         .filter(|j| phased(j).is_some())
         .or_else(|| {
             app.jobs
+                .list
                 .iter()
                 .rev()
                 .find(|j| phased(j).is_some() && j.state == JobState::Running)
         });
     let (inner, panel) = match featured {
         Some(j) if inner.height >= 6 => {
-            let list_h = (app.jobs.len() as u16).clamp(1, inner.height / 3);
+            let list_h = (app.jobs.list.len() as u16).clamp(1, inner.height / 3);
             let list = Rect::new(inner.x, inner.y, inner.width, list_h);
             let rest = Rect::new(
                 inner.x,
@@ -773,9 +775,10 @@ pub fn jobs(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         phase_panel(f, app, theme, j, area);
     }
     let visible = inner.height as usize;
-    let start = app.job_sel.saturating_sub(visible.saturating_sub(1));
+    let start = app.jobs.sel.saturating_sub(visible.saturating_sub(1));
     for (row, (i, j)) in app
         .jobs
+        .list
         .iter()
         .enumerate()
         .skip(start)
@@ -792,7 +795,7 @@ pub fn jobs(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         if j.past() {
             style = style.add_modifier(Modifier::DIM);
         }
-        if i == app.job_sel && app.focus == Pane::Jobs {
+        if i == app.jobs.sel && app.focus == Pane::Jobs {
             style = style.add_modifier(Modifier::REVERSED);
         }
         f.render_widget(
@@ -899,7 +902,7 @@ pub fn log(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     let h = area.height.saturating_sub(2) as usize;
     let w = area.width.saturating_sub(2) as usize;
     let mut lines: Vec<String> = Vec::new();
-    for entry in app.log.iter().rev().skip(app.log_scroll) {
+    for entry in app.log.lines.iter().rev().skip(app.log.scroll) {
         let wrapped = wrap(&escape(entry), w);
         for l in wrapped.into_iter().rev() {
             lines.push(l);
@@ -910,8 +913,8 @@ pub fn log(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     }
     lines.truncate(h);
     lines.reverse();
-    let title = if app.log_scroll > 0 {
-        format!(" Log (back {} · End follows) ", app.log_scroll)
+    let title = if app.log.scroll > 0 {
+        format!(" Log (back {} · End follows) ", app.log.scroll)
     } else {
         " Log ".into()
     };

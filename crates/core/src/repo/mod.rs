@@ -423,13 +423,18 @@ impl ChunkWriter<'_> {
         let fresh = self
             .seen
             .lock()
-            .map_err(|_| Error::Internal("chunk writer state poisoned by a panicked worker".into()))?
+            .map_err(|_| {
+                Error::Internal("chunk writer state poisoned by a panicked worker".into())
+            })?
             .insert(*id);
         if !fresh {
             return Ok(false);
         }
-        self.staging
-            .stage(self.repo.path_of(&keys::chunk_key(id)), &id.short(), encoded)?;
+        self.staging.stage(
+            self.repo.path_of(&keys::chunk_key(id)),
+            &id.short(),
+            encoded,
+        )?;
         Ok(true)
     }
 

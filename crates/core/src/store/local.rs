@@ -70,7 +70,9 @@ impl Staging {
     }
 
     pub fn is_pending(&self, dest: &Path) -> bool {
-        self.pending().map(|p| p.contains_key(dest)).unwrap_or(false)
+        self.pending()
+            .map(|p| p.contains_key(dest))
+            .unwrap_or(false)
     }
 
     /// Objects waiting for a commit.
