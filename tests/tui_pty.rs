@@ -93,7 +93,8 @@ fn demo_push_compare_restore_quit() {
     c.keys(&"\x7f".repeat(80));
     c.keys(target.to_str().unwrap());
     c.keys("\r");
-    c.wait_for("to write", 10);
+    // The plan: the lines `restore --dry-run` prints.
+    c.wait_for("would restore web01/root", 10);
     c.keys("\r");
     c.wait_until("the restore job to finish", 60, |s| {
         // The Jobs pane is the left half of these rows; the Log pane is beside it.
@@ -241,7 +242,8 @@ fn fresh_machine_browses_the_remote_and_restores_from_it() {
     c.keys(&"\x7f".repeat(80));
     c.keys(target.to_str().unwrap());
     c.keys("\r");
-    c.wait_for("to write", 10);
+    c.wait_for("would fetch from offsite", 10);
+    c.wait_for("would restore ghost01/root", 10);
     c.keys("\r");
     c.wait_until("the restore job to finish", 60, |s| {
         s.lines().any(|l| {

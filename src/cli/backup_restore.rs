@@ -457,37 +457,7 @@ fn attach_volume(
 }
 
 fn print_restore_plan(plan: &SetRestorePlan, remote: Option<&str>) {
-    if let (Some(f), Some(name)) = (&plan.fetch, remote) {
-        println!(
-            "would fetch from {name}: {} chunks ({} of data), {} already local{}",
-            f.chunks_to_send,
-            bytes(f.data_bytes_to_send),
-            f.chunks_already_there,
-            if f.creates_repository {
-                format!(", creating the local repository {}", f.destination)
-            } else {
-                String::new()
-            }
-        );
-    }
-    if let Some(d) = &plan.creates_directory {
-        println!("would create directory {}", d.display());
-    }
-    for p in &plan.volumes {
-        println!(
-            "would restore {}/{} ({}) to {} as {}: {} image, {} to write{}",
-            p.vm,
-            p.volume,
-            p.manifest.short(),
-            p.target.display(),
-            p.format,
-            bytes(p.image_size),
-            bytes(p.bytes_to_write),
-            if p.overwrites {
-                format!(", REPLACING the existing file (mode {:04o} kept)", p.mode)
-            } else {
-                String::new()
-            }
-        );
+    for line in plan.lines(remote) {
+        println!("{line}");
     }
 }

@@ -543,31 +543,8 @@ impl Runner {
                     }
                 };
                 let plan = planned.map_err(|e| plan_failed(&tx, &title, e))?;
-                let mut lines = Vec::new();
-                for v in &plan.volumes {
-                    lines.push(format!(
-                        "{}/{} {} → {} ({})",
-                        v.vm,
-                        v.volume,
-                        v.manifest.short(),
-                        escape(&v.target.display().to_string()),
-                        v.format
-                    ));
-                    lines.push(format!(
-                        "{} image, {} to write, file mode {:04o}",
-                        bytes(v.image_size),
-                        bytes(v.bytes_to_write),
-                        v.mode
-                    ));
-                }
-                if let Some(f) = &plan.fetch {
-                    lines.push(format!(
-                        "first fetches {} chunks ({} of data), each verified",
-                        f.chunks_to_send,
-                        bytes(f.data_bytes_to_send),
-                    ));
-                    lines.push(format!("{} chunks already local", f.chunks_already_there));
-                }
+                // The lines `restore --dry-run` prints.
+                let lines = plan.lines(from.as_deref());
                 let held = Held::Restore {
                     title: title.clone(),
                     remote,

@@ -332,6 +332,52 @@ pub async fn plan_remote(
 }
 
 impl SetRestorePlan {
+    /// What the plan will do, a line each (`restore --dry-run` and the
+    /// console's confirmation show the same lines). `remote` names the
+    /// remote a fetch comes from.
+    pub fn lines(&self, remote: Option<&str>) -> Vec<String> {
+        use crate::text::{bytes, escape};
+        let mut out = Vec::new();
+        if let (Some(f), Some(name)) = (&self.fetch, remote) {
+            out.push(format!(
+                "would fetch from {}: {} chunks ({} of data), {} already local{}",
+                escape(name),
+                f.chunks_to_send,
+                bytes(f.data_bytes_to_send),
+                f.chunks_already_there,
+                if f.creates_repository {
+                    format!(", creating the local repository {}", escape(&f.destination))
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        if let Some(d) = &self.creates_directory {
+            out.push(format!(
+                "would create directory {}",
+                escape(&d.display().to_string())
+            ));
+        }
+        for p in &self.volumes {
+            out.push(format!(
+                "would restore {}/{} ({}) to {} as {}: {} image, {} to write{}",
+                p.vm,
+                p.volume,
+                p.manifest.short(),
+                escape(&p.target.display().to_string()),
+                p.format,
+                bytes(p.image_size),
+                bytes(p.bytes_to_write),
+                if p.overwrites {
+                    format!(", REPLACING the existing file (mode {:04o} kept)", p.mode)
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        out
+    }
+
     /// Releases the local writer lock a remote plan holds, for a plan that
     /// will not be executed (see `TransferPlan::finish`).
     pub async fn release(self) {
