@@ -95,16 +95,7 @@ pub async fn run(
     repo_path: PathBuf,
     sink: crate::logging::LogSink,
 ) -> anyhow::Result<()> {
-    let inventory = config
-        .vms
-        .iter()
-        .map(|v| {
-            (
-                v.name.get_ref().clone(),
-                v.volumes.iter().map(|x| x.name.get_ref().clone()).collect(),
-            )
-        })
-        .collect();
+    let inventory = config.inventory();
     let remotes = config
         .remotes
         .iter()

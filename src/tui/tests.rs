@@ -1473,16 +1473,7 @@ path = "/vm/h"
         &DaemonState::default(),
         now(),
     );
-    let inventory: Vec<(String, Vec<String>)> = config
-        .vms
-        .iter()
-        .map(|v| {
-            (
-                v.name.get_ref().clone(),
-                v.volumes.iter().map(|x| x.name.get_ref().clone()).collect(),
-            )
-        })
-        .collect();
+    let inventory = config.inventory();
     let mut a = App::new("/r".into(), inventory, vec![], now());
     a.update(Action::Loaded(shared(backups)));
     a.update(Action::VerifyState(verify));

@@ -519,6 +519,19 @@ impl Config {
         self.remotes.get(name)
     }
 
+    /// Each configured VM with its volumes' names, in config order.
+    pub fn inventory(&self) -> Vec<(String, Vec<String>)> {
+        self.vms
+            .iter()
+            .map(|v| {
+                (
+                    v.name.get_ref().clone(),
+                    v.volumes.iter().map(|x| x.name.get_ref().clone()).collect(),
+                )
+            })
+            .collect()
+    }
+
     pub fn vm(&self, name: &str) -> Option<&VmConfig> {
         self.vms.iter().find(|v| v.name.get_ref() == name)
     }
