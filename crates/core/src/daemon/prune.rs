@@ -137,3 +137,47 @@ fn by_policy(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{self, image, memory, put_set};
+
+    /// Backups of two VMs interleaved in time are planned once per set
+    /// (a policy plan used to take a VM once per run of its backups).
+    #[tokio::test]
+    async fn each_set_is_planned_once_by_policy() {
+        let config = Config::parse(
+            std::path::Path::new("c.toml"),
+            "default_policy = \"p\"\n[policy.p]\nkeep_last = 1\n",
+        )
+        .unwrap();
+        let (_, store) = memory();
+        testkit::init(store.as_ref()).await;
+        let mut backups = Vec::new();
+        for (i, (vm, set, at)) in [
+            ("web", "a1", "2026-12-01T02:00:00Z"),
+            ("db", "b1", "2026-12-01T03:00:00Z"),
+            ("web", "a2", "2026-12-02T02:00:00Z"),
+            ("db", "b2", "2026-12-02T03:00:00Z"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            backups
+                .extend(put_set(store.as_ref(), vm, set, at, &[("root", image(i as u8, 1))]).await);
+        }
+        let plan = plan(&config, &store, &backups, &PruneRequest::default())
+            .await
+            .unwrap();
+        let mut sets: Vec<&str> = plan.sets.iter().map(|d| d.set.as_str()).collect();
+        sets.sort();
+        assert_eq!(sets, ["a1", "a2", "b1", "b2"]);
+        assert_eq!(plan.removed_sets(), 2);
+        let done = plan
+            .execute(store.as_ref(), &testkit::cancel())
+            .await
+            .unwrap();
+        assert_eq!((done.sets, done.backups), (2, 2));
+    }
+}
