@@ -1298,9 +1298,12 @@ fn console_restores_into_a_cloud_and_cancel_cleans_up() {
     let s = c.wait_for("Restore into which cloud?", 10);
     assert!(s.contains("> osp  (checked ok)"), "{s}");
     c.keys("\r");
-    let s = c.wait_for("creates in osp (openstack)", 30);
+    // The lines `cloud-restore --dry-run` prints.
+    let s = c.wait_for("target checked:", 30);
     assert!(
-        s.contains("Glance image") && s.contains("Nova server") && s.contains("uploads 36.0 MiB"),
+        s.contains("Glance image")
+            && s.contains("Nova server")
+            && s.contains("bytes to upload: 36.0 MiB"),
         "{s}"
     );
     c.keys("y");
@@ -1318,7 +1321,7 @@ fn console_restores_into_a_cloud_and_cancel_cleans_up() {
     c.keys("u");
     c.wait_for("Restore into which cloud?", 10);
     c.keys("\r");
-    c.wait_for("creates in osp (openstack)", 30);
+    c.wait_for("target checked:", 30);
     c.keys("y");
     let deadline = Instant::now() + Duration::from_secs(60);
     while cloud.state()["servers"].as_object().unwrap().len() < 2 {
@@ -1371,7 +1374,7 @@ fn console_restores_into_a_cloud_and_cancel_cleans_up() {
     c.keys("u");
     c.wait_for("Restore into which cloud?", 10);
     c.keys("\r");
-    c.wait_for("creates in osp (openstack)", 30);
+    c.wait_for("target checked:", 30);
     c.keys("y");
     let deadline = Instant::now() + Duration::from_secs(60);
     while cloud.state()["servers"].as_object().unwrap().len() < 2 {

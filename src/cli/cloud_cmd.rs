@@ -126,40 +126,8 @@ pub async fn cloud_ls(ctx: &Ctx) -> anyhow::Result<Outcome> {
 }
 
 pub fn print_plan(p: &CloudPlan, upload_limit: Option<u64>) {
-    println!(
-        "restore {} set {} ({}) from {} into cloud {} ({})",
-        p.vm,
-        p.set.get(..12).unwrap_or(&p.set),
-        p.created_at,
-        escape(&p.from),
-        p.target,
-        p.provider.as_str()
-    );
-    for v in &p.volumes {
-        println!(
-            "  {:<12} {:<5} {}  backup {}  upload {}",
-            v.volume,
-            format!("{:?}", v.role).to_lowercase(),
-            bytes(v.image_size),
-            v.manifest.get(..12).unwrap_or(&v.manifest),
-            bytes(v.upload_bytes)
-        );
-    }
-    println!("target checked:");
-    for c in &p.checks {
-        println!("  {}", escape(c));
-    }
-    println!("creates:");
-    for c in &p.creates {
-        println!("  {}", escape(c));
-    }
-    match upload_limit {
-        Some(l) => println!(
-            "bytes to upload: {} (at most {}/s: --limit-upload)",
-            bytes(p.bytes_to_upload),
-            bytes(l)
-        ),
-        None => println!("bytes to upload: {}", bytes(p.bytes_to_upload)),
+    for line in p.lines(upload_limit) {
+        println!("{line}");
     }
 }
 

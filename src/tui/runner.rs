@@ -593,28 +593,9 @@ impl Runner {
                 }
                 .await;
                 let (plan, provider, ready) = planned.map_err(|e| plan_failed(&tx, &title, e))?;
-                let mut lines = Vec::new();
-                for v in &plan.volumes {
-                    lines.push(format!(
-                        "{}/{} ({}) backup {}: {} image, uploads {}",
-                        plan.vm,
-                        v.volume,
-                        format!("{:?}", v.role).to_lowercase(),
-                        v.manifest.get(..12).unwrap_or(&v.manifest),
-                        bytes(v.image_size),
-                        bytes(v.upload_bytes)
-                    ));
-                }
-                lines.push(format!(
-                    "creates in {} ({}):",
-                    plan.target,
-                    plan.provider.as_str()
-                ));
-                lines.extend(plan.creates.iter().map(|c| format!("  {}", escape(c))));
-                lines.push(format!(
-                    "uploads {}; on failure or cancel (x) what was created is removed",
-                    bytes(plan.bytes_to_upload)
-                ));
+                // The lines `cloud-restore --dry-run` prints.
+                let mut lines = plan.lines(upload_limit);
+                lines.push("on failure or cancel (x) what was created is removed".into());
                 let held = Held::Cloud {
                     title: title.clone(),
                     plan: Box::new(plan),

@@ -101,6 +101,47 @@ pub struct CloudPlan {
     pub images: Vec<VolumeImage>,
 }
 
+impl CloudPlan {
+    /// What the plan will do, a line each: `cloud-restore --dry-run` and
+    /// the console's confirmation show the same lines (everything from the
+    /// repository or the cloud escaped).
+    pub fn lines(&self, upload_limit: Option<u64>) -> Vec<String> {
+        use crate::text::{bytes, escape};
+        let mut out = vec![format!(
+            "restore {} set {} ({}) from {} into cloud {} ({})",
+            self.vm,
+            self.set.get(..12).unwrap_or(&self.set),
+            self.created_at,
+            escape(&self.from),
+            self.target,
+            self.provider.as_str()
+        )];
+        for v in &self.volumes {
+            out.push(format!(
+                "  {:<12} {:<5} {}  backup {}  upload {}",
+                v.volume,
+                format!("{:?}", v.role).to_lowercase(),
+                bytes(v.image_size),
+                v.manifest.get(..12).unwrap_or(&v.manifest),
+                bytes(v.upload_bytes)
+            ));
+        }
+        out.push("target checked:".into());
+        out.extend(self.checks.iter().map(|c| format!("  {}", escape(c))));
+        out.push("creates:".into());
+        out.extend(self.creates.iter().map(|c| format!("  {}", escape(c))));
+        out.push(match upload_limit {
+            Some(l) => format!(
+                "bytes to upload: {} (at most {}/s: --limit-upload)",
+                bytes(self.bytes_to_upload),
+                bytes(l)
+            ),
+            None => format!("bytes to upload: {}", bytes(self.bytes_to_upload)),
+        });
+        out
+    }
+}
+
 /// The server a restore made.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Server {
