@@ -132,12 +132,12 @@ fn tree_rpo_and_navigation() {
     assert_eq!(a.focus, Pane::Timeline);
     assert_eq!(a.timeline().len(), 12);
     a.update(key(KeyCode::Down));
-    assert_eq!(a.timeline_sel, 1);
+    assert_eq!(a.browser.timeline_sel, 1);
     // Moving past the end clamps.
     for _ in 0..50 {
         a.update(key(KeyCode::Down));
     }
-    assert_eq!(a.timeline_sel, 11);
+    assert_eq!(a.browser.timeline_sel, 11);
     // Presence: the newest is missing on the remote, the oldest is held.
     let newest = a.timeline()[0].0.clone();
     let oldest = a.timeline()[11].0.clone();
@@ -378,7 +378,7 @@ fn compare_with_live_volume_and_remote_copy() {
     );
     // db01 is not: a message, no effect.
     a.focus = Pane::Tree;
-    a.tree_sel = 0;
+    a.browser.tree_sel = 0;
     a.rebuild();
     a.update(key(KeyCode::Enter));
     assert!(a.update(key(KeyCode::Char('C'))).is_empty());
@@ -900,9 +900,9 @@ fn timeline_search_mouse_and_verify_state() {
     assert_eq!(k.volume, "data");
     // Home / End.
     a.update(key(KeyCode::Home));
-    assert_eq!(a.timeline_sel, 0);
+    assert_eq!(a.browser.timeline_sel, 0);
     a.update(key(KeyCode::End));
-    assert_eq!(a.timeline_sel, 11);
+    assert_eq!(a.browser.timeline_sel, 11);
     // A click on the tree's first row selects db01.
     use crossterm::event::{MouseButton, MouseEvent, MouseEventKind};
     let click = |col, row| {
@@ -922,7 +922,7 @@ fn timeline_search_mouse_and_verify_state() {
         row: 4,
         modifiers: KeyModifiers::NONE,
     }));
-    assert_eq!(a.tree_sel, 3);
+    assert_eq!(a.browser.tree_sel, 3);
     // Verify results show per backup.
     web01_timeline(&mut a);
     let (k, _) = a.selected_backup().unwrap();
@@ -1367,7 +1367,7 @@ fn a_drill_source_that_holds_nothing_is_not_preselected() {
     }
     a.dialog = None;
     // web01 is on offsite: its default stands.
-    while a.tree()[a.tree_sel].vm != "web01" {
+    while a.tree()[a.browser.tree_sel].vm != "web01" {
         a.update(key(KeyCode::Char('j')));
     }
     a.update(key(KeyCode::Char('D')));

@@ -238,8 +238,8 @@ impl App {
             (KeyCode::Enter, _) => {}
             (KeyCode::Esc, _) => {
                 match pane {
-                    Pane::Timeline => self.search = None,
-                    _ => self.filter = None,
+                    Pane::Timeline => self.browser.search = None,
+                    _ => self.browser.filter = None,
                 }
                 self.rebuild();
                 return Vec::new();
@@ -252,13 +252,13 @@ impl App {
         let text = input.value().to_string();
         match pane {
             Pane::Timeline => {
-                self.search = (!text.is_empty()).then_some(text);
+                self.browser.search = (!text.is_empty()).then_some(text);
                 self.next_match(false);
             }
             _ => {
-                self.filter = Some(text);
-                self.tree_sel = 0;
-                self.timeline_sel = 0;
+                self.browser.filter = Some(text);
+                self.browser.tree_sel = 0;
+                self.browser.timeline_sel = 0;
                 self.rebuild();
             }
         }
@@ -268,12 +268,12 @@ impl App {
     /// Moves the timeline selection to the next row matching the search
     /// (time, volume, id or note); `after`: strictly after the current row.
     fn next_match(&mut self, after: bool) {
-        let Some(term) = self.search.clone().map(|s| s.to_lowercase()) else {
+        let Some(term) = self.browser.search.clone().map(|s| s.to_lowercase()) else {
             return;
         };
         let tl = self.timeline();
         let n = tl.len();
-        let start = self.timeline_sel + usize::from(after);
+        let start = self.browser.timeline_sel + usize::from(after);
         let hit = (0..n).map(|i| (start + i) % n.max(1)).find(|&i| {
             let (k, m) = tl[i];
             let text = format!(
@@ -288,7 +288,7 @@ impl App {
         });
         match hit {
             Some(i) => {
-                self.timeline_sel = i;
+                self.browser.timeline_sel = i;
                 self.focus = Pane::Timeline;
             }
             None => {
@@ -400,7 +400,7 @@ impl App {
             self.no_backup();
             return Vec::new();
         };
-        match self.marked.take() {
+        match self.browser.marked.take() {
             None => {
                 self.status = Some(super::Status {
                     text: format!(
@@ -412,14 +412,14 @@ impl App {
                     ),
                     error: false,
                 });
-                self.marked = Some(key);
+                self.browser.marked = Some(key);
             }
             Some(a) if a == key => {
                 self.status = Some(super::Status {
                     text: "compare: pick a different backup".into(),
                     error: false,
                 });
-                self.marked = Some(a);
+                self.browser.marked = Some(a);
             }
             Some(a) if a.vm != key.vm || a.volume != key.volume => {
                 self.dialog = Some(Dialog::Confirm {
@@ -527,9 +527,9 @@ impl App {
             });
         }
         self.source = next.clone();
-        self.tree_sel = 0;
-        self.timeline_sel = 0;
-        self.marked = None;
+        self.browser.tree_sel = 0;
+        self.browser.timeline_sel = 0;
+        self.browser.marked = None;
         let effects = match &next {
             None => {
                 self.backups = self.local_backups.clone();
@@ -707,16 +707,19 @@ impl App {
         };
         match self.focus {
             Pane::Tree => {
-                self.tree_sel = step(self.tree_sel, self.tree().len());
-                self.timeline_sel = 0;
+                self.browser.tree_sel = step(self.browser.tree_sel, self.tree().len());
+                self.browser.timeline_sel = 0;
                 self.rebuild_timeline();
             }
-            Pane::Timeline => self.timeline_sel = step(self.timeline_sel, self.timeline().len()),
+            Pane::Timeline => {
+                self.browser.timeline_sel = step(self.browser.timeline_sel, self.timeline().len())
+            }
             Pane::Jobs => self.jobs.sel = step(self.jobs.sel, self.jobs.list.len()),
             // The view bounds the scroll by the lines it has.
             Pane::Details => {
-                self.details_scroll =
-                    (self.details_scroll as i64).saturating_add(d).clamp(0, 200) as usize
+                self.browser.details_scroll = (self.browser.details_scroll as i64)
+                    .saturating_add(d)
+                    .clamp(0, 200) as usize
             }
             // The Log scrolls back from its newest line (0 follows).
             Pane::Log => {
@@ -769,17 +772,17 @@ impl App {
                 let sel = |cur: usize| cur.saturating_sub(visible.saturating_sub(1)) + row;
                 match pane {
                     Pane::Tree => {
-                        let i = sel(self.tree_sel);
+                        let i = sel(self.browser.tree_sel);
                         if i < self.tree().len() {
-                            self.tree_sel = i;
-                            self.timeline_sel = 0;
+                            self.browser.tree_sel = i;
+                            self.browser.timeline_sel = 0;
                             self.rebuild_timeline();
                         }
                     }
                     Pane::Timeline => {
-                        let i = sel(self.timeline_sel);
+                        let i = sel(self.browser.timeline_sel);
                         if i < self.timeline().len() {
-                            self.timeline_sel = i;
+                            self.browser.timeline_sel = i;
                         }
                     }
                     Pane::Jobs => {

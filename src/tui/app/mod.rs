@@ -95,6 +95,24 @@ pub struct TreeRow {
 /// --rpo` and `/metrics` use.
 pub type Rpo = lifeboat_core::rpo::RpoState;
 
+/// The browsing panes' state: what is selected in the VM tree and the
+/// timeline, the filter and search typed, the backup marked for a
+/// comparison, and the rows derived from the backups (rebuilt by
+/// `App::rebuild` when the backups, the inventory, the filter or the
+/// selection change, so a keypress over 20,000 backups rescans nothing).
+#[derive(Debug, Default)]
+pub struct Browser {
+    pub tree_sel: usize,
+    pub timeline_sel: usize,
+    /// How far the Details pane is scrolled (lines from its top).
+    pub details_scroll: usize,
+    pub filter: Option<String>,
+    pub search: Option<String>,
+    pub marked: Option<ManifestKey>,
+    tree_cache: Vec<TreeRow>,
+    timeline_cache: Vec<usize>,
+}
+
 /// The Log pane's state.
 #[derive(Debug, Default)]
 pub struct LogPane {
@@ -455,18 +473,14 @@ pub struct App {
     pub lower: Lower,
     pub zoom: bool,
     pub size: (u16, u16),
-    pub tree_sel: usize,
-    pub timeline_sel: usize,
+    /// The VM tree, the timeline and the Details pane: selections,
+    /// filter, search, the marked backup.
+    pub browser: Browser,
     pub jobs: JobsPane,
     pub log: LogPane,
-    /// How far the Details pane is scrolled (lines from its top).
-    pub details_scroll: usize,
     pub dialog: Option<Dialog>,
-    pub filter: Option<String>,
     /// The filter (tree) or search (timeline) being typed.
     pub typing: Option<(Pane, LineInput)>,
-    pub search: Option<String>,
-    pub marked: Option<ManifestKey>,
     pub status: Option<Status>,
     /// When a VM counts as late and as stale (minutes), unless its policy
     /// says otherwise (`rpo_policy`).
@@ -484,11 +498,6 @@ pub struct App {
     pub usage: Usage,
     pub quit: bool,
     pub keys: super::keymap::KeyMap,
-    /// Derived from `backups`, `inventory`, `filter` and the selection;
-    /// rebuilt by `rebuild` when one of those changes, so a keypress over
-    /// 10,000 backups does not rescan them all.
-    tree_cache: Vec<TreeRow>,
-    timeline_cache: Vec<usize>,
     /// Newest backup per (VM, volume), and each VM's recovery point (the
     /// oldest of its volumes' newest; None when a volume has none).
     newest_cache: BTreeMap<(String, String), (DateTime<Utc>, Id)>,
@@ -535,16 +544,11 @@ impl App {
             lower: Lower::Jobs,
             zoom: false,
             size: (80, 24),
-            tree_sel: 0,
-            timeline_sel: 0,
+            browser: Browser::default(),
             jobs: JobsPane::default(),
             log: LogPane::default(),
-            details_scroll: 0,
             dialog: None,
-            filter: None,
             typing: None,
-            search: None,
-            marked: None,
             status: None,
             rpo_default: (
                 lifeboat_core::rpo::DEFAULT_LATE_HOURS * 60,
@@ -559,8 +563,6 @@ impl App {
             usage: Usage::default(),
             quit: false,
             keys: super::keymap::KeyMap::default(),
-            tree_cache: Vec::new(),
-            timeline_cache: Vec::new(),
             newest_cache: BTreeMap::new(),
             vm_covered: BTreeMap::new(),
         };
@@ -592,7 +594,7 @@ impl App {
     }
 
     pub fn tree(&self) -> &[TreeRow] {
-        &self.tree_cache
+        &self.browser.tree_cache
     }
 
     /// Recomputes the derived views (tree, timeline of the selection,
@@ -619,13 +621,16 @@ impl App {
         self.usage = usage;
         let configured: BTreeMap<String, Vec<String>> = self.inventory.iter().cloned().collect();
         self.vm_covered = lifeboat_core::rpo::current_volumes(&configured, &self.backups);
-        self.tree_cache = self.build_tree(vms);
-        self.tree_sel = self.tree_sel.min(self.tree_cache.len().saturating_sub(1));
+        self.browser.tree_cache = self.build_tree(vms);
+        self.browser.tree_sel = self
+            .browser
+            .tree_sel
+            .min(self.browser.tree_cache.len().saturating_sub(1));
         self.rebuild_timeline();
     }
 
     fn rebuild_timeline(&mut self) {
-        self.timeline_cache = match self.tree_cache.get(self.tree_sel) {
+        self.browser.timeline_cache = match self.browser.tree_cache.get(self.browser.tree_sel) {
             None => Vec::new(),
             Some(row) => {
                 let mut t: Vec<usize> = (0..self.backups.len())
@@ -638,15 +643,16 @@ impl App {
                 t
             }
         };
-        self.timeline_sel = self
+        self.browser.timeline_sel = self
+            .browser
             .timeline_sel
-            .min(self.timeline_cache.len().saturating_sub(1));
+            .min(self.browser.timeline_cache.len().saturating_sub(1));
     }
 
     fn build_tree(&self, vms: BTreeMap<String, BTreeSet<String>>) -> Vec<TreeRow> {
         let mut rows = Vec::new();
         for (vm, vols) in vms {
-            if let Some(f) = &self.filter {
+            if let Some(f) = &self.browser.filter {
                 if !vm.contains(f.as_str()) && !vols.iter().any(|v| v.contains(f.as_str())) {
                     continue;
                 }
@@ -664,13 +670,14 @@ impl App {
     }
 
     pub fn selected_row(&self) -> Option<TreeRow> {
-        self.tree().get(self.tree_sel).cloned()
+        self.tree().get(self.browser.tree_sel).cloned()
     }
 
     /// Backups of the selected VM or volume, newest first (from the cache
     /// `rebuild_timeline` keeps, so drawing never rescans every backup).
     pub fn timeline(&self) -> Vec<&(ManifestKey, std::sync::Arc<Manifest>)> {
-        self.timeline_cache
+        self.browser
+            .timeline_cache
             .iter()
             .filter_map(|&i| self.backups.get(i))
             .collect()
@@ -678,7 +685,7 @@ impl App {
 
     pub fn selected_backup(&self) -> Option<(ManifestKey, Manifest)> {
         self.timeline()
-            .get(self.timeline_sel)
+            .get(self.browser.timeline_sel)
             .map(|(k, m)| (k.clone(), Manifest::clone(m)))
     }
 
@@ -970,9 +977,9 @@ impl App {
 
     fn clamp(&mut self) {
         let n = self.tree().len();
-        self.tree_sel = self.tree_sel.min(n.saturating_sub(1));
+        self.browser.tree_sel = self.browser.tree_sel.min(n.saturating_sub(1));
         let t = self.timeline().len();
-        self.timeline_sel = self.timeline_sel.min(t.saturating_sub(1));
+        self.browser.timeline_sel = self.browser.timeline_sel.min(t.saturating_sub(1));
         self.jobs.sel = self.jobs.sel.min(self.jobs.list.len().saturating_sub(1));
     }
 

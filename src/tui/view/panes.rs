@@ -177,7 +177,7 @@ pub fn tree(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         })
         .collect();
     let place = app.source.as_deref().unwrap_or("local");
-    let title = match (&app.filter, &app.typing) {
+    let title = match (&app.browser.filter, &app.typing) {
         (Some(f), Some((Pane::Tree, _))) => format!(" VMs ({place}) /{f}_ "),
         (Some(f), _) if !f.is_empty() => format!(" VMs ({place}) /{f} "),
         _ => format!(" VMs ({place}) "),
@@ -186,7 +186,7 @@ pub fn tree(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         .block(block(title, theme, app.focus == Pane::Tree))
         .highlight_style(theme.selected());
     let mut st = ListState::default();
-    st.select((!rows.is_empty()).then_some(app.tree_sel));
+    st.select((!rows.is_empty()).then_some(app.browser.tree_sel));
     f.render_stateful_widget(list, area, &mut st);
 }
 
@@ -334,7 +334,7 @@ pub fn timeline(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
                     },
                 })
                 .collect();
-            let marked = app.marked.as_ref() == Some(k);
+            let marked = app.browser.marked.as_ref() == Some(k);
             Row::new(cells).style(if marked {
                 theme.fg(Color::Magenta).add_modifier(Modifier::UNDERLINED)
             } else {
@@ -347,7 +347,7 @@ pub fn timeline(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         .as_ref()
         .map(|s| format!(" on {s}"))
         .unwrap_or_default();
-    let search = match (&app.search, &app.typing) {
+    let search = match (&app.browser.search, &app.typing) {
         (Some(s), _) => format!(" /{s}"),
         (None, Some((Pane::Timeline, _))) => " /".into(),
         _ => String::new(),
@@ -366,7 +366,7 @@ pub fn timeline(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         .block(block(title, theme, app.focus == Pane::Timeline))
         .row_highlight_style(theme.selected());
     let mut st = TableState::default();
-    st.select((!tl.is_empty()).then_some(app.timeline_sel));
+    st.select((!tl.is_empty()).then_some(app.browser.timeline_sel));
     f.render_stateful_widget(table, area, &mut st);
 }
 
@@ -587,6 +587,7 @@ pub fn details(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     let inner_w = cols[0].width.saturating_sub(2) as usize;
     let visible = cols[0].height.saturating_sub(2) as usize;
     let scroll = app
+        .browser
         .details_scroll
         .min(lines.len().saturating_sub(visible.max(1)));
     let lines: Vec<Line> = lines
