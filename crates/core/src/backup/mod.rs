@@ -367,3 +367,64 @@ fn data_still_there<'a>(repo: &Repo, manifests: impl Iterator<Item = &'a Manifes
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::repo_config::RepoConfig;
+    use crate::jobs::{CancellationToken, Progress};
+
+    fn backed_up(dir: &std::path::Path) -> (Repo, Vec<(ManifestKey, Manifest)>) {
+        let repo = Repo::init(&dir.join("repo"), RepoConfig::new(64 << 10, 1).unwrap()).unwrap();
+        let img = dir.join("root.img");
+        std::fs::write(&img, crate::testkit::image(7, 3)).unwrap();
+        let req = BackupRequest {
+            vm: "web".into(),
+            volumes: vec![VolumeSpec {
+                name: "root".into(),
+                role: Role::Root,
+                path: img,
+                format: FormatChoice::Raw,
+            }],
+            ..Default::default()
+        };
+        backup(&repo, &req, &CancellationToken::new(), &Progress::new()).unwrap();
+        let all = repo.load_all().unwrap();
+        (repo, all)
+    }
+
+    /// What a backup whose writer lock vanished checks before its
+    /// manifests: every index and chunk they name is still there.
+    #[test]
+    fn a_backup_whose_lock_vanished_finds_swept_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let (repo, all) = backed_up(dir.path());
+        data_still_there(&repo, all.iter().map(|(_, m)| m)).unwrap();
+        let index = repo.read_index(&all[0].1.index).unwrap();
+        std::fs::remove_file(repo.path_of(&crate::format::keys::chunk_key(&index.chunks[1])))
+            .unwrap();
+        let e = data_still_there(&repo, all.iter().map(|(_, m)| m))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("1 objects") && e.contains("run the backup again"),
+            "{e}"
+        );
+    }
+
+    /// The lock a backup holds knows when its document is gone.
+    #[test]
+    fn a_local_writer_sees_its_lock_broken() {
+        let dir = tempfile::tempdir().unwrap();
+        let (repo, _) = backed_up(dir.path());
+        let w = crate::lock::LocalWriter::start(repo.root(), "backup web").unwrap();
+        assert!(w.present().unwrap());
+        for e in std::fs::read_dir(repo.root().join("locks"))
+            .unwrap()
+            .flatten()
+        {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+        assert!(!w.present().unwrap());
+    }
+}
