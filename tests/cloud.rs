@@ -441,6 +441,21 @@ fn openstack_two_volume_set_from_a_served_remote() {
     }
 }
 
+/// A fresh OpenStack stand-in as target `osp`, with `fault` on and the
+/// target's `ready_timeout_secs` at `ready_secs`.
+fn osp_with_fault(site: &Site, fault: &str, ready_secs: u64) -> Standin {
+    let cloud = Standin::start();
+    site.set_cloud(
+        "osp",
+        &cloud.table("").replace(
+            "ready_timeout_secs = 4",
+            &format!("ready_timeout_secs = {ready_secs}"),
+        ),
+    );
+    cloud.fault(fault);
+    cloud
+}
+
 /// Starts a restore into `target`, sends it Ctrl-C once `started()` holds,
 /// and returns its stderr; it must exit 130 (cancelled).
 /// Runs a restore and sends it `signal` once `started` holds: SIGINT is
@@ -564,9 +579,7 @@ fn openstack_faults_are_reported_and_cleaned_up() {
     drop(cloud);
 
     // An image stuck in queued after its upload.
-    let cloud = Standin::start();
-    site.set_cloud("osp", &cloud.table(""));
-    cloud.fault("image-stuck");
+    let cloud = osp_with_fault(&site, "image-stuck", 4);
     restore_fails(
         &site,
         &cloud,
@@ -579,9 +592,7 @@ fn openstack_faults_are_reported_and_cleaned_up() {
     drop(cloud);
 
     // Bytes damaged on the way: the checksum Glance reports differs.
-    let cloud = Standin::start();
-    site.set_cloud("osp", &cloud.table(""));
-    cloud.fault("checksum");
+    let cloud = osp_with_fault(&site, "checksum", 4);
     restore_fails(
         &site,
         &cloud,
@@ -595,9 +606,7 @@ fn openstack_faults_are_reported_and_cleaned_up() {
 
     // A connection dropped mid-upload: the upload starts over with a new
     // image, and the restore succeeds with the right bytes.
-    let cloud = Standin::start();
-    site.set_cloud("osp", &cloud.table(""));
-    cloud.fault("drop-upload");
+    let cloud = osp_with_fault(&site, "drop-upload", 4);
     let out = site.run(&[
         "cloud-restore",
         "web@latest",
@@ -623,14 +632,7 @@ fn openstack_faults_are_reported_and_cleaned_up() {
     drop(cloud);
 
     // Cancel (Ctrl-C) while the server builds: what was made is removed.
-    let cloud = Standin::start();
-    site.set_cloud(
-        "osp",
-        &cloud
-            .table("")
-            .replace("ready_timeout_secs = 4", "ready_timeout_secs = 60"),
-    );
-    cloud.fault("slow-build");
+    let cloud = osp_with_fault(&site, "slow-build", 60);
     let err = cancelled_restore(&site, "osp", libc::SIGINT, || {
         !cloud.state()["servers"].as_object().unwrap().is_empty()
     });
@@ -641,14 +643,7 @@ fn openstack_faults_are_reported_and_cleaned_up() {
     // Cancel while a data volume is attaching (Cinder: reserved, then
     // attaching, no attachment recorded yet): the server goes first, which
     // ends the attachment, and the volume is removed too — nothing leaks.
-    let cloud = Standin::start();
-    site.set_cloud(
-        "osp",
-        &cloud
-            .table("")
-            .replace("ready_timeout_secs = 4", "ready_timeout_secs = 60"),
-    );
-    cloud.fault("slow-attach");
+    let cloud = osp_with_fault(&site, "slow-attach", 60);
     let err = cancelled_restore(&site, "osp", libc::SIGTERM, || {
         cloud.state()["volumes"]
             .as_object()
@@ -665,9 +660,7 @@ fn openstack_faults_are_reported_and_cleaned_up() {
     // A dropped SSH session (SIGHUP) during the last step, while Nova's
     // console proxy hangs: cancelled at once (not reported as a success
     // when the call returns), and the running server is removed.
-    let cloud = Standin::start();
-    site.set_cloud("osp", &cloud.table(""));
-    cloud.fault("slow-console");
+    let cloud = osp_with_fault(&site, "slow-console", 4);
     let err = cancelled_restore(&site, "osp", libc::SIGHUP, || {
         cloud.state()["console_requests"].as_u64().unwrap_or(0) > 0
     });

@@ -572,25 +572,32 @@ fn a_server_that_never_answers_fails_the_fetch_within_its_budget() {
     drop(hold);
 }
 
-#[test]
-fn a_cancelled_drill_stops_qemu_and_removes_its_scratch_files() {
-    let d = Drill::new();
-    let scratch = d.path("scratch");
-    let mut child = d
+/// A drill of build01 from the local repository, returned once its QEMU
+/// runs (the guest is booting).
+fn drill_booting(d: &Drill, scratch: &Path) -> std::process::Child {
+    let child = d
         .cmd()
         .args(["--json", "drill", "build01", "--from", "local", "--scratch"])
-        .arg(&scratch)
+        .arg(scratch)
         .env("LIFEBOAT_REPO", demo().join("repo"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Wait until the guest is booting, then interrupt as Ctrl-C would.
     let t = Instant::now();
-    while qemu_on(&scratch).is_empty() {
+    while qemu_on(scratch).is_empty() {
         assert!(t.elapsed() < Duration::from_secs(120), "QEMU never started");
         std::thread::sleep(Duration::from_millis(50));
     }
+    child
+}
+
+#[test]
+fn a_cancelled_drill_stops_qemu_and_removes_its_scratch_files() {
+    let d = Drill::new();
+    let scratch = d.path("scratch");
+    // Wait until the guest is booting, then interrupt as Ctrl-C would.
+    let mut child = drill_booting(&d, &scratch);
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
@@ -641,23 +648,7 @@ fn a_drill_boots_under_the_daemon_units_memory_protection() {
 fn drills_ended_by_any_signal_leave_nothing_running() {
     let d = Drill::new();
     let scratch = d.path("scratch");
-    let start = || {
-        let child = d
-            .cmd()
-            .args(["--json", "drill", "build01", "--from", "local", "--scratch"])
-            .arg(&scratch)
-            .env("LIFEBOAT_REPO", demo().join("repo"))
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let t = Instant::now();
-        while qemu_on(&scratch).is_empty() {
-            assert!(t.elapsed() < Duration::from_secs(120), "QEMU never started");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        child
-    };
+    let start = || drill_booting(&d, &scratch);
     for sig in [libc::SIGTERM, libc::SIGHUP] {
         let mut child = start();
         unsafe { libc::kill(child.id() as i32, sig) };

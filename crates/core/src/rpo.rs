@@ -287,8 +287,8 @@ pub fn assess<M: Borrow<Manifest>>(
             let (point, state) = judge(&points, verify, failed, now, late, stale);
             // The daemon schedules from the newest backup of any volume.
             let latest = newest
-                .iter()
-                .filter(|((v, _), _)| *v == vm)
+                .range((vm.clone(), String::new())..)
+                .take_while(|((v, _), _)| *v == vm)
                 .map(|(_, (t, _))| *t)
                 .max();
             let next_run = policy.and_then(|p| {

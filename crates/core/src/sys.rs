@@ -24,19 +24,7 @@ pub fn die_with_parent(cmd: &mut std::process::Command) {
 
 /// `die_with_parent` for tokio's command.
 pub fn die_with_parent_async(cmd: &mut tokio::process::Command) {
-    let parent = unsafe { libc::getpid() };
-    // SAFETY: as above.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
-    }
+    die_with_parent(cmd.as_std_mut());
 }
 
 /// Whether a process with this pid exists (on this host, in this pid

@@ -755,10 +755,15 @@ impl App {
         )
     }
 
-    /// The VM's recovery point: the oldest of its volumes' newest backups
-    /// (None when a volume has none).
+    /// The VM's recovery point (the oldest of its volumes' newest backups;
+    /// None when a volume has none) and its state, in one judgement.
+    pub fn recovery(&self, vm: &str) -> (Option<DateTime<Utc>>, Rpo) {
+        self.judge(vm, &self.vm_points(vm), true)
+    }
+
+    #[cfg(test)]
     pub fn newest(&self, vm: &str) -> Option<DateTime<Utc>> {
-        self.judge(vm, &self.vm_points(vm), true).0
+        self.recovery(vm).0
     }
 
     /// A VM's late and stale thresholds in minutes.
@@ -767,8 +772,9 @@ impl App {
     }
 
     /// The VM's recovery-point state (`rpo::judge`, as `status --rpo`).
+    #[cfg(test)]
     pub fn rpo(&self, vm: &str) -> Rpo {
-        self.judge(vm, &self.vm_points(vm), true).1
+        self.recovery(vm).1
     }
 
     pub fn rpo_volume(&self, vm: &str, volume: &str) -> Rpo {

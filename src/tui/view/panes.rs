@@ -125,9 +125,13 @@ pub fn tree(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
                     .and_then(|o| o.run.as_ref())
                     .is_some_and(|r| r.running) =>
                 {
-                    (format!("{} ●", r.vm), app.rpo(&r.vm), app.newest(&r.vm))
+                    let (newest, rpo) = app.recovery(&r.vm);
+                    (format!("{} ●", r.vm), rpo, newest)
                 }
-                None => (r.vm.clone(), app.rpo(&r.vm), app.newest(&r.vm)),
+                None => {
+                    let (newest, rpo) = app.recovery(&r.vm);
+                    (r.vm.clone(), rpo, newest)
+                }
                 Some(v) => (
                     format!(" └ {v}"),
                     app.rpo_volume(&r.vm, v),

@@ -58,7 +58,6 @@ pub async fn plan(
     match &req.remote {
         Some(_) => plan.hold_immutable(store.as_ref()).await?,
         None => {
-            let before = plan.removed_sets();
             for vm in vms_of(&plan.sets) {
                 let Some(policy) = config.policy_for(&vm).filter(|p| !p.push.is_empty()) else {
                     continue;
@@ -74,7 +73,6 @@ pub async fn plan(
                 }
                 hold_vm(&mut plan, &vm, &remotes);
             }
-            plan.held_offsite = before - plan.removed_sets();
         }
     }
     Ok(plan)

@@ -731,9 +731,8 @@ impl PolicyRun {
                     local.describe(),
                     self.policy.plan_retention(&mine, rules)?,
                 );
-                let before = plan.removed_sets();
                 super::prune::hold_vm(&mut plan, &self.vm, &offsite);
-                let held = before - plan.removed_sets();
+                let held = plan.held_offsite;
                 let done = plan.execute(local.as_ref(), &self.cancel).await?;
                 let (s, n) = (done.sets, done.backups);
                 let mut msg = format!("removed {s} sets ({n} backups)");
