@@ -78,19 +78,22 @@ pub async fn plan(
     Ok(plan)
 }
 
-/// Holds the sets of `vm` that `remotes` lack (the daemon, which has just
-/// asked its remotes, plans its local prune with this).
+/// Holds the sets of `vm` that `remotes` lack, counting them in
+/// `held_offsite` (the daemon, which has just asked its remotes, plans its
+/// local prune with this).
 pub fn hold_vm(
     plan: &mut PrunePlan,
     vm: &str,
     remotes: &std::collections::BTreeMap<String, Offsite>,
 ) {
+    let before = plan.removed_sets();
     let (mut mine, rest): (Vec<Decision>, Vec<Decision>) = std::mem::take(&mut plan.sets)
         .into_iter()
         .partition(|d| d.vm == vm);
     offsite::hold_unsent(&mut mine, remotes);
     plan.sets = rest;
     plan.sets.extend(mine);
+    plan.held_offsite += before - plan.removed_sets();
 }
 
 fn vms_of(sets: &[Decision]) -> Vec<String> {
