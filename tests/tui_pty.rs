@@ -140,6 +140,29 @@ fn demo_push_compare_restore_quit() {
     c.keys("\x1b");
     c.wait_until("compare closed", 10, |s| !s.contains("B live volume"));
 
+    // The whole VM of the selected backup into a directory: its plan
+    // shows the VM step (as `restore --dry-run` does), then the volumes
+    // and the domain XML are written.
+    let vm_dir = dir.path().join("web01-vm");
+    c.keys("W");
+    c.wait_for("Restore the VM web01 set of", 10);
+    assert!(c.screen().contains("Tab: virsh define"), "{}", c.screen());
+    c.keys(&"\x7f".repeat(80));
+    c.keys(vm_dir.to_str().unwrap());
+    c.keys("\r");
+    let s = c.wait_for("would write the domain XML", 20);
+    assert!(s.contains("would restore web01/root"), "{s}");
+    c.keys("\r");
+    let xml = vm_dir.join("web01.xml");
+    c.wait_until("the VM restore to write its domain XML", 120, |s| {
+        s.contains("domain XML") && s.contains("web01.xml") && xml.exists()
+    });
+    let text = std::fs::read_to_string(&xml).unwrap();
+    assert!(
+        text.contains(vm_dir.join("root").to_str().unwrap()),
+        "the domain XML names the restored disks:\n{text}"
+    );
+
     // The remote view: its copy of a backup against the local repository.
     c.keys("s");
     c.wait_for("VIEWING REMOTE offsite", 10);

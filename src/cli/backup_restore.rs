@@ -236,10 +236,6 @@ pub async fn restore(
     }
     let summary: Vec<RestorePlan> = plan.volumes.clone();
     let picked = plan.picked.clone();
-    let set_dir = plan
-        .volumes
-        .first()
-        .and_then(|v| v.target.parent().map(|p| p.to_path_buf()));
     let fetch = plan.fetch.clone();
     let store = remote.as_ref().map(|(_, s)| s.clone());
     let outcomes = run_job_async("restore", ctx.json, move |c, p| async move {
@@ -247,79 +243,67 @@ pub async fn restore(
     })
     .await?;
     let repo = ctx.open_repo()?;
-    let vm_done = match (&step, &set_dir) {
-        (
-            lifeboat_core::vm::restore::VmStep::Domain {
-                define,
-                keep_macs,
-                name,
-            },
-            Some(dir),
-        ) => Some(finish_vm(
-            ctx,
-            &repo,
-            &picked,
-            &outcomes,
-            dir,
-            (*define, *keep_macs, name.as_deref()),
-        )),
-        _ => None,
-    };
-    let attached = match (&step, picked.first(), outcomes.first()) {
-        (lifeboat_core::vm::restore::VmStep::Attach { domain, target }, Some((_, m)), Some(o)) => {
-            Some(attach_volume(&repo, m, o, domain, target.as_deref()))
-        }
-        _ => None,
-    };
+    let json = ctx.json;
+    let done = lifeboat_core::vm::restore::finish(
+        &step,
+        &repo,
+        &picked,
+        &outcomes,
+        |vm| ctx.config.definition_for_backup(vm),
+        |file, xml| {
+            if !json {
+                // The admin sees exactly what libvirt is handed, before it is.
+                println!(
+                    "the domain XML handed to virsh define ({}):",
+                    file.display()
+                );
+                for line in xml.lines() {
+                    println!("  | {}", lifeboat_core::text::escape(line));
+                }
+            }
+        },
+    );
     if ctx.json {
-        let vm = match &vm_done {
-            Some(Ok(v)) => serde_json::to_value(&v.0)?,
-            _ => serde_json::Value::Null,
+        use lifeboat_core::vm::restore::StepDone;
+        let (vm, defined, attached) = match &done {
+            Ok(StepDone::Domain { vm, defined }) => (
+                serde_json::to_value(vm)?,
+                defined.as_ref().map(|d| match d {
+                    Ok(out) => serde_json::json!({"ok": true, "output": out}),
+                    Err(e) => serde_json::json!({"ok": false, "error": e}),
+                }),
+                None,
+            ),
+            Ok(a @ StepDone::Attached { .. }) => {
+                (serde_json::Value::Null, None, a.lines().into_iter().next())
+            }
+            _ => (serde_json::Value::Null, None, None),
         };
         print_json(&serde_json::json!({
             "volumes": outcomes,
             "vm": vm,
-            "defined": vm_done
-                .as_ref()
-                .and_then(|r| r.as_ref().ok())
-                .and_then(|v| v.1.as_ref())
-                .map(|d| match d {
-                    Ok(out) => serde_json::json!({"ok": true, "output": out}),
-                    Err(e) => serde_json::json!({"ok": false, "error": e}),
-                }),
-            "attached": attached.as_ref().and_then(|r| r.as_ref().ok()),
+            "defined": defined,
+            "attached": attached,
         }))?;
     } else {
         print_restored(&fetch, &remote, &summary, &outcomes);
     }
-    let mut failed = None;
-    if let Some(r) = vm_done {
-        match r {
-            Ok((v, defined)) => {
-                if !ctx.json {
-                    print_vm_restore(&v, defined.as_ref());
-                }
-                if let lifeboat_core::vm::restore::Validation::Invalid(why) = &v.validation {
-                    failed = Some(anyhow::anyhow!(
-                        "the volumes are restored, but the domain XML {} does not validate against libvirt's schema: {why}",
-                        v.domain_xml.display()
-                    ));
-                } else if let Some(Err(why)) = &defined {
-                    failed = Some(anyhow::anyhow!(
-                        "the volumes and the domain XML are restored, but the VM is not defined: {why}"
-                    ));
+    let failed = match done {
+        Ok(d) => {
+            if !ctx.json {
+                for line in d.lines() {
+                    println!("{line}");
                 }
             }
-            Err(e) => failed = Some(e.context("the volumes are restored, but the VM is not")),
+            d.failure().map(|f| anyhow::anyhow!(f))
         }
-    }
-    if let Some(r) = attached {
-        match r {
-            Ok(msg) if !ctx.json => println!("{msg}"),
-            Ok(_) => {}
-            Err(e) => failed = Some(e.context("the volume is restored, but not attached")),
-        }
-    }
+        Err(e) => Some(anyhow::Error::new(e).context(match step {
+            lifeboat_core::vm::restore::VmStep::Attach { .. } => {
+                "the volume is restored, but not attached"
+            }
+            _ => "the volumes are restored, but the VM is not",
+        })),
+    };
     match failed {
         Some(e) => Err(e),
         None => Ok(Outcome::Ok),
@@ -352,108 +336,6 @@ fn print_restored(
             bytes(out.bytes_written)
         );
     }
-}
-
-/// The restored VM, and what `virsh define` said (None: not asked).
-type VmDone = (
-    lifeboat_core::vm::restore::VmRestore,
-    Option<Result<String, String>>,
-);
-
-/// The domain XML (and `virsh define`) of a restored set.
-fn finish_vm(
-    ctx: &Ctx,
-    repo: &Repo,
-    picked: &[(
-        lifeboat_core::format::ManifestKey,
-        lifeboat_core::format::Manifest,
-    )],
-    outcomes: &[lifeboat_core::restore::RestoreOutcome],
-    dir: &std::path::Path,
-    (define, keep_macs, name): (bool, bool, Option<&str>),
-) -> anyhow::Result<VmDone> {
-    use lifeboat_core::vm::restore as vr;
-    let vm = picked
-        .first()
-        .map(|(_, m)| m.vm.name.clone())
-        .unwrap_or_default();
-    let local = ctx.config.definition_for_backup(&vm);
-    let (def, from) = vr::definition_of(repo, picked, local)?;
-    let v = vr::write_vm(&def, from, picked, outcomes, dir, keep_macs, name)?;
-    if define && !ctx.json {
-        // The admin sees exactly what libvirt is handed, before it is.
-        println!(
-            "the domain XML handed to virsh define ({}):",
-            v.domain_xml.display()
-        );
-        let xml = std::fs::read_to_string(&v.domain_xml).unwrap_or_default();
-        for line in xml.lines() {
-            println!("  | {}", lifeboat_core::text::escape(line));
-        }
-    }
-    let defined = match (define, &v.validation) {
-        (false, _) => None,
-        (true, vr::Validation::Invalid(_)) => {
-            Some(Err("not defined: the XML does not validate".to_string()))
-        }
-        (true, _) => Some(vr::define(&v.domain_xml).map_err(|e| e.to_string())),
-    };
-    Ok((v, defined))
-}
-
-fn print_vm_restore(
-    v: &lifeboat_core::vm::restore::VmRestore,
-    defined: Option<&Result<String, String>>,
-) {
-    use lifeboat_core::vm::restore::Validation;
-    println!(
-        "domain XML: {} (uuid {}, from the {} definition)",
-        v.domain_xml.display(),
-        v.uuid,
-        v.definition
-    );
-    for c in &v.changes {
-        println!("  {c}");
-    }
-    match &v.validation {
-        Validation::Valid => println!("  valid against libvirt's schema (virt-xml-validate)"),
-        Validation::Invalid(why) => println!("  INVALID against libvirt's schema: {why}"),
-        Validation::Unchecked(why) => println!("  not validated: {why}"),
-    }
-    match defined {
-        Some(Ok(out)) => println!("defined with virsh: {out}"),
-        Some(Err(_)) | None => println!(
-            "to define it where libvirt runs: virsh define {}",
-            lifeboat_core::vm::qemu::shell_quote(&v.domain_xml.display().to_string())
-        ),
-    }
-    println!(
-        "without libvirt, boot it with (TCG emulation, which runs everywhere; where KVM works, -accel kvm runs it at full speed):\n  {}",
-        v.qemu_command
-    );
-}
-
-/// `--attach DOMAIN`: the restored volume attached with virsh.
-fn attach_volume(
-    repo: &Repo,
-    m: &lifeboat_core::format::Manifest,
-    o: &lifeboat_core::restore::RestoreOutcome,
-    domain: &str,
-    target: Option<&str>,
-) -> anyhow::Result<String> {
-    use lifeboat_core::vm::restore as vr;
-    let from_def = m
-        .definition
-        .and_then(|d| repo.read_definition(&d).ok())
-        .and_then(|d| d.spec.disks.into_iter().find(|x| x.volume == m.volume.name))
-        .map(|d| d.target);
-    let target = target
-        .map(str::to_string)
-        .or(from_def)
-        .unwrap_or_else(|| "vdb".into());
-    let args = vr::attach_command(domain, &o.target, &target, &o.format.to_string());
-    let out = vr::attach(&args)?;
-    Ok(format!("attached to {domain} as {target}: {out}"))
 }
 
 fn print_restore_plan(plan: &SetRestorePlan, remote: Option<&str>) {

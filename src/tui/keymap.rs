@@ -43,6 +43,11 @@ pub const ACTIONS: &[(&str, char, &str)] = &[
     ),
     ("restore", 'r', "restore the backup to a file"),
     (
+        "restore_vm",
+        'W',
+        "restore the backup's whole VM into a directory, with its domain XML (Tab: virsh define)",
+    ),
+    (
         "drill",
         'D',
         "restore drill of the VM: fetch, restore, verify, boot, check",

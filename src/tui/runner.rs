@@ -20,6 +20,7 @@ use lifeboat_core::store::local::LocalStore;
 use lifeboat_core::store::DynStore;
 use lifeboat_core::sync::{self, SyncOptions, TransferPlan};
 use lifeboat_core::text::escape;
+use lifeboat_core::vm::restore::VmStep;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::app::{self, Action, Effect, Scope};
@@ -40,12 +41,13 @@ enum Held {
         title: String,
         src: DynStore,
         dst: DynStore,
-        plan: TransferPlan,
+        plan: Box<TransferPlan>,
     },
     Restore {
         title: String,
         remote: Option<DynStore>,
-        plan: SetRestorePlan,
+        plan: Box<SetRestorePlan>,
+        step: VmStep,
     },
     Prune {
         vm: String,
@@ -298,7 +300,30 @@ impl Runner {
                 remote,
                 scope,
             } => self.plan_transfer(push, remote, scope),
-            Effect::PlanRestore { key, to, from } => self.plan_restore(key, to, from),
+            Effect::PlanRestore { key, to, from } => {
+                let title = format!("Restore {}/{} {}", key.vm, key.volume, key.id.short());
+                self.plan_restore(title, key.id.to_hex(), to, VmStep::None, from)
+            }
+            Effect::PlanRestoreVm {
+                reference,
+                label,
+                dir,
+                define,
+                from,
+            } => {
+                let step = VmStep::Domain {
+                    define,
+                    keep_macs: false,
+                    name: None,
+                };
+                self.plan_restore(
+                    format!("Restore the VM {label}"),
+                    reference,
+                    dir,
+                    step,
+                    from,
+                )
+            }
             Effect::PlanCloud {
                 reference,
                 label,
@@ -480,7 +505,7 @@ impl Runner {
                     title: title.clone(),
                     src,
                     dst,
-                    plan,
+                    plan: Box::new(plan),
                 };
                 Ok(offer(&plans, &tx, next, held, title, lines, noop))
             },
@@ -492,21 +517,25 @@ impl Runner {
         self.next_plan.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn plan_restore(&self, key: ManifestKey, to: String, from: Option<String>) {
+    /// Plans a restore of `reference` (a backup's id, or a VM set) to
+    /// `to`, with the VM step `step` after it.
+    fn plan_restore(
+        &self,
+        title: String,
+        reference: String,
+        to: String,
+        step: VmStep,
+        from: Option<String>,
+    ) {
         let remote = from.as_ref().map(|r| self.store(r));
         let local_path = self.repo_path.clone();
         let from_txt = from
             .as_ref()
             .map(|r| format!(" from {r}{}", self.limit_note(r)))
             .unwrap_or_default();
-        let title = format!(
-            "Restore {}/{} {}{from_txt}",
-            key.vm,
-            key.volume,
-            key.id.short()
-        );
+        let title = format!("{title}{from_txt}");
         let req = RestoreRequest {
-            reference: key.id.to_hex(),
+            reference,
             to: PathBuf::from(&to),
             format: None,
             // The console never replaces an existing file.
@@ -544,11 +573,13 @@ impl Runner {
                 };
                 let plan = planned.map_err(|e| plan_failed(&tx, &title, e))?;
                 // The lines `restore --dry-run` prints.
-                let lines = plan.lines(from.as_deref());
+                let mut lines = plan.lines(from.as_deref());
+                lines.extend(step.lines(&plan));
                 let held = Held::Restore {
                     title: title.clone(),
                     remote,
-                    plan,
+                    plan: Box::new(plan),
+                    step,
                 };
                 Ok(offer(&plans, &tx, next, held, title, lines, false))
             },
@@ -687,19 +718,68 @@ impl Runner {
                 title,
                 remote,
                 plan,
+                step,
             } => {
                 let local_path = self.repo_path.clone();
+                let config = self.config.clone();
                 self.spawn_async(title.to_lowercase(), move |cancel, progress| async move {
+                    let picked = plan.picked.clone();
                     let out =
-                        restore::execute(plan, remote.as_deref(), &local_path, &cancel, &progress)
+                        restore::execute(*plan, remote.as_deref(), &local_path, &cancel, &progress)
                             .await?;
                     let written: u64 = out.iter().map(|o| o.bytes_written).sum();
                     let digest = out.first().map(|o| o.index.short());
-                    Ok(format!(
+                    let summary = format!(
                         "{} written, digest {}",
                         bytes(written),
                         digest.unwrap_or_default()
-                    ))
+                    );
+                    if step == VmStep::None {
+                        return Ok(summary);
+                    }
+                    // The domain XML and virsh: blocking work, off the runtime.
+                    let p = progress.clone();
+                    let done = tokio::task::spawn_blocking(move || {
+                        let repo = Repo::open(&local_path)?;
+                        lifeboat_core::vm::restore::finish(
+                            &step,
+                            &repo,
+                            &picked,
+                            &out,
+                            |vm| config.definition_for_backup(vm),
+                            |file, xml| {
+                                p.push_line(&format!(
+                                    "the domain XML handed to virsh define ({}):",
+                                    file.display()
+                                ));
+                                for line in xml.lines() {
+                                    p.push_line(&format!("  | {line}"));
+                                }
+                            },
+                        )
+                    })
+                    .await
+                    .map_err(|e| lifeboat_core::Error::Internal(e.to_string()))??;
+                    for line in done.lines() {
+                        progress.push_line(&line);
+                    }
+                    match done.failure() {
+                        Some(f) => Err(lifeboat_core::Error::BadInput(f)),
+                        None => Ok(match &done {
+                            lifeboat_core::vm::restore::StepDone::Domain { vm, defined } => {
+                                format!(
+                                    "{summary}; domain XML {}{}",
+                                    vm.domain_xml.display(),
+                                    if matches!(defined, Some(Ok(_))) {
+                                        ", defined with virsh"
+                                    } else {
+                                        ""
+                                    }
+                                )
+                            }
+                            _ => summary,
+                        }),
+                    }
                 });
             }
         }

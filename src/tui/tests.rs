@@ -185,6 +185,56 @@ fn push_is_planned_confirmed_then_run() {
     assert_eq!(a.update(key(KeyCode::Enter)), vec![Effect::RunPlan(8)]);
 }
 
+/// W restores the selected backup's whole VM set into a directory; Tab
+/// in its prompt toggles `virsh define`.
+#[test]
+fn vm_restore_prompt_names_the_set_and_toggles_define() {
+    let mut a = app();
+    for _ in 0..4 {
+        a.update(key(KeyCode::Down));
+    }
+    a.update(key(KeyCode::Enter));
+    a.update(key(KeyCode::Char('W')));
+    let Some(Dialog::Prompt { title, .. }) = &a.dialog else {
+        panic!("no prompt: {:?}", a.dialog)
+    };
+    assert!(title.starts_with("Restore the VM "), "{title}");
+    a.update(key(KeyCode::Tab));
+    for _ in 0..80 {
+        a.update(key(KeyCode::Backspace));
+    }
+    for c in "/srv/vm".chars() {
+        a.update(key(KeyCode::Char(c)));
+    }
+    let e = a.update(key(KeyCode::Enter));
+    let [Effect::PlanRestoreVm {
+        reference,
+        dir,
+        define,
+        from: None,
+        ..
+    }] = &e[..]
+    else {
+        panic!("{e:?}")
+    };
+    assert_eq!(dir, "/srv/vm");
+    assert!(*define, "Tab turned virsh define on");
+    let (picked, _) = a.selected_backup().unwrap();
+    assert!(
+        reference.starts_with(&format!("{}@", picked.vm)),
+        "a set reference: {reference}"
+    );
+    // Tab twice: off again.
+    a.update(key(KeyCode::Char('W')));
+    a.update(key(KeyCode::Tab));
+    a.update(key(KeyCode::Tab));
+    let e = a.update(key(KeyCode::Enter));
+    assert!(
+        matches!(&e[..], [Effect::PlanRestoreVm { define: false, .. }]),
+        "{e:?}"
+    );
+}
+
 #[test]
 fn restore_prompt_asks_for_a_plan_and_shows_why_not() {
     let mut a = app();

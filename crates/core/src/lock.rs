@@ -413,17 +413,18 @@ async fn refresh(store: DynStore, key: DocKey, info: LockInfo, lost: Arc<AtomicB
 /// How long a writer waits for a gc that is deleting.
 pub const WRITER_WAIT: Duration = Duration::from_secs(3600);
 
-/// A writer lock on a local repository for synchronous code (a backup
-/// running on a blocking thread). Uses the surrounding tokio runtime, or
-/// a small one of its own so that the lock is still refreshed.
-pub struct LocalWriter {
+/// A writer lock for synchronous code (a backup running on a blocking
+/// thread), refreshed by a tokio runtime: the surrounding one, or a small
+/// one of its own.
+pub struct BlockingWriter {
     held: Option<Held>,
     handle: tokio::runtime::Handle,
     _own: Option<tokio::runtime::Runtime>,
 }
 
-impl LocalWriter {
-    pub fn start(root: &std::path::Path, what: &str) -> Result<LocalWriter> {
+impl BlockingWriter {
+    /// A writer lock on a local repository.
+    pub fn local(root: &std::path::Path, what: &str) -> Result<BlockingWriter> {
         let store: DynStore = Arc::new(crate::store::local::LocalStore::new(root));
         let (handle, own) = match tokio::runtime::Handle::try_current() {
             Ok(h) => (h, None),
@@ -436,8 +437,26 @@ impl LocalWriter {
                 (rt.handle().clone(), Some(rt))
             }
         };
+        BlockingWriter::acquire(store, handle, own, what)
+    }
+
+    /// A writer lock on any store, through `handle`'s runtime.
+    pub fn start(
+        store: DynStore,
+        handle: tokio::runtime::Handle,
+        what: &str,
+    ) -> Result<BlockingWriter> {
+        BlockingWriter::acquire(store, handle, None, what)
+    }
+
+    fn acquire(
+        store: DynStore,
+        handle: tokio::runtime::Handle,
+        own: Option<tokio::runtime::Runtime>,
+        what: &str,
+    ) -> Result<BlockingWriter> {
         let held = handle.block_on(acquire(&store, LockKind::Writer, what, WRITER_WAIT))?;
-        Ok(LocalWriter {
+        Ok(BlockingWriter {
             held: Some(held),
             handle,
             _own: own,
@@ -457,7 +476,7 @@ impl LocalWriter {
     }
 }
 
-impl Drop for LocalWriter {
+impl Drop for BlockingWriter {
     fn drop(&mut self) {
         if let Some(h) = self.held.take() {
             if let Err(e) = self.handle.block_on(h.release()) {

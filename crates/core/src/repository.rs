@@ -4,13 +4,128 @@
 //! Engines and faces read repositories through these, never a store's
 //! raw listing.
 
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
 use crate::error::{Error, Result};
+use crate::format::manifest::DefinitionRef;
 use crate::format::repo_config::RepoConfig;
-use crate::format::{Id, Index, Manifest, ManifestKey};
+use crate::format::{chunk, Id, Index, Manifest, ManifestKey};
 use crate::retry::with_retry;
-use crate::store::{ObjectKey, Store, Verified};
+use crate::store::{DynStore, ObjectKey, Store, Verified};
+
+/// A repository in any store (local disk, `lifeboat serve`, S3, memory):
+/// its config read once, and every object read verified against its name
+/// and written only once verified. The local disk has a synchronous fast
+/// path besides (`repo::Repo`: page-aligned reads, staged batches) for
+/// the hot loops of backup and restore; everything else reads through
+/// this type.
+#[derive(Clone)]
+pub struct Repository {
+    store: DynStore,
+    config: RepoConfig,
+}
+
+impl Repository {
+    /// Opens the repository a store holds; a store without one is an error
+    /// that says so.
+    pub async fn open(store: DynStore) -> Result<Repository> {
+        let config = read_config(store.as_ref()).await?.ok_or_else(|| {
+            Error::BadInput(format!(
+                "{} holds no lifeboat repository: create one with `lifeboat init` or `push --init`",
+                store.describe()
+            ))
+        })?;
+        Ok(Repository { store, config })
+    }
+
+    /// Creates a repository in an empty store.
+    pub async fn create(store: DynStore, config: RepoConfig) -> Result<Repository> {
+        let obj = Verified::check(ObjectKey::Config, Bytes::from(config.to_bytes()?))?;
+        if !with_retry(5, || store.put_if_absent(&obj)).await? {
+            return Err(Error::BadInput(format!(
+                "{} already holds a lifeboat repository",
+                store.describe()
+            )));
+        }
+        Ok(Repository { store, config })
+    }
+
+    pub fn store(&self) -> &DynStore {
+        &self.store
+    }
+
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    pub fn describe(&self) -> String {
+        self.store.describe()
+    }
+
+    /// Every backup, verified, with its protection (see `load_backups`).
+    pub async fn backups(&self) -> Result<Vec<(ManifestKey, Manifest)>> {
+        load_backups(self.store.as_ref()).await
+    }
+
+    pub async fn manifest(&self, key: &ManifestKey) -> Result<Manifest> {
+        Ok(fetch_manifest(self.store.as_ref(), key).await?.0)
+    }
+
+    pub async fn index(&self, id: &Id) -> Result<Index> {
+        Ok(fetch_index(self.store.as_ref(), id).await?.0)
+    }
+
+    /// A chunk's data, decoded and checked against its id.
+    pub async fn chunk(&self, id: &Id) -> Result<Vec<u8>> {
+        let key = ObjectKey::Chunk(*id);
+        let data = with_retry(5, || self.store.get(&key))
+            .await?
+            .ok_or_else(|| key.missing())?;
+        let id = *id;
+        tokio::task::spawn_blocking(move || chunk::decode(&id, &data))
+            .await
+            .map_err(|e| Error::Internal(format!("decoding task failed: {e}")))?
+    }
+
+    /// Whether the store holds an object.
+    pub async fn has(&self, key: &ObjectKey) -> Result<bool> {
+        let keys = std::slice::from_ref(key);
+        Ok(with_retry(5, || self.store.missing(keys)).await?.is_empty())
+    }
+
+    /// Stores an object unless it is there, after checking its bytes
+    /// against its key (whoever made them). Returns whether it was written.
+    pub async fn put(&self, key: ObjectKey, data: Bytes) -> Result<bool> {
+        let obj = Verified::check_blocking(key, data).await?;
+        with_retry(5, || self.store.put_if_absent(&obj)).await
+    }
+
+    pub async fn write_index(&self, index: &Index) -> Result<Id> {
+        let bytes = index.to_bytes();
+        let id = Id::of(&bytes);
+        self.put(ObjectKey::Index(id), Bytes::from(bytes)).await?;
+        Ok(id)
+    }
+
+    pub async fn write_definition(&self, doc: &[u8]) -> Result<DefinitionRef> {
+        let (d, encoded) = DefinitionRef::encode(doc, self.config.compression.level)?;
+        self.put(ObjectKey::Chunk(d.chunk), Bytes::from(encoded))
+            .await?;
+        Ok(d)
+    }
+
+    /// Writes a manifest and makes everything put so far durable. Callers
+    /// must have put everything it references first.
+    pub async fn write_manifest(&self, m: &Manifest) -> Result<ManifestKey> {
+        with_retry(5, || self.store.commit()).await?;
+        let key = m.key();
+        self.put(ObjectKey::Manifest(key.clone()), Bytes::from(m.to_bytes()))
+            .await?;
+        with_retry(5, || self.store.commit()).await?;
+        Ok(key)
+    }
+}
 
 /// Reads and verifies a store's repository config.
 pub async fn read_config(store: &dyn Store) -> Result<Option<RepoConfig>> {

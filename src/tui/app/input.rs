@@ -26,8 +26,8 @@ impl App {
         }
         // Text prompts take every key, Ctrl and Alt editing included.
         if let Some(Dialog::Prompt { .. }) = &self.dialog {
-            if let Some(Dialog::Prompt { title, input, key }) = self.dialog.take() {
-                return self.prompt_key(title, input, key, k);
+            if let Some(Dialog::Prompt { title, input, what }) = self.dialog.take() {
+                return self.prompt_key(title, input, what, k);
             }
         }
         if self.typing.is_some() {
@@ -154,6 +154,7 @@ impl App {
                 }
             }
             KeyCode::Char('r') => self.ask_restore(),
+            KeyCode::Char('W') => self.ask_restore_vm(),
             KeyCode::Char('v') | KeyCode::Char('V') => {
                 let deep = code == KeyCode::Char('V');
                 let kind = if deep { "Deep verify" } else { "Quick verify" };
@@ -304,29 +305,59 @@ impl App {
         &mut self,
         title: String,
         mut input: LineInput,
-        key: lifeboat_core::format::ManifestKey,
+        what: super::RestoreWhat,
         k: KeyEvent,
     ) -> Vec<Effect> {
-        match k.code {
-            KeyCode::Enter if k.modifiers.is_empty() => {
+        use super::RestoreWhat;
+        match (k.code, what) {
+            (KeyCode::Enter, what) if k.modifiers.is_empty() => {
                 let to = input.value().trim().to_string();
                 if to.is_empty() {
-                    self.dialog = Some(Dialog::Prompt { title, input, key });
+                    self.dialog = Some(Dialog::Prompt { title, input, what });
                     return Vec::new();
                 }
                 // The target is checked by the restore plan (in the core,
                 // off this thread); update does no I/O.
                 self.log(format!("planning a restore to {to}…"));
-                vec![Effect::PlanRestore {
-                    key,
-                    to,
-                    from: self.source.clone(),
+                let from = self.source.clone();
+                vec![match what {
+                    RestoreWhat::Volume(key) => Effect::PlanRestore { key, to, from },
+                    RestoreWhat::Vm {
+                        reference,
+                        label,
+                        define,
+                    } => Effect::PlanRestoreVm {
+                        reference,
+                        label,
+                        dir: to,
+                        define,
+                        from,
+                    },
                 }]
             }
-            KeyCode::Esc => Vec::new(),
-            _ => {
+            (KeyCode::Esc, _) => Vec::new(),
+            (
+                KeyCode::Tab,
+                RestoreWhat::Vm {
+                    reference,
+                    label,
+                    define,
+                },
+            ) => {
+                self.dialog = Some(Dialog::Prompt {
+                    title,
+                    input,
+                    what: RestoreWhat::Vm {
+                        reference,
+                        label,
+                        define: !define,
+                    },
+                });
+                Vec::new()
+            }
+            (_, what) => {
                 input.0.handle_event(&Event::Key(k));
-                self.dialog = Some(Dialog::Prompt { title, input, key });
+                self.dialog = Some(Dialog::Prompt { title, input, what });
                 Vec::new()
             }
         }
@@ -360,7 +391,32 @@ impl App {
                 key.vm, key.volume
             ),
             input: LineInput::new(&format!("./{}-{}.{ext}", key.vm, key.volume)),
-            key,
+            what: super::RestoreWhat::Volume(key),
+        });
+    }
+
+    /// Asks where the selected backup's whole VM set goes: a directory for
+    /// its volumes and its domain XML.
+    fn ask_restore_vm(&mut self) {
+        let Some((key, _)) = self.selected_backup() else {
+            return self.no_backup();
+        };
+        let Some((reference, label)) = self.selected_set() else {
+            return self.no_backup();
+        };
+        let from = self
+            .source
+            .as_ref()
+            .map(|r| format!(" from {r}"))
+            .unwrap_or_default();
+        self.dialog = Some(Dialog::Prompt {
+            title: format!("Restore the VM {label}{from} into (a new or empty directory)"),
+            input: LineInput::new(&format!("./{}-restored", key.vm)),
+            what: super::RestoreWhat::Vm {
+                reference,
+                label,
+                define: false,
+            },
         });
     }
 
@@ -583,9 +639,28 @@ impl App {
         }
     }
 
+    /// The selected backup's VM set: a reference that names exactly it
+    /// (its newest time) and how to show it ("web set of 2026-11-28 01:47").
+    fn selected_set(&self) -> Option<(String, String)> {
+        let (key, m) = self.selected_backup()?;
+        let newest = self
+            .backups_of_set(&key.vm, &m.set)
+            .into_iter()
+            .max()
+            .unwrap_or(m.created_at);
+        Some((
+            format!(
+                "{}@{}",
+                key.vm,
+                newest.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+            ),
+            format!("{} set of {}", key.vm, newest.format("%Y-%m-%d %H:%M")),
+        ))
+    }
+
     /// Asks which cloud the selected backup's VM set goes to.
     fn choose_cloud(&mut self) {
-        let Some((key, m)) = self.selected_backup() else {
+        let Some((reference, label)) = self.selected_set() else {
             return self.no_backup();
         };
         if self.clouds.is_empty() {
@@ -594,19 +669,8 @@ impl App {
                 "Add a [cloud.NAME] table (provider openstack or aws) to the config.",
             );
         }
-        // The set's newest time names exactly this set.
-        let newest = self
-            .backups_of_set(&key.vm, &m.set)
-            .into_iter()
-            .max()
-            .unwrap_or(m.created_at);
-        let reference = format!(
-            "{}@{}",
-            key.vm,
-            newest.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
-        );
         self.dialog = Some(Dialog::ChooseCloud {
-            label: format!("{} set of {}", key.vm, newest.format("%Y-%m-%d %H:%M")),
+            label,
             reference,
             targets: self.clouds.clone(),
             choice: 0,

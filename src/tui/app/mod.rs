@@ -179,6 +179,20 @@ impl Scope {
     }
 }
 
+/// What a restore prompt restores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoreWhat {
+    /// One volume, to a file.
+    Volume(ManifestKey),
+    /// A whole VM set (`VM@time`), into a directory with its domain XML;
+    /// Tab toggles `virsh define`.
+    Vm {
+        reference: String,
+        label: String,
+        define: bool,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Dialog {
     /// Confirm a planned operation; `lines` is the plan.
@@ -191,7 +205,7 @@ pub enum Dialog {
     Prompt {
         title: String,
         input: LineInput,
-        key: ManifestKey,
+        what: RestoreWhat,
     },
     /// Choose a remote for a push.
     ChooseRemote {
@@ -247,6 +261,15 @@ pub enum Effect {
     PlanRestore {
         key: ManifestKey,
         to: String,
+        from: Option<String>,
+    },
+    /// Plan a restore of a whole VM set into a directory, with its domain
+    /// XML (and `virsh define` when `define`).
+    PlanRestoreVm {
+        reference: String,
+        label: String,
+        dir: String,
+        define: bool,
         from: Option<String>,
     },
     /// Plan a restore of a VM set into a cloud target (`from`: a remote).

@@ -12,7 +12,7 @@ use lifeboat_core::text::escape;
 
 use super::fit::{truncate, wrap};
 use super::Theme;
-use crate::tui::app::{App, Cell, Dialog, RemoteState};
+use crate::tui::app::{App, Cell, Dialog, RemoteState, RestoreWhat};
 use crate::tui::keymap;
 
 fn centered(area: Rect, w: u16, h: u16) -> Rect {
@@ -221,14 +221,25 @@ pub fn dialog(f: &mut Frame, app: &App, theme: &Theme, d: &Dialog, area: Rect) {
                 },
             );
         }
-        Dialog::Prompt { title, input, .. } => {
+        Dialog::Prompt { title, input, what } => {
             let w = 76.min(area.width.saturating_sub(2));
             let inner = w.saturating_sub(4) as usize;
             let scroll = input.0.visual_scroll(inner);
             let shown: String = input.value().chars().skip(scroll).collect();
+            let option = match what {
+                RestoreWhat::Vm { define, .. } => format!(
+                    "Tab: virsh define the VM after the restore: {}",
+                    if *define {
+                        "ON"
+                    } else {
+                        "off (domain XML only)"
+                    }
+                ),
+                RestoreWhat::Volume(_) => String::new(),
+            };
             let lines = vec![
                 Line::from(format!("> {}", escape(&shown))),
-                Line::from(""),
+                Line::from(truncate(&option, w.saturating_sub(2) as usize)),
                 Line::styled(
                     truncate(
                         "Enter accept · Esc cancel · Ctrl-U/W/A/E edit",

@@ -1,6 +1,7 @@
 //! Backup: turn volumes into chunks, an index and (last) a manifest.
 
 pub mod pipeline;
+pub mod target;
 
 use std::path::PathBuf;
 
@@ -20,8 +21,9 @@ use crate::live::capture::{PreviousBackup, Session};
 use crate::live::qmp::{Absent, Qmp};
 use crate::live::LiveConfig;
 use crate::names::check_name;
-use crate::repo::Repo;
 use crate::source::{self, FormatChoice};
+use crate::store::ObjectKey;
+pub use target::{ChunkSink, StoreTarget, Target};
 
 #[derive(Debug, Clone)]
 pub struct VolumeSpec {
@@ -69,7 +71,7 @@ pub struct VolumeOutcome {
 /// only after every volume's chunks and index are durable, so the set is
 /// either complete or absent.
 pub fn backup(
-    repo: &Repo,
+    repo: &dyn Target,
     req: &BackupRequest,
     cancel: &CancellationToken,
     progress: &Progress,
@@ -89,7 +91,7 @@ pub fn backup(
     }
     // Held until the manifests are written: a gc cannot delete a chunk
     // this backup found already stored (see `lock`).
-    let lock = crate::lock::LocalWriter::start(repo.root(), &format!("backup {}", req.vm))?;
+    let lock = repo.writer_lock(&format!("backup {}", req.vm))?;
     let set = hex::encode(rand::random::<[u8; 16]>());
     let existing = repo.load_all()?;
     let host = crate::sys::hostname();
@@ -136,7 +138,7 @@ pub fn backup(
                     &spec.path,
                     spec.format,
                     prev.as_ref(),
-                    repo.chunk_size(),
+                    repo.config().chunk_size,
                     &set,
                     &req.live,
                 )?;
@@ -168,8 +170,8 @@ pub fn backup(
                 ""
             }
         ));
-        let writer = repo.chunk_writer();
-        let level = repo.config.compression.level;
+        let writer = repo.chunk_sink();
+        let level = repo.config().compression.level;
         let fill = |id: &crate::format::Id| repo.read_chunk(id);
         let base = match (&dirty, &base_index) {
             (Some(d), Some(index)) => Some(pipeline::Base {
@@ -181,9 +183,9 @@ pub fn backup(
         };
         let scan = pipeline::scan(
             reader.as_mut(),
-            repo.chunk_size(),
+            repo.config().chunk_size,
             Some(pipeline::Store {
-                writer: &writer,
+                writer: writer.as_ref(),
                 level,
             }),
             base,
@@ -208,7 +210,7 @@ pub fn backup(
                 virtual_size: scan.index.image_size,
             },
             created_at: req.created_at.unwrap_or_else(Utc::now),
-            chunk_size: repo.chunk_size(),
+            chunk_size: repo.config().chunk_size,
             index: index_id,
             parent,
             set: set.clone(),
@@ -264,10 +266,7 @@ pub fn backup(
         data_still_there(repo, staged.iter().map(|(m, _)| m))?;
     }
     progress.set_phase("writing manifests");
-    if repo.config.format < crate::repo::REPO_FORMAT {
-        let mut r = repo.clone();
-        r.upgrade_format()?;
-    }
+    repo.upgrade_format()?;
     let mut volumes = Vec::new();
     for (mut m, seconds) in staged {
         m.definition = definition;
@@ -307,7 +306,7 @@ enum Live {
 /// Connects to the VM's QEMU when it has a monitor and runs there, and
 /// captures every disk at one instant.
 fn start_live(
-    repo: &Repo,
+    repo: &dyn Target,
     req: &BackupRequest,
     previous: &[Option<&(ManifestKey, Manifest)>],
     set: &str,
@@ -334,7 +333,14 @@ fn start_live(
         .iter()
         .map(|p| p.map(|(_, m)| PreviousBackup::of(m)))
         .collect();
-    let mut session = Session::begin(qmp, &volumes, &prevs, repo.chunk_size(), set, &req.live)?;
+    let mut session = Session::begin(
+        qmp,
+        &volumes,
+        &prevs,
+        repo.config().chunk_size,
+        set,
+        &req.live,
+    )?;
     session.capture(&req.live)?;
     for r in &session.repaired {
         progress.push_line(&format!("repaired: {r}"));
@@ -345,25 +351,32 @@ fn start_live(
 
 /// After the writer lock vanished: every index and chunk the manifests
 /// name must still be in the repository.
-fn data_still_there<'a>(repo: &Repo, manifests: impl Iterator<Item = &'a Manifest>) -> Result<()> {
+fn data_still_there<'a>(
+    repo: &dyn Target,
+    manifests: impl Iterator<Item = &'a Manifest>,
+) -> Result<()> {
     let mut gone = 0usize;
     for m in manifests {
-        if !repo.has_index(&m.index) {
+        if !repo.has(&ObjectKey::Index(m.index))? {
             gone += 1;
             continue;
         }
         let index = repo.read_index(&m.index)?;
-        gone += index.chunks.iter().filter(|c| !repo.has_chunk(c)).count();
+        for c in index.chunks.iter().filter(|c| !c.is_zero()) {
+            if !repo.has(&ObjectKey::Chunk(*c))? {
+                gone += 1;
+            }
+        }
     }
     if gone > 0 {
         return Err(Error::BadInput(format!(
             "this backup's writer lock on {} vanished (broken, or lost) and {gone} objects it relies on were removed meanwhile; no manifest was written: run the backup again",
-            repo.root().display()
+            repo.describe()
         )));
     }
     tracing::warn!(
         "{}: this backup's writer lock vanished; every object its manifests need is still there",
-        repo.root().display()
+        repo.describe()
     );
     Ok(())
 }
@@ -373,6 +386,7 @@ mod tests {
     use super::*;
     use crate::format::repo_config::RepoConfig;
     use crate::jobs::{CancellationToken, Progress};
+    use crate::repo::Repo;
 
     fn backed_up(dir: &std::path::Path) -> (Repo, Vec<(ManifestKey, Manifest)>) {
         let repo = Repo::init(&dir.join("repo"), RepoConfig::new(64 << 10, 1).unwrap()).unwrap();
@@ -412,12 +426,208 @@ mod tests {
         );
     }
 
+    /// A backup into a `Repository` over the in-memory store, driven from
+    /// this (non-runtime) thread as the CLI drives one from a blocking one.
+    struct InMemory {
+        rt: tokio::runtime::Runtime,
+        mem: std::sync::Arc<crate::store::memory::MemoryStore>,
+        target: StoreTarget,
+        dir: tempfile::TempDir,
+    }
+
+    impl InMemory {
+        fn new() -> InMemory {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let (mem, store) = crate::testkit::memory();
+            let repo = rt
+                .block_on(crate::repository::Repository::create(
+                    store,
+                    RepoConfig::new(64 << 10, 1).unwrap(),
+                ))
+                .unwrap();
+            let target = StoreTarget::new(repo, rt.handle().clone());
+            InMemory {
+                rt,
+                mem,
+                target,
+                dir: tempfile::tempdir().unwrap(),
+            }
+        }
+
+        fn backup(&self, image: &[u8]) -> Result<BackupResult> {
+            let img = self.dir.path().join("root.img");
+            std::fs::write(&img, image).unwrap();
+            let req = BackupRequest {
+                vm: "web".into(),
+                volumes: vec![VolumeSpec {
+                    name: "root".into(),
+                    role: Role::Root,
+                    path: img,
+                    format: FormatChoice::Raw,
+                }],
+                ..Default::default()
+            };
+            backup(
+                &self.target,
+                &req,
+                &CancellationToken::new(),
+                &Progress::new(),
+            )
+        }
+
+        fn backups(&self) -> Vec<(ManifestKey, Manifest)> {
+            self.rt.block_on(self.target.repo().backups()).unwrap()
+        }
+
+        fn restored(&self, m: &Manifest) -> Vec<u8> {
+            self.rt
+                .block_on(crate::testkit::read_back(
+                    self.target.repo().store().as_ref(),
+                    m,
+                ))
+                .unwrap()
+        }
+
+        fn locks(&self) -> usize {
+            self.rt
+                .block_on(
+                    self.target
+                        .repo()
+                        .store()
+                        .list_docs(crate::store::DocKind::Lock),
+                )
+                .unwrap()
+                .len()
+        }
+
+        fn faults(&self, f: crate::store::memory::Faults) {
+            self.mem.set_faults(f);
+        }
+    }
+
+    /// A store that fills up half-way: the backup fails and says so, no
+    /// manifest names the half-written data, the lock is released; the
+    /// next run stores only what is missing and the set reads back whole.
+    #[test]
+    fn a_backup_into_a_store_that_fills_half_way_commits_nothing_and_the_next_run_resumes() {
+        let t = InMemory::new();
+        let image = crate::testkit::image(3, 8);
+        t.faults(crate::store::memory::Faults {
+            full_from: Some(t.mem.puts() + 4),
+            ..Default::default()
+        });
+        let e = t.backup(&image).unwrap_err();
+        assert!(matches!(e, Error::DiskFull(_)), "{e}");
+        assert!(t.backups().is_empty());
+        assert_eq!(t.locks(), 0, "the writer lock is released on failure");
+        t.faults(Default::default());
+        let done = t.backup(&image).unwrap();
+        let stats = &done.volumes[0].stats;
+        let all = t.backups();
+        assert_eq!(all.len(), 1);
+        let chunks = all[0].1.stats.logical_bytes.div_ceil(64 << 10);
+        assert!(
+            stats.new_chunks > 0 && stats.new_chunks < chunks,
+            "the second run stores only what the first could not: {} of {chunks}",
+            stats.new_chunks
+        );
+        assert_eq!(t.restored(&all[0].1), image);
+    }
+
+    /// Puts that fail once are retried; the backup completes.
+    #[test]
+    fn transient_put_failures_are_retried() {
+        let t = InMemory::new();
+        let image = crate::testkit::image(4, 4);
+        let next = t.mem.puts() + 1;
+        t.faults(crate::store::memory::Faults {
+            fail_puts: vec![next, next + 2],
+            ..Default::default()
+        });
+        t.backup(&image).unwrap();
+        let all = t.backups();
+        assert_eq!(all.len(), 1);
+        assert_eq!(t.restored(&all[0].1), image);
+    }
+
+    /// A listing that lags behind the last write hides the previous
+    /// backup: the next one has no parent, yet stores no chunk twice
+    /// (existence is asked of each object, not read from the listing).
+    #[test]
+    fn a_lagging_listing_costs_the_parent_not_the_dedup() {
+        let t = InMemory::new();
+        let image = crate::testkit::image(5, 6);
+        t.backup(&image).unwrap();
+        t.faults(crate::store::memory::Faults {
+            list_lag: 1,
+            ..Default::default()
+        });
+        let second = t.backup(&image).unwrap();
+        assert_eq!(second.volumes[0].stats.new_chunks, 0);
+        t.faults(Default::default());
+        let all = t.backups();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[1].1.parent, None, "the hidden backup is no parent");
+        assert_eq!(t.restored(&all[1].1), image);
+    }
+
+    /// A gc breaks the lock while the backup runs and sweeps a chunk the
+    /// backup found already stored: the backup writes no manifest and
+    /// says to run it again; the next run puts the chunk back.
+    #[test]
+    fn a_lock_broken_while_the_backup_runs_with_data_swept_refuses_the_manifest() {
+        let t = InMemory::new();
+        let image = crate::testkit::image(6, 5);
+        t.backup(&image).unwrap();
+        let first = t.backups();
+        let index =
+            t.rt.block_on(t.target.repo().index(&first[0].1.index))
+                .unwrap();
+        let swept = index.chunks.iter().find(|c| !c.is_zero()).copied().unwrap();
+        // The same image stores no chunk: its first put is the index,
+        // after every chunk was found already there.
+        t.faults(crate::store::memory::Faults {
+            break_in: Some((t.mem.puts() + 1, vec![ObjectKey::Chunk(swept)])),
+            ..Default::default()
+        });
+        let e = t.backup(&image).unwrap_err().to_string();
+        assert!(
+            e.contains("vanished") && e.contains("1 objects") && e.contains("run the backup again"),
+            "{e}"
+        );
+        assert_eq!(t.backups().len(), 1, "no manifest was written");
+        t.faults(Default::default());
+        let again = t.backup(&image).unwrap();
+        assert_eq!(again.volumes[0].stats.new_chunks, 1);
+        let all = t.backups();
+        assert_eq!(all.len(), 2);
+        assert_eq!(t.restored(&all[1].1), image);
+    }
+
+    /// The lock broken, nothing swept: the backup commits (with a warning).
+    #[test]
+    fn a_lock_broken_with_nothing_swept_still_commits() {
+        let t = InMemory::new();
+        let image = crate::testkit::image(7, 4);
+        t.backup(&image).unwrap();
+        t.faults(crate::store::memory::Faults {
+            break_in: Some((t.mem.puts() + 1, vec![])),
+            ..Default::default()
+        });
+        t.backup(&image).unwrap();
+        assert_eq!(t.backups().len(), 2);
+    }
+
     /// The lock a backup holds knows when its document is gone.
     #[test]
     fn a_local_writer_sees_its_lock_broken() {
         let dir = tempfile::tempdir().unwrap();
         let (repo, _) = backed_up(dir.path());
-        let w = crate::lock::LocalWriter::start(repo.root(), "backup web").unwrap();
+        let w = crate::lock::BlockingWriter::local(repo.root(), "backup web").unwrap();
         assert!(w.present().unwrap());
         for e in std::fs::read_dir(repo.root().join("locks"))
             .unwrap()

@@ -20,8 +20,9 @@ use crate::format::id::{is_all_zero, Id};
 use crate::format::index::{check_chunk_size, chunk_count, Index};
 use crate::jobs::{CancellationToken, Progress};
 use crate::repo::verify::worker_threads;
-use crate::repo::ChunkWriter;
 use crate::source::{overlaps, SharedRead, VolumeReader};
+
+use super::target::ChunkSink;
 
 /// Sorted byte ranges, as in `source::Extents`.
 type Extents = [(u64, u64)];
@@ -30,8 +31,8 @@ const PIECE: usize = 256 << 10;
 static ZEROS: [u8; PIECE] = [0u8; PIECE];
 
 /// Where new chunks go; `None` in `scan` only hashes (for `lifeboat hash`).
-pub struct Store<'a, 'r> {
-    pub writer: &'a ChunkWriter<'r>,
+pub struct Store<'a> {
+    pub writer: &'a dyn ChunkSink,
     pub level: i32,
 }
 
@@ -88,7 +89,7 @@ impl Layout<'_> {
 
     /// The previous backup's chunk when the bitmap says this one did not
     /// change since and the repository still holds it.
-    fn unchanged(&self, i: usize, store: Option<&Store<'_, '_>>) -> Option<Id> {
+    fn unchanged(&self, i: usize, store: Option<&Store<'_>>) -> Option<Id> {
         let (dirty, base) = self.reuse?;
         let (start, len) = self.span(i);
         if overlaps(dirty, start, start + len) {
@@ -136,7 +137,7 @@ pub struct Base<'a> {
 pub fn scan(
     reader: &mut dyn VolumeReader,
     chunk_size: u64,
-    store: Option<Store<'_, '_>>,
+    store: Option<Store<'_>>,
     base: Option<Base<'_>>,
     cancel: &CancellationToken,
     progress: &Progress,
@@ -259,7 +260,7 @@ fn parallel_worker(
     layout: &Layout<'_>,
     next: &AtomicUsize,
     done: Sender<Result<Done>>,
-    store: Option<&Store<'_, '_>>,
+    store: Option<&Store<'_>>,
     cancel: &CancellationToken,
 ) {
     let mut scratch_mem = AlignedBuf::new();
@@ -369,7 +370,7 @@ fn read_hashed(
 fn read_loop(
     reader: &mut dyn VolumeReader,
     layout: &Layout<'_>,
-    store: Option<&Store<'_, '_>>,
+    store: Option<&Store<'_>>,
     work: Sender<(usize, Vec<u8>)>,
     done: Sender<Result<Done>>,
     free: Receiver<Vec<u8>>,
@@ -436,7 +437,7 @@ fn fed_worker(
     work: Receiver<(usize, Vec<u8>)>,
     done: Sender<Result<Done>>,
     free: Sender<Vec<u8>>,
-    store: Option<&Store<'_, '_>>,
+    store: Option<&Store<'_>>,
     cancel: &CancellationToken,
 ) {
     let mut ws = WorkerState::default();
@@ -477,7 +478,7 @@ struct WorkerState {
 fn keep(
     i: usize,
     id: Id,
-    store: Option<&Store<'_, '_>>,
+    store: Option<&Store<'_>>,
     ws: &mut WorkerState,
     load: impl FnOnce(&mut AlignedBuf) -> Result<()>,
 ) -> Result<Done> {

@@ -102,6 +102,28 @@ pub struct DefinitionRef {
     pub size: u64,
 }
 
+impl DefinitionRef {
+    /// A definition document as the chunk that stores it: its reference
+    /// and its encoded bytes. Refuses a document no manifest may name.
+    pub fn encode(doc: &[u8], level: i32) -> Result<(DefinitionRef, Vec<u8>)> {
+        if doc.is_empty() || doc.len() > MAX_DEFINITION_BYTES {
+            return Err(Error::BadInput(format!(
+                "a VM definition of {} bytes is outside 1 to {} bytes",
+                doc.len(),
+                MAX_DEFINITION_BYTES
+            )));
+        }
+        let encoded = crate::format::chunk::Encoder::new(level)?.encode(doc)?;
+        Ok((
+            DefinitionRef {
+                chunk: Id::of(doc),
+                size: doc.len() as u64,
+            },
+            encoded,
+        ))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {

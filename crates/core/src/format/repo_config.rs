@@ -51,6 +51,14 @@ impl RepoConfig {
         })
     }
 
+    /// The config document's bytes (pretty JSON, a final newline).
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut bytes =
+            serde_json::to_vec_pretty(self).map_err(|e| Error::Internal(e.to_string()))?;
+        bytes.push(b'\n');
+        Ok(bytes)
+    }
+
     pub fn parse(path: &Path, data: &[u8]) -> Result<RepoConfig> {
         let bad = |reason: String| Error::BadRepoConfig {
             path: path.to_path_buf(),

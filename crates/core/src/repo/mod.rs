@@ -142,20 +142,9 @@ impl Repo {
     /// Stores a VM definition document as a chunk (durable before this
     /// returns, so a manifest may name it at once).
     pub fn write_definition(&self, doc: &[u8]) -> Result<manifest::DefinitionRef> {
-        if doc.is_empty() || doc.len() > manifest::MAX_DEFINITION_BYTES {
-            return Err(Error::BadInput(format!(
-                "a VM definition of {} bytes is outside 1 to {} bytes",
-                doc.len(),
-                manifest::MAX_DEFINITION_BYTES
-            )));
-        }
-        let id = Id::of(doc);
-        let encoded = chunk::Encoder::new(self.config.compression.level)?.encode(doc)?;
-        self.put_verified_object(&keys::chunk_key(&id), &encoded)?;
-        Ok(manifest::DefinitionRef {
-            chunk: id,
-            size: doc.len() as u64,
-        })
+        let (d, encoded) = manifest::DefinitionRef::encode(doc, self.config.compression.level)?;
+        self.put_verified_object(&keys::chunk_key(&d.chunk), &encoded)?;
+        Ok(d)
     }
 
     /// Reads a backup's VM definition (verified like every chunk).

@@ -518,10 +518,7 @@ pub fn read_repo_config(root: &Path) -> Result<RepoConfig> {
 
 /// Writes a repository's config document durably.
 pub fn write_repo_config(root: &Path, config: &RepoConfig) -> Result<()> {
-    let mut bytes =
-        serde_json::to_vec_pretty(config).map_err(|e| Error::Internal(e.to_string()))?;
-    bytes.push(b'\n');
-    durable::write_atomic(&root.join(CONFIG_FILE), &bytes)
+    durable::write_atomic(&root.join(CONFIG_FILE), &config.to_bytes()?)
 }
 
 /// Marks the repository at least `format` (the format of a manifest about

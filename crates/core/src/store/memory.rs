@@ -37,6 +37,9 @@ pub struct Faults {
     pub fail_gets: Vec<usize>,
     /// Every object delete fails from this one on (counted from 1).
     pub fail_deletes_from: Option<usize>,
+    /// At this put, before it stores anything, a gc breaks in: every lock
+    /// document vanishes and these objects are deleted.
+    pub break_in: Option<(usize, Vec<ObjectKey>)>,
 }
 
 #[derive(Default)]
@@ -122,6 +125,13 @@ impl MemoryStore {
         let mut st = self.state();
         st.puts += 1;
         let n = st.puts;
+        if let Some((_, swept)) = f.break_in.as_ref().filter(|(at, _)| *at == n) {
+            st.docs.retain(|k, _| k.kind() != DocKind::Lock);
+            for k in swept {
+                st.objects.remove(k);
+                st.order.retain(|o| o != k);
+            }
+        }
         if f.fail_puts.contains(&n) {
             return Err(Error::Remote {
                 remote: "memory".into(),

@@ -204,11 +204,11 @@ pub async fn plan(
         Some(_) => None,
         None if opts.init => {
             let cfg = RepoConfig::new(src_cfg.chunk_size, src_cfg.compression.level)?;
-            let mut bytes =
-                serde_json::to_vec_pretty(&cfg).map_err(|e| Error::Internal(e.to_string()))?;
-            bytes.push(b'\n');
             summary.creates_repository = true;
-            Some(Verified::check(ObjectKey::Config, Bytes::from(bytes))?)
+            Some(Verified::check(
+                ObjectKey::Config,
+                Bytes::from(cfg.to_bytes()?),
+            )?)
         }
         None => {
             return Err(Error::BadInput(format!(

@@ -319,3 +319,158 @@ impl VmStep {
         }
     }
 }
+
+/// What the VM step did.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum StepDone {
+    None,
+    /// The domain XML written and checked; what `virsh define` said
+    /// (None: not asked; Err: it failed or the XML did not validate).
+    Domain {
+        vm: VmRestore,
+        defined: Option<std::result::Result<String, String>>,
+    },
+    Attached {
+        domain: String,
+        target: String,
+        output: String,
+    },
+}
+
+impl StepDone {
+    /// Why the restore as a whole failed although its volumes are written
+    /// (the admin asked for a VM and did not get one).
+    pub fn failure(&self) -> Option<String> {
+        match self {
+            StepDone::Domain { vm: v, defined } => match (&v.validation, defined) {
+                (Validation::Invalid(why), _) => Some(format!(
+                    "the volumes are restored, but the domain XML {} does not validate against libvirt's schema: {why}",
+                    v.domain_xml.display()
+                )),
+                (_, Some(Err(why))) => Some(format!(
+                    "the volumes and the domain XML are restored, but the VM is not defined: {why}"
+                )),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// What the step did, for people (the CLI prints these, the console
+    /// logs them).
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            StepDone::None => Vec::new(),
+            StepDone::Attached {
+                domain,
+                target,
+                output,
+            } => vec![format!("attached to {domain} as {target}: {output}")],
+            StepDone::Domain { vm: v, defined } => {
+                let mut out = vec![format!(
+                    "domain XML: {} (uuid {}, from the {} definition)",
+                    v.domain_xml.display(),
+                    v.uuid,
+                    v.definition
+                )];
+                out.extend(v.changes.iter().map(|c| format!("  {c}")));
+                out.push(match &v.validation {
+                    Validation::Valid => {
+                        "  valid against libvirt's schema (virt-xml-validate)".into()
+                    }
+                    Validation::Invalid(why) => {
+                        format!("  INVALID against libvirt's schema: {why}")
+                    }
+                    Validation::Unchecked(why) => format!("  not validated: {why}"),
+                });
+                out.push(match defined {
+                    Some(Ok(said)) => format!("defined with virsh: {said}"),
+                    Some(Err(_)) | None => format!(
+                        "to define it where libvirt runs: virsh define {}",
+                        qemu::shell_quote(&v.domain_xml.display().to_string())
+                    ),
+                });
+                out.push(format!(
+                    "without libvirt, boot it with (TCG emulation, which runs everywhere; where KVM works, -accel kvm runs it at full speed):\n  {}",
+                    v.qemu_command
+                ));
+                out
+            }
+        }
+    }
+}
+
+/// Runs a restore's VM step once its volumes are written. `show` sees the
+/// domain XML before `virsh define` is handed it (the admin sees exactly
+/// what libvirt gets). `config` is the VM's definition from the config,
+/// for a set whose backup carries none.
+pub fn finish(
+    step: &VmStep,
+    repo: &Repo,
+    picked: &[(ManifestKey, Manifest)],
+    outcomes: &[RestoreOutcome],
+    config: impl FnOnce(&str) -> Option<Definition>,
+    show: impl FnOnce(&Path, &str),
+) -> Result<StepDone> {
+    match step {
+        VmStep::None => Ok(StepDone::None),
+        VmStep::Domain {
+            define: wants_define,
+            keep_macs,
+            name,
+        } => {
+            let Some(dir) = outcomes
+                .first()
+                .and_then(|o| o.target.parent().map(Path::to_path_buf))
+            else {
+                return Ok(StepDone::None);
+            };
+            let vm = picked
+                .first()
+                .map(|(_, m)| m.vm.name.clone())
+                .unwrap_or_default();
+            let (def, from) = definition_of(repo, picked, config(&vm))?;
+            let v = write_vm(
+                &def,
+                from,
+                picked,
+                outcomes,
+                &dir,
+                *keep_macs,
+                name.as_deref(),
+            )?;
+            if *wants_define {
+                let xml = std::fs::read_to_string(&v.domain_xml)
+                    .map_err(|e| Error::io("reading", &v.domain_xml, e))?;
+                show(&v.domain_xml, &xml);
+            }
+            let defined = match (wants_define, &v.validation) {
+                (false, _) => None,
+                (true, Validation::Invalid(_)) => {
+                    Some(Err("not defined: the XML does not validate".to_string()))
+                }
+                (true, _) => Some(define(&v.domain_xml).map_err(|e| e.to_string())),
+            };
+            Ok(StepDone::Domain { vm: v, defined })
+        }
+        VmStep::Attach { domain, target } => {
+            let (Some((_, m)), Some(o)) = (picked.first(), outcomes.first()) else {
+                return Ok(StepDone::None);
+            };
+            let from_def = m
+                .definition
+                .and_then(|d| repo.read_definition(&d).ok())
+                .and_then(|d| d.spec.disks.into_iter().find(|x| x.volume == m.volume.name))
+                .map(|d| d.target);
+            let target = target.clone().or(from_def).unwrap_or_else(|| "vdb".into());
+            let args = attach_command(domain, &o.target, &target, &o.format.to_string());
+            let output = attach(&args)?;
+            Ok(StepDone::Attached {
+                domain: domain.clone(),
+                target,
+                output,
+            })
+        }
+    }
+}
