@@ -19,11 +19,35 @@ pub fn init(
     path: Option<PathBuf>,
     chunk_size: u64,
     level: i32,
+    recovery_key_out: Option<PathBuf>,
 ) -> anyhow::Result<Outcome> {
     let path = path.unwrap_or_else(|| ctx.repo_path());
-    let repo = Repo::init(&path, RepoConfig::new(chunk_size, level)?)?;
+    let mut config = RepoConfig::new(chunk_size, level)?;
+    if let Some(out) = &recovery_key_out {
+        let pass = lifeboat_core::crypto::read_secret_file("LIFEBOAT_PASSPHRASE_FILE")?
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--encrypt needs a passphrase: put it in a private file and name the file in LIFEBOAT_PASSPHRASE_FILE"
+                )
+            })?;
+        let key = lifeboat_core::crypto::MasterKey::generate();
+        config = config.encrypted(lifeboat_core::crypto::Encryption::new(&key, &pass)?);
+        // The recovery key is on disk (private, new) before the repository
+        // exists: no encrypted repository without a way back in.
+        lifeboat_core::durable::write_new_private(
+            out,
+            format!("{}\n", key.recovery_text().as_str()).as_bytes(),
+        )?;
+        lifeboat_core::crypto::unlock(&key);
+    }
+    let repo = Repo::init(&path, config)?;
     if ctx.json {
-        print_json(&serde_json::json!({"path": path, "config": repo.config}))?;
+        // The config without its key slots (wrapped keys stay in the repository).
+        let mut shown = serde_json::to_value(&repo.config)?;
+        if let Some(e) = shown.get_mut("encryption").and_then(|e| e.as_object_mut()) {
+            e.remove("slots");
+        }
+        print_json(&serde_json::json!({"path": path, "config": shown}))?;
     } else {
         println!(
             "created repository {} at {} (chunk size {}, zstd level {})",
@@ -32,7 +56,41 @@ pub fn init(
             bytes(chunk_size),
             level
         );
+        if let (Some(out), Some(enc)) = (&recovery_key_out, &repo.config.encryption) {
+            println!(
+                "encrypted (key {}); its recovery key is in {}: print it, keep it offline, then delete the file — a repository whose key is lost is lost",
+                &enc.key_id[..8],
+                out.display()
+            );
+        }
     }
+    Ok(Outcome::Ok)
+}
+
+/// `key export`: the recovery key, for paper.
+pub fn key_export(ctx: &Ctx) -> anyhow::Result<Outcome> {
+    if ctx.json {
+        anyhow::bail!("key export prints a secret for paper: run it without --json");
+    }
+    let repo = ctx.open_repo()?;
+    let Some(enc) = &repo.config.encryption else {
+        anyhow::bail!("{} is not encrypted: it has no key", repo.root().display());
+    };
+    let key = match lifeboat_core::crypto::read_secret_file("LIFEBOAT_KEY_FILE")? {
+        Some(text) => enc.accept(lifeboat_core::crypto::MasterKey::from_recovery_text(
+            std::str::from_utf8(&text).unwrap_or_default(),
+        )?)?,
+        None => {
+            let pass = lifeboat_core::crypto::read_secret_file("LIFEBOAT_PASSPHRASE_FILE")?.ok_or(
+                lifeboat_core::Error::Locked(format!(
+                    "the repository at {}",
+                    repo.root().display()
+                )),
+            )?;
+            enc.open_with_passphrase(&pass)?
+        }
+    };
+    println!("{}", key.recovery_text().as_str());
     Ok(Outcome::Ok)
 }
 pub async fn backup(

@@ -64,7 +64,8 @@ fn uses(cmd: Option<&Command>) -> Uses {
         | Some(Command::Diff { .. })
         | Some(Command::Drills { .. })
         | Some(Command::Vms { .. })
-        | Some(Command::Runs { .. }) => LOCAL,
+        | Some(Command::Runs { .. })
+        | Some(Command::Key { .. }) => LOCAL,
         Some(Command::Verify { remote, .. }) => maybe_remote(remote.is_some(), READS_REMOTE),
         Some(Command::Restore { from, .. }) => maybe_remote(from.is_some(), READS_REMOTE),
         // A drill's default source may be a remote (the VM's config).

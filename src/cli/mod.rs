@@ -87,6 +87,13 @@ impl Cli {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum KeyAction {
+    /// Prints the recovery key of the repository (unlocked with
+    /// LIFEBOAT_PASSPHRASE_FILE or LIFEBOAT_KEY_FILE): keep it on paper.
+    Export,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum Command {
     /// Open the console (also what `lifeboat` alone does).
     Tui,
@@ -120,6 +127,21 @@ pub enum Command {
         /// zstd level for new chunks: 1 to 19, or -1 to -7 for zstd's fast modes.
         #[arg(long, default_value_t = lifeboat_core::repo::DEFAULT_ZSTD_LEVEL, allow_negative_numbers = true)]
         compression_level: i32,
+        /// Encrypt the repository: its key is wrapped by the passphrase in
+        /// the file LIFEBOAT_PASSPHRASE_FILE names (never the command
+        /// line); needs --recovery-key-out.
+        #[arg(long, requires = "recovery_key_out")]
+        encrypt: bool,
+        /// With --encrypt: a new file (private) that receives the recovery
+        /// key. Print it, keep it offline, then delete the file: a
+        /// repository whose key is lost is lost.
+        #[arg(long, value_name = "FILE")]
+        recovery_key_out: Option<PathBuf>,
+    },
+    /// An encrypted repository's key: `key export` prints its recovery key.
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
     },
     /// Back up the volumes of a VM as one backup set.
     Backup {
@@ -623,7 +645,18 @@ pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
             path,
             chunk_size,
             compression_level,
-        } => backup_restore::init(&ctx, path, chunk_size, compression_level),
+            encrypt,
+            recovery_key_out,
+        } => backup_restore::init(
+            &ctx,
+            path,
+            chunk_size,
+            compression_level,
+            encrypt.then_some(recovery_key_out).flatten(),
+        ),
+        Command::Key {
+            action: KeyAction::Export,
+        } => backup_restore::key_export(&ctx),
         Command::Backup {
             vm,
             volumes,

@@ -133,6 +133,20 @@ pub fn create_private(path: &Path) -> Result<File> {
         .map_err(|e| Error::io("creating", path, e))
 }
 
+/// Writes a new private file (0600) durably; an existing file is an
+/// error (a secret is never written over something else).
+pub fn write_new_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = create_private(path)?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io("writing", path, e))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fsync_dir(dir)?;
+    }
+    Ok(())
+}
+
 /// What `read_limited` found.
 pub enum Limited {
     Data(Vec<u8>),

@@ -10,6 +10,7 @@ pub mod backup;
 pub mod buf;
 pub mod cloud;
 pub mod config;
+pub mod crypto;
 pub mod daemon;
 pub mod drill;
 pub mod durable;

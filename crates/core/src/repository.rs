@@ -36,6 +36,9 @@ impl Repository {
                 store.describe()
             ))
         })?;
+        if let Some(enc) = &config.encryption {
+            crate::crypto::unlock_from_env(enc)?;
+        }
         Ok(Repository { store, config })
     }
 
@@ -102,14 +105,22 @@ impl Repository {
     }
 
     pub async fn write_index(&self, index: &Index) -> Result<Id> {
-        let bytes = index.to_bytes();
+        let bytes = crate::format::sealed::seal_if(
+            self.config.sealing_keys()?.as_deref(),
+            crate::format::sealed::Kind::Index,
+            index.to_bytes(),
+        )?;
         let id = Id::of(&bytes);
         self.put(ObjectKey::Index(id), Bytes::from(bytes)).await?;
         Ok(id)
     }
 
     pub async fn write_definition(&self, doc: &[u8]) -> Result<DefinitionRef> {
-        let (d, encoded) = DefinitionRef::encode(doc, self.config.compression.level)?;
+        let (d, encoded) = DefinitionRef::encode(
+            doc,
+            self.config.compression.level,
+            self.config.sealing_keys()?.as_deref(),
+        )?;
         self.put(ObjectKey::Chunk(d.chunk), Bytes::from(encoded))
             .await?;
         Ok(d)
@@ -119,8 +130,8 @@ impl Repository {
     /// must have put everything it references first.
     pub async fn write_manifest(&self, m: &Manifest) -> Result<ManifestKey> {
         with_retry(5, || self.store.commit()).await?;
-        let key = m.key();
-        self.put(ObjectKey::Manifest(key.clone()), Bytes::from(m.to_bytes()))
+        let (key, bytes) = m.stored(self.config.sealing_keys()?.as_deref())?;
+        self.put(ObjectKey::Manifest(key.clone()), Bytes::from(bytes))
             .await?;
         with_retry(5, || self.store.commit()).await?;
         Ok(key)

@@ -36,6 +36,7 @@ const MODULES: &[(&str, &str)] = &[
     ("durable", "base"),
     ("jobs", "base"),
     ("retry", "base"),
+    ("crypto", "base"),
     ("format", "format"),
     ("vm", "model"),
     ("vm::boot", "orchestration"),

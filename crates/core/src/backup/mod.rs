@@ -187,6 +187,7 @@ pub fn backup(
             Some(pipeline::Store {
                 writer: writer.as_ref(),
                 level,
+                seal: repo.config().sealing_keys()?,
             }),
             base,
             cancel,

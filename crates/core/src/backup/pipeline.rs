@@ -34,6 +34,9 @@ static ZEROS: [u8; PIECE] = [0u8; PIECE];
 pub struct Store<'a> {
     pub writer: &'a dyn ChunkSink,
     pub level: i32,
+    /// An encrypted repository's keys: every new chunk is sealed and
+    /// named by the hash of its sealed bytes.
+    pub seal: Option<std::sync::Arc<crate::crypto::Keys>>,
 }
 
 pub struct ScanResult {
@@ -490,6 +493,9 @@ fn keep(
             read: true,
         });
     };
+    if let Some(keys) = &store.seal {
+        return seal_chunk(i, id, store, keys, ws, load);
+    }
     if store.writer.known(&id) {
         return Ok(Done {
             i,
@@ -508,6 +514,50 @@ fn keep(
         .writer
         .put(&id, ws.encoded.as_slice())?
         .then_some(n as u64);
+    Ok(Done {
+        i,
+        id,
+        stored,
+        read: true,
+    })
+}
+/// A chunk for an encrypted repository: its name is known only once it
+/// is sealed (the hash of the sealed bytes), so it is encoded and sealed
+/// before the store is asked whether it has it. Equal plaintexts seal to
+/// equal objects, so dedup holds.
+fn seal_chunk(
+    i: usize,
+    plain: Id,
+    store: &Store<'_>,
+    keys: &crate::crypto::Keys,
+    ws: &mut WorkerState,
+    load: impl FnOnce(&mut AlignedBuf) -> Result<()>,
+) -> Result<Done> {
+    load(&mut ws.chunk)?;
+    let enc = match &mut ws.encoder {
+        Some(e) => e,
+        None => ws.encoder.insert(Encoder::new(store.level)?),
+    };
+    enc.encode_into(ws.chunk.as_slice(), &mut ws.encoded)?;
+    let sealed = crate::format::sealed::seal(
+        keys,
+        crate::format::sealed::Kind::Chunk,
+        &plain.0,
+        ws.encoded.as_slice(),
+    )?;
+    let id = Id::of(&sealed);
+    if store.writer.known(&id) {
+        return Ok(Done {
+            i,
+            id,
+            stored: None,
+            read: true,
+        });
+    }
+    let stored = store
+        .writer
+        .put(&id, &sealed)?
+        .then_some(sealed.len() as u64);
     Ok(Done {
         i,
         id,

@@ -93,7 +93,7 @@ impl Target for Repo {
     }
     fn upgrade_format(&self) -> Result<()> {
         if self.config.format < REPO_FORMAT {
-            self.clone().upgrade_format()?;
+            Repo::upgrade_format(&mut self.clone())?;
         }
         Ok(())
     }

@@ -70,6 +70,15 @@ impl Index {
                 return Err(bad(format!("content hashes to {}", actual.short())));
             }
         }
+        if super::sealed::is_sealed(data) {
+            let plain = super::sealed::open_doc(super::sealed::Kind::Index, "index", &name, data)?;
+            return Index::parse(&plain).map_err(bad);
+        }
+        Index::parse(data).map_err(bad)
+    }
+
+    fn parse(data: &[u8]) -> std::result::Result<Index, String> {
+        let bad = |why: String| why;
         if data.len() < HEADER_LEN || &data[..4] != MAGIC {
             return Err(bad("bad header".into()));
         }

@@ -105,7 +105,11 @@ pub struct DefinitionRef {
 impl DefinitionRef {
     /// A definition document as the chunk that stores it: its reference
     /// and its encoded bytes. Refuses a document no manifest may name.
-    pub fn encode(doc: &[u8], level: i32) -> Result<(DefinitionRef, Vec<u8>)> {
+    pub fn encode(
+        doc: &[u8],
+        level: i32,
+        keys: Option<&crate::crypto::Keys>,
+    ) -> Result<(DefinitionRef, Vec<u8>)> {
         if doc.is_empty() || doc.len() > MAX_DEFINITION_BYTES {
             return Err(Error::BadInput(format!(
                 "a VM definition of {} bytes is outside 1 to {} bytes",
@@ -114,12 +118,22 @@ impl DefinitionRef {
             )));
         }
         let encoded = crate::format::chunk::Encoder::new(level)?.encode(doc)?;
+        let plain = Id::of(doc);
+        // A chunk's name: the hash of its plaintext, or of its sealed bytes.
+        let (chunk, stored) = match keys {
+            Some(k) => {
+                let sealed =
+                    super::sealed::seal(k, super::sealed::Kind::Chunk, &plain.0, &encoded)?;
+                (Id::of(&sealed), sealed)
+            }
+            None => (plain, encoded),
+        };
         Ok((
             DefinitionRef {
-                chunk: Id::of(doc),
+                chunk,
                 size: doc.len() as u64,
             },
-            encoded,
+            stored,
         ))
     }
 }
@@ -271,12 +285,23 @@ impl Manifest {
 
     pub fn key(&self) -> ManifestKey {
         let bytes = self.to_bytes();
+        self.key_of(&bytes)
+    }
+
+    fn key_of(&self, stored: &[u8]) -> ManifestKey {
         ManifestKey {
             vm: self.vm.name.clone(),
             volume: self.volume.name.clone(),
             time: self.created_at.trunc_subsecs(3),
-            id: Id::of(&bytes),
+            id: Id::of(stored),
         }
+    }
+
+    /// The manifest as a repository stores it (sealed with `keys` in an
+    /// encrypted one), and the key it is stored under.
+    pub fn stored(&self, keys: Option<&crate::crypto::Keys>) -> Result<(ManifestKey, Vec<u8>)> {
+        let bytes = super::sealed::seal_if(keys, super::sealed::Kind::Manifest, self.to_bytes())?;
+        Ok((self.key_of(&bytes), bytes))
     }
 
     /// Parses a manifest fetched under `key`, checking hash, names and format.
@@ -286,6 +311,18 @@ impl Manifest {
         if actual != key.id {
             return Err(bad(format!("content hashes to {}", actual.short())));
         }
+        let opened;
+        let data = if super::sealed::is_sealed(data) {
+            opened = super::sealed::open_doc(
+                super::sealed::Kind::Manifest,
+                "manifest",
+                &key.id.to_hex(),
+                data,
+            )?;
+            &opened[..]
+        } else {
+            data
+        };
         let mut m: Manifest =
             serde_json::from_slice(data).map_err(|e| bad(format!("invalid JSON: {e}")))?;
         // Protection is a mark beside the manifest (`protect`), which only

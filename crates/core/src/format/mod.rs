@@ -13,6 +13,7 @@ pub mod keys;
 pub mod manifest;
 pub mod refs;
 pub mod repo_config;
+pub mod sealed;
 
 pub use docs::{Doc, DocKey, DocKind};
 pub use id::Id;

@@ -13,6 +13,10 @@ pub const CONFIG_FILE: &str = "lifeboat.json";
 /// Format 2: manifests may name a VM definition. Format-1 repositories are
 /// read as they are and upgraded when a backup writes into them.
 pub const REPO_FORMAT: u32 = 3;
+/// Format 4: an encrypted repository (objects sealed, see `sealed`). An
+/// unencrypted repository stays at `REPO_FORMAT`; a lifeboat that reads
+/// only up to 3 refuses an encrypted one as a whole.
+pub const ENCRYPTED_FORMAT: u32 = 4;
 pub const OLDEST_REPO_FORMAT: u32 = 1;
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 
@@ -29,6 +33,10 @@ pub struct RepoConfig {
     pub chunk_size: u64,
     pub hash: String,
     pub compression: Compression,
+    /// Present in an encrypted repository (format 4), absent otherwise
+    /// (so an unencrypted config's bytes are what they always were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<crate::crypto::Encryption>,
 }
 
 impl RepoConfig {
@@ -48,7 +56,29 @@ impl RepoConfig {
                 algorithm: "zstd".into(),
                 level,
             },
+            encryption: None,
         })
+    }
+
+    /// A config for an encrypted repository.
+    pub fn encrypted(mut self, enc: crate::crypto::Encryption) -> RepoConfig {
+        self.format = ENCRYPTED_FORMAT;
+        self.encryption = Some(enc);
+        self
+    }
+
+    /// The keys new objects are sealed with: None for an unencrypted
+    /// repository; an error when it is encrypted and its key is not held.
+    pub fn sealing_keys(&self) -> Result<Option<std::sync::Arc<crate::crypto::Keys>>> {
+        let Some(enc) = &self.encryption else {
+            return Ok(None);
+        };
+        let mut id = [0u8; 16];
+        hex::decode_to_slice(&enc.key_id, &mut id)
+            .map_err(|_| Error::BadInput("the repository's key id is not hex".into()))?;
+        crate::crypto::unlocked(&id)
+            .map(Some)
+            .ok_or_else(|| Error::Locked(format!("repository {}", self.id)))
     }
 
     /// The config document's bytes (pretty JSON, a final newline).
@@ -65,11 +95,26 @@ impl RepoConfig {
             reason,
         };
         let c: RepoConfig = serde_json::from_slice(data).map_err(|e| bad(e.to_string()))?;
-        if !(OLDEST_REPO_FORMAT..=REPO_FORMAT).contains(&c.format) {
+        if !(OLDEST_REPO_FORMAT..=ENCRYPTED_FORMAT).contains(&c.format) {
             return Err(bad(format!(
-                "format {} is not supported by this lifeboat (it reads v{OLDEST_REPO_FORMAT} to v{REPO_FORMAT}; upgrade lifeboat)",
+                "format {} is not supported by this lifeboat (it reads v{OLDEST_REPO_FORMAT} to v{ENCRYPTED_FORMAT}; upgrade lifeboat)",
                 c.format
             )));
+        }
+        match (&c.encryption, c.format == ENCRYPTED_FORMAT) {
+            (Some(e), true) => e.check().map_err(bad)?,
+            (None, false) => {}
+            (Some(_), false) => {
+                return Err(bad(format!(
+                    "it names an encryption key but is format {} (an encrypted repository is format {ENCRYPTED_FORMAT})",
+                    c.format
+                )))
+            }
+            (None, true) => {
+                return Err(bad(format!(
+                    "format {ENCRYPTED_FORMAT} is an encrypted repository, and it names no key"
+                )))
+            }
         }
         if c.hash != "blake3" || c.compression.algorithm != "zstd" {
             return Err(bad(

@@ -56,11 +56,26 @@ impl Repo {
         })
     }
 
+    /// Opens a repository; an encrypted one's key is unlocked from the
+    /// environment when it is given there (a server opens one without).
     pub fn open(path: &Path) -> Result<Repo> {
+        let config = crate::store::local::read_repo_config(path)?;
+        if let Some(enc) = &config.encryption {
+            crate::crypto::unlock_from_env(enc)?;
+        }
         Ok(Repo {
             root: path.to_path_buf(),
-            config: crate::store::local::read_repo_config(path)?,
+            config,
         })
+    }
+
+    /// Fails when the repository is encrypted and its key is not held: a
+    /// command that reads backups says so before it lists nothing.
+    pub fn require_key(&self) -> Result<()> {
+        self.config
+            .sealing_keys()
+            .map(|_| ())
+            .map_err(|_| Error::Locked(format!("the repository at {}", self.root.display())))
     }
 
     pub fn root(&self) -> &Path {
@@ -133,7 +148,11 @@ impl Repo {
 
     /// Writes an index durably (no-op when it is already there).
     pub fn write_index(&self, index: &Index) -> Result<Id> {
-        let bytes = index.to_bytes();
+        let bytes = crate::format::sealed::seal_if(
+            self.config.sealing_keys()?.as_deref(),
+            crate::format::sealed::Kind::Index,
+            index.to_bytes(),
+        )?;
         let id = Id::of(&bytes);
         self.put_verified_object(&keys::index_key(&id), &bytes)?;
         Ok(id)
@@ -142,7 +161,11 @@ impl Repo {
     /// Stores a VM definition document as a chunk (durable before this
     /// returns, so a manifest may name it at once).
     pub fn write_definition(&self, doc: &[u8]) -> Result<manifest::DefinitionRef> {
-        let (d, encoded) = manifest::DefinitionRef::encode(doc, self.config.compression.level)?;
+        let (d, encoded) = manifest::DefinitionRef::encode(
+            doc,
+            self.config.compression.level,
+            self.config.sealing_keys()?.as_deref(),
+        )?;
         self.put_verified_object(&keys::chunk_key(&d.chunk), &encoded)?;
         Ok(d)
     }
@@ -171,12 +194,12 @@ impl Repo {
     /// Writes a manifest durably. Callers must have made everything it
     /// references durable first.
     pub fn write_manifest(&self, m: &Manifest) -> Result<ManifestKey> {
-        let key = m.key();
+        let (key, bytes) = m.stored(self.config.sealing_keys()?.as_deref())?;
         let path = self.path_of(&key.object_key());
         if let Some(dir) = path.parent() {
             durable::create_dir_all(dir)?;
         }
-        durable::write_atomic(&path, &m.to_bytes())?;
+        durable::write_atomic(&path, &bytes)?;
         Ok(key)
     }
 
@@ -262,6 +285,7 @@ impl Repo {
     /// changed. A console refreshing every 30 s reads nothing when nothing
     /// happened.
     pub fn refresh(&self, cache: &mut ManifestCache) -> Result<bool> {
+        self.require_key()?;
         let keys = self.list_manifests()?;
         let listed: std::collections::HashSet<&ManifestKey> = keys.iter().collect();
         let before = cache.manifests.len();
@@ -472,7 +496,7 @@ mod tests {
         let text = std::fs::read_to_string(root.join(CONFIG_FILE)).unwrap();
         std::fs::write(
             root.join(CONFIG_FILE),
-            text.replace("\"format\": 3", "\"format\": 4"),
+            text.replace("\"format\": 3", "\"format\": 5"),
         )
         .unwrap();
         let e = Repo::open(&root).unwrap_err().to_string();

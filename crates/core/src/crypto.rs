@@ -1,0 +1,445 @@
+//! Keys of encrypted repositories and the objects sealed with them.
+//!
+//! A repository's master key (32 random bytes) never leaves the client. It
+//! is stored only wrapped: in passphrase slots of the repository config
+//! (argon2id, then XChaCha20-Poly1305), and as a recovery key the admin
+//! keeps on paper. Two keys are derived from it with BLAKE3's key
+//! derivation: one for the AEAD, one that turns a plaintext's hash into
+//! the object's nonce (deterministic, SIV-style, so equal chunks seal to
+//! equal objects and still dedup), plus a key id that names the key in
+//! every sealed object and in the config.
+//!
+//! Keys a process has unlocked are held in one keyring (`unlock`), looked
+//! up by the key id a sealed object names: the format layer opens objects
+//! without every reader passing keys around, and a process that holds no
+//! key (a repository server) can still check every object's name against
+//! its bytes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::error::{Error, Result};
+
+/// The sealing scheme, as the config names it.
+pub const SCHEME: &str = "xchacha20poly1305-blake3-siv";
+const KDF_ENC: &str = "lifeboat 2026-12 object encryption key";
+const KDF_NONCE: &str = "lifeboat 2026-12 object nonce key";
+const KDF_ID: &str = "lifeboat 2026-12 key id";
+const KDF_SLOT: &str = "lifeboat 2026-12 key slot";
+/// argon2id costs for passphrase slots: 64 MiB, 3 passes (OWASP's
+/// second recommended setting), one lane.
+const ARGON_M_KIB: u32 = 64 * 1024;
+const ARGON_T: u32 = 3;
+const ARGON_P: u32 = 1;
+
+/// A repository's master key. Zeroed when dropped.
+#[derive(Clone)]
+pub struct MasterKey([u8; 32]);
+
+impl Drop for MasterKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MasterKey({})", self.id())
+    }
+}
+
+/// The key id: names a key without revealing it (hex of 16 bytes).
+pub type KeyId = [u8; 16];
+
+impl MasterKey {
+    pub fn generate() -> MasterKey {
+        MasterKey(rand::random())
+    }
+
+    pub fn id(&self) -> String {
+        hex::encode(self.key_id())
+    }
+
+    pub fn key_id(&self) -> KeyId {
+        let d = blake3::derive_key(KDF_ID, &self.0);
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&d[..16]);
+        id
+    }
+
+    /// The recovery key: the master key as text to keep on paper, in
+    /// groups of four hex digits, with a check group that catches a
+    /// mistyped digit.
+    pub fn recovery_text(&self) -> Zeroizing<String> {
+        let mut body = hex::encode(self.0);
+        let check = &blake3::hash(&self.0).to_hex()[..4];
+        body.push_str(check);
+        let groups: Vec<&str> = (0..body.len())
+            .step_by(4)
+            .map(|i| &body[i..(i + 4).min(body.len())])
+            .collect();
+        let out = Zeroizing::new(format!("lbk1-{}", groups.join("-")));
+        body.zeroize();
+        out
+    }
+
+    /// Reads a recovery key (spaces, dashes and case do not matter).
+    pub fn from_recovery_text(text: &str) -> Result<MasterKey> {
+        let bad = |why: &str| {
+            Error::BadInput(format!(
+                "not a lifeboat recovery key ({why}): it starts with lbk1- and has 17 groups of four hex digits"
+            ))
+        };
+        let t = text.trim();
+        let rest = t
+            .strip_prefix("lbk1-")
+            .or_else(|| t.strip_prefix("LBK1-"))
+            .ok_or_else(|| bad("no lbk1- prefix"))?;
+        let digits: Zeroizing<String> = Zeroizing::new(
+            rest.chars()
+                .filter(|c| !c.is_whitespace() && *c != '-')
+                .map(|c| c.to_ascii_lowercase())
+                .collect(),
+        );
+        if digits.len() != 68 {
+            return Err(bad(&format!("{} digits instead of 68", digits.len())));
+        }
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(&digits[..64], &mut key).map_err(|_| bad("not hex"))?;
+        let k = MasterKey(key);
+        key.zeroize();
+        if blake3::hash(&k.0).to_hex()[..4] != digits[64..] {
+            return Err(bad("its check group does not match: a digit is mistyped"));
+        }
+        Ok(k)
+    }
+
+    fn keys(&self) -> Keys {
+        Keys {
+            id: self.key_id(),
+            aead: XChaCha20Poly1305::new(&blake3::derive_key(KDF_ENC, &self.0).into()),
+            nonce: Zeroizing::new(blake3::derive_key(KDF_NONCE, &self.0)),
+        }
+    }
+}
+
+/// The keys derived from one master key, as a sealer uses them.
+pub struct Keys {
+    id: KeyId,
+    aead: XChaCha20Poly1305,
+    nonce: Zeroizing<[u8; 32]>,
+}
+
+impl Keys {
+    pub fn id(&self) -> &KeyId {
+        &self.id
+    }
+
+    /// The nonce of a plaintext whose BLAKE3 is `plain_hash`: a keyed
+    /// function of the content (and its kind), so equal plaintexts get
+    /// equal nonces and nothing else does.
+    pub fn nonce(&self, kind: u8, plain_hash: &[u8; 32]) -> [u8; 24] {
+        let mut h = blake3::Hasher::new_keyed(&self.nonce);
+        h.update(&[kind]);
+        h.update(plain_hash);
+        let mut n = [0u8; 24];
+        n.copy_from_slice(&h.finalize().as_bytes()[..24]);
+        n
+    }
+
+    pub fn encrypt(&self, nonce: &[u8; 24], aad: &[u8], plain: &[u8]) -> Result<Vec<u8>> {
+        self.aead
+            .encrypt(XNonce::from_slice(nonce), Payload { msg: plain, aad })
+            .map_err(|_| Error::Internal("encryption failed".into()))
+    }
+
+    /// None when the tag does not match (tampered, or another key).
+    pub fn decrypt(&self, nonce: &[u8; 24], aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        self.aead
+            .decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad })
+            .ok()
+    }
+}
+
+static KEYRING: RwLock<Option<HashMap<KeyId, Arc<Keys>>>> = RwLock::new(None);
+
+/// Holds a key for the rest of the process: objects sealed with it open.
+pub fn unlock(key: &MasterKey) -> Arc<Keys> {
+    let keys = Arc::new(key.keys());
+    let mut ring = KEYRING.write().unwrap_or_else(|p| p.into_inner());
+    ring.get_or_insert_with(HashMap::new)
+        .insert(keys.id, keys.clone());
+    keys
+}
+
+/// The unlocked key with this id.
+pub fn unlocked(id: &KeyId) -> Option<Arc<Keys>> {
+    KEYRING
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .and_then(|r| r.get(id).cloned())
+}
+
+/// A repository's encryption, as its config records it: the scheme, the
+/// key's id, and the slots that wrap the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Encryption {
+    pub scheme: String,
+    pub key_id: String,
+    pub slots: Vec<Slot>,
+}
+
+/// The master key wrapped by a passphrase.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Slot {
+    /// What the admin calls it (`key add --name`).
+    pub name: String,
+    pub kdf: String,
+    pub m_kib: u32,
+    pub t: u32,
+    pub p: u32,
+    /// hex, 16 bytes
+    pub salt: String,
+    /// hex: nonce (24 bytes), then the sealed key with its tag
+    pub wrapped: String,
+}
+
+impl Encryption {
+    /// A new key's record with one passphrase slot.
+    pub fn new(key: &MasterKey, passphrase: &[u8]) -> Result<Encryption> {
+        Ok(Encryption {
+            scheme: SCHEME.into(),
+            key_id: key.id(),
+            slots: vec![Slot::wrap(key, "default", passphrase)?],
+        })
+    }
+
+    /// Checks what a config says about its encryption.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.scheme != SCHEME {
+            return Err(format!(
+                "encryption scheme {:?} is not known to this lifeboat (it knows {SCHEME})",
+                self.scheme
+            ));
+        }
+        if self.key_id.len() != 32 || hex::decode(&self.key_id).is_err() {
+            return Err("its key id is not 32 hex digits".into());
+        }
+        if self.slots.len() > 32 {
+            return Err(format!("{} key slots (at most 32)", self.slots.len()));
+        }
+        Ok(())
+    }
+
+    /// The key a passphrase opens, from any slot.
+    pub fn open_with_passphrase(&self, passphrase: &[u8]) -> Result<MasterKey> {
+        for s in &self.slots {
+            if let Some(k) = s.unwrap(passphrase)? {
+                return self.accept(k);
+            }
+        }
+        Err(Error::BadInput(format!(
+            "the passphrase opens none of the repository's {} key slots: check LIFEBOAT_PASSPHRASE_FILE, or use the recovery key (LIFEBOAT_KEY_FILE)",
+            self.slots.len()
+        )))
+    }
+
+    /// A key given directly (a recovery key), checked against the config.
+    pub fn accept(&self, key: MasterKey) -> Result<MasterKey> {
+        if key.id() != self.key_id {
+            return Err(Error::BadInput(format!(
+                "this key (id {}) is not the repository's (id {}): the key file belongs to another repository",
+                &key.id()[..8],
+                &self.key_id[..8.min(self.key_id.len())]
+            )));
+        }
+        Ok(key)
+    }
+}
+
+impl Slot {
+    pub fn wrap(key: &MasterKey, name: &str, passphrase: &[u8]) -> Result<Slot> {
+        if passphrase.len() < 8 {
+            return Err(Error::BadInput(
+                "a passphrase of fewer than 8 bytes is refused: a repository's key is only as strong as it".into(),
+            ));
+        }
+        let salt: [u8; 16] = rand::random();
+        let kek = derive(passphrase, &salt, ARGON_M_KIB, ARGON_T, ARGON_P)?;
+        let nonce: [u8; 24] = rand::random();
+        let aead = XChaCha20Poly1305::new(&(*kek).into());
+        let sealed = aead
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: &key.0,
+                    aad: KDF_SLOT.as_bytes(),
+                },
+            )
+            .map_err(|_| Error::Internal("wrapping the key failed".into()))?;
+        let mut wrapped = nonce.to_vec();
+        wrapped.extend_from_slice(&sealed);
+        Ok(Slot {
+            name: name.into(),
+            kdf: "argon2id".into(),
+            m_kib: ARGON_M_KIB,
+            t: ARGON_T,
+            p: ARGON_P,
+            salt: hex::encode(salt),
+            wrapped: hex::encode(wrapped),
+        })
+    }
+
+    /// The key when the passphrase opens this slot; None when it does not.
+    pub fn unwrap(&self, passphrase: &[u8]) -> Result<Option<MasterKey>> {
+        let bad =
+            |why: &str| Error::BadInput(format!("key slot {:?} is damaged: {why}", self.name));
+        if self.kdf != "argon2id" {
+            return Err(bad(&format!("unknown kdf {:?}", self.kdf)));
+        }
+        // Bounded so that a hostile config cannot ask for terabytes.
+        if self.m_kib > 4 << 20 || self.t > 64 || self.p == 0 || self.p > 16 {
+            return Err(bad("its argon2 costs are out of bounds"));
+        }
+        let salt = hex::decode(&self.salt).map_err(|_| bad("salt is not hex"))?;
+        let wrapped = hex::decode(&self.wrapped).map_err(|_| bad("key is not hex"))?;
+        if wrapped.len() != 24 + 32 + 16 {
+            return Err(bad("wrapped key has the wrong length"));
+        }
+        let kek = derive(passphrase, &salt, self.m_kib, self.t, self.p)?;
+        let aead = XChaCha20Poly1305::new(&(*kek).into());
+        let Ok(mut plain) = aead.decrypt(
+            XNonce::from_slice(&wrapped[..24]),
+            Payload {
+                msg: &wrapped[24..],
+                aad: KDF_SLOT.as_bytes(),
+            },
+        ) else {
+            return Ok(None);
+        };
+        let mut key = [0u8; 32];
+        key.copy_from_slice(&plain);
+        plain.zeroize();
+        Ok(Some(MasterKey(key)))
+    }
+}
+
+fn derive(passphrase: &[u8], salt: &[u8], m: u32, t: u32, p: u32) -> Result<Zeroizing<[u8; 32]>> {
+    let params = argon2::Params::new(m, t, p, Some(32))
+        .map_err(|e| Error::BadInput(format!("argon2 parameters: {e}")))?;
+    let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let mut out = Zeroizing::new([0u8; 32]);
+    a.hash_password_into(passphrase, salt, out.as_mut())
+        .map_err(|e| Error::BadInput(format!("argon2: {e}")))?;
+    Ok(out)
+}
+
+/// Reads a secret file named by an environment variable: private to its
+/// owner, bounded, trailing newline dropped. Never logs what it read.
+pub fn read_secret_file(var: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
+    let Some(path) = std::env::var_os(var) else {
+        return Ok(None);
+    };
+    let path = std::path::PathBuf::from(path);
+    let data = std::fs::read(&path).map_err(|e| Error::io("reading", &path, e))?;
+    if data.len() > 4096 {
+        return Err(Error::BadInput(format!(
+            "{var} names {}, which is over 4096 bytes: it is not a passphrase or key file",
+            path.display()
+        )));
+    }
+    let mut data = Zeroizing::new(data);
+    while data.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        data.pop();
+    }
+    Ok(Some(data))
+}
+
+/// Unlocks a repository's key from the environment: `LIFEBOAT_KEY_FILE`
+/// (a recovery key) or `LIFEBOAT_PASSPHRASE_FILE` (a passphrase that opens
+/// a slot). Returns whether the key is held now; false when neither is
+/// set (the first sealed object read then says what to do). A wrong key or
+/// passphrase is an error.
+pub fn unlock_from_env(enc: &Encryption) -> Result<bool> {
+    let mut id = [0u8; 16];
+    if hex::decode_to_slice(&enc.key_id, &mut id).is_ok() && unlocked(&id).is_some() {
+        return Ok(true);
+    }
+    let key = if let Some(text) = read_secret_file("LIFEBOAT_KEY_FILE")? {
+        let text = std::str::from_utf8(&text).map_err(|_| {
+            Error::BadInput("LIFEBOAT_KEY_FILE does not hold a recovery key".into())
+        })?;
+        enc.accept(MasterKey::from_recovery_text(text)?)?
+    } else if let Some(pass) = read_secret_file("LIFEBOAT_PASSPHRASE_FILE")? {
+        enc.open_with_passphrase(&pass)?
+    } else {
+        return Ok(false);
+    };
+    unlock(&key);
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recovery_keys_round_trip_and_catch_a_mistyped_digit() {
+        let k = MasterKey::generate();
+        let text = k.recovery_text();
+        assert!(text.starts_with("lbk1-"));
+        let back =
+            MasterKey::from_recovery_text(&text.to_uppercase().replace("LBK1-", "lbk1-")).unwrap();
+        assert_eq!(back.id(), k.id());
+        let mut typo = text.to_string();
+        let i = typo.len() - 8;
+        let c = if &typo[i..i + 1] == "0" { "1" } else { "0" };
+        typo.replace_range(i..i + 1, c);
+        assert!(MasterKey::from_recovery_text(&typo).is_err());
+    }
+
+    #[test]
+    fn slots_open_with_their_passphrase_only() {
+        let k = MasterKey::generate();
+        let enc = Encryption::new(&k, b"correct horse battery").unwrap();
+        assert_eq!(
+            enc.open_with_passphrase(b"correct horse battery")
+                .unwrap()
+                .id(),
+            k.id()
+        );
+        let e = enc
+            .open_with_passphrase(b"wrong passphrase")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("opens none"), "{e}");
+        let other = MasterKey::generate();
+        let e = enc.accept(other).unwrap_err().to_string();
+        assert!(e.contains("another repository"), "{e}");
+        assert!(Encryption::new(&k, b"short").is_err());
+    }
+
+    #[test]
+    fn sealing_is_deterministic_and_authenticated() {
+        let keys = MasterKey::generate().keys();
+        let h = *blake3::hash(b"plain").as_bytes();
+        let n = keys.nonce(1, &h);
+        assert_eq!(n, keys.nonce(1, &h));
+        assert_ne!(n, keys.nonce(2, &h));
+        let c = keys.encrypt(&n, b"aad", b"plain").unwrap();
+        assert_eq!(c, keys.encrypt(&n, b"aad", b"plain").unwrap());
+        assert_eq!(keys.decrypt(&n, b"aad", &c).unwrap(), b"plain");
+        let mut t = c.clone();
+        t[0] ^= 1;
+        assert!(keys.decrypt(&n, b"aad", &t).is_none());
+        assert!(keys.decrypt(&n, b"other", &c).is_none());
+    }
+}

@@ -1,0 +1,320 @@
+//! Encrypted repositories through the real binary: what is stored, what
+//! the server checks, and what a wrong or missing key gets.
+
+mod common;
+
+use common::remote::{add_token, Server};
+use common::*;
+
+const MARKER: &[u8] = b"LIFEBOAT-PLAINTEXT-MARKER-7f3a9c";
+const PASS: &str = "correct horse battery staple";
+
+/// A world whose repository is encrypted with PASS; returns the paths of
+/// the passphrase file and the recovery key file `init` wrote.
+fn encrypted(w: &World) -> (std::path::PathBuf, std::path::PathBuf) {
+    let pass = w.path("pass");
+    std::fs::write(&pass, format!("{PASS}\n")).unwrap();
+    let recovery = w.path("recovery.txt");
+    let out = w
+        .cmd()
+        .env("LIFEBOAT_PASSPHRASE_FILE", &pass)
+        .arg("-r")
+        .arg(w.repo())
+        .args([
+            "init",
+            "--chunk-size",
+            "64K",
+            "--encrypt",
+            "--recovery-key-out",
+            recovery.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("recovery key") && !said.contains("lbk1-"),
+        "{said}"
+    );
+    (pass, recovery)
+}
+
+/// An image whose every 64 KiB chunk holds the marker among noise.
+fn marked_image(w: &World, name: &str, seed: u64) -> std::path::PathBuf {
+    let img = w.path(name);
+    let mut data = noise(1 << 20, seed);
+    for at in (0..data.len()).step_by(64 << 10) {
+        data[at + 100..at + 100 + MARKER.len()].copy_from_slice(MARKER);
+    }
+    // A compressible stretch too: text compresses before it is sealed.
+    data.extend(std::iter::repeat_n(MARKER, 4096).flatten());
+    std::fs::write(&img, &data).unwrap();
+    img
+}
+
+fn run(w: &World, env: &[(&str, &std::path::Path)], args: &[&str]) -> std::process::Output {
+    let mut c = w.cmd();
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.arg("-r").arg(w.repo()).args(args).output().unwrap()
+}
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn no_marker_under(dir: &std::path::Path) {
+    for f in files_under(dir) {
+        let data = std::fs::read(&f).unwrap();
+        assert!(
+            !data.windows(MARKER.len()).any(|w| w == MARKER),
+            "{} holds the plaintext marker",
+            f.display()
+        );
+    }
+}
+
+#[test]
+fn an_encrypted_repository_stores_no_plaintext_and_restores_with_its_key_only() {
+    let w = World::new();
+    let (pass, recovery) = encrypted(&w);
+    let env = [("LIFEBOAT_PASSPHRASE_FILE", pass.as_path())];
+    let img = marked_image(&w, "disk.raw", 1);
+    let spec = format!("root={}", img.display());
+    let first = ok(&run(
+        &w,
+        &env,
+        &[
+            "--json", "backup", "vm", "--format", "raw", "--volume", &spec,
+        ],
+    ));
+    let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert!(first["volumes"][0]["stats"]["new_chunks"].as_u64().unwrap() > 0);
+    no_marker_under(&w.repo());
+    // Dedup holds: the same disk again stores no chunk.
+    let again = ok(&run(
+        &w,
+        &env,
+        &[
+            "--json", "backup", "vm", "--format", "raw", "--volume", &spec,
+        ],
+    ));
+    let again: serde_json::Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(again["volumes"][0]["stats"]["new_chunks"], 0, "{again}");
+
+    // Restore with the passphrase, and with the recovery key alone.
+    let to = w.path("restored.raw");
+    ok(&run(
+        &w,
+        &env,
+        &["restore", "vm/root", "--to", to.to_str().unwrap()],
+    ));
+    assert_same_file(&to, &img);
+    let to2 = w.path("restored2.raw");
+    ok(&run(
+        &w,
+        &[("LIFEBOAT_KEY_FILE", recovery.as_path())],
+        &["restore", "vm/root", "--to", to2.to_str().unwrap()],
+    ));
+    assert_same_file(&to2, &img);
+    ok(&run(&w, &env, &["verify", "--deep"]));
+
+    // Without a key: said, nothing listed.
+    let out = run(&w, &[], &["timeline", "vm"]);
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("encrypted") && e.contains("LIFEBOAT_PASSPHRASE_FILE"),
+        "{e}"
+    );
+    // A wrong passphrase: a clear error, nothing written.
+    let wrong = w.path("wrong");
+    std::fs::write(&wrong, "not the passphrase at all").unwrap();
+    let before = files_under(&w.repo()).len();
+    let out = run(
+        &w,
+        &[("LIFEBOAT_PASSPHRASE_FILE", wrong.as_path())],
+        &["backup", "vm", "--format", "raw", "--volume", &spec],
+    );
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("passphrase opens none"), "{e}");
+    assert_eq!(files_under(&w.repo()).len(), before, "nothing written");
+    // Another repository's recovery key: refused.
+    let other = World::new();
+    let (_, other_recovery) = encrypted(&other);
+    let out = run(
+        &w,
+        &[("LIFEBOAT_KEY_FILE", other_recovery.as_path())],
+        &["timeline", "vm"],
+    );
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && e.contains("another repository"),
+        "{e}"
+    );
+
+    // One bit of one chunk flipped: verify names it, restore refuses.
+    let chunk = files_under(&w.repo().join("chunks"))
+        .into_iter()
+        .max_by_key(|f| std::fs::metadata(f).unwrap().len())
+        .unwrap();
+    let mut d = std::fs::read(&chunk).unwrap();
+    let n = d.len() / 2;
+    d[n] ^= 1;
+    std::fs::write(&chunk, &d).unwrap();
+    let name = chunk.file_name().unwrap().to_str().unwrap().to_string();
+    let out = run(&w, &env, &["verify", "--deep"]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success() && said.contains(&name[..8]), "{said}");
+    let to3 = w.path("restored3.raw");
+    let out = run(
+        &w,
+        &env,
+        &["restore", "vm/root", "--to", to3.to_str().unwrap()],
+    );
+    assert!(!out.status.success());
+    assert!(!to3.exists(), "no partial restore left behind");
+}
+
+/// Push to a real `lifeboat serve` is refused with what to do (the
+/// server cannot yet check sealed manifests' references); nothing is
+/// sent. A copy of the repository's directory restores on a machine that
+/// has only the recovery key.
+#[test]
+fn an_encrypted_repository_is_not_pushed_yet_and_a_copy_restores_with_the_recovery_key() {
+    let w = World::new();
+    let (pass, recovery) = encrypted(&w);
+    let env = [("LIFEBOAT_PASSPHRASE_FILE", pass.as_path())];
+    let img = marked_image(&w, "disk.raw", 2);
+    let spec = format!("root={}", img.display());
+    ok(&run(
+        &w,
+        &env,
+        &["backup", "vm", "--format", "raw", "--volume", &spec],
+    ));
+    let srv = w.path("srv");
+    std::fs::create_dir(&srv).unwrap();
+    let tokens = w.path("tokens.toml");
+    let token = add_token(&tokens, "client", "append");
+    let server = Server::start(&srv, &tokens, "127.0.0.1:0");
+    // A second server over a copy of the encrypted repository, without a
+    // chunk: it takes the sealed chunk back (its bytes hash to its name)
+    // and refuses the same bytes under another name, holding no key.
+    let held = w.path("held");
+    assert!(std::process::Command::new("cp")
+        .arg("-a")
+        .arg(w.repo())
+        .arg(&held)
+        .status()
+        .unwrap()
+        .success());
+    let chunk = files_under(&held.join("chunks")).pop().unwrap();
+    let bytes = std::fs::read(&chunk).unwrap();
+    let name = chunk.file_name().unwrap().to_str().unwrap().to_string();
+    std::fs::remove_file(&chunk).unwrap();
+    let keyless = Server::start(&held, &tokens, "127.0.0.1:0");
+    let wrong = lifeboat_core::format::Id::of(b"not these bytes").to_hex();
+    let status = put_raw(
+        &keyless.url,
+        &token,
+        &format!("chunks/{}/{wrong}", &wrong[..2]),
+        bytes.clone(),
+    );
+    assert_eq!(status, 422, "the server took wrong bytes");
+    let status = put_raw(
+        &keyless.url,
+        &token,
+        &format!("chunks/{}/{name}", &name[..2]),
+        bytes,
+    );
+    assert!(
+        (200..300).contains(&status),
+        "a sealed chunk refused: {status}"
+    );
+    drop(keyless);
+    let cfg = w.path("lifeboat.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[remote.offsite]\nurl = \"{}\"\ntoken_env = \"OFFSITE_TOKEN\"\ntimeout_secs = 20\n",
+            server.url
+        ),
+    )
+    .unwrap();
+    let out = w
+        .cmd()
+        .env("LIFEBOAT_PASSPHRASE_FILE", &pass)
+        .env("OFFSITE_TOKEN", &token)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("-r")
+        .arg(w.repo())
+        .args(["push", "offsite", "--init"])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && e.contains("encrypted repository"),
+        "{e}"
+    );
+    assert!(
+        files_under(&srv.join("manifests")).is_empty(),
+        "nothing was sent"
+    );
+    drop(server);
+
+    // A copy of the directory on a machine with only the recovery key.
+    let copy = w.path("copy");
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(w.repo())
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let to = w.path("from-copy.raw");
+    let out = w
+        .cmd()
+        .env("LIFEBOAT_KEY_FILE", &recovery)
+        .arg("-r")
+        .arg(&copy)
+        .args(["restore", "vm/root", "--to", to.to_str().unwrap()])
+        .output()
+        .unwrap();
+    ok(&out);
+    assert_same_file(&to, &img);
+}
+
+fn put_raw(url: &str, token: &str, key: &str, body: Vec<u8>) -> u16 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        reqwest::Client::new()
+            .put(format!("{}/v1/objects/{key}", url.trim_end_matches('/')))
+            .bearer_auth(token)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    })
+}
