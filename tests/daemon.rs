@@ -338,14 +338,7 @@ fn status_rpo_states_and_exit_codes() {
     let never = w.path("b.raw");
     write_at(&never, 0, &noise(200_000, 2));
     let cfg = config(&w, &[("fresh", &img), ("never", &never)], "");
-    let lb = |args: &[&str]| {
-        w.cmd()
-            .arg("--config")
-            .arg(&cfg)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let lb = |args: &[&str]| w.with_config(&cfg, args);
     let out = lb(&["backup", "fresh"]);
     assert!(
         out.status.success(),
@@ -405,10 +398,7 @@ fn a_set_the_server_refuses_as_late_is_said_everywhere() {
     w.init("64K");
     let img = w.path("web.raw");
     write_at(&img, 0, &noise(150_000, 1));
-    let srv = w.path("srv");
-    std::fs::create_dir(&srv).unwrap();
-    let tokens = w.path("tokens.toml");
-    let token = common::remote::add_token(&tokens, "site", "append");
+    let (srv, tokens, token) = common::remote::server_dir(w.dir.path(), "site", "append");
     let server = common::remote::Server::start_with(
         &srv,
         &tokens,
@@ -426,14 +416,7 @@ fn a_set_the_server_refuses_as_late_is_said_everywhere() {
             token_file.display()
         ),
     );
-    let lb = |args: &[&str]| {
-        w.cmd()
-            .arg("--config")
-            .arg(&cfg)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let lb = |args: &[&str]| w.with_config(&cfg, args);
     // Made while the link was down (a plain backup pushes nothing)…
     let out = lb(&["backup", "web"]);
     assert!(out.status.success(), "{out:?}");

@@ -3,7 +3,11 @@
 
 mod common;
 
-use common::remote::{add_token, Server};
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::remote::Server;
 use common::*;
 
 const MARKER: &[u8] = b"LIFEBOAT-PLAINTEXT-MARKER-7f3a9c";
@@ -11,31 +15,22 @@ const PASS: &str = "correct horse battery staple";
 
 /// A world whose repository is encrypted with PASS; returns the paths of
 /// the passphrase file and the recovery key file `init` wrote.
-fn encrypted(w: &World) -> (std::path::PathBuf, std::path::PathBuf) {
+fn encrypted(w: &World) -> (PathBuf, PathBuf) {
     let pass = w.path("pass");
     std::fs::write(&pass, format!("{PASS}\n")).unwrap();
     let recovery = w.path("recovery.txt");
-    let out = w
-        .cmd()
-        .env("LIFEBOAT_PASSPHRASE_FILE", &pass)
-        .arg("-r")
-        .arg(w.repo())
-        .args([
+    let said = ok(&run(
+        w,
+        &[("LIFEBOAT_PASSPHRASE_FILE", pass.as_path())],
+        &[
             "init",
             "--chunk-size",
             "64K",
             "--encrypt",
             "--recovery-key-out",
             recovery.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let said = String::from_utf8_lossy(&out.stdout);
+        ],
+    ));
     assert!(
         said.contains("recovery key") && !said.contains("lbk1-"),
         "{said}"
@@ -44,7 +39,7 @@ fn encrypted(w: &World) -> (std::path::PathBuf, std::path::PathBuf) {
 }
 
 /// An image whose every 64 KiB chunk holds the marker among noise.
-fn marked_image(w: &World, name: &str, seed: u64) -> std::path::PathBuf {
+fn marked_image(w: &World, name: &str, seed: u64) -> PathBuf {
     let img = w.path(name);
     let mut data = noise(1 << 20, seed);
     for at in (0..data.len()).step_by(64 << 10) {
@@ -56,15 +51,35 @@ fn marked_image(w: &World, name: &str, seed: u64) -> std::path::PathBuf {
     img
 }
 
-fn run(w: &World, env: &[(&str, &std::path::Path)], args: &[&str]) -> std::process::Output {
+/// `lifeboat -r REPO ARGS` in the world with these variables set.
+fn run_in(w: &World, repo: &Path, env: &[(&str, &OsStr)], args: &[&str]) -> Output {
     let mut c = w.cmd();
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.arg("-r").arg(w.repo()).args(args).output().unwrap()
+    c.envs(env.iter().copied());
+    c.arg("-r").arg(repo).args(args).output().unwrap()
 }
 
-fn ok(out: &std::process::Output) -> String {
+/// `lifeboat ARGS` on the world's repository, with files in variables.
+fn run(w: &World, env: &[(&str, &Path)], args: &[&str]) -> Output {
+    let env: Vec<(&str, &OsStr)> = env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
+    run_in(w, &w.repo(), &env, args)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "cp -a {} {}",
+        from.display(),
+        to.display()
+    );
+}
+
+fn ok(out: &Output) -> String {
     assert!(
         out.status.success(),
         "{}{}",
@@ -74,7 +89,7 @@ fn ok(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn no_marker_under(dir: &std::path::Path) {
+fn no_marker_under(dir: &Path) {
     for f in files_under(dir) {
         let data = std::fs::read(&f).unwrap();
         assert!(
@@ -208,22 +223,13 @@ fn an_encrypted_repository_is_not_pushed_yet_and_a_copy_restores_with_the_recove
         &env,
         &["backup", "vm", "--format", "raw", "--volume", &spec],
     ));
-    let srv = w.path("srv");
-    std::fs::create_dir(&srv).unwrap();
-    let tokens = w.path("tokens.toml");
-    let token = add_token(&tokens, "client", "append");
+    let (srv, tokens, token) = common::remote::server_dir(w.dir.path(), "client", "append");
     let server = Server::start(&srv, &tokens, "127.0.0.1:0");
     // A second server over a copy of the encrypted repository, without a
     // chunk: it takes the sealed chunk back (its bytes hash to its name)
     // and refuses the same bytes under another name, holding no key.
     let held = w.path("held");
-    assert!(std::process::Command::new("cp")
-        .arg("-a")
-        .arg(w.repo())
-        .arg(&held)
-        .status()
-        .unwrap()
-        .success());
+    copy_dir(&w.repo(), &held);
     let chunk = files_under(&held.join("chunks")).pop().unwrap();
     let bytes = std::fs::read(&chunk).unwrap();
     let name = chunk.file_name().unwrap().to_str().unwrap().to_string();
@@ -249,25 +255,22 @@ fn an_encrypted_repository_is_not_pushed_yet_and_a_copy_restores_with_the_recove
     );
     drop(keyless);
     let cfg = w.path("lifeboat.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[remote.offsite]\nurl = \"{}\"\ntoken_env = \"OFFSITE_TOKEN\"\ntimeout_secs = 20\n",
-            server.url
-        ),
-    )
-    .unwrap();
-    let out = w
-        .cmd()
-        .env("LIFEBOAT_PASSPHRASE_FILE", &pass)
-        .env("OFFSITE_TOKEN", &token)
-        .arg("--config")
-        .arg(&cfg)
-        .arg("-r")
-        .arg(w.repo())
-        .args(["push", "offsite", "--init"])
-        .output()
-        .unwrap();
+    common::remote::offsite_config(&cfg, &server.url);
+    let out = run_in(
+        &w,
+        &w.repo(),
+        &[
+            ("LIFEBOAT_PASSPHRASE_FILE", pass.as_os_str()),
+            ("OFFSITE_TOKEN", OsStr::new(&token)),
+        ],
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "push",
+            "offsite",
+            "--init",
+        ],
+    );
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && e.contains("encrypted repository"),
@@ -281,23 +284,14 @@ fn an_encrypted_repository_is_not_pushed_yet_and_a_copy_restores_with_the_recove
 
     // A copy of the directory on a machine with only the recovery key.
     let copy = w.path("copy");
-    let status = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(w.repo())
-        .arg(&copy)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    copy_dir(&w.repo(), &copy);
     let to = w.path("from-copy.raw");
-    let out = w
-        .cmd()
-        .env("LIFEBOAT_KEY_FILE", &recovery)
-        .arg("-r")
-        .arg(&copy)
-        .args(["restore", "vm/root", "--to", to.to_str().unwrap()])
-        .output()
-        .unwrap();
-    ok(&out);
+    ok(&run_in(
+        &w,
+        &copy,
+        &[("LIFEBOAT_KEY_FILE", recovery.as_os_str())],
+        &["restore", "vm/root", "--to", to.to_str().unwrap()],
+    ));
     assert_same_file(&to, &img);
 }
 

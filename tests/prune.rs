@@ -148,10 +148,7 @@ fn pruning_a_served_remote_needs_an_admin_token() {
     w.init("64K");
     w.backup_noise("vm", "a.raw", 200_000, 1);
     w.backup_noise("vm", "a.raw", 200_000, 2);
-    let srv = w.path("srv");
-    std::fs::create_dir(&srv).unwrap();
-    let tokens = w.path("tokens.toml");
-    let append = add_token(&tokens, "site", "append");
+    let (srv, tokens, append) = common::remote::server_dir(w.dir.path(), "site", "append");
     let admin = add_token(&tokens, "ops", "admin");
     let server = Server::start(&srv, &tokens, "127.0.0.1:0");
     let lb = |token: &str, args: &[&str]| {

@@ -51,14 +51,7 @@ fn setup(chunk: &str, image_mib: usize) -> Setup {
     let token = add_token(&tokens, "client", "append");
     let server = Server::start(&srv_repo, &tokens, "127.0.0.1:0");
     let cfg = w.path("lifeboat.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[remote.offsite]\nurl = \"{}\"\ntoken_env = \"OFFSITE_TOKEN\"\ntimeout_secs = 20\n",
-            server.url
-        ),
-    )
-    .unwrap();
+    common::remote::offsite_config(&cfg, &server.url);
     Setup {
         w,
         server,

@@ -135,10 +135,7 @@ fn the_daemon_sends_what_an_outage_left_and_never_prunes_the_only_copy() {
     w.init("64K");
     let img = w.path("web.raw");
     write_at(&img, 0, &noise(150_000, 1));
-    let srv = w.path("srv");
-    std::fs::create_dir(&srv).unwrap();
-    let tokens = w.path("tokens.toml");
-    let token = add_token(&tokens, "site", "append");
+    let (srv, tokens, token) = common::remote::server_dir(w.dir.path(), "site", "append");
     // A port no server listens on while "down".
     let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = probe.local_addr().unwrap().to_string();
@@ -205,10 +202,7 @@ fn a_run_cancelled_after_its_backup_says_what_was_committed() {
     w.init("64K");
     let img = w.path("web.raw");
     write_at(&img, 0, &noise(4 << 20, 1));
-    let srv = w.path("srv");
-    std::fs::create_dir(&srv).unwrap();
-    let tokens = w.path("tokens.toml");
-    let token = add_token(&tokens, "site", "append");
+    let (srv, tokens, token) = common::remote::server_dir(w.dir.path(), "site", "append");
     let server = Server::start(&srv, &tokens, "127.0.0.1:0");
     let cfg = daemon_config(&w, &img, &format!("{}/", server.url), &token);
     // A slow push: the backup commits, then the push crawls.
@@ -377,10 +371,7 @@ fn small_things_a_user_sees() {
     let tl = w.ok(&["timeline", "web"]);
     assert!(tl.contains("CAPTURE") && tl.contains("offline"), "{tl}");
     // gc --dry-run on a served remote counts the bytes it would free.
-    let srv = w.path("srv");
-    std::fs::create_dir(&srv).unwrap();
-    let tokens = w.path("tokens.toml");
-    let admin = add_token(&tokens, "ops", "admin");
+    let (srv, tokens, admin) = common::remote::server_dir(w.dir.path(), "ops", "admin");
     let server = Server::start(&srv, &tokens, "127.0.0.1:0");
     let lb = |args: &[&str]| {
         w.cmd()

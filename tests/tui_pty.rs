@@ -212,10 +212,7 @@ fn fresh_machine_browses_the_remote_and_restores_from_it() {
         "--volume",
         &format!("root={}", img.display()),
     ]);
-    let srv = w.path("srv");
-    std::fs::create_dir(&srv).unwrap();
-    let tokens = w.path("tokens.toml");
-    let token = common::remote::add_token(&tokens, "admin", "append");
+    let (srv, tokens, token) = common::remote::server_dir(w.dir.path(), "admin", "append");
     let server = common::remote::Server::start(&srv, &tokens, "127.0.0.1:0");
     let out = w
         .cmd()
@@ -246,13 +243,18 @@ fn fresh_machine_browses_the_remote_and_restores_from_it() {
     )
     .unwrap();
 
-    let mut cmd = CommandBuilder::new(BIN);
-    cmd.args(["--config", cfg.to_str().unwrap()]);
-    cmd.cwd(&fresh);
-    cmd.env("TERM", "xterm-256color");
-    cmd.env("HOME", &fresh);
-    cmd.env("XDG_DATA_HOME", fresh.join("data"));
-    let mut c = open(cmd);
+    // The console on the fresh machine, with `args` before its own.
+    let console = |args: &[&str]| {
+        let mut cmd = CommandBuilder::new(BIN);
+        cmd.args(args);
+        cmd.args(["--config", cfg.to_str().unwrap()]);
+        cmd.cwd(&fresh);
+        cmd.env("TERM", "xterm-256color");
+        cmd.env("HOME", &fresh);
+        cmd.env("XDG_DATA_HOME", fresh.join("data"));
+        open(cmd)
+    };
+    let mut c = console(&[]);
     c.wait_for("offsite up", 30);
     c.keys("s");
     c.wait_for("VIEWING REMOTE offsite", 10);
@@ -291,13 +293,7 @@ fn fresh_machine_browses_the_remote_and_restores_from_it() {
 
     // Reopened under a global limit: the earlier session's jobs are there,
     // and the limit is what the console's transfers use (and say).
-    let mut cmd = CommandBuilder::new(BIN);
-    cmd.args(["--limit-download", "1M", "--config", cfg.to_str().unwrap()]);
-    cmd.cwd(&fresh);
-    cmd.env("TERM", "xterm-256color");
-    cmd.env("HOME", &fresh);
-    cmd.env("XDG_DATA_HOME", fresh.join("data"));
-    let mut c = open(cmd);
+    let mut c = console(&["--limit-download", "1M"]);
     c.wait_for("offsite up", 30);
     c.wait_until("the earlier session's jobs", 10, |s| {
         s.lines().any(|l| l.contains("· ✓"))

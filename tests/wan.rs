@@ -8,17 +8,14 @@ mod common;
 use std::time::Duration;
 
 use common::proxy::{Link, Proxy};
-use common::remote::{add_token, Server};
+use common::remote::Server;
 use common::{manifest_files, World};
 
 fn world(mib: usize) -> (World, String, Server) {
     let w = World::new();
     w.init("256K");
     w.backup_noise("vm", "d.raw", mib << 20, 7);
-    let srv = w.path("srv");
-    std::fs::create_dir(&srv).unwrap();
-    let tokens = w.path("tokens.toml");
-    let token = add_token(&tokens, "site", "append");
+    let (srv, tokens, token) = common::remote::server_dir(w.dir.path(), "site", "append");
     let server = Server::start(&srv, &tokens, "127.0.0.1:0");
     (w, token, server)
 }

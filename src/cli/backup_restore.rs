@@ -76,20 +76,9 @@ pub fn key_export(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let Some(enc) = &repo.config.encryption else {
         anyhow::bail!("{} is not encrypted: it has no key", repo.root().display());
     };
-    let key = match lifeboat_core::crypto::read_secret_file("LIFEBOAT_KEY_FILE")? {
-        Some(text) => enc.accept(lifeboat_core::crypto::MasterKey::from_recovery_text(
-            std::str::from_utf8(&text).unwrap_or_default(),
-        )?)?,
-        None => {
-            let pass = lifeboat_core::crypto::read_secret_file("LIFEBOAT_PASSPHRASE_FILE")?.ok_or(
-                lifeboat_core::Error::Locked(format!(
-                    "the repository at {}",
-                    repo.root().display()
-                )),
-            )?;
-            enc.open_with_passphrase(&pass)?
-        }
-    };
+    let key = lifeboat_core::crypto::key_from_env(enc)?.ok_or_else(|| {
+        lifeboat_core::Error::Locked(format!("the repository at {}", repo.root().display()))
+    })?;
     println!("{}", key.recovery_text().as_str());
     Ok(Outcome::Ok)
 }
@@ -308,15 +297,10 @@ pub async fn restore(
         &picked,
         &outcomes,
         |vm| ctx.config.definition_for_backup(vm),
-        |file, xml| {
+        |lines| {
             if !json {
-                // The admin sees exactly what libvirt is handed, before it is.
-                println!(
-                    "the domain XML handed to virsh define ({}):",
-                    file.display()
-                );
-                for line in xml.lines() {
-                    println!("  | {}", lifeboat_core::text::escape(line));
+                for line in lines {
+                    println!("{line}");
                 }
             }
         },

@@ -747,13 +747,9 @@ impl Runner {
                             &picked,
                             &out,
                             |vm| config.definition_for_backup(vm),
-                            |file, xml| {
-                                p.push_line(&format!(
-                                    "the domain XML handed to virsh define ({}):",
-                                    file.display()
-                                ));
-                                for line in xml.lines() {
-                                    p.push_line(&format!("  | {line}"));
+                            |lines| {
+                                for line in lines {
+                                    p.push_line(&line);
                                 }
                             },
                         )
@@ -763,22 +759,10 @@ impl Runner {
                     for line in done.lines() {
                         progress.push_line(&line);
                     }
-                    match done.failure() {
-                        Some(f) => Err(lifeboat_core::Error::BadInput(f)),
-                        None => Ok(match &done {
-                            lifeboat_core::vm::restore::StepDone::Domain { vm, defined } => {
-                                format!(
-                                    "{summary}; domain XML {}{}",
-                                    vm.domain_xml.display(),
-                                    if matches!(defined, Some(Ok(_))) {
-                                        ", defined with virsh"
-                                    } else {
-                                        ""
-                                    }
-                                )
-                            }
-                            _ => summary,
-                        }),
+                    match (done.failure(), done.summary()) {
+                        (Some(f), _) => Err(lifeboat_core::Error::BadInput(f)),
+                        (None, Some(vm)) => Ok(format!("{summary}; {vm}")),
+                        (None, None) => Ok(summary),
                     }
                 });
             }

@@ -58,6 +58,13 @@ impl World {
         c.output().expect("run lifeboat")
     }
 
+    /// Runs `lifeboat --config CFG ARGS` (the repository is the config's).
+    pub fn with_config(&self, cfg: &Path, args: &[&str]) -> Output {
+        let mut c = self.cmd();
+        c.arg("--config").arg(cfg).args(args);
+        c.output().expect("run lifeboat")
+    }
+
     /// Runs and asserts success, returning stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.lb(args);

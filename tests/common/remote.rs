@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use super::BIN;
@@ -80,6 +80,29 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A new, empty server repository `srv` under `dir` and a tokens file
+/// `tokens.toml` beside it holding one token of `role` named `name`:
+/// (srv, tokens, token).
+pub fn server_dir(dir: &Path, name: &str, role: &str) -> (PathBuf, PathBuf, String) {
+    let srv = dir.join("srv");
+    std::fs::create_dir(&srv).expect("server repository directory");
+    let tokens = dir.join("tokens.toml");
+    let token = add_token(&tokens, name, role);
+    (srv, tokens, token)
+}
+
+/// Writes a config at `cfg` naming the server at `url` as remote
+/// `offsite`, its token taken from OFFSITE_TOKEN.
+pub fn offsite_config(cfg: &Path, url: &str) {
+    std::fs::write(
+        cfg,
+        format!(
+            "[remote.offsite]\nurl = \"{url}\"\ntoken_env = \"OFFSITE_TOKEN\"\ntimeout_secs = 20\n"
+        ),
+    )
+    .expect("config written");
 }
 
 /// Adds a token with `role` to `tokens`, returning it.

@@ -252,6 +252,13 @@ impl Encryption {
         )))
     }
 
+    /// The key this record names, when this process holds it.
+    pub fn held(&self) -> Option<Arc<Keys>> {
+        let mut id = [0u8; 16];
+        hex::decode_to_slice(&self.key_id, &mut id).ok()?;
+        unlocked(&id)
+    }
+
     /// A key given directly (a recovery key), checked against the config.
     pub fn accept(&self, key: MasterKey) -> Result<MasterKey> {
         if key.id() != self.key_id {
@@ -342,8 +349,8 @@ fn derive(passphrase: &[u8], salt: &[u8], m: u32, t: u32, p: u32) -> Result<Zero
     Ok(out)
 }
 
-/// Reads a secret file named by an environment variable: private to its
-/// owner, bounded, trailing newline dropped. Never logs what it read.
+/// Reads a secret file named by an environment variable: bounded, its
+/// trailing newline dropped, zeroed when dropped. Never logs what it read.
 pub fn read_secret_file(var: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
     let Some(path) = std::env::var_os(var) else {
         return Ok(None);
@@ -369,22 +376,32 @@ pub fn read_secret_file(var: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
 /// set (the first sealed object read then says what to do). A wrong key or
 /// passphrase is an error.
 pub fn unlock_from_env(enc: &Encryption) -> Result<bool> {
-    let mut id = [0u8; 16];
-    if hex::decode_to_slice(&enc.key_id, &mut id).is_ok() && unlocked(&id).is_some() {
+    if enc.held().is_some() {
         return Ok(true);
     }
-    let key = if let Some(text) = read_secret_file("LIFEBOAT_KEY_FILE")? {
+    match key_from_env(enc)? {
+        Some(key) => {
+            unlock(&key);
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// The repository's key from `LIFEBOAT_KEY_FILE` (a recovery key) or
+/// `LIFEBOAT_PASSPHRASE_FILE` (a passphrase that opens a slot), checked
+/// against the record; None when neither is set.
+pub fn key_from_env(enc: &Encryption) -> Result<Option<MasterKey>> {
+    if let Some(text) = read_secret_file("LIFEBOAT_KEY_FILE")? {
         let text = std::str::from_utf8(&text).map_err(|_| {
             Error::BadInput("LIFEBOAT_KEY_FILE does not hold a recovery key".into())
         })?;
-        enc.accept(MasterKey::from_recovery_text(text)?)?
-    } else if let Some(pass) = read_secret_file("LIFEBOAT_PASSPHRASE_FILE")? {
-        enc.open_with_passphrase(&pass)?
-    } else {
-        return Ok(false);
-    };
-    unlock(&key);
-    Ok(true)
+        return enc.accept(MasterKey::from_recovery_text(text)?).map(Some);
+    }
+    match read_secret_file("LIFEBOAT_PASSPHRASE_FILE")? {
+        Some(pass) => enc.open_with_passphrase(&pass).map(Some),
+        None => Ok(None),
+    }
 }
 
 #[cfg(test)]

@@ -156,12 +156,12 @@ pub enum Error {
     #[error("cancelled{cleanup}")]
     CloudCancelled { cleanup: String },
 
-    /// A failure inside lifeboat itself (a crashed task, a poisoned lock):
-    /// not the caller's fault, and worth a bug report.
     /// A sealed object or repository whose key this process does not hold.
     #[error("{0} is encrypted and its key is not unlocked: set LIFEBOAT_PASSPHRASE_FILE (a file holding a passphrase of the repository) or LIFEBOAT_KEY_FILE (a file holding its recovery key)")]
     Locked(String),
 
+    /// A failure inside lifeboat itself (a crashed task, a poisoned lock):
+    /// not the caller's fault, and worth a bug report.
     #[error("internal error: {0}")]
     Internal(String),
 }

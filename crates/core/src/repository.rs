@@ -105,12 +105,7 @@ impl Repository {
     }
 
     pub async fn write_index(&self, index: &Index) -> Result<Id> {
-        let bytes = crate::format::sealed::seal_if(
-            self.config.sealing_keys()?.as_deref(),
-            crate::format::sealed::Kind::Index,
-            index.to_bytes(),
-        )?;
-        let id = Id::of(&bytes);
+        let (id, bytes) = index.stored(self.config.sealing_keys()?.as_deref())?;
         self.put(ObjectKey::Index(id), Bytes::from(bytes)).await?;
         Ok(id)
     }

@@ -38,7 +38,7 @@ pub fn progress() -> Arc<Progress> {
 /// Writes a repository config.
 pub async fn init(store: &dyn Store) {
     let cfg = RepoConfig::new(CHUNK, 1).expect("config");
-    let data = serde_json::to_vec_pretty(&cfg).expect("json");
+    let data = cfg.to_bytes().expect("config bytes");
     store
         .put_if_absent(&Verified::check(ObjectKey::Config, Bytes::from(data)).expect("config"))
         .await

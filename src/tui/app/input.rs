@@ -380,11 +380,7 @@ impl App {
             return self.no_backup();
         };
         let ext = m.volume.format.to_string();
-        let from = self
-            .source
-            .as_ref()
-            .map(|r| format!(" from {r}"))
-            .unwrap_or_default();
+        let from = self.source_note();
         self.dialog = Some(Dialog::Prompt {
             title: format!(
                 "Restore {}/{}{from} to (path; .qcow2 writes qcow2)",
@@ -398,20 +394,13 @@ impl App {
     /// Asks where the selected backup's whole VM set goes: a directory for
     /// its volumes and its domain XML.
     fn ask_restore_vm(&mut self) {
-        let Some((key, _)) = self.selected_backup() else {
+        let Some((vm, reference, label)) = self.selected_set() else {
             return self.no_backup();
         };
-        let Some((reference, label)) = self.selected_set() else {
-            return self.no_backup();
-        };
-        let from = self
-            .source
-            .as_ref()
-            .map(|r| format!(" from {r}"))
-            .unwrap_or_default();
+        let from = self.source_note();
         self.dialog = Some(Dialog::Prompt {
             title: format!("Restore the VM {label}{from} into (a new or empty directory)"),
-            input: LineInput::new(&format!("./{}-restored", key.vm)),
+            input: LineInput::new(&format!("./{vm}-restored")),
             what: super::RestoreWhat::Vm {
                 reference,
                 label,
@@ -639,9 +628,18 @@ impl App {
         }
     }
 
-    /// The selected backup's VM set: a reference that names exactly it
-    /// (its newest time) and how to show it ("web set of 2026-11-28 01:47").
-    fn selected_set(&self) -> Option<(String, String)> {
+    /// " from REMOTE" in a remote view, for titles.
+    fn source_note(&self) -> String {
+        self.source
+            .as_ref()
+            .map(|r| format!(" from {r}"))
+            .unwrap_or_default()
+    }
+
+    /// The selected backup's VM set: its VM, a reference that names exactly
+    /// it (its newest time) and how to show it ("web set of 2026-11-28
+    /// 01:47").
+    fn selected_set(&self) -> Option<(String, String, String)> {
         let (key, m) = self.selected_backup()?;
         let newest = self
             .backups_of_set(&key.vm, &m.set)
@@ -649,6 +647,7 @@ impl App {
             .max()
             .unwrap_or(m.created_at);
         Some((
+            key.vm.clone(),
             format!(
                 "{}@{}",
                 key.vm,
@@ -660,7 +659,7 @@ impl App {
 
     /// Asks which cloud the selected backup's VM set goes to.
     fn choose_cloud(&mut self) {
-        let Some((reference, label)) = self.selected_set() else {
+        let Some((_, reference, label)) = self.selected_set() else {
             return self.no_backup();
         };
         if self.clouds.is_empty() {

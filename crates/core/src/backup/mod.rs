@@ -89,6 +89,9 @@ pub fn backup(
     if let Some(d) = &req.definition {
         d.check()?;
     }
+    // An encrypted repository without its key says so before anything is
+    // locked or read.
+    let seal = repo.config().sealing_keys()?;
     // Held until the manifests are written: a gc cannot delete a chunk
     // this backup found already stored (see `lock`).
     let lock = repo.writer_lock(&format!("backup {}", req.vm))?;
@@ -187,7 +190,7 @@ pub fn backup(
             Some(pipeline::Store {
                 writer: writer.as_ref(),
                 level,
-                seal: repo.config().sealing_keys()?,
+                seal: seal.clone(),
             }),
             base,
             cancel,

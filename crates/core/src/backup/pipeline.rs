@@ -56,6 +56,15 @@ struct Done {
 }
 
 impl Done {
+    fn read(i: usize, id: Id, stored: Option<u64>) -> Done {
+        Done {
+            i,
+            id,
+            stored,
+            read: true,
+        }
+    }
+
     fn unread(i: usize, id: Id) -> Done {
         Done {
             i,
@@ -292,7 +301,7 @@ fn parallel_worker(
             let copied = store.is_some() && ws.last_was_new;
             let keep_copy = copied.then(|| ws.chunk.resize(len as usize));
             read_hashed(src, start, len as usize, scratch, keep_copy).and_then(|id| match id {
-                None => Ok(Done { i, id: Id::ZERO, stored: None, read: true }),
+                None => Ok(Done::read(i, Id::ZERO, None)),
                 Some(id) => {
                     let done = keep(i, id, store, &mut ws, |buf: &mut AlignedBuf| {
                         if copied {
@@ -446,12 +455,7 @@ fn fed_worker(
     let mut ws = WorkerState::default();
     for (i, buf) in work.iter() {
         let res = if is_all_zero(&buf) {
-            Ok(Done {
-                i,
-                id: Id::ZERO,
-                stored: None,
-                read: true,
-            })
+            Ok(Done::read(i, Id::ZERO, None))
         } else {
             let id = Id::of(&buf);
             keep(i, id, store, &mut ws, |chunk| {
@@ -476,6 +480,18 @@ struct WorkerState {
     encoded: AlignedBuf,
 }
 
+impl WorkerState {
+    /// Encodes the chunk buffer into `encoded`.
+    fn encode(&mut self, level: i32) -> Result<()> {
+        let enc = match &mut self.encoder {
+            Some(e) => e,
+            None => self.encoder.insert(Encoder::new(level)?),
+        };
+        enc.encode_into(self.chunk.as_slice(), &mut self.encoded)
+            .map(|_| ())
+    }
+}
+
 /// Stores a non-zero chunk unless the repository already has it; `load`
 /// fills the chunk buffer with its bytes when they are needed.
 fn keep(
@@ -486,82 +502,39 @@ fn keep(
     load: impl FnOnce(&mut AlignedBuf) -> Result<()>,
 ) -> Result<Done> {
     let Some(store) = store else {
-        return Ok(Done {
-            i,
-            id,
-            stored: None,
-            read: true,
-        });
+        return Ok(Done::read(i, id, None));
     };
     if let Some(keys) = &store.seal {
-        return seal_chunk(i, id, store, keys, ws, load);
+        // An encrypted repository names a chunk by the hash of its sealed
+        // bytes: it is known only once it is encoded and sealed. Equal
+        // plaintexts seal to equal objects, so dedup holds.
+        load(&mut ws.chunk)?;
+        ws.encode(store.level)?;
+        let sealed = crate::format::sealed::seal(
+            keys,
+            crate::format::sealed::Kind::Chunk,
+            &id.0,
+            ws.encoded.as_slice(),
+        )?;
+        let id = Id::of(&sealed);
+        if store.writer.known(&id) {
+            return Ok(Done::read(i, id, None));
+        }
+        return put(i, id, store, &sealed);
     }
     if store.writer.known(&id) {
-        return Ok(Done {
-            i,
-            id,
-            stored: None,
-            read: true,
-        });
+        return Ok(Done::read(i, id, None));
     }
     load(&mut ws.chunk)?;
-    let enc = match &mut ws.encoder {
-        Some(e) => e,
-        None => ws.encoder.insert(Encoder::new(store.level)?),
-    };
-    let n = enc.encode_into(ws.chunk.as_slice(), &mut ws.encoded)?;
-    let stored = store
-        .writer
-        .put(&id, ws.encoded.as_slice())?
-        .then_some(n as u64);
-    Ok(Done {
-        i,
-        id,
-        stored,
-        read: true,
-    })
+    ws.encode(store.level)?;
+    put(i, id, store, ws.encoded.as_slice())
 }
-/// A chunk for an encrypted repository: its name is known only once it
-/// is sealed (the hash of the sealed bytes), so it is encoded and sealed
-/// before the store is asked whether it has it. Equal plaintexts seal to
-/// equal objects, so dedup holds.
-fn seal_chunk(
-    i: usize,
-    plain: Id,
-    store: &Store<'_>,
-    keys: &crate::crypto::Keys,
-    ws: &mut WorkerState,
-    load: impl FnOnce(&mut AlignedBuf) -> Result<()>,
-) -> Result<Done> {
-    load(&mut ws.chunk)?;
-    let enc = match &mut ws.encoder {
-        Some(e) => e,
-        None => ws.encoder.insert(Encoder::new(store.level)?),
-    };
-    enc.encode_into(ws.chunk.as_slice(), &mut ws.encoded)?;
-    let sealed = crate::format::sealed::seal(
-        keys,
-        crate::format::sealed::Kind::Chunk,
-        &plain.0,
-        ws.encoded.as_slice(),
-    )?;
-    let id = Id::of(&sealed);
-    if store.writer.known(&id) {
-        return Ok(Done {
-            i,
-            id,
-            stored: None,
-            read: true,
-        });
-    }
+
+/// Puts an encoded chunk the store did not know a moment ago.
+fn put(i: usize, id: Id, store: &Store<'_>, encoded: &[u8]) -> Result<Done> {
     let stored = store
         .writer
-        .put(&id, &sealed)?
-        .then_some(sealed.len() as u64);
-    Ok(Done {
-        i,
-        id,
-        stored,
-        read: true,
-    })
+        .put(&id, encoded)?
+        .then_some(encoded.len() as u64);
+    Ok(Done::read(i, id, stored))
 }

@@ -58,6 +58,13 @@ impl Index {
         Id::of(&self.to_bytes())
     }
 
+    /// The index as a repository stores it (sealed with `keys` in an
+    /// encrypted one), and its id there.
+    pub fn stored(&self, keys: Option<&crate::crypto::Keys>) -> Result<(Id, Vec<u8>)> {
+        let bytes = super::sealed::seal_if(keys, super::sealed::Kind::Index, self.to_bytes())?;
+        Ok((Id::of(&bytes), bytes))
+    }
+
     /// Parses an index, checking it against its id when one is given.
     pub fn from_bytes(expect: Option<&Id>, data: &[u8]) -> Result<Index> {
         let name = expect
@@ -78,12 +85,11 @@ impl Index {
     }
 
     fn parse(data: &[u8]) -> std::result::Result<Index, String> {
-        let bad = |why: String| why;
         if data.len() < HEADER_LEN || &data[..4] != MAGIC {
-            return Err(bad("bad header".into()));
+            return Err("bad header".into());
         }
         if data[4] != 1 {
-            return Err(bad(format!("unknown index version {}", data[4])));
+            return Err(format!("unknown index version {}", data[4]));
         }
         let word = |at: usize| {
             let mut b = [0u8; 8];
@@ -92,19 +98,17 @@ impl Index {
         };
         let chunk_size = word(8);
         let image_size = word(16);
-        check_chunk_size(chunk_size).map_err(|e| bad(e.to_string()))?;
+        check_chunk_size(chunk_size).map_err(|e| e.to_string())?;
         let n = chunk_count(image_size, chunk_size);
         if n > MAX_CHUNKS {
-            return Err(bad(format!(
-                "lists {n} chunks, over the limit of {MAX_CHUNKS}"
-            )));
+            return Err(format!("lists {n} chunks, over the limit of {MAX_CHUNKS}"));
         }
         let body = &data[HEADER_LEN..];
         if body.len() as u64 != n.saturating_mul(32) {
-            return Err(bad(format!(
+            return Err(format!(
                 "{} id bytes for {n} chunks (truncated?)",
                 body.len()
-            )));
+            ));
         }
         let chunks = body
             .chunks_exact(32)

@@ -73,10 +73,7 @@ impl RepoConfig {
         let Some(enc) = &self.encryption else {
             return Ok(None);
         };
-        let mut id = [0u8; 16];
-        hex::decode_to_slice(&enc.key_id, &mut id)
-            .map_err(|_| Error::BadInput("the repository's key id is not hex".into()))?;
-        crate::crypto::unlocked(&id)
+        enc.held()
             .map(Some)
             .ok_or_else(|| Error::Locked(format!("repository {}", self.id)))
     }

@@ -148,12 +148,7 @@ impl Repo {
 
     /// Writes an index durably (no-op when it is already there).
     pub fn write_index(&self, index: &Index) -> Result<Id> {
-        let bytes = crate::format::sealed::seal_if(
-            self.config.sealing_keys()?.as_deref(),
-            crate::format::sealed::Kind::Index,
-            index.to_bytes(),
-        )?;
-        let id = Id::of(&bytes);
+        let (id, bytes) = index.stored(self.config.sealing_keys()?.as_deref())?;
         self.put_verified_object(&keys::index_key(&id), &bytes)?;
         Ok(id)
     }

@@ -357,6 +357,26 @@ impl StepDone {
         }
     }
 
+    /// What the step did in a few words, for a job's result line (None:
+    /// nothing to add to the volumes' own).
+    pub fn summary(&self) -> Option<String> {
+        match self {
+            StepDone::None => None,
+            StepDone::Domain { vm, defined } => Some(format!(
+                "domain XML {}{}",
+                vm.domain_xml.display(),
+                if matches!(defined, Some(Ok(_))) {
+                    ", defined with virsh"
+                } else {
+                    ""
+                }
+            )),
+            StepDone::Attached { domain, target, .. } => {
+                Some(format!("attached to {domain} as {target}"))
+            }
+        }
+    }
+
     /// What the step did, for people (the CLI prints these, the console
     /// logs them).
     pub fn lines(&self) -> Vec<String> {
@@ -401,17 +421,18 @@ impl StepDone {
     }
 }
 
-/// Runs a restore's VM step once its volumes are written. `show` sees the
-/// domain XML before `virsh define` is handed it (the admin sees exactly
-/// what libvirt gets). `config` is the VM's definition from the config,
-/// for a set whose backup carries none.
+/// Runs a restore's VM step once its volumes are written. `show` gets the
+/// domain XML as lines for people (escaped: it comes from a backup) before
+/// `virsh define` is handed it, so the admin sees exactly what libvirt
+/// gets. `config` is the VM's definition from the config, for a set whose
+/// backup carries none.
 pub fn finish(
     step: &VmStep,
     repo: &Repo,
     picked: &[(ManifestKey, Manifest)],
     outcomes: &[RestoreOutcome],
     config: impl FnOnce(&str) -> Option<Definition>,
-    show: impl FnOnce(&Path, &str),
+    show: impl FnOnce(Vec<String>),
 ) -> Result<StepDone> {
     match step {
         VmStep::None => Ok(StepDone::None),
@@ -443,7 +464,15 @@ pub fn finish(
             if *wants_define {
                 let xml = std::fs::read_to_string(&v.domain_xml)
                     .map_err(|e| Error::io("reading", &v.domain_xml, e))?;
-                show(&v.domain_xml, &xml);
+                let mut lines = vec![format!(
+                    "the domain XML handed to virsh define ({}):",
+                    v.domain_xml.display()
+                )];
+                lines.extend(
+                    xml.lines()
+                        .map(|l| format!("  | {}", crate::text::escape(l))),
+                );
+                show(lines);
             }
             let defined = match (wants_define, &v.validation) {
                 (false, _) => None,
