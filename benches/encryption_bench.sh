@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Encryption benchmark: lifeboat on an encrypted repository against the
+# same lifeboat on an unencrypted one and against restic (which encrypts
+# too), on the same mixed image in the same run. Prints times and ratios.
+#   benches/encryption_bench.sh [SIZE_MIB]      (default 1024)
+# Needs: restic bc (Debian packages), python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZE_MIB=${1:-1024}
+WORK=${BENCH_WORK:-$PWD/bench-work/encryption}
+for t in restic bc python3; do
+  command -v "$t" >/dev/null || { echo "missing $t: apt-get install restic bc" >&2; exit 1; }
+done
+cargo build --release --quiet
+LB=$PWD/target/release/lifeboat
+mkdir -p "$WORK"
+IMG=$WORK/image.raw
+IMG2=$WORK/image-changed.raw
+if [ ! -f "$IMG" ] || [ "$(stat -c %s "$IMG")" != $((SIZE_MIB << 20)) ]; then
+  python3 benches/make_image.py "$IMG" "$IMG2" $((SIZE_MIB << 20)) 2
+fi
+printf 'benchmark passphrase\n' > "$WORK/pass"
+export RESTIC_PASSWORD=bench RESTIC_CACHE_DIR=$WORK/restic-cache
+cat "$IMG" > /dev/null
+
+declare -A T
+ROUNDS=${ROUNDS:-3}
+t() { # name command...
+  # Each step starts with no dirty pages of the one before (a restore's
+  # writeback would otherwise slow whichever step comes next).
+  sync
+  local s e d; s=$(date +%s.%N)
+  "${@:2}" > "$WORK/$1.log" 2>&1 || { echo "FAILED: $1 (see $WORK/$1.log)" >&2; cat "$WORK/$1.log" >&2; exit 1; }
+  e=$(date +%s.%N); d=$(echo "$e - $s" | bc -l)
+  if [ -z "${T[$1]:-}" ] || [ "$(echo "$d < ${T[$1]}" | bc -l)" = 1 ]; then T[$1]=$d; fi
+  printf '%-18s %8.2f s\n' "$1" "$d"
+}
+
+for round in $(seq "$ROUNDS"); do
+  echo "--- round $round"
+  rm -rf "$WORK"/{plain,enc,restic,restic-cache,out,recovery} && mkdir -p "$WORK/out"
+  $LB init "$WORK/plain" >/dev/null
+  LIFEBOAT_PASSPHRASE_FILE=$WORK/pass $LB init "$WORK/enc" --encrypt --recovery-key-out "$WORK/recovery" >/dev/null
+  t plain_ls       $LB -r "$WORK/plain" ls
+  t enc_ls         env LIFEBOAT_PASSPHRASE_FILE="$WORK/pass" $LB -r "$WORK/enc" ls
+  t plain_full     $LB -r "$WORK/plain" backup bench --format raw --volume "disk=$IMG"
+  t enc_full       env LIFEBOAT_PASSPHRASE_FILE="$WORK/pass" $LB -r "$WORK/enc" backup bench --format raw --volume "disk=$IMG"
+  t plain_incr     $LB -r "$WORK/plain" backup bench --format raw --volume "disk=$IMG2"
+  t enc_incr       env LIFEBOAT_PASSPHRASE_FILE="$WORK/pass" $LB -r "$WORK/enc" backup bench --format raw --volume "disk=$IMG2"
+  t plain_restore  $LB -r "$WORK/plain" restore bench/disk@~1 --to "$WORK/out/plain.raw"
+  t enc_restore    env LIFEBOAT_PASSPHRASE_FILE="$WORK/pass" $LB -r "$WORK/enc" restore bench/disk@~1 --to "$WORK/out/enc.raw"
+  cmp "$IMG" "$WORK/out/enc.raw" || { echo "encrypted restore differs!" >&2; exit 1; }
+  restic init --repo "$WORK/restic" >/dev/null 2>&1
+  t restic_full    restic --repo "$WORK/restic" backup "$IMG"
+done
+
+r() { echo "scale=2; $1 / $2" | bc -l; }
+echo
+echo "| operation ($SIZE_MIB MiB mixed image, best of $ROUNDS) | encrypted | baseline | ratio | target |"
+echo "|---|---|---|---|---|"
+printf '| full backup vs restic | %.2f s | %.2f s | %sx faster | >= 5x |\n' "${T[enc_full]}" "${T[restic_full]}" "$(r "${T[restic_full]}" "${T[enc_full]}")"
+printf '| full backup vs unencrypted lifeboat | %.2f s | %.2f s | %sx its time | <= 1.15x |\n' "${T[enc_full]}" "${T[plain_full]}" "$(r "${T[enc_full]}" "${T[plain_full]}")"
+printf '| incremental (2%%) vs unencrypted | %.2f s | %.2f s | %sx its time | - |\n' "${T[enc_incr]}" "${T[plain_incr]}" "$(r "${T[enc_incr]}" "${T[plain_incr]}")"
+printf '| restore vs unencrypted | %.2f s | %.2f s | %sx its time | <= 1.15x |\n' "${T[enc_restore]}" "${T[plain_restore]}" "$(r "${T[enc_restore]}" "${T[plain_restore]}")"
+printf '| unlocking (ls on an empty repository: argon2id 64 MiB, t=3) | %.2f s | %.2f s | +%.2f s per command | - |\n' "${T[enc_ls]}" "${T[plain_ls]}" "$(echo "${T[enc_ls]} - ${T[plain_ls]}" | bc -l)"
+echo "| repository size after both backups | $(du -sm "$WORK/enc" | cut -f1) MiB | unencrypted $(du -sm "$WORK/plain" | cut -f1) MiB, restic $(du -sm "$WORK/restic" | cut -f1) MiB | | |"
