@@ -446,6 +446,7 @@ fn a_backup_set_is_closed_and_a_restored_definition_is_allow_listed() {
         chunk_size: 64 << 10,
         image_size: 65536,
         chunks: vec![chunk_id],
+        plain: Vec::new(),
     };
     let def_enc = lifeboat_core::format::chunk::Encoder::new(1)
         .unwrap()

@@ -207,33 +207,109 @@ fn an_encrypted_repository_stores_no_plaintext_and_restores_with_its_key_only() 
     assert!(!to3.exists(), "no partial restore left behind");
 }
 
-/// Push to a real `lifeboat serve` is refused with what to do (the
-/// server cannot yet check sealed manifests' references); nothing is
-/// sent. A copy of the repository's directory restores on a machine that
-/// has only the recovery key.
+/// Push to a real `lifeboat serve`: the objects arrive sealed, as they
+/// are; the server, holding no key, still refuses wrong bytes and a
+/// manifest whose index it lacks, and collects garbage without the key.
+/// A repository of another key is refused. Then through Garage (S3): a
+/// fresh machine holding only the recovery key pulls and restores.
 #[test]
-fn an_encrypted_repository_is_not_pushed_yet_and_a_copy_restores_with_the_recovery_key() {
+fn an_encrypted_repository_is_pushed_sealed_and_restores_from_s3_with_the_recovery_key() {
     let w = World::new();
     let (pass, recovery) = encrypted(&w);
-    let env = [("LIFEBOAT_PASSPHRASE_FILE", pass.as_path())];
     let img = marked_image(&w, "disk.raw", 2);
     let spec = format!("root={}", img.display());
     ok(&run(
         &w,
-        &env,
+        &[("LIFEBOAT_PASSPHRASE_FILE", pass.as_path())],
         &["backup", "vm", "--format", "raw", "--volume", &spec],
     ));
     let (srv, tokens, token) = common::remote::server_dir(w.dir.path(), "client", "append");
     let server = Server::start(&srv, &tokens, "127.0.0.1:0");
-    // A second server over a copy of the encrypted repository, without a
-    // chunk: it takes the sealed chunk back (its bytes hash to its name)
-    // and refuses the same bytes under another name, holding no key.
+    let cfg = w.path("lifeboat.toml");
+    common::remote::offsite_config(&cfg, &server.url);
+    let push = |repo: &Path, key: (&str, &Path), extra: &[&str]| {
+        let mut args = vec!["--config", cfg.to_str().unwrap(), "push", "offsite"];
+        args.extend_from_slice(extra);
+        run_in(
+            &w,
+            repo,
+            &[
+                (key.0, key.1.as_os_str()),
+                ("OFFSITE_TOKEN", OsStr::new(&token)),
+            ],
+            &args,
+        )
+    };
+    let said = ok(&push(
+        &w.repo(),
+        ("LIFEBOAT_PASSPHRASE_FILE", &pass),
+        &["--init"],
+    ));
+    assert!(said.contains("1 of 1 backups sent"), "{said}");
+    no_marker_under(&srv);
+    let srv_cfg = std::fs::read_to_string(srv.join("lifeboat.json")).unwrap();
+    assert!(srv_cfg.contains("\"encryption\""), "{srv_cfg}");
+    // Pushed again: nothing to send.
+    let again = ok(&push(
+        &w.repo(),
+        ("LIFEBOAT_KEY_FILE", &recovery),
+        &["--dry-run"],
+    ));
+    assert!(
+        again.contains("0 of 1 backups") && again.contains("copied sealed"),
+        "{again}"
+    );
+
+    // Another key's repository: refused, nothing sent.
+    let other = World::new();
+    let (other_pass, _) = encrypted(&other);
+    let img2 = marked_image(&other, "disk.raw", 3);
+    ok(&run(
+        &other,
+        &[("LIFEBOAT_PASSPHRASE_FILE", other_pass.as_path())],
+        &[
+            "backup",
+            "other",
+            "--format",
+            "raw",
+            "--volume",
+            &format!("root={}", img2.display()),
+        ],
+    ));
+    let manifests_before = files_under(&srv.join("manifests")).len();
+    let out = push(
+        &other.repo(),
+        ("LIFEBOAT_PASSPHRASE_FILE", &other_pass),
+        &[],
+    );
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("share one key"), "{e}");
+    assert_eq!(files_under(&srv.join("manifests")).len(), manifests_before);
+    drop(server);
+
+    // A server over a copy without one chunk and without the index,
+    // holding no key: it takes the sealed chunk back (its bytes hash to
+    // its name), refuses the same bytes under another name, and refuses
+    // the manifest until its index is there.
     let held = w.path("held");
     copy_dir(&w.repo(), &held);
     let chunk = files_under(&held.join("chunks")).pop().unwrap();
     let bytes = std::fs::read(&chunk).unwrap();
     let name = chunk.file_name().unwrap().to_str().unwrap().to_string();
     std::fs::remove_file(&chunk).unwrap();
+    let index = files_under(&held.join("indexes")).pop().unwrap();
+    let index_bytes = std::fs::read(&index).unwrap();
+    let index_name = index.file_name().unwrap().to_str().unwrap().to_string();
+    std::fs::remove_file(&index).unwrap();
+    let manifest = files_under(&held.join("manifests")).pop().unwrap();
+    let manifest_bytes = std::fs::read(&manifest).unwrap();
+    let manifest_key = manifest
+        .strip_prefix(&held)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    std::fs::remove_file(&manifest).unwrap();
     let keyless = Server::start(&held, &tokens, "127.0.0.1:0");
     let wrong = lifeboat_core::format::Id::of(b"not these bytes").to_hex();
     let status = put_raw(
@@ -253,43 +329,85 @@ fn an_encrypted_repository_is_not_pushed_yet_and_a_copy_restores_with_the_recove
         (200..300).contains(&status),
         "a sealed chunk refused: {status}"
     );
+    let status = put_raw(&keyless.url, &token, &manifest_key, manifest_bytes.clone());
+    assert_eq!(status, 409, "a manifest whose index is missing was taken");
+    let status = put_raw(
+        &keyless.url,
+        &token,
+        &format!("indexes/{}/{index_name}", &index_name[..2]),
+        index_bytes,
+    );
+    assert!(
+        (200..300).contains(&status),
+        "a sealed index refused: {status}"
+    );
+    let status = put_raw(&keyless.url, &token, &manifest_key, manifest_bytes);
+    assert!(
+        (200..300).contains(&status),
+        "a sealed manifest refused: {status}"
+    );
     drop(keyless);
-    let cfg = w.path("lifeboat.toml");
-    common::remote::offsite_config(&cfg, &server.url);
-    let out = run_in(
+    // The server's admin collects garbage without the key: nothing of a
+    // backup is garbage.
+    let chunks_before = files_under(&srv.join("chunks")).len();
+    let gc = ok(&run_in(&w, &srv, &[], &["gc"]));
+    assert_eq!(
+        files_under(&srv.join("chunks")).len(),
+        chunks_before,
+        "{gc}"
+    );
+
+    // Through Garage: push, then a fresh machine with only the recovery key.
+    let Some(g) = common::remote::garage() else {
+        return;
+    };
+    let prefix = common::remote::unique("enc");
+    let s3cfg = w.path("s3.toml");
+    std::fs::write(
+        &s3cfg,
+        format!(
+            "[remote.cloud]\nurl = \"s3://{}/{prefix}\"\nendpoint = \"{}\"\nregion = \"{}\"\npath_style = true\naccess_key_id_env = \"GK\"\nsecret_access_key_env = \"GS\"\ntimeout_secs = 30\n",
+            g.bucket, g.endpoints[0], g.region
+        ),
+    )
+    .unwrap();
+    let s3 = |w: &World, repo: &Path, key: Option<&Path>, args: &[&str]| {
+        let mut env = vec![("GK", OsStr::new(&g.key_id)), ("GS", OsStr::new(&g.secret))];
+        if let Some(k) = key {
+            env.push(("LIFEBOAT_KEY_FILE", k.as_os_str()));
+        }
+        let mut all = vec!["--config", s3cfg.to_str().unwrap()];
+        all.extend_from_slice(args);
+        run_in(w, repo, &env, &all)
+    };
+    ok(&s3(
         &w,
         &w.repo(),
-        &[
-            ("LIFEBOAT_PASSPHRASE_FILE", pass.as_os_str()),
-            ("OFFSITE_TOKEN", OsStr::new(&token)),
-        ],
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "push",
-            "offsite",
-            "--init",
-        ],
-    );
+        Some(&recovery),
+        &["push", "cloud", "--init"],
+    ));
+    let fresh = World::new();
+    let key_copy = fresh.path("recovery.txt");
+    std::fs::copy(&recovery, &key_copy).unwrap();
+    let out = s3(&fresh, &fresh.repo(), None, &["pull", "cloud", "--init"]);
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && e.contains("encrypted repository"),
+        !out.status.success() && e.contains("LIFEBOAT_KEY_FILE"),
         "{e}"
     );
-    assert!(
-        files_under(&srv.join("manifests")).is_empty(),
-        "nothing was sent"
-    );
-    drop(server);
-
-    // A copy of the directory on a machine with only the recovery key.
-    let copy = w.path("copy");
-    copy_dir(&w.repo(), &copy);
-    let to = w.path("from-copy.raw");
-    ok(&run_in(
-        &w,
-        &copy,
-        &[("LIFEBOAT_KEY_FILE", recovery.as_os_str())],
+    ok(&s3(
+        &fresh,
+        &fresh.repo(),
+        Some(&key_copy),
+        &["pull", "cloud", "--init"],
+    ));
+    // Pulled as they are: the S3 objects were sealed.
+    no_marker_under(&fresh.repo());
+    let to = fresh.path("from-s3.raw");
+    ok(&s3(
+        &fresh,
+        &fresh.repo(),
+        Some(&key_copy),
         &["restore", "vm/root", "--to", to.to_str().unwrap()],
     ));
     assert_same_file(&to, &img);

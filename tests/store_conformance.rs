@@ -41,6 +41,7 @@ fn objects_for(vm: &str) -> Objects {
         chunk_size: 128 << 10,
         image_size: 100_000,
         chunks: vec![id],
+        plain: Vec::new(),
     };
     let m = Manifest {
         format: 1,

@@ -387,6 +387,9 @@ pub async fn push_pull(ctx: &Ctx, a: SyncArgs, push: bool) -> anyhow::Result<Out
                         String::new()
                     }
                 );
+                if summary.sealed {
+                    println!("encrypted: objects are copied sealed, as they are");
+                }
             }
             return Ok(Outcome::Ok);
         }

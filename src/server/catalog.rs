@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use lifeboat_core::error::{Error, Result};
-use lifeboat_core::format::manifest::{DefinitionRef, Role};
-use lifeboat_core::format::{Id, Manifest, ManifestKey};
+use lifeboat_core::format::manifest::{DefinitionRef, Refs, Role};
+use lifeboat_core::format::{Id, ManifestKey};
 use lifeboat_core::repo::Repo;
 use lifeboat_core::store::ObjectKey;
 
@@ -77,9 +77,11 @@ impl View {
         }
         if self.indexes.insert(e.index) {
             self.sent_indexes.remove(&e.index);
-            match repo.read_index(&e.index) {
+            // References only: an encrypted repository's index is sealed,
+            // and the server holds no key.
+            match repo.index_refs(&e.index) {
                 Ok(idx) => {
-                    for c in idx.chunks.iter().filter(|c| !c.is_zero()) {
+                    for c in idx.chunks.iter() {
                         if self.chunks.insert(*c) {
                             self.sent_chunks.remove(c);
                         }
@@ -152,7 +154,7 @@ impl Catalog {
             if inner.manifests.contains_key(&k) {
                 continue;
             }
-            let m = match repo.load_manifest(&k) {
+            let m = match repo.manifest_refs(&k) {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::warn!("catalog: skipping {}: {e}", k.object_key());
@@ -179,7 +181,7 @@ impl Catalog {
     }
 
     /// A manifest the server just wrote.
-    pub fn accepted(&self, key: ManifestKey, m: &Manifest) -> Result<()> {
+    pub fn accepted(&self, key: ManifestKey, m: &Refs) -> Result<()> {
         let Some(repo) = self.repo()? else {
             return Ok(());
         };
@@ -289,10 +291,10 @@ impl Catalog {
     }
 }
 
-fn add(repo: &Repo, inner: &mut Inner, key: ManifestKey, m: &Manifest, arrived: DateTime<Utc>) {
+fn add(repo: &Repo, inner: &mut Inner, key: ManifestKey, m: &Refs, arrived: DateTime<Utc>) {
     let entry = Entry {
         set: m.set.clone(),
-        role: m.volume.role,
+        role: m.role,
         definition: m.definition,
         index: m.index,
         arrived,

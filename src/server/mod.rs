@@ -29,6 +29,7 @@ use tokio::sync::{RwLock, Semaphore};
 
 use lifeboat_core::error::{Error, Result};
 use lifeboat_core::format::keys::{check_prefix, ObjectKey, Verified};
+use lifeboat_core::format::manifest::Refs;
 use lifeboat_core::format::refs::exact_time;
 use lifeboat_core::format::repo_config::{RepoConfig, CONFIG_FILE};
 use lifeboat_core::format::{chunk, Index, Manifest, ManifestKey};
@@ -657,7 +658,7 @@ fn check_new_backup(
     rules: &Rules,
     grant: &Grant,
     key: &ManifestKey,
-    m: &Manifest,
+    m: &Refs,
 ) -> ApiResult<()> {
     let now = chrono::Utc::now();
     let what = format!("{}/{} dated {}", key.vm, key.volume, exact_time(key.time));
@@ -707,7 +708,7 @@ fn check_new_backup(
     if members.iter().any(|(_, e)| e.definition != m.definition) {
         return closed("its VM definition differs from the set's".into());
     }
-    if m.volume.role == lifeboat_core::format::manifest::Role::Root
+    if m.role == lifeboat_core::format::manifest::Role::Root
         && members
             .iter()
             .any(|(_, e)| e.role == lifeboat_core::format::manifest::Role::Root)
@@ -725,12 +726,18 @@ fn check_new_backup(
         }
     }
     if let Some(d) = &m.definition {
-        let def = lifeboat_core::repo::Repo::open(root)?.read_definition(d)?;
-        if !def.spec.disks.iter().any(|disk| disk.volume == key.volume) {
-            return closed(format!(
-                "its definition has no disk for volume {}",
-                key.volume
-            ));
+        match lifeboat_core::repo::Repo::open(root)?.read_definition(d) {
+            Ok(def) if !def.spec.disks.iter().any(|disk| disk.volume == key.volume) => {
+                return closed(format!(
+                    "its definition has no disk for volume {}",
+                    key.volume
+                ));
+            }
+            Ok(_) => {}
+            // Sealed in an encrypted repository: the server holds no key.
+            // The set's other rules still hold.
+            Err(Error::Locked(_)) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
@@ -760,8 +767,10 @@ async fn put_config(st: &AppState, body: Bytes) -> ApiResult<Response> {
     Ok(StatusCode::CREATED.into_response())
 }
 
-/// A manifest that passed `verify_upload`, with every object it references.
-type Uploaded = (ManifestKey, Manifest, Vec<ObjectKey>);
+/// A manifest that passed `verify_upload` (what it references, which is
+/// all the server reads of it: an encrypted repository's manifests are
+/// sealed), with every object it references.
+type Uploaded = (ManifestKey, Refs, Vec<ObjectKey>);
 
 /// Checks an uploaded object against its key (`Verified::check`), that it
 /// fits this repository, and for a manifest that it is not dated in the
@@ -788,7 +797,7 @@ fn verify_upload(
             }
         }
         ObjectKey::Index(id) => {
-            let idx = Index::from_bytes(Some(id), obj.data())?;
+            let idx = Index::refs_of(id, obj.data())?;
             if idx.chunk_size != chunk_size {
                 return Err(Error::corrupt(
                     "index",
@@ -798,7 +807,7 @@ fn verify_upload(
             }
         }
         ObjectKey::Manifest(mk) => {
-            let m = Manifest::from_bytes(mk, obj.data())?;
+            let m = Manifest::refs_of(mk, obj.data())?;
             let mut refs = vec![ObjectKey::Index(m.index)];
             if !mk.is_plausible(chrono::Utc::now()) {
                 return Err(Error::corrupt(
@@ -815,7 +824,7 @@ fn verify_upload(
                 ));
             }
             let repo = lifeboat_core::repo::Repo::open(root)?;
-            let idx = repo.read_index(&m.index)?;
+            let idx = repo.index_refs(&m.index)?;
             if let Some(d) = m.definition.filter(|d| !repo.has_chunk(&d.chunk)) {
                 return Err(Error::MissingObject {
                     kind:
@@ -829,12 +838,7 @@ fn verify_upload(
                     id: c.to_hex(),
                 });
             }
-            refs.extend(
-                idx.chunks
-                    .iter()
-                    .filter(|c| !c.is_zero())
-                    .map(|c| ObjectKey::Chunk(*c)),
-            );
+            refs.extend(idx.chunks.iter().map(|c| ObjectKey::Chunk(*c)));
             refs.extend(m.definition.map(|d| ObjectKey::Chunk(d.chunk)));
             manifest = Some((mk.clone(), m, refs));
         }

@@ -499,6 +499,9 @@ impl Runner {
                     if s.creates_repository {
                         lines.push("creates the repository there first".into());
                     }
+                    if s.sealed {
+                        lines.push("encrypted: objects are copied sealed, as they are".into());
+                    }
                     lines.push("every chunk is verified as it moves".into());
                 }
                 let held = Held::Transfer {

@@ -3,11 +3,22 @@
 //! A repository's master key (32 random bytes) never leaves the client. It
 //! is stored only wrapped: in passphrase slots of the repository config
 //! (argon2id, then XChaCha20-Poly1305), and as a recovery key the admin
-//! keeps on paper. Two keys are derived from it with BLAKE3's key
-//! derivation: one for the AEAD, one that turns a plaintext's hash into
-//! the object's nonce (deterministic, SIV-style, so equal chunks seal to
-//! equal objects and still dedup), plus a key id that names the key in
-//! every sealed object and in the config.
+//! keeps on paper. Three things are derived from it with BLAKE3's key
+//! derivation: the AES-256 key that encrypts objects, the key of the
+//! keyed-BLAKE3 PRF that makes each object's synthetic IV, and a key id
+//! that names the key in every sealed object and in the config.
+//!
+//! Objects are sealed with SIV (Rogaway and Shrimpton's deterministic
+//! authenticated encryption, the construction of RFC 5297 with keyed
+//! BLAKE3 in place of S2V/CMAC): the IV is a PRF of the header and the
+//! plaintext, the ciphertext is AES-256-CTR under that IV, and opening
+//! recomputes the PRF from the decrypted plaintext and compares. The IV is
+//! the authentication tag (192 bits); equal plaintexts seal to equal
+//! objects, so chunks still dedup. Why not an AEAD crate's AES-GCM-SIV or
+//! XChaCha20-Poly1305: both run at 1.5-1.6 GB/s a core on this machine
+//! against 6.4 GB/s for AES-CTR (AES-NI) and 6.5 GB/s for BLAKE3, and a
+//! backup already hashes every chunk's plaintext with BLAKE3 — the PRF
+//! costs a 56-byte hash on top. The AEAD crate stays for key slots.
 //!
 //! Keys a process has unlocked are held in one keyring (`unlock`), looked
 //! up by the key id a sealed object names: the format layer opens objects
@@ -18,6 +29,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use aes::cipher::{InnerIvInit, StreamCipher};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
@@ -26,9 +38,9 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::error::{Error, Result};
 
 /// The sealing scheme, as the config names it.
-pub const SCHEME: &str = "xchacha20poly1305-blake3-siv";
-const KDF_ENC: &str = "lifeboat 2026-12 object encryption key";
-const KDF_NONCE: &str = "lifeboat 2026-12 object nonce key";
+pub const SCHEME: &str = "aes256ctr-blake3-siv";
+const KDF_ENC: &str = "lifeboat 2026-12 object AES-256 key";
+const KDF_SIV: &str = "lifeboat 2026-12 object SIV key";
 const KDF_ID: &str = "lifeboat 2026-12 key id";
 const KDF_SLOT: &str = "lifeboat 2026-12 key slot";
 /// argon2id costs for passphrase slots: 64 MiB, 3 passes (OWASP's
@@ -120,10 +132,11 @@ impl MasterKey {
     }
 
     fn keys(&self) -> Keys {
+        let enc = Zeroizing::new(blake3::derive_key(KDF_ENC, &self.0));
         Keys {
             id: self.key_id(),
-            aead: XChaCha20Poly1305::new(&blake3::derive_key(KDF_ENC, &self.0).into()),
-            nonce: Zeroizing::new(blake3::derive_key(KDF_NONCE, &self.0)),
+            aes: aes::Aes256::new(&(*enc).into()),
+            siv: Zeroizing::new(blake3::derive_key(KDF_SIV, &self.0)),
         }
     }
 }
@@ -131,39 +144,59 @@ impl MasterKey {
 /// The keys derived from one master key, as a sealer uses them.
 pub struct Keys {
     id: KeyId,
-    aead: XChaCha20Poly1305,
-    nonce: Zeroizing<[u8; 32]>,
+    /// The expanded AES key (zeroed on drop by the `aes` crate).
+    aes: aes::Aes256,
+    siv: Zeroizing<[u8; 32]>,
 }
+
+/// The synthetic IV: the PRF's output, and the tag an opener checks.
+pub type Siv = [u8; 24];
 
 impl Keys {
     pub fn id(&self) -> &KeyId {
         &self.id
     }
 
-    /// The nonce of a plaintext whose BLAKE3 is `plain_hash`: a keyed
-    /// function of the content (and its kind), so equal plaintexts get
-    /// equal nonces and nothing else does.
-    pub fn nonce(&self, kind: u8, plain_hash: &[u8; 32]) -> [u8; 24] {
-        let mut h = blake3::Hasher::new_keyed(&self.nonce);
-        h.update(&[kind]);
+    /// The synthetic IV of a plaintext whose BLAKE3 is `plain_hash`, bound
+    /// to `header` (kind, key id): a keyed function of both, so equal
+    /// plaintexts get equal IVs and nothing else can be made to.
+    pub fn siv(&self, header: &[u8], plain_hash: &[u8; 32]) -> Siv {
+        let mut h = blake3::Hasher::new_keyed(&self.siv);
+        h.update(header);
         h.update(plain_hash);
         let mut n = [0u8; 24];
         n.copy_from_slice(&h.finalize().as_bytes()[..24]);
         n
     }
 
-    pub fn encrypt(&self, nonce: &[u8; 24], aad: &[u8], plain: &[u8]) -> Result<Vec<u8>> {
-        self.aead
-            .encrypt(XNonce::from_slice(nonce), Payload { msg: plain, aad })
-            .map_err(|_| Error::Internal("encryption failed".into()))
+    /// Encrypts or decrypts `data` in place: AES-256-CTR whose 128-bit
+    /// counter block starts at the IV's first 16 bytes.
+    pub fn apply(&self, siv: &Siv, data: &mut [u8]) -> Result<()> {
+        self.ctr(siv)
+            .try_apply_keystream(data)
+            .map_err(|_| too_long())
     }
 
-    /// None when the tag does not match (tampered, or another key).
-    pub fn decrypt(&self, nonce: &[u8; 24], aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
-        self.aead
-            .decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad })
-            .ok()
+    /// As `apply`, from `input` into `output` (of the same length).
+    pub fn apply_to(&self, siv: &Siv, input: &[u8], output: &mut [u8]) -> Result<()> {
+        self.ctr(siv)
+            .apply_keystream_b2b(input, output)
+            .map_err(|_| too_long())
     }
+
+    fn ctr(&self, siv: &Siv) -> ctr::Ctr128BE<aes::Aes256> {
+        let mut iv = [0u8; 16];
+        iv.copy_from_slice(&siv[..16]);
+        let core = ctr::CtrCore::<aes::Aes256, ctr::flavors::Ctr128BE>::inner_iv_init(
+            self.aes.clone(),
+            &iv.into(),
+        );
+        ctr::Ctr128BE::<aes::Aes256>::from_core(core)
+    }
+}
+
+fn too_long() -> Error {
+    Error::Internal("an object too long for one keystream, or buffers of different lengths".into())
 }
 
 static KEYRING: RwLock<Option<HashMap<KeyId, Arc<Keys>>>> = RwLock::new(None);
@@ -445,18 +478,21 @@ mod tests {
     }
 
     #[test]
-    fn sealing_is_deterministic_and_authenticated() {
+    fn the_iv_is_keyed_and_bound_to_its_header_and_ctr_round_trips() {
         let keys = MasterKey::generate().keys();
+        let other = MasterKey::generate().keys();
         let h = *blake3::hash(b"plain").as_bytes();
-        let n = keys.nonce(1, &h);
-        assert_eq!(n, keys.nonce(1, &h));
-        assert_ne!(n, keys.nonce(2, &h));
-        let c = keys.encrypt(&n, b"aad", b"plain").unwrap();
-        assert_eq!(c, keys.encrypt(&n, b"aad", b"plain").unwrap());
-        assert_eq!(keys.decrypt(&n, b"aad", &c).unwrap(), b"plain");
-        let mut t = c.clone();
-        t[0] ^= 1;
-        assert!(keys.decrypt(&n, b"aad", &t).is_none());
-        assert!(keys.decrypt(&n, b"other", &c).is_none());
+        let n = keys.siv(b"head", &h);
+        assert_eq!(n, keys.siv(b"head", &h));
+        assert_ne!(n, keys.siv(b"heaD", &h));
+        assert_ne!(n, other.siv(b"head", &h));
+        let mut c = b"plain text".to_vec();
+        keys.apply(&n, &mut c).unwrap();
+        assert_ne!(&c[..], b"plain text");
+        let mut back = c.clone();
+        keys.apply(&n, &mut back).unwrap();
+        assert_eq!(&back[..], b"plain text");
+        other.apply(&n, &mut c).unwrap();
+        assert_ne!(&c[..], b"plain text");
     }
 }

@@ -25,10 +25,11 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::format::manifest::Refs;
 use crate::format::{Id, Manifest, ManifestKey};
 use crate::jobs::{CancellationToken, Progress};
 use crate::lock::{self, LockKind};
-use crate::repository::fetch_index;
+use crate::repository::fetch_index_refs;
 use crate::retry::with_retry;
 use crate::store::{DynStore, ObjectKey};
 use crate::sync::check_cancel as check;
@@ -115,7 +116,9 @@ async fn mark(
         "gc stopped: {what} cannot be read ({e}); nothing was deleted. Run `lifeboat verify` to see what it breaks, then remove or restore the damaged object"
     ))
     };
-    let manifests: Vec<(ManifestKey, Manifest)> = futures::stream::iter(keys)
+    // References only (`refs_of`): an encrypted repository is collected
+    // without its key, e.g. by the admin of the server that holds it.
+    let manifests: Vec<(ManifestKey, Refs)> = futures::stream::iter(keys)
         .map(|k| async move {
             check(cancel)?;
             let okey = ObjectKey::Manifest(k.clone());
@@ -127,7 +130,7 @@ async fn mark(
                 Ok(d) => d,
                 Err(_) => return Ok(None),
             };
-            let m = Manifest::from_bytes(&k, &data)
+            let m = Manifest::refs_of(&k, &data)
                 .map_err(|e| refuse(format!("manifest {}", k.object_key()), e))?;
             progress.add(1, 1);
             Ok::<_, Error>(Some((k, m)))
@@ -152,7 +155,7 @@ async fn mark(
     let chunk_lists: Vec<Vec<Id>> = futures::stream::iter(new_indexes.iter().copied())
         .map(|id| async move {
             check(cancel)?;
-            let (idx, _) = fetch_index(store.as_ref(), &id)
+            let idx = fetch_index_refs(store.as_ref(), &id)
                 .await
                 .map_err(|e| refuse(format!("index {}", id.short()), e))?;
             Ok::<_, Error>(idx.chunks)

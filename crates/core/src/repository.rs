@@ -216,6 +216,16 @@ pub async fn fetch_index(store: &dyn Store, id: &Id) -> Result<(Index, Verified)
     Ok((idx, Verified::check(okey, data)?))
 }
 
+/// What an index references, checked against its id; readable without
+/// the key of an encrypted repository (gc needs no key).
+pub async fn fetch_index_refs(store: &dyn Store, id: &Id) -> Result<crate::format::index::Refs> {
+    let okey = ObjectKey::Index(*id);
+    let data = with_retry(5, || store.get(&okey))
+        .await?
+        .ok_or_else(|| okey.missing())?;
+    Index::refs_of(id, &data)
+}
+
 /// Every backup a store holds, verified, with exactly the protection its
 /// marks give (what a manifest claims about itself never counts).
 pub async fn load_backups(store: &dyn Store) -> Result<Vec<(ManifestKey, Manifest)>> {

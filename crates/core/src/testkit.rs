@@ -78,6 +78,7 @@ pub fn volume(vm: &str, set: &str, at: &str, name: &str, data: &[u8]) -> VolumeO
         chunk_size: CHUNK,
         image_size: data.len() as u64,
         chunks: ids,
+        plain: Vec::new(),
     };
     let index_bytes = index.to_bytes();
     let index_id = Id::of(&index_bytes);

@@ -67,6 +67,19 @@ pub struct VolumeOutcome {
     pub capture: Option<Capture>,
 }
 
+/// An encrypted repository's index as plaintext id to sealed id.
+fn sealed_names(
+    index: &crate::format::Index,
+) -> std::collections::HashMap<crate::format::Id, crate::format::Id> {
+    index
+        .plain
+        .iter()
+        .zip(&index.chunks)
+        .filter(|(p, _)| !p.is_zero())
+        .map(|(p, c)| (*p, *c))
+        .collect()
+}
+
 /// Backs up every volume of the request as one set. Manifests are written
 /// only after every volume's chunks and index are durable, so the set is
 /// either complete or absent.
@@ -176,6 +189,16 @@ pub fn backup(
         let writer = repo.chunk_sink();
         let level = repo.config().compression.level;
         let fill = |id: &crate::format::Id| repo.read_chunk(id);
+        // Sealed chunks the previous backup already stored, by plaintext.
+        let known_sealed = match (&seal, &base_index, previous[i]) {
+            (None, _, _) | (_, _, None) => Default::default(),
+            (Some(_), Some(index), _) => sealed_names(index),
+            (Some(_), None, Some((_, m))) => match repo.read_index(&m.index) {
+                Ok(index) => sealed_names(&index),
+                // Only a shortcut: without it every chunk is sealed to be named.
+                Err(_) => Default::default(),
+            },
+        };
         let base = match (&dirty, &base_index) {
             (Some(d), Some(index)) => Some(pipeline::Base {
                 dirty: d,
@@ -190,7 +213,10 @@ pub fn backup(
             Some(pipeline::Store {
                 writer: writer.as_ref(),
                 level,
-                seal: seal.clone(),
+                seal: seal.clone().map(|keys| pipeline::Sealing {
+                    keys,
+                    known: &known_sealed,
+                }),
             }),
             base,
             cancel,

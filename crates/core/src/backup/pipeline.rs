@@ -36,7 +36,16 @@ pub struct Store<'a> {
     pub level: i32,
     /// An encrypted repository's keys: every new chunk is sealed and
     /// named by the hash of its sealed bytes.
-    pub seal: Option<std::sync::Arc<crate::crypto::Keys>>,
+    pub seal: Option<Sealing<'a>>,
+}
+
+/// How an encrypted repository's new chunks are sealed.
+pub struct Sealing<'a> {
+    pub keys: std::sync::Arc<crate::crypto::Keys>,
+    /// Plaintext id to sealed id of the chunks the previous backup's index
+    /// lists: an unchanged chunk is found without being compressed and
+    /// sealed again.
+    pub known: &'a std::collections::HashMap<Id, Id>,
 }
 
 pub struct ScanResult {
@@ -51,6 +60,8 @@ pub struct ScanResult {
 struct Done {
     i: usize,
     id: Id,
+    /// The plaintext id (the id itself unless the chunk is sealed).
+    plain: Id,
     stored: Option<u64>,
     read: bool,
 }
@@ -60,18 +71,24 @@ impl Done {
         Done {
             i,
             id,
+            plain: id,
             stored,
             read: true,
         }
     }
 
-    fn unread(i: usize, id: Id) -> Done {
+    fn unread(i: usize, (id, plain): (Id, Id)) -> Done {
         Done {
             i,
             id,
+            plain,
             stored: None,
             read: false,
         }
+    }
+
+    fn sealed_from(self, plain: Id) -> Done {
+        Done { plain, ..self }
     }
 }
 
@@ -80,8 +97,8 @@ struct Layout<'e> {
     chunk_size: u64,
     n: usize,
     extents: &'e [(u64, u64)],
-    /// With a dirty bitmap: what changed, and the previous backup's chunks.
-    reuse: Option<(&'e Extents, &'e [Id])>,
+    /// With a dirty bitmap: what changed, and the previous backup's index.
+    reuse: Option<(&'e Extents, &'e Index)>,
     fill: Option<&'e ChunkFill<'e>>,
 }
 
@@ -99,18 +116,20 @@ impl Layout<'_> {
         overlaps(self.extents, start, start + len)
     }
 
-    /// The previous backup's chunk when the bitmap says this one did not
-    /// change since and the repository still holds it.
-    fn unchanged(&self, i: usize, store: Option<&Store<'_>>) -> Option<Id> {
+    /// The previous backup's chunk (its id and plaintext id) when the
+    /// bitmap says this one did not change since and the repository still
+    /// holds it.
+    fn unchanged(&self, i: usize, store: Option<&Store<'_>>) -> Option<(Id, Id)> {
         let (dirty, base) = self.reuse?;
         let (start, len) = self.span(i);
         if overlaps(dirty, start, start + len) {
             return None;
         }
-        let id = *base.get(i)?;
+        let id = *base.chunks.get(i)?;
+        let plain = base.plain_id(i).copied().unwrap_or(id);
         match store {
-            _ if id.is_zero() => Some(id),
-            Some(st) if st.writer.known(&id) => Some(id),
+            _ if id.is_zero() => Some((id, plain)),
+            Some(st) if st.writer.known(&id) => Some((id, plain)),
             _ => None,
         }
     }
@@ -134,7 +153,7 @@ impl Layout<'_> {
         if parts.is_empty() || covered >= len {
             return None;
         }
-        Some((*base.get(i)?, parts))
+        Some((*base.chunks.get(i)?, parts))
     }
 }
 
@@ -161,7 +180,7 @@ pub fn scan(
     let base = base.filter(|b| {
         b.index.chunk_size == chunk_size && b.index.image_size == size && b.index.chunks.len() == n
     });
-    let reuse = base.as_ref().map(|b| (b.dirty, b.index.chunks.as_slice()));
+    let reuse = base.as_ref().map(|b| (b.dirty, b.index));
     let fill = base.as_ref().map(|b| b.fill);
     let layout = Layout {
         size,
@@ -175,6 +194,12 @@ pub fn scan(
     let workers = worker_threads();
     let store = store.as_ref();
     let mut chunks = vec![Id::ZERO; n];
+    let sealed = store.is_some_and(|s| s.seal.is_some());
+    let mut plain = if sealed {
+        vec![Id::ZERO; n]
+    } else {
+        Vec::new()
+    };
     let mut new_chunks = 0u64;
     let mut new_stored = 0u64;
     let mut read_bytes = 0u64;
@@ -218,6 +243,9 @@ pub fn scan(
             match done {
                 Ok(d) => {
                     chunks[d.i] = d.id;
+                    if sealed {
+                        plain[d.i] = d.plain;
+                    }
                     if d.read {
                         read_bytes += layout.span(d.i).1;
                     }
@@ -260,6 +288,7 @@ pub fn scan(
             chunk_size,
             image_size: size,
             chunks,
+            plain,
         },
         new_chunks,
         new_stored_bytes: new_stored,
@@ -326,7 +355,7 @@ fn parallel_worker(
                 }
             })
         } else {
-            Ok(Done::unread(i, Id::ZERO))
+            Ok(Done::unread(i, (Id::ZERO, Id::ZERO)))
         };
         let failed = res.is_err();
         if done.send(res).is_err() || failed {
@@ -393,7 +422,7 @@ fn read_loop(
             return Err(Error::Cancelled);
         }
         let unread = if !layout.may_hold_data(i) {
-            Some(Id::ZERO)
+            Some((Id::ZERO, Id::ZERO))
         } else {
             layout.unchanged(i, store)
         };
@@ -478,6 +507,8 @@ struct WorkerState {
     encoder: Option<Encoder>,
     chunk: AlignedBuf,
     encoded: AlignedBuf,
+    /// A sealed chunk, in an encrypted repository.
+    sealed: AlignedBuf,
 }
 
 impl WorkerState {
@@ -504,23 +535,34 @@ fn keep(
     let Some(store) = store else {
         return Ok(Done::read(i, id, None));
     };
-    if let Some(keys) = &store.seal {
+    if let Some(sealing) = &store.seal {
         // An encrypted repository names a chunk by the hash of its sealed
-        // bytes: it is known only once it is encoded and sealed. Equal
-        // plaintexts seal to equal objects, so dedup holds.
+        // bytes. A chunk the previous index lists is known by its
+        // plaintext id; any other is known only once it is encoded and
+        // sealed (equal plaintexts seal to equal objects: dedup holds).
+        if let Some(named) = sealing.known.get(&id) {
+            if store.writer.known(named) {
+                return Ok(Done::read(i, *named, None).sealed_from(id));
+            }
+        }
         load(&mut ws.chunk)?;
         ws.encode(store.level)?;
-        let sealed = crate::format::sealed::seal(
-            keys,
+        let inner = ws.encoded.as_slice();
+        let sealed = ws
+            .sealed
+            .resize(crate::format::sealed::OVERHEAD + inner.len());
+        crate::format::sealed::seal_to(
+            &sealing.keys,
             crate::format::sealed::Kind::Chunk,
             &id.0,
-            ws.encoded.as_slice(),
+            inner,
+            sealed,
         )?;
-        let id = Id::of(&sealed);
-        if store.writer.known(&id) {
-            return Ok(Done::read(i, id, None));
+        let named = Id::of(sealed);
+        if store.writer.known(&named) {
+            return Ok(Done::read(i, named, None).sealed_from(id));
         }
-        return put(i, id, store, &sealed);
+        return put(i, named, store, sealed).map(|d| d.sealed_from(id));
     }
     if store.writer.known(&id) {
         return Ok(Done::read(i, id, None));

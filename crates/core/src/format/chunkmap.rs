@@ -121,6 +121,7 @@ mod tests {
             chunk_size: 1 << 16,
             image_size: (1 << 16) * chunks.len() as u64,
             chunks,
+            plain: Vec::new(),
         }
     }
 

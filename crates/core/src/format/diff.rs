@@ -105,11 +105,13 @@ mod tests {
             chunk_size: cs,
             image_size: cs * 3,
             chunks: vec![Id::of(b"1"), Id::of(b"2"), Id::ZERO],
+            plain: Vec::new(),
         };
         let b = Index {
             chunk_size: cs,
             image_size: cs * 4,
             chunks: vec![Id::of(b"1"), Id::of(b"x"), Id::of(b"y"), Id::of(b"z")],
+            plain: Vec::new(),
         };
         let d = diff(&a, &b).unwrap();
         assert_eq!(d.same_bytes, cs);

@@ -5,6 +5,17 @@
 //! ```
 //!
 //! The last chunk may be short. An all-zero chunk is `Id::ZERO`.
+//!
+//! An encrypted repository's index (always sealed) is version 2: after the
+//! chunk ids, one plaintext id per chunk (the BLAKE3 of its raw bytes,
+//! `Id::ZERO` for a zero chunk). With them a restore checks a chunk
+//! against its plaintext without hashing its sealed bytes, and the next
+//! backup finds a chunk it already sealed without compressing and sealing
+//! it again. They are secret: an unsealed index with them is refused.
+//!
+//! A sealed index's envelope (in the clear, for a repository server) is
+//! `chunk size u64 LE | the distinct non-zero chunk ids, sorted`: what it
+//! references, not where (`Refs`).
 
 use super::id::Id;
 use crate::error::{Error, Result};
@@ -18,13 +29,26 @@ pub const DEFAULT_CHUNK_SIZE: u64 = 4 << 20;
 /// a 32 TiB image at the default 4 MiB chunk size. A bound, so that no
 /// reader holds an absurd index a peer or a damaged disk claims.
 pub const MAX_CHUNKS: u64 = 8 << 20;
-pub const MAX_INDEX_BYTES: u64 = HEADER_LEN as u64 + 32 * MAX_CHUNKS;
+/// The stored bound: plaintext ids, a seal's header and envelope included.
+pub const MAX_INDEX_BYTES: u64 =
+    HEADER_LEN as u64 + 3 * 32 * MAX_CHUNKS + super::sealed::OVERHEAD as u64 + 12;
+
+/// What an index references, as a reader without the key sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refs {
+    pub chunk_size: u64,
+    /// Distinct non-zero chunk ids, sorted.
+    pub chunks: Vec<Id>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Index {
     pub chunk_size: u64,
     pub image_size: u64,
     pub chunks: Vec<Id>,
+    /// An encrypted repository's plaintext ids, one per chunk; empty in
+    /// an unencrypted one (where a chunk's id is its plaintext id).
+    pub plain: Vec<Id>,
 }
 
 pub fn check_chunk_size(size: u64) -> Result<()> {
@@ -43,12 +67,13 @@ pub fn chunk_count(image_size: u64, chunk_size: u64) -> u64 {
 
 impl Index {
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER_LEN + 32 * self.chunks.len());
+        let version = if self.plain.is_empty() { 1 } else { 2 };
+        let mut out = Vec::with_capacity(HEADER_LEN + 32 * (self.chunks.len() + self.plain.len()));
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&[1, 0, 0, 0]);
+        out.extend_from_slice(&[version, 0, 0, 0]);
         out.extend_from_slice(&self.chunk_size.to_le_bytes());
         out.extend_from_slice(&self.image_size.to_le_bytes());
-        for c in &self.chunks {
+        for c in self.chunks.iter().chain(&self.plain) {
             out.extend_from_slice(&c.0);
         }
         out
@@ -61,8 +86,40 @@ impl Index {
     /// The index as a repository stores it (sealed with `keys` in an
     /// encrypted one), and its id there.
     pub fn stored(&self, keys: Option<&crate::crypto::Keys>) -> Result<(Id, Vec<u8>)> {
-        let bytes = super::sealed::seal_if(keys, super::sealed::Kind::Index, self.to_bytes())?;
+        let bytes = super::sealed::seal_doc(
+            keys,
+            super::sealed::Kind::Index,
+            || self.refs().to_bytes(),
+            self.to_bytes(),
+        )?;
         Ok((Id::of(&bytes), bytes))
+    }
+
+    pub fn refs(&self) -> Refs {
+        let mut chunks: Vec<Id> = self
+            .chunks
+            .iter()
+            .filter(|c| !c.is_zero())
+            .copied()
+            .collect();
+        chunks.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        chunks.dedup();
+        Refs {
+            chunk_size: self.chunk_size,
+            chunks,
+        }
+    }
+
+    /// What a stored index (named `id`, already checked against its bytes)
+    /// references: parsed from an unsealed index, read from a sealed
+    /// one's envelope without the key.
+    pub fn refs_of(id: &Id, data: &[u8]) -> Result<Refs> {
+        if !super::sealed::is_sealed(data) {
+            return Index::from_bytes(Some(id), data).map(|i| i.refs());
+        }
+        let bad = |why: String| Error::corrupt("index", id, why);
+        let env = super::sealed::envelope(super::sealed::Kind::Index, data).map_err(bad)?;
+        Refs::parse(env).map_err(bad)
     }
 
     /// Parses an index, checking it against its id when one is given.
@@ -79,18 +136,32 @@ impl Index {
         }
         if super::sealed::is_sealed(data) {
             let plain = super::sealed::open_doc(super::sealed::Kind::Index, "index", &name, data)?;
-            return Index::parse(&plain).map_err(bad);
+            let index = Index::parse(&plain, true).map_err(bad)?;
+            let env = super::sealed::envelope(super::sealed::Kind::Index, data).map_err(bad)?;
+            if Refs::parse(env).map_err(bad)? != index.refs() {
+                return Err(bad(
+                    "its clear references differ from its sealed content".into()
+                ));
+            }
+            return Ok(index);
         }
-        Index::parse(data).map_err(bad)
+        Index::parse(data, false).map_err(bad)
     }
 
-    fn parse(data: &[u8]) -> std::result::Result<Index, String> {
+    fn parse(data: &[u8], sealed: bool) -> std::result::Result<Index, String> {
         if data.len() < HEADER_LEN || &data[..4] != MAGIC {
             return Err("bad header".into());
         }
-        if data[4] != 1 {
-            return Err(format!("unknown index version {}", data[4]));
-        }
+        let per_chunk: u64 = match (data[4], sealed) {
+            (1, _) => 1,
+            (2, true) => 2,
+            (2, false) => {
+                return Err(
+                    "an unsealed index lists plaintext ids (version 2 is only sealed)".into(),
+                )
+            }
+            (v, _) => return Err(format!("unknown index version {v}")),
+        };
         let word = |at: usize| {
             let mut b = [0u8; 8];
             b.copy_from_slice(&data[at..at + 8]);
@@ -104,24 +175,31 @@ impl Index {
             return Err(format!("lists {n} chunks, over the limit of {MAX_CHUNKS}"));
         }
         let body = &data[HEADER_LEN..];
-        if body.len() as u64 != n.saturating_mul(32) {
+        if body.len() as u64 != n.saturating_mul(32 * per_chunk) {
             return Err(format!(
                 "{} id bytes for {n} chunks (truncated?)",
                 body.len()
             ));
         }
-        let chunks = body
-            .chunks_exact(32)
-            .map(|c| {
-                let mut b = [0u8; 32];
-                b.copy_from_slice(c);
-                Id(b)
-            })
-            .collect();
+        let mut ids = body.chunks_exact(32).map(|c| {
+            let mut b = [0u8; 32];
+            b.copy_from_slice(c);
+            Id(b)
+        });
+        let chunks: Vec<Id> = ids.by_ref().take(n as usize).collect();
+        let plain: Vec<Id> = ids.collect();
+        if plain
+            .iter()
+            .zip(&chunks)
+            .any(|(p, c)| p.is_zero() != c.is_zero())
+        {
+            return Err("a zero chunk's plaintext id is not zero, or the reverse".into());
+        }
         Ok(Index {
             chunk_size,
             image_size,
             chunks,
+            plain,
         })
     }
 
@@ -131,11 +209,53 @@ impl Index {
         self.chunk_size.min(self.image_size.saturating_sub(start))
     }
 
+    /// Chunk `i`'s plaintext id when the index records it (sealed
+    /// indexes).
+    pub fn plain_id(&self, i: usize) -> Option<&Id> {
+        self.plain.get(i)
+    }
+
     pub fn nonzero_bytes(&self) -> u64 {
         (0..self.chunks.len())
             .filter(|&i| !self.chunks[i].is_zero())
             .map(|i| self.chunk_len(i))
             .sum()
+    }
+}
+
+impl Refs {
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + 32 * self.chunks.len());
+        out.extend_from_slice(&self.chunk_size.to_le_bytes());
+        for c in &self.chunks {
+            out.extend_from_slice(&c.0);
+        }
+        out
+    }
+
+    fn parse(data: &[u8]) -> std::result::Result<Refs, String> {
+        if data.len() < 8 || (data.len() - 8) % 32 != 0 {
+            return Err(format!("an envelope of {} bytes", data.len()));
+        }
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&data[..8]);
+        let chunk_size = u64::from_le_bytes(w);
+        check_chunk_size(chunk_size).map_err(|e| e.to_string())?;
+        let chunks: Vec<Id> = data[8..]
+            .chunks_exact(32)
+            .map(|c| {
+                let mut b = [0u8; 32];
+                b.copy_from_slice(c);
+                Id(b)
+            })
+            .collect();
+        if chunks.len() as u64 > MAX_CHUNKS {
+            return Err(format!("its envelope lists {} chunks", chunks.len()));
+        }
+        if chunks.windows(2).any(|w| w[0].0 >= w[1].0) || chunks.iter().any(|c| c.is_zero()) {
+            return Err("its envelope's chunk ids are not sorted, distinct and non-zero".into());
+        }
+        Ok(Refs { chunk_size, chunks })
     }
 }
 
@@ -149,6 +269,7 @@ mod tests {
             chunk_size: 1 << 16,
             image_size: (1 << 16) * 2 + 5,
             chunks: vec![Id::of(b"a"), Id::ZERO, Id::of(b"c")],
+            plain: Vec::new(),
         };
         let bytes = idx.to_bytes();
         let id = Id::of(&bytes);
@@ -157,6 +278,34 @@ mod tests {
         assert!(Index::from_bytes(None, &bytes[..bytes.len() - 1]).is_err());
         assert!(Index::from_bytes(Some(&id), &bytes[..bytes.len() - 32]).is_err());
         assert!(Index::from_bytes(Some(&Id::of(b"x")), &bytes).is_err());
+        // Plaintext ids only inside a seal.
+        let with_plain = Index {
+            plain: vec![Id::of(b"A"), Id::ZERO, Id::of(b"C")],
+            ..idx
+        };
+        let e = Index::from_bytes(None, &with_plain.to_bytes()).unwrap_err();
+        assert!(e.to_string().contains("only sealed"), "{e}");
+        let keys = crate::crypto::unlock(&crate::crypto::MasterKey::generate());
+        let (id, sealed) = with_plain.stored(Some(&keys)).unwrap();
+        assert_eq!(Index::from_bytes(Some(&id), &sealed).unwrap(), with_plain);
+        let refs = Index::refs_of(&id, &sealed).unwrap();
+        assert_eq!(refs.chunk_size, 1 << 16);
+        let mut want = vec![Id::of(b"a"), Id::of(b"c")];
+        want.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(refs.chunks, want);
+    }
+
+    /// The plaintext id of a chunk this index lists (the id itself when
+    /// the index has none).
+    #[test]
+    fn plain_ids_fall_back_to_the_chunk_ids() {
+        let idx = Index {
+            chunk_size: 1 << 16,
+            image_size: 1 << 16,
+            chunks: vec![Id::of(b"a")],
+            plain: Vec::new(),
+        };
+        assert_eq!(idx.plain_id(0), None);
     }
 
     #[test]

@@ -92,7 +92,9 @@ impl ObjectKey {
     pub fn max_size(&self) -> u64 {
         match self {
             ObjectKey::Config => MAX_CONFIG_BYTES,
-            ObjectKey::Chunk(_) => (chunk::HEADER_LEN + chunk::MAX_CHUNK) as u64,
+            ObjectKey::Chunk(_) => {
+                (super::sealed::OVERHEAD + chunk::HEADER_LEN + chunk::MAX_CHUNK) as u64
+            }
             ObjectKey::Index(_) => index::MAX_INDEX_BYTES,
             ObjectKey::Manifest(_) => MAX_MANIFEST_BYTES,
         }
@@ -232,6 +234,12 @@ fn check_sealed(key: &ObjectKey, data: &[u8]) -> Result<()> {
             format!("content hashes to {}", actual.short()),
         ));
     }
+    // What a keyless reader relies on: the envelope parses and is sane.
+    match key {
+        ObjectKey::Index(id) => drop(Index::refs_of(id, data)?),
+        ObjectKey::Manifest(k) => drop(Manifest::refs_of(k, data)?),
+        ObjectKey::Chunk(_) | ObjectKey::Config => {}
+    }
     Ok(())
 }
 
@@ -277,6 +285,7 @@ mod tests {
             chunk_size: 1 << 16,
             image_size: 1 << 16,
             chunks: vec![id],
+            plain: Vec::new(),
         };
         let bytes = Bytes::from(idx.to_bytes());
         assert!(Verified::check(ObjectKey::Index(Id::of(&bytes)), bytes.clone()).is_ok());

@@ -300,8 +300,42 @@ impl Manifest {
     /// The manifest as a repository stores it (sealed with `keys` in an
     /// encrypted one), and the key it is stored under.
     pub fn stored(&self, keys: Option<&crate::crypto::Keys>) -> Result<(ManifestKey, Vec<u8>)> {
-        let bytes = super::sealed::seal_if(keys, super::sealed::Kind::Manifest, self.to_bytes())?;
+        let bytes = super::sealed::seal_doc(
+            keys,
+            super::sealed::Kind::Manifest,
+            // Serialising plain structs of strings and numbers cannot fail.
+            || serde_json::to_vec(&self.refs()).unwrap_or_default(),
+            self.to_bytes(),
+        )?;
         Ok((self.key_of(&bytes), bytes))
+    }
+
+    pub fn refs(&self) -> Refs {
+        Refs {
+            index: self.index,
+            definition: self.definition,
+            set: self.set.clone(),
+            role: self.volume.role,
+            chunk_size: self.chunk_size,
+        }
+    }
+
+    /// What a stored manifest references: parsed from an unsealed one, read
+    /// from a sealed one's envelope without the key (a repository server).
+    pub fn refs_of(key: &ManifestKey, data: &[u8]) -> Result<Refs> {
+        if !super::sealed::is_sealed(data) {
+            return Manifest::from_bytes(key, data).map(|m| m.refs());
+        }
+        let bad = |why: String| Error::corrupt("manifest", key.id, why);
+        let actual = Id::of(data);
+        if actual != key.id {
+            return Err(bad(format!("content hashes to {}", actual.short())));
+        }
+        let env = super::sealed::envelope(super::sealed::Kind::Manifest, data).map_err(bad)?;
+        let refs: Refs = serde_json::from_slice(env)
+            .map_err(|e| bad(format!("its envelope is not valid: {e}")))?;
+        refs.check().map_err(bad)?;
+        Ok(refs)
     }
 
     /// Parses a manifest fetched under `key`, checking hash, names and format.
@@ -312,6 +346,11 @@ impl Manifest {
             return Err(bad(format!("content hashes to {}", actual.short())));
         }
         let opened;
+        let sealed_envelope = if super::sealed::is_sealed(data) {
+            Some(super::sealed::envelope(super::sealed::Kind::Manifest, data).map_err(&bad)?)
+        } else {
+            None
+        };
         let data = if super::sealed::is_sealed(data) {
             opened = super::sealed::open_doc(
                 super::sealed::Kind::Manifest,
@@ -336,16 +375,8 @@ impl Manifest {
                 m.format
             )));
         }
-        if let Some(d) = &m.definition {
-            if m.format < 2 {
-                return Err(bad("a format-1 manifest cannot name a definition".into()));
-            }
-            if d.size == 0 || d.size > MAX_DEFINITION_BYTES as u64 || d.chunk.is_zero() {
-                return Err(bad(format!(
-                    "its definition is {} bytes (1 to {} allowed)",
-                    d.size, MAX_DEFINITION_BYTES
-                )));
-            }
+        if m.definition.is_some() && m.format < 2 {
+            return Err(bad("a format-1 manifest cannot name a definition".into()));
         }
         if let Some(c) = &m.capture {
             if m.format < 3 {
@@ -356,6 +387,15 @@ impl Manifest {
             }
             c.check().map_err(bad)?;
         }
+        if let Some(env) = sealed_envelope {
+            let clear: Refs = serde_json::from_slice(env)
+                .map_err(|e| bad(format!("its envelope is not valid: {e}")))?;
+            if clear != m.refs() {
+                return Err(bad(
+                    "its clear references differ from its sealed content".into()
+                ));
+            }
+        }
         if m.vm.name != key.vm || m.volume.name != key.volume {
             return Err(bad(format!(
                 "names {}/{} do not match its key {}/{}",
@@ -364,15 +404,7 @@ impl Manifest {
         }
         check_name("VM", &m.vm.name).map_err(|e| bad(e.to_string()))?;
         check_name("volume", &m.volume.name).map_err(|e| bad(e.to_string()))?;
-        if m.set.is_empty()
-            || m.set.len() > 64
-            || !m
-                .set
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-        {
-            return Err(bad("its set id is not 1 to 64 lowercase hex digits".into()));
-        }
+        m.refs().check().map_err(bad)?;
         // The key's time is what listings sort and resolve `@latest` by, so
         // it must be the manifest's own time: otherwise the same backup
         // could be listed again under any date.
@@ -384,6 +416,42 @@ impl Manifest {
             )));
         }
         Ok(m)
+    }
+}
+
+/// What a manifest references and the set it belongs to: what a repository
+/// server needs to check an upload and keep its catalog, readable from a
+/// sealed manifest's envelope without the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Refs {
+    pub index: Id,
+    pub definition: Option<DefinitionRef>,
+    pub set: String,
+    pub role: Role,
+    pub chunk_size: u64,
+}
+
+impl Refs {
+    fn check(&self) -> std::result::Result<(), String> {
+        if self.set.is_empty()
+            || self.set.len() > 64
+            || !self
+                .set
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
+            return Err("its set id is not 1 to 64 lowercase hex digits".into());
+        }
+        if let Some(d) = &self.definition {
+            if d.size == 0 || d.size > MAX_DEFINITION_BYTES as u64 || d.chunk.is_zero() {
+                return Err(format!(
+                    "its definition is {} bytes (1 to {} allowed)",
+                    d.size, MAX_DEFINITION_BYTES
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -2,29 +2,46 @@
 //! or a manifest.
 //!
 //! ```text
-//! "LBSE" | version u8 = 1 | kind u8 | 0u16 | key id (16) | nonce (24) | XChaCha20-Poly1305(inner) with its tag
+//! chunk:             "LBSE" | version u8 = 2 | kind u8 | 0u16 | key id (16) | SIV (24) | AES-256-CTR(inner)
+//! index or manifest: the same 48 bytes | envelope length u32 LE | envelope | AES-256-CTR(inner)
 //! ```
 //!
 //! The object is named by the BLAKE3 of these bytes, so whoever holds no
 //! key (a repository server, an S3 reader) still checks every object
-//! against its name. The nonce is a keyed hash of the plaintext
-//! (`crypto::Keys::nonce`): equal plaintexts seal to equal objects (dedup
-//! holds), and an opened object's plaintext must hash back to its nonce
-//! (SIV-style), which binds the content to the name. The first 24 bytes
-//! (magic to key id) are the AEAD's associated data: kind and key cannot
-//! be swapped. `inner` is what an unencrypted repository stores (a
-//! chunk's `LBCK` encoding, an index's or manifest's bytes).
+//! against its name. The SIV is a keyed hash of the first 24 bytes (magic
+//! to key id), the envelope's BLAKE3 and the plaintext's BLAKE3
+//! (`crypto::Keys::siv`): equal plaintexts seal to equal objects (dedup
+//! holds), and an opened object's plaintext must hash back to its SIV,
+//! which authenticates plaintext and envelope and binds kind and key.
+//!
+//! The envelope is what a repository server must read without the key to
+//! check an upload: the objects an index or a manifest references (see
+//! `Index::envelope`, `manifest::Refs`). It is in the clear; a key holder
+//! checks it against the sealed content when it opens the object. `inner` is what an unencrypted repository stores (a
+//! chunk's `LBCK` encoding, an index's or manifest's bytes); a chunk's
+//! plaintext is its raw bytes, checked after decompressing.
 
 use std::sync::Arc;
 
-use crate::crypto::{self, KeyId, Keys};
+use crate::crypto::{self, KeyId, Keys, Siv};
 use crate::error::{Error, Result};
 
 pub const MAGIC: &[u8; 4] = b"LBSE";
+pub const VERSION: u8 = 2;
 pub const HEADER_LEN: usize = 48;
-/// Bytes a sealed object adds to its inner bytes.
-pub const OVERHEAD: usize = HEADER_LEN + 16;
-const AAD_LEN: usize = 24;
+/// Bytes a sealed chunk adds to its inner bytes (a document adds its
+/// envelope and its length too).
+pub const OVERHEAD: usize = HEADER_LEN;
+const HEAD_LEN: usize = 24;
+/// What the SIV binds besides the plaintext: the head and the envelope's hash.
+type Bound = [u8; HEAD_LEN + 32];
+
+fn bound(head: &[u8], envelope: &[u8]) -> Bound {
+    let mut b = [0u8; HEAD_LEN + 32];
+    b[..HEAD_LEN].copy_from_slice(&head[..HEAD_LEN]);
+    b[HEAD_LEN..].copy_from_slice(blake3::hash(envelope).as_bytes());
+    b
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -38,26 +55,94 @@ pub fn is_sealed(data: &[u8]) -> bool {
     data.len() >= 4 && &data[..4] == MAGIC
 }
 
-/// Seals `inner`, whose plaintext hashes to `plain_hash`.
+fn head(id: &KeyId, kind: Kind) -> [u8; HEAD_LEN] {
+    let mut h = [0u8; HEAD_LEN];
+    h[..4].copy_from_slice(MAGIC);
+    h[4] = VERSION;
+    h[5] = kind as u8;
+    h[8..].copy_from_slice(id);
+    h
+}
+
+/// Seals `inner`, whose plaintext hashes to `plain_hash`, into `out`,
+/// which is `OVERHEAD` bytes longer than `inner` (a worker's reusable,
+/// page-aligned buffer; see `buf`).
+pub fn seal_to(
+    keys: &Keys,
+    kind: Kind,
+    plain_hash: &[u8; 32],
+    inner: &[u8],
+    out: &mut [u8],
+) -> Result<()> {
+    if out.len() != OVERHEAD + inner.len() {
+        return Err(Error::Internal("a sealing buffer of the wrong size".into()));
+    }
+    if kind != Kind::Chunk {
+        return Err(Error::Internal(
+            "only chunks are sealed without an envelope".into(),
+        ));
+    }
+    let head = head(keys.id(), kind);
+    let siv = keys.siv(&bound(&head, &[]), plain_hash);
+    out[..HEAD_LEN].copy_from_slice(&head);
+    out[HEAD_LEN..HEADER_LEN].copy_from_slice(&siv);
+    keys.apply_to(&siv, inner, &mut out[HEADER_LEN..])
+}
+
 pub fn seal(keys: &Keys, kind: Kind, plain_hash: &[u8; 32], inner: &[u8]) -> Result<Vec<u8>> {
-    let nonce = keys.nonce(kind as u8, plain_hash);
-    let mut out = Vec::with_capacity(OVERHEAD + inner.len());
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&[1, kind as u8, 0, 0]);
-    out.extend_from_slice(keys.id());
-    out.extend_from_slice(&nonce);
-    let ct = keys.encrypt(&nonce, &out[..AAD_LEN], inner)?;
-    out.extend_from_slice(&ct);
+    let mut out = vec![0u8; OVERHEAD + inner.len()];
+    seal_to(keys, kind, plain_hash, inner, &mut out)?;
     Ok(out)
 }
 
-/// `plain` as the repository stores it: sealed when it has keys, as is
+/// An index or manifest as the repository stores it: sealed with its
+/// envelope when it has keys (`envelope` is called only then), as is
 /// otherwise.
-pub fn seal_if(keys: Option<&Keys>, kind: Kind, plain: Vec<u8>) -> Result<Vec<u8>> {
-    match keys {
-        Some(k) => seal(k, kind, blake3::hash(&plain).as_bytes(), &plain),
-        None => Ok(plain),
+pub fn seal_doc(
+    keys: Option<&Keys>,
+    kind: Kind,
+    envelope: impl FnOnce() -> Vec<u8>,
+    plain: Vec<u8>,
+) -> Result<Vec<u8>> {
+    let Some(keys) = keys else {
+        return Ok(plain);
+    };
+    let envelope = envelope();
+    let head = head(keys.id(), kind);
+    let siv = keys.siv(&bound(&head, &envelope), blake3::hash(&plain).as_bytes());
+    let at = HEADER_LEN + 4 + envelope.len();
+    let mut out = Vec::with_capacity(at + plain.len());
+    out.extend_from_slice(&head);
+    out.extend_from_slice(&siv);
+    out.extend_from_slice(&(envelope.len() as u32).to_le_bytes());
+    out.extend_from_slice(&envelope);
+    out.resize(at + plain.len(), 0);
+    keys.apply_to(&siv, &plain, &mut out[at..])?;
+    Ok(out)
+}
+
+/// Where a sealed object's ciphertext starts, and its envelope.
+fn split(kind: Kind, data: &[u8]) -> std::result::Result<(usize, &[u8]), String> {
+    if kind == Kind::Chunk {
+        return Ok((HEADER_LEN, &[]));
     }
+    let len_at = &data
+        .get(HEADER_LEN..HEADER_LEN + 4)
+        .ok_or("truncated before its envelope")?;
+    let len = u32::from_le_bytes([len_at[0], len_at[1], len_at[2], len_at[3]]) as usize;
+    let start = HEADER_LEN + 4;
+    let envelope = data
+        .get(start..start.saturating_add(len))
+        .ok_or_else(|| format!("its envelope claims {len} bytes, more than the object holds"))?;
+    Ok((start + len, envelope))
+}
+
+/// A sealed index's or manifest's envelope, for a reader without the key.
+/// Checks the header first. The envelope is only as good as the object's
+/// name: authenticated for a key holder, unchecked content for others.
+pub fn envelope(kind: Kind, data: &[u8]) -> std::result::Result<&[u8], String> {
+    check_header(kind, data)?;
+    split(kind, data).map(|(_, e)| e)
 }
 
 /// The header's checks, for a reader without the key (a server): the
@@ -66,8 +151,14 @@ pub fn check_header(kind: Kind, data: &[u8]) -> std::result::Result<KeyId, Strin
     if data.len() < OVERHEAD || !is_sealed(data) {
         return Err(format!("not a sealed object ({} bytes)", data.len()));
     }
-    if data[4] != 1 {
-        return Err(format!("unknown sealed-object version {}", data[4]));
+    match data[4] {
+        VERSION => {}
+        1 => {
+            return Err(
+                "sealed-object version 1 was written by a development build of lifeboat and is not readable: make the repository again".into(),
+            )
+        }
+        v => return Err(format!("unknown sealed-object version {v} (a newer lifeboat?)")),
     }
     if data[5] != kind as u8 {
         return Err(format!(
@@ -80,25 +171,37 @@ pub fn check_header(kind: Kind, data: &[u8]) -> std::result::Result<KeyId, Strin
     Ok(id)
 }
 
-/// An opened object: its inner bytes, and what checks its plaintext.
+/// An opened object's SIV: what its decrypted plaintext must hash to.
+/// Until `matches` says yes, the decrypted bytes are unauthenticated.
 pub struct Opened {
-    pub inner: Vec<u8>,
     keys: Arc<Keys>,
-    nonce: [u8; 24],
-    kind: Kind,
+    bound: Bound,
+    siv: Siv,
 }
 
 impl Opened {
     /// Whether the plaintext (hashing to `plain_hash`) is the one the
-    /// object was sealed from.
+    /// object was sealed from (a comparison that takes the same time
+    /// wherever the first difference is).
     pub fn matches(&self, plain_hash: &[u8; 32]) -> bool {
-        self.keys.nonce(self.kind as u8, plain_hash) == self.nonce
+        let want = self.keys.siv(&self.bound, plain_hash);
+        want.iter()
+            .zip(self.siv.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
     }
 }
 
-/// Opens a sealed object whose bytes were already checked against its
-/// name. `what`/`name` name it in errors.
-pub fn open(kind: Kind, what: &'static str, name: &str, data: &[u8]) -> Result<Opened> {
+/// Decrypts a sealed object whose bytes were already checked against its
+/// name into `out`. `what`/`name` name it in errors. The caller checks
+/// the plaintext with `Opened::matches` before it trusts a byte of it.
+pub fn open_into(
+    kind: Kind,
+    what: &'static str,
+    name: &str,
+    data: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<Opened> {
     let key_id = check_header(kind, data).map_err(|why| Error::corrupt(what, name, why))?;
     let keys = crypto::unlocked(&key_id).ok_or_else(|| {
         Error::Locked(format!(
@@ -106,36 +209,35 @@ pub fn open(kind: Kind, what: &'static str, name: &str, data: &[u8]) -> Result<O
             &hex::encode(key_id)[..8]
         ))
     })?;
-    let mut nonce = [0u8; 24];
-    nonce.copy_from_slice(&data[AAD_LEN..HEADER_LEN]);
-    let inner = keys
-        .decrypt(&nonce, &data[..AAD_LEN], &data[HEADER_LEN..])
-        .ok_or_else(|| {
-            Error::corrupt(
-                what,
-                name,
-                "it fails authentication: its bytes were changed after it was sealed",
-            )
-        })?;
+    let (at, envelope) = split(kind, data).map_err(|why| Error::corrupt(what, name, why))?;
+    let mut siv = [0u8; 24];
+    siv.copy_from_slice(&data[HEAD_LEN..HEADER_LEN]);
+    out.resize(data.len() - at, 0);
+    keys.apply_to(&siv, &data[at..], out)?;
     Ok(Opened {
-        inner,
         keys,
-        nonce,
-        kind,
+        bound: bound(data, envelope),
+        siv,
     })
+}
+
+/// The error for a plaintext that does not match its object's SIV.
+pub fn tampered(what: &'static str, name: &str) -> Error {
+    Error::corrupt(
+        what,
+        name,
+        "it fails authentication: its bytes were changed after it was sealed, or it was sealed for another kind of object",
+    )
 }
 
 /// Opens a sealed index or manifest and checks its plaintext.
 pub fn open_doc(kind: Kind, what: &'static str, name: &str, data: &[u8]) -> Result<Vec<u8>> {
-    let o = open(kind, what, name, data)?;
-    if !o.matches(blake3::hash(&o.inner).as_bytes()) {
-        return Err(Error::corrupt(
-            what,
-            name,
-            "its plaintext does not match its nonce",
-        ));
+    let mut plain = Vec::new();
+    let o = open_into(kind, what, name, data, &mut plain)?;
+    if !o.matches(blake3::hash(&plain).as_bytes()) {
+        return Err(tampered(what, name));
     }
-    Ok(o.inner)
+    Ok(plain)
 }
 
 #[cfg(test)]
@@ -146,12 +248,24 @@ mod tests {
     #[test]
     fn sealed_objects_open_only_with_their_key_and_kind() {
         let keys = crypto::unlock(&MasterKey::generate());
-        let s = seal_if(Some(&keys), Kind::Index, b"index bytes".to_vec()).unwrap();
+        let env = || b"refs".to_vec();
+        let s = seal_doc(Some(&keys), Kind::Index, env, b"index bytes".to_vec()).unwrap();
         assert!(is_sealed(&s));
         assert_eq!(
             s,
-            seal_if(Some(&keys), Kind::Index, b"index bytes".to_vec()).unwrap()
+            seal_doc(Some(&keys), Kind::Index, env, b"index bytes".to_vec()).unwrap()
         );
+        assert_eq!(envelope(Kind::Index, &s).unwrap(), b"refs");
+        // The envelope is authenticated: changed, the object fails.
+        let mut forged = s.clone();
+        forged[HEADER_LEN + 4] ^= 1;
+        let e = open_doc(Kind::Index, "index", "x", &forged)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fails authentication"), "{e}");
+        let mut long = s.clone();
+        long[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(envelope(Kind::Index, &long).is_err());
         assert_eq!(
             open_doc(Kind::Index, "index", "x", &s).unwrap(),
             b"index bytes"

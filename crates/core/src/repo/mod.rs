@@ -116,10 +116,12 @@ impl Repo {
     }
 
     /// Reads, decodes and verifies one chunk into `out`, reusing `file` as
-    /// the read buffer (both page-aligned; see `buf`).
+    /// the read buffer (both page-aligned; see `buf`). `plain`: a sealed
+    /// chunk's plaintext id from its sealed index (see `chunk::decode_checked`).
     pub fn read_chunk_into<'o>(
         &self,
         id: &Id,
+        plain: Option<&Id>,
         file: &mut crate::buf::AlignedBuf,
         out: &'o mut crate::buf::AlignedBuf,
     ) -> Result<&'o [u8]> {
@@ -132,7 +134,7 @@ impl Repo {
                 std::io::ErrorKind::FileTooLarge => Error::corrupt("chunk", id, e.to_string()),
                 _ => Error::io("reading", &path, e),
             })?;
-        chunk::decode_into(id, data, out)
+        chunk::decode_checked(id, plain, data, out)
     }
 
     /// Reads, decodes and verifies one chunk.
@@ -217,6 +219,19 @@ impl Repo {
     pub fn load_manifest(&self, key: &ManifestKey) -> Result<Manifest> {
         let data = self.read_object(&ObjectKey::Manifest(key.clone()))?;
         Manifest::from_bytes(key, &data)
+    }
+
+    /// What a manifest references, readable without the key of an
+    /// encrypted repository (a repository server's catalog and checks).
+    pub fn manifest_refs(&self, key: &ManifestKey) -> Result<manifest::Refs> {
+        let data = self.read_object(&ObjectKey::Manifest(key.clone()))?;
+        Manifest::refs_of(key, &data)
+    }
+
+    /// What an index references, readable without the key.
+    pub fn index_refs(&self, id: &Id) -> Result<crate::format::index::Refs> {
+        let data = self.read_object(&ObjectKey::Index(*id))?;
+        Index::refs_of(id, &data)
     }
 
     /// Every manifest key in the repository, oldest first. Entries that are

@@ -191,7 +191,8 @@ pub fn verify(
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(id) = ids.get(i) else { return };
                     let res = if deep {
-                        repo.read_chunk_into(id, &mut file_buf, &mut raw_buf)
+                        // No plaintext id: verify checks every object's name.
+                        repo.read_chunk_into(id, None, &mut file_buf, &mut raw_buf)
                             .map(|_| {
                                 let n = file_buf.len() as u64;
                                 bytes.fetch_add(n, Ordering::Relaxed);

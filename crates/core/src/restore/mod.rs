@@ -619,7 +619,7 @@ fn write_raw(
                     let res = if id.is_zero() {
                         Ok(())
                     } else {
-                        repo.read_chunk_into(id, &mut file_buf, &mut raw_buf)
+                        repo.read_chunk_into(id, index.plain_id(i), &mut file_buf, &mut raw_buf)
                             .and_then(|data| {
                                 if data.len() as u64 != len {
                                     return Err(Error::corrupt(

@@ -307,9 +307,13 @@ impl Store for LocalStore {
                 // repository, not single manifests).
                 use std::sync::atomic::Ordering;
                 if !this.current_format.load(Ordering::Relaxed) {
-                    let format = crate::format::Manifest::from_bytes(&mk, &data)?.format;
-                    let config = read_repo_config(&this.root)?;
-                    let config = upgrade_format(&this.root, &config, format)?.unwrap_or(config);
+                    let mut config = read_repo_config(&this.root)?;
+                    // An encrypted repository (format 4) is current, and its
+                    // sealed manifests are not readable here.
+                    if config.format < REPO_FORMAT {
+                        let format = crate::format::Manifest::from_bytes(&mk, &data)?.format;
+                        config = upgrade_format(&this.root, &config, format)?.unwrap_or(config);
+                    }
                     if config.format >= REPO_FORMAT {
                         this.current_format.store(true, Ordering::Relaxed);
                     }

@@ -60,6 +60,9 @@ pub struct PlanSummary {
     pub destination: String,
     /// The destination holds no repository; one is created first.
     pub creates_repository: bool,
+    /// Both sides are encrypted with one key: objects are copied sealed,
+    /// as they are (never decrypted on the way out, never re-encrypted).
+    pub sealed: bool,
     pub manifests_selected: usize,
     pub manifests_to_send: usize,
     pub indexes_to_send: usize,
@@ -193,16 +196,7 @@ pub async fn plan(
         Error::BadInput(format!("{} holds no lifeboat repository", src.describe()))
     })?;
     let dst_cfg = read_config(dst).await?;
-    // Sealed manifests and indexes cannot be read by a repository server,
-    // which checks what a manifest references before it takes it; until
-    // the server side is done, an encrypted repository stays where it is.
-    if src_cfg.encryption.is_some() || dst_cfg.as_ref().is_some_and(|c| c.encryption.is_some()) {
-        return Err(Error::BadInput(format!(
-            "pushing or pulling an encrypted repository ({} to {}) is not supported yet: copy its directory (every object is sealed) and restore with its key",
-            src.describe(),
-            dst.describe()
-        )));
-    }
+    summary.sealed = same_key(src, &src_cfg, dst, dst_cfg.as_ref())?;
     let create_config = match dst_cfg {
         Some(d) if d.chunk_size != src_cfg.chunk_size => {
             return Err(Error::ChunkSizeMismatch {
@@ -214,7 +208,11 @@ pub async fn plan(
         }
         Some(_) => None,
         None if opts.init => {
-            let cfg = RepoConfig::new(src_cfg.chunk_size, src_cfg.compression.level)?;
+            let mut cfg = RepoConfig::new(src_cfg.chunk_size, src_cfg.compression.level)?;
+            if let Some(enc) = &src_cfg.encryption {
+                // The same key and slots: the copy opens as the original does.
+                cfg = cfg.encrypted(enc.clone());
+            }
             summary.creates_repository = true;
             Some(Verified::check(
                 ObjectKey::Config,
@@ -320,6 +318,49 @@ pub async fn plan(
         selected: all_selected,
         lock,
     })
+}
+
+/// Encrypted repositories are copied object for object, as they are:
+/// both sides must be unencrypted or share one key, and this process must
+/// hold it (the plan opens manifests and indexes to know what to send).
+/// Returns whether the objects are sealed.
+fn same_key(
+    src: &dyn Store,
+    src_cfg: &RepoConfig,
+    dst: &dyn Store,
+    dst_cfg: Option<&RepoConfig>,
+) -> Result<bool> {
+    let dst_enc = dst_cfg.map(|c| c.encryption.as_ref());
+    match (&src_cfg.encryption, dst_enc) {
+        (None, None | Some(None)) => Ok(false),
+        (Some(a), None) => unlocked(a, src).map(|_| true),
+        (Some(a), Some(Some(b))) if a.key_id == b.key_id => unlocked(a, src).map(|_| true),
+        (a, Some(b)) => {
+            let what = |e: Option<&crate::crypto::Encryption>| match e {
+                Some(e) => format!("encrypted with key {}", &e.key_id[..8.min(e.key_id.len())]),
+                None => "unencrypted".to_string(),
+            };
+            Err(Error::BadInput(format!(
+                "{} is {} and {} is {}: objects are copied as they are, so both must be unencrypted or share one key (re-encrypting into another key is not supported yet); push into a new repository with --init, which takes the key of {}",
+                src.describe(),
+                what(a.as_ref()),
+                dst.describe(),
+                what(b),
+                src.describe()
+            )))
+        }
+    }
+}
+
+fn unlocked(enc: &crate::crypto::Encryption, at: &dyn Store) -> Result<()> {
+    if crate::crypto::unlock_from_env(enc)? {
+        Ok(())
+    } else {
+        Err(Error::Locked(format!(
+            "the repository at {}",
+            at.describe()
+        )))
+    }
 }
 
 /// Carries out a plan: chunks (each fetched, decoded and re-hashed before
