@@ -22,6 +22,7 @@ if [ ! -f "$IMG" ] || [ "$(stat -c %s "$IMG")" != $((SIZE_MIB << 20)) ]; then
   python3 benches/make_image.py "$IMG" "$IMG2" $((SIZE_MIB << 20)) 2
 fi
 printf 'benchmark passphrase\n' > "$WORK/pass"
+chmod 600 "$WORK/pass"
 export RESTIC_PASSWORD=bench RESTIC_CACHE_DIR=$WORK/restic-cache
 cat "$IMG" > /dev/null
 

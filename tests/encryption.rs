@@ -17,7 +17,7 @@ const PASS: &str = "correct horse battery staple";
 /// the passphrase file and the recovery key file `init` wrote.
 fn encrypted(w: &World) -> (PathBuf, PathBuf) {
     let pass = w.path("pass");
-    std::fs::write(&pass, format!("{PASS}\n")).unwrap();
+    secret(&pass, &format!("{PASS}\n"));
     let recovery = w.path("recovery.txt");
     let said = ok(&run(
         w,
@@ -36,6 +36,13 @@ fn encrypted(w: &World) -> (PathBuf, PathBuf) {
         "{said}"
     );
     (pass, recovery)
+}
+
+/// Writes a passphrase file as an admin would: private to its owner.
+fn secret(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 /// An image whose every 64 KiB chunk holds the marker among noise.
@@ -155,7 +162,7 @@ fn an_encrypted_repository_stores_no_plaintext_and_restores_with_its_key_only() 
     );
     // A wrong passphrase: a clear error, nothing written.
     let wrong = w.path("wrong");
-    std::fs::write(&wrong, "not the passphrase at all").unwrap();
+    secret(&wrong, "not the passphrase at all");
     let before = files_under(&w.repo()).len();
     let out = run(
         &w,
@@ -429,4 +436,90 @@ fn put_raw(url: &str, token: &str, key: &str, body: Vec<u8>) -> u16 {
             .status()
             .as_u16()
     })
+}
+
+/// Passphrase slots come and go without touching an object; a secret file
+/// others may read is refused; the last slot goes only with --force.
+#[test]
+fn passphrase_slots_are_added_and_removed_and_loose_secret_files_refused() {
+    let w = World::new();
+    let (pass, recovery) = encrypted(&w);
+    let img = marked_image(&w, "disk.raw", 4);
+    let spec = format!("root={}", img.display());
+    ok(&run(
+        &w,
+        &[("LIFEBOAT_PASSPHRASE_FILE", pass.as_path())],
+        &["backup", "vm", "--format", "raw", "--volume", &spec],
+    ));
+    let objects = |w: &World| {
+        let mut v: Vec<PathBuf> = files_under(&w.repo().join("chunks"));
+        v.extend(files_under(&w.repo().join("manifests")));
+        v.sort();
+        v
+    };
+    let before = objects(&w);
+    let loose = w.path("loose");
+    std::fs::write(&loose, "a second passphrase").unwrap();
+    std::fs::set_permissions(&loose, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = run(
+        &w,
+        &[("LIFEBOAT_PASSPHRASE_FILE", loose.as_path())],
+        &["ls"],
+    );
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("chmod 600"), "{e}");
+    let second = w.path("second");
+    secret(&second, "a second passphrase");
+    let key = [("LIFEBOAT_KEY_FILE", recovery.as_path())];
+    ok(&run(
+        &w,
+        &key,
+        &[
+            "key",
+            "add",
+            "oncall",
+            "--passphrase-file",
+            second.to_str().unwrap(),
+        ],
+    ));
+    let out = run(
+        &w,
+        &key,
+        &[
+            "key",
+            "add",
+            "oncall",
+            "--passphrase-file",
+            second.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success(), "a slot name twice");
+    let listed = ok(&run(&w, &key, &["key", "list"]));
+    assert!(
+        listed.contains("default") && listed.contains("oncall"),
+        "{listed}"
+    );
+    // The new passphrase opens it; the old one stops after its removal.
+    let to = w.path("r1.raw");
+    ok(&run(
+        &w,
+        &[("LIFEBOAT_PASSPHRASE_FILE", second.as_path())],
+        &["restore", "vm/root", "--to", to.to_str().unwrap()],
+    ));
+    assert_same_file(&to, &img);
+    ok(&run(
+        &w,
+        &[("LIFEBOAT_PASSPHRASE_FILE", second.as_path())],
+        &["key", "remove", "default"],
+    ));
+    let out = run(&w, &[("LIFEBOAT_PASSPHRASE_FILE", pass.as_path())], &["ls"]);
+    assert!(!out.status.success(), "a removed passphrase still opens it");
+    let out = run(&w, &key, &["key", "remove", "oncall"]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("--force"), "{e}");
+    // Without a key nothing changes.
+    let out = run(&w, &[], &["key", "remove", "oncall", "--force"]);
+    assert!(!out.status.success());
+    assert_eq!(objects(&w), before, "no object was rewritten");
+    ok(&run(&w, &key, &["verify", "--deep"]));
 }

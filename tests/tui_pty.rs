@@ -463,3 +463,87 @@ fn console_drill_shows_phases_serial_console_and_result() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// An encrypted repository opened without a key: the console asks for it
+/// in a masked field, says when it is wrong, unlocks with the right one
+/// and restores a backup.
+#[test]
+fn an_encrypted_repository_unlocks_in_the_console_and_restores() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = common::World::new();
+    let pass = w.path("pass");
+    std::fs::write(&pass, "console passphrase 1\n").unwrap();
+    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let with_pass = |args: &[&str]| {
+        let out = w
+            .cmd()
+            .arg("-r")
+            .arg(w.repo())
+            .env("LIFEBOAT_PASSPHRASE_FILE", &pass)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let recovery = w.path("recovery.txt");
+    with_pass(&[
+        "init",
+        "--chunk-size",
+        "64K",
+        "--encrypt",
+        "--recovery-key-out",
+        recovery.to_str().unwrap(),
+    ]);
+    let img = w.path("vault.raw");
+    common::write_at(&img, 0, &common::noise(2 << 20, 12));
+    with_pass(&[
+        "backup",
+        "vault",
+        "--format",
+        "raw",
+        "--volume",
+        &format!("root={}", img.display()),
+    ]);
+    let mut cmd = CommandBuilder::new(BIN);
+    cmd.args(["-r", w.repo().to_str().unwrap()]);
+    cmd.cwd(w.dir.path());
+    cmd.env("TERM", "xterm-256color");
+    cmd.env("HOME", w.dir.path());
+    cmd.env("XDG_CONFIG_HOME", w.path("cfg"));
+    cmd.env("XDG_DATA_HOME", w.path("data"));
+    for v in [
+        "LIFEBOAT_CONFIG",
+        "LIFEBOAT_REPO",
+        "LIFEBOAT_PASSPHRASE_FILE",
+        "LIFEBOAT_KEY_FILE",
+    ] {
+        cmd.env_remove(v);
+    }
+    let mut c = open(cmd);
+    c.wait_for("Unlock the repository", 30);
+    c.keys("not the passphrase");
+    let s = c.wait_for("••••••••••••••••••", 10);
+    assert!(!s.contains("not the passphrase"), "shown in clear:\n{s}");
+    c.keys("\r");
+    c.wait_for("opens none", 30);
+    c.keys("console passphrase 1\r");
+    c.wait_for("vault", 30);
+    c.keys("j\r");
+    c.wait_for("Timeline vault/root", 10);
+    let target = w.path("restored.raw");
+    c.keys("r");
+    c.wait_for("Restore vault/root", 10);
+    c.keys(&"\x7f".repeat(120));
+    c.keys(target.to_str().unwrap());
+    c.keys("\r");
+    c.wait_for("would restore vault/root", 20);
+    c.keys("\r");
+    c.wait_until("the restored file", 60, |_| target.exists());
+    common::assert_same_file(&target, &img);
+    c.keys("q");
+    c.wait_exit();
+}

@@ -82,6 +82,76 @@ pub fn key_export(ctx: &Ctx) -> anyhow::Result<Outcome> {
     println!("{}", key.recovery_text().as_str());
     Ok(Outcome::Ok)
 }
+/// `key list`, `key add`, `key remove`: the passphrase slots of the local
+/// repository's config (a pushed copy keeps the slots it was made with).
+pub fn key_slots(ctx: &Ctx, action: super::KeyAction) -> anyhow::Result<Outcome> {
+    let mut repo = ctx.open_repo()?;
+    let Some(mut enc) = repo.config.encryption.clone() else {
+        anyhow::bail!(
+            "{} is not encrypted: it has no key slots",
+            repo.root().display()
+        );
+    };
+    let locked =
+        || lifeboat_core::Error::Locked(format!("the repository at {}", repo.root().display()));
+    match action {
+        super::KeyAction::Export => return key_export(ctx),
+        super::KeyAction::List => {
+            if ctx.json {
+                let slots: Vec<_> = enc
+                    .slots
+                    .iter()
+                    .map(|s| serde_json::json!({"name": s.name, "kdf": s.kdf, "m_kib": s.m_kib, "t": s.t, "p": s.p}))
+                    .collect();
+                print_json(&serde_json::json!({"key_id": enc.key_id, "slots": slots}))?;
+            } else {
+                println!(
+                    "key {} — {} passphrase slot(s)",
+                    &enc.key_id[..8],
+                    enc.slots.len()
+                );
+                for s in &enc.slots {
+                    println!(
+                        "  {}  {} {} MiB, {} passes",
+                        lifeboat_core::text::escape(&s.name),
+                        s.kdf,
+                        s.m_kib / 1024,
+                        s.t
+                    );
+                }
+            }
+            return Ok(Outcome::Ok);
+        }
+        super::KeyAction::Add {
+            name,
+            passphrase_file,
+        } => {
+            let key = lifeboat_core::crypto::key_from_env(&enc)?.ok_or_else(locked)?;
+            let pass = lifeboat_core::crypto::read_secret_path(&passphrase_file)?;
+            enc.add_slot(&key, &name, &pass)?;
+            repo.set_encryption(enc)?;
+            say(ctx, &format!("added key slot {name}"), "added", &name)?;
+        }
+        super::KeyAction::Remove { name, force } => {
+            // Only someone who can open the repository removes a way in.
+            lifeboat_core::crypto::key_from_env(&enc)?.ok_or_else(locked)?;
+            enc.remove_slot(&name, force)?;
+            repo.set_encryption(enc)?;
+            say(ctx, &format!("removed key slot {name}"), "removed", &name)?;
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
+fn say(ctx: &Ctx, human: &str, what: &str, name: &str) -> anyhow::Result<()> {
+    if ctx.json {
+        print_json(&serde_json::json!({ what: name }))
+    } else {
+        println!("{human}");
+        Ok(())
+    }
+}
+
 pub async fn backup(
     ctx: &Ctx,
     vm: String,

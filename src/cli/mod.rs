@@ -91,6 +91,23 @@ pub enum KeyAction {
     /// Prints the recovery key of the repository (unlocked with
     /// LIFEBOAT_PASSPHRASE_FILE or LIFEBOAT_KEY_FILE): keep it on paper.
     Export,
+    /// Lists the passphrase slots (names and argon2id costs).
+    List,
+    /// Adds a passphrase slot: the new passphrase is read from FILE (never
+    /// from the command line); the repository is unlocked as for any
+    /// command. Nothing is re-encrypted.
+    Add {
+        name: String,
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: PathBuf,
+    },
+    /// Removes a passphrase slot (the last one only with --force: the
+    /// recovery key then is the only way in).
+    Remove {
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,7 +155,8 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         recovery_key_out: Option<PathBuf>,
     },
-    /// An encrypted repository's key: `key export` prints its recovery key.
+    /// An encrypted repository's key: `key export` prints its recovery key;
+    /// `key list`, `key add`, `key remove` manage its passphrase slots.
     Key {
         #[command(subcommand)]
         action: KeyAction,
@@ -657,6 +675,7 @@ pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
         Command::Key {
             action: KeyAction::Export,
         } => backup_restore::key_export(&ctx),
+        Command::Key { action } => backup_restore::key_slots(&ctx, action),
         Command::Backup {
             vm,
             volumes,

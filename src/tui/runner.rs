@@ -156,6 +156,14 @@ impl Runner {
                     r.cancel();
                 }
             }
+            Effect::Unlock(secret) => {
+                let path = self.repo_path.clone();
+                tokio::task::spawn_blocking(move || {
+                    let res = unlock_repo(&path, &secret).map_err(|e| e.to_string());
+                    drop(secret);
+                    let _ = tx.send(Action::Unlocked(res));
+                });
+            }
             Effect::Reload => {
                 let path = self.repo_path.clone();
                 let config = self.config.clone();
@@ -211,6 +219,9 @@ impl Runner {
                     let _ = match res {
                         Ok(_) if !changed => tx.send(Action::Unchanged),
                         Ok(b) => tx.send(Action::Loaded(b)),
+                        Err(e @ lifeboat_core::Error::Locked(_)) => {
+                            tx.send(Action::NeedsKey(e.to_string()))
+                        }
                         Err(e) => tx.send(Action::LoadFailed(e.to_string())),
                     };
                     if let Some(snap) = snap {
@@ -1173,4 +1184,25 @@ fn show_map(
         held,
     });
     line
+}
+
+/// Unlocks the local repository with what the console's prompt took: a
+/// recovery key (`lbk1-…`) or a passphrase that opens one of its slots.
+fn unlock_repo(
+    path: &std::path::Path,
+    typed: &crate::tui::app::Secret,
+) -> lifeboat_core::Result<()> {
+    use lifeboat_core::crypto;
+    let repo = Repo::open(path)?;
+    let Some(enc) = &repo.config.encryption else {
+        return Ok(());
+    };
+    let text = typed.0.trim();
+    let key = if text.to_ascii_lowercase().starts_with("lbk1-") {
+        enc.accept(crypto::MasterKey::from_recovery_text(text)?)?
+    } else {
+        enc.open_with_passphrase(typed.0.as_bytes())?
+    };
+    crypto::unlock(&key);
+    Ok(())
 }

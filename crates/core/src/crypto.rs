@@ -285,6 +285,50 @@ impl Encryption {
         )))
     }
 
+    /// Adds a passphrase slot named `name` for `key` (checked against the
+    /// record): the other slots and every object stay as they are.
+    pub fn add_slot(&mut self, key: &MasterKey, name: &str, passphrase: &[u8]) -> Result<()> {
+        crate::names::check_name("key slot", name)?;
+        if key.id() != self.key_id {
+            return Err(Error::BadInput("this key is not the repository's".into()));
+        }
+        if self.slots.iter().any(|s| s.name == name) {
+            return Err(Error::BadInput(format!(
+                "the repository has a key slot named {name} already: remove it first or pick another name"
+            )));
+        }
+        if self.slots.len() >= 32 {
+            return Err(Error::BadInput(
+                "the repository has 32 key slots, the most allowed: remove one first".into(),
+            ));
+        }
+        self.slots.push(Slot::wrap(key, name, passphrase)?);
+        Ok(())
+    }
+
+    /// Removes the slot named `name`. The last slot goes only with
+    /// `allow_last` (then the recovery key is the only way in).
+    pub fn remove_slot(&mut self, name: &str, allow_last: bool) -> Result<()> {
+        let Some(at) = self.slots.iter().position(|s| s.name == name) else {
+            let names: Vec<&str> = self.slots.iter().map(|s| s.name.as_str()).collect();
+            return Err(Error::BadInput(format!(
+                "the repository has no key slot named {name} (it has: {})",
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            )));
+        };
+        if self.slots.len() == 1 && !allow_last {
+            return Err(Error::BadInput(format!(
+                "{name} is the repository's last passphrase slot: without it only the recovery key opens the repository; pass --force if that is what you want"
+            )));
+        }
+        self.slots.remove(at);
+        Ok(())
+    }
+
     /// The key this record names, when this process holds it.
     pub fn held(&self) -> Option<Arc<Keys>> {
         let mut id = [0u8; 16];
@@ -385,22 +429,41 @@ fn derive(passphrase: &[u8], salt: &[u8], m: u32, t: u32, p: u32) -> Result<Zero
 /// Reads a secret file named by an environment variable: bounded, its
 /// trailing newline dropped, zeroed when dropped. Never logs what it read.
 pub fn read_secret_file(var: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
-    let Some(path) = std::env::var_os(var) else {
-        return Ok(None);
-    };
-    let path = std::path::PathBuf::from(path);
-    let data = std::fs::read(&path).map_err(|e| Error::io("reading", &path, e))?;
-    if data.len() > 4096 {
+    match std::env::var_os(var) {
+        Some(path) => read_secret_path(std::path::Path::new(&path)).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// A passphrase or key file's contents without trailing newlines. Like
+/// ssh with a private key, a file other users may read or write is
+/// refused: whoever reads it holds the repository.
+pub fn read_secret_path(path: &std::path::Path) -> Result<Zeroizing<Vec<u8>>> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let file = std::fs::File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io("reading", path, e))?;
+    if meta.mode() & 0o077 != 0 {
         return Err(Error::BadInput(format!(
-            "{var} names {}, which is over 4096 bytes: it is not a passphrase or key file",
+            "{} holds a secret but other users may read or change it (mode {:04o}): chmod 600 it",
+            path.display(),
+            meta.mode() & 0o7777
+        )));
+    }
+    if !meta.is_file() || meta.len() > 4096 {
+        return Err(Error::BadInput(format!(
+            "{} is not a passphrase or key file (a regular file of at most 4096 bytes)",
             path.display()
         )));
     }
-    let mut data = Zeroizing::new(data);
+    let mut data = Zeroizing::new(Vec::with_capacity(meta.len() as usize));
+    file.take(4097)
+        .read_to_end(&mut data)
+        .map_err(|e| Error::io("reading", path, e))?;
     while data.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         data.pop();
     }
-    Ok(Some(data))
+    Ok(data)
 }
 
 /// Unlocks a repository's key from the environment: `LIFEBOAT_KEY_FILE`
@@ -472,9 +535,24 @@ mod tests {
             .to_string();
         assert!(e.contains("opens none"), "{e}");
         let other = MasterKey::generate();
-        let e = enc.accept(other).unwrap_err().to_string();
+        let e = enc.accept(other.clone()).unwrap_err().to_string();
         assert!(e.contains("another repository"), "{e}");
         assert!(Encryption::new(&k, b"short").is_err());
+        // Slots come and go without touching the key.
+        let mut enc = enc;
+        enc.add_slot(&k, "oncall", b"second passphrase").unwrap();
+        assert!(enc.add_slot(&k, "oncall", b"third passphrase").is_err());
+        assert!(enc.add_slot(&other, "x", b"third passphrase").is_err());
+        assert_eq!(
+            enc.open_with_passphrase(b"second passphrase").unwrap().id(),
+            k.id()
+        );
+        enc.remove_slot("default", false).unwrap();
+        assert!(enc.open_with_passphrase(b"correct horse battery").is_err());
+        let e = enc.remove_slot("oncall", false).unwrap_err().to_string();
+        assert!(e.contains("last passphrase slot"), "{e}");
+        assert!(enc.remove_slot("nope", true).is_err());
+        enc.remove_slot("oncall", true).unwrap();
     }
 
     #[test]

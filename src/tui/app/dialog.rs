@@ -27,7 +27,7 @@ impl App {
                     })
                 }
             },
-            Dialog::Prompt { .. } => self.dialog = Some(d),
+            Dialog::Prompt { .. } | Dialog::Unlock { .. } => self.dialog = Some(d),
             Dialog::ChooseRemote { scope, choice } => {
                 let reachable = self.reachable_remotes();
                 match k.code {

@@ -20,9 +20,44 @@ const CHORD: KeyModifiers = KeyModifiers::CONTROL
     .union(KeyModifiers::META);
 
 impl App {
+    /// The unlock prompt: typed characters, Backspace, Ctrl-U to clear,
+    /// Enter to try, Esc to leave the repository locked for the session.
+    fn unlock_key(
+        &mut self,
+        mut typed: super::Secret,
+        error: Option<String>,
+        k: KeyEvent,
+    ) -> Vec<Effect> {
+        match k.code {
+            KeyCode::Esc => {
+                self.unlock_declined = true;
+                self.log(
+                    "the local repository stays locked: start the console with LIFEBOAT_PASSPHRASE_FILE or LIFEBOAT_KEY_FILE to open it".into(),
+                );
+                return Vec::new();
+            }
+            KeyCode::Enter if !typed.0.is_empty() => return vec![Effect::Unlock(typed)],
+            KeyCode::Char('u') if k.modifiers == KeyModifiers::CONTROL => typed.0.clear(),
+            KeyCode::Backspace => {
+                typed.0.pop();
+            }
+            KeyCode::Char(c) if !k.modifiers.intersects(CHORD) && typed.0.len() < 4096 => {
+                typed.0.push(c)
+            }
+            _ => {}
+        }
+        self.dialog = Some(Dialog::Unlock { typed, error });
+        Vec::new()
+    }
+
     pub(super) fn key(&mut self, k: KeyEvent) -> Vec<Effect> {
         if k.modifiers == KeyModifiers::CONTROL && k.code == KeyCode::Char('c') {
             return self.ask_quit();
+        }
+        if let Some(Dialog::Unlock { .. }) = &self.dialog {
+            if let Some(Dialog::Unlock { typed, error }) = self.dialog.take() {
+                return self.unlock_key(typed, error, k);
+            }
         }
         // Text prompts take every key, Ctrl and Alt editing included.
         if let Some(Dialog::Prompt { .. }) = &self.dialog {

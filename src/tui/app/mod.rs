@@ -179,6 +179,17 @@ impl Scope {
     }
 }
 
+/// A passphrase typed into the console: zeroed when dropped, never shown
+/// (its Debug is a placeholder, so no log or snapshot can hold it).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(pub zeroize::Zeroizing<String>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
 /// What a restore prompt restores.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RestoreWhat {
@@ -200,6 +211,12 @@ pub enum Dialog {
         title: String,
         lines: Vec<String>,
         effect: Effect,
+    },
+    /// The repository is encrypted and its key is not held: a masked field
+    /// for a passphrase or the recovery key.
+    Unlock {
+        typed: Secret,
+        error: Option<String>,
     },
     /// Ask for a path (restore target).
     Prompt {
@@ -330,6 +347,8 @@ pub enum Effect {
     /// Read the job history (at start).
     LoadHistory,
     Reload,
+    /// Unlock the local repository with a passphrase or recovery key.
+    Unlock(Secret),
     Quit,
 }
 
@@ -344,6 +363,10 @@ pub enum Action {
     Unchanged,
     /// The local repository could not be read.
     LoadFailed(String),
+    /// The local repository is encrypted and its key is not held.
+    NeedsKey(String),
+    /// An unlock attempt's outcome.
+    Unlocked(Result<(), String>),
     /// Recorded verify results per backup.
     VerifyState(BTreeMap<Id, VerifyMark>),
     /// Each VM's policy, last run, next run and RPO state.
@@ -514,6 +537,8 @@ pub struct App {
     pub refresh_secs: i64,
     /// Why the local repository could not be read (a newcomer's screen).
     pub repo_problem: Option<String>,
+    /// Esc on the unlock prompt: not asked again this session.
+    pub unlock_declined: bool,
     pub verify: BTreeMap<Id, VerifyMark>,
     /// Per VM: policy, last and next run, RPO state (from the repository's
     /// records and the config).
@@ -581,6 +606,7 @@ impl App {
             refreshed_at: None,
             refresh_secs: REFRESH_SECS,
             repo_problem: None,
+            unlock_declined: false,
             verify: BTreeMap::new(),
             rpo: BTreeMap::new(),
             usage: Usage::default(),
@@ -896,6 +922,30 @@ impl App {
                 if self.source.is_none() {
                     self.refreshed_at = Some(self.now);
                 }
+                Vec::new()
+            }
+            Action::NeedsKey(e) => {
+                if self.repo_problem.as_ref() != Some(&e) {
+                    self.log(format!("local repository: {e}"));
+                }
+                self.repo_problem = Some(e);
+                if !self.unlock_declined && self.dialog.is_none() {
+                    self.dialog = Some(Dialog::Unlock {
+                        typed: Secret::default(),
+                        error: None,
+                    });
+                }
+                Vec::new()
+            }
+            Action::Unlocked(Ok(())) => {
+                self.log("local repository unlocked".to_string());
+                vec![Effect::Reload]
+            }
+            Action::Unlocked(Err(e)) => {
+                self.dialog = Some(Dialog::Unlock {
+                    typed: Secret::default(),
+                    error: Some(e),
+                });
                 Vec::new()
             }
             Action::LoadFailed(e) => {

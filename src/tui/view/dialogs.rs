@@ -221,6 +221,35 @@ pub fn dialog(f: &mut Frame, app: &App, theme: &Theme, d: &Dialog, area: Rect) {
                 },
             );
         }
+        Dialog::Unlock { typed, error } => {
+            let w = 76.min(area.width.saturating_sub(2));
+            let fit = |s: &str| truncate(s, w.saturating_sub(2) as usize);
+            let mut lines = vec![
+                Line::from(fit(
+                    "The repository is encrypted. Its passphrase, or its recovery key (lbk1-…):",
+                )),
+                // One dot per character, at most a field's width.
+                Line::from(format!(
+                    "> {}",
+                    "•".repeat(typed.0.chars().count().min(w.saturating_sub(6) as usize))
+                )),
+            ];
+            if let Some(e) = error {
+                lines.push(Line::styled(fit(&escape(e)), theme.fg(Color::Red)));
+            }
+            lines.push(Line::styled(
+                fit("Enter unlock · Esc leave it locked · Ctrl-U clear"),
+                theme.fg(Color::Cyan),
+            ));
+            let h = lines.len() as u16 + 2;
+            frame(
+                f,
+                theme,
+                "Unlock the repository",
+                lines,
+                centered(area, w, h),
+            );
+        }
         Dialog::Prompt { title, input, what } => {
             let w = 76.min(area.width.saturating_sub(2));
             let inner = w.saturating_sub(4) as usize;

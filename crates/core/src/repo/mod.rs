@@ -78,6 +78,21 @@ impl Repo {
             .map_err(|_| Error::Locked(format!("the repository at {}", self.root.display())))
     }
 
+    /// Replaces an encrypted repository's key record (its slots changed):
+    /// the config is rewritten atomically; objects are untouched.
+    pub fn set_encryption(&mut self, enc: crate::crypto::Encryption) -> Result<()> {
+        if self.config.encryption.as_ref().map(|e| &e.key_id) != Some(&enc.key_id) {
+            return Err(Error::BadInput(
+                "a key record is replaced only by one for the same key".into(),
+            ));
+        }
+        let mut cfg = self.config.clone();
+        cfg.encryption = Some(enc);
+        crate::store::local::write_repo_config(&self.root, &cfg)?;
+        self.config = cfg;
+        Ok(())
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
