@@ -151,6 +151,14 @@ fn an_encrypted_repository_stores_no_plaintext_and_restores_with_its_key_only() 
     ));
     assert_same_file(&to2, &img);
     ok(&run(&w, &env, &["verify", "--deep"]));
+    // A live file compares with the encrypted backup by plaintext.
+    let d = ok(&run(
+        &w,
+        &env,
+        &["--json", "diff", img.to_str().unwrap(), "vm/root"],
+    ));
+    let d: serde_json::Value = serde_json::from_str(&d).unwrap();
+    assert_eq!(d["identical"], true, "{d}");
 
     // Without a key: said, nothing listed.
     let out = run(&w, &[], &["timeline", "vm"]);
@@ -266,6 +274,23 @@ fn an_encrypted_repository_is_pushed_sealed_and_restores_from_s3_with_the_recove
         again.contains("0 of 1 backups") && again.contains("copied sealed"),
         "{again}"
     );
+
+    // The server's /metrics without the key: what the envelopes say.
+    let metrics = get_text(
+        &format!("{}/metrics", server.url.trim_end_matches('/')),
+        &token,
+    );
+    let age = metrics
+        .lines()
+        .find(|l| l.starts_with("lifeboat_backup_age_seconds{") && l.contains("vm=\"vm\""))
+        .unwrap_or_else(|| panic!("no backup age for vm:\n{metrics}"));
+    assert!(age.contains("volume=\"root\""), "{age}");
+    let logical = metrics
+        .lines()
+        .find(|l| l.starts_with("lifeboat_backup_logical_bytes{") && l.contains("vm=\"vm\""))
+        .unwrap_or_else(|| panic!("no logical bytes for vm:\n{metrics}"));
+    let size = std::fs::metadata(&img).unwrap().len();
+    assert!(logical.ends_with(&format!(" {size}.0")), "{logical}");
 
     // Another key's repository: refused, nothing sent.
     let other = World::new();
@@ -418,6 +443,49 @@ fn an_encrypted_repository_is_pushed_sealed_and_restores_from_s3_with_the_recove
         &["restore", "vm/root", "--to", to.to_str().unwrap()],
     ));
     assert_same_file(&to, &img);
+    // Exported to object storage: decrypted on the way, the disk's bytes.
+    let url = format!("s3://{}/{prefix}-export/disk.raw", g.bucket);
+    let out = run_in(
+        &fresh,
+        &fresh.repo(),
+        &[
+            ("AWS_ACCESS_KEY_ID", OsStr::new(&g.key_id)),
+            ("AWS_SECRET_ACCESS_KEY", OsStr::new(&g.secret)),
+            ("LIFEBOAT_KEY_FILE", key_copy.as_os_str()),
+        ],
+        &[
+            "--json",
+            "export",
+            "vm/root",
+            &url,
+            "--endpoint",
+            &g.endpoints[0],
+            "--region",
+            &g.region,
+            "--path-style",
+        ],
+    );
+    let r: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    use sha2::Digest;
+    let want = hex::encode(sha2::Sha256::digest(std::fs::read(&img).unwrap()));
+    assert_eq!(r["sha256"].as_str(), Some(want.as_str()), "{r}");
+}
+
+fn get_text(url: &str, token: &str) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let r = reqwest::Client::new()
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{url}: {}", r.status());
+        r.text().await.unwrap()
+    })
 }
 
 fn put_raw(url: &str, token: &str, key: &str, body: Vec<u8>) -> u16 {

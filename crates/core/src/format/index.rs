@@ -215,6 +215,12 @@ impl Index {
         self.plain.get(i)
     }
 
+    /// Chunk `i`'s plaintext id: what equal data has wherever it is
+    /// stored (the chunk id itself in an unencrypted repository).
+    pub fn content_id(&self, i: usize) -> Option<&Id> {
+        self.plain.get(i).or_else(|| self.chunks.get(i))
+    }
+
     pub fn nonzero_bytes(&self) -> u64 {
         (0..self.chunks.len())
             .filter(|&i| !self.chunks[i].is_zero())
@@ -295,8 +301,7 @@ mod tests {
         assert_eq!(refs.chunks, want);
     }
 
-    /// The plaintext id of a chunk this index lists (the id itself when
-    /// the index has none).
+    /// Equal data compares equal whether its index is sealed or not.
     #[test]
     fn plain_ids_fall_back_to_the_chunk_ids() {
         let idx = Index {
@@ -306,6 +311,16 @@ mod tests {
             plain: Vec::new(),
         };
         assert_eq!(idx.plain_id(0), None);
+        assert_eq!(idx.content_id(0), Some(&Id::of(b"a")));
+        let sealed = Index {
+            chunks: vec![Id::of(b"sealed a")],
+            plain: vec![Id::of(b"a")],
+            ..idx.clone()
+        };
+        assert_eq!(sealed.content_id(0), Some(&Id::of(b"a")));
+        assert!(crate::format::diff::diff(&idx, &sealed)
+            .unwrap()
+            .identical());
     }
 
     #[test]

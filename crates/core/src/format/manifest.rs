@@ -317,6 +317,39 @@ impl Manifest {
             set: self.set.clone(),
             role: self.volume.role,
             chunk_size: self.chunk_size,
+            format: self.volume.format,
+            stats: self.stats.clone(),
+        }
+    }
+
+    /// A sealed backup as a keyless reader (a repository server) sees it:
+    /// names and time from its key, the rest from its envelope; no
+    /// source, note, policy or capture (sealed). For `/metrics` only.
+    pub fn outline(key: &ManifestKey, refs: Refs) -> Manifest {
+        Manifest {
+            format: FORMAT_VERSION,
+            vm: VmInfo {
+                name: key.vm.clone(),
+            },
+            volume: VolumeInfo {
+                name: key.volume.clone(),
+                role: refs.role,
+                format: refs.format,
+                virtual_size: refs.stats.logical_bytes,
+            },
+            created_at: key.time,
+            chunk_size: refs.chunk_size,
+            index: refs.index,
+            parent: None,
+            set: refs.set,
+            source: SourceInfo {
+                host: String::new(),
+                path: String::new(),
+            },
+            stats: refs.stats,
+            labels: Labels::default(),
+            definition: refs.definition,
+            capture: None,
         }
     }
 
@@ -430,6 +463,10 @@ pub struct Refs {
     pub set: String,
     pub role: Role,
     pub chunk_size: u64,
+    /// For a keyless server's `/metrics` (sizes it could infer from the
+    /// objects it holds anyway).
+    pub format: ImageFormat,
+    pub stats: Stats,
 }
 
 impl Refs {

@@ -243,6 +243,23 @@ impl Repo {
         Manifest::refs_of(key, &data)
     }
 
+    /// Every backup as a keyless reader sees it (`Manifest::outline`): for
+    /// the `/metrics` of a server holding an encrypted repository without
+    /// its key. Unreadable envelopes are skipped with a warning.
+    pub fn outlines(&self) -> Result<Vec<(ManifestKey, Manifest)>> {
+        let mut out = Vec::new();
+        for k in self.list_manifests()? {
+            match self.manifest_refs(&k) {
+                Ok(r) => {
+                    let m = Manifest::outline(&k, r);
+                    out.push((k, m));
+                }
+                Err(e) => tracing::warn!("skipping backup {}: {e}", k.object_key()),
+            }
+        }
+        Ok(out)
+    }
+
     /// What an index references, readable without the key.
     pub fn index_refs(&self, id: &Id) -> Result<crate::format::index::Refs> {
         let data = self.read_object(&ObjectKey::Index(*id))?;
