@@ -61,6 +61,27 @@ for round in $(seq "$ROUNDS"); do
     done
   done
   cmp "$IMG" "$WORK/out/enc.raw" || { echo "encrypted restore differs!" >&2; exit 1; }
+  # Push both repositories to a `lifeboat serve` on loopback (a fresh
+  # server directory each time) and, when scripts/garage.sh's variables
+  # are set, to Garage; alternating which goes first.
+  for which in $([ $((round % 2)) = 1 ] && echo "plain enc" || echo "enc plain"); do
+    rm -rf "$WORK/srv-$which" "$WORK/tokens-$which.toml" && mkdir -p "$WORK/srv-$which"
+    tok=$($LB serve token add bench --role append --tokens "$WORK/tokens-$which.toml" | tail -1)
+    $LB -r "$WORK/srv-$which" serve --listen 127.0.0.1:0 --tokens "$WORK/tokens-$which.toml" > "$WORK/serve-$which.out" 2>/dev/null &
+    spid=$!
+    until grep -q "listening on" "$WORK/serve-$which.out" 2>/dev/null; do sleep 0.05; done
+    url=$(sed -n 's/^listening on //p' "$WORK/serve-$which.out" | head -1)
+    printf '[remote.offsite]\nurl = "%s"\ntoken_env = "BENCH_TOKEN"\n' "$url" > "$WORK/push-$which.toml"
+    if [ -n "${LIFEBOAT_TEST_S3_ENDPOINTS:-}" ]; then
+      printf '[remote.cloud]\nurl = "s3://%s/bench-%s-%s-%s"\nendpoint = "%s"\nregion = "%s"\npath_style = true\naccess_key_id_env = "LIFEBOAT_TEST_S3_KEY_ID"\nsecret_access_key_env = "LIFEBOAT_TEST_S3_SECRET"\n' \
+        "$LIFEBOAT_TEST_S3_BUCKET" "$which" "$$" "$round" "${LIFEBOAT_TEST_S3_ENDPOINTS%%,*}" "${LIFEBOAT_TEST_S3_REGION:-garage}" >> "$WORK/push-$which.toml"
+    fi
+    t ${which}_push_serve env BENCH_TOKEN="$tok" LIFEBOAT_KEY_FILE="$WORK/recovery" $LB --config "$WORK/push-$which.toml" -r "$WORK/$which" push offsite --init
+    kill $spid; wait $spid 2>/dev/null || true
+    if [ -n "${LIFEBOAT_TEST_S3_ENDPOINTS:-}" ]; then
+      t ${which}_push_s3 env LIFEBOAT_KEY_FILE="$WORK/recovery" $LB --config "$WORK/push-$which.toml" -r "$WORK/$which" push cloud --init
+    fi
+  done
   restic init --repo "$WORK/restic" >/dev/null 2>&1
   t restic_full    restic --repo "$WORK/restic" backup "$IMG"
 done
@@ -73,6 +94,10 @@ printf '| full backup vs restic | %.2f s | %.2f s | %sx faster | >= 5x |\n' "${T
 printf '| full backup vs unencrypted lifeboat | %.2f s | %.2f s | %sx its time | <= 1.15x |\n' "${T[enc_full]}" "${T[plain_full]}" "$(r "${T[enc_full]}" "${T[plain_full]}")"
 printf '| incremental (2%%) vs unencrypted | %.2f s | %.2f s | %sx its time | - |\n' "${T[enc_incr]}" "${T[plain_incr]}" "$(r "${T[enc_incr]}" "${T[plain_incr]}")"
 printf '| restore vs unencrypted | %.2f s | %.2f s | %sx its time | <= 1.15x |\n' "${T[enc_restore]}" "${T[plain_restore]}" "$(r "${T[enc_restore]}" "${T[plain_restore]}")"
+printf '| push to lifeboat serve (loopback) vs unencrypted | %.2f s | %.2f s | %sx its time | <= 1.10x |\n' "${T[enc_push_serve]}" "${T[plain_push_serve]}" "$(r "${T[enc_push_serve]}" "${T[plain_push_serve]}")"
+if [ -n "${T[enc_push_s3]:-}" ]; then
+  printf '| push to Garage (S3, loopback) vs unencrypted | %.2f s | %.2f s | %sx its time | <= 1.10x |\n' "${T[enc_push_s3]}" "${T[plain_push_s3]}" "$(r "${T[enc_push_s3]}" "${T[plain_push_s3]}")"
+fi
 printf '| unlocking (ls on an empty repository: argon2id 64 MiB, t=3) | %.2f s | %.2f s | +%.2f s per command | - |\n' "${T[enc_ls]}" "${T[plain_ls]}" "$(echo "${T[enc_ls]} - ${T[plain_ls]}" | bc -l)"
 printf '| unlocking with the key file (ls on an empty repository) | %.2f s | %.2f s | +%.2f s per command | - |\n' "${T[enc_ls_key]}" "${T[plain_ls]}" "$(echo "${T[enc_ls_key]} - ${T[plain_ls]}" | bc -l)"
 echo "| repository size after both backups | $(du -sm "$WORK/enc" | cut -f1) MiB | unencrypted $(du -sm "$WORK/plain" | cut -f1) MiB, restic $(du -sm "$WORK/restic" | cut -f1) MiB | | |"

@@ -81,6 +81,7 @@ fn build(root: &Path, backups: usize, chunks: usize, per: usize, step: usize) ->
             chunk_size: CHUNK,
             image_size: per as u64 * CHUNK,
             chunks: (0..per).map(|k| ids[(start + k) % chunks]).collect(),
+            plain: Vec::new(),
         };
         repo.write_index(&index).unwrap();
         repo.write_manifest(&manifest("vm", b, &index)).unwrap();

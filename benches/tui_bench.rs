@@ -27,6 +27,7 @@ fn generate(root: &Path) -> Id {
         chunk_size: 4 << 20,
         image_size: 8 << 20,
         chunks: vec![Id::ZERO, Id::ZERO],
+        plain: Vec::new(),
     };
     let index_id = repo.write_index(&index).unwrap();
     // 50 VMs x 2 volumes x 200 backups. Files are written directly (no

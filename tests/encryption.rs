@@ -16,8 +16,13 @@ const PASS: &str = "correct horse battery staple";
 /// A world whose repository is encrypted with PASS; returns the paths of
 /// the passphrase file and the recovery key file `init` wrote.
 fn encrypted(w: &World) -> (PathBuf, PathBuf) {
+    encrypted_with(w, PASS)
+}
+
+/// As `encrypted`, with another passphrase.
+fn encrypted_with(w: &World, passphrase: &str) -> (PathBuf, PathBuf) {
     let pass = w.path("pass");
-    secret(&pass, &format!("{PASS}\n"));
+    secret(&pass, &format!("{passphrase}\n"));
     let recovery = w.path("recovery.txt");
     let said = ok(&run(
         w,
@@ -590,4 +595,138 @@ fn passphrase_slots_are_added_and_removed_and_loose_secret_files_refused() {
     assert!(!out.status.success());
     assert_eq!(objects(&w), before, "no object was rewritten");
     ok(&run(&w, &key, &["verify", "--deep"]));
+}
+
+/// Between repositories of different keys, or into an unencrypted one, a
+/// push re-encrypts: the plan says so, the other key comes from the
+/// remote's `passphrase_file`, nothing leaves in the clear for an
+/// encrypted destination, a second push sends nothing, and the copies
+/// restore with their own keys (or none).
+#[test]
+fn pushes_between_keys_re_encrypt_and_into_an_unencrypted_repository_decrypt() {
+    let w = World::new();
+    let (pass, _) = encrypted(&w);
+    let img = marked_image(&w, "disk.raw", 5);
+    let spec = format!("root={}", img.display());
+    let env = [("LIFEBOAT_PASSPHRASE_FILE", pass.as_path())];
+    ok(&run(
+        &w,
+        &env,
+        &["backup", "vm", "--format", "raw", "--volume", &spec],
+    ));
+    // The off-site server's repository has its own key and passphrase.
+    let other = World::new();
+    let (other_pass, other_recovery) = encrypted_with(&other, "the off-site passphrase");
+    let img2 = marked_image(&other, "disk.raw", 6);
+    ok(&run(
+        &other,
+        &[("LIFEBOAT_PASSPHRASE_FILE", other_pass.as_path())],
+        &[
+            "backup",
+            "other",
+            "--format",
+            "raw",
+            "--volume",
+            &format!("root={}", img2.display()),
+        ],
+    ));
+    let (srv, tokens, token) = common::remote::server_dir(w.dir.path(), "client", "append");
+    let server = Server::start(&srv, &tokens, "127.0.0.1:0");
+    let other_cfg = other.path("lifeboat.toml");
+    common::remote::offsite_config(&other_cfg, &server.url);
+    ok(&run_in(
+        &other,
+        &other.repo(),
+        &[
+            ("LIFEBOAT_PASSPHRASE_FILE", other_pass.as_os_str()),
+            ("OFFSITE_TOKEN", OsStr::new(&token)),
+        ],
+        &[
+            "--config",
+            other_cfg.to_str().unwrap(),
+            "push",
+            "offsite",
+            "--init",
+        ],
+    ));
+
+    let plain_dir = w.path("plain");
+    ok(&run_in(
+        &w,
+        &plain_dir,
+        &[],
+        &["init", "--chunk-size", "64K"],
+    ));
+    let cfg = w.path("lifeboat.toml");
+    let with_key = |key_line: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "[remote.offsite]\nurl = \"{}\"\ntoken_env = \"OFFSITE_TOKEN\"\ntimeout_secs = 20\n{key_line}\n[remote.plain]\nurl = \"{}\"\n",
+                server.url,
+                plain_dir.display()
+            ),
+        )
+        .unwrap();
+    };
+    let push = |args: &[&str]| {
+        let mut all = vec!["--config", cfg.to_str().unwrap(), "push"];
+        all.extend_from_slice(args);
+        run_in(
+            &w,
+            &w.repo(),
+            &[
+                ("LIFEBOAT_PASSPHRASE_FILE", pass.as_os_str()),
+                ("OFFSITE_TOKEN", OsStr::new(&token)),
+            ],
+            &all,
+        )
+    };
+    // Without the server's key: said, with where to put it.
+    with_key("");
+    let out = push(&["offsite"]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && e.contains("passphrase_file"),
+        "{e} {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    with_key(&format!("passphrase_file = \"{}\"", other_pass.display()));
+    let plan = ok(&push(&["offsite", "--dry-run"]));
+    assert!(plan.contains("re-encrypted"), "{plan}");
+    let said = ok(&push(&["offsite"]));
+    assert!(said.contains("1 of 1 backups sent"), "{said}");
+    no_marker_under(&srv);
+    let again = ok(&push(&["offsite"]));
+    assert!(again.contains("0 of 1 backups sent"), "{again}");
+    drop(server);
+    // The server's copy opens with the server repository's own key.
+    let to = w.path("from-server.raw");
+    ok(&run_in(
+        &w,
+        &srv,
+        &[("LIFEBOAT_KEY_FILE", other_recovery.as_os_str())],
+        &["restore", "vm/root", "--to", to.to_str().unwrap()],
+    ));
+    assert_same_file(&to, &img);
+    ok(&run_in(
+        &w,
+        &srv,
+        &[("LIFEBOAT_KEY_FILE", other_recovery.as_os_str())],
+        &["verify", "--deep"],
+    ));
+
+    // Into an unencrypted repository: decrypted, said, restorable with no key.
+    let plan = ok(&push(&["plain", "--dry-run"]));
+    assert!(plan.contains("re-encrypted"), "{plan}");
+    ok(&push(&["plain"]));
+    let to = w.path("from-plain.raw");
+    ok(&run_in(
+        &w,
+        &plain_dir,
+        &[],
+        &["restore", "vm/root", "--to", to.to_str().unwrap()],
+    ));
+    assert_same_file(&to, &img);
+    ok(&run_in(&w, &plain_dir, &[], &["verify", "--deep"]));
 }

@@ -136,6 +136,9 @@ pub fn remote_add(ctx: &Ctx, a: RemoteAddArgs) -> anyhow::Result<Outcome> {
         url: a.url,
         token_env: a.token_env,
         token_file: a.token_file,
+        // Set in the config file by hand (docs/ENCRYPTION.md).
+        key_file: None,
+        passphrase_file: None,
         ca_cert: a.ca_cert,
         fingerprint,
         // The global --limit-upload / --limit-download, kept for this remote.
@@ -387,8 +390,8 @@ pub async fn push_pull(ctx: &Ctx, a: SyncArgs, push: bool) -> anyhow::Result<Out
                         String::new()
                     }
                 );
-                if summary.sealed {
-                    println!("encrypted: objects are copied sealed, as they are");
+                if let Some(note) = summary.key_note() {
+                    println!("{note}");
                 }
             }
             return Ok(Outcome::Ok);

@@ -510,8 +510,8 @@ impl Runner {
                     if s.creates_repository {
                         lines.push("creates the repository there first".into());
                     }
-                    if s.sealed {
-                        lines.push("encrypted: objects are copied sealed, as they are".into());
+                    if let Some(note) = s.key_note() {
+                        lines.push(note.into());
                     }
                     lines.push("every chunk is verified as it moves".into());
                 }

@@ -466,6 +466,54 @@ pub fn read_secret_path(path: &std::path::Path) -> Result<Zeroizing<Vec<u8>>> {
     Ok(data)
 }
 
+/// A file a key may come from besides the environment: a remote's
+/// `key_file` or `passphrase_file` (config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    KeyFile(std::path::PathBuf),
+    PassphraseFile(std::path::PathBuf),
+}
+
+static OFFERED: RwLock<Vec<KeySource>> = RwLock::new(Vec::new());
+
+/// Offers a key source to every later unlock in this process: it is tried
+/// (read when needed) for any repository the environment's key does not
+/// open.
+pub fn offer(src: KeySource) {
+    let mut o = OFFERED.write().unwrap_or_else(|p| p.into_inner());
+    if !o.contains(&src) {
+        o.push(src);
+    }
+}
+
+/// The key of `enc` from an offered source, when one holds it.
+fn key_from_offered(enc: &Encryption) -> Result<Option<MasterKey>> {
+    let offered = OFFERED.read().unwrap_or_else(|p| p.into_inner()).clone();
+    for src in offered {
+        match src {
+            KeySource::KeyFile(p) => {
+                let text = read_secret_path(&p)?;
+                let key = std::str::from_utf8(&text)
+                    .map_err(|_| {
+                        Error::BadInput(format!("{} does not hold a recovery key", p.display()))
+                    })
+                    .and_then(MasterKey::from_recovery_text)?;
+                if key.id() == enc.key_id {
+                    return Ok(Some(key));
+                }
+            }
+            KeySource::PassphraseFile(p) => {
+                let pass = read_secret_path(&p)?;
+                // Another repository's passphrase opens no slot here.
+                if let Ok(key) = enc.open_with_passphrase(&pass) {
+                    return Ok(Some(key));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// Unlocks a repository's key from the environment: `LIFEBOAT_KEY_FILE`
 /// (a recovery key) or `LIFEBOAT_PASSPHRASE_FILE` (a passphrase that opens
 /// a slot). Returns whether the key is held now; false when neither is
@@ -475,7 +523,19 @@ pub fn unlock_from_env(enc: &Encryption) -> Result<bool> {
     if enc.held().is_some() {
         return Ok(true);
     }
-    match key_from_env(enc)? {
+    let key = match key_from_env(enc) {
+        Ok(Some(key)) => Some(key),
+        Ok(None) => key_from_offered(enc)?,
+        // The environment's key is another repository's (the other side
+        // of a re-encrypting transfer): an offered source may hold this
+        // one; if none does, the environment's error stands.
+        Err(e @ Error::BadInput(_)) => match key_from_offered(enc)? {
+            Some(key) => Some(key),
+            None => return Err(e),
+        },
+        Err(e) => return Err(e),
+    };
+    match key {
         Some(key) => {
             unlock(&key);
             Ok(true)

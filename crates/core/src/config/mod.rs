@@ -127,6 +127,13 @@ pub struct RemoteConfig {
     /// lifeboat serve: a file holding the bearer token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// An encrypted remote repository whose key differs from the local
+    /// one's: a file holding its recovery key, or one of its passphrases
+    /// (a push or pull then re-encrypts on the way; docs/ENCRYPTION.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passphrase_file: Option<PathBuf>,
     /// lifeboat serve over TLS with a private CA: its certificate (PEM).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_cert: Option<PathBuf>,

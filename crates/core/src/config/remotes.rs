@@ -63,6 +63,14 @@ pub fn open(name: &str, cfg: &RemoteConfig) -> Result<DynStore> {
 /// Opens a remote; `overrides` (from the command line) win over the
 /// config.
 pub fn open_with(name: &str, cfg: &RemoteConfig, overrides: &Overrides) -> Result<DynStore> {
+    // Offered to whatever opens an encrypted repository in this process
+    // (the remote's own objects, or a re-encrypting transfer).
+    if let Some(f) = &cfg.key_file {
+        crate::crypto::offer(crate::crypto::KeySource::KeyFile(f.clone()));
+    }
+    if let Some(f) = &cfg.passphrase_file {
+        crate::crypto::offer(crate::crypto::KeySource::PassphraseFile(f.clone()));
+    }
     let limits = overrides.limits.or(config_limits(name, cfg)?);
     throttle(open_raw(name, cfg, overrides)?, limits)
 }

@@ -102,7 +102,7 @@ impl Index {
             .filter(|c| !c.is_zero())
             .copied()
             .collect();
-        chunks.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        chunks.sort_unstable_by_key(|a| a.0);
         chunks.dedup();
         Refs {
             chunk_size: self.chunk_size,
@@ -240,7 +240,7 @@ impl Refs {
     }
 
     fn parse(data: &[u8]) -> std::result::Result<Refs, String> {
-        if data.len() < 8 || (data.len() - 8) % 32 != 0 {
+        if data.len() < 8 || !(data.len() - 8).is_multiple_of(32) {
             return Err(format!("an envelope of {} bytes", data.len()));
         }
         let mut w = [0u8; 8];
@@ -297,7 +297,7 @@ mod tests {
         let refs = Index::refs_of(&id, &sealed).unwrap();
         assert_eq!(refs.chunk_size, 1 << 16);
         let mut want = vec![Id::of(b"a"), Id::of(b"c")];
-        want.sort_by(|a, b| a.0.cmp(&b.0));
+        want.sort_by_key(|a| a.0);
         assert_eq!(refs.chunks, want);
     }
 

@@ -9,6 +9,7 @@
 
 pub mod select;
 pub mod status;
+mod transcode;
 pub mod verify;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -63,6 +64,9 @@ pub struct PlanSummary {
     /// Both sides are encrypted with one key: objects are copied sealed,
     /// as they are (never decrypted on the way out, never re-encrypted).
     pub sealed: bool,
+    /// The two sides have different keys (or one is unencrypted): every
+    /// object is opened and made again for the destination.
+    pub reencrypted: bool,
     pub manifests_selected: usize,
     pub manifests_to_send: usize,
     pub indexes_to_send: usize,
@@ -71,6 +75,19 @@ pub struct PlanSummary {
     pub chunks_already_there: usize,
     /// Image bytes of the chunks to send (before compression).
     pub data_bytes_to_send: u64,
+}
+
+impl PlanSummary {
+    /// What the plan does about encryption, when there is something to say.
+    pub fn key_note(&self) -> Option<&'static str> {
+        if self.reencrypted {
+            Some("re-encrypted: the two repositories have different keys (or one is unencrypted), so every object is opened and made again for the destination; backups are matched by VM, volume and time; protection marks are not copied")
+        } else if self.sealed {
+            Some("encrypted: objects are copied sealed, as they are")
+        } else {
+            None
+        }
+    }
 }
 
 /// A planned transfer. Holds the verified manifests and indexes fetched
@@ -94,6 +111,8 @@ pub struct TransferPlan {
     /// was asked what it lacks until the plan is dropped: a gc cannot
     /// delete an object this plan counts as "already there".
     lock: Option<std::sync::Arc<crate::lock::Held>>,
+    /// Set when objects are re-encrypted on the way (`transcode`).
+    transcode: Option<transcode::Transcode>,
 }
 
 impl std::fmt::Debug for TransferPlan {
@@ -196,7 +215,23 @@ pub async fn plan(
         Error::BadInput(format!("{} holds no lifeboat repository", src.describe()))
     })?;
     let dst_cfg = read_config(dst).await?;
-    summary.sealed = same_key(src, &src_cfg, dst, dst_cfg.as_ref())?;
+    match key_mode(src, &src_cfg, dst, dst_cfg.as_ref())? {
+        KeyMode::Same { sealed } => summary.sealed = sealed,
+        KeyMode::Transcode => {
+            if let Some(d) = &dst_cfg {
+                if d.chunk_size != src_cfg.chunk_size {
+                    return Err(Error::ChunkSizeMismatch {
+                        left: src.describe(),
+                        left_size: src_cfg.chunk_size,
+                        right: dst.describe(),
+                        right_size: d.chunk_size,
+                    });
+                }
+                progress.set_phase("planning (re-encrypting)");
+                return transcode::plan(src, dst, d, selected, opts, cancel, summary, lock).await;
+            }
+        }
+    }
     let create_config = match dst_cfg {
         Some(d) if d.chunk_size != src_cfg.chunk_size => {
             return Err(Error::ChunkSizeMismatch {
@@ -317,49 +352,60 @@ pub async fn plan(
         send_manifests: opts.manifests,
         selected: all_selected,
         lock,
+        transcode: None,
     })
 }
 
-/// Encrypted repositories are copied object for object, as they are:
-/// both sides must be unencrypted or share one key, and this process must
-/// hold it (the plan opens manifests and indexes to know what to send).
-/// Returns whether the objects are sealed.
-fn same_key(
+enum KeyMode {
+    /// Objects copied as they are (sealed or not).
+    Same { sealed: bool },
+    /// Different keys, or one side unencrypted: objects made again.
+    Transcode,
+}
+
+/// How objects go from `src` to `dst`: as they are when both sides are
+/// unencrypted or share one key (a new destination takes the source's
+/// key), made again otherwise. Every key the transfer needs must be held:
+/// the environment's, or a remote's `key_file`/`passphrase_file`.
+fn key_mode(
     src: &dyn Store,
     src_cfg: &RepoConfig,
     dst: &dyn Store,
     dst_cfg: Option<&RepoConfig>,
-) -> Result<bool> {
+) -> Result<KeyMode> {
     let dst_enc = dst_cfg.map(|c| c.encryption.as_ref());
     match (&src_cfg.encryption, dst_enc) {
-        (None, None | Some(None)) => Ok(false),
-        (Some(a), None) => unlocked(a, src).map(|_| true),
-        (Some(a), Some(Some(b))) if a.key_id == b.key_id => unlocked(a, src).map(|_| true),
+        (None, None | Some(None)) => Ok(KeyMode::Same { sealed: false }),
+        (Some(a), None) => unlocked(a, src).map(|_| KeyMode::Same { sealed: true }),
+        (Some(a), Some(Some(b))) if a.key_id == b.key_id => {
+            unlocked(a, src).map(|_| KeyMode::Same { sealed: true })
+        }
         (a, Some(b)) => {
-            let what = |e: Option<&crate::crypto::Encryption>| match e {
-                Some(e) => format!("encrypted with key {}", &e.key_id[..8.min(e.key_id.len())]),
-                None => "unencrypted".to_string(),
-            };
-            Err(Error::BadInput(format!(
-                "{} is {} and {} is {}: objects are copied as they are, so both must be unencrypted or share one key (re-encrypting into another key is not supported yet); push into a new repository with --init, which takes the key of {}",
-                src.describe(),
-                what(a.as_ref()),
-                dst.describe(),
-                what(b),
-                src.describe()
-            )))
+            if let Some(a) = a {
+                unlocked(a, src)?;
+            }
+            if let Some(b) = b {
+                unlocked(b, dst)?;
+            }
+            Ok(KeyMode::Transcode)
         }
     }
 }
 
 fn unlocked(enc: &crate::crypto::Encryption, at: &dyn Store) -> Result<()> {
-    if crate::crypto::unlock_from_env(enc)? {
-        Ok(())
-    } else {
-        Err(Error::Locked(format!(
-            "the repository at {}",
+    const HINT: &str = "for a remote whose key is not the local one's, name a file holding its recovery key or a passphrase as key_file or passphrase_file in its [remote.NAME] section";
+    let key = &enc.key_id[..8.min(enc.key_id.len())];
+    match crate::crypto::unlock_from_env(enc) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Error::Locked(format!(
+            "the repository at {} (key {key}; {HINT})",
             at.describe()
-        )))
+        ))),
+        Err(Error::BadInput(why)) => Err(Error::BadInput(format!(
+            "{} (key {key}): {why}; {HINT}",
+            at.describe()
+        ))),
+        Err(e) => Err(e),
     }
 }
 
@@ -374,6 +420,9 @@ pub async fn execute(
     cancel: &CancellationToken,
     progress: &Progress,
 ) -> Result<SyncReport> {
+    if let Some(t) = &plan.transcode {
+        return transcode::execute(src, dst, plan, t, opts, cancel, progress).await;
+    }
     let started = std::time::Instant::now();
     let s = &plan.summary;
     let mut report = SyncReport {
