@@ -41,9 +41,18 @@ t() { # name command...
 
 for round in $(seq "$ROUNDS"); do
   echo "--- round $round"
-  rm -rf "$WORK"/{plain,enc,restic,restic-cache,out,recovery} && mkdir -p "$WORK/out"
+  rm -rf "$WORK"/{plain,restic,restic-cache,out} && mkdir -p "$WORK/out"
   $LB init "$WORK/plain" >/dev/null
-  LIFEBOAT_PASSPHRASE_FILE=$WORK/pass $LB init "$WORK/enc" --encrypt --recovery-key-out "$WORK/recovery" >/dev/null
+  if [ "$round" = 1 ]; then
+    rm -rf "$WORK"/{enc,recovery}
+    LIFEBOAT_PASSPHRASE_FILE=$WORK/pass $LB init "$WORK/enc" --encrypt --recovery-key-out "$WORK/recovery" >/dev/null
+  else
+    # Emptied but the same key: the plain chunks are the same bytes every
+    # round (and every run), which Garage deduplicates by block; the
+    # encrypted ones must get the same chance, or S3 pushes compare a
+    # deduplicated upload with a new one.
+    find "$WORK/enc" -mindepth 1 -maxdepth 1 ! -name lifeboat.json -exec rm -rf {} +
+  fi
   t plain_ls       $LB -r "$WORK/plain" ls
   t enc_ls         env LIFEBOAT_PASSPHRASE_FILE="$WORK/pass" $LB -r "$WORK/enc" ls
   t enc_ls_key     env LIFEBOAT_KEY_FILE="$WORK/recovery" $LB -r "$WORK/enc" ls

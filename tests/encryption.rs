@@ -164,6 +164,33 @@ fn an_encrypted_repository_stores_no_plaintext_and_restores_with_its_key_only() 
     ));
     let d: serde_json::Value = serde_json::from_str(&d).unwrap();
     assert_eq!(d["identical"], true, "{d}");
+    // A third backup of another disk, pruned to the last one and
+    // collected: the kept backup still restores, the others are gone.
+    let img3 = marked_image(&w, "disk3.raw", 9);
+    ok(&run(
+        &w,
+        &env,
+        &[
+            "backup",
+            "vm",
+            "--format",
+            "raw",
+            "--volume",
+            &format!("root={}", img3.display()),
+        ],
+    ));
+    let chunks_before = files_under(&w.repo().join("chunks")).len();
+    ok(&run(&w, &env, &["prune", "--keep-last", "1"]));
+    ok(&run(&w, &env, &["gc"]));
+    assert!(files_under(&w.repo().join("chunks")).len() < chunks_before);
+    assert_eq!(files_under(&w.repo().join("manifests")).len(), 1);
+    let to4 = w.path("restored-after-gc.raw");
+    ok(&run(
+        &w,
+        &env,
+        &["restore", "vm/root", "--to", to4.to_str().unwrap()],
+    ));
+    assert_same_file(&to4, &img3);
 
     // Without a key: said, nothing listed.
     let out = run(&w, &[], &["timeline", "vm"]);
@@ -230,7 +257,8 @@ fn an_encrypted_repository_stores_no_plaintext_and_restores_with_its_key_only() 
 /// Push to a real `lifeboat serve`: the objects arrive sealed, as they
 /// are; the server, holding no key, still refuses wrong bytes and a
 /// manifest whose index it lacks, and collects garbage without the key.
-/// A repository of another key is refused. Then through Garage (S3): a
+/// A repository of another key is refused while the server's key is not
+/// at hand. Then through Garage (S3): a
 /// fresh machine holding only the recovery key pulls and restores.
 #[test]
 fn an_encrypted_repository_is_pushed_sealed_and_restores_from_s3_with_the_recovery_key() {
@@ -297,9 +325,10 @@ fn an_encrypted_repository_is_pushed_sealed_and_restores_from_s3_with_the_recove
     let size = std::fs::metadata(&img).unwrap().len();
     assert!(logical.ends_with(&format!(" {size}.0")), "{logical}");
 
-    // Another key's repository: refused, nothing sent.
+    // Another key's repository, without the server's key: refused with
+    // where that key goes, nothing sent.
     let other = World::new();
-    let (other_pass, _) = encrypted(&other);
+    let (other_pass, _) = encrypted_with(&other, "another site's passphrase");
     let img2 = marked_image(&other, "disk.raw", 3);
     ok(&run(
         &other,
@@ -320,7 +349,10 @@ fn an_encrypted_repository_is_pushed_sealed_and_restores_from_s3_with_the_recove
         &[],
     );
     let e = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && e.contains("share one key"), "{e}");
+    assert!(
+        !out.status.success() && e.contains("passphrase_file"),
+        "{e}"
+    );
     assert_eq!(files_under(&srv.join("manifests")).len(), manifests_before);
     drop(server);
 

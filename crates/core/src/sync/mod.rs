@@ -10,179 +10,24 @@
 pub mod select;
 pub mod status;
 mod transcode;
+mod types;
 pub mod verify;
+
+pub(crate) use types::check_cancel;
+pub use types::{PlanSummary, Refused, SyncOptions, SyncReport, TransferPlan};
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::format::repo_config::RepoConfig;
-use crate::format::{Id, Index, Manifest, ManifestKey};
+use crate::format::ManifestKey;
 use crate::jobs::{CancellationToken, Progress};
 use crate::repository::{fetch_index, fetch_manifest, list_manifests, read_config};
 use crate::retry::with_retry;
 use crate::store::{DynStore, ObjectKey, Store, Verified};
-
-#[derive(Debug, Clone)]
-pub struct SyncOptions {
-    pub concurrency: usize,
-    pub retries: u32,
-    /// Create the destination repository (with the source's chunk size).
-    pub init: bool,
-    /// Copy manifests too (push/pull); restore --from copies only data.
-    pub manifests: bool,
-    /// Hold a writer lock on the destination from planning to the end
-    /// (see `lock`); off for a dry run, which writes nothing.
-    pub lock: bool,
-    /// How long to wait for a garbage collection that is deleting.
-    pub lock_wait: std::time::Duration,
-}
-
-impl Default for SyncOptions {
-    fn default() -> Self {
-        SyncOptions {
-            concurrency: 8,
-            retries: 5,
-            init: false,
-            manifests: true,
-            lock: true,
-            lock_wait: crate::lock::WRITER_WAIT,
-        }
-    }
-}
-
-/// What a transfer will do, for a confirmation dialog or `--dry-run`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct PlanSummary {
-    pub source: String,
-    pub destination: String,
-    /// The destination holds no repository; one is created first.
-    pub creates_repository: bool,
-    /// Both sides are encrypted with one key: objects are copied sealed,
-    /// as they are (never decrypted on the way out, never re-encrypted).
-    pub sealed: bool,
-    /// The two sides have different keys (or one is unencrypted): every
-    /// object is opened and made again for the destination.
-    pub reencrypted: bool,
-    pub manifests_selected: usize,
-    pub manifests_to_send: usize,
-    pub indexes_to_send: usize,
-    pub chunks_referenced: usize,
-    pub chunks_to_send: usize,
-    pub chunks_already_there: usize,
-    /// Image bytes of the chunks to send (before compression).
-    pub data_bytes_to_send: u64,
-}
-
-impl PlanSummary {
-    /// What the plan does about encryption, when there is something to say.
-    pub fn key_note(&self) -> Option<&'static str> {
-        if self.reencrypted {
-            Some("re-encrypted: the two repositories have different keys (or one is unencrypted), so every object is opened and made again for the destination; backups are matched by VM, volume and time; protection marks are not copied")
-        } else if self.sealed {
-            Some("encrypted: objects are copied sealed, as they are")
-        } else {
-            None
-        }
-    }
-}
-
-/// A planned transfer. Holds the verified manifests and indexes fetched
-/// while planning, so executing it fetches only chunks.
-#[derive(Clone)]
-pub struct TransferPlan {
-    pub summary: PlanSummary,
-    create_config: Option<Verified>,
-    /// Every selected manifest the destination lacks (or, without
-    /// `manifests`, every selected one), oldest first, with its bytes.
-    manifests: Vec<(ManifestKey, Manifest, Verified)>,
-    indexes: Vec<Verified>,
-    /// Every index the selected manifests reference, parsed.
-    index_of: BTreeMap<Id, Index>,
-    chunks: Vec<(Id, u64)>,
-    send_manifests: bool,
-    /// Every selected manifest, also those the destination holds (their
-    /// protection is copied).
-    selected: Vec<ManifestKey>,
-    /// The destination's writer lock, held from before the destination
-    /// was asked what it lacks until the plan is dropped: a gc cannot
-    /// delete an object this plan counts as "already there".
-    lock: Option<std::sync::Arc<crate::lock::Held>>,
-    /// Set when objects are re-encrypted on the way (`transcode`).
-    transcode: Option<transcode::Transcode>,
-}
-
-impl std::fmt::Debug for TransferPlan {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TransferPlan")
-            .field("summary", &self.summary)
-            .field("locked", &self.lock.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-impl TransferPlan {
-    /// Releases the destination's writer lock now (call when done with the
-    /// plan, failed or not: a process that exits right after would never
-    /// run the background removal that dropping does).
-    pub async fn finish(&self) {
-        if let Some(l) = &self.lock {
-            if let Err(e) = l.release_shared().await {
-                tracing::warn!(
-                    "releasing the writer lock on {}: {e}",
-                    self.summary.destination
-                );
-            }
-        }
-    }
-
-    /// The selected manifests, as fetched and verified from the source.
-    pub fn manifests(&self) -> Vec<(ManifestKey, Manifest)> {
-        self.manifests
-            .iter()
-            .map(|(k, m, _)| (k.clone(), m.clone()))
-            .collect()
-    }
-
-    /// An index one of the selected manifests references.
-    pub fn index(&self, id: &Id) -> Option<&Index> {
-        self.index_of.get(id)
-    }
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct SyncReport {
-    pub source: String,
-    pub destination: String,
-    pub manifests_selected: usize,
-    pub manifests_sent: usize,
-    pub indexes_sent: usize,
-    pub chunks_sent: usize,
-    pub chunks_skipped: usize,
-    /// Bytes of objects as stored (compressed), i.e. what crossed the wire.
-    pub bytes_sent: u64,
-    /// Protection marks copied along.
-    pub protections_sent: usize,
-    /// Backups the destination refused for their place in time or their
-    /// set (a server's rules for append tokens), with its reason: the
-    /// rest was sent; sending these again never helps.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub refused: Vec<Refused>,
-    pub seconds: f64,
-}
-
-/// A backup the destination refused, and why.
-#[derive(Debug, Clone, Serialize)]
-pub struct Refused {
-    #[serde(skip)]
-    pub key: ManifestKey,
-    /// `vm/volume@time (id …)`.
-    pub backup: String,
-    pub reason: String,
-}
 
 /// Works out what moving `selected` from `src` to `dst` takes. Reads both
 /// sides; writes nothing.
@@ -555,17 +400,10 @@ pub async fn transfer(
     Ok(report)
 }
 
-pub(crate) fn check_cancel(cancel: &CancellationToken) -> Result<()> {
-    if cancel.is_cancelled() {
-        Err(Error::Cancelled)
-    } else {
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::Manifest;
     use crate::store::memory::Faults;
     use crate::testkit::{self, image, memory, memory_with, put_set};
     use std::time::Duration;

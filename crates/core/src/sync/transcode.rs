@@ -16,8 +16,9 @@ use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
 
-use super::{check_cancel, PlanSummary, Refused, SyncOptions, SyncReport, TransferPlan};
-use crate::crypto::Keys;
+use super::types::{
+    check_cancel, PlanSummary, Refused, SyncOptions, SyncReport, Transcode, TransferPlan,
+};
 use crate::error::{Error, Result};
 use crate::format::chunk::{self, Encoder};
 use crate::format::manifest::DefinitionRef;
@@ -28,16 +29,6 @@ use crate::jobs::{CancellationToken, Progress};
 use crate::repository::{fetch_index, fetch_manifest, list_manifests};
 use crate::retry::with_retry;
 use crate::store::{ObjectKey, Store, Verified};
-
-/// What a re-encrypting transfer needs besides a plan's lists.
-#[derive(Clone)]
-pub(crate) struct Transcode {
-    /// The destination's keys; None for an unencrypted destination.
-    keys: Option<Arc<Keys>>,
-    level: i32,
-    /// The destination's chunks by plaintext id (as far as the plan found).
-    known: HashMap<Id, Id>,
-}
 
 /// A plan whose objects are made again for the destination. The keys of
 /// both sides are held (see `super::key_mode`).
