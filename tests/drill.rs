@@ -751,3 +751,76 @@ fn the_daemon_drills_on_the_vm_drill_schedule() {
     assert_eq!(r["outcome"], "pass", "{r:#}");
     d.assert_clean();
 }
+
+/// An encrypted local repository: the demo's off-site backups pulled into
+/// it (re-encrypted on the way, the off-site repository being
+/// unencrypted), then drilled from it with the passphrase from the
+/// environment: restored, verified, booted, checked.
+#[test]
+fn a_drill_from_an_encrypted_repository_boots_and_passes() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = Drill::new();
+    let pass = d.path("pass");
+    std::fs::write(&pass, "drill passphrase\n").unwrap();
+    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let with_key = |args: &[&str]| {
+        let out = d
+            .cmd()
+            .env("LIFEBOAT_PASSPHRASE_FILE", &pass)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let recovery = d.path("recovery.txt");
+    with_key(&[
+        "init",
+        "--encrypt",
+        "--chunk-size",
+        "1M",
+        "--recovery-key-out",
+        recovery.to_str().unwrap(),
+    ]);
+    let plan = with_key(&["pull", "offsite", "web01", "--dry-run"]);
+    assert!(plan.contains("re-encrypted"), "{plan}");
+    with_key(&["pull", "offsite", "web01"]);
+    let mut a = vec!["--json", "drill", "web01", "--from", "local", "--scratch"];
+    let scratch = d.path("scratch");
+    a.push(scratch.to_str().unwrap());
+    let out = d
+        .cmd()
+        .env("LIFEBOAT_PASSPHRASE_FILE", &pass)
+        .args(&a)
+        .output()
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no drill report ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    d.assert_clean();
+    assert_eq!(out.status.code(), Some(0), "{r:#}");
+    assert_eq!(r["outcome"], "pass", "{r:#}");
+    assert_eq!(r["source"], "local", "{r:#}");
+    // Without the key: said before anything is restored.
+    let out = d
+        .cmd()
+        .args(["drill", "web01", "--from", "local", "--scratch"])
+        .arg(&scratch)
+        .output()
+        .unwrap();
+    // A drill that fails in its plan phase, with what to set.
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(6), "{said}");
+    assert!(
+        said.contains("FAIL in plan") && said.contains("LIFEBOAT_PASSPHRASE_FILE"),
+        "{said}"
+    );
+    d.assert_clean();
+}

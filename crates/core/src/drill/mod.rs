@@ -288,7 +288,7 @@ async fn phases(
             let mut src = crate::source::open(&path, crate::source::FormatChoice::Raw)?;
             let scan =
                 crate::backup::pipeline::scan(src.reader.as_mut(), chunk, None, None, &c, &p)?;
-            Ok(scan.index.id())
+            Ok(scan.index.digest())
         })
         .await
         .map_err(|e| (Phase::Verify, Error::Internal(format!("verify task: {e}"))))?

@@ -83,6 +83,24 @@ impl Index {
         Id::of(&self.to_bytes())
     }
 
+    /// The image digest: the id of the unencrypted index of the same
+    /// content (what `lifeboat hash` prints for the image). For an
+    /// unencrypted repository's index it is its id; for a sealed one, the
+    /// id its plaintext ids would have — so a restored image checks
+    /// against its backup whatever key stored it.
+    pub fn digest(&self) -> Id {
+        if self.plain.is_empty() {
+            return self.id();
+        }
+        Index {
+            chunk_size: self.chunk_size,
+            image_size: self.image_size,
+            chunks: self.plain.clone(),
+            plain: Vec::new(),
+        }
+        .id()
+    }
+
     /// The index as a repository stores it (sealed with `keys` in an
     /// encrypted one), and its id there.
     pub fn stored(&self, keys: Option<&crate::crypto::Keys>) -> Result<(Id, Vec<u8>)> {
@@ -321,6 +339,7 @@ mod tests {
         assert!(crate::format::diff::diff(&idx, &sealed)
             .unwrap()
             .identical());
+        assert_eq!(sealed.digest(), idx.id(), "one digest for one image");
     }
 
     #[test]

@@ -582,7 +582,7 @@ pub fn restore(
         format: plan.format,
         image_size: index.image_size,
         bytes_written: index.nonzero_bytes(),
-        index: index.id(),
+        index: index.digest(),
     })
 }
 
