@@ -923,6 +923,67 @@ fn aws_two_volume_set_through_ebs_direct_on_moto() {
     assert_eq!(vol["attachments"][0], iid);
 }
 
+/// From an encrypted repository (the site's off-site backups pulled into
+/// it, re-encrypted on the way): the EBS snapshots hold the disks' bytes,
+/// decrypted on the client on the way out.
+#[test]
+fn aws_restore_from_an_encrypted_repository_on_moto() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(moto) = Moto::start(&[("MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION", "true")]) else {
+        return;
+    };
+    let site = Site::new();
+    let setup = moto.client(&["setup", &moto.url]);
+    site.set_cloud("aws", &moto.table(&setup, ""));
+    let pass = site.path("pass");
+    std::fs::write(&pass, "cloud passphrase\n").unwrap();
+    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let enc = site.path("enc");
+    let rk = site.path("recovery.txt");
+    let run = |args: &[&str]| -> String {
+        let out = site
+            .cmd()
+            .env("LIFEBOAT_PASSPHRASE_FILE", &pass)
+            .arg("-r")
+            .arg(&enc)
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "lifeboat {args:?}: {text}");
+        assert_no_secrets(&text);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&[
+        "init",
+        "--encrypt",
+        "--chunk-size",
+        "1M",
+        "--recovery-key-out",
+        rk.to_str().unwrap(),
+    ]);
+    run(&["pull", "offsite"]);
+    let out: serde_json::Value = serde_json::from_str(&run(&[
+        "--json",
+        "cloud-restore",
+        "web@latest",
+        "--target",
+        "aws",
+    ]))
+    .unwrap();
+    assert_eq!(out["server"]["status"], "running", "{out:#}");
+    let snaps: Vec<String> = out["created"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "snapshot")
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(snaps.len(), 2, "{out:#}");
+    assert_snapshot_holds(&moto, &site, &snaps[0], &site.path("expect-root.raw"));
+    assert_snapshot_holds(&moto, &site, &snaps[1], &site.path("expect-data.raw"));
+}
+
 #[test]
 fn aws_faults_on_moto() {
     let Some(moto) = Moto::start(&[("MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION", "true")]) else {
