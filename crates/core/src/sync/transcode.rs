@@ -11,7 +11,7 @@
 //! lock. Protection marks are not copied (they name manifest ids, which
 //! differ); a copy's manifests name no parent.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
@@ -51,14 +51,14 @@ pub(super) async fn plan(
         .map(|k| (k.vm.as_str(), k.volume.as_str(), k.time))
         .collect();
     let mut manifests = Vec::new();
-    let mut index_ids = BTreeMap::new();
+    let mut index_ids = BTreeSet::new();
     for k in selected.iter() {
         check_cancel(cancel)?;
         if opts.manifests && held.contains(&(k.vm.as_str(), k.volume.as_str(), k.time)) {
             continue;
         }
         let (m, bytes) = fetch_manifest(src, k).await?;
-        index_ids.insert(m.index, ());
+        index_ids.insert(m.index);
         manifests.push((k.clone(), m, bytes));
     }
     manifests.sort_by_key(|a| (a.1.created_at, a.0.id));
@@ -67,7 +67,7 @@ pub(super) async fn plan(
     let mut index_of = BTreeMap::new();
     // Each distinct plaintext chunk: its source name and length.
     let mut wanted: BTreeMap<Id, (Id, u64)> = BTreeMap::new();
-    for id in index_ids.keys() {
+    for id in &index_ids {
         check_cancel(cancel)?;
         let (idx, _) = fetch_index(src, id).await?;
         for i in 0..idx.chunks.len() {
@@ -160,11 +160,16 @@ pub(super) async fn plan(
 
 /// A source chunk opened and made again for the destination: its
 /// plaintext id and the destination's object.
-fn remake(t: &Transcode, id: &Id, data: &[u8]) -> Result<(Id, Verified)> {
+fn remake(
+    keys: Option<&crate::crypto::Keys>,
+    level: i32,
+    id: &Id,
+    data: &[u8],
+) -> Result<(Id, Verified)> {
     let raw = chunk::decode(id, data)?;
     let plain = Id::of(&raw);
-    let encoded = Encoder::new(t.level)?.encode(&raw)?;
-    let (name, stored) = match &t.keys {
+    let encoded = Encoder::new(level)?.encode(&raw)?;
+    let (name, stored) = match keys {
         Some(k) => {
             let s = sealed::seal(k, Kind::Chunk, &plain.0, &encoded)?;
             (Id::of(&s), s)
@@ -205,10 +210,11 @@ pub(super) async fn execute(
             let data = with_retry(opts.retries, || src.get(&key))
                 .await?
                 .ok_or_else(|| key.missing())?;
-            let t2 = t.clone_keys();
-            let (plain, obj) = tokio::task::spawn_blocking(move || remake(&t2, &id, &data))
-                .await
-                .map_err(|e| Error::Internal(format!("re-encrypting task failed: {e}")))??;
+            let (keys, level) = (t.keys.clone(), t.level);
+            let (plain, obj) =
+                tokio::task::spawn_blocking(move || remake(keys.as_deref(), level, &id, &data))
+                    .await
+                    .map_err(|e| Error::Internal(format!("re-encrypting task failed: {e}")))??;
             check_cancel(cancel)?;
             with_retry(opts.retries, || dst.put_new(&obj)).await?;
             progress.add(raw_len, 1);
@@ -328,15 +334,4 @@ pub(super) async fn execute(
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
-}
-
-impl Transcode {
-    /// What a worker needs (not the plan's map of known chunks).
-    fn clone_keys(&self) -> Transcode {
-        Transcode {
-            keys: self.keys.clone(),
-            level: self.level,
-            known: HashMap::new(),
-        }
-    }
 }
