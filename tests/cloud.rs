@@ -928,7 +928,6 @@ fn aws_two_volume_set_through_ebs_direct_on_moto() {
 /// decrypted on the client on the way out.
 #[test]
 fn aws_restore_from_an_encrypted_repository_on_moto() {
-    use std::os::unix::fs::PermissionsExt;
     let Some(moto) = Moto::start(&[("MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION", "true")]) else {
         return;
     };
@@ -936,8 +935,7 @@ fn aws_restore_from_an_encrypted_repository_on_moto() {
     let setup = moto.client(&["setup", &moto.url]);
     site.set_cloud("aws", &moto.table(&setup, ""));
     let pass = site.path("pass");
-    std::fs::write(&pass, "cloud passphrase\n").unwrap();
-    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    common::secret_file(&pass, "cloud passphrase\n");
     let enc = site.path("enc");
     let rk = site.path("recovery.txt");
     let run = |args: &[&str]| -> String {

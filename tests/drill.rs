@@ -758,11 +758,9 @@ fn the_daemon_drills_on_the_vm_drill_schedule() {
 /// environment: restored, verified, booted, checked.
 #[test]
 fn a_drill_from_an_encrypted_repository_boots_and_passes() {
-    use std::os::unix::fs::PermissionsExt;
     let d = Drill::new();
     let pass = d.path("pass");
-    std::fs::write(&pass, "drill passphrase\n").unwrap();
-    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    common::secret_file(&pass, "drill passphrase\n");
     let with_key = |args: &[&str]| {
         let out = d
             .cmd()

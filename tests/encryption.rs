@@ -22,7 +22,7 @@ fn encrypted(w: &World) -> (PathBuf, PathBuf) {
 /// As `encrypted`, with another passphrase.
 fn encrypted_with(w: &World, passphrase: &str) -> (PathBuf, PathBuf) {
     let pass = w.path("pass");
-    secret(&pass, &format!("{passphrase}\n"));
+    secret_file(&pass, &format!("{passphrase}\n"));
     let recovery = w.path("recovery.txt");
     let said = ok(&run(
         w,
@@ -43,13 +43,6 @@ fn encrypted_with(w: &World, passphrase: &str) -> (PathBuf, PathBuf) {
     (pass, recovery)
 }
 
-/// Writes a passphrase file as an admin would: private to its owner.
-fn secret(path: &Path, text: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
 /// An image whose every 64 KiB chunk holds the marker among noise.
 fn marked_image(w: &World, name: &str, seed: u64) -> PathBuf {
     let img = w.path(name);
@@ -60,6 +53,19 @@ fn marked_image(w: &World, name: &str, seed: u64) -> PathBuf {
     // A compressible stretch too: text compresses before it is sealed.
     data.extend(std::iter::repeat_n(MARKER, 4096).flatten());
     std::fs::write(&img, &data).unwrap();
+    img
+}
+
+/// A marked image `name` backed up as volume `root` of `vm`, unlocked
+/// with the passphrase file `pass`; returns the image.
+fn backed_up(w: &World, pass: &Path, vm: &str, name: &str, seed: u64) -> PathBuf {
+    let img = marked_image(w, name, seed);
+    let spec = format!("root={}", img.display());
+    ok(&run(
+        w,
+        &[("LIFEBOAT_PASSPHRASE_FILE", pass)],
+        &["backup", vm, "--format", "raw", "--volume", &spec],
+    ));
     img
 }
 
@@ -166,19 +172,7 @@ fn an_encrypted_repository_stores_no_plaintext_and_restores_with_its_key_only() 
     assert_eq!(d["identical"], true, "{d}");
     // A third backup of another disk, pruned to the last one and
     // collected: the kept backup still restores, the others are gone.
-    let img3 = marked_image(&w, "disk3.raw", 9);
-    ok(&run(
-        &w,
-        &env,
-        &[
-            "backup",
-            "vm",
-            "--format",
-            "raw",
-            "--volume",
-            &format!("root={}", img3.display()),
-        ],
-    ));
+    let img3 = backed_up(&w, &pass, "vm", "disk3.raw", 9);
     let chunks_before = files_under(&w.repo().join("chunks")).len();
     ok(&run(&w, &env, &["prune", "--keep-last", "1"]));
     ok(&run(&w, &env, &["gc"]));
@@ -202,7 +196,7 @@ fn an_encrypted_repository_stores_no_plaintext_and_restores_with_its_key_only() 
     );
     // A wrong passphrase: a clear error, nothing written.
     let wrong = w.path("wrong");
-    secret(&wrong, "not the passphrase at all");
+    secret_file(&wrong, "not the passphrase at all");
     let before = files_under(&w.repo()).len();
     let out = run(
         &w,
@@ -264,13 +258,7 @@ fn an_encrypted_repository_stores_no_plaintext_and_restores_with_its_key_only() 
 fn an_encrypted_repository_is_pushed_sealed_and_restores_from_s3_with_the_recovery_key() {
     let w = World::new();
     let (pass, recovery) = encrypted(&w);
-    let img = marked_image(&w, "disk.raw", 2);
-    let spec = format!("root={}", img.display());
-    ok(&run(
-        &w,
-        &[("LIFEBOAT_PASSPHRASE_FILE", pass.as_path())],
-        &["backup", "vm", "--format", "raw", "--volume", &spec],
-    ));
+    let img = backed_up(&w, &pass, "vm", "disk.raw", 2);
     let (srv, tokens, token) = common::remote::server_dir(w.dir.path(), "client", "append");
     let server = Server::start(&srv, &tokens, "127.0.0.1:0");
     let cfg = w.path("lifeboat.toml");
@@ -329,19 +317,7 @@ fn an_encrypted_repository_is_pushed_sealed_and_restores_from_s3_with_the_recove
     // where that key goes, nothing sent.
     let other = World::new();
     let (other_pass, _) = encrypted_with(&other, "another site's passphrase");
-    let img2 = marked_image(&other, "disk.raw", 3);
-    ok(&run(
-        &other,
-        &[("LIFEBOAT_PASSPHRASE_FILE", other_pass.as_path())],
-        &[
-            "backup",
-            "other",
-            "--format",
-            "raw",
-            "--volume",
-            &format!("root={}", img2.display()),
-        ],
-    ));
+    backed_up(&other, &other_pass, "other", "disk.raw", 3);
     let manifests_before = files_under(&srv.join("manifests")).len();
     let out = push(
         &other.repo(),
@@ -549,13 +525,7 @@ fn put_raw(url: &str, token: &str, key: &str, body: Vec<u8>) -> u16 {
 fn passphrase_slots_are_added_and_removed_and_loose_secret_files_refused() {
     let w = World::new();
     let (pass, recovery) = encrypted(&w);
-    let img = marked_image(&w, "disk.raw", 4);
-    let spec = format!("root={}", img.display());
-    ok(&run(
-        &w,
-        &[("LIFEBOAT_PASSPHRASE_FILE", pass.as_path())],
-        &["backup", "vm", "--format", "raw", "--volume", &spec],
-    ));
+    let img = backed_up(&w, &pass, "vm", "disk.raw", 4);
     let objects = |w: &World| {
         let mut v: Vec<PathBuf> = files_under(&w.repo().join("chunks"));
         v.extend(files_under(&w.repo().join("manifests")));
@@ -574,7 +544,7 @@ fn passphrase_slots_are_added_and_removed_and_loose_secret_files_refused() {
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && e.contains("chmod 600"), "{e}");
     let second = w.path("second");
-    secret(&second, "a second passphrase");
+    secret_file(&second, "a second passphrase");
     let key = [("LIFEBOAT_KEY_FILE", recovery.as_path())];
     ok(&run(
         &w,
@@ -638,30 +608,11 @@ fn passphrase_slots_are_added_and_removed_and_loose_secret_files_refused() {
 fn pushes_between_keys_re_encrypt_and_into_an_unencrypted_repository_decrypt() {
     let w = World::new();
     let (pass, _) = encrypted(&w);
-    let img = marked_image(&w, "disk.raw", 5);
-    let spec = format!("root={}", img.display());
-    let env = [("LIFEBOAT_PASSPHRASE_FILE", pass.as_path())];
-    ok(&run(
-        &w,
-        &env,
-        &["backup", "vm", "--format", "raw", "--volume", &spec],
-    ));
+    let img = backed_up(&w, &pass, "vm", "disk.raw", 5);
     // The off-site server's repository has its own key and passphrase.
     let other = World::new();
     let (other_pass, other_recovery) = encrypted_with(&other, "the off-site passphrase");
-    let img2 = marked_image(&other, "disk.raw", 6);
-    ok(&run(
-        &other,
-        &[("LIFEBOAT_PASSPHRASE_FILE", other_pass.as_path())],
-        &[
-            "backup",
-            "other",
-            "--format",
-            "raw",
-            "--volume",
-            &format!("root={}", img2.display()),
-        ],
-    ));
+    backed_up(&other, &other_pass, "other", "disk.raw", 6);
     let (srv, tokens, token) = common::remote::server_dir(w.dir.path(), "client", "append");
     let server = Server::start(&srv, &tokens, "127.0.0.1:0");
     let other_cfg = other.path("lifeboat.toml");

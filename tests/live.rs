@@ -234,12 +234,10 @@ impl Host {
     }
 
     fn with_repo(guest: &Path, agent: Option<&str>, qmp: Option<&Path>, encrypt: bool) -> Host {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("dir");
         let pass = encrypt.then(|| {
             let p = dir.path().join("pass");
-            std::fs::write(&p, "live passphrase\n").expect("pass");
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("mode");
+            common::secret_file(&p, "live passphrase\n");
             p
         });
         let h = Host { dir, pass };

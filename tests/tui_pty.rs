@@ -469,11 +469,9 @@ fn console_drill_shows_phases_serial_console_and_result() {
 /// and restores a backup.
 #[test]
 fn an_encrypted_repository_unlocks_in_the_console_and_restores() {
-    use std::os::unix::fs::PermissionsExt;
     let w = common::World::new();
     let pass = w.path("pass");
-    std::fs::write(&pass, "console passphrase 1\n").unwrap();
-    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    common::secret_file(&pass, "console passphrase 1\n");
     let with_pass = |args: &[&str]| {
         let out = w
             .cmd()

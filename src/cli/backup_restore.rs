@@ -68,7 +68,7 @@ pub fn init(
 }
 
 /// `key export`: the recovery key, for paper.
-pub fn key_export(ctx: &Ctx) -> anyhow::Result<Outcome> {
+fn key_export(ctx: &Ctx) -> anyhow::Result<Outcome> {
     if ctx.json {
         anyhow::bail!("key export prints a secret for paper: run it without --json");
     }
@@ -82,9 +82,9 @@ pub fn key_export(ctx: &Ctx) -> anyhow::Result<Outcome> {
     println!("{}", key.recovery_text().as_str());
     Ok(Outcome::Ok)
 }
-/// `key list`, `key add`, `key remove`: the passphrase slots of the local
+/// `key export`, and `key list`/`add`/`remove`: the passphrase slots of the local
 /// repository's config (a pushed copy keeps the slots it was made with).
-pub fn key_slots(ctx: &Ctx, action: super::KeyAction) -> anyhow::Result<Outcome> {
+pub fn key(ctx: &Ctx, action: super::KeyAction) -> anyhow::Result<Outcome> {
     let mut repo = ctx.open_repo()?;
     let Some(mut enc) = repo.config.encryption.clone() else {
         anyhow::bail!(

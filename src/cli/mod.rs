@@ -672,10 +672,7 @@ pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
             compression_level,
             encrypt.then_some(recovery_key_out).flatten(),
         ),
-        Command::Key {
-            action: KeyAction::Export,
-        } => backup_restore::key_export(&ctx),
-        Command::Key { action } => backup_restore::key_slots(&ctx, action),
+        Command::Key { action } => backup_restore::key(&ctx, action),
         Command::Backup {
             vm,
             volumes,

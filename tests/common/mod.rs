@@ -246,6 +246,14 @@ pub fn manifest_files(repo: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Writes a passphrase or key file as an admin would: private to its
+/// owner (lifeboat refuses one others may read).
+pub fn secret_file(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).expect("secret file");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("mode 0600");
+}
+
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     walk(dir, &mut out);

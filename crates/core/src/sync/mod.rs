@@ -14,6 +14,7 @@ mod types;
 pub mod verify;
 
 pub(crate) use types::check_cancel;
+use types::send_manifest;
 pub use types::{PlanSummary, Refused, SyncOptions, SyncReport, TransferPlan};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -270,13 +271,7 @@ pub async fn execute(
     }
     let started = std::time::Instant::now();
     let s = &plan.summary;
-    let mut report = SyncReport {
-        source: s.source.clone(),
-        destination: s.destination.clone(),
-        manifests_selected: s.manifests_selected,
-        chunks_skipped: s.chunks_already_there,
-        ..Default::default()
-    };
+    let mut report = SyncReport::for_plan(s);
     if let Some(cfg) = &plan.create_config {
         with_retry(opts.retries, || dst.put_if_absent(cfg)).await?;
     }
@@ -321,21 +316,7 @@ pub async fn execute(
         progress.set_phase("sending manifests");
         for (key, _, obj) in &plan.manifests {
             check_cancel(cancel)?;
-            match with_retry(opts.retries, || dst.put_if_absent(obj)).await {
-                Ok(_) => {
-                    report.bytes_sent += obj.data().len() as u64;
-                    report.manifests_sent += 1;
-                }
-                Err(Error::LateBackup { reason, .. }) => {
-                    tracing::warn!("{} refused {}: {reason}", dst.describe(), key.object_key());
-                    report.refused.push(Refused {
-                        key: key.clone(),
-                        backup: crate::format::refs::describe_backup(key),
-                        reason,
-                    });
-                }
-                Err(e) => return Err(e),
-            }
+            send_manifest(dst, key, obj, opts, &mut report).await?;
         }
         // Protection travels with the backups it protects.
         let keys: Vec<ManifestKey> = plan.selected.clone();

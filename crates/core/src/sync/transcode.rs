@@ -17,7 +17,7 @@ use std::sync::Arc;
 use futures::{StreamExt, TryStreamExt};
 
 use super::types::{
-    check_cancel, PlanSummary, Refused, SyncOptions, SyncReport, Transcode, TransferPlan,
+    check_cancel, send_manifest, PlanSummary, SyncOptions, SyncReport, Transcode, TransferPlan,
 };
 use crate::error::{Error, Result};
 use crate::format::chunk::{self, Encoder};
@@ -193,13 +193,7 @@ pub(super) async fn execute(
 ) -> Result<SyncReport> {
     let started = std::time::Instant::now();
     let s = &plan.summary;
-    let mut report = SyncReport {
-        source: s.source.clone(),
-        destination: s.destination.clone(),
-        manifests_selected: s.manifests_selected,
-        chunks_skipped: s.chunks_already_there,
-        ..Default::default()
-    };
+    let mut report = SyncReport::for_plan(s);
     progress.set_phase("re-encrypting chunks");
     progress.set_job_total_if_unset(s.data_bytes_to_send);
     progress.set_totals(s.data_bytes_to_send, plan.chunks.len() as u64);
@@ -315,21 +309,7 @@ pub(super) async fn execute(
             copy.parent = None;
             let (mk, bytes) = copy.stored(t.keys.as_deref())?;
             let obj = Verified::check(ObjectKey::Manifest(mk), bytes.into())?;
-            match with_retry(opts.retries, || dst.put_if_absent(&obj)).await {
-                Ok(_) => {
-                    report.bytes_sent += obj.data().len() as u64;
-                    report.manifests_sent += 1;
-                }
-                Err(Error::LateBackup { reason, .. }) => {
-                    tracing::warn!("{} refused {}: {reason}", dst.describe(), key.object_key());
-                    report.refused.push(Refused {
-                        key: key.clone(),
-                        backup: crate::format::refs::describe_backup(key),
-                        reason,
-                    });
-                }
-                Err(e) => return Err(e),
-            }
+            send_manifest(dst, key, &obj, opts, &mut report).await?;
         }
     }
     report.seconds = started.elapsed().as_secs_f64();

@@ -1,5 +1,6 @@
-//! What a transfer plan and its report hold, shared by the plain
-//! transfer (`sync`) and the re-encrypting one (`sync::transcode`).
+//! What a transfer plan and its report hold, and the step both end with,
+//! shared by the plain transfer (`sync`) and the re-encrypting one
+//! (`sync::transcode`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -9,7 +10,8 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::format::{Id, Index, Manifest, ManifestKey};
 use crate::jobs::CancellationToken;
-use crate::store::Verified;
+use crate::retry::with_retry;
+use crate::store::{Store, Verified};
 
 #[derive(Debug, Clone)]
 pub struct SyncOptions {
@@ -184,5 +186,46 @@ pub(crate) fn check_cancel(cancel: &CancellationToken) -> Result<()> {
         Err(Error::Cancelled)
     } else {
         Ok(())
+    }
+}
+
+impl SyncReport {
+    /// A report to fill in while executing `s`.
+    pub(super) fn for_plan(s: &PlanSummary) -> SyncReport {
+        SyncReport {
+            source: s.source.clone(),
+            destination: s.destination.clone(),
+            manifests_selected: s.manifests_selected,
+            chunks_skipped: s.chunks_already_there,
+            ..Default::default()
+        }
+    }
+}
+
+/// Writes one manifest; a backup the destination refuses on purpose (late,
+/// set closed, out of scope) is recorded in the report, not an error.
+pub(super) async fn send_manifest(
+    dst: &dyn Store,
+    key: &ManifestKey,
+    obj: &Verified,
+    opts: &SyncOptions,
+    report: &mut SyncReport,
+) -> Result<()> {
+    match with_retry(opts.retries, || dst.put_if_absent(obj)).await {
+        Ok(_) => {
+            report.bytes_sent += obj.data().len() as u64;
+            report.manifests_sent += 1;
+            Ok(())
+        }
+        Err(Error::LateBackup { reason, .. }) => {
+            tracing::warn!("{} refused {}: {reason}", dst.describe(), key.object_key());
+            report.refused.push(Refused {
+                key: key.clone(),
+                backup: crate::format::refs::describe_backup(key),
+                reason,
+            });
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
