@@ -16,12 +16,15 @@ export PATH="$HOME/.cargo/bin:$PATH"
 #   the demo's bootable Linux guest (see assets/demo-guest.sh);
 # - libvirt-clients libxml2-utils: virt-xml-validate checks restored
 #   domain XML against libvirt's schema;
-# - python3-venv: the cloud tests' moto (an AWS emulator) lives in a venv.
+# - python3-venv: the cloud tests' moto (an AWS emulator) lives in a venv;
+# - dpkg-dev systemd: the package test (cargo-deb computes the package's
+#   library dependencies with dpkg-shlibdeps; systemd-analyze verify checks
+#   the installed units; nothing is started).
 # (qemu-system-x86 also brings the libraries the running-VM tests copy
 # into their guest with Debian's qemu-guest-agent: glib, libnuma, liburing.)
 pkgs=(openssl python3-prometheus-client qemu-utils qemu-system-x86
       busybox-static cpio dosfstools fdisk mtools syslinux syslinux-common
-      libvirt-clients libxml2-utils python3-venv)
+      libvirt-clients libxml2-utils python3-venv dpkg-dev systemd)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -87,6 +90,10 @@ if ! command -v garage >/dev/null; then
   echo "installing garage (one-time, ~15 min)…"
   cargo install garage --locked --no-default-features --features bundled-libs,sqlite
 fi
+
+# cargo-deb builds the Debian package (tests/package.rs); scripts/package.sh
+# installs the version it pins (about 2 minutes, once).
+scripts/package.sh --install-tool
 
 garage_dir=$(mktemp -d /tmp/lifeboat-garage.XXXXXX)
 trap 'scripts/garage.sh stop "$garage_dir"; rm -rf "$garage_dir"' EXIT

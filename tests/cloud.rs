@@ -297,7 +297,7 @@ fn http_json(method: &str, url: &str, body: Option<serde_json::Value>) -> serde_
         .build()
         .unwrap();
     rt.block_on(async {
-        let c = reqwest::Client::new();
+        let c = common::http();
         let mut r = c.request(method.parse().unwrap(), url);
         if let Some(b) = body {
             r = r.json(&b);

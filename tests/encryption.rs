@@ -490,7 +490,7 @@ fn get_text(url: &str, token: &str) -> String {
         .build()
         .unwrap();
     rt.block_on(async {
-        let r = reqwest::Client::new()
+        let r = common::http()
             .get(url)
             .bearer_auth(token)
             .send()
@@ -507,7 +507,7 @@ fn put_raw(url: &str, token: &str, key: &str, body: Vec<u8>) -> u16 {
         .build()
         .unwrap();
     rt.block_on(async {
-        reqwest::Client::new()
+        common::http()
             .put(format!("{}/v1/objects/{key}", url.trim_end_matches('/')))
             .bearer_auth(token)
             .body(body)

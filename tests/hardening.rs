@@ -431,7 +431,7 @@ fn forged_manifest_dates_are_refused() {
         server.url.trim_end_matches('/')
     );
     let (status, text) = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let resp = reqwest::Client::new()
+        let resp = common::http()
             .put(url)
             .bearer_auth(&token)
             .body(body)

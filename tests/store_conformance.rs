@@ -328,7 +328,7 @@ async fn server_verifies_and_enforces_roles() {
     );
     // Wrong bytes for a chunk id (a raw client; ours cannot make them):
     // 422 naming the id, nothing stored.
-    let raw = reqwest::Client::new();
+    let raw = common::http();
     let wrong = ObjectKey::Chunk(Id::of(b"not these bytes"));
     let resp = raw
         .put(format!("{url}v1/objects/{wrong}"))
@@ -426,7 +426,7 @@ async fn server_checks_role_and_size_before_reading_bodies() {
         .put_if_absent(&objects().config)
         .await
         .unwrap();
-    let raw = reqwest::Client::new();
+    let raw = common::http();
     // An upload that announces 64 MiB and sends 1 MiB, then waits: only a
     // server that answers before reading the body can reply at all.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -562,7 +562,7 @@ async fn slow_clients_are_cut_off() {
     // Then the server answers again.
     let mut ok = false;
     for _ in 0..50 {
-        if let Ok(r) = reqwest::get(format!("{url}v1/health")).await {
+        if let Ok(r) = common::http().get(format!("{url}v1/health")).send().await {
             ok = r.status() == 200;
             if ok {
                 break;

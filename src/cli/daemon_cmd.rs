@@ -42,12 +42,11 @@ pub async fn daemon(ctx: &Ctx, a: DaemonArgs) -> anyhow::Result<Outcome> {
                 "metrics on {addr} need no token: anyone who reaches it sees VM names and backup ages (keep it on loopback or behind a firewall)"
             );
         }
-        let source = lifeboat::server::metrics::MetricsSource {
+        let source = crate::server::metrics::MetricsSource {
             config: Arc::new(ctx.config.clone()),
             root: repo.root().to_path_buf(),
         };
-        let bound =
-            lifeboat::server::metrics::serve_metrics(addr, source, shutdown.clone()).await?;
+        let bound = crate::server::metrics::serve_metrics(addr, source, shutdown.clone()).await?;
         println!("metrics on http://{bound}/metrics");
         use std::io::Write;
         let _ = std::io::stdout().flush();

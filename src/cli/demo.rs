@@ -486,10 +486,10 @@ pub async fn build(w: &World) -> anyhow::Result<()> {
         ..Default::default()
     };
     sync::transfer(local.as_ref(), &offsite, keys, &opts, &cancel, &progress).await?;
-    let token = lifeboat::server::tokens::TokenFile::add(
+    let token = crate::server::tokens::TokenFile::add(
         &w.tokens,
         "demo",
-        lifeboat::server::tokens::Role::Append,
+        crate::server::tokens::Role::Append,
         Default::default(),
     )?;
     lifeboat_core::durable::write_atomic(&w.token_file, token.as_bytes())?;
@@ -508,25 +508,25 @@ pub async fn build(w: &World) -> anyhow::Result<()> {
 pub async fn start_offsite(w: &World) -> anyhow::Result<tokio::sync::oneshot::Sender<()>> {
     let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let opts = lifeboat::server::ServeOptions {
+    let opts = crate::server::ServeOptions {
         repo: w.offsite.clone(),
         listen: "127.0.0.1:0".parse()?,
         tokens: w.tokens.clone(),
         tls: None,
         max_uploads: 8,
-        max_connections: lifeboat::server::ServeOptions::DEFAULT_MAX_CONNECTIONS,
-        header_timeout: lifeboat::server::ServeOptions::DEFAULT_HEADER_TIMEOUT,
-        idle_timeout: lifeboat::server::ServeOptions::DEFAULT_IDLE_TIMEOUT,
+        max_connections: crate::server::ServeOptions::DEFAULT_MAX_CONNECTIONS,
+        header_timeout: crate::server::ServeOptions::DEFAULT_HEADER_TIMEOUT,
+        idle_timeout: crate::server::ServeOptions::DEFAULT_IDLE_TIMEOUT,
         config: std::sync::Arc::new(lifeboat_core::config::Config::default()),
         // The demo's history is backdated over two weeks: its server takes
         // backups as old as that from the demo's append token (a real
         // server takes only those made just before their push).
-        rules: lifeboat::server::Rules {
+        rules: crate::server::Rules {
             max_backup_lag: std::time::Duration::from_secs(30 * 86_400),
             ..Default::default()
         },
     };
-    tokio::spawn(lifeboat::server::serve(
+    tokio::spawn(crate::server::serve(
         opts,
         move |addr, _| {
             let _ = addr_tx.send(addr);

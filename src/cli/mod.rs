@@ -24,6 +24,9 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use lifeboat_core::config::{Config, ENV_CONFIG, ENV_REPO};
 use lifeboat_core::repo::Repo;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::Layer as _;
 
 pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_DAMAGE: u8 = 3;
@@ -366,7 +369,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 16)]
     pub max_uploads: usize,
     /// Open connections at once; more are refused.
-    #[arg(long, default_value_t = lifeboat::server::ServeOptions::DEFAULT_MAX_CONNECTIONS)]
+    #[arg(long, default_value_t = crate::server::ServeOptions::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
     /// Seconds a client may take to send request headers, and a TLS
     /// handshake may take.
@@ -460,20 +463,31 @@ fn serving() -> bool {
     std::env::args().nth(1).as_deref() == Some("serve") || std::env::args().any(|a| a == "serve")
 }
 
+/// What is logged: `LIFEBOAT_LOG` (`debug`, `warn,lifeboat_core=debug`:
+/// a level and per-module levels) when it parses, else `level`. Not
+/// tracing's regex-based `EnvFilter`: its span filters are not needed and
+/// its regex engine is a tenth of a cold build.
+fn log_filter(level: &str) -> tracing_subscriber::filter::Targets {
+    std::env::var("LIFEBOAT_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        // The certificate verifier logs each refusal at ERROR; the
+        // command's own error already explains it.
+        .unwrap_or_else(|| {
+            format!("{level},rustls_platform_verifier=off")
+                .parse()
+                .unwrap_or_default()
+        })
+}
+
 pub fn init_tracing_to(verbose: u8, sink: crate::logging::LogSink) {
     let level = if verbose > 1 { "debug" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!(
-            // The certificate verifier logs each refusal at ERROR; the
-            // command's own error already explains it.
-            "{level},rustls_platform_verifier=off"
-        ))
-    });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(sink)
         .with_ansi(false)
-        .with_target(false)
+        .with_target(false);
+    let _ = tracing_subscriber::registry()
+        .with(layer.with_filter(log_filter(level)))
         .try_init();
 }
 
@@ -486,22 +500,20 @@ pub fn init_tracing(verbose: u8, json: bool) {
         1 => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!(
-            // The certificate verifier logs each refusal at ERROR; the
-            // command's own error already explains it.
-            "{level},rustls_platform_verifier=off"
-        ))
-    });
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let filter = log_filter(level);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false);
+    let registry = tracing_subscriber::registry();
     let _ = if json {
-        fmt.json().with_ansi(false).try_init()
+        let layer = fmt.json().with_ansi(false).with_filter(filter);
+        registry.with(layer).try_init()
     } else {
         use std::io::IsTerminal;
-        fmt.with_ansi(std::io::stderr().is_terminal()).try_init()
+        let layer = fmt
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_filter(filter);
+        registry.with(layer).try_init()
     };
 }
 
@@ -851,16 +863,16 @@ async fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<Outcome> {
     let tls_dir = a
         .tls_dir
         .clone()
-        .unwrap_or_else(|| lifeboat::server::cert::default_dir(&tokens));
+        .unwrap_or_else(|| crate::server::cert::default_dir(&tokens));
     let own_cert = |listen: &std::net::SocketAddr| {
-        lifeboat::server::cert::ensure(&tls_dir, &lifeboat::server::cert::names_for(listen))
+        crate::server::cert::ensure(&tls_dir, &crate::server::cert::names_for(listen))
     };
     if let Some(ServeAction::Fingerprint) = a.action {
         let cert = match &a.tls_cert {
             Some(c) => c.clone(),
             None => own_cert(&a.listen)?.0.cert,
         };
-        let fp = lifeboat::server::cert::fingerprint(&cert)?;
+        let fp = crate::server::cert::fingerprint(&cert)?;
         if ctx.json {
             print_json(&serde_json::json!({"certificate": cert, "fingerprint": fp.to_string()}))?;
         } else {
@@ -900,10 +912,10 @@ async fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<Outcome> {
         }
     };
     let fingerprint = match &tls {
-        Some((cert, _)) => Some(lifeboat::server::cert::fingerprint(cert)?),
+        Some((cert, _)) => Some(crate::server::cert::fingerprint(cert)?),
         None => None,
     };
-    let opts = lifeboat::server::ServeOptions {
+    let opts = crate::server::ServeOptions {
         repo,
         listen: a.listen,
         tokens,
@@ -913,7 +925,7 @@ async fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<Outcome> {
         header_timeout: std::time::Duration::from_secs(a.header_timeout_secs),
         idle_timeout: std::time::Duration::from_secs(a.idle_timeout_secs.max(1)),
         config: std::sync::Arc::new(ctx.config.clone()),
-        rules: lifeboat::server::Rules {
+        rules: crate::server::Rules {
             max_backup_lag: humantime::parse_duration(&a.max_backup_lag).map_err(|e| {
                 anyhow::anyhow!(
                     "--max-backup-lag {:?}: {e} (e.g. 1h, 30min, 2d)",
@@ -947,7 +959,7 @@ async fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<Outcome> {
         }
         tracing::info!("shutting down");
     };
-    lifeboat::server::serve(
+    crate::server::serve(
         opts,
         |addr, tls| {
             println!(
@@ -971,7 +983,7 @@ async fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<Outcome> {
 }
 
 fn token_cmd(ctx: &Ctx, tokens: &std::path::Path, action: TokenAction) -> anyhow::Result<Outcome> {
-    use lifeboat::server::tokens::{self, NewToken, Role, TokenFile};
+    use crate::server::tokens::{self, NewToken, Role, TokenFile};
     match action {
         TokenAction::Add {
             name,

@@ -1168,6 +1168,7 @@ pub async fn serve(
     };
     let task = match &opts.tls {
         Some((cert, key)) => {
+            lifeboat_core::store::tls::install_crypto();
             let cfg = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
                 .map_err(|e| {

@@ -248,6 +248,13 @@ pub fn manifest_files(repo: &Path) -> Vec<PathBuf> {
 
 /// Writes a passphrase or key file as an admin would: private to its
 /// owner (lifeboat refuses one others may read).
+/// An HTTP client for talking to servers directly. reqwest is built
+/// without a TLS provider of its own: lifeboat installs ring first.
+pub fn http() -> reqwest::Client {
+    lifeboat_core::store::tls::install_crypto();
+    reqwest::Client::new()
+}
+
 pub fn secret_file(path: &Path, text: &str) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, text).expect("secret file");

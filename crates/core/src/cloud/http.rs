@@ -14,6 +14,7 @@ pub const MAX_ANSWER: usize = 8 << 20;
 const MAX_MESSAGE: usize = 600;
 
 pub fn client(timeout: Duration, ca_cert: Option<&std::path::Path>) -> Result<reqwest::Client> {
+    crate::store::tls::install_crypto();
     let mut b = reqwest::Client::builder()
         // A redirect could carry a token or the disk's bytes to another host.
         .redirect(reqwest::redirect::Policy::none())

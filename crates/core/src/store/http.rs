@@ -133,6 +133,7 @@ impl HttpStore {
                 base.host_str().unwrap_or("?")
             )));
         }
+        super::tls::install_crypto();
         let mut b = reqwest::Client::builder()
             // A repository server never redirects; following one could
             // carry the token or the data to another host.

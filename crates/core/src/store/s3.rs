@@ -79,6 +79,7 @@ pub fn client(opts: &S3Options) -> Result<Arc<dyn ObjectStore>> {
                 opts.bucket, opts.prefix
             )));
     };
+    super::tls::install_crypto();
     // from_env picks up the other standard AWS_* settings; explicit options win.
     let mut b = AmazonS3Builder::from_env()
         .with_access_key_id(key_id)

@@ -146,9 +146,22 @@ impl ServerCertVerifier for Pinned {
     }
 }
 
+/// Makes ring the process's TLS crypto provider, once. Every HTTP client
+/// and TLS listener is built after this: reqwest is built without a
+/// provider of its own (its default, aws-lc-rs, is a C library built with
+/// cmake: most of a cold build) and would panic without one.
+pub fn install_crypto() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err only when one is installed already: that one serves.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// A client TLS configuration that trusts only the pinned certificate.
 pub fn pinned_client_config(want: Fingerprint) -> Result<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    install_crypto();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Internal(format!("TLS setup: {e}")))?

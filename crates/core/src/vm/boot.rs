@@ -441,6 +441,7 @@ async fn watch(
     if let Ok(mut t) = checks_started.lock() {
         *t = Some(Instant::now());
     }
+    crate::store::tls::install_crypto();
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(3))
