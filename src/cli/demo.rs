@@ -416,6 +416,7 @@ pub async fn build(w: &World) -> anyhow::Result<()> {
         "scheduled",
         "pre-maintenance",
     ];
+    let progress_tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     for (n, (t, i)) in events.iter().enumerate() {
         let p = &PLANS[*i];
         let mut volumes = Vec::new();
@@ -465,13 +466,19 @@ pub async fn build(w: &World) -> anyhow::Result<()> {
         let (c, pr) = (cancel.clone(), std::sync::Arc::new(Progress::new()));
         tokio::task::spawn_blocking(move || lifeboat_core::backup::backup(&r, &req, &c, &pr))
             .await??;
-        eprint!(
-            "\rbuilding the demo world: {}/{} backups",
-            n + 1,
-            events.len()
-        );
+        // A counter redrawn in place on a terminal; in a log, one line at
+        // the end says it all.
+        if progress_tty {
+            eprint!(
+                "\rbuilding the demo world: {}/{} backups",
+                n + 1,
+                events.len()
+            );
+        }
     }
-    eprintln!();
+    if progress_tty {
+        eprintln!();
+    }
     // The off-site copy holds part of the history: everything older than
     // three days, except build01, which was never sent off-site.
     let local: DynStore = Arc::new(LocalStore::new(&w.repo));
