@@ -468,8 +468,11 @@ fn serving() -> bool {
 /// tracing's regex-based `EnvFilter`: its span filters are not needed and
 /// its regex engine is a tenth of a cold build.
 fn log_filter(level: &str) -> tracing_subscriber::filter::Targets {
-    std::env::var("LIFEBOAT_LOG")
-        .ok()
+    filter_from(std::env::var("LIFEBOAT_LOG").ok().as_deref(), level)
+}
+
+fn filter_from(setting: Option<&str>, level: &str) -> tracing_subscriber::filter::Targets {
+    setting
         .and_then(|v| v.parse().ok())
         // The certificate verifier logs each refusal at ERROR; the
         // command's own error already explains it.
@@ -1135,6 +1138,27 @@ pub fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn lifeboat_log_sets_levels_per_module_and_a_bad_one_falls_back() {
+        use tracing::Level;
+        let f = super::filter_from(Some("warn,lifeboat_core::sync=debug"), "info");
+        assert!(f.would_enable("lifeboat_core::sync::push", &Level::DEBUG));
+        assert!(!f.would_enable("lifeboat_core::backup", &Level::INFO));
+        assert!(f.would_enable("lifeboat_core::backup", &Level::WARN));
+        let f = super::filter_from(Some("debug"), "warn");
+        assert!(f.would_enable("anything", &Level::DEBUG));
+        // Unparsable: the command's own level, the verifier's refusals off.
+        for bad in [Some("=!="), None] {
+            let f = super::filter_from(bad, "info");
+            assert!(f.would_enable("lifeboat", &Level::INFO), "{bad:?}");
+            assert!(!f.would_enable("lifeboat", &Level::DEBUG), "{bad:?}");
+            assert!(
+                !f.would_enable("rustls_platform_verifier::x", &Level::ERROR),
+                "{bad:?}"
+            );
+        }
+    }
+
     use super::*;
     use clap::CommandFactory;
 
