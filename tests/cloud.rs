@@ -829,13 +829,20 @@ fn assert_snapshot_holds(moto: &Moto, site: &Site, snap: &str, expect: &Path) {
     );
 }
 
-#[test]
-fn aws_two_volume_set_through_ebs_direct_on_moto() {
-    let Some(moto) = Moto::start(&[("MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION", "true")]) else {
-        return;
-    };
+/// moto (validating instance types), a site, and what moto's setup made
+/// (VPC, subnet, key pair). None when moto is not installed.
+fn aws_site() -> Option<(Moto, Site, serde_json::Value)> {
+    let moto = Moto::start(&[("MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION", "true")])?;
     let site = Site::new();
     let setup = moto.client(&["setup", &moto.url]);
+    Some((moto, site, setup))
+}
+
+#[test]
+fn aws_two_volume_set_through_ebs_direct_on_moto() {
+    let Some((moto, site, setup)) = aws_site() else {
+        return;
+    };
     site.set_cloud("aws", &moto.table(&setup, ""));
 
     let ls = site.ok(&["cloud", "ls"]);
@@ -928,11 +935,9 @@ fn aws_two_volume_set_through_ebs_direct_on_moto() {
 /// decrypted on the client on the way out.
 #[test]
 fn aws_restore_from_an_encrypted_repository_on_moto() {
-    let Some(moto) = Moto::start(&[("MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION", "true")]) else {
+    let Some((moto, site, setup)) = aws_site() else {
         return;
     };
-    let site = Site::new();
-    let setup = moto.client(&["setup", &moto.url]);
     site.set_cloud("aws", &moto.table(&setup, ""));
     let pass = site.path("pass");
     common::secret_file(&pass, "cloud passphrase\n");
@@ -984,11 +989,9 @@ fn aws_restore_from_an_encrypted_repository_on_moto() {
 
 #[test]
 fn aws_faults_on_moto() {
-    let Some(moto) = Moto::start(&[("MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION", "true")]) else {
+    let Some((moto, site, setup)) = aws_site() else {
         return;
     };
-    let site = Site::new();
-    let setup = moto.client(&["setup", &moto.url]);
 
     // An instance type and a subnet that do not exist: moto's own words.
     site.set_cloud(
