@@ -26,7 +26,6 @@ use lifeboat_core::config::{Config, ENV_CONFIG, ENV_REPO};
 use lifeboat_core::repo::Repo;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::Layer as _;
 
 pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_DAMAGE: u8 = 3;
@@ -490,7 +489,8 @@ pub fn init_tracing_to(verbose: u8, sink: crate::logging::LogSink) {
         .with_ansi(false)
         .with_target(false);
     let _ = tracing_subscriber::registry()
-        .with(layer.with_filter(log_filter(level)))
+        .with(log_filter(level))
+        .with(layer)
         .try_init();
 }
 
@@ -503,20 +503,17 @@ pub fn init_tracing(verbose: u8, json: bool) {
         1 => "info",
         _ => "debug",
     };
-    let filter = log_filter(level);
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false);
-    let registry = tracing_subscriber::registry();
+    let registry = tracing_subscriber::registry().with(log_filter(level));
     let _ = if json {
-        let layer = fmt.json().with_ansi(false).with_filter(filter);
-        registry.with(layer).try_init()
+        registry.with(fmt.json().with_ansi(false)).try_init()
     } else {
         use std::io::IsTerminal;
-        let layer = fmt
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_filter(filter);
-        registry.with(layer).try_init()
+        registry
+            .with(fmt.with_ansi(std::io::stderr().is_terminal()))
+            .try_init()
     };
 }
 
