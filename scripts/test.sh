@@ -19,12 +19,17 @@ export PATH="$HOME/.cargo/bin:$PATH"
 # - python3-venv: the cloud tests' moto (an AWS emulator) lives in a venv;
 # - dpkg-dev systemd: the package test (cargo-deb computes the package's
 #   library dependencies with dpkg-shlibdeps; systemd-analyze verify checks
-#   the installed units; nothing is started).
+#   the installed units; nothing is started);
+# - libvirt-daemon-system virtnbdbackup: the libvirt tests start their own
+#   virtlogd and libvirtd in a private mount namespace (scripts/libvirt.sh;
+#   the host's libvirt directories are never touched) and compare with
+#   virtnbdbackup, the open-source reference for libvirt backups.
 # (qemu-system-x86 also brings the libraries the running-VM tests copy
 # into their guest with Debian's qemu-guest-agent: glib, libnuma, liburing.)
 pkgs=(openssl python3-prometheus-client qemu-utils qemu-system-x86
       busybox-static cpio dosfstools fdisk mtools syslinux syslinux-common
-      libvirt-clients libxml2-utils python3-venv dpkg-dev systemd)
+      libvirt-clients libxml2-utils python3-venv dpkg-dev systemd
+      libvirt-daemon-system virtnbdbackup)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

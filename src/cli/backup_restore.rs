@@ -152,6 +152,12 @@ fn say(ctx: &Ctx, human: &str, what: &str, name: &str) -> anyhow::Result<()> {
     }
 }
 
+/// Whether the command line names files (`--volume NAME=PATH`) rather
+/// than the inventory's volumes.
+fn volumes_given(volumes: &[String]) -> bool {
+    volumes.iter().any(|v| v.contains('='))
+}
+
 pub async fn backup(
     ctx: &Ctx,
     vm: String,
@@ -159,11 +165,22 @@ pub async fn backup(
     format: FormatChoice,
     note: Option<String>,
 ) -> anyhow::Result<Outcome> {
-    let mut req =
-        lifeboat_core::config::requests::backup_request(&ctx.config, &vm, &volumes, format)?;
+    // A libvirt domain without a [[vm]] entry is backed up by name
+    // (virsh, bounded: off the async threads).
+    let mut config = ctx.config.clone();
+    let name = vm.clone();
+    let given = volumes_given(&volumes);
+    let config = tokio::task::spawn_blocking(move || {
+        if given {
+            return Ok(config);
+        }
+        config.adopt_libvirt_domain(&name).map(|_| config)
+    })
+    .await??;
+    let mut req = lifeboat_core::config::requests::backup_request(&config, &vm, &volumes, format)?;
     let repo = ctx.open_repo()?;
     req.note = note;
-    req.definition = ctx.config.definition_for_backup(&vm);
+    req.definition = config.definition_for_backup(&vm);
     let result = run_job("backup", ctx.json, move |c, p| {
         lifeboat_core::backup::backup(&repo, &req, c, p)
     })
@@ -274,9 +291,14 @@ pub struct VmRestoreArgs {
     /// original VM is gone for good).
     #[arg(long)]
     pub keep_macs: bool,
-    /// A VM@... set: define the restored VM with `virsh define`.
+    /// A VM@... set: define the restored VM with `virsh define` (on
+    /// `[libvirt] uri`). Refused when a domain of that name exists (use
+    /// --name); NICs on networks this host lacks are removed and listed.
     #[arg(long)]
     pub define: bool,
+    /// With --define: start the defined VM (`virsh start`).
+    #[arg(long, requires = "define")]
+    pub start: bool,
     /// A VM@... set: the restored domain's name (default: the VM's).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
@@ -308,6 +330,7 @@ pub async fn restore(
     let step = lifeboat_core::vm::restore::VmStep::for_request(
         is_set,
         vm_args.define,
+        vm_args.start,
         vm_args.keep_macs,
         vm_args.name.clone(),
         vm_args.attach.clone(),
@@ -340,6 +363,14 @@ pub async fn restore(
             (restore::plan_local(&repo, &req)?, None)
         }
     };
+    // A name clash or an unknown domain fails now, before a byte is written.
+    if let Some(vm) = plan.volumes.first().map(|v| v.vm.clone()) {
+        let (s, uri) = (
+            step.clone(),
+            ctx.config.libvirt.as_ref().and_then(|l| l.uri.clone()),
+        );
+        tokio::task::spawn_blocking(move || s.preflight(uri.as_deref(), &vm)).await??;
+    }
     if dry_run {
         if ctx.json {
             print_json(&serde_json::json!({"dry_run": true, "plan": plan, "vm_step": step}))?;
@@ -363,6 +394,7 @@ pub async fn restore(
     let json = ctx.json;
     let done = lifeboat_core::vm::restore::finish(
         &step,
+        ctx.config.libvirt.as_ref().and_then(|l| l.uri.as_deref()),
         &repo,
         &picked,
         &outcomes,

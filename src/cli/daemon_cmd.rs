@@ -62,8 +62,22 @@ pub async fn daemon(ctx: &Ctx, a: DaemonArgs) -> anyhow::Result<Outcome> {
         tracing::info!("stop requested: running jobs stop at their next safe point");
         stop.cancel();
     });
+    // The host's libvirt domains join the config's VMs (listed once, at
+    // start: a domain defined later is scheduled after a restart).
+    let mut config = ctx.config.clone();
+    let config = tokio::task::spawn_blocking(move || {
+        match config.adopt_libvirt_domains() {
+            Ok(Some(d)) => tracing::info!("libvirt: {} domains", d.len()),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                "libvirt: cannot list domains ({e}); only the config's VMs are scheduled"
+            ),
+        }
+        config
+    })
+    .await?;
     let d = Daemon {
-        config: ctx.config.clone(),
+        config,
         root: repo.root().to_path_buf(),
         clock,
         opts: DaemonOptions {

@@ -12,6 +12,18 @@ use super::{print_json, Ctx, Outcome};
 #[derive(Serialize)]
 struct VmState {
     vm: String,
+    /// The libvirt domain it is (from the config or found in `[libvirt]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    libvirt_domain: Option<String>,
+    /// The policy that backs it up (None: no policy covers it).
+    policy: Option<String>,
+    /// Its volumes and the files they are read from.
+    volumes: Vec<VolumeState>,
+    /// When its newest backup in this repository was taken.
+    last_backup_at: Option<String>,
+    /// Why a libvirt domain cannot be backed up by name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    problem: Option<String>,
     /// None: no `qmp` configured.
     run: Option<live::RunState>,
     /// The newest backup's capture record (None before the first backup,
@@ -26,15 +38,27 @@ struct VmState {
     repaired: Vec<String>,
 }
 
+#[derive(Serialize)]
+struct VolumeState {
+    name: String,
+    path: String,
+}
+
 pub async fn vms(ctx: &Ctx, only: Option<String>, repair: bool) -> anyhow::Result<Outcome> {
     let repo = ctx.open_repo()?;
-    let config = ctx.config.clone();
-    if let Some(vm) = &only {
-        if config.vm(vm).is_none() {
-            anyhow::bail!("VM {} is not in the config", escape(vm));
-        }
-    }
+    let mut config = ctx.config.clone();
     let states = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<VmState>> {
+        // The host's libvirt domains join the config's VMs.
+        let domains = match &only {
+            Some(vm) => {
+                config.adopt_libvirt_domain(vm)?;
+                if config.vm(vm).is_none() {
+                    anyhow::bail!("VM {} is not in the config", escape(vm));
+                }
+                None
+            }
+            None => config.adopt_libvirt_domains()?,
+        };
         let backups = repo.load_all()?;
         let mut out = Vec::new();
         for v in &config.vms {
@@ -60,18 +84,53 @@ pub async fn vms(ctx: &Ctx, only: Option<String>, repair: bool) -> anyhow::Resul
                 repaired = live::repair(&config.live_for(name))?;
                 leftovers.clear();
             }
-            let last_backup = backups
-                .iter()
-                .rev()
-                .find(|(k, _)| &k.vm == name)
-                .and_then(|(_, m)| m.capture.clone());
+            let newest = backups.iter().rev().find(|(k, _)| &k.vm == name);
+            let last_backup = newest.and_then(|(_, m)| m.capture.clone());
             out.push(VmState {
                 vm: name.clone(),
+                libvirt_domain: v.libvirt_domain.clone(),
+                policy: v
+                    .policy
+                    .as_ref()
+                    .or(config.default_policy.as_ref())
+                    .map(|p| p.get_ref().clone())
+                    .filter(|_| config.policy_for(name).is_some()),
+                volumes: v
+                    .volumes
+                    .iter()
+                    .map(|x| VolumeState {
+                        name: x.name.get_ref().clone(),
+                        path: config.resolve(&x.path).display().to_string(),
+                    })
+                    .collect(),
+                last_backup_at: newest.map(|(_, m)| {
+                    m.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                }),
+                problem: None,
                 run,
                 last_backup,
                 next: volumes,
                 leftovers,
                 repaired,
+            });
+        }
+        for d in domains.into_iter().flatten() {
+            let Some(problem) = d.problem else { continue };
+            out.push(VmState {
+                vm: d.name.clone(),
+                libvirt_domain: Some(d.name),
+                policy: None,
+                volumes: Vec::new(),
+                last_backup_at: None,
+                problem: Some(problem),
+                run: Some(live::RunState {
+                    running: lifeboat_core::live::libvirt::is_live(&d.state),
+                    status: format!("libvirt: {}", d.state),
+                }),
+                last_backup: None,
+                next: Vec::new(),
+                leftovers: Vec::new(),
+                repaired: Vec::new(),
             });
         }
         Ok(out)
@@ -86,7 +145,7 @@ pub async fn vms(ctx: &Ctx, only: Option<String>, repair: bool) -> anyhow::Resul
     }
     for s in &states {
         let run = match &s.run {
-            None => "no qmp configured".to_string(),
+            None => "no qmp or libvirt_domain configured".to_string(),
             Some(r) => escape(&r.status).into_owned(),
         };
         let last = match &s.last_backup {
@@ -100,9 +159,38 @@ pub async fn vms(ctx: &Ctx, only: Option<String>, repair: bool) -> anyhow::Resul
                     .unwrap_or_default()
             ),
         };
-        println!("{}", escape(&s.vm));
+        println!(
+            "{}{}",
+            escape(&s.vm),
+            match &s.libvirt_domain {
+                Some(d) if d != &s.vm => format!(" (libvirt domain {})", escape(d)),
+                Some(_) => " (libvirt domain)".into(),
+                None => String::new(),
+            }
+        );
+        if let Some(p) = &s.problem {
+            println!("  running:     {run}");
+            println!("  not backed up by name: {}", escape(p));
+            continue;
+        }
         println!("  running:     {run}");
-        println!("  last backup: {last}");
+        println!(
+            "  policy:      {}",
+            s.policy
+                .as_deref()
+                .map(|p| escape(p).into_owned())
+                .unwrap_or_else(|| "none covers it (backed up only by hand)".into())
+        );
+        for v in &s.volumes {
+            println!("  volume {}: {}", escape(&v.name), escape(&v.path));
+        }
+        println!(
+            "  last backup: {}{last}",
+            s.last_backup_at
+                .as_deref()
+                .map(|t| format!("{t}, "))
+                .unwrap_or_else(|| "never, ".into())
+        );
         if !s.leftovers.is_empty() {
             println!(
                 "  LEFTOVERS of a killed backup: {} — QEMU copies every guest write into them and the guest's writes are slower; `lifeboat vms {} --repair` removes them (the next backup would too)",
@@ -115,7 +203,11 @@ pub async fn vms(ctx: &Ctx, only: Option<String>, repair: bool) -> anyhow::Resul
         }
         for v in &s.next {
             match &v.reason {
-                None => println!("  next {}: incremental (dirty bitmap)", escape(&v.volume)),
+                None => println!(
+                    "  next {}: incremental ({})",
+                    escape(&v.volume),
+                    if s.libvirt_domain.is_some() { "libvirt checkpoint" } else { "dirty bitmap" }
+                ),
                 Some(r) => println!("  next {}: full read: {}", escape(&v.volume), escape(r)),
             }
         }

@@ -90,11 +90,45 @@ fn restore_terminal() {
     );
 }
 
+/// The config with the host's libvirt domains (`[libvirt]`) as VMs. The
+/// console does not wait long for libvirt: a libvirtd that does not
+/// answer within 5 s leaves them out, and the log says so.
+async fn with_libvirt_domains(config: Config) -> (Config, Option<String>) {
+    if config.libvirt.is_none() {
+        return (config, None);
+    }
+    let fallback = config.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        let mut config = config;
+        let r = config.adopt_libvirt_domains();
+        (config, r)
+    });
+    match tokio::time::timeout(std::time::Duration::from_secs(5), task).await {
+        Ok(Ok((config, Ok(d)))) => {
+            let n = d.map(|d| d.len()).unwrap_or(0);
+            (config, Some(format!("libvirt: {n} domains listed")))
+        }
+        Ok(Ok((config, Err(e)))) => (
+            config,
+            Some(format!(
+                "libvirt: cannot list domains: {}",
+                lifeboat_core::text::escape(&e.to_string())
+            )),
+        ),
+        Ok(Err(e)) => (fallback, Some(format!("libvirt: {e}"))),
+        Err(_) => (
+            fallback,
+            Some("libvirt did not answer within 5 s: its domains are not listed".into()),
+        ),
+    }
+}
+
 pub async fn run(
     config: Config,
     repo_path: PathBuf,
     sink: crate::logging::LogSink,
 ) -> anyhow::Result<()> {
+    let (config, libvirt_note) = with_libvirt_domains(config).await;
     let inventory = config.inventory();
     let remotes = config
         .remotes
@@ -126,6 +160,9 @@ pub async fn run(
         .collect();
     if let Some(p) = problem {
         app.update(Action::Log(p));
+    }
+    if let Some(n) = libvirt_note {
+        app.update(Action::Log(n));
     }
     app.config_path = config
         .path

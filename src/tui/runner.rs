@@ -324,6 +324,7 @@ impl Runner {
             } => {
                 let step = VmStep::Domain {
                     define,
+                    start: false,
                     keep_macs: false,
                     name: None,
                 };
@@ -753,10 +754,12 @@ impl Runner {
                     }
                     // The domain XML and virsh: blocking work, off the runtime.
                     let p = progress.clone();
+                    let uri = config.libvirt.as_ref().and_then(|l| l.uri.clone());
                     let done = tokio::task::spawn_blocking(move || {
                         let repo = Repo::open(&local_path)?;
                         lifeboat_core::vm::restore::finish(
                             &step,
+                            uri.as_deref(),
                             &repo,
                             &picked,
                             &out,

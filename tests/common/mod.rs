@@ -2,6 +2,8 @@
 //! real qemu-img.
 #![allow(dead_code)]
 
+pub mod guest;
+pub mod libvirtd;
 pub mod proxy;
 pub mod pty;
 pub mod remote;

@@ -160,6 +160,11 @@ pub enum Error {
     #[error("{0} is encrypted and its key is not unlocked: set LIFEBOAT_PASSPHRASE_FILE (a file holding a passphrase of the repository) or LIFEBOAT_KEY_FILE (a file holding its recovery key)")]
     Locked(String),
 
+    /// libvirt refused or failed (through `virsh`); `at` names the
+    /// connection and, where there is one, the domain.
+    #[error("libvirt {at}: {reason}")]
+    Libvirt { at: String, reason: String },
+
     /// A failure inside lifeboat itself (a crashed task, a poisoned lock):
     /// not the caller's fault, and worth a bug report.
     #[error("internal error: {0}")]

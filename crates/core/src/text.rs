@@ -119,6 +119,19 @@ pub fn escape_lines(s: &str) -> String {
         .join("\n")
 }
 
+/// A word for a POSIX shell: as it is when it is plain, else in single
+/// quotes (a quote inside closed, escaped and reopened).
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_=.,:/+@%".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

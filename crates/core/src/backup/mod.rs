@@ -18,6 +18,7 @@ use crate::format::ManifestKey;
 use crate::jobs::{CancellationToken, Progress};
 use crate::live::bitmap::Read;
 use crate::live::capture::{PreviousBackup, Session};
+use crate::live::libvirt::PullSession;
 use crate::live::qmp::{Absent, Qmp};
 use crate::live::LiveConfig;
 use crate::names::check_name;
@@ -126,6 +127,15 @@ pub fn backup(
         Live::NotRunning(why) => Some(format!("the VM is not running: {why}")),
         _ => None,
     };
+    // A libvirt domain's qcow2 images hold libvirt's checkpoint bitmaps,
+    // which only libvirt may change: read whole while it is shut off.
+    let offline_live = match &req.live.libvirt {
+        Some(_) => LiveConfig {
+            bitmaps: false,
+            ..req.live.clone()
+        },
+        None => req.live.clone(),
+    };
     let mut staged: Vec<(Manifest, f64)> = Vec::new();
     let mut offline_bitmaps = Vec::new();
     for (i, spec) in req.volumes.iter().enumerate() {
@@ -134,19 +144,8 @@ pub fn backup(
         let (mut reader, format, mut capture) = match &live {
             Live::Running(session, _) => {
                 let reader: Box<dyn source::VolumeReader> = Box::new(session.reader(i)?);
-                let d = &session.disks[i];
-                let capture = Capture {
-                    consistency: session.consistency,
-                    note: session.note.clone(),
-                    bitmap: d.new_bitmap.clone(),
-                    incremental: matches!(d.read, Read::Incremental { .. }),
-                    full_reason: match &d.read {
-                        Read::Full { reason } => Some(reason.clone()),
-                        Read::Incremental { .. } => None,
-                    },
-                    bytes_read: 0,
-                };
-                (reader, d.format, capture)
+                let (format, capture) = session.capture_of(i);
+                (reader, format, capture)
             }
             Live::NotRunning(_) | Live::NotConfigured => {
                 let prev = previous[i].map(|(_, m)| PreviousBackup::of(m));
@@ -156,14 +155,19 @@ pub fn backup(
                     prev.as_ref(),
                     repo.config().chunk_size,
                     &set,
-                    &req.live,
+                    &offline_live,
                 )?;
                 let capture = Capture {
                     consistency: Consistency::Offline,
                     note: offline_note.clone(),
                     bitmap: opened.bitmaps.as_ref().and_then(|b| b.new_bitmap.clone()),
                     incremental: opened.incremental(),
-                    full_reason: opened.full_reason.clone(),
+                    full_reason: match (&req.live.libvirt, &opened.full_reason) {
+                        (Some(_), Some(_)) => Some(
+                            "the libvirt domain is shut off: its checkpoints are read only while it runs".into(),
+                        ),
+                        (_, r) => r.clone(),
+                    },
                     bytes_read: 0,
                 };
                 if let Some(b) = opened.bitmaps {
@@ -329,8 +333,64 @@ pub fn backup(
 
 enum Live {
     NotConfigured,
-    NotRunning(&'static str),
-    Running(Box<Session>, crate::live::VmLock),
+    NotRunning(String),
+    Running(Running, crate::live::VmLock),
+}
+
+/// A running VM's disks at one instant: through its QMP monitor, or
+/// through libvirt's backup API.
+enum Running {
+    Qmp(Box<Session>),
+    Libvirt(Box<PullSession>),
+}
+
+impl Running {
+    fn reader(&self, i: usize) -> Result<crate::live::capture::LiveReader> {
+        match self {
+            Running::Qmp(s) => s.reader(i),
+            Running::Libvirt(s) => s.reader(i),
+        }
+    }
+
+    /// The disk's format and how it was read, for its manifest.
+    fn capture_of(&self, i: usize) -> (crate::format::manifest::ImageFormat, Capture) {
+        let (format, read, new_bitmap, consistency, note) = match self {
+            Running::Qmp(s) => {
+                let d = &s.disks[i];
+                (d.format, &d.read, &d.new_bitmap, s.consistency, &s.note)
+            }
+            Running::Libvirt(s) => {
+                let d = &s.disks[i];
+                (d.format, &d.read, &d.new_bitmap, s.consistency, &s.note)
+            }
+        };
+        let capture = Capture {
+            consistency,
+            note: note.clone(),
+            bitmap: new_bitmap.clone(),
+            incremental: matches!(read, Read::Incremental { .. }),
+            full_reason: match read {
+                Read::Full { reason } => Some(reason.clone()),
+                Read::Incremental { .. } => None,
+            },
+            bytes_read: 0,
+        };
+        (format, capture)
+    }
+
+    fn repaired(&self) -> &[String] {
+        match self {
+            Running::Qmp(s) => &s.repaired,
+            Running::Libvirt(s) => &s.repaired,
+        }
+    }
+
+    fn commit(self) -> Vec<String> {
+        match self {
+            Running::Qmp(s) => s.commit(),
+            Running::Libvirt(s) => s.commit(),
+        }
+    }
 }
 
 /// Connects to the VM's QEMU when it has a monitor and runs there, and
@@ -342,18 +402,6 @@ fn start_live(
     set: &str,
     progress: &Progress,
 ) -> Result<Live> {
-    let Some(path) = &req.live.qmp else {
-        return Ok(Live::NotConfigured);
-    };
-    let lock = crate::live::VmLock::acquire(path)?;
-    let qmp = match Qmp::connect(path, crate::live::QMP_TIMEOUT)? {
-        Ok(q) => q,
-        Err(Absent(why)) => return Ok(Live::NotRunning(why)),
-    };
-    progress.set_phase(&format!(
-        "asking QEMU for a point-in-time copy (its monitor has {} s to answer each request)",
-        crate::live::QMP_TIMEOUT.as_secs()
-    ));
     let volumes: Vec<(String, PathBuf)> = req
         .volumes
         .iter()
@@ -363,6 +411,38 @@ fn start_live(
         .iter()
         .map(|p| p.map(|(_, m)| PreviousBackup::of(m)))
         .collect();
+    if let Some(domain) = &req.live.libvirt {
+        let lock = crate::live::VmLock::acquire(&domain.lock_key())?;
+        let state = crate::live::libvirt::state(&domain.virsh(), &domain.domain)?;
+        if !crate::live::libvirt::is_live(&state) {
+            return Ok(Live::NotRunning(format!("libvirt says the domain is {state}")));
+        }
+        progress.set_phase("asking libvirt for a point-in-time copy (backup-begin, pull mode)");
+        let mut session = PullSession::begin(
+            domain,
+            &volumes,
+            &prevs,
+            repo.config().chunk_size,
+            set,
+            &req.live,
+        )?;
+        session.capture(&req.live)?;
+        let running = Running::Libvirt(Box::new(session));
+        report_repairs(&running, req, progress);
+        return Ok(Live::Running(running, lock));
+    }
+    let Some(path) = &req.live.qmp else {
+        return Ok(Live::NotConfigured);
+    };
+    let lock = crate::live::VmLock::acquire(path)?;
+    let qmp = match Qmp::connect(path, crate::live::QMP_TIMEOUT)? {
+        Ok(q) => q,
+        Err(Absent(why)) => return Ok(Live::NotRunning(why.to_string())),
+    };
+    progress.set_phase(&format!(
+        "asking QEMU for a point-in-time copy (its monitor has {} s to answer each request)",
+        crate::live::QMP_TIMEOUT.as_secs()
+    ));
     let mut session = Session::begin(
         qmp,
         &volumes,
@@ -372,11 +452,16 @@ fn start_live(
         &req.live,
     )?;
     session.capture(&req.live)?;
-    for r in &session.repaired {
+    let running = Running::Qmp(Box::new(session));
+    report_repairs(&running, req, progress);
+    Ok(Live::Running(running, lock))
+}
+
+fn report_repairs(running: &Running, req: &BackupRequest, progress: &Progress) {
+    for r in running.repaired() {
         progress.push_line(&format!("repaired: {r}"));
         tracing::warn!("VM {}: {r}", req.vm);
     }
-    Ok(Live::Running(Box::new(session), lock))
 }
 
 /// After the writer lock vanished: every index and chunk the manifests

@@ -37,6 +37,9 @@ pub struct Config {
     /// When the daemon collects garbage in the local repository (a
     /// schedule like a policy's, in the host's time zone).
     pub gc_schedule: Option<toml::Spanned<String>>,
+    /// The host's libvirt (`[libvirt]`): its domains are listed and backed
+    /// up by name without a `[[vm]]` entry.
+    pub libvirt: Option<LibvirtConfig>,
     /// The policies, checked at load.
     #[serde(skip)]
     pub policies: std::collections::BTreeMap<String, crate::policy::Policy>,
@@ -67,7 +70,10 @@ pub struct VmConfig {
     pub nics: Vec<crate::vm::NicSpec>,
     /// A saved copy of the libvirt domain XML (relative: to this file).
     pub domain_xml: Option<PathBuf>,
-    /// Read the domain from libvirt at each backup (`virsh dumpxml`).
+    /// The libvirt domain this VM is: its definition is read from libvirt
+    /// at each backup, and while it runs its disks are read through
+    /// libvirt's backup API (never together with `qmp`). Volumes may be
+    /// left out: then every disk of the domain is one, named by its device.
     pub libvirt_domain: Option<String>,
     /// What proves a booted copy works (`[vm.check]`).
     pub check: Option<crate::vm::CheckConfig>,
@@ -85,6 +91,17 @@ pub struct VmConfig {
     /// Track changes with persistent dirty bitmaps (default true): running
     /// VMs and qcow2 images then read only what changed.
     pub bitmaps: Option<bool>,
+}
+
+/// `[libvirt]`: where the host's libvirt is, and what its domains get.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LibvirtConfig {
+    /// `qemu:///system` (libvirt's default when unset), `qemu+ssh://…`.
+    pub uri: Option<String>,
+    /// The policy of domains without a `[[vm]]` entry (default:
+    /// `default_policy`).
+    pub policy: Option<toml::Spanned<String>>,
 }
 
 /// `[vm.drill]`: scheduled restore drills.
@@ -294,9 +311,31 @@ impl Config {
                 }
             }
         }
+        if let Some(p) = cfg.libvirt.as_ref().and_then(|l| l.policy.as_ref()) {
+            if !cfg.policy_configs.contains_key(p.get_ref()) {
+                return Err(err(
+                    Some(line_of(text, p.span().start)),
+                    format!("[libvirt] policy {:?}: no such [policy.NAME]", p.get_ref()),
+                ));
+            }
+        }
+        if let Some(u) = cfg.libvirt.as_ref().and_then(|l| l.uri.as_ref()) {
+            if u.is_empty() || u.chars().any(char::is_control) || !u.contains(':') {
+                return Err(err(
+                    None,
+                    format!("[libvirt] uri {u:?} is not a libvirt URI like qemu:///system"),
+                ));
+            }
+        }
         for vm in &cfg.vms {
             let line = Some(line_of(text, vm.name.span().start));
             let whose = format!("VM {}", vm.name.get_ref());
+            if vm.qmp.is_some() && vm.libvirt_domain.is_some() {
+                return Err(err(
+                    line,
+                    format!("{whose}: qmp and libvirt_domain both say how to reach the running VM: keep libvirt_domain for a libvirt domain (backed up through libvirt's backup API), qmp for a QEMU lifeboat reaches directly"),
+                ));
+            }
             if let Some(c) = &vm.check {
                 crate::vm::check_config(c)
                     .map_err(|e| err(line, format!("{whose}: check: {e}")))?;
@@ -445,6 +484,163 @@ impl Config {
         self.policies.get(name.get_ref())
     }
 
+    fn virsh(&self) -> crate::live::virsh::Virsh {
+        crate::live::virsh::Virsh::new(self.libvirt.as_ref().and_then(|l| l.uri.clone()))
+    }
+
+    /// The `[[vm]]` entry of a libvirt domain that has none: its disks
+    /// (each a volume named by its device; the first in boot order the
+    /// root) and definition come from libvirt. None when it cannot be
+    /// backed up by name (the reason in `DomainSummary::problem`).
+    fn entry_for_domain(
+        &self,
+        name: &str,
+        facts: &crate::vm::libvirt_xml::DomainFacts,
+    ) -> Option<VmConfig> {
+        if !is_valid_name(name) {
+            return None;
+        }
+        let volumes = volumes_of(facts);
+        if volumes.is_empty() {
+            return None;
+        }
+        Some(VmConfig {
+            name: toml::Spanned::new(0..0, name.to_string()),
+            policy: self.libvirt.as_ref().and_then(|l| l.policy.clone()),
+            volumes,
+            vcpus: None,
+            memory_mib: None,
+            firmware: None,
+            machine: None,
+            nics: Vec::new(),
+            domain_xml: None,
+            libvirt_domain: Some(name.to_string()),
+            check: None,
+            drill: None,
+            qmp: None,
+            guest_agent: None,
+            freeze_timeout: None,
+            bitmaps: None,
+        })
+    }
+
+    /// Makes a libvirt domain without a `[[vm]]` entry a VM of this config
+    /// (for this run), so it is backed up, drilled and shown by name; a
+    /// `[[vm]]` entry with a `libvirt_domain` and no volumes gets the
+    /// domain's disks. Ok(false): nothing to take from libvirt.
+    pub fn adopt_libvirt_domain(&mut self, name: &str) -> Result<bool> {
+        if let Some(i) = self.vms.iter().position(|v| v.name.get_ref() == name) {
+            let Some(dom) = self.vms[i].libvirt_domain.clone() else {
+                return Ok(false);
+            };
+            if !self.vms[i].volumes.is_empty() {
+                return Ok(false);
+            }
+            let xml = crate::live::libvirt::definition_xml(&self.virsh(), &dom)?;
+            let volumes = volumes_of(&crate::vm::libvirt_xml::domain_facts(&xml)?);
+            if volumes.is_empty() {
+                return Err(Error::BadInput(format!(
+                    "libvirt domain {} of VM {name} has no disk lifeboat can read (files and block devices)",
+                    crate::text::escape(&dom)
+                )));
+            }
+            self.vms[i].volumes = volumes;
+            return Ok(true);
+        }
+        if self.libvirt.is_none() {
+            return Ok(false);
+        }
+        let v = self.virsh();
+        let xml = crate::live::libvirt::definition_xml(&v, name).map_err(|e| {
+            Error::BadInput(format!(
+                "VM {} is not in the config, and libvirt does not know it either: {e}",
+                crate::text::escape(name)
+            ))
+        })?;
+        let facts = crate::vm::libvirt_xml::domain_facts(&xml)?;
+        let entry = self.entry_for_domain(name, &facts).ok_or_else(|| {
+            Error::BadInput(format!(
+                "libvirt domain {} cannot be backed up by name: {}",
+                crate::text::escape(name),
+                if is_valid_name(name) {
+                    "it has no disk lifeboat can read (files and block devices)".to_string()
+                } else {
+                    "lifeboat names are 1 to 128 of A-Z a-z 0-9 . _ -: add a [[vm]] entry with libvirt_domain".to_string()
+                }
+            ))
+        })?;
+        self.vms.push(entry);
+        Ok(true)
+    }
+}
+
+/// A libvirt domain's disks as volumes: each named by its device, the
+/// first in boot order the root.
+fn volumes_of(facts: &crate::vm::libvirt_xml::DomainFacts) -> Vec<VolumeConfig> {
+    let mut disks: Vec<&crate::vm::libvirt_xml::DomainDisk> = facts
+            .backup_disks()
+            .filter(|d| crate::live::libvirt::disk_skipped(d).is_none())
+            .collect();
+        disks.sort_by_key(|d| d.boot_order.unwrap_or(u32::MAX));
+    disks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| {
+                Some(VolumeConfig {
+                    name: toml::Spanned::new(0..0, d.target.clone()),
+                    role: if i == 0 { Role::Root } else { Role::Data },
+                    path: d.source.clone()?,
+                    format: match d.format.as_deref() {
+                        Some("qcow2") => FormatChoice::Qcow2,
+                        Some("raw") => FormatChoice::Raw,
+                        _ => FormatChoice::Auto,
+                    },
+                    bus: None,
+                })
+            })
+            .collect()
+}
+
+impl Config {
+    /// Every domain of `[libvirt]` (None without one), each one without a
+    /// `[[vm]]` entry adopted as in `adopt_libvirt_domain`.
+    pub fn adopt_libvirt_domains(
+        &mut self,
+    ) -> Result<Option<Vec<crate::live::libvirt::DomainSummary>>> {
+        let bare: Vec<String> = self
+            .vms
+            .iter()
+            .filter(|v| v.libvirt_domain.is_some() && v.volumes.is_empty())
+            .map(|v| v.name.get_ref().clone())
+            .collect();
+        for name in bare {
+            if let Err(e) = self.adopt_libvirt_domain(&name) {
+                tracing::warn!("VM {name}: {e}");
+            }
+        }
+        if self.libvirt.is_none() {
+            return Ok(None);
+        }
+        let domains = crate::live::libvirt::list(&self.virsh())?;
+        for d in &domains {
+            let configured = self
+                .vms
+                .iter()
+                .any(|v| v.libvirt_domain.as_deref() == Some(d.name.as_str()) || v.name.get_ref() == &d.name);
+            if configured || d.problem.is_some() {
+                continue;
+            }
+            if let Ok(xml) = crate::live::libvirt::definition_xml(&self.virsh(), &d.name) {
+                if let Ok(facts) = crate::vm::libvirt_xml::domain_facts(&xml) {
+                    if let Some(e) = self.entry_for_domain(&d.name, &facts) {
+                        self.vms.push(e);
+                    }
+                }
+            }
+        }
+        Ok(Some(domains))
+    }
+
     /// A path from the config, relative to the config file's directory.
     pub fn resolve(&self, p: &Path) -> PathBuf {
         match self.path.as_ref().and_then(|c| c.parent()) {
@@ -477,6 +673,7 @@ impl Config {
             nics: vm.nics.clone(),
             domain_xml: vm.domain_xml.as_ref().map(|p| self.resolve(p)),
             libvirt_domain: vm.libvirt_domain.clone(),
+            libvirt_uri: self.libvirt.as_ref().and_then(|l| l.uri.clone()),
             checks: vm.check.as_ref().map(|c| c.checks()),
         };
         crate::vm::Definition::describe(&d)
@@ -518,6 +715,13 @@ impl Config {
                 live.freeze_timeout = std::time::Duration::from_secs(t.clamp(1, 600));
             }
             live.bitmaps = v.bitmaps.unwrap_or(true);
+            live.libvirt = v
+                .libvirt_domain
+                .as_ref()
+                .map(|d| crate::live::libvirt::LibvirtDomain {
+                    uri: self.libvirt.as_ref().and_then(|l| l.uri.clone()),
+                    domain: d.clone(),
+                });
         }
         live
     }

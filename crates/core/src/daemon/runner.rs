@@ -416,7 +416,7 @@ impl Daemon {
             for v in &config.vms {
                 let vm = v.name.get_ref();
                 let live = config.live_for(vm);
-                if busy.contains(vm) || live.qmp.is_none() {
+                if busy.contains(vm) || (live.qmp.is_none() && live.libvirt.is_none()) {
                     continue;
                 }
                 match crate::live::repair(&live) {

@@ -752,6 +752,16 @@ pub struct LiveReader {
     dirty: Option<Extents>,
 }
 
+impl LiveReader {
+    pub(crate) fn new(path: PathBuf, client: NbdClient, dirty: Option<Extents>) -> LiveReader {
+        LiveReader {
+            path,
+            client,
+            dirty,
+        }
+    }
+}
+
 impl VolumeReader for LiveReader {
     fn size(&self) -> u64 {
         self.client.size()

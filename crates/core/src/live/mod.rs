@@ -6,9 +6,11 @@
 pub mod agent;
 pub mod bitmap;
 pub mod capture;
+pub mod libvirt;
 pub mod offline;
 pub mod qmp;
 pub mod settings;
+pub mod virsh;
 pub mod vmlock;
 mod wire;
 
@@ -112,6 +114,9 @@ fn verdict(name: &str, read: bitmap::Read) -> VolumeOutlook {
 /// Asks QEMU (running) or the images (stopped) whether each volume's next
 /// backup can read only what changed; read-only (no repairs).
 pub fn outlook(cfg: &LiveConfig, volumes: &[VolumeRef], chunk_size: u64) -> Outlook {
+    if let Some(d) = &cfg.libvirt {
+        return libvirt::outlook(d, volumes, chunk_size, cfg.bitmaps);
+    }
     // The monitor serves one client at a time: while a backup drives it,
     // asking would only wait.
     if cfg.qmp.as_deref().is_some_and(VmLock::held) {
@@ -220,6 +225,9 @@ pub fn outlook(cfg: &LiveConfig, volumes: &[VolumeRef], chunk_size: u64) -> Outl
 /// growing and the guest's writes their slowdown. Refused while a backup
 /// of the VM runs. Returns what was removed (empty: nothing was left).
 pub fn repair(cfg: &LiveConfig) -> Result<Vec<String>> {
+    if let Some(d) = &cfg.libvirt {
+        return libvirt::repair(d);
+    }
     let Some(path) = &cfg.qmp else {
         return Ok(Vec::new());
     };

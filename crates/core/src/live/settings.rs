@@ -11,8 +11,12 @@ pub struct LiveConfig {
     pub agent: Option<PathBuf>,
     /// How long the agent may take to answer or to freeze.
     pub freeze_timeout: Duration,
-    /// Track changes with dirty bitmaps (running VMs and offline qcow2).
+    /// Track changes with dirty bitmaps (running VMs and offline qcow2;
+    /// libvirt's checkpoints for a libvirt domain).
     pub bitmaps: bool,
+    /// The libvirt domain the VM runs as: backed up through libvirt's
+    /// backup API while it runs (never with `qmp`).
+    pub libvirt: Option<super::libvirt::LibvirtDomain>,
 }
 
 impl Default for LiveConfig {
@@ -22,6 +26,7 @@ impl Default for LiveConfig {
             agent: None,
             freeze_timeout: Duration::from_secs(10),
             bitmaps: true,
+            libvirt: None,
         }
     }
 }

@@ -197,6 +197,7 @@ pub fn restored_xml(
     disks: &[RestoredDisk],
     keep_macs: bool,
     name: Option<&str>,
+    networks: Option<&[String]>,
 ) -> Result<(String, DomainNotes)> {
     let mut notes = DomainNotes {
         uuid: new_uuid(),
@@ -205,7 +206,7 @@ pub fn restored_xml(
     let mut dom = match &def.domain_xml {
         Some(x) => {
             let mut dom = parse(x)?;
-            rewrite(&mut dom, def, disks, keep_macs, &mut notes);
+            rewrite(&mut dom, def, disks, keep_macs, networks, &mut notes);
             dom
         }
         None => {
@@ -246,6 +247,7 @@ fn rewrite(
     def: &Definition,
     disks: &[RestoredDisk],
     keep_macs: bool,
+    networks: Option<&[String]>,
     notes: &mut DomainNotes,
 ) {
     if let Some(devices) = dom.child_mut("devices") {
@@ -284,6 +286,25 @@ fn rewrite(
                             continue;
                         }
                     }
+                }
+                "interface"
+                    if e.attr("type") == Some("network")
+                        && networks.is_some_and(|have| {
+                            let net = e
+                                .child("source")
+                                .and_then(|s| s.attr("network"))
+                                .unwrap_or("");
+                            !have.iter().any(|n| n == net)
+                        }) =>
+                {
+                    notes.changes.push(format!(
+                        "removed the NIC on network {}: this libvirt has no such network (define it, then virsh attach-interface)",
+                        crate::text::escape(
+                            e.child("source").and_then(|s| s.attr("network")).unwrap_or("")
+                        )
+                    ));
+                    drop_indent(&mut kept);
+                    continue;
                 }
                 "interface"
                     if !keep_macs && remove_children(&mut e.children, |m| m.name == "mac") > 0 =>
@@ -542,7 +563,7 @@ mod tests {
                 format: ImageFormat::Raw,
             },
         ];
-        let (x, notes) = restored_xml(&def, &disks, false, None).unwrap();
+        let (x, notes) = restored_xml(&def, &disks, false, None, None).unwrap();
         assert!(
             x.contains("<source file=\"/restore/web01/root.qcow2\"/>"),
             "{x}"
@@ -578,7 +599,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(again.disks.len(), 2);
-        let (kept, _) = restored_xml(&def, &disks, true, Some("web01-dr")).unwrap();
+        let (kept, _) = restored_xml(&def, &disks, true, Some("web01-dr"), None).unwrap();
         // A volume the domain does not list gets a device name no disk of
         // the domain has (vdc is the scratch disk's, dropped above).
         let mut more = vols();
@@ -681,7 +702,7 @@ mod tests {
             path: "/restore/root.qcow2".into(),
             format: ImageFormat::Qcow2,
         }];
-        let (x, notes) = restored_xml(&def, &disks, false, None).unwrap();
+        let (x, notes) = restored_xml(&def, &disks, false, None, None).unwrap();
         for bad in [
             "commandline",
             "/etc/shadow",

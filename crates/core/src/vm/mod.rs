@@ -18,6 +18,7 @@ pub mod phase;
 pub mod qemu;
 pub mod restore;
 pub mod spec;
+pub mod libvirt_xml;
 mod xml;
 
 use std::path::{Path, PathBuf};
@@ -38,7 +39,7 @@ impl Definition {
     pub fn describe(d: &VmDescription) -> Result<Definition> {
         let xml = match (&d.domain_xml, &d.libvirt_domain) {
             (Some(path), _) => Some(read_domain_file(path)?),
-            (None, Some(dom)) => Some(virsh_dumpxml(dom)?),
+            (None, Some(dom)) => Some(virsh_dumpxml(d.libvirt_uri.as_deref(), dom)?),
             (None, None) => None,
         };
         let spec = match &xml {
@@ -309,9 +310,13 @@ pub fn run_bounded(
     })
 }
 
-fn virsh_dumpxml(domain: &str) -> Result<String> {
+fn virsh_dumpxml(uri: Option<&str>, domain: &str) -> Result<String> {
+    let mut cmd = std::process::Command::new("virsh");
+    if let Some(u) = uri {
+        cmd.arg("-c").arg(u);
+    }
     let out = run_bounded(
-        std::process::Command::new("virsh").args([
+        cmd.args([
             "dumpxml",
             "--inactive",
             "--security-info",

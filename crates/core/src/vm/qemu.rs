@@ -240,16 +240,7 @@ pub fn command_line(
     Ok(out)
 }
 
-pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_=.,:/+@%".contains(&b))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
-}
+pub use crate::text::shell_quote;
 
 #[cfg(test)]
 mod tests {

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::domain::{restored_xml, RestoredDisk};
 use super::{qemu, Definition};
+use crate::live::virsh::{names, Virsh};
 use crate::error::{Error, Result};
 use crate::format::{Manifest, ManifestKey};
 use crate::repo::Repo;
@@ -86,6 +87,7 @@ pub fn write_vm(
     dir: &Path,
     keep_macs: bool,
     name: Option<&str>,
+    networks: Option<&[String]>,
 ) -> Result<VmRestore> {
     let disks: Vec<RestoredDisk> = picked
         .iter()
@@ -96,7 +98,7 @@ pub fn write_vm(
             format: o.format,
         })
         .collect();
-    let (xml, notes) = restored_xml(def, &disks, keep_macs, name)?;
+    let (xml, notes) = restored_xml(def, &disks, keep_macs, name, networks)?;
     let file = dir.join(format!("{}.xml", name.unwrap_or(&def.vm)));
     crate::durable::write_atomic(&file, xml.as_bytes())?;
     Ok(VmRestore {
@@ -139,20 +141,14 @@ pub fn validate(file: &Path) -> Validation {
 
 /// `virsh define FILE`; the error says what to run where libvirt runs,
 /// and what to do when a domain of that name exists already.
-pub fn define(file: &Path) -> Result<String> {
-    let r = virsh(
-        &["define", &file.display().to_string()],
-        &format!(
-            "virsh define {}",
-            qemu::shell_quote(&file.display().to_string())
-        ),
-    );
-    match r {
-        Err(Error::BadInput(why)) if why.contains("already exists") => Err(Error::BadInput(format!(
+pub fn define(virsh: &Virsh, file: &Path) -> Result<String> {
+    let f = file.display().to_string();
+    run_or_say(virsh, &["define", "--file", &f]).map_err(|e| match e {
+        Error::BadInput(why) if why.contains("already exists") => Error::BadInput(format!(
             "{why}. A domain of that name is defined on this host already: restore with --name NEW-NAME, or remove the old one first (virsh undefine NAME)"
-        ))),
+        )),
         other => other,
-    }
+    })
 }
 
 /// `virsh attach-disk` of a restored data volume to an existing domain.
@@ -173,43 +169,57 @@ pub fn attach_command(domain: &str, file: &Path, target: &str, format: &str) -> 
     ]
 }
 
-pub fn attach(args: &[String]) -> Result<String> {
-    let by_hand = format!(
-        "virsh {}",
-        args.iter()
-            .map(|a| qemu::shell_quote(a))
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
+pub fn attach(virsh: &Virsh, args: &[String]) -> Result<String> {
     let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    virsh(&a, &by_hand)
+    run_or_say(virsh, &a)
 }
 
-fn virsh(args: &[&str], by_hand: &str) -> Result<String> {
-    let out = super::run_bounded(
-        Command::new("virsh").args(args),
-        std::time::Duration::from_secs(60),
-    )
-    .map_err(|e| {
-        Error::BadInput(format!(
-            "virsh could not run here ({e}); on the host that runs libvirt, run: {by_hand}"
-        ))
-    })?;
-    if !out.status.success() {
+/// Runs virsh; a failure says what to run by hand where libvirt runs.
+fn run_or_say(virsh: &Virsh, args: &[&str]) -> Result<String> {
+    match virsh.run_said(None, args, std::time::Duration::from_secs(60)) {
+        Ok(out) => Ok(crate::text::escape(out.trim()).into_owned()),
+        Err(e) => Err(Error::BadInput(format!(
+            "{e}; where libvirt runs, run: {}",
+            virsh.by_hand(args)
+        ))),
+    }
+}
+
+/// Refuses a name libvirt has a domain of already.
+fn no_clash(virsh: &Virsh, domain: &str) -> Result<()> {
+    if virsh.run(Some(domain), &["dominfo", "--", domain]).is_ok() {
         return Err(Error::BadInput(format!(
-            "virsh {} failed ({}); where libvirt runs, run: {by_hand}",
-            args.first().copied().unwrap_or(""),
-            crate::text::escape(
-                &String::from_utf8_lossy(&out.stderr)
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )
+            "a domain named {} is defined on libvirt {} already: restore with --name NEW-NAME, or undefine the old one first",
+            crate::text::escape(domain),
+            virsh.describe()
         )));
     }
-    Ok(crate::text::escape(String::from_utf8_lossy(&out.stdout).trim()).into_owned())
+    Ok(())
+}
+
+impl VmStep {
+    /// Checks, before anything is written, what would make the step fail
+    /// after the volumes are: a domain of the name exists already (with
+    /// --define), the domain to attach to is unknown.
+    pub fn preflight(&self, uri: Option<&str>, vm: &str) -> Result<()> {
+        let virsh = Virsh::new(uri.map(str::to_string));
+        match self {
+            VmStep::Domain {
+                define: true, name, ..
+            } => no_clash(&virsh, name.as_deref().unwrap_or(vm)),
+            // Only a libvirt that answers and lacks the domain is an
+            // error: without one here, the file is restored and the
+            // command to attach it printed for where libvirt runs.
+            VmStep::Attach { domain, .. } => match virsh.run(Some(domain), &["dominfo", "--", domain]) {
+                Err(e) if virsh.run(None, &["uri"]).is_ok() => Err(Error::BadInput(format!(
+                    "--attach {}: {e}",
+                    crate::text::escape(domain)
+                ))),
+                _ => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
 }
 
 /// What a restore does with the VM once its volumes are written: a step of
@@ -225,6 +235,9 @@ pub enum VmStep {
     /// `define`, handed to `virsh define` after it is shown.
     Domain {
         define: bool,
+        /// After `define`: `virsh start`.
+        #[serde(default)]
+        start: bool,
         keep_macs: bool,
         name: Option<String>,
     },
@@ -242,6 +255,7 @@ impl VmStep {
     pub fn for_request(
         is_set: bool,
         define: bool,
+        start: bool,
         keep_macs: bool,
         name: Option<String>,
         attach: Option<String>,
@@ -260,6 +274,11 @@ impl VmStep {
                 "--attach attaches one volume (VM/VOLUME@...); a whole VM gets a domain XML (--define)".into(),
             ));
         }
+        if start && !define {
+            return Err(crate::Error::BadInput(
+                "--start starts the VM --define defines: give both".into(),
+            ));
+        }
         if target.is_some() && attach.is_none() {
             return Err(crate::Error::BadInput(
                 "--target names the device for --attach DOMAIN".into(),
@@ -268,6 +287,7 @@ impl VmStep {
         Ok(match (is_set, attach) {
             (true, _) => VmStep::Domain {
                 define,
+                start,
                 keep_macs,
                 name,
             },
@@ -291,6 +311,7 @@ impl VmStep {
             VmStep::None => Vec::new(),
             VmStep::Domain {
                 define,
+                start,
                 keep_macs,
                 name,
             } => {
@@ -304,8 +325,9 @@ impl VmStep {
                 )];
                 if *define {
                     out.push(format!(
-                        "would show it, then define it with virsh as {}",
-                        name.as_deref().unwrap_or(&vm)
+                        "would show it, then define it with virsh as {}{}",
+                        name.as_deref().unwrap_or(&vm),
+                        if *start { " and start it" } else { "" }
                     ));
                 }
                 out
@@ -428,6 +450,7 @@ impl StepDone {
 /// backup carries none.
 pub fn finish(
     step: &VmStep,
+    uri: Option<&str>,
     repo: &Repo,
     picked: &[(ManifestKey, Manifest)],
     outcomes: &[RestoreOutcome],
@@ -438,6 +461,7 @@ pub fn finish(
         VmStep::None => Ok(StepDone::None),
         VmStep::Domain {
             define: wants_define,
+            start,
             keep_macs,
             name,
         } => {
@@ -452,6 +476,15 @@ pub fn finish(
                 .map(|(_, m)| m.vm.name.clone())
                 .unwrap_or_default();
             let (def, from) = definition_of(repo, picked, config(&vm))?;
+            let virsh = Virsh::new(uri.map(str::to_string));
+            // Before anything is defined: a clash is an error, and the
+            // networks this host has decide which NICs the XML keeps.
+            let networks = if *wants_define {
+                no_clash(&virsh, name.as_deref().unwrap_or(&def.vm))?;
+                Some(names(&virsh.run(None, &["net-list", "--all", "--name"])?))
+            } else {
+                None
+            };
             let v = write_vm(
                 &def,
                 from,
@@ -460,6 +493,7 @@ pub fn finish(
                 &dir,
                 *keep_macs,
                 name.as_deref(),
+                networks.as_deref(),
             )?;
             if *wants_define {
                 let xml = std::fs::read_to_string(&v.domain_xml)
@@ -479,7 +513,22 @@ pub fn finish(
                 (true, Validation::Invalid(_)) => {
                     Some(Err("not defined: the XML does not validate".to_string()))
                 }
-                (true, _) => Some(define(&v.domain_xml).map_err(|e| e.to_string())),
+                (true, _) => Some(
+                    define(&virsh, &v.domain_xml)
+                        .and_then(|said| {
+                            if !*start {
+                                return Ok(said);
+                            }
+                            let domain = name.as_deref().unwrap_or(&def.vm);
+                            virsh
+                                .run(Some(domain), &["start", "--", domain])
+                                .map(|_| format!("{said}; started"))
+                                .map_err(|e| {
+                                    Error::BadInput(format!("defined, but it did not start: {e}"))
+                                })
+                        })
+                        .map_err(|e| e.to_string()),
+                ),
             };
             Ok(StepDone::Domain { vm: v, defined })
         }
@@ -494,7 +543,7 @@ pub fn finish(
                 .map(|d| d.target);
             let target = target.clone().or(from_def).unwrap_or_else(|| "vdb".into());
             let args = attach_command(domain, &o.target, &target, &o.format.to_string());
-            let output = attach(&args)?;
+            let output = attach(&Virsh::new(uri.map(str::to_string)), &args)?;
             Ok(StepDone::Attached {
                 domain: domain.clone(),
                 target,

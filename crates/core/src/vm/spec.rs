@@ -205,6 +205,8 @@ pub struct VmDescription {
     pub domain_xml: Option<PathBuf>,
     /// Ask `virsh dumpxml` for the domain (named so, or as the VM).
     pub libvirt_domain: Option<String>,
+    /// The libvirt connection (None: libvirt's default).
+    pub libvirt_uri: Option<String>,
     pub checks: Option<BootChecks>,
 }
 

@@ -176,6 +176,11 @@ pub(super) fn xml_error(e: impl std::fmt::Display) -> Error {
 /// Parses a document into its root element (declaration, doctype and
 /// processing instructions are dropped; comments and whitespace kept).
 pub(super) fn parse(xml: &str) -> Result<Element> {
+    parse_doc(xml, "domain")
+}
+
+/// Parses a libvirt document whose root element must be `root`.
+pub(super) fn parse_doc(xml: &str, root_name: &str) -> Result<Element> {
     let mut reader = quick_xml::Reader::from_str(xml);
     let mut stack: Vec<Element> = Vec::new();
     let mut root: Option<Element> = None;
@@ -272,9 +277,9 @@ pub(super) fn parse(xml: &str) -> Result<Element> {
         return Err(xml_error("it ends inside an element"));
     }
     let root = root.ok_or_else(|| xml_error("no root element"))?;
-    if root.name != "domain" {
+    if root.name != root_name {
         return Err(xml_error(format!(
-            "the root element is <{}>, not <domain>",
+            "the root element is <{}>, not <{root_name}>",
             crate::text::escape(&root.name)
         )));
     }
