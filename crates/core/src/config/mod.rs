@@ -790,6 +790,31 @@ mod tests {
     }
 
     #[test]
+    fn libvirt_settings_are_checked_at_load() {
+        let ok = Config::parse(
+            Path::new("c.toml"),
+            "[libvirt]\nuri = \"qemu:///system\"\n\n[[vm]]\nname = \"web\"\nlibvirt_domain = \"web.example\"\n",
+        )
+        .unwrap();
+        let live = ok.live_for("web");
+        let d = live.libvirt.expect("through libvirt");
+        assert_eq!((d.uri.as_deref(), d.domain.as_str()), (Some("qemu:///system"), "web.example"));
+        assert!(live.qmp.is_none());
+        for (text, want) in [
+            (
+                "[[vm]]\nname = \"a\"\nqmp = \"a.qmp\"\nlibvirt_domain = \"a\"\n",
+                "qmp and libvirt_domain",
+            ),
+            ("[libvirt]\npolicy = \"nope\"\n", "no such [policy.NAME]"),
+            ("[libvirt]\nuri = \"nonsense\"\n", "not a libvirt URI"),
+            ("[libvirt]\nurl = \"qemu:///system\"\n", "url"),
+        ] {
+            let e = Config::parse(Path::new("c.toml"), text).unwrap_err().to_string();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn a_remote_named_local_is_refused() {
         let text = "[remote.local]\nurl = \"/srv/x\"\n";
         let e = Config::parse(Path::new("/etc/lb.toml"), text)
