@@ -5,7 +5,7 @@
 # /etc/libvirt, /var/lib/libvirt, /var/cache/libvirt and /var/log/libvirt:
 # the host's libvirt state, config and sockets are never touched, and a
 # libvirtd the host runs keeps running beside it. DIR/uri holds the URI to
-# reach it (qemu+unix:///system?socket=DIR/run/libvirt/libvirt-sock).
+# reach it (qemu:///system?socket=DIR/run/libvirt/libvirt-sock).
 # `scripts/libvirt.sh stop DIR` destroys its domains and stops both daemons
 # by PID.
 set -euo pipefail
@@ -14,7 +14,7 @@ cmd=${1:-}
 dir=${2:-}
 [ -n "$dir" ] || { echo "usage: $0 start|stop DIR" >&2; exit 2; }
 
-uri() { echo "qemu+unix:///system?socket=$dir/run/libvirt/libvirt-sock"; }
+uri() { echo "qemu:///system?socket=$dir/run/libvirt/libvirt-sock"; }
 
 case "$cmd" in
 start)

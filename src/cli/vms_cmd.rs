@@ -57,7 +57,14 @@ pub async fn vms(ctx: &Ctx, only: Option<String>, repair: bool) -> anyhow::Resul
                 }
                 None
             }
-            None => config.adopt_libvirt_domains()?,
+            // The config's VMs are still shown when libvirt does not answer.
+            None => config.adopt_libvirt_domains().unwrap_or_else(|e| {
+                eprintln!(
+                    "warning: libvirt: cannot list domains: {}",
+                    escape(&e.to_string())
+                );
+                None
+            }),
         };
         let backups = repo.load_all()?;
         let mut out = Vec::new();
@@ -104,7 +111,8 @@ pub async fn vms(ctx: &Ctx, only: Option<String>, repair: bool) -> anyhow::Resul
                     })
                     .collect(),
                 last_backup_at: newest.map(|(_, m)| {
-                    m.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    m.created_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                 }),
                 problem: None,
                 run,
@@ -206,7 +214,11 @@ pub async fn vms(ctx: &Ctx, only: Option<String>, repair: bool) -> anyhow::Resul
                 None => println!(
                     "  next {}: incremental ({})",
                     escape(&v.volume),
-                    if s.libvirt_domain.is_some() { "libvirt checkpoint" } else { "dirty bitmap" }
+                    if s.libvirt_domain.is_some() {
+                        "libvirt checkpoint"
+                    } else {
+                        "dirty bitmap"
+                    }
                 ),
                 Some(r) => println!("  next {}: full read: {}", escape(&v.volume), escape(r)),
             }

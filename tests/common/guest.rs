@@ -107,4 +107,3 @@ pub fn one_instant(seqs: &[Option<u64>]) -> Result<Option<u64>, String> {
     }
     Ok(Some(top))
 }
-

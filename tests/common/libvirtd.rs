@@ -107,6 +107,9 @@ pub fn qemu_dir() -> tempfile::TempDir {
         .arg(d.path())
         .status()
         .expect("chown");
-    assert!(st.success(), "no libvirt-qemu user: install libvirt-daemon-system");
+    assert!(
+        st.success(),
+        "no libvirt-qemu user: install libvirt-daemon-system"
+    );
     d
 }

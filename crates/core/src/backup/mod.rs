@@ -415,7 +415,9 @@ fn start_live(
         let lock = crate::live::VmLock::acquire(&domain.lock_key())?;
         let state = crate::live::libvirt::state(&domain.virsh(), &domain.domain)?;
         if !crate::live::libvirt::is_live(&state) {
-            return Ok(Live::NotRunning(format!("libvirt says the domain is {state}")));
+            return Ok(Live::NotRunning(format!(
+                "libvirt says the domain is {state}"
+            )));
         }
         progress.set_phase("asking libvirt for a point-in-time copy (backup-begin, pull mode)");
         let mut session = PullSession::begin(

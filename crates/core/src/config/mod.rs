@@ -578,27 +578,27 @@ impl Config {
 /// first in boot order the root.
 fn volumes_of(facts: &crate::vm::libvirt_xml::DomainFacts) -> Vec<VolumeConfig> {
     let mut disks: Vec<&crate::vm::libvirt_xml::DomainDisk> = facts
-            .backup_disks()
-            .filter(|d| crate::live::libvirt::disk_skipped(d).is_none())
-            .collect();
-        disks.sort_by_key(|d| d.boot_order.unwrap_or(u32::MAX));
+        .backup_disks()
+        .filter(|d| crate::live::libvirt::disk_skipped(d).is_none())
+        .collect();
+    disks.sort_by_key(|d| d.boot_order.unwrap_or(u32::MAX));
     disks
-            .iter()
-            .enumerate()
-            .filter_map(|(i, d)| {
-                Some(VolumeConfig {
-                    name: toml::Spanned::new(0..0, d.target.clone()),
-                    role: if i == 0 { Role::Root } else { Role::Data },
-                    path: d.source.clone()?,
-                    format: match d.format.as_deref() {
-                        Some("qcow2") => FormatChoice::Qcow2,
-                        Some("raw") => FormatChoice::Raw,
-                        _ => FormatChoice::Auto,
-                    },
-                    bus: None,
-                })
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| {
+            Some(VolumeConfig {
+                name: toml::Spanned::new(0..0, d.target.clone()),
+                role: if i == 0 { Role::Root } else { Role::Data },
+                path: d.source.clone()?,
+                format: match d.format.as_deref() {
+                    Some("qcow2") => FormatChoice::Qcow2,
+                    Some("raw") => FormatChoice::Raw,
+                    _ => FormatChoice::Auto,
+                },
+                bus: None,
             })
-            .collect()
+        })
+        .collect()
 }
 
 impl Config {
@@ -623,10 +623,9 @@ impl Config {
         }
         let domains = crate::live::libvirt::list(&self.virsh())?;
         for d in &domains {
-            let configured = self
-                .vms
-                .iter()
-                .any(|v| v.libvirt_domain.as_deref() == Some(d.name.as_str()) || v.name.get_ref() == &d.name);
+            let configured = self.vms.iter().any(|v| {
+                v.libvirt_domain.as_deref() == Some(d.name.as_str()) || v.name.get_ref() == &d.name
+            });
             if configured || d.problem.is_some() {
                 continue;
             }
@@ -798,7 +797,10 @@ mod tests {
         .unwrap();
         let live = ok.live_for("web");
         let d = live.libvirt.expect("through libvirt");
-        assert_eq!((d.uri.as_deref(), d.domain.as_str()), (Some("qemu:///system"), "web.example"));
+        assert_eq!(
+            (d.uri.as_deref(), d.domain.as_str()),
+            (Some("qemu:///system"), "web.example")
+        );
         assert!(live.qmp.is_none());
         for (text, want) in [
             (
@@ -809,7 +811,9 @@ mod tests {
             ("[libvirt]\nuri = \"nonsense\"\n", "not a libvirt URI"),
             ("[libvirt]\nurl = \"qemu:///system\"\n", "url"),
         ] {
-            let e = Config::parse(Path::new("c.toml"), text).unwrap_err().to_string();
+            let e = Config::parse(Path::new("c.toml"), text)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(want), "{text}: {e}");
         }
     }

@@ -140,7 +140,9 @@ pub fn list(v: &Virsh) -> Result<Vec<DomainSummary>> {
     for name in names(&v.run(None, &["list", "--all", "--name"])?) {
         let mut problem = None;
         if let Err(e) = crate::names::check_name("VM", &name) {
-            problem = Some(format!("{e}; a [[vm]] entry with libvirt_domain can name it"));
+            problem = Some(format!(
+                "{e}; a [[vm]] entry with libvirt_domain can name it"
+            ));
         }
         let state = state(v, &name).unwrap_or_else(|e| format!("unknown: {e}"));
         let disks = match definition_xml(v, &name).and_then(|x| domain_facts(&x)) {
@@ -195,15 +197,13 @@ fn is_ours(job: &BackupJobFacts) -> bool {
     })
 }
 
-/// The domain's checkpoints: (name, disks with a bitmap) for lifeboat's,
-/// and how many others there are.
-fn checkpoints(v: &Virsh, domain: &str) -> Result<(Vec<(String, Vec<String>)>, usize)> {
+/// lifeboat's checkpoints of the domain: (name, disks with a bitmap).
+/// Others are not read.
+fn checkpoints(v: &Virsh, domain: &str) -> Result<Vec<(String, Vec<String>)>> {
     let all = names(&v.run(Some(domain), &["checkpoint-list", "--name", "--", domain])?);
     let mut ours = Vec::new();
-    let mut others = 0;
     for name in all {
         if !is_bitmap_name(&name) {
-            others += 1;
             continue;
         }
         let xml = v.run(
@@ -212,14 +212,41 @@ fn checkpoints(v: &Virsh, domain: &str) -> Result<(Vec<(String, Vec<String>)>, u
         )?;
         ours.push((name, checkpoint_facts(&xml)?.bitmap_disks));
     }
-    Ok((ours, others))
+    Ok(ours)
+}
+
+/// lifeboat's checkpoints that track `target`, as the lineage sees them:
+/// libvirt keeps every checkpoint's bitmap recording until it is deleted.
+fn states_for(ours: &[(String, Vec<String>)], target: &str) -> Vec<BitmapState> {
+    ours.iter()
+        .filter(|(_, disks)| disks.iter().any(|d| d == target))
+        .map(|(name, _)| BitmapState {
+            name: name.clone(),
+            recording: true,
+            inconsistent: false,
+            busy: false,
+        })
+        .collect()
+}
+
+/// The running domain's disk that is the file `path`.
+fn disk_at<'a>(
+    facts: &'a DomainFacts,
+    path: &Path,
+) -> Option<&'a crate::vm::libvirt_xml::DomainDisk> {
+    facts
+        .backup_disks()
+        .find(|x| x.source.as_deref().is_some_and(|s| same_file(s, path)))
 }
 
 /// What a killed backup left on a running domain (read-only).
 pub fn leftovers(v: &Virsh, domain: &str) -> Vec<String> {
     match backup_job(v, domain) {
         Ok(Some(job)) if is_ours(&job) => {
-            vec!["a backup job of a killed lifeboat (libvirt keeps its fleecing scratch growing)".into()]
+            vec![
+                "a backup job of a killed lifeboat (libvirt keeps its fleecing scratch growing)"
+                    .into(),
+            ]
         }
         _ => Vec::new(),
     }
@@ -322,33 +349,33 @@ impl PullSession {
             v.run(Some(domain), &["domjobabort", "--", domain])?;
             repaired.push("aborted the backup job a killed lifeboat left".into());
         }
-        let (ours, _others) = if cfg.bitmaps {
+        let ours = if cfg.bitmaps {
             checkpoints(&v, domain)?
         } else {
-            (Vec::new(), 0)
+            Vec::new()
         };
         let mut disks = Vec::new();
         let mut strays: Vec<String> = Vec::new();
         let mut bases: Vec<String> = Vec::new();
         for (i, (volume, path)) in volumes.iter().enumerate() {
-            let disk = facts
-                .backup_disks()
-                .find(|x| x.source.as_deref().is_some_and(|s| same_file(s, path)))
-                .ok_or_else(|| {
-                    fail(format!(
-                        "the running domain has no disk {} (volume {volume}): its disks are {}",
-                        path.display(),
-                        facts
-                            .backup_disks()
-                            .map(|x| format!(
-                                "{} {}",
-                                x.target,
-                                x.source.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
-                            ))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ))
-                })?;
+            let disk = disk_at(&facts, path).ok_or_else(|| {
+                fail(format!(
+                    "the running domain has no disk {} (volume {volume}): its disks are {}",
+                    path.display(),
+                    facts
+                        .backup_disks()
+                        .map(|x| format!(
+                            "{} {}",
+                            x.target,
+                            x.source
+                                .as_ref()
+                                .map(|p| p.display().to_string())
+                                .unwrap_or_default()
+                        ))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
             let format = match disk.format.as_deref() {
                 Some("qcow2") => ImageFormat::Qcow2,
                 Some("raw") | None => ImageFormat::Raw,
@@ -361,23 +388,16 @@ impl PullSession {
             };
             let size = capacity(&v, domain, &disk.target)?;
             let prev = previous_for(previous.get(i).and_then(Option::as_ref), chunk_size, size);
-            let states: Vec<BitmapState> = ours
-                .iter()
-                .filter(|(_, disks)| disks.contains(&disk.target))
-                .map(|(name, _)| BitmapState {
-                    name: name.clone(),
-                    recording: true,
-                    inconsistent: false,
-                    busy: false,
-                })
-                .collect();
+            let states = states_for(&ours, &disk.target);
             let read = if !cfg.bitmaps {
                 Read::Full {
                     reason: super::settings::BITMAPS_OFF.to_string(),
                 }
             } else if format != ImageFormat::Qcow2 {
                 Read::Full {
-                    reason: "a raw disk holds no checkpoint bitmap (libvirt's checkpoints need qcow2)".into(),
+                    reason:
+                        "a raw disk holds no checkpoint bitmap (libvirt's checkpoints need qcow2)"
+                            .into(),
                 }
             } else {
                 let (read, repairs) = decide(&prev, &states);
@@ -408,8 +428,8 @@ impl PullSession {
             if let Read::Incremental { bitmap } = &read {
                 bases.push(bitmap.clone());
             }
-            let new_bitmap = (cfg.bitmaps && format == ImageFormat::Qcow2)
-                .then(|| format!("lifeboat-{set}"));
+            let new_bitmap =
+                (cfg.bitmaps && format == ImageFormat::Qcow2).then(|| format!("lifeboat-{set}"));
             disks.push(PulledDisk {
                 volume: volume.clone(),
                 path: path.clone(),
@@ -484,8 +504,13 @@ impl PullSession {
         if let Some((uid, gid)) = self.facts.qemu_owner {
             // QEMU (libvirt-qemu) creates the socket and opens the scratch
             // images here; still private to everyone else.
-            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
-                .map_err(|e| Error::io("handing the scratch directory to QEMU's user", dir.path(), e))?;
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).map_err(|e| {
+                Error::io(
+                    "handing the scratch directory to QEMU's user",
+                    dir.path(),
+                    e,
+                )
+            })?;
         }
         self.sock = dir.path().join("nbd.sock");
         let pull: Vec<PullDisk> = self
@@ -536,7 +561,9 @@ impl PullSession {
         let mut notes = Vec::new();
         let agent = match self.facts.agent {
             AgentChannel::None => {
-                notes.push("the domain has no guest agent channel (org.qemu.guest_agent.0)".to_string());
+                notes.push(
+                    "the domain has no guest agent channel (org.qemu.guest_agent.0)".to_string(),
+                );
                 false
             }
             AgentChannel::Disconnected => {
@@ -546,7 +573,9 @@ impl PullSession {
             AgentChannel::Connected => true,
         };
         if agent && self.freeze_status().as_deref() == Some("frozen") {
-            let _ = self.virsh.run(Some(&self.domain), &["domfsthaw", "--", &self.domain]);
+            let _ = self
+                .virsh
+                .run(Some(&self.domain), &["domfsthaw", "--", &self.domain]);
             self.repaired
                 .push("the guest was left frozen by an earlier run: thawed".into());
         }
@@ -572,9 +601,11 @@ impl PullSession {
         if let Some(c) = &checkpoint {
             docs.push(c);
         }
-        let begun = self
-            .virsh
-            .run_with_files(Some(&self.domain), &["backup-begin", "--", &self.domain], &docs);
+        let begun = self.virsh.run_with_files(
+            Some(&self.domain),
+            &["backup-begin", "--", &self.domain],
+            &docs,
+        );
         if agent {
             // Always thaw, even when the freeze seemed to fail: the agent
             // may have frozen some filesystems before it gave up.
@@ -632,11 +663,13 @@ impl PullSession {
             Read::Incremental { .. } => d.export_bitmap.as_deref(),
             Read::Full { .. } => None,
         };
-        let gone = |e: Error| Error::Source {
+        let gone = |e: Error| {
+            Error::Source {
             path: d.path.clone(),
             reason: format!(
                 "reading the running domain's disk through libvirt's export: {e} (did the domain stop, or the job end?)"
             ),
+        }
         };
         let mut client = NbdClient::connect_with(
             &self.sock,
@@ -690,11 +723,13 @@ impl PullSession {
         old.sort();
         old.dedup();
         for cp in old.iter().filter(|c| Some(*c) != self.checkpoint.as_ref()) {
-            if let Err(e) = self
-                .virsh
-                .run(Some(&self.domain), &["checkpoint-delete", "--", &self.domain, cp])
-            {
-                warnings.push(format!("removing checkpoint {cp}: {e} (the next backup removes it)"));
+            if let Err(e) = self.virsh.run(
+                Some(&self.domain),
+                &["checkpoint-delete", "--", &self.domain, cp],
+            ) {
+                warnings.push(format!(
+                    "removing checkpoint {cp}: {e} (the next backup removes it)"
+                ));
             }
         }
         self.finished = true;
@@ -709,9 +744,10 @@ impl PullSession {
         }
         let _ = self.end_job();
         if let Some(cp) = self.checkpoint.take() {
-            let _ = self
-                .virsh
-                .run(Some(&self.domain), &["checkpoint-delete", "--", &self.domain, &cp]);
+            let _ = self.virsh.run(
+                Some(&self.domain),
+                &["checkpoint-delete", "--", &self.domain, &cp],
+            );
         }
     }
 }
@@ -734,7 +770,14 @@ pub fn outlook(
     let full = |why: &str| -> Vec<super::VolumeOutlook> {
         volumes
             .iter()
-            .map(|v| super::verdict(&v.name, Read::Full { reason: why.to_string() }))
+            .map(|v| {
+                super::verdict(
+                    &v.name,
+                    Read::Full {
+                        reason: why.to_string(),
+                    },
+                )
+            })
             .collect()
     };
     if super::VmLock::held(&d.lock_key()) {
@@ -768,7 +811,9 @@ pub fn outlook(
     if !is_live(&state) {
         return Outlook {
             run,
-            volumes: full("the libvirt domain is shut off: its checkpoints are read only while it runs"),
+            volumes: full(
+                "the libvirt domain is shut off: its checkpoints are read only while it runs",
+            ),
             leftovers: Vec::new(),
         };
     }
@@ -780,7 +825,7 @@ pub fn outlook(
             leftovers,
         };
     }
-    let known = live_facts(&v, &d.domain).and_then(|f| Ok((f, checkpoints(&v, &d.domain)?.0)));
+    let known = live_facts(&v, &d.domain).and_then(|f| Ok((f, checkpoints(&v, &d.domain)?)));
     let (facts, ours) = match known {
         Ok(k) => k,
         Err(e) => {
@@ -794,10 +839,7 @@ pub fn outlook(
     let volumes = volumes
         .iter()
         .map(|vol| {
-            let Some(disk) = facts
-                .backup_disks()
-                .find(|x| x.source.as_deref().is_some_and(|s| same_file(s, &vol.path)))
-            else {
+            let Some(disk) = disk_at(&facts, &vol.path) else {
                 return super::verdict(
                     &vol.name,
                     Read::Full {
@@ -825,17 +867,7 @@ pub fn outlook(
                 }
             };
             let prev = previous_for(vol.previous.as_ref(), chunk_size, size);
-            let states: Vec<BitmapState> = ours
-                .iter()
-                .filter(|(_, disks)| disks.contains(&disk.target))
-                .map(|(name, _)| BitmapState {
-                    name: name.clone(),
-                    recording: true,
-                    inconsistent: false,
-                    busy: false,
-                })
-                .collect();
-            super::verdict(&vol.name, decide(&prev, &states).0)
+            super::verdict(&vol.name, decide(&prev, &states_for(&ours, &disk.target)).0)
         })
         .collect();
     Outlook {

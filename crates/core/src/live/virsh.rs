@@ -126,7 +126,10 @@ impl Virsh {
                         "virsh is not installed here (apt-get install libvirt-clients)".into()
                     }
                     std::io::ErrorKind::TimedOut => {
-                        format!("virsh {what} got no answer within {} s (is libvirtd hung?)", limit.as_secs())
+                        format!(
+                            "virsh {what} got no answer within {} s (is libvirtd hung?)",
+                            limit.as_secs()
+                        )
                     }
                     _ => format!("virsh {what} could not run: {e}"),
                 },
@@ -209,8 +212,12 @@ mod tests {
             v.by_hand(&["define", "/tmp/a b.xml"]),
             "virsh -c qemu:///system define '/tmp/a b.xml'"
         );
-        let bad = Virsh::new(Some("qemu+unix:///system?socket=/nonexistent/\x1b[31m".into()));
-        let e = bad.run(Some("x"), &["version"]).expect_err("no libvirtd there");
+        let bad = Virsh::new(Some(
+            "qemu+unix:///system?socket=/nonexistent/\x1b[31m".into(),
+        ));
+        let e = bad
+            .run(Some("x"), &["version"])
+            .expect_err("no libvirtd there");
         assert!(!e.to_string().contains('\x1b'), "{e}");
     }
 }

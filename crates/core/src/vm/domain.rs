@@ -566,7 +566,10 @@ mod tests {
         // A host without the VM's network: the NIC goes, and is listed.
         let (bare, n) = restored_xml(&def, &disks, false, None, Some(&["other".into()])).unwrap();
         assert!(!bare.contains("<interface"), "{bare}");
-        assert!(n.changes.iter().any(|c| c.contains("NIC on network default")));
+        assert!(n
+            .changes
+            .iter()
+            .any(|c| c.contains("NIC on network default")));
         let (kept, _) = restored_xml(&def, &disks, false, None, Some(&["default".into()])).unwrap();
         assert!(kept.contains("<source network=\"default\"/>"), "{kept}");
         let (x, notes) = restored_xml(&def, &disks, false, None, None).unwrap();

@@ -228,10 +228,7 @@ pub fn pull_backup_xml(socket: &Path, pull: &[PullDisk], skip: &[String]) -> Str
             }
             None => e.set_attr("backupmode", "full"),
         }
-        e.push(
-            Element::new("scratch")
-                .with_attr("file", &d.scratch.display().to_string()),
-        );
+        e.push(Element::new("scratch").with_attr("file", &d.scratch.display().to_string()));
         disks.push(e);
     }
     for s in skip {

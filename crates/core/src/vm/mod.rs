@@ -14,11 +14,11 @@
 mod allow;
 pub mod boot;
 pub mod domain;
+pub mod libvirt_xml;
 pub mod phase;
 pub mod qemu;
 pub mod restore;
 pub mod spec;
-pub mod libvirt_xml;
 mod xml;
 
 use std::path::{Path, PathBuf};

@@ -10,9 +10,9 @@ use serde::Serialize;
 
 use super::domain::{restored_xml, RestoredDisk};
 use super::{qemu, Definition};
-use crate::live::virsh::{names, Virsh};
 use crate::error::{Error, Result};
 use crate::format::{Manifest, ManifestKey};
+use crate::live::virsh::{names, Virsh};
 use crate::repo::Repo;
 use crate::restore::RestoreOutcome;
 
@@ -78,6 +78,16 @@ pub fn definition_of(
     })
 }
 
+/// What the admin chose for a restored domain.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DomainChoices<'a> {
+    pub keep_macs: bool,
+    /// The domain's name (None: the VM's).
+    pub name: Option<&'a str>,
+    /// The networks the target libvirt has (None: unknown, NICs kept).
+    pub networks: Option<&'a [String]>,
+}
+
 /// Writes `DIR/<name>.xml` for the restored volumes and checks it.
 pub fn write_vm(
     def: &Definition,
@@ -85,10 +95,13 @@ pub fn write_vm(
     picked: &[(ManifestKey, Manifest)],
     outcomes: &[RestoreOutcome],
     dir: &Path,
-    keep_macs: bool,
-    name: Option<&str>,
-    networks: Option<&[String]>,
+    choices: &DomainChoices,
 ) -> Result<VmRestore> {
+    let DomainChoices {
+        keep_macs,
+        name,
+        networks,
+    } = *choices;
     let disks: Vec<RestoredDisk> = picked
         .iter()
         .zip(outcomes)
@@ -210,13 +223,15 @@ impl VmStep {
             // Only a libvirt that answers and lacks the domain is an
             // error: without one here, the file is restored and the
             // command to attach it printed for where libvirt runs.
-            VmStep::Attach { domain, .. } => match virsh.run(Some(domain), &["dominfo", "--", domain]) {
-                Err(e) if virsh.run(None, &["uri"]).is_ok() => Err(Error::BadInput(format!(
-                    "--attach {}: {e}",
-                    crate::text::escape(domain)
-                ))),
-                _ => Ok(()),
-            },
+            VmStep::Attach { domain, .. } => {
+                match virsh.run(Some(domain), &["dominfo", "--", domain]) {
+                    Err(e) if virsh.run(None, &["uri"]).is_ok() => Err(Error::BadInput(format!(
+                        "--attach {}: {e}",
+                        crate::text::escape(domain)
+                    ))),
+                    _ => Ok(()),
+                }
+            }
             _ => Ok(()),
         }
     }
@@ -496,9 +511,11 @@ pub fn finish(
                 picked,
                 outcomes,
                 &dir,
-                *keep_macs,
-                name.as_deref(),
-                networks.as_deref(),
+                &DomainChoices {
+                    keep_macs: *keep_macs,
+                    name: name.as_deref(),
+                    networks: networks.as_deref(),
+                },
             )?;
             if *wants_define {
                 let xml = std::fs::read_to_string(&v.domain_xml)
