@@ -461,6 +461,7 @@ pub async fn build(w: &World) -> anyhow::Result<()> {
             created_at: Some(*t),
             definition: config.definition_for_backup(p.name),
             live: config.live_for(p.name),
+            ceph: Default::default(),
         };
         let r = repo.clone();
         let (c, pr) = (cancel.clone(), std::sync::Arc::new(Progress::new()));

@@ -47,6 +47,8 @@ pub struct BackupRequest {
     pub definition: Option<crate::vm::Definition>,
     /// How to reach the VM's QEMU when it runs.
     pub live: LiveConfig,
+    /// How to reach the Ceph cluster of `rbd:` volumes.
+    pub ceph: crate::source::rbd::CephConfig,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -138,6 +140,7 @@ pub fn backup(
     };
     let mut staged: Vec<(Manifest, f64)> = Vec::new();
     let mut offline_bitmaps = Vec::new();
+    let mut rbd_snapshots = Vec::new();
     for (i, spec) in req.volumes.iter().enumerate() {
         let started = std::time::Instant::now();
         progress.set_phase(&format!("opening {}", spec.name));
@@ -146,6 +149,40 @@ pub fn backup(
                 let reader: Box<dyn source::VolumeReader> = Box::new(session.reader(i)?);
                 let (format, capture) = session.capture_of(i);
                 (reader, format, capture)
+            }
+            Live::NotRunning(_) | Live::NotConfigured
+                if crate::source::rbd::RbdImage::is_rbd(&spec.path) =>
+            {
+                let prev = previous[i].map(|(_, m)| PreviousBackup::of(m));
+                let o = crate::live::rbd::open(
+                    &spec.path,
+                    &req.ceph,
+                    prev.as_ref(),
+                    repo.config().chunk_size,
+                    &set,
+                )?;
+                let stopped = matches!(live, Live::NotRunning(_));
+                let capture = Capture {
+                    consistency: if stopped {
+                        Consistency::Offline
+                    } else {
+                        Consistency::Crash
+                    },
+                    note: Some(if stopped {
+                        offline_note.clone().unwrap_or_default()
+                    } else {
+                        "read from an RBD snapshot: crash-consistent (the image may be in use); several RBD volumes are snapshotted one after another".into()
+                    }),
+                    bitmap: Some(o.snapshots.new_snap.clone()),
+                    incremental: matches!(o.read, Read::Incremental { .. }),
+                    full_reason: match &o.read {
+                        Read::Full { reason } => Some(reason.clone()),
+                        Read::Incremental { .. } => None,
+                    },
+                    bytes_read: 0,
+                };
+                rbd_snapshots.push(o.snapshots);
+                (o.source.reader, o.source.format, capture)
             }
             Live::NotRunning(_) | Live::NotConfigured => {
                 let prev = previous[i].map(|(_, m)| PreviousBackup::of(m));
@@ -323,6 +360,11 @@ pub fn backup(
     }
     for b in offline_bitmaps {
         b.commit();
+    }
+    for s in rbd_snapshots {
+        for w in s.commit() {
+            tracing::warn!("VM {}: {w}", req.vm);
+        }
     }
     Ok(BackupResult {
         vm: req.vm.clone(),

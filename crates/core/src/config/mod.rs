@@ -40,6 +40,9 @@ pub struct Config {
     /// The host's libvirt (`[libvirt]`): its domains are listed and backed
     /// up by name without a `[[vm]]` entry.
     pub libvirt: Option<LibvirtConfig>,
+    /// The Ceph cluster of `rbd:POOL/IMAGE` volumes (`[ceph]`: conf, id,
+    /// keyring; the key is read from the keyring file by Ceph itself).
+    pub ceph: Option<crate::source::rbd::CephConfig>,
     /// The policies, checked at load.
     #[serde(skip)]
     pub policies: std::collections::BTreeMap<String, crate::policy::Policy>,
@@ -299,6 +302,16 @@ impl Config {
                         ),
                     ));
                 }
+                if crate::source::rbd::RbdImage::is_rbd(&v.path) {
+                    crate::source::rbd::RbdImage::parse(&v.path)
+                        .map_err(|e| err(line, e.to_string()))?;
+                    if v.format == FormatChoice::Qcow2 {
+                        return Err(err(
+                            line,
+                            "an RBD image holds the guest's bytes as they are: use format = \"raw\" (or leave it out)".into(),
+                        ));
+                    }
+                }
                 if !vol_names.insert(v.name.get_ref().clone()) {
                     return Err(err(
                         line,
@@ -318,6 +331,9 @@ impl Config {
                     format!("[libvirt] policy {:?}: no such [policy.NAME]", p.get_ref()),
                 ));
             }
+        }
+        if let Some(c) = &cfg.ceph {
+            c.check().map_err(|e| err(None, e))?;
         }
         if let Some(u) = cfg.libvirt.as_ref().and_then(|l| l.uri.as_ref()) {
             if u.is_empty() || u.chars().any(char::is_control) || !u.contains(':') {
@@ -640,8 +656,12 @@ impl Config {
         Ok(Some(domains))
     }
 
-    /// A path from the config, relative to the config file's directory.
+    /// A path from the config, relative to the config file's directory
+    /// (`rbd:POOL/IMAGE` is not a path).
     pub fn resolve(&self, p: &Path) -> PathBuf {
+        if crate::source::rbd::RbdImage::is_rbd(p) {
+            return p.to_path_buf();
+        }
         match self.path.as_ref().and_then(|c| c.parent()) {
             Some(dir) if p.is_relative() => dir.join(p),
             _ => p.to_path_buf(),
@@ -717,7 +737,7 @@ impl Config {
             live.libvirt = v
                 .libvirt_domain
                 .as_ref()
-                .map(|d| crate::live::libvirt::LibvirtDomain {
+                .map(|d| crate::live::LibvirtDomain {
                     uri: self.libvirt.as_ref().and_then(|l| l.uri.clone()),
                     domain: d.clone(),
                 });

@@ -185,5 +185,6 @@ pub fn backup_request(
         created_at: None,
         definition: None,
         live: config.live_for(vm),
+        ceph: config.ceph.clone().unwrap_or_default(),
     })
 }

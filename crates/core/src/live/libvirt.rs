@@ -27,7 +27,9 @@ use serde::Serialize;
 
 use super::bitmap::{decide, BitmapState, Read, Repair};
 use super::capture::{previous_for, LiveReader, PreviousBackup};
-use super::settings::LiveConfig;
+use super::outlook::{verdict, Outlook, RunState, VolumeOutlook, VolumeRef};
+use super::settings::{LibvirtDomain, LiveConfig, BITMAPS_OFF};
+use super::vmlock::VmLock;
 use super::virsh::{names, Virsh};
 use crate::error::{Error, Result};
 use crate::format::manifest::{is_bitmap_name, Consistency, ImageFormat};
@@ -40,28 +42,6 @@ use crate::vm::libvirt_xml::{
 /// Scratch directories of backup jobs (the NBD socket, libvirt's scratch
 /// images); a killed run's is found by this prefix.
 const DIR_PREFIX: &str = "lifeboat-libvirt-";
-
-/// A libvirt domain a VM is backed up through.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LibvirtDomain {
-    pub uri: Option<String>,
-    pub domain: String,
-}
-
-impl LibvirtDomain {
-    pub fn virsh(&self) -> Virsh {
-        Virsh::new(self.uri.clone())
-    }
-
-    /// The key of the host-wide one-backup-at-a-time lock.
-    pub fn lock_key(&self) -> PathBuf {
-        PathBuf::from(format!(
-            "libvirt:{}:{}",
-            self.uri.as_deref().unwrap_or(""),
-            self.domain
-        ))
-    }
-}
 
 /// `virsh domstate`: running, paused, shut off, …
 pub fn state(v: &Virsh, domain: &str) -> Result<String> {
@@ -255,7 +235,7 @@ pub fn leftovers(v: &Virsh, domain: &str) -> Vec<String> {
 /// Ends a killed backup's job on a running domain now.
 pub fn repair(d: &LibvirtDomain) -> Result<Vec<String>> {
     let v = d.virsh();
-    let _lock = super::VmLock::acquire(&d.lock_key())?;
+    let _lock = VmLock::acquire(&d.lock_key())?;
     match backup_job(&v, &d.domain)? {
         Some(job) if is_ours(&job) => {
             v.run(Some(&d.domain), &["domjobabort", "--", &d.domain])?;
@@ -391,7 +371,7 @@ impl PullSession {
             let states = states_for(&ours, &disk.target);
             let read = if !cfg.bitmaps {
                 Read::Full {
-                    reason: super::settings::BITMAPS_OFF.to_string(),
+                    reason: BITMAPS_OFF.to_string(),
                 }
             } else if format != ImageFormat::Qcow2 {
                 Read::Full {
@@ -762,16 +742,15 @@ impl Drop for PullSession {
 /// anything (`lifeboat vms`, the console).
 pub fn outlook(
     d: &LibvirtDomain,
-    volumes: &[super::VolumeRef],
+    volumes: &[VolumeRef],
     chunk_size: u64,
     bitmaps: bool,
-) -> super::Outlook {
-    use super::{Outlook, RunState};
-    let full = |why: &str| -> Vec<super::VolumeOutlook> {
+) -> Outlook {
+    let full = |why: &str| -> Vec<VolumeOutlook> {
         volumes
             .iter()
             .map(|v| {
-                super::verdict(
+                verdict(
                     &v.name,
                     Read::Full {
                         reason: why.to_string(),
@@ -780,7 +759,7 @@ pub fn outlook(
             })
             .collect()
     };
-    if super::VmLock::held(&d.lock_key()) {
+    if VmLock::held(&d.lock_key()) {
         return Outlook {
             run: Some(RunState {
                 running: true,
@@ -821,7 +800,7 @@ pub fn outlook(
     if !bitmaps {
         return Outlook {
             run,
-            volumes: full(super::BITMAPS_OFF),
+            volumes: full(BITMAPS_OFF),
             leftovers,
         };
     }
@@ -840,7 +819,7 @@ pub fn outlook(
         .iter()
         .map(|vol| {
             let Some(disk) = disk_at(&facts, &vol.path) else {
-                return super::verdict(
+                return verdict(
                     &vol.name,
                     Read::Full {
                         reason: "the running domain has no such disk".into(),
@@ -848,7 +827,7 @@ pub fn outlook(
                 );
             };
             if disk.format.as_deref() != Some("qcow2") {
-                return super::verdict(
+                return verdict(
                     &vol.name,
                     Read::Full {
                         reason: "a raw disk holds no checkpoint bitmap (libvirt's checkpoints need qcow2)".into(),
@@ -858,7 +837,7 @@ pub fn outlook(
             let size = match capacity(&v, &d.domain, &disk.target) {
                 Ok(s) => s,
                 Err(e) => {
-                    return super::verdict(
+                    return verdict(
                         &vol.name,
                         Read::Full {
                             reason: format!("cannot tell: {e}"),
@@ -867,7 +846,7 @@ pub fn outlook(
                 }
             };
             let prev = previous_for(vol.previous.as_ref(), chunk_size, size);
-            super::verdict(&vol.name, decide(&prev, &states_for(&ours, &disk.target)).0)
+            verdict(&vol.name, decide(&prev, &states_for(&ours, &disk.target)).0)
         })
         .collect();
     Outlook {

@@ -8,7 +8,9 @@ pub mod bitmap;
 pub mod capture;
 pub mod libvirt;
 pub mod offline;
+mod outlook;
 pub mod qmp;
+pub mod rbd;
 pub mod settings;
 pub mod virsh;
 pub mod vmlock;
@@ -17,19 +19,12 @@ mod wire;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Serialize;
 
 use crate::error::Result;
-pub use settings::{LiveConfig, BITMAPS_OFF, QMP_TIMEOUT};
+pub use outlook::{Outlook, RunState, VolumeOutlook, VolumeRef};
+use outlook::verdict;
+pub use settings::{LibvirtDomain, LiveConfig, BITMAPS_OFF, QMP_TIMEOUT};
 pub use vmlock::VmLock;
-
-/// Whether a VM runs, as its monitor says.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct RunState {
-    pub running: bool,
-    /// QEMU's status (running, paused, …) or why the VM counts as stopped.
-    pub status: String,
-}
 
 /// Asks the VM's monitor whether it runs; the connection is kept for
 /// further questions. None when the VM has no `qmp`.
@@ -63,51 +58,6 @@ fn run_state(cfg: &LiveConfig) -> (Option<RunState>, Option<qmp::Qmp>) {
             }),
             None,
         ),
-    }
-}
-
-/// What the next backup of a VM will be, without changing anything.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Outlook {
-    /// None when the VM has no `qmp` configured.
-    pub run: Option<RunState>,
-    pub volumes: Vec<VolumeOutlook>,
-    /// What a killed backup left in the running QEMU (`repair` removes it).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub leftovers: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct VolumeOutlook {
-    pub volume: String,
-    /// Whether the next backup reads only what a bitmap marks.
-    pub incremental: bool,
-    /// Why it reads the whole disk.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-/// One volume of a VM for `outlook`: name, path, claimed format, and the
-/// previous backup in the repository asked about.
-pub struct VolumeRef {
-    pub name: String,
-    pub path: PathBuf,
-    pub format: crate::source::FormatChoice,
-    pub previous: Option<capture::PreviousBackup>,
-}
-
-fn verdict(name: &str, read: bitmap::Read) -> VolumeOutlook {
-    match read {
-        bitmap::Read::Incremental { .. } => VolumeOutlook {
-            volume: name.to_string(),
-            incremental: true,
-            reason: None,
-        },
-        bitmap::Read::Full { reason } => VolumeOutlook {
-            volume: name.to_string(),
-            incremental: false,
-            reason: Some(reason),
-        },
     }
 }
 

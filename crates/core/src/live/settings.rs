@@ -16,7 +16,7 @@ pub struct LiveConfig {
     pub bitmaps: bool,
     /// The libvirt domain the VM runs as: backed up through libvirt's
     /// backup API while it runs (never with `qmp`).
-    pub libvirt: Option<super::libvirt::LibvirtDomain>,
+    pub libvirt: Option<LibvirtDomain>,
 }
 
 impl Default for LiveConfig {
@@ -36,3 +36,26 @@ pub const BITMAPS_OFF: &str = "dirty bitmaps are off for this VM (bitmaps = fals
 
 /// QMP commands wait at most this long for QEMU.
 pub const QMP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A libvirt domain a VM is backed up through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LibvirtDomain {
+    pub uri: Option<String>,
+    pub domain: String,
+}
+
+impl LibvirtDomain {
+    pub fn virsh(&self) -> super::virsh::Virsh {
+        super::virsh::Virsh::new(self.uri.clone())
+    }
+
+    /// The key of the host-wide one-backup-at-a-time lock.
+    pub fn lock_key(&self) -> PathBuf {
+        PathBuf::from(format!(
+            "libvirt:{}:{}",
+            self.uri.as_deref().unwrap_or(""),
+            self.domain
+        ))
+    }
+}
+

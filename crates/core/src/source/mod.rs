@@ -5,6 +5,7 @@
 pub mod nbd;
 pub mod qemu;
 pub mod raw;
+pub mod rbd;
 pub mod reader;
 
 use std::path::{Path, PathBuf};

@@ -156,18 +156,46 @@ pub fn data_map(path: &Path) -> Result<Extents> {
 }
 
 /// A qcow2 image served read-only by a private `qemu-nbd` process.
+/// An image read through a private `qemu-nbd`: a qcow2 file, or an RBD
+/// snapshot through QEMU's rbd driver.
 pub struct Qcow2Reader {
     path: PathBuf,
     size: u64,
     child: Child,
     client: NbdClient,
     dirty: Option<Extents>,
+    /// Where the image holds data, when known without `qemu-img map`.
+    extents: Option<Extents>,
     _dir: tempfile::TempDir,
 }
 
 impl Qcow2Reader {
     /// With `bitmap`, qemu-nbd exports that persistent dirty bitmap too.
     pub fn open(path: &Path, bitmap: Option<&str>) -> Result<Qcow2Reader> {
+        Self::serve(path, "qcow2", path.as_os_str(), bitmap)
+    }
+
+    /// An RBD snapshot (QEMU's `rbd:` filename, credentials included):
+    /// `extents` where it holds data, `dirty` what changed since the
+    /// previous backup's snapshot (both from `rbd diff`).
+    pub fn open_rbd(
+        display: &Path,
+        filename: &str,
+        extents: Extents,
+        dirty: Option<Extents>,
+    ) -> Result<Qcow2Reader> {
+        let mut r = Self::serve(display, "raw", std::ffi::OsStr::new(filename), None)?;
+        r.extents = Some(extents);
+        r.dirty = dirty;
+        Ok(r)
+    }
+
+    fn serve(
+        path: &Path,
+        format: &str,
+        target: &std::ffi::OsStr,
+        bitmap: Option<&str>,
+    ) -> Result<Qcow2Reader> {
         let dir = tempfile::Builder::new()
             .prefix("lifeboat-nbd-")
             .tempdir()
@@ -176,15 +204,11 @@ impl Qcow2Reader {
         let mut cmd = Command::new("qemu-nbd");
         crate::sys::die_with_parent(&mut cmd);
         let mut child = cmd
-            .args([
-                "--read-only",
-                "--format=qcow2",
-                "--shared=1",
-                "--persistent",
-            ])
+            .args(["--read-only", "--shared=1", "--persistent"])
+            .arg(format!("--format={format}"))
             .arg(format!("--socket={}", sock.display()))
             .args(bitmap.map(|b| format!("--bitmap={b}")))
-            .arg(path)
+            .arg(target)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -232,6 +256,7 @@ impl Qcow2Reader {
             child,
             client,
             dirty: None,
+            extents: None,
             _dir: dir,
         };
         reader.dirty = reader.client.dirty_extents()?;
@@ -245,7 +270,10 @@ impl VolumeReader for Qcow2Reader {
     }
 
     fn data_extents(&mut self) -> Result<Extents> {
-        data_map(&self.path)
+        match &self.extents {
+            Some(e) => Ok(e.clone()),
+            None => data_map(&self.path),
+        }
     }
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {

@@ -1,0 +1,354 @@
+//! Ceph RBD volumes: a real one-node Ceph 16.2 (scripts/ceph/start.sh: a
+//! mon and a memstore OSD on loopback, cephx on), an image written with
+//! known data through QEMU's rbd driver, backed up by lifeboat through a
+//! restricted client's keyring, incrementally from its own snapshots.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::BIN;
+use serde_json::Value;
+
+const MIB: u64 = 1 << 20;
+
+struct Ceph {
+    dir: tempfile::TempDir,
+    conf: PathBuf,
+}
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ceph").join(name)
+}
+
+impl Ceph {
+    fn start() -> Ceph {
+        let dir = tempfile::Builder::new()
+            .prefix("lb-ceph-")
+            .tempdir_in("/tmp")
+            .expect("dir");
+        let out = Command::new("bash")
+            .arg(script("start.sh"))
+            .arg(dir.path().join("c"))
+            .env("AUTH", "cephx")
+            .output()
+            .expect("start.sh");
+        assert!(
+            out.status.success(),
+            "ceph did not start (scripts/test.sh installs ceph-mon ceph-osd ceph-common): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let conf = dir.path().join("c/ceph.conf");
+        Ceph { dir, conf }
+    }
+
+    /// A tool run as the cluster's admin.
+    fn cmd(&self, tool: &str) -> Command {
+        let mut c = Command::new(tool);
+        c.env("CEPH_CONF", &self.conf);
+        c
+    }
+
+    fn ok(&self, tool: &str, args: &[&str]) -> String {
+        let out = self.cmd(tool).args(args).output().expect(tool);
+        assert!(
+            out.status.success(),
+            "{tool} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Writes `len` bytes of `pattern` at `offset`, then waits until the
+    /// writer's watch on the image is gone (a snapshot waits for every
+    /// watcher to acknowledge).
+    fn write(&self, image: &str, offset: u64, len: u64, pattern: u8) {
+        self.ok(
+            "qemu-io",
+            &[
+                "-f",
+                "raw",
+                &format!("rbd:{image}"),
+                "-c",
+                &format!("write -P {pattern} {offset} {len}"),
+            ],
+        );
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !self.ok("rbd", &["status", image]).contains("Watchers: none") {
+            assert!(Instant::now() < deadline, "the writer's watch never went");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn snaps(&self, image: &str) -> Vec<String> {
+        let v: Value =
+            serde_json::from_str(&self.ok("rbd", &["snap", "ls", "--format=json", image])).expect("json");
+        let mut s: Vec<String> = v
+            .as_array()
+            .expect("snaps")
+            .iter()
+            .map(|x| x["name"].as_str().expect("name").to_string())
+            .collect();
+        s.sort();
+        s
+    }
+
+    /// The bytes `rbd diff --from-snap FROM SPEC` reports.
+    fn diff_bytes(&self, from: &str, spec: &str) -> u64 {
+        let v: Value = serde_json::from_str(&self.ok(
+            "rbd",
+            &["diff", "--from-snap", from, "--format=json", spec],
+        ))
+        .expect("json");
+        v.as_array()
+            .expect("extents")
+            .iter()
+            .map(|e| e["length"].as_u64().expect("length"))
+            .sum()
+    }
+
+    fn export(&self, spec: &str, to: &Path) {
+        let _ = std::fs::remove_file(to);
+        self.ok("rbd", &["export", "--no-progress", spec, to.to_str().expect("path")]);
+    }
+}
+
+impl Drop for Ceph {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(script("stop.sh"))
+            .arg(self.dir.path().join("c"))
+            .output();
+    }
+}
+
+struct Host {
+    dir: tempfile::TempDir,
+}
+
+impl Host {
+    fn new(ceph: &Ceph, keyring: &Path) -> Host {
+        let h = Host {
+            dir: tempfile::tempdir().expect("dir"),
+        };
+        h.config(ceph, keyring);
+        let out = h.lb(&["init", "repo"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        h
+    }
+
+    fn config(&self, ceph: &Ceph, keyring: &Path) {
+        std::fs::write(
+            self.dir.path().join("cfg.toml"),
+            format!(
+                r#"repository = "repo"
+
+[ceph]
+conf = "{}"
+id = "backup"
+keyring = "{}"
+
+[[vm]]
+name = "rv"
+[[vm.volume]]
+name = "root"
+role = "root"
+path = "rbd:rbd/disk"
+"#,
+                ceph.conf.display(),
+                keyring.display()
+            ),
+        )
+        .expect("config");
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.current_dir(self.dir.path())
+            .env_remove("LIFEBOAT_REPO")
+            .env_remove("CEPH_CONF")
+            .env("HOME", self.dir.path())
+            .arg("--config")
+            .arg(self.dir.path().join("cfg.toml"))
+            .args(args);
+        c
+    }
+
+    fn lb(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("lifeboat")
+    }
+
+    /// `backup rv --json`: the root volume's capture record.
+    fn backup(&self) -> Value {
+        let out = self.lb(&["backup", "rv", "--json"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "backup failed: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r = serde_json::Deserializer::from_str(&text)
+            .into_iter::<Value>()
+            .map_while(Result::ok)
+            .last()
+            .expect("a JSON result");
+        r["volumes"][0]["capture"].clone()
+    }
+
+    fn restore(&self) -> PathBuf {
+        let to = self.dir.path().join("restored.raw");
+        let _ = std::fs::remove_file(&to);
+        let out = self
+            .cmd(&["restore", "rv/root@latest", "--to"])
+            .arg(&to)
+            .output()
+            .expect("restore");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        to
+    }
+
+    fn manifests(&self) -> usize {
+        std::fs::read_dir(self.dir.path().join("repo/manifests/rv/root"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+fn same(a: &Path, b: &Path) -> bool {
+    std::fs::read(a).expect("a") == std::fs::read(b).expect("b")
+}
+
+/// A backup stopped (SIGSTOP) after it took its snapshot and before it
+/// wrote a manifest.
+fn backup_caught_with_its_snapshot(h: &Host, ceph: &Ceph) -> Child {
+    for _ in 0..30 {
+        let before = (h.manifests(), ceph.snaps("rbd/disk"));
+        let mut child = h
+            .cmd(&["backup", "rv"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("backup");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if ceph.snaps("rbd/disk") != before.1 {
+                // SAFETY: signalling our own child process.
+                unsafe { libc::kill(child.id() as i32, libc::SIGSTOP) };
+                if h.manifests() == before.0 {
+                    return child;
+                }
+                // SAFETY: as above.
+                unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+                break;
+            }
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+        }
+        let _ = child.wait();
+    }
+    panic!("never caught a backup between its snapshot and its manifest");
+}
+
+#[test]
+fn rbd_images_are_backed_up_from_their_own_snapshots_incrementally_by_extents() {
+    let ceph = Ceph::start();
+    // A restricted client, as an admin would give lifeboat.
+    let keyring = ceph.dir.path().join("backup.keyring");
+    ceph.ok(
+        "ceph",
+        &[
+            "auth", "get-or-create", "client.backup", "mon", "profile rbd", "osd",
+            "profile rbd pool=rbd", "-o", keyring.to_str().expect("path"),
+        ],
+    );
+    ceph.ok("rbd", &["create", "rbd/disk", "--size", "256M"]);
+    ceph.write("rbd/disk", 0, 16 * MIB, 0x11);
+    ceph.write("rbd/disk", 100 * MIB, 8 * MIB, 0x22);
+    let h = Host::new(&ceph, &keyring);
+
+    // Full: everything the image holds, nothing it does not.
+    let c = h.backup();
+    assert_eq!(c["incremental"], false, "{c}");
+    assert_eq!(c["consistency"], "crash", "{c}");
+    assert_eq!(c["bytes_read"].as_u64(), Some(24 * MIB), "{c}");
+    let s1 = c["bitmap"].as_str().expect("snapshot").to_string();
+    assert_eq!(ceph.snaps("rbd/disk"), [s1.clone()]);
+    let exported = h.dir.path().join("export.raw");
+    ceph.export(&format!("rbd/disk@{s1}"), &exported);
+    assert!(same(&h.restore(), &exported), "the restore equals rbd export");
+
+    // An admin's snapshot, never touched.
+    ceph.ok("rbd", &["snap", "create", "rbd/disk@admin"]);
+
+    // Three incrementals with known changed extents.
+    let mut base = s1;
+    for k in 1..=3u64 {
+        let (a, b) = (k * 37 * MIB, 200 * MIB + k * 64 * 1024);
+        ceph.write("rbd/disk", a, MIB, 0x30 + k as u8);
+        ceph.write("rbd/disk", b, 64 * 1024, 0x40 + k as u8);
+        // What Ceph itself says changed (a new object's extent runs from
+        // its start: a 1 MiB write at 37 MiB is reported as 36..38 MiB).
+        let reported = ceph.diff_bytes(&base, "rbd/disk");
+        let c = h.backup();
+        assert_eq!(c["incremental"], true, "round {k}: {c}");
+        let read = c["bytes_read"].as_u64().expect("bytes_read");
+        let s = c["bitmap"].as_str().expect("snapshot").to_string();
+        let written = MIB + 64 * 1024;
+        assert!(
+            read >= written && read as f64 <= 1.1 * reported as f64,
+            "round {k}: read {read} bytes; {written} written, rbd diff reports {reported}"
+        );
+        let mut want = vec!["admin".to_string(), s.clone()];
+        want.sort();
+        assert_eq!(ceph.snaps("rbd/disk"), want, "round {k}: {base} removed, admin kept");
+        ceph.export(&format!("rbd/disk@{s}"), &exported);
+        assert!(same(&h.restore(), &exported), "round {k}: byte-exact");
+        base = s;
+    }
+
+    // A backup killed between its snapshot and its manifest: the next one
+    // is still incremental from the last good snapshot and removes the
+    // killed one's.
+    ceph.write("rbd/disk", 50 * MIB, MIB, 0x55);
+    let mut child = backup_caught_with_its_snapshot(&h, &ceph);
+    child.kill().expect("kill");
+    let _ = child.wait();
+    assert_eq!(ceph.snaps("rbd/disk").len(), 3, "base, admin and the killed run's");
+    let c = h.backup();
+    assert_eq!(c["incremental"], true, "{c}");
+    let s = c["bitmap"].as_str().expect("snapshot").to_string();
+    let mut want = vec!["admin".to_string(), s.clone()];
+    want.sort();
+    assert_eq!(ceph.snaps("rbd/disk"), want);
+    ceph.export(&format!("rbd/disk@{s}"), &exported);
+    assert!(same(&h.restore(), &exported));
+
+    // The base snapshot lost: a full read that says why.
+    ceph.ok("rbd", &["snap", "rm", &format!("rbd/disk@{s}")]);
+    let c = h.backup();
+    assert_eq!(c["incremental"], false);
+    assert!(
+        c["full_reason"].as_str().is_some_and(|r| r.contains(&format!("no snapshot {s}"))),
+        "{c}"
+    );
+    let _ = base;
+
+    // A wrong key: a clear error, nothing written, no snapshot left.
+    let before = (h.manifests(), ceph.snaps("rbd/disk"));
+    let bad = h.dir.path().join("bad.keyring");
+    std::fs::write(
+        &bad,
+        "[client.backup]\n\tkey = AQBq5jJlAAAAABAAoQ2nL0s8lZ3u9l2k8m0G5Q==\n",
+    )
+    .expect("bad keyring");
+    h.config(&ceph, &bad);
+    let out = h.lb(&["backup", "rv"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("rbd:rbd/disk") && err.contains("check [ceph] id and keyring"), "{err}");
+    assert_eq!((h.manifests(), ceph.snaps("rbd/disk")), before);
+}
