@@ -326,6 +326,38 @@ fn rbd_images_are_backed_up_from_their_own_snapshots_incrementally_by_extents() 
     ceph.export(&format!("rbd/disk@{s}"), &exported);
     assert!(same(&h.restore(), &exported));
 
+    // Restored onto RBD: a new thin image, byte-exact; an existing one
+    // only with --force.
+    let to_rbd = |force: bool| {
+        let mut a = vec!["restore", "rv/root@latest", "--to", "rbd:rbd/restored"];
+        if force {
+            a.push("--force");
+        }
+        h.lb(&a)
+    };
+    let out = to_rbd(false);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let back = h.dir.path().join("back.raw");
+    ceph.export("rbd/restored", &back);
+    assert!(same(&back, &exported), "the RBD restore equals the snapshot");
+    let du: Value = serde_json::from_str(&ceph.ok("rbd", &["du", "--format=json", "rbd/restored"]))
+        .expect("json");
+    let used = du["images"][0]["used_size"].as_u64().expect("used");
+    // 11 chunks of 4 MiB hold data (6 written at first, one per round,
+    // one at 200 MiB, one before the killed backup); the rest of the
+    // 256 MiB must stay unallocated.
+    assert!(used <= 11 * 4 * MIB, "zero chunks are never written: {used} bytes used of 256 MiB");
+    let out = to_rbd(false);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    ceph.write("rbd/restored", 0, MIB, 0x77);
+    let out = to_rbd(true);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ceph.export("rbd/restored", &back);
+    assert!(same(&back, &exported), "--force replaced it");
+    let images = ceph.ok("rbd", &["ls"]);
+    assert!(!images.contains("lifeboat-restore"), "no restore image left: {images}");
+
     // The base snapshot lost: a full read that says why.
     ceph.ok("rbd", &["snap", "rm", &format!("rbd/disk@{s}")]);
     let c = h.backup();

@@ -344,6 +344,7 @@ pub async fn restore(
             OutFormat::Qcow2 => ImageFormat::Qcow2,
         }),
         force,
+        ceph: ctx.config.ceph.clone().unwrap_or_default(),
     };
     let local_path = ctx.repo_path();
     // Plan first, in the core; a dry run stops here having written nothing.

@@ -555,6 +555,7 @@ impl Runner {
             format: None,
             // The console never replaces an existing file.
             force: false,
+            ceph: self.config.ceph.clone().unwrap_or_default(),
         };
         let plans = self.plans.clone();
         let next = self.hold_slot();

@@ -191,6 +191,7 @@ async fn phases(
         to: target.clone(),
         format: Some(ImageFormat::Raw),
         force: false,
+        ceph: Default::default(),
     };
     // Fetch: planning a remote restore reads its manifests and indexes;
     // then only the chunks the local repository lacks move.

@@ -26,6 +26,8 @@ use crate::store::local::LocalStore;
 use crate::store::Store;
 use crate::sync::{self, PlanSummary, SyncOptions, TransferPlan};
 
+mod rbd;
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RestorePlan {
     pub manifest: Id,
@@ -38,6 +40,9 @@ pub struct RestorePlan {
     pub overwrites: bool,
     /// The restored file's mode: 0600, or the replaced file's with --force.
     pub mode: u32,
+    /// An `rbd:` target's cluster.
+    #[serde(skip)]
+    pub ceph: Option<crate::source::rbd::CephConfig>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -116,7 +121,32 @@ pub fn plan(
     target: &Path,
     format: ImageFormat,
     force: bool,
+    ceph: &crate::source::rbd::CephConfig,
 ) -> Result<RestorePlan> {
+    if crate::source::rbd::RbdImage::is_rbd(target) {
+        let image = crate::source::rbd::RbdImage::parse(target)?;
+        if format != ImageFormat::Raw {
+            return Err(Error::BadInput(
+                "an RBD image holds the guest's bytes as they are: drop --format qcow2".into(),
+            ));
+        }
+        let exists = rbd::exists(ceph, &image)?;
+        if exists && !force {
+            return Err(Error::TargetExists(target.to_path_buf()));
+        }
+        return Ok(RestorePlan {
+            manifest: manifest_id,
+            vm: m.vm.name.clone(),
+            volume: m.volume.name.clone(),
+            target: target.to_path_buf(),
+            format,
+            image_size: index.image_size,
+            bytes_to_write: index.nonzero_bytes(),
+            overwrites: exists,
+            mode: 0o600,
+            ceph: Some(ceph.clone()),
+        });
+    }
     let parent = match target.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -142,6 +172,7 @@ pub fn plan(
         bytes_to_write: need,
         overwrites: replaced.is_some(),
         mode: replaced.unwrap_or(0o600),
+        ceph: None,
     })
 }
 
@@ -156,6 +187,8 @@ pub struct RestoreRequest {
     /// own format within a set, raw otherwise.
     pub format: Option<ImageFormat>,
     pub force: bool,
+    /// How to reach the Ceph cluster of an `rbd:POOL/IMAGE` target.
+    pub ceph: crate::source::rbd::CephConfig,
 }
 
 /// A whole restore: one plan per volume, and for a restore from a remote,
@@ -244,9 +277,10 @@ fn plan_volumes(
                 bytes_to_write: idx.nonzero_bytes(),
                 overwrites: false,
                 mode: 0o600,
+                ceph: None,
             }
         } else {
-            plan(key.id, m, &idx, &target, fmt, req.force)?
+            plan(key.id, m, &idx, &target, fmt, req.force, &req.ceph)?
         };
         volumes.push(plan);
         indexes.push(idx);
@@ -532,6 +566,9 @@ pub fn restore(
     cancel: &CancellationToken,
     progress: &Progress,
 ) -> Result<RestoreOutcome> {
+    if let Some(ceph) = &plan.ceph {
+        return rbd::restore(repo, index, plan, ceph, cancel, progress);
+    }
     let target = &plan.target;
     let dir = match target.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -694,6 +731,7 @@ mod tests {
             to: to.to_path_buf(),
             format: Some(ImageFormat::Raw),
             force: false,
+            ceph: Default::default(),
         };
         let (c, p) = (testkit::cancel(), testkit::progress());
         let plan = plan_remote(remote, local, &req, true, &c, &p).await?;

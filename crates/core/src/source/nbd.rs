@@ -29,7 +29,9 @@ const REP_INFO: u32 = 3;
 const REP_META_CONTEXT: u32 = 4;
 const INFO_EXPORT: u16 = 0;
 const CMD_READ: u16 = 0;
+const CMD_WRITE: u16 = 1;
 const CMD_DISC: u16 = 2;
+const CMD_FLUSH: u16 = 3;
 const CMD_BLOCK_STATUS: u16 = 7;
 const REPLY_FLAG_DONE: u16 = 1;
 const REPLY_NONE: u16 = 0;
@@ -291,6 +293,48 @@ impl NbdClient {
             Ok(_) => proto(format!("{what} failed (malformed error)")),
             Err(e) => e,
         }
+    }
+
+    /// Writes `data` at `offset` (on a connection made without structured
+    /// replies, where every reply is a simple one).
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        if self.structured {
+            return Err(proto("a write on a connection made for reading"));
+        }
+        if offset + data.len() as u64 > self.size {
+            return Err(proto("write past the end of the export"));
+        }
+        let mut done = 0;
+        while done < data.len() {
+            let n = (data.len() - done).min(MAX_REQUEST);
+            let handle = self.request(CMD_WRITE, offset + done as u64, n as u32)?;
+            self.stream
+                .write_all(&data[done..done + n])
+                .map_err(io)?;
+            self.simple_reply(handle, "write")?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Asks the server to make this connection's writes durable.
+    pub fn flush(&mut self) -> Result<()> {
+        let handle = self.request(CMD_FLUSH, 0, 0)?;
+        self.simple_reply(handle, "flush")
+    }
+
+    fn simple_reply(&mut self, handle: u64, what: &str) -> Result<()> {
+        if read_u32(&mut self.stream)? != SIMPLE_REPLY_MAGIC {
+            return Err(proto("bad reply magic"));
+        }
+        let err = read_u32(&mut self.stream)?;
+        if read_u64(&mut self.stream)? != handle {
+            return Err(proto("reply for an unknown request"));
+        }
+        if err != 0 {
+            return Err(proto(format!("{what} failed (error {err})")));
+        }
+        Ok(())
     }
 
     pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {

@@ -1,0 +1,244 @@
+//! Restoring onto a Ceph RBD image (`--to rbd:POOL/IMAGE`).
+//!
+//! A new image `IMAGE.lifeboat-restore-<hex>` is created at the volume's
+//! size (all zeros, nothing allocated), every non-zero chunk is decoded,
+//! verified and written into it through a private writable `qemu-nbd`
+//! (QEMU's rbd driver, one NBD connection per worker; zero chunks are never
+//! written, so the image stays thin), each connection is flushed, and only
+//! then is the image renamed to its name — replacing the old one only with
+//! `--force`. A failure removes the new image: nothing half-written ever
+//! carries the name.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::{RestoreOutcome, RestorePlan};
+use crate::buf::AlignedBuf;
+use crate::error::{Error, Result};
+use crate::format::Index;
+use crate::jobs::{CancellationToken, Progress};
+use crate::repo::verify::worker_threads;
+use crate::repo::Repo;
+use crate::source::nbd::NbdClient;
+use crate::source::rbd::{CephConfig, RbdImage};
+
+/// Whether the image exists (None: it does not; an error: the cluster
+/// could not say, e.g. wrong credentials).
+pub fn exists(ceph: &CephConfig, image: &RbdImage) -> Result<bool> {
+    match ceph.size(image) {
+        Ok(_) => Ok(true),
+        Err(Error::Source { reason, .. }) if reason.contains("No such file or directory") => {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+struct Server {
+    child: Child,
+    _dir: tempfile::TempDir,
+    sock: std::path::PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(filename: &str, connections: usize, image: &RbdImage) -> Result<Server> {
+    let dir = tempfile::Builder::new()
+        .prefix("lifeboat-rbd-")
+        .tempdir()
+        .map_err(|e| Error::Qemu(format!("cannot create a socket directory: {e}")))?;
+    let sock = dir.path().join("nbd.sock");
+    let mut cmd = Command::new("qemu-nbd");
+    crate::sys::die_with_parent(&mut cmd);
+    let mut child = cmd
+        .args(["--format=raw", "--persistent", "--cache=writeback"])
+        .arg(format!("--shared={connections}"))
+        .arg(format!("--socket={}", sock.display()))
+        .arg(filename)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::Qemu(format!("cannot run qemu-nbd ({e}); install qemu-utils and qemu-block-extra")))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sock.exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut msg = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut msg);
+            }
+            return Err(Error::Source {
+                path: image.path(),
+                reason: format!(
+                    "qemu-nbd could not open the new image ({status}): {}",
+                    crate::text::escape(msg.trim())
+                ),
+            });
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err(Error::Qemu("qemu-nbd did not start within 30 s".into()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(Server {
+        child,
+        _dir: dir,
+        sock,
+    })
+}
+
+pub fn restore(
+    repo: &Repo,
+    index: &Index,
+    plan: &RestorePlan,
+    ceph: &CephConfig,
+    cancel: &CancellationToken,
+    progress: &Progress,
+) -> Result<RestoreOutcome> {
+    let image = RbdImage::parse(&plan.target)?;
+    let tmp = RbdImage {
+        pool: image.pool.clone(),
+        image: format!(
+            "{}.lifeboat-restore-{}",
+            image.image,
+            hex::encode(rand::random::<[u8; 4]>())
+        ),
+    };
+    progress.set_phase("creating the RBD image");
+    let created = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "raw"])
+        .arg(ceph.qemu_filename(&tmp, None))
+        .arg(index.image_size.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::Qemu(format!("cannot run qemu-img ({e}); install qemu-utils")))?;
+    if !created.status.success() {
+        return Err(Error::Source {
+            path: image.path(),
+            reason: format!(
+                "creating {}: {}",
+                tmp.spec(),
+                crate::text::escape(String::from_utf8_lossy(&created.stderr).trim())
+            ),
+        });
+    }
+    let res = write_and_rename(repo, index, plan, ceph, &image, &tmp, cancel, progress);
+    if res.is_err() {
+        let _ = ceph.rbd(&tmp, &["rm", &tmp.spec()]);
+    }
+    res?;
+    Ok(RestoreOutcome {
+        target: plan.target.clone(),
+        format: plan.format,
+        image_size: index.image_size,
+        bytes_written: index.nonzero_bytes(),
+        index: index.digest(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_and_rename(
+    repo: &Repo,
+    index: &Index,
+    plan: &RestorePlan,
+    ceph: &CephConfig,
+    image: &RbdImage,
+    tmp: &RbdImage,
+    cancel: &CancellationToken,
+    progress: &Progress,
+) -> Result<()> {
+    let workers = worker_threads();
+    {
+        let server = serve(&ceph.qemu_filename(tmp, None), workers, image)?;
+        progress.set_phase("restoring");
+        progress.set_totals(index.image_size, index.chunks.len() as u64);
+        let next = AtomicUsize::new(0);
+        let first_err: Mutex<Option<Error>> = Mutex::new(None);
+        let failed = || first_err.lock().map(|e| e.is_some()).unwrap_or(true);
+        let fail = |e: Error| {
+            if let Ok(mut slot) = first_err.lock() {
+                slot.get_or_insert(e);
+            }
+        };
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| {
+                    let mut client = match NbdClient::connect(&server.sock) {
+                        Ok(c) => c,
+                        Err(e) => return fail(e),
+                    };
+                    let (mut file_buf, mut raw_buf) = (AlignedBuf::new(), AlignedBuf::new());
+                    loop {
+                        if cancel.is_cancelled() || failed() {
+                            return;
+                        }
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(id) = index.chunks.get(i) else {
+                            break;
+                        };
+                        let len = index.chunk_len(i);
+                        let off = i as u64 * index.chunk_size;
+                        let res = if id.is_zero() {
+                            Ok(())
+                        } else {
+                            repo.read_chunk_into(id, index.plain_id(i), &mut file_buf, &mut raw_buf)
+                                .and_then(|data| {
+                                    if data.len() as u64 != len {
+                                        return Err(Error::corrupt(
+                                            "chunk",
+                                            id,
+                                            format!(
+                                                "holds {} bytes where the index expects {len}",
+                                                data.len()
+                                            ),
+                                        ));
+                                    }
+                                    client.write_at(off, data)
+                                })
+                        };
+                        match res {
+                            Ok(()) => progress.add(len, 1),
+                            Err(e) => return fail(e),
+                        }
+                    }
+                    if let Err(e) = client.flush() {
+                        fail(e);
+                    }
+                    client.disconnect();
+                });
+            }
+        });
+        if let Some(e) = first_err.into_inner().unwrap_or(None) {
+            return Err(Error::Source {
+                path: image.path(),
+                reason: format!("writing the restored image: {e}"),
+            });
+        }
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        drop(server);
+    }
+    progress.set_phase("renaming the RBD image into place");
+    // Checked again: something may have made the image meanwhile.
+    if exists(ceph, image)? {
+        if !plan.overwrites {
+            return Err(Error::TargetExists(image.path()));
+        }
+        ceph.rbd(image, &["rm", &image.spec()]).map_err(|e| Error::Source {
+            path: image.path(),
+            reason: format!(
+                "removing the image being replaced: {e} (an image with snapshots must have them purged first: rbd snap purge; the restored copy was removed)"
+            ),
+        })?;
+    }
+    ceph.rbd(image, &["rename", &tmp.spec(), &image.spec()]).map(|_| ())
+}
