@@ -20,6 +20,10 @@ export PATH="$HOME/.cargo/bin:$PATH"
 # - dpkg-dev systemd: the package test (cargo-deb computes the package's
 #   library dependencies with dpkg-shlibdeps; systemd-analyze verify checks
 #   the installed units; nothing is started);
+# - ceph-mon ceph-osd ceph-common qemu-block-extra: the RBD tests start a
+#   one-node Ceph of their own on loopback (scripts/ceph/start.sh; no
+#   systemd) and read it through QEMU's rbd driver (qemu-block-extra comes
+#   from the same Debian release as qemu-utils);
 # - libvirt-daemon-system virtnbdbackup: the libvirt tests start their own
 #   virtlogd and libvirtd in a private mount namespace (scripts/libvirt.sh;
 #   the host's libvirt directories are never touched) and compare with
@@ -29,7 +33,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 pkgs=(openssl python3-prometheus-client qemu-utils qemu-system-x86
       busybox-static cpio dosfstools fdisk mtools syslinux syslinux-common
       libvirt-clients libxml2-utils python3-venv dpkg-dev systemd
-      libvirt-daemon-system virtnbdbackup)
+      libvirt-daemon-system virtnbdbackup
+      ceph-mon ceph-osd ceph-common qemu-block-extra)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -42,7 +47,7 @@ qemu_consistent() {
     [ "$(qemu_version qemu-system-x86_64)" = "$v" ]
 }
 # A mixed qemu set (e.g. a backported qemu-utils) is replaced by Debian's.
-qemu_consistent || missing+=(qemu-utils qemu-system-x86)
+qemu_consistent || missing+=(qemu-utils qemu-system-x86 qemu-block-extra)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing: ${missing[*]}"
@@ -53,10 +58,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     release=$(. /etc/os-release && echo "$VERSION_CODENAME")
     others=()
     for p in "${missing[@]}"; do
-      case "$p" in qemu-utils|qemu-system-x86) ;; *) others+=("$p") ;; esac
+      case "$p" in qemu-utils|qemu-system-x86|qemu-block-extra) ;; *) others+=("$p") ;; esac
     done
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --allow-downgrades "${others[@]}" \
-      "qemu-utils/$release" "qemu-system-x86/$release" >/dev/null
+      "qemu-utils/$release" "qemu-system-x86/$release" "qemu-block-extra/$release" >/dev/null
   else
     echo "missing Debian packages: ${missing[*]} (apt-get install them)" >&2
     exit 1

@@ -20,7 +20,9 @@ struct Ceph {
 }
 
 fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ceph").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts/ceph")
+        .join(name)
 }
 
 impl Ceph {
@@ -76,7 +78,10 @@ impl Ceph {
             ],
         );
         let deadline = Instant::now() + Duration::from_secs(120);
-        while !self.ok("rbd", &["status", image]).contains("Watchers: none") {
+        while !self
+            .ok("rbd", &["status", image])
+            .contains("Watchers: none")
+        {
             assert!(Instant::now() < deadline, "the writer's watch never went");
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -84,7 +89,8 @@ impl Ceph {
 
     fn snaps(&self, image: &str) -> Vec<String> {
         let v: Value =
-            serde_json::from_str(&self.ok("rbd", &["snap", "ls", "--format=json", image])).expect("json");
+            serde_json::from_str(&self.ok("rbd", &["snap", "ls", "--format=json", image]))
+                .expect("json");
         let mut s: Vec<String> = v
             .as_array()
             .expect("snaps")
@@ -97,10 +103,9 @@ impl Ceph {
 
     /// The bytes `rbd diff --from-snap FROM SPEC` reports.
     fn diff_bytes(&self, from: &str, spec: &str) -> u64 {
-        let v: Value = serde_json::from_str(&self.ok(
-            "rbd",
-            &["diff", "--from-snap", from, "--format=json", spec],
-        ))
+        let v: Value = serde_json::from_str(
+            &self.ok("rbd", &["diff", "--from-snap", from, "--format=json", spec]),
+        )
         .expect("json");
         v.as_array()
             .expect("extents")
@@ -111,7 +116,10 @@ impl Ceph {
 
     fn export(&self, spec: &str, to: &Path) {
         let _ = std::fs::remove_file(to);
-        self.ok("rbd", &["export", "--no-progress", spec, to.to_str().expect("path")]);
+        self.ok(
+            "rbd",
+            &["export", "--no-progress", spec, to.to_str().expect("path")],
+        );
     }
 }
 
@@ -135,7 +143,11 @@ impl Host {
         };
         h.config(ceph, keyring);
         let out = h.lb(&["init", "repo"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         h
     }
 
@@ -205,7 +217,11 @@ path = "rbd:rbd/disk"
             .arg(&to)
             .output()
             .expect("restore");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         to
     }
 
@@ -260,8 +276,15 @@ fn rbd_images_are_backed_up_from_their_own_snapshots_incrementally_by_extents() 
     ceph.ok(
         "ceph",
         &[
-            "auth", "get-or-create", "client.backup", "mon", "profile rbd", "osd",
-            "profile rbd pool=rbd", "-o", keyring.to_str().expect("path"),
+            "auth",
+            "get-or-create",
+            "client.backup",
+            "mon",
+            "profile rbd",
+            "osd",
+            "profile rbd pool=rbd",
+            "-o",
+            keyring.to_str().expect("path"),
         ],
     );
     ceph.ok("rbd", &["create", "rbd/disk", "--size", "256M"]);
@@ -275,10 +298,13 @@ fn rbd_images_are_backed_up_from_their_own_snapshots_incrementally_by_extents() 
     assert_eq!(c["consistency"], "crash", "{c}");
     assert_eq!(c["bytes_read"].as_u64(), Some(24 * MIB), "{c}");
     let s1 = c["bitmap"].as_str().expect("snapshot").to_string();
-    assert_eq!(ceph.snaps("rbd/disk"), [s1.clone()]);
+    assert_eq!(ceph.snaps("rbd/disk"), std::slice::from_ref(&s1));
     let exported = h.dir.path().join("export.raw");
     ceph.export(&format!("rbd/disk@{s1}"), &exported);
-    assert!(same(&h.restore(), &exported), "the restore equals rbd export");
+    assert!(
+        same(&h.restore(), &exported),
+        "the restore equals rbd export"
+    );
 
     // An admin's snapshot, never touched.
     ceph.ok("rbd", &["snap", "create", "rbd/disk@admin"]);
@@ -303,7 +329,11 @@ fn rbd_images_are_backed_up_from_their_own_snapshots_incrementally_by_extents() 
         );
         let mut want = vec!["admin".to_string(), s.clone()];
         want.sort();
-        assert_eq!(ceph.snaps("rbd/disk"), want, "round {k}: {base} removed, admin kept");
+        assert_eq!(
+            ceph.snaps("rbd/disk"),
+            want,
+            "round {k}: {base} removed, admin kept"
+        );
         ceph.export(&format!("rbd/disk@{s}"), &exported);
         assert!(same(&h.restore(), &exported), "round {k}: byte-exact");
         base = s;
@@ -316,7 +346,11 @@ fn rbd_images_are_backed_up_from_their_own_snapshots_incrementally_by_extents() 
     let mut child = backup_caught_with_its_snapshot(&h, &ceph);
     child.kill().expect("kill");
     let _ = child.wait();
-    assert_eq!(ceph.snaps("rbd/disk").len(), 3, "base, admin and the killed run's");
+    assert_eq!(
+        ceph.snaps("rbd/disk").len(),
+        3,
+        "base, admin and the killed run's"
+    );
     let c = h.backup();
     assert_eq!(c["incremental"], true, "{c}");
     let s = c["bitmap"].as_str().expect("snapshot").to_string();
@@ -336,34 +370,53 @@ fn rbd_images_are_backed_up_from_their_own_snapshots_incrementally_by_extents() 
         h.lb(&a)
     };
     let out = to_rbd(false);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let back = h.dir.path().join("back.raw");
     ceph.export("rbd/restored", &back);
-    assert!(same(&back, &exported), "the RBD restore equals the snapshot");
+    assert!(
+        same(&back, &exported),
+        "the RBD restore equals the snapshot"
+    );
     let du: Value = serde_json::from_str(&ceph.ok("rbd", &["du", "--format=json", "rbd/restored"]))
         .expect("json");
     let used = du["images"][0]["used_size"].as_u64().expect("used");
     // 11 chunks of 4 MiB hold data (6 written at first, one per round,
     // one at 200 MiB, one before the killed backup); the rest of the
     // 256 MiB must stay unallocated.
-    assert!(used <= 11 * 4 * MIB, "zero chunks are never written: {used} bytes used of 256 MiB");
+    assert!(
+        used <= 11 * 4 * MIB,
+        "zero chunks are never written: {used} bytes used of 256 MiB"
+    );
     let out = to_rbd(false);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
     ceph.write("rbd/restored", 0, MIB, 0x77);
     let out = to_rbd(true);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     ceph.export("rbd/restored", &back);
     assert!(same(&back, &exported), "--force replaced it");
     let images = ceph.ok("rbd", &["ls"]);
-    assert!(!images.contains("lifeboat-restore"), "no restore image left: {images}");
+    assert!(
+        !images.contains("lifeboat-restore"),
+        "no restore image left: {images}"
+    );
 
     // The base snapshot lost: a full read that says why.
     ceph.ok("rbd", &["snap", "rm", &format!("rbd/disk@{s}")]);
     let c = h.backup();
     assert_eq!(c["incremental"], false);
     assert!(
-        c["full_reason"].as_str().is_some_and(|r| r.contains(&format!("no snapshot {s}"))),
+        c["full_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(&format!("no snapshot {s}"))),
         "{c}"
     );
     let _ = base;
@@ -381,6 +434,9 @@ fn rbd_images_are_backed_up_from_their_own_snapshots_incrementally_by_extents() 
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(!err.contains("panicked"), "{err}");
-    assert!(err.contains("rbd:rbd/disk") && err.contains("check [ceph] id and keyring"), "{err}");
+    assert!(
+        err.contains("rbd:rbd/disk") && err.contains("check [ceph] id and keyring"),
+        "{err}"
+    );
     assert_eq!((h.manifests(), ceph.snaps("rbd/disk")), before);
 }

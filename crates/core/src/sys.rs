@@ -42,6 +42,27 @@ fn boot_id() -> String {
         .unwrap_or_default()
 }
 
+/// Ends a helper process the way it can clean up (SIGTERM: qemu-nbd then
+/// closes its image, so an RBD image keeps no stale watch that would make
+/// the next snapshot or rename wait), and kills it if it has not exited
+/// within 5 s. Always reaps it.
+pub fn terminate(child: &mut std::process::Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    // SAFETY: signalling a child we spawned and have not reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// A private (0700) scratch directory `prefix*` in `parent` that names its
 /// owner, after removing those of owners that are gone: what a process
 /// killed with SIGKILL (or a reboot) left is removed by the next one.

@@ -19,10 +19,9 @@ mod wire;
 use std::path::PathBuf;
 use std::time::Duration;
 
-
 use crate::error::Result;
-pub use outlook::{Outlook, RunState, VolumeOutlook, VolumeRef};
 use outlook::verdict;
+pub use outlook::{Outlook, RunState, VolumeOutlook, VolumeRef};
 pub use settings::{LibvirtDomain, LiveConfig, BITMAPS_OFF, QMP_TIMEOUT};
 pub use vmlock::VmLock;
 

@@ -61,4 +61,3 @@ pub(super) fn verdict(name: &str, read: bitmap::Read) -> VolumeOutlook {
         },
     }
 }
-

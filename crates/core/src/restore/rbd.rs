@@ -44,8 +44,7 @@ struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::sys::terminate(&mut self.child);
     }
 }
 
@@ -66,7 +65,11 @@ fn serve(filename: &str, connections: usize, image: &RbdImage) -> Result<Server>
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| Error::Qemu(format!("cannot run qemu-nbd ({e}); install qemu-utils and qemu-block-extra")))?;
+        .map_err(|e| {
+            Error::Qemu(format!(
+                "cannot run qemu-nbd ({e}); install qemu-utils and qemu-block-extra"
+            ))
+        })?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while !sock.exists() {
         if let Ok(Some(status)) = child.try_wait() {
@@ -240,5 +243,6 @@ fn write_and_rename(
             ),
         })?;
     }
-    ceph.rbd(image, &["rename", &tmp.spec(), &image.spec()]).map(|_| ())
+    ceph.rbd(image, &["rename", &tmp.spec(), &image.spec()])
+        .map(|_| ())
 }

@@ -44,6 +44,12 @@ pub fn open_with_bitmap(
     claimed: FormatChoice,
     bitmap: Option<&str>,
 ) -> Result<Source> {
+    if rbd::RbdImage::is_rbd(path) {
+        return Err(Error::Source {
+            path: path.to_path_buf(),
+            reason: "an RBD image is read by a backup, through a snapshot it takes; reading a live RBD image here (hash, compare) is not supported yet: back it up, then compare backups".into(),
+        });
+    }
     let meta = std::fs::metadata(path).map_err(|e| Error::Source {
         path: path.to_path_buf(),
         reason: match e.kind() {

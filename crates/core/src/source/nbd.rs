@@ -308,9 +308,7 @@ impl NbdClient {
         while done < data.len() {
             let n = (data.len() - done).min(MAX_REQUEST);
             let handle = self.request(CMD_WRITE, offset + done as u64, n as u32)?;
-            self.stream
-                .write_all(&data[done..done + n])
-                .map_err(io)?;
+            self.stream.write_all(&data[done..done + n]).map_err(io)?;
             self.simple_reply(handle, "write")?;
             done += n;
         }

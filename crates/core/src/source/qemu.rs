@@ -295,8 +295,7 @@ impl VolumeReader for Qcow2Reader {
 impl Drop for Qcow2Reader {
     fn drop(&mut self) {
         self.client.disconnect();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::sys::terminate(&mut self.child);
     }
 }
 

@@ -42,11 +42,15 @@ impl RbdImage {
 
     pub fn parse(path: &Path) -> Result<RbdImage> {
         let s = path.to_string_lossy();
-        let bad = |why: &str| Error::BadInput(format!(
-            "{}: {why}: an RBD volume is rbd:POOL/IMAGE (names of A-Z a-z 0-9 . _ -)",
-            crate::text::escape(&s)
-        ));
-        let rest = s.strip_prefix("rbd:").ok_or_else(|| bad("not an rbd: path"))?;
+        let bad = |why: &str| {
+            Error::BadInput(format!(
+                "{}: {why}: an RBD volume is rbd:POOL/IMAGE (names of A-Z a-z 0-9 . _ -)",
+                crate::text::escape(&s)
+            ))
+        };
+        let rest = s
+            .strip_prefix("rbd:")
+            .ok_or_else(|| bad("not an rbd: path"))?;
         let (pool, image) = rest.split_once('/').ok_or_else(|| bad("no pool"))?;
         if !ceph_name(pool) || !ceph_name(image) {
             return Err(bad("a pool or image name lifeboat does not accept"));
@@ -207,8 +211,11 @@ impl CephConfig {
     }
 
     pub fn snap_create(&self, image: &RbdImage, snap: &str) -> Result<()> {
-        self.rbd(image, &["snap", "create", &format!("{}@{snap}", image.spec())])
-            .map(|_| ())
+        self.rbd(
+            image,
+            &["snap", "create", &format!("{}@{snap}", image.spec())],
+        )
+        .map(|_| ())
     }
 
     pub fn snap_remove(&self, image: &RbdImage, snap: &str) -> Result<()> {
@@ -259,7 +266,15 @@ mod tests {
         assert_eq!(i.path(), PathBuf::from("rbd:vms/web01-root"));
         assert!(RbdImage::is_rbd(Path::new("rbd:a/b")));
         assert!(!RbdImage::is_rbd(Path::new("/var/rbd:a")));
-        for bad in ["rbd:", "rbd:pool", "rbd:/img", "rbd:p/a:b", "rbd:p/a@s", "rbd:p/a/b", "rbd:p/\x1b"] {
+        for bad in [
+            "rbd:",
+            "rbd:pool",
+            "rbd:/img",
+            "rbd:p/a:b",
+            "rbd:p/a@s",
+            "rbd:p/a/b",
+            "rbd:p/\x1b",
+        ] {
             assert!(RbdImage::parse(Path::new(bad)).is_err(), "{bad}");
         }
     }
