@@ -287,6 +287,11 @@ fn rbd_images_are_backed_up_from_their_own_snapshots_incrementally_by_extents() 
             keyring.to_str().expect("path"),
         ],
     );
+    // Private, as lifeboat requires of a file holding a key.
+    common::secret_file(
+        &keyring,
+        &std::fs::read_to_string(&keyring).expect("keyring"),
+    );
     ceph.ok("rbd", &["create", "rbd/disk", "--size", "256M"]);
     ceph.write("rbd/disk", 0, 16 * MIB, 0x11);
     ceph.write("rbd/disk", 100 * MIB, 8 * MIB, 0x22);
@@ -424,11 +429,10 @@ fn rbd_images_are_backed_up_from_their_own_snapshots_incrementally_by_extents() 
     // A wrong key: a clear error, nothing written, no snapshot left.
     let before = (h.manifests(), ceph.snaps("rbd/disk"));
     let bad = h.dir.path().join("bad.keyring");
-    std::fs::write(
+    common::secret_file(
         &bad,
         "[client.backup]\n\tkey = AQBq5jJlAAAAABAAoQ2nL0s8lZ3u9l2k8m0G5Q==\n",
-    )
-    .expect("bad keyring");
+    );
     h.config(&ceph, &bad);
     let out = h.lb(&["backup", "rv"]);
     let err = String::from_utf8_lossy(&out.stderr);

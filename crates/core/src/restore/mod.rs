@@ -567,7 +567,22 @@ pub fn restore(
     progress: &Progress,
 ) -> Result<RestoreOutcome> {
     if let Some(ceph) = &plan.ceph {
-        return rbd::restore(repo, index, plan, ceph, cancel, progress);
+        rbd::restore(
+            repo,
+            index,
+            &plan.target,
+            plan.overwrites,
+            ceph,
+            cancel,
+            progress,
+        )?;
+        return Ok(RestoreOutcome {
+            target: plan.target.clone(),
+            format: plan.format,
+            image_size: index.image_size,
+            bytes_written: index.nonzero_bytes(),
+            index: index.digest(),
+        });
     }
     let target = &plan.target;
     let dir = match target.parent() {

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{RestoreOutcome, RestorePlan};
 use crate::buf::AlignedBuf;
 use crate::error::{Error, Result};
 use crate::format::Index;
@@ -98,15 +97,18 @@ fn serve(filename: &str, connections: usize, image: &RbdImage) -> Result<Server>
     })
 }
 
+/// Writes the image `index` describes onto `target` (`rbd:POOL/IMAGE`);
+/// an existing image there is replaced only when `overwrites`.
 pub fn restore(
     repo: &Repo,
     index: &Index,
-    plan: &RestorePlan,
+    target: &std::path::Path,
+    overwrites: bool,
     ceph: &CephConfig,
     cancel: &CancellationToken,
     progress: &Progress,
-) -> Result<RestoreOutcome> {
-    let image = RbdImage::parse(&plan.target)?;
+) -> Result<()> {
+    let image = RbdImage::parse(target)?;
     let tmp = RbdImage {
         pool: image.pool.clone(),
         image: format!(
@@ -133,25 +135,20 @@ pub fn restore(
             ),
         });
     }
-    let res = write_and_rename(repo, index, plan, ceph, &image, &tmp, cancel, progress);
+    let res = write_and_rename(
+        repo, index, overwrites, ceph, &image, &tmp, cancel, progress,
+    );
     if res.is_err() {
         let _ = ceph.rbd(&tmp, &["rm", &tmp.spec()]);
     }
-    res?;
-    Ok(RestoreOutcome {
-        target: plan.target.clone(),
-        format: plan.format,
-        image_size: index.image_size,
-        bytes_written: index.nonzero_bytes(),
-        index: index.digest(),
-    })
+    res
 }
 
 #[allow(clippy::too_many_arguments)]
 fn write_and_rename(
     repo: &Repo,
     index: &Index,
-    plan: &RestorePlan,
+    overwrites: bool,
     ceph: &CephConfig,
     image: &RbdImage,
     tmp: &RbdImage,
@@ -233,7 +230,7 @@ fn write_and_rename(
     progress.set_phase("renaming the RBD image into place");
     // Checked again: something may have made the image meanwhile.
     if exists(ceph, image)? {
-        if !plan.overwrites {
+        if !overwrites {
             return Err(Error::TargetExists(image.path()));
         }
         ceph.rbd(image, &["rm", &image.spec()]).map_err(|e| Error::Source {

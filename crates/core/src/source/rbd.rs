@@ -99,6 +99,18 @@ impl CephConfig {
                 }
             }
         }
+        if let Some(k) = &self.keyring {
+            use std::os::unix::fs::PermissionsExt;
+            // A missing one is Ceph's to report, when it is used.
+            if let Ok(md) = std::fs::metadata(k) {
+                if md.permissions().mode() & 0o077 != 0 {
+                    return Err(format!(
+                        "[ceph] keyring {}: others can read this key; make it private (chmod 600)",
+                        k.display()
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -292,6 +304,19 @@ mod tests {
             c.qemu_filename(&i, Some("lifeboat-0")),
             "rbd:vms/a@lifeboat-0:conf=/etc/ceph/ceph.conf:id=backup:keyring=/etc/ceph/k"
         );
+        // A keyring others can read is refused; a private one is not.
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("k");
+        std::fs::write(&k, "[client.backup]\n").unwrap();
+        let open = CephConfig {
+            keyring: Some(k.clone()),
+            ..Default::default()
+        };
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(open.check().unwrap_err().contains("chmod 600"));
+        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(open.check().is_ok());
         let mut bad = c.clone();
         bad.keyring = Some("/tmp/a:b".into());
         assert!(bad.check().is_err());
