@@ -344,6 +344,32 @@ fn rbd_images_are_backed_up_from_their_own_snapshots_incrementally_by_extents() 
         base = s;
     }
 
+    // The live image hashes like its newest backup (nothing changed since),
+    // read through a snapshot of its own that is gone afterwards.
+    let digest = |what: &str| -> Value {
+        let out = h.lb(&["hash", what, "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::Deserializer::from_slice(&out.stdout)
+            .into_iter::<Value>()
+            .map_while(Result::ok)
+            .last()
+            .expect("json");
+        v["digest"].clone()
+    };
+    let restored = h.restore();
+    assert_eq!(
+        digest("rbd:rbd/disk"),
+        digest(restored.to_str().expect("path"))
+    );
+    assert!(
+        !ceph.snaps("rbd/disk").iter().any(|s| s.contains("read")),
+        "no read snapshot left"
+    );
+
     // A backup killed between its snapshot and its manifest: the next one
     // is still incremental from the last good snapshot and removes the
     // killed one's.

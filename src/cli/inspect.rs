@@ -269,13 +269,14 @@ fn chunk_size_for(ctx: &Ctx, given: Option<u64>) -> u64 {
 }
 
 async fn index_of_file(
+    ctx: &Ctx,
     path: PathBuf,
     format: FormatChoice,
     chunk_size: u64,
-    json: bool,
 ) -> anyhow::Result<Index> {
-    let scan = run_job("hash", json, move |c, p| {
-        let mut src = source::open(&path, format)?;
+    let ceph = ctx.config.ceph.clone().unwrap_or_default();
+    let scan = run_job("hash", ctx.json, move |c, p| {
+        let mut src = source::open_in(&path, format, &ceph)?;
         lifeboat_core::backup::pipeline::scan(src.reader.as_mut(), chunk_size, None, None, c, p)
     })
     .await?;
@@ -289,7 +290,7 @@ pub async fn hash(
     chunk_size: Option<u64>,
 ) -> anyhow::Result<Outcome> {
     let cs = chunk_size_for(ctx, chunk_size);
-    let index = index_of_file(file.clone(), format, cs, ctx.json).await?;
+    let index = index_of_file(ctx, file.clone(), format, cs).await?;
     let id = index.id();
     if ctx.json {
         print_json(&serde_json::json!({
@@ -306,7 +307,7 @@ pub async fn hash(
 /// backup (to warn when two different volumes are compared).
 async fn side(ctx: &Ctx, what: &str, cs: u64) -> anyhow::Result<(String, Index, Option<String>)> {
     if Path::new(what).is_file() {
-        let idx = index_of_file(PathBuf::from(what), FormatChoice::Auto, cs, ctx.json).await?;
+        let idx = index_of_file(ctx, PathBuf::from(what), FormatChoice::Auto, cs).await?;
         return Ok((format!("file {what}"), idx, None));
     }
     let repo = ctx.open_repo()?;

@@ -966,6 +966,7 @@ impl Runner {
             .vm(&key.vm)
             .and_then(|v| v.volumes.iter().find(|x| *x.name.get_ref() == key.volume))
             .cloned();
+        let ceph = self.config.ceph.clone().unwrap_or_default();
         let tx = self.tx.clone();
         let title = format!(
             "compare {}/{} {} with the live volume",
@@ -984,7 +985,7 @@ impl Runner {
             let m = repo.load_manifest(&key)?;
             let ia = repo.read_index(&m.index)?;
             progress.set_phase("hashing the live volume");
-            let mut src = lifeboat_core::source::open(&volume.path, volume.format)?;
+            let mut src = lifeboat_core::source::open_in(&volume.path, volume.format, &ceph)?;
             let live = lifeboat_core::backup::pipeline::scan(
                 src.reader.as_mut(),
                 ia.chunk_size,

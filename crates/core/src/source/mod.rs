@@ -37,6 +37,21 @@ pub fn open(path: &Path, claimed: FormatChoice) -> Result<Source> {
     open_with_bitmap(path, claimed, None)
 }
 
+/// Opens a volume where an `rbd:` path is read too (through a snapshot of
+/// the live image taken for the read, with `ceph`'s credentials).
+pub fn open_in(path: &Path, claimed: FormatChoice, ceph: &rbd::CephConfig) -> Result<Source> {
+    if rbd::RbdImage::is_rbd(path) {
+        if claimed == FormatChoice::Qcow2 {
+            return Err(Error::Source {
+                path: path.to_path_buf(),
+                reason: "an RBD image holds the guest's bytes as they are: use --format raw".into(),
+            });
+        }
+        return rbd::open_live(path, ceph);
+    }
+    open(path, claimed)
+}
+
 /// Opens a volume; a qcow2 image's persistent dirty bitmap `bitmap` is
 /// read too (the reader's `dirty_extents`).
 pub fn open_with_bitmap(
@@ -47,7 +62,7 @@ pub fn open_with_bitmap(
     if rbd::RbdImage::is_rbd(path) {
         return Err(Error::Source {
             path: path.to_path_buf(),
-            reason: "an RBD image is read by a backup, through a snapshot it takes; reading a live RBD image here (hash, compare) is not supported yet: back it up, then compare backups".into(),
+            reason: "an RBD image is read through a snapshot with [ceph]'s credentials (backup, hash, compare)".into(),
         });
     }
     let meta = std::fs::metadata(path).map_err(|e| Error::Source {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::source::Extents;
+use crate::source::{Extents, VolumeReader};
 
 /// An image, `rbd:POOL/IMAGE` (`rbd:POOL/NAMESPACE/IMAGE` is not
 /// supported).
@@ -264,6 +264,73 @@ impl CephConfig {
             }
         }
         Ok(merged)
+    }
+}
+
+/// A live image read at one instant: through a snapshot taken for the
+/// read (`lifeboat-read-<hex>`, not a backup's, so no lineage ever takes
+/// it for a base) and removed when the reader goes.
+pub struct LiveImageReader {
+    inner: crate::source::qemu::Qcow2Reader,
+    cluster: CephConfig,
+    image: RbdImage,
+    snap: String,
+}
+
+/// Opens a live RBD image (hash, compare) at one instant.
+pub fn open_live(path: &Path, cluster: &CephConfig) -> Result<crate::source::Source> {
+    let image = RbdImage::parse(path)?;
+    let snap = format!("lifeboat-read-{}", hex::encode(rand::random::<[u8; 8]>()));
+    cluster.snap_create(&image, &snap)?;
+    let opened = cluster.diff(&image, &snap, None).and_then(|extents| {
+        crate::source::qemu::Qcow2Reader::open_rbd(
+            path,
+            &cluster.qemu_filename(&image, Some(&snap)),
+            extents,
+            None,
+        )
+    });
+    let inner = match opened {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = cluster.snap_remove(&image, &snap);
+            return Err(e);
+        }
+    };
+    Ok(crate::source::Source {
+        path: path.to_path_buf(),
+        format: crate::format::manifest::ImageFormat::Raw,
+        reader: Box::new(LiveImageReader {
+            inner,
+            cluster: cluster.clone(),
+            image,
+            snap,
+        }),
+    })
+}
+
+impl VolumeReader for LiveImageReader {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    fn data_extents(&mut self) -> Result<Extents> {
+        self.inner.data_extents()
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.inner.read_at(offset, buf)
+    }
+
+    fn bytes_read(&self) -> Option<u64> {
+        self.inner.bytes_read()
+    }
+}
+
+impl Drop for LiveImageReader {
+    fn drop(&mut self) {
+        // The reader (qemu-nbd) goes first: its field drops after this.
+        let _ = self.cluster.snap_remove(&self.image, &self.snap);
     }
 }
 
