@@ -47,7 +47,11 @@ pub fn open_in(path: &Path, claimed: FormatChoice, ceph: &rbd::CephConfig) -> Re
                 reason: "an RBD image holds the guest's bytes as they are: use --format raw".into(),
             });
         }
-        return rbd::open_live(path, ceph);
+        return Ok(Source {
+            path: path.to_path_buf(),
+            format: ImageFormat::Raw,
+            reader: Box::new(rbd::open_live(path, ceph)?),
+        });
     }
     open(path, claimed)
 }

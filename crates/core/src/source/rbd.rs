@@ -278,7 +278,7 @@ pub struct LiveImageReader {
 }
 
 /// Opens a live RBD image (hash, compare) at one instant.
-pub fn open_live(path: &Path, cluster: &CephConfig) -> Result<crate::source::Source> {
+pub fn open_live(path: &Path, cluster: &CephConfig) -> Result<LiveImageReader> {
     let image = RbdImage::parse(path)?;
     let snap = format!("lifeboat-read-{}", hex::encode(rand::random::<[u8; 8]>()));
     cluster.snap_create(&image, &snap)?;
@@ -297,15 +297,11 @@ pub fn open_live(path: &Path, cluster: &CephConfig) -> Result<crate::source::Sou
             return Err(e);
         }
     };
-    Ok(crate::source::Source {
-        path: path.to_path_buf(),
-        format: crate::format::manifest::ImageFormat::Raw,
-        reader: Box::new(LiveImageReader {
-            inner,
-            cluster: cluster.clone(),
-            image,
-            snap,
-        }),
+    Ok(LiveImageReader {
+        inner,
+        cluster: cluster.clone(),
+        image,
+        snap,
     })
 }
 
