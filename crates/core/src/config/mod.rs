@@ -645,12 +645,13 @@ impl Config {
             if configured || d.problem.is_some() {
                 continue;
             }
-            if let Ok(xml) = crate::live::libvirt::definition_xml(&self.virsh(), &d.name) {
-                if let Ok(facts) = crate::vm::libvirt_xml::domain_facts(&xml) {
-                    if let Some(e) = self.entry_for_domain(&d.name, &facts) {
-                        self.vms.push(e);
-                    }
-                }
+            // The definition the listing read: not asked for twice.
+            if let Some(e) = d
+                .facts
+                .as_ref()
+                .and_then(|f| self.entry_for_domain(&d.name, f))
+            {
+                self.vms.push(e);
             }
         }
         Ok(Some(domains))

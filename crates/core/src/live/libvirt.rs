@@ -83,6 +83,9 @@ pub struct DomainSummary {
     /// no disk it can read); None when it can.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// The definition as read for the listing (None: it did not read).
+    #[serde(skip)]
+    pub facts: Option<DomainFacts>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -125,22 +128,23 @@ pub fn list(v: &Virsh) -> Result<Vec<DomainSummary>> {
             ));
         }
         let state = state(v, &name).unwrap_or_else(|e| format!("unknown: {e}"));
-        let disks = match definition_xml(v, &name).and_then(|x| domain_facts(&x)) {
-            Ok(f) => f
-                .disks
-                .iter()
-                .map(|d| DiskSummary {
-                    target: d.target.clone(),
-                    path: d.source.as_ref().map(|p| p.display().to_string()),
-                    format: d.format.clone(),
-                    skipped: disk_skipped(d),
-                })
-                .collect(),
+        let facts = match definition_xml(v, &name).and_then(|x| domain_facts(&x)) {
+            Ok(f) => Some(f),
             Err(e) => {
                 problem.get_or_insert_with(|| format!("its definition does not read: {e}"));
-                Vec::new()
+                None
             }
         };
+        let disks: Vec<DiskSummary> = facts
+            .iter()
+            .flat_map(|f| &f.disks)
+            .map(|d| DiskSummary {
+                target: d.target.clone(),
+                path: d.source.as_ref().map(|p| p.display().to_string()),
+                format: d.format.clone(),
+                skipped: disk_skipped(d),
+            })
+            .collect();
         if problem.is_none() && disks.iter().all(|d| d.skipped.is_some()) {
             problem = Some("no disk lifeboat can read".into());
         }
@@ -149,6 +153,7 @@ pub fn list(v: &Virsh) -> Result<Vec<DomainSummary>> {
             state,
             disks,
             problem,
+            facts,
         });
     }
     Ok(out)
