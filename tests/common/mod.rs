@@ -304,3 +304,16 @@ pub fn assert_same_file(a: &Path, b: &Path) {
     };
     assert_eq!(h(a), h(b), "{} and {} differ", a.display(), b.display());
 }
+
+/// A temporary directory that stays after the test when
+/// `LIFEBOAT_TEST_KEEP` is set, to look into a failure that is hard to
+/// reproduce (the path is printed).
+#[allow(dead_code)]
+pub fn test_dir() -> tempfile::TempDir {
+    let mut d = tempfile::tempdir().expect("temp dir");
+    if std::env::var_os("LIFEBOAT_TEST_KEEP").is_some() {
+        d.disable_cleanup(true);
+        eprintln!("kept: {}", d.path().display());
+    }
+    d
+}

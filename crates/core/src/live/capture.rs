@@ -578,19 +578,9 @@ fn apply_repair(qmp: &mut Qmp, node: &str, r: &Repair) -> Result<()> {
     match r {
         Repair::MergeBack { into, from } => {
             qmp.execute(
-                "block-dirty-bitmap-merge",
-                json!({"node": node, "target": into, "bitmaps": from}),
+                "transaction",
+                json!({"actions": merge_back_actions(node, into, from)}),
             )?;
-            qmp.execute(
-                "block-dirty-bitmap-enable",
-                json!({"node": node, "name": into}),
-            )?;
-            for f in from {
-                qmp.execute(
-                    "block-dirty-bitmap-remove",
-                    json!({"node": node, "name": f}),
-                )?;
-            }
         }
         Repair::Remove(b) => {
             qmp.execute(
@@ -600,6 +590,25 @@ fn apply_repair(qmp: &mut Qmp, node: &str, r: &Repair) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The old bitmap is enabled *before* the newer ones are merged into it:
+/// the guest writes on, and a write that landed between a merge and a
+/// later enable would be marked only in a bitmap that is then removed —
+/// a change the next incremental backup would silently miss. One
+/// transaction, so a failure leaves both bitmaps as they were.
+fn merge_back_actions(node: &str, into: &str, from: &[String]) -> Vec<Value> {
+    let mut actions = vec![
+        json!({"type": "block-dirty-bitmap-enable", "data": {"node": node, "name": into}}),
+        json!({"type": "block-dirty-bitmap-merge",
+               "data": {"node": node, "target": into, "bitmaps": from}}),
+    ];
+    actions.extend(
+        from.iter().map(
+            |f| json!({"type": "block-dirty-bitmap-remove", "data": {"node": node, "name": f}}),
+        ),
+    );
+    actions
 }
 
 /// Polls a query until no entry's `key` starts with `prefix`.
@@ -798,5 +807,33 @@ impl VolumeReader for LiveReader {
 impl Drop for LiveReader {
     fn drop(&mut self) {
         self.client.disconnect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_back_enables_the_old_bitmap_before_merging_and_removing() {
+        let from = vec!["lifeboat-b".to_string(), "lifeboat-c".to_string()];
+        let actions = merge_back_actions("n0", "lifeboat-a", &from);
+        let kinds: Vec<&str> = actions
+            .iter()
+            .map(|a| a["type"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "block-dirty-bitmap-enable",
+                "block-dirty-bitmap-merge",
+                "block-dirty-bitmap-remove",
+                "block-dirty-bitmap-remove"
+            ]
+        );
+        assert_eq!(actions[0]["data"]["name"], "lifeboat-a");
+        assert_eq!(actions[1]["data"]["target"], "lifeboat-a");
+        assert_eq!(actions[1]["data"]["bitmaps"], json!(from));
+        assert_eq!(actions[3]["data"]["name"], "lifeboat-c");
     }
 }

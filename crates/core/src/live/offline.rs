@@ -58,10 +58,12 @@ pub(crate) fn bitmaps_of(info: &qemu::ImageInfo) -> Vec<BitmapState> {
 fn apply(path: &Path, r: &Repair) -> Result<()> {
     match r {
         Repair::MergeBack { into, from } => {
+            // The same order as with a running VM (capture.rs), though
+            // nothing writes here: qemu-img holds the image's lock.
+            bitmap_cmd(path, &["--enable"], into)?;
             for f in from {
                 bitmap_cmd(path, &["--merge", f], into)?;
             }
-            bitmap_cmd(path, &["--enable"], into)?;
             for f in from {
                 bitmap_cmd(path, &["--remove"], f)?;
             }
