@@ -11,14 +11,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::guest::{initrd, kit, one_instant, parse_records, records, RECORD, SLOTS};
+use common::guest::{one_instant, parse_records, records, Guest, RECORD, SLOTS};
 use common::BIN;
 use lifeboat_core::live::agent::Agent;
 use lifeboat_core::live::qmp::Qmp;
@@ -53,140 +51,6 @@ fn make_disks(dir: &Path) -> Vec<String> {
         "-qmp".into(),
         format!("unix:{},server=on,wait=off", d("qmp.sock")),
     ]
-}
-
-struct Guest {
-    dir: PathBuf,
-    child: Child,
-    stdin: ChildStdin,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Guest {
-    /// Boots the guest on a 1 GiB qcow2 disk (vda) and a 256 MiB raw one
-    /// (vdb), with two QMP monitors (lifeboat's and the test's) and a
-    /// guest-agent channel; qemu-ga runs in the guest only when `agent`.
-    fn boot(dir: &Path, agent: bool) -> Guest {
-        std::fs::create_dir_all(dir).expect("dir");
-        let disks = make_disks(dir);
-        // Not backed up: an ext2 filesystem the guest mounts for its agent
-        // to freeze.
-        let fs = std::fs::File::create(dir.join("fs.raw")).expect("fs");
-        fs.set_len(16 << 20).expect("size");
-        let append = format!(
-            "console=ttyS0 quiet panic=-1{}",
-            if agent { " lifeboat.agent=1" } else { "" }
-        );
-        let mut child = Command::new("qemu-system-x86_64")
-            .args(&disks)
-            .args(["-m", "256", "-no-reboot", "-serial", "stdio"])
-            .arg("-kernel")
-            .arg(kit().join("vmlinuz"))
-            .arg("-initrd")
-            .arg(initrd())
-            .args(["-append", &append])
-            .arg("-drive")
-            .arg(format!(
-                "file={},if=virtio,format=raw,id=vdc",
-                dir.join("fs.raw").display()
-            ))
-            .arg("-qmp")
-            .arg(format!(
-                "unix:{},server=on,wait=off",
-                dir.join("test.sock").display()
-            ))
-            .args(["-device", "virtio-serial", "-chardev"])
-            .arg(format!(
-                "socket,id=qga,path={},server=on,wait=off",
-                dir.join("qga.sock").display()
-            ))
-            .args([
-                "-device",
-                "virtserialport,chardev=qga,name=org.qemu.guest_agent.0",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("qemu-system-x86_64 (scripts/test.sh installs qemu-system-x86)");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = child.stdout.take().expect("stdout");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-                sink.lock().expect("lines").push(l);
-            }
-        });
-        let g = Guest {
-            dir: dir.to_path_buf(),
-            child,
-            stdin,
-            lines,
-        };
-        g.wait_for("live-guest: up", 180);
-        g.wait_for("live-guest: /data mounted", 10);
-        g.wait_for("live-guest: seq 64", 120);
-        g
-    }
-
-    fn count(&self, pat: &str) -> usize {
-        self.lines
-            .lock()
-            .expect("lines")
-            .iter()
-            .filter(|l| l.contains(pat))
-            .count()
-    }
-
-    fn wait_for(&self, pat: &str, secs: u64) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while self.count(pat) == 0 {
-            if Instant::now() > deadline {
-                let tail = self.lines.lock().expect("lines").join("\n");
-                panic!("the guest never printed {pat:?}; its console:\n{tail}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Sends a console command and waits for its answer printed anew: an
-    /// answer the guest printed for an earlier command does not count.
-    fn command(&mut self, cmd: &str, answer: &str, secs: u64) {
-        let before = self.count(answer);
-        self.send(cmd);
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while self.count(answer) <= before {
-            if Instant::now() > deadline {
-                let tail = self.lines.lock().expect("lines").join("\n");
-                panic!("the guest never answered {cmd:?} with {answer:?}; its console:\n{tail}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn send(&mut self, cmd: &str) {
-        writeln!(self.stdin, "{cmd}").expect("guest console");
-        self.stdin.flush().expect("flush");
-    }
-
-    /// The test's own monitor.
-    fn qmp(&self) -> Qmp {
-        Qmp::connect(&self.dir.join("test.sock"), Duration::from_secs(60))
-            .expect("qmp")
-            .expect("QEMU runs")
-    }
-
-    fn writes(&self) -> usize {
-        self.count("live-guest: seq")
-    }
-}
-
-impl Drop for Guest {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 struct Host {
@@ -461,7 +325,7 @@ fn the_pattern_check_catches_torn_and_mixed_time_reads() {
 #[test]
 fn a_running_vm_is_backed_up_at_one_instant_then_incrementally_and_survives_a_killed_backup() {
     let gdir = common::test_dir();
-    let mut guest = Guest::boot(gdir.path(), true);
+    let mut guest = Guest::boot(gdir.path(), true, &make_disks(gdir.path()));
     let host = Host::new(gdir.path(), Some("qga.sock"), None);
     let mut q = guest.qmp();
 
@@ -651,7 +515,7 @@ fn a_running_vm_is_backed_up_at_one_instant_then_incrementally_and_survives_a_ki
 fn faults_a_hung_agent_a_missing_monitor_and_a_vm_that_exits_mid_backup() {
     let gdir = tempfile::tempdir().expect("dir");
     // The agent channel exists but no agent runs in the guest: it hangs.
-    let guest = Guest::boot(gdir.path(), false);
+    let guest = Guest::boot(gdir.path(), false, &make_disks(gdir.path()));
     let host = Host::new(gdir.path(), Some("qga.sock"), None);
     let mut q = guest.qmp();
 
@@ -852,7 +716,7 @@ fn vms_and_the_console_show_running_state_last_consistency_and_next_read() {
 #[test]
 fn a_running_vm_is_backed_up_into_an_encrypted_repository_and_incrementally() {
     let gdir = tempfile::tempdir().expect("dir");
-    let mut guest = Guest::boot(gdir.path(), false);
+    let mut guest = Guest::boot(gdir.path(), false, &make_disks(gdir.path()));
     let host = Host::encrypted(gdir.path(), None);
     let b1 = host.backup();
     assert_eq!(b1["vda"]["capture"]["consistency"], "crash", "{b1:#}");

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::BIN;
+use common::{guest, BIN};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
@@ -123,6 +123,33 @@ impl Ceph {
     }
 }
 
+impl Ceph {
+    /// A restricted client, as an admin would give lifeboat: its keyring.
+    fn backup_client(&self) -> PathBuf {
+        let keyring = self.dir.path().join("backup.keyring");
+        self.ok(
+            "ceph",
+            &[
+                "auth",
+                "get-or-create",
+                "client.backup",
+                "mon",
+                "profile rbd",
+                "osd",
+                "profile rbd pool=rbd",
+                "-o",
+                keyring.to_str().expect("path"),
+            ],
+        );
+        // Private, as lifeboat requires of a file holding a key.
+        common::secret_file(
+            &keyring,
+            &std::fs::read_to_string(&keyring).expect("keyring"),
+        );
+        keyring
+    }
+}
+
 impl Drop for Ceph {
     fn drop(&mut self) {
         let _ = Command::new("bash")
@@ -138,17 +165,25 @@ struct Host {
 
 impl Host {
     fn new(ceph: &Ceph, keyring: &Path) -> Host {
-        let h = Host {
-            dir: tempfile::tempdir().expect("dir"),
-        };
+        let h = Host::bare();
         h.config(ceph, keyring);
-        let out = h.lb(&["init", "repo"]);
+        h.init();
+        h
+    }
+
+    fn bare() -> Host {
+        Host {
+            dir: tempfile::tempdir().expect("dir"),
+        }
+    }
+
+    fn init(&self) {
+        let out = self.lb(&["init", "repo"]);
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        h
     }
 
     fn config(&self, ceph: &Ceph, keyring: &Path) {
@@ -271,27 +306,7 @@ fn backup_caught_with_its_snapshot(h: &Host, ceph: &Ceph) -> Child {
 #[test]
 fn rbd_images_are_backed_up_from_their_own_snapshots_incrementally_by_extents() {
     let ceph = Ceph::start();
-    // A restricted client, as an admin would give lifeboat.
-    let keyring = ceph.dir.path().join("backup.keyring");
-    ceph.ok(
-        "ceph",
-        &[
-            "auth",
-            "get-or-create",
-            "client.backup",
-            "mon",
-            "profile rbd",
-            "osd",
-            "profile rbd pool=rbd",
-            "-o",
-            keyring.to_str().expect("path"),
-        ],
-    );
-    // Private, as lifeboat requires of a file holding a key.
-    common::secret_file(
-        &keyring,
-        &std::fs::read_to_string(&keyring).expect("keyring"),
-    );
+    let keyring = ceph.backup_client();
     ceph.ok("rbd", &["create", "rbd/disk", "--size", "256M"]);
     ceph.write("rbd/disk", 0, 16 * MIB, 0x11);
     ceph.write("rbd/disk", 100 * MIB, 8 * MIB, 0x22);
@@ -469,4 +484,201 @@ fn rbd_images_are_backed_up_from_their_own_snapshots_incrementally_by_extents() 
         "{err}"
     );
     assert_eq!((h.manifests(), ceph.snaps("rbd/disk")), before);
+}
+
+/// Backs up the running VM `rv2`; its volumes' capture records by name.
+fn backup_vm(h: &Host) -> Value {
+    let out = h.lb(&["backup", "rv2", "--json"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "backup failed: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = serde_json::Deserializer::from_str(&text)
+        .into_iter::<Value>()
+        .map_while(Result::ok)
+        .last()
+        .expect("a JSON result");
+    let mut by_name = serde_json::Map::new();
+    for v in r["volumes"].as_array().expect("volumes") {
+        by_name.insert(
+            v["volume"].as_str().expect("name").into(),
+            v["capture"].clone(),
+        );
+    }
+    Value::Object(by_name)
+}
+
+/// Both restored volumes of the newest backup hold one instant.
+fn assert_one_instant(h: &Host) -> u64 {
+    let mut seqs = Vec::new();
+    for v in ["vda", "vdb"] {
+        let to = h.dir.path().join(format!("{v}.raw"));
+        let _ = std::fs::remove_file(&to);
+        let out = h
+            .cmd(&["restore", &format!("rv2/{v}@latest"), "--to"])
+            .arg(&to)
+            .output()
+            .expect("restore");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let recs = guest::records(&to).expect("records");
+        seqs.push(guest::one_instant(&recs).expect("one instant within the volume"));
+    }
+    let (a, b) = (seqs[0].expect("vda has records"), seqs[1].unwrap_or(0));
+    assert!(
+        a == b || a == b + 1,
+        "vda is at seq {a} and vdb at {b}: the volumes were snapshotted at different instants"
+    );
+    a
+}
+
+#[test]
+fn a_running_vm_on_rbd_is_snapshotted_at_one_instant_frozen_or_paused() {
+    let ceph = Ceph::start();
+    let keyring = ceph.backup_client();
+    for img in ["rbd/va", "rbd/vb"] {
+        ceph.ok("rbd", &["create", img, "--size", "64M"]);
+    }
+    let gdir = common::test_dir();
+    let conf = ceph.conf.display().to_string();
+    let disk = |img: &str, id: &str| {
+        format!("file=rbd:{img}:conf={conf},if=virtio,format=raw,id={id},cache=writeback")
+    };
+    let qmp = gdir.path().join("qmp.sock");
+    let args: Vec<String> = [
+        "-accel",
+        "tcg",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-drive",
+        &disk("rbd/va", "vda"),
+        "-drive",
+        &disk("rbd/vb", "vdb"),
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", qmp.display()),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    // Declared after the cluster: it stops first.
+    let guest = guest::Guest::boot(gdir.path(), true, &args);
+    let h = Host::bare();
+    let config = |agent: bool, extra: &str| {
+        let agent = if agent {
+            format!(
+                "guest_agent = \"{}\"\nfreeze_timeout = 5\n",
+                gdir.path().join("qga.sock").display()
+            )
+        } else {
+            String::new()
+        };
+        std::fs::write(
+            h.dir.path().join("cfg.toml"),
+            format!(
+                r#"repository = "repo"
+
+[ceph]
+conf = "{conf}"
+id = "backup"
+keyring = "{}"
+
+[[vm]]
+name = "rv2"
+qmp = "{}"
+{agent}
+[[vm.volume]]
+name = "vda"
+role = "root"
+path = "rbd:rbd/va"
+[[vm.volume]]
+name = "vdb"
+path = "rbd:rbd/vb"
+{extra}"#,
+                keyring.display(),
+                qmp.display()
+            ),
+        )
+        .expect("config");
+    };
+    config(true, "");
+    h.init();
+
+    // Frozen by the agent while both snapshots are taken.
+    let b1 = backup_vm(&h);
+    for v in ["vda", "vdb"] {
+        let c = &b1[v];
+        assert_eq!(c["consistency"], "application", "{b1:#}");
+        assert_eq!(c["incremental"], false, "{c}");
+        let note = c["note"].as_str().unwrap_or("");
+        assert!(
+            note.contains(
+                "2 RBD volumes were snapshotted one after another with the VM paused for"
+            ) && note.contains("and the guest's filesystems frozen: one instant"),
+            "{note}"
+        );
+    }
+    let at1 = assert_one_instant(&h);
+
+    // `vms` tells from the snapshots that the next backup is incremental.
+    let out = h.lb(&["vms", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("vms JSON");
+    let vols = v[0]["next"].as_array().expect("next reads").clone();
+    assert_eq!(vols.len(), 2, "{v:#}");
+    assert!(vols.iter().all(|x| x["incremental"] == true), "{v:#}");
+
+    // Without the agent: paused all the same, then it runs on.
+    guest.wait_for(&format!("live-guest: seq {}", (at1 / 64 + 2) * 64), 120);
+    config(false, "");
+    let b2 = backup_vm(&h);
+    for v in ["vda", "vdb"] {
+        let c = &b2[v];
+        assert_eq!(c["consistency"], "crash", "{b2:#}");
+        assert_eq!(c["incremental"], true, "{c}");
+        let note = c["note"].as_str().unwrap_or("");
+        assert!(
+            note.contains("with the VM paused for") && note.contains("no guest agent"),
+            "{note}"
+        );
+        // Only the record area changed: at most one 4 MiB chunk.
+        assert!(
+            c["bytes_read"].as_u64().unwrap_or(u64::MAX) <= 4 * MIB,
+            "{c}"
+        );
+    }
+    let at2 = assert_one_instant(&h);
+    assert!(at2 > at1, "the guest wrote on: {at1} then {at2}");
+    let mut q = guest.qmp();
+    let status = q
+        .execute("query-status", serde_json::json!({}))
+        .expect("status");
+    assert_eq!(status["status"], "running", "resumed after the snapshots");
+    let seen = guest.writes();
+    guest.wait_for(&format!("live-guest: seq {}", (seen + 1) * 64), 120);
+    // One snapshot per image: the newest backup's, the base of the next.
+    for (img, v) in [("rbd/va", "vda"), ("rbd/vb", "vdb")] {
+        assert_eq!(
+            ceph.snaps(img),
+            vec![b2[v]["bitmap"].as_str().expect("snapshot").to_string()]
+        );
+    }
+
+    // A file among RBD volumes: refused, with the way out.
+    let extra = format!(
+        "[[vm.volume]]\nname = \"vdc\"\npath = \"{}\"\n",
+        gdir.path().join("fs.raw").display()
+    );
+    config(false, &extra);
+    let out = h.lb(&["backup", "rv2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is a file while others are RBD images"),
+        "{err}"
+    );
+    drop(guest);
 }

@@ -20,8 +20,10 @@ use crate::live::bitmap::Read;
 use crate::live::capture::{PreviousBackup, Session};
 use crate::live::libvirt::PullSession;
 use crate::live::qmp::{Absent, Qmp};
+use crate::live::rbd::{Hold, SnapshotSet};
 use crate::live::LiveConfig;
 use crate::names::check_name;
+use crate::source::rbd::RbdImage;
 use crate::source::{self, FormatChoice};
 use crate::store::ObjectKey;
 pub use target::{ChunkSink, StoreTarget, Target};
@@ -140,49 +142,14 @@ pub fn backup(
     };
     let mut staged: Vec<(Manifest, f64)> = Vec::new();
     let mut offline_bitmaps = Vec::new();
-    let mut rbd_snapshots = Vec::new();
     for (i, spec) in req.volumes.iter().enumerate() {
         let started = std::time::Instant::now();
         progress.set_phase(&format!("opening {}", spec.name));
         let (mut reader, format, mut capture) = match &live {
             Live::Running(session, _) => {
-                let reader: Box<dyn source::VolumeReader> = Box::new(session.reader(i)?);
+                let reader = session.reader(i)?;
                 let (format, capture) = session.capture_of(i);
                 (reader, format, capture)
-            }
-            Live::NotRunning(_) | Live::NotConfigured
-                if crate::source::rbd::RbdImage::is_rbd(&spec.path) =>
-            {
-                let prev = previous[i].map(|(_, m)| PreviousBackup::of(m));
-                let o = crate::live::rbd::open(
-                    &spec.path,
-                    &req.ceph,
-                    prev.as_ref(),
-                    repo.config().chunk_size,
-                    &set,
-                )?;
-                let stopped = matches!(live, Live::NotRunning(_));
-                let capture = Capture {
-                    consistency: if stopped {
-                        Consistency::Offline
-                    } else {
-                        Consistency::Crash
-                    },
-                    note: Some(if stopped {
-                        offline_note.clone().unwrap_or_default()
-                    } else {
-                        "read from an RBD snapshot: crash-consistent (the image may be in use); several RBD volumes are snapshotted one after another".into()
-                    }),
-                    bitmap: Some(o.snapshots.new_snap.clone()),
-                    incremental: matches!(o.read, Read::Incremental { .. }),
-                    full_reason: match &o.read {
-                        Read::Full { reason } => Some(reason.clone()),
-                        Read::Incremental { .. } => None,
-                    },
-                    bytes_read: 0,
-                };
-                rbd_snapshots.push(o.snapshots);
-                (o.source.reader, o.source.format, capture)
             }
             Live::NotRunning(_) | Live::NotConfigured => {
                 let prev = previous[i].map(|(_, m)| PreviousBackup::of(m));
@@ -361,11 +328,6 @@ pub fn backup(
     for b in offline_bitmaps {
         b.commit();
     }
-    for s in rbd_snapshots {
-        for w in s.commit() {
-            tracing::warn!("VM {}: {w}", req.vm);
-        }
-    }
     Ok(BackupResult {
         vm: req.vm.clone(),
         set,
@@ -384,14 +346,17 @@ enum Live {
 enum Running {
     Qmp(Box<Session>),
     Libvirt(Box<PullSession>),
+    /// RBD volumes: snapshots taken before any is read (running or not).
+    Rbd(Box<SnapshotSet>),
 }
 
 impl Running {
-    fn reader(&self, i: usize) -> Result<crate::live::capture::LiveReader> {
-        match self {
-            Running::Qmp(s) => s.reader(i),
-            Running::Libvirt(s) => s.reader(i),
-        }
+    fn reader(&self, i: usize) -> Result<Box<dyn source::VolumeReader>> {
+        Ok(match self {
+            Running::Qmp(s) => Box::new(s.reader(i)?),
+            Running::Libvirt(s) => Box::new(s.reader(i)?),
+            Running::Rbd(s) => Box::new(s.reader(i)?),
+        })
     }
 
     /// The disk's format and how it was read, for its manifest.
@@ -404,6 +369,22 @@ impl Running {
             Running::Libvirt(s) => {
                 let d = &s.disks[i];
                 (d.format, &d.read, &d.new_bitmap, s.consistency, &s.note)
+            }
+            Running::Rbd(s) => {
+                let d = &s.disks[i];
+                let kept = d.snapshots.kept().map(str::to_string);
+                let capture = Capture {
+                    consistency: s.consistency,
+                    note: s.note.clone(),
+                    bitmap: kept,
+                    incremental: matches!(d.read, Read::Incremental { .. }),
+                    full_reason: match &d.read {
+                        Read::Full { reason } => Some(reason.clone()),
+                        Read::Incremental { .. } => None,
+                    },
+                    bytes_read: 0,
+                };
+                return (crate::format::manifest::ImageFormat::Raw, capture);
             }
         };
         let capture = Capture {
@@ -424,6 +405,7 @@ impl Running {
         match self {
             Running::Qmp(s) => &s.repaired,
             Running::Libvirt(s) => &s.repaired,
+            Running::Rbd(s) => &s.repaired,
         }
     }
 
@@ -431,6 +413,7 @@ impl Running {
         match self {
             Running::Qmp(s) => s.commit(),
             Running::Libvirt(s) => s.commit(),
+            Running::Rbd(s) => s.commit(),
         }
     }
 }
@@ -453,6 +436,9 @@ fn start_live(
         .iter()
         .map(|p| p.map(|(_, m)| PreviousBackup::of(m)))
         .collect();
+    if volumes.iter().any(|(_, p)| RbdImage::is_rbd(p)) {
+        return rbd_snapshots(repo, req, &volumes, &prevs, set, progress);
+    }
     if let Some(domain) = &req.live.libvirt {
         let lock = crate::live::VmLock::acquire(&domain.lock_key())?;
         let state = crate::live::libvirt::state(&domain.virsh(), &domain.domain)?;
@@ -497,6 +483,58 @@ fn start_live(
     )?;
     session.capture(&req.live)?;
     let running = Running::Qmp(Box::new(session));
+    report_repairs(&running, req, progress);
+    Ok(Live::Running(running, lock))
+}
+
+/// A VM whose volumes are RBD images: every volume snapshotted before any
+/// is read, the guest frozen or the VM paused meanwhile when it runs
+/// under QEMU (see `live::rbd`).
+fn rbd_snapshots(
+    repo: &dyn Target,
+    req: &BackupRequest,
+    volumes: &[(String, PathBuf)],
+    prevs: &[Option<PreviousBackup>],
+    set: &str,
+    progress: &Progress,
+) -> Result<Live> {
+    if let Some((name, path)) = volumes.iter().find(|(_, p)| !RbdImage::is_rbd(p)) {
+        return Err(Error::BadInput(format!(
+            "VM {}: volume {name} ({}) is a file while others are RBD images; lifeboat snapshots a VM's RBD images together and reads files through QEMU, not both in one backup: put them in separate [[vm]] entries",
+            req.vm,
+            path.display()
+        )));
+    }
+    if req.live.libvirt.is_some() {
+        return Err(Error::BadInput(format!(
+            "VM {}: RBD volumes of a libvirt domain are not supported yet (libvirt's backup API reads files only here); give the [[vm]] entry its QEMU monitor as `qmp` instead of `libvirt_domain`",
+            req.vm
+        )));
+    }
+    let key = req.live.qmp.clone().unwrap_or_else(|| volumes[0].1.clone());
+    let lock = crate::live::VmLock::acquire(&key)?;
+    let mut planned = Vec::new();
+    for (i, (_, path)) in volumes.iter().enumerate() {
+        planned.push(crate::live::rbd::plan(
+            path,
+            &req.ceph,
+            prevs.get(i).and_then(Option::as_ref),
+            repo.config().chunk_size,
+            req.live.bitmaps,
+        )?);
+    }
+    progress.set_phase("taking RBD snapshots");
+    let mut qmp = match &req.live.qmp {
+        None => None,
+        Some(path) => Some(Qmp::connect(path, crate::live::QMP_TIMEOUT)?),
+    };
+    let hold = match qmp.as_mut() {
+        None => Hold::Unknown,
+        Some(Err(Absent(why))) => Hold::Offline(why.to_string()),
+        Some(Ok(q)) => Hold::Running(q),
+    };
+    let taken = SnapshotSet::take(planned, &req.ceph, set, hold, &req.live)?;
+    let running = Running::Rbd(Box::new(taken));
     report_repairs(&running, req, progress);
     Ok(Live::Running(running, lock))
 }

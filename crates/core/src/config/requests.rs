@@ -104,6 +104,7 @@ pub fn live_outlook<M: std::borrow::Borrow<crate::format::manifest::Manifest>>(
         .collect();
     Some(crate::live::outlook(
         &config.live_for(vm),
+        &config.ceph.clone().unwrap_or_default(),
         &refs,
         chunk_size,
     ))

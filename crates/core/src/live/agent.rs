@@ -145,3 +145,86 @@ impl Agent {
             .unwrap_or(0))
     }
 }
+
+/// What freezing the guest around an action came to.
+#[derive(Debug, Default)]
+pub struct Freeze {
+    /// Filesystems frozen and for how long, when the freeze held and the
+    /// thaw answered.
+    pub held: Option<(u64, u128)>,
+    /// Why not, or what went wrong, for the manifest's note.
+    pub notes: Vec<String>,
+    /// A freeze a killed run left, thawed first.
+    pub repaired: Option<String>,
+}
+
+impl Freeze {
+    /// The action ran with every filesystem frozen: application-consistent.
+    pub fn application(&self) -> bool {
+        self.held.is_some()
+    }
+
+    pub fn note(&self) -> Option<String> {
+        let mut notes = Vec::new();
+        if let Some((n, ms)) = self.held {
+            notes.push(format!("{n} guest filesystems frozen for {ms} ms"));
+        }
+        notes.extend(self.notes.iter().cloned());
+        Some(notes.join("; ")).filter(|n| !n.is_empty())
+    }
+}
+
+/// Runs `action` with the guest's filesystems frozen when its agent
+/// answers (`agent`: the channel's socket), thawing always — even when the
+/// freeze seemed to fail, for the agent may have frozen some filesystems
+/// before it gave up. Without an agent the action runs anyway; it is told
+/// whether the freeze held.
+pub fn frozen_around<T>(
+    agent: Option<&Path>,
+    timeout: Duration,
+    action: impl FnOnce(bool) -> Result<T>,
+) -> (Result<T>, Freeze) {
+    let mut out = Freeze::default();
+    let mut agent = match agent {
+        None => {
+            out.notes
+                .push("no guest agent configured (guest_agent)".to_string());
+            None
+        }
+        Some(path) => match Agent::connect(path, timeout) {
+            Ok(mut a) => {
+                if a.freeze_status().is_ok_and(|st| st == "frozen") {
+                    // A killed run froze it: thaw before anything else.
+                    let _ = a.thaw();
+                    out.repaired =
+                        Some("the guest was left frozen by an earlier run: thawed".into());
+                }
+                Some(a)
+            }
+            Err(e) => {
+                out.notes.push(e.to_string());
+                None
+            }
+        },
+    };
+    let mut frozen_at = None;
+    if let Some(a) = agent.as_mut() {
+        let t = std::time::Instant::now();
+        match a.freeze() {
+            Ok(n) => frozen_at = Some((t, n)),
+            Err(e) => out.notes.push(format!("freeze failed: {e}")),
+        }
+    }
+    let result = action(frozen_at.is_some());
+    if let Some(a) = agent.as_mut() {
+        a.set_timeout(Duration::from_secs(30));
+        match (frozen_at, a.thaw()) {
+            (Some((t, n)), Ok(_)) if result.is_ok() => {
+                out.held = Some((n, t.elapsed().as_millis()));
+            }
+            (_, Err(e)) => out.notes.push(format!("thaw failed: {e}")),
+            _ => {}
+        }
+    }
+    (result, out)
+}

@@ -31,7 +31,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::agent::Agent;
 use super::bitmap::{decide, BitmapState, Previous, Read, Repair};
 use super::qmp::{err, Qmp};
 use super::settings::LiveConfig;
@@ -284,52 +283,15 @@ impl Session {
         for i in 0..self.disks.len() {
             self.add_overlay(i)?;
         }
-        let mut agent = None;
-        let mut notes = Vec::new();
-        match &cfg.agent {
-            None => notes.push("no guest agent configured (guest_agent)".to_string()),
-            Some(path) => match Agent::connect(path, cfg.freeze_timeout) {
-                Ok(mut a) => {
-                    if let Ok(st) = a.freeze_status() {
-                        if st == "frozen" {
-                            // A killed run froze it: thaw before anything else.
-                            let _ = a.thaw();
-                            self.repaired
-                                .push("the guest was left frozen by an earlier run: thawed".into());
-                        }
-                    }
-                    agent = Some(a);
-                }
-                Err(e) => notes.push(e.to_string()),
-            },
+        let (result, freeze) =
+            super::agent::frozen_around(cfg.agent.as_deref(), cfg.freeze_timeout, |_| {
+                self.transaction()
+            });
+        self.repaired.extend(freeze.repaired.clone());
+        if freeze.application() {
+            self.consistency = Consistency::Application;
         }
-        let mut frozen_at = None;
-        if let Some(a) = agent.as_mut() {
-            let t = Instant::now();
-            match a.freeze() {
-                Ok(n) => frozen_at = Some((t, n)),
-                Err(e) => notes.push(format!("freeze failed: {e}")),
-            }
-        }
-        let result = self.transaction();
-        if let Some(a) = agent.as_mut() {
-            // Always thaw, even when the freeze seemed to fail: the agent
-            // may have frozen some filesystems before it gave up.
-            a.set_timeout(Duration::from_secs(30));
-            let thawed = a.thaw();
-            match (&frozen_at, thawed) {
-                (Some((t, n)), Ok(_)) if result.is_ok() => {
-                    self.consistency = Consistency::Application;
-                    notes.push(format!(
-                        "{n} guest filesystems frozen for {} ms",
-                        t.elapsed().as_millis()
-                    ));
-                }
-                (_, Err(e)) => notes.push(format!("thaw failed: {e}")),
-                _ => {}
-            }
-        }
-        self.note = Some(notes.join("; ")).filter(|n| !n.is_empty());
+        self.note = freeze.note();
         result?;
         self.captured = true;
         self.export_all()

@@ -62,7 +62,12 @@ fn run_state(cfg: &LiveConfig) -> (Option<RunState>, Option<qmp::Qmp>) {
 
 /// Asks QEMU (running) or the images (stopped) whether each volume's next
 /// backup can read only what changed; read-only (no repairs).
-pub fn outlook(cfg: &LiveConfig, volumes: &[VolumeRef], chunk_size: u64) -> Outlook {
+pub fn outlook(
+    cfg: &LiveConfig,
+    ceph: &crate::source::rbd::CephConfig,
+    volumes: &[VolumeRef],
+    chunk_size: u64,
+) -> Outlook {
     if let Some(d) = &cfg.libvirt {
         return libvirt::outlook(d, volumes, chunk_size, cfg.bitmaps);
     }
@@ -98,6 +103,28 @@ pub fn outlook(cfg: &LiveConfig, volumes: &[VolumeRef], chunk_size: u64) -> Outl
         return Outlook {
             run,
             volumes: off(BITMAPS_OFF),
+            leftovers,
+        };
+    }
+    if volumes
+        .iter()
+        .any(|v| crate::source::rbd::RbdImage::is_rbd(&v.path))
+    {
+        // Their lineage is in RBD snapshots, running or not.
+        let volumes = volumes
+            .iter()
+            .map(|v| {
+                let read = rbd::plan(&v.path, ceph, v.previous.as_ref(), chunk_size, true)
+                    .map(|p| p.read)
+                    .unwrap_or_else(|e| bitmap::Read::Full {
+                        reason: format!("cannot tell: {e}"),
+                    });
+                verdict(&v.name, read)
+            })
+            .collect();
+        return Outlook {
+            run,
+            volumes,
             leftovers,
         };
     }

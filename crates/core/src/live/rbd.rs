@@ -1,53 +1,70 @@
-//! RBD volumes: each backup reads an RBD snapshot `lifeboat-<set>` it
-//! takes itself, and keeps it as the base of the next backup into the same
+//! RBD volumes: each backup reads RBD snapshots `lifeboat-<set>` it takes
+//! itself, and keeps them as the base of the next backup into the same
 //! repository, which then reads only the extents `rbd diff --from-snap`
 //! reports (the same lineage rules as dirty bitmaps, `bitmap::decide`): a
 //! missing base snapshot means a full read with the reason; the base is
 //! removed once the next backup is durable; a killed backup's snapshot (or
 //! another repository's) is removed by the next backup; snapshots with
-//! other names are never touched. A failed backup removes the snapshot it
-//! took, so the previous one stays the base.
+//! other names are never touched. A failed backup removes the snapshots it
+//! took, so the previous ones stay the base.
 //!
-//! Snapshots of several RBD volumes of one VM are taken one after another,
-//! not in a Ceph consistency group: each volume is crash-consistent on its
-//! own, and the manifest says so.
+//! Every volume of a VM is snapshotted before any is read, one after
+//! another — not in a Ceph consistency group: Pacific's group snapshots
+//! live in the group namespace, which neither `rbd export`/`rbd diff` nor
+//! QEMU's rbd driver can open by name. When the VM runs under QEMU (`qmp`)
+//! it is paused for the moment the snapshots take (one instant; QEMU
+//! drains and flushes its I/O when it stops), inside a freeze of the
+//! guest's filesystems when its agent answers (application-consistent).
+//! Without a monitor each volume is crash-consistent on its own, and the
+//! manifest says so.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde_json::json;
 
 use super::bitmap::{decide, BitmapState, Read, Repair};
 use super::capture::{previous_for, PreviousBackup};
+use super::qmp::Qmp;
+use super::settings::{LiveConfig, BITMAPS_OFF};
 use crate::error::Result;
-use crate::format::manifest::{is_bitmap_name, ImageFormat};
+use crate::format::manifest::{is_bitmap_name, Consistency};
 use crate::source::qemu::Qcow2Reader;
 use crate::source::rbd::{CephConfig, RbdImage};
-use crate::source::Source;
 
-/// The snapshot a backup took, removed again unless committed.
-pub struct RbdSnapshots {
-    cluster: CephConfig,
+/// One volume's lineage, decided before any snapshot is taken (read-only:
+/// also what `vms` shows).
+pub struct Planned {
+    path: PathBuf,
     image: RbdImage,
-    pub new_snap: String,
-    base: Option<String>,
-    strays: Vec<String>,
-    done: bool,
-}
-
-pub struct Opened {
-    pub source: Source,
-    pub snapshots: RbdSnapshots,
     pub read: Read,
+    /// Lifeboat snapshots no backup of this repository builds on.
+    strays: Vec<String>,
+    /// Keep the new snapshot as the next backup's base (not with
+    /// `bitmaps = false`, which neither uses nor keeps a lineage).
+    keep: bool,
 }
 
-/// Takes the snapshot and opens it for reading: the whole image's data,
-/// or only what changed since the previous backup's snapshot.
-pub fn open(
+pub fn plan(
     path: &Path,
     cluster: &CephConfig,
     prev: Option<&PreviousBackup>,
     chunk_size: u64,
-    set: &str,
-) -> Result<Opened> {
+    bitmaps: bool,
+) -> Result<Planned> {
     let image = RbdImage::parse(path)?;
+    if !bitmaps {
+        return Ok(Planned {
+            path: path.to_path_buf(),
+            image,
+            read: Read::Full {
+                reason: BITMAPS_OFF.to_string(),
+            },
+            // Another repository's lineage may rely on them.
+            strays: Vec::new(),
+            keep: false,
+        });
+    }
     let size = cluster.size(&image)?;
     let snaps = cluster.snapshots(&image)?;
     let ours: Vec<BitmapState> = snaps
@@ -80,48 +97,39 @@ pub fn open(
             Repair::MergeBack { .. } => None,
         })
         .collect();
-    let new_snap = format!("lifeboat-{set}");
-    cluster.snap_create(&image, &new_snap)?;
-    let snapshots = RbdSnapshots {
-        cluster: cluster.clone(),
-        image: image.clone(),
-        new_snap: new_snap.clone(),
-        base: match &read {
-            Read::Incremental { bitmap } => Some(bitmap.clone()),
-            Read::Full { .. } => None,
-        },
-        strays,
-        done: false,
-    };
-    let extents = cluster.diff(&image, &new_snap, None)?;
-    let dirty = match &snapshots.base {
-        Some(b) => Some(cluster.diff(&image, &new_snap, Some(b))?),
-        None => None,
-    };
-    let reader = Qcow2Reader::open_rbd(
-        path,
-        &cluster.qemu_filename(&image, Some(&new_snap)),
-        extents,
-        dirty,
-    )?;
-    Ok(Opened {
-        source: Source {
-            path: path.to_path_buf(),
-            format: ImageFormat::Raw,
-            reader: Box::new(reader),
-        },
-        snapshots,
+    Ok(Planned {
+        path: path.to_path_buf(),
+        image,
         read,
+        strays,
+        keep: true,
     })
 }
 
+/// The snapshot a backup took, removed again unless committed.
+pub struct RbdSnapshots {
+    cluster: CephConfig,
+    image: RbdImage,
+    pub new_snap: String,
+    base: Option<String>,
+    strays: Vec<String>,
+    keep: bool,
+    done: bool,
+}
+
 impl RbdSnapshots {
+    /// The snapshot the next backup builds on, when it is kept.
+    pub fn kept(&self) -> Option<&str> {
+        self.keep.then_some(self.new_snap.as_str())
+    }
+
     /// After the manifests are durable: the new snapshot is the base of
     /// the next backup; the old base and strays go. Returns warnings.
     pub fn commit(mut self) -> Vec<String> {
         self.done = true;
         let mut warnings = Vec::new();
-        for s in self.base.iter().chain(&self.strays) {
+        let drop_new = (!self.keep).then_some(&self.new_snap);
+        for s in self.base.iter().chain(&self.strays).chain(drop_new) {
             if let Err(e) = self.cluster.snap_remove(&self.image, s) {
                 warnings.push(format!(
                     "{}: removing snapshot {s}: {e} (the next backup removes it)",
@@ -139,4 +147,174 @@ impl Drop for RbdSnapshots {
             let _ = self.cluster.snap_remove(&self.image, &self.new_snap);
         }
     }
+}
+
+/// One volume's snapshot, taken and not yet read.
+pub struct Taken {
+    path: PathBuf,
+    pub snapshots: RbdSnapshots,
+    pub read: Read,
+}
+
+/// Every RBD volume of a VM, snapshotted before any is read.
+pub struct SnapshotSet {
+    pub disks: Vec<Taken>,
+    pub consistency: Consistency,
+    pub note: Option<String>,
+    pub repaired: Vec<String>,
+}
+
+/// How the VM is held still while its snapshots are taken.
+pub enum Hold<'a> {
+    /// Stopped: nothing writes.
+    Offline(String),
+    /// Runs under QEMU: frozen through its agent, else paused.
+    Running(&'a mut Qmp),
+    /// No monitor to ask.
+    Unknown,
+}
+
+impl SnapshotSet {
+    pub fn take(
+        planned: Vec<Planned>,
+        cluster: &CephConfig,
+        set: &str,
+        hold: Hold<'_>,
+        cfg: &LiveConfig,
+    ) -> Result<SnapshotSet> {
+        let n = planned.len();
+        let name = format!("lifeboat-{set}");
+        let snap_all = || -> Result<Vec<Taken>> {
+            let mut taken = Vec::new();
+            for p in planned {
+                cluster.snap_create(&p.image, &name)?;
+                // From here on a failure removes it again (Drop).
+                taken.push(Taken {
+                    path: p.path,
+                    snapshots: RbdSnapshots {
+                        cluster: cluster.clone(),
+                        image: p.image,
+                        new_snap: name.clone(),
+                        base: match &p.read {
+                            Read::Incremental { bitmap } => Some(bitmap.clone()),
+                            Read::Full { .. } => None,
+                        },
+                        strays: p.strays,
+                        keep: p.keep,
+                        done: false,
+                    },
+                    read: p.read,
+                });
+            }
+            Ok(taken)
+        };
+        let several = if n > 1 {
+            format!("its {n} RBD volumes were snapshotted one after another")
+        } else {
+            "its RBD volume was snapshotted".to_string()
+        };
+        match hold {
+            Hold::Offline(why) => Ok(SnapshotSet {
+                disks: snap_all()?,
+                consistency: Consistency::Offline,
+                note: Some(format!("the VM is not running: {why}")),
+                repaired: Vec::new(),
+            }),
+            Hold::Unknown => Ok(SnapshotSet {
+                disks: snap_all()?,
+                consistency: Consistency::Crash,
+                note: Some(if n > 1 {
+                    format!("{several} with nothing holding the VM still (no `qmp` monitor): each volume is crash-consistent on its own")
+                } else {
+                    "read from an RBD snapshot: crash-consistent (the image may be in use)"
+                        .to_string()
+                }),
+                repaired: Vec::new(),
+            }),
+            Hold::Running(qmp) => {
+                // A freeze stops filesystems, not a program writing to a
+                // device: several volumes need the VM paused too (QEMU
+                // drains and flushes its I/O when it stops).
+                let (taken, freeze) =
+                    super::agent::frozen_around(cfg.agent.as_deref(), cfg.freeze_timeout, |_| {
+                        if n < 2 {
+                            return snap_all().map(|t| (t, None));
+                        }
+                        let (t, paused) = paused_around(qmp, snap_all)?;
+                        t.map(|t| (t, Some(paused)))
+                    });
+                let (disks, paused) = taken?;
+                let mut what = match paused {
+                    Some(Some(ms)) => format!("{several} with the VM paused for {ms} ms"),
+                    Some(None) => format!("{several} with the VM paused (it already was)"),
+                    None => several.clone(),
+                };
+                if freeze.application() {
+                    what.push_str(" and the guest's filesystems frozen");
+                }
+                if n > 1 {
+                    what.push_str(": one instant");
+                }
+                let consistency = if freeze.application() {
+                    Consistency::Application
+                } else {
+                    Consistency::Crash
+                };
+                let note = std::iter::once(what)
+                    .chain(freeze.note())
+                    .collect::<Vec<_>>();
+                Ok(SnapshotSet {
+                    disks,
+                    consistency,
+                    note: Some(note.join("; ")),
+                    repaired: freeze.repaired.into_iter().collect(),
+                })
+            }
+        }
+    }
+
+    /// A reader of volume `i` as its snapshot holds it: the whole image's
+    /// data, or only what changed since the previous backup's snapshot.
+    pub fn reader(&self, i: usize) -> Result<Qcow2Reader> {
+        let t = &self.disks[i];
+        let s = &t.snapshots;
+        let extents = s.cluster.diff(&s.image, &s.new_snap, None)?;
+        let dirty = match &s.base {
+            Some(b) => Some(s.cluster.diff(&s.image, &s.new_snap, Some(b))?),
+            None => None,
+        };
+        Qcow2Reader::open_rbd(
+            &t.path,
+            &s.cluster.qemu_filename(&s.image, Some(&s.new_snap)),
+            extents,
+            dirty,
+        )
+    }
+
+    pub fn commit(self) -> Vec<String> {
+        self.disks
+            .into_iter()
+            .flat_map(|t| t.snapshots.commit())
+            .collect()
+    }
+}
+
+/// Runs `action` with the VM's vCPUs stopped (`stop`, then `cont`, always)
+/// when it runs; a VM already paused is left as it was. Returns how long
+/// it was paused, or None when it already was.
+fn paused_around<T>(
+    qmp: &mut Qmp,
+    action: impl FnOnce() -> Result<T>,
+) -> Result<(Result<T>, Option<u128>)> {
+    let status = qmp.execute("query-status", json!({}))?;
+    if status.get("running").and_then(serde_json::Value::as_bool) != Some(true) {
+        return Ok((action(), None));
+    }
+    let t = Instant::now();
+    qmp.execute("stop", json!({}))?;
+    let result = action();
+    let resumed = qmp.execute("cont", json!({}));
+    let ms = t.elapsed().as_millis();
+    resumed?;
+    Ok((result, Some(ms)))
 }
