@@ -668,6 +668,41 @@ path = "rbd:rbd/vb"
         );
     }
 
+    // The whole VM restored onto the pool: under the names the images had
+    // (taken: refused, nothing written), or as NAME-VOLUME.
+    let out = h.lb(&["restore", "rv2@latest", "--to", "rbd:rbd"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("rbd:rbd/va"), "{err}");
+    let out = h.lb(&[
+        "restore",
+        "rv2@latest",
+        "--to",
+        "rbd:rbd",
+        "--name",
+        "back",
+        "--define",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no domain XML"),
+        "{err}"
+    );
+    let out = h.lb(&["restore", "rv2@latest", "--to", "rbd:rbd", "--name", "back"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_one_instant(&h);
+    for v in ["vda", "vdb"] {
+        let exported = h.dir.path().join(format!("{v}.export"));
+        ceph.export(&format!("rbd/back-{v}"), &exported);
+        assert!(
+            same(&exported, &h.dir.path().join(format!("{v}.raw"))),
+            "rbd/back-{v} holds the backup"
+        );
+    }
+
     // A file among RBD volumes: refused, with the way out.
     let extra = format!(
         "[[vm.volume]]\nname = \"vdc\"\npath = \"{}\"\n",
@@ -681,4 +716,97 @@ path = "rbd:rbd/vb"
         "{err}"
     );
     drop(guest);
+}
+
+/// A VM whose disk lives in RBD drills like any other: backed up from its
+/// snapshot, restored to scratch files, booted, checked.
+#[test]
+fn an_rbd_backed_vm_is_drilled_from_its_backup() {
+    let ceph = Ceph::start();
+    let keyring = ceph.backup_client();
+    let h = Host::bare();
+    // The demo's bootable guest, imported into the pool.
+    let raw = h.dir.path().join("boot.raw");
+    let out = Command::new("sh")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo-guest.sh"))
+        .arg("disk")
+        .arg(guest::kit())
+        .arg(&raw)
+        .arg("rbdvm")
+        .output()
+        .expect("demo-guest.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ceph.ok(
+        "rbd",
+        &[
+            "import",
+            "--no-progress",
+            raw.to_str().expect("path"),
+            "rbd/boot",
+        ],
+    );
+    std::fs::remove_file(&raw).expect("rm");
+    std::fs::create_dir(h.dir.path().join("scratch")).expect("scratch");
+    std::fs::write(
+        h.dir.path().join("cfg.toml"),
+        format!(
+            r#"repository = "repo"
+
+[ceph]
+conf = "{}"
+id = "backup"
+keyring = "{}"
+
+[[vm]]
+name = "rbdvm"
+vcpus = 1
+memory_mib = 256
+[[vm.volume]]
+name = "root"
+role = "root"
+path = "rbd:rbd/boot"
+[vm.check]
+serial = "rbdvm login:"
+http = {{ port = 8080, path = "/", expect = "the application answers" }}
+timeout_secs = 120
+"#,
+            ceph.conf.display(),
+            keyring.display()
+        ),
+    )
+    .expect("config");
+    h.init();
+    let out = h.lb(&["backup", "rbdvm"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let scratch = h.dir.path().join("scratch");
+    let out = h
+        .cmd(&["--json", "drill", "rbdvm", "--scratch"])
+        .arg(&scratch)
+        .output()
+        .expect("drill");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let r: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "no drill report ({e}): {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(out.status.code(), Some(0), "{r:#}");
+    assert_eq!(r["outcome"], "pass", "{r:#}");
+    assert_eq!(r["boot"]["checks"][0]["ok"], true, "{r:#}");
+    assert!(
+        std::fs::read_dir(&scratch)
+            .expect("scratch")
+            .next()
+            .is_none(),
+        "the drill leaves its scratch directory empty"
+    );
 }

@@ -299,7 +299,9 @@ pub struct VmRestoreArgs {
     /// With --define: start the defined VM (`virsh start`).
     #[arg(long, requires = "define")]
     pub start: bool,
-    /// A VM@... set: the restored domain's name (default: the VM's).
+    /// A VM@... set: the restored domain's name (default: the VM's); onto
+    /// rbd:POOL, its images are NAME-VOLUME (default: each volume's own
+    /// RBD image name, or VM-VOLUME).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
     /// One volume: attach the restored file to this libvirt domain
@@ -327,8 +329,10 @@ pub async fn restore(
         lifeboat_core::format::refs::Ref::parse(reference)?,
         lifeboat_core::format::refs::Ref::Set { .. }
     );
+    let onto_rbd = lifeboat_core::source::rbd::RbdImage::is_rbd(&to);
     let step = lifeboat_core::vm::restore::VmStep::for_request(
         is_set,
+        onto_rbd,
         vm_args.define,
         vm_args.start,
         vm_args.keep_macs,
@@ -345,6 +349,7 @@ pub async fn restore(
         }),
         force,
         ceph: ctx.config.ceph.clone().unwrap_or_default(),
+        name: vm_args.name.clone().filter(|_| is_set && onto_rbd),
     };
     let local_path = ctx.repo_path();
     // Plan first, in the core; a dry run stops here having written nothing.

@@ -207,7 +207,9 @@ pub enum Command {
     /// Write a backup (or a whole VM set) out as image files.
     Restore {
         reference: String,
-        /// Target file (one volume) or directory (a VM@... set).
+        /// Target file (one volume) or directory (a VM@... set); an RBD
+        /// image rbd:POOL/IMAGE (one volume) or pool rbd:POOL (a set; see
+        /// --name).
         #[arg(long)]
         to: PathBuf,
         #[arg(long, value_enum)]

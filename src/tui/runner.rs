@@ -556,6 +556,7 @@ impl Runner {
             // The console never replaces an existing file.
             force: false,
             ceph: self.config.ceph.clone().unwrap_or_default(),
+            name: None,
         };
         let plans = self.plans.clone();
         let next = self.hold_slot();

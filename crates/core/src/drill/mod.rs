@@ -192,6 +192,7 @@ async fn phases(
         format: Some(ImageFormat::Raw),
         force: false,
         ceph: Default::default(),
+        name: None,
     };
     // Fetch: planning a remote restore reads its manifests and indexes;
     // then only the chunks the local repository lacks move.

@@ -22,6 +22,7 @@ use crate::repo::verify::worker_threads;
 use crate::repo::Repo;
 use crate::repository;
 use crate::source::qemu::convert_raw_to_qcow2;
+use crate::source::rbd::RbdImage;
 use crate::store::local::LocalStore;
 use crate::store::Store;
 use crate::sync::{self, PlanSummary, SyncOptions, TransferPlan};
@@ -123,8 +124,8 @@ pub fn plan(
     force: bool,
     ceph: &crate::source::rbd::CephConfig,
 ) -> Result<RestorePlan> {
-    if crate::source::rbd::RbdImage::is_rbd(target) {
-        let image = crate::source::rbd::RbdImage::parse(target)?;
+    if RbdImage::is_rbd(target) {
+        let image = RbdImage::parse(target)?;
         if format != ImageFormat::Raw {
             return Err(Error::BadInput(
                 "an RBD image holds the guest's bytes as they are: drop --format qcow2".into(),
@@ -189,6 +190,10 @@ pub struct RestoreRequest {
     pub force: bool,
     /// How to reach the Ceph cluster of an `rbd:POOL/IMAGE` target.
     pub ceph: crate::source::rbd::CephConfig,
+    /// A set restored onto RBD (`rbd:POOL`): its images are NAME-VOLUME
+    /// (`--name`); without, each volume backed up from an RBD image gets
+    /// that image's name, any other VM-VOLUME.
+    pub name: Option<String>,
 }
 
 /// A whole restore: one plan per volume, and for a restore from a remote,
@@ -218,6 +223,9 @@ fn plan_volumes(
     index: impl Fn(&Id) -> Result<Index>,
 ) -> Result<SetRestorePlan> {
     let is_set = matches!(Ref::parse(&req.reference)?, Ref::Set { .. });
+    if is_set && RbdImage::is_rbd(&req.to) {
+        return plan_onto_rbd(req, picked, index);
+    }
     let mut creates_directory = None;
     if is_set {
         match fs::symlink_metadata(&req.to) {
@@ -301,6 +309,64 @@ fn plan_volumes(
     Ok(SetRestorePlan {
         volumes,
         creates_directory,
+        fetch: None,
+        indexes,
+        transfer: None,
+        picked: picked.to_vec(),
+        fetched: false,
+    })
+}
+
+/// A whole set onto images of one RBD pool (`rbd:POOL`), named as
+/// `RestoreRequest::name` says; each refused when it exists, unless
+/// `force`.
+fn plan_onto_rbd(
+    req: &RestoreRequest,
+    picked: &[(ManifestKey, Manifest)],
+    index: impl Fn(&Id) -> Result<Index>,
+) -> Result<SetRestorePlan> {
+    let pool = RbdImage::parse_pool(&req.to)?;
+    if req.format == Some(ImageFormat::Qcow2) {
+        return Err(Error::BadInput(
+            "an RBD image holds the guest's bytes as they are: drop --format qcow2".into(),
+        ));
+    }
+    let mut volumes: Vec<RestorePlan> = Vec::new();
+    let mut indexes = Vec::new();
+    for (key, m) in picked {
+        let image = match (&req.name, RbdImage::parse(Path::new(&m.source.path))) {
+            (Some(n), _) => format!("{n}-{}", m.volume.name),
+            (None, Ok(orig)) => orig.image,
+            (None, Err(_)) => format!("{}-{}", m.vm.name, m.volume.name),
+        };
+        let target = RbdImage {
+            pool: pool.clone(),
+            image,
+        }
+        .path();
+        if let Some(other) = volumes.iter().find(|v| v.target == target) {
+            return Err(Error::BadInput(format!(
+                "volumes {} and {} would both be restored to {}: give --name NAME (images NAME-VOLUME)",
+                other.volume,
+                m.volume.name,
+                target.display()
+            )));
+        }
+        let idx = index(&m.index)?;
+        volumes.push(plan(
+            key.id,
+            m,
+            &idx,
+            &target,
+            ImageFormat::Raw,
+            req.force,
+            &req.ceph,
+        )?);
+        indexes.push(idx);
+    }
+    Ok(SetRestorePlan {
+        volumes,
+        creates_directory: None,
         fetch: None,
         indexes,
         transfer: None,
@@ -747,6 +813,7 @@ mod tests {
             format: Some(ImageFormat::Raw),
             force: false,
             ceph: Default::default(),
+            name: None,
         };
         let (c, p) = (testkit::cancel(), testkit::progress());
         let plan = plan_remote(remote, local, &req, true, &c, &p).await?;

@@ -61,6 +61,18 @@ impl RbdImage {
         })
     }
 
+    /// A pool, `rbd:POOL` (a whole VM restored onto it).
+    pub fn parse_pool(path: &Path) -> Result<String> {
+        let s = path.to_string_lossy();
+        match s.strip_prefix("rbd:").map(|p| p.trim_end_matches('/')) {
+            Some(pool) if ceph_name(pool) => Ok(pool.to_string()),
+            _ => Err(Error::BadInput(format!(
+                "{}: a whole VM is restored onto a pool, rbd:POOL (names of A-Z a-z 0-9 . _ -); its images are named after its volumes",
+                crate::text::escape(&s)
+            ))),
+        }
+    }
+
     pub fn spec(&self) -> String {
         format!("{}/{}", self.pool, self.image)
     }

@@ -267,8 +267,10 @@ pub enum VmStep {
 impl VmStep {
     /// The step a restore of `reference` gets from the admin's options;
     /// options that do not apply to it are refused, never ignored.
+    #[allow(clippy::too_many_arguments)]
     pub fn for_request(
         is_set: bool,
+        onto_rbd: bool,
         define: bool,
         start: bool,
         keep_macs: bool,
@@ -289,6 +291,11 @@ impl VmStep {
                 "--attach attaches one volume (VM/VOLUME@...); a whole VM gets a domain XML (--define)".into(),
             ));
         }
+        if is_set && onto_rbd && (define || keep_macs) {
+            return Err(crate::Error::BadInput(
+                "a VM restored onto RBD images gets no domain XML here (its disks would need the cluster's libvirt secret): drop --define and --keep-macs, and point the VM's definition at the restored images".into(),
+            ));
+        }
         if start && !define {
             return Err(crate::Error::BadInput(
                 "--start starts the VM --define defines: give both".into(),
@@ -300,6 +307,8 @@ impl VmStep {
             ));
         }
         Ok(match (is_set, attach) {
+            // `name` names the images (`RestoreRequest::name`).
+            (true, _) if onto_rbd => VmStep::None,
             (true, _) => VmStep::Domain {
                 define,
                 start,
