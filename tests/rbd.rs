@@ -632,6 +632,27 @@ path = "rbd:rbd/vb"
     assert_eq!(vols.len(), 2, "{v:#}");
     assert!(vols.iter().all(|x| x["incremental"] == true), "{v:#}");
 
+    // The console shows the RBD VM like any other: running, how its last
+    // backup was made, what the next one reads.
+    let mut cmd = portable_pty::CommandBuilder::new(BIN);
+    cmd.arg("--config");
+    cmd.arg(h.dir.path().join("cfg.toml"));
+    cmd.arg("tui");
+    cmd.cwd(h.dir.path());
+    cmd.env("TERM", "xterm-256color");
+    cmd.env("HOME", h.dir.path());
+    cmd.env("LIBVIRT_DEFAULT_URI", common::NO_LIBVIRT);
+    cmd.env_remove("LIFEBOAT_REPO");
+    cmd.env_remove("CEPH_CONF");
+    let mut console = common::pty::open(cmd);
+    console.wait_for("rv2 ●", 60);
+    console.wait_for(
+        "live    running · last application-consistent · next incremental",
+        60,
+    );
+    console.keys("q");
+    console.wait_exit();
+
     // Without the agent: paused all the same, then it runs on.
     guest.wait_for(&format!("live-guest: seq {}", (at1 / 64 + 2) * 64), 120);
     config(false, "");
