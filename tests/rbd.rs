@@ -465,7 +465,6 @@ fn rbd_images_are_backed_up_from_their_own_snapshots_incrementally_by_extents() 
             .is_some_and(|r| r.contains(&format!("no snapshot {s}"))),
         "{c}"
     );
-    let _ = base;
 
     // A wrong key: a clear error, nothing written, no snapshot left.
     let before = (h.manifests(), ceph.snaps("rbd/disk"));

@@ -355,7 +355,7 @@ impl Running {
         Ok(match self {
             Running::Qmp(s) => Box::new(s.reader(i)?),
             Running::Libvirt(s) => Box::new(s.reader(i)?),
-            Running::Rbd(s) => Box::new(s.reader(i)?),
+            Running::Rbd(s) => s.reader(i)?,
         })
     }
 

@@ -5,12 +5,9 @@
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::buf::AlignedBuf;
 use crate::durable::{fsync_dir, remove_quietly, temp_name};
 use crate::error::{Error, Result};
 use crate::format::manifest::ImageFormat;
@@ -18,7 +15,6 @@ use crate::format::refs::{self, Ref};
 use crate::format::{Id, ManifestKey};
 use crate::format::{Index, Manifest};
 use crate::jobs::{CancellationToken, Progress};
-use crate::repo::verify::worker_threads;
 use crate::repo::Repo;
 use crate::repository;
 use crate::source::qemu::convert_raw_to_qcow2;
@@ -27,6 +23,7 @@ use crate::store::local::LocalStore;
 use crate::store::Store;
 use crate::sync::{self, PlanSummary, SyncOptions, TransferPlan};
 
+mod chunks;
 mod rbd;
 
 #[derive(Debug, Clone, Serialize)]
@@ -717,63 +714,20 @@ fn write_raw(
         .map_err(|e| Error::io("sizing", path, e))?;
     progress.set_phase("restoring");
     progress.set_totals(index.image_size, index.chunks.len() as u64);
-    let next = AtomicUsize::new(0);
-    let first_err: Mutex<Option<Error>> = Mutex::new(None);
-    let failed = || first_err.lock().map(|e| e.is_some()).unwrap_or(true);
-    std::thread::scope(|s| {
-        for _ in 0..worker_threads() {
-            s.spawn(|| {
-                let (mut file_buf, mut raw_buf) = (AlignedBuf::new(), AlignedBuf::new());
-                loop {
-                    if cancel.is_cancelled() || failed() {
-                        return;
-                    }
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(id) = index.chunks.get(i) else {
-                        return;
-                    };
-                    let len = index.chunk_len(i);
-                    let off = i as u64 * index.chunk_size;
-                    let res = if id.is_zero() {
-                        Ok(())
-                    } else {
-                        repo.read_chunk_into(id, index.plain_id(i), &mut file_buf, &mut raw_buf)
-                            .and_then(|data| {
-                                if data.len() as u64 != len {
-                                    return Err(Error::corrupt(
-                                        "chunk",
-                                        id,
-                                        format!(
-                                            "holds {} bytes where the index expects {len}",
-                                            data.len()
-                                        ),
-                                    ));
-                                }
-                                file.write_all_at(data, off)
-                                    .map_err(|e| Error::io("writing", path, e))?;
-                                crate::durable::start_writeback_range(&file, off, len);
-                                Ok(())
-                            })
-                    };
-                    match res {
-                        Ok(()) => progress.add(len, 1),
-                        Err(e) => {
-                            if let Ok(mut slot) = first_err.lock() {
-                                slot.get_or_insert(e);
-                            }
-                            return;
-                        }
-                    }
-                }
-            });
+    struct FileSink<'a>(&'a fs::File, &'a Path);
+    impl chunks::ChunkSink for FileSink<'_> {
+        fn write_at(&mut self, off: u64, data: &[u8]) -> Result<()> {
+            self.0
+                .write_all_at(data, off)
+                .map_err(|e| Error::io("writing", self.1, e))?;
+            crate::durable::start_writeback_range(self.0, off, data.len() as u64);
+            Ok(())
         }
-    });
-    if let Some(e) = first_err.into_inner().unwrap_or(None) {
-        return Err(e);
     }
-    if cancel.is_cancelled() {
-        return Err(Error::Cancelled);
-    }
+    let workers = crate::repo::verify::worker_threads();
+    chunks::write_chunks(repo, index, workers, cancel, progress, || {
+        Ok(FileSink(&file, path))
+    })?;
     progress.set_phase("syncing");
     file.sync_all().map_err(|e| Error::io("syncing", path, e))
 }

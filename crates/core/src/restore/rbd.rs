@@ -10,11 +10,8 @@
 //! carries the name.
 
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::buf::AlignedBuf;
 use crate::error::{Error, Result};
 use crate::format::Index;
 use crate::jobs::{CancellationToken, Progress};
@@ -22,6 +19,8 @@ use crate::repo::verify::worker_threads;
 use crate::repo::Repo;
 use crate::source::nbd::NbdClient;
 use crate::source::rbd::{CephConfig, RbdImage};
+
+use super::chunks::{write_chunks, ChunkSink};
 
 /// Whether the image exists (None: it does not; an error: the cluster
 /// could not say, e.g. wrong credentials).
@@ -155,76 +154,34 @@ fn write_and_rename(
     cancel: &CancellationToken,
     progress: &Progress,
 ) -> Result<()> {
-    let workers = worker_threads();
+    // Each connection has one write in flight: more of them than cores
+    // keep librbd busy while others decode (a wait, not CPU).
+    let workers = (worker_threads() * 4).min(16);
     {
         let server = serve(&ceph.qemu_filename(tmp, None), workers, image)?;
         progress.set_phase("restoring");
         progress.set_totals(index.image_size, index.chunks.len() as u64);
-        let next = AtomicUsize::new(0);
-        let first_err: Mutex<Option<Error>> = Mutex::new(None);
-        let failed = || first_err.lock().map(|e| e.is_some()).unwrap_or(true);
-        let fail = |e: Error| {
-            if let Ok(mut slot) = first_err.lock() {
-                slot.get_or_insert(e);
+        struct NbdSink(NbdClient);
+        impl ChunkSink for NbdSink {
+            fn write_at(&mut self, off: u64, data: &[u8]) -> Result<()> {
+                self.0.write_at(off, data)
             }
-        };
-        std::thread::scope(|s| {
-            for _ in 0..workers {
-                s.spawn(|| {
-                    let mut client = match NbdClient::connect(&server.sock) {
-                        Ok(c) => c,
-                        Err(e) => return fail(e),
-                    };
-                    let (mut file_buf, mut raw_buf) = (AlignedBuf::new(), AlignedBuf::new());
-                    loop {
-                        if cancel.is_cancelled() || failed() {
-                            return;
-                        }
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(id) = index.chunks.get(i) else {
-                            break;
-                        };
-                        let len = index.chunk_len(i);
-                        let off = i as u64 * index.chunk_size;
-                        let res = if id.is_zero() {
-                            Ok(())
-                        } else {
-                            repo.read_chunk_into(id, index.plain_id(i), &mut file_buf, &mut raw_buf)
-                                .and_then(|data| {
-                                    if data.len() as u64 != len {
-                                        return Err(Error::corrupt(
-                                            "chunk",
-                                            id,
-                                            format!(
-                                                "holds {} bytes where the index expects {len}",
-                                                data.len()
-                                            ),
-                                        ));
-                                    }
-                                    client.write_at(off, data)
-                                })
-                        };
-                        match res {
-                            Ok(()) => progress.add(len, 1),
-                            Err(e) => return fail(e),
-                        }
-                    }
-                    if let Err(e) = client.flush() {
-                        fail(e);
-                    }
-                    client.disconnect();
-                });
+            fn finish(&mut self) -> Result<()> {
+                self.0.flush()?;
+                self.0.disconnect();
+                Ok(())
             }
-        });
-        if let Some(e) = first_err.into_inner().unwrap_or(None) {
-            return Err(Error::Source {
+        }
+        write_chunks(repo, index, workers, cancel, progress, || {
+            NbdClient::connect(&server.sock).map(NbdSink)
+        })
+        .map_err(|e| match e {
+            Error::Cancelled => e,
+            e => Error::Source {
                 path: image.path(),
                 reason: format!("writing the restored image: {e}"),
-            });
-        }
-        if cancel.is_cancelled() {
-            return Err(Error::Cancelled);
-        }
+            },
+        })?;
         drop(server);
     }
     progress.set_phase("renaming the RBD image into place");
