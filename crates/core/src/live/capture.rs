@@ -428,27 +428,7 @@ impl Session {
             path: d.path.clone(),
             reason: format!("opening the running VM's disk through QEMU: {e} (did the VM exit?)"),
         };
-        let mut client = NbdClient::connect_with(
-            &self.sock,
-            &Want {
-                export: &d.export,
-                allocation: true,
-                dirty_bitmap: bitmap,
-            },
-        )
-        .map_err(gone)?;
-        if client.size() != d.size {
-            return Err(err(
-                self.qmp.path(),
-                format!("the export of {} has the wrong size", d.volume),
-            ));
-        }
-        let dirty = client.dirty_extents().map_err(gone)?;
-        Ok(LiveReader {
-            path: d.path.clone(),
-            client,
-            dirty,
-        })
+        LiveReader::connect(&self.sock, &d.export, bitmap, d.size, &d.path, gone)
     }
 
     /// After every manifest is durable: the previous bitmaps are history.
@@ -724,7 +704,44 @@ pub struct LiveReader {
 }
 
 impl LiveReader {
-    pub(crate) fn new(path: PathBuf, client: NbdClient, dirty: Option<Extents>) -> LiveReader {
+    /// Connects to one export of a point-in-time copy (QEMU's or
+    /// libvirt's): its data extents, and for an incremental read the
+    /// dirty bitmap's, which must answer. `gone` says what broke.
+    pub(crate) fn connect(
+        sock: &Path,
+        export: &str,
+        bitmap: Option<&str>,
+        size: u64,
+        path: &Path,
+        gone: impl Fn(Error) -> Error,
+    ) -> Result<LiveReader> {
+        let mut client = NbdClient::connect_with(
+            sock,
+            &Want {
+                export,
+                allocation: true,
+                dirty_bitmap: bitmap,
+            },
+        )
+        .map_err(&gone)?;
+        if client.size() != size {
+            return Err(gone(Error::Nbd(format!(
+                "the export {} is {} bytes, the disk {size}",
+                crate::text::escape(export),
+                client.size()
+            ))));
+        }
+        let dirty = client.dirty_extents().map_err(&gone)?;
+        if bitmap.is_some() && dirty.is_none() {
+            return Err(gone(Error::Nbd(format!(
+                "the export {} did not answer for its dirty bitmap",
+                crate::text::escape(export)
+            ))));
+        }
+        Ok(LiveReader::new(path.to_path_buf(), client, dirty))
+    }
+
+    fn new(path: PathBuf, client: NbdClient, dirty: Option<Extents>) -> LiveReader {
         LiveReader {
             path,
             client,

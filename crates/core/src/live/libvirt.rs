@@ -33,7 +33,6 @@ use super::virsh::{names, Virsh};
 use super::vmlock::VmLock;
 use crate::error::{Error, Result};
 use crate::format::manifest::{is_bitmap_name, Consistency, ImageFormat};
-use crate::source::nbd::{NbdClient, Want};
 use crate::vm::libvirt_xml::{
     backup_job_facts, checkpoint_facts, checkpoint_xml, domain_facts, pull_backup_xml,
     AgentChannel, BackupJobFacts, DomainFacts, PullDisk,
@@ -656,31 +655,7 @@ impl PullSession {
             ),
         }
         };
-        let mut client = NbdClient::connect_with(
-            &self.sock,
-            &Want {
-                export: &d.export,
-                allocation: true,
-                dirty_bitmap: bitmap,
-            },
-        )
-        .map_err(gone)?;
-        if client.size() != d.size {
-            return Err(self.fail(format!(
-                "the export of {} is {} bytes, libvirt said {}",
-                d.volume,
-                client.size(),
-                d.size
-            )));
-        }
-        let dirty = client.dirty_extents().map_err(gone)?;
-        if bitmap.is_some() && dirty.is_none() {
-            return Err(self.fail(format!(
-                "the export of {} did not answer for its dirty bitmap",
-                d.volume
-            )));
-        }
-        Ok(LiveReader::new(d.path.clone(), client, dirty))
+        LiveReader::connect(&self.sock, &d.export, bitmap, d.size, &d.path, gone)
     }
 
     fn end_job(&mut self) -> Option<String> {
