@@ -397,6 +397,21 @@ fn rbd_images_are_backed_up_from_their_own_snapshots_incrementally_by_extents() 
         3,
         "base, admin and the killed run's"
     );
+    // `vms` names it, and `vms --repair` could remove it at once; here the
+    // next backup does.
+    let vms = |args: &[&str]| -> Value {
+        let mut a = vec!["vms", "--json"];
+        a.extend_from_slice(args);
+        let out = h.lb(&a);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).expect("vms JSON")[0].clone()
+    };
+    let left = vms(&[])["leftovers"].to_string();
+    assert!(left.contains("RBD snapshot rbd/disk@lifeboat-"), "{left}");
     let c = h.backup();
     assert_eq!(c["incremental"], true, "{c}");
     let s = c["bitmap"].as_str().expect("snapshot").to_string();
@@ -405,6 +420,18 @@ fn rbd_images_are_backed_up_from_their_own_snapshots_incrementally_by_extents() 
     assert_eq!(ceph.snaps("rbd/disk"), want);
     ceph.export(&format!("rbd/disk@{s}"), &exported);
     assert!(same(&h.restore(), &exported));
+
+    // A stray lifeboat snapshot (another repository's, a failed run's):
+    // `vms --repair` removes it now; the base and the admin's stay.
+    let stray = format!("lifeboat-{}", "0".repeat(32));
+    ceph.ok("rbd", &["snap", "create", &format!("rbd/disk@{stray}")]);
+    let v = vms(&["--repair"]);
+    assert!(
+        v["repaired"].to_string().contains(&stray)
+            && v["leftovers"].as_array().is_none_or(|a| a.is_empty()),
+        "{v:#}"
+    );
+    assert_eq!(ceph.snaps("rbd/disk"), want);
 
     // Restored onto RBD: a new thin image, byte-exact; an existing one
     // only with --force.

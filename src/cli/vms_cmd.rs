@@ -88,7 +88,12 @@ pub async fn vms(ctx: &Ctx, only: Option<String>, repair: bool) -> anyhow::Resul
             };
             let mut repaired = Vec::new();
             if repair && !leftovers.is_empty() {
-                repaired = live::repair(&config.live_for(name))?;
+                repaired = lifeboat_core::config::requests::live_repair(
+                    &config,
+                    name,
+                    &backups,
+                    repo.chunk_size(),
+                )?;
                 leftovers.clear();
             }
             let newest = backups.iter().rev().find(|(k, _)| &k.vm == name);
@@ -200,8 +205,13 @@ pub async fn vms(ctx: &Ctx, only: Option<String>, repair: bool) -> anyhow::Resul
                 .unwrap_or_else(|| "never, ".into())
         );
         if !s.leftovers.is_empty() {
+            let cost = if s.leftovers.iter().all(|l| l.starts_with("RBD snapshot")) {
+                "they keep the data they held in Ceph"
+            } else {
+                "QEMU copies every guest write into them and the guest's writes are slower"
+            };
             println!(
-                "  LEFTOVERS of a killed backup: {} — QEMU copies every guest write into them and the guest's writes are slower; `lifeboat vms {} --repair` removes them (the next backup would too)",
+                "  LEFTOVERS of a killed backup: {} — {cost}; `lifeboat vms {} --repair` removes them (the next backup would too)",
                 s.leftovers.join(", "),
                 escape(&s.vm)
             );

@@ -75,39 +75,70 @@ pub fn open_drill_source(config: &Config, source: &str) -> Result<Option<crate::
     }
 }
 
+/// An inventory VM's volumes with each one's newest backup in a
+/// repository (the base of its next backup).
+fn volume_refs<M: std::borrow::Borrow<crate::format::manifest::Manifest>>(
+    config: &Config,
+    vm: &str,
+    backups: &[(crate::format::ManifestKey, M)],
+) -> Option<Vec<crate::live::VolumeRef>> {
+    let v = config.vm(vm)?;
+    Some(
+        v.volumes
+            .iter()
+            .map(|vol| {
+                let name = vol.name.get_ref().clone();
+                let previous = backups
+                    .iter()
+                    .rev()
+                    .find(|(k, _)| k.vm == vm && k.volume == name)
+                    .map(|(_, m)| crate::live::capture::PreviousBackup::of(m.borrow()));
+                crate::live::VolumeRef {
+                    path: config.resolve(&vol.path),
+                    format: vol.format,
+                    previous,
+                    name,
+                }
+            })
+            .collect(),
+    )
+}
+
 /// The outlook of an inventory VM against the backups of a repository
-/// (each volume's newest one is the base of the next).
+/// (each volume's newest one is the base of its next backup).
 pub fn live_outlook<M: std::borrow::Borrow<crate::format::manifest::Manifest>>(
     config: &Config,
     vm: &str,
     backups: &[(crate::format::ManifestKey, M)],
     chunk_size: u64,
 ) -> Option<crate::live::Outlook> {
-    let v = config.vm(vm)?;
-    let refs: Vec<crate::live::VolumeRef> = v
-        .volumes
-        .iter()
-        .map(|vol| {
-            let name = vol.name.get_ref().clone();
-            let previous = backups
-                .iter()
-                .rev()
-                .find(|(k, _)| k.vm == vm && k.volume == name)
-                .map(|(_, m)| crate::live::capture::PreviousBackup::of(m.borrow()));
-            crate::live::VolumeRef {
-                path: config.resolve(&vol.path),
-                format: vol.format,
-                previous,
-                name,
-            }
-        })
-        .collect();
+    let refs = volume_refs(config, vm, backups)?;
     Some(crate::live::outlook(
         &config.live_for(vm),
         &config.ceph.clone().unwrap_or_default(),
         &refs,
         chunk_size,
     ))
+}
+
+/// Removes what killed backups of an inventory VM left (in its QEMU, or
+/// its RBD images' snapshots): what was removed.
+pub fn live_repair<M: std::borrow::Borrow<crate::format::manifest::Manifest>>(
+    config: &Config,
+    vm: &str,
+    backups: &[(crate::format::ManifestKey, M)],
+    chunk_size: u64,
+) -> Result<Vec<String>> {
+    let refs = volume_refs(config, vm, backups).unwrap_or_default();
+    let live = config.live_for(vm);
+    if refs
+        .iter()
+        .any(|r| crate::source::rbd::RbdImage::is_rbd(&r.path))
+    {
+        let ceph = config.ceph.clone().unwrap_or_default();
+        return crate::live::repair_rbd(&live, &ceph, &refs, chunk_size);
+    }
+    crate::live::repair(&live)
 }
 
 /// A backup of `vm` as the config describes it: every volume of its

@@ -111,14 +111,19 @@ pub fn outlook(
         .any(|v| crate::source::rbd::RbdImage::is_rbd(&v.path))
     {
         // Their lineage is in RBD snapshots, running or not.
+        let mut leftovers = leftovers;
         let volumes = volumes
             .iter()
             .map(|v| {
-                let read = rbd::plan(&v.path, ceph, v.previous.as_ref(), chunk_size, true)
-                    .map(|p| p.read)
-                    .unwrap_or_else(|e| bitmap::Read::Full {
+                let read = match rbd::plan(&v.path, ceph, v.previous.as_ref(), chunk_size, true) {
+                    Ok(p) => {
+                        leftovers.extend(p.strays());
+                        p.read
+                    }
+                    Err(e) => bitmap::Read::Full {
                         reason: format!("cannot tell: {e}"),
-                    });
+                    },
+                };
                 verdict(&v.name, read)
             })
             .collect();
@@ -194,6 +199,28 @@ pub fn outlook(
         volumes,
         leftovers,
     }
+}
+
+/// Removes the lifeboat snapshots of a VM's RBD volumes that no backup of
+/// this repository builds on (a killed or failed run's), at once: they
+/// keep the data they held in Ceph. Under the VM's lock, as a backup.
+pub fn repair_rbd(
+    cfg: &LiveConfig,
+    ceph: &crate::source::rbd::CephConfig,
+    volumes: &[VolumeRef],
+    chunk_size: u64,
+) -> Result<Vec<String>> {
+    let Some(first) = volumes.first() else {
+        return Ok(Vec::new());
+    };
+    let key = cfg.qmp.clone().unwrap_or_else(|| first.path.clone());
+    let _lock = VmLock::acquire(&key)?;
+    let mut removed = Vec::new();
+    for v in volumes {
+        let p = rbd::plan(&v.path, ceph, v.previous.as_ref(), chunk_size, cfg.bitmaps)?;
+        removed.extend(p.remove_strays(ceph)?);
+    }
+    Ok(removed)
 }
 
 /// Removes what a killed backup left in a running VM's QEMU, at once (not

@@ -107,6 +107,26 @@ pub fn plan(
     })
 }
 
+impl Planned {
+    /// Lifeboat snapshots of this image no backup of the repository
+    /// builds on (a killed or failed run's, or another repository's).
+    pub fn strays(&self) -> impl Iterator<Item = String> + '_ {
+        self.strays
+            .iter()
+            .map(|s| format!("RBD snapshot {}@{s}", self.image.spec()))
+    }
+
+    /// Removes them now (`vms --repair`) instead of at the next backup.
+    pub fn remove_strays(&self, cluster: &CephConfig) -> Result<Vec<String>> {
+        let mut removed = Vec::new();
+        for s in &self.strays {
+            cluster.snap_remove(&self.image, s)?;
+            removed.push(format!("RBD snapshot {}@{s}", self.image.spec()));
+        }
+        Ok(removed)
+    }
+}
+
 /// The snapshot a backup took, removed again unless committed.
 pub struct RbdSnapshots {
     cluster: CephConfig,
