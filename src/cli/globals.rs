@@ -62,6 +62,7 @@ fn uses(cmd: Option<&Command>) -> Uses {
         | Some(Command::Show { .. })
         | Some(Command::Hash { .. })
         | Some(Command::Diff { .. })
+        | Some(Command::Nbd { .. })
         | Some(Command::Drills { .. })
         | Some(Command::Vms { .. })
         | Some(Command::Runs { .. })

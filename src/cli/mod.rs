@@ -13,6 +13,7 @@ mod drill_cmd;
 mod gc_cmd;
 mod globals;
 mod inspect;
+mod nbd_cmd;
 pub mod progress;
 mod protect_cmd;
 mod prune;
@@ -193,6 +194,24 @@ pub enum Command {
     },
     /// Chunk-level comparison of two backups, or a backup and a live file.
     Diff { a: String, b: String },
+    /// Serve one volume of a backup as a read-only NBD export, without
+    /// restoring it: chunks are read and verified when a client asks for
+    /// them (zero chunks are holes). E.g. `qemu-img convert
+    /// nbd+unix:///?socket=S out.qcow2`, or boot a VM on an overlay backed
+    /// by it. Runs until Ctrl-C / SIGTERM
+    Nbd {
+        reference: String,
+        /// A unix socket to create (private to you); the default
+        #[arg(long, value_name = "PATH", conflicts_with = "tcp")]
+        socket: Option<PathBuf>,
+        /// A loopback address and port instead, e.g. 127.0.0.1:10809 (port
+        /// 0 picks one); other addresses are refused (no authentication)
+        #[arg(long, value_name = "ADDR")]
+        tcp: Option<std::net::SocketAddr>,
+        /// Decoded chunks kept in memory
+        #[arg(long, default_value_t = 16)]
+        cache_chunks: usize,
+    },
     /// Check backups: every object present (quick) or re-read and re-hashed (--deep).
     Verify {
         #[arg(long)]
@@ -702,6 +721,12 @@ pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
             chunk_size,
         } => inspect::hash(&ctx, file, format.into(), chunk_size).await,
         Command::Diff { a, b } => inspect::diff(&ctx, &a, &b).await,
+        Command::Nbd {
+            reference,
+            socket,
+            tcp,
+            cache_chunks,
+        } => nbd_cmd::nbd(&ctx, &reference, socket, tcp, cache_chunks).await,
         Command::Verify {
             deep,
             remote: Some(remote),

@@ -22,6 +22,7 @@ pub mod live;
 pub mod lock;
 pub mod metrics;
 pub mod names;
+pub mod nbd_export;
 pub mod policy;
 pub mod protect;
 pub mod prune;

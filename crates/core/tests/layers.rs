@@ -51,6 +51,7 @@ const MODULES: &[(&str, &str)] = &[
     ("live", "engines"),
     ("backup", "engines"),
     ("restore", "engines"),
+    ("nbd_export", "engines"),
     ("sync", "engines"),
     ("gc", "engines"),
     ("retention", "engines"),

@@ -1,0 +1,527 @@
+//! The NBD protocol, server side: fixed newstyle handshake (EXPORT_NAME,
+//! INFO, GO, LIST, ABORT, STRUCTURED_REPLY, LIST/SET_META_CONTEXT with
+//! `base:allocation`), then READ, BLOCK_STATUS, FLUSH, CACHE and DISC on a
+//! read-only export (writes answer EPERM). Every client message is
+//! bounded: option payloads, names, request lengths, the number of
+//! options; a malformed one ends the session.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use super::Export;
+use crate::error::{Error, Result};
+use crate::jobs::CancellationToken;
+
+const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
+const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
+const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+const REQUEST_MAGIC: u32 = 0x2560_9513;
+const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
+
+const FLAG_FIXED_NEWSTYLE: u16 = 1;
+const FLAG_NO_ZEROES: u16 = 2;
+const CLIENT_NO_ZEROES: u32 = 2;
+
+const OPT_EXPORT_NAME: u32 = 1;
+const OPT_ABORT: u32 = 2;
+const OPT_LIST: u32 = 3;
+const OPT_INFO: u32 = 6;
+const OPT_GO: u32 = 7;
+const OPT_STRUCTURED_REPLY: u32 = 8;
+const OPT_LIST_META_CONTEXT: u32 = 9;
+const OPT_SET_META_CONTEXT: u32 = 10;
+
+const REP_ACK: u32 = 1;
+const REP_SERVER: u32 = 2;
+const REP_INFO: u32 = 3;
+const REP_META_CONTEXT: u32 = 4;
+const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
+const REP_ERR_INVALID: u32 = (1 << 31) + 3;
+const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
+
+const INFO_EXPORT: u16 = 0;
+const INFO_BLOCK_SIZE: u16 = 3;
+
+const T_HAS_FLAGS: u16 = 1;
+const T_READ_ONLY: u16 = 1 << 1;
+const T_SEND_FLUSH: u16 = 1 << 2;
+const T_SEND_DF: u16 = 1 << 7;
+const T_CAN_MULTI_CONN: u16 = 1 << 8;
+
+const CMD_READ: u16 = 0;
+const CMD_WRITE: u16 = 1;
+const CMD_DISC: u16 = 2;
+const CMD_FLUSH: u16 = 3;
+const CMD_TRIM: u16 = 4;
+const CMD_CACHE: u16 = 5;
+const CMD_WRITE_ZEROES: u16 = 6;
+const CMD_BLOCK_STATUS: u16 = 7;
+const CMD_FLAG_DF: u16 = 1 << 2;
+const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
+
+const REPLY_FLAG_DONE: u16 = 1;
+const REPLY_NONE: u16 = 0;
+const REPLY_OFFSET_DATA: u16 = 1;
+const REPLY_OFFSET_HOLE: u16 = 2;
+const REPLY_BLOCK_STATUS: u16 = 5;
+const REPLY_ERROR: u16 = (1 << 15) + 1;
+
+const EPERM: u32 = 1;
+const EIO: u32 = 5;
+const EINVAL: u32 = 22;
+const EOVERFLOW: u32 = 75;
+
+const ALLOCATION: &str = "base:allocation";
+const ALLOCATION_ID: u32 = 1;
+/// `base:allocation`: a hole that reads as zeros.
+const STATE_HOLE_ZERO: u32 = 3;
+
+const MAX_REQUEST: u32 = 32 << 20;
+const MAX_OPTION: u32 = 64 << 10;
+const MAX_OPTIONS: usize = 64;
+const MAX_DESCRIPTORS: usize = 1024;
+/// A block status descriptor's length is 32 bits: longer runs are split.
+const MAX_RUN: u64 = 1 << 30;
+
+/// A client connection: a unix or TCP stream.
+pub(super) trait Stream: Read + Write + Send {
+    fn timeouts(&self, read: Duration, write: Duration) -> std::io::Result<()>;
+}
+
+impl Stream for std::os::unix::net::UnixStream {
+    fn timeouts(&self, read: Duration, write: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(read))?;
+        self.set_write_timeout(Some(write))
+    }
+}
+
+impl Stream for std::net::TcpStream {
+    fn timeouts(&self, read: Duration, write: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(read))?;
+        self.set_write_timeout(Some(write))
+    }
+}
+
+fn bad(msg: impl std::fmt::Display) -> Error {
+    Error::Nbd(format!("NBD client: {msg}"))
+}
+
+struct Conn<'a> {
+    s: Box<dyn Stream>,
+    cancel: &'a CancellationToken,
+    structured: bool,
+    allocation: bool,
+}
+
+impl Conn<'_> {
+    /// Fills `buf`, waiting through read timeouts until cancelled. None:
+    /// the client went away.
+    fn fill(&mut self, buf: &mut [u8]) -> Result<Option<()>> {
+        let mut got = 0;
+        while got < buf.len() {
+            match self.s.read(&mut buf[got..]) {
+                Ok(0) => return Ok(None),
+                Ok(n) => got += n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    if self.cancel.is_cancelled() {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(bad(e)),
+            }
+        }
+        Ok(Some(()))
+    }
+
+    fn exact(&mut self, buf: &mut [u8]) -> Result<()> {
+        self.fill(buf)?
+            .ok_or_else(|| bad("the connection closed mid-message"))
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        let mut b = [0u8; 4];
+        self.exact(&mut b)?;
+        Ok(u32::from_be_bytes(b))
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        let mut b = [0u8; 8];
+        self.exact(&mut b)?;
+        Ok(u64::from_be_bytes(b))
+    }
+
+    fn send(&mut self, parts: &[&[u8]]) -> Result<()> {
+        for p in parts {
+            self.s.write_all(p).map_err(bad)?;
+        }
+        Ok(())
+    }
+
+    fn option_reply(&mut self, opt: u32, kind: u32, data: &[u8]) -> Result<()> {
+        let mut h = Vec::with_capacity(20);
+        h.extend_from_slice(&OPT_REPLY_MAGIC.to_be_bytes());
+        h.extend_from_slice(&opt.to_be_bytes());
+        h.extend_from_slice(&kind.to_be_bytes());
+        h.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        self.send(&[&h, data])
+    }
+
+    fn chunk(&mut self, flags: u16, kind: u16, handle: u64, payload: &[&[u8]]) -> Result<()> {
+        let len: usize = payload.iter().map(|p| p.len()).sum();
+        let mut h = Vec::with_capacity(20);
+        h.extend_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
+        h.extend_from_slice(&flags.to_be_bytes());
+        h.extend_from_slice(&kind.to_be_bytes());
+        h.extend_from_slice(&handle.to_be_bytes());
+        h.extend_from_slice(&(len as u32).to_be_bytes());
+        let mut parts: Vec<&[u8]> = vec![&h];
+        parts.extend_from_slice(payload);
+        self.send(&parts)
+    }
+
+    fn simple(&mut self, handle: u64, error: u32, data: &[u8]) -> Result<()> {
+        let mut h = Vec::with_capacity(16);
+        h.extend_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
+        h.extend_from_slice(&error.to_be_bytes());
+        h.extend_from_slice(&handle.to_be_bytes());
+        self.send(&[&h, data])
+    }
+
+    /// An error answer to a request (structured when negotiated).
+    fn error(&mut self, handle: u64, code: u32, msg: &str) -> Result<()> {
+        if !self.structured {
+            return self.simple(handle, code, &[]);
+        }
+        let msg = &msg.as_bytes()[..msg.len().min(4096)];
+        self.chunk(
+            REPLY_FLAG_DONE,
+            REPLY_ERROR,
+            handle,
+            &[&code.to_be_bytes(), &(msg.len() as u16).to_be_bytes(), msg],
+        )
+    }
+}
+
+/// The flags the export is offered with.
+fn transmission_flags() -> u16 {
+    T_HAS_FLAGS | T_READ_ONLY | T_SEND_FLUSH | T_SEND_DF | T_CAN_MULTI_CONN
+}
+
+/// One client, from the greeting to its disconnect.
+pub(super) fn session(
+    s: Box<dyn Stream>,
+    export: &Export,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    s.timeouts(Duration::from_millis(500), Duration::from_secs(60))
+        .map_err(bad)?;
+    let mut c = Conn {
+        s,
+        cancel,
+        structured: false,
+        allocation: false,
+    };
+    let mut hello = Vec::with_capacity(18);
+    hello.extend_from_slice(&NBDMAGIC.to_be_bytes());
+    hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
+    hello.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
+    c.send(&[&hello])?;
+    let client_flags = c.u32()?;
+    if !handshake(&mut c, export, client_flags)? {
+        return Ok(());
+    }
+    transmission(&mut c, export)
+}
+
+/// A name the client asked for: ours, or the default (empty).
+fn known(name: &[u8], export: &Export) -> bool {
+    name.is_empty() || name == export.name.as_bytes()
+}
+
+/// Option haggling; true when the client moves on to transmission.
+fn handshake(c: &mut Conn<'_>, export: &Export, client_flags: u32) -> Result<bool> {
+    for _ in 0..MAX_OPTIONS {
+        if c.u64()? != IHAVEOPT {
+            return Err(bad("an option without its magic"));
+        }
+        let opt = c.u32()?;
+        let len = c.u32()?;
+        if len > MAX_OPTION {
+            return Err(bad(format!("an option of {len} bytes")));
+        }
+        let mut data = vec![0u8; len as usize];
+        c.exact(&mut data)?;
+        match opt {
+            OPT_EXPORT_NAME => {
+                if !known(&data, export) {
+                    return Ok(false);
+                }
+                let mut r = Vec::with_capacity(10 + 124);
+                r.extend_from_slice(&export.size().to_be_bytes());
+                r.extend_from_slice(&transmission_flags().to_be_bytes());
+                if client_flags & CLIENT_NO_ZEROES == 0 {
+                    r.extend_from_slice(&[0u8; 124]);
+                }
+                c.send(&[&r])?;
+                return Ok(true);
+            }
+            OPT_ABORT => {
+                let _ = c.option_reply(opt, REP_ACK, &[]);
+                return Ok(false);
+            }
+            OPT_LIST => {
+                let name = export.name.as_bytes();
+                let mut d = (name.len() as u32).to_be_bytes().to_vec();
+                d.extend_from_slice(name);
+                c.option_reply(opt, REP_SERVER, &d)?;
+                c.option_reply(opt, REP_ACK, &[])?;
+            }
+            OPT_STRUCTURED_REPLY => {
+                c.structured = true;
+                c.option_reply(opt, REP_ACK, &[])?;
+            }
+            OPT_INFO | OPT_GO => {
+                let Some((name, infos)) = parse_go(&data) else {
+                    c.option_reply(opt, REP_ERR_INVALID, b"malformed request")?;
+                    continue;
+                };
+                if !known(name, export) {
+                    c.option_reply(opt, REP_ERR_UNKNOWN, b"no such export")?;
+                    continue;
+                }
+                let mut info = INFO_EXPORT.to_be_bytes().to_vec();
+                info.extend_from_slice(&export.size().to_be_bytes());
+                info.extend_from_slice(&transmission_flags().to_be_bytes());
+                c.option_reply(opt, REP_INFO, &info)?;
+                if infos.contains(&INFO_BLOCK_SIZE) {
+                    let mut b = INFO_BLOCK_SIZE.to_be_bytes().to_vec();
+                    b.extend_from_slice(&1u32.to_be_bytes());
+                    b.extend_from_slice(&4096u32.to_be_bytes());
+                    b.extend_from_slice(&MAX_REQUEST.to_be_bytes());
+                    c.option_reply(opt, REP_INFO, &b)?;
+                }
+                c.option_reply(opt, REP_ACK, &[])?;
+                if opt == OPT_GO {
+                    return Ok(true);
+                }
+            }
+            OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
+                if !c.structured && opt == OPT_SET_META_CONTEXT {
+                    c.option_reply(opt, REP_ERR_INVALID, b"structured replies first")?;
+                    continue;
+                }
+                let Some((name, queries)) = parse_meta(&data) else {
+                    c.option_reply(opt, REP_ERR_INVALID, b"malformed request")?;
+                    continue;
+                };
+                if !known(name, export) {
+                    c.option_reply(opt, REP_ERR_UNKNOWN, b"no such export")?;
+                    continue;
+                }
+                let wanted = queries.is_empty() && opt == OPT_LIST_META_CONTEXT
+                    || queries
+                        .iter()
+                        .any(|q| *q == ALLOCATION.as_bytes() || *q == b"base:");
+                if opt == OPT_SET_META_CONTEXT {
+                    c.allocation = wanted;
+                }
+                if wanted {
+                    let mut d = ALLOCATION_ID.to_be_bytes().to_vec();
+                    d.extend_from_slice(ALLOCATION.as_bytes());
+                    c.option_reply(opt, REP_META_CONTEXT, &d)?;
+                }
+                c.option_reply(opt, REP_ACK, &[])?;
+            }
+            _ => c.option_reply(opt, REP_ERR_UNSUP, &[])?,
+        }
+    }
+    Err(bad(format!("more than {MAX_OPTIONS} options")))
+}
+
+fn be32(d: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(d.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn be16(d: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes(d.get(at..at + 2)?.try_into().ok()?))
+}
+
+/// INFO/GO: the export name and the information requests.
+fn parse_go(d: &[u8]) -> Option<(&[u8], Vec<u16>)> {
+    let n = be32(d, 0)? as usize;
+    let name = d.get(4..4 + n)?;
+    let k = be16(d, 4 + n)? as usize;
+    let infos = (0..k)
+        .map(|j| be16(d, 6 + n + 2 * j))
+        .collect::<Option<Vec<u16>>>()?;
+    (d.len() == 6 + n + 2 * k).then_some((name, infos))
+}
+
+/// LIST/SET_META_CONTEXT: the export name and the queries.
+fn parse_meta(d: &[u8]) -> Option<(&[u8], Vec<&[u8]>)> {
+    let n = be32(d, 0)? as usize;
+    let name = d.get(4..4 + n)?;
+    let k = be32(d, 4 + n)? as usize;
+    let mut at = 8 + n;
+    let mut queries = Vec::new();
+    for _ in 0..k.min(64) {
+        let l = be32(d, at)? as usize;
+        queries.push(d.get(at + 4..at + 4 + l)?);
+        at += 4 + l;
+    }
+    (at == d.len()).then_some((name, queries))
+}
+
+fn transmission(c: &mut Conn<'_>, export: &Export) -> Result<()> {
+    let mut buf = Vec::new();
+    loop {
+        let mut req = [0u8; 28];
+        if c.fill(&mut req)?.is_none() {
+            return Ok(());
+        }
+        let word = |a: usize| u32::from_be_bytes([req[a], req[a + 1], req[a + 2], req[a + 3]]);
+        if word(0) != REQUEST_MAGIC {
+            return Err(bad("a request without its magic"));
+        }
+        let flags = u16::from_be_bytes([req[4], req[5]]);
+        let kind = u16::from_be_bytes([req[6], req[7]]);
+        let handle = u64::from_be_bytes(req[8..16].try_into().unwrap_or_default());
+        let offset = u64::from_be_bytes(req[16..24].try_into().unwrap_or_default());
+        let len = word(24);
+        let in_range = len > 0
+            && offset
+                .checked_add(u64::from(len))
+                .is_some_and(|e| e <= export.size());
+        match kind {
+            CMD_DISC => return Ok(()),
+            CMD_READ if len > MAX_REQUEST => {
+                c.error(handle, EOVERFLOW, "a read over 32 MiB")?;
+            }
+            CMD_READ if !in_range => c.error(handle, EINVAL, "outside the export")?,
+            CMD_READ => read(c, export, handle, offset, len, flags, &mut buf)?,
+            CMD_BLOCK_STATUS if !(c.structured && c.allocation) => {
+                c.error(handle, EINVAL, "no base:allocation context negotiated")?;
+            }
+            CMD_BLOCK_STATUS if !in_range => c.error(handle, EINVAL, "outside the export")?,
+            CMD_BLOCK_STATUS => {
+                let max = if flags & CMD_FLAG_REQ_ONE != 0 {
+                    1
+                } else {
+                    MAX_DESCRIPTORS
+                };
+                let mut d = ALLOCATION_ID.to_be_bytes().to_vec();
+                for (mut l, hole) in export.extents(offset, u64::from(len), max) {
+                    while l > 0 {
+                        let part = l.min(MAX_RUN);
+                        d.extend_from_slice(&(part as u32).to_be_bytes());
+                        let state = if hole { STATE_HOLE_ZERO } else { 0 };
+                        d.extend_from_slice(&state.to_be_bytes());
+                        l -= part;
+                    }
+                }
+                c.chunk(REPLY_FLAG_DONE, REPLY_BLOCK_STATUS, handle, &[&d])?;
+            }
+            CMD_FLUSH | CMD_CACHE => {
+                if c.structured {
+                    c.chunk(REPLY_FLAG_DONE, REPLY_NONE, handle, &[])?;
+                } else {
+                    c.simple(handle, 0, &[])?;
+                }
+            }
+            CMD_WRITE => {
+                // The payload follows the request: drain it, then refuse.
+                if len > MAX_REQUEST {
+                    return Err(bad(format!("a write of {len} bytes")));
+                }
+                buf.resize(len as usize, 0);
+                c.exact(&mut buf)?;
+                c.error(handle, EPERM, "the export is read-only")?;
+            }
+            CMD_TRIM | CMD_WRITE_ZEROES => c.error(handle, EPERM, "the export is read-only")?,
+            _ => c.error(handle, EINVAL, "unknown command")?,
+        }
+    }
+}
+
+/// A read: structured as data and hole chunks (one data chunk when the
+/// client says "don't fragment"), or a simple reply.
+fn read(
+    c: &mut Conn<'_>,
+    export: &Export,
+    handle: u64,
+    offset: u64,
+    len: u32,
+    flags: u16,
+    buf: &mut Vec<u8>,
+) -> Result<()> {
+    buf.resize(len as usize, 0);
+    if let Err(e) = export.read_at(offset, buf) {
+        tracing::warn!("nbd {}: read at {offset}: {e}", export.name);
+        return c.error(handle, EIO, &e.to_string());
+    }
+    if !c.structured {
+        return c.simple(handle, 0, buf);
+    }
+    if flags & CMD_FLAG_DF != 0 {
+        return c.chunk(
+            REPLY_FLAG_DONE,
+            REPLY_OFFSET_DATA,
+            handle,
+            &[&offset.to_be_bytes(), buf],
+        );
+    }
+    let mut at = 0u64;
+    for (l, hole) in export.extents(offset, u64::from(len), usize::MAX) {
+        let o = offset + at;
+        if hole {
+            c.chunk(
+                0,
+                REPLY_OFFSET_HOLE,
+                handle,
+                &[&o.to_be_bytes(), &(l as u32).to_be_bytes()],
+            )?;
+        } else {
+            c.chunk(
+                0,
+                REPLY_OFFSET_DATA,
+                handle,
+                &[&o.to_be_bytes(), &buf[at as usize..(at + l) as usize]],
+            )?;
+        }
+        at += l;
+    }
+    c.chunk(REPLY_FLAG_DONE, REPLY_NONE, handle, &[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn option_payloads_are_parsed_only_when_whole() {
+        let mut go = 3u32.to_be_bytes().to_vec();
+        go.extend_from_slice(b"abc");
+        go.extend_from_slice(&1u16.to_be_bytes());
+        go.extend_from_slice(&INFO_BLOCK_SIZE.to_be_bytes());
+        let (name, infos) = parse_go(&go).unwrap();
+        assert_eq!((name, infos), (&b"abc"[..], vec![INFO_BLOCK_SIZE]));
+        assert!(parse_go(&go[..go.len() - 1]).is_none());
+        assert!(parse_go(&u32::MAX.to_be_bytes()).is_none());
+        let mut meta = 0u32.to_be_bytes().to_vec();
+        meta.extend_from_slice(&1u32.to_be_bytes());
+        meta.extend_from_slice(&(ALLOCATION.len() as u32).to_be_bytes());
+        meta.extend_from_slice(ALLOCATION.as_bytes());
+        let (name, q) = parse_meta(&meta).unwrap();
+        assert!(name.is_empty() && q == vec![ALLOCATION.as_bytes()]);
+        meta.push(0);
+        assert!(parse_meta(&meta).is_none());
+    }
+}

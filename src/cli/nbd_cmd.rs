@@ -1,0 +1,68 @@
+//! `lifeboat nbd REF`: one volume of a backup as a read-only NBD export.
+
+use std::path::PathBuf;
+
+use lifeboat_core::format::refs;
+use lifeboat_core::jobs::CancellationToken;
+use lifeboat_core::nbd_export::{serve, Export, Listen};
+use lifeboat_core::text::{bytes, escape};
+
+use super::{Ctx, Outcome};
+
+pub async fn nbd(
+    ctx: &Ctx,
+    reference: &str,
+    socket: Option<PathBuf>,
+    tcp: Option<std::net::SocketAddr>,
+    cache_chunks: usize,
+) -> anyhow::Result<Outcome> {
+    let repo = ctx.open_repo()?;
+    let all = repo.load_all()?;
+    let (key, m) = refs::resolve_one(&all, reference)?;
+    let index = repo.read_index(&m.index)?;
+    let name = format!("{}/{}@{}", m.vm.name, m.volume.name, key.id.short());
+    // The default socket lives in a directory of its own, private.
+    let (listen, _dir) = match (socket, tcp) {
+        (_, Some(a)) => (Listen::Tcp(a), None),
+        (Some(p), None) => (Listen::Unix(p), None),
+        (None, None) => {
+            let dir = tempfile::Builder::new().prefix("lifeboat-nbd-").tempdir()?;
+            (Listen::Unix(dir.path().join("nbd.sock")), Some(dir))
+        }
+    };
+    let export = Export::new(repo, index, name.clone(), cache_chunks);
+    let size = export.size();
+    let cancel = CancellationToken::new();
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+        }
+        stop.cancel();
+    });
+    let json = ctx.json;
+    tokio::task::spawn_blocking(move || {
+        serve(&export, &listen, &cancel, |bound| {
+            if json {
+                // One line: a script reads it while the export runs.
+                println!(
+                    "{}",
+                    serde_json::json!({"serving": name, "uri": bound.uri(), "size": size})
+                );
+            } else {
+                println!(
+                    "serving {} ({}) read-only at {}",
+                    escape(&name),
+                    bytes(size),
+                    bound.uri()
+                );
+                println!("e.g. qemu-img info '{}'; Ctrl-C stops", bound.uri());
+            }
+        })
+    })
+    .await??;
+    Ok(Outcome::Ok)
+}

@@ -1,0 +1,180 @@
+//! A backup served as a read-only NBD export (`lifeboat nbd REF`), read by
+//! QEMU's own NBD client (qemu-img, qemu-io) on a unix socket and on
+//! loopback TCP: byte-exact, zero chunks as holes, writes refused, a
+//! corrupt chunk an I/O error for its range only.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use common::{noise, text, write_at, World};
+use serde_json::Value;
+
+const MIB: u64 = 1 << 20;
+
+/// `lifeboat --json nbd ARGS` running, and the URI it printed.
+struct Served {
+    child: Child,
+    uri: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child; SIGTERM is its clean stop.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(w: &World, args: &[&str]) -> Served {
+    let mut child = w
+        .cmd()
+        .arg("-r")
+        .arg(w.repo())
+        .arg("--json")
+        .arg("nbd")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("lifeboat nbd");
+    let out = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line).expect("a line");
+    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    Served {
+        child,
+        uri: v["uri"].as_str().expect("uri").to_string(),
+    }
+}
+
+fn qemu(tool: &str, args: &[&str]) -> std::process::Output {
+    Command::new(tool).args(args).output().expect(tool)
+}
+
+#[test]
+fn a_backup_is_served_as_a_read_only_nbd_export() {
+    let w = World::new();
+    w.init("1M");
+    // 32 MiB: data at 0..3 MiB and 20..21 MiB, the rest zero.
+    let img = w.path("disk.raw");
+    write_at(&img, 0, &noise(3 * MIB as usize, 7));
+    write_at(&img, 20 * MIB, &text(MIB as usize));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .and_then(|f| f.set_len(32 * MIB))
+        .expect("size");
+    w.ok(&[
+        "backup",
+        "vm",
+        "--format",
+        "raw",
+        "--volume",
+        &format!("root={}", img.display()),
+    ]);
+
+    let sock = w.path("x.sock");
+    let s = serve(&w, &["vm/root@latest", "--socket", sock.to_str().unwrap()]);
+    assert!(s.uri.starts_with("nbd+unix:///?socket="), "{}", s.uri);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&sock)
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "the socket is private: {mode:o}");
+
+    // Byte-exact through QEMU's NBD client.
+    let cmp = qemu(
+        "qemu-img",
+        &[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            &s.uri,
+            img.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        cmp.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&cmp.stdout),
+        String::from_utf8_lossy(&cmp.stderr)
+    );
+    // Zero chunks are holes (base:allocation): qemu-img map sees data only
+    // where the image has it.
+    let map = qemu("qemu-img", &["map", "--output=json", "-f", "raw", &s.uri]);
+    let map: Value = serde_json::from_slice(&map.stdout).expect("map JSON");
+    let data: u64 = map
+        .as_array()
+        .expect("extents")
+        .iter()
+        .filter(|e| e["data"] == true)
+        .map(|e| e["length"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(data, 4 * MIB, "{map:#}");
+    // Read-only: a write is refused.
+    let wr = qemu("qemu-io", &["-f", "raw", &s.uri, "-c", "write -P 1 0 4096"]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&wr.stdout),
+        String::from_utf8_lossy(&wr.stderr)
+    );
+    assert!(
+        said.contains("read-only") || said.contains("Permission denied") || !wr.status.success(),
+        "{said}"
+    );
+    drop(s);
+    assert!(!sock.exists(), "the socket goes with the server");
+
+    // A corrupt chunk: its range fails with an I/O error, others read.
+    let chunks = common::files_under(&w.repo().join("chunks"));
+    let victim = chunks
+        .iter()
+        .find(|p| {
+            // One of the three noise chunks (text compresses far below).
+            std::fs::metadata(p).is_ok_and(|m| m.len() > 1_000_000)
+        })
+        .expect("an incompressible chunk")
+        .clone();
+    let mut bytes = std::fs::read(&victim).expect("chunk");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&victim, &bytes).expect("corrupt");
+    let s = serve(&w, &["vm/root@latest", "--tcp", "127.0.0.1:0"]);
+    assert!(s.uri.starts_with("nbd://127.0.0.1:"), "{}", s.uri);
+    let mut failed = 0;
+    for m in 0..3u64 {
+        let r = qemu(
+            "qemu-io",
+            &["-r", "-f", "raw", &s.uri, "-c", &format!("read {}M 1M", m)],
+        );
+        let said =
+            String::from_utf8_lossy(&r.stdout).into_owned() + &String::from_utf8_lossy(&r.stderr);
+        if said.contains("Input/output error") {
+            failed += 1;
+        } else {
+            assert!(said.contains("read 1048576/1048576 bytes"), "{said}");
+        }
+    }
+    assert_eq!(failed, 1, "exactly the corrupt chunk's MiB fails");
+    let r = qemu(
+        "qemu-io",
+        &["-r", "-f", "raw", &s.uri, "-c", "read -P 0 10M 1M"],
+    );
+    assert!(
+        String::from_utf8_lossy(&r.stdout).contains("read 1048576/1048576 bytes"),
+        "{}",
+        String::from_utf8_lossy(&r.stdout)
+    );
+    drop(s);
+
+    // Not on a network address: there is no authentication.
+    let (_, err) = w.fails(&["nbd", "vm/root@latest", "--tcp", "0.0.0.0:0"]);
+    assert!(err.contains("not a loopback address"), "{err}");
+    let (_, err) = w.fails(&["nbd", "vm/nosuch@latest"]);
+    assert!(err.contains("nosuch"), "{err}");
+}
