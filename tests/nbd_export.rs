@@ -178,3 +178,126 @@ fn a_backup_is_served_as_a_read_only_nbd_export() {
     let (_, err) = w.fails(&["nbd", "vm/nosuch@latest"]);
     assert!(err.contains("nosuch"), "{err}");
 }
+
+/// From a `lifeboat serve` repository, with a read-only token: chunks are
+/// fetched when a client asks (and the next ones with them), verified,
+/// never written to the local disk.
+#[test]
+fn a_backup_on_a_served_remote_is_exported_with_chunks_fetched_on_demand() {
+    let w = World::new();
+    w.init("1M");
+    let img = w.path("disk.raw");
+    write_at(&img, 0, &noise(6 * MIB as usize, 3));
+    write_at(&img, 30 * MIB, &text(MIB as usize));
+    w.ok(&[
+        "backup",
+        "vm",
+        "--format",
+        "raw",
+        "--volume",
+        &format!("root={}", img.display()),
+    ]);
+    let (srv, tokens, append) = common::remote::server_dir(w.dir.path(), "site", "append");
+    let reader = common::remote::add_token(&tokens, "reader", "read");
+    let server = common::remote::Server::start(&srv, &tokens, "127.0.0.1:0");
+    let push = w
+        .cmd()
+        .arg("-r")
+        .arg(w.repo())
+        .env("LIFEBOAT_TOKEN", &append)
+        .args(["push", &server.url, "--init"])
+        .output()
+        .expect("push");
+    assert!(
+        push.status.success(),
+        "{}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+    // Nothing local is needed, or touched.
+    std::fs::remove_dir_all(w.repo()).expect("rm local repo");
+    let mut child = w
+        .cmd()
+        .arg("-r")
+        .arg(w.repo())
+        .env("LIFEBOAT_TOKEN", &reader)
+        .args(["--json", "nbd", "vm/root@latest", "--from", &server.url])
+        .args(["--tcp", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nbd");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("line");
+    let s = Served {
+        uri: serde_json::from_str::<Value>(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+            ["uri"]
+            .as_str()
+            .expect("uri")
+            .to_string(),
+        child,
+    };
+    let cmp = qemu(
+        "qemu-img",
+        &[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            &s.uri,
+            img.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        cmp.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&cmp.stdout),
+        String::from_utf8_lossy(&cmp.stderr)
+    );
+    drop(s);
+    assert!(!w.repo().exists(), "no local repository was made");
+
+    // On demand: with the chunk at 30 MiB gone from the server, the
+    // export still starts and serves the rest; only that range fails.
+    let text_chunk = common::files_under(&srv.join("chunks"))
+        .into_iter()
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.len() < 1_000_000))
+        .expect("the text chunk");
+    std::fs::remove_file(&text_chunk).expect("rm");
+    let mut child = w
+        .cmd()
+        .arg("-r")
+        .arg(w.repo())
+        .env("LIFEBOAT_TOKEN", &reader)
+        .args(["--json", "nbd", "vm/root@latest", "--from", &server.url])
+        .args(["--tcp", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nbd");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("line");
+    let uri = serde_json::from_str::<Value>(&line).expect("json")["uri"]
+        .as_str()
+        .expect("uri")
+        .to_string();
+    let _s = Served {
+        uri: uri.clone(),
+        child,
+    };
+    let read = |at: &str| {
+        let r = qemu(
+            "qemu-io",
+            &["-r", "-f", "raw", &uri, "-c", &format!("read {at} 1M")],
+        );
+        String::from_utf8_lossy(&r.stdout).into_owned() + &String::from_utf8_lossy(&r.stderr)
+    };
+    let ok = read("0");
+    assert!(ok.contains("read 1048576/1048576 bytes"), "{ok}");
+    let gone = read("30M");
+    assert!(gone.contains("Input/output error"), "{gone}");
+}

@@ -62,13 +62,14 @@ fn uses(cmd: Option<&Command>) -> Uses {
         | Some(Command::Show { .. })
         | Some(Command::Hash { .. })
         | Some(Command::Diff { .. })
-        | Some(Command::Nbd { .. })
         | Some(Command::Drills { .. })
         | Some(Command::Vms { .. })
         | Some(Command::Runs { .. })
         | Some(Command::Key { .. }) => LOCAL,
         Some(Command::Verify { remote, .. }) => maybe_remote(remote.is_some(), READS_REMOTE),
-        Some(Command::Restore { from, .. }) => maybe_remote(from.is_some(), READS_REMOTE),
+        Some(Command::Restore { from, .. }) | Some(Command::Nbd { from, .. }) => {
+            maybe_remote(from.is_some(), READS_REMOTE)
+        }
         // A drill's default source may be a remote (the VM's config).
         Some(Command::Drill(_)) => READS_REMOTE,
         // Cloud checks move no data; a cloud restore fetches (from a

@@ -211,6 +211,10 @@ pub enum Command {
         /// Decoded chunks kept in memory
         #[arg(long, default_value_t = 16)]
         cache_chunks: usize,
+        /// Serve a backup on this remote (name or URL): chunks fetched when
+        /// asked for, 8 at a time going forward, verified, kept in memory
+        #[arg(long, value_name = "REMOTE")]
+        from: Option<String>,
     },
     /// Check backups: every object present (quick) or re-read and re-hashed (--deep).
     Verify {
@@ -726,7 +730,8 @@ pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
             socket,
             tcp,
             cache_chunks,
-        } => nbd_cmd::nbd(&ctx, &reference, socket, tcp, cache_chunks).await,
+            from,
+        } => nbd_cmd::nbd(&ctx, &reference, socket, tcp, cache_chunks, from).await,
         Command::Verify {
             deep,
             remote: Some(remote),

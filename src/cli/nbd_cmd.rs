@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use lifeboat_core::format::refs;
 use lifeboat_core::jobs::CancellationToken;
-use lifeboat_core::nbd_export::{serve, Export, Listen};
+use lifeboat_core::nbd_export::{serve, Chunks, Export, Listen};
+use lifeboat_core::repository::Repository;
 use lifeboat_core::text::{bytes, escape};
 
 use super::{Ctx, Outcome};
@@ -15,11 +16,26 @@ pub async fn nbd(
     socket: Option<PathBuf>,
     tcp: Option<std::net::SocketAddr>,
     cache_chunks: usize,
+    from: Option<String>,
 ) -> anyhow::Result<Outcome> {
-    let repo = ctx.open_repo()?;
-    let all = repo.load_all()?;
-    let (key, m) = refs::resolve_one(&all, reference)?;
-    let index = repo.read_index(&m.index)?;
+    let (chunks, key, m, index) = match &from {
+        None => {
+            let repo = ctx.open_repo()?;
+            let all = repo.load_all()?;
+            let (key, m) = refs::resolve_one(&all, reference)?.clone();
+            let index = repo.read_index(&m.index)?;
+            (Chunks::Local(repo), key, m, index)
+        }
+        Some(r) => {
+            let (_, store) = ctx.remote(r)?;
+            let repo = Repository::open(store).await?;
+            let all = repo.backups().await?;
+            let (key, m) = refs::resolve_one(&all, reference)?.clone();
+            let index = repo.index(&m.index).await?;
+            let rt = tokio::runtime::Handle::current();
+            (Chunks::Remote { repo, rt }, key, m, index)
+        }
+    };
     let name = format!("{}/{}@{}", m.vm.name, m.volume.name, key.id.short());
     // The default socket lives in a directory of its own, private.
     let (listen, _dir) = match (socket, tcp) {
@@ -30,7 +46,7 @@ pub async fn nbd(
             (Listen::Unix(dir.path().join("nbd.sock")), Some(dir))
         }
     };
-    let export = Export::new(repo, index, name.clone(), cache_chunks);
+    let export = Export::new(chunks, index, name.clone(), cache_chunks);
     let size = export.size();
     let cancel = CancellationToken::new();
     let stop = cancel.clone();

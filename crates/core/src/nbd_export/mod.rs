@@ -28,9 +28,27 @@ use crate::repo::Repo;
 
 mod wire;
 
+/// Where the chunks come from.
+pub enum Chunks {
+    /// The local repository: read when asked for.
+    Local(Repo),
+    /// A remote (a served or S3 repository): fetched when asked for, with
+    /// the next `READ_AHEAD - 1` non-zero chunks fetched alongside, so a
+    /// reader going forward finds them in the cache instead of waiting a
+    /// round trip each.
+    Remote {
+        repo: crate::repository::Repository,
+        rt: tokio::runtime::Handle,
+    },
+}
+
+/// Chunks fetched together from a remote (the one asked for and those
+/// after it).
+const READ_AHEAD: usize = 8;
+
 /// The volume being served: its index, and where its chunks come from.
 pub struct Export {
-    repo: Repo,
+    repo: Chunks,
     index: Index,
     /// What the export is called (the backup it serves), for the log.
     pub name: String,
@@ -39,14 +57,49 @@ pub struct Export {
 }
 
 impl Export {
-    pub fn new(repo: Repo, index: Index, name: String, cache_chunks: usize) -> Export {
+    pub fn new(repo: Chunks, index: Index, name: String, cache_chunks: usize) -> Export {
+        let ahead = match repo {
+            Chunks::Local(_) => 1,
+            Chunks::Remote { .. } => READ_AHEAD,
+        };
         Export {
             repo,
             index,
             name,
             cache: Mutex::new(VecDeque::new()),
-            cache_chunks: cache_chunks.max(1),
+            // Room for a whole read-ahead batch and the chunk before it.
+            cache_chunks: cache_chunks.max(ahead + 1),
         }
+    }
+
+    fn cached(&self, i: usize) -> Option<Arc<Vec<u8>>> {
+        let c = self.cache.lock().ok()?;
+        c.iter().find(|(k, _)| *k == i).map(|(_, d)| d.clone())
+    }
+
+    fn remember(&self, i: usize, data: Arc<Vec<u8>>) {
+        if let Ok(mut c) = self.cache.lock() {
+            if c.iter().any(|(k, _)| *k == i) {
+                return;
+            }
+            if c.len() >= self.cache_chunks {
+                c.pop_front();
+            }
+            c.push_back((i, data));
+        }
+    }
+
+    /// The length check every source shares.
+    fn checked(&self, i: usize, id: &Id, data: Vec<u8>) -> Result<Arc<Vec<u8>>> {
+        let len = self.index.chunk_len(i);
+        if data.len() as u64 != len {
+            return Err(Error::corrupt(
+                "chunk",
+                id,
+                format!("holds {} bytes where the index expects {len}", data.len()),
+            ));
+        }
+        Ok(Arc::new(data))
     }
 
     pub fn size(&self) -> u64 {
@@ -59,36 +112,51 @@ impl Export {
 
     /// Chunk `i` decoded and verified (from the cache, or the repository).
     fn chunk(&self, i: usize) -> Result<Arc<Vec<u8>>> {
-        if let Ok(c) = self.cache.lock() {
-            if let Some((_, data)) = c.iter().find(|(k, _)| *k == i) {
-                return Ok(data.clone());
-            }
+        if let Some(d) = self.cached(i) {
+            return Ok(d);
         }
-        let id = self
+        let id = *self
             .index
             .chunks
             .get(i)
             .ok_or_else(|| Error::Internal(format!("no chunk {i}")))?;
-        let (mut file, mut raw) = (AlignedBuf::new(), AlignedBuf::new());
-        let data = self
-            .repo
-            .read_chunk_into(id, self.index.plain_id(i), &mut file, &mut raw)?;
-        let len = self.index.chunk_len(i);
-        if data.len() as u64 != len {
-            return Err(Error::corrupt(
-                "chunk",
-                id,
-                format!("holds {} bytes where the index expects {len}", data.len()),
-            ));
-        }
-        let data = Arc::new(data.to_vec());
-        if let Ok(mut c) = self.cache.lock() {
-            if c.len() >= self.cache_chunks {
-                c.pop_front();
+        match &self.repo {
+            Chunks::Local(repo) => {
+                let (mut file, mut raw) = (AlignedBuf::new(), AlignedBuf::new());
+                let data = repo
+                    .read_chunk_into(&id, self.index.plain_id(i), &mut file, &mut raw)?
+                    .to_vec();
+                let data = self.checked(i, &id, data)?;
+                self.remember(i, data.clone());
+                Ok(data)
             }
-            c.push_back((i, data.clone()));
+            Chunks::Remote { repo, rt } => {
+                let batch: Vec<(usize, Id)> = std::iter::once((i, id))
+                    .chain(
+                        (i + 1..self.index.chunks.len())
+                            .filter(|&j| !self.is_zero(j) && self.cached(j).is_none())
+                            .take(READ_AHEAD - 1)
+                            .map(|j| (j, self.index.chunks[j])),
+                    )
+                    .collect();
+                let fetched = rt.block_on(futures::future::join_all(
+                    batch.iter().map(|(_, id)| repo.chunk(id)),
+                ));
+                let mut asked = None;
+                for ((j, id), got) in batch.into_iter().zip(fetched) {
+                    let got = got.and_then(|d| self.checked(j, &id, d));
+                    if j == i {
+                        asked = Some(got);
+                    } else if let Ok(d) = got {
+                        // A read-ahead that failed is fetched again when asked.
+                        self.remember(j, d);
+                    }
+                }
+                let data = asked.ok_or_else(|| Error::Internal("no fetch".into()))??;
+                self.remember(i, data.clone());
+                Ok(data)
+            }
         }
-        Ok(data)
     }
 
     /// Fills `buf` with the volume's bytes at `offset`.
