@@ -361,36 +361,38 @@ impl Running {
 
     /// The disk's format and how it was read, for its manifest.
     fn capture_of(&self, i: usize) -> (crate::format::manifest::ImageFormat, Capture) {
-        let (format, read, new_bitmap, consistency, note) = match self {
+        let (format, read, bitmap, consistency, note) = match self {
             Running::Qmp(s) => {
                 let d = &s.disks[i];
-                (d.format, &d.read, &d.new_bitmap, s.consistency, &s.note)
+                (
+                    d.format,
+                    &d.read,
+                    d.new_bitmap.clone(),
+                    s.consistency,
+                    &s.note,
+                )
             }
             Running::Libvirt(s) => {
                 let d = &s.disks[i];
-                (d.format, &d.read, &d.new_bitmap, s.consistency, &s.note)
+                (
+                    d.format,
+                    &d.read,
+                    d.new_bitmap.clone(),
+                    s.consistency,
+                    &s.note,
+                )
             }
             Running::Rbd(s) => {
                 let d = &s.disks[i];
                 let kept = d.snapshots.kept().map(str::to_string);
-                let capture = Capture {
-                    consistency: s.consistency,
-                    note: s.note.clone(),
-                    bitmap: kept,
-                    incremental: matches!(d.read, Read::Incremental { .. }),
-                    full_reason: match &d.read {
-                        Read::Full { reason } => Some(reason.clone()),
-                        Read::Incremental { .. } => None,
-                    },
-                    bytes_read: 0,
-                };
-                return (crate::format::manifest::ImageFormat::Raw, capture);
+                let raw = crate::format::manifest::ImageFormat::Raw;
+                (raw, &d.read, kept, s.consistency, &s.note)
             }
         };
         let capture = Capture {
             consistency,
             note: note.clone(),
-            bitmap: new_bitmap.clone(),
+            bitmap,
             incremental: matches!(read, Read::Incremental { .. }),
             full_reason: match read {
                 Read::Full { reason } => Some(reason.clone()),
