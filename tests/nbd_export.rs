@@ -28,13 +28,21 @@ impl Drop for Served {
 }
 
 fn serve(w: &World, args: &[&str]) -> Served {
-    let mut child = w
-        .cmd()
-        .arg("-r")
+    serve_with_token(w, args, None)
+}
+
+/// The same, with `LIFEBOAT_TOKEN` for a served remote.
+fn serve_with_token(w: &World, args: &[&str], token: Option<&str>) -> Served {
+    let mut cmd = w.cmd();
+    cmd.arg("-r")
         .arg(w.repo())
         .arg("--json")
         .arg("nbd")
-        .args(args)
+        .args(args);
+    if let Some(t) = token {
+        cmd.env("LIFEBOAT_TOKEN", t);
+    }
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -51,6 +59,28 @@ fn serve(w: &World, args: &[&str]) -> Served {
 
 fn qemu(tool: &str, args: &[&str]) -> std::process::Output {
     Command::new(tool).args(args).output().expect(tool)
+}
+
+/// The export reads exactly as the image file, through qemu-img.
+fn assert_same(uri: &str, img: &std::path::Path) {
+    let cmp = qemu(
+        "qemu-img",
+        &[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            uri,
+            img.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        cmp.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&cmp.stdout),
+        String::from_utf8_lossy(&cmp.stderr)
+    );
 }
 
 #[test]
@@ -86,24 +116,7 @@ fn a_backup_is_served_as_a_read_only_nbd_export() {
     assert_eq!(mode & 0o077, 0, "the socket is private: {mode:o}");
 
     // Byte-exact through QEMU's NBD client.
-    let cmp = qemu(
-        "qemu-img",
-        &[
-            "compare",
-            "-f",
-            "raw",
-            "-F",
-            "raw",
-            &s.uri,
-            img.to_str().unwrap(),
-        ],
-    );
-    assert!(
-        cmp.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&cmp.stdout),
-        String::from_utf8_lossy(&cmp.stderr)
-    );
+    assert_same(&s.uri, &img);
     // Zero chunks are holes (base:allocation): qemu-img map sees data only
     // where the image has it.
     let map = qemu("qemu-img", &["map", "--output=json", "-f", "raw", &s.uri]);
@@ -215,47 +228,15 @@ fn a_backup_on_a_served_remote_is_exported_with_chunks_fetched_on_demand() {
     );
     // Nothing local is needed, or touched.
     std::fs::remove_dir_all(w.repo()).expect("rm local repo");
-    let mut child = w
-        .cmd()
-        .arg("-r")
-        .arg(w.repo())
-        .env("LIFEBOAT_TOKEN", &reader)
-        .args(["--json", "nbd", "vm/root@latest", "--from", &server.url])
-        .args(["--tcp", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("nbd");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("line");
-    let s = Served {
-        uri: serde_json::from_str::<Value>(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
-            ["uri"]
-            .as_str()
-            .expect("uri")
-            .to_string(),
-        child,
-    };
-    let cmp = qemu(
-        "qemu-img",
-        &[
-            "compare",
-            "-f",
-            "raw",
-            "-F",
-            "raw",
-            &s.uri,
-            img.to_str().unwrap(),
-        ],
-    );
-    assert!(
-        cmp.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&cmp.stdout),
-        String::from_utf8_lossy(&cmp.stderr)
-    );
+    let args = [
+        "vm/root@latest",
+        "--from",
+        &server.url,
+        "--tcp",
+        "127.0.0.1:0",
+    ];
+    let s = serve_with_token(&w, &args, Some(&reader));
+    assert_same(&s.uri, &img);
     drop(s);
     assert!(!w.repo().exists(), "no local repository was made");
 
@@ -266,29 +247,8 @@ fn a_backup_on_a_served_remote_is_exported_with_chunks_fetched_on_demand() {
         .find(|p| std::fs::metadata(p).is_ok_and(|m| m.len() < 1_000_000))
         .expect("the text chunk");
     std::fs::remove_file(&text_chunk).expect("rm");
-    let mut child = w
-        .cmd()
-        .arg("-r")
-        .arg(w.repo())
-        .env("LIFEBOAT_TOKEN", &reader)
-        .args(["--json", "nbd", "vm/root@latest", "--from", &server.url])
-        .args(["--tcp", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nbd");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("line");
-    let uri = serde_json::from_str::<Value>(&line).expect("json")["uri"]
-        .as_str()
-        .expect("uri")
-        .to_string();
-    let _s = Served {
-        uri: uri.clone(),
-        child,
-    };
+    let s = serve_with_token(&w, &args, Some(&reader));
+    let uri = s.uri.clone();
     let read = |at: &str| {
         let r = qemu(
             "qemu-io",

@@ -229,7 +229,12 @@ path = "rbd:rbd/disk"
 
     /// `backup rv --json`: the root volume's capture record.
     fn backup(&self) -> Value {
-        let out = self.lb(&["backup", "rv", "--json"]);
+        self.backup_of("rv")["root"].clone()
+    }
+
+    /// `backup VM --json`: each volume's capture record by name.
+    fn backup_of(&self, vm: &str) -> Value {
+        let out = self.lb(&["backup", vm, "--json"]);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -241,7 +246,14 @@ path = "rbd:rbd/disk"
             .map_while(Result::ok)
             .last()
             .expect("a JSON result");
-        r["volumes"][0]["capture"].clone()
+        let mut by_name = serde_json::Map::new();
+        for v in r["volumes"].as_array().expect("volumes") {
+            by_name.insert(
+                v["volume"].as_str().expect("name").into(),
+                v["capture"].clone(),
+            );
+        }
+        Value::Object(by_name)
     }
 
     fn restore(&self) -> PathBuf {
@@ -512,30 +524,6 @@ fn rbd_images_are_backed_up_from_their_own_snapshots_incrementally_by_extents() 
     assert_eq!((h.manifests(), ceph.snaps("rbd/disk")), before);
 }
 
-/// Backs up the running VM `rv2`; its volumes' capture records by name.
-fn backup_vm(h: &Host) -> Value {
-    let out = h.lb(&["backup", "rv2", "--json"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "backup failed: {text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r = serde_json::Deserializer::from_str(&text)
-        .into_iter::<Value>()
-        .map_while(Result::ok)
-        .last()
-        .expect("a JSON result");
-    let mut by_name = serde_json::Map::new();
-    for v in r["volumes"].as_array().expect("volumes") {
-        by_name.insert(
-            v["volume"].as_str().expect("name").into(),
-            v["capture"].clone(),
-        );
-    }
-    Value::Object(by_name)
-}
-
 /// Both restored volumes of the newest backup hold one instant.
 fn assert_one_instant(h: &Host) -> u64 {
     let mut seqs = Vec::new();
@@ -636,7 +624,7 @@ path = "rbd:rbd/vb"
     h.init();
 
     // Frozen by the agent while both snapshots are taken.
-    let b1 = backup_vm(&h);
+    let b1 = h.backup_of("rv2");
     for v in ["vda", "vdb"] {
         let c = &b1[v];
         assert_eq!(c["consistency"], "application", "{b1:#}");
@@ -682,7 +670,7 @@ path = "rbd:rbd/vb"
     // Without the agent: paused all the same, then it runs on.
     guest.wait_for(&format!("live-guest: seq {}", (at1 / 64 + 2) * 64), 120);
     config(false, "");
-    let b2 = backup_vm(&h);
+    let b2 = h.backup_of("rv2");
     for v in ["vda", "vdb"] {
         let c = &b2[v];
         assert_eq!(c["consistency"], "crash", "{b2:#}");

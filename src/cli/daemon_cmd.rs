@@ -53,12 +53,7 @@ pub async fn daemon(ctx: &Ctx, a: DaemonArgs) -> anyhow::Result<Outcome> {
     }
     let stop = shutdown.clone();
     tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
-        }
+        super::stop_requested().await;
         tracing::info!("stop requested: running jobs stop at their next safe point");
         stop.cancel();
     });

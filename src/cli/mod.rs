@@ -553,6 +553,23 @@ pub enum Outcome {
     Cancelled,
 }
 
+/// Resolves at Ctrl-C or SIGTERM: how a long-running command (serve,
+/// daemon, nbd) is told to stop.
+pub async fn stop_requested() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}
+
 pub struct Ctx {
     /// With the command line's overrides for remotes in `config.overrides`.
     pub config: Config,
@@ -983,12 +1000,7 @@ async fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<Outcome> {
         },
     };
     let shutdown = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
-        }
+        stop_requested().await;
         tracing::info!("shutting down");
     };
     crate::server::serve(

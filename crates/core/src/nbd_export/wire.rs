@@ -8,19 +8,16 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use super::Export;
+use super::export::Export;
 use crate::error::{Error, Result};
 use crate::jobs::CancellationToken;
 
-const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
-const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
-const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
-const REQUEST_MAGIC: u32 = 0x2560_9513;
-const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
-const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
+// The magic numbers and greeting flags the client speaks too.
+use crate::source::nbd::{
+    FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT, NBDMAGIC, OPT_REPLY_MAGIC, REQUEST_MAGIC,
+    SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_MAGIC,
+};
 
-const FLAG_FIXED_NEWSTYLE: u16 = 1;
-const FLAG_NO_ZEROES: u16 = 2;
 const CLIENT_NO_ZEROES: u32 = 2;
 
 const OPT_EXPORT_NAME: u32 = 1;

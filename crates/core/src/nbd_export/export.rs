@@ -1,0 +1,189 @@
+//! The volume an NBD export serves: its index, where its chunks come
+//! from (the local repository, or a remote with read-ahead), and a small
+//! cache of decoded, verified chunks.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use crate::buf::AlignedBuf;
+use crate::error::{Error, Result};
+use crate::format::{Id, Index};
+use crate::repo::Repo;
+
+/// Where the chunks come from.
+pub enum Chunks {
+    /// The local repository: read when asked for.
+    Local(Repo),
+    /// A remote (a served or S3 repository): fetched when asked for, with
+    /// the next `READ_AHEAD - 1` non-zero chunks fetched alongside, so a
+    /// reader going forward finds them in the cache instead of waiting a
+    /// round trip each.
+    Remote {
+        repo: crate::repository::Repository,
+        rt: tokio::runtime::Handle,
+    },
+}
+
+/// Chunks fetched together from a remote (the one asked for and those
+/// after it).
+const READ_AHEAD: usize = 8;
+
+/// The volume being served: its index, and where its chunks come from.
+pub struct Export {
+    repo: Chunks,
+    index: Index,
+    /// What the export is called (the backup it serves), for the log.
+    pub name: String,
+    cache: Mutex<VecDeque<(usize, Arc<Vec<u8>>)>>,
+    cache_chunks: usize,
+}
+
+impl Export {
+    pub fn new(repo: Chunks, index: Index, name: String, cache_chunks: usize) -> Export {
+        let ahead = match repo {
+            Chunks::Local(_) => 1,
+            Chunks::Remote { .. } => READ_AHEAD,
+        };
+        Export {
+            repo,
+            index,
+            name,
+            cache: Mutex::new(VecDeque::new()),
+            // Room for a whole read-ahead batch and the chunk before it.
+            cache_chunks: cache_chunks.max(ahead + 1),
+        }
+    }
+
+    fn cached(&self, i: usize) -> Option<Arc<Vec<u8>>> {
+        let c = self.cache.lock().ok()?;
+        c.iter().find(|(k, _)| *k == i).map(|(_, d)| d.clone())
+    }
+
+    fn remember(&self, i: usize, data: Arc<Vec<u8>>) {
+        if let Ok(mut c) = self.cache.lock() {
+            if c.iter().any(|(k, _)| *k == i) {
+                return;
+            }
+            if c.len() >= self.cache_chunks {
+                c.pop_front();
+            }
+            c.push_back((i, data));
+        }
+    }
+
+    /// The length check every source shares.
+    fn checked(&self, i: usize, id: &Id, data: Vec<u8>) -> Result<Arc<Vec<u8>>> {
+        let len = self.index.chunk_len(i);
+        if data.len() as u64 != len {
+            return Err(Error::corrupt(
+                "chunk",
+                id,
+                format!("holds {} bytes where the index expects {len}", data.len()),
+            ));
+        }
+        Ok(Arc::new(data))
+    }
+
+    pub fn size(&self) -> u64 {
+        self.index.image_size
+    }
+
+    fn is_zero(&self, i: usize) -> bool {
+        self.index.chunks.get(i).is_none_or(Id::is_zero)
+    }
+
+    /// Chunk `i` decoded and verified (from the cache, or the repository).
+    fn chunk(&self, i: usize) -> Result<Arc<Vec<u8>>> {
+        if let Some(d) = self.cached(i) {
+            return Ok(d);
+        }
+        let id = *self
+            .index
+            .chunks
+            .get(i)
+            .ok_or_else(|| Error::Internal(format!("no chunk {i}")))?;
+        match &self.repo {
+            Chunks::Local(repo) => {
+                let (mut file, mut raw) = (AlignedBuf::new(), AlignedBuf::new());
+                let data = repo
+                    .read_chunk_into(&id, self.index.plain_id(i), &mut file, &mut raw)?
+                    .to_vec();
+                let data = self.checked(i, &id, data)?;
+                self.remember(i, data.clone());
+                Ok(data)
+            }
+            Chunks::Remote { repo, rt } => {
+                let batch: Vec<(usize, Id)> = std::iter::once((i, id))
+                    .chain(
+                        (i + 1..self.index.chunks.len())
+                            .filter(|&j| !self.is_zero(j) && self.cached(j).is_none())
+                            .take(READ_AHEAD - 1)
+                            .map(|j| (j, self.index.chunks[j])),
+                    )
+                    .collect();
+                let fetched = rt.block_on(futures::future::join_all(
+                    batch.iter().map(|(_, id)| repo.chunk(id)),
+                ));
+                let mut asked = None;
+                for ((j, id), got) in batch.into_iter().zip(fetched) {
+                    let got = got.and_then(|d| self.checked(j, &id, d));
+                    if j == i {
+                        asked = Some(got);
+                    } else if let Ok(d) = got {
+                        // A read-ahead that failed is fetched again when asked.
+                        self.remember(j, d);
+                    }
+                }
+                let data = asked.ok_or_else(|| Error::Internal("no fetch".into()))??;
+                self.remember(i, data.clone());
+                Ok(data)
+            }
+        }
+    }
+
+    /// Fills `buf` with the volume's bytes at `offset`.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let cs = self.index.chunk_size;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let i = (pos / cs) as usize;
+            let within = (pos % cs) as usize;
+            let n = ((cs as usize) - within).min(buf.len() - done);
+            let out = &mut buf[done..done + n];
+            if self.is_zero(i) {
+                out.fill(0);
+            } else {
+                let c = self.chunk(i)?;
+                let src = c.get(within..within + n).ok_or_else(|| {
+                    Error::Internal(format!("chunk {i} is shorter than the image says"))
+                })?;
+                out.copy_from_slice(src);
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Runs of `[offset, offset+len)` that are holes (zero chunks) or data:
+    /// (length, is_hole), at most `max` of them.
+    pub fn extents(&self, offset: u64, len: u64, max: usize) -> Vec<(u64, bool)> {
+        let cs = self.index.chunk_size;
+        let end = offset.saturating_add(len).min(self.size());
+        let mut out: Vec<(u64, bool)> = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let i = (pos / cs) as usize;
+            let chunk_end = ((i as u64 + 1) * cs).min(end);
+            let hole = self.is_zero(i);
+            let full = out.len() >= max;
+            match out.last_mut() {
+                Some((l, h)) if *h == hole => *l += chunk_end - pos,
+                _ if full => break,
+                _ => out.push((chunk_end - pos, hole)),
+            }
+            pos = chunk_end;
+        }
+        out
+    }
+}
