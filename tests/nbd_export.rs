@@ -261,3 +261,116 @@ fn a_backup_on_a_served_remote_is_exported_with_chunks_fetched_on_demand() {
     let gone = read("30M");
     assert!(gone.contains("Input/output error"), "{gone}");
 }
+
+/// Booting straight from a backup: a qcow2 overlay whose backing file is
+/// the export takes the guest's writes, the backup is only read. The
+/// demo's guest comes up this way without being restored first.
+#[test]
+fn a_vm_boots_from_a_backup_through_an_overlay_on_the_export() {
+    let w = World::new();
+    w.init("4M");
+    let raw = w.path("boot.raw");
+    let out = Command::new("sh")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo-guest.sh"))
+        .arg("disk")
+        .arg(common::guest::kit())
+        .arg(&raw)
+        .arg("nbdvm")
+        .output()
+        .expect("demo-guest.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    w.ok(&[
+        "backup",
+        "nbdvm",
+        "--format",
+        "raw",
+        "--volume",
+        &format!("root={}", raw.display()),
+    ]);
+    let before = std::fs::read(&raw).expect("disk");
+    std::fs::remove_file(&raw).expect("the disk is lost");
+    let sock = w.path("boot.sock");
+    let s = serve(
+        &w,
+        &["nbdvm/root@latest", "--socket", sock.to_str().unwrap()],
+    );
+    let overlay = w.path("overlay.qcow2");
+    let made = qemu(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            &s.uri,
+            "-F",
+            "raw",
+            overlay.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let mut vm = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "tcg",
+            "-m",
+            "256",
+            "-nodefaults",
+            "-display",
+            "none",
+        ])
+        .args(["-no-reboot", "-serial", "stdio", "-drive"])
+        .arg(format!("file={},if=virtio,format=qcow2", overlay.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-system-x86_64");
+    let lines = BufReader::new(vm.stdout.take().expect("stdout"));
+    // A guest that never prints its marker must not hang the test: QEMU
+    // is killed after 5 minutes unless the test is done first.
+    let (done, watch) = std::sync::mpsc::channel::<()>();
+    let pid = vm.id() as i32;
+    let watchdog = std::thread::spawn(move || {
+        if watch
+            .recv_timeout(std::time::Duration::from_secs(300))
+            .is_err()
+        {
+            // SAFETY: our own child, still unreaped (the test waits below).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    let mut seen = Vec::new();
+    let mut up = false;
+    for l in lines.lines().map_while(Result::ok) {
+        if l.contains("lifeboat-guest nbdvm: up") {
+            up = true;
+            break;
+        }
+        seen.push(l);
+    }
+    let _ = done.send(());
+    let _ = watchdog.join();
+    let _ = vm.kill();
+    let _ = vm.wait();
+    assert!(up, "the guest never came up:\n{}", seen.join("\n"));
+    drop(s);
+    // The backup itself was only read: restored, it is the disk as it was.
+    let back = w.path("back.raw");
+    w.ok(&[
+        "restore",
+        "nbdvm/root@latest",
+        "--to",
+        back.to_str().unwrap(),
+    ]);
+    assert!(std::fs::read(&back).expect("restored") == before);
+}
