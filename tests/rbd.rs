@@ -444,6 +444,31 @@ fn rbd_images_are_backed_up_from_their_own_snapshots_incrementally_by_extents() 
         "{v:#}"
     );
     assert_eq!(ceph.snaps("rbd/disk"), want);
+    // The daemon's repair pass removes one too, without waiting for the
+    // VM's next backup.
+    ceph.ok("rbd", &["snap", "create", &format!("rbd/disk@{stray}")]);
+    let mut daemon = h
+        .cmd(&["daemon"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("daemon");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while ceph.snaps("rbd/disk") != want {
+        if Instant::now() > deadline || matches!(daemon.try_wait(), Ok(Some(_))) {
+            let _ = daemon.kill();
+            let out = daemon.wait_with_output().expect("daemon output");
+            panic!(
+                "the daemon left {:?}: {}",
+                ceph.snaps("rbd/disk"),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // SAFETY: signalling our own child; SIGTERM is its clean stop.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    assert!(daemon.wait().expect("daemon").success());
 
     // Restored onto RBD: a new thin image, byte-exact; an existing one
     // only with --force.

@@ -408,23 +408,44 @@ impl Daemon {
         Ok(unsuccessful)
     }
 
-    /// Repairs what killed backups left in the running VMs' QEMUs (VMs
-    /// with a job now are skipped: their backup does it).
+    /// Repairs what killed backups left in the running VMs' QEMUs, and
+    /// the RBD snapshots no backup of this repository builds on (VMs with
+    /// a job now are skipped: their backup does it).
     fn spawn_repairs(&self, busy: Vec<String>) -> tokio::task::JoinHandle<()> {
         let config = self.config.clone();
+        let root = self.root.clone();
         tokio::task::spawn_blocking(move || {
+            // The lineage of RBD volumes is in this repository's backups.
+            let mut backups = None;
             for v in &config.vms {
                 let vm = v.name.get_ref();
                 let live = config.live_for(vm);
-                if busy.contains(vm) || (live.qmp.is_none() && live.libvirt.is_none()) {
+                let rbd = v
+                    .volumes
+                    .iter()
+                    .any(|x| crate::source::rbd::RbdImage::is_rbd(&config.resolve(&x.path)));
+                if busy.contains(vm) || (!rbd && live.qmp.is_none() && live.libvirt.is_none()) {
                     continue;
                 }
-                match crate::live::repair(&live) {
+                let repaired = if rbd {
+                    let loaded = backups.get_or_insert_with(|| {
+                        crate::repo::Repo::open(&root)
+                            .and_then(|r| Ok((r.load_all()?, r.chunk_size())))
+                    });
+                    match loaded {
+                        Ok((all, chunk)) => {
+                            crate::config::requests::live_repair(&config, vm, all, *chunk)
+                        }
+                        Err(e) => Err(crate::Error::BadInput(e.to_string())),
+                    }
+                } else {
+                    crate::live::repair(&live)
+                };
+                match repaired {
                     Ok(r) if r.is_empty() => {}
-                    Ok(r) => tracing::warn!(
-                        "{vm}: removed what a killed backup left in its QEMU: {}",
-                        r.join(", ")
-                    ),
+                    Ok(r) => {
+                        tracing::warn!("{vm}: removed what a killed backup left: {}", r.join(", "))
+                    }
                     Err(e) => tracing::debug!("{vm}: no repair now: {e}"),
                 }
             }
