@@ -515,19 +515,7 @@ fn a_backed_up_domain_is_defined_into_libvirt_started_and_boots() {
     let g = qemu_dir();
     // The demo's bootable guest, as a qcow2 disk.
     let raw = g.path().join("boot.raw");
-    let out = Command::new("sh")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo-guest.sh"))
-        .arg("disk")
-        .arg(kit())
-        .arg(&raw)
-        .arg("lbboot")
-        .output()
-        .expect("demo-guest.sh");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::guest::demo_disk(&raw, "lbboot");
     let disk = g.path().join("boot.qcow2");
     let st = Command::new("qemu-img")
         .args(["convert", "-O", "qcow2"])

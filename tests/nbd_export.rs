@@ -270,19 +270,7 @@ fn a_vm_boots_from_a_backup_through_an_overlay_on_the_export() {
     let w = World::new();
     w.init("4M");
     let raw = w.path("boot.raw");
-    let out = Command::new("sh")
-        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo-guest.sh"))
-        .arg("disk")
-        .arg(common::guest::kit())
-        .arg(&raw)
-        .arg("nbdvm")
-        .output()
-        .expect("demo-guest.sh");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::guest::demo_disk(&raw, "nbdvm");
     w.ok(&[
         "backup",
         "nbdvm",

@@ -787,19 +787,7 @@ fn an_rbd_backed_vm_is_drilled_from_its_backup() {
     let h = Host::bare();
     // The demo's bootable guest, imported into the pool.
     let raw = h.dir.path().join("boot.raw");
-    let out = Command::new("sh")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo-guest.sh"))
-        .arg("disk")
-        .arg(guest::kit())
-        .arg(&raw)
-        .arg("rbdvm")
-        .output()
-        .expect("demo-guest.sh");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    guest::demo_disk(&raw, "rbdvm");
     ceph.ok(
         "rbd",
         &[

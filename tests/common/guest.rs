@@ -34,6 +34,20 @@ pub fn kit() -> PathBuf {
     kit
 }
 
+/// The demo's bootable guest disk for VM `name` (assets/demo-guest.sh:
+/// prints `lifeboat-guest NAME: up` and serves HTTP on 8080), at `out`.
+pub fn demo_disk(out: &Path, name: &str) {
+    let r = Command::new("sh")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo-guest.sh"))
+        .arg("disk")
+        .arg(kit())
+        .arg(out)
+        .arg(name)
+        .output()
+        .expect("demo-guest.sh");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+}
+
 /// The guest's initramfs, built once per run.
 pub fn initrd() -> &'static Path {
     static INITRD: OnceLock<PathBuf> = OnceLock::new();
