@@ -582,16 +582,7 @@ fn a_backed_up_domain_is_defined_into_libvirt_started_and_boots() {
 
     // The console lists both domains with their disks (the real binary
     // in a pseudo-terminal).
-    let mut cmd = portable_pty::CommandBuilder::new(BIN);
-    cmd.arg("--config");
-    cmd.arg(host.dir.path().join("cfg.toml"));
-    cmd.arg("tui");
-    cmd.cwd(host.dir.path());
-    cmd.env("TERM", "xterm-256color");
-    cmd.env("HOME", host.dir.path());
-    cmd.env("LIBVIRT_DEFAULT_URI", common::NO_LIBVIRT);
-    cmd.env_remove("LIFEBOAT_REPO");
-    let mut c = common::pty::open(cmd);
+    let mut c = common::pty::console_in(host.dir.path());
     c.wait_until("both domains in the tree", 60, |s| {
         s.contains("lbboot") && s.contains("lbnet")
     });

@@ -61,6 +61,12 @@ fn qemu(tool: &str, args: &[&str]) -> std::process::Output {
     Command::new(tool).args(args).output().expect(tool)
 }
 
+/// `qemu-io -r` running one command on the export: what it said.
+fn qemu_io(uri: &str, cmd: &str) -> String {
+    let r = qemu("qemu-io", &["-r", "-f", "raw", uri, "-c", cmd]);
+    String::from_utf8_lossy(&r.stdout).into_owned() + &String::from_utf8_lossy(&r.stderr)
+}
+
 /// The export reads exactly as the image file, through qemu-img.
 fn assert_same(uri: &str, img: &std::path::Path) {
     let cmp = qemu(
@@ -96,14 +102,7 @@ fn a_backup_is_served_as_a_read_only_nbd_export() {
         .open(&img)
         .and_then(|f| f.set_len(32 * MIB))
         .expect("size");
-    w.ok(&[
-        "backup",
-        "vm",
-        "--format",
-        "raw",
-        "--volume",
-        &format!("root={}", img.display()),
-    ]);
+    w.backup_file("vm", &img);
 
     let sock = w.path("x.sock");
     let s = serve(&w, &["vm/root@latest", "--socket", sock.to_str().unwrap()]);
@@ -161,12 +160,7 @@ fn a_backup_is_served_as_a_read_only_nbd_export() {
     assert!(s.uri.starts_with("nbd://127.0.0.1:"), "{}", s.uri);
     let mut failed = 0;
     for m in 0..3u64 {
-        let r = qemu(
-            "qemu-io",
-            &["-r", "-f", "raw", &s.uri, "-c", &format!("read {}M 1M", m)],
-        );
-        let said =
-            String::from_utf8_lossy(&r.stdout).into_owned() + &String::from_utf8_lossy(&r.stderr);
+        let said = qemu_io(&s.uri, &format!("read {m}M 1M"));
         if said.contains("Input/output error") {
             failed += 1;
         } else {
@@ -174,15 +168,8 @@ fn a_backup_is_served_as_a_read_only_nbd_export() {
         }
     }
     assert_eq!(failed, 1, "exactly the corrupt chunk's MiB fails");
-    let r = qemu(
-        "qemu-io",
-        &["-r", "-f", "raw", &s.uri, "-c", "read -P 0 10M 1M"],
-    );
-    assert!(
-        String::from_utf8_lossy(&r.stdout).contains("read 1048576/1048576 bytes"),
-        "{}",
-        String::from_utf8_lossy(&r.stdout)
-    );
+    let holes = qemu_io(&s.uri, "read -P 0 10M 1M");
+    assert!(holes.contains("read 1048576/1048576 bytes"), "{holes}");
     drop(s);
 
     // Not on a network address: there is no authentication.
@@ -202,14 +189,7 @@ fn a_backup_on_a_served_remote_is_exported_with_chunks_fetched_on_demand() {
     let img = w.path("disk.raw");
     write_at(&img, 0, &noise(6 * MIB as usize, 3));
     write_at(&img, 30 * MIB, &text(MIB as usize));
-    w.ok(&[
-        "backup",
-        "vm",
-        "--format",
-        "raw",
-        "--volume",
-        &format!("root={}", img.display()),
-    ]);
+    w.backup_file("vm", &img);
     let (srv, tokens, append) = common::remote::server_dir(w.dir.path(), "site", "append");
     let reader = common::remote::add_token(&tokens, "reader", "read");
     let server = common::remote::Server::start(&srv, &tokens, "127.0.0.1:0");
@@ -249,13 +229,7 @@ fn a_backup_on_a_served_remote_is_exported_with_chunks_fetched_on_demand() {
     std::fs::remove_file(&text_chunk).expect("rm");
     let s = serve_with_token(&w, &args, Some(&reader));
     let uri = s.uri.clone();
-    let read = |at: &str| {
-        let r = qemu(
-            "qemu-io",
-            &["-r", "-f", "raw", &uri, "-c", &format!("read {at} 1M")],
-        );
-        String::from_utf8_lossy(&r.stdout).into_owned() + &String::from_utf8_lossy(&r.stderr)
-    };
+    let read = |at: &str| qemu_io(&uri, &format!("read {at} 1M"));
     let ok = read("0");
     assert!(ok.contains("read 1048576/1048576 bytes"), "{ok}");
     let gone = read("30M");
@@ -271,14 +245,7 @@ fn a_vm_boots_from_a_backup_through_an_overlay_on_the_export() {
     w.init("4M");
     let raw = w.path("boot.raw");
     common::guest::demo_disk(&raw, "nbdvm");
-    w.ok(&[
-        "backup",
-        "nbdvm",
-        "--format",
-        "raw",
-        "--volume",
-        &format!("root={}", raw.display()),
-    ]);
+    w.backup_file("nbdvm", &raw);
     let before = std::fs::read(&raw).expect("disk");
     std::fs::remove_file(&raw).expect("the disk is lost");
     let sock = w.path("boot.sock");

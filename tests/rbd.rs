@@ -673,17 +673,7 @@ path = "rbd:rbd/vb"
 
     // The console shows the RBD VM like any other: running, how its last
     // backup was made, what the next one reads.
-    let mut cmd = portable_pty::CommandBuilder::new(BIN);
-    cmd.arg("--config");
-    cmd.arg(h.dir.path().join("cfg.toml"));
-    cmd.arg("tui");
-    cmd.cwd(h.dir.path());
-    cmd.env("TERM", "xterm-256color");
-    cmd.env("HOME", h.dir.path());
-    cmd.env("LIBVIRT_DEFAULT_URI", common::NO_LIBVIRT);
-    cmd.env_remove("LIFEBOAT_REPO");
-    cmd.env_remove("CEPH_CONF");
-    let mut console = common::pty::open(cmd);
+    let mut console = common::pty::console_in(h.dir.path());
     console.wait_for("rv2 ●", 60);
     console.wait_for(
         "live    running · last application-consistent · next incremental",

@@ -114,6 +114,12 @@ impl World {
     pub fn backup_noise(&self, vm: &str, name: &str, len: usize, seed: u64) -> PathBuf {
         let img = self.path(name);
         write_at(&img, 0, &noise(len, seed));
+        self.backup_file(vm, &img);
+        img
+    }
+
+    /// Backs up the raw file `img` as `vm`'s root volume.
+    pub fn backup_file(&self, vm: &str, img: &Path) {
         self.ok(&[
             "backup",
             vm,
@@ -122,7 +128,6 @@ impl World {
             "--volume",
             &format!("root={}", img.display()),
         ]);
-        img
     }
 
     /// Restores `reference` from the repository `repo` to a new file and

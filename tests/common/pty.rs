@@ -88,6 +88,22 @@ impl Console {
 }
 
 /// Starts `cmd` in a 150x40 pseudo-terminal with a vt100 parser fed from it.
+/// The console (`lifeboat --config DIR/cfg.toml tui`) run in `dir` as
+/// its home, isolated from the user's repository, libvirt and Ceph.
+pub fn console_in(dir: &std::path::Path) -> Console {
+    let mut cmd = CommandBuilder::new(super::BIN);
+    cmd.arg("--config");
+    cmd.arg(dir.join("cfg.toml"));
+    cmd.arg("tui");
+    cmd.cwd(dir);
+    cmd.env("TERM", "xterm-256color");
+    cmd.env("HOME", dir);
+    cmd.env("LIBVIRT_DEFAULT_URI", super::NO_LIBVIRT);
+    cmd.env_remove("LIFEBOAT_REPO");
+    cmd.env_remove("CEPH_CONF");
+    open(cmd)
+}
+
 pub fn open(cmd: CommandBuilder) -> Console {
     open_sized(cmd, 40, 150, false)
 }

@@ -70,13 +70,7 @@ impl VolumeImage {
                         return Ok((off, Piece::Zero(len)));
                     }
                     let data = fetch_chunk(&store, &id).await?;
-                    if data.len() as u64 != len {
-                        return Err(Error::corrupt(
-                            "chunk",
-                            id,
-                            format!("holds {} bytes where the index expects {len}", data.len()),
-                        ));
-                    }
+                    index.check_chunk_len(i, data.len())?;
                     Ok((off, Piece::Data(data)))
                 }
             })

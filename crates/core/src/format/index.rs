@@ -227,6 +227,20 @@ impl Index {
         self.chunk_size.min(self.image_size.saturating_sub(start))
     }
 
+    /// A decoded chunk `i` must be as long as the index says (its hash
+    /// was checked; its length is the index's word): every reader asks.
+    pub fn check_chunk_len(&self, i: usize, got: usize) -> crate::error::Result<()> {
+        let len = self.chunk_len(i);
+        match self.chunks.get(i) {
+            Some(id) if got as u64 != len => Err(crate::error::Error::corrupt(
+                "chunk",
+                id,
+                format!("holds {got} bytes where the index expects {len}"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Chunk `i`'s plaintext id when the index records it (sealed
     /// indexes).
     pub fn plain_id(&self, i: usize) -> Option<&Id> {

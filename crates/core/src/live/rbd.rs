@@ -18,7 +18,7 @@
 //! Without a monitor each volume is crash-consistent on its own, and the
 //! manifest says so.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use serde_json::json;
@@ -29,14 +29,12 @@ use super::qmp::Qmp;
 use super::settings::{LiveConfig, BITMAPS_OFF};
 use crate::error::Result;
 use crate::format::manifest::{is_bitmap_name, Consistency};
-use crate::source::qemu::Qcow2Reader;
 use crate::source::rbd::{CephConfig, RbdImage};
 use crate::source::VolumeReader;
 
 /// One volume's lineage, decided before any snapshot is taken (read-only:
 /// also what `vms` shows).
 pub struct Planned {
-    path: PathBuf,
     image: RbdImage,
     pub read: Read,
     /// Lifeboat snapshots no backup of this repository builds on.
@@ -56,7 +54,6 @@ pub fn plan(
     let image = RbdImage::parse(path)?;
     if !bitmaps {
         return Ok(Planned {
-            path: path.to_path_buf(),
             image,
             read: Read::Full {
                 reason: BITMAPS_OFF.to_string(),
@@ -99,7 +96,6 @@ pub fn plan(
         })
         .collect();
     Ok(Planned {
-        path: path.to_path_buf(),
         image,
         read,
         strays,
@@ -172,7 +168,6 @@ impl Drop for RbdSnapshots {
 
 /// One volume's snapshot, taken and not yet read.
 pub struct Taken {
-    path: PathBuf,
     pub snapshots: RbdSnapshots,
     pub read: Read,
 }
@@ -211,7 +206,6 @@ impl SnapshotSet {
                 cluster.snap_create(&p.image, &name)?;
                 // From here on a failure removes it again (Drop).
                 taken.push(Taken {
-                    path: p.path,
                     snapshots: RbdSnapshots {
                         cluster: cluster.clone(),
                         image: p.image,
@@ -300,19 +294,11 @@ impl SnapshotSet {
     /// faster on the benchmark's cluster, and slower with latency injected
     /// into the OSD, for it walks the diff before it reads.)
     pub fn reader(&self, i: usize) -> Result<Box<dyn VolumeReader>> {
-        let t = &self.disks[i];
-        let s = &t.snapshots;
-        let extents = s.cluster.diff(&s.image, &s.new_snap, None)?;
-        let dirty = match &s.base {
-            Some(b) => Some(s.cluster.diff(&s.image, &s.new_snap, Some(b))?),
-            None => None,
-        };
-        Ok(Box::new(Qcow2Reader::open_rbd(
-            &t.path,
-            &s.cluster.qemu_filename(&s.image, Some(&s.new_snap)),
-            extents,
-            dirty,
-        )?))
+        let s = &self.disks[i].snapshots;
+        let reader = s
+            .cluster
+            .open_snapshot(&s.image, &s.new_snap, s.base.as_deref())?;
+        Ok(Box::new(reader))
     }
 
     pub fn commit(self) -> Vec<String> {

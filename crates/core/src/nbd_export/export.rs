@@ -71,16 +71,9 @@ impl Export {
         }
     }
 
-    /// The length check every source shares.
-    fn checked(&self, i: usize, id: &Id, data: Vec<u8>) -> Result<Arc<Vec<u8>>> {
-        let len = self.index.chunk_len(i);
-        if data.len() as u64 != len {
-            return Err(Error::corrupt(
-                "chunk",
-                id,
-                format!("holds {} bytes where the index expects {len}", data.len()),
-            ));
-        }
+    /// Decoded and checked against the index, as every source is.
+    fn checked(&self, i: usize, data: Vec<u8>) -> Result<Arc<Vec<u8>>> {
+        self.index.check_chunk_len(i, data.len())?;
         Ok(Arc::new(data))
     }
 
@@ -108,7 +101,7 @@ impl Export {
                 let data = repo
                     .read_chunk_into(&id, self.index.plain_id(i), &mut file, &mut raw)?
                     .to_vec();
-                let data = self.checked(i, &id, data)?;
+                let data = self.checked(i, data)?;
                 self.remember(i, data.clone());
                 Ok(data)
             }
@@ -125,8 +118,8 @@ impl Export {
                     batch.iter().map(|(_, id)| repo.chunk(id)),
                 ));
                 let mut asked = None;
-                for ((j, id), got) in batch.into_iter().zip(fetched) {
-                    let got = got.and_then(|d| self.checked(j, &id, d));
+                for ((j, _), got) in batch.into_iter().zip(fetched) {
+                    let got = got.and_then(|d| self.checked(j, d));
                     if j == i {
                         asked = Some(got);
                     } else if let Ok(d) = got {

@@ -55,13 +55,7 @@ pub fn write_chunks<S: ChunkSink>(
             if !id.is_zero() {
                 let data =
                     repo.read_chunk_into(id, index.plain_id(i), &mut file_buf, &mut raw_buf)?;
-                if data.len() as u64 != len {
-                    return Err(Error::corrupt(
-                        "chunk",
-                        id,
-                        format!("holds {} bytes where the index expects {len}", data.len()),
-                    ));
-                }
+                index.check_chunk_len(i, data.len())?;
                 sink.write_at(i as u64 * index.chunk_size, data)?;
             }
             progress.add(len, 1);

@@ -323,11 +323,6 @@ fn plan_onto_rbd(
     index: impl Fn(&Id) -> Result<Index>,
 ) -> Result<SetRestorePlan> {
     let pool = RbdImage::parse_pool(&req.to)?;
-    if req.format == Some(ImageFormat::Qcow2) {
-        return Err(Error::BadInput(
-            "an RBD image holds the guest's bytes as they are: drop --format qcow2".into(),
-        ));
-    }
     let mut volumes: Vec<RestorePlan> = Vec::new();
     let mut indexes = Vec::new();
     for (key, m) in picked {
@@ -355,7 +350,8 @@ fn plan_onto_rbd(
             m,
             &idx,
             &target,
-            ImageFormat::Raw,
+            // `plan` refuses anything but raw for an RBD image.
+            req.format.unwrap_or(ImageFormat::Raw),
             req.force,
             &req.ceph,
         )?);

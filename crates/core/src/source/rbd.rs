@@ -247,6 +247,28 @@ impl CephConfig {
             .map(|_| ())
     }
 
+    /// A reader of `image@snap` through a private read-only `qemu-nbd`:
+    /// its data extents, and with `base` only what changed since that
+    /// snapshot (`rbd diff`).
+    pub fn open_snapshot(
+        &self,
+        image: &RbdImage,
+        snap: &str,
+        base: Option<&str>,
+    ) -> Result<crate::source::qemu::Qcow2Reader> {
+        let extents = self.diff(image, snap, None)?;
+        let dirty = match base {
+            Some(b) => Some(self.diff(image, snap, Some(b))?),
+            None => None,
+        };
+        crate::source::qemu::Qcow2Reader::open_rbd(
+            &image.path(),
+            &self.qemu_filename(image, Some(snap)),
+            extents,
+            dirty,
+        )
+    }
+
     /// Extents of `image@snap` that hold data (None) or that changed since
     /// `from` (Some), merged and sorted.
     pub fn diff(&self, image: &RbdImage, snap: &str, from: Option<&str>) -> Result<Extents> {
@@ -294,15 +316,7 @@ pub fn open_live(path: &Path, cluster: &CephConfig) -> Result<LiveImageReader> {
     let image = RbdImage::parse(path)?;
     let snap = format!("lifeboat-read-{}", hex::encode(rand::random::<[u8; 8]>()));
     cluster.snap_create(&image, &snap)?;
-    let opened = cluster.diff(&image, &snap, None).and_then(|extents| {
-        crate::source::qemu::Qcow2Reader::open_rbd(
-            path,
-            &cluster.qemu_filename(&image, Some(&snap)),
-            extents,
-            None,
-        )
-    });
-    let inner = match opened {
+    let inner = match cluster.open_snapshot(&image, &snap, None) {
         Ok(r) => r,
         Err(e) => {
             let _ = cluster.snap_remove(&image, &snap);
