@@ -14,6 +14,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 #   qemu-nbd, qemu-io, and the boot checks of restore drills;
 # - busybox-static cpio dosfstools fdisk mtools syslinux syslinux-common:
 #   the demo's bootable Linux guest (see assets/demo-guest.sh);
+# - e2fsprogs (with fdisk's sfdisk): the file-restore tests build ext4
+#   filesystems with mkfs.ext4 -d inside MBR and GPT disks;
 # - libvirt-clients libxml2-utils: virt-xml-validate checks restored
 #   domain XML against libvirt's schema;
 # - python3-venv: the cloud tests' moto (an AWS emulator) lives in a venv;
@@ -31,7 +33,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 # (qemu-system-x86 also brings the libraries the running-VM tests copy
 # into their guest with Debian's qemu-guest-agent: glib, libnuma, liburing.)
 pkgs=(openssl python3-prometheus-client qemu-utils qemu-system-x86
-      busybox-static cpio dosfstools fdisk mtools syslinux syslinux-common
+      busybox-static cpio dosfstools fdisk mtools syslinux syslinux-common e2fsprogs
       libvirt-clients libxml2-utils python3-venv dpkg-dev systemd
       libvirt-daemon-system virtnbdbackup
       ceph-mon ceph-osd ceph-common qemu-block-extra)

@@ -67,9 +67,9 @@ fn uses(cmd: Option<&Command>) -> Uses {
         | Some(Command::Runs { .. })
         | Some(Command::Key { .. }) => LOCAL,
         Some(Command::Verify { remote, .. }) => maybe_remote(remote.is_some(), READS_REMOTE),
-        Some(Command::Restore { from, .. }) | Some(Command::Nbd { from, .. }) => {
-            maybe_remote(from.is_some(), READS_REMOTE)
-        }
+        Some(Command::Restore { from, .. })
+        | Some(Command::Nbd { from, .. })
+        | Some(Command::Files { from, .. }) => maybe_remote(from.is_some(), READS_REMOTE),
         // A drill's default source may be a remote (the VM's config).
         Some(Command::Drill(_)) => READS_REMOTE,
         // Cloud checks move no data; a cloud restore fetches (from a

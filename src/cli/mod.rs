@@ -10,6 +10,7 @@ mod daemon_cmd;
 mod demo;
 mod demo_guest;
 mod drill_cmd;
+mod files_cmd;
 mod gc_cmd;
 mod globals;
 mod inspect;
@@ -213,6 +214,33 @@ pub enum Command {
         cache_chunks: usize,
         /// Serve a backup on this remote (name or URL): chunks fetched when
         /// asked for, 8 at a time going forward, verified, kept in memory
+        #[arg(long, value_name = "REMOTE")]
+        from: Option<String>,
+    },
+    /// Files in a backup's volume, without restoring it: no PATH lists its
+    /// partitions and filesystems; `p1/etc` lists a directory of partition
+    /// 1 (`disk/…` when the volume is one filesystem); --find searches
+    /// names; --get PATH --to DIR extracts a file or directory (modes,
+    /// times, symlinks kept; owners too as root). ext2/3/4 on MBR or GPT,
+    /// read from the chunks by userspace code: nothing is mounted
+    Files {
+        reference: String,
+        /// A directory or file to list, e.g. p1/etc/nginx
+        #[arg(conflicts_with = "get")]
+        path: Option<String>,
+        /// Entries whose name holds this text (any case), under PATH or in
+        /// every filesystem
+        #[arg(long, value_name = "TEXT", conflicts_with = "get")]
+        find: Option<String>,
+        /// Extract this file or directory, e.g. p1/etc/nginx/nginx.conf
+        #[arg(long, value_name = "PATH", requires = "to")]
+        get: Option<String>,
+        /// Where --get puts it (created private when missing); the
+        /// extracted entry must not exist there yet
+        #[arg(long, value_name = "DIR", requires = "get")]
+        to: Option<PathBuf>,
+        /// Read a backup on this remote (name or URL): only the chunks the
+        /// files need are fetched
         #[arg(long, value_name = "REMOTE")]
         from: Option<String>,
     },
@@ -749,6 +777,23 @@ pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
             cache_chunks,
             from,
         } => nbd_cmd::nbd(&ctx, &reference, socket, tcp, cache_chunks, from).await,
+        Command::Files {
+            reference,
+            path,
+            find,
+            get,
+            to,
+            from,
+        } => {
+            let ask = files_cmd::Ask {
+                path,
+                get,
+                to,
+                find,
+                from,
+            };
+            files_cmd::files(&ctx, &reference, ask).await
+        }
         Command::Verify {
             deep,
             remote: Some(remote),

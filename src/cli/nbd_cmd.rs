@@ -10,15 +10,15 @@ use lifeboat_core::text::{bytes, escape};
 
 use super::{Ctx, Outcome};
 
-pub async fn nbd(
+/// A volume of a backup (local, or on a remote), readable at any offset:
+/// what `nbd` serves and `files` reads. Its name for people too.
+pub async fn open_export(
     ctx: &Ctx,
     reference: &str,
-    socket: Option<PathBuf>,
-    tcp: Option<std::net::SocketAddr>,
+    from: Option<&str>,
     cache_chunks: usize,
-    from: Option<String>,
-) -> anyhow::Result<Outcome> {
-    let (chunks, key, m, index) = match &from {
+) -> anyhow::Result<(Export, String)> {
+    let (chunks, key, m, index) = match from {
         None => {
             let repo = ctx.open_repo()?;
             let all = repo.load_all()?;
@@ -37,6 +37,18 @@ pub async fn nbd(
         }
     };
     let name = format!("{}/{}@{}", m.vm.name, m.volume.name, key.id.short());
+    Ok((Export::new(chunks, index, name.clone(), cache_chunks), name))
+}
+
+pub async fn nbd(
+    ctx: &Ctx,
+    reference: &str,
+    socket: Option<PathBuf>,
+    tcp: Option<std::net::SocketAddr>,
+    cache_chunks: usize,
+    from: Option<String>,
+) -> anyhow::Result<Outcome> {
+    let (export, name) = open_export(ctx, reference, from.as_deref(), cache_chunks).await?;
     // The default socket lives in a directory of its own, private.
     let (listen, _dir) = match (socket, tcp) {
         (_, Some(a)) => (Listen::Tcp(a), None),
@@ -46,7 +58,6 @@ pub async fn nbd(
             (Listen::Unix(dir.path().join("nbd.sock")), Some(dir))
         }
     };
-    let export = Export::new(chunks, index, name.clone(), cache_chunks);
     let size = export.size();
     let cancel = CancellationToken::new();
     let stop = cancel.clone();

@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod drill;
 pub mod durable;
 pub mod error;
+pub mod files;
 pub mod format;
 pub mod gc;
 pub mod jobs;

@@ -52,6 +52,7 @@ const MODULES: &[(&str, &str)] = &[
     ("backup", "engines"),
     ("restore", "engines"),
     ("nbd_export", "engines"),
+    ("files", "engines"),
     ("sync", "engines"),
     ("gc", "engines"),
     ("retention", "engines"),

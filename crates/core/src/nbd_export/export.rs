@@ -3,6 +3,7 @@
 //! cache of decoded, verified chunks.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::buf::AlignedBuf;
@@ -14,10 +15,12 @@ use crate::repo::Repo;
 pub enum Chunks {
     /// The local repository: read when asked for.
     Local(Repo),
-    /// A remote (a served or S3 repository): fetched when asked for, with
-    /// the next `READ_AHEAD - 1` non-zero chunks fetched alongside, so a
-    /// reader going forward finds them in the cache instead of waiting a
-    /// round trip each.
+    /// A remote (a served or S3 repository): fetched when asked for; while
+    /// the reader goes forward (each chunk follows the last one it asked
+    /// for), the next non-zero chunks are fetched alongside — 1, then 3,
+    /// then `READ_AHEAD - 1` — so it finds them in the cache instead of
+    /// waiting a round trip each. A reader jumping about (a filesystem's
+    /// metadata, one small file) fetches little more than it asks for.
     Remote {
         repo: crate::repository::Repository,
         rt: tokio::runtime::Handle,
@@ -36,6 +39,13 @@ pub struct Export {
     pub name: String,
     cache: Mutex<VecDeque<(usize, Arc<Vec<u8>>)>>,
     cache_chunks: usize,
+    /// Chunks read from the repository (not the cache): what a reader of
+    /// a few files costs.
+    fetched: AtomicU64,
+    /// The chunk asked for last, and how many chunks in a row went
+    /// forward: how far to read ahead.
+    last: AtomicU64,
+    streak: AtomicU64,
 }
 
 impl Export {
@@ -51,6 +61,9 @@ impl Export {
             cache: Mutex::new(VecDeque::new()),
             // Room for a whole read-ahead batch and the chunk before it.
             cache_chunks: cache_chunks.max(ahead + 1),
+            fetched: AtomicU64::new(0),
+            last: AtomicU64::new(u64::MAX),
+            streak: AtomicU64::new(0),
         }
     }
 
@@ -81,12 +94,30 @@ impl Export {
         self.index.image_size
     }
 
+    /// Chunks read from the repository so far, and how many the volume has.
+    pub fn chunks_read(&self) -> (u64, u64) {
+        (
+            self.fetched.load(Ordering::Relaxed),
+            self.index.chunks.len() as u64,
+        )
+    }
+
     fn is_zero(&self, i: usize) -> bool {
         self.index.chunks.get(i).is_none_or(Id::is_zero)
     }
 
     /// Chunk `i` decoded and verified (from the cache, or the repository).
     fn chunk(&self, i: usize) -> Result<Arc<Vec<u8>>> {
+        let previous = self.last.swap(i as u64, Ordering::Relaxed);
+        let streak = match previous.wrapping_add(1) == i as u64 {
+            true => self.streak.fetch_add(1, Ordering::Relaxed) + 1,
+            false if previous == i as u64 => self.streak.load(Ordering::Relaxed),
+            false => {
+                self.streak.store(0, Ordering::Relaxed);
+                0
+            }
+        };
+        let ahead = ((1usize << streak.min(3)) - 1).min(READ_AHEAD - 1);
         if let Some(d) = self.cached(i) {
             return Ok(d);
         }
@@ -102,6 +133,7 @@ impl Export {
                     .read_chunk_into(&id, self.index.plain_id(i), &mut file, &mut raw)?
                     .to_vec();
                 let data = self.checked(i, data)?;
+                self.fetched.fetch_add(1, Ordering::Relaxed);
                 self.remember(i, data.clone());
                 Ok(data)
             }
@@ -110,13 +142,15 @@ impl Export {
                     .chain(
                         (i + 1..self.index.chunks.len())
                             .filter(|&j| !self.is_zero(j) && self.cached(j).is_none())
-                            .take(READ_AHEAD - 1)
+                            .take(ahead)
                             .map(|j| (j, self.index.chunks[j])),
                     )
                     .collect();
                 let fetched = rt.block_on(futures::future::join_all(
                     batch.iter().map(|(_, id)| repo.chunk(id)),
                 ));
+                self.fetched
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 let mut asked = None;
                 for ((j, _), got) in batch.into_iter().zip(fetched) {
                     let got = got.and_then(|d| self.checked(j, d));
