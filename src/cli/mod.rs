@@ -14,6 +14,7 @@ mod files_cmd;
 mod gc_cmd;
 mod globals;
 mod inspect;
+mod instant_cmd;
 mod nbd_cmd;
 pub mod progress;
 mod protect_cmd;
@@ -277,6 +278,8 @@ pub enum Command {
         from: Option<String>,
         #[command(flatten)]
         vm: backup_restore::VmRestoreArgs,
+        #[command(flatten)]
+        instant: instant_cmd::InstantArgs,
     },
     /// Restore a VM's backup into scratch space, check every image's
     /// digest, boot it under QEMU and run its checks: proof the backup
@@ -817,8 +820,13 @@ pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
             dry_run,
             from,
             vm,
+            instant,
         } => {
-            backup_restore::restore(&ctx, &reference, to, format, force, dry_run, from, vm).await
+            if instant.instant {
+                instant_cmd::instant(&ctx, &reference, to, from, vm, instant, (format, force, dry_run)).await
+            } else {
+                backup_restore::restore(&ctx, &reference, to, format, force, dry_run, from, vm).await
+            }
         }
         Command::Drill(a) => drill_cmd::drill(&ctx, a).await,
         Command::Drills { vm, last } => drill_cmd::history(&ctx, vm.as_deref(), last),

@@ -40,6 +40,24 @@ where
     T: Send + 'static,
     F: FnOnce(&CancellationToken, &Progress) -> Result<T> + Send + 'static,
 {
+    run_blocking(kind, json, false, work).await
+}
+
+/// `run_job` that also prints each state line the job adds (an instant
+/// restore's "the VM runs", its waits for the repository).
+pub async fn run_job_lines<T, F>(kind: &str, json: bool, work: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&CancellationToken, &Progress) -> Result<T> + Send + 'static,
+{
+    run_blocking(kind, json, true, work).await
+}
+
+async fn run_blocking<T, F>(kind: &str, json: bool, lines: bool, work: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&CancellationToken, &Progress) -> Result<T> + Send + 'static,
+{
     let (tx, rx) = mpsc::unbounded_channel();
     let sigint = interrupt_handler();
     observe(
@@ -48,7 +66,7 @@ where
         sigint,
         Job::spawn(JobKind::Other, kind, tx, work),
         rx,
-        false,
+        lines,
     )
     .await
 }

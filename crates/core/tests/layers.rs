@@ -42,6 +42,7 @@ const MODULES: &[(&str, &str)] = &[
     ("vm::boot", "orchestration"),
     ("vm::qemu", "orchestration"),
     ("vm::restore", "orchestration"),
+    ("vm::instant", "orchestration"),
     ("store", "store"),
     ("repository", "repository"),
     ("repo", "repository"),

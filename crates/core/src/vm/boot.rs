@@ -124,7 +124,7 @@ pub async fn run(
     Ok(report)
 }
 
-fn kvm_usable() -> bool {
+pub fn kvm_usable() -> bool {
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -171,6 +171,7 @@ async fn attempt(
         name: None,
         check: Some(&fw_log),
         forwards: &forwards,
+        daemon: None,
     })?;
     progress.set_phase(&format!("boot: starting QEMU ({accel})"));
     progress.push_line(&format!("[lifeboat] {} (accel {accel})", qemu::QEMU));

@@ -14,6 +14,7 @@
 mod allow;
 pub mod boot;
 pub mod domain;
+pub mod instant;
 pub mod libvirt_xml;
 pub mod phase;
 pub mod qemu;

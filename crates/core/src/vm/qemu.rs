@@ -72,6 +72,18 @@ pub struct BootArgs<'a> {
     pub check: Option<&'a Path>,
     /// Restricted user networking with these forwards; none: no NIC.
     pub forwards: &'a [Forward],
+    /// Runs in the background (an instant restore): serial to a file,
+    /// QMP on a socket, and a failed disk read pauses the VM instead of
+    /// reaching the guest.
+    pub daemon: Option<Daemon<'a>>,
+}
+
+/// Where a VM run in the background keeps its console, monitor and pid.
+#[derive(Debug, Clone, Copy)]
+pub struct Daemon<'a> {
+    pub serial: &'a Path,
+    pub qmp: &'a Path,
+    pub pidfile: &'a Path,
 }
 
 /// QEMU's `-accel` value for an accelerator name. TCG writes and runs
@@ -128,6 +140,10 @@ pub fn args(a: &BootArgs) -> Result<Vec<String>> {
         // guest's flushes (a host crash must not lose what it synced).
         let cache = if a.check.is_some() {
             ",cache=unsafe"
+        } else if a.daemon.is_some() {
+            // A read the backup cannot answer (its repository went away)
+            // pauses the VM until it can: never an error the guest sees.
+            ",rerror=stop,werror=stop"
         } else {
             ""
         };
@@ -182,6 +198,22 @@ pub fn args(a: &BootArgs) -> Result<Vec<String>> {
             format!("{model},netdev=net0,romfile="),
         ]);
     }
+    if let Some(d) = a.daemon {
+        v.extend([
+            "-serial".into(),
+            format!("file:{}", opt_value(d.serial)),
+            "-display".into(),
+            "none".into(),
+            "-monitor".into(),
+            "none".into(),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", opt_value(d.qmp)),
+            "-pidfile".into(),
+            opt_value(d.pidfile),
+            "-daemonize".into(),
+        ]);
+        return Ok(v);
+    }
     match a.check {
         Some(firmware_log) => {
             v.extend([
@@ -225,6 +257,7 @@ pub fn command_line(
         name,
         check: None,
         forwards: &[],
+        daemon: None,
     })?;
     // By hand the VM gets a network (user mode) rather than none.
     if let Some(i) = a.iter().position(|x| x == "none") {
@@ -275,6 +308,7 @@ mod tests {
                 host: 40000,
                 guest: 8080,
             }],
+            daemon: None,
         })
         .unwrap();
         let s = a.join(" ");

@@ -44,12 +44,22 @@ pub fn definition_of(
     picked: &[(ManifestKey, Manifest)],
     config: Option<Definition>,
 ) -> Result<(Definition, &'static str)> {
+    definition_with(picked, config, |d| repo.read_definition(d))
+}
+
+/// `definition_of`, with the stored definition read by `read` (from a
+/// local repository or a remote one).
+pub fn definition_with(
+    picked: &[(ManifestKey, Manifest)],
+    config: Option<Definition>,
+    read: impl FnOnce(&crate::format::manifest::DefinitionRef) -> Result<Definition>,
+) -> Result<(Definition, &'static str)> {
     let vm = picked
         .first()
         .map(|(_, m)| m.vm.name.clone())
         .unwrap_or_default();
     if let Some(d) = picked.iter().find_map(|(_, m)| m.definition) {
-        let def = repo.read_definition(&d)?;
+        let def = read(&d)?;
         // Every volume of the set must be a disk of its definition: one
         // that is not was added to the set by someone else.
         if let Some((k, _)) = picked
