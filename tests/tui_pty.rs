@@ -464,6 +464,91 @@ fn console_drill_shows_phases_serial_console_and_result() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// The file browser on the demo's ext4 data disk (`f`: open, search,
+/// extract) and an instant restore of the VM as a job (`I`).
+#[test]
+fn console_browses_files_extracts_one_and_restores_a_vm_instantly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut cmd) = demo_command(dir.path());
+    cmd.env("XDG_CONFIG_HOME", dir.path().join("cfg"));
+    cmd.env_remove("LIFEBOAT_CONFIG");
+    cmd.env_remove("LIFEBOAT_REPO");
+    let mut c = open_sized(cmd, 40, 120, false);
+    c.wait_for("web01", 180);
+    c.wait_for("offsite up", 30);
+    c.keys("/web01\r");
+    c.keys("j\r");
+    c.wait_for("Timeline web01/data", 10);
+    c.keys("f");
+    let s = c.wait_for("Files of web01/data", 10);
+    assert!(s.contains("filesystems"), "{s}");
+    c.wait_until("the filesystems listed", 60, |s| s.contains("ext2/3/4"));
+    c.keys("\r");
+    c.wait_until("the root directory", 60, |s| {
+        s.contains("srv/") && s.contains("lost+found/")
+    });
+    // etc/ home/ lost+found/ srv/ var/: down to srv/, then www/.
+    c.keys("jjj\r");
+    c.wait_until("srv", 60, |s| {
+        s.contains("www/") && !s.contains("lost+found/")
+    });
+    c.keys("\r");
+    c.wait_until("www", 60, |s| s.contains("index.html"));
+    c.keys("j");
+    c.keys("e");
+    c.wait_for("Extract disk/srv/www/index.html", 10);
+    let out = dir.path().join("got");
+    c.keys(&"\x7f".repeat(80));
+    c.keys(out.to_str().unwrap());
+    c.keys("\r");
+    let got = out.join("index.html");
+    c.wait_until("the file extracted", 60, |_| {
+        std::fs::read_to_string(&got).is_ok_and(|t| t.contains("lifeboat demo site"))
+    });
+    // Searching names, from the top.
+    c.keys("f");
+    c.wait_until("the filesystems listed", 60, |s| s.contains("ext2/3/4"));
+    c.keys("/");
+    c.wait_for("Search names under every filesystem", 10);
+    c.keys("NGINX.conf\r");
+    c.wait_for("disk/etc/nginx/nginx.conf", 60);
+    c.keys("\x1b");
+    c.wait_until("browser closed", 10, |s| !s.contains("Files of web01/data"));
+
+    // Instant restore of the VM: it runs, its disks land in the directory,
+    // the exports and overlays go.
+    let to = dir.path().join("instant");
+    c.keys("I");
+    c.wait_for("Start the VM web01 set of", 10);
+    c.keys(&"\x7f".repeat(80));
+    c.keys(to.to_str().unwrap());
+    c.keys("\r");
+    let pid = to.join("web01.pid");
+    c.wait_until("the VM on its local disks", 240, |_| {
+        let names: Vec<String> = std::fs::read_dir(&to)
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.iter().any(|n| n == "root.raw")
+            && names.iter().any(|n| n == "data.raw")
+            && !names.iter().any(|n| n.starts_with(".lifeboat-instant-"))
+    });
+    let vm: i32 = std::fs::read_to_string(&pid)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(unsafe { libc::kill(vm, 0) }, 0, "the VM runs");
+    // The job says where the VM runs, and ends.
+    c.wait_until("the job's result", 60, |s| s.contains("VM web01 runs on"));
+    unsafe { libc::kill(vm, libc::SIGKILL) };
+    c.keys("q");
+    assert!(c.wait_exit().success());
+}
+
 /// An encrypted repository opened without a key: the console asks for it
 /// in a masked field, says when it is wrong, unlocks with the right one
 /// and restores a backup.

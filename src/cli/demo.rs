@@ -344,7 +344,9 @@ pub async fn build(w: &World) -> anyhow::Result<()> {
             let bootable = v.role == Role::Root && kit.is_some();
             let fmt = if v.qcow2 { "qcow2" } else { "raw" };
             let img_s = img.to_str().unwrap_or_default();
+            let files = (p.name, v.name) == super::demo_files::VOLUME;
             match (&kit, v.role) {
+                _ if files => super::demo_files::make(&img, v.size_mib)?,
                 (Some(kit), Role::Root) => {
                     let raw = w.dir.join("images").join(format!("{}-guest.raw", p.name));
                     super::demo_guest::disk(kit, &raw, p.name)?;
@@ -361,6 +363,9 @@ pub async fn build(w: &World) -> anyhow::Result<()> {
             } else {
                 0
             };
+            if files {
+                continue;
+            }
             churn(
                 &img,
                 v.qcow2,
@@ -431,7 +436,10 @@ pub async fn build(w: &World) -> anyhow::Result<()> {
             } else {
                 0
             };
-            if n > 0 {
+            if n > 0 && (p.name, v.name) == super::demo_files::VOLUME {
+                let day = t.format("%Y-%m-%d").to_string();
+                super::demo_files::add_log(&img, &day, 200 + rng.random_range(0..400))?;
+            } else if n > 0 {
                 churn(
                     &img,
                     v.qcow2,

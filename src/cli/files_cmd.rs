@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use lifeboat_core::files::{Entry, Extracted, Kind, Volume};
+use lifeboat_core::files::{Entry, Extracted, Kind, Listing, Volume};
 use lifeboat_core::nbd_export::Export;
 use lifeboat_core::text::escape;
 use serde::Serialize;
@@ -163,43 +163,9 @@ pub async fn files(ctx: &Ctx, reference: &str, ask: Ask) -> anyhow::Result<Outco
                 note: f.detected.not_readable(),
             })
             .collect();
-        let entries = match (&path, &find) {
-            (p, Some(needle)) => {
-                let dirs: Vec<String> = match p {
-                    Some(p) => vec![p.clone()],
-                    None => fs
-                        .iter()
-                        .filter(|f| f.readable)
-                        .map(|f| f.name.clone())
-                        .collect(),
-                };
-                let mut all = Vec::new();
-                for d in dirs {
-                    all.extend(vol.find(&d, needle, 10_000 - all.len().min(10_000))?);
-                }
-                Some(all)
-            }
-            (Some(p), None) => {
-                let at = vol.locate(p)?;
-                let e = at.fs.stat(&at.inner)?;
-                let shown = format!("{}{}", at.fs_name, String::from_utf8_lossy(&at.inner));
-                if e.kind == Kind::Dir {
-                    let mut list = at.fs.list(&at.inner)?;
-                    list.sort_by(|a, b| a.name.cmp(&b.name));
-                    Some(
-                        list.into_iter()
-                            .map(|c| {
-                                let p =
-                                    format!("{}/{}", shown.trim_end_matches('/'), c.name_text());
-                                (p, c)
-                            })
-                            .collect(),
-                    )
-                } else {
-                    Some(vec![(shown, e)])
-                }
-            }
-            (None, None) => None,
+        let entries = match vol.browse(path.as_deref(), find.as_deref())? {
+            Listing::Filesystems(_) => None,
+            Listing::Entries(e) => Some(e),
         };
         Ok((vol.scheme, fs, entries))
     })
@@ -235,7 +201,13 @@ pub async fn files(ctx: &Ctx, reference: &str, ask: Ask) -> anyhow::Result<Outco
                         &rows
                     )
                 );
-                println!("list one with: lifeboat files {} p1/", escape(reference));
+                if let Some(f) = fs.iter().find(|f| f.readable) {
+                    println!(
+                        "list one with: lifeboat files {} {}/",
+                        escape(reference),
+                        f.name
+                    );
+                }
             }
         }
         Some(entries) => {

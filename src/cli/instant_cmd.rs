@@ -3,11 +3,9 @@
 
 use std::path::PathBuf;
 
-use lifeboat_core::format::refs::{self, Ref};
-use lifeboat_core::nbd_export::{Chunks, Export};
 use lifeboat_core::repository::Repository;
 use lifeboat_core::text::escape;
-use lifeboat_core::vm::instant::{self, InstantReport, InstantRequest};
+use lifeboat_core::vm::instant::{self, Choices, InstantReport, Source};
 use lifeboat_core::vm::qemu::{Accel, Forward};
 
 use super::backup_restore::VmRestoreArgs;
@@ -85,93 +83,29 @@ pub async fn instant(
     plain: (Option<OutFormat>, bool, bool),
 ) -> anyhow::Result<Outcome> {
     refuse_others(&vm, plain)?;
-    if !matches!(Ref::parse(reference)?, Ref::Set { .. }) {
-        anyhow::bail!(
-            "--instant restores a whole VM (VM@WHEN); to read one volume without restoring it, use `lifeboat nbd {reference}`"
-        );
-    }
     let accel = match args.accel.parse::<Accel>()? {
         Accel::Tcg => "tcg",
         Accel::Kvm => "kvm",
         Accel::Auto if lifeboat_core::vm::boot::kvm_usable() => "kvm",
         Accel::Auto => "tcg",
     };
-    let (exports, def, vm_name) = match &from {
-        None => {
-            let repo = ctx.open_repo()?;
-            let all = repo.load_all()?;
-            let picked: Vec<_> = refs::resolve_many(&all, reference)?
-                .into_iter()
-                .cloned()
-                .collect();
-            let vm_name = picked
-                .first()
-                .map(|(k, _)| k.vm.clone())
-                .unwrap_or_default();
-            let (def, _) = lifeboat_core::vm::restore::definition_of(
-                &repo,
-                &picked,
-                ctx.config.definition_for_backup(&vm_name),
-            )?;
-            let mut exports = Vec::new();
-            for (k, m) in &picked {
-                let index = repo.read_index(&m.index)?;
-                let name = format!("{}/{}@{}", k.vm, k.volume, k.id.short());
-                exports.push((
-                    k.volume.clone(),
-                    Export::new(Chunks::Local(ctx.open_repo()?), index, name, 16),
-                ));
-            }
-            (exports, def, vm_name)
-        }
-        Some(r) => {
-            let (_, store) = ctx.remote(r)?;
-            let repo = Repository::open(store).await?;
-            let all = repo.backups().await?;
-            let picked: Vec<_> = refs::resolve_many(&all, reference)?
-                .into_iter()
-                .cloned()
-                .collect();
-            let vm_name = picked
-                .first()
-                .map(|(k, _)| k.vm.clone())
-                .unwrap_or_default();
-            let stored = match picked.iter().find_map(|(_, m)| m.definition) {
-                Some(d) => Some((d, repo.chunk(&d.chunk).await?)),
-                None => None,
-            };
-            let (def, _) = lifeboat_core::vm::restore::definition_with(
-                &picked,
-                ctx.config.definition_for_backup(&vm_name),
-                |d| match &stored {
-                    Some((_, data)) => lifeboat_core::vm::Definition::from_chunk(d, data),
-                    None => Err(lifeboat_core::Error::Internal(
-                        "no stored definition".into(),
-                    )),
-                },
-            )?;
-            let rt = tokio::runtime::Handle::current();
-            let mut exports = Vec::new();
-            for (k, m) in &picked {
-                let index = repo.index(&m.index).await?;
-                let name = format!("{}/{}@{}", k.vm, k.volume, k.id.short());
-                let chunks = Chunks::Remote {
-                    repo: repo.clone(),
-                    rt: rt.clone(),
-                };
-                exports.push((k.volume.clone(), Export::new(chunks, index, name, 16)));
-            }
-            (exports, def, vm_name)
-        }
+    let source = match &from {
+        None => Source::Local(ctx.repo_path()),
+        Some(r) => Source::Remote(Repository::open(ctx.remote(r)?.1).await?),
     };
-    let req = InstantRequest {
-        def,
-        exports,
-        dir: to.clone(),
-        name: vm.name.clone().unwrap_or(vm_name),
+    let choices = Choices {
+        dir: to,
+        name: vm.name.clone(),
         accel: accel.to_string(),
         forwards: args.forward.clone(),
     };
+    let req = instant::prepare(
+        source,
+        reference,
+        |vm| ctx.config.definition_for_backup(vm),
+        choices,
+    )
+    .await?;
     let res = run_job_lines("instant restore", ctx.json, move |cancel, progress| {
         instant::run(req, cancel, progress)
     })

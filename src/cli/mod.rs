@@ -8,6 +8,7 @@ mod backup_restore;
 mod cloud_cmd;
 mod daemon_cmd;
 mod demo;
+mod demo_files;
 mod demo_guest;
 mod drill_cmd;
 mod files_cmd;

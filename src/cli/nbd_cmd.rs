@@ -2,42 +2,25 @@
 
 use std::path::PathBuf;
 
-use lifeboat_core::format::refs;
 use lifeboat_core::jobs::CancellationToken;
-use lifeboat_core::nbd_export::{serve, Chunks, Export, Listen};
+use lifeboat_core::nbd_export::{self, serve, Export, Listen, Source};
 use lifeboat_core::repository::Repository;
 use lifeboat_core::text::{bytes, escape};
 
 use super::{Ctx, Outcome};
 
-/// A volume of a backup (local, or on a remote), readable at any offset:
-/// what `nbd` serves and `files` reads. Its name for people too.
+/// A volume of a backup (local, or on a remote), readable at any offset.
 pub async fn open_export(
     ctx: &Ctx,
     reference: &str,
     from: Option<&str>,
     cache_chunks: usize,
 ) -> anyhow::Result<(Export, String)> {
-    let (chunks, key, m, index) = match from {
-        None => {
-            let repo = ctx.open_repo()?;
-            let all = repo.load_all()?;
-            let (key, m) = refs::resolve_one(&all, reference)?.clone();
-            let index = repo.read_index(&m.index)?;
-            (Chunks::Local(repo), key, m, index)
-        }
-        Some(r) => {
-            let (_, store) = ctx.remote(r)?;
-            let repo = Repository::open(store).await?;
-            let all = repo.backups().await?;
-            let (key, m) = refs::resolve_one(&all, reference)?.clone();
-            let index = repo.index(&m.index).await?;
-            let rt = tokio::runtime::Handle::current();
-            (Chunks::Remote { repo, rt }, key, m, index)
-        }
+    let source = match from {
+        None => Source::Local(ctx.repo_path()),
+        Some(r) => Source::Remote(Repository::open(ctx.remote(r)?.1).await?),
     };
-    let name = format!("{}/{}@{}", m.vm.name, m.volume.name, key.id.short());
-    Ok((Export::new(chunks, index, name.clone(), cache_chunks), name))
+    Ok(nbd_export::open(source, reference, cache_chunks).await?)
 }
 
 pub async fn nbd(

@@ -48,6 +48,16 @@ pub const ACTIONS: &[(&str, char, &str)] = &[
         "restore the backup's whole VM into a directory, with its domain XML (Tab: virsh define)",
     ),
     (
+        "instant",
+        'I',
+        "instant restore: the backup's VM runs now, from the backup; its disks are copied into a directory as a job, then it runs on them",
+    ),
+    (
+        "files",
+        'f',
+        "browse the backup's files (ext2/3/4 on MBR/GPT): Enter opens, Backspace up, / search, e extract",
+    ),
+    (
         "drill",
         'D',
         "restore drill of the VM: fetch, restore, verify, boot, check",

@@ -23,6 +23,7 @@ use lifeboat_core::text::escape;
 use lifeboat_core::vm::restore::VmStep;
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::app::files::FileRow;
 use super::app::{self, Action, Effect, Scope};
 use crate::output::bytes;
 
@@ -342,6 +343,24 @@ impl Runner {
                 target,
                 from,
             } => self.plan_cloud(reference, label, target, from),
+            Effect::InstantRestore {
+                reference,
+                label,
+                dir,
+                from,
+            } => self.instant(reference, label, dir, from),
+            Effect::ListFiles {
+                key,
+                from,
+                path,
+                find,
+            } => self.list_files(key, from, path, find),
+            Effect::ExtractFiles {
+                key,
+                from,
+                path,
+                to,
+            } => self.extract_files(key, from, path, to),
             Effect::CheckClouds => {
                 let clouds = self.config.clouds.clone();
                 tokio::spawn(async move {
@@ -845,6 +864,121 @@ impl Runner {
         );
     }
 
+    /// Where a backup is read from: the local repository, or a remote
+    /// (opened here, under its limits).
+    async fn source(
+        config: &lifeboat_core::config::Config,
+        root: &std::path::Path,
+        from: Option<&str>,
+    ) -> lifeboat_core::Result<lifeboat_core::nbd_export::Source> {
+        use lifeboat_core::nbd_export::Source;
+        Ok(match from {
+            None => Source::Local(root.to_path_buf()),
+            Some(r) => {
+                let store = remote::resolve(config, r)?.1;
+                Source::Remote(lifeboat_core::repository::Repository::open(store).await?)
+            }
+        })
+    }
+
+    fn instant(&self, reference: String, label: String, dir: String, from: Option<String>) {
+        use lifeboat_core::vm::instant;
+        let (config, root) = (self.config.clone(), self.repo_path.clone());
+        let title = format!("instant restore of {label} into {dir}");
+        self.spawn_async(title, move |cancel, progress| async move {
+            let source = Self::source(&config, &root, from.as_deref()).await?;
+            let accel = if lifeboat_core::vm::boot::kvm_usable() { "kvm" } else { "tcg" };
+            let choices = instant::Choices {
+                dir: PathBuf::from(dir),
+                name: None,
+                accel: accel.into(),
+                forwards: Vec::new(),
+            };
+            let req = instant::prepare(
+                source,
+                &reference,
+                |vm| config.definition_for_backup(vm),
+                choices,
+            )
+            .await?;
+            let r = tokio::task::spawn_blocking(move || instant::run(req, &cancel, &progress))
+                .await
+                .map_err(|e| lifeboat_core::Error::Internal(e.to_string()))??;
+            Ok(format!(
+                "VM {} runs on {} (pid {}); it ran on its backup after {:.1}s, on its local disks after {:.1}s; monitor {}",
+                r.vm,
+                r.disks
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                r.pid,
+                r.running_after_secs,
+                r.local_after_secs,
+                r.qmp.display()
+            ))
+        });
+    }
+
+    fn list_files(
+        &self,
+        key: ManifestKey,
+        from: Option<String>,
+        path: Option<String>,
+        find: Option<String>,
+    ) {
+        let (config, root, tx) = (self.config.clone(), self.repo_path.clone(), self.tx.clone());
+        tokio::spawn(async move {
+            let reference = key.id.to_hex();
+            let res: lifeboat_core::Result<_> = async {
+                let source = Self::source(&config, &root, from.as_deref()).await?;
+                let (export, _) = lifeboat_core::nbd_export::open(source, &reference, 16).await?;
+                let (p, f) = (path.clone(), find.clone());
+                tokio::task::spawn_blocking(move || file_rows(export, p.as_deref(), f.as_deref()))
+                    .await
+                    .map_err(|e| lifeboat_core::Error::Internal(e.to_string()))?
+            }
+            .await;
+            let _ = tx.send(Action::FilesListed {
+                key,
+                path,
+                find,
+                result: res.map_err(|e| e.to_string()),
+            });
+        });
+    }
+
+    fn extract_files(&self, key: ManifestKey, from: Option<String>, path: String, to: String) {
+        let (config, root) = (self.config.clone(), self.repo_path.clone());
+        let title = format!("extract {path} from {}/{} into {to}", key.vm, key.volume);
+        self.spawn_async(title, move |cancel, progress| async move {
+            let source = Self::source(&config, &root, from.as_deref()).await?;
+            let (export, name) =
+                lifeboat_core::nbd_export::open(source, &key.id.to_hex(), 16).await?;
+            let got = tokio::task::spawn_blocking(move || {
+                progress.set_phase("extracting");
+                let vol = lifeboat_core::files::Volume::open(std::sync::Arc::new(export))?;
+                vol.extract(&path, std::path::Path::new(&to), &cancel, &mut |n| {
+                    progress.add(n, 0)
+                })
+            })
+            .await
+            .map_err(|e| lifeboat_core::Error::Internal(e.to_string()))??;
+            Ok(format!(
+                "extracted {} from {name}: {} files, {} directories, {} symlinks{}",
+                got.path.display(),
+                got.files,
+                got.dirs,
+                got.symlinks,
+                if got.skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!("; skipped: {}", got.skipped.join("; "))
+                }
+            ))
+        });
+    }
+
     fn run_policy(&self, vm: String) {
         let (config, root) = (self.config.clone(), self.repo_path.clone());
         self.spawn_async(
@@ -1062,6 +1196,69 @@ impl Runner {
     {
         self.track(Job::spawn_async(kind, &title, self.events.clone(), f));
     }
+}
+
+/// A file browser's rows for `path` (or a search under it), with what
+/// reading them cost.
+fn file_rows(
+    export: lifeboat_core::nbd_export::Export,
+    path: Option<&str>,
+    find: Option<&str>,
+) -> lifeboat_core::Result<(Vec<FileRow>, String)> {
+    use lifeboat_core::files::{Kind, Listing, Volume};
+    use lifeboat_core::text::bytes;
+    let export = std::sync::Arc::new(export);
+    let vol = Volume::open(export.clone())?;
+    let rows = match vol.browse(path, find)? {
+        Listing::Filesystems(fs) => fs
+            .into_iter()
+            .map(|f| FileRow {
+                path: f.name.clone(),
+                name: f.name,
+                dir: f.detected.not_readable().is_none(),
+                detail: format!(
+                    "{} {} {} {}",
+                    f.detected.word(),
+                    bytes(f.len),
+                    f.label,
+                    f.detected.not_readable().unwrap_or("")
+                ),
+            })
+            .collect(),
+        Listing::Entries(list) => list
+            .into_iter()
+            .map(|(p, e)| {
+                let when = chrono::DateTime::from_timestamp(e.mtime.0, e.mtime.1)
+                    .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+                    .unwrap_or_default();
+                let mut name = if find.is_some() {
+                    p.clone()
+                } else {
+                    e.name_text()
+                };
+                if e.kind == Kind::Dir {
+                    name.push('/');
+                }
+                if let Some(t) = &e.target {
+                    name = format!("{name} -> {}", String::from_utf8_lossy(t));
+                }
+                FileRow {
+                    path: p,
+                    name,
+                    dir: e.kind == Kind::Dir,
+                    detail: format!(
+                        "{} {:>5}:{:<5} {:>10} {when}",
+                        e.mode_text(),
+                        e.uid,
+                        e.gid,
+                        bytes(e.size)
+                    ),
+                }
+            })
+            .collect(),
+    };
+    let (read, total) = export.chunks_read();
+    Ok((rows, format!("read {read} of the volume's {total} chunks")))
 }
 
 /// Tells the console that planning failed (it shows why) and passes the

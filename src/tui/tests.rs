@@ -1544,3 +1544,83 @@ path = "/vm/h"
         assert_eq!(a.newest(vm), s.newest, "recovery point of {vm}");
     }
 }
+
+#[test]
+fn file_browser_opens_descends_searches_and_extracts() {
+    use super::app::files::FileRow;
+    let mut a = app();
+    for _ in 0..4 {
+        a.update(key(KeyCode::Down));
+    }
+    a.update(key(KeyCode::Enter));
+    let effects = a.update(key(KeyCode::Char('f')));
+    let Some(Effect::ListFiles {
+        key: k,
+        path: None,
+        find: None,
+        ..
+    }) = effects.first().cloned()
+    else {
+        panic!("{effects:?}")
+    };
+    let row = |path: &str, dir: bool| FileRow {
+        path: path.into(),
+        name: path.rsplit('/').next().unwrap_or(path).into(),
+        dir,
+        detail: String::new(),
+    };
+    a.update(Action::FilesListed {
+        key: k.clone(),
+        path: None,
+        find: None,
+        result: Ok((vec![row("p1", true)], "read 1".into())),
+    });
+    // Enter opens the filesystem's root.
+    let effects = a.update(key(KeyCode::Enter));
+    assert!(
+        matches!(&effects[..], [Effect::ListFiles { path: Some(p), .. }] if p == "p1/"),
+        "{effects:?}"
+    );
+    a.update(Action::FilesListed {
+        key: k.clone(),
+        path: Some("p1/".into()),
+        find: None,
+        result: Ok((
+            vec![row("p1/etc", true), row("p1/hosts", false)],
+            String::new(),
+        )),
+    });
+    // / asks what to search for, then lists the matches.
+    a.update(key(KeyCode::Char('/')));
+    assert!(
+        matches!(a.dialog, Some(Dialog::Prompt { .. })),
+        "{:?}",
+        a.dialog
+    );
+    for c in "host".chars() {
+        a.update(key(KeyCode::Char(c)));
+    }
+    let effects = a.update(key(KeyCode::Enter));
+    assert!(
+        matches!(&effects[..], [Effect::ListFiles { find: Some(f), path: Some(p), .. }] if f == "host" && p == "p1/"),
+        "{effects:?}"
+    );
+    a.update(Action::FilesListed {
+        key: k.clone(),
+        path: Some("p1/".into()),
+        find: Some("host".into()),
+        result: Ok((vec![row("p1/hosts", false)], String::new())),
+    });
+    // e asks where to, then extracts as a job.
+    a.update(key(KeyCode::Char('e')));
+    assert!(
+        matches!(a.dialog, Some(Dialog::Prompt { .. })),
+        "{:?}",
+        a.dialog
+    );
+    let effects = a.update(key(KeyCode::Enter));
+    assert!(
+        matches!(&effects[..], [Effect::ExtractFiles { path, .. }] if path == "p1/hosts"),
+        "{effects:?}"
+    );
+}

@@ -28,6 +28,7 @@ impl App {
                 }
             },
             Dialog::Prompt { .. } | Dialog::Unlock { .. } => self.dialog = Some(d),
+            Dialog::Files(v) => return self.files_key(v, k),
             Dialog::ChooseRemote { scope, choice } => {
                 let reachable = self.reachable_remotes();
                 match k.code {

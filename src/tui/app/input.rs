@@ -190,6 +190,8 @@ impl App {
             }
             KeyCode::Char('r') => self.ask_restore(),
             KeyCode::Char('W') => self.ask_restore_vm(),
+            KeyCode::Char('I') => self.ask_instant(),
+            KeyCode::Char('f') => return self.open_files(),
             KeyCode::Char('v') | KeyCode::Char('V') => {
                 let deep = code == KeyCode::Char('V');
                 let kind = if deep { "Deep verify" } else { "Quick verify" };
@@ -345,6 +347,26 @@ impl App {
     ) -> Vec<Effect> {
         use super::RestoreWhat;
         match (k.code, what) {
+            (KeyCode::Enter, RestoreWhat::FindFiles(mut view)) if k.modifiers.is_empty() => {
+                let text = input.value().trim().to_string();
+                if text.is_empty() {
+                    self.dialog = Some(Dialog::Files(*view));
+                    return Vec::new();
+                }
+                let effect = Effect::ListFiles {
+                    key: view.key.clone(),
+                    from: view.from.clone(),
+                    path: view.path.clone(),
+                    find: Some(text),
+                };
+                view.loading = true;
+                self.dialog = Some(Dialog::Files(*view));
+                vec![effect]
+            }
+            (KeyCode::Esc, RestoreWhat::FindFiles(view)) => {
+                self.dialog = Some(Dialog::Files(*view));
+                Vec::new()
+            }
             (KeyCode::Enter, what) if k.modifiers.is_empty() => {
                 let to = input.value().trim().to_string();
                 if to.is_empty() {
@@ -357,6 +379,19 @@ impl App {
                 let from = self.source.clone();
                 vec![match what {
                     RestoreWhat::Volume(key) => Effect::PlanRestore { key, to, from },
+                    RestoreWhat::Instant { reference, label } => Effect::InstantRestore {
+                        reference,
+                        label,
+                        dir: to,
+                        from,
+                    },
+                    RestoreWhat::Extract { key, from, path } => Effect::ExtractFiles {
+                        key,
+                        from,
+                        path,
+                        to,
+                    },
+                    RestoreWhat::FindFiles(_) => return Vec::new(),
                     RestoreWhat::Vm {
                         reference,
                         label,
@@ -441,6 +476,19 @@ impl App {
                 label,
                 define: false,
             },
+        });
+    }
+
+    /// Asks where an instant restore puts the selected set's disks.
+    fn ask_instant(&mut self) {
+        let Some((vm, reference, label)) = self.selected_set() else {
+            return self.no_backup();
+        };
+        let from = self.source_note();
+        self.dialog = Some(Dialog::Prompt {
+            title: format!("Start the VM {label}{from} now; copy its disks into (a new directory)"),
+            input: LineInput::new(&format!("./{vm}-instant")),
+            what: super::RestoreWhat::Instant { reference, label },
         });
     }
 

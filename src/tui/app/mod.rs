@@ -3,6 +3,7 @@
 //! Key and mouse handling live in `input`, dialogs in `dialog`.
 
 mod dialog;
+pub mod files;
 mod input;
 mod jobs;
 mod remotes;
@@ -195,6 +196,17 @@ impl std::fmt::Debug for Secret {
 pub enum RestoreWhat {
     /// One volume, to a file.
     Volume(ManifestKey),
+    /// A whole VM set started at once from its backup, its disks copied
+    /// into a directory (an instant restore).
+    Instant { reference: String, label: String },
+    /// A file or directory of a backup's filesystem, into a directory.
+    Extract {
+        key: ManifestKey,
+        from: Option<String>,
+        path: String,
+    },
+    /// Names to search for in the file browser (back to it after).
+    FindFiles(Box<files::FilesView>),
     /// A whole VM set (`VM@time`), into a directory with its domain XML;
     /// Tab toggles `virsh define`.
     Vm {
@@ -261,6 +273,8 @@ pub enum Dialog {
         scroll: usize,
     },
     QuitWhileRunning,
+    /// The file browser of one backup.
+    Files(files::FilesView),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -288,6 +302,28 @@ pub enum Effect {
         dir: String,
         define: bool,
         from: Option<String>,
+    },
+    /// An instant restore of a VM set, as a job.
+    InstantRestore {
+        reference: String,
+        label: String,
+        dir: String,
+        from: Option<String>,
+    },
+    /// List a directory of a backup's filesystems (None: the filesystems),
+    /// or search names under it.
+    ListFiles {
+        key: ManifestKey,
+        from: Option<String>,
+        path: Option<String>,
+        find: Option<String>,
+    },
+    /// Extract a file or directory of a backup, as a job.
+    ExtractFiles {
+        key: ManifestKey,
+        from: Option<String>,
+        path: String,
+        to: String,
     },
     /// Plan a restore of a VM set into a cloud target (`from`: a remote).
     PlanCloud {
@@ -376,6 +412,13 @@ pub enum Action {
     RemoteListed {
         name: String,
         result: Result<(f64, BTreeSet<Id>), String>,
+    },
+    /// A file browser's listing (or why there is none).
+    FilesListed {
+        key: ManifestKey,
+        path: Option<String>,
+        find: Option<String>,
+        result: Result<(Vec<files::FileRow>, String), String>,
     },
     RemoteBrowsed {
         name: String,
@@ -962,6 +1005,12 @@ impl App {
                 Vec::new()
             }
             Action::RemoteBrowsed { name, result } => self.remote_browsed(name, result),
+            Action::FilesListed {
+                key,
+                path,
+                find,
+                result,
+            } => self.files_listed(key, path, find, result),
             Action::RemoteListed { name, result } => self.remote_listed(name, result),
             Action::Drills(d) => {
                 self.drills = d;

@@ -264,7 +264,14 @@ pub fn dialog(f: &mut Frame, app: &App, theme: &Theme, d: &Dialog, area: Rect) {
                         "off (domain XML only)"
                     }
                 ),
-                RestoreWhat::Volume(_) => String::new(),
+                RestoreWhat::Instant { .. } => {
+                    "QEMU runs the VM from the backup; its disks land here, then it runs on them"
+                        .to_string()
+                }
+                RestoreWhat::Extract { .. } => {
+                    "modes, times and symlinks kept (owners too as root)".to_string()
+                }
+                RestoreWhat::Volume(_) | RestoreWhat::FindFiles(_) => String::new(),
             };
             let lines = vec![
                 Line::from(format!("> {}", escape(&shown))),
@@ -383,6 +390,7 @@ pub fn dialog(f: &mut Frame, app: &App, theme: &Theme, d: &Dialog, area: Rect) {
                 centered(area, 60, h),
             );
         }
+        Dialog::Files(v) => files_dialog(f, theme, v, area),
         Dialog::QuitWhileRunning => {
             let l = vec![
                 Line::from(format!(
@@ -459,4 +467,59 @@ fn compare(
     lines.push(Line::styled("Esc close", theme.fg(Color::Cyan)));
     let h = lines.len() as u16 + 2;
     frame(f, theme, title, lines, centered(area, w, h));
+}
+
+/// The file browser: where it is, the rows (the selected one marked), and
+/// what reading cost. Names come from the backup: escaped.
+fn files_dialog(f: &mut Frame, theme: &Theme, v: &crate::tui::app::files::FilesView, area: Rect) {
+    let w = 100.min(area.width.saturating_sub(2));
+    let h = area.height.saturating_sub(4).max(8);
+    let inner = w.saturating_sub(4) as usize;
+    let rows_shown = h.saturating_sub(5) as usize;
+    let place = match (&v.find, &v.path) {
+        (Some(t), p) => format!(
+            "names holding {:?} under {}",
+            t,
+            p.as_deref().unwrap_or("every filesystem")
+        ),
+        (None, Some(p)) => p.clone(),
+        (None, None) => "filesystems".into(),
+    };
+    let mut l: Vec<Line> = vec![Line::from(truncate(&escape(&place), inner))];
+    let first = v.selected.saturating_sub(rows_shown.saturating_sub(1));
+    if v.loading {
+        l.push(Line::from("reading the backup…"));
+    } else if let Some(e) = &v.error {
+        l.push(Line::styled(
+            truncate(&escape(e), inner),
+            theme.fg(Color::Red),
+        ));
+    } else if v.rows.is_empty() {
+        l.push(Line::from("(nothing)"));
+    }
+    if !v.loading {
+        for (i, r) in v.rows.iter().enumerate().skip(first).take(rows_shown) {
+            let text = truncate(&format!("{}  {}", r.detail, escape(&r.name)), inner);
+            l.push(if i == v.selected {
+                Line::styled(format!("> {text}"), theme.selected())
+            } else {
+                Line::from(format!("  {text}"))
+            });
+        }
+    }
+    l.push(Line::from(truncate(&v.cost, inner)));
+    l.push(Line::styled(
+        truncate(
+            "Enter open · Backspace up · / search · e extract · Esc close",
+            inner,
+        ),
+        theme.fg(Color::Cyan),
+    ));
+    let title = format!(
+        "Files of {}/{}@{}",
+        v.key.vm,
+        v.key.volume,
+        v.key.id.short()
+    );
+    frame(f, theme, &title, l, centered(area, w, h));
 }

@@ -54,6 +54,16 @@ pub struct Located {
     pub inner: Vec<u8>,
 }
 
+/// What a path shows: a volume's filesystems, or entries with their
+/// full paths (`p1/etc/hosts`).
+pub enum Listing {
+    Filesystems(Vec<FsInfo>),
+    Entries(Vec<(String, Entry)>),
+}
+
+/// Results one search returns at most.
+pub const MAX_FOUND: usize = 10_000;
+
 /// Directories one search walks at most, and how deep.
 const MAX_WALK: u64 = 5_000_000;
 const MAX_DEPTH: usize = 512;
@@ -184,6 +194,46 @@ impl Volume {
             }
         }
         Ok(found)
+    }
+
+    /// What `path` shows (None: the filesystems), or with `find`, the
+    /// entries under it (or under every readable filesystem) whose name
+    /// holds that text. A directory's entries come sorted by name.
+    pub fn browse(&self, path: Option<&str>, find: Option<&str>) -> Result<Listing> {
+        if let Some(needle) = find {
+            let dirs: Vec<String> = match path {
+                Some(p) => vec![p.to_string()],
+                None => self
+                    .filesystems
+                    .iter()
+                    .filter(|f| f.detected.not_readable().is_none())
+                    .map(|f| f.name.clone())
+                    .collect(),
+            };
+            let mut all = Vec::new();
+            for d in dirs {
+                let left = MAX_FOUND.saturating_sub(all.len());
+                all.extend(self.find(&d, needle, left)?);
+            }
+            return Ok(Listing::Entries(all));
+        }
+        let Some(p) = path else {
+            return Ok(Listing::Filesystems(self.filesystems.clone()));
+        };
+        let at = self.locate(p)?;
+        let e = at.fs.stat(&at.inner)?;
+        let shown = format!("{}{}", at.fs_name, String::from_utf8_lossy(&at.inner));
+        if e.kind != Kind::Dir {
+            return Ok(Listing::Entries(vec![(shown, e)]));
+        }
+        let mut list = at.fs.list(&at.inner)?;
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        let base = shown.trim_end_matches('/').to_string();
+        Ok(Listing::Entries(
+            list.into_iter()
+                .map(|c| (format!("{base}/{}", c.name_text()), c))
+                .collect(),
+        ))
     }
 
     /// Extracts the file or directory at `path` into `to`.

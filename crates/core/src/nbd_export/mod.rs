@@ -140,6 +140,44 @@ pub fn serve(
     Ok(())
 }
 
+/// Where a backup is read from.
+pub enum Source {
+    /// The local repository at this path.
+    Local(PathBuf),
+    /// A remote (served or S3): chunks fetched on demand, nothing stored
+    /// locally.
+    Remote(crate::repository::Repository),
+}
+
+/// One volume of a backup (`reference`: a backup id or VM/VOLUME@WHEN),
+/// readable at any offset: what `lifeboat nbd` serves and `lifeboat
+/// files` reads. With its name for people (`vm/root@1a2b3c4d`).
+pub async fn open(
+    source: Source,
+    reference: &str,
+    cache_chunks: usize,
+) -> Result<(Export, String)> {
+    use crate::format::refs;
+    let (chunks, key, index) = match source {
+        Source::Local(root) => {
+            let repo = crate::repo::Repo::open(&root)?;
+            let all = repo.load_all()?;
+            let (key, m) = refs::resolve_one(&all, reference)?.clone();
+            let index = repo.read_index(&m.index)?;
+            (Chunks::Local(repo), key, index)
+        }
+        Source::Remote(repo) => {
+            let all = repo.backups().await?;
+            let (key, m) = refs::resolve_one(&all, reference)?.clone();
+            let index = repo.index(&m.index).await?;
+            let rt = tokio::runtime::Handle::current();
+            (Chunks::Remote { repo, rt }, key, index)
+        }
+    };
+    let name = format!("{}/{}@{}", key.vm, key.volume, key.id.short());
+    Ok((Export::new(chunks, index, name.clone(), cache_chunks), name))
+}
+
 /// A unix socket path under `dir` that does not exist yet.
 pub fn socket_in(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.nbd"))

@@ -28,11 +28,99 @@ use crate::error::{Error, Result};
 use crate::format::manifest::ImageFormat;
 use crate::jobs::{CancellationToken, Progress};
 use crate::live::qmp::{err as qmp_err, Qmp};
+pub use crate::nbd_export::Source;
 use crate::nbd_export::{serve, Export, Listen};
 
 use super::domain::RestoredDisk;
 use super::qemu::{self, BootArgs, Daemon, Forward};
 use super::Definition;
+
+/// What the admin chose besides the backup.
+pub struct Choices {
+    pub dir: PathBuf,
+    /// The VM's name (default: the backup's).
+    pub name: Option<String>,
+    pub accel: String,
+    pub forwards: Vec<Forward>,
+}
+
+/// The request for the VM set `reference` names: its definition (the
+/// backup's, else `config_def`'s, else a plain one) and an export per
+/// volume. Only a VM@WHEN set is taken.
+pub async fn prepare(
+    source: Source,
+    reference: &str,
+    config_def: impl Fn(&str) -> Option<Definition>,
+    choices: Choices,
+) -> Result<InstantRequest> {
+    use crate::format::refs::{self, Ref};
+    use crate::nbd_export::Chunks;
+    if !matches!(Ref::parse(reference)?, Ref::Set { .. }) {
+        return Err(Error::BadInput(format!(
+            "an instant restore brings back a whole VM (VM@WHEN); to read one volume without restoring it, use `lifeboat nbd {reference}`"
+        )));
+    }
+    let vm_of = |p: &[(crate::format::ManifestKey, crate::format::Manifest)]| {
+        p.first().map(|(k, _)| k.vm.clone()).unwrap_or_default()
+    };
+    let name_of =
+        |k: &crate::format::ManifestKey| format!("{}/{}@{}", k.vm, k.volume, k.id.short());
+    let (def, exports, vm) = match source {
+        Source::Local(root) => {
+            let repo = crate::repo::Repo::open(&root)?;
+            let all = repo.load_all()?;
+            let picked: Vec<_> = refs::resolve_many(&all, reference)?
+                .into_iter()
+                .cloned()
+                .collect();
+            let vm = vm_of(&picked);
+            let (def, _) = super::restore::definition_of(&repo, &picked, config_def(&vm))?;
+            let mut exports = Vec::new();
+            for (k, m) in &picked {
+                let index = repo.read_index(&m.index)?;
+                let chunks = Chunks::Local(crate::repo::Repo::open(&root)?);
+                exports.push((k.volume.clone(), Export::new(chunks, index, name_of(k), 16)));
+            }
+            (def, exports, vm)
+        }
+        Source::Remote(repo) => {
+            let all = repo.backups().await?;
+            let picked: Vec<_> = refs::resolve_many(&all, reference)?
+                .into_iter()
+                .cloned()
+                .collect();
+            let vm = vm_of(&picked);
+            let stored = match picked.iter().find_map(|(_, m)| m.definition) {
+                Some(d) => Some(repo.chunk(&d.chunk).await?),
+                None => None,
+            };
+            let (def, _) =
+                super::restore::definition_with(&picked, config_def(&vm), |d| match &stored {
+                    Some(data) => Definition::from_chunk(d, data),
+                    None => Err(Error::Internal("no stored definition".into())),
+                })?;
+            let rt = tokio::runtime::Handle::current();
+            let mut exports = Vec::new();
+            for (k, m) in &picked {
+                let index = repo.index(&m.index).await?;
+                let chunks = Chunks::Remote {
+                    repo: repo.clone(),
+                    rt: rt.clone(),
+                };
+                exports.push((k.volume.clone(), Export::new(chunks, index, name_of(k), 16)));
+            }
+            (def, exports, vm)
+        }
+    };
+    Ok(InstantRequest {
+        def,
+        exports,
+        dir: choices.dir,
+        name: choices.name.unwrap_or(vm),
+        accel: choices.accel,
+        forwards: choices.forwards,
+    })
+}
 
 pub struct InstantRequest {
     pub def: Definition,
