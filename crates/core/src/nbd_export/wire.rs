@@ -84,12 +84,17 @@ const MAX_RUN: u64 = 1 << 30;
 /// A client connection: a unix or TCP stream.
 pub(super) trait Stream: Read + Write + Send {
     fn timeouts(&self, read: Duration, write: Duration) -> std::io::Result<()>;
+    /// The same connection again, for the side that writes replies.
+    fn writer(&self) -> std::io::Result<Box<dyn Stream>>;
 }
 
 impl Stream for std::os::unix::net::UnixStream {
     fn timeouts(&self, read: Duration, write: Duration) -> std::io::Result<()> {
         self.set_read_timeout(Some(read))?;
         self.set_write_timeout(Some(write))
+    }
+    fn writer(&self) -> std::io::Result<Box<dyn Stream>> {
+        Ok(Box::new(self.try_clone()?))
     }
 }
 
@@ -98,20 +103,40 @@ impl Stream for std::net::TcpStream {
         self.set_read_timeout(Some(read))?;
         self.set_write_timeout(Some(write))
     }
+    fn writer(&self) -> std::io::Result<Box<dyn Stream>> {
+        Ok(Box::new(self.try_clone()?))
+    }
 }
 
 fn bad(msg: impl std::fmt::Display) -> Error {
     Error::Nbd(format!("NBD client: {msg}"))
 }
 
+/// Reads served at once per connection: a guest's read is not queued
+/// behind a copy job's (QEMU sends both on one connection), and a remote's
+/// round trips overlap.
+const WORKERS: usize = 8;
+
 struct Conn<'a> {
-    s: Box<dyn Stream>,
-    cancel: &'a CancellationToken,
-    structured: bool,
+    r: Reader<'a>,
+    w: Writer,
     allocation: bool,
 }
 
-impl Conn<'_> {
+/// The side of a connection that reads requests (one thread).
+struct Reader<'a> {
+    s: Box<dyn Stream>,
+    cancel: &'a CancellationToken,
+}
+
+/// The side that writes replies: shared by the threads serving reads,
+/// one whole reply at a time.
+struct Writer {
+    out: std::sync::Mutex<Box<dyn Stream>>,
+    structured: bool,
+}
+
+impl Reader<'_> {
     /// Fills `buf`, waiting through read timeouts until cancelled. None:
     /// the client went away.
     fn fill(&mut self, buf: &mut [u8]) -> Result<Option<()>> {
@@ -154,15 +179,31 @@ impl Conn<'_> {
         self.exact(&mut b)?;
         Ok(u64::from_be_bytes(b))
     }
+}
 
-    fn send(&mut self, parts: &[&[u8]]) -> Result<()> {
+/// A structured reply chunk's bytes, appended to `out`.
+fn chunk_bytes(out: &mut Vec<u8>, flags: u16, kind: u16, handle: u64, payload: &[&[u8]]) {
+    let len: usize = payload.iter().map(|p| p.len()).sum();
+    out.extend_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
+    out.extend_from_slice(&flags.to_be_bytes());
+    out.extend_from_slice(&kind.to_be_bytes());
+    out.extend_from_slice(&handle.to_be_bytes());
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+    for p in payload {
+        out.extend_from_slice(p);
+    }
+}
+
+impl Writer {
+    fn send(&self, parts: &[&[u8]]) -> Result<()> {
+        let mut out = self.out.lock().map_err(|_| bad("a reply writer failed"))?;
         for p in parts {
-            self.s.write_all(p).map_err(bad)?;
+            out.write_all(p).map_err(bad)?;
         }
         Ok(())
     }
 
-    fn option_reply(&mut self, opt: u32, kind: u32, data: &[u8]) -> Result<()> {
+    fn option_reply(&self, opt: u32, kind: u32, data: &[u8]) -> Result<()> {
         let mut h = Vec::with_capacity(20);
         h.extend_from_slice(&OPT_REPLY_MAGIC.to_be_bytes());
         h.extend_from_slice(&opt.to_be_bytes());
@@ -171,20 +212,13 @@ impl Conn<'_> {
         self.send(&[&h, data])
     }
 
-    fn chunk(&mut self, flags: u16, kind: u16, handle: u64, payload: &[&[u8]]) -> Result<()> {
-        let len: usize = payload.iter().map(|p| p.len()).sum();
-        let mut h = Vec::with_capacity(20);
-        h.extend_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
-        h.extend_from_slice(&flags.to_be_bytes());
-        h.extend_from_slice(&kind.to_be_bytes());
-        h.extend_from_slice(&handle.to_be_bytes());
-        h.extend_from_slice(&(len as u32).to_be_bytes());
-        let mut parts: Vec<&[u8]> = vec![&h];
-        parts.extend_from_slice(payload);
-        self.send(&parts)
+    fn chunk(&self, flags: u16, kind: u16, handle: u64, payload: &[&[u8]]) -> Result<()> {
+        let mut out = Vec::with_capacity(20);
+        chunk_bytes(&mut out, flags, kind, handle, payload);
+        self.send(&[&out])
     }
 
-    fn simple(&mut self, handle: u64, error: u32, data: &[u8]) -> Result<()> {
+    fn simple(&self, handle: u64, error: u32, data: &[u8]) -> Result<()> {
         let mut h = Vec::with_capacity(16);
         h.extend_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
         h.extend_from_slice(&error.to_be_bytes());
@@ -193,7 +227,7 @@ impl Conn<'_> {
     }
 
     /// An error answer to a request (structured when negotiated).
-    fn error(&mut self, handle: u64, code: u32, msg: &str) -> Result<()> {
+    fn error(&self, handle: u64, code: u32, msg: &str) -> Result<()> {
         if !self.structured {
             return self.simple(handle, code, &[]);
         }
@@ -220,18 +254,21 @@ pub(super) fn session(
 ) -> Result<()> {
     s.timeouts(Duration::from_millis(500), Duration::from_secs(60))
         .map_err(bad)?;
+    let out = s.writer().map_err(bad)?;
     let mut c = Conn {
-        s,
-        cancel,
-        structured: false,
+        r: Reader { s, cancel },
+        w: Writer {
+            out: std::sync::Mutex::new(out),
+            structured: false,
+        },
         allocation: false,
     };
     let mut hello = Vec::with_capacity(18);
     hello.extend_from_slice(&NBDMAGIC.to_be_bytes());
     hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
     hello.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
-    c.send(&[&hello])?;
-    let client_flags = c.u32()?;
+    c.w.send(&[&hello])?;
+    let client_flags = c.r.u32()?;
     if !handshake(&mut c, export, client_flags)? {
         return Ok(());
     }
@@ -246,16 +283,16 @@ fn known(name: &[u8], export: &Export) -> bool {
 /// Option haggling; true when the client moves on to transmission.
 fn handshake(c: &mut Conn<'_>, export: &Export, client_flags: u32) -> Result<bool> {
     for _ in 0..MAX_OPTIONS {
-        if c.u64()? != IHAVEOPT {
+        if c.r.u64()? != IHAVEOPT {
             return Err(bad("an option without its magic"));
         }
-        let opt = c.u32()?;
-        let len = c.u32()?;
+        let opt = c.r.u32()?;
+        let len = c.r.u32()?;
         if len > MAX_OPTION {
             return Err(bad(format!("an option of {len} bytes")));
         }
         let mut data = vec![0u8; len as usize];
-        c.exact(&mut data)?;
+        c.r.exact(&mut data)?;
         match opt {
             OPT_EXPORT_NAME => {
                 if !known(&data, export) {
@@ -267,60 +304,60 @@ fn handshake(c: &mut Conn<'_>, export: &Export, client_flags: u32) -> Result<boo
                 if client_flags & CLIENT_NO_ZEROES == 0 {
                     r.extend_from_slice(&[0u8; 124]);
                 }
-                c.send(&[&r])?;
+                c.w.send(&[&r])?;
                 return Ok(true);
             }
             OPT_ABORT => {
-                let _ = c.option_reply(opt, REP_ACK, &[]);
+                let _ = c.w.option_reply(opt, REP_ACK, &[]);
                 return Ok(false);
             }
             OPT_LIST => {
                 let name = export.name.as_bytes();
                 let mut d = (name.len() as u32).to_be_bytes().to_vec();
                 d.extend_from_slice(name);
-                c.option_reply(opt, REP_SERVER, &d)?;
-                c.option_reply(opt, REP_ACK, &[])?;
+                c.w.option_reply(opt, REP_SERVER, &d)?;
+                c.w.option_reply(opt, REP_ACK, &[])?;
             }
             OPT_STRUCTURED_REPLY => {
-                c.structured = true;
-                c.option_reply(opt, REP_ACK, &[])?;
+                c.w.structured = true;
+                c.w.option_reply(opt, REP_ACK, &[])?;
             }
             OPT_INFO | OPT_GO => {
                 let Some((name, infos)) = parse_go(&data) else {
-                    c.option_reply(opt, REP_ERR_INVALID, b"malformed request")?;
+                    c.w.option_reply(opt, REP_ERR_INVALID, b"malformed request")?;
                     continue;
                 };
                 if !known(name, export) {
-                    c.option_reply(opt, REP_ERR_UNKNOWN, b"no such export")?;
+                    c.w.option_reply(opt, REP_ERR_UNKNOWN, b"no such export")?;
                     continue;
                 }
                 let mut info = INFO_EXPORT.to_be_bytes().to_vec();
                 info.extend_from_slice(&export.size().to_be_bytes());
                 info.extend_from_slice(&transmission_flags().to_be_bytes());
-                c.option_reply(opt, REP_INFO, &info)?;
+                c.w.option_reply(opt, REP_INFO, &info)?;
                 if infos.contains(&INFO_BLOCK_SIZE) {
                     let mut b = INFO_BLOCK_SIZE.to_be_bytes().to_vec();
                     b.extend_from_slice(&1u32.to_be_bytes());
                     b.extend_from_slice(&4096u32.to_be_bytes());
                     b.extend_from_slice(&MAX_REQUEST.to_be_bytes());
-                    c.option_reply(opt, REP_INFO, &b)?;
+                    c.w.option_reply(opt, REP_INFO, &b)?;
                 }
-                c.option_reply(opt, REP_ACK, &[])?;
+                c.w.option_reply(opt, REP_ACK, &[])?;
                 if opt == OPT_GO {
                     return Ok(true);
                 }
             }
             OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
-                if !c.structured && opt == OPT_SET_META_CONTEXT {
-                    c.option_reply(opt, REP_ERR_INVALID, b"structured replies first")?;
+                if !c.w.structured && opt == OPT_SET_META_CONTEXT {
+                    c.w.option_reply(opt, REP_ERR_INVALID, b"structured replies first")?;
                     continue;
                 }
                 let Some((name, queries)) = parse_meta(&data) else {
-                    c.option_reply(opt, REP_ERR_INVALID, b"malformed request")?;
+                    c.w.option_reply(opt, REP_ERR_INVALID, b"malformed request")?;
                     continue;
                 };
                 if !known(name, export) {
-                    c.option_reply(opt, REP_ERR_UNKNOWN, b"no such export")?;
+                    c.w.option_reply(opt, REP_ERR_UNKNOWN, b"no such export")?;
                     continue;
                 }
                 let wanted = queries.is_empty() && opt == OPT_LIST_META_CONTEXT
@@ -333,11 +370,11 @@ fn handshake(c: &mut Conn<'_>, export: &Export, client_flags: u32) -> Result<boo
                 if wanted {
                     let mut d = ALLOCATION_ID.to_be_bytes().to_vec();
                     d.extend_from_slice(ALLOCATION.as_bytes());
-                    c.option_reply(opt, REP_META_CONTEXT, &d)?;
+                    c.w.option_reply(opt, REP_META_CONTEXT, &d)?;
                 }
-                c.option_reply(opt, REP_ACK, &[])?;
+                c.w.option_reply(opt, REP_ACK, &[])?;
             }
-            _ => c.option_reply(opt, REP_ERR_UNSUP, &[])?,
+            _ => c.w.option_reply(opt, REP_ERR_UNSUP, &[])?,
         }
     }
     Err(bad(format!("more than {MAX_OPTIONS} options")))
@@ -377,11 +414,52 @@ fn parse_meta(d: &[u8]) -> Option<(&[u8], Vec<&[u8]>)> {
     (at == d.len()).then_some((name, queries))
 }
 
+/// A read to serve: handle, offset, length, flags.
+type ReadJob = (u64, u64, u32, u16);
+
 fn transmission(c: &mut Conn<'_>, export: &Export) -> Result<()> {
+    let (tx, rx) = crossbeam_channel::bounded::<ReadJob>(WORKERS);
+    let (r, w, allocation) = (&mut c.r, &c.w, c.allocation);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..WORKERS)
+            .map(|_| {
+                let rx = rx.clone();
+                scope.spawn(move || -> Result<()> {
+                    let mut buf = Vec::new();
+                    for (handle, offset, len, flags) in rx {
+                        read(w, export, handle, offset, len, flags, &mut buf)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        drop(rx);
+        let res = requests(r, w, allocation, export, &tx);
+        // No more reads come: the workers finish what they hold, then end.
+        drop(tx);
+        let mut first_err = res.err();
+        for h in workers {
+            if let Ok(Err(e)) = h.join() {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    })
+}
+
+/// Reads requests until the client goes; reads go to the workers, the
+/// rest is answered here.
+fn requests(
+    r: &mut Reader<'_>,
+    w: &Writer,
+    allocation: bool,
+    export: &Export,
+    reads: &crossbeam_channel::Sender<ReadJob>,
+) -> Result<()> {
     let mut buf = Vec::new();
     loop {
         let mut req = [0u8; 28];
-        if c.fill(&mut req)?.is_none() {
+        if r.fill(&mut req)?.is_none() {
             return Ok(());
         }
         let word = |a: usize| u32::from_be_bytes([req[a], req[a + 1], req[a + 2], req[a + 3]]);
@@ -400,14 +478,16 @@ fn transmission(c: &mut Conn<'_>, export: &Export) -> Result<()> {
         match kind {
             CMD_DISC => return Ok(()),
             CMD_READ if len > MAX_REQUEST => {
-                c.error(handle, EOVERFLOW, "a read over 32 MiB")?;
+                w.error(handle, EOVERFLOW, "a read over 32 MiB")?;
             }
-            CMD_READ if !in_range => c.error(handle, EINVAL, "outside the export")?,
-            CMD_READ => read(c, export, handle, offset, len, flags, &mut buf)?,
-            CMD_BLOCK_STATUS if !(c.structured && c.allocation) => {
-                c.error(handle, EINVAL, "no base:allocation context negotiated")?;
+            CMD_READ if !in_range => w.error(handle, EINVAL, "outside the export")?,
+            CMD_READ => reads
+                .send((handle, offset, len, flags))
+                .map_err(|_| bad("the read workers ended"))?,
+            CMD_BLOCK_STATUS if !(w.structured && allocation) => {
+                w.error(handle, EINVAL, "no base:allocation context negotiated")?;
             }
-            CMD_BLOCK_STATUS if !in_range => c.error(handle, EINVAL, "outside the export")?,
+            CMD_BLOCK_STATUS if !in_range => w.error(handle, EINVAL, "outside the export")?,
             CMD_BLOCK_STATUS => {
                 let max = if flags & CMD_FLAG_REQ_ONE != 0 {
                     1
@@ -424,13 +504,13 @@ fn transmission(c: &mut Conn<'_>, export: &Export) -> Result<()> {
                         l -= part;
                     }
                 }
-                c.chunk(REPLY_FLAG_DONE, REPLY_BLOCK_STATUS, handle, &[&d])?;
+                w.chunk(REPLY_FLAG_DONE, REPLY_BLOCK_STATUS, handle, &[&d])?;
             }
             CMD_FLUSH | CMD_CACHE => {
-                if c.structured {
-                    c.chunk(REPLY_FLAG_DONE, REPLY_NONE, handle, &[])?;
+                if w.structured {
+                    w.chunk(REPLY_FLAG_DONE, REPLY_NONE, handle, &[])?;
                 } else {
-                    c.simple(handle, 0, &[])?;
+                    w.simple(handle, 0, &[])?;
                 }
             }
             CMD_WRITE => {
@@ -439,19 +519,19 @@ fn transmission(c: &mut Conn<'_>, export: &Export) -> Result<()> {
                     return Err(bad(format!("a write of {len} bytes")));
                 }
                 buf.resize(len as usize, 0);
-                c.exact(&mut buf)?;
-                c.error(handle, EPERM, "the export is read-only")?;
+                r.exact(&mut buf)?;
+                w.error(handle, EPERM, "the export is read-only")?;
             }
-            CMD_TRIM | CMD_WRITE_ZEROES => c.error(handle, EPERM, "the export is read-only")?,
-            _ => c.error(handle, EINVAL, "unknown command")?,
+            CMD_TRIM | CMD_WRITE_ZEROES => w.error(handle, EPERM, "the export is read-only")?,
+            _ => w.error(handle, EINVAL, "unknown command")?,
         }
     }
 }
 
 /// A read: structured as data and hole chunks (one data chunk when the
-/// client says "don't fragment"), or a simple reply.
+/// client says "don't fragment"), or a simple reply; sent whole.
 fn read(
-    c: &mut Conn<'_>,
+    w: &Writer,
     export: &Export,
     handle: u64,
     offset: u64,
@@ -462,40 +542,46 @@ fn read(
     buf.resize(len as usize, 0);
     if let Err(e) = export.read_at(offset, buf) {
         tracing::warn!("nbd {}: read at {offset}: {e}", export.name);
-        return c.error(handle, EIO, &e.to_string());
+        return w.error(handle, EIO, &e.to_string());
     }
-    if !c.structured {
-        return c.simple(handle, 0, buf);
+    if !w.structured {
+        return w.simple(handle, 0, buf);
     }
+    let mut out = Vec::with_capacity(buf.len() + 64);
     if flags & CMD_FLAG_DF != 0 {
-        return c.chunk(
+        chunk_bytes(
+            &mut out,
             REPLY_FLAG_DONE,
             REPLY_OFFSET_DATA,
             handle,
             &[&offset.to_be_bytes(), buf],
         );
+        return w.send(&[&out]);
     }
     let mut at = 0u64;
     for (l, hole) in export.extents(offset, u64::from(len), usize::MAX) {
         let o = offset + at;
         if hole {
-            c.chunk(
+            chunk_bytes(
+                &mut out,
                 0,
                 REPLY_OFFSET_HOLE,
                 handle,
                 &[&o.to_be_bytes(), &(l as u32).to_be_bytes()],
-            )?;
+            );
         } else {
-            c.chunk(
+            chunk_bytes(
+                &mut out,
                 0,
                 REPLY_OFFSET_DATA,
                 handle,
                 &[&o.to_be_bytes(), &buf[at as usize..(at + l) as usize]],
-            )?;
+            );
         }
         at += l;
     }
-    c.chunk(REPLY_FLAG_DONE, REPLY_NONE, handle, &[])
+    chunk_bytes(&mut out, REPLY_FLAG_DONE, REPLY_NONE, handle, &[]);
+    w.send(&[&out])
 }
 
 #[cfg(test)]
