@@ -83,18 +83,21 @@ boot() {
 min() { if [ -z "$1" ] || [ "$(echo "$2 < $1" | bc)" = 1 ]; then echo "$2"; else echo "$1"; fi; }
 
 rows=""
-for name in small full; do
+for run in small: full: small:100M full:100M; do
+  name=${run%%:*} link=${run#*:}
+  lim=()
+  [ -n "$link" ] && lim=(--limit-download "$link")
   full="" first="" local=""
   for r in $(seq 1 "$REPS"); do
     rm -rf "$W/fresh" "$W/restored"
     t0=$(now)
-    "$LB" -r "$W/fresh" restore "$name@latest" --from "$url" --to "$W/restored" >/dev/null 2>&1
+    "$LB" "${lim[@]}" -r "$W/fresh" restore "$name@latest" --from "$url" --to "$W/restored" >/dev/null 2>&1
     boot "$W/restored/root.raw" raw
     t1=$(now); full=$(min "$full" "$(echo "$t1 - $t0" | bc)")
 
     rm -rf "$W/inst"
     t0=$(now)
-    "$LB" -r "$W/none" restore "$name@latest" --instant --accel tcg --from "$url" \
+    "$LB" "${lim[@]}" -r "$W/none" restore "$name@latest" --instant --accel tcg --from "$url" \
       --to "$W/inst" --forward "$port:8080" > "$W/inst.out" 2> "$W/inst.err" &
     inst=$!
     answered=""
@@ -108,14 +111,22 @@ for name in small full; do
     t2=$(now)
     first=$(min "$first" "$(echo "$answered - $t0" | bc)")
     local=$(min "$local" "$(echo "$t2 - $t0" | bc)")
-    kill "$(cat "$W/inst/$name.pid")"
-    while kill -0 "$(cat "$W/inst/$name.pid")" 2>/dev/null; do sleep 0.1; done
+    pid=$(cat "$W/inst/$name.pid" 2>/dev/null || true)
+    if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
+      echo "the instantly restored VM is not running after the restore:" >&2
+      ls -la "$W/inst" >&2; cat "$W/inst.out" >&2; tail -5 "$W/inst.err" >&2
+      tail -5 "$W/inst/$name.serial.log" >&2 || true
+      exit 1
+    fi
+    kill "$pid"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
     qemu-img compare -q -f raw -F raw "$W/inst/root.raw" "$W/restored/root.raw" ||
       { echo "the instant restore's disk differs from a plain restore's" >&2; exit 1; }
   done
   ratio=$(echo "scale=2; $full / $first" | bc)
   data=$([ "$name" = small ] && echo "1 GiB" || echo "$FULL MiB")
-  rows="$rows| $SIZE VM, $data of data | $full | $first | **${ratio}x** | $local |
+  via=$([ -n "$link" ] && echo "a $link/s link (--limit-download $link)" || echo "loopback, unlimited")
+  rows="$rows| $SIZE VM, $data of data | $via | $full | $first | **${ratio}x** | $local |
 "
 done
 # The guest's own boot, from the restored local disk: the floor of both.
@@ -131,8 +142,8 @@ done
   echo "bootable guest grown to $SIZE with data after it (half random, half text) on a \`lifeboat serve\`"
   echo "on loopback; best of $REPS; serving = its HTTP check answers; TCG (no KVM on this machine)."
   echo
-  echo "| VM | restore --from, then boot (s) | restore --instant: answering (s) | faster | --instant: on local disks (s) |"
-  echo "|---|---|---|---|---|"
+  echo "| VM | link | restore --from, then boot (s) | restore --instant: answering (s) | faster | --instant: on local disks (s) |"
+  echo "|---|---|---|---|---|---|"
   printf "%s" "$rows"
   echo
   echo "The guest's own boot from a local disk (the floor of both columns): $boot_only s."

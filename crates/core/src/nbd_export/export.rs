@@ -2,9 +2,10 @@
 //! from (the local repository, or a remote with read-ahead), and a small
 //! cache of decoded, verified chunks.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use crate::buf::AlignedBuf;
 use crate::error::{Error, Result};
@@ -46,6 +47,11 @@ pub struct Export {
     /// forward: how far to read ahead.
     last: AtomicU64,
     streak: AtomicU64,
+    /// Chunks being fetched now: a reader wanting one waits for that fetch
+    /// instead of starting another (several server threads often ask for
+    /// parts of one chunk at once).
+    inflight: Mutex<HashSet<usize>>,
+    arrived: Condvar,
 }
 
 impl Export {
@@ -64,6 +70,8 @@ impl Export {
             fetched: AtomicU64::new(0),
             last: AtomicU64::new(u64::MAX),
             streak: AtomicU64::new(0),
+            inflight: Mutex::new(HashSet::new()),
+            arrived: Condvar::new(),
         }
     }
 
@@ -118,9 +126,33 @@ impl Export {
             }
         };
         let ahead = ((1usize << streak.min(3)) - 1).min(READ_AHEAD - 1);
-        if let Some(d) = self.cached(i) {
-            return Ok(d);
+        // Cached, or being fetched by another thread (wait for it), or ours
+        // to fetch.
+        loop {
+            if let Some(d) = self.cached(i) {
+                return Ok(d);
+            }
+            let Ok(mut busy) = self.inflight.lock() else {
+                break;
+            };
+            if !busy.contains(&i) {
+                busy.insert(i);
+                break;
+            }
+            // A fetch that fails leaves it uncached: asked again below.
+            let _ = self.arrived.wait_timeout(busy, Duration::from_millis(200));
         }
+        let res = self.fetch(i, ahead);
+        if let Ok(mut busy) = self.inflight.lock() {
+            busy.remove(&i);
+        }
+        self.arrived.notify_all();
+        res
+    }
+
+    /// Reads chunk `i` (and, from a remote, `ahead` chunks after it that
+    /// nobody is fetching yet) from the repository.
+    fn fetch(&self, i: usize, ahead: usize) -> Result<Arc<Vec<u8>>> {
         let id = *self
             .index
             .chunks
@@ -138,14 +170,21 @@ impl Export {
                 Ok(data)
             }
             Chunks::Remote { repo, rt } => {
-                let batch: Vec<(usize, Id)> = std::iter::once((i, id))
-                    .chain(
-                        (i + 1..self.index.chunks.len())
-                            .filter(|&j| !self.is_zero(j) && self.cached(j).is_none())
-                            .take(ahead)
-                            .map(|j| (j, self.index.chunks[j])),
-                    )
-                    .collect();
+                let batch: Vec<(usize, Id)> = {
+                    let mut busy = self
+                        .inflight
+                        .lock()
+                        .map_err(|_| Error::Internal("a fetch failed".into()))?;
+                    let ahead: Vec<usize> = (i + 1..self.index.chunks.len())
+                        .filter(|&j| !self.is_zero(j) && !busy.contains(&j))
+                        .filter(|&j| self.cached(j).is_none())
+                        .take(ahead)
+                        .collect();
+                    busy.extend(ahead.iter().copied());
+                    std::iter::once((i, id))
+                        .chain(ahead.into_iter().map(|j| (j, self.index.chunks[j])))
+                        .collect()
+                };
                 let fetched = rt.block_on(futures::future::join_all(
                     batch.iter().map(|(_, id)| repo.chunk(id)),
                 ));
@@ -156,9 +195,14 @@ impl Export {
                     let got = got.and_then(|d| self.checked(j, d));
                     if j == i {
                         asked = Some(got);
-                    } else if let Ok(d) = got {
+                        continue;
+                    }
+                    if let Ok(d) = got {
                         // A read-ahead that failed is fetched again when asked.
                         self.remember(j, d);
+                    }
+                    if let Ok(mut busy) = self.inflight.lock() {
+                        busy.remove(&j);
                     }
                 }
                 let data = asked.ok_or_else(|| Error::Internal("no fetch".into()))??;
