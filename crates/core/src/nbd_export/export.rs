@@ -75,9 +75,16 @@ impl Export {
         }
     }
 
+    /// A cached chunk, moved to the young end: least recently used goes
+    /// first, so a copy streaming through does not push out what a
+    /// booting guest reads again and again.
     fn cached(&self, i: usize) -> Option<Arc<Vec<u8>>> {
-        let c = self.cache.lock().ok()?;
-        c.iter().find(|(k, _)| *k == i).map(|(_, d)| d.clone())
+        let mut c = self.cache.lock().ok()?;
+        let at = c.iter().position(|(k, _)| *k == i)?;
+        let hit = c.remove(at)?;
+        let data = hit.1.clone();
+        c.push_back(hit);
+        Some(data)
     }
 
     fn remember(&self, i: usize, data: Arc<Vec<u8>>) {

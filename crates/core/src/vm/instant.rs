@@ -158,6 +158,14 @@ pub struct InstantReport {
 /// not answer.
 const RETRY: Duration = Duration::from_secs(3);
 const POLL: Duration = Duration::from_millis(200);
+/// The copy's speed while the guest is busy reading its disks (booting,
+/// warming up): a copy at full speed starves a booting guest of I/O and,
+/// on a small host, of CPU (measured on 2 cores: the demo's guest
+/// answered after 6.3 s instead of 3.8 s). The copy goes at full speed
+/// once the guest has not read for `QUIET_POLLS` polls (5 s): a guest
+/// between two bursts of boot reads is still booting.
+const YIELD_SPEED: u64 = 32 << 20;
+const QUIET_POLLS: u32 = 25;
 
 struct Disk {
     volume: String,
@@ -427,7 +435,7 @@ fn copy(
             "blockdev-mirror",
             json!({"job-id": d.job, "device": d.drive, "target": node, "sync": "full",
                    "on-source-error": "stop", "on-target-error": "stop",
-                   "auto-dismiss": false}),
+                   "auto-dismiss": false, "speed": YIELD_SPEED}),
         )?;
     }
     progress.set_phase("copying the disks (the VM runs)");
@@ -435,6 +443,9 @@ fn copy(
     progress.set_job_total(total);
     let (mut shown, mut switched) = (0u64, false);
     let mut waits = Vec::new();
+    // The guest's reads so far, and how long it has been quiet: the copy
+    // yields while the guest reads.
+    let (mut guest_reads, mut quiet, mut yielding) = (0u64, 0u32, true);
     // Since when, and at how many bytes copied.
     let mut waiting_since: Option<(Instant, u64)> = None;
     let mut last_retry = Instant::now();
@@ -492,6 +503,20 @@ fn copy(
                 qmp.execute("block-job-complete", json!({"device": d.job}))?;
             }
             switched = true;
+        }
+        let reads = guest_reads_of(qmp, disks)?;
+        quiet = if reads > guest_reads { 0 } else { quiet + 1 };
+        guest_reads = reads;
+        let yield_now = quiet < QUIET_POLLS && !switched;
+        if yield_now != yielding {
+            let speed = if yield_now { YIELD_SPEED } else { 0 };
+            for d in disks {
+                qmp.execute(
+                    "block-job-set-speed",
+                    json!({"device": d.job, "speed": speed}),
+                )?;
+            }
+            yielding = yield_now;
         }
         // A read the repository could not answer paused the VM or a copy.
         let vm = qmp.execute("query-status", json!({}))?;
@@ -557,6 +582,24 @@ fn copy(
         }
     }
     Ok((shown, waits))
+}
+
+/// Read requests the guest has made on its disks (not the copy's).
+fn guest_reads_of(qmp: &mut Qmp, disks: &[Disk]) -> Result<u64> {
+    let stats = qmp.execute("query-blockstats", json!({}))?;
+    Ok(stats
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|b| {
+                    disks
+                        .iter()
+                        .any(|d| job_field(b, "device") == d.drive.as_str())
+                })
+                .filter_map(|b| b.pointer("/stats/rd_operations").and_then(Value::as_u64))
+                .sum()
+        })
+        .unwrap_or(0))
 }
 
 /// Stops the VM: `quit` through its monitor, else SIGKILL; waits until
