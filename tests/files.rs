@@ -497,3 +497,67 @@ fn one_file_of_a_4_gib_disk_reads_under_one_percent_of_its_chunks_from_a_served_
         );
     }
 }
+
+/// An encrypted repository: files are listed and extracted with its key,
+/// and refused with a clear error without it.
+#[test]
+fn files_of_an_encrypted_backup_need_its_key() {
+    let w = World::new();
+    let t = tree(w.dir.path());
+    let pass = w.path("pass");
+    common::secret_file(&pass, "correct horse battery staple\n");
+    let with_key = |args: &[&str]| {
+        w.cmd()
+            .env("LIFEBOAT_PASSPHRASE_FILE", &pass)
+            .arg("-r")
+            .arg(w.repo())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let rk = w.path("recovery.txt");
+    let out = with_key(&[
+        "init",
+        "--encrypt",
+        "--recovery-key-out",
+        rk.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let whole = w.path("whole.raw");
+    std::fs::File::create(&whole)
+        .unwrap()
+        .set_len(24 * MIB)
+        .unwrap();
+    mkfs_at(&whole, 0, 24 * 2048, "sealed", &t);
+    let img = format!("root={}", whole.display());
+    let out = with_key(&["backup", "vm", "--format", "raw", "--volume", &img]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let to = w.path("out");
+    let out = with_key(&[
+        "files",
+        "vm/root@latest",
+        "--get",
+        "disk/etc",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_tree(&t.join("etc"), &to.join("etc"));
+    let (_, err) = w.fails(&["files", "vm/root@latest", "disk/etc"]);
+    assert!(
+        err.contains("encrypted") && err.contains("LIFEBOAT_PASSPHRASE_FILE"),
+        "{err}"
+    );
+}
