@@ -144,6 +144,18 @@ fn assert_same_tree(src: &Path, got: &Path) {
     }
 }
 
+/// `files REF --get PATH --to DIR`, which must succeed.
+fn get(w: &World, reference: &str, path: &str, to: &Path) -> String {
+    w.ok(&[
+        "files",
+        reference,
+        "--get",
+        path,
+        "--to",
+        to.to_str().unwrap(),
+    ])
+}
+
 /// The result after a job's event lines.
 fn last_json(stdout: &str) -> Value {
     let at = stdout
@@ -268,14 +280,7 @@ fn files_are_listed_searched_and_extracted_without_restoring_the_disk() {
         0o700,
         "a new --to is private"
     );
-    w.ok(&[
-        "files",
-        "mbrvm/root@latest",
-        "--get",
-        "p1/data",
-        "--to",
-        to.to_str().unwrap(),
-    ]);
+    get(&w, "mbrvm/root@latest", "p1/data", &to);
     assert_same_tree(&t.join("data"), &to.join("data"));
     let sparse = std::fs::metadata(to.join("data/sparse.img")).unwrap();
     assert!(
@@ -284,26 +289,12 @@ fn files_are_listed_searched_and_extracted_without_restoring_the_disk() {
         sparse.blocks()
     );
     let tool = w.path("tool-out");
-    w.ok(&[
-        "files",
-        "mbrvm/root@latest",
-        "--get",
-        "p1/usr/bin/tool",
-        "--to",
-        tool.to_str().unwrap(),
-    ]);
+    get(&w, "mbrvm/root@latest", "p1/usr/bin/tool", &tool);
     assert_same_tree(&t.join("usr/bin/tool"), &tool.join("tool"));
 
     // The whole filesystem (its root comes out under the filesystem's name).
     let all = w.path("all");
-    w.ok(&[
-        "files",
-        "mbrvm/root@latest",
-        "--get",
-        "p1/",
-        "--to",
-        all.to_str().unwrap(),
-    ]);
+    get(&w, "mbrvm/root@latest", "p1/", &all);
     assert_same_tree(&t.join("etc"), &all.join("p1/etc"));
 
     // Bad asks: clear errors, nothing written.
@@ -359,14 +350,7 @@ fn files_are_listed_searched_and_extracted_without_restoring_the_disk() {
         "the GPT name when the filesystem has none: {v}"
     );
     let one = w.path("gpt-out");
-    w.ok(&[
-        "files",
-        "gptvm/root@latest",
-        "--get",
-        "p2/data/one.bin",
-        "--to",
-        one.to_str().unwrap(),
-    ]);
+    get(&w, "gptvm/root@latest", "p2/data/one.bin", &one);
     assert_same_tree(&t.join("data/one.bin"), &one.join("one.bin"));
 
     let whole = w.path("whole.raw");
@@ -438,22 +422,8 @@ fn one_file_of_a_4_gib_disk_reads_under_one_percent_of_its_chunks_from_a_served_
     mkfs_at(&disk, 2048, 4096 * 2048 - 2048 - 34, "big", &t);
     w.backup_file("big", &disk);
 
-    let (srv, tokens, append) = common::remote::server_dir(dir, "site", "append");
-    let reader = common::remote::add_token(&tokens, "reader", "read");
-    let server = common::remote::Server::start(&srv, &tokens, "127.0.0.1:0");
-    let push = w
-        .cmd()
-        .arg("-r")
-        .arg(w.repo())
-        .env("LIFEBOAT_TOKEN", &append)
-        .args(["push", &server.url, "--init"])
-        .output()
-        .unwrap();
-    assert!(
-        push.status.success(),
-        "{}",
-        String::from_utf8_lossy(&push.stderr)
-    );
+    let site = w.offsite();
+    let (server, reader) = (&site.server, &site.reader);
 
     for from_remote in [false, true] {
         let to = w.path(if from_remote {
@@ -472,7 +442,7 @@ fn one_file_of_a_4_gib_disk_reads_under_one_percent_of_its_chunks_from_a_served_
         ]);
         if from_remote {
             cmd.args(["--from", &server.url])
-                .env("LIFEBOAT_TOKEN", &reader);
+                .env("LIFEBOAT_TOKEN", reader);
         }
         let out = cmd.output().unwrap();
         assert!(

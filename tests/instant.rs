@@ -120,30 +120,15 @@ fn site() -> Site {
         "--volume",
         &format!("data={}", data.display()),
     ]);
-    let (srv, tokens, append) = common::remote::server_dir(w.dir.path(), "site", "append");
-    let reader = common::remote::add_token(&tokens, "reader", "read");
-    let server = common::remote::Server::start(&srv, &tokens, "127.0.0.1:0");
-    let push = w
-        .cmd()
-        .arg("-r")
-        .arg(w.repo())
-        .env("LIFEBOAT_TOKEN", &append)
-        .args(["push", &server.url, "--init"])
-        .output()
-        .unwrap();
-    assert!(
-        push.status.success(),
-        "{}",
-        String::from_utf8_lossy(&push.stderr)
-    );
+    let site = w.offsite();
     Site {
         w,
         disk,
         data,
-        server,
-        reader,
-        srv,
-        tokens,
+        server: site.server,
+        reader: site.reader,
+        srv: site.srv,
+        tokens: site.tokens,
     }
 }
 

@@ -190,22 +190,8 @@ fn a_backup_on_a_served_remote_is_exported_with_chunks_fetched_on_demand() {
     write_at(&img, 0, &noise(6 * MIB as usize, 3));
     write_at(&img, 30 * MIB, &text(MIB as usize));
     w.backup_file("vm", &img);
-    let (srv, tokens, append) = common::remote::server_dir(w.dir.path(), "site", "append");
-    let reader = common::remote::add_token(&tokens, "reader", "read");
-    let server = common::remote::Server::start(&srv, &tokens, "127.0.0.1:0");
-    let push = w
-        .cmd()
-        .arg("-r")
-        .arg(w.repo())
-        .env("LIFEBOAT_TOKEN", &append)
-        .args(["push", &server.url, "--init"])
-        .output()
-        .expect("push");
-    assert!(
-        push.status.success(),
-        "{}",
-        String::from_utf8_lossy(&push.stderr)
-    );
+    let site = w.offsite();
+    let (server, reader, srv) = (&site.server, &site.reader, &site.srv);
     // Nothing local is needed, or touched.
     std::fs::remove_dir_all(w.repo()).expect("rm local repo");
     let args = [
@@ -215,7 +201,7 @@ fn a_backup_on_a_served_remote_is_exported_with_chunks_fetched_on_demand() {
         "--tcp",
         "127.0.0.1:0",
     ];
-    let s = serve_with_token(&w, &args, Some(&reader));
+    let s = serve_with_token(&w, &args, Some(reader));
     assert_same(&s.uri, &img);
     drop(s);
     assert!(!w.repo().exists(), "no local repository was made");
@@ -227,7 +213,7 @@ fn a_backup_on_a_served_remote_is_exported_with_chunks_fetched_on_demand() {
         .find(|p| std::fs::metadata(p).is_ok_and(|m| m.len() < 1_000_000))
         .expect("the text chunk");
     std::fs::remove_file(&text_chunk).expect("rm");
-    let s = serve_with_token(&w, &args, Some(&reader));
+    let s = serve_with_token(&w, &args, Some(reader));
     let uri = s.uri.clone();
     let read = |at: &str| qemu_io(&uri, &format!("read {at} 1M"));
     let ok = read("0");

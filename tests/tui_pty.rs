@@ -90,9 +90,7 @@ fn demo_push_compare_restore_quit() {
     let target = dir.path().join("restored.qcow2");
     c.keys("r");
     c.wait_for("Restore web01/root", 10);
-    c.keys(&"\x7f".repeat(80));
-    c.keys(target.to_str().unwrap());
-    c.keys("\r");
+    c.answer(target.to_str().unwrap());
     // The plan: the lines `restore --dry-run` prints.
     c.wait_for("would restore web01/root", 10);
     c.keys("\r");
@@ -147,9 +145,7 @@ fn demo_push_compare_restore_quit() {
     c.keys("W");
     c.wait_for("Restore the VM web01 set of", 10);
     assert!(c.screen().contains("Tab: virsh define"), "{}", c.screen());
-    c.keys(&"\x7f".repeat(80));
-    c.keys(vm_dir.to_str().unwrap());
-    c.keys("\r");
+    c.answer(vm_dir.to_str().unwrap());
     let s = c.wait_for("would write the domain XML", 20);
     assert!(s.contains("would restore web01/root"), "{s}");
     c.keys("\r");
@@ -264,9 +260,7 @@ fn fresh_machine_browses_the_remote_and_restores_from_it() {
     let target = fresh.join("ghost01-root.raw");
     c.keys("r");
     c.wait_for("from offsite", 10);
-    c.keys(&"\x7f".repeat(80));
-    c.keys(target.to_str().unwrap());
-    c.keys("\r");
+    c.answer(target.to_str().unwrap());
     c.wait_for("would fetch from offsite", 10);
     c.wait_for("would restore ghost01/root", 10);
     c.keys("\r");
@@ -305,9 +299,7 @@ fn fresh_machine_browses_the_remote_and_restores_from_it() {
     c.wait_for("Timeline ghost01 on offsite", 10);
     c.keys("r");
     c.wait_for("from offsite", 10);
-    c.keys(&"\x7f".repeat(80));
-    c.keys(fresh.join("again.raw").to_str().unwrap());
-    c.keys("\r");
+    c.answer(fresh.join("again.raw").to_str().unwrap());
     // The plan's title says the limit its transfer runs under.
     c.wait_for("limit ↓1.0 MiB/s", 20);
     c.keys("\x1b");
@@ -498,9 +490,7 @@ fn console_browses_files_extracts_one_and_restores_a_vm_instantly() {
     c.keys("e");
     c.wait_for("Extract disk/srv/www/index.html", 10);
     let out = dir.path().join("got");
-    c.keys(&"\x7f".repeat(80));
-    c.keys(out.to_str().unwrap());
-    c.keys("\r");
+    c.answer(out.to_str().unwrap());
     let got = out.join("index.html");
     c.wait_until("the file extracted", 60, |_| {
         std::fs::read_to_string(&got).is_ok_and(|t| t.contains("lifeboat demo site"))
@@ -520,9 +510,7 @@ fn console_browses_files_extracts_one_and_restores_a_vm_instantly() {
     let to = dir.path().join("instant");
     c.keys("I");
     c.wait_for("Start the VM web01 set of", 10);
-    c.keys(&"\x7f".repeat(80));
-    c.keys(to.to_str().unwrap());
-    c.keys("\r");
+    c.answer(to.to_str().unwrap());
     let pid = to.join("web01.pid");
     c.wait_until("the VM on its local disks", 240, |_| {
         let names: Vec<String> = std::fs::read_dir(&to)

@@ -105,6 +105,33 @@ impl World {
         serde_json::from_str(&self.ok(&a)).expect("valid JSON output")
     }
 
+    /// A `lifeboat serve` on loopback with everything the local repository
+    /// holds pushed to it (with an append token), and a read-only token.
+    pub fn offsite(&self) -> remote::Offsite {
+        let (srv, tokens, append) = remote::server_dir(self.dir.path(), "site", "append");
+        let reader = remote::add_token(&tokens, "reader", "read");
+        let server = remote::Server::start(&srv, &tokens, "127.0.0.1:0");
+        let push = self
+            .cmd()
+            .arg("-r")
+            .arg(self.repo())
+            .env("LIFEBOAT_TOKEN", &append)
+            .args(["push", &server.url, "--init"])
+            .output()
+            .expect("push");
+        assert!(
+            push.status.success(),
+            "{}",
+            String::from_utf8_lossy(&push.stderr)
+        );
+        remote::Offsite {
+            server,
+            srv,
+            tokens,
+            reader,
+        }
+    }
+
     pub fn init(&self, chunk: &str) {
         self.ok(&["init", "--chunk-size", chunk]);
     }

@@ -64,6 +64,13 @@ impl Console {
         }
     }
 
+    /// Answers a prompt: clears what it offers, types `text`, Enter.
+    pub fn answer(&mut self, text: &str) {
+        self.keys(&"\x7f".repeat(80));
+        self.keys(text);
+        self.keys("\r");
+    }
+
     pub fn keys(&mut self, s: &str) {
         self.writer.write_all(s.as_bytes()).unwrap();
         self.writer.flush().unwrap();

@@ -93,6 +93,15 @@ pub fn server_dir(dir: &Path, name: &str, role: &str) -> (PathBuf, PathBuf, Stri
     (srv, tokens, token)
 }
 
+/// A `lifeboat serve` on loopback holding what a test's local repository
+/// holds (`World::offsite`), and a read-only token for it.
+pub struct Offsite {
+    pub server: Server,
+    pub srv: PathBuf,
+    pub tokens: PathBuf,
+    pub reader: String,
+}
+
 /// Writes a config at `cfg` naming the server at `url` as remote
 /// `offsite`, its token taken from OFFSITE_TOKEN.
 pub fn offsite_config(cfg: &Path, url: &str) {

@@ -510,11 +510,14 @@ fn copy(
         let yield_now = quiet < QUIET_POLLS && !switched;
         if yield_now != yielding {
             let speed = if yield_now { YIELD_SPEED } else { 0 };
-            for d in disks {
-                qmp.execute(
-                    "block-job-set-speed",
-                    json!({"device": d.job, "speed": speed}),
-                )?;
+            // Only a running job takes a speed (one may have finished its
+            // copy already); the speed is a courtesy to the guest, so a
+            // job that refuses it does not fail the restore.
+            for j in ours.iter().filter(|j| job_field(j, "status") == "running") {
+                if let Some(id) = job_field(j, "id").as_str() {
+                    let args = json!({"device": id, "speed": speed});
+                    let _ = qmp.execute("block-job-set-speed", args);
+                }
             }
             yielding = yield_now;
         }
