@@ -83,12 +83,7 @@ pub async fn instant(
     plain: (Option<OutFormat>, bool, bool),
 ) -> anyhow::Result<Outcome> {
     refuse_others(&vm, plain)?;
-    let accel = match args.accel.parse::<Accel>()? {
-        Accel::Tcg => "tcg",
-        Accel::Kvm => "kvm",
-        Accel::Auto if lifeboat_core::vm::boot::kvm_usable() => "kvm",
-        Accel::Auto => "tcg",
-    };
+    let accel = lifeboat_core::vm::boot::accel_name(args.accel.parse::<Accel>()?);
     let source = match &from {
         None => Source::Local(ctx.repo_path()),
         Some(r) => Source::Remote(Repository::open(ctx.remote(r)?.1).await?),

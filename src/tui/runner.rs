@@ -887,7 +887,8 @@ impl Runner {
         let title = format!("instant restore of {label} into {dir}");
         self.spawn_async(title, move |cancel, progress| async move {
             let source = Self::source(&config, &root, from.as_deref()).await?;
-            let accel = if lifeboat_core::vm::boot::kvm_usable() { "kvm" } else { "tcg" };
+            let accel =
+                lifeboat_core::vm::boot::accel_name(lifeboat_core::vm::qemu::Accel::Auto);
             let choices = instant::Choices {
                 dir: PathBuf::from(dir),
                 name: None,

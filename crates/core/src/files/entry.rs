@@ -90,6 +90,16 @@ impl Entry {
     }
 }
 
+/// `dir/name`, as bytes (`dir` with or without its trailing `/`).
+pub fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = dir.to_vec();
+    if !p.ends_with(b"/") {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
+}
+
 /// What every filesystem reader offers. Paths are absolute within the
 /// filesystem, as bytes (`/etc/hosts`).
 pub trait Filesystem {

@@ -7,7 +7,7 @@ use ext4_view::{Ext4, Ext4Error, FileType, Metadata};
 
 use crate::error::{Error, Result};
 
-use super::entry::{Entry, Filesystem, Kind};
+use super::entry::{join, Entry, Filesystem, Kind};
 use super::image::Window;
 
 /// ext2/3/4 superblock magic, at byte 1024 + 56.
@@ -112,15 +112,6 @@ fn base(path: &[u8]) -> &[u8] {
         Some(i) => &trimmed[i + 1..],
         None => trimmed,
     }
-}
-
-fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut p = dir.to_vec();
-    if !p.ends_with(b"/") {
-        p.push(b'/');
-    }
-    p.extend_from_slice(name);
-    p
 }
 
 impl Ext {

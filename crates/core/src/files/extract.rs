@@ -19,7 +19,7 @@ use crate::durable;
 use crate::error::{Error, Result};
 use crate::jobs::CancellationToken;
 
-use super::entry::{Entry, Filesystem, Kind, Time};
+use super::entry::{join, Entry, Filesystem, Kind, Time};
 
 /// Deeper than any real tree (PATH_MAX is 4096): a deeper one loops.
 const MAX_DEPTH: usize = 512;
@@ -102,15 +102,6 @@ fn check_name(name: &[u8]) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut p = dir.to_vec();
-    if !p.ends_with(b"/") {
-        p.push(b'/');
-    }
-    p.extend_from_slice(name);
-    p
 }
 
 impl Run<'_> {

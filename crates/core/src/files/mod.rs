@@ -174,11 +174,7 @@ impl Volume {
                 )));
             }
             for e in at.fs.list(&d)? {
-                let mut p = d.clone();
-                if !p.ends_with(b"/") {
-                    p.push(b'/');
-                }
-                p.extend_from_slice(&e.name);
+                let p = entry::join(&d, &e.name);
                 if e.name_text().to_lowercase().contains(&needle) {
                     found.push((
                         format!("{}{}", at.fs_name, String::from_utf8_lossy(&p)),

@@ -124,6 +124,16 @@ pub async fn run(
     Ok(report)
 }
 
+/// The accelerator QEMU gets: `auto` is KVM where it is usable.
+pub fn accel_name(a: Accel) -> &'static str {
+    match a {
+        Accel::Tcg => "tcg",
+        Accel::Kvm => "kvm",
+        Accel::Auto if kvm_usable() => "kvm",
+        Accel::Auto => "tcg",
+    }
+}
+
 pub fn kvm_usable() -> bool {
     std::fs::OpenOptions::new()
         .read(true)
