@@ -5,7 +5,20 @@
 # and syslinux on a FAT partition.
 #
 #   demo-guest.sh kit KITDIR            fetch and unpack the kernel once
-#   demo-guest.sh disk KITDIR OUT NAME  write a 64 MiB raw disk for VM NAME
+#   demo-guest.sh disk KITDIR OUT NAME [ROLE ADDRESS PEER]
+#                                       write a 64 MiB raw disk for VM NAME
+#
+# Roles (for the demo's two-VM service, a recovery plan):
+#   plain  the default: the page on 8080 only.
+#   db     a "database": reads its table from the first sector of its
+#          second disk (vdb), "LIFEBOAT-DB" then "orders: N"; serves that
+#          line on port 5432, or prints "database is corrupt" and serves
+#          nothing there when the sector is not one.
+#   web    also answers /cgi-bin/order on 8080 with what the database at
+#          PEER:5432 says (503 when it does not answer).
+# ADDRESS (10.10.0.2/24) is the guest's own address on its private NIC:
+# the NIC whose MAC is not QEMU's default 52:54:00:12:34:56 (that one,
+# the checks' NIC, is always 10.0.2.15).
 #
 # Needs: apt-get (kit only), dpkg-deb, busybox-static, cpio, gzip,
 # mtools, dosfstools, syslinux, syslinux-common, fdisk (sfdisk).
@@ -48,7 +61,8 @@ kit() {
 }
 
 disk() {
-    kit=$1 out=$2 name=$3
+    kit=$1 out=$2 name=$3 role=${4:-plain} addr=${5:-} peer=${6:-}
+    case "$role" in plain|db|web) ;; *) die "role $role: use plain, db or web" ;; esac
     need busybox busybox-static
     need cpio cpio
     need mkfs.fat dosfstools
@@ -63,19 +77,57 @@ disk() {
     r=$w/root
     mkdir -p "$r/bin" "$r/proc" "$r/sys" "$r/dev" "$r/www" "$r/modules"
     cp "$bb" "$r/bin/busybox"
-    for m in $MODULES; do cp "$kit/modules/$m.ko" "$r/modules/"; done
+    mods=$MODULES
+    [ "$role" = db ] && mods="$MODULES virtio_blk"
+    for m in $mods; do cp "$kit/modules/$m.ko" "$r/modules/"; done
     echo "lifeboat demo VM $name: the application answers" > "$r/www/index.html"
+    if [ "$role" = web ]; then
+        mkdir -p "$r/www/cgi-bin"
+        cat > "$r/www/cgi-bin/order" <<EOF
+#!/bin/sh
+v=\$(printf 'GET /value HTTP/1.0\r\n\r\n' | nc -w 3 $peer 5432 2>/dev/null | grep '^orders:')
+if [ -n "\$v" ]; then
+    printf 'Content-Type: text/plain\r\n\r\n$name reads from the database at $peer: %s\n' "\$v"
+else
+    printf 'Status: 503 Service Unavailable\r\nContent-Type: text/plain\r\n\r\nthe database at $peer:5432 does not answer\n'
+fi
+EOF
+        chmod 755 "$r/www/cgi-bin/order"
+    fi
     cat > "$r/init" <<EOF
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-for m in $MODULES; do insmod /modules/\$m.ko 2>/dev/null; done
+for m in $mods; do insmod /modules/\$m.ko 2>/dev/null; done
 ip link set lo up
-if ip link set eth0 up 2>/dev/null; then
-    ip addr add 10.0.2.15/24 dev eth0
-    httpd -p 8080 -h /www
+up=
+for d in /sys/class/net/eth*; do
+    [ -e "\$d" ] || continue
+    n=\${d##*/}
+    ip link set \$n up || continue
+    if [ -z "$addr" ] || [ "\$(cat \$d/address)" = 52:54:00:12:34:56 ]; then
+        [ -n "\$up" ] && continue
+        ip addr add 10.0.2.15/24 dev \$n
+        up=1
+    else
+        ip addr add $addr dev \$n
+    fi
+done
+[ -n "\$up" ] && httpd -p 8080 -h /www
+if [ "$role" = db ]; then
+    mkdir -p /db
+    i=0
+    while [ ! -b /dev/vdb ] && [ \$i -lt 50 ]; do sleep 0.1; i=\$((i+1)); done
+    head -c 512 /dev/vdb 2>/dev/null | tr -d '\\000' > /db/sector
+    if [ "\$(head -n 1 /db/sector)" = LIFEBOAT-DB ] && grep -q '^orders: [0-9]*\$' /db/sector; then
+        grep '^orders:' /db/sector > /db/value
+        httpd -p 5432 -h /db
+        echo "$name: database open (\$(cat /db/value))" > /dev/ttyS0
+    else
+        echo "$name: database is corrupt: not serving" > /dev/ttyS0
+    fi
 fi
 echo "lifeboat-guest $name: up" > /dev/ttyS0
 echo "$name login: " > /dev/ttyS0
@@ -108,6 +160,6 @@ EOF
 
 case "${1:-}" in
     kit) [ $# -eq 2 ] || die "usage: demo-guest.sh kit KITDIR"; kit "$2" ;;
-    disk) [ $# -eq 4 ] || die "usage: demo-guest.sh disk KITDIR OUT NAME"; disk "$2" "$3" "$4" ;;
-    *) die "usage: demo-guest.sh kit KITDIR | disk KITDIR OUT NAME" ;;
+    disk) [ $# -eq 4 ] || [ $# -eq 7 ] || die "usage: demo-guest.sh disk KITDIR OUT NAME [ROLE ADDRESS PEER]"; shift; disk "$@" ;;
+    *) die "usage: demo-guest.sh kit KITDIR | disk KITDIR OUT NAME [ROLE ADDRESS PEER]" ;;
 esac

@@ -14,7 +14,15 @@ use crate::output::{bytes, duration};
 #[derive(Debug, clap::Args)]
 pub struct CloudRestoreArgs {
     /// The VM set to bring up: VM@latest, VM@~1, VM@2026-11-20.
-    pub reference: String,
+    #[arg(required_unless_present = "plan")]
+    pub reference: Option<String>,
+    /// Bring up every VM of this recovery plan, in start order, on the
+    /// target's network; a failure removes all of them.
+    #[arg(long, value_name = "NAME", conflicts_with = "reference")]
+    pub plan: Option<String>,
+    /// With --plan: each VM's newest backup at or before this time.
+    #[arg(long, value_name = "TIME", requires = "plan")]
+    pub at: Option<String>,
     /// The `[cloud.NAME]` target.
     #[arg(long)]
     pub target: String,
@@ -132,6 +140,19 @@ pub fn print_plan(p: &CloudPlan, upload_limit: Option<u64>) {
 }
 
 pub async fn cloud_restore(ctx: &Ctx, a: CloudRestoreArgs) -> anyhow::Result<Outcome> {
+    if let Some(plan) = &a.plan {
+        return super::plan_cmd::cloud_restore(
+            ctx,
+            plan,
+            a.at.clone(),
+            &a.target,
+            a.from.clone(),
+            a.dry_run,
+            a.keep_on_failure,
+        )
+        .await;
+    }
+    let reference = a.reference.clone().unwrap_or_default();
     let cfg = target(ctx, &a.target)?.clone();
     let provider: Arc<dyn cloud::Provider> = Arc::from(cloud::open(&a.target, &cfg)?);
     let (from, store) = source(ctx, a.from.as_deref())?;
@@ -141,7 +162,7 @@ pub async fn cloud_restore(ctx: &Ctx, a: CloudRestoreArgs) -> anyhow::Result<Out
         cfg.provider,
         &store,
         &from,
-        &a.reference,
+        &reference,
     )
     .await?;
     if a.dry_run {

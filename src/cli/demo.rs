@@ -127,6 +127,62 @@ const PLANS: [VmPlan; 4] = [
 
 pub const CHUNK: u64 = 1 << 20;
 
+/// The demo's two-VM service, a recovery plan: web01's /cgi-bin/order
+/// reads a value db01 serves from the table on its data disk, over the
+/// plan's private network.
+pub const PLAN: &str = "shop";
+const DB_ADDRESS: &str = "10.10.0.2";
+const WEB_ADDRESS: &str = "10.10.0.3";
+/// db01's backup nearest this many hours ago holds a table torn by an
+/// interrupted migration: the service drilled at that point fails.
+const TORN_TABLE_HOURS_AGO: i64 = 5 * 24;
+/// The note of that backup (tests and the README find it by it).
+pub const TORN_NOTE: &str = "schema migration (interrupted)";
+
+fn guest_role(vm: &str) -> Option<super::demo_guest::Role<'static>> {
+    match vm {
+        "db01" => Some(super::demo_guest::Role {
+            role: "db",
+            address: "10.10.0.2/24",
+            peer: "-",
+        }),
+        "web01" => Some(super::demo_guest::Role {
+            role: "web",
+            address: "10.10.0.3/24",
+            peer: DB_ADDRESS,
+        }),
+        _ => None,
+    }
+}
+
+/// db01's "database": the first sector of its data disk. `orders` None
+/// writes a torn one.
+fn write_db_table(path: &Path, qcow2: bool, orders: Option<u64>) -> anyhow::Result<()> {
+    let mut sector = [0u8; 512];
+    let text = match orders {
+        Some(n) => format!("LIFEBOAT-DB\norders: {n}\n"),
+        None => "LIFEBOAT-DB\norders: 10\u{fffd}\u{fffd} torn page".to_string(),
+    };
+    sector[..text.len()].copy_from_slice(text.as_bytes());
+    if qcow2 {
+        let tmp = tempfile::NamedTempFile::new().context("a temp file for db01's table")?;
+        std::fs::write(tmp.path(), sector)?;
+        let out = Command::new("qemu-io")
+            .args(["-f", "qcow2", "-c"])
+            .arg(format!("write -s {} 0 512", tmp.path().display()))
+            .arg(path)
+            .output()
+            .context("running qemu-io (install qemu-utils)")?;
+        if !out.status.success() {
+            bail!("qemu-io: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+    } else {
+        let f = std::fs::OpenOptions::new().write(true).open(path)?;
+        std::os::unix::fs::FileExt::write_all_at(&f, &sector, 0)?;
+    }
+    Ok(())
+}
+
 pub struct World {
     pub dir: PathBuf,
     pub config: PathBuf,
@@ -212,17 +268,36 @@ impl World {
                 ));
             }
             t.push_str(&format!(
-                "[vm.check]\nserial = \"{} login:\"\nhttp = {{ port = 8080, path = \"/\", expect = \"the application answers\" }}\ntimeout_secs = 90\n[vm.drill]\nfrom = \"offsite\"\n",
+                "[vm.check]\nserial = \"{} login:\"\nhttp = {{ port = 8080, path = \"/\", expect = \"the application answers\" }}\ntimeout_secs = 90\n",
                 p.name
             ));
-            t.push('\n');
+            if p.name == "db01" {
+                // A database that finds its table torn says so at once.
+                t.push_str("fail = [\"database is corrupt\"]\n");
+            }
+            t.push_str("[vm.drill]\nfrom = \"offsite\"\n\n");
         }
+        t.push_str(&format!(
+            "# The shop: web01 reads its orders from db01 over a private network.\n[plan.{PLAN}]\nnetwork = \"shop-net\"\nsubnet = \"10.10.0.0/24\"\nfrom = \"offsite\"\n[[plan.{PLAN}.vm]]\nname = \"db01\"\naddress = \"{DB_ADDRESS}\"\n[[plan.{PLAN}.vm]]\nname = \"web01\"\naddress = \"{WEB_ADDRESS}\"\n[[plan.{PLAN}.check]]\nvm = \"web01\"\nhttp = {{ port = 8080, path = \"/cgi-bin/order\", expect = \"reads from the database at {DB_ADDRESS}: orders:\" }}\n\n"
+        ));
         t.push_str(&format!(
             "[remote.offsite]\nurl = \"{url}\"\ntoken_file = \"{}\"\ntimeout_secs = 10\n",
             self.token_file.display()
         ));
         lifeboat_core::durable::write_atomic(&self.config, t.as_bytes())?;
         Ok(())
+    }
+}
+
+/// Where a volume's random writes may land: after the bootable guest on a
+/// root disk, after db01's table on its data disk.
+fn floor_of(vm: &str, v: &VolPlan, bootable: bool) -> u64 {
+    if v.role == Role::Root && bootable {
+        super::demo_guest::GUEST_MIB << 20
+    } else if (vm, v.name) == ("db01", "data") {
+        1 << 20
+    } else {
+        0
     }
 }
 
@@ -341,7 +416,6 @@ pub async fn build(w: &World) -> anyhow::Result<()> {
         for v in &p.vols {
             let img = w.image(p.name, v);
             let size = format!("{}M", v.size_mib);
-            let bootable = v.role == Role::Root && kit.is_some();
             let fmt = if v.qcow2 { "qcow2" } else { "raw" };
             let img_s = img.to_str().unwrap_or_default();
             let files = (p.name, v.name) == super::demo_files::VOLUME;
@@ -349,7 +423,7 @@ pub async fn build(w: &World) -> anyhow::Result<()> {
                 _ if files => super::demo_files::make(&img, v.size_mib)?,
                 (Some(kit), Role::Root) => {
                     let raw = w.dir.join("images").join(format!("{}-guest.raw", p.name));
-                    super::demo_guest::disk(kit, &raw, p.name)?;
+                    super::demo_guest::disk(kit, &raw, p.name, guest_role(p.name).as_ref())?;
                     let raw_s = raw.to_str().unwrap_or_default();
                     qemu_img(&["convert", "-q", "-f", "raw", "-O", fmt, raw_s, img_s])?;
                     std::fs::remove_file(&raw)?;
@@ -358,11 +432,7 @@ pub async fn build(w: &World) -> anyhow::Result<()> {
                 _ => qemu_img(&["create", "-q", "-f", fmt, img_s, &size])?,
             }
             // An installed system: a first fill of data.
-            let floor = if bootable {
-                super::demo_guest::GUEST_MIB << 20
-            } else {
-                0
-            };
+            let floor = floor_of(p.name, v, kit.is_some());
             if files {
                 continue;
             }
@@ -412,6 +482,15 @@ pub async fn build(w: &World) -> anyhow::Result<()> {
         .filter(|(t, i)| PLANS[*i].name == "mail01" && *t < cutoff)
         .map(|(t, _)| *t)
         .max();
+    let torn_at = events
+        .iter()
+        .filter(|(_, i)| PLANS[*i].name == "db01")
+        .map(|(t, _)| *t)
+        .min_by_key(|t| {
+            (*t - (now - Duration::hours(TORN_TABLE_HOURS_AGO)))
+                .num_seconds()
+                .abs()
+        });
     let cancel = CancellationToken::new();
     let progress = Progress::new();
     let notes = [
@@ -431,11 +510,11 @@ pub async fn build(w: &World) -> anyhow::Result<()> {
         }
         for v in &p.vols {
             let img = w.image(p.name, v);
-            let floor = if v.role == Role::Root && kit.is_some() {
-                super::demo_guest::GUEST_MIB << 20
-            } else {
-                0
-            };
+            let floor = floor_of(p.name, v, kit.is_some());
+            if (p.name, v.name) == ("db01", "data") {
+                let torn = Some(*t) == torn_at;
+                write_db_table(&img, v.qcow2, (!torn).then_some(1000 + 7 * n as u64))?;
+            }
             if n > 0 && (p.name, v.name) == super::demo_files::VOLUME {
                 let day = t.format("%Y-%m-%d").to_string();
                 super::demo_files::add_log(&img, &day, 200 + rng.random_range(0..400))?;
@@ -462,6 +541,11 @@ pub async fn build(w: &World) -> anyhow::Result<()> {
         }
         let note = (rng.random_range(0..4) == 0)
             .then(|| notes[rng.random_range(0..notes.len())].to_string());
+        let note = if p.name == "db01" && Some(*t) == torn_at {
+            Some(TORN_NOTE.to_string())
+        } else {
+            note
+        };
         let req = BackupRequest {
             vm: p.name.to_string(),
             volumes,

@@ -47,13 +47,22 @@ pub fn prepare_kit() -> anyhow::Result<PathBuf> {
     Ok(kit)
 }
 
+/// What a demo guest does besides its page on 8080 (see the script).
+pub struct Role<'a> {
+    /// db or web.
+    pub role: &'a str,
+    /// Its address on its private NIC (10.10.0.2/24).
+    pub address: &'a str,
+    /// The database's address (web).
+    pub peer: &'a str,
+}
+
 /// Writes the bootable disk of VM `name` to `out` (raw, 64 MiB).
-pub fn disk(kit: &Path, out: &Path, name: &str) -> anyhow::Result<()> {
-    run(&[
-        "disk",
-        &kit.display().to_string(),
-        &out.display().to_string(),
-        name,
-    ])
-    .with_context(|| format!("building the guest disk of {name}"))
+pub fn disk(kit: &Path, out: &Path, name: &str, role: Option<&Role>) -> anyhow::Result<()> {
+    let (kit, out) = (kit.display().to_string(), out.display().to_string());
+    let mut args = vec!["disk", &kit, &out, name];
+    if let Some(r) = role {
+        args.extend([r.role, r.address, r.peer]);
+    }
+    run(&args).with_context(|| format!("building the guest disk of {name}"))
 }

@@ -9,14 +9,20 @@ use super::{print_json, Ctx, Outcome};
 
 #[derive(Debug, clap::Args)]
 pub struct DrillArgs {
-    pub vm: String,
+    #[arg(required_unless_present = "plan")]
+    pub vm: Option<String>,
+    /// Drill a recovery plan (`[plan.NAME]`): all its VMs from one point,
+    /// booted in order on a private network, with the plan's checks.
+    #[arg(long, value_name = "NAME", conflicts_with = "vm")]
+    pub plan: Option<String>,
     /// The repository to drill from: a remote (name or URL) or "local".
     /// Default: the VM's `[vm.drill] from`, else its policy's first push
     /// target, else the only remote, else local.
     #[arg(long, value_name = "REMOTE")]
     pub from: Option<String>,
     /// The backup set: latest (default), @~N (N sets back), or a time
-    /// (@2026-11-20T00:00:00Z: the newest set at or before it).
+    /// (@2026-11-20T00:00:00Z: the newest set at or before it). With
+    /// --plan: a time; each VM's newest set at or before it.
     #[arg(long, value_name = "REF")]
     pub at: Option<String>,
     /// tcg (default), kvm, or auto (KVM when it works, else TCG).
@@ -38,7 +44,11 @@ pub async fn drill(ctx: &Ctx, a: DrillArgs) -> anyhow::Result<Outcome> {
         scratch: a.scratch,
         timeout_secs: a.boot_timeout,
     };
-    let req = lifeboat_core::config::requests::drill_request(&ctx.config, &a.vm, &overrides)?;
+    if let Some(plan) = &a.plan {
+        return super::plan_cmd::drill(ctx, plan, overrides).await;
+    }
+    let vm = a.vm.unwrap_or_default();
+    let req = lifeboat_core::config::requests::drill_request(&ctx.config, &vm, &overrides)?;
     let remote = match req.source.as_str() {
         "local" => None,
         name => Some(ctx.remote(name)?),

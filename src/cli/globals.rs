@@ -112,6 +112,7 @@ fn uses(cmd: Option<&Command>) -> Uses {
             metadata_only(a.remote.is_some())
         }
         Some(Command::Locks { remote, .. }) => metadata_only(remote.is_some()),
+        Some(Command::Plans { from, .. }) => metadata_only(from.is_some()),
         Some(Command::Status { .. }) => Uses {
             upload: false,
             download: false,

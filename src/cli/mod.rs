@@ -17,6 +17,7 @@ mod globals;
 mod inspect;
 mod instant_cmd;
 mod nbd_cmd;
+mod plan_cmd;
 pub mod progress;
 mod protect_cmd;
 mod prune;
@@ -257,9 +258,18 @@ pub enum Command {
         /// Backups to check (default: all).
         references: Vec<String>,
     },
-    /// Write a backup (or a whole VM set) out as image files.
+    /// Write a backup (or a whole VM set) out as image files; with
+    /// --plan, every VM of a recovery plan into one directory.
     Restore {
-        reference: String,
+        #[arg(required_unless_present = "plan")]
+        reference: Option<String>,
+        /// Restore every VM of this recovery plan (`[plan.NAME]`) into
+        /// DIR/VM, with their NICs on the plan's isolated libvirt network.
+        #[arg(long, value_name = "NAME", conflicts_with = "reference")]
+        plan: Option<String>,
+        /// With --plan: each VM's newest backup at or before this time.
+        #[arg(long, value_name = "TIME", requires = "plan")]
+        at: Option<String>,
         /// Target file (one volume) or directory (a VM@... set); an RBD
         /// image rbd:POOL/IMAGE (one volume) or pool rbd:POOL (a set; see
         /// --name).
@@ -288,12 +298,25 @@ pub enum Command {
     /// when the drill fails, 1 when it could not start (no such VM, no
     /// backup matches), 130 when cancelled.
     Drill(drill_cmd::DrillArgs),
-    /// Drill history: each VM's drills, newest last.
+    /// Drill history: each VM's drills, newest last (--plans: the plans').
     Drills {
-        /// Only this VM's drills.
+        /// Only this VM's drills (with --plans: this plan's).
         vm: Option<String>,
         #[arg(long, default_value_t = 20)]
         last: usize,
+        /// The drills of recovery plans instead of single VMs.
+        #[arg(long)]
+        plans: bool,
+    },
+    /// Recovery plans (`[plan.NAME]`): their VMs in start order, the
+    /// addresses they expect, the service's RPO (its oldest member's
+    /// newest backup) and the last drill.
+    Plans {
+        /// Only this plan.
+        name: Option<String>,
+        /// Compute the RPO from this remote's backups (default: local).
+        #[arg(long, value_name = "REMOTE")]
+        from: Option<String>,
     },
     /// Per VM: running or not (through its QMP monitor), how consistent
     /// its newest backup is, and whether the next backup reads only what
@@ -815,6 +838,8 @@ pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
         } => backup_restore::verify(&ctx, deep, references).await,
         Command::Restore {
             reference,
+            plan,
+            at,
             to,
             format,
             force,
@@ -823,14 +848,39 @@ pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
             vm,
             instant,
         } => {
-            if instant.instant {
+            if let Some(plan) = plan {
+                if format.is_some()
+                    || force
+                    || instant.instant
+                    || vm.define
+                    || vm.start
+                    || vm.keep_macs
+                    || vm.name.is_some()
+                    || vm.attach.is_some()
+                    || vm.target.is_some()
+                {
+                    Err(anyhow::anyhow!(
+                        "--plan restores every VM into a new directory with their own formats, their MACs kept and their domain XMLs on the plan's network: --format, --force, --instant, --define, --start, --keep-macs, --name, --attach and --target do not apply"
+                    ))
+                } else {
+                    plan_cmd::restore(&ctx, &plan, at, to, from, dry_run).await
+                }
+            } else if instant.instant {
+                let reference = reference.unwrap_or_default();
                 instant_cmd::instant(&ctx, &reference, to, from, vm, instant, (format, force, dry_run)).await
             } else {
+                let reference = reference.unwrap_or_default();
                 backup_restore::restore(&ctx, &reference, to, format, force, dry_run, from, vm).await
             }
         }
         Command::Drill(a) => drill_cmd::drill(&ctx, a).await,
-        Command::Drills { vm, last } => drill_cmd::history(&ctx, vm.as_deref(), last),
+        Command::Drills {
+            vm,
+            last,
+            plans: true,
+        } => plan_cmd::history(&ctx, vm.as_deref(), last),
+        Command::Drills { vm, last, .. } => drill_cmd::history(&ctx, vm.as_deref(), last),
+        Command::Plans { name, from } => plan_cmd::list(&ctx, name.as_deref(), from.as_deref()).await,
         Command::Vms { vm, repair } => vms_cmd::vms(&ctx, vm, repair).await,
         Command::Cloud {
             action: CloudAction::Ls,

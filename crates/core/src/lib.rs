@@ -24,6 +24,7 @@ pub mod lock;
 pub mod metrics;
 pub mod names;
 pub mod nbd_export;
+pub mod plan;
 pub mod policy;
 pub mod protect;
 pub mod prune;

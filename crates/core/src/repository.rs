@@ -171,7 +171,17 @@ pub async fn list_manifests(store: &dyn Store) -> Result<Vec<ManifestKey>> {
 /// Every manifest a store holds, fetched and verified (16 at a time).
 /// Damaged ones are skipped with a warning, as locally.
 pub async fn load_manifests(store: &dyn Store) -> Result<Vec<(ManifestKey, Manifest)>> {
-    let keys = list_manifests(store).await?;
+    load_manifests_where(store, |_| true).await
+}
+
+/// The manifests whose keys `keep` takes, fetched and verified as
+/// `load_manifests` does.
+pub async fn load_manifests_where(
+    store: &dyn Store,
+    keep: impl Fn(&ManifestKey) -> bool,
+) -> Result<Vec<(ManifestKey, Manifest)>> {
+    let mut keys = list_manifests(store).await?;
+    keys.retain(|k| keep(k));
     let loaded: Vec<Option<(ManifestKey, Manifest)>> = futures::stream::iter(keys)
         .map(|k| async move {
             match fetch_manifest(store, &k).await {

@@ -43,6 +43,8 @@ const MODULES: &[(&str, &str)] = &[
     ("vm::qemu", "orchestration"),
     ("vm::restore", "orchestration"),
     ("vm::instant", "orchestration"),
+    ("vm::switch", "orchestration"),
+    ("plan", "orchestration"),
     ("store", "store"),
     ("repository", "repository"),
     ("repo", "repository"),

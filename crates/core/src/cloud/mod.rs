@@ -204,10 +204,31 @@ pub async fn execute(
     cancel: &CancellationToken,
     progress: &Arc<Progress>,
 ) -> Result<CloudOutcome> {
+    execute_all(std::slice::from_ref(plan), provider, opts, cancel, progress)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Internal("no VM was brought up".into()))
+}
+
+/// Carries out several plans into one target, in order (a recovery
+/// plan's VMs). A failure or cancel at any of them removes what all of
+/// them created (unless `keep_on_failure`): a service comes up whole or
+/// leaves nothing behind.
+pub async fn execute_all(
+    plans: &[CloudPlan],
+    provider: &dyn Provider,
+    opts: ExecOptions,
+    cancel: &CancellationToken,
+    progress: &Arc<Progress>,
+) -> Result<Vec<CloudOutcome>> {
+    let Some(first) = plans.first() else {
+        return Ok(Vec::new());
+    };
     let ledger = Ledger::default();
     let uploaded = std::sync::atomic::AtomicU64::new(0);
     let ctx = Ctx {
-        target: &plan.target,
+        target: &first.target,
         progress,
         cancel,
         ledger: &ledger,
@@ -215,70 +236,92 @@ pub async fn execute(
         uploaded: &uploaded,
         upload_limit: upload_limit(opts.upload_limit)?,
     };
-    let started = Instant::now();
-    progress.set_totals(plan.bytes_to_upload, plan.volumes.len() as u64);
-    progress.set_job_total(plan.bytes_to_upload);
-    let mut upload_seconds = 0.0;
+    let total: u64 = plans.iter().map(|p| p.bytes_to_upload).sum();
+    progress.set_totals(total, plans.iter().map(|p| p.volumes.len() as u64).sum());
+    progress.set_job_total(total);
     let res = async {
         ctx.phase("auth");
         for line in provider.check().await? {
             ctx.note(&line);
         }
-        let mut done = Vec::new();
-        let up_start = Instant::now();
-        for v in &plan.images {
-            ctx.check_cancel()?;
-            let name = format!("{}-{}", plan.server_name, v.manifest.volume.name);
-            done.push(provider.upload(v, &name, &ctx).await?);
-            progress.add(0, 1);
+        let mut out = Vec::new();
+        for plan in plans {
+            let started = Instant::now();
+            let before: Vec<String> = ledger.all().into_iter().map(|r| r.id).collect();
+            let bytes_before = uploaded.load(std::sync::atomic::Ordering::Relaxed);
+            let (server, upload_seconds) = bring_up(plan, provider, &ctx).await?;
+            out.push(CloudOutcome {
+                target: plan.target.clone(),
+                vm: plan.vm.clone(),
+                server,
+                created: ledger
+                    .all()
+                    .into_iter()
+                    .filter(|r| !before.contains(&r.id))
+                    .collect(),
+                uploaded_bytes: uploaded.load(std::sync::atomic::Ordering::Relaxed) - bytes_before,
+                upload_seconds,
+                seconds: started.elapsed().as_secs_f64(),
+            });
         }
-        upload_seconds = up_start.elapsed().as_secs_f64();
-        let root = done
-            .iter()
-            .find(|u| u.role == Role::Root)
-            .or(done.first())
-            .cloned()
-            .ok_or_else(|| Error::Internal("no volume was uploaded".into()))?;
-        ctx.check_cancel()?;
-        let mut server = provider.create_server(plan, &root, &ctx).await?;
-        for (i, d) in done.iter().filter(|u| u.id != root.id).enumerate() {
-            ctx.check_cancel()?;
-            provider.attach_data(&server, d, i, &ctx).await?;
-        }
-        ctx.check_cancel()?;
-        // The last step only reads (addresses, a console URL), so a cancel
-        // ends it at once instead of when a hung call times out; and a
-        // cancel during it still cancels (and cleans up).
-        tokio::select! {
-            r = provider.finish(&mut server, &ctx) => r?,
-            _ = ctx.cancel.cancelled() => return Err(Error::Cancelled),
-        }
-        ctx.check_cancel()?;
-        ctx.phase(&format!(
-            "running: server {} ({}) at {}",
-            server.id,
-            server.name,
-            if server.addresses.is_empty() {
-                "no address yet".to_string()
-            } else {
-                server.addresses.join(", ")
-            }
-        ));
-        Ok(server)
+        Ok(out)
     }
     .await;
     match res {
-        Ok(server) => Ok(CloudOutcome {
-            target: plan.target.clone(),
-            vm: plan.vm.clone(),
-            server,
-            created: ledger.all(),
-            uploaded_bytes: uploaded.load(std::sync::atomic::Ordering::Relaxed),
-            upload_seconds,
-            seconds: started.elapsed().as_secs_f64(),
-        }),
+        Ok(out) => Ok(out),
         Err(e) => Err(clean_up(e, &ledger, provider, opts.keep_on_failure, progress).await),
     }
+}
+
+/// Uploads a plan's volumes, creates its server, attaches its data
+/// volumes and waits for it: the server and the upload's seconds.
+async fn bring_up(
+    plan: &CloudPlan,
+    provider: &dyn Provider,
+    ctx: &Ctx<'_>,
+) -> Result<(Server, f64)> {
+    let mut done = Vec::new();
+    let up_start = Instant::now();
+    for v in &plan.images {
+        ctx.check_cancel()?;
+        let name = format!("{}-{}", plan.server_name, v.manifest.volume.name);
+        done.push(provider.upload(v, &name, ctx).await?);
+        ctx.progress.add(0, 1);
+    }
+    let upload_seconds = up_start.elapsed().as_secs_f64();
+    let root = done
+        .iter()
+        .find(|u| u.role == Role::Root)
+        .or(done.first())
+        .cloned()
+        .ok_or_else(|| Error::Internal("no volume was uploaded".into()))?;
+    ctx.check_cancel()?;
+    let mut server = provider.create_server(plan, &root, ctx).await?;
+    for (i, d) in done.iter().filter(|u| u.id != root.id).enumerate() {
+        ctx.check_cancel()?;
+        provider.attach_data(&server, d, i, ctx).await?;
+    }
+    ctx.check_cancel()?;
+    // The last step only reads (addresses, a console URL), so a cancel
+    // ends it at once instead of when a hung call times out; and a
+    // cancel during it still cancels (and cleans up).
+    tokio::select! {
+        r = provider.finish(&mut server, ctx) => r?,
+        _ = ctx.cancel.cancelled() => return Err(Error::Cancelled),
+    }
+    ctx.check_cancel()?;
+    ctx.phase(&format!(
+        "running: {} as server {} ({}) at {}",
+        plan.vm,
+        server.id,
+        server.name,
+        if server.addresses.is_empty() {
+            "no address yet".to_string()
+        } else {
+            server.addresses.join(", ")
+        }
+    ));
+    Ok((server, upload_seconds))
 }
 
 /// Removes what a failed or cancelled restore created, newest first, and

@@ -43,6 +43,12 @@ pub struct Config {
     /// The Ceph cluster of `rbd:POOL/IMAGE` volumes (`[ceph]`: conf, id,
     /// keyring; the key is read from the keyring file by Ceph itself).
     pub ceph: Option<crate::source::rbd::CephConfig>,
+    /// Recovery plans (`[plan.NAME]`): several VMs recovered together.
+    #[serde(default, rename = "plan")]
+    pub plan_configs: std::collections::BTreeMap<String, toml::Spanned<crate::plan::PlanConfig>>,
+    /// The plans, checked at load.
+    #[serde(skip)]
+    pub plans: std::collections::BTreeMap<String, crate::plan::Plan>,
     /// The policies, checked at load.
     #[serde(skip)]
     pub policies: std::collections::BTreeMap<String, crate::policy::Policy>,
@@ -474,6 +480,12 @@ impl Config {
             }
         }
         cfg.policies = policies;
+        for (name, pc) in &cfg.plan_configs {
+            let p = crate::plan::check(name, pc.get_ref(), &remotes).map_err(|(at, why)| {
+                err(Some(line_of(text, at.unwrap_or(pc.span().start))), why)
+            })?;
+            cfg.plans.insert(name.clone(), p);
+        }
         if let Some(g) = &cfg.gc_schedule {
             let line = Some(line_of(text, g.span().start));
             let sched: crate::policy::Schedule = g

@@ -65,6 +65,67 @@ pub fn drill_request(config: &Config, vm: &str, o: &DrillOverrides) -> Result<Dr
     })
 }
 
+/// Where a plan is drilled from when the admin does not say: its `from`,
+/// else where its first VM would be drilled from.
+pub fn plan_source(config: &Config, plan: &crate::plan::Plan) -> String {
+    plan.from.clone().unwrap_or_else(|| {
+        plan.members
+            .first()
+            .map(|m| drill_source(config, &m.vm))
+            .unwrap_or_else(|| "local".into())
+    })
+}
+
+/// The plan named `name` from the config, or an error that lists the plans.
+pub fn plan<'a>(config: &'a Config, name: &str) -> Result<&'a crate::plan::Plan> {
+    config.plans.get(name).ok_or_else(|| {
+        crate::error::Error::NotFound(format!(
+            "plan {}: no [plan.{}] in the config (plans: {})",
+            crate::text::escape(name),
+            crate::text::escape(name),
+            if config.plans.is_empty() {
+                "none".to_string()
+            } else {
+                config.plans.keys().cloned().collect::<Vec<_>>().join(", ")
+            }
+        ))
+    })
+}
+
+/// A drill of plan `name` as the config describes it, with the admin's
+/// overrides (`timeout_secs` applies to every VM's checks and the plan's).
+pub fn plan_drill_request(
+    config: &Config,
+    name: &str,
+    o: &DrillOverrides,
+) -> Result<crate::plan::drill::PlanDrillRequest> {
+    let p = plan(config, name)?;
+    crate::plan::point::bound(o.at.as_deref())?;
+    let member_overrides = DrillOverrides {
+        at: None,
+        from: None,
+        ..o.clone()
+    };
+    let members = p
+        .order()
+        .iter()
+        .map(|m| drill_request(config, &m.vm, &member_overrides))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(crate::plan::drill::PlanDrillRequest {
+        source: o.from.clone().unwrap_or_else(|| plan_source(config, p)),
+        at: o.at.clone(),
+        accel: o.accel.unwrap_or(p.accel),
+        scratch: o
+            .scratch
+            .clone()
+            .or(p.scratch.as_ref().map(|s| config.resolve(s)))
+            .unwrap_or_else(std::env::temp_dir),
+        members,
+        checks_timeout_secs: o.timeout_secs.unwrap_or(p.timeout_secs),
+        plan: p.clone(),
+    })
+}
+
 /// The store a drill takes its backup from: None for "local", else the
 /// configured remote (the CLI opens remotes itself, under its bandwidth
 /// limits).

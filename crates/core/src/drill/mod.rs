@@ -27,6 +27,7 @@ use crate::store::Store;
 use crate::vm::boot;
 use crate::vm::domain::RestoredDisk;
 use crate::vm::qemu::Accel;
+use crate::vm::Definition;
 pub use report::{DrillOutcome, DrillReport, DrillRequest, Phase, PhaseTime, PHASES};
 
 /// What the admin may say about one drill (the rest comes from the config).
@@ -88,8 +89,54 @@ pub async fn run(
     cancel: &CancellationToken,
     progress: &Arc<Progress>,
 ) -> DrillReport {
+    let mut report = new_report(req);
+    let scratch = match make_scratch(&req.scratch, &req.vm) {
+        Ok(s) => s,
+        Err(e) => {
+            report.failed_phase = Some(Phase::Plan);
+            report.error = Some(e.to_string());
+            report.ended_at = Utc::now();
+            return report;
+        }
+    };
+    let res = async {
+        let prepared = prepare(
+            local_repo,
+            remote,
+            req,
+            scratch.path(),
+            &mut report,
+            cancel,
+            progress,
+        )
+        .await?;
+        let vm = VmBoot {
+            lan: None,
+            extra_ports: &[],
+            hold: None,
+        };
+        boot_phase(
+            req,
+            &prepared,
+            scratch.path(),
+            vm,
+            &mut report,
+            cancel,
+            progress,
+        )
+        .await
+    }
+    .await;
+    progress.set_phase("cleanup: removing the scratch files");
+    let cleanup = scratch.close();
+    conclude(&mut report, res, cleanup.map_err(|e| e.to_string()));
+    report
+}
+
+/// A report for `req` that says nothing has happened yet.
+pub fn new_report(req: &DrillRequest) -> DrillReport {
     let started_at = Utc::now();
-    let mut report = DrillReport {
+    DrillReport {
         vm: req.vm.clone(),
         source: req.source.clone(),
         reference: req.at.clone().unwrap_or_else(|| "latest".into()),
@@ -106,28 +153,16 @@ pub async fn run(
         phases: Vec::new(),
         definition: None,
         boot: None,
-    };
-    let scratch = match make_scratch(&req.scratch, &req.vm) {
-        Ok(s) => s,
-        Err(e) => {
-            report.failed_phase = Some(Phase::Plan);
-            report.error = Some(e.to_string());
-            report.ended_at = Utc::now();
-            return report;
-        }
-    };
-    let res = phases(
-        local_repo,
-        remote,
-        req,
-        scratch.path(),
-        &mut report,
-        cancel,
-        progress,
-    )
-    .await;
-    progress.set_phase("cleanup: removing the scratch files");
-    let cleanup = scratch.close();
+    }
+}
+
+/// Puts the drill's result and its cleanup's into the report: the first
+/// real reason wins, the RTO is the phases' sum.
+pub fn conclude(
+    report: &mut DrillReport,
+    res: std::result::Result<(), PhaseError>,
+    cleanup: std::result::Result<(), String>,
+) {
     match res {
         Ok(()) => {}
         Err((_, Error::Cancelled)) => {
@@ -157,10 +192,9 @@ pub async fn run(
     // A fold from +0.0: the sum of no phases is 0, not -0.0.
     report.rto_secs = report.phases.iter().fold(0.0, |a, p| a + p.secs);
     report.ended_at = Utc::now();
-    report
 }
 
-fn make_scratch(parent: &Path, vm: &str) -> Result<tempfile::TempDir> {
+pub(crate) fn make_scratch(parent: &Path, vm: &str) -> Result<tempfile::TempDir> {
     if !parent.is_dir() {
         return Err(Error::BadInput(format!(
             "the drill's scratch directory {} does not exist: create it or pass --scratch DIR",
@@ -172,10 +206,23 @@ fn make_scratch(parent: &Path, vm: &str) -> Result<tempfile::TempDir> {
     crate::sys::scratch_dir(parent, &format!("lifeboat-drill-{vm}-"))
 }
 
-type PhaseError = (Phase, Error);
+pub type PhaseError = (Phase, Error);
 
-#[allow(clippy::too_many_arguments)]
-async fn phases(
+/// A VM's backup fetched, restored and verified: ready to boot.
+pub struct Prepared {
+    pub def: Definition,
+    pub disks: Vec<RestoredDisk>,
+}
+
+/// How a drilled VM is networked and held (a recovery plan's member).
+pub struct VmBoot<'a> {
+    pub lan: Option<crate::vm::qemu::Lan<'a>>,
+    pub extra_ports: &'a [u16],
+    pub hold: Option<&'a boot::Hold>,
+}
+
+/// Fetch, restore and verify: the phases before the boot.
+pub async fn prepare(
     local_repo: &Path,
     remote: Option<&dyn Store>,
     req: &DrillRequest,
@@ -183,7 +230,7 @@ async fn phases(
     report: &mut DrillReport,
     cancel: &CancellationToken,
     progress: &Arc<Progress>,
-) -> std::result::Result<(), PhaseError> {
+) -> std::result::Result<Prepared, PhaseError> {
     let reference = reference(&req.vm, req.at.as_deref()).map_err(|e| (Phase::Plan, e))?;
     let target = scratch.join("disks");
     let rreq = RestoreRequest {
@@ -317,7 +364,6 @@ async fn phases(
         bytes: read,
     });
 
-    // Boot and application checks.
     let disks: Vec<RestoredDisk> = outcomes
         .iter()
         .zip(&picked)
@@ -327,22 +373,44 @@ async fn phases(
             format: o.format,
         })
         .collect();
-    let checks = req
-        .checks
+    Ok(Prepared { def, disks })
+}
+
+/// The checks a drilled VM must pass: the local config's, else the ones
+/// stored with its backup.
+pub fn checks_of(req: &DrillRequest, p: &Prepared) -> crate::vm::BootChecks {
+    req.checks
         .clone()
-        .or_else(|| def.checks.clone())
-        .unwrap_or_default();
+        .or_else(|| p.def.checks.clone())
+        .unwrap_or_default()
+}
+
+/// Boot and application checks.
+#[allow(clippy::too_many_arguments)]
+pub async fn boot_phase(
+    req: &DrillRequest,
+    prepared: &Prepared,
+    scratch: &Path,
+    vm: VmBoot<'_>,
+    report: &mut DrillReport,
+    cancel: &CancellationToken,
+    progress: &Arc<Progress>,
+) -> std::result::Result<(), PhaseError> {
+    let checks = checks_of(req, prepared);
     let command = req
         .command
         .as_ref()
         .map(|(c, f)| (c.as_slice(), f.as_slice()));
     let breq = boot::BootRequest {
-        def: &def,
-        disks: &disks,
+        def: &prepared.def,
+        disks: &prepared.disks,
         checks: &checks,
         command,
         accel: req.accel,
         scratch,
+        lan: vm.lan,
+        extra_ports: vm.extra_ports,
+        hold: vm.hold,
     };
     let b = boot::run(&breq, cancel, progress)
         .await

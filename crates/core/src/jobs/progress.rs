@@ -32,6 +32,9 @@ pub struct Progress {
     /// newest `MAX_LINES`.
     lines: Mutex<VecDeque<String>>,
     lines_pushed: AtomicU64,
+    /// Parts of a job that run side by side (a plan's VMs), each with its
+    /// own progress, in the order they were added.
+    parts: Mutex<Vec<(String, std::sync::Arc<Progress>)>>,
 }
 
 const MAX_LINES: usize = 200;
@@ -104,7 +107,26 @@ impl Progress {
             finished: AtomicBool::new(false),
             lines: Mutex::new(VecDeque::new()),
             lines_pushed: AtomicU64::new(0),
+            parts: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The progress of the part named `name` (made on first use).
+    pub fn part(&self, name: &str) -> std::sync::Arc<Progress> {
+        let Ok(mut parts) = self.parts.lock() else {
+            return std::sync::Arc::new(Progress::new());
+        };
+        if let Some((_, p)) = parts.iter().find(|(n, _)| n == name) {
+            return p.clone();
+        }
+        let p = std::sync::Arc::new(Progress::new());
+        parts.push((name.to_string(), p.clone()));
+        p
+    }
+
+    /// Every part, in the order added.
+    pub fn parts(&self) -> Vec<(String, std::sync::Arc<Progress>)> {
+        self.parts.lock().map(|p| p.clone()).unwrap_or_default()
     }
 
     /// Adds a line of live output (kept: the newest 200).

@@ -45,6 +45,22 @@ pub struct BootRequest<'a> {
     pub accel: Accel,
     /// Where the firmware log goes (a scratch directory).
     pub scratch: &'a Path,
+    /// A recovery plan's private network, for the VM's own NIC.
+    pub lan: Option<qemu::Lan<'a>>,
+    /// More guest ports to forward (a plan's checks of this VM).
+    pub extra_ports: &'a [u16],
+    /// Keep the VM running after its checks pass, until released.
+    pub hold: Option<&'a Hold>,
+}
+
+/// A VM that keeps running once its checks pass, until released: a
+/// recovery plan's VMs serve each other while the others boot and the
+/// plan's own checks run.
+pub struct Hold {
+    /// Called when the VM's checks passed, with the loopback forwards
+    /// that reach it.
+    pub ready: Box<dyn Fn(&[Forward]) + Send + Sync>,
+    pub release: CancellationToken,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -162,6 +178,7 @@ async fn attempt(
     if let Some((_, f)) = req.command {
         guest_ports.extend(f.iter());
     }
+    guest_ports.extend(req.extra_ports);
     guest_ports.sort_unstable();
     guest_ports.dedup();
     let forwards = guest_ports
@@ -181,6 +198,7 @@ async fn attempt(
         name: None,
         check: Some(&fw_log),
         forwards: &forwards,
+        lan: req.lan,
         daemon: None,
     })?;
     progress.set_phase(&format!("boot: starting QEMU ({accel})"));
@@ -255,6 +273,20 @@ async fn attempt(
         &mut report,
     )
     .await;
+    if let (Ok(()), None, Some(hold)) = (&outcome, &report.failure, req.hold) {
+        (hold.ready)(&forwards);
+        tokio::select! {
+            _ = hold.release.cancelled() => {}
+            _ = cancel.cancelled() => {}
+            st = child.wait() => {
+                report.failed_phase = Some(super::phase::Phase::Checks);
+                report.failure = Some(format!(
+                    "the VM stopped ({}) while the plan's other VMs were checked",
+                    st.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())
+                ));
+            }
+        }
+    }
     // Always stop the guest before anything else.
     let _ = child.start_kill();
     let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
@@ -452,13 +484,7 @@ async fn watch(
     if let Ok(mut t) = checks_started.lock() {
         *t = Some(Instant::now());
     }
-    crate::store::tls::install_crypto();
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(3))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| Error::Internal(format!("HTTP client: {e}")))?;
+    let client = check_client()?;
     let mut last: std::collections::BTreeMap<String, String> = Default::default();
     while !pending.is_empty() {
         if cancel.is_cancelled() {
@@ -538,14 +564,26 @@ async fn watch(
     Ok(())
 }
 
-enum Check {
+/// One application check of a booted VM.
+pub enum Check {
     Http(HttpCheck),
     Tcp(u16),
     Command(Vec<String>),
 }
 
+/// The HTTP client of the checks: no proxy, no redirects, 3 s a try.
+pub fn check_client() -> Result<reqwest::Client> {
+    crate::store::tls::install_crypto();
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(3))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| Error::Internal(format!("HTTP client: {e}")))
+}
+
 impl Check {
-    fn name(&self) -> String {
+    pub fn name(&self) -> String {
         match self {
             Check::Http(h) => format!("http :{}{}", h.port, crate::text::escape(&h.path)),
             Check::Tcp(p) => format!("tcp :{p}"),
@@ -554,7 +592,7 @@ impl Check {
     }
 
     /// One try: Ok(detail) when it passed, Err(why not) otherwise.
-    async fn try_once(
+    pub async fn try_once(
         &self,
         client: &reqwest::Client,
         forwards: &[Forward],

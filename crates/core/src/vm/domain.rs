@@ -231,6 +231,76 @@ pub fn restored_xml(
     Ok((out, notes))
 }
 
+/// A restored domain's NICs all moved onto libvirt network `network` (a
+/// recovery plan's): the first NIC gets `mac`, every NIC keeps its model,
+/// and what tied a NIC to the old host (its bridge, tap device, virtual
+/// port) goes. A domain without a NIC gets one. Returns the XML and what
+/// changed, for the admin to review.
+pub fn onto_network(xml: &str, network: &str, mac: &str) -> Result<(String, Vec<String>)> {
+    let mut dom = parse(xml)?;
+    let mut changes = Vec::new();
+    if dom.child("devices").is_none() {
+        dom.push(Element::new("devices"));
+    }
+    let Some(devices) = dom.child_mut("devices") else {
+        return Err(xml_error("the domain has no <devices>"));
+    };
+    let mut first = true;
+    for node in devices.children.iter_mut() {
+        let Node::Element(e) = node else { continue };
+        if e.name != "interface" {
+            continue;
+        }
+        let was = match (e.attr("type"), e.child("source")) {
+            (Some(t), Some(s)) => format!(
+                "{t} {}",
+                s.attr("network")
+                    .or(s.attr("bridge"))
+                    .or(s.attr("dev"))
+                    .unwrap_or("")
+            ),
+            (Some(t), None) => t.to_string(),
+            _ => "unknown".into(),
+        };
+        e.set_attr("type", "network");
+        remove_children(&mut e.children, |c| {
+            matches!(c.name.as_str(), "source" | "target" | "virtualport")
+                || (first && c.name == "mac")
+        });
+        e.children.insert(
+            0,
+            Node::Element(Element::new("source").with_attr("network", network)),
+        );
+        if first {
+            e.children.insert(
+                0,
+                Node::Element(Element::new("mac").with_attr("address", mac)),
+            );
+        }
+        changes.push(format!(
+            "a NIC ({}) moved onto the plan's network {network}",
+            crate::text::escape(was.trim())
+        ));
+        first = false;
+    }
+    if first {
+        devices.push(
+            Element::new("interface")
+                .with_attr("type", "network")
+                .with_attr_child("mac", "address", mac)
+                .with_attr_child("source", "network", network)
+                .with_attr_child("model", "type", "virtio"),
+        );
+        changes.push(format!(
+            "added a virtio NIC on the plan's network {network} (the VM had none)"
+        ));
+    }
+    let mut out = String::new();
+    dom.write(&mut out, 0);
+    out.push('\n');
+    Ok((out, changes))
+}
+
 fn driver_type(f: ImageFormat) -> &'static str {
     match f {
         ImageFormat::Raw => "raw",

@@ -329,6 +329,7 @@ fn boot_and_copy(
         name: Some(&req.name),
         check: None,
         forwards: &req.forwards,
+        lan: None,
         daemon: Some(Daemon {
             serial: paths.serial,
             qmp: paths.qmp,

@@ -20,6 +20,7 @@ pub mod phase;
 pub mod qemu;
 pub mod restore;
 pub mod spec;
+pub mod switch;
 mod xml;
 
 use std::path::{Path, PathBuf};
@@ -135,7 +136,7 @@ impl Definition {
     }
 }
 
-fn check_checks(c: &BootChecks) -> std::result::Result<(), String> {
+pub(crate) fn check_checks(c: &BootChecks) -> std::result::Result<(), String> {
     let text_ok = |t: &str| !t.is_empty() && t.len() <= 256 && !t.contains('\n');
     if c.serial.as_ref().is_some_and(|s| !text_ok(s)) || c.fail.iter().any(|s| !text_ok(s)) {
         return Err("a serial pattern is empty, multi-line or over 256 bytes".into());

@@ -16,6 +16,10 @@ pub enum Phase {
     Start,
     Boot,
     Checks,
+    /// A recovery plan's VM waiting for the VMs it starts after.
+    Wait,
+    /// A recovery plan's VM answering for its address on the plan's network.
+    Network,
     /// Removing the scratch files.
     Cleanup,
 }
@@ -39,6 +43,8 @@ impl Phase {
             Phase::Start => "start",
             Phase::Boot => "boot",
             Phase::Checks => "checks",
+            Phase::Wait => "wait",
+            Phase::Network => "network",
             Phase::Cleanup => "cleanup",
         }
     }
@@ -56,9 +62,15 @@ mod tests {
 
     #[test]
     fn phases_read_and_write_as_their_words() {
-        for p in [Phase::Plan, Phase::Start, Phase::Cleanup]
-            .into_iter()
-            .chain(Phase::TIMED)
+        for p in [
+            Phase::Plan,
+            Phase::Start,
+            Phase::Wait,
+            Phase::Network,
+            Phase::Cleanup,
+        ]
+        .into_iter()
+        .chain(Phase::TIMED)
         {
             let json = serde_json::to_string(&p).unwrap();
             assert_eq!(json, format!("\"{}\"", p.as_str()));

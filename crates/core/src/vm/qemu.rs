@@ -72,11 +72,25 @@ pub struct BootArgs<'a> {
     pub check: Option<&'a Path>,
     /// Restricted user networking with these forwards; none: no NIC.
     pub forwards: &'a [Forward],
+    /// A recovery plan's private network: the VM's own NIC on it.
+    pub lan: Option<Lan<'a>>,
     /// Runs in the background (an instant restore): serial to a file,
     /// QMP on a socket, and a failed disk read pauses the VM instead of
     /// reaching the guest.
     pub daemon: Option<Daemon<'a>>,
 }
+
+/// The VM's NIC on a plan's private switch (a `stream` backend).
+#[derive(Debug, Clone, Copy)]
+pub struct Lan<'a> {
+    pub socket: &'a Path,
+    /// The VM's own MAC (its guest matches its settings to it).
+    pub mac: &'a str,
+}
+
+/// The MAC of the checks' NIC when a VM has two: QEMU's default for a
+/// first NIC, which the check NIC is when it is the only one.
+pub const CHECK_MAC: &str = "52:54:00:12:34:56";
 
 /// Where a VM run in the background keeps its console, monitor and pid.
 #[derive(Debug, Clone, Copy)]
@@ -176,14 +190,32 @@ pub fn args(a: &BootArgs) -> Result<Vec<String>> {
             a.def.vm
         )));
     }
+    let model = match a.def.spec.nics.first().map(|n| n.model.as_str()) {
+        Some("e1000") => "e1000",
+        Some("e1000e") => "e1000e",
+        Some("rtl8139") => "rtl8139",
+        _ => "virtio-net-pci",
+    };
+    if let Some(lan) = &a.lan {
+        v.extend([
+            "-netdev".into(),
+            format!(
+                "stream,id=lan0,server=off,addr.type=unix,addr.path={}",
+                opt_value(lan.socket)
+            ),
+            "-device".into(),
+            format!("{model},netdev=lan0,mac={},romfile=", lan.mac),
+        ]);
+    }
     if a.forwards.is_empty() {
-        v.extend(["-nic".into(), "none".into()]);
+        if a.lan.is_none() {
+            v.extend(["-nic".into(), "none".into()]);
+        }
     } else {
-        let model = match a.def.spec.nics.first().map(|n| n.model.as_str()) {
-            Some("e1000") => "e1000",
-            Some("e1000e") => "e1000e",
-            Some("rtl8139") => "rtl8139",
-            _ => "virtio-net-pci",
+        let mac = if a.lan.is_some() {
+            format!(",mac={CHECK_MAC}")
+        } else {
+            String::new()
         };
         let mut net = "user,id=net0,restrict=on".to_string();
         for f in a.forwards {
@@ -195,7 +227,7 @@ pub fn args(a: &BootArgs) -> Result<Vec<String>> {
             "-netdev".into(),
             net,
             "-device".into(),
-            format!("{model},netdev=net0,romfile="),
+            format!("{model},netdev=net0{mac},romfile="),
         ]);
     }
     if let Some(d) = a.daemon {
@@ -257,6 +289,7 @@ pub fn command_line(
         name,
         check: None,
         forwards: &[],
+        lan: None,
         daemon: None,
     })?;
     // By hand the VM gets a network (user mode) rather than none.
@@ -308,6 +341,7 @@ mod tests {
                 host: 40000,
                 guest: 8080,
             }],
+            lan: None,
             daemon: None,
         })
         .unwrap();

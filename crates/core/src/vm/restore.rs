@@ -136,8 +136,13 @@ pub fn write_vm(
 
 /// Runs libvirt's `virt-xml-validate FILE domain`.
 pub fn validate(file: &Path) -> Validation {
+    validate_as(file, "domain")
+}
+
+/// Runs libvirt's `virt-xml-validate FILE SCHEMA` (domain, network).
+pub fn validate_as(file: &Path, schema: &str) -> Validation {
     match super::run_bounded(
-        Command::new("virt-xml-validate").arg(file).arg("domain"),
+        Command::new("virt-xml-validate").arg(file).arg(schema),
         std::time::Duration::from_secs(60),
     ) {
         Ok(o) if o.status.success() => Validation::Valid,

@@ -51,6 +51,12 @@ impl Element {
         self
     }
 
+    /// Adds a child `<name attr="value"/>`.
+    pub(super) fn with_attr_child(mut self, name: &str, attr: &str, value: &str) -> Element {
+        self.push(Element::new(name).with_attr(attr, value));
+        self
+    }
+
     pub(super) fn with_text(mut self, text: &str) -> Element {
         self.children.push(Node::Text(text.into()));
         self
