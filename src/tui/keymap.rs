@@ -63,6 +63,11 @@ pub const ACTIONS: &[(&str, char, &str)] = &[
         "restore drill of the VM: fetch, restore, verify, boot, check",
     ),
     (
+        "plans",
+        'S',
+        "recovery plans (services of several VMs): members, service RPO, last drill; D drills one",
+    ),
+    (
         "cloud_restore",
         'u',
         "bring the backup's VM set up in a cloud (restore to cloud)",

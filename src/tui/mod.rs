@@ -271,8 +271,8 @@ async fn event_loop(
             _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now).into()), if wake.is_some() => {
                 if jobs_running && last_progress.elapsed() >= PROGRESS_EVERY {
                     // Running jobs: take the latest progress (latest wins).
-                    for (id, snapshot, output) in runner.snapshots() {
-                        app.update(Action::JobProgress { id, snapshot, output });
+                    for (id, snapshot, output, parts) in runner.snapshots() {
+                        app.update(Action::JobProgress { id, snapshot, output, parts });
                     }
                     last_progress = Instant::now();
                     dirty = true;

@@ -64,6 +64,10 @@ enum Held {
 
 /// Live output lines a job pane can show (a drill's serial console).
 const OUTPUT_LINES: usize = 40;
+/// Live output lines of each part of a job (a plan's VMs' consoles).
+const PART_LINES: usize = 4;
+
+pub use crate::tui::app::Part;
 
 pub struct Runner {
     pub config: Config,
@@ -127,13 +131,26 @@ impl Runner {
         self.jobs.lock().map(|j| !j.is_empty()).unwrap_or(false)
     }
 
-    /// Each running job's progress and newest live output.
-    pub fn snapshots(&self) -> Vec<(u64, lifeboat_core::jobs::Snapshot, Vec<String>)> {
+    /// Each running job's progress, newest live output and parts (a
+    /// plan drill's VMs).
+    pub fn snapshots(&self) -> Vec<(u64, lifeboat_core::jobs::Snapshot, Vec<String>, Vec<Part>)> {
         self.jobs
             .lock()
             .map(|j| {
                 j.iter()
-                    .map(|(id, r)| (*id, r.progress.snapshot(), r.progress.tail(OUTPUT_LINES)))
+                    .map(|(id, r)| {
+                        let parts = r
+                            .progress
+                            .parts()
+                            .into_iter()
+                            .map(|(name, p)| Part {
+                                name,
+                                snapshot: p.snapshot(),
+                                output: p.tail(PART_LINES),
+                            })
+                            .collect();
+                        (*id, r.progress.snapshot(), r.progress.tail(OUTPUT_LINES), parts)
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -216,6 +233,12 @@ impl Runner {
                                 .collect();
                             let _ = tx.send(Action::Live(live));
                         });
+                    }
+                    if let Ok(b) = &res {
+                        let last = lifeboat_core::plan::report::last_per_plan(&path)
+                            .unwrap_or_default();
+                        let rows = crate::tui::app::plans::rows(&config, b, &last, chrono::Utc::now());
+                        let _ = tx.send(Action::Plans(rows));
                     }
                     let _ = match res {
                         Ok(_) if !changed => tx.send(Action::Unchanged),
@@ -393,6 +416,7 @@ impl Runner {
             }
             Effect::Backup { vm } => self.backup(vm),
             Effect::Drill { vm, source } => self.drill(vm, source),
+            Effect::PlanDrill { plan } => self.plan_drill(plan),
             Effect::RunPolicy { vm } => self.run_policy(vm),
             Effect::PlanPrune { vm } => self.plan_prune(vm),
             Effect::Verify { deep, remote: None } => self.verify(deep),
@@ -864,6 +888,45 @@ impl Runner {
         );
     }
 
+    /// A recovery plan's drill as a job, with a part of its progress per
+    /// VM (the console's panel per VM); its report goes to the job's log
+    /// and the history.
+    fn plan_drill(&self, plan: String) {
+        let (config, root) = (self.config.clone(), self.repo_path.clone());
+        let req = lifeboat_core::config::requests::plan_drill_request(
+            &self.config,
+            &plan,
+            &Default::default(),
+        );
+        let source = req.as_ref().map(|r| r.source.clone()).unwrap_or_default();
+        self.spawn_async_as(
+            JobKind::PlanDrill,
+            format!("drill plan {plan} from {source}"),
+            move |cancel, progress| async move {
+                let req = req?;
+                let store =
+                    lifeboat_core::config::requests::open_drill_source(&config, &req.source)?;
+                let r = lifeboat_core::plan::drill::run_recorded(
+                    &root,
+                    store.as_deref(),
+                    &req,
+                    &cancel,
+                    &progress,
+                )
+                .await;
+                if r.outcome == lifeboat_core::drill::DrillOutcome::Cancelled {
+                    return Err(lifeboat_core::Error::Cancelled);
+                }
+                let lines = lifeboat_core::plan::report::describe(&r).join("\n");
+                if r.passed() {
+                    Ok(lines)
+                } else {
+                    Err(lifeboat_core::Error::BadInput(lines))
+                }
+            },
+        );
+    }
+
     /// Where a backup is read from: the local repository, or a remote
     /// (opened here, under its limits).
     async fn source(
@@ -1160,6 +1223,15 @@ impl Runner {
                 id,
                 snapshot: progress.snapshot(),
                 output: progress.tail(OUTPUT_LINES),
+                parts: progress
+                    .parts()
+                    .into_iter()
+                    .map(|(name, p)| Part {
+                        name,
+                        snapshot: p.snapshot(),
+                        output: p.tail(PART_LINES),
+                    })
+                    .collect(),
             });
             if let Ok(mut j) = jobs.lock() {
                 j.remove(&id);

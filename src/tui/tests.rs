@@ -665,7 +665,76 @@ fn running_job(a: &mut App) {
             eta_secs: Some(20.5),
         },
         output: Vec::new(),
+        parts: Vec::new(),
     });
+}
+
+#[test]
+fn plans_dialog_drills_a_plan_with_a_panel_per_vm() {
+    use super::app::plans::PlanRow;
+    let mut a = app();
+    // No plans: S says how to make one.
+    a.update(key(KeyCode::Char('S')));
+    assert!(screen(&a, 100, 30).contains("add a [plan.NAME] table"));
+    a.update(key(KeyCode::Esc));
+    a.update(Action::Plans(vec![PlanRow {
+        name: "shop".into(),
+        source: "offsite".into(),
+        network: "shop-net".into(),
+        members: vec![
+            ("db01".into(), Some("10.10.0.2".into()), vec![]),
+            ("web01".into(), Some("10.10.0.3".into()), vec!["db01".into()]),
+        ],
+        checks: vec!["web01 http :8080/cgi-bin/order".into()],
+        rpo: Ok((3 * 86_400, 7_200)),
+        last: None,
+    }]));
+    a.update(key(KeyCode::Char('S')));
+    let s = screen(&a, 100, 30);
+    assert!(s.contains("Recovery plans") && s.contains("> shop  network shop-net  from offsite"), "{s}");
+    assert!(s.contains("10.10.0.3") && s.contains("after db01"), "{s}");
+    assert!(s.contains("service RPO 3d 0h here (spread 2h 0m)") && s.contains("never drilled"), "{s}");
+    let fx = a.update(key(KeyCode::Char('D')));
+    assert_eq!(fx, vec![Effect::PlanDrill { plan: "shop".into() }]);
+    a.update(Action::JobStarted {
+        id: 11,
+        title: "drill plan shop from offsite".into(),
+        kind: lifeboat_core::jobs::JobKind::PlanDrill,
+    });
+    let snap = |phase: &str, secs: f64| lifeboat_core::jobs::Snapshot {
+        phase: phase.into(),
+        bytes_done: 0,
+        bytes_total: 0,
+        objects_done: 0,
+        objects_total: 0,
+        job_bytes_done: 0,
+        job_bytes_total: 0,
+        elapsed_secs: secs,
+        bytes_per_sec: 0.0,
+        eta_secs: None,
+    };
+    a.update(Action::JobProgress {
+        id: 11,
+        snapshot: snap("plan: fetching, restoring and booting 2 VMs (RPO 3d 3h)", 5.0),
+        output: Vec::new(),
+        parts: vec![
+            super::app::Part {
+                name: "db01".into(),
+                snapshot: snap("up: serving the plan's other VMs", 4.0),
+                output: vec!["db01: database open (orders: 1042)".into(), "db01 login:".into()],
+            },
+            super::app::Part {
+                name: "web01".into(),
+                snapshot: snap("wait: for db01 to pass its checks", 4.0),
+                output: vec!["\x1b[2Jweb01 \x07".into()],
+            },
+        ],
+    });
+    let s = screen(&a, 120, 40);
+    assert!(s.contains("── db01 · up: serving the plan's other VMs · "), "{s}");
+    assert!(s.contains("  db01 login:"), "{s}");
+    assert!(s.contains("── web01 · wait: for db01 to pass its checks"), "{s}");
+    assert!(!s.contains('\x1b') && !s.contains('\x07'), "{s}");
 }
 
 #[test]
@@ -1183,12 +1252,14 @@ fn drill_key_asks_the_source_and_shows_phases_and_serial_console() {
             id: 9,
             snapshot: snap(phase),
             output: Vec::new(),
+            parts: Vec::new(),
         });
     }
     a.update(Action::JobProgress {
         id: 9,
         snapshot: snap("boot: waiting for \"web01 login:\" on the serial console"),
         output: vec!["SYSLINUX 6.04".into(), "lifeboat-guest web01: up".into()],
+        parts: Vec::new(),
     });
     let s = screen(&a, 120, 40);
     assert!(s.contains("✓ fetch") && s.contains("✓ verify"), "{s}");

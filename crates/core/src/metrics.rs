@@ -41,6 +41,11 @@ struct VmRemote {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PlanLabel {
+    plan: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Kind {
     kind: String,
 }
@@ -80,6 +85,54 @@ fn repository_size(root: &Path) -> (BTreeMap<&'static str, (u64, u64)>, u64) {
         out.insert(kind, (n, bytes));
     }
     (out, total)
+}
+
+/// The last completed drill of each recovery plan whose VMs a scrape may
+/// all see.
+fn plan_drills(reg: &mut Registry, root: &Path, admits: &dyn Fn(&str) -> bool) {
+    let ok = family::<PlanLabel>(
+        reg,
+        "plan_drill_success",
+        "1 when the recovery plan's last drill passed, 0 otherwise",
+    );
+    let at = family::<PlanLabel>(
+        reg,
+        "plan_drill_timestamp_seconds",
+        "End of the recovery plan's last drill (Unix time)",
+    );
+    let rto = family::<PlanLabel>(
+        reg,
+        "plan_drill_rto_seconds",
+        "Service recovery time the plan's last drill measured (first fetch to last check)",
+    );
+    let rpo = family::<PlanLabel>(
+        reg,
+        "plan_drill_rpo_seconds",
+        "Age of the oldest member's backup the plan's last drill used",
+    );
+    let spread = family::<PlanLabel>(
+        reg,
+        "plan_drill_spread_seconds",
+        "Time between the oldest and newest member backups the plan's last drill used",
+    );
+    for (plan, d) in crate::plan::report::last_per_plan(root).unwrap_or_default() {
+        let mut vms = d.members.iter().map(|m| m.vm.as_str()).peekable();
+        let mut picked = d.point.iter().flat_map(|p| p.picks.iter().map(|k| k.vm.as_str()));
+        let known = vms.peek().is_some() || d.point.as_ref().is_some_and(|p| !p.picks.is_empty());
+        if !known || !vms.all(admits) || !picked.all(admits) {
+            continue;
+        }
+        let l = PlanLabel { plan };
+        ok.get_or_create(&l).set(if d.passed() { 1.0 } else { 0.0 });
+        at.get_or_create(&l).set(d.ended_at.timestamp() as f64);
+        rto.get_or_create(&l).set(d.rto_secs);
+        if let Some(r) = d.rpo_secs {
+            rpo.get_or_create(&l).set(r as f64);
+        }
+        if let Some(p) = &d.point {
+            spread.get_or_create(&l).set(p.spread_secs as f64);
+        }
+    }
 }
 
 /// The metrics text (OpenMetrics text format, which Prometheus scrapes).
@@ -289,6 +342,7 @@ pub fn render_for(
             drill_rpo.get_or_create(&l).set(r as f64);
         }
     }
+    plan_drills(&mut reg, root, &admits);
     for (vm, remotes) in snap.offsite {
         if !admits(&vm) {
             continue;

@@ -29,6 +29,7 @@ impl App {
             },
             Dialog::Prompt { .. } | Dialog::Unlock { .. } => self.dialog = Some(d),
             Dialog::Files(v) => return self.files_key(v, k),
+            Dialog::Plans { sel } => return self.plans_key(sel, k),
             Dialog::ChooseRemote { scope, choice } => {
                 let reachable = self.reachable_remotes();
                 match k.code {

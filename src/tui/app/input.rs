@@ -136,6 +136,7 @@ impl App {
             KeyCode::Char('s') => return self.next_source(),
             KeyCode::Char('b') => self.plan_backup(),
             KeyCode::Char('D') => self.choose_drill_source(),
+            KeyCode::Char('S') => self.open_plans(),
             KeyCode::Char('u') => self.choose_cloud(),
             KeyCode::Char('L') => {
                 if self.clouds.is_empty() {

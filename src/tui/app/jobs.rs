@@ -30,6 +30,7 @@ impl App {
             log: Vec::new(),
             output: Vec::new(),
             phases: Vec::new(),
+            parts: Vec::new(),
         });
         // The Jobs pane follows new jobs unless the admin scrolled
         // back through older ones.
@@ -51,6 +52,7 @@ impl App {
         id: u64,
         snapshot: Snapshot,
         output: Vec<String>,
+        parts: Vec<Part>,
     ) -> Vec<Effect> {
         let mut phase_changed = None;
         let now = self.now;
@@ -65,6 +67,9 @@ impl App {
             j.progress = Some(snapshot);
             if !output.is_empty() {
                 j.output = output;
+            }
+            if !parts.is_empty() {
+                j.parts = parts;
             }
         }
         if let Some(p) = phase_changed {
@@ -96,6 +101,7 @@ impl App {
                 log: r.log,
                 output: Vec::new(),
                 phases: Vec::new(),
+                parts: Vec::new(),
             })
             .collect();
         let at_end = self.jobs.sel + 1 >= self.jobs.list.len();

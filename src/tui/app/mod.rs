@@ -6,6 +6,7 @@ mod dialog;
 pub mod files;
 mod input;
 mod jobs;
+pub mod plans;
 mod remotes;
 pub use jobs::JobsPane;
 
@@ -77,6 +78,16 @@ pub struct JobView {
     pub output: Vec<String>,
     /// When each phase began (the phase's first word: fetch, boot, …).
     pub phases: Vec<(String, DateTime<Utc>)>,
+    /// Parts that run side by side (a plan drill's VMs).
+    pub parts: Vec<Part>,
+}
+
+/// One part of a job (a VM of a plan drill): its progress and newest lines.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Part {
+    pub name: String,
+    pub snapshot: Snapshot,
+    pub output: Vec<String>,
 }
 
 impl JobView {
@@ -241,6 +252,10 @@ pub enum Dialog {
         scope: Scope,
         choice: usize,
     },
+    /// The recovery plans (`S`): D drills the selected one.
+    Plans {
+        sel: usize,
+    },
     /// Choose the repository a drill takes the VM's backup from.
     ChooseDrillSource {
         vm: String,
@@ -347,6 +362,10 @@ pub enum Effect {
         vm: String,
         source: String,
     },
+    /// A drill of a recovery plan from its configured source.
+    PlanDrill {
+        plan: String,
+    },
     /// Run a VM's policy once (backup, verify, push, retention).
     RunPolicy {
         vm: String,
@@ -434,7 +453,11 @@ pub enum Action {
         snapshot: Snapshot,
         /// The job's newest live output lines.
         output: Vec<String>,
+        /// Its parts' progress (a plan drill's VMs), in order.
+        parts: Vec<Part>,
     },
+    /// The recovery plans: members, service RPO, last drill.
+    Plans(Vec<plans::PlanRow>),
     /// The newest drill of each VM (from the repository's history).
     Drills(BTreeMap<String, lifeboat_core::drill::DrillReport>),
     /// Each inventory VM: running or not, and what its next backup reads.
@@ -551,6 +574,8 @@ pub struct App {
     pub remotes: Vec<RemoteView>,
     /// Each VM's newest drill.
     pub drills: BTreeMap<String, lifeboat_core::drill::DrillReport>,
+    /// The recovery plans, as last read.
+    pub plans: Vec<plans::PlanRow>,
     /// Each inventory VM's running state and next-backup outlook.
     pub live: BTreeMap<String, lifeboat_core::live::Outlook>,
     /// Where each inventory VM is drilled from unless the admin picks.
@@ -619,6 +644,7 @@ impl App {
             remote_backups: BTreeMap::new(),
             inventory,
             drills: BTreeMap::new(),
+            plans: Vec::new(),
             live: BTreeMap::new(),
             drill_defaults: BTreeMap::new(),
             clouds: Vec::new(),
@@ -1016,6 +1042,10 @@ impl App {
                 self.drills = d;
                 Vec::new()
             }
+            Action::Plans(p) => {
+                self.plans = p;
+                Vec::new()
+            }
             Action::Live(l) => {
                 self.live = l;
                 Vec::new()
@@ -1039,7 +1069,8 @@ impl App {
                 id,
                 snapshot,
                 output,
-            } => self.job_progress(id, snapshot, output),
+                parts,
+            } => self.job_progress(id, snapshot, output, parts),
             Action::History(records, bad) => self.history(records, bad),
             Action::JobDone {
                 id,

@@ -313,6 +313,72 @@ pub fn dialog(f: &mut Frame, app: &App, theme: &Theme, d: &Dialog, area: Rect) {
             let h = l.len() as u16 + 2;
             frame(f, theme, "Push to which remote?", l, centered(area, 44, h));
         }
+        Dialog::Plans { sel } => {
+            let w = area.width.saturating_sub(4).clamp(40, 90);
+            let tw = w.saturating_sub(2) as usize;
+            let mut l: Vec<Line> = Vec::new();
+            for (i, p) in app.plans.iter().enumerate() {
+                let head = format!(
+                    "{} {}  network {}  from {}",
+                    if i == *sel { ">" } else { " " },
+                    escape(&p.name),
+                    escape(&p.network),
+                    escape(&p.source)
+                );
+                l.push(if i == *sel {
+                    Line::styled(truncate(&head, tw), theme.selected())
+                } else {
+                    Line::from(truncate(&head, tw))
+                });
+                for (vm, addr, after) in &p.members {
+                    l.push(Line::from(truncate(
+                        &format!(
+                            "    {:<14} {:<15} {}",
+                            escape(vm),
+                            addr.as_deref().unwrap_or("-"),
+                            if after.is_empty() {
+                                "starts at once".to_string()
+                            } else {
+                                format!("after {}", escape(&after.join(", ")))
+                            }
+                        ),
+                        tw,
+                    )));
+                }
+                let rpo = match &p.rpo {
+                    Ok((rpo, spread)) => format!(
+                        "    service RPO {} here (spread {})",
+                        lifeboat_core::drill::age(*rpo),
+                        lifeboat_core::drill::age(*spread)
+                    ),
+                    Err(e) => format!("    no consistent point here: {}", escape(e)),
+                };
+                l.push(Line::from(truncate(&rpo, tw)));
+                let (text, color) = match &p.last {
+                    None => ("    never drilled".to_string(), Color::Yellow),
+                    Some(r) => (
+                        format!(
+                            "    last drill {}: {} (service RTO {:.1}s){}",
+                            r.started_at.format("%Y-%m-%d %H:%M"),
+                            r.outcome,
+                            r.rto_secs,
+                            r.failed_vm
+                                .as_deref()
+                                .map(|v| format!(", failed at {}", escape(v)))
+                                .unwrap_or_default()
+                        ),
+                        if r.passed() { Color::Green } else { Color::Red },
+                    ),
+                };
+                l.push(Line::styled(truncate(&text, tw), theme.fg(color)));
+            }
+            l.push(Line::styled(
+                "D drill the plan · j/k move · Esc close",
+                theme.fg(Color::Cyan),
+            ));
+            let h = (l.len() as u16 + 2).min(area.height);
+            frame(f, theme, "Recovery plans", l, centered(area, w, h));
+        }
         Dialog::ChooseDrillSource {
             vm,
             sources,

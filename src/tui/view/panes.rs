@@ -822,6 +822,7 @@ fn phased(j: &JobView) -> Option<(&'static [&'static str], &'static str)> {
             super::super::app::JobKind::CloudRestore => {
                 Some((&lifeboat_core::cloud::PHASES, "cloud"))
             }
+            super::super::app::JobKind::PlanDrill => Some((&[], "plan")),
             _ => None,
         }
     }
@@ -834,6 +835,9 @@ fn phase_panel(f: &mut Frame, app: &App, theme: &Theme, j: &JobView, area: Rect)
     let Some((phases, what)) = phased(j) else {
         return;
     };
+    if j.kind == super::super::app::JobKind::PlanDrill {
+        return plan_panel(f, theme, j, area);
+    }
     let w = area.width as usize;
     let end = j.ended_at.unwrap_or(app.now);
     let mut spans: Vec<Span> = Vec::new();
@@ -898,6 +902,52 @@ fn phase_panel(f: &mut Frame, app: &App, theme: &Theme, j: &JobView, area: Rect)
     let out = &j.output;
     for l in &out[out.len().saturating_sub(room)..] {
         lines.push(Line::from(truncate(&escape(l), w)));
+    }
+    f.render_widget(Paragraph::new(lines), area);
+}
+
+/// A plan drill: the plan's phase, then a panel per VM (its phase, how
+/// long it has run, its console's newest lines), as many lines each as fit.
+fn plan_panel(f: &mut Frame, theme: &Theme, j: &JobView, area: Rect) {
+    let w = area.width as usize;
+    let mut lines: Vec<Line> = Vec::new();
+    if let Some(p) = &j.progress {
+        lines.push(Line::from(truncate(
+            &format!("{}  {}", escape(&p.phase), clock(p.elapsed_secs)),
+            w,
+        )));
+    }
+    let room = (area.height as usize).saturating_sub(lines.len());
+    let each = (room / j.parts.len().max(1)).max(1);
+    for part in &j.parts {
+        let phase = &part.snapshot.phase;
+        let color = if phase.starts_with("PASS") {
+            Color::Green
+        } else if phase.starts_with("FAIL") {
+            Color::Red
+        } else if phase.starts_with("CANCELLED") {
+            Color::Yellow
+        } else {
+            Color::Cyan
+        };
+        let head = format!(
+            "── {} · {} · {} ",
+            escape(&part.name),
+            escape(phase),
+            clock(part.snapshot.elapsed_secs)
+        );
+        lines.push(Line::styled(
+            truncate(
+                &format!("{head}{}", "─".repeat(w.saturating_sub(head.width()))),
+                w,
+            ),
+            theme.fg(color),
+        ));
+        let out = &part.output;
+        let n = each.saturating_sub(1);
+        for l in &out[out.len().saturating_sub(n)..] {
+            lines.push(Line::from(truncate(&format!("  {}", escape(l)), w)));
+        }
     }
     f.render_widget(Paragraph::new(lines), area);
 }

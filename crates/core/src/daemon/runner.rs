@@ -38,6 +38,12 @@ pub trait Clock: Send + Sync {
 
 pub struct SystemClock;
 
+/// A drill whose schedule fired: one VM's, or a recovery plan's.
+enum DrillDue {
+    Vm(String),
+    Plan(String),
+}
+
 impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
         Utc::now()
@@ -271,9 +277,9 @@ impl Daemon {
             }
             // Restore drills on their own schedules, one at a time.
             if !once && drill_job.as_ref().is_none_or(|h| h.is_finished()) {
-                if let Some(vm) = self.due_drill(&mut state, now) {
+                if let Some(due) = self.due_drill(&mut state, now) {
                     runs::save_state(&self.root, &state)?;
-                    drill_job = Some(self.spawn_drill(vm, shutdown.clone()));
+                    drill_job = Some(self.spawn_drill(due, shutdown.clone()));
                 }
             }
             // Finished jobs first: they move slots and set retries.
@@ -470,9 +476,36 @@ impl Daemon {
         })
     }
 
-    /// The first VM whose drill schedule fired since it last did. A VM seen
-    /// for the first time starts counting now (no drill at start-up).
-    fn due_drill(&self, state: &mut DaemonState, now: DateTime<Utc>) -> Option<String> {
+    /// The first VM, then plan, whose drill schedule fired since it last
+    /// did. One seen for the first time starts counting now (no drill at
+    /// start-up).
+    fn due_drill(&self, state: &mut DaemonState, now: DateTime<Utc>) -> Option<DrillDue> {
+        if let Some(vm) = self.due_vm_drill(state, now) {
+            return Some(DrillDue::Vm(vm));
+        }
+        for (name, plan) in &self.config.plans {
+            let Some(sched) = &plan.schedule else {
+                continue;
+            };
+            match state.last_plan_drill.get(name) {
+                None => {
+                    state.last_plan_drill.insert(name.clone(), now);
+                }
+                Some(last) => {
+                    if sched
+                        .next_after(*last, &chrono::Local)
+                        .is_some_and(|t| t <= now)
+                    {
+                        state.last_plan_drill.insert(name.clone(), now);
+                        return Some(DrillDue::Plan(name.clone()));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn due_vm_drill(&self, state: &mut DaemonState, now: DateTime<Utc>) -> Option<String> {
         for v in &self.config.vms {
             let vm = v.name.get_ref();
             let Some(sched) = v.drill.as_ref().and_then(|d| d.schedule.as_ref()) else {
@@ -499,7 +532,48 @@ impl Daemon {
         None
     }
 
-    fn spawn_drill(&self, vm: String, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+    fn spawn_drill(&self, due: DrillDue, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+        match due {
+            DrillDue::Vm(vm) => self.spawn_vm_drill(vm, cancel),
+            DrillDue::Plan(name) => self.spawn_plan_drill(name, cancel),
+        }
+    }
+
+    fn spawn_plan_drill(&self, name: String, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let (config, root) = (self.config.clone(), self.root.clone());
+        tokio::spawn(async move {
+            let req = match crate::config::requests::plan_drill_request(
+                &config,
+                &name,
+                &Default::default(),
+            ) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("plan drill {name}: {e}");
+                    return;
+                }
+            };
+            let store = match crate::config::requests::open_drill_source(&config, &req.source) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("plan drill {name}: remote {}: {e}", req.source);
+                    return;
+                }
+            };
+            tracing::info!("plan drill {name} from {}: started", req.source);
+            let progress = Arc::new(Progress::new());
+            let r = crate::plan::drill::run_recorded(&root, store.as_deref(), &req, &cancel, &progress)
+                .await;
+            let lines = crate::plan::report::describe(&r);
+            if r.passed() {
+                tracing::info!("{}", lines.join(" | "));
+            } else {
+                tracing::warn!("{}", lines.join(" | "));
+            }
+        })
+    }
+
+    fn spawn_vm_drill(&self, vm: String, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
         let (config, root) = (self.config.clone(), self.root.clone());
         tokio::spawn(async move {
             let req =

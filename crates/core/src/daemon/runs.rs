@@ -94,6 +94,9 @@ pub struct DaemonState {
     /// When each VM's drill schedule last fired (or was first seen).
     #[serde(default)]
     pub last_drill: BTreeMap<String, DateTime<Utc>>,
+    /// When each recovery plan's drill schedule last fired (or was first seen).
+    #[serde(default)]
+    pub last_plan_drill: BTreeMap<String, DateTime<Utc>>,
 }
 
 pub fn load_state(root: &Path) -> Result<DaemonState> {

@@ -23,6 +23,8 @@ pub enum JobKind {
     /// Works out a plan that a confirmation then executes.
     Plan,
     Drill,
+    /// A recovery plan's drill: a part of its progress per VM.
+    PlanDrill,
     CloudRestore,
     #[default]
     Other,

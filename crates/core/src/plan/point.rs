@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Plan;
 use crate::error::{Error, Result};
-use crate::format::refs::{exact_time, sets_of, TimeSpan};
+use crate::format::refs::{exact_time, TimeSpan};
 use crate::store::Store;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,38 +57,57 @@ pub fn bound(at: Option<&str>) -> Result<Option<DateTime<Utc>>> {
 
 /// Picks the point from what `store` holds.
 pub async fn pick(store: &dyn Store, plan: &Plan, at: Option<&str>) -> Result<Point> {
-    let bound = bound(at)?;
+    let b = bound(at)?;
     let all = crate::repository::load_manifests_where(store, |k| {
-        plan.members.iter().any(|m| m.vm == k.vm) && bound.is_none_or(|b| k.time < b)
+        plan.members.iter().any(|m| m.vm == k.vm) && b.is_none_or(|b| k.time < b)
     })
     .await?;
+    pick_from(
+        all.iter()
+            .map(|(k, m)| (k.vm.as_str(), m.set.as_str(), m.created_at)),
+        plan,
+        at,
+        &store.describe(),
+    )
+}
+
+/// Picks the point from every backup known, as (VM, set, time); `place`
+/// names where they are, for the error.
+pub fn pick_from<'a>(
+    backups: impl IntoIterator<Item = (&'a str, &'a str, DateTime<Utc>)>,
+    plan: &Plan,
+    at: Option<&str>,
+    place: &str,
+) -> Result<Point> {
+    let b = bound(at)?;
+    // A set's time is its newest volume's, as everywhere.
+    let mut sets: std::collections::BTreeMap<(&str, &str), DateTime<Utc>> = Default::default();
+    for (vm, set, t) in backups {
+        if plan.members.iter().any(|m| m.vm == vm) {
+            let e = sets.entry((vm, set)).or_insert(t);
+            *e = (*e).max(t);
+        }
+    }
     let mut picks = Vec::new();
     for m in &plan.members {
-        let sets = sets_of(&all, &m.vm);
         let newest = sets
             .iter()
-            .find(|s| bound.is_none_or(|b| s.time < b))
+            .filter(|((vm, _), t)| *vm == m.vm && b.is_none_or(|b| **t < b))
+            .max_by_key(|(_, t)| **t)
             .ok_or_else(|| {
                 Error::NotFound(match at {
                     Some(a) => format!(
-                        "plan {}: VM {} has no backup at or before {a} on {}",
-                        plan.name,
-                        m.vm,
-                        store.describe()
+                        "plan {}: VM {} has no backup at or before {a} in {place}",
+                        plan.name, m.vm
                     ),
-                    None => format!(
-                        "plan {}: VM {} has no backup on {}",
-                        plan.name,
-                        m.vm,
-                        store.describe()
-                    ),
+                    None => format!("plan {}: VM {} has no backup in {place}", plan.name, m.vm),
                 })
             })?;
         picks.push(Pick {
             vm: m.vm.clone(),
-            set: newest.set.clone(),
-            time: newest.time,
-            reference: format!("{}@{}", m.vm, exact_time(newest.time)),
+            set: newest.0 .1.to_string(),
+            time: *newest.1,
+            reference: format!("{}@{}", m.vm, exact_time(*newest.1)),
         });
     }
     let oldest = picks.iter().map(|p| p.time).min().unwrap_or_else(Utc::now);

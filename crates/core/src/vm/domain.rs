@@ -267,15 +267,20 @@ pub fn onto_network(xml: &str, network: &str, mac: &str) -> Result<(String, Vec<
             matches!(c.name.as_str(), "source" | "target" | "virtualport")
                 || (first && c.name == "mac")
         });
-        e.children.insert(
-            0,
-            Node::Element(Element::new("source").with_attr("network", network)),
-        );
+        // The new children take the indentation the others have.
+        let indent = e.children.iter().find_map(|n| match n {
+            Node::Text(t) if t.trim().is_empty() => Some(t.clone()),
+            _ => None,
+        });
+        let mut add = vec![Element::new("source").with_attr("network", network)];
         if first {
-            e.children.insert(
-                0,
-                Node::Element(Element::new("mac").with_attr("address", mac)),
-            );
+            add.insert(0, Element::new("mac").with_attr("address", mac));
+        }
+        for el in add.into_iter().rev() {
+            e.children.insert(0, Node::Element(el));
+            if let Some(i) = &indent {
+                e.children.insert(0, Node::Text(i.clone()));
+            }
         }
         changes.push(format!(
             "a NIC ({}) moved onto the plan's network {network}",
