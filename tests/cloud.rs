@@ -441,6 +441,81 @@ fn openstack_two_volume_set_from_a_served_remote() {
     }
 }
 
+/// A recovery plan into a cloud: its VMs created in start order on the
+/// target's network; when the second cannot be created, the first goes
+/// too and nothing is left.
+#[test]
+fn openstack_plan_brings_up_its_vms_in_order_or_nothing() {
+    let site = Site::new();
+    let db = site.path("db-root.raw");
+    write_at(&db, 0, &noise(3 << 20, 9));
+    let mut cfg = std::fs::read_to_string(site.path("lifeboat.toml")).unwrap();
+    cfg.push_str(&format!(
+        "\n[[vm]]\nname = \"db\"\n[[vm.volume]]\nname = \"root\"\nrole = \"root\"\npath = \"{}\"\nformat = \"raw\"\n\n[plan.svc]\n[[plan.svc.vm]]\nname = \"web\"\nafter = [\"db\"]\n[[plan.svc.vm]]\nname = \"db\"\n",
+        db.display()
+    ));
+    std::fs::write(site.path("lifeboat.toml"), cfg).unwrap();
+    site.ok(&["backup", "db"]);
+    site.ok(&["push", "offsite"]);
+    let cloud = Standin::start();
+    site.set_cloud("osp", &cloud.table(""));
+    let dry = site.ok(&[
+        "cloud-restore",
+        "--plan",
+        "svc",
+        "--target",
+        "osp",
+        "--from",
+        "offsite",
+        "--dry-run",
+    ]);
+    assert!(dry.contains("dry run: nothing was created"), "{dry}");
+    cloud.assert_empty();
+    let out = site.ok(&[
+        "cloud-restore",
+        "--plan",
+        "svc",
+        "--target",
+        "osp",
+        "--from",
+        "offsite",
+    ]);
+    let (d, w) = (
+        out.find("  db: server").unwrap(),
+        out.find("  web: server").unwrap(),
+    );
+    assert!(d < w, "db starts before web, which waits for it: {out}");
+    let s = cloud.state();
+    assert_eq!(s["servers"].as_object().unwrap().len(), 2, "{s:#}");
+    // Room for one server only: db is made, web is refused, db goes again.
+    let cloud = osp_with_fault(&site, "quota-1", 4);
+    let text = site.fails(&[
+        "cloud-restore",
+        "--plan",
+        "svc",
+        "--target",
+        "osp",
+        "--from",
+        "offsite",
+    ]);
+    assert!(text.contains("Quota exceeded for instances"), "{text}");
+    assert!(
+        text.contains("removed: ") && text.contains("server "),
+        "{text}"
+    );
+    cloud.assert_empty();
+    // Options of one VM's restore are refused with a plan.
+    let text = site.fails(&[
+        "cloud-restore",
+        "web@latest",
+        "--plan",
+        "svc",
+        "--target",
+        "osp",
+    ]);
+    assert!(text.contains("cannot be used with"), "{text}");
+}
+
 /// A fresh OpenStack stand-in as target `osp`, with `fault` on and the
 /// target's `ready_timeout_secs` at `ready_secs`.
 fn osp_with_fault(site: &Site, fault: &str, ready_secs: u64) -> Standin {

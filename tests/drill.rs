@@ -713,6 +713,7 @@ fn the_daemon_drills_on_the_vm_drill_schedule() {
             })
             .collect::<Vec<_>>()
             .join("[[vm]]")
+            .replace("[plan.shop]\n", "[plan.shop]\nschedule = \"every 1h\"\n")
     });
     let out = d.run(&["init", "--chunk-size", "1M"]);
     assert!(
@@ -732,14 +733,15 @@ fn the_daemon_drills_on_the_vm_drill_schedule() {
         .spawn()
         .unwrap();
     let history = d.path("repo/state/drills.jsonl");
+    let plans = d.path("repo/state/plan-drills.jsonl");
     // First seen at 10:00: counting starts, nothing runs at start-up.
     std::thread::sleep(Duration::from_secs(3));
     assert!(!history.exists(), "a drill ran at start-up");
-    // The 11:00 slot passes: one drill.
+    // The 11:00 slot passes: one drill of the VM, then one of the plan.
     std::fs::write(&clock, "2026-11-27T11:00:30Z").unwrap();
     let t = Instant::now();
-    while !history.exists() {
-        assert!(t.elapsed() < Duration::from_secs(180), "no scheduled drill");
+    while !history.exists() || !plans.exists() {
+        assert!(t.elapsed() < Duration::from_secs(360), "no scheduled drill");
         std::thread::sleep(Duration::from_millis(500));
     }
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
@@ -748,6 +750,10 @@ fn the_daemon_drills_on_the_vm_drill_schedule() {
     let r: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     assert_eq!(r["vm"], "web01");
     assert_eq!(r["source"], "offsite");
+    assert_eq!(r["outcome"], "pass", "{r:#}");
+    let text = std::fs::read_to_string(&plans).unwrap();
+    let r: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(r["plan"], "shop");
     assert_eq!(r["outcome"], "pass", "{r:#}");
     d.assert_clean();
 }
@@ -821,4 +827,220 @@ fn a_drill_from_an_encrypted_repository_boots_and_passes() {
         "{said}"
     );
     d.assert_clean();
+}
+
+// ------------------------------------------------------------ recovery plans
+
+/// The demo's shop: db01 and web01 from the off-site server, booted side
+/// by side on the plan's private switch; web01's order page reads from
+/// db01 over it, so the plan's check passes only when both work together.
+#[test]
+fn a_plan_drill_brings_up_the_service_on_its_private_network() {
+    let d = Drill::new();
+    let (code, r) = d.drill(&["--plan", "shop"]);
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["outcome"], "pass", "{r:#}");
+    let members = r["members"].as_array().unwrap();
+    assert_eq!(members.len(), 2, "{r:#}");
+    for m in members {
+        assert_eq!(m["outcome"], "pass", "{m:#}");
+        assert!(phases(m).contains(&"boot".to_string()), "{m:#}");
+    }
+    let net = r["network"].as_array().unwrap();
+    assert_eq!(net.len(), 2, "{r:#}");
+    assert!(net.iter().all(|a| a["ok"] == true), "{r:#}");
+    let check = &r["checks"][0];
+    assert_eq!(check["name"], "web01 http :8080/cgi-bin/order", "{r:#}");
+    assert_eq!(check["ok"], true, "{r:#}");
+    // The point: one set per VM, the service's RPO its oldest member's.
+    let picks = r["point"]["picks"].as_array().unwrap();
+    assert_eq!(picks.len(), 2);
+    assert!(r["rpo_secs"].as_i64().unwrap() >= 3 * 86_400, "{r:#}");
+    assert!(r["point"]["spread_secs"].as_i64().unwrap() >= 0);
+    assert!(r["rto_secs"].as_f64().unwrap() > 0.0);
+    // Kept in the history, shown by `plans`.
+    let out = d.run(&["--json", "drills", "--plans"]);
+    let h: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(h.as_array().unwrap().len(), 1, "{h:#}");
+    let out = d.run(&["--json", "plans"]);
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(p[0]["name"], "shop");
+    assert_eq!(p[0]["last_drill"]["outcome"], "pass", "{p:#}");
+}
+
+/// db01's backup of an interrupted migration holds a torn table: the
+/// service drilled at that point fails, and says it is db01's boot.
+#[test]
+fn a_plan_drilled_where_the_database_backup_is_torn_fails_at_the_database() {
+    let d = Drill::new();
+    let repo = demo().join("repo");
+    let out = d.run(&["--json", "-r", repo.to_str().unwrap(), "timeline", "db01"]);
+    let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let torn = t
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["note"] == "schema migration (interrupted)")
+        .expect("the demo's torn db01 backup")["created_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, r) = d.drill(&["--plan", "shop", "--at", &torn]);
+    assert_eq!(code, 6, "{r:#}");
+    assert_eq!(r["outcome"], "fail", "{r:#}");
+    assert_eq!(r["failed_vm"], "db01", "{r:#}");
+    assert_eq!(r["failed_phase"], "boot", "{r:#}");
+    assert!(
+        r["error"].as_str().unwrap().contains("database is corrupt"),
+        "{r:#}"
+    );
+    assert!(r["checks"].as_array().unwrap().is_empty(), "{r:#}");
+    let db = r["point"]["picks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["vm"] == "db01")
+        .unwrap()
+        .clone();
+    assert!(
+        torn.starts_with(&db["time"].as_str().unwrap()[..19]),
+        "{db} {torn}"
+    );
+}
+
+/// web01 waits for db01's checks; an address the VM does not hold is
+/// found on the switch; a plan that cannot start is refused at load.
+#[test]
+fn plan_order_addresses_and_bad_plans() {
+    let d = Drill::with_config(|c| {
+        c.replace(
+            "address = \"10.10.0.3\"",
+            "address = \"10.10.0.3\"\nafter = [\"db01\"]",
+        )
+    });
+    let (code, r) = d.drill(&["--plan", "shop"]);
+    assert_eq!(code, 0, "{r:#}");
+    let web = r["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["vm"] == "web01")
+        .unwrap();
+    let p = phases(web);
+    assert!(
+        p.iter().position(|x| x == "wait") < p.iter().position(|x| x == "boot"),
+        "web01 waits, then boots: {p:?}"
+    );
+    let d = Drill::with_config(|c| c.replace("address = \"10.10.0.3\"", "address = \"10.10.0.9\""));
+    let (code, r) = d.drill(&["--plan", "shop"]);
+    assert_eq!(code, 6, "{r:#}");
+    assert_eq!(r["failed_vm"], "web01", "{r:#}");
+    assert_eq!(r["failed_phase"], "network", "{r:#}");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("does not answer for 10.10.0.9"),
+        "{r:#}"
+    );
+    let d = Drill::with_config(|c| {
+        c.replace(
+            "address = \"10.10.0.2\"",
+            "address = \"10.10.0.2\"\nafter = [\"web01\"]",
+        )
+        .replace(
+            "address = \"10.10.0.3\"",
+            "address = \"10.10.0.3\"\nafter = [\"db01\"]",
+        )
+    });
+    let out = d.run(&["plans"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("lifeboat.toml") && err.contains("line ") && err.contains("in a circle"),
+        "{err}"
+    );
+    let d = Drill::new();
+    let out = d.run(&["drill", "--plan", "nosuch"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("plans: shop"),
+        "{err}"
+    );
+}
+
+/// `restore --plan`: every VM of the point into one directory, their NICs
+/// on the plan's isolated libvirt network, all checked by libvirt's own
+/// validator; never into a directory with files, never half a service.
+#[test]
+fn a_plan_restores_into_a_directory_for_libvirt() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = Drill::new();
+    let to = d.path("shop");
+    let out = d.run(&[
+        "restore",
+        "--plan",
+        "shop",
+        "--from",
+        "offsite",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.matches("valid for libvirt").count(), 3, "{text}");
+    assert!(text.contains("virsh net-define"), "{text}");
+    let net = std::fs::read_to_string(to.join("shop-net.network.xml")).unwrap();
+    assert!(
+        net.contains("<name>shop-net</name>") && !net.contains("<forward"),
+        "{net}"
+    );
+    for (vm, mac) in [
+        ("db01", "52:54:00:1b:0a:01"),
+        ("web01", "52:54:00:1b:0a:ff"),
+    ] {
+        let xml = std::fs::read_to_string(to.join(vm).join(format!("{vm}.xml"))).unwrap();
+        assert!(xml.contains("<source network=\"shop-net\"/>"), "{xml}");
+        assert!(xml.contains(&format!("<mac address=\"{mac}\"/>")), "{xml}");
+        validates(&to.join(vm).join(format!("{vm}.xml")));
+    }
+    let mode = std::fs::metadata(&to).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    // Again into the same directory: refused, nothing changed.
+    let before = std::fs::read_dir(&to).unwrap().count();
+    let out = d.run(&["restore", "--plan", "shop", "--to", to.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not empty"));
+    assert_eq!(std::fs::read_dir(&to).unwrap().count(), before);
+    // No backup that early: an error, and no directory left behind.
+    let early = d.path("early");
+    let out = d.run(&[
+        "restore",
+        "--plan",
+        "shop",
+        "--from",
+        "offsite",
+        "--at",
+        "2001-01-01",
+        "--to",
+        early.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no backup at or before 2001-01-01"));
+    assert!(!early.exists());
+    // What does not apply to a plan is refused, not ignored.
+    let out = d.run(&[
+        "restore",
+        "--plan",
+        "shop",
+        "--format",
+        "qcow2",
+        "--to",
+        early.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("do not apply"));
 }

@@ -456,6 +456,56 @@ fn console_drill_shows_phases_serial_console_and_result() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// The recovery plans (`S`): the demo's shop with its VMs, addresses and
+/// RPO; `D` drills it as a job with a panel per VM; the plan's last drill
+/// is shown afterwards.
+#[test]
+fn console_drills_a_recovery_plan_with_a_panel_per_vm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut cmd) = demo_command(dir.path());
+    cmd.env("XDG_CONFIG_HOME", dir.path().join("cfg"));
+    cmd.env("TMPDIR", dir.path());
+    cmd.env_remove("LIFEBOAT_CONFIG");
+    cmd.env_remove("LIFEBOAT_REPO");
+    let mut c = open_sized(cmd, 44, 120, false);
+    c.wait_for("web01", 180);
+    c.wait_for("offsite up", 30);
+    c.keys("S");
+    let s = c.wait_for("Recovery plans", 10);
+    assert!(s.contains("> shop  network shop-net  from offsite"), "{s}");
+    assert!(s.contains("10.10.0.2") && s.contains("10.10.0.3"), "{s}");
+    assert!(
+        s.contains("service RPO") && s.contains("never drilled"),
+        "{s}"
+    );
+    c.keys("D");
+    // A panel per VM while it runs.
+    c.wait_until("a panel for each VM", 120, |s| {
+        s.contains("── db01 · ") && s.contains("── web01 · ")
+    });
+    c.wait_until("the plan drill to pass", 300, |s| {
+        s.contains("plan drill shop from offsite: PASS")
+    });
+    c.keys("S");
+    c.wait_until("the last drill in the dialog", 30, |s| {
+        s.contains("Recovery plans") && s.contains("last drill") && s.contains("PASS (service RTO")
+    });
+    c.keys("\x1b");
+    c.wait_until("the dialog closed", 10, |s| !s.contains("Recovery plans"));
+    c.keys("q");
+    assert!(c.wait_exit().success());
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("lifeboat-drill-")
+        })
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 /// The file browser on the demo's ext4 data disk (`f`: open, search,
 /// extract) and an instant restore of the VM as a job (`I`).
 #[test]

@@ -149,7 +149,12 @@ impl Runner {
                                 output: p.tail(PART_LINES),
                             })
                             .collect();
-                        (*id, r.progress.snapshot(), r.progress.tail(OUTPUT_LINES), parts)
+                        (
+                            *id,
+                            r.progress.snapshot(),
+                            r.progress.tail(OUTPUT_LINES),
+                            parts,
+                        )
                     })
                     .collect()
             })
@@ -235,9 +240,10 @@ impl Runner {
                         });
                     }
                     if let Ok(b) = &res {
-                        let last = lifeboat_core::plan::report::last_per_plan(&path)
-                            .unwrap_or_default();
-                        let rows = crate::tui::app::plans::rows(&config, b, &last, chrono::Utc::now());
+                        let last =
+                            lifeboat_core::plan::report::last_per_plan(&path).unwrap_or_default();
+                        let rows =
+                            crate::tui::app::plans::rows(&config, b, &last, chrono::Utc::now());
                         let _ = tx.send(Action::Plans(rows));
                     }
                     let _ = match res {

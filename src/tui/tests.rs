@@ -683,7 +683,11 @@ fn plans_dialog_drills_a_plan_with_a_panel_per_vm() {
         network: "shop-net".into(),
         members: vec![
             ("db01".into(), Some("10.10.0.2".into()), vec![]),
-            ("web01".into(), Some("10.10.0.3".into()), vec!["db01".into()]),
+            (
+                "web01".into(),
+                Some("10.10.0.3".into()),
+                vec!["db01".into()],
+            ),
         ],
         checks: vec!["web01 http :8080/cgi-bin/order".into()],
         rpo: Ok((3 * 86_400, 7_200)),
@@ -691,11 +695,22 @@ fn plans_dialog_drills_a_plan_with_a_panel_per_vm() {
     }]));
     a.update(key(KeyCode::Char('S')));
     let s = screen(&a, 100, 30);
-    assert!(s.contains("Recovery plans") && s.contains("> shop  network shop-net  from offsite"), "{s}");
+    assert!(
+        s.contains("Recovery plans") && s.contains("> shop  network shop-net  from offsite"),
+        "{s}"
+    );
     assert!(s.contains("10.10.0.3") && s.contains("after db01"), "{s}");
-    assert!(s.contains("service RPO 3d 0h here (spread 2h 0m)") && s.contains("never drilled"), "{s}");
+    assert!(
+        s.contains("service RPO 3d 0h here (spread 2h 0m)") && s.contains("never drilled"),
+        "{s}"
+    );
     let fx = a.update(key(KeyCode::Char('D')));
-    assert_eq!(fx, vec![Effect::PlanDrill { plan: "shop".into() }]);
+    assert_eq!(
+        fx,
+        vec![Effect::PlanDrill {
+            plan: "shop".into()
+        }]
+    );
     a.update(Action::JobStarted {
         id: 11,
         title: "drill plan shop from offsite".into(),
@@ -715,13 +730,19 @@ fn plans_dialog_drills_a_plan_with_a_panel_per_vm() {
     };
     a.update(Action::JobProgress {
         id: 11,
-        snapshot: snap("plan: fetching, restoring and booting 2 VMs (RPO 3d 3h)", 5.0),
+        snapshot: snap(
+            "plan: fetching, restoring and booting 2 VMs (RPO 3d 3h)",
+            5.0,
+        ),
         output: Vec::new(),
         parts: vec![
             super::app::Part {
                 name: "db01".into(),
                 snapshot: snap("up: serving the plan's other VMs", 4.0),
-                output: vec!["db01: database open (orders: 1042)".into(), "db01 login:".into()],
+                output: vec![
+                    "db01: database open (orders: 1042)".into(),
+                    "db01 login:".into(),
+                ],
             },
             super::app::Part {
                 name: "web01".into(),
@@ -731,9 +752,15 @@ fn plans_dialog_drills_a_plan_with_a_panel_per_vm() {
         ],
     });
     let s = screen(&a, 120, 40);
-    assert!(s.contains("── db01 · up: serving the plan's other VMs · "), "{s}");
+    assert!(
+        s.contains("── db01 · up: serving the plan's other VMs · "),
+        "{s}"
+    );
     assert!(s.contains("  db01 login:"), "{s}");
-    assert!(s.contains("── web01 · wait: for db01 to pass its checks"), "{s}");
+    assert!(
+        s.contains("── web01 · wait: for db01 to pass its checks"),
+        "{s}"
+    );
     assert!(!s.contains('\x1b') && !s.contains('\x07'), "{s}");
 }
 

@@ -19,7 +19,7 @@ backup), volumes created from an image copy them; an attachment goes
 through reserved and attaching (with the slow-attach fault, for 40 polls)
 before in-use, and a volume in any of those cannot be deleted. Faults a real cloud
 produces are switched on with POST /_standin/fault {"fault": NAME}:
-quota, server-error, image-stuck, checksum, drop-upload, slow-build,
+quota, quota-1 (room for one server), server-error, image-stuck, checksum, drop-upload, slow-build,
 slow-attach, slow-console (the console URL is answered after 60 s, like a
 Nova whose console proxy hangs).
 GET /_standin/state lists images, servers and volumes with the SHA-256 of
@@ -137,6 +137,9 @@ class H(BaseHTTPRequestHandler):
             return self.attach(parts[-2])
         if p.startswith("/compute/v2.1/servers/") and parts[-1] == "remote-consoles":
             sid = parts[-2]
+            # Read the request's body: left unread, it would be taken for
+            # the next request on this kept-alive connection.
+            self.body_json()
             with lock:
                 state["console_requests"] += 1
             if fault("slow-console"):
@@ -418,7 +421,8 @@ class H(BaseHTTPRequestHandler):
         if not b:
             return self.err(400, "badRequest", "Malformed request body")
         with lock:
-            if fault("quota"):
+            # quota-1: room for one instance (a plan's second VM fails).
+            if fault("quota") or (fault("quota-1") and len(state["servers"]) >= 1):
                 return self.err(403, "forbidden",
                                 "Quota exceeded for instances: Requested 1, but already used 10 of 10 instances")
             img = state["images"].get(b.get("imageRef"))

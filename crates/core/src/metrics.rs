@@ -117,7 +117,10 @@ fn plan_drills(reg: &mut Registry, root: &Path, admits: &dyn Fn(&str) -> bool) {
     );
     for (plan, d) in crate::plan::report::last_per_plan(root).unwrap_or_default() {
         let mut vms = d.members.iter().map(|m| m.vm.as_str()).peekable();
-        let mut picked = d.point.iter().flat_map(|p| p.picks.iter().map(|k| k.vm.as_str()));
+        let mut picked = d
+            .point
+            .iter()
+            .flat_map(|p| p.picks.iter().map(|k| k.vm.as_str()));
         let known = vms.peek().is_some() || d.point.as_ref().is_some_and(|p| !p.picks.is_empty());
         if !known || !vms.all(admits) || !picked.all(admits) {
             continue;
@@ -450,5 +453,44 @@ mod tests {
             text.contains("lifeboat_drill_rpo_seconds{vm=\"web01\"} 18000"),
             "{text}"
         );
+        // A plan's last drill, for scrapes that may see all its VMs.
+        let plan = crate::plan::report::PlanReport {
+            plan: "shop".into(),
+            source: "offsite".into(),
+            at: None,
+            started_at: now,
+            ended_at: now,
+            outcome: DrillOutcome::Fail,
+            failed_vm: Some("db01".into()),
+            failed_phase: Some(crate::drill::Phase::Boot),
+            error: Some("db01: the console showed \"database is corrupt\"".into()),
+            point: Some(crate::plan::point::Point {
+                picks: Vec::new(),
+                spread_secs: 7200,
+                oldest: now - chrono::Duration::hours(5),
+            }),
+            rpo_secs: Some(5 * 3600),
+            rto_secs: 9.5,
+            members: vec![report(DrillOutcome::Pass, 9.0), {
+                let mut db = report(DrillOutcome::Fail, 4.0);
+                db.vm = "db01".into();
+                db
+            }],
+            network: Vec::new(),
+            checks: Vec::new(),
+        };
+        crate::plan::report::record(&root, &plan).unwrap();
+        let text = render(&Config::default(), &root, now).unwrap();
+        for want in [
+            "lifeboat_plan_drill_success{plan=\"shop\"} 0",
+            "lifeboat_plan_drill_rto_seconds{plan=\"shop\"} 9.5",
+            "lifeboat_plan_drill_rpo_seconds{plan=\"shop\"} 18000",
+            "lifeboat_plan_drill_spread_seconds{plan=\"shop\"} 7200",
+        ] {
+            assert!(text.contains(want), "{want} in {text}");
+        }
+        let web_only = |vm: &str| vm == "web01";
+        let text = render_for(&Config::default(), &root, now, Some(&web_only)).unwrap();
+        assert!(!text.contains("plan=\"shop\""), "{text}");
     }
 }

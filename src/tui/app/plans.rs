@@ -49,7 +49,13 @@ pub fn rows(
                 members: p
                     .order()
                     .into_iter()
-                    .map(|m| (m.vm.clone(), m.address.map(|a| a.to_string()), m.after.clone()))
+                    .map(|m| {
+                        (
+                            m.vm.clone(),
+                            m.address.map(|a| a.to_string()),
+                            m.after.clone(),
+                        )
+                    })
                     .collect(),
                 checks: p.checks.iter().map(|c| c.name()).collect(),
                 rpo: point

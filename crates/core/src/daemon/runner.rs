@@ -539,7 +539,11 @@ impl Daemon {
         }
     }
 
-    fn spawn_plan_drill(&self, name: String, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+    fn spawn_plan_drill(
+        &self,
+        name: String,
+        cancel: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
         let (config, root) = (self.config.clone(), self.root.clone());
         tokio::spawn(async move {
             let req = match crate::config::requests::plan_drill_request(
@@ -562,8 +566,9 @@ impl Daemon {
             };
             tracing::info!("plan drill {name} from {}: started", req.source);
             let progress = Arc::new(Progress::new());
-            let r = crate::plan::drill::run_recorded(&root, store.as_deref(), &req, &cancel, &progress)
-                .await;
+            let r =
+                crate::plan::drill::run_recorded(&root, store.as_deref(), &req, &cancel, &progress)
+                    .await;
             let lines = crate::plan::report::describe(&r);
             if r.passed() {
                 tracing::info!("{}", lines.join(" | "));

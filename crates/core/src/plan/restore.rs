@@ -233,7 +233,7 @@ async fn restore_all(
 pub fn network_xml_text(plan: &Plan) -> String {
     let mut x = String::from("<network>\n");
     x.push_str(&format!("  <name>{}</name>\n", plan.network));
-    x.push_str("  <!-- A recovery plan's private network, written by lifeboat: no <forward>, so it is isolated. -->\n");
+    x.push_str("  <!-- A recovery plan's private network, written by lifeboat: no forward element, so isolated. -->\n");
     for m in &plan.members {
         if let Some(a) = m.address {
             x.push_str(&format!("  <!-- {} expects {a} -->\n", m.vm));
