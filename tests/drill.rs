@@ -908,6 +908,34 @@ fn a_plan_drilled_where_the_database_backup_is_torn_fails_at_the_database() {
     );
 }
 
+/// A plan drill cancelled while its VMs run: exit 130, every QEMU gone,
+/// nothing left in the scratch directory.
+#[test]
+fn a_cancelled_plan_drill_stops_every_vm_and_removes_its_files() {
+    let d = Drill::new();
+    let scratch = d.path("scratch");
+    let mut child = d
+        .cmd()
+        .args(["drill", "--plan", "shop", "--scratch"])
+        .arg(&scratch)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while qemu_on(&scratch).len() < 2 {
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "the plan's VMs never started"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the drill ended early");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    d.assert_clean();
+}
+
 /// web01 waits for db01's checks; an address the VM does not hold is
 /// found on the switch; a plan that cannot start is refused at load.
 #[test]

@@ -28,6 +28,10 @@ use crate::vm::boot::{self, CheckResult, Hold};
 use crate::vm::qemu::{Accel, Forward, Lan};
 use crate::vm::switch::{mac_text, Switch};
 
+/// How long a booted VM has to answer for its address (it was up and
+/// checked already; a guest under TCG on a loaded host can be slow).
+const ADDRESS_WAIT: Duration = Duration::from_secs(20);
+
 #[derive(Debug, Clone)]
 pub struct PlanDrillRequest {
     pub plan: Plan,
@@ -491,7 +495,7 @@ async fn address_check(
     from: Ipv4Addr,
     mac: &str,
 ) -> AddressCheck {
-    let got = switch.who_has(addr, from, Duration::from_secs(10)).await;
+    let got = switch.who_has(addr, from, ADDRESS_WAIT).await;
     let (ok, detail) = match got {
         Some(m) if mac_text(&m) == mac => (true, format!("answered by its NIC {mac}")),
         Some(m) => (
@@ -504,7 +508,8 @@ async fn address_check(
         None => (
             false,
             format!(
-                "{vm} does not answer for {addr} on the plan's network within 10 s: its own settings give it another address (or none); the plan's address must be the one the VM expects"
+                "{vm} does not answer for {addr} on the plan's network within {} s: its own settings give it another address (or none); the plan's address must be the one the VM expects",
+                ADDRESS_WAIT.as_secs()
             ),
         ),
     };

@@ -53,13 +53,16 @@ pub struct BootRequest<'a> {
     pub hold: Option<&'a Hold>,
 }
 
+/// What a held VM calls when its checks pass.
+pub type OnReady = Box<dyn Fn(&[Forward]) + Send + Sync>;
+
 /// A VM that keeps running once its checks pass, until released: a
 /// recovery plan's VMs serve each other while the others boot and the
 /// plan's own checks run.
 pub struct Hold {
     /// Called when the VM's checks passed, with the loopback forwards
     /// that reach it.
-    pub ready: Box<dyn Fn(&[Forward]) + Send + Sync>,
+    pub ready: OnReady,
     pub release: CancellationToken,
 }
 
