@@ -133,6 +133,24 @@ pub async fn cloud_ls(ctx: &Ctx) -> anyhow::Result<Outcome> {
     })
 }
 
+/// A cloud restore's result: what it made, or a cancel (said, with what
+/// its cleanup removed) as the command's outcome.
+pub fn finished<T>(ctx: &Ctx, out: lifeboat_core::Result<T>) -> anyhow::Result<Result<T, Outcome>> {
+    match out {
+        Ok(o) => Ok(Ok(o)),
+        Err(lifeboat_core::Error::Cancelled) => Ok(Err(Outcome::Cancelled)),
+        Err(e @ lifeboat_core::Error::CloudCancelled { .. }) => {
+            if ctx.json {
+                print_json(&serde_json::json!({"cancelled": true, "error": e.to_string()}))?;
+            } else {
+                eprintln!("{e}");
+            }
+            Ok(Err(Outcome::Cancelled))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub fn print_plan(p: &CloudPlan, upload_limit: Option<u64>) {
     for line in p.lines(upload_limit) {
         println!("{line}");
@@ -187,18 +205,9 @@ pub async fn cloud_restore(ctx: &Ctx, a: CloudRestoreArgs) -> anyhow::Result<Out
         cloud::execute(&p2, prov.as_ref(), opts, &c, &p).await
     })
     .await;
-    let out = match out {
+    let out = match finished(ctx, out)? {
         Ok(o) => o,
-        Err(lifeboat_core::Error::Cancelled) => return Ok(Outcome::Cancelled),
-        Err(e @ lifeboat_core::Error::CloudCancelled { .. }) => {
-            if ctx.json {
-                print_json(&serde_json::json!({"cancelled": true, "error": e.to_string()}))?;
-            } else {
-                eprintln!("{e}");
-            }
-            return Ok(Outcome::Cancelled);
-        }
-        Err(e) => return Err(e.into()),
+        Err(outcome) => return Ok(outcome),
     };
     if ctx.json {
         print_json(&out)?;

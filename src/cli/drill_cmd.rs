@@ -82,21 +82,40 @@ pub async fn drill(ctx: &Ctx, a: DrillArgs) -> anyhow::Result<Outcome> {
     })
 }
 
+/// The newest `last` reports `keep` takes: printed as JSON (then None),
+/// or returned for lines (`empty` said when there are none).
+pub fn newest<'a, T: serde::Serialize>(
+    ctx: &Ctx,
+    all: &'a [T],
+    keep: impl Fn(&T) -> bool,
+    last: usize,
+    empty: &str,
+) -> anyhow::Result<Option<Vec<&'a T>>> {
+    let mut mine: Vec<&T> = all.iter().filter(|r| keep(r)).collect();
+    let shown = mine.split_off(mine.len().saturating_sub(last));
+    if ctx.json {
+        print_json(&shown)?;
+        return Ok(None);
+    }
+    if shown.is_empty() {
+        println!("{empty}");
+    }
+    Ok(Some(shown))
+}
+
 pub fn history(ctx: &Ctx, vm: Option<&str>, last: usize) -> anyhow::Result<Outcome> {
     let repo = ctx.open_repo()?;
     let all = drill::history::load(repo.root())?;
-    let mine: Vec<&DrillReport> = all
-        .iter()
-        .filter(|r| vm.is_none_or(|v| r.vm == v))
-        .collect();
-    let shown = &mine[mine.len().saturating_sub(last)..];
-    if ctx.json {
-        print_json(&shown)?;
+    let Some(shown) = newest(
+        ctx,
+        &all,
+        |r: &DrillReport| vm.is_none_or(|v| r.vm == v),
+        last,
+        "no drills yet: run `lifeboat drill VM`",
+    )?
+    else {
         return Ok(Outcome::Ok);
-    }
-    if shown.is_empty() {
-        println!("no drills yet: run `lifeboat drill VM`");
-    }
+    };
     for r in shown {
         println!(
             "{}  {:<12} {:<9} from {:<10} RTO {:>6.1}s  RPO {:<8} backup {}{}",

@@ -54,18 +54,16 @@ pub async fn drill(ctx: &Ctx, name: &str, overrides: DrillOverrides) -> anyhow::
 pub fn history(ctx: &Ctx, plan: Option<&str>, last: usize) -> anyhow::Result<Outcome> {
     let repo = ctx.open_repo()?;
     let all = report::load(repo.root())?;
-    let mine: Vec<&PlanReport> = all
-        .iter()
-        .filter(|r| plan.is_none_or(|p| r.plan == p))
-        .collect();
-    let shown = &mine[mine.len().saturating_sub(last)..];
-    if ctx.json {
-        print_json(&shown)?;
+    let Some(shown) = super::drill_cmd::newest(
+        ctx,
+        &all,
+        |r| plan.is_none_or(|p| r.plan == p),
+        last,
+        "no plan drills yet: run `lifeboat drill --plan NAME`",
+    )?
+    else {
         return Ok(Outcome::Ok);
-    }
-    if shown.is_empty() {
-        println!("no plan drills yet: run `lifeboat drill --plan NAME`");
-    }
+    };
     for r in shown {
         println!(
             "{}  {:<12} {:<9} from {:<10} RTO {:>6.1}s  RPO {:<8} spread {:<8}{}",
@@ -415,18 +413,9 @@ pub async fn cloud_restore(
         cloud::execute_all(&plans, prov.as_ref(), opts, &c, &pr).await
     })
     .await;
-    let out = match out {
+    let out = match super::cloud_cmd::finished(ctx, out)? {
         Ok(o) => o,
-        Err(lifeboat_core::Error::Cancelled) => return Ok(Outcome::Cancelled),
-        Err(e @ lifeboat_core::Error::CloudCancelled { .. }) => {
-            if ctx.json {
-                print_json(&serde_json::json!({"cancelled": true, "error": e.to_string()}))?;
-            } else {
-                eprintln!("{e}");
-            }
-            return Ok(Outcome::Cancelled);
-        }
-        Err(e) => return Err(e.into()),
+        Err(outcome) => return Ok(outcome),
     };
     if ctx.json {
         print_json(&serde_json::json!({"plan": p.name, "point": pt, "servers": out}))?;

@@ -62,6 +62,22 @@ enum Held {
     },
 }
 
+/// A drill's (or plan drill's) report as its job's result: every line to
+/// the job's log; a failed drill is a failed job, a cancelled one cancelled.
+fn drill_result(
+    outcome: lifeboat_core::drill::DrillOutcome,
+    lines: Vec<String>,
+) -> lifeboat_core::Result<String> {
+    use lifeboat_core::drill::DrillOutcome;
+    match outcome {
+        DrillOutcome::Cancelled => Err(lifeboat_core::Error::Cancelled),
+        DrillOutcome::Pass => Ok(lines.join("\n")),
+        DrillOutcome::Fail | DrillOutcome::NotStarted => {
+            Err(lifeboat_core::Error::BadInput(lines.join("\n")))
+        }
+    }
+}
+
 /// Live output lines a job pane can show (a drill's serial console).
 const OUTPUT_LINES: usize = 40;
 /// Live output lines of each part of a job (a plan's VMs' consoles).
@@ -881,15 +897,7 @@ impl Runner {
                     &progress,
                 )
                 .await;
-                if r.outcome == lifeboat_core::drill::DrillOutcome::Cancelled {
-                    return Err(lifeboat_core::Error::Cancelled);
-                }
-                let lines = lifeboat_core::drill::describe(&r).join("\n");
-                if r.passed() {
-                    Ok(lines)
-                } else {
-                    Err(lifeboat_core::Error::BadInput(lines))
-                }
+                drill_result(r.outcome, lifeboat_core::drill::describe(&r))
             },
         );
     }
@@ -920,15 +928,7 @@ impl Runner {
                     &progress,
                 )
                 .await;
-                if r.outcome == lifeboat_core::drill::DrillOutcome::Cancelled {
-                    return Err(lifeboat_core::Error::Cancelled);
-                }
-                let lines = lifeboat_core::plan::report::describe(&r).join("\n");
-                if r.passed() {
-                    Ok(lines)
-                } else {
-                    Err(lifeboat_core::Error::BadInput(lines))
-                }
+                drill_result(r.outcome, lifeboat_core::plan::report::describe(&r))
             },
         );
     }

@@ -410,6 +410,11 @@ async fn drive(
             {
                 rep.outcome = DrillOutcome::Fail;
                 rep.failed_phase = Some(Phase::Network);
+                rep.error = network.lock().ok().and_then(|nw| {
+                    nw.iter()
+                        .find(|c| c.vm == vm && !c.ok)
+                        .map(|c| c.detail.clone())
+                });
             }
             if !matches!(states.borrow()[i], State::Ready(_)) || rep.outcome != DrillOutcome::Pass {
                 states.send_modify(|v| {
