@@ -18,7 +18,7 @@
 #          PEER:5432 says (503 when it does not answer).
 # ADDRESS (10.10.0.2/24) is the guest's own address on its private NIC:
 # the NIC whose MAC is not QEMU's default 52:54:00:12:34:56 (that one,
-# the checks' NIC, is always 10.0.2.15).
+# the checks' NIC, is always 10.0.2.15); "dhcp" asks for it with DHCP.
 #
 # Needs: apt-get (kit only), dpkg-deb, busybox-static, cpio, gzip,
 # mtools, dosfstools, syslinux, syslinux-common, fdisk (sfdisk).
@@ -94,6 +94,16 @@ fi
 EOF
         chmod 755 "$r/www/cgi-bin/order"
     fi
+    cat > "$r/bin/dhcp-up" <<'EOF'
+#!/bin/sh
+case "$1" in
+    bound|renew)
+        ip addr add "$ip/$mask" dev "$interface"
+        echo "dhcp: $interface has $ip/$mask" > /dev/ttyS0
+        ;;
+esac
+EOF
+    chmod 755 "$r/bin/dhcp-up"
     cat > "$r/init" <<EOF
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -111,6 +121,9 @@ for d in /sys/class/net/eth*; do
         [ -n "\$up" ] && continue
         ip addr add 10.0.2.15/24 dev \$n
         up=1
+    elif [ "$addr" = dhcp ]; then
+        udhcpc -i \$n -q -n -t 10 -T 1 -s /bin/dhcp-up >/dev/null 2>&1 ||
+            echo "$name: no DHCP answer on \$n" > /dev/ttyS0
     else
         ip addr add $addr dev \$n
     fi

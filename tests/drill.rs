@@ -1072,3 +1072,62 @@ fn a_plan_restores_into_a_directory_for_libvirt() {
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("do not apply"));
 }
+
+/// A VM that asks for its address with DHCP gets the one the plan says it
+/// expects (from the switch, bound to its MAC), and answers for it.
+#[test]
+fn a_plan_vm_that_asks_with_dhcp_gets_its_planned_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |r: &str| dir.path().join(r);
+    common::guest::demo_disk_as(&p("dhcp01.raw"), "dhcp01", &["plain", "dhcp", "-"]);
+    std::fs::create_dir(p("scratch")).unwrap();
+    std::fs::write(
+        p("lifeboat.toml"),
+        format!(
+            "repository = \"repo\"\n[[vm]]\nname = \"dhcp01\"\nvcpus = 1\nmemory_mib = 256\n[[vm.nic]]\nmodel = \"virtio\"\nmac = \"52:54:00:aa:00:07\"\n[[vm.volume]]\nname = \"root\"\nrole = \"root\"\npath = \"{}\"\nformat = \"raw\"\n[vm.check]\nserial = \"dhcp01 login:\"\ntimeout_secs = 120\n\n[plan.solo]\nsubnet = \"10.20.0.0/24\"\nfrom = \"local\"\n[[plan.solo.vm]]\nname = \"dhcp01\"\naddress = \"10.20.0.7\"\n",
+            p("dhcp01.raw").display()
+        ),
+    )
+    .unwrap();
+    let lb = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .current_dir(dir.path())
+            .env("LIFEBOAT_CONFIG", p("lifeboat.toml"))
+            .env_remove("LIFEBOAT_REPO")
+            .env("LIBVIRT_DEFAULT_URI", common::NO_LIBVIRT)
+            .output()
+            .unwrap()
+    };
+    for args in [&["init", "--chunk-size", "1M"][..], &["backup", "dhcp01"]] {
+        let out = lb(args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let scratch = p("scratch");
+    let out = lb(&[
+        "--json",
+        "drill",
+        "--plan",
+        "solo",
+        "--scratch",
+        scratch.to_str().unwrap(),
+    ]);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no report ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(r["outcome"], "pass", "{r:#}");
+    assert_eq!(r["network"][0]["ok"], true, "{r:#}");
+    assert!(
+        r["network"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("52:54:00:aa:00:07"),
+        "{r:#}"
+    );
+    let serial = r["members"][0]["boot"]["serial_tail"].to_string();
+    assert!(serial.contains("dhcp: eth0 has 10.20.0.7/24"), "{serial}");
+    assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
+}

@@ -37,12 +37,19 @@ pub fn kit() -> PathBuf {
 /// The demo's bootable guest disk for VM `name` (assets/demo-guest.sh:
 /// prints `lifeboat-guest NAME: up` and serves HTTP on 8080), at `out`.
 pub fn demo_disk(out: &Path, name: &str) {
+    demo_disk_as(out, name, &[]);
+}
+
+/// `demo_disk` with the script's role, address and peer (`["plain",
+/// "dhcp", "-"]`).
+pub fn demo_disk_as(out: &Path, name: &str, role: &[&str]) {
     let r = Command::new("sh")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo-guest.sh"))
         .arg("disk")
         .arg(kit())
         .arg(out)
         .arg(name)
+        .args(role)
         .output()
         .expect("demo-guest.sh");
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));

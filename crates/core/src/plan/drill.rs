@@ -229,6 +229,9 @@ async fn drive(
             return (Vec::new(), Vec::new(), Vec::new(), f, Instant::now());
         }
     };
+    if let (Some(server), Some(net)) = (plan.probe_address(), plan.subnet) {
+        switch.serve_dhcp(server, net.netmask());
+    }
     let (states, _) = watch::channel(vec![State::Pending; n]);
     let states = Arc::new(states);
     // `stop` ends every VM's work (the first failure, or the admin's
@@ -330,6 +333,9 @@ async fn drive(
                     used.push(mac.clone());
                     mac
                 };
+                if let Some(a) = m.address {
+                    switch.lease(&mac, a);
+                }
                 let st = states.clone();
                 let hold = Hold {
                     ready: Box::new(move |fw: &[Forward]| {

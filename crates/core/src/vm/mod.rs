@@ -13,6 +13,7 @@
 
 mod allow;
 pub mod boot;
+pub mod dhcp;
 pub mod domain;
 pub mod instant;
 pub mod libvirt_xml;

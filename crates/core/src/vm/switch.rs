@@ -8,7 +8,9 @@
 //!
 //! lifeboat itself can sit on it as one more host to ask, with ARP, which
 //! VM holds an address: that proves the VMs came up with the addresses
-//! the plan says they expect.
+//! the plan says they expect. It also answers DHCP for the MACs it was
+//! given addresses for (`vm::dhcp`), so a VM that asks gets the address
+//! the plan says it expects.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -40,6 +42,8 @@ struct Table {
     next: u64,
     ports: HashMap<u64, mpsc::Sender<Vec<u8>>>,
     macs: HashMap<Mac, u64>,
+    /// The DHCP answers: who answers, and each MAC's address.
+    dhcp: Option<(super::dhcp::Server, HashMap<Mac, Ipv4Addr>)>,
 }
 
 impl Table {
@@ -67,6 +71,13 @@ impl Table {
         let src: Mac = frame[6..12].try_into().unwrap_or_default();
         if src[0] & 1 == 0 {
             self.macs.insert(src, from);
+        }
+        if let Some((server, leases)) = &self.dhcp {
+            if let Some(reply) = super::dhcp::answer(&frame, server, |m| leases.get(m).copied()) {
+                if let Some(tx) = self.ports.get(&from) {
+                    let _ = tx.try_send(reply);
+                }
+            }
         }
         let to = (dst[0] & 1 == 0)
             .then(|| self.macs.get(&dst).copied())
@@ -124,6 +135,31 @@ impl Switch {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Answers DHCP from `server` (an address no VM holds) with the
+    /// addresses `lease` binds to MACs.
+    pub fn serve_dhcp(&self, server: Ipv4Addr, netmask: Ipv4Addr) {
+        if let Ok(mut t) = self.table.lock() {
+            let s = super::dhcp::Server {
+                mac: PROBE_MAC,
+                ip: server,
+                netmask,
+            };
+            t.dhcp = Some((s, HashMap::new()));
+        }
+    }
+
+    /// The address DHCP gives the NIC with `mac` (`52:54:00:12:34:56`).
+    pub fn lease(&self, mac: &str, ip: Ipv4Addr) {
+        let Some(m) = parse_mac(mac) else {
+            return;
+        };
+        if let Ok(mut t) = self.table.lock() {
+            if let Some((_, leases)) = &mut t.dhcp {
+                leases.insert(m, ip);
+            }
+        }
     }
 
     /// Ports connected now (the probe's included while it asks).
@@ -229,6 +265,14 @@ fn arp_reply_from(frame: &[u8], ip: Ipv4Addr) -> Option<Mac> {
         return None;
     }
     (frame[28..32] == ip.octets()).then(|| frame[22..28].try_into().ok())?
+}
+
+fn parse_mac(s: &str) -> Option<Mac> {
+    let parts: Vec<u8> = s
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16).ok())
+        .collect::<Option<_>>()?;
+    parts.try_into().ok()
 }
 
 /// A MAC as `52:54:00:12:34:56`.
