@@ -1131,3 +1131,79 @@ fn a_plan_vm_that_asks_with_dhcp_gets_its_planned_address() {
     assert!(serial.contains("dhcp: eth0 has 10.20.0.7/24"), "{serial}");
     assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
 }
+
+/// `restore --plan --define --start` on a libvirtd of the test's own: the
+/// plan's isolated network defined and started, both VMs defined on it
+/// and started in order; a second time refused before anything is written.
+#[test]
+fn a_plan_is_defined_into_libvirt_and_started() {
+    let lv = common::libvirtd::Libvirtd::start();
+    let d = Drill::with_config(|c| format!("{c}\n[libvirt]\nuri = \"{}\"\n", lv.uri));
+    let parent = common::libvirtd::qemu_dir();
+    let to = parent.path().join("shop");
+    let out = d.run(&[
+        "restore",
+        "--plan",
+        "shop",
+        "--from",
+        "offsite",
+        "--to",
+        to.to_str().unwrap(),
+        "--define",
+        "--start",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "libvirt: network shop-net defined and started",
+        "libvirt: domain db01 started",
+        "libvirt: domain web01 started",
+    ] {
+        assert!(text.contains(want), "{want:?} in {text}");
+    }
+    assert!(text.find("domain db01 defined") < text.find("domain web01 defined"));
+    assert!(
+        lv.ok(&["net-info", "shop-net"]).contains("Active"),
+        "the network runs"
+    );
+    for vm in ["db01", "web01"] {
+        assert_eq!(lv.ok(&["domstate", vm]).trim(), "running");
+        assert!(lv.ok(&["dumpxml", vm]).contains("network='shop-net'"));
+    }
+    // Again: the names are taken; refused before anything is written.
+    let again = parent.path().join("again");
+    let out = d.run(&[
+        "restore",
+        "--plan",
+        "shop",
+        "--from",
+        "offsite",
+        "--to",
+        again.to_str().unwrap(),
+        "--define",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("a domain named db01 is defined"),
+        "{err}"
+    );
+    assert!(!again.exists());
+    // --start without --define is refused.
+    let out = d.run(&[
+        "restore",
+        "--plan",
+        "shop",
+        "--to",
+        again.to_str().unwrap(),
+        "--start",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--define"));
+    assert!(!out.status.success() && !again.exists());
+    for vm in ["db01", "web01"] {
+        lv.ok(&["destroy", vm]);
+    }
+}

@@ -852,18 +852,16 @@ pub async fn run(cli: Cli, sink: Option<crate::logging::LogSink>) -> u8 {
                 if format.is_some()
                     || force
                     || instant.instant
-                    || vm.define
-                    || vm.start
                     || vm.keep_macs
                     || vm.name.is_some()
                     || vm.attach.is_some()
                     || vm.target.is_some()
                 {
                     Err(anyhow::anyhow!(
-                        "--plan restores every VM into a new directory with their own formats, their MACs kept and their domain XMLs on the plan's network: --format, --force, --instant, --define, --start, --keep-macs, --name, --attach and --target do not apply"
+                        "--plan restores every VM into a new directory with their own formats, names and MACs and their domain XMLs on the plan's network: --format, --force, --instant, --keep-macs, --name, --attach and --target do not apply"
                     ))
                 } else {
-                    plan_cmd::restore(&ctx, &plan, at, to, from, dry_run).await
+                    plan_cmd::restore(&ctx, &plan, at, to, from, dry_run, vm.define, vm.start).await
                 }
             } else if instant.instant {
                 let reference = reference.unwrap_or_default();

@@ -236,7 +236,9 @@ pub async fn list(ctx: &Ctx, name: Option<&str>, from: Option<&str>) -> anyhow::
     Ok(Outcome::Ok)
 }
 
-/// `restore --plan NAME --to DIR`: every VM of the plan's point.
+/// `restore --plan NAME --to DIR [--define [--start]]`: every VM of the
+/// plan's point (and, asked, handed to libvirt).
+#[allow(clippy::too_many_arguments)]
 pub async fn restore(
     ctx: &Ctx,
     name: &str,
@@ -244,6 +246,8 @@ pub async fn restore(
     to: PathBuf,
     from: Option<String>,
     dry_run: bool,
+    define: bool,
+    start: bool,
 ) -> anyhow::Result<Outcome> {
     let p = lifeboat_core::config::requests::plan(&ctx.config, name)?.clone();
     let local = ctx.repo_path();
@@ -282,6 +286,16 @@ pub async fn restore(
                         .to_string()
                 )
             );
+            if define {
+                println!(
+                    "would define the network and the VMs with virsh{}",
+                    if start {
+                        ", then start the VMs in order"
+                    } else {
+                        ""
+                    }
+                );
+            }
             println!("dry run: nothing was written");
         }
         return Ok(Outcome::Ok);
@@ -299,6 +313,10 @@ pub async fn restore(
         plan: p,
         at,
         to,
+        define: define.then(|| lifeboat_core::plan::restore::Define {
+            uri: ctx.config.libvirt.as_ref().and_then(|l| l.uri.clone()),
+            start,
+        }),
     };
     let out = run_job_async("plan restore", ctx.json, move |c, pr| async move {
         lifeboat_core::plan::restore::to_directory(&local, store.as_deref(), &req, &c, &pr).await
@@ -335,9 +353,14 @@ pub async fn restore(
         escape(&out.network_xml.display().to_string())
     );
     show_validation(&out.network_validation);
-    println!("where libvirt runs, in this order:");
-    for c in &out.commands {
-        println!("  {}", escape(c));
+    if out.libvirt.is_empty() {
+        println!("where libvirt runs, in this order:");
+        for c in &out.commands {
+            println!("  {}", escape(c));
+        }
+    }
+    for l in &out.libvirt {
+        println!("  libvirt: {}", escape(l));
     }
     Ok(Outcome::Ok)
 }

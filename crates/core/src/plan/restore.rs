@@ -30,6 +30,17 @@ pub struct PlanRestoreRequest {
     pub to: PathBuf,
     /// The config's definitions, for backups that carry none.
     pub definitions: BTreeMap<String, Definition>,
+    /// Hand the restored plan to libvirt (None: only the files).
+    pub define: Option<Define>,
+}
+
+/// What `restore --plan --define [--start]` asks of libvirt.
+#[derive(Debug, Clone, Default)]
+pub struct Define {
+    /// libvirt's URI (`[libvirt] uri`; None: its default).
+    pub uri: Option<String>,
+    /// Start the VMs too, in start order.
+    pub start: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -59,6 +70,8 @@ pub struct PlanRestoreReport {
     pub vms: Vec<MemberRestore>,
     /// What to run where libvirt runs, in order.
     pub commands: Vec<String>,
+    /// With --define: what libvirt was handed, in order.
+    pub libvirt: Vec<String>,
 }
 
 /// Restores the plan into `req.to`. `remote`: the store to take the
@@ -70,8 +83,22 @@ pub async fn to_directory(
     cancel: &CancellationToken,
     progress: &Arc<Progress>,
 ) -> Result<PlanRestoreReport> {
+    let virsh = req
+        .define
+        .as_ref()
+        .map(|d| crate::live::virsh::Virsh::new(d.uri.clone()));
+    if let Some(v) = &virsh {
+        preflight(v, &req.plan)?;
+    }
     let made = new_target(&req.to)?;
-    let res = restore_all(local_repo, remote, req, cancel, progress).await;
+    let mut res = restore_all(local_repo, remote, req, cancel, progress).await;
+    if let (Ok(report), Some(v), Some(d)) = (&mut res, &virsh, &req.define) {
+        progress.set_phase("libvirt: defining the network and the VMs");
+        match hand_to_libvirt(v, report, d.start) {
+            Ok(said) => report.libvirt = said,
+            Err(e) => res = Err(e),
+        }
+    }
     if res.is_err() {
         // Half a service is no restore: nothing of it stays.
         if made {
@@ -84,6 +111,96 @@ pub async fn to_directory(
         }
     }
     res
+}
+
+/// Before anything is written: libvirt answers, and holds no domain or
+/// network of the plan's names.
+fn preflight(virsh: &crate::live::virsh::Virsh, plan: &Plan) -> Result<()> {
+    virsh.run(None, &["uri"]).map_err(|e| {
+        Error::BadInput(format!(
+            "--define: libvirt {} does not answer ({e}); restore without --define and run the printed commands where libvirt runs",
+            virsh.describe()
+        ))
+    })?;
+    for m in &plan.members {
+        crate::vm::restore::no_clash(virsh, &m.vm)?;
+    }
+    if virsh.run(None, &["net-info", "--", &plan.network]).is_ok() {
+        return Err(Error::BadInput(format!(
+            "a network named {} is defined on libvirt {} already: give the plan another network = \"…\", or remove the old one first (virsh net-destroy and net-undefine)",
+            plan.network,
+            virsh.describe()
+        )));
+    }
+    Ok(())
+}
+
+/// Defines the network and every domain (and starts them, in order);
+/// on any failure, what was defined goes again.
+fn hand_to_libvirt(
+    virsh: &crate::live::virsh::Virsh,
+    r: &PlanRestoreReport,
+    start: bool,
+) -> Result<Vec<String>> {
+    if let Some(v) = r
+        .vms
+        .iter()
+        .find(|v| matches!(v.validation, Validation::Invalid(_)))
+    {
+        return Err(Error::BadInput(format!(
+            "not handed to libvirt: the domain XML of {} does not validate",
+            v.vm
+        )));
+    }
+    if let Validation::Invalid(why) = &r.network_validation {
+        return Err(Error::BadInput(format!(
+            "not handed to libvirt: the network XML does not validate: {why}"
+        )));
+    }
+    // libvirt runs QEMU as its own user and gives it the disk files while
+    // a VM runs; the directories on the way must let it pass (0711: no
+    // listing). Without --define they stay 0700.
+    for dir in std::iter::once(&r.to).chain(r.vms.iter().map(|v| &v.dir)) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+            .map_err(|e| Error::io("letting libvirt's QEMU reach", dir, e))?;
+    }
+    let mut said = Vec::new();
+    let mut domains: Vec<&str> = Vec::new();
+    let mut network = false;
+    let res = (|| -> Result<()> {
+        let file = r.network_xml.display().to_string();
+        virsh.run(None, &["net-define", "--file", &file])?;
+        network = true;
+        virsh.run(None, &["net-start", "--", &r.network])?;
+        said.push(format!("network {} defined and started", r.network));
+        for v in &r.vms {
+            crate::vm::restore::define(virsh, &v.domain_xml)?;
+            domains.push(&v.vm);
+            said.push(format!("domain {} defined", v.vm));
+        }
+        if start {
+            for v in &r.vms {
+                virsh.run(Some(&v.vm), &["start", "--", &v.vm])?;
+                said.push(format!("domain {} started", v.vm));
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = res {
+        for d in domains.iter().rev() {
+            let _ = virsh.run(Some(d), &["destroy", "--", d]);
+            let _ = virsh.run(Some(d), &["undefine", "--", d]);
+        }
+        if network {
+            let _ = virsh.run(None, &["net-destroy", "--", &r.network]);
+            let _ = virsh.run(None, &["net-undefine", "--", &r.network]);
+        }
+        return Err(Error::BadInput(format!(
+            "libvirt refused the plan ({e}); what was defined was removed again"
+        )));
+    }
+    Ok(said)
 }
 
 /// Makes the target private; true when it was made here. A directory
@@ -224,6 +341,7 @@ async fn restore_all(
         network_xml,
         vms,
         commands,
+        libvirt: Vec::new(),
     })
 }
 

@@ -214,7 +214,7 @@ fn run_or_say(virsh: &Virsh, args: &[&str]) -> Result<String> {
 }
 
 /// Refuses a name libvirt has a domain of already.
-fn no_clash(virsh: &Virsh, domain: &str) -> Result<()> {
+pub(crate) fn no_clash(virsh: &Virsh, domain: &str) -> Result<()> {
     if virsh.run(Some(domain), &["dominfo", "--", domain]).is_ok() {
         return Err(Error::BadInput(format!(
             "a domain named {} is defined on libvirt {} already: restore with --name NEW-NAME, or undefine the old one first",
