@@ -525,12 +525,17 @@ fn a_disk_held_by_a_running_qemu_is_refused() {
         ];
         // QEMU takes its locks as it opens the disk: wait for them
         // (/proc/locks lists them by device and inode).
-        let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(img).unwrap());
+        // Device and inode: an inode number alone can be another file's on
+        // another file system (other tests' QEMUs lock files too).
+        let meta = std::fs::metadata(img).unwrap();
+        let dev = std::os::unix::fs::MetadataExt::dev(&meta);
+        let ino = std::os::unix::fs::MetadataExt::ino(&meta);
+        let key = format!(" {:02x}:{:02x}:{ino} ", libc::major(dev), libc::minor(dev));
         let t = std::time::Instant::now();
         while !std::fs::read_to_string("/proc/locks")
             .unwrap()
             .lines()
-            .any(|l| l.contains(&format!(":{ino} ")))
+            .any(|l| l.contains(&key))
         {
             assert!(t.elapsed().as_secs() < 20, "QEMU never locked {fmt}");
             std::thread::sleep(std::time::Duration::from_millis(50));

@@ -164,8 +164,13 @@ fn write_db_table(path: &Path, qcow2: bool, orders: Option<u64>) -> anyhow::Resu
         None => "LIFEBOAT-DB\norders: 10\u{fffd}\u{fffd} torn page".to_string(),
     };
     sector[..text.len()].copy_from_slice(text.as_bytes());
+    write_first_sector(path, qcow2, &sector)
+}
+
+/// Writes the disk's first sector (a qcow2 image through qemu-io).
+fn write_first_sector(path: &Path, qcow2: bool, sector: &[u8; 512]) -> anyhow::Result<()> {
     if qcow2 {
-        let tmp = tempfile::NamedTempFile::new().context("a temp file for db01's table")?;
+        let tmp = tempfile::NamedTempFile::new().context("a temp file for a sector")?;
         std::fs::write(tmp.path(), sector)?;
         let out = Command::new("qemu-io")
             .args(["-f", "qcow2", "-c"])
@@ -178,7 +183,7 @@ fn write_db_table(path: &Path, qcow2: bool, orders: Option<u64>) -> anyhow::Resu
         }
     } else {
         let f = std::fs::OpenOptions::new().write(true).open(path)?;
-        std::os::unix::fs::FileExt::write_all_at(&f, &sector, 0)?;
+        std::os::unix::fs::FileExt::write_all_at(&f, sector, 0)?;
     }
     Ok(())
 }
@@ -379,20 +384,7 @@ fn churn(
 /// Zeroes the first sector (MBR boot code and partition table), as a bad
 /// `dd` or an installer run against the wrong disk would.
 fn wipe_boot_sector(path: &Path, qcow2: bool) -> anyhow::Result<()> {
-    if qcow2 {
-        let out = Command::new("qemu-io")
-            .args(["-f", "qcow2", "-c", "write -z 0 512"])
-            .arg(path)
-            .output()
-            .context("running qemu-io (install qemu-utils)")?;
-        if !out.status.success() {
-            bail!("qemu-io: {}", String::from_utf8_lossy(&out.stderr).trim());
-        }
-    } else {
-        let f = std::fs::OpenOptions::new().write(true).open(path)?;
-        std::os::unix::fs::FileExt::write_all_at(&f, &[0u8; 512], 0)?;
-    }
-    Ok(())
+    write_first_sector(path, qcow2, &[0u8; 512])
 }
 
 /// Builds the world in `dir` (which must be new or empty). Prints progress.
