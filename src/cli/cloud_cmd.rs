@@ -64,7 +64,7 @@ pub struct ExportArgs {
     pub dry_run: bool,
 }
 
-fn target<'a>(ctx: &'a Ctx, name: &str) -> anyhow::Result<&'a cloud::CloudConfig> {
+pub(super) fn target<'a>(ctx: &'a Ctx, name: &str) -> anyhow::Result<&'a cloud::CloudConfig> {
     ctx.config.clouds.get(name).ok_or_else(|| {
         let known: Vec<&str> = ctx.config.clouds.keys().map(|s| s.as_str()).collect();
         anyhow::anyhow!(
@@ -80,7 +80,7 @@ fn target<'a>(ctx: &'a Ctx, name: &str) -> anyhow::Result<&'a cloud::CloudConfig
 }
 
 /// The store backups are read from: a remote, or the local repository.
-fn source(
+pub(super) fn source(
     ctx: &Ctx,
     from: Option<&str>,
 ) -> anyhow::Result<(String, lifeboat_core::store::DynStore)> {

@@ -13,17 +13,9 @@ use lifeboat_core::text::escape;
 use super::progress::{run_job_async, run_job_async_lines};
 use super::{print_json, Ctx, Outcome};
 
-/// The store a plan's backups are read from: a remote, or None (local).
-fn source(ctx: &Ctx, from: &str) -> anyhow::Result<Option<lifeboat_core::store::DynStore>> {
-    Ok(match from {
-        "local" => None,
-        name => Some(ctx.remote(name)?.1),
-    })
-}
-
 pub async fn drill(ctx: &Ctx, name: &str, overrides: DrillOverrides) -> anyhow::Result<Outcome> {
     let req = lifeboat_core::config::requests::plan_drill_request(&ctx.config, name, &overrides)?;
-    let store = source(ctx, &req.source)?;
+    let store = lifeboat_core::config::requests::open_drill_source(&ctx.config, &req.source)?;
     let local = ctx.repo_path();
     let r = req.clone();
     let report: PlanReport = run_job_async("plan drill", ctx.json, move |c, p| async move {
@@ -250,16 +242,8 @@ pub async fn restore(
     start: bool,
 ) -> anyhow::Result<Outcome> {
     let p = lifeboat_core::config::requests::plan(&ctx.config, name)?.clone();
-    let local = ctx.repo_path();
-    let store = match &from {
-        Some(r) => Some(ctx.remote(r)?.1),
-        None => None,
-    };
     if dry_run {
-        let s: lifeboat_core::store::DynStore = match &store {
-            Some(s) => s.clone(),
-            None => Arc::new(lifeboat_core::store::local::LocalStore::new(&local)),
-        };
+        let (_, s) = super::cloud_cmd::source(ctx, from.as_deref())?;
         let pt = point::pick(s.as_ref(), &p, at.as_deref()).await?;
         if ctx.json {
             print_json(
@@ -300,6 +284,11 @@ pub async fn restore(
         }
         return Ok(Outcome::Ok);
     }
+    let local = ctx.repo_path();
+    let store = match &from {
+        Some(r) => Some(ctx.remote(r)?.1),
+        None => None,
+    };
     let req = lifeboat_core::plan::restore::PlanRestoreRequest {
         definitions: p
             .members
@@ -387,22 +376,9 @@ pub async fn cloud_restore(
 ) -> anyhow::Result<Outcome> {
     use lifeboat_core::cloud;
     let p = lifeboat_core::config::requests::plan(&ctx.config, name)?.clone();
-    let cfg = ctx.config.clouds.get(target).cloned().ok_or_else(|| {
-        anyhow::anyhow!(
-            "no cloud target named {} in the config; add a [cloud.NAME] table",
-            escape(target)
-        )
-    })?;
+    let cfg = super::cloud_cmd::target(ctx, target)?.clone();
     let provider: Arc<dyn cloud::Provider> = Arc::from(cloud::open(target, &cfg)?);
-    let (label, store) = match &from {
-        Some(r) => ctx.remote(r)?,
-        None => (
-            "local".to_string(),
-            Arc::new(lifeboat_core::store::local::LocalStore::new(
-                ctx.repo_path(),
-            )) as lifeboat_core::store::DynStore,
-        ),
-    };
+    let (label, store) = super::cloud_cmd::source(ctx, from.as_deref())?;
     let (pt, plans) = lifeboat_core::plan::restore::cloud_plans(
         &p,
         at.as_deref(),

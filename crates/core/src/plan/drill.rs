@@ -422,13 +422,14 @@ async fn drive(
                         .map(|c| c.detail.clone())
                 });
             }
-            if !matches!(states.borrow()[i], State::Ready(_)) || rep.outcome != DrillOutcome::Pass {
-                states.send_modify(|v| {
-                    if !matches!(v[i], State::Ready(_)) {
-                        v[i] = State::Failed
-                    }
-                });
-            }
+            // A VM that never became ready has failed, for those that wait.
+            states.send_if_modified(|v| {
+                let failed = !matches!(v[i], State::Ready(_));
+                if failed {
+                    v[i] = State::Failed;
+                }
+                failed
+            });
             part.set_phase(&format!("{}", rep.outcome));
             part.finish();
             rep
